@@ -1,0 +1,342 @@
+//! Speech recognition behind a trait, with whisper.cpp (through `whisper-rs`) as the engine.
+//!
+//! The model is loaded once and shared; whisper.cpp keeps per-inference buffers in a "state",
+//! so the recogniser keeps a small stack of idle states and each concurrent transcription takes
+//! one (the number of states therefore equals the peak concurrency, bounded by the inference
+//! pool). Inference is blocking CPU work: callers run it on the inference pool, never on the
+//! async runtime.
+//!
+//! Speed: the encoder normally runs over a 30 s window whatever the utterance length. With
+//! `adaptive_audio_ctx` the encoder window is cut to the utterance plus a margin (several times
+//! faster on short turns); short windows can make tiny models loop, so a transcript that repeats
+//! itself is decoded again with the full window.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use whisper_rs::{
+    FullParams, SamplingStrategy, WhisperContext, WhisperContextParameters, WhisperState,
+};
+
+use crate::audio::SPEECH_RATE;
+
+/// A recognised utterance.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Transcript {
+    /// The text as recognised (trimmed).
+    pub text: String,
+    /// Geometric mean of the text tokens' probabilities, in [0, 1]; 0 for no text.
+    pub confidence: f32,
+    /// whisper's probability that the audio holds no speech.
+    pub no_speech_prob: f32,
+    /// Wall time spent in recognition.
+    #[serde(serialize_with = "crate::serde_util::ser_ms")]
+    pub elapsed: Duration,
+    /// Whether the full 30 s encoder window had to be used after a short-window attempt.
+    pub retried_full_window: bool,
+}
+
+/// Why recognition failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AsrError {
+    #[error("speech model {path}: file not found (run `python3 models/provision.py` to make it)")]
+    ModelMissing { path: PathBuf },
+    #[error("speech model {path}: cannot load: {reason}")]
+    ModelLoad { path: PathBuf, reason: String },
+    #[error("speech recognition failed: {0}")]
+    Inference(String),
+}
+
+/// Anything that turns 16 kHz mono audio into text.
+pub trait SpeechRecognizer: Send + Sync {
+    /// Transcribes one utterance. Blocking; run it on the inference pool.
+    fn transcribe(&self, samples: &[f32]) -> Result<Transcript, AsrError>;
+}
+
+/// Recognition settings (`[asr]` in the gateway configuration).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AsrConfig {
+    /// Path of the ggml model, relative to the working directory unless absolute.
+    pub model: PathBuf,
+    /// Spoken language (ISO 639-1).
+    pub language: String,
+    /// CPU threads per transcription; 0 means all available cores.
+    pub threads: usize,
+    /// Cut the encoder window to the utterance length (faster; falls back when it misbehaves).
+    pub adaptive_audio_ctx: bool,
+    /// Optional text that biases recognition towards the domain's words.
+    pub initial_prompt: String,
+}
+
+impl Default for AsrConfig {
+    fn default() -> Self {
+        AsrConfig {
+            model: PathBuf::from("models/ggml-tiny.en.bin"),
+            language: "en".into(),
+            threads: 0,
+            adaptive_audio_ctx: true,
+            initial_prompt: String::new(),
+        }
+    }
+}
+
+/// whisper.cpp's minimum input; shorter utterances are padded with silence.
+const MIN_SAMPLES: usize = SPEECH_RATE as usize * 11 / 10;
+/// Encoder frames per second of audio (one frame per 20 ms).
+const CTX_PER_SECOND: usize = 50;
+/// Full encoder window (30 s).
+const FULL_CTX: usize = 1500;
+
+/// whisper.cpp recogniser: one shared model, one state per concurrent transcription.
+pub struct WhisperRecognizer {
+    ctx: Arc<WhisperContext>,
+    idle_states: Mutex<Vec<WhisperState>>,
+    config: AsrConfig,
+    threads: usize,
+    eot: i32,
+}
+
+impl WhisperRecognizer {
+    /// Loads the model named in `config`.
+    pub fn load(config: &AsrConfig) -> Result<Self, AsrError> {
+        whisper_rs::install_logging_hooks();
+        let path = &config.model;
+        if !path.is_file() {
+            return Err(AsrError::ModelMissing { path: path.clone() });
+        }
+        let ctx = WhisperContext::new_with_params(path, WhisperContextParameters::default())
+            .map_err(|e| AsrError::ModelLoad {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
+        let eot = ctx.token_eot();
+        let threads = if config.threads == 0 {
+            std::thread::available_parallelism().map_or(2, |n| n.get())
+        } else {
+            config.threads
+        };
+        tracing::info!(model = %path.display(), threads, adaptive = config.adaptive_audio_ctx, "speech model loaded");
+        Ok(WhisperRecognizer {
+            ctx: Arc::new(ctx),
+            idle_states: Mutex::new(Vec::new()),
+            config: config.clone(),
+            threads,
+            eot,
+        })
+    }
+
+    /// Model path.
+    pub fn model_path(&self) -> &Path {
+        &self.config.model
+    }
+
+    fn take_state(&self) -> Result<WhisperState, AsrError> {
+        let reused = self.idle_states.lock().ok().and_then(|mut v| v.pop());
+        match reused {
+            Some(state) => Ok(state),
+            None => self
+                .ctx
+                .create_state()
+                .map_err(|e| AsrError::Inference(format!("cannot create state: {e}"))),
+        }
+    }
+
+    fn give_back(&self, state: WhisperState) {
+        if let Ok(mut idle) = self.idle_states.lock() {
+            idle.push(state);
+        }
+    }
+
+    fn run(
+        &self,
+        state: &mut WhisperState,
+        samples: &[f32],
+        audio_ctx: usize,
+    ) -> Result<Decoded, AsrError> {
+        let mut params = FullParams::new(SamplingStrategy::Greedy { best_of: 1 });
+        params.set_n_threads(self.threads as i32);
+        params.set_language(Some(&self.config.language));
+        params.set_translate(false);
+        params.set_no_context(true);
+        params.set_single_segment(true);
+        params.set_no_timestamps(true);
+        params.set_suppress_blank(true);
+        params.set_suppress_nst(true);
+        params.set_print_special(false);
+        params.set_print_progress(false);
+        params.set_print_realtime(false);
+        params.set_print_timestamps(false);
+        params.set_temperature(0.0);
+        if !self.config.initial_prompt.is_empty() {
+            params.set_initial_prompt(&self.config.initial_prompt);
+        }
+        if audio_ctx < FULL_CTX {
+            params.set_audio_ctx(audio_ctx as i32);
+            // A short window bounds how much text is plausible: about 5 tokens a second.
+            let seconds = samples.len() / SPEECH_RATE as usize + 1;
+            params.set_max_tokens((seconds * 6 + 8) as i32);
+        }
+        state
+            .full(params, samples)
+            .map_err(|e| AsrError::Inference(e.to_string()))?;
+        let mut text = String::new();
+        let mut logprob_sum = 0.0f64;
+        let mut tokens = 0usize;
+        let mut no_speech = 0.0f32;
+        for segment in state.as_iter() {
+            no_speech = no_speech.max(segment.no_speech_probability());
+            text.push_str(
+                &segment
+                    .to_str_lossy()
+                    .map_err(|e| AsrError::Inference(e.to_string()))?,
+            );
+            for i in 0..segment.n_tokens() {
+                let Some(token) = segment.get_token(i) else {
+                    continue;
+                };
+                if token.token_id() >= self.eot {
+                    continue; // special and timestamp tokens
+                }
+                let p = token.token_probability().clamp(1e-6, 1.0);
+                logprob_sum += f64::from(p.ln());
+                tokens += 1;
+            }
+        }
+        let confidence = if tokens == 0 {
+            0.0
+        } else {
+            (logprob_sum / tokens as f64).exp() as f32
+        };
+        Ok(Decoded {
+            text: text.trim().to_string(),
+            confidence,
+            no_speech_prob: no_speech,
+        })
+    }
+}
+
+struct Decoded {
+    text: String,
+    confidence: f32,
+    no_speech_prob: f32,
+}
+
+impl SpeechRecognizer for WhisperRecognizer {
+    fn transcribe(&self, samples: &[f32]) -> Result<Transcript, AsrError> {
+        let started = Instant::now();
+        let mut padded;
+        let input = if samples.len() < MIN_SAMPLES {
+            padded = samples.to_vec();
+            padded.resize(MIN_SAMPLES, 0.0);
+            &padded[..]
+        } else {
+            samples
+        };
+        let mut state = self.take_state()?;
+        let mut retried = false;
+        let result = (|| {
+            if self.config.adaptive_audio_ctx {
+                let ctx = adaptive_ctx(input.len());
+                if ctx < FULL_CTX {
+                    let first = self.run(&mut state, input, ctx)?;
+                    if !looks_degenerate(&first.text, input.len()) {
+                        return Ok(first);
+                    }
+                    tracing::debug!(text = %first.text, "short encoder window gave a degenerate transcript; retrying with the full window");
+                    retried = true;
+                }
+            }
+            self.run(&mut state, input, FULL_CTX)
+        })();
+        self.give_back(state);
+        let decoded = result?;
+        Ok(Transcript {
+            text: decoded.text,
+            confidence: decoded.confidence,
+            no_speech_prob: decoded.no_speech_prob,
+            elapsed: started.elapsed(),
+            retried_full_window: retried,
+        })
+    }
+}
+
+/// Encoder window for an utterance of `samples`: its length plus one second, rounded up to a
+/// multiple of 64 frames, never above the full window.
+pub fn adaptive_ctx(samples: usize) -> usize {
+    let frames = samples * CTX_PER_SECOND / SPEECH_RATE as usize + CTX_PER_SECOND;
+    frames.div_ceil(64).saturating_mul(64).min(FULL_CTX)
+}
+
+/// A transcript that repeats a word or phrase many times, or is far too long for the audio, is
+/// the typical failure of a short encoder window.
+pub fn looks_degenerate(text: &str, samples: usize) -> bool {
+    let words: Vec<String> = text
+        .split_whitespace()
+        .map(|w| {
+            w.trim_matches(|c: char| !c.is_alphanumeric())
+                .to_lowercase()
+        })
+        .filter(|w| !w.is_empty())
+        .collect();
+    let seconds = samples as f32 / SPEECH_RATE as f32;
+    if words.len() as f32 > 6.0 * seconds + 6.0 {
+        return true;
+    }
+    // The same n-gram (n = 1..=3) three times in a row.
+    for n in 1..=3 {
+        if words.len() < n * 3 {
+            continue;
+        }
+        for start in 0..=words.len() - n * 3 {
+            let a = &words[start..start + n];
+            if a == &words[start + n..start + 2 * n] && a == &words[start + 2 * n..start + 3 * n] {
+                // "no no no" and digit strings like "1 1 1" can be genuine.
+                let numeric = a.iter().all(|w| w.chars().all(|c| c.is_ascii_digit()));
+                if !(n == 1 && (numeric || a[0] == "no")) {
+                    return true;
+                }
+            }
+        }
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn adaptive_ctx_tracks_length() {
+        // 2 s of audio -> 100 frames + 50 margin -> rounded to 192.
+        assert_eq!(adaptive_ctx(32_000), 192);
+        assert_eq!(adaptive_ctx(0), 64);
+        assert_eq!(adaptive_ctx(16_000 * 40), FULL_CTX);
+    }
+
+    #[test]
+    fn degenerate_transcripts_are_spotted() {
+        assert!(looks_degenerate(
+            "where is my order my order my order my order",
+            32_000
+        ));
+        assert!(looks_degenerate("the the the the", 32_000));
+        assert!(!looks_degenerate("Where is my order?", 32_000));
+        assert!(!looks_degenerate("no, no, no, that's wrong", 32_000));
+        assert!(!looks_degenerate("my number is 1 1 1 2", 32_000));
+        let long = "word ".repeat(40);
+        assert!(looks_degenerate(&long, 32_000));
+    }
+
+    #[test]
+    fn missing_model_says_how_to_make_it() {
+        let config = AsrConfig {
+            model: PathBuf::from("/nonexistent/ggml.bin"),
+            ..AsrConfig::default()
+        };
+        let err = WhisperRecognizer::load(&config).err().expect("must fail");
+        assert!(err.to_string().contains("models/provision.py"), "{err}");
+    }
+}

@@ -1,0 +1,6 @@
+//! Speech in and out: endpointing, recognition, synthesis and the pool they run on.
+
+pub mod asr;
+pub mod pool;
+pub mod tts;
+pub mod vad;
