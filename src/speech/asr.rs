@@ -7,9 +7,10 @@
 //! async runtime.
 //!
 //! Speed: the encoder normally runs over a 30 s window whatever the utterance length. With
-//! `adaptive_audio_ctx` the encoder window is cut to the utterance plus a margin (several times
-//! faster on short turns); short windows can make tiny models loop, so a transcript that repeats
-//! itself is decoded again with the full window.
+//! `adaptive_audio_ctx` the encoder window is cut to the utterance plus a margin (about ten times
+//! faster on short turns). A model trained on 30 s windows is less sure of itself on short ones,
+//! so the short window is a fast path only: a transcript that loops, or whose confidence is below
+//! `full_window_below`, is decoded again with the full window, and that result is kept.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -67,6 +68,10 @@ pub struct AsrConfig {
     pub threads: usize,
     /// Cut the encoder window to the utterance length (faster; falls back when it misbehaves).
     pub adaptive_audio_ctx: bool,
+    /// With the adaptive window: re-decode with the full window when confidence is below this.
+    pub full_window_below: f32,
+    /// whisper.cpp flash attention (faster on CPU; whisper.cpp's own default).
+    pub flash_attn: bool,
     /// Optional text that biases recognition towards the domain's words.
     pub initial_prompt: String,
 }
@@ -78,6 +83,8 @@ impl Default for AsrConfig {
             language: "en".into(),
             threads: 0,
             adaptive_audio_ctx: true,
+            full_window_below: 0.7,
+            flash_attn: true,
             initial_prompt: String::new(),
         }
     }
@@ -107,7 +114,9 @@ impl WhisperRecognizer {
         if !path.is_file() {
             return Err(AsrError::ModelMissing { path: path.clone() });
         }
-        let ctx = WhisperContext::new_with_params(path, WhisperContextParameters::default())
+        let mut params = WhisperContextParameters::default();
+        params.flash_attn = config.flash_attn;
+        let ctx = WhisperContext::new_with_params(path, params)
             .map_err(|e| AsrError::ModelLoad {
                 path: path.clone(),
                 reason: e.to_string(),
@@ -242,10 +251,16 @@ impl SpeechRecognizer for WhisperRecognizer {
                 let ctx = adaptive_ctx(input.len());
                 if ctx < FULL_CTX {
                     let first = self.run(&mut state, input, ctx)?;
-                    if !looks_degenerate(&first.text, input.len()) {
+                    let degenerate = looks_degenerate(&first.text, input.len());
+                    if !degenerate && first.confidence >= self.config.full_window_below {
                         return Ok(first);
                     }
-                    tracing::debug!(text = %first.text, "short encoder window gave a degenerate transcript; retrying with the full window");
+                    tracing::debug!(
+                        text = %first.text,
+                        confidence = first.confidence,
+                        degenerate,
+                        "short encoder window not trusted; decoding again with the full window"
+                    );
                     retried = true;
                 }
             }
@@ -285,14 +300,16 @@ pub fn looks_degenerate(text: &str, samples: usize) -> bool {
     if words.len() as f32 > 6.0 * seconds + 6.0 {
         return true;
     }
-    // The same n-gram (n = 1..=3) three times in a row.
-    for n in 1..=3 {
-        if words.len() < n * 3 {
+    // A short n-gram (1-2 words) three times in a row, or a phrase of 3+ words twice.
+    for n in 1..=words.len() / 2 {
+        let times = if n < 3 { 3 } else { 2 };
+        if words.len() < n * times {
             continue;
         }
-        for start in 0..=words.len() - n * 3 {
+        for start in 0..=words.len() - n * times {
             let a = &words[start..start + n];
-            if a == &words[start + n..start + 2 * n] && a == &words[start + 2 * n..start + 3 * n] {
+            let repeated = (1..times).all(|k| a == &words[start + k * n..start + (k + 1) * n]);
+            if repeated {
                 // "no no no" and digit strings like "1 1 1" can be genuine.
                 let numeric = a.iter().all(|w| w.chars().all(|c| c.is_ascii_digit()));
                 if !(n == 1 && (numeric || a[0] == "no")) {
@@ -323,6 +340,8 @@ mod tests {
             32_000
         ));
         assert!(looks_degenerate("the the the the", 32_000));
+        assert!(looks_degenerate("where with my order. Where with my order.", 32_000));
+        assert!(!looks_degenerate("my order, my order number is 5", 32_000));
         assert!(!looks_degenerate("Where is my order?", 32_000));
         assert!(!looks_degenerate("no, no, no, that's wrong", 32_000));
         assert!(!looks_degenerate("my number is 1 1 1 2", 32_000));
