@@ -1,0 +1,702 @@
+//! One call's dialog: from a caller turn to the bot's answer.
+//!
+//! [`Bot`] holds what a call remembers (slots given so far, the question it is waiting on, the
+//! escalation state) and applies the rules in a fixed, explainable order on every turn:
+//!
+//! 1. after an escalation or a goodbye the bot stays silent (a person has the call, or it ended);
+//! 2. a critical keyword in the text, a critical intent, or an explicit request for a person
+//!    escalates at once (even when ASR confidence is low: handing over is the safe mistake);
+//! 3. low ASR confidence asks the caller to repeat, and escalates when that keeps failing;
+//! 4. negative tone above the threshold escalates;
+//! 5. otherwise the recognised intent is answered: a missing required slot is asked for (and
+//!    the next turn that contains it fills it even without intent words), then the reply is
+//!    rendered; nothing recognised asks for clarification, and escalates when that keeps
+//!    failing.
+//!
+//! The bot is pure: no IO, no clock, no randomness; the same turns always give the same
+//! answers.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use super::assets::DialogAssets;
+use super::escalation::{
+    Escalation, EscalationConfig, EscalationPolicy, EscalationReason, Failure,
+};
+use super::intent::{IntentDef, IntentEscalation, IntentMatch};
+use super::normalize::normalize;
+use super::slots;
+
+/// What the caller said in one turn.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CallerTurn {
+    /// The raw transcript.
+    pub text: String,
+    /// The recogniser's confidence in `[0, 1]`.
+    pub asr_confidence: f32,
+}
+
+impl CallerTurn {
+    /// A turn from a transcript and its confidence.
+    pub fn new(text: impl Into<String>, asr_confidence: f32) -> Self {
+        CallerTurn {
+            text: text.into(),
+            asr_confidence,
+        }
+    }
+}
+
+/// The bot's answer to one turn.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BotTurn {
+    /// The transcript after [`normalize`].
+    pub normalized_text: String,
+    /// The classifier's verdict (the dialog may add evidence, e.g. a slot filled for a pending
+    /// question).
+    pub intent: IntentMatch,
+    /// Slots found in this turn (the call's accumulated slots are [`Bot::slots`]).
+    pub slots: BTreeMap<String, String>,
+    /// What the bot says; empty when it says nothing (the call was handed over or ended).
+    pub reply: String,
+    /// The escalation decided on this turn.
+    pub escalation: Option<Escalation>,
+    /// Whether the bot hangs up after the reply.
+    pub ends_call: bool,
+}
+
+/// A question the bot asked and waits for an answer to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Pending {
+    intent: String,
+    slot: String,
+}
+
+/// The dialog state of one call (see the module docs).
+#[derive(Debug)]
+pub struct Bot {
+    assets: Arc<DialogAssets>,
+    policy: EscalationPolicy,
+    slots: BTreeMap<String, String>,
+    pending: Option<Pending>,
+    escalation: Option<Escalation>,
+    ended: bool,
+}
+
+impl Bot {
+    /// A bot for a new call.
+    pub fn new(assets: Arc<DialogAssets>, policy: EscalationConfig) -> Self {
+        Bot {
+            assets,
+            policy: EscalationPolicy::new(policy),
+            slots: BTreeMap::new(),
+            pending: None,
+            escalation: None,
+            ended: false,
+        }
+    }
+
+    /// What the bot says when it answers the call.
+    pub fn greeting(&mut self) -> String {
+        self.assets.prompts().greeting()
+    }
+
+    /// Whether the call has been handed to a person.
+    pub fn is_escalated(&self) -> bool {
+        self.escalation.is_some()
+    }
+
+    /// The escalation, once decided.
+    pub fn escalation(&self) -> Option<&Escalation> {
+        self.escalation.as_ref()
+    }
+
+    /// Whether the bot ended the call (goodbye).
+    pub fn has_ended(&self) -> bool {
+        self.ended
+    }
+
+    /// Every slot the caller has given in this call.
+    pub fn slots(&self) -> &BTreeMap<String, String> {
+        &self.slots
+    }
+
+    /// Handles a key press. `'0'` hands the call over (reason [`EscalationReason::Dtmf0`]);
+    /// other keys, and any key after the bot let go of the call, are ignored (`None`).
+    pub fn on_dtmf(&mut self, digit: char) -> Option<BotTurn> {
+        if digit != '0' || self.escalation.is_some() || self.ended {
+            return None;
+        }
+        let turn = BotTurn {
+            normalized_text: String::new(),
+            intent: IntentMatch::none(),
+            slots: BTreeMap::new(),
+            reply: String::new(),
+            escalation: None,
+            ends_call: false,
+        };
+        let skill = self.assets.default_skill().to_string();
+        Some(self.escalate(
+            turn,
+            EscalationReason::Dtmf0,
+            "caller pressed 0 on the keypad".into(),
+            skill,
+        ))
+    }
+
+    /// Handles one caller turn.
+    pub fn on_utterance(&mut self, turn: CallerTurn) -> BotTurn {
+        let normalized = normalize(&turn.text);
+        let intent = self.assets.classifier().classify(&normalized);
+        let found = slots::extract(&normalized);
+        let mut out = BotTurn {
+            normalized_text: normalized,
+            intent,
+            slots: found,
+            reply: String::new(),
+            escalation: None,
+            ends_call: false,
+        };
+        if self.escalation.is_some() || self.ended {
+            return out;
+        }
+        self.slots
+            .extend(out.slots.iter().map(|(k, v)| (k.clone(), v.clone())));
+        let assets = Arc::clone(&self.assets);
+        let confident = self.policy.intent_confident(out.intent.confidence);
+        let recognised: Option<&IntentDef> =
+            assets.intent(&out.intent.intent).filter(|_| confident);
+        tracing::debug!(
+            text = %out.normalized_text,
+            intent = %out.intent.intent,
+            confidence = out.intent.confidence,
+            asr_confidence = turn.asr_confidence,
+            "caller turn"
+        );
+
+        // 2. Immediate escalations.
+        if let Some(hit) = self.policy.critical_keyword(&out.normalized_text) {
+            // Route by what the keyword itself means ("cancel my contract" -> cancellation).
+            let routed = assets.classifier().classify(&hit.matched);
+            let routed_def = if routed.is_none() {
+                None
+            } else {
+                assets.intent(&routed.intent)
+            };
+            let (skill, via) = match routed_def.or(recognised) {
+                Some(def) => (def.skill.clone(), format!("; team of intent {}", def.name)),
+                None => (
+                    assets.default_skill().to_string(),
+                    "; default team".to_string(),
+                ),
+            };
+            let detail = format!(
+                "critical keyword \"{}\" matched \"{}\"{via}",
+                hit.keyword, hit.matched
+            );
+            return self.escalate(out, EscalationReason::CriticalKeyword, detail, skill);
+        }
+        if let Some(def) = recognised {
+            let reason = match def.escalate {
+                IntentEscalation::Critical => Some(EscalationReason::CriticalKeyword),
+                IntentEscalation::ExplicitRequest => Some(EscalationReason::ExplicitRequest),
+                IntentEscalation::No => None,
+            };
+            if let Some(reason) = reason {
+                let kind = if reason == EscalationReason::ExplicitRequest {
+                    "caller asked for a person"
+                } else {
+                    "critical intent"
+                };
+                let detail = format!(
+                    "{kind}: intent {} confidence {:.2} >= min_intent_confidence {:.2}; {}",
+                    def.name,
+                    out.intent.confidence,
+                    self.policy.config().min_intent_confidence,
+                    out.intent
+                        .evidence
+                        .first()
+                        .map(String::as_str)
+                        .unwrap_or("no evidence")
+                );
+                let skill = def.skill.clone();
+                return self.escalate(out, reason, detail, skill);
+            }
+        }
+
+        // 3. Unclear audio.
+        if self.policy.asr_too_low(turn.asr_confidence) {
+            let failure = Failure::LowAsr {
+                confidence: turn.asr_confidence,
+            };
+            return self.fail(out, failure);
+        }
+
+        // 4. Tone.
+        if let Some((_, detail)) = self.policy.negative_tone(&out.normalized_text) {
+            let skill = recognised
+                .map(|d| d.skill.clone())
+                .unwrap_or_else(|| assets.default_skill().to_string());
+            return self.escalate(out, EscalationReason::NegativeTone, detail, skill);
+        }
+
+        // 5. Dialog.
+        let acting: Option<&IntentDef> = match &self.pending {
+            Some(p) => {
+                let filled = out.slots.contains_key(&p.slot);
+                let same_or_minor = recognised.is_none_or(|d| d.secondary || d.name == p.intent);
+                if filled && same_or_minor {
+                    out.intent.evidence.push(format!(
+                        "dialog: {} answers the question of intent {}",
+                        p.slot, p.intent
+                    ));
+                    assets.intent(&p.intent)
+                } else {
+                    recognised.filter(|d| !d.secondary)
+                }
+            }
+            None => recognised.or_else(|| {
+                let implied = assets
+                    .intents()
+                    .intents
+                    .iter()
+                    .find(|d| d.requires.iter().any(|s| out.slots.contains_key(s)));
+                if let Some(d) = implied {
+                    out.intent.evidence.push(format!(
+                        "dialog: intent {} implied by the slot the caller gave",
+                        d.name
+                    ));
+                }
+                implied
+            }),
+        };
+        let Some(def) = acting else {
+            let failure = match &self.pending {
+                Some(p) => Failure::MissingSlot {
+                    slot: p.slot.clone(),
+                },
+                None => Failure::LowIntent {
+                    intent: out.intent.intent.clone(),
+                    confidence: out.intent.confidence,
+                },
+            };
+            return self.fail(out, failure);
+        };
+        self.policy.record_understood();
+        self.pending = None;
+        if let Some(missing) = def.requires.iter().find(|s| !self.slots.contains_key(*s)) {
+            out.reply = assets.prompts().ask(missing).unwrap_or_default();
+            self.pending = Some(Pending {
+                intent: def.name.clone(),
+                slot: missing.clone(),
+            });
+            return out;
+        }
+        out.reply = assets
+            .prompts()
+            .reply(&def.name, &self.slots)
+            .unwrap_or_default();
+        if def.ends_call {
+            self.ended = true;
+            out.ends_call = true;
+        }
+        out
+    }
+
+    /// A turn the bot could not act on: clarify, or escalate when clarifying keeps failing.
+    fn fail(&mut self, mut out: BotTurn, failure: Failure) -> BotTurn {
+        let verdict = self.policy.record_failure(&failure);
+        tracing::debug!(
+            ?failure,
+            in_a_row = self.policy.consecutive_failures(),
+            in_call = self.policy.misunderstandings(),
+            "turn not understood"
+        );
+        if let Some((reason, detail)) = verdict {
+            let skill = self
+                .pending
+                .as_ref()
+                .and_then(|p| self.assets.intent(&p.intent))
+                .map(|d| d.skill.clone())
+                .unwrap_or_else(|| self.assets.default_skill().to_string());
+            return self.escalate(out, reason, detail, skill);
+        }
+        let prompts = self.assets.prompts();
+        out.reply = match (&failure, &self.pending) {
+            (Failure::LowAsr { .. }, _) => prompts.repeat(),
+            (_, Some(p)) => prompts.reask(&p.slot).unwrap_or_else(|| prompts.clarify()),
+            _ => prompts.clarify(),
+        };
+        out
+    }
+
+    fn escalate(
+        &mut self,
+        mut out: BotTurn,
+        reason: EscalationReason,
+        detail: String,
+        skill: String,
+    ) -> BotTurn {
+        tracing::info!(?reason, %detail, %skill, "escalating to a person");
+        let escalation = Escalation {
+            reason,
+            detail,
+            skill,
+        };
+        out.reply = self.assets.prompts().transfer(&escalation.skill);
+        out.escalation = Some(escalation.clone());
+        self.escalation = Some(escalation);
+        self.pending = None;
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bot() -> Bot {
+        bot_with(EscalationConfig::default())
+    }
+
+    fn bot_with(config: EscalationConfig) -> Bot {
+        let assets = DialogAssets::embedded().expect("embedded assets");
+        Bot::new(Arc::new(assets), config)
+    }
+
+    fn say(bot: &mut Bot, text: &str) -> BotTurn {
+        bot.on_utterance(CallerTurn::new(text, 0.9))
+    }
+
+    fn reason(turn: &BotTurn) -> Option<EscalationReason> {
+        turn.escalation.as_ref().map(|e| e.reason)
+    }
+
+    #[test]
+    fn greets() {
+        assert!(bot().greeting().starts_with("Hello"));
+    }
+
+    #[test]
+    fn order_status_fills_the_slot_across_turns() {
+        let mut b = bot();
+        let t = say(&mut b, "Hi, my package hasn't arrived yet.");
+        assert_eq!(t.intent.intent, "order_status");
+        assert!(
+            t.reply.contains("What is your order number?"),
+            "{}",
+            t.reply
+        );
+        assert!(t.escalation.is_none());
+        // No intent words, only digits: fills the pending slot.
+        let t = say(&mut b, "Yes, it's one two three four.");
+        assert_eq!(
+            t.slots.get("order_number").map(String::as_str),
+            Some("1234")
+        );
+        assert!(
+            t.reply
+                .starts_with("Thanks. I have noted order number 1 2 3 4."),
+            "{}",
+            t.reply
+        );
+        assert!(
+            t.intent
+                .evidence
+                .iter()
+                .any(|e| e.contains("answers the question")),
+            "{:?}",
+            t.intent
+        );
+        assert_eq!(
+            b.slots().get("order_number").map(String::as_str),
+            Some("1234")
+        );
+        let t = say(&mut b, "No, thanks.");
+        assert!(t.ends_call, "{t:?}");
+        assert!(b.has_ended());
+        assert_eq!(say(&mut b, "hello?").reply, "");
+    }
+
+    #[test]
+    fn order_number_in_the_first_turn_is_confirmed_directly() {
+        let mut b = bot();
+        let t = say(&mut b, "Where is my order? The number is 9-8-7-6-5.");
+        assert!(
+            t.reply
+                .starts_with("Thanks. I have noted order number 9 8 7 6 5."),
+            "{}",
+            t.reply
+        );
+    }
+
+    #[test]
+    fn digits_alone_imply_the_intent_that_needs_them() {
+        let mut b = bot();
+        let t = say(&mut b, "5 5 5 1 2 3 4");
+        assert!(
+            t.reply.contains("order number 5 5 5 1 2 3 4"),
+            "{}",
+            t.reply
+        );
+    }
+
+    #[test]
+    fn missing_slot_is_asked_again_then_escalates() {
+        let mut b = bot();
+        say(&mut b, "where is my order");
+        let t = say(&mut b, "I don't know it, sorry");
+        assert!(
+            t.reply.contains("didn't catch a complete order number"),
+            "{}",
+            t.reply
+        );
+        assert!(t.escalation.is_none());
+        let t = say(&mut b, "it's in my emails somewhere");
+        assert_eq!(
+            reason(&t),
+            Some(EscalationReason::LowIntentConfidence),
+            "{t:?}"
+        );
+        assert_eq!(
+            t.escalation.as_ref().map(|e| e.skill.as_str()),
+            Some("support")
+        );
+        assert!(t.reply.contains("our support team"), "{}", t.reply);
+    }
+
+    #[test]
+    fn switching_topic_while_a_question_is_pending() {
+        let mut b = bot();
+        say(&mut b, "where is my parcel");
+        let t = say(&mut b, "actually, what are your opening hours?");
+        assert!(
+            t.reply.starts_with("We're open Monday to Friday"),
+            "{}",
+            t.reply
+        );
+    }
+
+    #[test]
+    fn canned_replies() {
+        let mut b = bot();
+        let t = say(&mut b, "I can't log in to my account");
+        assert!(t.reply.contains("password reset link"), "{}", t.reply);
+        let t = say(&mut b, "Are you open on Saturday?");
+        assert!(
+            t.reply.contains("Saturday") && t.reply.contains("Sundays we're closed"),
+            "{}",
+            t.reply
+        );
+        let t = say(&mut b, "thanks!");
+        assert!(t.reply.starts_with("You're welcome"), "{}", t.reply);
+        assert!(!t.ends_call);
+        let t = say(&mut b, "Goodbye.");
+        assert_eq!(t.reply, "Thank you for calling. Goodbye!");
+        assert!(t.ends_call);
+    }
+
+    #[test]
+    fn explicit_request_escalates_at_once() {
+        let mut b = bot();
+        let t = say(&mut b, "I need a real person.");
+        assert_eq!(reason(&t), Some(EscalationReason::ExplicitRequest));
+        let e = t.escalation.as_ref().expect("escalation");
+        assert_eq!(e.skill, "general");
+        assert!(e.detail.contains("real person"), "{}", e.detail);
+        assert!(t.reply.contains("customer service team"), "{}", t.reply);
+        assert!(b.is_escalated());
+        // The human has the call now.
+        let t = say(&mut b, "hello? where is my order?");
+        assert_eq!(t.reply, "");
+        assert!(t.escalation.is_none());
+        assert_eq!(t.intent.intent, "order_status");
+    }
+
+    #[test]
+    fn critical_keyword_escalates_with_the_intents_skill() {
+        let mut b = bot();
+        let t = say(&mut b, "I want to cancel my subscription right now");
+        assert_eq!(reason(&t), Some(EscalationReason::CriticalKeyword));
+        let e = t.escalation.as_ref().expect("escalation");
+        assert_eq!(e.skill, "billing");
+        assert!(
+            e.detail.contains("\"cancel my subscription\""),
+            "{}",
+            e.detail
+        );
+        assert_eq!(t.reply, "I'm transferring you to a colleague from our billing team who can help with this. Please hold the line.");
+    }
+
+    #[test]
+    fn critical_intent_without_configured_keyword_escalates() {
+        let mut b = bot();
+        let t = say(&mut b, "I want to cancel my order");
+        assert_eq!(reason(&t), Some(EscalationReason::CriticalKeyword));
+        let e = t.escalation.as_ref().expect("escalation");
+        assert_eq!(e.skill, "billing");
+        assert!(
+            e.detail.contains("critical intent: intent cancellation"),
+            "{}",
+            e.detail
+        );
+        assert!(e.detail.contains("cancel my order"), "{}", e.detail);
+        let mut b = bot();
+        let t = say(&mut b, "This is outrageous, I'm calling my lawyer");
+        assert_eq!(
+            t.escalation.as_ref().map(|e| e.skill.as_str()),
+            Some("complaints")
+        );
+    }
+
+    #[test]
+    fn negated_critical_keyword_does_not_escalate() {
+        let mut b = bot();
+        let t = say(
+            &mut b,
+            "I don't want to cancel my contract, I just can't log in.",
+        );
+        assert!(t.escalation.is_none(), "{t:?}");
+        assert!(t.reply.contains("password reset link"), "{}", t.reply);
+    }
+
+    #[test]
+    fn low_asr_confidence_asks_to_repeat_then_escalates() {
+        let mut b = bot();
+        let t = b.on_utterance(CallerTurn::new("where is my older", 0.3));
+        assert!(t.reply.contains("repeat"), "{}", t.reply);
+        assert!(t.escalation.is_none());
+        let t = b.on_utterance(CallerTurn::new("mumble", 0.2));
+        assert_eq!(reason(&t), Some(EscalationReason::LowAsrConfidence));
+        let detail = &t.escalation.as_ref().expect("escalation").detail;
+        assert!(
+            detail.contains("0.20 below min_asr_confidence 0.45"),
+            "{detail}"
+        );
+        let mut b = bot();
+        let t = b.on_utterance(CallerTurn::new("where is my order", f32::NAN));
+        assert!(
+            t.reply.contains("repeat"),
+            "NaN is not trusted: {}",
+            t.reply
+        );
+    }
+
+    #[test]
+    fn clarification_then_low_intent_escalation() {
+        let mut b = bot();
+        let t = say(&mut b, "The weather is lovely today.");
+        assert!(
+            t.reply.starts_with("Sorry, I didn't quite understand"),
+            "{}",
+            t.reply
+        );
+        let t = say(&mut b, "Blue elephants.");
+        assert_eq!(reason(&t), Some(EscalationReason::LowIntentConfidence));
+        assert_eq!(
+            t.escalation.as_ref().map(|e| e.skill.as_str()),
+            Some("general")
+        );
+    }
+
+    #[test]
+    fn clarification_that_works_resets_the_count() {
+        let mut b = bot();
+        say(&mut b, "blah blah");
+        let t = say(&mut b, "when are you open");
+        assert!(t.escalation.is_none());
+        let t = say(&mut b, "blah blah");
+        assert!(
+            t.escalation.is_none(),
+            "one miss after success only clarifies: {t:?}"
+        );
+    }
+
+    #[test]
+    fn scattered_misunderstandings_escalate() {
+        let mut b = bot();
+        for _ in 0..2 {
+            assert!(say(&mut b, "purple monkey").escalation.is_none());
+            assert!(say(&mut b, "thank you").escalation.is_none());
+        }
+        let t = say(&mut b, "purple monkey");
+        assert_eq!(reason(&t), Some(EscalationReason::RepeatedMisunderstanding));
+    }
+
+    #[test]
+    fn negative_tone_escalates() {
+        let mut b = bot();
+        let t = say(
+            &mut b,
+            "This is absolutely ridiculous, I'm not happy at all. Where is my order?",
+        );
+        assert_eq!(reason(&t), Some(EscalationReason::NegativeTone));
+        let e = t.escalation.as_ref().expect("escalation");
+        assert_eq!(
+            e.skill, "support",
+            "routed to the team of what the caller talks about"
+        );
+        assert!(
+            e.detail.contains("\"absolutely ridiculous\""),
+            "{}",
+            e.detail
+        );
+        let mut b = bot();
+        let t = say(&mut b, "Oh great, another robot.");
+        assert_eq!(reason(&t), Some(EscalationReason::NegativeTone), "{t:?}");
+        let mut b = bot();
+        let t = say(&mut b, "Not bad. When are you open?");
+        assert!(t.escalation.is_none(), "{t:?}");
+    }
+
+    #[test]
+    fn dtmf_zero_escalates_once() {
+        let mut b = bot();
+        assert!(b.on_dtmf('5').is_none());
+        let t = b.on_dtmf('0').expect("escalates");
+        assert_eq!(reason(&t), Some(EscalationReason::Dtmf0));
+        assert!(t.reply.contains("customer service"), "{}", t.reply);
+        assert!(b.is_escalated());
+        assert!(b.on_dtmf('0').is_none());
+        assert_eq!(
+            b.escalation().map(|e| e.reason),
+            Some(EscalationReason::Dtmf0)
+        );
+    }
+
+    #[test]
+    fn bot_turn_serialises_for_reports() {
+        let mut b = bot();
+        let t = say(&mut b, "get me an agent");
+        let json = serde_json::to_value(&t).expect("json");
+        assert_eq!(json["intent"]["intent"], "human_request");
+        assert_eq!(json["escalation"]["reason"], "explicit_request");
+        assert_eq!(json["escalation"]["skill"], "general");
+        assert_eq!(json["ends_call"], false);
+    }
+
+    #[test]
+    fn bot_is_deterministic() {
+        let script = [
+            "hello",
+            "where's my parcel",
+            "it's 4 4 4 4",
+            "thanks",
+            "bye",
+        ];
+        let run = || {
+            let mut b = bot();
+            script.iter().map(|t| say(&mut b, t)).collect::<Vec<_>>()
+        };
+        assert_eq!(run(), run());
+    }
+
+    #[test]
+    fn assets_are_shareable_across_threads() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<DialogAssets>();
+        fn assert_send<T: Send>() {}
+        assert_send::<Bot>();
+    }
+}

@@ -1,0 +1,711 @@
+//! When the bot hands a call to a person, and why.
+//!
+//! A voicebot that never lets go frustrates callers; one that escalates at random wastes
+//! agents. The rules are therefore explicit, configurable (`[escalation]` in the gateway's
+//! TOML, [`EscalationConfig`]) and explained: every [`Escalation`] carries an
+//! [`EscalationReason`] and a human-readable detail naming the words, scores and thresholds
+//! that decided it.
+//!
+//! [`EscalationPolicy`] is the per-call state machine: it checks each turn for critical keywords
+//! (negation-aware: "I don't want to cancel my contract" is not one) and negative tone (a small
+//! lexicon; "not happy" counts, "not bad" does not; sarcasm cues such as "oh great, another
+//! robot" count), and counts failed turns (low ASR confidence, nothing understood) so that the
+//! bot asks for clarification first and escalates when clarification keeps failing.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::pattern::{negation_before, Pattern, TokenStream, NEGATORS};
+use crate::config_file::ConfigError;
+
+/// Why a call was handed to a person.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EscalationReason {
+    /// The caller asked for a person.
+    ExplicitRequest,
+    /// A critical keyword or intent (complaint, cancellation, legal threat).
+    CriticalKeyword,
+    /// The recogniser was unsure of what it heard, repeatedly.
+    LowAsrConfidence,
+    /// The bot did not understand the request, repeatedly.
+    LowIntentConfidence,
+    /// Too many misunderstood turns in the call overall.
+    RepeatedMisunderstanding,
+    /// The caller sounds upset.
+    NegativeTone,
+    /// The caller pressed 0.
+    Dtmf0,
+}
+
+/// A decision to hand the call over.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Escalation {
+    pub reason: EscalationReason,
+    /// Human-readable explanation: which words, which scores against which thresholds.
+    pub detail: String,
+    /// The team that should take the call (a skill from intents.toml).
+    pub skill: String,
+}
+
+/// The `[escalation]` table of the gateway configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EscalationConfig {
+    /// Turns whose ASR confidence is below this are not trusted (the bot asks to repeat).
+    pub min_asr_confidence: f32,
+    /// Intents recognised with less confidence than this count as not understood.
+    pub min_intent_confidence: f32,
+    /// Clarification prompts the bot tries in a row before escalating (0: escalate at the
+    /// first failed turn).
+    pub clarifications_before_escalation: u32,
+    /// Misunderstood turns tolerated in one call (not necessarily in a row); one more
+    /// escalates with `repeated_misunderstanding`.
+    pub max_misunderstandings: u32,
+    /// Phrases that hand the call over at once (`*` skips up to three words). Ignored when
+    /// negated ("I don't want to cancel my contract").
+    pub critical_keywords: Vec<String>,
+    /// Words and phrases that signal an upset caller; negated ones do not count ("not bad").
+    pub negative_words: Vec<String>,
+    /// Words that signal an upset caller when negated ("not happy").
+    pub positive_words: Vec<String>,
+    /// Sarcastic phrases that count as negative ("oh great", "another robot").
+    pub sarcasm_cues: Vec<String>,
+    /// Tone score (`hits / (hits + 1)`, a hit weighing 1, or 1.5 after an intensifier such as
+    /// "very") at or above which the call escalates; 0.6 needs "very annoyed" or two hits,
+    /// 1.0 disables.
+    pub negative_tone_threshold: f32,
+}
+
+fn strings(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+impl Default for EscalationConfig {
+    fn default() -> Self {
+        EscalationConfig {
+            min_asr_confidence: 0.45,
+            min_intent_confidence: 0.5,
+            clarifications_before_escalation: 1,
+            max_misunderstandings: 2,
+            critical_keywords: strings(&[
+                "formal complaint",
+                "make a complaint",
+                "cancel my contract",
+                "cancel my subscription",
+                "cancel my account",
+                "close my account",
+                "lawyer",
+                "solicitor",
+                "attorney",
+                "legal action",
+                "ombudsman",
+                "sue you",
+            ]),
+            negative_words: strings(&[
+                "ridiculous",
+                "unacceptable",
+                "useless",
+                "terrible",
+                "awful",
+                "horrible",
+                "worst",
+                "disgusting",
+                "pathetic",
+                "rubbish",
+                "garbage",
+                "stupid",
+                "hate",
+                "angry",
+                "furious",
+                "annoyed",
+                "annoying",
+                "frustrated",
+                "frustrating",
+                "fed up",
+                "sick of",
+                "disappointed",
+                "waste of time",
+                "incompetent",
+                "joke",
+                "bad",
+            ]),
+            positive_words: strings(&[
+                "happy",
+                "good",
+                "great",
+                "satisfied",
+                "pleased",
+                "helpful",
+                "acceptable",
+                "okay",
+            ]),
+            sarcasm_cues: strings(&[
+                "oh great",
+                "oh wonderful",
+                "oh perfect",
+                "oh brilliant",
+                "just great",
+                "just perfect",
+                "yeah right",
+                "thanks for nothing",
+                "thank you for nothing",
+                "another robot",
+                "another machine",
+            ]),
+            negative_tone_threshold: 0.6,
+        }
+    }
+}
+
+impl EscalationConfig {
+    /// Checks ranges and phrases; errors name `prefix.field` (e.g. `escalation.min_asr_confidence`)
+    /// and its line in `text`, the content of `file`. Use an empty prefix for a top-level table.
+    pub fn validate(&self, file: &Path, text: &str, prefix: &str) -> Result<(), ConfigError> {
+        let field = |name: &str| {
+            if prefix.is_empty() {
+                name.to_string()
+            } else {
+                format!("{prefix}.{name}")
+            }
+        };
+        let bad = |name: &str, reason: String| {
+            Err(ConfigError::invalid(file, text, &field(name), reason))
+        };
+        for (name, value) in [
+            ("min_asr_confidence", self.min_asr_confidence),
+            ("min_intent_confidence", self.min_intent_confidence),
+        ] {
+            if !(0.0..=1.0).contains(&value) {
+                return bad(name, format!("{value} must be between 0 and 1"));
+            }
+        }
+        if !(self.negative_tone_threshold > 0.0 && self.negative_tone_threshold <= 1.0) {
+            return bad(
+                "negative_tone_threshold",
+                format!(
+                    "{} must be above 0 and at most 1 (1 disables tone escalation)",
+                    self.negative_tone_threshold
+                ),
+            );
+        }
+        if self.clarifications_before_escalation > 10 {
+            return bad(
+                "clarifications_before_escalation",
+                format!(
+                    "{} must be at most 10",
+                    self.clarifications_before_escalation
+                ),
+            );
+        }
+        if !(1..=50).contains(&self.max_misunderstandings) {
+            return bad(
+                "max_misunderstandings",
+                format!("{} must be between 1 and 50", self.max_misunderstandings),
+            );
+        }
+        for (name, list) in [
+            ("critical_keywords", &self.critical_keywords),
+            ("negative_words", &self.negative_words),
+            ("positive_words", &self.positive_words),
+            ("sarcasm_cues", &self.sarcasm_cues),
+        ] {
+            for (i, phrase) in list.iter().enumerate() {
+                if let Err(reason) = Pattern::compile(phrase, None) {
+                    return bad(&format!("{name}.{i}"), format!("\"{phrase}\" {reason}"));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Words that strengthen the negative word after them.
+const INTENSIFIERS: &[&str] = &[
+    "very",
+    "really",
+    "so",
+    "absolutely",
+    "totally",
+    "completely",
+    "extremely",
+    "incredibly",
+    "utterly",
+    "bloody",
+    "fucking",
+    "damn",
+    "such",
+    "too",
+];
+/// Words that do not end a negation's reach in tone analysis ("not at all happy").
+const NEGATION_TRANSPARENT: &[&str] = &[
+    "very",
+    "really",
+    "so",
+    "too",
+    "quite",
+    "that",
+    "at",
+    "all",
+    "exactly",
+    "particularly",
+    "feel",
+    "total",
+    "completely",
+    "entirely",
+];
+/// How far (in words) a negation reaches back from a critical keyword.
+const CRITICAL_NEGATION_SCOPE: usize = 3;
+
+/// A critical keyword found in an utterance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeywordHit {
+    /// The configured phrase.
+    pub keyword: String,
+    /// The caller's words that matched it.
+    pub matched: String,
+}
+
+/// The tone of one utterance.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tone {
+    /// `hits / (hits + 1)`, in `[0, 1)`.
+    pub score: f32,
+    /// The caller's words that counted, e.g. `"not happy"`, `"very annoyed"`, `"oh great"`.
+    pub cues: Vec<String>,
+}
+
+/// A turn that the bot could not act on.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Failure {
+    /// ASR confidence below `min_asr_confidence`.
+    LowAsr { confidence: f32 },
+    /// No intent, or one below `min_intent_confidence`.
+    LowIntent { intent: String, confidence: f32 },
+    /// The bot asked for a slot and the answer did not contain it.
+    MissingSlot { slot: String },
+}
+
+impl Failure {
+    fn describe(&self, config: &EscalationConfig) -> String {
+        match self {
+            Failure::LowAsr { confidence } => format!(
+                "ASR confidence {confidence:.2} below min_asr_confidence {:.2}",
+                config.min_asr_confidence
+            ),
+            Failure::LowIntent { intent, confidence } if intent == super::intent::NONE_INTENT => {
+                format!(
+                    "no intent recognised (min_intent_confidence {:.2})",
+                    config.min_intent_confidence
+                )
+            }
+            Failure::LowIntent { intent, confidence } => format!(
+                "intent {intent} confidence {confidence:.2} below min_intent_confidence {:.2}",
+                config.min_intent_confidence
+            ),
+            Failure::MissingSlot { slot } => format!("asked for {slot} but did not get it"),
+        }
+    }
+}
+
+/// Per-call escalation state (see the module docs).
+#[derive(Debug, Clone)]
+pub struct EscalationPolicy {
+    config: EscalationConfig,
+    critical: Vec<Pattern>,
+    negative: Vec<Pattern>,
+    positive: Vec<Pattern>,
+    sarcasm: Vec<Pattern>,
+    consecutive_failures: u32,
+    misunderstandings: u32,
+}
+
+fn compile_all(list: &[String]) -> Vec<Pattern> {
+    list.iter()
+        .filter_map(|phrase| match Pattern::compile(phrase, None) {
+            Ok(p) => Some(p),
+            Err(reason) => {
+                tracing::warn!(
+                    phrase,
+                    reason,
+                    "escalation phrase skipped (config not validated?)"
+                );
+                None
+            }
+        })
+        .collect()
+}
+
+impl EscalationPolicy {
+    /// A fresh policy for one call. Phrases that do not compile (which
+    /// [`EscalationConfig::validate`] rejects) are skipped with a warning.
+    pub fn new(config: EscalationConfig) -> Self {
+        EscalationPolicy {
+            critical: compile_all(&config.critical_keywords),
+            negative: compile_all(&config.negative_words),
+            positive: compile_all(&config.positive_words),
+            sarcasm: compile_all(&config.sarcasm_cues),
+            config,
+            consecutive_failures: 0,
+            misunderstandings: 0,
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &EscalationConfig {
+        &self.config
+    }
+
+    /// Failed turns in a row so far.
+    pub fn consecutive_failures(&self) -> u32 {
+        self.consecutive_failures
+    }
+
+    /// Failed turns in the call so far.
+    pub fn misunderstandings(&self) -> u32 {
+        self.misunderstandings
+    }
+
+    /// Whether an ASR confidence is too low to trust the words (NaN counts as too low).
+    pub fn asr_too_low(&self, asr_confidence: f32) -> bool {
+        asr_confidence.is_nan() || asr_confidence < self.config.min_asr_confidence
+    }
+
+    /// Whether an intent confidence is high enough to act on.
+    pub fn intent_confident(&self, confidence: f32) -> bool {
+        confidence >= self.config.min_intent_confidence
+    }
+
+    /// The first configured critical keyword in the utterance that is not negated.
+    pub fn critical_keyword(&self, normalized: &str) -> Option<KeywordHit> {
+        let stream = TokenStream::new(normalized, None);
+        let stems = stream.stems();
+        self.critical.iter().find_map(|pattern| {
+            let negatable = !NEGATORS.iter().any(|n| pattern.has_word(n));
+            pattern
+                .find_all(&stems, false)
+                .into_iter()
+                .find(|m| {
+                    !negatable
+                        || negation_before(&stems, m.start, CRITICAL_NEGATION_SCOPE, &[]).is_none()
+                })
+                .map(|m| KeywordHit {
+                    keyword: pattern.source().to_string(),
+                    matched: stream.quote(m.start, m.end),
+                })
+        })
+    }
+
+    /// Scores the tone of an utterance (see [`EscalationConfig::negative_tone_threshold`]).
+    pub fn tone(&self, normalized: &str) -> Tone {
+        let stream = TokenStream::new(normalized, None);
+        let stems = stream.stems();
+        let mut total = 0.0f32;
+        let mut cues = Vec::new();
+        let negated =
+            |start: usize| negation_before(&stems, start, 1, NEGATION_TRANSPARENT).is_some();
+        let intensified = |start: usize| {
+            start
+                .checked_sub(1)
+                .and_then(|p| stems.get(p))
+                .is_some_and(|s| INTENSIFIERS.contains(s))
+        };
+        // Each word counts once ("annoyed" and "annoying" share a stem; "great" in "oh great").
+        let mut used = vec![false; stems.len()];
+        for pattern in &self.sarcasm {
+            for m in pattern.find_all(&stems, false) {
+                if claim(&mut used, m.start, m.end) {
+                    total += 1.0;
+                    cues.push(format!("sarcasm \"{}\"", stream.quote(m.start, m.end)));
+                }
+            }
+        }
+        for pattern in &self.negative {
+            for m in pattern.find_all(&stems, false) {
+                if negated(m.start) || !claim(&mut used, m.start, m.end) {
+                    continue;
+                }
+                let (weight, from) = if intensified(m.start) {
+                    (1.5, m.start - 1)
+                } else {
+                    (1.0, m.start)
+                };
+                total += weight;
+                cues.push(format!("\"{}\"", stream.quote(from, m.end)));
+            }
+        }
+        for pattern in &self.positive {
+            for m in pattern.find_all(&stems, false) {
+                let Some(neg) = stems[..m.start].iter().rposition(|s| NEGATORS.contains(s)) else {
+                    continue;
+                };
+                if negated(m.start) && claim(&mut used, m.start, m.end) {
+                    total += 1.0;
+                    cues.push(format!("\"{}\"", stream.quote(neg, m.end)));
+                }
+            }
+        }
+        Tone {
+            score: round3(total / (total + 1.0)),
+            cues,
+        }
+    }
+
+    /// The tone escalation for an utterance, if its score reaches the threshold.
+    pub fn negative_tone(&self, normalized: &str) -> Option<(Tone, String)> {
+        let tone = self.tone(normalized);
+        (tone.score >= self.config.negative_tone_threshold).then(|| {
+            let detail = format!(
+                "negative tone {:.2} >= negative_tone_threshold {:.2}: {}",
+                tone.score,
+                self.config.negative_tone_threshold,
+                tone.cues.join(", ")
+            );
+            (tone, detail)
+        })
+    }
+
+    /// A turn the bot acted on: clarification succeeded, the run of failures ends.
+    pub fn record_understood(&mut self) {
+        self.consecutive_failures = 0;
+    }
+
+    /// A failed turn. Returns the escalation reason and detail when it is one too many,
+    /// `None` when the bot should ask for clarification.
+    pub fn record_failure(&mut self, failure: &Failure) -> Option<(EscalationReason, String)> {
+        self.consecutive_failures += 1;
+        self.misunderstandings += 1;
+        let what = failure.describe(&self.config);
+        let limit = self.config.clarifications_before_escalation;
+        if self.consecutive_failures > limit {
+            let reason = match failure {
+                Failure::LowAsr { .. } => EscalationReason::LowAsrConfidence,
+                _ => EscalationReason::LowIntentConfidence,
+            };
+            let detail = format!(
+                "{what}; {} failed turn(s) in a row after {limit} clarification(s) \
+                 (clarifications_before_escalation = {limit})",
+                self.consecutive_failures
+            );
+            return Some((reason, detail));
+        }
+        if self.misunderstandings > self.config.max_misunderstandings {
+            let detail = format!(
+                "{what}; {} misunderstood turns in this call, more than max_misunderstandings = {}",
+                self.misunderstandings, self.config.max_misunderstandings
+            );
+            return Some((EscalationReason::RepeatedMisunderstanding, detail));
+        }
+        None
+    }
+}
+
+fn round3(x: f32) -> f32 {
+    (x * 1000.0).round() / 1000.0
+}
+
+/// Marks tokens `start..end` as counted; false if one already was.
+fn claim(used: &mut [bool], start: usize, end: usize) -> bool {
+    let Some(range) = used.get_mut(start..end) else {
+        return false;
+    };
+    if range.iter().any(|&u| u) {
+        return false;
+    }
+    range.fill(true);
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config_file;
+    use crate::dialog::normalize::normalize;
+
+    fn policy() -> EscalationPolicy {
+        EscalationPolicy::new(EscalationConfig::default())
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Gateway {
+        #[serde(default)]
+        escalation: EscalationConfig,
+    }
+
+    fn load(text: &str) -> Result<EscalationConfig, ConfigError> {
+        let file = Path::new("gateway.toml");
+        let g: Gateway = config_file::parse(file, text)?;
+        g.escalation.validate(file, text, "escalation")?;
+        Ok(g.escalation)
+    }
+
+    #[test]
+    fn defaults_are_valid_and_partial_tables_keep_defaults() {
+        EscalationConfig::default()
+            .validate(Path::new("x"), "", "escalation")
+            .expect("defaults valid");
+        let c = load("[escalation]\nmin_asr_confidence = 0.3\n").expect("valid");
+        assert_eq!(c.min_asr_confidence, 0.3);
+        assert_eq!(
+            c.max_misunderstandings,
+            EscalationConfig::default().max_misunderstandings
+        );
+    }
+
+    #[test]
+    fn threshold_out_of_range_names_line_and_field() {
+        let text = "[escalation]\nmin_intent_confidence = 0.5\nmin_asr_confidence = 1.5\n";
+        let err = load(text).unwrap_err();
+        assert_eq!(err.line, Some(3), "{err}");
+        assert_eq!(err.field.as_deref(), Some("escalation.min_asr_confidence"));
+        let err = load("[escalation]\n\nnegative_tone_threshold = 0.0\n").unwrap_err();
+        assert_eq!(err.line, Some(3), "{err}");
+        let err = load("[escalation]\nmax_misunderstandings = 0\n").unwrap_err();
+        assert_eq!(err.line, Some(2), "{err}");
+        let err = load("[escalation]\nclarifications_before_escalation = 11\n").unwrap_err();
+        assert_eq!(err.line, Some(2), "{err}");
+    }
+
+    #[test]
+    fn bad_phrase_and_unknown_key_name_line() {
+        let err =
+            load("[escalation]\ncritical_keywords = [\n  \"lawyer\",\n  \"*\",\n]\n").unwrap_err();
+        assert_eq!(err.line, Some(4), "{err}");
+        assert_eq!(err.field.as_deref(), Some("escalation.critical_keywords.1"));
+        let err =
+            load("[escalation]\nmin_asr_confidence = 0.4\nmax_misunderstanding = 3\n").unwrap_err();
+        assert_eq!(err.line, Some(3), "{err}");
+        assert!(err.reason.contains("max_misunderstanding"), "{err}");
+    }
+
+    #[test]
+    fn validate_without_prefix() {
+        let text = "min_asr_confidence = -0.1\n";
+        let c: EscalationConfig = config_file::parse(Path::new("e.toml"), text).expect("parses");
+        let err = c.validate(Path::new("e.toml"), text, "").unwrap_err();
+        assert_eq!(err.field.as_deref(), Some("min_asr_confidence"));
+        assert_eq!(err.line, Some(1));
+    }
+
+    #[test]
+    fn critical_keywords_are_negation_aware() {
+        let p = policy();
+        let hit = p
+            .critical_keyword(&normalize("I want to cancel my contract!"))
+            .expect("hit");
+        assert_eq!(hit.keyword, "cancel my contract");
+        assert_eq!(hit.matched, "cancel my contract");
+        let hit = p
+            .critical_keyword(&normalize("I'll call my lawyers"))
+            .expect("inflected");
+        assert_eq!(hit.matched, "lawyers");
+        assert_eq!(
+            p.critical_keyword(&normalize("I don't want to cancel my contract")),
+            None
+        );
+        assert_eq!(p.critical_keyword(&normalize("where is my order")), None);
+    }
+
+    #[test]
+    fn tone_lexicon_with_negation_and_sarcasm() {
+        let p = policy();
+        let score = |t: &str| p.tone(&normalize(t)).score;
+        assert_eq!(score("where is my order"), 0.0);
+        assert_eq!(score("not bad, thanks"), 0.0);
+        assert_eq!(score("that's good"), 0.0);
+        assert_eq!(score("I'm not happy"), 0.5);
+        assert_eq!(score("I am not at all happy"), 0.5);
+        assert_eq!(score("I'm very annoyed"), 0.6);
+        assert_eq!(score("Oh great, another robot."), round3(2.0 / 3.0));
+        let t = p.tone(&normalize("This is ridiculous, I'm not happy."));
+        assert_eq!(t.score, round3(2.0 / 3.0));
+        assert_eq!(t.cues, ["\"ridiculous\"", "\"not happy\""]);
+        assert_eq!(score("I have never been so disappointed"), 0.6);
+    }
+
+    #[test]
+    fn negative_tone_respects_threshold() {
+        let p = policy();
+        assert!(p.negative_tone(&normalize("I'm annoyed")).is_none());
+        let (_, detail) = p
+            .negative_tone(&normalize("this is absolutely ridiculous"))
+            .expect("escalates");
+        assert!(detail.contains("\"absolutely ridiculous\""), "{detail}");
+        assert!(
+            detail.contains(">= negative_tone_threshold 0.60"),
+            "{detail}"
+        );
+        let off = EscalationPolicy::new(EscalationConfig {
+            negative_tone_threshold: 1.0,
+            ..EscalationConfig::default()
+        });
+        assert!(off
+            .negative_tone(&normalize("terrible awful useless rubbish"))
+            .is_none());
+    }
+
+    #[test]
+    fn failures_clarify_then_escalate() {
+        let mut p = policy();
+        let low = Failure::LowIntent {
+            intent: "none".into(),
+            confidence: 0.0,
+        };
+        assert_eq!(p.record_failure(&low), None, "first failure clarifies");
+        let (reason, detail) = p.record_failure(&low).expect("second escalates");
+        assert_eq!(reason, EscalationReason::LowIntentConfidence);
+        assert!(detail.contains("2 failed turn(s) in a row"), "{detail}");
+
+        let mut p = policy();
+        let asr = Failure::LowAsr { confidence: 0.2 };
+        assert_eq!(p.record_failure(&asr), None);
+        let (reason, detail) = p.record_failure(&asr).expect("escalates");
+        assert_eq!(reason, EscalationReason::LowAsrConfidence);
+        assert!(
+            detail.contains("ASR confidence 0.20 below min_asr_confidence 0.45"),
+            "{detail}"
+        );
+    }
+
+    #[test]
+    fn scattered_failures_escalate_as_repeated_misunderstanding() {
+        let mut p = policy();
+        let low = Failure::LowIntent {
+            intent: "order_status".into(),
+            confidence: 0.3,
+        };
+        for _ in 0..2 {
+            assert_eq!(p.record_failure(&low), None);
+            p.record_understood();
+        }
+        let (reason, detail) = p.record_failure(&low).expect("third escalates");
+        assert_eq!(reason, EscalationReason::RepeatedMisunderstanding);
+        assert!(detail.contains("3 misunderstood turns"), "{detail}");
+        assert_eq!(p.misunderstandings(), 3);
+    }
+
+    #[test]
+    fn zero_clarifications_escalates_at_once() {
+        let mut p = EscalationPolicy::new(EscalationConfig {
+            clarifications_before_escalation: 0,
+            ..EscalationConfig::default()
+        });
+        let got = p.record_failure(&Failure::MissingSlot {
+            slot: "order_number".into(),
+        });
+        assert_eq!(
+            got.map(|(r, _)| r),
+            Some(EscalationReason::LowIntentConfidence)
+        );
+    }
+
+    #[test]
+    fn reasons_serialise_in_snake_case() {
+        let json = serde_json::to_string(&EscalationReason::Dtmf0).expect("json");
+        assert_eq!(json, "\"dtmf0\"");
+        let json = serde_json::to_string(&EscalationReason::LowAsrConfidence).expect("json");
+        assert_eq!(json, "\"low_asr_confidence\"");
+    }
+}

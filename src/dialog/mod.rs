@@ -1,0 +1,30 @@
+//! The voicebot's dialog: from one transcribed caller turn to the bot's answer.
+//!
+//! The speech pipeline hands over a transcript and its ASR confidence; the dialog decides what
+//! the caller wants and what happens next. It is pure (no IO beyond loading its configuration
+//! text, no clock, no randomness) so that every decision can be replayed and explained, and
+//! the pieces are separate so each can be tested and replaced on its own:
+//!
+//! * [`normalize`]: one canonical spelling of the transcript (digits, casing, contractions);
+//! * [`pattern`]: phrase patterns over stemmed words shared by the other modules;
+//! * [`intent`]: intent definitions and the [`IntentClassifier`] trait with its rule-based
+//!   implementation;
+//! * [`slots`]: order number, name and e-mail extraction;
+//! * [`escalation`]: when and why to hand the call to a person;
+//! * [`prompts`]: the bot's sentences, validated against the intents;
+//! * [`assets`]: intents plus prompts, loaded once and shared by all calls;
+//! * [`bot`]: the per-call dialog state.
+
+pub mod assets;
+pub mod bot;
+pub mod escalation;
+pub mod intent;
+pub mod normalize;
+pub mod pattern;
+pub mod prompts;
+pub mod slots;
+
+pub use assets::DialogAssets;
+pub use bot::{Bot, BotTurn, CallerTurn};
+pub use escalation::{Escalation, EscalationConfig, EscalationPolicy, EscalationReason};
+pub use intent::{IntentClassifier, IntentMatch, RuleClassifier, NONE_INTENT};

@@ -1,0 +1,340 @@
+//! What the bot says: reply texts from `prompts/en.toml`, validated against the intents.
+//!
+//! Wording changes more often than logic and is not the programmer's call, so every sentence
+//! the bot speaks lives in one TOML file: the greeting, the clarification prompts, the transfer
+//! announcement (naming the team from `[teams]`), the questions that fill a slot, and one reply
+//! per intent. Replies are [`Template`]s with `{slot}` placeholders; validation makes sure each
+//! intent has its reply, every placeholder names a slot the intent is guaranteed to have, and
+//! every skill has a team name, reporting the file and line of any mistake.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::intent::{is_identifier, IntentEscalation, IntentsFile};
+use super::slots::{self, KNOWN_SLOTS};
+use crate::config_file::{self, ConfigError};
+
+/// The placeholder of the transfer announcement.
+pub const TEAM: &str = "team";
+
+/// The content of a prompts file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PromptsFile {
+    /// Said when the call is answered.
+    pub greeting: String,
+    /// Said when the bot did not understand the request.
+    pub clarify: String,
+    /// Said when the audio was too unclear to trust (low ASR confidence).
+    pub repeat: String,
+    /// Said when handing over; `{team}` is the team name of the skill.
+    pub transfer: String,
+    /// Spoken team name of every skill (`billing = "billing"`).
+    pub teams: BTreeMap<String, String>,
+    /// Questions for slots that intents require.
+    #[serde(default)]
+    pub slots: BTreeMap<String, SlotPrompts>,
+    /// One reply per intent that does not escalate, keyed by intent name.
+    pub replies: BTreeMap<String, String>,
+}
+
+/// The questions for one slot.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlotPrompts {
+    /// First question.
+    pub ask: String,
+    /// Asked again when the answer did not contain the slot.
+    pub reask: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Part {
+    Text(String),
+    Slot(String),
+}
+
+/// A reply text with `{name}` placeholders (`{{` and `}}` stand for literal braces).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Template {
+    parts: Vec<Part>,
+}
+
+impl Template {
+    /// Parses a template; the error says what is malformed.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let mut parts = Vec::new();
+        let mut literal = String::new();
+        let mut chars = text.chars().peekable();
+        while let Some(c) = chars.next() {
+            match c {
+                '{' if chars.peek() == Some(&'{') => {
+                    chars.next();
+                    literal.push('{');
+                }
+                '}' if chars.peek() == Some(&'}') => {
+                    chars.next();
+                    literal.push('}');
+                }
+                '{' => {
+                    let mut name = String::new();
+                    loop {
+                        match chars.next() {
+                            Some('}') => break,
+                            Some(c) => name.push(c),
+                            None => return Err(format!("unclosed placeholder `{{{name}`")),
+                        }
+                    }
+                    if !is_identifier(&name) {
+                        return Err(format!("`{{{name}}}` is not a placeholder name (write `{{{{` for a literal brace)"));
+                    }
+                    if !literal.is_empty() {
+                        parts.push(Part::Text(std::mem::take(&mut literal)));
+                    }
+                    parts.push(Part::Slot(name));
+                }
+                '}' => return Err("stray `}` (write `}}` for a literal brace)".into()),
+                c => literal.push(c),
+            }
+        }
+        if !literal.is_empty() {
+            parts.push(Part::Text(literal));
+        }
+        Ok(Template { parts })
+    }
+
+    /// The placeholder names, in order.
+    pub fn placeholders(&self) -> impl Iterator<Item = &str> {
+        self.parts.iter().filter_map(|p| match p {
+            Part::Slot(name) => Some(name.as_str()),
+            Part::Text(_) => None,
+        })
+    }
+
+    /// Fills the placeholders with `values`, each spoken as [`slots::spoken`] says (order numbers
+    /// digit by digit). A missing value, which validation rules out, renders as nothing.
+    pub fn render(&self, values: &BTreeMap<String, String>) -> String {
+        let mut out = String::new();
+        for part in &self.parts {
+            match part {
+                Part::Text(t) => out.push_str(t),
+                Part::Slot(name) => {
+                    if let Some(v) = values.get(name) {
+                        out.push_str(&slots::spoken(name, v));
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Validated prompts, ready to render.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prompts {
+    greeting: Template,
+    clarify: Template,
+    repeat: Template,
+    transfer: Template,
+    teams: BTreeMap<String, String>,
+    slots: BTreeMap<String, (Template, Template)>,
+    replies: BTreeMap<String, Template>,
+}
+
+impl Prompts {
+    /// Parses and validates prompts text against the (validated) intents.
+    pub fn from_text(file: &Path, text: &str, intents: &IntentsFile) -> Result<Self, ConfigError> {
+        let raw: PromptsFile = config_file::parse(file, text)?;
+        let bad = |field: &str, reason: String| ConfigError::invalid(file, text, field, reason);
+        let template =
+            |field: &str, source: &str, allowed: &[&str]| -> Result<Template, ConfigError> {
+                if source.trim().is_empty() {
+                    return Err(bad(field, "must not be empty".into()));
+                }
+                let t = Template::parse(source).map_err(|reason| bad(field, reason))?;
+                if let Some(p) = t.placeholders().find(|p| !allowed.contains(p)) {
+                    let allowed = if allowed.is_empty() {
+                        "none".to_string()
+                    } else {
+                        allowed
+                            .iter()
+                            .map(|a| format!("{{{a}}}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    };
+                    return Err(bad(
+                        field,
+                        format!("unknown placeholder `{{{p}}}`; allowed here: {allowed}"),
+                    ));
+                }
+                Ok(t)
+            };
+        let greeting = template("greeting", &raw.greeting, &[])?;
+        let clarify = template("clarify", &raw.clarify, &[])?;
+        let repeat = template("repeat", &raw.repeat, &[])?;
+        let transfer = template("transfer", &raw.transfer, &[TEAM])?;
+
+        for (skill, team) in &raw.teams {
+            if !intents.skills.contains(skill) {
+                return Err(bad(
+                    &format!("teams.{skill}"),
+                    format!(
+                        "unknown skill `{skill}`; skills in the intents file: {}",
+                        intents.skills.join(", ")
+                    ),
+                ));
+            }
+            if team.trim().is_empty() {
+                return Err(bad(
+                    &format!("teams.{skill}"),
+                    "team name must not be empty".into(),
+                ));
+            }
+        }
+        if let Some(skill) = intents.skills.iter().find(|s| !raw.teams.contains_key(*s)) {
+            return Err(bad(
+                &format!("teams.{skill}"),
+                format!("no team name for skill `{skill}`"),
+            ));
+        }
+
+        let mut slot_prompts = BTreeMap::new();
+        for (slot, prompts) in &raw.slots {
+            if !KNOWN_SLOTS.contains(&slot.as_str()) {
+                return Err(bad(
+                    &format!("slots.{slot}"),
+                    format!(
+                        "unknown slot `{slot}`; known slots: {}",
+                        KNOWN_SLOTS.join(", ")
+                    ),
+                ));
+            }
+            let ask = template(&format!("slots.{slot}.ask"), &prompts.ask, &[])?;
+            let reask = template(&format!("slots.{slot}.reask"), &prompts.reask, &[])?;
+            slot_prompts.insert(slot.clone(), (ask, reask));
+        }
+        for intent in &intents.intents {
+            if let Some(slot) = intent.requires.iter().find(|s| !raw.slots.contains_key(*s)) {
+                return Err(bad(
+                    &format!("slots.{slot}"),
+                    format!(
+                        "no [slots.{slot}] questions, but intent `{}` requires `{slot}`",
+                        intent.name
+                    ),
+                ));
+            }
+        }
+
+        let mut replies = BTreeMap::new();
+        for (name, source) in &raw.replies {
+            let field = format!("replies.{name}");
+            let Some(intent) = intents.intent(name) else {
+                return Err(bad(
+                    &field,
+                    format!("no intent `{name}` in the intents file"),
+                ));
+            };
+            if intent.escalate != IntentEscalation::No {
+                return Err(bad(&field, format!("intent `{name}` escalates, so the transfer announcement is said instead; remove this reply")));
+            }
+            let t = template(&field, source, KNOWN_SLOTS)?;
+            if let Some(p) = t
+                .placeholders()
+                .find(|p| !intent.requires.iter().any(|r| r == p))
+            {
+                return Err(bad(&field, format!("slot `{{{p}}}` may be empty here: intent `{name}` does not require it (add it to its `requires`)")));
+            }
+            replies.insert(name.clone(), t);
+        }
+        if let Some(intent) = intents
+            .intents
+            .iter()
+            .find(|i| i.escalate == IntentEscalation::No && !raw.replies.contains_key(&i.name))
+        {
+            // The field does not exist, so the line is that of the [replies] table.
+            return Err(bad(
+                &format!("replies.{}", intent.name),
+                format!("missing reply for intent `{}`", intent.name),
+            ));
+        }
+
+        Ok(Prompts {
+            greeting,
+            clarify,
+            repeat,
+            transfer,
+            teams: raw.teams,
+            slots: slot_prompts,
+            replies,
+        })
+    }
+
+    /// The greeting.
+    pub fn greeting(&self) -> String {
+        self.greeting.render(&BTreeMap::new())
+    }
+
+    /// The clarification prompt.
+    pub fn clarify(&self) -> String {
+        self.clarify.render(&BTreeMap::new())
+    }
+
+    /// The "please repeat" prompt for unclear audio.
+    pub fn repeat(&self) -> String {
+        self.repeat.render(&BTreeMap::new())
+    }
+
+    /// The spoken name of a skill's team (the skill itself if unknown).
+    pub fn team(&self, skill: &str) -> String {
+        self.teams
+            .get(skill)
+            .cloned()
+            .unwrap_or_else(|| skill.to_string())
+    }
+
+    /// The transfer announcement naming the team of `skill`.
+    pub fn transfer(&self, skill: &str) -> String {
+        let mut values = BTreeMap::new();
+        values.insert(TEAM.to_string(), self.team(skill));
+        self.transfer.render(&values)
+    }
+
+    /// The first question for a slot.
+    pub fn ask(&self, slot: &str) -> Option<String> {
+        self.slots
+            .get(slot)
+            .map(|(ask, _)| ask.render(&BTreeMap::new()))
+    }
+
+    /// The repeated question for a slot.
+    pub fn reask(&self, slot: &str) -> Option<String> {
+        self.slots
+            .get(slot)
+            .map(|(_, reask)| reask.render(&BTreeMap::new()))
+    }
+
+    /// An intent's reply with slot values filled in.
+    pub fn reply(&self, intent: &str, slots: &BTreeMap<String, String>) -> Option<String> {
+        self.replies.get(intent).map(|t| t.render(slots))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn templates_parse_and_render() {
+        let t = Template::parse("Order {order_number}, {{literal}}.").expect("valid");
+        assert_eq!(t.placeholders().collect::<Vec<_>>(), ["order_number"]);
+        let mut v = BTreeMap::new();
+        v.insert("order_number".to_string(), "1234".to_string());
+        assert_eq!(t.render(&v), "Order 1 2 3 4, {literal}.");
+        assert_eq!(t.render(&BTreeMap::new()), "Order , {literal}.");
+        for bad in ["{unclosed", "a } b", "{Bad Name}", "{}"] {
+            assert!(Template::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+}
