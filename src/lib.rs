@@ -1,6 +1,18 @@
 //! voicebot-gateway: an offline voicebot for telephone support lines.
+//!
+//! A caller's audio goes through [`pipeline`] (resampling, endpointing, speech recognition,
+//! the [`dialog`] engine, speech synthesis); the bot answers routine requests itself and decides,
+//! with a reason, when a human must take over. [`simulate`] runs recorded or scripted calls
+//! through the same pipeline for testers.
 
 pub mod audio;
+pub mod bench;
+pub mod config;
 pub mod config_file;
-pub mod speech;
+pub mod dialog;
+pub mod engines;
+pub mod pipeline;
+pub mod report;
 pub mod serde_util;
+pub mod simulate;
+pub mod speech;

@@ -4,6 +4,8 @@
 
 pub mod frames;
 pub mod resample;
+#[cfg(test)]
+pub mod test_signal;
 pub mod wav;
 
 /// The rate the speech stages (VAD, ASR) work at.

@@ -114,10 +114,12 @@ impl WhisperRecognizer {
         if !path.is_file() {
             return Err(AsrError::ModelMissing { path: path.clone() });
         }
-        let mut params = WhisperContextParameters::default();
-        params.flash_attn = config.flash_attn;
-        let ctx = WhisperContext::new_with_params(path, params)
-            .map_err(|e| AsrError::ModelLoad {
+        let params = WhisperContextParameters {
+            flash_attn: config.flash_attn,
+            ..WhisperContextParameters::default()
+        };
+        let ctx =
+            WhisperContext::new_with_params(path, params).map_err(|e| AsrError::ModelLoad {
                 path: path.clone(),
                 reason: e.to_string(),
             })?;
@@ -340,7 +342,10 @@ mod tests {
             32_000
         ));
         assert!(looks_degenerate("the the the the", 32_000));
-        assert!(looks_degenerate("where with my order. Where with my order.", 32_000));
+        assert!(looks_degenerate(
+            "where with my order. Where with my order.",
+            32_000
+        ));
         assert!(!looks_degenerate("my order, my order number is 5", 32_000));
         assert!(!looks_degenerate("Where is my order?", 32_000));
         assert!(!looks_degenerate("no, no, no, that's wrong", 32_000));

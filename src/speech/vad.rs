@@ -309,34 +309,7 @@ fn samples_to_duration(samples: u64) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A crude voiced sound: a 140 Hz pulse train through a couple of formant-like resonances,
-    /// amplitude-modulated at a syllable rate. Enough for a neural VAD to call it speech.
-    fn voiced(ms: u64, seed: u32) -> Vec<f32> {
-        let n = ms_to_samples(ms) as usize;
-        let mut out = Vec::with_capacity(n);
-        let (mut y1, mut y2, mut z1, mut z2) = (0.0f32, 0.0f32, 0.0f32, 0.0f32);
-        let period = 16000.0 / (130.0 + (seed % 5) as f32 * 10.0);
-        for i in 0..n {
-            let t = i as f32 / 16000.0;
-            let pulse = if (i as f32 % period) < 1.0 { 1.0 } else { 0.0 };
-            // Two resonators (~700 Hz and ~1200 Hz).
-            let y = pulse + 1.85 * y1 * (2.0 * std::f32::consts::PI * 700.0 / 16000.0).cos()
-                - 0.93 * y2;
-            y2 = y1;
-            y1 = y;
-            let z = y + 1.8 * z1 * (2.0 * std::f32::consts::PI * 1200.0 / 16000.0).cos() - 0.9 * z2;
-            z2 = z1;
-            z1 = z;
-            let env = 0.6 + 0.4 * (2.0 * std::f32::consts::PI * 4.0 * t).sin().abs();
-            out.push(z * 0.02 * env);
-        }
-        out
-    }
-
-    fn silence(ms: u64) -> Vec<f32> {
-        vec![0.0; ms_to_samples(ms) as usize]
-    }
+    use crate::audio::test_signal::{silence, voiced};
 
     fn run(audio: &[f32], config: VadConfig) -> Vec<VadEvent> {
         let mut ep = Endpointer::new(config);
@@ -360,7 +333,7 @@ mod tests {
 
     /// Stand-in for speech; `detector_calls_synthetic_voice_speech` checks the VAD agrees.
     fn speechlike(ms: u64) -> Vec<f32> {
-        voiced(ms, 1)
+        voiced(ms)
     }
 
     #[test]

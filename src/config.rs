@@ -1,0 +1,192 @@
+//! The gateway's configuration: one TOML file (`sip-config/gateway.toml`), embedded in the
+//! binary as the default, validated once at load into a typed [`GatewayConfig`]. Every problem is
+//! reported with the file, line and field (see [`crate::config_file`]).
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config_file::{self, ConfigError};
+use crate::dialog::escalation::EscalationConfig;
+use crate::speech::asr::AsrConfig;
+use crate::speech::tts::TtsConfig;
+use crate::speech::vad::VadConfig;
+
+/// The default configuration, as shipped in `sip-config/gateway.toml`.
+pub const EMBEDDED: &str = include_str!("../sip-config/gateway.toml");
+
+/// Where dialog content comes from (`[dialog]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct DialogFiles {
+    /// Intent definitions; empty means the embedded defaults.
+    pub intents: Option<PathBuf>,
+    /// Reply texts; empty means the embedded defaults.
+    pub prompts: Option<PathBuf>,
+}
+
+/// Inference pool sizing (`[pool]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoolConfig {
+    /// Worker threads running ASR/TTS jobs.
+    pub workers: usize,
+    /// Jobs allowed to wait for a worker before submitters are held back.
+    pub queue: usize,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig {
+            workers: 1,
+            queue: 16,
+        }
+    }
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewayConfig {
+    pub asr: AsrConfig,
+    pub vad: VadConfig,
+    pub tts: TtsConfig,
+    pub pool: PoolConfig,
+    pub dialog: DialogFiles,
+    pub escalation: EscalationConfig,
+}
+
+impl GatewayConfig {
+    /// The embedded default configuration.
+    pub fn embedded() -> Result<Self, ConfigError> {
+        Self::from_text(Path::new("<embedded>/sip-config/gateway.toml"), EMBEDDED)
+    }
+
+    /// Loads and validates a configuration file; relative paths inside it are taken relative
+    /// to the working directory, like the embedded defaults'.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::whole_file(path, format!("cannot read: {e}")))?;
+        Self::from_text(path, &text)
+    }
+
+    /// Parses and validates configuration text; `file` labels errors.
+    pub fn from_text(file: &Path, text: &str) -> Result<Self, ConfigError> {
+        let config: GatewayConfig = config_file::parse(file, text)?;
+        config.validate(file, text)?;
+        Ok(config)
+    }
+
+    fn validate(&self, file: &Path, text: &str) -> Result<(), ConfigError> {
+        let bad = |field: &str, reason: &str| Err(ConfigError::invalid(file, text, field, reason));
+        let v = &self.vad;
+        if !(0.05..=0.95).contains(&v.threshold) {
+            return bad("vad.threshold", "must be between 0.05 and 0.95");
+        }
+        if v.end_silence_ms < 100 || v.end_silence_ms > 5_000 {
+            return bad("vad.end_silence_ms", "must be between 100 and 5000 ms");
+        }
+        if v.min_speech_ms > 2_000 {
+            return bad("vad.min_speech_ms", "must be at most 2000 ms");
+        }
+        if v.pre_roll_ms > 1_000 {
+            return bad("vad.pre_roll_ms", "must be at most 1000 ms");
+        }
+        if v.max_utterance_ms < 1_000 || v.max_utterance_ms > 30_000 {
+            return bad(
+                "vad.max_utterance_ms",
+                "must be between 1000 and 30000 ms (whisper's window)",
+            );
+        }
+        if self.asr.language.len() != 2
+            || !self.asr.language.chars().all(|c| c.is_ascii_lowercase())
+        {
+            return bad(
+                "asr.language",
+                "must be a two-letter ISO 639-1 code such as \"en\"",
+            );
+        }
+        if !(0.0..=1.0).contains(&self.asr.full_window_below) {
+            return bad("asr.full_window_below", "must be between 0 and 1");
+        }
+        if self.asr.threads > 64 {
+            return bad("asr.threads", "must be at most 64 (0 means all cores)");
+        }
+        if !(60..=450).contains(&self.tts.rate_wpm) {
+            return bad(
+                "tts.rate_wpm",
+                "must be between 60 and 450 words per minute",
+            );
+        }
+        if self.tts.pitch > 99 {
+            return bad("tts.pitch", "must be between 0 and 99");
+        }
+        if !(-30.0..=0.0).contains(&self.tts.peak_dbfs) {
+            return bad("tts.peak_dbfs", "must be between -30 and 0 dBFS");
+        }
+        if self.tts.voice.trim().is_empty() {
+            return bad("tts.voice", "must name an espeak-ng voice");
+        }
+        if self.pool.workers == 0 || self.pool.workers > 64 {
+            return bad("pool.workers", "must be between 1 and 64");
+        }
+        if self.pool.queue == 0 {
+            return bad("pool.queue", "must be at least 1");
+        }
+        self.escalation.validate(file, text, "escalation")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_defaults_are_valid() {
+        let config = GatewayConfig::embedded().expect("embedded config is valid");
+        assert_eq!(config.asr.language, "en");
+        assert!(config.asr.model.ends_with("ggml-tiny.en.bin"));
+    }
+
+    #[test]
+    fn empty_file_means_defaults() {
+        let config = GatewayConfig::from_text(Path::new("g.toml"), "").expect("valid");
+        assert_eq!(config, GatewayConfig::default());
+    }
+
+    #[test]
+    fn out_of_range_value_names_file_line_field() {
+        let text = "[asr]\nlanguage = \"en\"\n\n[vad]\nthreshold = 1.5\n";
+        let err = GatewayConfig::from_text(Path::new("gw.toml"), text).unwrap_err();
+        assert_eq!(err.line, Some(5), "{err}");
+        assert_eq!(err.field.as_deref(), Some("vad.threshold"));
+        assert!(
+            err.to_string()
+                .starts_with("gw.toml:5: field `vad.threshold`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn unknown_section_is_rejected_with_line() {
+        let text = "[asr]\nlanguage = \"en\"\n[vda]\nthreshold = 0.5\n";
+        let err = GatewayConfig::from_text(Path::new("gw.toml"), text).unwrap_err();
+        assert_eq!(err.line, Some(3), "{err}");
+        assert!(err.reason.contains("vda"), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_is_rejected_with_line() {
+        let text = "[tts]\nrate_wpm = \"fast\"\n";
+        let err = GatewayConfig::from_text(Path::new("gw.toml"), text).unwrap_err();
+        assert_eq!(err.line, Some(2), "{err}");
+    }
+
+    #[test]
+    fn bad_language_is_rejected() {
+        let err = GatewayConfig::from_text(Path::new("gw.toml"), "[asr]\nlanguage = \"english\"\n")
+            .unwrap_err();
+        assert_eq!(err.field.as_deref(), Some("asr.language"));
+        assert_eq!(err.line, Some(2));
+    }
+}

@@ -1,0 +1,314 @@
+//! The `voicebot` command: the binary edge, where errors become messages and exit codes.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use voicebot_gateway::config::GatewayConfig;
+use voicebot_gateway::simulate::batch::{
+    expand_inputs, output_stem, run_file, write_json, FileResult,
+};
+use voicebot_gateway::simulate::render;
+use voicebot_gateway::simulate::scenario::{run_scenario, ScenarioResult};
+use voicebot_gateway::{bench, engines};
+
+#[derive(Parser)]
+#[command(
+    name = "voicebot",
+    version,
+    about = "Offline voicebot telephony gateway"
+)]
+struct Cli {
+    /// Gateway configuration (TOML); the embedded defaults when absent.
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// More log output (-v: decisions, -vv: pipeline details). RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run recorded calls (WAV files or directories of them) or scenario files through the bot.
+    Simulate {
+        /// WAV files or directories; with --scenario, scenario files or directories of *.toml.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Treat the paths as scenario files and check their expectations.
+        #[arg(long)]
+        scenario: bool,
+        /// Where the bot's audio and the JSON reports are written.
+        #[arg(long, default_value = "simulate-out")]
+        out: PathBuf,
+        /// Print the JSON reports on stdout instead of the text view.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Measure speech recognition latency and real-time factor.
+    BenchAsr {
+        /// WAV files to transcribe; built-in phrases spoken by espeak-ng when absent.
+        wavs: Vec<PathBuf>,
+        /// Timed runs per utterance (after one warm-up).
+        #[arg(long, default_value_t = 3)]
+        repeat: usize,
+        /// Also write the figures as JSON.
+        #[arg(long, value_name = "FILE")]
+        json: Option<PathBuf>,
+    },
+    /// Validate the configuration and dialog files, then exit.
+    CheckConfig,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.verbose);
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn init_tracing(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "voicebot_gateway=info,warn",
+        _ => "voicebot_gateway=debug,info",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn load_config(path: Option<&Path>) -> anyhow::Result<GatewayConfig> {
+    Ok(match path {
+        Some(p) => GatewayConfig::load(p)?,
+        None => GatewayConfig::embedded()?,
+    })
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let config = load_config(cli.config.as_deref())?;
+    match cli.command {
+        Command::CheckConfig => {
+            engines::load_dialog(&config)?;
+            println!("configuration OK");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::BenchAsr { wavs, repeat, json } => {
+            let audio = bench::bench_audio(&wavs).map_err(anyhow::Error::msg)?;
+            let rows = bench::run(&config.asr, &audio, repeat).map_err(anyhow::Error::msg)?;
+            let threads = if config.asr.threads == 0 {
+                std::thread::available_parallelism().map_or(2, |n| n.get())
+            } else {
+                config.asr.threads
+            };
+            print!("{}", bench::render(&rows, threads));
+            if let Some(path) = json {
+                write_json(&path, &rows).map_err(anyhow::Error::msg)?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Simulate {
+            paths,
+            scenario,
+            out,
+            json,
+        } => {
+            std::fs::create_dir_all(&out)
+                .with_context(|| format!("{}: cannot create output directory", out.display()))?;
+            let engines = engines::load(config)?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            let ok = if scenario {
+                runtime.block_on(simulate_scenarios(&engines, &paths, &out, json))?
+            } else {
+                runtime.block_on(simulate_files(&engines, &paths, &out, json))?
+            };
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+    }
+}
+
+fn progress(n: usize) -> ProgressBar {
+    if n < 2 {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::new(n as u64);
+    if let Ok(style) = ProgressStyle::with_template("{bar:30} {pos}/{len} calls  {elapsed}  {msg}")
+    {
+        pb.set_style(style);
+    }
+    pb
+}
+
+async fn simulate_files(
+    engines: &voicebot_gateway::pipeline::Engines,
+    paths: &[PathBuf],
+    out: &Path,
+    json: bool,
+) -> anyhow::Result<bool> {
+    let inputs = expand_inputs(paths);
+    if inputs.is_empty() {
+        anyhow::bail!("no WAV files found in {}", display_list(paths));
+    }
+    let pb = progress(inputs.len());
+    let mut taken = HashSet::new();
+    let mut results: Vec<FileResult> = Vec::new();
+    for input in &inputs {
+        pb.set_message(input.display().to_string());
+        let stem = output_stem(input, &mut taken);
+        let result = run_file(engines, input, out, &stem).await;
+        pb.suspend(|| print_file(&result, json));
+        pb.inc(1);
+        results.push(result);
+    }
+    pb.finish_and_clear();
+    let failed = results.iter().filter(|r| r.error.is_some()).count();
+    write_json(&out.join("summary.json"), &results).map_err(anyhow::Error::msg)?;
+    if !json {
+        if inputs.len() > 1 {
+            println!("{}", render::summary_table(&results));
+        }
+        println!(
+            "{} calls, {} failed; reports in {}",
+            results.len(),
+            failed,
+            out.display()
+        );
+    }
+    Ok(failed == 0)
+}
+
+fn print_file(result: &FileResult, json: bool) {
+    if json {
+        match serde_json::to_string(result) {
+            Ok(s) => println!("{s}"),
+            Err(e) => eprintln!(
+                "error: {}: cannot encode report: {e}",
+                result.file.display()
+            ),
+        }
+        if let Some(e) = &result.error {
+            eprintln!("error: {e}");
+        }
+        return;
+    }
+    if let Some(e) = &result.error {
+        eprintln!("error: {e}");
+    }
+    if let Some(report) = &result.report {
+        print!(
+            "{}",
+            render::call_text(&result.file.display().to_string(), report)
+        );
+        if let (Some(wav), Some(js)) = (&result.bot_audio, &result.json_report) {
+            println!("  wrote {} and {}", wav.display(), js.display());
+        }
+    }
+}
+
+fn expand_scenarios(paths: &[PathBuf]) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            let mut files: Vec<PathBuf> = std::fs::read_dir(p)
+                .map(|rd| {
+                    rd.filter_map(Result::ok)
+                        .map(|e| e.path())
+                        .filter(|f| f.extension().is_some_and(|x| x == "toml"))
+                        .collect()
+                })
+                .unwrap_or_default();
+            files.sort();
+            out.extend(files);
+        } else {
+            out.push(p.clone());
+        }
+    }
+    out
+}
+
+async fn simulate_scenarios(
+    engines: &voicebot_gateway::pipeline::Engines,
+    paths: &[PathBuf],
+    out: &Path,
+    json: bool,
+) -> anyhow::Result<bool> {
+    let files = expand_scenarios(paths);
+    if files.is_empty() {
+        anyhow::bail!("no scenario files found in {}", display_list(paths));
+    }
+    let pb = progress(files.len());
+    let mut taken = HashSet::new();
+    let mut results: Vec<ScenarioResult> = Vec::new();
+    for file in &files {
+        pb.set_message(file.display().to_string());
+        let (result, call) = run_scenario(engines, file).await;
+        let stem = output_stem(file, &mut taken);
+        if let Some(call) = &call {
+            if let Err(e) = voicebot_gateway::audio::wav::write_wav(
+                &out.join(format!("{stem}.bot.wav")),
+                &call.bot_track,
+            ) {
+                eprintln!("error: {e}");
+            }
+        }
+        if let Err(e) = write_json(&out.join(format!("{stem}.json")), &result) {
+            eprintln!("error: {e}");
+        }
+        pb.suspend(|| {
+            if json {
+                if let Ok(s) = serde_json::to_string(&result) {
+                    println!("{s}");
+                }
+                return;
+            }
+            if let Some(report) = &result.report {
+                print!("{}", render::call_text(&file.display().to_string(), report));
+            }
+            if result.passed {
+                println!("  PASS {}", file.display());
+            } else {
+                for f in &result.failures {
+                    println!("  FAIL {}: {f}", file.display());
+                }
+            }
+        });
+        pb.inc(1);
+        results.push(result);
+    }
+    pb.finish_and_clear();
+    let passed = results.iter().filter(|r| r.passed).count();
+    let failed = results.len() - passed;
+    write_json(&out.join("summary.json"), &results).map_err(anyhow::Error::msg)?;
+    // The plain closing line CI reads.
+    println!("scenarios: {passed} passed, {failed} failed");
+    Ok(failed == 0)
+}
+
+fn display_list(paths: &[PathBuf]) -> String {
+    paths
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}

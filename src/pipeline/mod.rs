@@ -1,0 +1,632 @@
+//! The per-call media pipeline, the same for a WAV file and a live call:
+//!
+//! ```text
+//! CallInput (20 ms frames, any rate) -> [listen: resample -> VAD/endpointing]
+//!     --utterances (bounded)--> [respond: ASR -> intent/dialog -> TTS]  (inference on the pool)
+//!     --CallOutput (bounded)--> speaker (WAV timeline in simulation, paced RTP on a call)
+//! ```
+//!
+//! Each stage is a task joined to the next by a bounded channel, so a slow stage holds back the
+//! one before it instead of buffering without limit. Blocking inference never runs on the async
+//! runtime: it goes to the shared [`InferencePool`]. Media time comes from the frames' own
+//! timestamps, never from the wall clock, so a file fed faster than real time is endpointed
+//! exactly as the same audio on a call; wall-clock time is used only to measure processing.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+
+use crate::audio::frames::AudioFrame;
+use crate::audio::resample::{resample_all, ResampleError, StreamResampler};
+use crate::audio::wav::MonoAudio;
+use crate::audio::SPEECH_RATE;
+use crate::config::GatewayConfig;
+use crate::dialog::{Bot, BotTurn, CallerTurn, DialogAssets};
+use crate::report::{CallOutcome, CallReport, TurnReport, TurnTimings};
+use crate::speech::asr::{AsrError, SpeechRecognizer, Transcript};
+use crate::speech::pool::{InferencePool, PoolError};
+use crate::speech::tts::{SpeechSynthesizer, TtsError};
+use crate::speech::vad::{Endpointer, Utterance, VadEvent};
+
+/// Capacity of the channels between stages.
+const STAGE_QUEUE: usize = 8;
+
+/// What a call feeds into the pipeline.
+#[derive(Debug, Clone)]
+pub enum CallInput {
+    /// Caller audio.
+    Audio(AudioFrame),
+    /// A DTMF digit (RFC 4733 on a live call).
+    Dtmf { digit: char, at: Duration },
+    /// The caller's audio ended (hang-up or end of file).
+    End,
+}
+
+/// Why the bot speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpeechKind {
+    Greeting,
+    Reply,
+}
+
+/// What the pipeline hands to the speaker stage.
+#[derive(Debug, Clone)]
+pub enum CallOutput {
+    /// Bot speech at 16 kHz, ready at media time `ready_at` (the decision time plus the measured
+    /// processing time).
+    Speak {
+        kind: SpeechKind,
+        text: String,
+        audio: MonoAudio,
+        ready_at: Duration,
+    },
+    /// A finished caller turn.
+    Turn(Box<TurnReport>),
+}
+
+/// Why a call's pipeline failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    Resample(#[from] ResampleError),
+    #[error(transparent)]
+    Asr(#[from] AsrError),
+    #[error(transparent)]
+    Tts(#[from] TtsError),
+    #[error(transparent)]
+    Pool(#[from] PoolError),
+    #[error("pipeline stage stopped unexpectedly: {0}")]
+    Stage(String),
+}
+
+/// The shared, loaded engines every call uses.
+#[derive(Clone)]
+pub struct Engines {
+    pub config: Arc<GatewayConfig>,
+    pub asr: Arc<dyn SpeechRecognizer>,
+    pub tts: Arc<dyn SpeechSynthesizer>,
+    pub dialog: Arc<DialogAssets>,
+    pub pool: InferencePool,
+}
+
+/// What the listen stage passes on.
+enum Heard {
+    Utterance(Utterance),
+    Dtmf { digit: char, at: Duration },
+    End { at: Duration },
+}
+
+/// Runs one call: consumes `input` until [`CallInput::End`] (or the sender is dropped), sends
+/// bot speech and turn reports to `output`, and returns the call's report.
+pub async fn run_call(
+    engines: Engines,
+    input: mpsc::Receiver<CallInput>,
+    output: mpsc::Sender<CallOutput>,
+) -> Result<CallReport, PipelineError> {
+    let (heard_tx, heard_rx) = mpsc::channel(STAGE_QUEUE);
+    let listen = tokio::spawn(listen_stage(engines.config.clone(), input, heard_tx));
+    let respond = respond_stage(engines, heard_rx, output).await;
+    // The listen stage ends when its input ends or when respond stops listening.
+    let listened = listen
+        .await
+        .map_err(|e| PipelineError::Stage(format!("listen stage: {e}")))?;
+    let report = respond?;
+    listened?;
+    Ok(report)
+}
+
+/// Resampling and endpointing: pure computation, cheap enough for the runtime.
+async fn listen_stage(
+    config: Arc<GatewayConfig>,
+    mut input: mpsc::Receiver<CallInput>,
+    heard: mpsc::Sender<Heard>,
+) -> Result<(), PipelineError> {
+    let mut endpointer = Endpointer::new(config.vad.clone());
+    let mut resampler: Option<(u32, StreamResampler)> = None;
+    let mut speech = Vec::with_capacity(SPEECH_RATE as usize / 25);
+    let mut events = Vec::new();
+    let mut last_end = Duration::ZERO;
+    loop {
+        let item = input.recv().await.unwrap_or(CallInput::End);
+        let is_end = matches!(item, CallInput::End);
+        match item {
+            CallInput::Audio(frame) => {
+                last_end = frame.at
+                    + Duration::from_micros(
+                        frame.samples.len() as u64 * 1_000_000 / u64::from(frame.rate.max(1)),
+                    );
+                let rs = match &mut resampler {
+                    Some((rate, rs)) if *rate == frame.rate => rs,
+                    _ => {
+                        // A codec change mid-call (re-INVITE) restarts the converter.
+                        if let Some((_, mut old)) = resampler.take() {
+                            old.finish(&mut speech)?;
+                        }
+                        &mut resampler
+                            .insert((frame.rate, StreamResampler::new(frame.rate, SPEECH_RATE)?))
+                            .1
+                    }
+                };
+                rs.push(&frame.samples, &mut speech)?;
+                endpointer.push(&speech, &mut events);
+                speech.clear();
+            }
+            CallInput::Dtmf { digit, at } => {
+                if heard.send(Heard::Dtmf { digit, at }).await.is_err() {
+                    return Ok(());
+                }
+            }
+            CallInput::End => {
+                if let Some((_, rs)) = resampler.as_mut() {
+                    rs.finish(&mut speech)?;
+                    endpointer.push(&speech, &mut events);
+                }
+                endpointer.finish(&mut events);
+            }
+        }
+        for event in events.drain(..) {
+            match event {
+                VadEvent::SpeechStarted { at } => {
+                    tracing::debug!(at_ms = at.as_millis() as u64, "caller started speaking");
+                }
+                VadEvent::Utterance(u) => {
+                    tracing::debug!(
+                        start_ms = u.start.as_millis() as u64,
+                        end_ms = u.end.as_millis() as u64,
+                        reason = ?u.reason,
+                        "end of utterance"
+                    );
+                    if heard.send(Heard::Utterance(u)).await.is_err() {
+                        return Ok(()); // the respond stage is done with this call
+                    }
+                }
+            }
+        }
+        if is_end {
+            let _ = heard.send(Heard::End { at: last_end }).await;
+            return Ok(());
+        }
+    }
+}
+
+/// Recognition, dialog and synthesis for each finished utterance.
+async fn respond_stage(
+    engines: Engines,
+    mut heard: mpsc::Receiver<Heard>,
+    output: mpsc::Sender<CallOutput>,
+) -> Result<CallReport, PipelineError> {
+    let mut bot = Bot::new(engines.dialog.clone(), engines.config.escalation.clone());
+    let greeting = bot.greeting();
+    let started = Instant::now();
+    match synthesize(&engines, &greeting).await {
+        Ok(audio) => {
+            let _ = output
+                .send(CallOutput::Speak {
+                    kind: SpeechKind::Greeting,
+                    text: greeting.clone(),
+                    audio,
+                    ready_at: started.elapsed(),
+                })
+                .await;
+        }
+        Err(e) => tracing::error!(error = %e, "greeting synthesis failed; the call goes on"),
+    }
+    let mut turns = Vec::new();
+    let mut outcome = CallOutcome::CallerHungUp;
+    let mut escalation = None;
+    let mut bot_done_at: Option<Duration> = None;
+    let mut caller_audio = Duration::ZERO;
+    while let Some(item) = heard.recv().await {
+        let mut fault: Option<String> = None;
+        let (caller_turn, decided_at, utterance) = match item {
+            Heard::End { at } => {
+                caller_audio = at;
+                break;
+            }
+            Heard::Dtmf { digit, at } => {
+                let Some(turn) = bot.on_dtmf(digit) else {
+                    continue;
+                };
+                (turn, at, None)
+            }
+            Heard::Utterance(u) => {
+                let turn_started = Instant::now();
+                let samples = u.samples.clone();
+                let asr = engines.asr.clone();
+                // A failed recognition must not drop the call: the turn counts as not understood
+                // (confidence 0), so the dialog asks again or escalates, and the report says why.
+                let transcript = match engines.pool.run(move || asr.transcribe(&samples)).await {
+                    Ok(Ok(t)) => t,
+                    Ok(Err(e)) => failed_transcript(&mut fault, e.to_string()),
+                    Err(e) => failed_transcript(&mut fault, e.to_string()),
+                };
+                tracing::info!(
+                    text = %transcript.text,
+                    confidence = transcript.confidence,
+                    asr_ms = transcript.elapsed.as_millis() as u64,
+                    "caller said"
+                );
+                let intent_started = Instant::now();
+                let turn = bot.on_utterance(CallerTurn {
+                    text: transcript.text.clone(),
+                    asr_confidence: transcript.confidence,
+                });
+                let intent_time = intent_started.elapsed();
+                let decided_at = u.decided_at;
+                (
+                    turn,
+                    decided_at,
+                    Some((u, transcript, intent_time, turn_started)),
+                )
+            }
+        };
+        let reply_started = Instant::now();
+        let reply_audio = if caller_turn.reply.trim().is_empty() {
+            None
+        } else {
+            match synthesize(&engines, &caller_turn.reply).await {
+                Ok(audio) => Some(audio),
+                Err(e) => {
+                    // The decision stands (an escalation still happens); only the audio is lost.
+                    tracing::error!(error = %e, reply = %caller_turn.reply, "speech synthesis failed");
+                    fault = Some(format!("speech synthesis failed: {e}"));
+                    None
+                }
+            }
+        };
+        let tts_time = reply_started.elapsed();
+        let mut report = make_report(
+            turns.len() + 1,
+            &caller_turn,
+            utterance.as_ref(),
+            decided_at,
+            tts_time,
+        );
+        report.fault = fault;
+        log_decision(&report);
+        let total = report.timings.total;
+        if let Some(audio) = reply_audio {
+            let _ = output
+                .send(CallOutput::Speak {
+                    kind: SpeechKind::Reply,
+                    text: caller_turn.reply.clone(),
+                    audio,
+                    ready_at: decided_at + total,
+                })
+                .await;
+        }
+        let _ = output
+            .send(CallOutput::Turn(Box::new(report.clone())))
+            .await;
+        turns.push(report);
+        if let Some(e) = &caller_turn.escalation {
+            outcome = CallOutcome::Escalated;
+            escalation = Some(e.clone());
+            bot_done_at = Some(decided_at);
+            break;
+        }
+        if caller_turn.ends_call {
+            outcome = CallOutcome::Completed;
+            bot_done_at = Some(decided_at);
+            break;
+        }
+    }
+    // The bot is done (or the caller is): drain the rest so the listen stage can finish, and
+    // measure what the bot did not process.
+    heard_drain(&mut heard, &mut caller_audio).await;
+    let unprocessed = bot_done_at.map_or(Duration::ZERO, |at| caller_audio.saturating_sub(at));
+    Ok(CallReport {
+        greeting,
+        turns,
+        outcome,
+        escalation,
+        caller_audio,
+        unprocessed_after_end: unprocessed,
+    })
+}
+
+/// Consumes what is left of the listen stage's output after the bot stopped, keeping the end
+/// time of the caller's audio.
+async fn heard_drain(heard: &mut mpsc::Receiver<Heard>, caller_audio: &mut Duration) {
+    while let Some(item) = heard.recv().await {
+        if let Heard::End { at } = item {
+            *caller_audio = at;
+        }
+    }
+}
+
+fn failed_transcript(fault: &mut Option<String>, error: String) -> Transcript {
+    tracing::error!(%error, "speech recognition failed; treating the turn as not understood");
+    *fault = Some(format!("speech recognition failed: {error}"));
+    Transcript {
+        text: String::new(),
+        confidence: 0.0,
+        no_speech_prob: 0.0,
+        elapsed: Duration::ZERO,
+        retried_full_window: false,
+    }
+}
+
+async fn synthesize(engines: &Engines, text: &str) -> Result<MonoAudio, PipelineError> {
+    let tts = engines.tts.clone();
+    let owned = text.to_string();
+    let speech = engines.pool.run(move || tts.synthesize(&owned)).await??;
+    let samples = if speech.audio.rate == SPEECH_RATE {
+        speech.audio.samples
+    } else {
+        resample_all(&speech.audio.samples, speech.audio.rate, SPEECH_RATE)?
+    };
+    Ok(MonoAudio {
+        samples,
+        rate: SPEECH_RATE,
+    })
+}
+
+fn make_report(
+    index: usize,
+    turn: &BotTurn,
+    heard: Option<&(Utterance, Transcript, Duration, Instant)>,
+    decided_at: Duration,
+    tts: Duration,
+) -> TurnReport {
+    let (start, end, end_reason, transcript, asr_confidence, asr, intent, total) = match heard {
+        Some((u, t, intent, started)) => (
+            u.start,
+            u.end,
+            Some(u.reason),
+            t.text.clone(),
+            t.confidence,
+            t.elapsed,
+            *intent,
+            started.elapsed(),
+        ),
+        None => (
+            decided_at,
+            decided_at,
+            None,
+            String::new(),
+            1.0,
+            Duration::ZERO,
+            Duration::ZERO,
+            tts,
+        ),
+    };
+    TurnReport {
+        index,
+        start,
+        end,
+        end_reason,
+        transcript,
+        asr_confidence,
+        normalized: turn.normalized_text.clone(),
+        intent: turn.intent.intent.clone(),
+        intent_confidence: turn.intent.confidence,
+        intent_evidence: turn.intent.evidence.clone(),
+        slots: turn.slots.clone(),
+        reply: turn.reply.clone(),
+        escalation: turn.escalation.clone(),
+        ends_call: turn.ends_call,
+        timings: TurnTimings {
+            asr,
+            intent,
+            tts,
+            total,
+        },
+        fault: None,
+    }
+}
+
+fn log_decision(report: &TurnReport) {
+    match &report.escalation {
+        Some(e) => tracing::info!(
+            turn = report.index,
+            intent = %report.intent,
+            reason = ?e.reason,
+            detail = %e.detail,
+            skill = %e.skill,
+            "escalating to a human"
+        ),
+        None => tracing::info!(
+            turn = report.index,
+            intent = %report.intent,
+            confidence = report.intent_confidence,
+            reply = %report.reply,
+            "bot answers"
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::VecDeque;
+    use std::sync::Mutex;
+
+    use crate::audio::frames::split_frames;
+    use crate::audio::test_signal::{silence, voiced};
+    use crate::dialog::EscalationReason;
+    use crate::speech::tts::Speech;
+
+    /// Hands out scripted transcripts in order, or fails when told to.
+    struct ScriptedAsr {
+        texts: Mutex<VecDeque<Result<&'static str, &'static str>>>,
+        heard_lengths: Mutex<Vec<usize>>,
+    }
+
+    impl SpeechRecognizer for ScriptedAsr {
+        fn transcribe(&self, samples: &[f32]) -> Result<Transcript, AsrError> {
+            if let Ok(mut v) = self.heard_lengths.lock() {
+                v.push(samples.len());
+            }
+            let next = self
+                .texts
+                .lock()
+                .ok()
+                .and_then(|mut q| q.pop_front())
+                .unwrap_or(Ok(""));
+            match next {
+                Ok(text) => Ok(Transcript {
+                    text: text.to_string(),
+                    confidence: 0.95,
+                    no_speech_prob: 0.0,
+                    elapsed: Duration::from_millis(5),
+                    retried_full_window: false,
+                }),
+                Err(e) => Err(AsrError::Inference(e.to_string())),
+            }
+        }
+    }
+
+    /// Half a second of tone at 8 kHz per reply (exercises the resampling to 16 kHz).
+    struct ToneTts;
+
+    impl SpeechSynthesizer for ToneTts {
+        fn synthesize(&self, _text: &str) -> Result<Speech, TtsError> {
+            let samples = (0..4000)
+                .map(|i| 0.3 * (i as f32 * 2.0 * std::f32::consts::PI * 440.0 / 8000.0).sin())
+                .collect();
+            Ok(Speech {
+                audio: MonoAudio {
+                    samples,
+                    rate: 8000,
+                },
+                elapsed: Duration::from_millis(1),
+            })
+        }
+    }
+
+    fn engines(texts: Vec<Result<&'static str, &'static str>>) -> (Engines, Arc<ScriptedAsr>) {
+        let asr = Arc::new(ScriptedAsr {
+            texts: Mutex::new(texts.into()),
+            heard_lengths: Mutex::new(Vec::new()),
+        });
+        let config = GatewayConfig::default();
+        let engines = Engines {
+            config: Arc::new(config),
+            asr: asr.clone(),
+            tts: Arc::new(ToneTts),
+            dialog: Arc::new(DialogAssets::embedded().expect("embedded dialog")),
+            pool: InferencePool::new(1, 4),
+        };
+        (engines, asr)
+    }
+
+    /// Three utterances (1.2 s, 1.0 s, 0.8 s) separated by pauses, at 8 kHz like a phone call.
+    fn call_audio() -> Vec<f32> {
+        let mut a = silence(500);
+        for ms in [1200, 1000, 800] {
+            a.extend(voiced(ms));
+            a.extend(silence(1500));
+        }
+        resample_all(&a, 16_000, 8_000).expect("resample")
+    }
+
+    async fn run(
+        engines: Engines,
+        audio: Vec<f32>,
+    ) -> (Result<CallReport, PipelineError>, Vec<CallOutput>) {
+        let (in_tx, in_rx) = mpsc::channel(4);
+        let (out_tx, mut out_rx) = mpsc::channel(4);
+        tokio::spawn(async move {
+            for frame in split_frames(&audio, 8000, 20) {
+                if in_tx.send(CallInput::Audio(frame)).await.is_err() {
+                    return;
+                }
+            }
+            let _ = in_tx.send(CallInput::End).await;
+        });
+        let call = tokio::spawn(run_call(engines, in_rx, out_tx));
+        let mut outputs = Vec::new();
+        while let Some(o) = out_rx.recv().await {
+            outputs.push(o);
+        }
+        (call.await.expect("call task"), outputs)
+    }
+
+    #[tokio::test]
+    async fn turns_flow_through_every_stage_until_escalation() {
+        let (engines, asr) = engines(vec![
+            Ok("Where is my order?"),
+            Ok("I want to speak to a person."),
+            Ok("this third turn is after the transfer"),
+        ]);
+        let (report, outputs) = run(engines, call_audio()).await;
+        let report = report.expect("call runs");
+        assert_eq!(report.turns.len(), 2, "{report:#?}");
+        assert_eq!(report.turns[0].intent, "order_status");
+        assert!(report.turns[0].escalation.is_none());
+        let escalation = report.turns[1].escalation.as_ref().expect("escalates");
+        assert_eq!(escalation.reason, EscalationReason::ExplicitRequest);
+        assert_eq!(report.outcome, CallOutcome::Escalated);
+        // The endpointer cut the audio into utterances of about the right length (16 kHz).
+        let lengths = asr.heard_lengths.lock().expect("lock").clone();
+        assert_eq!(lengths.len(), 2);
+        // 1.2 s of voice + 240 ms pre-roll + 200 ms tail = 1.64 s; then 1.0 s + the same.
+        assert!((24_000..28_000).contains(&lengths[0]), "{lengths:?}");
+        assert!((20_500..24_500).contains(&lengths[1]), "{lengths:?}");
+        // Greeting plus one reply per turn, at 16 kHz, and the turn reports.
+        let speeches: Vec<_> = outputs
+            .iter()
+            .filter_map(|o| match o {
+                CallOutput::Speak {
+                    kind,
+                    audio,
+                    ready_at,
+                    ..
+                } => Some((*kind, audio.rate, audio.samples.len(), *ready_at)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(speeches.len(), 3);
+        assert_eq!(speeches[0].0, SpeechKind::Greeting);
+        assert!(speeches
+            .iter()
+            .all(|s| s.1 == 16_000 && (7_900..8_100).contains(&s.2)));
+        // A reply is ready no earlier than the end-of-utterance decision.
+        assert!(speeches[1].3 >= report.turns[0].end + Duration::from_millis(600));
+        // Audio after the hand-over is left to the human and accounted for.
+        assert!(report.unprocessed_after_end > Duration::from_secs(2));
+        assert_eq!(report.caller_audio.as_millis(), 8_000);
+    }
+
+    #[tokio::test]
+    async fn a_failed_recognition_does_not_drop_the_call() {
+        let (engines, _) = engines(vec![
+            Err("decoder exploded"),
+            Ok("What are your opening hours?"),
+        ]);
+        let (report, _) = run(engines, call_audio()).await;
+        let report = report.expect("call survives an ASR fault");
+        assert!(report.turns.len() >= 2, "{report:#?}");
+        let first = &report.turns[0];
+        assert!(first
+            .fault
+            .as_deref()
+            .unwrap_or("")
+            .contains("decoder exploded"));
+        assert_eq!(first.asr_confidence, 0.0);
+        assert_eq!(report.turns[1].intent, "opening_hours");
+    }
+
+    #[tokio::test]
+    async fn dtmf_zero_escalates() {
+        let (engines, _) = engines(vec![]);
+        let (in_tx, in_rx) = mpsc::channel(4);
+        let (out_tx, mut out_rx) = mpsc::channel(8);
+        let call = tokio::spawn(run_call(engines, in_rx, out_tx));
+        in_tx
+            .send(CallInput::Dtmf {
+                digit: '0',
+                at: Duration::from_millis(300),
+            })
+            .await
+            .expect("send");
+        in_tx.send(CallInput::End).await.expect("send");
+        while out_rx.recv().await.is_some() {}
+        let report = call.await.expect("task").expect("call");
+        let e = report.escalation.expect("escalated");
+        assert_eq!(e.reason, EscalationReason::Dtmf0);
+        assert_eq!(report.turns[0].end_reason, None);
+    }
+}

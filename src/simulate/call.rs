@@ -1,0 +1,98 @@
+//! Runs one recorded call through the real pipeline: the recording is cut into 20 ms frames
+//! (media time from the sample count), fed through a bounded channel exactly as RTP frames
+//! would be, and the bot's speech is laid on a timeline next to the caller's audio.
+
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use crate::audio::frames::split_frames;
+use crate::audio::wav::MonoAudio;
+use crate::audio::{ms_to_samples, FRAME_MS, SPEECH_RATE};
+use crate::pipeline::{run_call, CallInput, CallOutput, Engines, PipelineError};
+use crate::report::CallReport;
+
+/// A simulated call's results.
+#[derive(Debug, Clone)]
+pub struct SimulatedCall {
+    pub report: CallReport,
+    /// The bot's speech at 16 kHz, each utterance placed where it would start on the call.
+    pub bot_track: MonoAudio,
+}
+
+/// Feeds `audio` through the pipeline as a call and collects what the bot says.
+pub async fn simulate_call(
+    engines: &Engines,
+    audio: &MonoAudio,
+) -> Result<SimulatedCall, PipelineError> {
+    let (in_tx, in_rx) = mpsc::channel(16);
+    let (out_tx, mut out_rx) = mpsc::channel(16);
+    let frames: Vec<_> = split_frames(&audio.samples, audio.rate, FRAME_MS).collect();
+    let feeder = tokio::spawn(async move {
+        for frame in frames {
+            if in_tx.send(CallInput::Audio(frame)).await.is_err() {
+                return; // the pipeline stopped listening (bot ended the call)
+            }
+        }
+        let _ = in_tx.send(CallInput::End).await;
+    });
+    let call = tokio::spawn(run_call(engines.clone(), in_rx, out_tx));
+    let mut track = Timeline::default();
+    while let Some(out) = out_rx.recv().await {
+        if let CallOutput::Speak {
+            audio, ready_at, ..
+        } = out
+        {
+            track.place(&audio.samples, ready_at);
+        }
+    }
+    let report = call
+        .await
+        .map_err(|e| PipelineError::Stage(format!("call task: {e}")))??;
+    let _ = feeder.await;
+    let total = ms_to_samples(report.caller_audio.as_millis() as u64, SPEECH_RATE);
+    let mut samples = track.samples;
+    if samples.len() < total {
+        samples.resize(total, 0.0);
+    }
+    Ok(SimulatedCall {
+        report,
+        bot_track: MonoAudio {
+            samples,
+            rate: SPEECH_RATE,
+        },
+    })
+}
+
+/// The bot's output channel: speech never overlaps itself, and starts no earlier than ready.
+#[derive(Default)]
+struct Timeline {
+    samples: Vec<f32>,
+}
+
+impl Timeline {
+    fn place(&mut self, speech: &[f32], ready_at: Duration) {
+        let at = ms_to_samples(ready_at.as_millis() as u64, SPEECH_RATE).max(self.samples.len());
+        self.samples.resize(at, 0.0);
+        self.samples.extend_from_slice(speech);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timeline_never_overlaps() {
+        let mut t = Timeline::default();
+        t.place(&[1.0; 16_000], Duration::from_millis(0));
+        // Ready at 0.5 s but the first speech lasts until 1.0 s: it waits.
+        t.place(&[0.5; 8_000], Duration::from_millis(500));
+        assert_eq!(t.samples.len(), 24_000);
+        assert_eq!(t.samples[16_000], 0.5);
+        // Ready later than the end: silence in between.
+        t.place(&[0.25; 10], Duration::from_millis(2_000));
+        assert_eq!(t.samples.len(), 32_010);
+        assert_eq!(t.samples[30_000], 0.0);
+    }
+}
