@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Installs the system packages the gateway needs to build, run and test, when they are missing.
+# As root it uses apt-get; otherwise it names what is missing and stops.
+#   cmake, clang, libclang-dev: build whisper.cpp (whisper-rs) from source
+#   espeak-ng: the bot's default voice (run as a separate program) and test speech
+#   sox: audio checks in tests
+#   python3: the model provisioning script
+set -euo pipefail
+
+need=()
+have_cmd() { command -v "$1" >/dev/null 2>&1; }
+have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
+
+have_cmd cmake || need+=(cmake)
+have_cmd clang || need+=(clang)
+have_pkg libclang-dev || ls /usr/lib/llvm-*/lib/libclang.so* >/dev/null 2>&1 || need+=(libclang-dev)
+have_cmd espeak-ng || need+=(espeak-ng)
+have_cmd sox || need+=(sox)
+have_cmd python3 || need+=(python3)
+have_cmd pip3 || python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
+have_cmd cc || need+=(build-essential)
+have_cmd cargo || { echo "deps: cargo (Rust) is not installed; install a Rust toolchain (rustup) first" >&2; exit 1; }
+
+if [ ${#need[@]} -eq 0 ]; then
+  exit 0
+fi
+if [ "$(id -u)" -ne 0 ]; then
+  echo "deps: missing system packages: ${need[*]}" >&2
+  echo "deps: install them with: sudo apt-get install -y ${need[*]}" >&2
+  exit 1
+fi
+echo "deps: installing ${need[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
