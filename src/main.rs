@@ -189,8 +189,9 @@ async fn simulate_files(
             println!("{}", render::summary_table(&results));
         }
         println!(
-            "{} calls, {} failed; reports in {}",
+            "{} call{}, {} failed; reports in {}",
             results.len(),
+            if results.len() == 1 { "" } else { "s" },
             failed,
             out.display()
         );

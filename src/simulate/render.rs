@@ -57,9 +57,9 @@ pub fn turn_text(turn: &TurnReport) -> String {
     let t = &turn.timings;
     let _ = writeln!(
         s,
-        "      timings: asr {} ms, intent {} ms, tts {} ms, total {} ms",
+        "      timings: asr {} ms, intent {:.2} ms, tts {} ms, total {} ms",
         t.asr.as_millis(),
-        t.intent.as_millis(),
+        t.intent.as_secs_f64() * 1000.0,
         t.tts.as_millis(),
         t.total.as_millis()
     );
@@ -72,19 +72,18 @@ pub fn call_text(file: &str, report: &CallReport) -> String {
     for turn in &report.turns {
         s.push_str(&turn_text(turn));
     }
-    let _ = writeln!(
-        s,
-        "  outcome: {}{}",
-        outcome_text(report.outcome),
-        if report.unprocessed_after_end > Duration::ZERO {
-            format!(
-                " ({} s of caller audio after that left to the human)",
-                secs(report.unprocessed_after_end)
-            )
-        } else {
-            String::new()
-        }
-    );
+    let rest = match report.outcome {
+        _ if report.unprocessed_after_end.is_zero() => String::new(),
+        CallOutcome::Escalated => format!(
+            " ({} s of caller audio after the hand-over left to the human)",
+            secs(report.unprocessed_after_end)
+        ),
+        _ => format!(
+            " ({} s of caller audio after the goodbye not processed)",
+            secs(report.unprocessed_after_end)
+        ),
+    };
+    let _ = writeln!(s, "  outcome: {}{rest}", outcome_text(report.outcome));
     s
 }
 
