@@ -166,7 +166,7 @@ async fn simulate_files(
     out: &Path,
     json: bool,
 ) -> anyhow::Result<bool> {
-    let inputs = expand_inputs(paths);
+    let inputs = expand_inputs(paths, "wav");
     if inputs.is_empty() {
         anyhow::bail!("no WAV files found in {}", display_list(paths));
     }
@@ -227,34 +227,13 @@ fn print_file(result: &FileResult, json: bool) {
     }
 }
 
-fn expand_scenarios(paths: &[PathBuf]) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for p in paths {
-        if p.is_dir() {
-            let mut files: Vec<PathBuf> = std::fs::read_dir(p)
-                .map(|rd| {
-                    rd.filter_map(Result::ok)
-                        .map(|e| e.path())
-                        .filter(|f| f.extension().is_some_and(|x| x == "toml"))
-                        .collect()
-                })
-                .unwrap_or_default();
-            files.sort();
-            out.extend(files);
-        } else {
-            out.push(p.clone());
-        }
-    }
-    out
-}
-
 async fn simulate_scenarios(
     engines: &voicebot_gateway::pipeline::Engines,
     paths: &[PathBuf],
     out: &Path,
     json: bool,
 ) -> anyhow::Result<bool> {
-    let files = expand_scenarios(paths);
+    let files = expand_inputs(paths, "toml");
     if files.is_empty() {
         anyhow::bail!("no scenario files found in {}", display_list(paths));
     }

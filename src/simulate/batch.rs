@@ -44,26 +44,28 @@ impl FileResult {
     }
 }
 
-/// Expands the command line's paths: files are taken as given (even if not `.wav`, so a wrong
-/// file is reported rather than skipped), directories contribute their `*.wav` files, sorted.
-/// A path that does not exist is kept so it is reported as missing.
-pub fn expand_inputs(paths: &[PathBuf]) -> Vec<PathBuf> {
+/// Expands the command line's paths: files are taken as given (even with another extension, so
+/// a wrong file is reported rather than skipped), directories contribute their files ending in
+/// `.{extension}` (any case), sorted. A path that does not exist is kept so it is reported as
+/// missing.
+pub fn expand_inputs(paths: &[PathBuf], extension: &str) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for path in paths {
         if path.is_dir() {
-            let mut wavs: Vec<PathBuf> = std::fs::read_dir(path)
+            let mut found: Vec<PathBuf> = std::fs::read_dir(path)
                 .map(|rd| {
                     rd.filter_map(Result::ok)
                         .map(|e| e.path())
                         .filter(|p| {
                             p.is_file()
-                                && p.extension().is_some_and(|x| x.eq_ignore_ascii_case("wav"))
+                                && p.extension()
+                                    .is_some_and(|x| x.eq_ignore_ascii_case(extension))
                         })
                         .collect()
                 })
                 .unwrap_or_default();
-            wavs.sort();
-            out.extend(wavs);
+            found.sort();
+            out.extend(found);
         } else {
             out.push(path.clone());
         }
@@ -152,7 +154,10 @@ mod tests {
         }
         let explicit = dir.path().join("notes.txt");
         let missing = PathBuf::from("/nonexistent/x.wav");
-        let got = expand_inputs(&[dir.path().to_path_buf(), explicit.clone(), missing.clone()]);
+        let got = expand_inputs(
+            &[dir.path().to_path_buf(), explicit.clone(), missing.clone()],
+            "wav",
+        );
         assert_eq!(
             got,
             vec![

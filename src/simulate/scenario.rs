@@ -246,28 +246,17 @@ pub async fn run_scenario(
         Ok(s) => s,
         Err(e) => return (fail(String::new(), e.to_string()), None),
     };
-    let audio = match scenario.render_audio() {
-        Ok(a) => a,
-        Err(e) => {
-            return (
-                fail(
-                    scenario.description.clone(),
-                    format!("{}: {e}", path.display()),
-                ),
-                None,
-            )
-        }
+    let ran = async {
+        let audio = scenario.render_audio()?;
+        simulate_call(engines, &audio)
+            .await
+            .map_err(|e| e.to_string())
     };
-    let call = match simulate_call(engines, &audio).await {
+    let call = match ran.await {
         Ok(c) => c,
         Err(e) => {
-            return (
-                fail(
-                    scenario.description.clone(),
-                    format!("{}: {e}", path.display()),
-                ),
-                None,
-            )
+            let msg = format!("{}: {e}", path.display());
+            return (fail(scenario.description.clone(), msg), None);
         }
     };
     let failures = check(&scenario, &call.report);
