@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::dialog::emotion::EmotionReading;
 use crate::dialog::Escalation;
 use crate::speech::vad::EndReason;
 
@@ -55,6 +56,8 @@ pub struct TurnReport {
     pub escalation: Option<Escalation>,
     /// Whether the bot ended the call on this turn (goodbye).
     pub ends_call: bool,
+    /// The caller's emotion on this turn: words, voice against their baseline, combined.
+    pub emotion: Option<EmotionReading>,
     pub timings: TurnTimings,
     /// A fault on this turn (recognition or synthesis failed), the call went on regardless.
     pub fault: Option<String>,

@@ -7,7 +7,8 @@
 //! 2. a critical keyword in the text, a critical intent, or an explicit request for a person
 //!    escalates at once (even when ASR confidence is low: handing over is the safe mistake);
 //! 3. low ASR confidence asks the caller to repeat, and escalates when that keeps failing;
-//! 4. negative tone above the threshold escalates;
+//! 4. negative emotion escalates: the words' tone above the threshold, the words amplified by a
+//!    raised voice (see [`super::emotion`]), or a score that rose turn after turn;
 //! 5. otherwise the recognised intent is answered: a missing required slot is asked for (and
 //!    the next turn that contains it fills it even without intent words), then the reply is
 //!    rendered; nothing recognised asks for clarification, and escalates when that keeps
@@ -22,12 +23,14 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::assets::DialogAssets;
+use super::emotion::{EmotionReading, EmotionTracker};
 use super::escalation::{
     Escalation, EscalationConfig, EscalationPolicy, EscalationReason, Failure,
 };
 use super::intent::{IntentDef, IntentEscalation, IntentMatch};
 use super::normalize::normalize;
 use super::slots;
+use crate::speech::prosody::Prosody;
 
 /// What the caller said in one turn.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -64,6 +67,8 @@ pub struct BotTurn {
     pub escalation: Option<Escalation>,
     /// Whether the bot hangs up after the reply.
     pub ends_call: bool,
+    /// The caller's emotion on this turn (none after the call was handed over or ended).
+    pub emotion: Option<EmotionReading>,
 }
 
 /// A question the bot asked and waits for an answer to.
@@ -82,6 +87,7 @@ pub struct Bot {
     pending: Option<Pending>,
     escalation: Option<Escalation>,
     ended: bool,
+    emotion: EmotionTracker,
 }
 
 impl Bot {
@@ -94,6 +100,7 @@ impl Bot {
             pending: None,
             escalation: None,
             ended: false,
+            emotion: EmotionTracker::default(),
         }
     }
 
@@ -135,6 +142,7 @@ impl Bot {
             reply: String::new(),
             escalation: None,
             ends_call: false,
+            emotion: None,
         };
         let skill = self.assets.default_skill().to_string();
         Some(self.escalate(
@@ -147,6 +155,16 @@ impl Bot {
 
     /// Handles one caller turn.
     pub fn on_utterance(&mut self, turn: CallerTurn) -> BotTurn {
+        self.on_utterance_with_voice(turn, None)
+    }
+
+    /// Like [`Bot::on_utterance`], with the prosody of the caller's audio so that a raised voice
+    /// counts towards the emotion score.
+    pub fn on_utterance_with_voice(
+        &mut self,
+        turn: CallerTurn,
+        prosody: Option<&Prosody>,
+    ) -> BotTurn {
         let normalized = normalize(&turn.text);
         let intent = self.assets.classifier().classify(&normalized);
         let found = slots::extract(&normalized);
@@ -157,10 +175,15 @@ impl Bot {
             reply: String::new(),
             escalation: None,
             ends_call: false,
+            emotion: None,
         };
         if self.escalation.is_some() || self.ended {
             return out;
         }
+        let tone = self.policy.tone(&out.normalized_text);
+        let voice_weight = self.policy.config().voice_weight;
+        let reading = self.emotion.observe(tone.score, prosody, voice_weight);
+        out.emotion = Some(reading.clone());
         self.slots
             .extend(out.slots.iter().map(|(k, v)| (k.clone(), v.clone())));
         let assets = Arc::clone(&self.assets);
@@ -233,8 +256,33 @@ impl Bot {
             return self.fail(out, failure);
         }
 
-        // 4. Tone.
-        if let Some((_, detail)) = self.policy.negative_tone(&out.normalized_text) {
+        // 4. Emotion: the words, the words amplified by the voice, or a rising trend.
+        let config = self.policy.config();
+        let threshold = config.negative_tone_threshold;
+        let detail = if let Some((_, detail)) = self.policy.negative_tone(&out.normalized_text) {
+            Some(detail)
+        } else if reading.combined >= threshold {
+            Some(format!(
+                "negative tone {:.2} with a raised voice (arousal {:.2}: {}) = {:.2} >= negative_tone_threshold {threshold:.2}: {}",
+                reading.text,
+                reading.voice.unwrap_or(0.0),
+                reading.voice_detail.as_deref().unwrap_or(""),
+                reading.combined,
+                tone.cues.join(", ")
+            ))
+        } else if config.trend_turns >= 2 {
+            self.emotion
+                .worsening(config.trend_turns as usize, config.trend_min_score)
+                .map(|scores| {
+                    format!(
+                        "emotion rising over {} turns ({scores}) to >= trend_min_score {:.2}",
+                        config.trend_turns, config.trend_min_score
+                    )
+                })
+        } else {
+            None
+        };
+        if let Some(detail) = detail {
             let skill = recognised
                 .map(|d| d.skill.clone())
                 .unwrap_or_else(|| assets.default_skill().to_string());
@@ -698,5 +746,87 @@ mod tests {
         assert_send_sync::<DialogAssets>();
         fn assert_send<T: Send>() {}
         assert_send::<Bot>();
+    }
+}
+
+#[cfg(test)]
+mod emotion_tests {
+    use super::*;
+    use crate::dialog::EscalationReason;
+
+    fn bot() -> Bot {
+        Bot::new(
+            Arc::new(DialogAssets::embedded().expect("embedded")),
+            EscalationConfig::default(),
+        )
+    }
+
+    fn voice(loud: f32, pitch: f32) -> Prosody {
+        Prosody {
+            loudness_dbfs: loud,
+            pitch_hz: pitch,
+            pitch_spread_st: 2.0,
+            syllable_rate: 4.0,
+            voiced_seconds: 1.5,
+        }
+    }
+
+    fn say(b: &mut Bot, text: &str, p: &Prosody) -> BotTurn {
+        b.on_utterance_with_voice(CallerTurn::new(text, 0.9), Some(p))
+    }
+
+    #[test]
+    fn mild_complaint_in_a_raised_voice_escalates_but_not_in_a_calm_one() {
+        let calm = voice(-30.0, 120.0);
+        let raised = voice(-21.0, 150.0);
+        // One negative word (tone 0.5) is below the threshold on its own.
+        let text = "this is annoying, where is my order";
+        let mut b = bot();
+        say(&mut b, "hello", &calm);
+        let t = say(&mut b, text, &calm);
+        assert!(t.escalation.is_none(), "{t:?}");
+        let mut b = bot();
+        say(&mut b, "hello", &calm);
+        let t = say(&mut b, text, &raised);
+        let e = t.escalation.expect("raised voice amplifies the words");
+        assert_eq!(e.reason, EscalationReason::NegativeTone);
+        assert!(e.detail.contains("raised voice"), "{}", e.detail);
+        let em = t.emotion.expect("emotion measured");
+        assert!(
+            em.voice.unwrap_or(0.0) > 0.8 && em.combined >= 0.6,
+            "{em:?}"
+        );
+    }
+
+    #[test]
+    fn loud_but_friendly_caller_is_not_handed_over() {
+        let mut b = bot();
+        say(&mut b, "hello", &voice(-30.0, 120.0));
+        let t = say(&mut b, "what are your opening hours", &voice(-18.0, 170.0));
+        assert!(t.escalation.is_none(), "{t:?}");
+        assert_eq!(t.emotion.map(|e| e.combined), Some(0.0));
+    }
+
+    #[test]
+    fn rising_irritation_escalates_on_the_trend() {
+        let mut b = bot();
+        let calm = voice(-30.0, 120.0);
+        let t = say(&mut b, "where is my order", &calm);
+        assert!(t.escalation.is_none());
+        // Scores 0, then 0.5 ("annoying"), then the same words' level in a somewhat raised
+        // voice (+4 dB, +2 semitones): about 0.53, below the 0.6 threshold but still rising.
+        let t = say(&mut b, "that's annoying, my order number is 1 2 3 4", &calm);
+        assert!(t.escalation.is_none(), "{t:?}");
+        let somewhat_raised = voice(-26.0, 120.0 * 2f32.powf(2.0 / 12.0));
+        let t = say(
+            &mut b,
+            "I am frustrated, what are your opening hours",
+            &somewhat_raised,
+        );
+        let em = t.emotion.clone().expect("emotion");
+        assert!(em.combined > 0.5 && em.combined < 0.6, "{em:?}");
+        let e = t.escalation.expect("trend escalates");
+        assert_eq!(e.reason, EscalationReason::NegativeTone);
+        assert!(e.detail.contains("rising over 3 turns"), "{}", e.detail);
     }
 }

@@ -76,6 +76,13 @@ pub struct EscalationConfig {
     /// "very") at or above which the call escalates; 0.6 needs "very annoyed" or two hits,
     /// 1.0 disables.
     pub negative_tone_threshold: f32,
+    /// Share of the voice's arousal (against the caller's own baseline) in a turn's emotion
+    /// score; the voice amplifies negative words and never escalates alone. 0 ignores the voice.
+    pub voice_weight: f32,
+    /// Turns over which a steadily rising emotion score escalates (0 disables the trend).
+    pub trend_turns: u32,
+    /// The last score of a rising trend must reach this to escalate.
+    pub trend_min_score: f32,
 }
 
 fn strings(list: &[&str]) -> Vec<String> {
@@ -155,6 +162,9 @@ impl Default for EscalationConfig {
                 "another machine",
             ]),
             negative_tone_threshold: 0.6,
+            voice_weight: 0.4,
+            trend_turns: 3,
+            trend_min_score: 0.45,
         }
     }
 }
@@ -176,6 +186,8 @@ impl EscalationConfig {
         for (name, value) in [
             ("min_asr_confidence", self.min_asr_confidence),
             ("min_intent_confidence", self.min_intent_confidence),
+            ("voice_weight", self.voice_weight),
+            ("trend_min_score", self.trend_min_score),
         ] {
             if !(0.0..=1.0).contains(&value) {
                 return bad(name, format!("{value} must be between 0 and 1"));
@@ -188,6 +200,12 @@ impl EscalationConfig {
                     "{} must be above 0 and at most 1 (1 disables tone escalation)",
                     self.negative_tone_threshold
                 ),
+            );
+        }
+        if self.trend_turns == 1 || self.trend_turns > 10 {
+            return bad(
+                "trend_turns",
+                format!("{} must be 0 (off) or between 2 and 10", self.trend_turns),
             );
         }
         if self.clarifications_before_escalation > 10 {

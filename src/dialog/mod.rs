@@ -10,6 +10,7 @@
 //! * [`intent`]: intent definitions and the [`IntentClassifier`] trait with its rule-based
 //!   implementation;
 //! * [`slots`]: order number, name and e-mail extraction;
+//! * [`emotion`]: the caller's tone in words and voice, and its trend over the call;
 //! * [`escalation`]: when and why to hand the call to a person;
 //! * [`prompts`]: the bot's sentences, validated against the intents;
 //! * [`assets`]: intents plus prompts, loaded once and shared by all calls;
@@ -17,6 +18,7 @@
 
 pub mod assets;
 pub mod bot;
+pub mod emotion;
 pub mod escalation;
 pub mod intent;
 pub mod normalize;

@@ -26,6 +26,7 @@ use crate::dialog::{Bot, BotTurn, CallerTurn, DialogAssets};
 use crate::report::{CallOutcome, CallReport, TurnReport, TurnTimings};
 use crate::speech::asr::{AsrError, SpeechRecognizer, Transcript};
 use crate::speech::pool::{InferencePool, PoolError};
+use crate::speech::prosody;
 use crate::speech::tts::{SpeechSynthesizer, TtsError};
 use crate::speech::vad::{Endpointer, Utterance, VadEvent};
 
@@ -236,10 +237,14 @@ async fn respond_stage(
                 let asr = engines.asr.clone();
                 // A failed recognition must not drop the call: the turn counts as not understood
                 // (confidence 0), so the dialog asks again or escalates, and the report says why.
-                let transcript = match engines.pool.run(move || asr.transcribe(&samples)).await {
-                    Ok(Ok(t)) => t,
-                    Ok(Err(e)) => failed_transcript(&mut fault, e.to_string()),
-                    Err(e) => failed_transcript(&mut fault, e.to_string()),
+                // The voice's prosody is measured in the same job (plain DSP, a few ms).
+                let job = move || (asr.transcribe(&samples), prosody::analyze(&samples));
+                let (transcript, voice) = match engines.pool.run(job).await {
+                    Ok((Ok(t), voice)) => (t, Some(voice)),
+                    Ok((Err(e), voice)) => {
+                        (failed_transcript(&mut fault, e.to_string()), Some(voice))
+                    }
+                    Err(e) => (failed_transcript(&mut fault, e.to_string()), None),
                 };
                 tracing::info!(
                     text = %transcript.text,
@@ -248,10 +253,13 @@ async fn respond_stage(
                     "caller said"
                 );
                 let intent_started = Instant::now();
-                let turn = bot.on_utterance(CallerTurn {
-                    text: transcript.text.clone(),
-                    asr_confidence: transcript.confidence,
-                });
+                let turn = bot.on_utterance_with_voice(
+                    CallerTurn {
+                        text: transcript.text.clone(),
+                        asr_confidence: transcript.confidence,
+                    },
+                    voice.as_ref(),
+                );
                 let intent_time = intent_started.elapsed();
                 let decided_at = u.decided_at;
                 (
@@ -407,6 +415,7 @@ fn make_report(
         reply: turn.reply.clone(),
         escalation: turn.escalation.clone(),
         ends_call: turn.ends_call,
+        emotion: turn.emotion.clone(),
         timings: TurnTimings {
             asr,
             intent,

@@ -36,6 +36,21 @@ pub fn turn_text(turn: &TurnReport) -> String {
         "      intent: {} ({:.2}){}",
         turn.intent, turn.intent_confidence, slots
     );
+    if let Some(em) = turn
+        .emotion
+        .as_ref()
+        .filter(|e| e.combined > 0.0 || e.voice.is_some())
+    {
+        let voice = match (em.voice, &em.voice_detail) {
+            (Some(v), Some(d)) => format!(", voice arousal {v:.2} ({d})"),
+            _ => String::new(),
+        };
+        let _ = writeln!(
+            s,
+            "      emotion: words {:.2}{voice}, combined {:.2}",
+            em.text, em.combined
+        );
+    }
     if let Some(e) = &turn.escalation {
         let _ = writeln!(
             s,

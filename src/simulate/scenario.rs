@@ -425,6 +425,7 @@ wav = "audio/x.wav"
             reply: "Thanks. I have noted order number 1 2 3 4 5.".into(),
             escalation,
             ends_call: false,
+            emotion: None,
             timings: Default::default(),
             fault: None,
         }

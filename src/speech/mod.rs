@@ -2,5 +2,6 @@
 
 pub mod asr;
 pub mod pool;
+pub mod prosody;
 pub mod tts;
 pub mod vad;
