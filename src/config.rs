@@ -2,28 +2,19 @@
 //! binary as the default, validated once at load into a typed [`GatewayConfig`]. Every problem is
 //! reported with the file, line and field (see [`crate::config_file`]).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
 use crate::config_file::{self, ConfigError};
 use crate::dialog::escalation::EscalationConfig;
+use crate::flows::FlowsConfig;
 use crate::speech::asr::AsrConfig;
 use crate::speech::tts::TtsConfig;
 use crate::speech::vad::VadConfig;
 
 /// The default configuration, as shipped in `sip-config/gateway.toml`.
 pub const EMBEDDED: &str = include_str!("../sip-config/gateway.toml");
-
-/// Where dialog content comes from (`[dialog]`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
-#[serde(deny_unknown_fields, default)]
-pub struct DialogFiles {
-    /// Intent definitions; empty means the embedded defaults.
-    pub intents: Option<PathBuf>,
-    /// Reply texts; empty means the embedded defaults.
-    pub prompts: Option<PathBuf>,
-}
 
 /// Inference pool sizing (`[pool]`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -52,7 +43,7 @@ pub struct GatewayConfig {
     pub vad: VadConfig,
     pub tts: TtsConfig,
     pub pool: PoolConfig,
-    pub dialog: DialogFiles,
+    pub flows: FlowsConfig,
     pub escalation: EscalationConfig,
 }
 

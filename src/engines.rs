@@ -1,11 +1,11 @@
-//! Loading the shared engines (speech model, voice, dialog content, inference pool) from a
-//! validated configuration, once per process.
+//! Loading the shared engines (speech model, voice, flows, inference pool) from a validated
+//! configuration, once per process.
 
 use std::sync::Arc;
 
 use crate::config::GatewayConfig;
 use crate::config_file::ConfigError;
-use crate::dialog::DialogAssets;
+use crate::flows::{as_is, FlowSet, FlowStore};
 use crate::pipeline::Engines;
 use crate::speech::asr::{AsrError, WhisperRecognizer};
 use crate::speech::pool::InferencePool;
@@ -20,23 +20,14 @@ pub enum LoadError {
     Asr(#[from] AsrError),
 }
 
-/// Loads the dialog content named in the configuration (or the embedded defaults).
-pub fn load_dialog(config: &GatewayConfig) -> Result<DialogAssets, ConfigError> {
-    match (&config.dialog.intents, &config.dialog.prompts) {
-        (None, None) => DialogAssets::embedded(),
-        (intents, prompts) => {
-            let intents = intents
-                .clone()
-                .unwrap_or_else(|| "sip-config/intents.toml".into());
-            let prompts = prompts.clone().unwrap_or_else(|| "prompts/en.toml".into());
-            DialogAssets::load(&intents, &prompts)
-        }
-    }
+/// Loads the flows named in the configuration (or the embedded default flow).
+pub fn load_flows(config: &GatewayConfig) -> Result<FlowSet, ConfigError> {
+    FlowSet::load(&config.flows, &config.escalation, &as_is)
 }
 
 /// Loads everything a call needs.
 pub fn load(config: GatewayConfig) -> Result<Engines, LoadError> {
-    let dialog = load_dialog(&config)?;
+    let flows = load_flows(&config)?;
     let asr = WhisperRecognizer::load(&config.asr)?;
     let tts = EspeakSynthesizer::new(config.tts.clone());
     let pool = InferencePool::new(config.pool.workers, config.pool.queue);
@@ -44,7 +35,7 @@ pub fn load(config: GatewayConfig) -> Result<Engines, LoadError> {
         config: Arc::new(config),
         asr: Arc::new(asr),
         tts: Arc::new(tts),
-        dialog: Arc::new(dialog),
+        flows: Arc::new(FlowStore::new(flows)),
         pool,
     })
 }

@@ -11,6 +11,7 @@ pub mod config;
 pub mod config_file;
 pub mod dialog;
 pub mod engines;
+pub mod flows;
 pub mod pipeline;
 pub mod report;
 pub mod serde_util;

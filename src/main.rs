@@ -3,12 +3,14 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use voicebot_gateway::config::GatewayConfig;
+use voicebot_gateway::flows::Flow;
 use voicebot_gateway::simulate::batch::{
     expand_inputs, output_stem, run_file, write_json, FileResult,
 };
@@ -49,6 +51,10 @@ enum Command {
         /// Print the JSON reports on stdout instead of the text view.
         #[arg(long)]
         json: bool,
+        /// The flow that answers (default: the configured default flow). Scenario files may
+        /// name their own.
+        #[arg(long, value_name = "NAME")]
+        flow: Option<String>,
     },
     /// Measure speech recognition latency and real-time factor.
     BenchAsr {
@@ -102,8 +108,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let config = load_config(cli.config.as_deref())?;
     match cli.command {
         Command::CheckConfig => {
-            engines::load_dialog(&config)?;
-            println!("configuration OK");
+            let flows = engines::load_flows(&config)?;
+            println!("configuration OK; flows: {}", flows.names().join(", "));
             Ok(ExitCode::SUCCESS)
         }
         Command::BenchAsr { wavs, repeat, json } => {
@@ -125,19 +131,27 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             scenario,
             out,
             json,
+            flow,
         } => {
             std::fs::create_dir_all(&out)
                 .with_context(|| format!("{}: cannot create output directory", out.display()))?;
             let engines = engines::load(config)?;
+            let set = engines.flows.current();
+            let flow = match flow {
+                None => set.default_flow(),
+                Some(name) => set.get(&name).with_context(|| {
+                    format!("unknown flow `{name}` (flows: {})", set.names().join(", "))
+                })?,
+            };
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
                 .build()
                 .context("starting the async runtime")?;
             let ok = if scenario {
-                runtime.block_on(simulate_scenarios(&engines, &paths, &out, json))?
+                runtime.block_on(simulate_scenarios(&engines, flow, &paths, &out, json))?
             } else {
-                runtime.block_on(simulate_files(&engines, &paths, &out, json))?
+                runtime.block_on(simulate_files(&engines, flow, &paths, &out, json))?
             };
             Ok(if ok {
                 ExitCode::SUCCESS
@@ -162,6 +176,7 @@ fn progress(n: usize) -> ProgressBar {
 
 async fn simulate_files(
     engines: &voicebot_gateway::pipeline::Engines,
+    flow: Arc<Flow>,
     paths: &[PathBuf],
     out: &Path,
     json: bool,
@@ -176,7 +191,7 @@ async fn simulate_files(
     for input in &inputs {
         pb.set_message(input.display().to_string());
         let stem = output_stem(input, &mut taken);
-        let result = run_file(engines, input, out, &stem).await;
+        let result = run_file(engines, flow.clone(), input, out, &stem).await;
         pb.suspend(|| print_file(&result, json));
         pb.inc(1);
         results.push(result);
@@ -229,6 +244,7 @@ fn print_file(result: &FileResult, json: bool) {
 
 async fn simulate_scenarios(
     engines: &voicebot_gateway::pipeline::Engines,
+    flow: Arc<Flow>,
     paths: &[PathBuf],
     out: &Path,
     json: bool,
@@ -242,7 +258,7 @@ async fn simulate_scenarios(
     let mut results: Vec<ScenarioResult> = Vec::new();
     for file in &files {
         pb.set_message(file.display().to_string());
-        let (result, call) = run_scenario(engines, file).await;
+        let (result, call) = run_scenario(engines, flow.clone(), file).await;
         let stem = output_stem(file, &mut taken);
         if let Some(call) = &call {
             if let Err(e) = voicebot_gateway::audio::wav::write_wav(

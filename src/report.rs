@@ -78,6 +78,8 @@ pub enum CallOutcome {
 /// Everything about one call.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct CallReport {
+    /// The flow that answered the call.
+    pub flow: String,
     /// The bot's greeting.
     pub greeting: String,
     pub turns: Vec<TurnReport>,

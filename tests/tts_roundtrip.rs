@@ -1,18 +1,25 @@
 //! The bot must be intelligible: its replies, spoken by the default voice and squeezed through an
 //! 8 kHz telephone band, are recognised again by the speech model and must keep their words.
 
-use std::sync::Arc;
-
 use voicebot_gateway::audio::resample::resample_all;
 use voicebot_gateway::dialog::escalation::EscalationConfig;
 use voicebot_gateway::dialog::normalize::normalize;
-use voicebot_gateway::dialog::{Bot, CallerTurn, DialogAssets};
+use voicebot_gateway::dialog::{Bot, CallerTurn};
+use voicebot_gateway::flows::{as_is, FlowSet, FlowsConfig};
 use voicebot_gateway::speech::asr::{AsrConfig, SpeechRecognizer, WhisperRecognizer};
 use voicebot_gateway::speech::tts::{EspeakSynthesizer, SpeechSynthesizer, TtsConfig};
 
 /// The bot's replies to a few typical calls, as the dialog engine writes them.
 fn bot_replies() -> Vec<String> {
-    let assets = Arc::new(DialogAssets::embedded().expect("embedded dialog"));
+    // The default flow, with its order-status data, as calls get it.
+    let flow = FlowSet::load(
+        &FlowsConfig::default(),
+        &EscalationConfig::default(),
+        &as_is,
+    )
+    .expect("flows load")
+    .default_flow();
+    let assets = flow.dialog.clone();
     let mut replies = Vec::new();
     let calls: &[&[&str]] = &[
         &[
@@ -42,11 +49,18 @@ fn bot_replies() -> Vec<String> {
     replies
 }
 
+/// Normalised words; digit runs count digit by digit ("457" and "4 5 7" are the same words).
 fn words(text: &str) -> Vec<String> {
     normalize(text)
         .split(|c: char| !c.is_alphanumeric())
         .filter(|w| !w.is_empty())
-        .map(str::to_string)
+        .flat_map(|w| {
+            if w.chars().all(|c| c.is_ascii_digit()) {
+                w.chars().map(String::from).collect::<Vec<_>>()
+            } else {
+                vec![w.to_string()]
+            }
+        })
         .collect()
 }
 

@@ -10,6 +10,7 @@ use std::fmt;
 use std::path::Path;
 
 use super::intent::{IntentClassifier, IntentDef, IntentsFile, RuleClassifier};
+use super::lookup::Lookup;
 use super::prompts::Prompts;
 use crate::config_file::ConfigError;
 
@@ -23,6 +24,7 @@ pub struct DialogAssets {
     intents: IntentsFile,
     prompts: Prompts,
     classifier: Box<dyn IntentClassifier>,
+    lookups: Vec<Lookup>,
 }
 
 impl fmt::Debug for DialogAssets {
@@ -78,6 +80,7 @@ impl DialogAssets {
             intents,
             prompts,
             classifier,
+            lookups: Vec::new(),
         })
     }
 
@@ -86,6 +89,17 @@ impl DialogAssets {
     pub fn with_classifier(mut self, classifier: Box<dyn IntentClassifier>) -> Self {
         self.classifier = classifier;
         self
+    }
+
+    /// Attaches data lookups (see [`super::lookup`]), validated against these intents.
+    pub fn with_lookups(mut self, lookups: Vec<Lookup>) -> Self {
+        self.lookups = lookups;
+        self
+    }
+
+    /// The lookup that answers `intent`, if any.
+    pub fn lookup(&self, intent: &str) -> Option<&Lookup> {
+        self.lookups.iter().find(|l| l.intent == intent)
     }
 
     /// The intent classifier.

@@ -28,6 +28,7 @@ use super::escalation::{
     Escalation, EscalationConfig, EscalationPolicy, EscalationReason, Failure,
 };
 use super::intent::{IntentDef, IntentEscalation, IntentMatch};
+use super::lookup::LookupAnswer;
 use super::normalize::normalize;
 use super::slots;
 use crate::speech::prosody::Prosody;
@@ -331,9 +332,9 @@ impl Bot {
             };
             return self.fail(out, failure);
         };
-        self.policy.record_understood();
         self.pending = None;
         if let Some(missing) = def.requires.iter().find(|s| !self.slots.contains_key(*s)) {
+            self.policy.record_understood();
             out.reply = assets.prompts().ask(missing).unwrap_or_default();
             self.pending = Some(Pending {
                 intent: def.name.clone(),
@@ -341,6 +342,39 @@ impl Bot {
             });
             return out;
         }
+        if let Some(lookup) = assets.lookup(&def.name) {
+            match lookup.answer(&self.slots) {
+                LookupAnswer::Found(text) => {
+                    self.policy.record_understood();
+                    out.intent
+                        .evidence
+                        .push(format!("lookup: {} found", lookup.key));
+                    out.reply = text;
+                    return out;
+                }
+                LookupAnswer::NotFound(text) => {
+                    // Ask for the key again; a caller who keeps giving unknown keys counts as
+                    // failing on that slot and reaches a person.
+                    out.intent
+                        .evidence
+                        .push(format!("lookup: {} not found", lookup.key));
+                    self.slots.remove(&lookup.key);
+                    self.pending = Some(Pending {
+                        intent: def.name.clone(),
+                        slot: lookup.key.clone(),
+                    });
+                    let failure = Failure::MissingSlot {
+                        slot: lookup.key.clone(),
+                    };
+                    let mut out = self.fail(out, failure);
+                    if out.escalation.is_none() {
+                        out.reply = text;
+                    }
+                    return out;
+                }
+            }
+        }
+        self.policy.record_understood();
         out.reply = assets
             .prompts()
             .reply(&def.name, &self.slots)

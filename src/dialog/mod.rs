@@ -9,6 +9,7 @@
 //! * [`pattern`]: phrase patterns over stemmed words shared by the other modules;
 //! * [`intent`]: intent definitions and the [`IntentClassifier`] trait with its rule-based
 //!   implementation;
+//! * [`lookup`]: answers from a flow's data (the demo order-status source);
 //! * [`slots`]: order number, name and e-mail extraction;
 //! * [`emotion`]: the caller's tone in words and voice, and its trend over the call;
 //! * [`escalation`]: when and why to hand the call to a person;
@@ -21,6 +22,7 @@ pub mod bot;
 pub mod emotion;
 pub mod escalation;
 pub mod intent;
+pub mod lookup;
 pub mod normalize;
 pub mod pattern;
 pub mod prompts;

@@ -22,7 +22,8 @@ use crate::audio::resample::{resample_all, ResampleError, StreamResampler};
 use crate::audio::wav::MonoAudio;
 use crate::audio::SPEECH_RATE;
 use crate::config::GatewayConfig;
-use crate::dialog::{Bot, BotTurn, CallerTurn, DialogAssets};
+use crate::dialog::{Bot, BotTurn, CallerTurn};
+use crate::flows::{Flow, FlowStore};
 use crate::report::{CallOutcome, CallReport, TurnReport, TurnTimings};
 use crate::speech::asr::{AsrError, SpeechRecognizer, Transcript};
 use crate::speech::pool::{InferencePool, PoolError};
@@ -87,7 +88,7 @@ pub struct Engines {
     pub config: Arc<GatewayConfig>,
     pub asr: Arc<dyn SpeechRecognizer>,
     pub tts: Arc<dyn SpeechSynthesizer>,
-    pub dialog: Arc<DialogAssets>,
+    pub flows: Arc<FlowStore>,
     pub pool: InferencePool,
 }
 
@@ -98,16 +99,18 @@ enum Heard {
     End { at: Duration },
 }
 
-/// Runs one call: consumes `input` until [`CallInput::End`] (or the sender is dropped), sends
-/// bot speech and turn reports to `output`, and returns the call's report.
+/// Runs one call with `flow`: consumes `input` until [`CallInput::End`] (or the sender is
+/// dropped), sends bot speech and turn reports to `output`, and returns the call's report. The
+/// call keeps this flow to its end, whatever reloads happen meanwhile.
 pub async fn run_call(
     engines: Engines,
+    flow: Arc<Flow>,
     input: mpsc::Receiver<CallInput>,
     output: mpsc::Sender<CallOutput>,
 ) -> Result<CallReport, PipelineError> {
     let (heard_tx, heard_rx) = mpsc::channel(STAGE_QUEUE);
     let listen = tokio::spawn(listen_stage(engines.config.clone(), input, heard_tx));
-    let respond = respond_stage(engines, heard_rx, output).await;
+    let respond = respond_stage(engines, flow, heard_rx, output).await;
     // The listen stage ends when its input ends or when respond stops listening.
     let listened = listen
         .await
@@ -194,10 +197,12 @@ async fn listen_stage(
 /// Recognition, dialog and synthesis for each finished utterance.
 async fn respond_stage(
     engines: Engines,
+    flow: Arc<Flow>,
     mut heard: mpsc::Receiver<Heard>,
     output: mpsc::Sender<CallOutput>,
 ) -> Result<CallReport, PipelineError> {
-    let mut bot = Bot::new(engines.dialog.clone(), engines.config.escalation.clone());
+    tracing::info!(flow = %flow.name, "call answered");
+    let mut bot = Bot::new(flow.dialog.clone(), flow.escalation.clone());
     let greeting = bot.greeting();
     let started = Instant::now();
     match synthesize(&engines, &greeting).await {
@@ -325,6 +330,7 @@ async fn respond_stage(
     heard_drain(&mut heard, &mut caller_audio).await;
     let unprocessed = bot_done_at.map_or(Duration::ZERO, |at| caller_audio.saturating_sub(at));
     Ok(CallReport {
+        flow: flow.name.clone(),
         greeting,
         turns,
         outcome,
@@ -455,6 +461,7 @@ mod tests {
     use crate::audio::frames::split_frames;
     use crate::audio::test_signal::{silence, voiced};
     use crate::dialog::EscalationReason;
+    use crate::flows::FlowSet;
     use crate::speech::tts::Speech;
 
     /// Hands out scripted transcripts in order, or fails when told to.
@@ -506,6 +513,15 @@ mod tests {
     }
 
     fn engines(texts: Vec<Result<&'static str, &'static str>>) -> (Engines, Arc<ScriptedAsr>) {
+        let flows = FlowSet::load(
+            &crate::flows::FlowsConfig {
+                dir: "/nonexistent".into(),
+                ..Default::default()
+            },
+            &Default::default(),
+            &crate::flows::as_is,
+        )
+        .expect("embedded flow");
         let asr = Arc::new(ScriptedAsr {
             texts: Mutex::new(texts.into()),
             heard_lengths: Mutex::new(Vec::new()),
@@ -515,7 +531,7 @@ mod tests {
             config: Arc::new(config),
             asr: asr.clone(),
             tts: Arc::new(ToneTts),
-            dialog: Arc::new(DialogAssets::embedded().expect("embedded dialog")),
+            flows: Arc::new(FlowStore::new(flows)),
             pool: InferencePool::new(1, 4),
         };
         (engines, asr)
@@ -545,7 +561,8 @@ mod tests {
             }
             let _ = in_tx.send(CallInput::End).await;
         });
-        let call = tokio::spawn(run_call(engines, in_rx, out_tx));
+        let flow = engines.flows.current().default_flow();
+        let call = tokio::spawn(run_call(engines, flow, in_rx, out_tx));
         let mut outputs = Vec::new();
         while let Some(o) = out_rx.recv().await {
             outputs.push(o);
@@ -623,7 +640,8 @@ mod tests {
         let (engines, _) = engines(vec![]);
         let (in_tx, in_rx) = mpsc::channel(4);
         let (out_tx, mut out_rx) = mpsc::channel(8);
-        let call = tokio::spawn(run_call(engines, in_rx, out_tx));
+        let flow = engines.flows.current().default_flow();
+        let call = tokio::spawn(run_call(engines, flow, in_rx, out_tx));
         in_tx
             .send(CallInput::Dtmf {
                 digit: '0',

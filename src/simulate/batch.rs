@@ -1,11 +1,13 @@
 //! A batch of recorded calls: input discovery, per-file outputs, the summary.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
 use crate::audio::wav::{read_wav, write_wav};
+use crate::flows::Flow;
 use crate::pipeline::Engines;
 use crate::report::CallReport;
 
@@ -90,13 +92,19 @@ pub fn output_stem(input: &Path, taken: &mut std::collections::HashSet<String>) 
 }
 
 /// Runs one file; never fails as a whole: problems end up in [`FileResult::error`].
-pub async fn run_file(engines: &Engines, input: &Path, out_dir: &Path, stem: &str) -> FileResult {
+pub async fn run_file(
+    engines: &Engines,
+    flow: Arc<Flow>,
+    input: &Path,
+    out_dir: &Path,
+    stem: &str,
+) -> FileResult {
     let started = Instant::now();
     let wav = match read_wav(input) {
         Ok(wav) => wav,
         Err(e) => return FileResult::failed(input, e.to_string(), started.elapsed()),
     };
-    let call = match simulate_call(engines, &wav.audio).await {
+    let call = match simulate_call(engines, flow, &wav.audio).await {
         Ok(call) => call,
         Err(e) => {
             return FileResult::failed(

@@ -2,6 +2,7 @@
 //! (media time from the sample count), fed through a bounded channel exactly as RTP frames
 //! would be, and the bot's speech is laid on a timeline next to the caller's audio.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -9,6 +10,7 @@ use tokio::sync::mpsc;
 use crate::audio::frames::split_frames;
 use crate::audio::wav::MonoAudio;
 use crate::audio::{ms_to_samples, FRAME_MS, SPEECH_RATE};
+use crate::flows::Flow;
 use crate::pipeline::{run_call, CallInput, CallOutput, Engines, PipelineError};
 use crate::report::CallReport;
 
@@ -23,6 +25,7 @@ pub struct SimulatedCall {
 /// Feeds `audio` through the pipeline as a call and collects what the bot says.
 pub async fn simulate_call(
     engines: &Engines,
+    flow: Arc<Flow>,
     audio: &MonoAudio,
 ) -> Result<SimulatedCall, PipelineError> {
     let (in_tx, in_rx) = mpsc::channel(16);
@@ -36,7 +39,7 @@ pub async fn simulate_call(
         }
         let _ = in_tx.send(CallInput::End).await;
     });
-    let call = tokio::spawn(run_call(engines.clone(), in_rx, out_tx));
+    let call = tokio::spawn(run_call(engines.clone(), flow, in_rx, out_tx));
     let mut track = Timeline::default();
     while let Some(out) = out_rx.recv().await {
         if let CallOutput::Speak {

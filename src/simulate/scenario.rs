@@ -25,6 +25,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -33,6 +34,7 @@ use crate::audio::wav::{read_wav, MonoAudio};
 use crate::audio::{ms_to_samples, SPEECH_RATE};
 use crate::config_file::{self, ConfigError};
 use crate::dialog::normalize::normalize;
+use crate::flows::Flow;
 use crate::pipeline::Engines;
 use crate::report::{CallReport, TurnReport};
 use crate::speech::tts::{EspeakSynthesizer, SpeechSynthesizer, TtsConfig};
@@ -94,6 +96,8 @@ pub struct Turn {
 pub struct Scenario {
     #[serde(default)]
     pub description: String,
+    /// The flow that answers (the default flow when absent).
+    pub flow: Option<String>,
     #[serde(default)]
     pub caller: CallerVoice,
     #[serde(rename = "turn")]
@@ -233,6 +237,7 @@ pub struct ScenarioResult {
 /// Loads, renders and runs one scenario file.
 pub async fn run_scenario(
     engines: &Engines,
+    default_flow: Arc<Flow>,
     path: &Path,
 ) -> (ScenarioResult, Option<SimulatedCall>) {
     let fail = |description: String, msg: String| ScenarioResult {
@@ -247,8 +252,17 @@ pub async fn run_scenario(
         Err(e) => return (fail(String::new(), e.to_string()), None),
     };
     let ran = async {
+        let flow = match &scenario.flow {
+            None => default_flow,
+            Some(name) => engines.flows.current().get(name).ok_or_else(|| {
+                format!(
+                    "unknown flow `{name}` (flows: {})",
+                    engines.flows.current().names().join(", ")
+                )
+            })?,
+        };
         let audio = scenario.render_audio()?;
-        simulate_call(engines, &audio)
+        simulate_call(engines, flow, &audio)
             .await
             .map_err(|e| e.to_string())
     };
@@ -433,6 +447,7 @@ wav = "audio/x.wav"
 
     fn call(turns: Vec<TurnReport>) -> CallReport {
         CallReport {
+            flow: "support".into(),
             greeting: "Hello".into(),
             turns,
             outcome: crate::report::CallOutcome::CallerHungUp,

@@ -1,0 +1,460 @@
+//! IVR flows: which intents, replies, escalation settings and data answer a call.
+//!
+//! Admins keep one TOML file per flow in a directory (`[flows] dir`, default
+//! `sip-config/flows/`). Each names the called numbers or SIP users it answers, its intents and
+//! prompts files, per-flow overrides of the gateway's `[escalation]` table, and data lookups.
+//! Everything is validated at load with file/line/field errors. The [`FlowStore`] holds the
+//! current set: a reload that fails validation keeps the previous set and says why, and a call
+//! keeps the flow it started with (flows are shared by `Arc`), so an edit never drops a call.
+//! Without a flows directory the embedded default flow is used.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config_file::{self, ConfigError};
+use crate::dialog::escalation::EscalationConfig;
+use crate::dialog::lookup::{Lookup, LookupSpec};
+use crate::dialog::DialogAssets;
+
+const EMBEDDED_FLOW: &str = include_str!("../sip-config/flows/support.toml");
+
+/// `[flows]` in the gateway configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FlowsConfig {
+    /// Directory of flow files; when it does not exist, the embedded default flow is used.
+    pub dir: PathBuf,
+    /// The flow for calls whose number no flow claims.
+    pub default: String,
+}
+
+impl Default for FlowsConfig {
+    fn default() -> Self {
+        FlowsConfig {
+            dir: PathBuf::from("sip-config/flows"),
+            default: "support".into(),
+        }
+    }
+}
+
+/// A flow file as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FlowFile {
+    name: String,
+    #[serde(default)]
+    description: String,
+    #[serde(default)]
+    numbers: Vec<String>,
+    intents: Option<PathBuf>,
+    prompts: Option<PathBuf>,
+    #[serde(default)]
+    escalation: toml::Table,
+    #[serde(default)]
+    lookup: Vec<LookupSpec>,
+}
+
+/// One loaded flow.
+#[derive(Debug)]
+pub struct Flow {
+    pub name: String,
+    pub description: String,
+    /// Called numbers / SIP users this flow answers.
+    pub numbers: Vec<String>,
+    pub dialog: Arc<DialogAssets>,
+    /// The gateway's escalation settings with this flow's overrides.
+    pub escalation: EscalationConfig,
+    /// The file it came from.
+    pub source: PathBuf,
+}
+
+/// Builds the intent classifier for a flow (the embedding model, when configured).
+pub type ClassifierFactory<'a> = &'a dyn Fn(DialogAssets) -> DialogAssets;
+
+/// A validated set of flows.
+#[derive(Debug)]
+pub struct FlowSet {
+    flows: BTreeMap<String, Arc<Flow>>,
+    default: String,
+}
+
+impl FlowSet {
+    /// Loads the flows of `config` (or the embedded default when its directory is missing).
+    pub fn load(
+        config: &FlowsConfig,
+        base: &EscalationConfig,
+        customize: ClassifierFactory<'_>,
+    ) -> Result<Self, ConfigError> {
+        let mut flows = BTreeMap::new();
+        if config.dir.is_dir() {
+            let mut files: Vec<PathBuf> = std::fs::read_dir(&config.dir)
+                .map_err(|e| ConfigError::whole_file(&config.dir, format!("cannot list: {e}")))?
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+                .collect();
+            files.sort();
+            for file in files {
+                let text = std::fs::read_to_string(&file)
+                    .map_err(|e| ConfigError::whole_file(&file, format!("cannot read: {e}")))?;
+                let flow = load_flow(&file, &text, base, customize, false)?;
+                insert(&mut flows, flow, &text)?;
+            }
+        } else {
+            tracing::info!(dir = %config.dir.display(), "no flows directory; using the embedded default flow");
+            let file = Path::new("<embedded>/sip-config/flows/support.toml");
+            let flow = load_flow(file, EMBEDDED_FLOW, base, customize, true)?;
+            insert(&mut flows, flow, EMBEDDED_FLOW)?;
+        }
+        if !flows.contains_key(&config.default) {
+            return Err(ConfigError::whole_file(
+                &config.dir,
+                format!(
+                    "default flow `{}` not found (flows: {})",
+                    config.default,
+                    flows.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            ));
+        }
+        let mut seen: BTreeMap<&str, &str> = BTreeMap::new();
+        for flow in flows.values() {
+            for number in &flow.numbers {
+                if let Some(other) = seen.insert(number, &flow.name) {
+                    return Err(ConfigError::whole_file(
+                        &flow.source,
+                        format!(
+                            "number `{number}` is claimed by flows `{other}` and `{}`",
+                            flow.name
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(FlowSet {
+            flows,
+            default: config.default.clone(),
+        })
+    }
+
+    /// The flow answering `called` (a number or SIP user), else the default flow.
+    pub fn for_number(&self, called: &str) -> Arc<Flow> {
+        self.flows
+            .values()
+            .find(|f| f.numbers.iter().any(|n| n == called))
+            .cloned()
+            .unwrap_or_else(|| self.default_flow())
+    }
+
+    /// A flow by name.
+    pub fn get(&self, name: &str) -> Option<Arc<Flow>> {
+        self.flows.get(name).cloned()
+    }
+
+    /// The default flow.
+    pub fn default_flow(&self) -> Arc<Flow> {
+        // Load checks that the default exists.
+        self.flows
+            .get(&self.default)
+            .or_else(|| self.flows.values().next())
+            .cloned()
+            .expect("a flow set holds at least its default flow")
+    }
+
+    /// Flow names.
+    pub fn names(&self) -> Vec<String> {
+        self.flows.keys().cloned().collect()
+    }
+}
+
+fn insert(
+    flows: &mut BTreeMap<String, Arc<Flow>>,
+    flow: Flow,
+    text: &str,
+) -> Result<(), ConfigError> {
+    if let Some(first) = flows.get(&flow.name) {
+        return Err(ConfigError::invalid(
+            &flow.source,
+            text,
+            "name",
+            format!(
+                "flow `{}` is already defined in {}",
+                flow.name,
+                first.source.display()
+            ),
+        ));
+    }
+    flows.insert(flow.name.clone(), Arc::new(flow));
+    Ok(())
+}
+
+fn load_flow(
+    file: &Path,
+    text: &str,
+    base: &EscalationConfig,
+    customize: ClassifierFactory<'_>,
+    embedded: bool,
+) -> Result<Flow, ConfigError> {
+    let raw: FlowFile = config_file::parse(file, text)?;
+    if raw.name.trim().is_empty()
+        || !raw
+            .name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return Err(ConfigError::invalid(
+            file,
+            text,
+            "name",
+            "must be a non-empty name of letters, digits, - and _",
+        ));
+    }
+    let dialog = if embedded {
+        DialogAssets::embedded()?
+    } else {
+        let dir = file.parent().unwrap_or(Path::new("."));
+        match (&raw.intents, &raw.prompts) {
+            (None, None) => DialogAssets::embedded()?,
+            (Some(i), Some(p)) => DialogAssets::load(&dir.join(i), &dir.join(p))?,
+            (None, Some(_)) => {
+                return Err(ConfigError::invalid(
+                    file,
+                    text,
+                    "prompts",
+                    "give `intents` too (prompts are checked against them)",
+                ))
+            }
+            (Some(_), None) => {
+                return Err(ConfigError::invalid(
+                    file,
+                    text,
+                    "intents",
+                    "give `prompts` too (every intent needs its replies)",
+                ))
+            }
+        }
+    };
+    // Per-flow escalation: the gateway's settings with this flow's keys on top.
+    let mut merged = toml::Table::try_from(base)
+        .map_err(|e| ConfigError::invalid(file, text, "escalation", e.to_string()))?;
+    for (k, v) in &raw.escalation {
+        merged.insert(k.clone(), v.clone());
+    }
+    let escalation: EscalationConfig =
+        toml::Value::Table(merged)
+            .try_into()
+            .map_err(|e: toml::de::Error| {
+                ConfigError::invalid(file, text, "escalation", e.message().trim().to_string())
+            })?;
+    escalation.validate(file, text, "escalation")?;
+    let lookups = raw
+        .lookup
+        .iter()
+        .enumerate()
+        .map(|(i, spec)| Lookup::compile(spec, &dialog, file, text, &format!("lookup.{i}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let dialog = customize(dialog.with_lookups(lookups));
+    Ok(Flow {
+        name: raw.name,
+        description: raw.description,
+        numbers: raw.numbers,
+        dialog: Arc::new(dialog),
+        escalation,
+        source: file.to_path_buf(),
+    })
+}
+
+/// The current flows, swapped atomically on reload.
+#[derive(Debug)]
+pub struct FlowStore {
+    current: RwLock<Arc<FlowSet>>,
+}
+
+impl FlowStore {
+    /// A store holding `set`.
+    pub fn new(set: FlowSet) -> Self {
+        FlowStore {
+            current: RwLock::new(Arc::new(set)),
+        }
+    }
+
+    /// The flows in force now. Calls keep the `Arc<Flow>` they started with.
+    pub fn current(&self) -> Arc<FlowSet> {
+        match self.current.read() {
+            Ok(guard) => Arc::clone(&guard),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+
+    /// Loads the flows again. On any error the previous flows stay in force and the error says
+    /// what is wrong (file, line, field).
+    pub fn reload(
+        &self,
+        config: &FlowsConfig,
+        base: &EscalationConfig,
+        customize: ClassifierFactory<'_>,
+    ) -> Result<Arc<FlowSet>, ConfigError> {
+        match FlowSet::load(config, base, customize) {
+            Ok(set) => {
+                let set = Arc::new(set);
+                match self.current.write() {
+                    Ok(mut guard) => *guard = Arc::clone(&set),
+                    Err(poisoned) => *poisoned.into_inner() = Arc::clone(&set),
+                }
+                tracing::info!(flows = ?set.names(), "flows reloaded");
+                Ok(set)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "flow reload rejected; the previous flows stay in force");
+                Err(e)
+            }
+        }
+    }
+}
+
+/// No customisation: the rule-based classifier of the flow's intents.
+pub fn as_is(assets: DialogAssets) -> DialogAssets {
+    assets
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_flow_dir(dir: &Path, extra: &str) {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        std::fs::copy(
+            root.join("sip-config/intents.toml"),
+            dir.join("intents.toml"),
+        )
+        .expect("copy");
+        std::fs::copy(root.join("prompts/en.toml"), dir.join("en.toml")).expect("copy");
+        let flows = dir.join("flows");
+        std::fs::create_dir_all(&flows).expect("mkdir");
+        std::fs::write(
+            flows.join("support.toml"),
+            format!("name = \"support\"\nnumbers = [\"100\"]\nintents = \"../intents.toml\"\nprompts = \"../en.toml\"\n{extra}"),
+        )
+        .expect("write");
+    }
+
+    fn config(dir: &Path) -> FlowsConfig {
+        FlowsConfig {
+            dir: dir.join("flows"),
+            default: "support".into(),
+        }
+    }
+
+    #[test]
+    fn embedded_default_flow_loads_with_its_lookup() {
+        let cfg = FlowsConfig {
+            dir: PathBuf::from("/nonexistent/flows"),
+            ..FlowsConfig::default()
+        };
+        let set = FlowSet::load(&cfg, &EscalationConfig::default(), &as_is).expect("loads");
+        let flow = set.for_number("anything");
+        assert_eq!(flow.name, "support");
+        assert!(flow
+            .dialog
+            .lookup("order_status")
+            .is_some_and(|l| l.len() >= 3));
+    }
+
+    #[test]
+    fn the_shipped_flows_directory_is_valid() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let cfg = FlowsConfig {
+            dir: root.join("sip-config/flows"),
+            ..FlowsConfig::default()
+        };
+        let set = FlowSet::load(&cfg, &EscalationConfig::default(), &as_is).expect("loads");
+        assert_eq!(set.for_number("+18005550100").name, "support");
+    }
+
+    #[test]
+    fn numbers_route_and_overrides_apply() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write_flow_dir(dir.path(), "[escalation]\nmin_asr_confidence = 0.3\n");
+        std::fs::write(
+            dir.path().join("flows/billing.toml"),
+            "name = \"billing\"\nnumbers = [\"200\"]\nintents = \"../intents.toml\"\nprompts = \"../en.toml\"\n",
+        )
+        .expect("write");
+        let base = EscalationConfig::default();
+        let set = FlowSet::load(&config(dir.path()), &base, &as_is).expect("loads");
+        assert_eq!(set.for_number("200").name, "billing");
+        assert_eq!(set.for_number("100").name, "support");
+        assert_eq!(set.for_number("999").name, "support");
+        assert_eq!(
+            set.get("support").map(|f| f.escalation.min_asr_confidence),
+            Some(0.3)
+        );
+        assert_eq!(
+            set.get("billing").map(|f| f.escalation.min_asr_confidence),
+            Some(base.min_asr_confidence)
+        );
+    }
+
+    #[test]
+    fn bad_override_names_file_line_and_field() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write_flow_dir(dir.path(), "[escalation]\nmin_intent_confidence = 2.0\n");
+        let err =
+            FlowSet::load(&config(dir.path()), &EscalationConfig::default(), &as_is).unwrap_err();
+        assert_eq!(
+            err.field.as_deref(),
+            Some("escalation.min_intent_confidence"),
+            "{err}"
+        );
+        assert_eq!(err.line, Some(6), "{err}");
+        assert!(err.file.ends_with("flows/support.toml"));
+    }
+
+    #[test]
+    fn duplicate_numbers_are_rejected() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write_flow_dir(dir.path(), "");
+        std::fs::write(
+            dir.path().join("flows/other.toml"),
+            "name = \"other\"\nnumbers = [\"100\"]\nintents = \"../intents.toml\"\nprompts = \"../en.toml\"\n",
+        )
+        .expect("write");
+        let err =
+            FlowSet::load(&config(dir.path()), &EscalationConfig::default(), &as_is).unwrap_err();
+        assert!(err.reason.contains("claimed by flows"), "{err}");
+    }
+
+    #[test]
+    fn invalid_reload_keeps_the_old_flows_and_calls_keep_theirs() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write_flow_dir(dir.path(), "");
+        let base = EscalationConfig::default();
+        let store =
+            FlowStore::new(FlowSet::load(&config(dir.path()), &base, &as_is).expect("loads"));
+        let in_call = store.current().for_number("100");
+        // A broken edit: an unknown key.
+        std::fs::write(
+            dir.path().join("flows/support.toml"),
+            "name = \"support\"\nnumberz = [\"100\"]\n",
+        )
+        .expect("write");
+        let err = store
+            .reload(&config(dir.path()), &base, &as_is)
+            .unwrap_err();
+        assert_eq!(err.line, Some(2), "{err}");
+        assert!(Arc::ptr_eq(&store.current().for_number("100"), &in_call));
+        // A good edit replaces the set; the call still holds the flow it started with.
+        write_flow_dir(dir.path(), "[escalation]\nmax_misunderstandings = 5\n");
+        store
+            .reload(&config(dir.path()), &base, &as_is)
+            .expect("valid reload");
+        let now = store.current().for_number("100");
+        assert_eq!(now.escalation.max_misunderstandings, 5);
+        assert_eq!(
+            in_call.escalation.max_misunderstandings,
+            base.max_misunderstandings
+        );
+    }
+}
