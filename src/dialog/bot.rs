@@ -89,6 +89,8 @@ pub struct Bot {
     escalation: Option<Escalation>,
     ended: bool,
     emotion: EmotionTracker,
+    /// Caller turns so far (utterances and key presses).
+    turns: u32,
 }
 
 impl Bot {
@@ -102,6 +104,7 @@ impl Bot {
             escalation: None,
             ended: false,
             emotion: EmotionTracker::default(),
+            turns: 0,
         }
     }
 
@@ -136,6 +139,7 @@ impl Bot {
         if digit != '0' || self.escalation.is_some() || self.ended {
             return None;
         }
+        self.turns += 1;
         let turn = BotTurn {
             normalized_text: String::new(),
             intent: IntentMatch::none(),
@@ -181,6 +185,7 @@ impl Bot {
         if self.escalation.is_some() || self.ended {
             return out;
         }
+        self.turns += 1;
         let tone = self.policy.tone(&out.normalized_text);
         let voice_weight = self.policy.config().voice_weight;
         let reading = self.emotion.observe(tone.score, prosody, voice_weight);
@@ -425,6 +430,7 @@ impl Bot {
             reason,
             detail,
             skill,
+            turn: self.turns,
         };
         out.reply = self.assets.prompts().transfer(&escalation.skill);
         out.escalation = Some(escalation.clone());

@@ -47,6 +47,8 @@ pub struct Escalation {
     pub detail: String,
     /// The team that should take the call (a skill from intents.toml).
     pub skill: String,
+    /// The caller turn (1-based; key presses count as turns) on which it was decided.
+    pub turn: u32,
 }
 
 /// The `[escalation]` table of the gateway configuration.

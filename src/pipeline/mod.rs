@@ -584,6 +584,7 @@ mod tests {
         assert!(report.turns[0].escalation.is_none());
         let escalation = report.turns[1].escalation.as_ref().expect("escalates");
         assert_eq!(escalation.reason, EscalationReason::ExplicitRequest);
+        assert_eq!(escalation.turn, 2);
         assert_eq!(report.outcome, CallOutcome::Escalated);
         // The endpointer cut the audio into utterances of about the right length (16 kHz).
         let lengths = asr.heard_lengths.lock().expect("lock").clone();
