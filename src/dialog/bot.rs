@@ -226,6 +226,11 @@ impl Bot {
             );
             return self.escalate(out, EscalationReason::CriticalKeyword, detail, skill);
         }
+        // A hand-over intent escalates from a lower confidence than routine ones.
+        let suspected = assets.intent(&out.intent.intent).filter(|d| {
+            d.escalate != IntentEscalation::No
+                && out.intent.confidence >= self.policy.config().min_critical_confidence
+        });
         if let Some(def) = recognised {
             let reason = match def.escalate {
                 IntentEscalation::Critical => Some(EscalationReason::CriticalKeyword),
@@ -293,6 +298,34 @@ impl Bot {
                 .map(|d| d.skill.clone())
                 .unwrap_or_else(|| assets.default_skill().to_string());
             return self.escalate(out, EscalationReason::NegativeTone, detail, skill);
+        }
+
+        // 4b. A suspected hand-over intent (below min_intent_confidence, at or above
+        // min_critical_confidence): the safe mistake is a person.
+        if let Some(def) = suspected {
+            let (reason, kind) = match def.escalate {
+                IntentEscalation::ExplicitRequest => (
+                    EscalationReason::ExplicitRequest,
+                    "caller may be asking for a person",
+                ),
+                _ => (
+                    EscalationReason::CriticalKeyword,
+                    "suspected critical intent",
+                ),
+            };
+            let detail = format!(
+                "{kind}: intent {} confidence {:.2} >= min_critical_confidence {:.2}; {}",
+                def.name,
+                out.intent.confidence,
+                self.policy.config().min_critical_confidence,
+                out.intent
+                    .evidence
+                    .first()
+                    .map(String::as_str)
+                    .unwrap_or("no evidence")
+            );
+            let skill = def.skill.clone();
+            return self.escalate(out, reason, detail, skill);
         }
 
         // 5. Dialog.

@@ -81,6 +81,10 @@ pub struct EscalationConfig {
     /// Share of the voice's arousal (against the caller's own baseline) in a turn's emotion
     /// score; the voice amplifies negative words and never escalates alone. 0 ignores the voice.
     pub voice_weight: f32,
+    /// An intent that hands the call over (critical or a request for a person) escalates from
+    /// this confidence on, below `min_intent_confidence`: suspecting a cancellation or a legal
+    /// threat is enough, as handing over is the safe mistake.
+    pub min_critical_confidence: f32,
     /// Turns over which a steadily rising emotion score escalates (0 disables the trend).
     pub trend_turns: u32,
     /// The last score of a rising trend must reach this to escalate.
@@ -165,6 +169,7 @@ impl Default for EscalationConfig {
             ]),
             negative_tone_threshold: 0.6,
             voice_weight: 0.4,
+            min_critical_confidence: 0.25,
             trend_turns: 3,
             trend_min_score: 0.45,
         }
@@ -189,6 +194,7 @@ impl EscalationConfig {
             ("min_asr_confidence", self.min_asr_confidence),
             ("min_intent_confidence", self.min_intent_confidence),
             ("voice_weight", self.voice_weight),
+            ("min_critical_confidence", self.min_critical_confidence),
             ("trend_min_score", self.trend_min_score),
         ] {
             if !(0.0..=1.0).contains(&value) {
@@ -436,7 +442,8 @@ impl EscalationPolicy {
         for pattern in &self.sarcasm {
             for m in pattern.find_all(&stems, false) {
                 if claim(&mut used, m.start, m.end) {
-                    total += 1.0;
+                    // Sarcasm is deliberate: one cue weighs as much as an intensified word.
+                    total += 1.5;
                     cues.push(format!("sarcasm \"{}\"", stream.quote(m.start, m.end)));
                 }
             }
@@ -638,7 +645,9 @@ mod tests {
         assert_eq!(score("I'm not happy"), 0.5);
         assert_eq!(score("I am not at all happy"), 0.5);
         assert_eq!(score("I'm very annoyed"), 0.6);
-        assert_eq!(score("Oh great, another robot."), round3(2.0 / 3.0));
+        // A sarcasm cue weighs 1.5: one is enough to reach the default threshold (0.6).
+        assert_eq!(score("Oh great, another robot."), 0.75);
+        assert_eq!(score("yeah right, like that helps"), 0.6);
         let t = p.tone(&normalize("This is ridiculous, I'm not happy."));
         assert_eq!(t.score, round3(2.0 / 3.0));
         assert_eq!(t.cues, ["\"ridiculous\"", "\"not happy\""]);

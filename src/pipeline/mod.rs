@@ -257,15 +257,19 @@ async fn respond_stage(
                     asr_ms = transcript.elapsed.as_millis() as u64,
                     "caller said"
                 );
-                let intent_started = Instant::now();
-                let turn = bot.on_utterance_with_voice(
-                    CallerTurn {
-                        text: transcript.text.clone(),
-                        asr_confidence: transcript.confidence,
-                    },
-                    voice.as_ref(),
-                );
-                let intent_time = intent_started.elapsed();
+                // The dialog (intent model included) is CPU work too: the bot visits the pool
+                // and comes back with its answer.
+                let caller = CallerTurn {
+                    text: transcript.text.clone(),
+                    asr_confidence: transcript.confidence,
+                };
+                let job = move || {
+                    let started = Instant::now();
+                    let turn = bot.on_utterance_with_voice(caller, voice.as_ref());
+                    (bot, turn, started.elapsed())
+                };
+                let (returned, turn, intent_time) = engines.pool.run(job).await?;
+                bot = returned;
                 let decided_at = u.decided_at;
                 (
                     turn,
