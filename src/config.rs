@@ -2,7 +2,7 @@
 //! binary as the default, validated once at load into a typed [`GatewayConfig`]. Every problem is
 //! reported with the file, line and field (see [`crate::config_file`]).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -15,6 +15,37 @@ use crate::speech::vad::VadConfig;
 
 /// The default configuration, as shipped in `sip-config/gateway.toml`.
 pub const EMBEDDED: &str = include_str!("../sip-config/gateway.toml");
+
+/// Which intent classifier the flows use (`[intent]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IntentEngine {
+    /// Sentence embeddings (all-MiniLM-L6-v2) combined with the rule classifier.
+    Hybrid,
+    /// The rule classifier alone (cue phrases and examples).
+    Rules,
+}
+
+/// `[intent]`: the classifier and its model files.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IntentConfig {
+    pub engine: IntentEngine,
+    /// Sentence-embedding model (safetensors), made by `python3 models/provision.py`.
+    pub model: PathBuf,
+    /// Its tokenizer (Hugging Face `tokenizer.json`).
+    pub tokenizer: PathBuf,
+}
+
+impl Default for IntentConfig {
+    fn default() -> Self {
+        IntentConfig {
+            engine: IntentEngine::Hybrid,
+            model: PathBuf::from(crate::dialog::embedding::DEFAULT_MODEL_PATH),
+            tokenizer: PathBuf::from(crate::dialog::embedding::DEFAULT_TOKENIZER_PATH),
+        }
+    }
+}
 
 /// Inference pool sizing (`[pool]`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -44,6 +75,7 @@ pub struct GatewayConfig {
     pub tts: TtsConfig,
     pub pool: PoolConfig,
     pub flows: FlowsConfig,
+    pub intent: IntentConfig,
     pub escalation: EscalationConfig,
 }
 

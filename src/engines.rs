@@ -3,8 +3,10 @@
 
 use std::sync::Arc;
 
-use crate::config::GatewayConfig;
+use crate::config::{GatewayConfig, IntentEngine};
 use crate::config_file::ConfigError;
+use crate::dialog::embedding::{hybrid_with_encoder, EmbeddingError, SentenceEncoder};
+use crate::dialog::DialogAssets;
 use crate::flows::{as_is, FlowSet, FlowStore};
 use crate::pipeline::Engines;
 use crate::speech::asr::{AsrError, WhisperRecognizer};
@@ -18,11 +20,38 @@ pub enum LoadError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Asr(#[from] AsrError),
+    #[error(transparent)]
+    Intent(#[from] EmbeddingError),
 }
 
-/// Loads the flows named in the configuration (or the embedded default flow).
-pub fn load_flows(config: &GatewayConfig) -> Result<FlowSet, ConfigError> {
-    FlowSet::load(&config.flows, &config.escalation, &as_is)
+/// Loads the flows named in the configuration (or the embedded default flow), each with the
+/// configured intent classifier.
+pub fn load_flows(config: &GatewayConfig) -> Result<FlowSet, LoadError> {
+    match config.intent.engine {
+        IntentEngine::Rules => Ok(FlowSet::load(&config.flows, &config.escalation, &as_is)?),
+        IntentEngine::Hybrid => {
+            // One encoder shared by every flow; each flow embeds its own examples.
+            let encoder = Arc::new(SentenceEncoder::load(
+                &config.intent.model,
+                &config.intent.tokenizer,
+            )?);
+            // The flow loader's hook cannot fail, so the first model error is kept and returned.
+            let failure = std::cell::RefCell::new(None);
+            let customize =
+                |assets: DialogAssets| match hybrid_with_encoder(&assets, Arc::clone(&encoder)) {
+                    Ok(hybrid) => assets.with_classifier(Box::new(hybrid)),
+                    Err(e) => {
+                        failure.borrow_mut().get_or_insert(e);
+                        assets
+                    }
+                };
+            let set = FlowSet::load(&config.flows, &config.escalation, &customize)?;
+            match failure.into_inner() {
+                Some(e) => Err(e.into()),
+                None => Ok(set),
+            }
+        }
+    }
 }
 
 /// Loads everything a call needs.

@@ -109,7 +109,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::CheckConfig => {
             let flows = engines::load_flows(&config)?;
-            println!("configuration OK; flows: {}", flows.names().join(", "));
+            println!(
+                "configuration OK; intent engine {:?}; flows: {}",
+                config.intent.engine,
+                flows.names().join(", ")
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::BenchAsr { wavs, repeat, json } => {

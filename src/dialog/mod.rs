@@ -9,6 +9,8 @@
 //! * [`pattern`]: phrase patterns over stemmed words shared by the other modules;
 //! * [`intent`]: intent definitions and the [`IntentClassifier`] trait with its rule-based
 //!   implementation;
+//! * [`embedding`]: sentence-embedding classification (all-MiniLM-L6-v2) and its hybrid with the
+//!   rules;
 //! * [`lookup`]: answers from a flow's data (the demo order-status source);
 //! * [`slots`]: order number, name and e-mail extraction;
 //! * [`emotion`]: the caller's tone in words and voice, and its trend over the call;
@@ -19,6 +21,7 @@
 
 pub mod assets;
 pub mod bot;
+pub mod embedding;
 pub mod emotion;
 pub mod escalation;
 pub mod intent;
@@ -30,5 +33,6 @@ pub mod slots;
 
 pub use assets::DialogAssets;
 pub use bot::{Bot, BotTurn, CallerTurn};
+pub use embedding::{load_hybrid, EmbeddingClassifier, EmbeddingError, HybridClassifier};
 pub use escalation::{Escalation, EscalationConfig, EscalationPolicy, EscalationReason};
 pub use intent::{IntentClassifier, IntentMatch, RuleClassifier, NONE_INTENT};
