@@ -72,6 +72,21 @@ pub struct BotTurn {
     pub emotion: Option<EmotionReading>,
 }
 
+/// Why an intent escalated: the intent, its confidence against the threshold that let it, and
+/// the classifier's first piece of evidence.
+fn intent_detail(kind: &str, intent: &IntentMatch, threshold_name: &str, threshold: f32) -> String {
+    format!(
+        "{kind}: intent {} confidence {:.2} >= {threshold_name} {threshold:.2}; {}",
+        intent.intent,
+        intent.confidence,
+        intent
+            .evidence
+            .first()
+            .map(String::as_str)
+            .unwrap_or("no evidence")
+    )
+}
+
 /// A question the bot asked and waits for an answer to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Pending {
@@ -243,17 +258,8 @@ impl Bot {
                 } else {
                     "critical intent"
                 };
-                let detail = format!(
-                    "{kind}: intent {} confidence {:.2} >= min_intent_confidence {:.2}; {}",
-                    def.name,
-                    out.intent.confidence,
-                    self.policy.config().min_intent_confidence,
-                    out.intent
-                        .evidence
-                        .first()
-                        .map(String::as_str)
-                        .unwrap_or("no evidence")
-                );
+                let threshold = self.policy.config().min_intent_confidence;
+                let detail = intent_detail(kind, &out.intent, "min_intent_confidence", threshold);
                 let skill = def.skill.clone();
                 return self.escalate(out, reason, detail, skill);
             }
@@ -313,17 +319,8 @@ impl Bot {
                     "suspected critical intent",
                 ),
             };
-            let detail = format!(
-                "{kind}: intent {} confidence {:.2} >= min_critical_confidence {:.2}; {}",
-                def.name,
-                out.intent.confidence,
-                self.policy.config().min_critical_confidence,
-                out.intent
-                    .evidence
-                    .first()
-                    .map(String::as_str)
-                    .unwrap_or("no evidence")
-            );
+            let threshold = self.policy.config().min_critical_confidence;
+            let detail = intent_detail(kind, &out.intent, "min_critical_confidence", threshold);
             let skill = def.skill.clone();
             return self.escalate(out, reason, detail, skill);
         }
