@@ -37,9 +37,9 @@ fn assets() -> Arc<DialogAssets> {
     Arc::new(DialogAssets::embedded().expect("embedded dialog assets are valid"))
 }
 
-fn on_utterance(c: &mut Criterion) {
-    let assets = assets();
-    let mut group = c.benchmark_group("on_utterance");
+/// Times the mix of first turns, each on a fresh bot over `assets`, as benchmark `group`.
+fn first_turns(c: &mut Criterion, group: &str, assets: Arc<DialogAssets>) {
+    let mut group = c.benchmark_group(group);
     group.throughput(Throughput::Elements(MIX.len() as u64));
     group.bench_function("mix_of_10_first_turns", |b| {
         b.iter_batched(
@@ -57,6 +57,10 @@ fn on_utterance(c: &mut Criterion) {
         )
     });
     group.finish();
+}
+
+fn on_utterance(c: &mut Criterion) {
+    first_turns(c, "on_utterance", assets());
 }
 
 /// The default flow's dialog with the configured default engine (hybrid), as calls get it.
@@ -68,25 +72,7 @@ fn hybrid_assets() -> Arc<DialogAssets> {
 }
 
 fn on_utterance_hybrid(c: &mut Criterion) {
-    let assets = hybrid_assets();
-    let mut group = c.benchmark_group("on_utterance_hybrid");
-    group.throughput(Throughput::Elements(MIX.len() as u64));
-    group.bench_function("mix_of_10_first_turns", |b| {
-        b.iter_batched(
-            || {
-                MIX.iter()
-                    .map(|_| Bot::new(Arc::clone(&assets), EscalationConfig::default()))
-                    .collect::<Vec<_>>()
-            },
-            |bots| {
-                for (mut bot, text) in bots.into_iter().zip(MIX) {
-                    black_box(bot.on_utterance(CallerTurn::new(black_box(text), 0.9)));
-                }
-            },
-            BatchSize::SmallInput,
-        )
-    });
-    group.finish();
+    first_turns(c, "on_utterance_hybrid", hybrid_assets());
 }
 
 /// Voice emotion input: prosody of 3 s of a harmonic voice-like signal at 16 kHz.
