@@ -1,0 +1,4 @@
+//! SIP signalling, sans-IO: message parsing and printing, SDP offer/answer, server and client
+//! transactions with their RFC 3261 timers, and the per-call dialog state machine. Every piece
+//! is fed bytes and an `Instant` and returns what to send; the tokio layer in
+//! [`crate::server`] owns the sockets and the timers.
