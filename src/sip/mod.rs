@@ -2,3 +2,9 @@
 //! transactions with their RFC 3261 timers, and the per-call dialog state machine. Every piece
 //! is fed bytes and an `Instant` and returns what to send; the tokio layer in
 //! [`crate::server`] owns the sockets and the timers.
+
+pub mod auth;
+pub mod endpoint;
+pub mod message;
+pub mod sdp;
+pub mod transaction;

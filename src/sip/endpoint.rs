@@ -1,0 +1,1685 @@
+//! The gateway's SIP user agent server, sans-IO: every received message goes in with the
+//! current `Instant`, and what to send ([`Transmit`]) and what happened to calls ([`Event`])
+//! come out. It owns the server transactions, the dialogs of answered calls and the BYEs the
+//! gateway sends, with all RFC 3261 timers; the tokio layer only moves bytes and sleeps until
+//! [`SipEndpoint::next_timeout`].
+//!
+//! A call goes: INVITE -> 100 Trying -> (checks: allow-list, auth, capacity, codecs, session
+//! timer) -> 180 Ringing and [`Event::IncomingCall`] -> the owner allocates media and calls
+//! [`SipEndpoint::accept`] -> 200 OK with the SDP answer, retransmitted until the ACK ->
+//! [`Event::CallConfirmed`] -> re-INVITE/UPDATE/INFO inside the dialog -> BYE from either side
+//! -> [`Event::CallEnded`] with the reason.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::media::codec::Codec;
+use crate::sip::auth::{AllowList, AuthError, DigestAuthenticator};
+use crate::sip::message::{parse_sip_uri, split_list, uri_of, Method, ParseError, SipMessage};
+use crate::sip::sdp::{self, LocalMedia, Negotiated};
+use crate::sip::transaction::{
+    timeout_64t1, ClientAction, ClientTransaction, ServerAction, ServerKind, ServerTransaction, T1,
+    T2,
+};
+
+/// Methods the gateway implements (the `Allow` header lists exactly these).
+pub const ALLOWED: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, UPDATE, INFO";
+
+/// How a message travels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Transport {
+    Udp,
+    /// A TCP connection, by the id the server layer gave it.
+    Tcp(u64),
+}
+
+impl Transport {
+    pub fn is_reliable(self) -> bool {
+        matches!(self, Transport::Tcp(_))
+    }
+
+    fn via_name(self) -> &'static str {
+        match self {
+            Transport::Udp => "UDP",
+            Transport::Tcp(_) => "TCP",
+        }
+    }
+}
+
+/// Where a message came from or goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Peer {
+    pub transport: Transport,
+    pub addr: SocketAddr,
+}
+
+/// Bytes to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transmit {
+    pub to: Peer,
+    pub bytes: Vec<u8>,
+}
+
+/// A call's handle, unique for the endpoint's lifetime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CallHandle(pub u64);
+
+impl fmt::Display for CallHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "call-{}", self.0)
+    }
+}
+
+/// A new call waiting for [`SipEndpoint::accept`] or [`SipEndpoint::reject`].
+#[derive(Debug, Clone)]
+pub struct IncomingCall {
+    pub handle: CallHandle,
+    pub call_id: String,
+    /// The caller (From header, as sent).
+    pub from: String,
+    /// The user part of the Request-URI (the dialled number or SIP user), if any.
+    pub called: Option<String>,
+    pub peer: Peer,
+    /// Our local address the request reached (for SDP and Contact).
+    pub local_ip: IpAddr,
+    pub media: Negotiated,
+    /// The authenticated user, when digest authentication is on.
+    pub user: Option<String>,
+}
+
+/// Why a call ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EndReason {
+    /// The caller sent BYE.
+    RemoteBye,
+    /// The caller cancelled before the answer.
+    Cancelled,
+    /// The gateway hung up (BYE answered, or not answered in time).
+    LocalHangup,
+    /// The gateway rejected the call before answering.
+    Rejected(u16),
+    /// The caller never acknowledged the 200 OK.
+    AckTimeout,
+    /// The session timer (RFC 4028) ran out without a refresh.
+    SessionExpired,
+}
+
+/// What happened to calls.
+#[derive(Debug, Clone)]
+pub enum Event {
+    IncomingCall(Box<IncomingCall>),
+    /// The ACK for the 200 OK arrived.
+    CallConfirmed(CallHandle),
+    /// A re-INVITE or UPDATE changed the media (hold, resume, codec or address change).
+    MediaChanged(CallHandle, Negotiated),
+    /// A DTMF digit sent as SIP INFO (application/dtmf-relay or application/dtmf).
+    Dtmf(CallHandle, char),
+    CallEnded(CallHandle, EndReason),
+}
+
+/// Endpoint settings.
+#[derive(Debug, Clone)]
+pub struct EndpointConfig {
+    /// Answered plus ringing calls allowed at once; more get 486 Busy Here.
+    pub max_calls: usize,
+    /// Codecs offered, in the gateway's order (the caller's order decides).
+    pub codecs: Vec<Codec>,
+    /// Shortest session interval accepted (RFC 4028 Min-SE), seconds.
+    pub min_session_expires: u32,
+    /// Product name for the User-Agent and Server headers.
+    pub user_agent: String,
+    /// The user part of our Contact.
+    pub contact_user: String,
+    /// The port the SIP listeners use (for Contact).
+    pub sip_port: u16,
+}
+
+impl Default for EndpointConfig {
+    fn default() -> Self {
+        Self {
+            max_calls: 200,
+            codecs: Codec::ALL.to_vec(),
+            min_session_expires: 90,
+            user_agent: concat!("voicebot-gateway/", env!("CARGO_PKG_VERSION")).to_string(),
+            contact_user: "voicebot".into(),
+            sip_port: 5060,
+        }
+    }
+}
+
+/// Where a call's dialog stands.
+#[derive(Debug)]
+enum CallState {
+    /// 180 sent; waiting for the owner to accept or reject.
+    Ringing,
+    /// 200 OK sent; retransmitting it until the ACK (13.3.1.4).
+    Answered {
+        response: Vec<u8>,
+        next: Instant,
+        interval: Duration,
+        give_up: Instant,
+    },
+    Confirmed,
+    /// Our BYE is out.
+    Ending,
+}
+
+#[derive(Debug)]
+struct Call {
+    handle: CallHandle,
+    call_id: String,
+    local_tag: String,
+    remote_tag: String,
+    peer: Peer,
+    local_ip: IpAddr,
+    /// The initial INVITE, for building its responses.
+    invite: SipMessage,
+    invite_key: TxnKey,
+    state: CallState,
+    remote_cseq: u32,
+    local_cseq: u32,
+    /// Record-Route of the INVITE, in order (the UAS's route set, 12.1.1).
+    route_set: Vec<String>,
+    /// The caller's Contact URI (remote target).
+    remote_target: String,
+    /// The From and To header values as the caller sent them (To gets our tag).
+    remote_uri: String,
+    local_uri: String,
+    media: Negotiated,
+    local_media: Option<LocalMedia>,
+    /// CSeq of the INVITE (initial or re-INVITE) whose 2xx is waiting for its ACK.
+    pending_ack_cseq: Option<u32>,
+    session_expires: Option<Duration>,
+    session_deadline: Option<Instant>,
+    bye: Option<ClientTransaction>,
+    bye_branch: Option<String>,
+    /// CallEnded was already reported (the BYE may still be finishing).
+    end_reported: bool,
+}
+
+/// Identifies a server transaction: the top Via branch (RFC 3261 17.2.3) and the method, ACK
+/// matching INVITE. Branches without the RFC 3261 magic cookie fall back to the dialog
+/// identifiers.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct TxnKey {
+    branch: String,
+    method: String,
+}
+
+impl TxnKey {
+    fn of(msg: &SipMessage, method: &Method) -> Option<TxnKey> {
+        let method = match method {
+            Method::Ack => "INVITE".to_string(),
+            m => m.as_str().to_string(),
+        };
+        let branch = match msg.via_branch() {
+            Some(b) if b.starts_with("z9hG4bK") => b.to_string(),
+            _ => format!(
+                "{}|{}|{}",
+                msg.call_id()?,
+                msg.from_tag().unwrap_or(""),
+                msg.cseq()?.seq
+            ),
+        };
+        Some(TxnKey { branch, method })
+    }
+}
+
+struct ServerTxnEntry {
+    txn: ServerTransaction,
+    peer: Peer,
+    call: Option<CallHandle>,
+}
+
+/// The sans-IO SIP user agent server.
+pub struct SipEndpoint {
+    config: EndpointConfig,
+    auth: Option<DigestAuthenticator>,
+    allow: AllowList,
+    transactions: HashMap<TxnKey, ServerTxnEntry>,
+    calls: HashMap<CallHandle, Call>,
+    /// (Call-ID, our tag) -> call.
+    dialogs: HashMap<(String, String), CallHandle>,
+    next_handle: u64,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<Event>,
+    /// Maps `Instant`s to wall-clock time for digest nonces.
+    epoch: (Instant, SystemTime),
+    draining: bool,
+}
+
+fn random_token() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
+
+fn status_reason(code: u16) -> &'static str {
+    match code {
+        100 => "Trying",
+        180 => "Ringing",
+        200 => "OK",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        416 => "Unsupported URI Scheme",
+        420 => "Bad Extension",
+        422 => "Session Interval Too Small",
+        480 => "Temporarily Unavailable",
+        481 => "Call/Transaction Does Not Exist",
+        483 => "Too Many Hops",
+        486 => "Busy Here",
+        487 => "Request Terminated",
+        488 => "Not Acceptable Here",
+        491 => "Request Pending",
+        500 => "Server Internal Error",
+        501 => "Not Implemented",
+        503 => "Service Unavailable",
+        513 => "Message Too Large",
+        603 => "Decline",
+        _ => "Unknown",
+    }
+}
+
+impl SipEndpoint {
+    pub fn new(
+        config: EndpointConfig,
+        auth: Option<DigestAuthenticator>,
+        allow: AllowList,
+        now: Instant,
+    ) -> Self {
+        Self {
+            config,
+            auth,
+            allow,
+            transactions: HashMap::new(),
+            calls: HashMap::new(),
+            dialogs: HashMap::new(),
+            next_handle: 1,
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            epoch: (now, SystemTime::now()),
+            draining: false,
+        }
+    }
+
+    /// Calls ringing or answered.
+    pub fn active_calls(&self) -> usize {
+        self.calls.len()
+    }
+
+    /// Stops taking new calls (503 with Retry-After); calls in progress go on.
+    pub fn drain(&mut self) {
+        self.draining = true;
+    }
+
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    fn wall_clock(&self, now: Instant) -> SystemTime {
+        self.epoch.1 + now.saturating_duration_since(self.epoch.0)
+    }
+
+    fn send(&mut self, to: Peer, bytes: Vec<u8>) {
+        self.transmits.push_back(Transmit { to, bytes });
+    }
+
+    /// A datagram or stream frame arrived from `peer` on our `local_ip`.
+    pub fn handle_bytes(&mut self, peer: Peer, local_ip: IpAddr, bytes: &[u8], now: Instant) {
+        match SipMessage::parse(bytes) {
+            Ok(msg) => self.handle_message(peer, local_ip, msg, now),
+            Err(ParseError::Incomplete) if bytes.iter().all(|b| b.is_ascii_whitespace()) => {
+                // CRLF keep-alive (RFC 5626): answer a double CRLF ping with a single pong.
+                if bytes.len() >= 4 && peer.transport == Transport::Udp {
+                    self.send(peer, b"\r\n".to_vec());
+                }
+            }
+            Err(e) => self.reject_unparsable(peer, bytes, &e),
+        }
+    }
+
+    /// Answers a message that could not be parsed with 400 when enough of it is readable to
+    /// address a response (RFC 3261 21.4.1); otherwise drops it.
+    fn reject_unparsable(&mut self, peer: Peer, bytes: &[u8], error: &ParseError) {
+        tracing::warn!(peer = %peer.addr, %error, "malformed SIP message");
+        // Try again without the body so a bad Content-Length still gets its 400.
+        let head_end = bytes
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .map(|i| i + 4);
+        let Some(end) = head_end else { return };
+        let mut head = bytes[..end].to_vec();
+        // Replace the Content-Length so the head parses alone.
+        if let Ok(text) = std::str::from_utf8(&head) {
+            let cleaned: String = text
+                .split("\r\n")
+                .filter(|l| {
+                    let name = l.split(':').next().unwrap_or("").trim();
+                    !name.eq_ignore_ascii_case("content-length") && !name.eq_ignore_ascii_case("l")
+                })
+                .collect::<Vec<_>>()
+                .join("\r\n");
+            head = cleaned.into_bytes();
+            head.extend_from_slice(b"\r\n\r\n");
+        }
+        if let Ok(msg) = SipMessage::parse(&head) {
+            if msg.method().is_some_and(|m| *m != Method::Ack) && msg.answerable() {
+                let mut resp = SipMessage::response_to(&msg, 400, "Bad Request", None);
+                resp.push("Warning", format!("399 voicebot \"{error}\""));
+                self.send(peer, resp.to_bytes());
+            }
+        }
+    }
+
+    /// A parsed message.
+    pub fn handle_message(&mut self, peer: Peer, local_ip: IpAddr, msg: SipMessage, now: Instant) {
+        if msg.status().is_some() {
+            self.handle_response(msg, now);
+            return;
+        }
+        if !msg.answerable() {
+            tracing::warn!(peer = %peer.addr, "request without Via/From/To/Call-ID/CSeq dropped");
+            return;
+        }
+        let Some(method) = msg.method().cloned() else {
+            return;
+        };
+        if let Err(e) = msg.validate_request() {
+            if method != Method::Ack {
+                let mut resp = SipMessage::response_to(&msg, 400, "Bad Request", None);
+                resp.push("Warning", format!("399 voicebot \"{e}\""));
+                self.send(peer, resp.to_bytes());
+            }
+            return;
+        }
+        let Some(key) = TxnKey::of(&msg, &method) else {
+            return;
+        };
+        // A retransmission of a request we are handling, or the ACK of a non-2xx response.
+        if let Some(entry) = self.transactions.get_mut(&key) {
+            if method == Method::Ack {
+                entry.txn.on_ack(now);
+            } else if let Some(bytes) = entry.txn.on_retransmitted_request() {
+                let to = entry.peer;
+                self.send(to, bytes);
+            }
+            return;
+        }
+        match method {
+            Method::Ack => self.handle_ack(&msg),
+            Method::Cancel => self.handle_cancel(peer, &msg, key, now),
+            Method::Invite if msg.to_tag().is_none() => {
+                self.handle_new_invite(peer, local_ip, msg, key, now)
+            }
+            _ if msg.to_tag().is_some() => self.handle_in_dialog(peer, msg, method, key, now),
+            Method::Options => {
+                let mut resp = self.response(&msg, 200, None);
+                resp.push("Accept", "application/sdp");
+                self.respond_new(peer, key, ServerKind::NonInvite, None, resp, now);
+            }
+            Method::Bye | Method::Update | Method::Info => {
+                let resp = self.response(&msg, 481, None);
+                self.respond_new(peer, key, ServerKind::NonInvite, None, resp, now);
+            }
+            _ => {
+                let resp = self.response(&msg, 405, None);
+                self.respond_new(peer, key, ServerKind::NonInvite, None, resp, now);
+            }
+        }
+    }
+
+    /// A response with the standard headers every response from us carries.
+    fn response(&self, req: &SipMessage, code: u16, to_tag: Option<&str>) -> SipMessage {
+        let mut resp = SipMessage::response_to(req, code, status_reason(code), to_tag);
+        resp.push("Server", self.config.user_agent.clone());
+        if matches!(code, 200 | 405) || (180..200).contains(&code) {
+            resp.push("Allow", ALLOWED);
+        }
+        resp
+    }
+
+    /// Creates a server transaction and sends its first (final) response.
+    fn respond_new(
+        &mut self,
+        peer: Peer,
+        key: TxnKey,
+        kind: ServerKind,
+        call: Option<CallHandle>,
+        resp: SipMessage,
+        now: Instant,
+    ) {
+        let mut txn = ServerTransaction::new(kind, peer.transport.is_reliable());
+        let code = resp.status().unwrap_or(500);
+        if let Some(bytes) = txn.send_response(code, resp.to_bytes(), now) {
+            self.send(peer, bytes);
+        }
+        if !txn.is_terminated() {
+            self.transactions
+                .insert(key, ServerTxnEntry { txn, peer, call });
+        }
+    }
+
+    /// Sends a response in an existing server transaction.
+    fn respond_in(&mut self, key: &TxnKey, resp: SipMessage, now: Instant) {
+        let Some(entry) = self.transactions.get_mut(key) else {
+            return;
+        };
+        let code = resp.status().unwrap_or(500);
+        if let Some(bytes) = entry.txn.send_response(code, resp.to_bytes(), now) {
+            let to = entry.peer;
+            if entry.txn.is_terminated() {
+                self.transactions.remove(key);
+            }
+            self.send(to, bytes);
+        }
+    }
+
+    fn contact(&self, local_ip: IpAddr, transport: Transport) -> String {
+        let host = match local_ip {
+            IpAddr::V4(ip) => ip.to_string(),
+            IpAddr::V6(ip) => format!("[{ip}]"),
+        };
+        let transport = match transport {
+            Transport::Udp => "",
+            Transport::Tcp(_) => ";transport=tcp",
+        };
+        format!(
+            "<sip:{}@{host}:{}{transport}>",
+            self.config.contact_user, self.config.sip_port
+        )
+    }
+
+    fn handle_new_invite(
+        &mut self,
+        peer: Peer,
+        local_ip: IpAddr,
+        msg: SipMessage,
+        key: TxnKey,
+        now: Instant,
+    ) {
+        // 100 Trying at once, so the caller stops retransmitting while we decide.
+        let mut txn = ServerTransaction::new(ServerKind::Invite, peer.transport.is_reliable());
+        let trying = self.response(&msg, 100, None);
+        if let Some(bytes) = txn.send_response(100, trying.to_bytes(), now) {
+            self.send(peer, bytes);
+        }
+        self.transactions.insert(
+            key.clone(),
+            ServerTxnEntry {
+                txn,
+                peer,
+                call: None,
+            },
+        );
+        let local_tag = random_token();
+        let reject = |ep: &mut Self, code: u16, extra: &[(&str, String)], why: &str| {
+            tracing::info!(peer = %peer.addr, call_id = msg.call_id().unwrap_or(""), code, why, "call rejected");
+            let mut resp = ep.response(&msg, code, Some(&local_tag));
+            for (name, value) in extra {
+                resp.push(name, value.clone());
+            }
+            ep.respond_in(&key, resp, now);
+        };
+        if !self.allow.allows(peer.addr.ip()) {
+            return reject(self, 403, &[], "source address not in the allow-list");
+        }
+        let uri = msg.request_uri().unwrap_or("");
+        if !(uri.starts_with("sip:") || uri.starts_with("sips:")) {
+            return reject(self, 416, &[], "not a SIP URI");
+        }
+        if msg
+            .header("Max-Forwards")
+            .and_then(|v| v.trim().parse::<u32>().ok())
+            == Some(0)
+        {
+            return reject(self, 483, &[], "Max-Forwards is 0");
+        }
+        let unsupported: Vec<&str> = msg
+            .header_values("Require")
+            .filter(|ext| !ext.eq_ignore_ascii_case("timer"))
+            .collect();
+        if !unsupported.is_empty() {
+            let list = unsupported.join(", ");
+            return reject(
+                self,
+                420,
+                &[("Unsupported", list)],
+                "requires an unsupported extension",
+            );
+        }
+        let mut user = None;
+        if let Some(auth) = &self.auth {
+            let wall = self.wall_clock(now);
+            let result = match msg.header("Authorization") {
+                Some(h) => auth.verify("INVITE", h, wall),
+                None => Err(AuthError::MissingParam("Authorization")),
+            };
+            match result {
+                Ok(name) => user = Some(name),
+                Err(e) => {
+                    let stale = matches!(e, AuthError::StaleNonce);
+                    let challenge = auth.challenge(wall, stale);
+                    tracing::info!(peer = %peer.addr, error = %e, "digest authentication needed");
+                    let mut resp = self.response(&msg, 401, Some(&local_tag));
+                    resp.push("WWW-Authenticate", challenge);
+                    self.respond_in(&key, resp, now);
+                    return;
+                }
+            }
+        }
+        if self.draining {
+            return reject(
+                self,
+                503,
+                &[("Retry-After", "30".into())],
+                "gateway is shutting down",
+            );
+        }
+        if self.calls.len() >= self.config.max_calls {
+            return reject(
+                self,
+                486,
+                &[("Retry-After", "10".into())],
+                "over capacity (max_calls)",
+            );
+        }
+        let media = match sdp::parse_offer(&msg.body)
+            .and_then(|offer| sdp::negotiate(&offer, &self.config.codecs))
+        {
+            Ok(m) => m,
+            Err(e) => {
+                let warning = format!("305 voicebot \"{e}\"");
+                // No SDP at all is a delayed offer, which this gateway does not take either.
+                return reject(self, 488, &[("Warning", warning)], "SDP not acceptable");
+            }
+        };
+        let session_expires = match session_expires(&msg) {
+            Some(secs) if secs < self.config.min_session_expires => {
+                let min = self.config.min_session_expires.to_string();
+                return reject(
+                    self,
+                    422,
+                    &[("Min-SE", min)],
+                    "session interval below Min-SE",
+                );
+            }
+            Some(secs) => Some(Duration::from_secs(u64::from(secs))),
+            None => None,
+        };
+        let handle = CallHandle(self.next_handle);
+        self.next_handle += 1;
+        let call_id = msg.call_id().unwrap_or("").to_string();
+        let remote_tag = msg.from_tag().unwrap_or("").to_string();
+        let route_set: Vec<String> = msg
+            .header_values("Record-Route")
+            .map(str::to_string)
+            .collect();
+        let remote_target = msg
+            .header("Contact")
+            .map(|c| uri_of(split_list(c).next().unwrap_or(c)).to_string())
+            .unwrap_or_else(|| uri_of(msg.header("From").unwrap_or("")).to_string());
+        let remote_uri = msg.header("From").unwrap_or("").to_string();
+        let local_uri = format!("{};tag={local_tag}", msg.header("To").unwrap_or(""));
+        let called = parse_sip_uri(uri)
+            .and_then(|u| u.user.map(str::to_string))
+            .or_else(|| {
+                let to = uri_of(msg.header("To").unwrap_or(""));
+                parse_sip_uri(to).and_then(|u| u.user.map(str::to_string))
+            });
+        let cseq = msg.cseq().map_or(0, |c| c.seq);
+        if let Some(entry) = self.transactions.get_mut(&key) {
+            entry.call = Some(handle);
+        }
+        let mut ringing = self.response(&msg, 180, Some(&local_tag));
+        ringing.push("Contact", self.contact(local_ip, peer.transport));
+        for rr in &route_set {
+            ringing.push("Record-Route", rr.clone());
+        }
+        self.respond_in(&key, ringing, now);
+        tracing::info!(
+            call = %handle, %call_id, peer = %peer.addr, codec = %media.codec,
+            called = called.as_deref().unwrap_or(""), "incoming call"
+        );
+        self.events
+            .push_back(Event::IncomingCall(Box::new(IncomingCall {
+                handle,
+                call_id: call_id.clone(),
+                from: remote_uri.clone(),
+                called,
+                peer,
+                local_ip,
+                media: media.clone(),
+                user,
+            })));
+        self.dialogs
+            .insert((call_id.clone(), local_tag.clone()), handle);
+        self.calls.insert(
+            handle,
+            Call {
+                handle,
+                call_id,
+                local_tag,
+                remote_tag,
+                peer,
+                local_ip,
+                invite: msg,
+                invite_key: key,
+                state: CallState::Ringing,
+                remote_cseq: cseq,
+                local_cseq: 0,
+                route_set,
+                remote_target,
+                remote_uri,
+                local_uri,
+                media,
+                local_media: None,
+                pending_ack_cseq: None,
+                session_expires,
+                session_deadline: None,
+                bye: None,
+                bye_branch: None,
+                end_reported: false,
+            },
+        );
+    }
+
+    /// Answers a ringing call with 200 OK and the SDP answer for `local`.
+    pub fn accept(&mut self, handle: CallHandle, local: LocalMedia, now: Instant) {
+        let Some(call) = self.calls.get(&handle) else {
+            return;
+        };
+        if !matches!(call.state, CallState::Ringing) {
+            return;
+        }
+        let body = sdp::answer_sdp(&local, &call.media).into_bytes();
+        let mut resp = self.response(&call.invite, 200, Some(&call.local_tag));
+        resp.push("Contact", self.contact(call.local_ip, call.peer.transport));
+        for rr in &call.route_set {
+            resp.push("Record-Route", rr.clone());
+        }
+        resp.push("Supported", "timer");
+        if let Some(se) = call.session_expires {
+            resp.push("Session-Expires", format!("{};refresher=uac", se.as_secs()));
+            resp.push("Require", "timer");
+        }
+        resp.set_body("application/sdp", body);
+        let bytes = resp.to_bytes();
+        let key = call.invite_key.clone();
+        let invite_cseq = call.remote_cseq;
+        let reliable = call.peer.transport.is_reliable();
+        self.respond_in(&key, resp, now);
+        if let Some(call) = self.calls.get_mut(&handle) {
+            call.local_media = Some(local);
+            call.pending_ack_cseq = Some(invite_cseq);
+            call.state = CallState::Answered {
+                response: bytes,
+                next: if reliable {
+                    now + timeout_64t1()
+                } else {
+                    now + T1
+                },
+                interval: T1,
+                give_up: now + timeout_64t1(),
+            };
+            call.session_deadline = call.session_expires.map(|se| now + se);
+            tracing::info!(call = %handle, "call answered");
+        }
+    }
+
+    /// Refuses a ringing call (e.g. 503 when no media port is free).
+    pub fn reject(&mut self, handle: CallHandle, code: u16, now: Instant) {
+        let Some(call) = self.calls.get(&handle) else {
+            return;
+        };
+        if !matches!(call.state, CallState::Ringing) {
+            return;
+        }
+        let resp = self.response(&call.invite, code, Some(&call.local_tag));
+        let key = call.invite_key.clone();
+        self.respond_in(&key, resp, now);
+        self.end_call(handle, EndReason::Rejected(code));
+    }
+
+    /// Ends a call from our side: BYE once answered, 480 while still ringing.
+    pub fn hangup(&mut self, handle: CallHandle, now: Instant) {
+        let Some(call) = self.calls.get(&handle) else {
+            return;
+        };
+        match call.state {
+            CallState::Ringing => self.reject(handle, 480, now),
+            CallState::Ending => {}
+            CallState::Answered { .. } | CallState::Confirmed => self.send_bye(handle, now),
+        }
+    }
+
+    fn send_bye(&mut self, handle: CallHandle, now: Instant) {
+        let contact_transport;
+        let (to, bytes, branch) = {
+            let Some(call) = self.calls.get_mut(&handle) else {
+                return;
+            };
+            call.local_cseq = call.local_cseq.max(1) + 1;
+            contact_transport = call.peer.transport;
+            let branch = format!("z9hG4bK{}", random_token());
+            let local_host = match call.local_ip {
+                IpAddr::V4(ip) => ip.to_string(),
+                IpAddr::V6(ip) => format!("[{ip}]"),
+            };
+            let mut bye = SipMessage::request(Method::Bye, call.remote_target.clone());
+            bye.push(
+                "Via",
+                format!(
+                    "SIP/2.0/{} {local_host}:{};branch={branch};rport",
+                    contact_transport.via_name(),
+                    self.config.sip_port
+                ),
+            );
+            bye.push("Max-Forwards", "70");
+            for route in &call.route_set {
+                bye.push("Route", route.clone());
+            }
+            bye.push("From", call.local_uri.clone());
+            bye.push("To", call.remote_uri.clone());
+            bye.push("Call-ID", call.call_id.clone());
+            bye.push("CSeq", format!("{} BYE", call.local_cseq));
+            bye.push("User-Agent", self.config.user_agent.clone());
+            call.state = CallState::Ending;
+            // In-dialog requests go back the way the call came (symmetric signalling), which
+            // also holds behind NAT and on TCP, where the caller's connection is reused.
+            (call.peer, bye.to_bytes(), branch)
+        };
+        let txn = ClientTransaction::new(bytes.clone(), to.transport.is_reliable(), now);
+        if let Some(call) = self.calls.get_mut(&handle) {
+            call.bye = Some(txn);
+            call.bye_branch = Some(branch);
+        }
+        tracing::info!(call = %handle, "sending BYE");
+        self.send(to, bytes);
+    }
+
+    fn handle_response(&mut self, msg: SipMessage, now: Instant) {
+        let (Some(code), Some(branch)) = (msg.status(), msg.via_branch()) else {
+            return;
+        };
+        let handle = self
+            .calls
+            .values()
+            .find(|c| c.bye_branch.as_deref() == Some(branch))
+            .map(|c| c.handle);
+        let Some(handle) = handle else {
+            tracing::debug!(code, "response matches no transaction");
+            return;
+        };
+        let done = self
+            .calls
+            .get_mut(&handle)
+            .and_then(|c| c.bye.as_mut())
+            .and_then(|t| t.on_response(code, now));
+        if let Some(code) = done {
+            tracing::info!(call = %handle, code, "BYE answered");
+            self.end_call(handle, EndReason::LocalHangup);
+        }
+    }
+
+    fn handle_ack(&mut self, msg: &SipMessage) {
+        let Some(handle) = self.dialog_of(msg) else {
+            return;
+        };
+        let cseq = msg.cseq().map(|c| c.seq);
+        let Some(call) = self.calls.get_mut(&handle) else {
+            return;
+        };
+        if call.pending_ack_cseq.is_some() && call.pending_ack_cseq == cseq {
+            call.pending_ack_cseq = None;
+            if matches!(call.state, CallState::Answered { .. }) {
+                call.state = CallState::Confirmed;
+                tracing::info!(call = %handle, "call confirmed (ACK)");
+                self.events.push_back(Event::CallConfirmed(handle));
+            }
+        }
+    }
+
+    /// The dialog a request belongs to: Call-ID and our tag, and the caller's tag must match
+    /// (RFC 3261 12.2.2).
+    fn dialog_of(&self, msg: &SipMessage) -> Option<CallHandle> {
+        let key = (msg.call_id()?.to_string(), msg.to_tag()?.to_string());
+        let handle = self.dialogs.get(&key).copied()?;
+        let call = self.calls.get(&handle)?;
+        (msg.from_tag().unwrap_or("") == call.remote_tag).then_some(handle)
+    }
+
+    fn handle_cancel(&mut self, peer: Peer, msg: &SipMessage, key: TxnKey, now: Instant) {
+        // The CANCEL matches the INVITE transaction with the same branch (9.2).
+        let invite_key = TxnKey {
+            branch: key.branch.clone(),
+            method: "INVITE".into(),
+        };
+        let target = self
+            .transactions
+            .get(&invite_key)
+            .map(|e| (e.call, e.txn.state()));
+        let Some((call, state)) = target else {
+            let resp = self.response(msg, 481, None);
+            self.respond_new(peer, key, ServerKind::NonInvite, None, resp, now);
+            return;
+        };
+        let resp = self.response(msg, 200, None);
+        self.respond_new(peer, key, ServerKind::NonInvite, None, resp, now);
+        if state != crate::sip::transaction::ServerState::Proceeding {
+            return; // already answered: the CANCEL has no effect
+        }
+        if let Some(handle) = call {
+            let Some(c) = self.calls.get(&handle) else {
+                return;
+            };
+            if matches!(c.state, CallState::Ringing) {
+                let resp = self.response(&c.invite, 487, Some(&c.local_tag));
+                self.respond_in(&invite_key, resp, now);
+                tracing::info!(call = %handle, "caller cancelled");
+                self.end_call(handle, EndReason::Cancelled);
+            }
+        }
+    }
+
+    fn handle_in_dialog(
+        &mut self,
+        peer: Peer,
+        msg: SipMessage,
+        method: Method,
+        key: TxnKey,
+        now: Instant,
+    ) {
+        let kind = if method == Method::Invite {
+            ServerKind::Invite
+        } else {
+            ServerKind::NonInvite
+        };
+        let Some(handle) = self.dialog_of(&msg) else {
+            let resp = self.response(&msg, 481, None);
+            self.respond_new(peer, key, kind, None, resp, now);
+            return;
+        };
+        let cseq = msg.cseq().map_or(0, |c| c.seq);
+        let stale = self
+            .calls
+            .get(&handle)
+            .is_some_and(|c| cseq <= c.remote_cseq && method != Method::Ack);
+        if stale {
+            let resp = self.response(&msg, 500, None);
+            self.respond_new(peer, key, kind, Some(handle), resp, now);
+            return;
+        }
+        if let Some(call) = self.calls.get_mut(&handle) {
+            call.remote_cseq = cseq;
+        }
+        match method {
+            Method::Bye => {
+                let resp = self.response(&msg, 200, None);
+                self.respond_new(peer, key, kind, Some(handle), resp, now);
+                tracing::info!(call = %handle, "caller hung up (BYE)");
+                self.end_call(handle, EndReason::RemoteBye);
+            }
+            Method::Invite | Method::Update => {
+                self.handle_reoffer(peer, msg, method, key, handle, now)
+            }
+            Method::Info => {
+                let digit = dtmf_from_info(&msg);
+                let resp = self.response(&msg, 200, None);
+                self.respond_new(peer, key, kind, Some(handle), resp, now);
+                if let Some(d) = digit {
+                    self.events.push_back(Event::Dtmf(handle, d));
+                }
+            }
+            Method::Options => {
+                let resp = self.response(&msg, 200, None);
+                self.respond_new(peer, key, kind, Some(handle), resp, now);
+            }
+            _ => {
+                let resp = self.response(&msg, 405, None);
+                self.respond_new(peer, key, kind, Some(handle), resp, now);
+            }
+        }
+    }
+
+    /// re-INVITE or UPDATE: a session refresh, with or without a new offer (hold, resume,
+    /// codec change).
+    fn handle_reoffer(
+        &mut self,
+        peer: Peer,
+        msg: SipMessage,
+        method: Method,
+        key: TxnKey,
+        handle: CallHandle,
+        now: Instant,
+    ) {
+        let kind = if method == Method::Invite {
+            ServerKind::Invite
+        } else {
+            ServerKind::NonInvite
+        };
+        let Some(call) = self.calls.get(&handle) else {
+            return;
+        };
+        if method == Method::Invite && call.pending_ack_cseq.is_some() {
+            // A 2xx of ours is still waiting for its ACK (RFC 3261 14.2).
+            let mut resp = self.response(&msg, 500, None);
+            resp.push("Retry-After", "1");
+            self.respond_new(peer, key, kind, Some(handle), resp, now);
+            return;
+        }
+        let mut new_media = None;
+        if !msg.body.is_empty() {
+            match sdp::parse_offer(&msg.body)
+                .and_then(|offer| sdp::negotiate(&offer, &self.config.codecs))
+            {
+                Ok(m) => new_media = Some(m),
+                Err(e) => {
+                    let mut resp = self.response(&msg, 488, None);
+                    resp.push("Warning", format!("305 voicebot \"{e}\""));
+                    self.respond_new(peer, key, kind, Some(handle), resp, now);
+                    return;
+                }
+            }
+        }
+        let media = new_media.clone().unwrap_or_else(|| call.media.clone());
+        let mut resp = self.response(&msg, 200, None);
+        resp.push("Contact", self.contact(call.local_ip, call.peer.transport));
+        resp.push("Supported", "timer");
+        let session_expires = session_expires(&msg)
+            .map(|s| Duration::from_secs(u64::from(s.max(self.config.min_session_expires))))
+            .or(call.session_expires);
+        if let Some(se) = session_expires {
+            resp.push("Session-Expires", format!("{};refresher=uac", se.as_secs()));
+        }
+        let mut local = call.local_media;
+        if let Some(l) = local.as_mut() {
+            l.session_version += 1;
+            // Always answer with SDP to an INVITE (an offerless re-INVITE gets our offer).
+            if new_media.is_some() || method == Method::Invite {
+                resp.set_body("application/sdp", sdp::answer_sdp(l, &media).into_bytes());
+            }
+        }
+        let bytes = resp.to_bytes();
+        let cseq = msg.cseq().map_or(0, |c| c.seq);
+        self.respond_new(peer, key, kind, Some(handle), resp, now);
+        let reliable = peer.transport.is_reliable();
+        if let Some(call) = self.calls.get_mut(&handle) {
+            call.local_media = local;
+            call.session_expires = session_expires;
+            call.session_deadline = session_expires.map(|se| now + se);
+            if method == Method::Invite {
+                call.pending_ack_cseq = Some(cseq);
+                if matches!(call.state, CallState::Confirmed) {
+                    call.state = CallState::Answered {
+                        response: bytes,
+                        next: if reliable {
+                            now + timeout_64t1()
+                        } else {
+                            now + T1
+                        },
+                        interval: T1,
+                        give_up: now + timeout_64t1(),
+                    };
+                }
+            }
+            if let Some(m) = new_media {
+                let changed = m != call.media;
+                call.media = m.clone();
+                if changed {
+                    tracing::info!(call = %handle, codec = %m.codec, hold = m.on_hold, "media changed");
+                    self.events.push_back(Event::MediaChanged(handle, m));
+                }
+            }
+        }
+    }
+
+    fn end_call(&mut self, handle: CallHandle, reason: EndReason) {
+        if let Some(call) = self.calls.remove(&handle) {
+            self.dialogs
+                .remove(&(call.call_id.clone(), call.local_tag.clone()));
+            if !call.end_reported {
+                tracing::info!(call = %handle, ?reason, "call ended");
+                self.events.push_back(Event::CallEnded(handle, reason));
+            }
+        }
+    }
+
+    /// The earliest moment [`handle_timeout`](Self::handle_timeout) has work.
+    pub fn next_timeout(&self) -> Option<Instant> {
+        let txns = self
+            .transactions
+            .values()
+            .filter_map(|e| e.txn.next_timer());
+        let calls = self.calls.values().flat_map(|c| {
+            let answered = match &c.state {
+                CallState::Answered { next, give_up, .. } => Some((*next).min(*give_up)),
+                _ => None,
+            };
+            [
+                answered,
+                c.session_deadline,
+                c.bye.as_ref().and_then(|b| b.next_timer()),
+            ]
+        });
+        txns.chain(calls.flatten()).min()
+    }
+
+    /// Runs every timer due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let mut sends = Vec::new();
+        self.transactions.retain(|_, entry| {
+            if entry.txn.next_timer().is_some_and(|t| t <= now) {
+                match entry.txn.on_timer(now) {
+                    Some(ServerAction::Send(bytes)) => sends.push((entry.peer, bytes)),
+                    Some(ServerAction::AckTimeout) => {
+                        tracing::warn!(peer = %entry.peer.addr, "no ACK for a final response (timer H)");
+                    }
+                    None => {}
+                }
+            }
+            !entry.txn.is_terminated()
+        });
+        let mut bye_now = Vec::new();
+        let mut ended = Vec::new();
+        for call in self.calls.values_mut() {
+            let peer = call.peer;
+            if let CallState::Answered {
+                response,
+                next,
+                interval,
+                give_up,
+            } = &mut call.state
+            {
+                if now >= *give_up {
+                    tracing::warn!(call = %call.handle, "no ACK for 200 OK within 64*T1; hanging up");
+                    bye_now.push((call.handle, true));
+                } else if now >= *next {
+                    if !peer.transport.is_reliable() {
+                        sends.push((peer, response.clone()));
+                    }
+                    *interval = (*interval * 2).min(T2);
+                    *next = now + *interval;
+                }
+            }
+            if call.session_deadline.is_some_and(|d| now >= d) {
+                call.session_deadline = None;
+                tracing::warn!(call = %call.handle, "session timer expired without refresh");
+                bye_now.push((call.handle, false));
+            }
+            if let Some(bye) = call.bye.as_mut() {
+                if bye.next_timer().is_some_and(|t| t <= now) {
+                    match bye.on_timer(now) {
+                        Some(ClientAction::Retransmit(bytes)) => sends.push((peer, bytes)),
+                        Some(ClientAction::Timeout) => {
+                            tracing::warn!(call = %call.handle, "BYE not answered (timer F)");
+                            ended.push(call.handle);
+                        }
+                        None => {}
+                    }
+                }
+            }
+        }
+        for (to, bytes) in sends {
+            self.send(to, bytes);
+        }
+        for handle in ended {
+            self.end_call(handle, EndReason::LocalHangup);
+        }
+        for (handle, ack_timeout) in bye_now {
+            self.send_bye(handle, now);
+            // The call is over for the media side now; the BYE transaction finishes alone.
+            let reason = if ack_timeout {
+                EndReason::AckTimeout
+            } else {
+                EndReason::SessionExpired
+            };
+            tracing::info!(call = %handle, ?reason, "call ended");
+            self.events.push_back(Event::CallEnded(handle, reason));
+            if let Some(call) = self.calls.get_mut(&handle) {
+                call.end_reported = true;
+            }
+        }
+    }
+}
+
+/// The Session-Expires interval asked for, in seconds (RFC 4028).
+fn session_expires(msg: &SipMessage) -> Option<u32> {
+    let v = msg.header("Session-Expires")?;
+    v.split(';').next()?.trim().parse().ok()
+}
+
+/// A DTMF digit from a SIP INFO body (`application/dtmf-relay`: `Signal=5`; `application/dtmf`:
+/// `5`).
+fn dtmf_from_info(msg: &SipMessage) -> Option<char> {
+    let ct = msg.header("Content-Type")?.to_ascii_lowercase();
+    let body = std::str::from_utf8(&msg.body).ok()?;
+    let raw = if ct.starts_with("application/dtmf-relay") {
+        body.lines().find_map(|l| {
+            let (k, v) = l.split_once('=')?;
+            k.trim().eq_ignore_ascii_case("signal").then_some(v.trim())
+        })?
+    } else if ct.starts_with("application/dtmf") {
+        body.trim()
+    } else {
+        return None;
+    };
+    let mut chars = raw.chars();
+    let c = chars.next()?;
+    (chars.next().is_none() && matches!(c, '0'..='9' | '*' | '#' | 'A'..='D')).then_some(c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SDP: &str = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+m=audio 6000 RTP/AVP 0 101\r\na=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-15\r\n";
+
+    fn caller() -> Peer {
+        Peer {
+            transport: Transport::Udp,
+            addr: "127.0.0.1:5061".parse().unwrap(),
+        }
+    }
+
+    fn local_ip() -> IpAddr {
+        IpAddr::from([127, 0, 0, 1])
+    }
+
+    fn request(
+        method: &str,
+        branch: &str,
+        cseq: u32,
+        to_tag: Option<&str>,
+        extra: &str,
+        body: &str,
+    ) -> Vec<u8> {
+        let to_tag = to_tag.map(|t| format!(";tag={t}")).unwrap_or_default();
+        let ct = if body.is_empty() {
+            ""
+        } else {
+            "Content-Type: application/sdp\r\n"
+        };
+        format!(
+            "{method} sip:support@127.0.0.1:5060 SIP/2.0\r\n\
+Via: SIP/2.0/UDP 127.0.0.1:5061;branch={branch}\r\n\
+From: <sip:caller@127.0.0.1>;tag=caller1\r\n\
+To: <sip:support@127.0.0.1>{to_tag}\r\n\
+Call-ID: call-1@test\r\n\
+CSeq: {cseq} {method}\r\n\
+Contact: <sip:caller@127.0.0.1:5061>\r\n\
+Max-Forwards: 70\r\n{extra}{ct}Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes()
+    }
+
+    fn endpoint(max_calls: usize) -> SipEndpoint {
+        SipEndpoint::new(
+            EndpointConfig {
+                max_calls,
+                ..EndpointConfig::default()
+            },
+            None,
+            AllowList::parse(&[]).unwrap(),
+            Instant::now(),
+        )
+    }
+
+    fn sent(ep: &mut SipEndpoint) -> Vec<SipMessage> {
+        std::iter::from_fn(|| ep.poll_transmit())
+            .map(|t| SipMessage::parse(&t.bytes).unwrap())
+            .collect()
+    }
+
+    fn codes(msgs: &[SipMessage]) -> Vec<u16> {
+        msgs.iter().filter_map(SipMessage::status).collect()
+    }
+
+    fn local_media() -> LocalMedia {
+        LocalMedia {
+            address: local_ip(),
+            rtp_port: 20000,
+            session_id: 7,
+            session_version: 1,
+        }
+    }
+
+    /// Runs an INVITE up to the answer; returns the endpoint, the handle and our To tag.
+    fn answered(t0: Instant) -> (SipEndpoint, CallHandle, String) {
+        let mut ep = endpoint(10);
+        ep.handle_bytes(
+            caller(),
+            local_ip(),
+            &request("INVITE", "z9hG4bK1", 1, None, "", SDP),
+            t0,
+        );
+        let out = sent(&mut ep);
+        assert_eq!(codes(&out), vec![100, 180]);
+        let Some(Event::IncomingCall(call)) = ep.poll_event() else {
+            panic!("no IncomingCall event")
+        };
+        assert_eq!(call.media.codec, Codec::Pcmu);
+        assert_eq!(call.called.as_deref(), Some("support"));
+        ep.accept(call.handle, local_media(), t0);
+        let ok = sent(&mut ep);
+        assert_eq!(codes(&ok), vec![200]);
+        let tag = ok[0].to_tag().unwrap().to_string();
+        assert!(String::from_utf8_lossy(&ok[0].body).contains("m=audio 20000 RTP/AVP 0 101"));
+        assert!(ok[0].header("Allow").is_some_and(|a| a.contains("INVITE")));
+        (ep, call.handle, tag)
+    }
+
+    #[test]
+    fn answer_ack_bye() {
+        let t0 = Instant::now();
+        let (mut ep, handle, tag) = answered(t0);
+        // The 200 is retransmitted at T1 until the ACK comes.
+        ep.handle_timeout(t0 + T1);
+        assert_eq!(codes(&sent(&mut ep)), vec![200]);
+        ep.handle_bytes(
+            caller(),
+            local_ip(),
+            &request("ACK", "z9hG4bK2", 1, Some(&tag), "", ""),
+            t0 + T1,
+        );
+        assert!(matches!(ep.poll_event(), Some(Event::CallConfirmed(h)) if h == handle));
+        ep.handle_timeout(t0 + T1 * 8);
+        assert!(sent(&mut ep).is_empty(), "no retransmission after the ACK");
+        ep.handle_bytes(
+            caller(),
+            local_ip(),
+            &request("BYE", "z9hG4bK3", 2, Some(&tag), "", ""),
+            t0 + T1 * 9,
+        );
+        assert_eq!(codes(&sent(&mut ep)), vec![200]);
+        assert!(
+            matches!(ep.poll_event(), Some(Event::CallEnded(h, EndReason::RemoteBye)) if h == handle)
+        );
+        assert_eq!(ep.active_calls(), 0);
+    }
+
+    #[test]
+    fn retransmitted_invite_gets_last_response_not_a_new_call() {
+        let t0 = Instant::now();
+        let mut ep = endpoint(10);
+        let invite = request("INVITE", "z9hG4bK1", 1, None, "", SDP);
+        ep.handle_bytes(caller(), local_ip(), &invite, t0);
+        sent(&mut ep);
+        ep.handle_bytes(caller(), local_ip(), &invite, t0 + T1);
+        assert_eq!(codes(&sent(&mut ep)), vec![180]);
+        assert!(matches!(ep.poll_event(), Some(Event::IncomingCall(_))));
+        assert!(ep.poll_event().is_none());
+    }
+
+    #[test]
+    fn cancel_while_ringing() {
+        let t0 = Instant::now();
+        let mut ep = endpoint(10);
+        ep.handle_bytes(
+            caller(),
+            local_ip(),
+            &request("INVITE", "z9hG4bK1", 1, None, "", SDP),
+            t0,
+        );
+        sent(&mut ep);
+        let Some(Event::IncomingCall(call)) = ep.poll_event() else {
+            panic!()
+        };
+        ep.handle_bytes(
+            caller(),
+            local_ip(),
+            &request("CANCEL", "z9hG4bK1", 1, None, "", ""),
+            t0,
+        );
+        assert_eq!(codes(&sent(&mut ep)), vec![200, 487]);
+        assert!(
+            matches!(ep.poll_event(), Some(Event::CallEnded(h, EndReason::Cancelled)) if h == call.handle)
+        );
+        // The 487 is retransmitted (timer G) until its ACK, which the transaction absorbs.
+        ep.handle_timeout(t0 + T1);
+        assert_eq!(codes(&sent(&mut ep)), vec![487]);
+        ep.handle_bytes(
+            caller(),
+            local_ip(),
+            &request("ACK", "z9hG4bK1", 1, None, "", ""),
+            t0 + T1,
+        );
+        ep.handle_timeout(t0 + T1 * 4);
+        assert!(sent(&mut ep).is_empty());
+        // A CANCEL for nothing.
+        ep.handle_bytes(
+            caller(),
+            local_ip(),
+            &request("CANCEL", "z9hG4bK9", 1, None, "", ""),
+            t0,
+        );
+        assert_eq!(codes(&sent(&mut ep)), vec![481]);
+    }
+
+    #[test]
+    fn rejections_488_486_422_420() {
+        let t0 = Instant::now();
+        let g729 = SDP.replace("RTP/AVP 0 101", "RTP/AVP 18 101");
+        let mut ep = endpoint(1);
+        ep.handle_bytes(
+            caller(),
+            local_ip(),
+            &request("INVITE", "z9hG4bKa", 1, None, "", &g729),
+            t0,
+        );
+        assert_eq!(codes(&sent(&mut ep)), vec![100, 488]);
+        ep.handle_bytes(
+            caller(),
+            local_ip(),
+            &request(
+                "INVITE",
+                "z9hG4bKb",
+                1,
+                None,
+                "Session-Expires: 30\r\n",
+                SDP,
+            ),
+            t0,
+        );
+        let out = sent(&mut ep);
+        assert_eq!(codes(&out), vec![100, 422]);
+        assert_eq!(out[1].header("Min-SE"), Some("90"));
+        ep.handle_bytes(
+            caller(),
+            local_ip(),
+            &request("INVITE", "z9hG4bKc", 1, None, "Require: 100rel\r\n", SDP),
+            t0,
+        );
+        assert_eq!(codes(&sent(&mut ep)), vec![100, 420]);
+        ep.handle_bytes(
+            caller(),
+            local_ip(),
+            &request("INVITE", "z9hG4bKd", 1, None, "", SDP),
+            t0,
+        );
+        assert_eq!(codes(&sent(&mut ep)), vec![100, 180]);
+        let other = String::from_utf8(request("INVITE", "z9hG4bKe", 1, None, "", SDP))
+            .unwrap()
+            .replace("call-1@test", "call-2@test");
+        ep.handle_bytes(caller(), local_ip(), other.as_bytes(), t0);
+        assert_eq!(codes(&sent(&mut ep)), vec![100, 486]);
+    }
+
+    #[test]
+    fn hangup_sends_bye_and_retransmits_until_answered() {
+        let t0 = Instant::now();
+        let (mut ep, handle, tag) = answered(t0);
+        ep.handle_bytes(
+            caller(),
+            local_ip(),
+            &request("ACK", "z9hG4bK2", 1, Some(&tag), "", ""),
+            t0,
+        );
+        ep.poll_event();
+        ep.hangup(handle, t0);
+        let out = sent(&mut ep);
+        assert_eq!(out.len(), 1);
+        let bye = &out[0];
+        assert_eq!(bye.method(), Some(&Method::Bye));
+        assert_eq!(bye.request_uri(), Some("sip:caller@127.0.0.1:5061"));
+        assert_eq!(bye.from_tag(), Some(tag.as_str()));
+        assert_eq!(bye.to_tag(), Some("caller1"));
+        ep.handle_timeout(t0 + T1);
+        assert_eq!(sent(&mut ep).len(), 1, "BYE retransmitted on timer E");
+        let mut resp = SipMessage::response_to(bye, 200, "OK", None);
+        resp.push("Content-Length", "0");
+        ep.handle_bytes(caller(), local_ip(), &resp.to_bytes(), t0 + T1);
+        assert!(
+            matches!(ep.poll_event(), Some(Event::CallEnded(h, EndReason::LocalHangup)) if h == handle)
+        );
+    }
+
+    #[test]
+    fn missing_ack_hangs_up_after_64_t1() {
+        let t0 = Instant::now();
+        let (mut ep, handle, _) = answered(t0);
+        let mut now = t0;
+        let mut retransmits = 0;
+        while now < t0 + timeout_64t1() {
+            now = ep.next_timeout().unwrap();
+            ep.handle_timeout(now);
+            retransmits += sent(&mut ep)
+                .iter()
+                .filter(|m| m.status() == Some(200))
+                .count();
+        }
+        assert!(retransmits >= 7, "{retransmits}");
+        assert!(
+            matches!(ep.poll_event(), Some(Event::CallEnded(h, EndReason::AckTimeout)) if h == handle)
+        );
+    }
+
+    #[test]
+    fn reinvite_hold_changes_media() {
+        let t0 = Instant::now();
+        let (mut ep, handle, tag) = answered(t0);
+        ep.handle_bytes(
+            caller(),
+            local_ip(),
+            &request("ACK", "z9hG4bK2", 1, Some(&tag), "", ""),
+            t0,
+        );
+        ep.poll_event();
+        let hold = format!("{SDP}a=sendonly\r\n");
+        ep.handle_bytes(
+            caller(),
+            local_ip(),
+            &request("INVITE", "z9hG4bK5", 2, Some(&tag), "", &hold),
+            t0,
+        );
+        let out = sent(&mut ep);
+        assert_eq!(codes(&out), vec![200]);
+        assert!(String::from_utf8_lossy(&out[0].body).contains("a=recvonly"));
+        assert!(
+            matches!(ep.poll_event(), Some(Event::MediaChanged(h, m)) if h == handle && m.on_hold)
+        );
+        // An old CSeq inside the dialog is refused.
+        ep.handle_bytes(
+            caller(),
+            local_ip(),
+            &request("INFO", "z9hG4bK6", 1, Some(&tag), "", ""),
+            t0,
+        );
+        assert_eq!(codes(&sent(&mut ep)), vec![500]);
+    }
+
+    #[test]
+    fn session_timer_expiry_hangs_up() {
+        let t0 = Instant::now();
+        let mut ep = endpoint(10);
+        ep.handle_bytes(
+            caller(),
+            local_ip(),
+            &request(
+                "INVITE",
+                "z9hG4bK1",
+                1,
+                None,
+                "Session-Expires: 120\r\nSupported: timer\r\n",
+                SDP,
+            ),
+            t0,
+        );
+        sent(&mut ep);
+        let Some(Event::IncomingCall(call)) = ep.poll_event() else {
+            panic!()
+        };
+        ep.accept(call.handle, local_media(), t0);
+        let ok = sent(&mut ep);
+        assert_eq!(ok[0].header("Session-Expires"), Some("120;refresher=uac"));
+        let tag = ok[0].to_tag().unwrap().to_string();
+        ep.handle_bytes(
+            caller(),
+            local_ip(),
+            &request("ACK", "z9hG4bK2", 1, Some(&tag), "", ""),
+            t0,
+        );
+        ep.poll_event();
+        ep.handle_timeout(t0 + Duration::from_secs(121));
+        let out = sent(&mut ep);
+        assert!(out.iter().any(|m| m.method() == Some(&Method::Bye)));
+        assert!(matches!(
+            ep.poll_event(),
+            Some(Event::CallEnded(_, EndReason::SessionExpired))
+        ));
+    }
+
+    #[test]
+    fn options_malformed_and_unknown_dialog() {
+        let t0 = Instant::now();
+        let mut ep = endpoint(10);
+        ep.handle_bytes(
+            caller(),
+            local_ip(),
+            &request("OPTIONS", "z9hG4bK1", 1, None, "", ""),
+            t0,
+        );
+        let out = sent(&mut ep);
+        assert_eq!(codes(&out), vec![200]);
+        assert_eq!(out[0].header("Allow"), Some(ALLOWED));
+        ep.handle_bytes(
+            caller(),
+            local_ip(),
+            &request("BYE", "z9hG4bK2", 1, Some("nope"), "", ""),
+            t0,
+        );
+        assert_eq!(codes(&sent(&mut ep)), vec![481]);
+        ep.handle_bytes(
+            caller(),
+            local_ip(),
+            &request("SUBSCRIBE", "z9hG4bK3", 1, None, "", ""),
+            t0,
+        );
+        assert_eq!(codes(&sent(&mut ep)), vec![405]);
+        // Bad Content-Length still gets a 400; garbage and header-less requests are dropped.
+        let bad = String::from_utf8(request("OPTIONS", "z9hG4bK4", 1, None, "", ""))
+            .unwrap()
+            .replace("Content-Length: 0", "Content-Length: 99");
+        ep.handle_bytes(caller(), local_ip(), bad.as_bytes(), t0);
+        assert_eq!(codes(&sent(&mut ep)), vec![400]);
+        ep.handle_bytes(caller(), local_ip(), b"\x00\xffgarbage\r\n\r\n", t0);
+        ep.handle_bytes(
+            caller(),
+            local_ip(),
+            b"OPTIONS sip:a SIP/2.0\r\nCSeq: 1 OPTIONS\r\n\r\n",
+            t0,
+        );
+        assert!(sent(&mut ep).is_empty());
+        // The endpoint still takes calls.
+        ep.handle_bytes(
+            caller(),
+            local_ip(),
+            &request("INVITE", "z9hG4bK5", 1, None, "", SDP),
+            t0,
+        );
+        assert_eq!(codes(&sent(&mut ep)), vec![100, 180]);
+    }
+
+    #[test]
+    fn sip_info_dtmf() {
+        let t0 = Instant::now();
+        let (mut ep, handle, tag) = answered(t0);
+        let mut info = String::from_utf8(request(
+            "INFO",
+            "z9hG4bK7",
+            2,
+            Some(&tag),
+            "Content-Type: application/dtmf-relay\r\n",
+            "",
+        ))
+        .unwrap();
+        info = info.replace(
+            "Content-Length: 0\r\n\r\n",
+            "Content-Length: 24\r\n\r\nSignal=0\r\nDuration=160\r\n",
+        );
+        ep.handle_bytes(caller(), local_ip(), info.as_bytes(), t0);
+        assert_eq!(codes(&sent(&mut ep)), vec![200]);
+        assert!(matches!(ep.poll_event(), Some(Event::Dtmf(h, '0')) if h == handle));
+    }
+
+    #[test]
+    fn digest_challenge_then_authorized_call_and_allow_list() {
+        use crate::sip::auth::{DigestConfig, DigestCredentials};
+        let t0 = Instant::now();
+        let auth = DigestAuthenticator::new(DigestConfig {
+            realm: "voicebot".into(),
+            users: vec![("trunk".into(), "secret".into())],
+            nonce_ttl: Duration::from_secs(300),
+        });
+        let mut ep = SipEndpoint::new(
+            EndpointConfig::default(),
+            Some(auth),
+            AllowList::parse(&["127.0.0.0/8".to_string()]).unwrap(),
+            t0,
+        );
+        ep.handle_bytes(
+            caller(),
+            local_ip(),
+            &request("INVITE", "z9hG4bK1", 1, None, "", SDP),
+            t0,
+        );
+        let out = sent(&mut ep);
+        assert_eq!(codes(&out), vec![100, 401]);
+        let challenge = out[1].header("WWW-Authenticate").unwrap();
+        let nonce = challenge
+            .split("nonce=\"")
+            .nth(1)
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap();
+        let mut creds = DigestCredentials::parse(&format!(
+            "Digest username=\"trunk\", realm=\"voicebot\", nonce=\"{nonce}\", \
+             uri=\"sip:support@127.0.0.1:5060\", response=\"x\", qop=auth, nc=00000001, cnonce=\"c1\""
+        ))
+        .unwrap();
+        creds.response = creds.expected_response("secret", "INVITE");
+        let header = format!(
+            "Authorization: Digest username=\"trunk\", realm=\"voicebot\", nonce=\"{nonce}\", \
+             uri=\"sip:support@127.0.0.1:5060\", response=\"{}\", qop=auth, nc=00000001, cnonce=\"c1\"\r\n",
+            creds.response
+        );
+        ep.handle_bytes(
+            caller(),
+            local_ip(),
+            &request("INVITE", "z9hG4bK2", 2, None, &header, SDP),
+            t0,
+        );
+        assert_eq!(codes(&sent(&mut ep)), vec![100, 180]);
+        assert!(
+            matches!(ep.poll_event(), Some(Event::IncomingCall(c)) if c.user.as_deref() == Some("trunk"))
+        );
+        let wrong = header.replace(&creds.response, "00000000000000000000000000000000");
+        ep.handle_bytes(
+            caller(),
+            local_ip(),
+            &request("INVITE", "z9hG4bK3", 3, None, &wrong, SDP),
+            t0,
+        );
+        assert_eq!(codes(&sent(&mut ep)), vec![100, 401]);
+        let stranger = Peer {
+            transport: Transport::Udp,
+            addr: "192.0.2.9:5060".parse().unwrap(),
+        };
+        ep.handle_bytes(
+            stranger,
+            local_ip(),
+            &request("INVITE", "z9hG4bK4", 1, None, &header, SDP),
+            t0,
+        );
+        assert_eq!(codes(&sent(&mut ep)), vec![100, 403]);
+    }
+}
