@@ -2,6 +2,8 @@
 
 use std::fmt;
 
+use super::g711;
+
 /// A negotiated audio codec.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Codec {
@@ -46,6 +48,29 @@ impl Codec {
         Codec::ALL
             .into_iter()
             .find(|c| c.encoding_name().eq_ignore_ascii_case(name) && c.clock_rate() == clock_rate)
+    }
+
+    /// Samples in one packet of `ptime_ms`.
+    pub fn samples_per_frame(self, ptime_ms: u32) -> usize {
+        (self.sample_rate() * ptime_ms / 1000) as usize
+    }
+
+    /// Decodes an RTP payload, appending samples in [-1, 1] to `out`.
+    pub fn decode(self, payload: &[u8], out: &mut Vec<f32>) {
+        let decode = match self {
+            Codec::Pcmu => g711::decode_ulaw,
+            Codec::Pcma => g711::decode_alaw,
+        };
+        out.extend(payload.iter().map(|&b| g711::to_f32(decode(b))));
+    }
+
+    /// Encodes samples in [-1, 1] (clamped), appending the payload bytes to `out`.
+    pub fn encode(self, samples: &[f32], out: &mut Vec<u8>) {
+        let encode = match self {
+            Codec::Pcmu => g711::encode_ulaw,
+            Codec::Pcma => g711::encode_alaw,
+        };
+        out.extend(samples.iter().map(|&s| encode(g711::to_i16(s))));
     }
 
     /// Looks a codec up by its static payload type.

@@ -1,0 +1,238 @@
+//! The sending side of a call's RTP: bot speech queued at the codec rate goes out as one packet
+//! every 20 ms on a fixed grid (start + n * ptime, so it never drifts), silence when the queue
+//! is empty so the stream never stalls, RFC 4733 digits in place of audio when asked. RTP
+//! timestamps advance by one frame per packet whatever is sent, sequence numbers by one, and
+//! the marker bit starts each talkspurt (RFC 3551 section 4.1).
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use super::codec::Codec;
+use super::dtmf::{dtmf_payloads, DtmfError};
+use super::rtp::RtpPacket;
+
+/// One call's paced RTP sender.
+#[derive(Debug)]
+pub struct RtpSender {
+    codec: Codec,
+    payload_type: u8,
+    ssrc: u32,
+    sequence: u16,
+    timestamp: u32,
+    ptime: Duration,
+    frame_samples: usize,
+    start: Instant,
+    sent: u64,
+    queue: VecDeque<f32>,
+    talking: bool,
+    telephone_event_pt: Option<u8>,
+    /// RFC 4733 payloads still to send for the current key press, with its start timestamp.
+    dtmf: VecDeque<(Vec<u8>, u32, bool)>,
+    played: u64,
+}
+
+impl RtpSender {
+    pub fn new(
+        codec: Codec,
+        payload_type: u8,
+        ssrc: u32,
+        initial_sequence: u16,
+        initial_timestamp: u32,
+        ptime_ms: u32,
+        start: Instant,
+    ) -> Self {
+        let ptime_ms = ptime_ms.clamp(10, 60);
+        Self {
+            codec,
+            payload_type,
+            ssrc,
+            sequence: initial_sequence,
+            timestamp: initial_timestamp,
+            ptime: Duration::from_millis(u64::from(ptime_ms)),
+            frame_samples: codec.samples_per_frame(ptime_ms),
+            start,
+            sent: 0,
+            queue: VecDeque::new(),
+            talking: false,
+            telephone_event_pt: None,
+            dtmf: VecDeque::new(),
+            played: 0,
+        }
+    }
+
+    /// A sender with a random SSRC, sequence number and timestamp (RFC 3550 section 5.1).
+    pub fn new_random(codec: Codec, payload_type: u8, ptime_ms: u32, start: Instant) -> Self {
+        Self::new(
+            codec,
+            payload_type,
+            rand::random(),
+            rand::random(),
+            rand::random(),
+            ptime_ms,
+            start,
+        )
+    }
+
+    /// The payload type to use for RFC 4733 digits.
+    pub fn set_telephone_event_pt(&mut self, pt: Option<u8>) {
+        self.telephone_event_pt = pt;
+    }
+
+    pub fn ssrc(&self) -> u32 {
+        self.ssrc
+    }
+
+    /// Queues bot speech at the codec's sample rate.
+    pub fn enqueue(&mut self, samples: &[f32]) {
+        self.queue.extend(samples);
+    }
+
+    /// When the next packet is due.
+    pub fn next_due(&self) -> Instant {
+        self.start + self.ptime * u32::try_from(self.sent).unwrap_or(u32::MAX)
+    }
+
+    /// The next packet when it is due at `now`. A caller woken late gets one packet per call
+    /// until it has caught up with the grid (call it in a loop); no timestamp is skipped.
+    pub fn poll(&mut self, now: Instant) -> Option<Vec<u8>> {
+        if now < self.next_due() {
+            return None;
+        }
+        let packet = if let Some((payload, event_ts, first)) = self.dtmf.pop_front() {
+            RtpPacket {
+                payload_type: self.telephone_event_pt.unwrap_or(101),
+                sequence: self.sequence,
+                timestamp: event_ts,
+                ssrc: self.ssrc,
+                marker: first,
+                payload,
+            }
+        } else {
+            let n = self.frame_samples.min(self.queue.len());
+            let speaking = n > 0;
+            let mut frame: Vec<f32> = self.queue.drain(..n).collect();
+            self.played += n as u64;
+            frame.resize(self.frame_samples, 0.0);
+            let mut payload = Vec::with_capacity(self.frame_samples);
+            self.codec.encode(&frame, &mut payload);
+            let marker = speaking && !self.talking;
+            self.talking = speaking;
+            RtpPacket {
+                payload_type: self.payload_type,
+                sequence: self.sequence,
+                timestamp: self.timestamp,
+                ssrc: self.ssrc,
+                marker,
+                payload,
+            }
+        };
+        self.sequence = self.sequence.wrapping_add(1);
+        self.timestamp = self.timestamp.wrapping_add(self.frame_samples as u32);
+        self.sent += 1;
+        Some(packet.to_bytes())
+    }
+
+    /// Sends a digit (RFC 4733) in place of the next audio packets.
+    pub fn send_dtmf(&mut self, digit: char, duration_ms: u32) -> Result<(), DtmfError> {
+        let ptime_ms = self.ptime.as_millis() as u32;
+        let payloads = dtmf_payloads(digit, duration_ms, self.codec.clock_rate(), ptime_ms)?;
+        let event_ts = self.timestamp;
+        for (i, (payload, _end)) in payloads.into_iter().enumerate() {
+            self.dtmf.push_back((payload, event_ts, i == 0));
+        }
+        Ok(())
+    }
+
+    /// Drops the queued speech (barge-in); returns how many samples were never played.
+    pub fn flush(&mut self) -> usize {
+        let n = self.queue.len();
+        self.queue.clear();
+        n
+    }
+
+    pub fn queued_samples(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Whether bot speech is queued or playing.
+    pub fn is_speaking(&self) -> bool {
+        !self.queue.is_empty()
+    }
+
+    /// Speech samples sent so far.
+    pub fn played_samples_total(&self) -> u64 {
+        self.played
+    }
+
+    /// Packets sent so far.
+    pub fn packets_sent(&self) -> u64 {
+        self.sent
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::media::rtp::parse_rtp;
+
+    #[test]
+    fn paces_on_a_fixed_grid_with_silence_and_markers() {
+        let t0 = Instant::now();
+        let mut tx = RtpSender::new(Codec::Pcmu, 0, 5, 65534, u32::MAX - 100, 20, t0);
+        assert!(tx.poll(t0).is_some(), "first packet at once");
+        assert!(tx.poll(t0 + Duration::from_millis(19)).is_none());
+        assert_eq!(tx.next_due(), t0 + Duration::from_millis(20));
+        tx.enqueue(&vec![0.5; 400]); // 2.5 frames of speech
+                                     // Woken 60 ms late: four packets come out back to back, then it waits again.
+        let late = t0 + Duration::from_millis(80);
+        let mut packets = Vec::new();
+        while let Some(p) = tx.poll(late) {
+            packets.push(parse_rtp(&p).unwrap());
+        }
+        assert_eq!(packets.len(), 4);
+        assert!(tx.poll(late).is_none());
+        let seqs: Vec<u16> = packets.iter().map(|p| p.sequence).collect();
+        assert_eq!(seqs, vec![65535, 0, 1, 2]);
+        for w in packets.windows(2) {
+            assert_eq!(w[1].timestamp.wrapping_sub(w[0].timestamp), 160);
+        }
+        assert_eq!(
+            packets.iter().map(|p| p.marker).collect::<Vec<_>>(),
+            vec![true, false, false, false]
+        );
+        // The third speech packet is half speech, half padding; the fourth is silence (0xFF).
+        assert!(packets[3].payload.iter().all(|&b| b == 0xFF));
+        assert_eq!(tx.played_samples_total(), 400);
+        assert!(!tx.is_speaking());
+    }
+
+    #[test]
+    fn flush_reports_unplayed_speech() {
+        let t0 = Instant::now();
+        let mut tx = RtpSender::new_random(Codec::Pcma, 8, 20, t0);
+        tx.enqueue(&vec![0.1; 1000]);
+        tx.poll(t0);
+        assert!(tx.is_speaking());
+        assert_eq!(tx.flush(), 840);
+        assert!(!tx.is_speaking());
+    }
+
+    #[test]
+    fn dtmf_replaces_audio_packets() {
+        let t0 = Instant::now();
+        let mut tx = RtpSender::new(Codec::Pcmu, 0, 5, 0, 1000, 20, t0);
+        tx.set_telephone_event_pt(Some(101));
+        tx.send_dtmf('5', 60).unwrap();
+        assert!(tx.send_dtmf('x', 60).is_err());
+        let packets: Vec<_> = (0..6)
+            .filter_map(|i| tx.poll(t0 + Duration::from_millis(20 * i)))
+            .map(|p| parse_rtp(&p).unwrap())
+            .collect();
+        assert!(packets[..5]
+            .iter()
+            .all(|p| p.payload_type == 101 && p.timestamp == 1000));
+        assert!(packets[0].marker);
+        assert_eq!(packets[5].payload_type, 0);
+        assert_eq!(packets[5].timestamp, 1000 + 5 * 160);
+    }
+}
