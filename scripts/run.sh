@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # The main job on embedded defaults: installs what is missing, provisions the models, builds the
-# gateway once (release), and runs the bot on the sample call that ships with the repository.
-# Extra arguments go to `voicebot simulate` (e.g. more WAV files, --json).
+# gateway once (release), and runs `voicebot serve`: the bot answers SIP calls (UDP and TCP) on
+# 0.0.0.0:5060 until Ctrl-C. Extra arguments go to `voicebot serve` (e.g. --sip 127.0.0.1:5070);
+# a first argument naming another subcommand runs that instead (e.g.
+# `scripts/run.sh simulate samples/support-call.wav`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/deps.sh
 python3 models/provision.py
 cargo build --release --locked --quiet
-if [ $# -eq 0 ]; then
-  set -- samples/support-call.wav
-fi
-exec target/release/voicebot simulate "$@"
+case "${1:-}" in
+  serve|simulate|check-config|bench-asr|help|--help|-h|--version|-V)
+    exec target/release/voicebot "$@" ;;
+esac
+exec target/release/voicebot -v serve "$@"

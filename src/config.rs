@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::config_file::{self, ConfigError};
 use crate::dialog::escalation::EscalationConfig;
 use crate::flows::FlowsConfig;
+use crate::server::config::{MediaConfig, SipConfig};
 use crate::speech::asr::AsrConfig;
 use crate::speech::tts::TtsConfig;
 use crate::speech::vad::VadConfig;
@@ -77,6 +78,8 @@ pub struct GatewayConfig {
     pub flows: FlowsConfig,
     pub intent: IntentConfig,
     pub escalation: EscalationConfig,
+    pub sip: SipConfig,
+    pub media: MediaConfig,
 }
 
 impl GatewayConfig {
@@ -156,6 +159,8 @@ impl GatewayConfig {
         if self.pool.queue == 0 {
             return bad("pool.queue", "must be at least 1");
         }
+        self.sip.validate(file, text)?;
+        self.media.validate(file, text)?;
         self.escalation.validate(file, text, "escalation")
     }
 }

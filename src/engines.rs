@@ -12,6 +12,7 @@ use crate::pipeline::Engines;
 use crate::speech::asr::{AsrError, WhisperRecognizer};
 use crate::speech::pool::InferencePool;
 use crate::speech::tts::EspeakSynthesizer;
+use crate::speech::tts_cache::{CacheLimits, CachedSynthesizer};
 
 /// Why the engines could not be started.
 #[derive(Debug, thiserror::Error)]
@@ -63,7 +64,10 @@ pub fn load(config: GatewayConfig) -> Result<Engines, LoadError> {
     Ok(Engines {
         config: Arc::new(config),
         asr: Arc::new(asr),
-        tts: Arc::new(tts),
+        tts: Arc::new(CachedSynthesizer::new(
+            Arc::new(tts),
+            CacheLimits::default(),
+        )),
         flows: Arc::new(FlowStore::new(flows)),
         pool,
     })

@@ -67,6 +67,21 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         json: Option<PathBuf>,
     },
+    /// Answer SIP calls (UDP and TCP) with the bot until SIGINT/SIGTERM.
+    Serve {
+        /// SIP listen address, overriding `[sip] listen` (port 0: a free port).
+        #[arg(long, value_name = "ADDR:PORT")]
+        sip: Option<std::net::SocketAddr>,
+        /// RTP port range LO-HI, overriding `[media] rtp_port_min/max`.
+        #[arg(long, value_name = "LO-HI")]
+        rtp_ports: Option<String>,
+        /// Calls taken at once, overriding `[sip] max_calls`.
+        #[arg(long, value_name = "N")]
+        max_calls: Option<usize>,
+        /// Write one JSON record per finished call here, overriding `[sip] report_dir`.
+        #[arg(long, value_name = "DIR")]
+        report_dir: Option<PathBuf>,
+    },
     /// Validate the configuration and dialog files, then exit.
     CheckConfig,
 }
@@ -105,8 +120,30 @@ fn load_config(path: Option<&Path>) -> anyhow::Result<GatewayConfig> {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let config = load_config(cli.config.as_deref())?;
+    let mut config = load_config(cli.config.as_deref())?;
     match cli.command {
+        Command::Serve {
+            sip,
+            rtp_ports,
+            max_calls,
+            report_dir,
+        } => {
+            if let Some(range) = rtp_ports {
+                let (lo, hi) = parse_port_range(&range)?;
+                config.media.rtp_port_min = lo;
+                config.media.rtp_port_max = hi;
+            }
+            if let Some(n) = max_calls {
+                anyhow::ensure!(n > 0, "--max-calls must be at least 1");
+                config.sip.max_calls = n;
+            }
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            runtime.block_on(serve(config, sip, report_dir))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::CheckConfig => {
             let flows = engines::load_flows(&config)?;
             println!(
@@ -163,6 +200,73 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
+    }
+}
+
+/// `LO-HI`, an even low port and a higher high port.
+fn parse_port_range(range: &str) -> anyhow::Result<(u16, u16)> {
+    let (lo, hi) = range
+        .split_once('-')
+        .with_context(|| format!("--rtp-ports `{range}`: expected LO-HI, e.g. 20000-29999"))?;
+    let lo: u16 = lo
+        .trim()
+        .parse()
+        .with_context(|| format!("--rtp-ports `{range}`: bad low port"))?;
+    let hi: u16 = hi
+        .trim()
+        .parse()
+        .with_context(|| format!("--rtp-ports `{range}`: bad high port"))?;
+    anyhow::ensure!(
+        lo >= 1024 && lo.is_multiple_of(2) && hi > lo,
+        "--rtp-ports `{range}`: the low port must be even and at least 1024, the high port above it"
+    );
+    Ok((lo, hi))
+}
+
+async fn serve(
+    config: GatewayConfig,
+    sip: Option<std::net::SocketAddr>,
+    report_dir: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let (lo, hi) = (config.media.rtp_port_min, config.media.rtp_port_max);
+    let engines = tokio::task::spawn_blocking(move || engines::load(config))
+        .await
+        .context("loading models")??;
+    let mut server = voicebot_gateway::server::Server::bind(engines, sip).await?;
+    server.set_report_dir(report_dir);
+    let addr = server.local_addr();
+    {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "voicebot ready: sip={addr} rtp={lo}-{hi}")?;
+        out.flush()?;
+    }
+    tracing::info!(%addr, "SIP listening (UDP and TCP)");
+    server.run(shutdown_signal()).await?;
+    Ok(())
+}
+
+/// Resolves at SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
     }
 }
 

@@ -1,2 +1,514 @@
 //! The tokio layer that owns the SIP and RTP sockets and the timers, and drives the sans-IO
 //! cores in [`crate::sip`] and [`crate::media`] for `voicebot serve`.
+//!
+//! One signalling task owns the [`SipEndpoint`]: it reads the UDP socket and the TCP
+//! connections' frames, sleeps until the endpoint's next timer, and turns endpoint events into
+//! per-call media tasks ([`call`]). A call task owns its RTP socket, its jitter buffer and paced
+//! sender, and the call's pipeline; it talks to the signalling task only through channels, so a
+//! slow call never holds up signalling or another call.
+
+pub mod call;
+pub mod config;
+mod ports;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::mpsc;
+use tracing::Instrument;
+
+use crate::pipeline::Engines;
+use crate::sip::auth::{AllowList, DigestAuthenticator, DigestConfig};
+use crate::sip::endpoint::{
+    CallHandle, EndpointConfig, Event, Peer, SipEndpoint, Transmit, Transport,
+};
+use crate::sip::message::{StreamFramer, MAX_MESSAGE_BYTES};
+use crate::sip::sdp::LocalMedia;
+use call::{CallControl, CallSetup};
+use config::TransportKind;
+use ports::PortPool;
+
+/// Why the server could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot bind SIP {transport} on {addr}: {source}")]
+    Bind {
+        transport: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("bad [sip] settings: {0}")]
+    Config(String),
+    #[error("SIP socket error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// What the signalling task hears from the rest of the server.
+enum Inbound {
+    /// A SIP message framed from a TCP connection.
+    TcpFrame {
+        conn: u64,
+        from: SocketAddr,
+        local: SocketAddr,
+        bytes: Vec<u8>,
+    },
+    TcpOpened {
+        conn: u64,
+        writer: mpsc::Sender<Vec<u8>>,
+    },
+    TcpClosed {
+        conn: u64,
+    },
+    /// A call task asks to end its call (the bot finished, no RTP, a fault).
+    Hangup(CallHandle),
+    /// A call task finished and freed its media.
+    CallDone(CallHandle),
+}
+
+/// A bound, not yet running server.
+pub struct Server {
+    udp: Option<Arc<UdpSocket>>,
+    tcp: Option<TcpListener>,
+    local: SocketAddr,
+    engines: Engines,
+    report_dir: Option<PathBuf>,
+}
+
+impl Server {
+    /// Binds the SIP sockets from `engines.config.sip` (overridden by `listen` when given).
+    /// With port 0 a free port is chosen, the same for UDP and TCP.
+    pub async fn bind(engines: Engines, listen: Option<SocketAddr>) -> Result<Server, ServeError> {
+        let sip = &engines.config.sip;
+        let addr = listen.unwrap_or(sip.listen);
+        let want_udp = sip.transports.contains(&TransportKind::Udp);
+        let want_tcp = sip.transports.contains(&TransportKind::Tcp);
+        let mut last_err = None;
+        // Port 0: retry a few times in case the TCP side of the UDP-chosen port is taken.
+        for _ in 0..10 {
+            let udp = if want_udp {
+                match UdpSocket::bind(addr).await {
+                    Ok(s) => Some(s),
+                    Err(source) => {
+                        return Err(ServeError::Bind {
+                            transport: "UDP",
+                            addr,
+                            source,
+                        })
+                    }
+                }
+            } else {
+                None
+            };
+            let port = match &udp {
+                Some(s) => s.local_addr()?.port(),
+                None => addr.port(),
+            };
+            let tcp_addr = SocketAddr::new(addr.ip(), port);
+            let tcp = if want_tcp {
+                match TcpListener::bind(tcp_addr).await {
+                    Ok(l) => Some(l),
+                    Err(source) if addr.port() == 0 => {
+                        last_err = Some(source);
+                        continue;
+                    }
+                    Err(source) => {
+                        return Err(ServeError::Bind {
+                            transport: "TCP",
+                            addr: tcp_addr,
+                            source,
+                        })
+                    }
+                }
+            } else {
+                None
+            };
+            let local = match (&udp, &tcp) {
+                (Some(u), _) => u.local_addr()?,
+                (None, Some(t)) => t.local_addr()?,
+                (None, None) => return Err(ServeError::Config("no SIP transport".into())),
+            };
+            let report_dir = Some(sip.report_dir.clone()).filter(|d| !d.as_os_str().is_empty());
+            return Ok(Server {
+                udp: udp.map(Arc::new),
+                tcp,
+                local,
+                engines,
+                report_dir,
+            });
+        }
+        Err(ServeError::Bind {
+            transport: "TCP",
+            addr,
+            source: last_err.unwrap_or_else(|| std::io::Error::other("no free port")),
+        })
+    }
+
+    /// The address SIP listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// Writes finished calls' records to `dir` (overrides `[sip] report_dir`).
+    pub fn set_report_dir(&mut self, dir: Option<PathBuf>) {
+        if dir.is_some() {
+            self.report_dir = dir;
+        }
+    }
+
+    /// Runs until `shutdown` resolves; then stops taking calls, hangs up the ones in progress
+    /// and waits (up to 5 s) for their records to be written.
+    pub async fn run(
+        self,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> Result<(), ServeError> {
+        let config = self.engines.config.clone();
+        let sip = &config.sip;
+        let auth = (!sip.auth.users.is_empty()).then(|| {
+            DigestAuthenticator::new(DigestConfig {
+                realm: sip.auth.realm.clone(),
+                users: sip
+                    .auth
+                    .users
+                    .iter()
+                    .map(|u| (u.user.clone(), u.password.clone()))
+                    .collect(),
+                nonce_ttl: Duration::from_secs(sip.auth.nonce_ttl_s),
+            })
+        });
+        let allow =
+            AllowList::parse(&sip.allow_from).map_err(|e| ServeError::Config(e.to_string()))?;
+        let endpoint = SipEndpoint::new(
+            EndpointConfig {
+                max_calls: sip.max_calls,
+                min_session_expires: sip.min_session_expires,
+                sip_port: self.local.port(),
+                ..EndpointConfig::default()
+            },
+            auth,
+            allow,
+            Instant::now(),
+        );
+        let (inbound_tx, inbound_rx) = mpsc::channel(1024);
+        if let Some(listener) = self.tcp {
+            tokio::spawn(accept_tcp(listener, self.local, inbound_tx.clone()));
+        }
+        let ports = PortPool::new(config.media.rtp_port_min, config.media.rtp_port_max);
+        let signalling = Signalling {
+            endpoint,
+            udp: self.udp,
+            local: self.local,
+            tcp_writers: HashMap::new(),
+            calls: HashMap::new(),
+            inbound_tx,
+            engines: self.engines,
+            ports,
+            report_dir: self.report_dir,
+            local_ips: HashMap::new(),
+        };
+        signalling.run(inbound_rx, shutdown).await
+    }
+}
+
+/// The signalling task's state.
+struct Signalling {
+    endpoint: SipEndpoint,
+    udp: Option<Arc<UdpSocket>>,
+    local: SocketAddr,
+    tcp_writers: HashMap<u64, mpsc::Sender<Vec<u8>>>,
+    calls: HashMap<CallHandle, mpsc::Sender<CallControl>>,
+    inbound_tx: mpsc::Sender<Inbound>,
+    engines: Engines,
+    ports: PortPool,
+    report_dir: Option<PathBuf>,
+    /// Our address as seen from each remote IP, when listening on a wildcard address.
+    local_ips: HashMap<IpAddr, IpAddr>,
+}
+
+impl Signalling {
+    async fn run(
+        mut self,
+        mut inbound: mpsc::Receiver<Inbound>,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> Result<(), ServeError> {
+        tokio::pin!(shutdown);
+        let mut buf = vec![0u8; MAX_MESSAGE_BYTES + 1];
+        let udp = self.udp.clone();
+        let mut draining_since: Option<Instant> = None;
+        loop {
+            let deadline = self.endpoint.next_timeout();
+            let sleep = async {
+                match deadline {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let recv = async {
+                match &udp {
+                    Some(sock) => sock.recv_from(&mut buf).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                received = recv => match received {
+                    Ok((n, from)) => {
+                        let local_ip = self.local_ip_for(from.ip());
+                        let peer = Peer { transport: Transport::Udp, addr: from };
+                        if n > MAX_MESSAGE_BYTES {
+                            tracing::warn!(%from, "oversized SIP datagram dropped");
+                        } else {
+                            self.endpoint.handle_bytes(peer, local_ip, &buf[..n], Instant::now());
+                        }
+                    }
+                    // ICMP port unreachable and the like surface here on Linux; they concern
+                    // one peer, never the listener.
+                    Err(e) => tracing::debug!(error = %e, "UDP receive error"),
+                },
+                msg = inbound.recv() => match msg {
+                    Some(m) => self.on_inbound(m),
+                    None => return Ok(()),
+                },
+                () = sleep => self.endpoint.handle_timeout(Instant::now()),
+                () = &mut shutdown, if draining_since.is_none() => {
+                    tracing::info!(calls = self.calls.len(), "shutting down: hanging up calls");
+                    self.endpoint.drain();
+                    draining_since = Some(Instant::now());
+                    for tx in self.calls.values() {
+                        let _ = tx.try_send(CallControl::Shutdown);
+                    }
+                }
+            }
+            self.flush().await;
+            if let Some(since) = draining_since {
+                if self.calls.is_empty() || since.elapsed() > Duration::from_secs(5) {
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// Our IP as the peer at `remote` sees it: the listen address, or for a wildcard listen
+    /// address the source address the kernel picks for that peer.
+    fn local_ip_for(&mut self, remote: IpAddr) -> IpAddr {
+        if !self.local.ip().is_unspecified() {
+            return self.local.ip();
+        }
+        *self.local_ips.entry(remote).or_insert_with(|| {
+            let probe =
+                std::net::UdpSocket::bind(SocketAddr::new(self.local.ip(), 0)).and_then(|s| {
+                    s.connect(SocketAddr::new(remote, 9))?;
+                    s.local_addr()
+                });
+            probe.map_or(remote, |a| a.ip())
+        })
+    }
+
+    fn on_inbound(&mut self, msg: Inbound) {
+        match msg {
+            Inbound::TcpFrame {
+                conn,
+                from,
+                local,
+                bytes,
+            } => {
+                let peer = Peer {
+                    transport: Transport::Tcp(conn),
+                    addr: from,
+                };
+                self.endpoint
+                    .handle_bytes(peer, local.ip(), &bytes, Instant::now());
+            }
+            Inbound::TcpOpened { conn, writer } => {
+                self.tcp_writers.insert(conn, writer);
+            }
+            Inbound::TcpClosed { conn } => {
+                self.tcp_writers.remove(&conn);
+            }
+            Inbound::Hangup(handle) => self.endpoint.hangup(handle, Instant::now()),
+            Inbound::CallDone(handle) => {
+                self.calls.remove(&handle);
+            }
+        }
+    }
+
+    /// Sends what the endpoint produced and acts on its events.
+    async fn flush(&mut self) {
+        while let Some(t) = self.endpoint.poll_transmit() {
+            self.transmit(t).await;
+        }
+        while let Some(event) = self.endpoint.poll_event() {
+            self.on_event(event);
+            while let Some(t) = self.endpoint.poll_transmit() {
+                self.transmit(t).await;
+            }
+        }
+    }
+
+    async fn transmit(&mut self, t: Transmit) {
+        match t.to.transport {
+            Transport::Udp => {
+                if let Some(sock) = &self.udp {
+                    if let Err(e) = sock.send_to(&t.bytes, t.to.addr).await {
+                        tracing::warn!(to = %t.to.addr, error = %e, "SIP send failed");
+                    }
+                }
+            }
+            Transport::Tcp(conn) => match self.tcp_writers.get(&conn) {
+                Some(w) => {
+                    if w.try_send(t.bytes).is_err() {
+                        tracing::warn!(to = %t.to.addr, "TCP connection gone or stalled; message dropped");
+                    }
+                }
+                None => tracing::warn!(to = %t.to.addr, "TCP connection closed; message dropped"),
+            },
+        }
+    }
+
+    fn on_event(&mut self, event: Event) {
+        let now = Instant::now();
+        match event {
+            Event::IncomingCall(call) => {
+                let Some(ports) = self.ports.take(call.local_ip) else {
+                    tracing::warn!(call = %call.handle, "no free RTP port; rejecting with 503");
+                    self.endpoint.reject(call.handle, 503, now);
+                    return;
+                };
+                let local = LocalMedia {
+                    address: call.local_ip,
+                    rtp_port: ports.rtp_port(),
+                    session_id: rand::random::<u32>().into(),
+                    session_version: 1,
+                };
+                let flows = self.engines.flows.current();
+                let flow = match call.called.as_deref() {
+                    Some(number) => flows.for_number(number),
+                    None => flows.default_flow(),
+                };
+                let (control_tx, control_rx) = mpsc::channel(16);
+                let setup = CallSetup {
+                    call: *call.clone(),
+                    ports,
+                    flow,
+                    engines: self.engines.clone(),
+                    report_dir: self.report_dir.clone(),
+                    control: control_rx,
+                    hangup: self.inbound_tx.clone(),
+                };
+                self.calls.insert(call.handle, control_tx);
+                self.endpoint.accept(call.handle, local, now);
+                let handle = call.handle;
+                let done = self.inbound_tx.clone();
+                let span = tracing::info_span!("call", id = %handle, call_id = %call.call_id);
+                tokio::spawn(
+                    async move {
+                        call::run_call_media(setup).await;
+                        let _ = done.send(Inbound::CallDone(handle)).await;
+                    }
+                    .instrument(span),
+                );
+            }
+            Event::CallConfirmed(handle) => self.control(handle, CallControl::Confirmed),
+            Event::MediaChanged(handle, media) => {
+                self.control(handle, CallControl::MediaChanged(media))
+            }
+            Event::Dtmf(handle, digit) => self.control(handle, CallControl::Dtmf(digit)),
+            Event::CallEnded(handle, reason) => self.control(handle, CallControl::Ended(reason)),
+        }
+    }
+
+    fn control(&mut self, handle: CallHandle, msg: CallControl) {
+        if let Some(tx) = self.calls.get(&handle) {
+            if tx.try_send(msg).is_err() {
+                tracing::warn!(call = %handle, "call task not keeping up with signalling");
+            }
+        }
+    }
+}
+
+/// Accepts TCP connections; each gets a reader task (framing) and a writer task.
+async fn accept_tcp(listener: TcpListener, local: SocketAddr, inbound: mpsc::Sender<Inbound>) {
+    let mut next_conn = 1u64;
+    loop {
+        let (stream, from) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(error = %e, "TCP accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let conn = next_conn;
+        next_conn += 1;
+        let local = stream.local_addr().unwrap_or(local);
+        tokio::spawn(serve_tcp(stream, conn, from, local, inbound.clone()));
+    }
+}
+
+async fn serve_tcp(
+    stream: TcpStream,
+    conn: u64,
+    from: SocketAddr,
+    local: SocketAddr,
+    inbound: mpsc::Sender<Inbound>,
+) {
+    let (mut reader, mut writer) = stream.into_split();
+    let (write_tx, mut write_rx) = mpsc::channel::<Vec<u8>>(64);
+    if inbound
+        .send(Inbound::TcpOpened {
+            conn,
+            writer: write_tx,
+        })
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let write_task = tokio::spawn(async move {
+        while let Some(bytes) = write_rx.recv().await {
+            if writer.write_all(&bytes).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut framer = StreamFramer::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    // A connection that sends nothing for this long is closed (bounded resources).
+    let idle = Duration::from_secs(300);
+    loop {
+        let n = match tokio::time::timeout(idle, reader.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+            Ok(Ok(n)) => n,
+        };
+        framer.push(&buf[..n]);
+        loop {
+            match framer.next_message() {
+                Ok(Some(msg)) => {
+                    let frame = Inbound::TcpFrame {
+                        conn,
+                        from,
+                        local,
+                        bytes: msg.to_bytes(),
+                    };
+                    if inbound.send(frame).await.is_err() {
+                        write_task.abort();
+                        return;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    // A stream cannot resynchronise after a bad frame: close it.
+                    tracing::warn!(%from, error = %e, "bad SIP frame on TCP; closing the connection");
+                    let _ = inbound.send(Inbound::TcpClosed { conn }).await;
+                    write_task.abort();
+                    return;
+                }
+            }
+        }
+    }
+    let _ = inbound.send(Inbound::TcpClosed { conn }).await;
+    write_task.abort();
+}

@@ -4,4 +4,5 @@ pub mod asr;
 pub mod pool;
 pub mod prosody;
 pub mod tts;
+pub mod tts_cache;
 pub mod vad;

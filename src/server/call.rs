@@ -1,0 +1,603 @@
+//! One answered call's media task: the RTP socket, the jitter buffer and decoder feeding the
+//! call's [`pipeline`](crate::pipeline), the bot's speech encoded and paced out every 20 ms
+//! (silence when the bot is quiet, so the stream never stalls), barge-in, DTMF, and the call's
+//! record when it ends. It ends the call itself when the bot is done (goodbye or escalation),
+//! when the caller's RTP stops for too long, or at shutdown; whatever happens, its ports and
+//! pipeline are freed when it returns.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+
+use crate::audio::frames::AudioFrame;
+use crate::audio::resample::resample_all;
+use crate::flows::Flow;
+use crate::media::barge_in::{BargeIn, BargeInConfig};
+use crate::media::jitter::JitterConfig;
+use crate::media::receiver::MediaReceiver;
+use crate::media::sender::RtpSender;
+use crate::pipeline::{run_call, CallInput, CallOutput, Engines, SpeechKind};
+use crate::report::CallReport;
+use crate::sip::endpoint::{EndReason, IncomingCall};
+use crate::sip::sdp::Negotiated;
+
+use super::ports::RtpPorts;
+use super::Inbound;
+
+/// Packet time: every frame and packet is 20 ms.
+const PTIME_MS: u32 = 20;
+/// Packets go out up to this much before their slot: tokio's timers wake up to a millisecond
+/// late, so aiming slightly early centres the send times on the 20 ms grid.
+const SEND_AHEAD: Duration = Duration::from_micros(1000);
+/// Caller frames allowed to wait for the pipeline's listen stage.
+const INPUT_QUEUE: usize = 64;
+
+/// What the signalling task tells a call task.
+#[derive(Debug)]
+pub enum CallControl {
+    /// The caller acknowledged the answer.
+    Confirmed,
+    /// Hold, resume or a codec change.
+    MediaChanged(Negotiated),
+    /// A DTMF digit sent as SIP INFO.
+    Dtmf(char),
+    /// The dialog is over.
+    Ended(EndReason),
+    /// The gateway is stopping: hang up now.
+    Shutdown,
+}
+
+/// Everything a call task needs.
+pub struct CallSetup {
+    pub call: IncomingCall,
+    pub ports: RtpPorts,
+    pub flow: Arc<Flow>,
+    pub engines: Engines,
+    pub report_dir: Option<PathBuf>,
+    pub control: mpsc::Receiver<CallControl>,
+    pub(super) hangup: mpsc::Sender<Inbound>,
+}
+
+/// What the bot said on the call, and whether the caller cut it short.
+#[derive(Debug, Clone, Serialize)]
+pub struct BotSpeech {
+    pub kind: &'static str,
+    pub text: String,
+    /// Call time when it was queued for playout, ms.
+    pub queued_at_ms: u64,
+    pub duration_ms: u64,
+    /// How much of it went out before the caller interrupted (equal to the duration when not
+    /// interrupted).
+    pub played_ms: u64,
+    pub interrupted: bool,
+}
+
+/// RTP figures for the call's record.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct RtpFigures {
+    pub packets_received: u64,
+    pub packets_lost: u64,
+    pub packets_late: u64,
+    pub jitter_ms: f64,
+    pub packets_sent: u64,
+    /// How far packets left from their 20 ms grid, early or late (send jitter), ms.
+    pub send_late_p50_ms: f64,
+    pub send_late_p99_ms: f64,
+    pub send_late_max_ms: f64,
+    pub frames_dropped_by_pipeline: u64,
+}
+
+/// Send lateness histogram: 0.1 ms buckets up to 100 ms (the last bucket takes the rest).
+struct Lateness {
+    buckets: Vec<u32>,
+    max: Duration,
+}
+
+impl Lateness {
+    const BUCKET_US: u64 = 100;
+
+    fn new() -> Self {
+        Self {
+            buckets: vec![0; 1001],
+            max: Duration::ZERO,
+        }
+    }
+
+    fn record(&mut self, late: Duration) {
+        let i = (late.as_micros() as u64 / Self::BUCKET_US).min(1000) as usize;
+        if let Some(b) = self.buckets.get_mut(i) {
+            *b += 1;
+        }
+        self.max = self.max.max(late);
+    }
+
+    /// The `q` quantile in ms (upper edge of its bucket).
+    fn quantile_ms(&self, q: f64) -> f64 {
+        let total: u64 = self.buckets.iter().map(|&c| u64::from(c)).sum();
+        if total == 0 {
+            return 0.0;
+        }
+        let target = (q * total as f64).ceil() as u64;
+        let mut seen = 0u64;
+        for (i, &c) in self.buckets.iter().enumerate() {
+            seen += u64::from(c);
+            if seen >= target {
+                let edge = (i as u64 + 1) as f64 * Self::BUCKET_US as f64 / 1000.0;
+                return edge.min(self.max.as_secs_f64() * 1000.0);
+            }
+        }
+        self.max.as_secs_f64() * 1000.0
+    }
+}
+
+/// The JSON record written for each finished call: the same report `voicebot simulate --json`
+/// writes, plus the telephony facts.
+#[derive(Debug, Serialize)]
+pub struct CallRecord {
+    pub call_id: String,
+    pub from: String,
+    pub called: Option<String>,
+    pub codec: String,
+    pub remote_rtp: String,
+    pub duration_ms: u64,
+    pub ended_by: String,
+    pub dtmf: Vec<char>,
+    pub bot_speech: Vec<BotSpeech>,
+    pub rtp: RtpFigures,
+    #[serde(flatten)]
+    pub report: Option<CallReport>,
+    pub pipeline_error: Option<String>,
+}
+
+/// Tracks queued bot speech against what the sender actually played.
+#[derive(Default)]
+struct SpeechLog {
+    entries: Vec<(
+        BotSpeech,
+        u64, /* start offset in samples */
+        u64, /* length */
+    )>,
+    enqueued: u64,
+}
+
+impl SpeechLog {
+    fn push(&mut self, kind: SpeechKind, text: String, at: Duration, samples: u64, rate: u32) {
+        let speech = BotSpeech {
+            kind: match kind {
+                SpeechKind::Greeting => "greeting",
+                SpeechKind::Reply => "reply",
+            },
+            text,
+            queued_at_ms: at.as_millis() as u64,
+            duration_ms: samples * 1000 / u64::from(rate.max(1)),
+            played_ms: 0,
+            interrupted: false,
+        };
+        self.entries.push((speech, self.enqueued, samples));
+        self.enqueued += samples;
+    }
+
+    /// Records a barge-in: `unplayed` queued samples were dropped.
+    fn cut(&mut self, unplayed: u64, rate: u32) {
+        let played_total = self.enqueued.saturating_sub(unplayed);
+        for (speech, start, len) in &mut self.entries {
+            let end = *start + *len;
+            if end > played_total && !speech.interrupted && speech.played_ms == 0 {
+                let played = played_total.saturating_sub(*start).min(*len);
+                speech.played_ms = played * 1000 / u64::from(rate.max(1));
+                speech.interrupted = true;
+            }
+        }
+        self.enqueued = played_total;
+    }
+
+    fn finish(mut self, queued_now: u64, rate: u32) -> Vec<BotSpeech> {
+        let played_total = self.enqueued.saturating_sub(queued_now);
+        for (speech, start, len) in &mut self.entries {
+            if !speech.interrupted {
+                let played = played_total.saturating_sub(*start).min(*len);
+                speech.played_ms = played * 1000 / u64::from(rate.max(1));
+            }
+        }
+        self.entries.into_iter().map(|(s, _, _)| s).collect()
+    }
+}
+
+fn rms(samples: &[f32]) -> f32 {
+    if samples.is_empty() {
+        return 0.0;
+    }
+    (samples.iter().map(|s| s * s).sum::<f32>() / samples.len() as f32).sqrt()
+}
+
+/// Runs the call's media until it ends; never panics on network input, always writes the
+/// record (when a report directory is set) and frees the ports.
+pub async fn run_call_media(setup: CallSetup) {
+    let CallSetup {
+        call,
+        ports,
+        flow,
+        engines,
+        report_dir,
+        mut control,
+        hangup,
+    } = setup;
+    let handle = call.handle;
+    let started = Instant::now();
+    let media_cfg = engines.config.media.clone();
+    let socket = match ports.rtp.try_clone().and_then(UdpSocket::from_std) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot use the RTP socket; hanging up");
+            let _ = hangup.send(Inbound::Hangup(handle)).await;
+            return;
+        }
+    };
+    let mut media = call.media.clone();
+    let mut remote: SocketAddr = media.remote_rtp;
+    let jitter = JitterConfig {
+        clock_rate: media.codec.clock_rate(),
+        frame_samples: media.codec.samples_per_frame(PTIME_MS) as u32,
+        min_delay_ms: media_cfg.jitter_min_ms,
+        max_delay_ms: media_cfg.jitter_max_ms,
+    };
+    let mut receiver = MediaReceiver::new(media.codec, media.telephone_event_pt, jitter);
+    let mut sender = RtpSender::new_random(media.codec, media.payload_type, PTIME_MS, started);
+    let rate = media.codec.sample_rate();
+    let mut barge_in = BargeIn::new(BargeInConfig {
+        min_speech_ms: media_cfg.barge_in_min_speech_ms,
+        floor_dbfs: media_cfg.barge_in_floor_dbfs,
+        echo_return_loss_db: media_cfg.echo_return_loss_db,
+        frame_ms: PTIME_MS,
+    });
+
+    let (in_tx, in_rx) = mpsc::channel(INPUT_QUEUE);
+    let (out_tx, mut out_rx) = mpsc::channel(16);
+    let mut pipeline = tokio::spawn(run_call(engines.clone(), flow, in_rx, out_tx));
+    let mut pipeline_result: Option<Result<CallReport, String>> = None;
+
+    let mut speech_log = SpeechLog::default();
+    let mut bot_level = 0.0f32;
+    let mut figures = RtpFigures::default();
+    let mut lateness = Lateness::new();
+    let mut dtmf = Vec::new();
+    let mut frames_fed: u64 = 0;
+    let mut receiving = false;
+    let mut buf = vec![0u8; 2048];
+    let mut ended_by: Option<String> = None;
+    // The bot finished (goodbye or escalation): hang up once its last words are out.
+    let mut bot_done = false;
+    let mut hangup_sent = false;
+    let mut hangup_deadline: Option<Instant> = None;
+    let mut rtp_timeout_logged = false;
+    let no_rtp = Duration::from_secs(media_cfg.no_rtp_timeout_s);
+
+    loop {
+        let due = sender.next_due();
+        tokio::select! {
+            received = socket.recv_from(&mut buf) => {
+                let Ok((n, from)) = received else { continue };
+                let now = Instant::now();
+                match receiver.push_datagram(&buf[..n], now) {
+                    Ok(event) => {
+                        // Symmetric RTP: answer where the caller's media really comes from
+                        // (NAT, or an SDP address that is not the sending one).
+                        if from != remote {
+                            tracing::info!(%from, sdp = %remote, "RTP source differs from SDP; sending there (symmetric RTP)");
+                            remote = from;
+                        }
+                        receiving = true;
+                        if let Some(ev) = event {
+                            let at = Duration::from_millis(frames_fed * u64::from(PTIME_MS));
+                            tracing::info!(digit = %ev.digit, "DTMF (RFC 4733)");
+                            dtmf.push(ev.digit);
+                            let _ = in_tx.try_send(CallInput::Dtmf { digit: ev.digit, at });
+                        }
+                    }
+                    Err(e) => tracing::debug!(error = %e, %from, "RTP packet ignored"),
+                }
+            }
+            () = tokio::time::sleep_until((due - SEND_AHEAD).into()) => {
+                let now = Instant::now();
+                let mut slot = due;
+                while let Some(packet) = sender.poll(now + SEND_AHEAD) {
+                    // Deviation from the grid, early or late.
+                    lateness.record(if now > slot { now - slot } else { slot - now });
+                    slot += Duration::from_millis(u64::from(PTIME_MS));
+                    if media.direction.sends() && socket.send_to(&packet, remote).await.is_ok() {
+                        figures.packets_sent += 1;
+                    }
+                }
+                if receiving {
+                    // After the first packet, the pipeline gets a frame every 20 ms: decoded,
+                    // concealed, or silence while the caller sends nothing (so end-of-turn
+                    // detection still sees the pause).
+                    let frame = receiver
+                        .poll_frame(now)
+                        .unwrap_or_else(|| vec![0.0; media.codec.samples_per_frame(PTIME_MS)]);
+                    let level = rms(&frame);
+                    if media_cfg.barge_in
+                        && barge_in.on_frame(level, bot_level, sender.is_speaking())
+                    {
+                        let unplayed = sender.flush();
+                        speech_log.cut(unplayed as u64, rate);
+                        tracing::info!(
+                            at_ms = frames_fed * u64::from(PTIME_MS),
+                            "barge-in: caller spoke over the bot; playback stopped"
+                        );
+                    }
+                    let at = Duration::from_millis(frames_fed * u64::from(PTIME_MS));
+                    frames_fed += 1;
+                    let input = CallInput::Audio(AudioFrame { at, samples: frame, rate });
+                    if in_tx.try_send(input).is_err() {
+                        figures.frames_dropped_by_pipeline += 1;
+                    }
+                }
+                if no_rtp > Duration::ZERO && ended_by.is_none() {
+                    let last = receiver.last_packet_at().unwrap_or(started);
+                    if now.duration_since(last) > no_rtp && !hangup_sent {
+                        if !rtp_timeout_logged {
+                            tracing::warn!(secs = no_rtp.as_secs(), "no RTP from the caller; hanging up");
+                            rtp_timeout_logged = true;
+                        }
+                        ended_by = Some("no_rtp_timeout".into());
+                        hangup_sent = true;
+                        let _ = hangup.send(Inbound::Hangup(handle)).await;
+                    }
+                }
+                if bot_done && !hangup_sent && !sender.is_speaking() {
+                    // A short tail so the last word is not clipped by the BYE.
+                    let at = *hangup_deadline.get_or_insert(now + Duration::from_millis(400));
+                    if now >= at {
+                        hangup_sent = true;
+                        ended_by.get_or_insert_with(|| "bot".into());
+                        let _ = hangup.send(Inbound::Hangup(handle)).await;
+                    }
+                }
+            }
+            out = out_rx.recv() => match out {
+                Some(CallOutput::Speak { kind, text, audio, .. }) => {
+                    let samples = if audio.rate == rate {
+                        audio.samples
+                    } else {
+                        match resample_all(&audio.samples, audio.rate, rate) {
+                            Ok(s) => s,
+                            Err(e) => {
+                                tracing::error!(error = %e, "cannot resample bot speech; skipped");
+                                continue;
+                            }
+                        }
+                    };
+                    bot_level = rms(&samples);
+                    let at = Duration::from_millis(frames_fed * u64::from(PTIME_MS));
+                    speech_log.push(kind, text, at, samples.len() as u64, rate);
+                    sender.enqueue(&samples);
+                }
+                Some(CallOutput::Turn(turn)) if turn.escalation.is_some() || turn.ends_call => {
+                    if let Some(e) = &turn.escalation {
+                        tracing::info!(
+                            reason = ?e.reason,
+                            "escalation: no transfer target is configured yet, so the call \
+                             ends after the announcement"
+                        );
+                    }
+                    bot_done = true;
+                }
+                Some(CallOutput::Turn(_)) => {}
+                None => {}
+            },
+            ctl = control.recv() => match ctl {
+                Some(CallControl::Confirmed) => tracing::debug!("ACK received"),
+                Some(CallControl::MediaChanged(m)) => {
+                    if m.codec != media.codec {
+                        receiver.set_codec(m.codec);
+                        sender = RtpSender::new_random(m.codec, m.payload_type, PTIME_MS, Instant::now());
+                    }
+                    remote = m.remote_rtp;
+                    tracing::info!(hold = m.on_hold, codec = %m.codec, "media updated by re-INVITE");
+                    media = m;
+                }
+                Some(CallControl::Dtmf(digit)) => {
+                    let at = Duration::from_millis(frames_fed * u64::from(PTIME_MS));
+                    dtmf.push(digit);
+                    let _ = in_tx.try_send(CallInput::Dtmf { digit, at });
+                }
+                Some(CallControl::Ended(reason)) => {
+                    ended_by.get_or_insert_with(|| match reason {
+                        EndReason::RemoteBye => "caller".to_string(),
+                        other => format!("{other:?}").to_lowercase(),
+                    });
+                    break;
+                }
+                Some(CallControl::Shutdown) => {
+                    ended_by.get_or_insert_with(|| "shutdown".into());
+                    if !hangup_sent {
+                        hangup_sent = true;
+                        let _ = hangup.send(Inbound::Hangup(handle)).await;
+                    }
+                }
+                None => break,
+            },
+            res = &mut pipeline, if pipeline_result.is_none() => {
+                let res = match res {
+                    Ok(Ok(report)) => Ok(report),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(e) => Err(format!("pipeline task: {e}")),
+                };
+                if let Err(e) = &res {
+                    tracing::error!(error = %e, "call pipeline failed; hanging up");
+                    if !hangup_sent {
+                        hangup_sent = true;
+                        ended_by.get_or_insert_with(|| "pipeline_error".into());
+                        let _ = hangup.send(Inbound::Hangup(handle)).await;
+                    }
+                }
+                pipeline_result = Some(res);
+            }
+        }
+    }
+
+    // The dialog is over: close the caller's audio and collect the pipeline's report (it may
+    // still be transcribing the last words; bounded wait).
+    let _ = in_tx.try_send(CallInput::End);
+    drop(in_tx);
+    if pipeline_result.is_none() {
+        // Keep draining outputs so the pipeline never blocks on a full channel.
+        let drain = async {
+            loop {
+                tokio::select! {
+                    res = &mut pipeline => break res,
+                    _ = out_rx.recv() => {}
+                }
+            }
+        };
+        pipeline_result = Some(
+            match tokio::time::timeout(Duration::from_secs(30), drain).await {
+                Ok(Ok(Ok(report))) => Ok(report),
+                Ok(Ok(Err(e))) => Err(e.to_string()),
+                Ok(Err(e)) => Err(format!("pipeline task: {e}")),
+                Err(_) => {
+                    pipeline.abort();
+                    Err("pipeline did not finish within 30 s of hang-up".into())
+                }
+            },
+        );
+    }
+    let stats = receiver.stats();
+    figures.packets_received = stats.received;
+    figures.packets_lost = stats.lost;
+    figures.packets_late = stats.late;
+    figures.jitter_ms = stats.jitter_ms;
+    figures.send_late_p50_ms = lateness.quantile_ms(0.50);
+    figures.send_late_p99_ms = lateness.quantile_ms(0.99);
+    figures.send_late_max_ms = lateness.max.as_secs_f64() * 1000.0;
+    let (report, pipeline_error) = match pipeline_result {
+        Some(Ok(r)) => (Some(r), None),
+        Some(Err(e)) => (None, Some(e)),
+        None => (None, None),
+    };
+    let record = CallRecord {
+        call_id: call.call_id.clone(),
+        from: call.from.clone(),
+        called: call.called.clone(),
+        codec: media.codec.to_string(),
+        remote_rtp: remote.to_string(),
+        duration_ms: started.elapsed().as_millis() as u64,
+        ended_by: ended_by.unwrap_or_else(|| "unknown".into()),
+        dtmf,
+        bot_speech: speech_log.finish(sender.queued_samples() as u64, rate),
+        rtp: figures,
+        report,
+        pipeline_error,
+    };
+    tracing::info!(
+        ended_by = %record.ended_by,
+        duration_ms = record.duration_ms,
+        turns = record.report.as_ref().map_or(0, |r| r.turns.len()),
+        "call finished"
+    );
+    if let Some(dir) = report_dir {
+        write_record(&dir, &record);
+    }
+    drop(ports);
+}
+
+/// A file name from a Call-ID (which may hold any characters).
+fn record_file_name(call_id: &str) -> String {
+    let safe: String = call_id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(120)
+        .collect();
+    format!("{safe}.json")
+}
+
+fn write_record(dir: &std::path::Path, record: &CallRecord) {
+    let path = dir.join(record_file_name(&record.call_id));
+    let tmp = path.with_extension("json.tmp");
+    let result = std::fs::create_dir_all(dir)
+        .and_then(|()| {
+            let json = serde_json::to_vec_pretty(record).map_err(std::io::Error::other)?;
+            std::fs::write(&tmp, json)
+        })
+        .and_then(|()| std::fs::rename(&tmp, &path));
+    match result {
+        Ok(()) => tracing::info!(path = %path.display(), "call record written"),
+        Err(e) => tracing::error!(path = %path.display(), error = %e, "cannot write call record"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn speech_log_records_cut_point() {
+        let mut log = SpeechLog::default();
+        log.push(
+            SpeechKind::Greeting,
+            "hello".into(),
+            Duration::ZERO,
+            8000,
+            8000,
+        );
+        log.push(
+            SpeechKind::Reply,
+            "your order".into(),
+            Duration::from_secs(3),
+            16000,
+            8000,
+        );
+        // 125 ms of the greeting played, then the caller interrupted: 23000 samples unplayed.
+        log.cut(23000, 8000);
+        let speech = log.finish(0, 8000);
+        assert!(speech[0].interrupted);
+        assert_eq!(speech[0].played_ms, 125);
+        assert!(speech[1].interrupted);
+        assert_eq!(speech[1].played_ms, 0);
+    }
+
+    #[test]
+    fn speech_log_full_playout() {
+        let mut log = SpeechLog::default();
+        log.push(
+            SpeechKind::Greeting,
+            "hello".into(),
+            Duration::ZERO,
+            8000,
+            8000,
+        );
+        let speech = log.finish(0, 8000);
+        assert!(!speech[0].interrupted);
+        assert_eq!(speech[0].played_ms, 1000);
+    }
+
+    #[test]
+    fn lateness_quantiles() {
+        let mut l = Lateness::new();
+        for _ in 0..98 {
+            l.record(Duration::from_micros(50));
+        }
+        l.record(Duration::from_millis(3));
+        l.record(Duration::from_millis(200));
+        assert!((l.quantile_ms(0.5) - 0.1).abs() < 1e-9);
+        assert!((l.quantile_ms(0.99) - 3.1).abs() < 1e-9);
+        assert_eq!(l.max, Duration::from_millis(200));
+    }
+
+    #[test]
+    fn record_names_are_safe() {
+        assert_eq!(record_file_name("a/b@c:1"), "a_b_c_1.json");
+    }
+}

@@ -1,0 +1,197 @@
+//! `[sip]` and `[media]`: where the gateway listens, who may call, how many calls it takes, and
+//! the RTP side's ports, jitter buffer and barge-in settings.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config_file::ConfigError;
+
+/// A SIP transport to listen on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TransportKind {
+    Udp,
+    Tcp,
+}
+
+/// One digest-authentication account.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SipUser {
+    pub user: String,
+    pub password: String,
+}
+
+/// `[sip.auth]`: digest authentication of inbound INVITEs (off while `users` is empty).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SipAuthConfig {
+    pub realm: String,
+    pub users: Vec<SipUser>,
+    /// How long a challenge's nonce stays valid, seconds.
+    pub nonce_ttl_s: u64,
+}
+
+impl Default for SipAuthConfig {
+    fn default() -> Self {
+        Self {
+            realm: "voicebot".into(),
+            users: Vec::new(),
+            nonce_ttl_s: 300,
+        }
+    }
+}
+
+/// `[sip]`: signalling.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SipConfig {
+    /// Address and port for SIP (UDP and TCP share the port).
+    pub listen: SocketAddr,
+    pub transports: Vec<TransportKind>,
+    /// Calls (ringing or answered) taken at once; more get 486 Busy Here.
+    pub max_calls: usize,
+    /// Shortest RFC 4028 session interval accepted (seconds); shorter asks get 422.
+    pub min_session_expires: u32,
+    /// Source addresses or CIDR ranges allowed to call; empty means everyone.
+    pub allow_from: Vec<String>,
+    pub auth: SipAuthConfig,
+    /// Directory for one JSON record per finished call ("" = none).
+    pub report_dir: PathBuf,
+}
+
+impl Default for SipConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 5060)),
+            transports: vec![TransportKind::Udp, TransportKind::Tcp],
+            max_calls: 200,
+            min_session_expires: 90,
+            allow_from: Vec::new(),
+            auth: SipAuthConfig::default(),
+            report_dir: PathBuf::new(),
+        }
+    }
+}
+
+/// `[media]`: RTP.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MediaConfig {
+    /// RTP ports (even ones for RTP, the next odd one for RTCP), inclusive.
+    pub rtp_port_min: u16,
+    pub rtp_port_max: u16,
+    /// A call with no RTP from the caller for this long is hung up (0 disables).
+    pub no_rtp_timeout_s: u64,
+    /// Jitter buffer delay bounds.
+    pub jitter_min_ms: u32,
+    pub jitter_max_ms: u32,
+    /// Let the caller interrupt the bot.
+    pub barge_in: bool,
+    /// Caller speech needed, while the bot talks, before playback stops.
+    pub barge_in_min_speech_ms: u32,
+    /// Caller level above which a frame counts as speech for barge-in, dBFS.
+    pub barge_in_floor_dbfs: f32,
+    /// How far below the bot's own level its echo is assumed to come back, dB: caller audio
+    /// within this margin of the bot's output level is treated as echo, not speech.
+    pub echo_return_loss_db: f32,
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        Self {
+            rtp_port_min: 20000,
+            rtp_port_max: 29999,
+            no_rtp_timeout_s: 30,
+            jitter_min_ms: 40,
+            jitter_max_ms: 200,
+            barge_in: true,
+            barge_in_min_speech_ms: 120,
+            barge_in_floor_dbfs: -40.0,
+            echo_return_loss_db: 12.0,
+        }
+    }
+}
+
+impl SipConfig {
+    pub fn validate(&self, file: &Path, text: &str) -> Result<(), ConfigError> {
+        let bad = |field: &str, reason: &str| Err(ConfigError::invalid(file, text, field, reason));
+        if self.transports.is_empty() {
+            return bad(
+                "sip.transports",
+                "must list at least one of \"udp\", \"tcp\"",
+            );
+        }
+        if self.max_calls == 0 || self.max_calls > 10_000 {
+            return bad("sip.max_calls", "must be between 1 and 10000");
+        }
+        if !(90..=86_400).contains(&self.min_session_expires) {
+            return bad(
+                "sip.min_session_expires",
+                "must be between 90 (RFC 4028's floor) and 86400 seconds",
+            );
+        }
+        if let Err(e) = crate::sip::auth::AllowList::parse(&self.allow_from) {
+            return bad("sip.allow_from", &e.to_string());
+        }
+        if self
+            .auth
+            .users
+            .iter()
+            .any(|u| u.user.is_empty() || u.password.is_empty())
+        {
+            return bad(
+                "sip.auth.users",
+                "every user needs a non-empty user and password",
+            );
+        }
+        if self.auth.nonce_ttl_s < 10 {
+            return bad("sip.auth.nonce_ttl_s", "must be at least 10 seconds");
+        }
+        Ok(())
+    }
+}
+
+impl MediaConfig {
+    pub fn validate(&self, file: &Path, text: &str) -> Result<(), ConfigError> {
+        let bad = |field: &str, reason: &str| Err(ConfigError::invalid(file, text, field, reason));
+        if self.rtp_port_min < 1024 || !self.rtp_port_min.is_multiple_of(2) {
+            return bad("media.rtp_port_min", "must be an even port of 1024 or more");
+        }
+        if self.rtp_port_max <= self.rtp_port_min {
+            return bad("media.rtp_port_max", "must be above rtp_port_min");
+        }
+        if self.jitter_min_ms < 20 || self.jitter_min_ms > self.jitter_max_ms {
+            return bad(
+                "media.jitter_min_ms",
+                "must be at least 20 and at most jitter_max_ms",
+            );
+        }
+        if self.jitter_max_ms > 1000 {
+            return bad("media.jitter_max_ms", "must be at most 1000 ms");
+        }
+        if !(40..=2000).contains(&self.barge_in_min_speech_ms) {
+            return bad(
+                "media.barge_in_min_speech_ms",
+                "must be between 40 and 2000 ms",
+            );
+        }
+        if !(-80.0..=0.0).contains(&self.barge_in_floor_dbfs) {
+            return bad(
+                "media.barge_in_floor_dbfs",
+                "must be between -80 and 0 dBFS",
+            );
+        }
+        if !(0.0..=60.0).contains(&self.echo_return_loss_db) {
+            return bad("media.echo_return_loss_db", "must be between 0 and 60 dB");
+        }
+        Ok(())
+    }
+
+    /// The number of RTP port pairs in the range.
+    pub fn port_pairs(&self) -> usize {
+        usize::from((self.rtp_port_max - self.rtp_port_min) / 2) + 1
+    }
+}
