@@ -5,6 +5,7 @@
 #   espeak-ng: the bot's default voice (run as a separate program) and test speech
 #   sox: audio checks in tests
 #   python3: the model provisioning script
+#   sip-tester: SIPp, the SIP peer the end-to-end tests and the capacity benchmark call with
 set -euo pipefail
 
 need=()
@@ -17,6 +18,7 @@ have_pkg libclang-dev || ls /usr/lib/llvm-*/lib/libclang.so* >/dev/null 2>&1 || 
 have_cmd espeak-ng || need+=(espeak-ng)
 have_cmd sox || need+=(sox)
 have_cmd python3 || need+=(python3)
+have_cmd sipp || need+=(sip-tester)
 have_cmd pip3 || python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
 have_cmd cc || need+=(build-essential)
 have_cmd cargo || { echo "deps: cargo (Rust) is not installed; install a Rust toolchain (rustup) first" >&2; exit 1; }

@@ -18,6 +18,8 @@ cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --release --locked --all-targets --quiet -- -D warnings
 echo "== cargo test"
+# The end-to-end tests call the gateway with real SIP peers; here a missing peer is a failure.
+export VOICEBOT_REQUIRE_PEERS=1
 cargo test --release --locked 2>&1 | tee "$log"
 rs_passed=$(awk '/^test result: ok\./ { n += $4 } END { print n + 0 }' "$log")
 

@@ -89,6 +89,9 @@ pub struct RtpFigures {
     pub send_late_p50_ms: f64,
     pub send_late_p99_ms: f64,
     pub send_late_max_ms: f64,
+    /// The whole distribution: (bucket of 0.1 ms, packets) for the non-empty buckets, so
+    /// several calls can be merged.
+    pub send_late_histogram: Vec<(u16, u32)>,
     pub frames_dropped_by_pipeline: u64,
 }
 
@@ -476,6 +479,13 @@ pub async fn run_call_media(setup: CallSetup) {
     figures.send_late_p50_ms = lateness.quantile_ms(0.50);
     figures.send_late_p99_ms = lateness.quantile_ms(0.99);
     figures.send_late_max_ms = lateness.max.as_secs_f64() * 1000.0;
+    figures.send_late_histogram = lateness
+        .buckets
+        .iter()
+        .enumerate()
+        .filter(|(_, &n)| n > 0)
+        .map(|(i, &n)| (i as u16, n))
+        .collect();
     let (report, pipeline_error) = match pipeline_result {
         Some(Ok(r)) => (Some(r), None),
         Some(Err(e)) => (None, Some(e)),
