@@ -6,6 +6,7 @@
 #   sox: audio checks in tests
 #   python3: the model provisioning script
 #   sip-tester: SIPp, the SIP peer the end-to-end tests and the capacity benchmark call with
+#   python3-venv: the virtual environment for pjsua2 (PJSIP's Python binding), the other peer
 set -euo pipefail
 
 need=()
@@ -23,15 +24,26 @@ have_cmd pip3 || python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
 have_cmd cc || need+=(build-essential)
 have_cmd cargo || { echo "deps: cargo (Rust) is not installed; install a Rust toolchain (rustup) first" >&2; exit 1; }
 
-if [ ${#need[@]} -eq 0 ]; then
-  exit 0
+python3 -c "import venv, ensurepip" >/dev/null 2>&1 || need+=(python3-venv)
+
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "deps: missing system packages: ${need[*]}" >&2
+    echo "deps: install them with: sudo apt-get install -y ${need[*]}" >&2
+    exit 1
+  fi
+  echo "deps: installing ${need[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
-if [ "$(id -u)" -ne 0 ]; then
-  echo "deps: missing system packages: ${need[*]}" >&2
-  echo "deps: install them with: sudo apt-get install -y ${need[*]}" >&2
-  exit 1
+
+# PJSIP's Python binding (pjsua2), the full SIP user agent the end-to-end tests call with, in a
+# virtual environment of its own (a ready wheel from PyPI; GPL-2.0, run as a separate test
+# program, never linked into the gateway).
+venv="${VOICEBOT_CACHE:-$HOME/.cache/voicebot}/venv"
+if ! "$venv/bin/python" -c "import pjsua2" >/dev/null 2>&1; then
+  echo "deps: installing pjsua2-python into $venv" >&2
+  python3 -m venv "$venv"
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "pjsua2-python==2.15.1.post1"
 fi
-echo "deps: installing ${need[*]}" >&2
-export DEBIAN_FRONTEND=noninteractive
-apt-get update -qq
-apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null

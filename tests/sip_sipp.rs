@@ -7,16 +7,15 @@
 //! Without SIPp these tests say so and pass, unless VOICEBOT_REQUIRE_PEERS is set (the test
 //! script sets it, so CI fails loudly when a peer is missing).
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+mod common;
+
+use common::{peer_available, root, Gateway};
 
 fn have_sipp() -> bool {
     let ok = Command::new("sipp")
@@ -25,89 +24,7 @@ fn have_sipp() -> bool {
         .stderr(Stdio::null())
         .status()
         .is_ok();
-    if !ok {
-        assert!(
-            std::env::var_os("VOICEBOT_REQUIRE_PEERS").is_none(),
-            "sipp is required (VOICEBOT_REQUIRE_PEERS is set) but not installed"
-        );
-        eprintln!("skipped: sipp not installed (apt-get install sip-tester)");
-    }
-    ok
-}
-
-/// A running `voicebot serve`, killed on drop.
-struct Gateway {
-    child: Child,
-    port: u16,
-    records: tempfile::TempDir,
-}
-
-impl Gateway {
-    fn start(rtp_ports: &str, extra: &[&str]) -> Gateway {
-        let records = tempfile::tempdir().expect("temp dir");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_voicebot"))
-            .current_dir(root())
-            .args(["serve", "--sip", "127.0.0.1:0", "--rtp-ports", rtp_ports])
-            .arg("--report-dir")
-            .arg(records.path())
-            .args(extra)
-            .env("RUST_LOG", "voicebot_gateway=info,warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start voicebot serve");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let line = rx
-            .recv_timeout(Duration::from_secs(90))
-            .expect("voicebot serve printed no ready line within 90 s");
-        let port = line
-            .split("sip=127.0.0.1:")
-            .nth(1)
-            .and_then(|s| s.split_whitespace().next())
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("no port in ready line {line:?}"));
-        Gateway {
-            child,
-            port,
-            records,
-        }
-    }
-
-    fn alive(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-
-    /// The call records written so far, waiting up to `wait` for at least `n`.
-    fn records(&self, n: usize, wait: Duration) -> Vec<serde_json::Value> {
-        let deadline = std::time::Instant::now() + wait;
-        loop {
-            let found: Vec<serde_json::Value> = std::fs::read_dir(self.records.path())
-                .into_iter()
-                .flatten()
-                .flatten()
-                .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
-                .filter_map(|e| std::fs::read_to_string(e.path()).ok())
-                .filter_map(|t| serde_json::from_str(&t).ok())
-                .collect();
-            if found.len() >= n || std::time::Instant::now() > deadline {
-                return found;
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    peer_available("sipp", ok, "apt-get install sip-tester")
 }
 
 /// Runs SIPp with `scenario` from tests/sipp in `dir`; returns its exit code and its screen.

@@ -157,6 +157,17 @@ fn digit_word(word: &str) -> Option<&'static str> {
     })
 }
 
+/// Words speech recognition writes for a spoken digit in a telephone number: "4 5 7 1 to".
+fn homophone_digit(word: &str) -> Option<&'static str> {
+    Some(match word {
+        "to" | "too" => "2",
+        "for" => "4",
+        "won" => "1",
+        "ate" => "8",
+        _ => return None,
+    })
+}
+
 /// Two-digit spoken numbers that stand alone ("ten" to "nineteen").
 fn teen_word(word: &str) -> Option<&'static str> {
     Some(match word {
@@ -286,6 +297,13 @@ fn resolve_numbers(pieces: &[Piece]) -> Vec<String> {
                     i += 1;
                 } else if (w == "oh" || w == "o") && is_zero(&run, pieces, i) {
                     run.push_words("0", &[w]);
+                } else if let Some(d) = homophone_digit(w).filter(|_| {
+                    // Only inside a digit run, before another digit or at the end of the
+                    // sentence: "4 5 7 1 to" is 45712, "12345 to be sure" stays words.
+                    run.digits.len() >= 2
+                        && (is_digit_item(next) || matches!(next, None | Some(Piece::Hard)))
+                }) {
+                    run.push_words(d, &[w]);
                 } else {
                     run.flush(&mut out);
                     out.push(w.clone());
@@ -446,6 +464,12 @@ mod tests {
             ("double three four five", "3345"),
             ("triple seven 8", "7778"),
             ("double oh seven", "007"),
+            // Digit homophones only inside a run of digits.
+            ("It is 4571 to", "it is 45712"),
+            ("four five to seven", "4527"),
+            ("order 12345 to be delivered", "order 12345 to be delivered"),
+            ("I paid 45 for it", "i paid 45 for it"),
+            ("I want to go", "i want to go"),
             ("Oh great, another robot.", "oh great another robot"),
             ("Oh, one more thing", "oh one more thing"),
             ("HELLO!!! Where's my PARCEL?", "hello where's my parcel"),

@@ -39,7 +39,7 @@ impl Default for SipAuthConfig {
         Self {
             realm: "voicebot".into(),
             users: Vec::new(),
-            nonce_ttl_s: 300,
+            nonce_ttl_s: 60,
         }
     }
 }

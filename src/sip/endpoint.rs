@@ -18,7 +18,7 @@ use std::time::{Duration, Instant, SystemTime};
 use crate::media::codec::Codec;
 use crate::sip::auth::{AllowList, AuthError, DigestAuthenticator};
 use crate::sip::message::{parse_sip_uri, split_list, uri_of, Method, ParseError, SipMessage};
-use crate::sip::sdp::{self, LocalMedia, Negotiated};
+use crate::sip::sdp::{self, LocalMedia, MediaOffer, Negotiated};
 use crate::sip::transaction::{
     timeout_64t1, ClientAction, ClientTransaction, ServerAction, ServerKind, ServerTransaction, T1,
     T2,
@@ -189,6 +189,8 @@ struct Call {
     local_uri: String,
     media: Negotiated,
     local_media: Option<LocalMedia>,
+    /// The offer the current media answers (its m= lines shape the answer, RFC 3264).
+    offer: MediaOffer,
     /// CSeq of the INVITE (initial or re-INVITE) whose 2xx is waiting for its ACK.
     pending_ack_cseq: Option<u32>,
     session_expires: Option<Duration>,
@@ -372,7 +374,7 @@ impl SipEndpoint {
         if let Ok(msg) = SipMessage::parse(&head) {
             if msg.method().is_some_and(|m| *m != Method::Ack) && msg.answerable() {
                 let mut resp = SipMessage::response_to(&msg, 400, "Bad Request", None);
-                resp.push("Warning", format!("399 voicebot \"{error}\""));
+                resp.push("Warning", warning(399, error));
                 self.send(peer, resp.to_bytes());
             }
         }
@@ -394,7 +396,7 @@ impl SipEndpoint {
         if let Err(e) = msg.validate_request() {
             if method != Method::Ack {
                 let mut resp = SipMessage::response_to(&msg, 400, "Bad Request", None);
-                resp.push("Warning", format!("399 voicebot \"{e}\""));
+                resp.push("Warning", warning(399, &e));
                 self.send(peer, resp.to_bytes());
             }
             return;
@@ -590,12 +592,12 @@ impl SipEndpoint {
                 "over capacity (max_calls)",
             );
         }
-        let media = match sdp::parse_offer(&msg.body)
-            .and_then(|offer| sdp::negotiate(&offer, &self.config.codecs))
-        {
-            Ok(m) => m,
+        let (offer, media) = match sdp::parse_offer(&msg.body).and_then(|offer| {
+            sdp::negotiate(&offer, &self.config.codecs).map(|media| (offer, media))
+        }) {
+            Ok(pair) => pair,
             Err(e) => {
-                let warning = format!("305 voicebot \"{e}\"");
+                let warning = warning(305, &e);
                 // No SDP at all is a delayed offer, which this gateway does not take either.
                 return reject(self, 488, &[("Warning", warning)], "SDP not acceptable");
             }
@@ -680,6 +682,7 @@ impl SipEndpoint {
                 local_uri,
                 media,
                 local_media: None,
+                offer,
                 pending_ack_cseq: None,
                 session_expires,
                 session_deadline: None,
@@ -698,7 +701,7 @@ impl SipEndpoint {
         if !matches!(call.state, CallState::Ringing) {
             return;
         }
-        let body = sdp::answer_sdp(&local, &call.media).into_bytes();
+        let body = sdp::answer_sdp_for_offer(&local, &call.offer, &call.media).into_bytes();
         let mut resp = self.response(&call.invite, 200, Some(&call.local_tag));
         resp.push("Contact", self.contact(call.local_ip, call.peer.transport));
         for rr in &call.route_set {
@@ -976,19 +979,21 @@ impl SipEndpoint {
         }
         let mut new_media = None;
         if !msg.body.is_empty() {
-            match sdp::parse_offer(&msg.body)
-                .and_then(|offer| sdp::negotiate(&offer, &self.config.codecs))
-            {
-                Ok(m) => new_media = Some(m),
+            match sdp::parse_offer(&msg.body).and_then(|offer| {
+                sdp::negotiate(&offer, &self.config.codecs).map(|media| (offer, media))
+            }) {
+                Ok(pair) => new_media = Some(pair),
                 Err(e) => {
                     let mut resp = self.response(&msg, 488, None);
-                    resp.push("Warning", format!("305 voicebot \"{e}\""));
+                    resp.push("Warning", warning(305, &e));
                     self.respond_new(peer, key, kind, Some(handle), resp, now);
                     return;
                 }
             }
         }
-        let media = new_media.clone().unwrap_or_else(|| call.media.clone());
+        let (offer, media) = new_media
+            .clone()
+            .unwrap_or_else(|| (call.offer.clone(), call.media.clone()));
         let mut resp = self.response(&msg, 200, None);
         resp.push("Contact", self.contact(call.local_ip, call.peer.transport));
         resp.push("Supported", "timer");
@@ -1003,7 +1008,8 @@ impl SipEndpoint {
             l.session_version += 1;
             // Always answer with SDP to an INVITE (an offerless re-INVITE gets our offer).
             if new_media.is_some() || method == Method::Invite {
-                resp.set_body("application/sdp", sdp::answer_sdp(l, &media).into_bytes());
+                let answer = sdp::answer_sdp_for_offer(l, &offer, &media);
+                resp.set_body("application/sdp", answer.into_bytes());
             }
         }
         let bytes = resp.to_bytes();
@@ -1029,7 +1035,8 @@ impl SipEndpoint {
                     };
                 }
             }
-            if let Some(m) = new_media {
+            if let Some((offer, m)) = new_media {
+                call.offer = offer;
                 let changed = m != call.media;
                 call.media = m.clone();
                 if changed {
@@ -1147,6 +1154,24 @@ impl SipEndpoint {
             }
         }
     }
+}
+
+/// A Warning header value (RFC 3261 20.43): the error text as a quoted string, with the
+/// characters a quoted string cannot hold replaced.
+fn warning(code: u16, error: &dyn fmt::Display) -> String {
+    let text: String = error
+        .to_string()
+        .chars()
+        .map(|c| {
+            if c == '"' || c == '\\' || c.is_control() {
+                '\''
+            } else {
+                c
+            }
+        })
+        .take(200)
+        .collect();
+    format!("{code} voicebot \"{text}\"")
 }
 
 /// The Session-Expires interval asked for, in seconds (RFC 4028).

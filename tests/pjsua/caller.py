@@ -1,0 +1,175 @@
+"""A headless SIP caller built on PJSIP's Python binding (pjsua2), for tests/sip_pjsua.rs.
+
+It calls the gateway, records everything the gateway says into a WAV, and takes turns like a
+person: it waits until the bot has spoken and then been quiet, then plays the next WAV (or sends
+an RFC 4733 DTMF digit), and finally hangs up, or notices the gateway's BYE. It prints one JSON
+summary line on stdout.
+
+    caller.py --port 5060 --record bot.wav --turn say:q1.wav --turn say:q2.wav --turn dtmf:0
+
+Everything runs on the main thread (pjsua2's `mainThreadOnly` with `libHandleEvents` polling);
+no audio device (null device); loopback only; every wait is bounded by --timeout.
+"""
+
+import argparse
+import json
+import sys
+import time
+import wave
+
+import pjsua2 as pj
+
+# The bot counts as speaking while the received level is above this (pjsua2 levels: 0-255).
+SPEAKING_LEVEL = 3
+# The bot has finished its turn after this much quiet following speech.
+QUIET_AFTER_SPEECH_S = 1.5
+
+
+class Call(pj.Call):
+    def __init__(self, account):
+        super().__init__(account)
+        self.state = "null"
+        self.last_code = 0
+        self.media = None
+
+    def onCallState(self, prm):
+        info = self.getInfo()
+        self.state = info.stateText.lower()
+        self.last_code = info.lastStatusCode
+
+    def onCallMediaState(self, prm):
+        info = self.getInfo()
+        for i, m in enumerate(info.media):
+            if m.type == pj.PJMEDIA_TYPE_AUDIO and m.status == pj.PJSUA_CALL_MEDIA_ACTIVE:
+                self.media = self.getAudioMedia(i)
+
+
+def wav_seconds(path):
+    with wave.open(path, "rb") as w:
+        return w.getnframes() / float(w.getframerate())
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--record", required=True)
+    ap.add_argument("--turn", action="append", default=[], help="say:FILE.wav or dtmf:DIGITS")
+    ap.add_argument("--timeout", type=float, default=90.0)
+    ap.add_argument("--first-wait", type=float, default=25.0,
+                    help="longest wait for the bot to finish a turn before going on anyway")
+    args = ap.parse_args()
+
+    ep = pj.Endpoint()
+    ep.libCreate()
+    cfg = pj.EpConfig()
+    cfg.uaConfig.threadCnt = 0
+    cfg.uaConfig.mainThreadOnly = True
+    cfg.logConfig.level = 1
+    cfg.logConfig.consoleLevel = 1
+    cfg.medConfig.clockRate = 16000
+    cfg.medConfig.noVad = True
+    ep.libInit(cfg)
+    tcfg = pj.TransportConfig()
+    tcfg.port = 0
+    tcfg.boundAddress = "127.0.0.1"
+    ep.transportCreate(pj.PJSIP_TRANSPORT_UDP, tcfg)
+    ep.libStart()
+    ep.audDevManager().setNullDev()
+
+    acfg = pj.AccountConfig()
+    acfg.idUri = "sip:caller@127.0.0.1"
+    account = pj.Account()
+    account.create(acfg)
+
+    call = Call(account)
+    summary = {"turns": [], "connected": False}
+    started = time.time()
+    recorder = None
+    players = []
+
+    def pump(seconds):
+        end = time.time() + seconds
+        while time.time() < end:
+            ep.libHandleEvents(10)
+
+    def timed_out():
+        return time.time() - started > args.timeout
+
+    def ended():
+        return call.state.startswith("disconn")
+
+    def wait_for_bot_turn(limit):
+        """Waits until the bot spoke and then was quiet, or `limit` seconds, or the call ended."""
+        deadline = time.time() + limit
+        spoke = False
+        quiet_since = None
+        while time.time() < deadline and not ended() and not timed_out():
+            ep.libHandleEvents(20)
+            level = call.media.getRxLevel() if call.media is not None else 0
+            if level > SPEAKING_LEVEL:
+                spoke = True
+                quiet_since = None
+            elif spoke:
+                quiet_since = quiet_since or time.time()
+                if time.time() - quiet_since >= QUIET_AFTER_SPEECH_S:
+                    return True
+        return spoke
+
+    try:
+        prm = pj.CallOpParam(True)
+        call.makeCall("sip:support@127.0.0.1:%d" % args.port, prm)
+        while call.media is None and not ended() and not timed_out():
+            ep.libHandleEvents(20)
+        if call.media is None:
+            raise RuntimeError("no media (call state %s, last status %d)" % (call.state, call.last_code))
+        summary["connected"] = True
+        recorder = pj.AudioMediaRecorder()
+        recorder.createRecorder(args.record)
+        call.media.startTransmit(recorder)
+
+        for turn in args.turn:
+            kind, _, value = turn.partition(":")
+            heard = wait_for_bot_turn(args.first_wait)
+            if ended() or timed_out():
+                break
+            if kind == "say":
+                player = pj.AudioMediaPlayer()
+                player.createPlayer(value, pj.PJMEDIA_FILE_NO_LOOP)
+                players.append(player)
+                player.startTransmit(call.media)
+                pump(wav_seconds(value) + 0.2)
+                player.stopTransmit(call.media)
+            elif kind == "dtmf":
+                call.dialDtmf(value)
+                pump(0.5)
+            else:
+                raise RuntimeError("unknown turn %r" % turn)
+            summary["turns"].append({"turn": turn, "bot_spoke_before": heard,
+                                     "at_s": round(time.time() - started, 2)})
+        # The bot's last answer (or its BYE).
+        wait_for_bot_turn(args.first_wait)
+        summary["gateway_hung_up"] = ended()
+        if not ended():
+            call.hangup(pj.CallOpParam(True))
+            deadline = time.time() + 5
+            while not ended() and time.time() < deadline:
+                ep.libHandleEvents(20)
+    except Exception as e:  # reported in the summary; the test decides
+        summary["error"] = str(e)
+    finally:
+        summary["state"] = call.state
+        summary["last_code"] = call.last_code
+        summary["duration_s"] = round(time.time() - started, 2)
+        summary["recording"] = args.record
+        # Objects that hold media ports must go before the library.
+        recorder = None
+        players = []
+        call = None
+        account.shutdown()
+        ep.libDestroy()
+        print(json.dumps(summary))
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,177 @@
+//! `voicebot serve` called by a full SIP user agent, PJSIP through its Python binding pjsua2
+//! (`tests/pjsua/caller.py`), on loopback. The caller speaks WAVs over real RTP and records
+//! what the bot says; the test transcribes that recording with the project's own ASR, so the
+//! round trip covers SIP, SDP negotiation with a UA offering many codecs, both RTP directions,
+//! the jitter buffer, ASR, the dialog and TTS. A second call presses 0 (RFC 4733 telephone-event
+//! from pjsua2's `dialDtmf`) and must reach the escalation policy.
+//!
+//! pjsua2 lives in a virtual environment made by scripts/deps.sh (default
+//! ~/.cache/voicebot/venv; VOICEBOT_PJSUA_PYTHON names another interpreter).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use common::{peer_available, root, Gateway};
+use voicebot_gateway::audio::resample::resample_all;
+use voicebot_gateway::audio::wav::read_wav;
+use voicebot_gateway::audio::SPEECH_RATE;
+use voicebot_gateway::config::GatewayConfig;
+use voicebot_gateway::speech::asr::{SpeechRecognizer, WhisperRecognizer};
+use voicebot_gateway::speech::vad::{Endpointer, VadEvent};
+
+fn pjsua_python() -> Option<PathBuf> {
+    let python = std::env::var_os("VOICEBOT_PJSUA_PYTHON")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .map(|h| PathBuf::from(h).join(".cache/voicebot/venv/bin/python"))
+        })?;
+    let ok = Command::new(&python)
+        .args(["-c", "import pjsua2"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    peer_available("pjsua2", ok, "scripts/deps.sh makes its venv").then_some(python)
+}
+
+/// `text` spoken by espeak-ng as a 16 kHz 16-bit mono WAV with a little silence around it.
+fn spoken_wav(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let raw = dir.join(format!("{name}-espeak.wav"));
+    let status = Command::new("espeak-ng")
+        .args(["-v", "en-us", "-s", "145", "-w"])
+        .arg(&raw)
+        .arg(text)
+        .status()
+        .expect("espeak-ng");
+    assert!(status.success());
+    let wav = dir.join(format!("{name}.wav"));
+    let status = Command::new("sox")
+        .arg(&raw)
+        .args(["-r", "16000", "-c", "1", "-b", "16"])
+        .arg(&wav)
+        .args(["pad", "0.2", "0.6"])
+        .status()
+        .expect("sox");
+    assert!(status.success());
+    wav
+}
+
+/// Runs the pjsua2 caller; returns its JSON summary.
+fn call(python: &Path, port: u16, record: &Path, turns: &[String]) -> serde_json::Value {
+    let mut cmd = Command::new("timeout");
+    cmd.arg("150")
+        .arg(python)
+        .arg(root().join("tests/pjsua/caller.py"))
+        .args(["--port", &port.to_string(), "--timeout", "120"])
+        .arg("--record")
+        .arg(record);
+    for t in turns {
+        cmd.args(["--turn", t]);
+    }
+    let out = cmd.output().expect("run the pjsua2 caller");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or_else(|| {
+            panic!(
+                "no summary from the caller; stderr:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    serde_json::from_str(line).expect("caller summary is JSON")
+}
+
+/// Everything the bot said on the recording, transcribed utterance by utterance.
+fn transcribe_recording(path: &Path) -> String {
+    let wav = read_wav(path).expect("recording");
+    let audio = if wav.audio.rate == SPEECH_RATE {
+        wav.audio.samples
+    } else {
+        resample_all(&wav.audio.samples, wav.audio.rate, SPEECH_RATE).expect("resample")
+    };
+    let config = GatewayConfig::embedded().expect("config");
+    let asr = WhisperRecognizer::load(&config.asr).expect("speech model (models/provision.py)");
+    let mut endpointer = Endpointer::new(config.vad.clone());
+    let mut events = Vec::new();
+    endpointer.push(&audio, &mut events);
+    endpointer.finish(&mut events);
+    let mut text = String::new();
+    for event in events {
+        if let VadEvent::Utterance(u) = event {
+            let t = asr.transcribe(&u.samples).expect("transcribe");
+            text.push_str(&t.text);
+            text.push(' ');
+        }
+    }
+    text.to_lowercase()
+}
+
+#[test]
+fn pjsua_round_trip_where_is_my_order_then_the_number() {
+    let Some(python) = pjsua_python() else {
+        return;
+    };
+    let mut gw = Gateway::start("41400-41499", &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let q1 = spoken_wav(dir.path(), "q1", "Where is my order?");
+    let q2 = spoken_wav(dir.path(), "q2", "It is 4 5 7 1 2.");
+    let record = dir.path().join("bot.wav");
+    let summary = call(
+        &python,
+        gw.port,
+        &record,
+        &[
+            format!("say:{}", q1.display()),
+            format!("say:{}", q2.display()),
+        ],
+    );
+    assert_eq!(summary["connected"], true, "{summary}");
+    assert!(summary.get("error").is_none(), "{summary}");
+
+    // What the gateway decided.
+    let records = gw.records(1, std::time::Duration::from_secs(40));
+    assert_eq!(records.len(), 1, "one call record");
+    let r = &records[0];
+    let turns = r["turns"].as_array().expect("turns");
+    assert!(turns.len() >= 2, "two caller turns heard: {r}");
+    assert_eq!(turns[0]["intent"], "order_status", "{}", turns[0]);
+    assert_eq!(turns[1]["slots"]["order_number"], "45712", "{}", turns[1]);
+
+    // What the caller actually heard, through RTP and pjsua2's recorder.
+    let heard = transcribe_recording(&record);
+    assert!(
+        heard.contains("order number"),
+        "the bot asked for the number: {heard}"
+    );
+    assert!(
+        heard.contains("shipped") || heard.contains("thursday"),
+        "the bot said the order's status: {heard}"
+    );
+    assert!(gw.alive());
+}
+
+#[test]
+fn pjsua_dtmf_zero_reaches_the_escalation_policy() {
+    let Some(python) = pjsua_python() else {
+        return;
+    };
+    let gw = Gateway::start("41500-41599", &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let record = dir.path().join("bot.wav");
+    let summary = call(&python, gw.port, &record, &["dtmf:0".to_string()]);
+    assert_eq!(summary["connected"], true, "{summary}");
+    assert_eq!(
+        summary["gateway_hung_up"], true,
+        "the gateway ends the call after the announcement: {summary}"
+    );
+    let records = gw.records(1, std::time::Duration::from_secs(30));
+    let r = &records[0];
+    assert_eq!(r["dtmf"], serde_json::json!(["0"]), "RFC 4733 digit: {r}");
+    assert_eq!(r["outcome"], "escalated", "{r}");
+    assert_eq!(r["escalation"]["reason"], "dtmf0", "{r}");
+}
