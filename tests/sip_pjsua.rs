@@ -141,6 +141,11 @@ fn pjsua_round_trip_where_is_my_order_then_the_number() {
     assert!(turns.len() >= 2, "two caller turns heard: {r}");
     assert_eq!(turns[0]["intent"], "order_status", "{}", turns[0]);
     assert_eq!(turns[1]["slots"]["order_number"], "45712", "{}", turns[1]);
+    // RTCP both ways: our sender reports out, pjsua's reports in (with its view of our stream).
+    let rtp = &r["rtp"];
+    assert!(rtp["rtcp_sent"].as_u64().unwrap_or(0) >= 2, "{rtp}");
+    assert!(rtp["rtcp_received"].as_u64().unwrap_or(0) >= 2, "{rtp}");
+    assert_eq!(rtp["remote_reported_lost"], 0, "{rtp}");
 
     // What the caller actually heard, through RTP and pjsua2's recorder.
     let heard = transcribe_recording(&record);

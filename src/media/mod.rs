@@ -10,6 +10,7 @@
 //! | [`dtmf`] | RFC 4733 telephone-events in and out |
 //! | [`receiver`] | one call's receive side: jitter buffer, decoding, concealment, DTMF |
 //! | [`sender`] | one call's send side: 20 ms pacing, silence, markers, DTMF |
+//! | [`rtcp`] | sender reports out, SR/RR/BYE in |
 //! | [`barge_in`] | when the caller's speech must stop the bot |
 
 pub mod barge_in;
@@ -18,5 +19,6 @@ pub mod dtmf;
 pub mod g711;
 pub mod jitter;
 pub mod receiver;
+pub mod rtcp;
 pub mod rtp;
 pub mod sender;

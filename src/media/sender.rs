@@ -168,6 +168,16 @@ impl RtpSender {
     pub fn packets_sent(&self) -> u64 {
         self.sent
     }
+
+    /// Payload bytes sent so far (for RTCP sender reports).
+    pub fn octets_sent(&self) -> u64 {
+        self.sent * self.frame_samples as u64
+    }
+
+    /// The RTP timestamp the next packet will carry.
+    pub fn timestamp(&self) -> u32 {
+        self.timestamp
+    }
 }
 
 #[cfg(test)]

@@ -20,6 +20,7 @@ use crate::flows::Flow;
 use crate::media::barge_in::{BargeIn, BargeInConfig};
 use crate::media::jitter::JitterConfig;
 use crate::media::receiver::MediaReceiver;
+use crate::media::rtcp::{parse_rtcp, sender_report, ReceptionReport, SenderInfo};
 use crate::media::sender::RtpSender;
 use crate::pipeline::{run_call, CallInput, CallOutput, Engines, SpeechKind};
 use crate::report::CallReport;
@@ -34,6 +35,8 @@ const PTIME_MS: u32 = 20;
 /// Packets go out up to this much before their slot: tokio's timers wake up to a millisecond
 /// late, so aiming slightly early centres the send times on the 20 ms grid.
 const SEND_AHEAD: Duration = Duration::from_micros(1000);
+/// RTCP report interval (RFC 3550's minimum of 5 s suits one audio stream each way).
+const RTCP_INTERVAL: Duration = Duration::from_secs(5);
 /// Caller frames allowed to wait for the pipeline's listen stage.
 const INPUT_QUEUE: usize = 64;
 
@@ -85,6 +88,12 @@ pub struct RtpFigures {
     pub packets_late: u64,
     pub jitter_ms: f64,
     pub packets_sent: u64,
+    pub rtcp_sent: u64,
+    pub rtcp_received: u64,
+    /// The caller's view of our stream, from its last RTCP report: packets lost and jitter
+    /// (ms).
+    pub remote_reported_lost: Option<u32>,
+    pub remote_reported_jitter_ms: Option<f64>,
     /// How far packets left from their 20 ms grid, early or late (send jitter), ms.
     pub send_late_p50_ms: f64,
     pub send_late_p99_ms: f64,
@@ -241,6 +250,14 @@ pub async fn run_call_media(setup: CallSetup) {
             return;
         }
     };
+    let rtcp_socket = ports
+        .rtcp
+        .as_ref()
+        .and_then(|s| s.try_clone().ok())
+        .and_then(|s| UdpSocket::from_std(s).ok());
+    let mut rtcp = RtcpState::default();
+    let mut rtcp_buf = vec![0u8; 1500];
+    let mut next_rtcp = started + RTCP_INTERVAL;
     let mut media = call.media.clone();
     let mut remote: SocketAddr = media.remote_rtp;
     let jitter = JitterConfig {
@@ -360,6 +377,37 @@ pub async fn run_call_media(setup: CallSetup) {
                         hangup_sent = true;
                         ended_by.get_or_insert_with(|| "bot".into());
                         let _ = hangup.send(Inbound::Hangup(handle)).await;
+                    }
+                }
+            }
+            received = async {
+                match &rtcp_socket {
+                    Some(s) => s.recv_from(&mut rtcp_buf).await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                if let Ok((n, _)) = received {
+                    rtcp.on_packet(&rtcp_buf[..n], Instant::now(), sender.ssrc(), &mut figures);
+                }
+            }
+            () = tokio::time::sleep_until(next_rtcp.into()) => {
+                next_rtcp += RTCP_INTERVAL;
+                if let Some(s) = &rtcp_socket {
+                    let report = rtcp.report(&receiver, Instant::now());
+                    let packet = sender_report(
+                        &SenderInfo {
+                            ssrc: sender.ssrc(),
+                            wall_clock: std::time::SystemTime::now(),
+                            rtp_timestamp: sender.timestamp(),
+                            packets: sender.packets_sent() as u32,
+                            octets: sender.octets_sent() as u32,
+                        },
+                        report.as_ref(),
+                        &format!("voicebot@{}", call.local_ip),
+                    );
+                    let to = SocketAddr::new(remote.ip(), remote.port().saturating_add(1));
+                    if s.send_to(&packet, to).await.is_ok() {
+                        figures.rtcp_sent += 1;
                     }
                 }
             }
@@ -515,6 +563,63 @@ pub async fn run_call_media(setup: CallSetup) {
         write_record(&dir, &record);
     }
     drop(ports);
+}
+
+/// RTCP bookkeeping for one call: what the report blocks need and what the caller reported.
+#[derive(Default)]
+struct RtcpState {
+    /// The caller's last SR: the middle NTP bits and when it arrived.
+    last_sr: Option<(u32, Instant)>,
+    /// Received and lost counts at the previous report (for the fraction lost).
+    previous: (u64, u64),
+}
+
+impl RtcpState {
+    fn on_packet(&mut self, buf: &[u8], now: Instant, our_ssrc: u32, figures: &mut RtpFigures) {
+        figures.rtcp_received += 1;
+        match parse_rtcp(buf) {
+            Ok(summary) => {
+                if let Some((_, ntp_mid)) = summary.sender_report {
+                    self.last_sr = Some((ntp_mid, now));
+                }
+                if let Some(r) = summary.reports.iter().find(|r| r.ssrc == our_ssrc) {
+                    figures.remote_reported_lost = Some(r.cumulative_lost);
+                    figures.remote_reported_jitter_ms = Some(f64::from(r.jitter) / 8.0);
+                }
+                if summary.bye {
+                    tracing::debug!("RTCP BYE from the caller");
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "RTCP packet ignored"),
+        }
+    }
+
+    /// The report block about the caller's stream, once it has sent something.
+    fn report(&mut self, receiver: &MediaReceiver, now: Instant) -> Option<ReceptionReport> {
+        let ssrc = receiver.remote_ssrc()?;
+        let j = receiver.jitter_stats();
+        let (prev_received, prev_lost) = self.previous;
+        self.previous = (j.received, j.lost);
+        let (received, lost) = (j.received - prev_received, j.lost - prev_lost);
+        let fraction = if received + lost == 0 {
+            0
+        } else {
+            (lost * 256 / (received + lost)).min(255) as u8
+        };
+        let (last_sr, dlsr) = match self.last_sr {
+            Some((mid, at)) => (mid, (now.duration_since(at).as_secs_f64() * 65536.0) as u32),
+            None => (0, 0),
+        };
+        Some(ReceptionReport {
+            ssrc,
+            fraction_lost: fraction,
+            cumulative_lost: j.lost.min(0x7F_FFFF) as u32,
+            extended_highest_seq: j.highest_seq.saturating_sub(1 << 16) as u32,
+            jitter: (j.jitter_ms * 8.0) as u32,
+            last_sr,
+            delay_since_last_sr: dlsr,
+        })
+    }
 }
 
 /// A file name from a Call-ID (which may hold any characters).
