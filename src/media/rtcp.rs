@@ -64,7 +64,7 @@ fn push_sdes_cname(out: &mut Vec<u8>, ssrc: u32, cname: &str) {
     out.push(name.len() as u8);
     out.extend_from_slice(&name);
     out.push(0); // end of items
-    while (out.len() - start) % 4 != 0 {
+    while !(out.len() - start).is_multiple_of(4) {
         out.push(0);
     }
     let words = ((out.len() - start) / 4 - 1) as u16;

@@ -601,11 +601,9 @@ impl RtcpState {
         let (prev_received, prev_lost) = self.previous;
         self.previous = (j.received, j.lost);
         let (received, lost) = (j.received - prev_received, j.lost - prev_lost);
-        let fraction = if received + lost == 0 {
-            0
-        } else {
-            (lost * 256 / (received + lost)).min(255) as u8
-        };
+        let fraction = (lost * 256)
+            .checked_div(received + lost)
+            .map_or(0, |f| f.min(255) as u8);
         let (last_sr, dlsr) = match self.last_sr {
             Some((mid, at)) => (mid, (now.duration_since(at).as_secs_f64() * 65536.0) as u32),
             None => (0, 0),
