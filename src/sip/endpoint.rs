@@ -1707,4 +1707,49 @@ Max-Forwards: 70\r\n{extra}{ct}Content-Length: {}\r\n\r\n{body}",
         );
         assert_eq!(codes(&sent(&mut ep)), vec![100, 403]);
     }
+
+    #[test]
+    fn behind_a_proxy_record_route_is_echoed_and_routes_our_bye() {
+        let t0 = Instant::now();
+        let mut ep = endpoint(10);
+        let rr = "Record-Route: <sip:p1.example.com;lr>, <sip:p2.example.com;lr>\r\n";
+        ep.handle_bytes(
+            caller(),
+            local_ip(),
+            &request("INVITE", "z9hG4bK1", 1, None, rr, SDP),
+            t0,
+        );
+        let out = sent(&mut ep);
+        assert_eq!(
+            out[1].header_values("Record-Route").count(),
+            2,
+            "180 echoes the route"
+        );
+        let Some(Event::IncomingCall(call)) = ep.poll_event() else {
+            panic!()
+        };
+        ep.accept(call.handle, local_media(), t0);
+        let ok = sent(&mut ep);
+        let routes: Vec<_> = ok[0].header_values("Record-Route").collect();
+        assert_eq!(
+            routes,
+            vec!["<sip:p1.example.com;lr>", "<sip:p2.example.com;lr>"]
+        );
+        let tag = ok[0].to_tag().unwrap().to_string();
+        ep.handle_bytes(
+            caller(),
+            local_ip(),
+            &request("ACK", "z9hG4bK2", 1, Some(&tag), "", ""),
+            t0,
+        );
+        ep.hangup(call.handle, t0);
+        let bye = sent(&mut ep).remove(0);
+        // The UAS uses the route set in the order received (RFC 3261 12.1.1).
+        let route: Vec<_> = bye.header_values("Route").collect();
+        assert_eq!(
+            route,
+            vec!["<sip:p1.example.com;lr>", "<sip:p2.example.com;lr>"]
+        );
+        assert_eq!(bye.request_uri(), Some("sip:caller@127.0.0.1:5061"));
+    }
 }
