@@ -27,14 +27,12 @@ use crate::report::CallReport;
 use crate::sip::endpoint::{EndReason, IncomingCall};
 use crate::sip::sdp::Negotiated;
 
+use super::pacer::{Lateness, PacedStream, Pacer};
 use super::ports::RtpPorts;
 use super::Inbound;
 
 /// Packet time: every frame and packet is 20 ms.
 const PTIME_MS: u32 = 20;
-/// Packets go out up to this much before their slot: tokio's timers wake up to a millisecond
-/// late, so aiming slightly early centres the send times on the 20 ms grid.
-const SEND_AHEAD: Duration = Duration::from_micros(1000);
 /// RTCP report interval (RFC 3550's minimum of 5 s suits one audio stream each way).
 const RTCP_INTERVAL: Duration = Duration::from_secs(5);
 /// Caller frames allowed to wait for the pipeline's listen stage.
@@ -62,6 +60,7 @@ pub struct CallSetup {
     pub flow: Arc<Flow>,
     pub engines: Engines,
     pub report_dir: Option<PathBuf>,
+    pub pacer: Pacer,
     pub control: mpsc::Receiver<CallControl>,
     pub(super) hangup: mpsc::Sender<Inbound>,
 }
@@ -102,49 +101,6 @@ pub struct RtpFigures {
     /// several calls can be merged.
     pub send_late_histogram: Vec<(u16, u32)>,
     pub frames_dropped_by_pipeline: u64,
-}
-
-/// Send lateness histogram: 0.1 ms buckets up to 100 ms (the last bucket takes the rest).
-struct Lateness {
-    buckets: Vec<u32>,
-    max: Duration,
-}
-
-impl Lateness {
-    const BUCKET_US: u64 = 100;
-
-    fn new() -> Self {
-        Self {
-            buckets: vec![0; 1001],
-            max: Duration::ZERO,
-        }
-    }
-
-    fn record(&mut self, late: Duration) {
-        let i = (late.as_micros() as u64 / Self::BUCKET_US).min(1000) as usize;
-        if let Some(b) = self.buckets.get_mut(i) {
-            *b += 1;
-        }
-        self.max = self.max.max(late);
-    }
-
-    /// The `q` quantile in ms (upper edge of its bucket).
-    fn quantile_ms(&self, q: f64) -> f64 {
-        let total: u64 = self.buckets.iter().map(|&c| u64::from(c)).sum();
-        if total == 0 {
-            return 0.0;
-        }
-        let target = (q * total as f64).ceil() as u64;
-        let mut seen = 0u64;
-        for (i, &c) in self.buckets.iter().enumerate() {
-            seen += u64::from(c);
-            if seen >= target {
-                let edge = (i as u64 + 1) as f64 * Self::BUCKET_US as f64 / 1000.0;
-                return edge.min(self.max.as_secs_f64() * 1000.0);
-            }
-        }
-        self.max.as_secs_f64() * 1000.0
-    }
 }
 
 /// The JSON record written for each finished call: the same report `voicebot simulate --json`
@@ -236,6 +192,7 @@ pub async fn run_call_media(setup: CallSetup) {
         flow,
         engines,
         report_dir,
+        pacer,
         mut control,
         hangup,
     } = setup;
@@ -268,6 +225,23 @@ pub async fn run_call_media(setup: CallSetup) {
     };
     let mut receiver = MediaReceiver::new(media.codec, media.telephone_event_pt, jitter);
     let mut sender = RtpSender::new_random(media.codec, media.payload_type, PTIME_MS, started);
+    sender.set_telephone_event_pt(media.telephone_event_pt);
+    let send_socket = match ports.rtp.try_clone() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot share the RTP socket with the pacer; hanging up");
+            let _ = hangup.send(Inbound::Hangup(handle)).await;
+            return;
+        }
+    };
+    let mut paced = PacedStream::new(sender, send_socket, remote);
+    paced.sending = media.direction.sends();
+    let stream = pacer.register(paced);
+    // The receive side's 20 ms playout clock (sending is the pacer's job).
+    let mut tick = tokio::time::interval_at(
+        (started + Duration::from_millis(u64::from(PTIME_MS))).into(),
+        Duration::from_millis(u64::from(PTIME_MS)),
+    );
     let rate = media.codec.sample_rate();
     let mut barge_in = BargeIn::new(BargeInConfig {
         min_speech_ms: media_cfg.barge_in_min_speech_ms,
@@ -284,7 +258,6 @@ pub async fn run_call_media(setup: CallSetup) {
     let mut speech_log = SpeechLog::default();
     let mut bot_level = 0.0f32;
     let mut figures = RtpFigures::default();
-    let mut lateness = Lateness::new();
     let mut dtmf = Vec::new();
     let mut frames_fed: u64 = 0;
     let mut receiving = false;
@@ -298,7 +271,6 @@ pub async fn run_call_media(setup: CallSetup) {
     let no_rtp = Duration::from_secs(media_cfg.no_rtp_timeout_s);
 
     loop {
-        let due = sender.next_due();
         tokio::select! {
             received = socket.recv_from(&mut buf) => {
                 let Ok((n, from)) = received else { continue };
@@ -310,6 +282,9 @@ pub async fn run_call_media(setup: CallSetup) {
                         if from != remote {
                             tracing::info!(%from, sdp = %remote, "RTP source differs from SDP; sending there (symmetric RTP)");
                             remote = from;
+                            if let Ok(mut s) = stream.lock() {
+                                s.remote = from;
+                            }
                         }
                         receiving = true;
                         if let Some(ev) = event {
@@ -322,17 +297,9 @@ pub async fn run_call_media(setup: CallSetup) {
                     Err(e) => tracing::debug!(error = %e, %from, "RTP packet ignored"),
                 }
             }
-            () = tokio::time::sleep_until((due - SEND_AHEAD).into()) => {
+            _ = tick.tick() => {
                 let now = Instant::now();
-                let mut slot = due;
-                while let Some(packet) = sender.poll(now + SEND_AHEAD) {
-                    // Deviation from the grid, early or late.
-                    lateness.record(if now > slot { now - slot } else { slot - now });
-                    slot += Duration::from_millis(u64::from(PTIME_MS));
-                    if media.direction.sends() && socket.send_to(&packet, remote).await.is_ok() {
-                        figures.packets_sent += 1;
-                    }
-                }
+                let speaking = stream.lock().is_ok_and(|s| s.sender.is_speaking());
                 if receiving {
                     // After the first packet, the pipeline gets a frame every 20 ms: decoded,
                     // concealed, or silence while the caller sends nothing (so end-of-turn
@@ -342,9 +309,9 @@ pub async fn run_call_media(setup: CallSetup) {
                         .unwrap_or_else(|| vec![0.0; media.codec.samples_per_frame(PTIME_MS)]);
                     let level = rms(&frame);
                     if media_cfg.barge_in
-                        && barge_in.on_frame(level, bot_level, sender.is_speaking())
+                        && barge_in.on_frame(level, bot_level, speaking)
                     {
-                        let unplayed = sender.flush();
+                        let unplayed = stream.lock().map_or(0, |mut s| s.sender.flush());
                         speech_log.cut(unplayed as u64, rate);
                         tracing::info!(
                             at_ms = frames_fed * u64::from(PTIME_MS),
@@ -370,7 +337,7 @@ pub async fn run_call_media(setup: CallSetup) {
                         let _ = hangup.send(Inbound::Hangup(handle)).await;
                     }
                 }
-                if bot_done && !hangup_sent && !sender.is_speaking() {
+                if bot_done && !hangup_sent && !speaking {
                     // A short tail so the last word is not clipped by the BYE.
                     let at = *hangup_deadline.get_or_insert(now + Duration::from_millis(400));
                     if now >= at {
@@ -387,21 +354,24 @@ pub async fn run_call_media(setup: CallSetup) {
                 }
             } => {
                 if let Ok((n, _)) = received {
-                    rtcp.on_packet(&rtcp_buf[..n], Instant::now(), sender.ssrc(), &mut figures);
+                    let ssrc = stream.lock().map_or(0, |s| s.sender.ssrc());
+                    rtcp.on_packet(&rtcp_buf[..n], Instant::now(), ssrc, &mut figures);
                 }
             }
             () = tokio::time::sleep_until(next_rtcp.into()) => {
                 next_rtcp += RTCP_INTERVAL;
                 if let Some(s) = &rtcp_socket {
                     let report = rtcp.report(&receiver, Instant::now());
+                    let info = stream.lock().ok().map(|s| SenderInfo {
+                        ssrc: s.sender.ssrc(),
+                        wall_clock: std::time::SystemTime::now(),
+                        rtp_timestamp: s.sender.timestamp(),
+                        packets: s.sender.packets_sent() as u32,
+                        octets: s.sender.octets_sent() as u32,
+                    });
+                    let Some(info) = info else { continue };
                     let packet = sender_report(
-                        &SenderInfo {
-                            ssrc: sender.ssrc(),
-                            wall_clock: std::time::SystemTime::now(),
-                            rtp_timestamp: sender.timestamp(),
-                            packets: sender.packets_sent() as u32,
-                            octets: sender.octets_sent() as u32,
-                        },
+                        &info,
                         report.as_ref(),
                         &format!("voicebot@{}", call.local_ip),
                     );
@@ -427,7 +397,9 @@ pub async fn run_call_media(setup: CallSetup) {
                     bot_level = rms(&samples);
                     let at = Duration::from_millis(frames_fed * u64::from(PTIME_MS));
                     speech_log.push(kind, text, at, samples.len() as u64, rate);
-                    sender.enqueue(&samples);
+                    if let Ok(mut s) = stream.lock() {
+                        s.sender.enqueue(&samples);
+                    }
                 }
                 Some(CallOutput::Turn(turn)) if turn.escalation.is_some() || turn.ends_call => {
                     if let Some(e) = &turn.escalation {
@@ -447,9 +419,20 @@ pub async fn run_call_media(setup: CallSetup) {
                 Some(CallControl::MediaChanged(m)) => {
                     if m.codec != media.codec {
                         receiver.set_codec(m.codec);
-                        sender = RtpSender::new_random(m.codec, m.payload_type, PTIME_MS, Instant::now());
                     }
                     remote = m.remote_rtp;
+                    if let Ok(mut s) = stream.lock() {
+                        if m.codec != media.codec {
+                            // A new codec is a new stream: fresh sequence, timestamps and SSRC.
+                            let mut sender = RtpSender::new_random(
+                                m.codec, m.payload_type, PTIME_MS, Instant::now(),
+                            );
+                            sender.set_telephone_event_pt(m.telephone_event_pt);
+                            s.sender = sender;
+                        }
+                        s.remote = m.remote_rtp;
+                        s.sending = m.direction.sends();
+                    }
                     tracing::info!(hold = m.on_hold, codec = %m.codec, "media updated by re-INVITE");
                     media = m;
                 }
@@ -524,6 +507,14 @@ pub async fn run_call_media(setup: CallSetup) {
     figures.packets_lost = stats.lost;
     figures.packets_late = stats.late;
     figures.jitter_ms = stats.jitter_ms;
+    let (lateness, queued) = match stream.lock() {
+        Ok(mut s) => {
+            figures.packets_sent = s.packets_sent;
+            (std::mem::take(&mut s.lateness), s.sender.queued_samples())
+        }
+        Err(_) => (Lateness::new(), 0),
+    };
+    drop(stream);
     figures.send_late_p50_ms = lateness.quantile_ms(0.50);
     figures.send_late_p99_ms = lateness.quantile_ms(0.99);
     figures.send_late_max_ms = lateness.max.as_secs_f64() * 1000.0;
@@ -548,7 +539,7 @@ pub async fn run_call_media(setup: CallSetup) {
         duration_ms: started.elapsed().as_millis() as u64,
         ended_by: ended_by.unwrap_or_else(|| "unknown".into()),
         dtmf,
-        bot_speech: speech_log.finish(sender.queued_samples() as u64, rate),
+        bot_speech: speech_log.finish(queued as u64, rate),
         rtp: figures,
         report,
         pipeline_error,
@@ -694,19 +685,6 @@ mod tests {
         let speech = log.finish(0, 8000);
         assert!(!speech[0].interrupted);
         assert_eq!(speech[0].played_ms, 1000);
-    }
-
-    #[test]
-    fn lateness_quantiles() {
-        let mut l = Lateness::new();
-        for _ in 0..98 {
-            l.record(Duration::from_micros(50));
-        }
-        l.record(Duration::from_millis(3));
-        l.record(Duration::from_millis(200));
-        assert!((l.quantile_ms(0.5) - 0.1).abs() < 1e-9);
-        assert!((l.quantile_ms(0.99) - 3.1).abs() < 1e-9);
-        assert_eq!(l.max, Duration::from_millis(200));
     }
 
     #[test]

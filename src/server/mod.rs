@@ -9,6 +9,7 @@
 
 pub mod call;
 pub mod config;
+pub mod pacer;
 mod ports;
 
 use std::collections::HashMap;
@@ -31,6 +32,7 @@ use crate::sip::message::{StreamFramer, MAX_MESSAGE_BYTES};
 use crate::sip::sdp::LocalMedia;
 use call::{CallControl, CallSetup};
 use config::TransportKind;
+use pacer::Pacer;
 use ports::PortPool;
 
 /// Why the server could not start or stopped.
@@ -198,6 +200,7 @@ impl Server {
             tokio::spawn(accept_tcp(listener, self.local, inbound_tx.clone()));
         }
         let ports = PortPool::new(config.media.rtp_port_min, config.media.rtp_port_max);
+        let pacer = Pacer::start()?;
         let signalling = Signalling {
             endpoint,
             udp: self.udp,
@@ -209,6 +212,7 @@ impl Server {
             ports,
             report_dir: self.report_dir,
             local_ips: HashMap::new(),
+            pacer,
         };
         signalling.run(inbound_rx, shutdown).await
     }
@@ -227,6 +231,8 @@ struct Signalling {
     report_dir: Option<PathBuf>,
     /// Our address as seen from each remote IP, when listening on a wildcard address.
     local_ips: HashMap<IpAddr, IpAddr>,
+    /// Sends every call's RTP on time.
+    pacer: Pacer,
 }
 
 impl Signalling {
@@ -395,6 +401,7 @@ impl Signalling {
                     flow,
                     engines: self.engines.clone(),
                     report_dir: self.report_dir.clone(),
+                    pacer: self.pacer.clone(),
                     control: control_rx,
                     hangup: self.inbound_tx.clone(),
                 };
