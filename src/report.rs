@@ -92,4 +92,6 @@ pub struct CallReport {
     /// Caller audio after the bot handed the call over or ended it, not processed by the bot.
     #[serde(rename = "unprocessed_after_end_ms", serialize_with = "ser_ms")]
     pub unprocessed_after_end: Duration,
+    /// Short, doubtful utterances ignored as line noise (not turns).
+    pub noise_ignored: usize,
 }

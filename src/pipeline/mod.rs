@@ -31,6 +31,10 @@ use crate::speech::prosody;
 use crate::speech::tts::{SpeechSynthesizer, TtsError};
 use crate::speech::vad::{Endpointer, Utterance, VadEvent};
 
+/// Utterances with less voiced time than this, heard with less than the flow's `min_asr_confidence`, are
+/// treated as line noise rather than a caller turn.
+const NOISE_MAX_DURATION: Duration = Duration::from_millis(400);
+
 /// Capacity of the channels between stages.
 const STAGE_QUEUE: usize = 8;
 
@@ -223,6 +227,7 @@ async fn respond_stage(
     let mut escalation = None;
     let mut bot_done_at: Option<Duration> = None;
     let mut caller_audio = Duration::ZERO;
+    let mut noise_ignored = 0usize;
     while let Some(item) = heard.recv().await {
         let mut fault: Option<String> = None;
         let (caller_turn, decided_at, utterance) = match item {
@@ -257,6 +262,24 @@ async fn respond_stage(
                     asr_ms = transcript.elapsed.as_millis() as u64,
                     "caller said"
                 );
+                // A click or a breath at the start of a call can pass the VAD and come back from
+                // whisper as a one-word hallucination ("you"). A very short utterance that the
+                // recogniser itself doubts is noise, not a turn: the bot stays quiet instead of
+                // talking over the caller with "could you repeat that?".
+                let heard_for = u.voiced;
+                if fault.is_none()
+                    && heard_for < NOISE_MAX_DURATION
+                    && transcript.confidence < flow.escalation.min_asr_confidence
+                {
+                    tracing::info!(
+                        text = %transcript.text,
+                        confidence = transcript.confidence,
+                        ms = heard_for.as_millis() as u64,
+                        "short, doubtful utterance ignored as noise"
+                    );
+                    noise_ignored += 1;
+                    continue;
+                }
                 // The dialog (intent model included) is CPU work too: the bot visits the pool
                 // and comes back with its answer.
                 let caller = CallerTurn {
@@ -341,6 +364,7 @@ async fn respond_stage(
         escalation,
         caller_audio,
         unprocessed_after_end: unprocessed,
+        noise_ignored,
     })
 }
 
@@ -486,9 +510,10 @@ mod tests {
                 .and_then(|mut q| q.pop_front())
                 .unwrap_or(Ok(""));
             match next {
+                // A leading "~" scripts a transcript the recogniser doubts.
                 Ok(text) => Ok(Transcript {
-                    text: text.to_string(),
-                    confidence: 0.95,
+                    text: text.trim_start_matches('~').to_string(),
+                    confidence: if text.starts_with('~') { 0.2 } else { 0.95 },
                     no_speech_prob: 0.0,
                     elapsed: Duration::from_millis(5),
                     retried_full_window: false,
@@ -619,6 +644,22 @@ mod tests {
         // Audio after the hand-over is left to the human and accounted for.
         assert!(report.unprocessed_after_end > Duration::from_secs(2));
         assert_eq!(report.caller_audio.as_millis(), 8_000);
+    }
+
+    #[tokio::test]
+    async fn a_short_doubtful_blip_is_noise_not_a_turn() {
+        let (engines, _) = engines(vec![Ok("~you"), Ok("Where is my order?")]);
+        let mut audio = silence(300);
+        audio.extend(voiced(200));
+        audio.extend(silence(1500));
+        audio.extend(voiced(1200));
+        audio.extend(silence(1500));
+        let audio = resample_all(&audio, 16_000, 8_000).expect("resample");
+        let (report, _) = run(engines, audio).await;
+        let report = report.expect("call runs");
+        assert_eq!(report.noise_ignored, 1, "{report:#?}");
+        assert_eq!(report.turns.len(), 1);
+        assert_eq!(report.turns[0].intent, "order_status");
     }
 
     #[tokio::test]

@@ -454,6 +454,7 @@ wav = "audio/x.wav"
             escalation: None,
             caller_audio: std::time::Duration::from_secs(5),
             unprocessed_after_end: std::time::Duration::ZERO,
+            noise_ignored: 0,
         }
     }
 
