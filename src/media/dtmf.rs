@@ -14,11 +14,44 @@ pub struct DtmfEvent {
     pub timestamp: u32,
 }
 
-/// Why a digit cannot be sent.
+/// Why a digit cannot be sent, or a payload is not a DTMF telephone-event.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DtmfError {
     #[error("{0:?} is not a DTMF digit (0-9, *, #, A-D)")]
     NotADigit(char),
+    #[error("telephone-event payload of {0} bytes (at least 4 needed)")]
+    TooShort(usize),
+    #[error("telephone-event {0} is not a DTMF digit")]
+    NotDtmf(u8),
+}
+
+/// One RFC 4733 telephone-event payload (section 2.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TelephoneEvent {
+    pub digit: char,
+    /// The E bit: the last packets of the event.
+    pub end: bool,
+    /// Power level, -dBm0 (0..=63).
+    pub volume: u8,
+    /// Duration so far, in RTP timestamp units.
+    pub duration: u16,
+}
+
+/// Reads a telephone-event payload; only the DTMF events (0-15) are accepted. Extra bytes
+/// (several events in one packet, RFC 4733 section 2.5.1.5) are ignored.
+pub fn parse_telephone_event(payload: &[u8]) -> Result<TelephoneEvent, DtmfError> {
+    let [code, flags, d0, d1, ..] = *payload else {
+        return Err(DtmfError::TooShort(payload.len()));
+    };
+    let digit = *DIGITS
+        .get(usize::from(code))
+        .ok_or(DtmfError::NotDtmf(code))?;
+    Ok(TelephoneEvent {
+        digit,
+        end: flags & 0x80 != 0,
+        volume: flags & 0x3F,
+        duration: u16::from_be_bytes([d0, d1]),
+    })
 }
 
 const DIGITS: [char; 16] = [
@@ -32,6 +65,9 @@ pub fn event_code(digit: char) -> Option<u8> {
         .position(|&d| d == digit.to_ascii_uppercase())
         .map(|i| i as u8)
 }
+
+/// How far back in RTP time (seconds) a packet counts as part of an event already reported.
+const STALE_EVENT_S: u32 = 10;
 
 /// Reports each telephone-event once.
 #[derive(Debug, Default)]
@@ -52,18 +88,21 @@ impl DtmfReceiver {
         payload: &[u8],
         clock_rate: u32,
     ) -> Option<DtmfEvent> {
-        let [code, _flags, d0, d1, ..] = *payload else {
-            return None;
-        };
-        let digit = *DIGITS.get(usize::from(code))?;
-        if self.last == Some((ssrc, timestamp)) {
-            return None;
+        let event = parse_telephone_event(payload).ok()?;
+        if let Some((last_ssrc, last_ts)) = self.last {
+            // The same event again (updates, the repeated end packets), or a straggler of an
+            // earlier one arriving after the next key press started: events only move forward
+            // in RTP time. A source that restarts its clock further back is a new event.
+            let back = i64::from(last_ts.wrapping_sub(timestamp) as i32);
+            let window = i64::from(STALE_EVENT_S) * i64::from(clock_rate.max(1));
+            if last_ssrc == ssrc && (0..window).contains(&back) {
+                return None;
+            }
         }
         self.last = Some((ssrc, timestamp));
-        let duration = u32::from(u16::from_be_bytes([d0, d1]));
         Some(DtmfEvent {
-            digit,
-            duration_ms: duration * 1000 / clock_rate.max(1),
+            digit: event.digit,
+            duration_ms: u32::from(event.duration) * 1000 / clock_rate.max(1),
             timestamp,
         })
     }
@@ -120,6 +159,50 @@ mod tests {
             8000,
         );
         assert_eq!(again.map(|e| e.digit), Some('#'));
+    }
+
+    #[test]
+    fn a_straggler_of_an_earlier_event_is_not_a_new_digit() {
+        let mut rx = DtmfReceiver::new();
+        let one = dtmf_payloads('1', 100, 8000, 20).unwrap();
+        let two = dtmf_payloads('2', 100, 8000, 20).unwrap();
+        assert_eq!(
+            rx.push(1, 1000, &one[0].0, 8000).map(|e| e.digit),
+            Some('1')
+        );
+        assert_eq!(
+            rx.push(1, 2600, &two[0].0, 8000).map(|e| e.digit),
+            Some('2')
+        );
+        // A delayed end packet of '1' arrives after '2' started.
+        let end_of_one = &one.last().unwrap().0;
+        assert_eq!(rx.push(1, 1000, end_of_one, 8000), None);
+        assert_eq!(rx.push(1, 2600, &two.last().unwrap().0, 8000), None);
+        // Another source starts afresh; timestamps wrap: an event just past u32::MAX is new.
+        assert!(rx.push(2, u32::MAX - 100, &one[0].0, 8000).is_some());
+        assert!(rx.push(2, 200, &two[0].0, 8000).is_some());
+        // A clock restarted far back is a new event too.
+        assert!(rx
+            .push(2, 200u32.wrapping_sub(8000 * 60), &one[0].0, 8000)
+            .is_some());
+    }
+
+    #[test]
+    fn telephone_event_payloads_parse() {
+        assert_eq!(
+            parse_telephone_event(&[11, 0x8A, 0x03, 0x20, 0xFF]),
+            Ok(TelephoneEvent {
+                digit: '#',
+                end: true,
+                volume: 10,
+                duration: 800
+            })
+        );
+        assert_eq!(parse_telephone_event(&[1, 2]), Err(DtmfError::TooShort(2)));
+        assert_eq!(
+            parse_telephone_event(&[16, 0, 0, 0]),
+            Err(DtmfError::NotDtmf(16))
+        );
     }
 
     #[test]

@@ -16,11 +16,13 @@ fn segment(value: i32) -> i32 {
     exponent
 }
 
-/// Encodes one linear sample as mu-law.
+/// Encodes one linear sample as mu-law, bit-exact with ITU-T G.191's `ulaw_compress`.
 pub fn encode_ulaw(sample: i16) -> u8 {
     let mut pcm = i32::from(sample);
     let sign = if pcm < 0 {
-        pcm = -pcm;
+        // One's complement, as the reference does: plain negation puts 127 negative inputs
+        // that sit on a decision threshold into the neighbouring code.
+        pcm = !pcm;
         0x80
     } else {
         0
@@ -119,6 +121,53 @@ mod tests {
             );
             assert_eq!(encode_alaw(decode_alaw(byte)), byte, "A-law {byte:#04x}");
         }
+    }
+
+    /// ITU-T G.191 (Software Tools Library) `ulaw_compress`, as the reference formulates it:
+    /// 14-bit magnitude (one's complement for negative samples) plus 33, segment from the
+    /// leading one, complemented nibbles.
+    fn reference_ulaw(x: i16) -> u8 {
+        let x = i32::from(x);
+        let absno = (if x < 0 { (!x) >> 2 } else { x >> 2 } + 33).min(0x1FFF);
+        let mut i = absno >> 6;
+        let mut segno = 1;
+        while i != 0 {
+            segno += 1;
+            i >>= 1;
+        }
+        let high = 8 - segno;
+        let low = 0x0F - ((absno >> segno) & 0x0F);
+        let code = (high << 4) | low;
+        (if x >= 0 { code | 0x80 } else { code }) as u8
+    }
+
+    /// G.191 `alaw_compress`: 12-bit magnitude (one's complement for negative samples).
+    fn reference_alaw(x: i16) -> u8 {
+        let x = i32::from(x);
+        let mut ix = if x < 0 { (!x) >> 4 } else { x >> 4 };
+        if ix > 15 {
+            let mut iexp = 1;
+            while ix > 16 + 15 {
+                ix >>= 1;
+                iexp += 1;
+            }
+            ix = ix - 16 + (iexp << 4);
+        }
+        if x >= 0 {
+            ix |= 0x80;
+        }
+        (ix ^ 0x55) as u8
+    }
+
+    #[test]
+    fn encoders_match_the_itu_reference_for_every_input() {
+        for x in i16::MIN..=i16::MAX {
+            assert_eq!(encode_ulaw(x), reference_ulaw(x), "mu-law {x}");
+            assert_eq!(encode_alaw(x), reference_alaw(x), "A-law {x}");
+        }
+        // Negative thresholds where plain negation (instead of one's complement) is off by one.
+        assert_eq!(encode_ulaw(-31612), 0x01);
+        assert_eq!(encode_ulaw(-1), 0x7F);
     }
 
     #[test]

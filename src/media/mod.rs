@@ -10,12 +10,17 @@
 //! | [`dtmf`] | RFC 4733 telephone-events in and out |
 //! | [`receiver`] | one call's receive side: jitter buffer, decoding, concealment, DTMF |
 //! | [`sender`] | one call's send side: 20 ms pacing, silence, markers, DTMF |
-//! | [`rtcp`] | sender reports out, SR/RR/BYE in |
+//! | [`rtcp`] | sender and receiver reports out, SR/RR/BYE in |
 //! | [`barge_in`] | when the caller's speech must stop the bot |
+//!
+//! Every parser here takes `&[u8]` and returns a `Result`; `fuzz_tests` feeds them (and the
+//! whole receive path) seeded random and mutated datagrams.
 
 pub mod barge_in;
 pub mod codec;
 pub mod dtmf;
+#[cfg(test)]
+mod fuzz_tests;
 pub mod g711;
 pub mod jitter;
 pub mod receiver;

@@ -3,7 +3,7 @@
 //! whatever packet time the caller uses.
 
 use std::collections::VecDeque;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::codec::Codec;
 use super::dtmf::{DtmfEvent, DtmfReceiver};
@@ -107,8 +107,12 @@ impl MediaReceiver {
     /// One 20 ms frame at the codec's rate, or None while nothing is playing.
     pub fn poll_frame(&mut self, now: Instant) -> Option<Vec<f32>> {
         let want = self.codec.samples_per_frame(20);
+        let rate = u64::from(self.codec.sample_rate().max(1));
         while self.pending.len() < want {
-            match self.jitter.pop(now) {
+            // Samples still queued from a longer packet play first: the next packet's slot
+            // starts after them, which is what the jitter buffer measures its delay against.
+            let queued = Duration::from_micros(self.pending.len() as u64 * 1_000_000 / rate);
+            match self.jitter.pop(now + queued) {
                 Playout::Frame(packet) => {
                     let mut decoded = Vec::with_capacity(packet.payload.len());
                     self.codec.decode(&packet.payload, &mut decoded);
@@ -176,7 +180,6 @@ mod tests {
     use super::*;
     use crate::media::dtmf::dtmf_payloads;
     use crate::media::rtp::RtpPacket;
-    use std::time::Duration;
 
     fn datagram(pt: u8, seq: u16, payload: Vec<u8>) -> Vec<u8> {
         RtpPacket {

@@ -94,6 +94,22 @@ pub fn sender_report(
     out
 }
 
+/// A compound RTCP packet for a side that is not sending (hold, recvonly): RR (with a report
+/// block when `report` is given) and SDES CNAME.
+pub fn receiver_report(ssrc: u32, report: Option<&ReceptionReport>, cname: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64);
+    let count = u8::from(report.is_some());
+    out.extend_from_slice(&[0x80 | count, 201, 0, 0]);
+    out.extend_from_slice(&ssrc.to_be_bytes());
+    if let Some(r) = report {
+        push_report_block(&mut out, r);
+    }
+    let words = (out.len() / 4 - 1) as u16;
+    out[2..4].copy_from_slice(&words.to_be_bytes());
+    push_sdes_cname(&mut out, ssrc, cname);
+    out
+}
+
 /// What an incoming compound RTCP packet said.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RtcpSummary {
@@ -209,6 +225,32 @@ mod tests {
         let secs = 1_700_000_000u64 + NTP_UNIX_OFFSET;
         assert_eq!(ntp_mid, ((secs as u32) << 16));
         assert!(!summary.bye);
+    }
+
+    #[test]
+    fn receiver_report_round_trips() {
+        let report = ReceptionReport {
+            ssrc: 0xABCD,
+            fraction_lost: 3,
+            cumulative_lost: 0x7F_FFFF + 10, // clamped to 24 bits
+            extended_highest_seq: 65536 + 12,
+            jitter: 40,
+            ..Default::default()
+        };
+        let bytes = receiver_report(9, Some(&report), "voicebot");
+        assert_eq!(bytes.len() % 4, 0);
+        assert_eq!(&bytes[..2], &[0x81, 201]);
+        let summary = parse_rtcp(&bytes).unwrap();
+        assert_eq!(
+            summary.reports,
+            vec![ReceptionReport {
+                cumulative_lost: 0x7F_FFFF,
+                ..report
+            }]
+        );
+        assert_eq!(summary.sender_report, None);
+        let empty = parse_rtcp(&receiver_report(9, None, "")).unwrap();
+        assert!(empty.reports.is_empty());
     }
 
     #[test]

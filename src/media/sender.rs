@@ -26,9 +26,12 @@ pub struct RtpSender {
     queue: VecDeque<f32>,
     talking: bool,
     telephone_event_pt: Option<u8>,
-    /// RFC 4733 payloads still to send for the current key press, with its start timestamp.
-    dtmf: VecDeque<(Vec<u8>, u32, bool)>,
+    /// RFC 4733 payloads still to send, each flagged when it starts a key press.
+    dtmf: VecDeque<(Vec<u8>, bool)>,
+    /// RTP timestamp of the key press being sent: the slot of its first packet.
+    dtmf_timestamp: u32,
     played: u64,
+    octets: u64,
 }
 
 impl RtpSender {
@@ -56,7 +59,9 @@ impl RtpSender {
             talking: false,
             telephone_event_pt: None,
             dtmf: VecDeque::new(),
+            dtmf_timestamp: 0,
             played: 0,
+            octets: 0,
         }
     }
 
@@ -98,11 +103,18 @@ impl RtpSender {
         if now < self.next_due() {
             return None;
         }
-        let packet = if let Some((payload, event_ts, first)) = self.dtmf.pop_front() {
+        let packet = if let Some((payload, first)) = self.dtmf.pop_front() {
+            if first {
+                // A key press is stamped with the slot it starts in (RFC 4733 section 2.3.1),
+                // so digits queued back to back still get distinct timestamps.
+                self.dtmf_timestamp = self.timestamp;
+            }
+            // Speech after the digit starts a new talkspurt.
+            self.talking = false;
             RtpPacket {
                 payload_type: self.telephone_event_pt.unwrap_or(101),
                 sequence: self.sequence,
-                timestamp: event_ts,
+                timestamp: self.dtmf_timestamp,
                 ssrc: self.ssrc,
                 marker: first,
                 payload,
@@ -129,6 +141,7 @@ impl RtpSender {
         self.sequence = self.sequence.wrapping_add(1);
         self.timestamp = self.timestamp.wrapping_add(self.frame_samples as u32);
         self.sent += 1;
+        self.octets += packet.payload.len() as u64;
         Some(packet.to_bytes())
     }
 
@@ -136,9 +149,8 @@ impl RtpSender {
     pub fn send_dtmf(&mut self, digit: char, duration_ms: u32) -> Result<(), DtmfError> {
         let ptime_ms = self.ptime.as_millis() as u32;
         let payloads = dtmf_payloads(digit, duration_ms, self.codec.clock_rate(), ptime_ms)?;
-        let event_ts = self.timestamp;
         for (i, (payload, _end)) in payloads.into_iter().enumerate() {
-            self.dtmf.push_back((payload, event_ts, i == 0));
+            self.dtmf.push_back((payload, i == 0));
         }
         Ok(())
     }
@@ -147,6 +159,8 @@ impl RtpSender {
     pub fn flush(&mut self) -> usize {
         let n = self.queue.len();
         self.queue.clear();
+        // Whatever is queued next is a new talkspurt.
+        self.talking = false;
         n
     }
 
@@ -171,7 +185,7 @@ impl RtpSender {
 
     /// Payload bytes sent so far (for RTCP sender reports).
     pub fn octets_sent(&self) -> u64 {
-        self.sent * self.frame_samples as u64
+        self.octets
     }
 
     /// The RTP timestamp the next packet will carry.
@@ -244,5 +258,46 @@ mod tests {
         assert!(packets[0].marker);
         assert_eq!(packets[5].payload_type, 0);
         assert_eq!(packets[5].timestamp, 1000 + 5 * 160);
+        assert_eq!(tx.octets_sent(), 5 * 4 + 160);
+    }
+
+    #[test]
+    fn back_to_back_digits_have_their_own_timestamps() {
+        let t0 = Instant::now();
+        let mut tx = RtpSender::new(Codec::Pcmu, 0, 5, 0, 1000, 20, t0);
+        tx.set_telephone_event_pt(Some(101));
+        tx.send_dtmf('1', 40).unwrap();
+        tx.send_dtmf('2', 40).unwrap();
+        tx.enqueue(&[0.5; 160]);
+        let packets: Vec<_> = (0..9)
+            .filter_map(|i| tx.poll(t0 + Duration::from_millis(20 * i)))
+            .map(|p| parse_rtp(&p).unwrap())
+            .collect();
+        // '1': one update and three end packets from slot 0; '2' the same from slot 4.
+        let stamps: Vec<_> = packets[..8].iter().map(|p| p.timestamp).collect();
+        assert_eq!(stamps, [1000, 1000, 1000, 1000, 1640, 1640, 1640, 1640]);
+        let markers: Vec<_> = packets.iter().map(|p| p.marker).collect();
+        assert_eq!(
+            markers,
+            [true, false, false, false, true, false, false, false, true]
+        );
+        // Speech after the digits starts a talkspurt at its own slot.
+        assert_eq!(
+            (packets[8].payload_type, packets[8].timestamp),
+            (0, 1000 + 8 * 160)
+        );
+    }
+
+    #[test]
+    fn speech_after_a_barge_in_flush_is_a_new_talkspurt() {
+        let t0 = Instant::now();
+        let mut tx = RtpSender::new(Codec::Pcmu, 0, 5, 0, 0, 20, t0);
+        tx.enqueue(&[0.5; 800]);
+        let first = parse_rtp(&tx.poll(t0).unwrap()).unwrap();
+        assert!(first.marker);
+        assert_eq!(tx.flush(), 640);
+        tx.enqueue(&[0.5; 160]);
+        let next = parse_rtp(&tx.poll(t0 + Duration::from_millis(20)).unwrap()).unwrap();
+        assert!(next.marker);
     }
 }
