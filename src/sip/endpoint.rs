@@ -1277,6 +1277,13 @@ Max-Forwards: 70\r\n{extra}{ct}Content-Length: {}\r\n\r\n{body}",
         }
     }
 
+    /// The caller's ACK for the 200 OK, and the CallConfirmed event it causes.
+    fn confirm(ep: &mut SipEndpoint, tag: &str, t: Instant) {
+        let ack = request("ACK", "z9hG4bK2", 1, Some(tag), "", "");
+        ep.handle_bytes(caller(), local_ip(), &ack, t);
+        assert!(matches!(ep.poll_event(), Some(Event::CallConfirmed(_))));
+    }
+
     /// Runs an INVITE up to the answer; returns the endpoint, the handle and our To tag.
     fn answered(t0: Instant) -> (SipEndpoint, CallHandle, String) {
         let mut ep = endpoint(10);
@@ -1442,13 +1449,7 @@ Max-Forwards: 70\r\n{extra}{ct}Content-Length: {}\r\n\r\n{body}",
     fn hangup_sends_bye_and_retransmits_until_answered() {
         let t0 = Instant::now();
         let (mut ep, handle, tag) = answered(t0);
-        ep.handle_bytes(
-            caller(),
-            local_ip(),
-            &request("ACK", "z9hG4bK2", 1, Some(&tag), "", ""),
-            t0,
-        );
-        ep.poll_event();
+        confirm(&mut ep, &tag, t0);
         ep.hangup(handle, t0);
         let out = sent(&mut ep);
         assert_eq!(out.len(), 1);
@@ -1491,13 +1492,7 @@ Max-Forwards: 70\r\n{extra}{ct}Content-Length: {}\r\n\r\n{body}",
     fn reinvite_hold_changes_media() {
         let t0 = Instant::now();
         let (mut ep, handle, tag) = answered(t0);
-        ep.handle_bytes(
-            caller(),
-            local_ip(),
-            &request("ACK", "z9hG4bK2", 1, Some(&tag), "", ""),
-            t0,
-        );
-        ep.poll_event();
+        confirm(&mut ep, &tag, t0);
         let hold = format!("{SDP}a=sendonly\r\n");
         ep.handle_bytes(
             caller(),
@@ -1546,13 +1541,7 @@ Max-Forwards: 70\r\n{extra}{ct}Content-Length: {}\r\n\r\n{body}",
         let ok = sent(&mut ep);
         assert_eq!(ok[0].header("Session-Expires"), Some("120;refresher=uac"));
         let tag = ok[0].to_tag().unwrap().to_string();
-        ep.handle_bytes(
-            caller(),
-            local_ip(),
-            &request("ACK", "z9hG4bK2", 1, Some(&tag), "", ""),
-            t0,
-        );
-        ep.poll_event();
+        confirm(&mut ep, &tag, t0);
         ep.handle_timeout(t0 + Duration::from_secs(121));
         let out = sent(&mut ep);
         assert!(out.iter().any(|m| m.method() == Some(&Method::Bye)));
