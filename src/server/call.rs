@@ -21,6 +21,7 @@ use crate::media::barge_in::{BargeIn, BargeInConfig};
 use crate::media::jitter::JitterConfig;
 use crate::media::receiver::MediaReceiver;
 use crate::media::rtcp::{parse_rtcp, sender_report, ReceptionReport, SenderInfo};
+use crate::media::rtp::is_rtcp;
 use crate::media::sender::RtpSender;
 use crate::pipeline::{run_call, CallInput, CallOutput, Engines, SpeechKind};
 use crate::report::CallReport;
@@ -261,6 +262,7 @@ pub async fn run_call_media(setup: CallSetup) {
     let mut dtmf = Vec::new();
     let mut frames_fed: u64 = 0;
     let mut receiving = false;
+    let mut latched = false;
     let mut buf = vec![0u8; 2048];
     let mut ended_by: Option<String> = None;
     // The bot finished (goodbye or escalation): hang up once its last words are out.
@@ -275,17 +277,21 @@ pub async fn run_call_media(setup: CallSetup) {
             received = socket.recv_from(&mut buf) => {
                 let Ok((n, from)) = received else { continue };
                 let now = Instant::now();
+                let rtp_packet = !is_rtcp(&buf[..n]);
                 match receiver.push_datagram(&buf[..n], now) {
                     Ok(event) => {
                         // Symmetric RTP: answer where the caller's media really comes from
-                        // (NAT, or an SDP address that is not the sending one).
-                        if from != remote {
+                        // (NAT, or an SDP address that is not the sending one). Only the first
+                        // RTP packet moves the destination: later strays or spoofed packets
+                        // cannot redirect the bot's audio (a re-INVITE can).
+                        if rtp_packet && !latched && from != remote {
                             tracing::info!(%from, sdp = %remote, "RTP source differs from SDP; sending there (symmetric RTP)");
                             remote = from;
                             if let Ok(mut s) = stream.lock() {
                                 s.remote = from;
                             }
                         }
+                        latched |= rtp_packet;
                         receiving = true;
                         if let Some(ev) = event {
                             let at = Duration::from_millis(frames_fed * u64::from(PTIME_MS));
