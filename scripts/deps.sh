@@ -5,6 +5,7 @@
 #   espeak-ng: the bot's default voice (run as a separate program) and test speech
 #   sox: audio checks in tests
 #   python3: the model provisioning script
+#   libopus-dev, pkg-config: the Opus codec (libopus, BSD), linked through audiopus
 #   sip-tester: SIPp, the SIP peer the end-to-end tests and the capacity benchmark call with
 #   python3-venv: the virtual environment for pjsua2 (PJSIP's Python binding), the other peer
 set -euo pipefail
@@ -20,6 +21,8 @@ have_cmd espeak-ng || need+=(espeak-ng)
 have_cmd sox || need+=(sox)
 have_cmd python3 || need+=(python3)
 have_cmd sipp || need+=(sip-tester)
+have_pkg libopus-dev || need+=(libopus-dev)
+have_cmd pkg-config || need+=(pkg-config)
 have_cmd pip3 || python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
 have_cmd cc || need+=(build-essential)
 have_cmd cargo || { echo "deps: cargo (Rust) is not installed; install a Rust toolchain (rustup) first" >&2; exit 1; }

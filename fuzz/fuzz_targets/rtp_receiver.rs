@@ -11,7 +11,7 @@ use voicebot_gateway::media::receiver::MediaReceiver;
 
 fuzz_target!(|data: &[u8]| {
     let t0 = Instant::now();
-    let mut rx = MediaReceiver::new(Codec::Pcmu, Some(101), JitterConfig::default());
+    let mut rx = MediaReceiver::new(Codec::Pcmu, Some(101), JitterConfig::default()).expect("receiver");
     // Datagrams separated by a 0xFE byte, one 20 ms tick after each.
     for (i, datagram) in data.split(|&b| b == 0xFE).enumerate() {
         let now = t0 + Duration::from_millis(i as u64 * 20);

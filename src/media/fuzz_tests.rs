@@ -136,7 +136,8 @@ fn rtcp_parser_survives_any_bytes() {
 fn receive_path_survives_any_datagrams() {
     let mut rng = StdRng::seed_from_u64(4);
     let t0 = Instant::now();
-    let mut rx = MediaReceiver::new(Codec::Pcmu, Some(101), JitterConfig::default());
+    let mut rx =
+        MediaReceiver::new(Codec::Pcmu, Some(101), JitterConfig::default()).expect("receiver");
     let mut jb = JitterBuffer::new(JitterConfig::default());
     let mut now = t0;
     for i in 0..CASES {

@@ -5,7 +5,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use super::codec::Codec;
+use super::codec::{AudioDecoder, Codec, CodecError};
 use super::dtmf::{DtmfEvent, DtmfReceiver};
 use super::jitter::{JitterBuffer, JitterConfig, JitterStats, Playout};
 use super::rtp::{is_rtcp, parse_rtp, RtpError};
@@ -32,6 +32,9 @@ pub struct ReceiverStats {
 #[derive(Debug)]
 pub struct MediaReceiver {
     codec: Codec,
+    decoder: AudioDecoder,
+    /// The negotiated audio payload type.
+    payload_type: u8,
     telephone_event_pt: Option<u8>,
     jitter: JitterBuffer,
     dtmf: DtmfReceiver,
@@ -46,9 +49,17 @@ pub struct MediaReceiver {
 }
 
 impl MediaReceiver {
-    pub fn new(codec: Codec, telephone_event_pt: Option<u8>, jitter: JitterConfig) -> Self {
-        Self {
+    /// A receiver for `codec` on its default payload type (see
+    /// [`set_payload_type`](Self::set_payload_type) for a negotiated dynamic one).
+    pub fn new(
+        codec: Codec,
+        telephone_event_pt: Option<u8>,
+        jitter: JitterConfig,
+    ) -> Result<Self, CodecError> {
+        Ok(Self {
             codec,
+            decoder: codec.decoder()?,
+            payload_type: codec.default_payload_type(),
             telephone_event_pt,
             jitter: JitterBuffer::new(jitter),
             dtmf: DtmfReceiver::new(),
@@ -60,13 +71,22 @@ impl MediaReceiver {
             rtcp: 0,
             other_payload: 0,
             malformed: 0,
-        }
+        })
     }
 
-    /// A re-INVITE changed the codec.
-    pub fn set_codec(&mut self, codec: Codec) {
+    /// The payload type the answer gave the codec (Opus's is dynamic).
+    pub fn set_payload_type(&mut self, payload_type: u8) {
+        self.payload_type = payload_type;
+    }
+
+    /// A re-INVITE changed the codec (and its payload type).
+    pub fn set_codec(&mut self, codec: Codec, payload_type: u8) -> Result<(), CodecError> {
+        self.decoder = codec.decoder()?;
         self.codec = codec;
+        self.payload_type = payload_type;
         self.pending.clear();
+        self.last_frame.clear();
+        Ok(())
     }
 
     /// A datagram from the RTP port: a DTMF digit when it starts a key press.
@@ -93,10 +113,11 @@ impl MediaReceiver {
                 packet.ssrc,
                 packet.timestamp,
                 &packet.payload,
-                self.codec.clock_rate(),
+                // telephone-event/8000, the rate negotiated whatever the audio codec.
+                8000,
             ));
         }
-        if packet.payload_type == self.codec.static_payload_type() {
+        if packet.payload_type == self.payload_type {
             self.jitter.push(packet, now);
         } else {
             self.other_payload += 1;
@@ -114,8 +135,14 @@ impl MediaReceiver {
             let queued = Duration::from_micros(self.pending.len() as u64 * 1_000_000 / rate);
             match self.jitter.pop(now + queued) {
                 Playout::Frame(packet) => {
-                    let mut decoded = Vec::with_capacity(packet.payload.len());
-                    self.codec.decode(&packet.payload, &mut decoded);
+                    let mut decoded = Vec::with_capacity(want);
+                    self.decoder.decode(&packet.payload, &mut decoded);
+                    if decoded.is_empty() {
+                        // Undecodable payload: conceal it like a lost packet.
+                        let frame = self.conceal(want);
+                        self.pending.extend(frame);
+                        continue;
+                    }
                     self.concealed = 0;
                     self.last_frame.clone_from(&decoded);
                     self.pending.extend(decoded);
@@ -196,7 +223,7 @@ mod tests {
     #[test]
     fn decodes_conceals_and_reports_dtmf() {
         let t0 = Instant::now();
-        let mut rx = MediaReceiver::new(Codec::Pcmu, Some(101), JitterConfig::default());
+        let mut rx = MediaReceiver::new(Codec::Pcmu, Some(101), JitterConfig::default()).unwrap();
         // A loud 20 ms frame (mu-law 0x80 is near full scale), then a lost packet.
         rx.push_datagram(&datagram(0, 1, vec![0x80; 160]), t0)
             .unwrap();
@@ -227,7 +254,7 @@ mod tests {
     #[test]
     fn thirty_ms_packets_come_out_as_twenty_ms_frames() {
         let t0 = Instant::now();
-        let mut rx = MediaReceiver::new(Codec::Pcma, None, JitterConfig::default());
+        let mut rx = MediaReceiver::new(Codec::Pcma, None, JitterConfig::default()).unwrap();
         for seq in 0..4u16 {
             rx.push_datagram(&datagram(8, seq, vec![0xD5; 240]), t0)
                 .unwrap();
@@ -236,5 +263,44 @@ mod tests {
         let frames: Vec<_> = (0..6).filter_map(|_| rx.poll_frame(later)).collect();
         assert_eq!(frames.len(), 6);
         assert!(frames.iter().all(|f| f.len() == 160));
+    }
+
+    #[test]
+    fn opus_on_a_dynamic_payload_type_round_trips_through_rtp() {
+        use crate::media::sender::RtpSender;
+        let t0 = Instant::now();
+        let mut tx = RtpSender::new(Codec::Opus, 96, 1, 0, 0, 20, t0).unwrap();
+        let jitter = JitterConfig {
+            clock_rate: 48_000,
+            frame_samples: 960,
+            ..JitterConfig::default()
+        };
+        let mut rx = MediaReceiver::new(Codec::Opus, Some(101), jitter).unwrap();
+        rx.set_payload_type(96);
+        let tone: Vec<f32> = (0..16_000)
+            .map(|i| 0.4 * (2.0 * std::f32::consts::PI * 300.0 * i as f32 / 16_000.0).sin())
+            .collect();
+        tx.enqueue(&tone);
+        let mut frames = Vec::new();
+        for k in 0..60u64 {
+            let now = t0 + Duration::from_millis(20 * k);
+            while let Some(packet) = tx.poll(now) {
+                let p = parse_rtp(&packet).unwrap();
+                assert_eq!(p.payload_type, 96);
+                assert_eq!(p.timestamp, (k as u32) * 960, "48 kHz RTP clock");
+                rx.push_datagram(&packet, now).unwrap();
+            }
+            frames.extend(rx.poll_frame(now));
+        }
+        assert!(frames.iter().all(|f| f.len() == 320), "20 ms at 16 kHz");
+        let loud = frames
+            .iter()
+            .filter(|f| (f.iter().map(|s| s * s).sum::<f32>() / 320.0).sqrt() > 0.15)
+            .count();
+        assert!(
+            loud >= 40,
+            "{loud} of {} frames carry the tone",
+            frames.len()
+        );
     }
 }

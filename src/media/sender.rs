@@ -7,20 +7,22 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use super::codec::Codec;
+use super::codec::{AudioEncoder, Codec, CodecError};
 use super::dtmf::{dtmf_payloads, DtmfError};
 use super::rtp::RtpPacket;
 
 /// One call's paced RTP sender.
 #[derive(Debug)]
 pub struct RtpSender {
-    codec: Codec,
+    encoder: AudioEncoder,
     payload_type: u8,
     ssrc: u32,
     sequence: u16,
     timestamp: u32,
     ptime: Duration,
     frame_samples: usize,
+    /// RTP timestamp units per packet (differs from `frame_samples` for Opus's 48 kHz clock).
+    frame_timestamp: u32,
     start: Instant,
     sent: u64,
     queue: VecDeque<f32>,
@@ -43,16 +45,17 @@ impl RtpSender {
         initial_timestamp: u32,
         ptime_ms: u32,
         start: Instant,
-    ) -> Self {
+    ) -> Result<Self, CodecError> {
         let ptime_ms = ptime_ms.clamp(10, 60);
-        Self {
-            codec,
+        Ok(Self {
+            encoder: codec.encoder()?,
             payload_type,
             ssrc,
             sequence: initial_sequence,
             timestamp: initial_timestamp,
             ptime: Duration::from_millis(u64::from(ptime_ms)),
             frame_samples: codec.samples_per_frame(ptime_ms),
+            frame_timestamp: codec.timestamp_per_frame(ptime_ms),
             start,
             sent: 0,
             queue: VecDeque::new(),
@@ -62,11 +65,16 @@ impl RtpSender {
             dtmf_timestamp: 0,
             played: 0,
             octets: 0,
-        }
+        })
     }
 
     /// A sender with a random SSRC, sequence number and timestamp (RFC 3550 section 5.1).
-    pub fn new_random(codec: Codec, payload_type: u8, ptime_ms: u32, start: Instant) -> Self {
+    pub fn new_random(
+        codec: Codec,
+        payload_type: u8,
+        ptime_ms: u32,
+        start: Instant,
+    ) -> Result<Self, CodecError> {
         Self::new(
             codec,
             payload_type,
@@ -126,7 +134,7 @@ impl RtpSender {
             self.played += n as u64;
             frame.resize(self.frame_samples, 0.0);
             let mut payload = Vec::with_capacity(self.frame_samples);
-            self.codec.encode(&frame, &mut payload);
+            self.encoder.encode(&frame, &mut payload);
             let marker = speaking && !self.talking;
             self.talking = speaking;
             RtpPacket {
@@ -139,7 +147,7 @@ impl RtpSender {
             }
         };
         self.sequence = self.sequence.wrapping_add(1);
-        self.timestamp = self.timestamp.wrapping_add(self.frame_samples as u32);
+        self.timestamp = self.timestamp.wrapping_add(self.frame_timestamp);
         self.sent += 1;
         self.octets += packet.payload.len() as u64;
         Some(packet.to_bytes())
@@ -148,7 +156,8 @@ impl RtpSender {
     /// Sends a digit (RFC 4733) in place of the next audio packets.
     pub fn send_dtmf(&mut self, digit: char, duration_ms: u32) -> Result<(), DtmfError> {
         let ptime_ms = self.ptime.as_millis() as u32;
-        let payloads = dtmf_payloads(digit, duration_ms, self.codec.clock_rate(), ptime_ms)?;
+        // telephone-event/8000, the rate negotiated whatever the audio codec.
+        let payloads = dtmf_payloads(digit, duration_ms, 8000, ptime_ms)?;
         for (i, (payload, _end)) in payloads.into_iter().enumerate() {
             self.dtmf.push_back((payload, i == 0));
         }
@@ -202,7 +211,7 @@ mod tests {
     #[test]
     fn paces_on_a_fixed_grid_with_silence_and_markers() {
         let t0 = Instant::now();
-        let mut tx = RtpSender::new(Codec::Pcmu, 0, 5, 65534, u32::MAX - 100, 20, t0);
+        let mut tx = RtpSender::new(Codec::Pcmu, 0, 5, 65534, u32::MAX - 100, 20, t0).unwrap();
         assert!(tx.poll(t0).is_some(), "first packet at once");
         assert!(tx.poll(t0 + Duration::from_millis(19)).is_none());
         assert_eq!(tx.next_due(), t0 + Duration::from_millis(20));
@@ -233,7 +242,7 @@ mod tests {
     #[test]
     fn flush_reports_unplayed_speech() {
         let t0 = Instant::now();
-        let mut tx = RtpSender::new_random(Codec::Pcma, 8, 20, t0);
+        let mut tx = RtpSender::new_random(Codec::Pcma, 8, 20, t0).unwrap();
         tx.enqueue(&vec![0.1; 1000]);
         tx.poll(t0);
         assert!(tx.is_speaking());
@@ -244,7 +253,7 @@ mod tests {
     #[test]
     fn dtmf_replaces_audio_packets() {
         let t0 = Instant::now();
-        let mut tx = RtpSender::new(Codec::Pcmu, 0, 5, 0, 1000, 20, t0);
+        let mut tx = RtpSender::new(Codec::Pcmu, 0, 5, 0, 1000, 20, t0).unwrap();
         tx.set_telephone_event_pt(Some(101));
         tx.send_dtmf('5', 60).unwrap();
         assert!(tx.send_dtmf('x', 60).is_err());
@@ -264,7 +273,7 @@ mod tests {
     #[test]
     fn back_to_back_digits_have_their_own_timestamps() {
         let t0 = Instant::now();
-        let mut tx = RtpSender::new(Codec::Pcmu, 0, 5, 0, 1000, 20, t0);
+        let mut tx = RtpSender::new(Codec::Pcmu, 0, 5, 0, 1000, 20, t0).unwrap();
         tx.set_telephone_event_pt(Some(101));
         tx.send_dtmf('1', 40).unwrap();
         tx.send_dtmf('2', 40).unwrap();
@@ -291,7 +300,7 @@ mod tests {
     #[test]
     fn speech_after_a_barge_in_flush_is_a_new_talkspurt() {
         let t0 = Instant::now();
-        let mut tx = RtpSender::new(Codec::Pcmu, 0, 5, 0, 0, 20, t0);
+        let mut tx = RtpSender::new(Codec::Pcmu, 0, 5, 0, 0, 20, t0).unwrap();
         tx.enqueue(&[0.5; 800]);
         let first = parse_rtp(&tx.poll(t0).unwrap()).unwrap();
         assert!(first.marker);

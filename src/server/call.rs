@@ -18,6 +18,7 @@ use crate::audio::frames::AudioFrame;
 use crate::audio::resample::resample_all;
 use crate::flows::Flow;
 use crate::media::barge_in::{BargeIn, BargeInConfig};
+use crate::media::codec::CodecError;
 use crate::media::jitter::JitterConfig;
 use crate::media::receiver::MediaReceiver;
 use crate::media::rtcp::{parse_rtcp, sender_report, ReceptionReport, SenderInfo};
@@ -218,15 +219,29 @@ pub async fn run_call_media(setup: CallSetup) {
     let mut next_rtcp = started + RTCP_INTERVAL;
     let mut media = call.media.clone();
     let mut remote: SocketAddr = media.remote_rtp;
-    let jitter = JitterConfig {
-        clock_rate: media.codec.clock_rate(),
-        frame_samples: media.codec.samples_per_frame(PTIME_MS) as u32,
-        min_delay_ms: media_cfg.jitter_min_ms,
-        max_delay_ms: media_cfg.jitter_max_ms,
+    let (min_delay_ms, max_delay_ms) = (media_cfg.jitter_min_ms, media_cfg.jitter_max_ms);
+    // The receive and send sides for a negotiated codec (again after a codec change).
+    let media_ends = |m: &Negotiated, start: Instant| {
+        let jitter = JitterConfig {
+            clock_rate: m.codec.clock_rate(),
+            frame_samples: m.codec.timestamp_per_frame(PTIME_MS),
+            min_delay_ms,
+            max_delay_ms,
+        };
+        let mut receiver = MediaReceiver::new(m.codec, m.telephone_event_pt, jitter)?;
+        receiver.set_payload_type(m.payload_type);
+        let mut sender = RtpSender::new_random(m.codec, m.payload_type, PTIME_MS, start)?;
+        sender.set_telephone_event_pt(m.telephone_event_pt);
+        Ok::<_, CodecError>((receiver, sender))
     };
-    let mut receiver = MediaReceiver::new(media.codec, media.telephone_event_pt, jitter);
-    let mut sender = RtpSender::new_random(media.codec, media.payload_type, PTIME_MS, started);
-    sender.set_telephone_event_pt(media.telephone_event_pt);
+    let (mut receiver, sender) = match media_ends(&media, started) {
+        Ok(ends) => ends,
+        Err(e) => {
+            tracing::error!(error = %e, codec = %media.codec, "cannot set up the codec; hanging up");
+            let _ = hangup.send(Inbound::Hangup(handle)).await;
+            return;
+        }
+    };
     let send_socket = match ports.rtp.try_clone() {
         Ok(s) => s,
         Err(e) => {
@@ -243,7 +258,7 @@ pub async fn run_call_media(setup: CallSetup) {
         (started + Duration::from_millis(u64::from(PTIME_MS))).into(),
         Duration::from_millis(u64::from(PTIME_MS)),
     );
-    let rate = media.codec.sample_rate();
+    let mut rate = media.codec.sample_rate();
     let mut barge_in = BargeIn::new(BargeInConfig {
         min_speech_ms: media_cfg.barge_in_min_speech_ms,
         floor_dbfs: media_cfg.barge_in_floor_dbfs,
@@ -423,18 +438,25 @@ pub async fn run_call_media(setup: CallSetup) {
             ctl = control.recv() => match ctl {
                 Some(CallControl::Confirmed) => tracing::debug!("ACK received"),
                 Some(CallControl::MediaChanged(m)) => {
-                    if m.codec != media.codec {
-                        receiver.set_codec(m.codec);
-                    }
+                    // A new codec is a new stream both ways: a fresh jitter buffer for its clock,
+                    // fresh sequence numbers, timestamps and SSRC.
+                    let new_ends = if m.codec != media.codec || m.payload_type != media.payload_type {
+                        match media_ends(&m, Instant::now()) {
+                            Ok(ends) => Some(ends),
+                            Err(e) => {
+                                tracing::error!(error = %e, "cannot switch codec; keeping the old one");
+                                None
+                            }
+                        }
+                    } else {
+                        None
+                    };
                     remote = m.remote_rtp;
                     if let Ok(mut s) = stream.lock() {
-                        if m.codec != media.codec {
-                            // A new codec is a new stream: fresh sequence, timestamps and SSRC.
-                            let mut sender = RtpSender::new_random(
-                                m.codec, m.payload_type, PTIME_MS, Instant::now(),
-                            );
-                            sender.set_telephone_event_pt(m.telephone_event_pt);
-                            s.sender = sender;
+                        if let Some((new_receiver, new_sender)) = new_ends {
+                            receiver = new_receiver;
+                            rate = m.codec.sample_rate();
+                            s.sender = new_sender;
                         }
                         s.remote = m.remote_rtp;
                         s.sending = m.direction.sends();

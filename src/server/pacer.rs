@@ -214,7 +214,7 @@ mod tests {
         rx.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
         let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
         let pacer = Pacer::start().unwrap();
-        let sender = RtpSender::new_random(Codec::Pcmu, 0, 20, Instant::now());
+        let sender = RtpSender::new_random(Codec::Pcmu, 0, 20, Instant::now()).unwrap();
         let stream = pacer.register(PacedStream::new(sender, tx, rx.local_addr().unwrap()));
         let started = Instant::now();
         let mut buf = [0u8; 512];

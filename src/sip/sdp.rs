@@ -393,15 +393,14 @@ pub fn offer_sdp(local: &LocalMedia, codecs: &[Codec], telephone_event_pt: u8) -
     } else {
         codecs
     };
-    let mut formats: Vec<(u8, &str, u32)> = Vec::new();
+    let mut formats: Vec<(u8, Codec)> = Vec::new();
     for codec in codecs {
-        let pt = codec.static_payload_type();
-        if !formats.iter().any(|(p, _, _)| *p == pt) {
-            formats.push((pt, codec.encoding_name(), codec.clock_rate()));
+        let pt = codec.default_payload_type();
+        if !formats.iter().any(|(p, _)| *p == pt) {
+            formats.push((pt, *codec));
         }
     }
-    let te =
-        (!formats.iter().any(|(p, _, _)| *p == telephone_event_pt)).then_some(telephone_event_pt);
+    let te = (!formats.iter().any(|(p, _)| *p == telephone_event_pt)).then_some(telephone_event_pt);
 
     let mut session = local_session(local);
     session.add_media(audio_media(
@@ -426,11 +425,7 @@ fn negotiated_media(local: &LocalMedia, negotiated: &Negotiated) -> Media {
     let codec = negotiated.codec;
     audio_media(
         local.rtp_port,
-        &[(
-            negotiated.payload_type,
-            codec.encoding_name(),
-            codec.clock_rate(),
-        )],
+        &[(negotiated.payload_type, codec)],
         negotiated.telephone_event_pt,
         negotiated.ptime_ms,
         negotiated.direction,
@@ -439,21 +434,28 @@ fn negotiated_media(local: &LocalMedia, negotiated: &Negotiated) -> Media {
 
 fn audio_media(
     port: u16,
-    formats: &[(u8, &str, u32)],
+    formats: &[(u8, Codec)],
     telephone_event_pt: Option<u8>,
     ptime_ms: u32,
     direction: Direction,
 ) -> Media {
     let fmt = formats
         .iter()
-        .map(|(pt, _, _)| *pt)
+        .map(|(pt, _)| *pt)
         .chain(telephone_event_pt)
         .map(|pt| pt.to_string())
         .collect::<Vec<_>>()
         .join(" ");
     let mut media = Media::new(MediaType::Audio, port, TransportProto::RtpAvp, fmt);
-    for (pt, name, clock_rate) in formats {
-        media.add_attribute(rtpmap(*pt, name, *clock_rate));
+    for (pt, codec) in formats {
+        let rtpmap = match codec.rtpmap_channels() {
+            Some(n) => format!("{pt} {}/{}/{n}", codec.encoding_name(), codec.clock_rate()),
+            None => format!("{pt} {}/{}", codec.encoding_name(), codec.clock_rate()),
+        };
+        media.add_attribute(Attribute::with_value("rtpmap", rtpmap));
+        if let Some(fmtp) = codec.fmtp() {
+            media.add_attribute(Attribute::with_value("fmtp", format!("{pt} {fmtp}")));
+        }
     }
     if let Some(te) = telephone_event_pt {
         media.add_attribute(rtpmap(te, TELEPHONE_EVENT, 8000));
@@ -545,19 +547,16 @@ fn offered_codecs(media_no: usize, media: &Media) -> Result<Vec<OfferedCodec>, S
             continue;
         }
         let offered = match rtpmaps.iter().find(|m| m.payload_type == payload_type) {
-            Some(map) => {
-                let mono = map
-                    .encoding_params
-                    .as_deref()
-                    .is_none_or(|channels| channels.trim() == "1");
-                OfferedCodec {
-                    payload_type,
-                    codec: Codec::from_rtpmap(map.encoding_name.trim(), map.clock_rate)
-                        .filter(|_| mono),
-                    name: map.encoding_name.clone(),
-                    clock_rate: map.clock_rate,
-                }
-            }
+            Some(map) => OfferedCodec {
+                payload_type,
+                codec: Codec::from_rtpmap(
+                    map.encoding_name.trim(),
+                    map.clock_rate,
+                    map.encoding_params.as_deref(),
+                ),
+                name: map.encoding_name.clone(),
+                clock_rate: map.clock_rate,
+            },
             None => static_codec(payload_type),
         };
         codecs.push(offered);
@@ -729,19 +728,31 @@ mod tests {
     }
 
     #[test]
-    fn pjsua_offer_picks_pcmu_and_8k_telephone_event() {
+    fn pjsua_offer_picks_opus_first_then_pcmu_and_8k_telephone_event() {
         let offer = parse_offer(PJSUA_OFFER.as_bytes()).unwrap();
         assert_eq!(offer.remote_rtp, "192.168.1.20:4000".parse().unwrap());
         assert_eq!(offer.codecs.len(), 11);
         assert_eq!(offer.codecs[0].name, "opus");
         assert_eq!(offer.codecs[0].clock_rate, 48000);
-        assert_eq!(offer.codecs[0].codec, None);
-        // telephone-event/16000 comes first but is not usable on an 8 kHz stream.
+        assert_eq!(offer.codecs[0].codec, Some(Codec::Opus));
+        // telephone-event/16000 comes first but the 8 kHz one is what we negotiate.
         assert_eq!(offer.telephone_event_pt, Some(121));
 
+        // The caller prefers Opus, on its dynamic payload type.
         let n = negotiate(&offer, &Codec::ALL).unwrap();
-        assert_eq!((n.codec, n.payload_type), (Codec::Pcmu, 0));
+        assert_eq!((n.codec, n.payload_type), (Codec::Opus, 96));
         assert_eq!(n.telephone_event_pt, Some(121));
+        let answer = answer_sdp(&local(), &n);
+        assert!(
+            answer.contains("m=audio 20000 RTP/AVP 96 121\r\n"),
+            "{answer}"
+        );
+        assert!(answer.contains("a=rtpmap:96 opus/48000/2\r\n"), "{answer}");
+        assert!(answer.contains("a=fmtp:96 useinbandfec=1"), "{answer}");
+
+        // Without Opus on our side, the caller's next choice we support: PCMU.
+        let n = negotiate(&offer, &[Codec::Pcmu, Codec::Pcma]).unwrap();
+        assert_eq!((n.codec, n.payload_type), (Codec::Pcmu, 0));
 
         // The caller's order wins over ours.
         let n = negotiate(&offer, &[Codec::Pcma, Codec::Pcmu]).unwrap();
@@ -1085,9 +1096,11 @@ mod tests {
              s=voicebot\r\n\
              c=IN IP4 192.0.2.10\r\n\
              t=0 0\r\n\
-             m=audio 20000 RTP/AVP 0 8 101\r\n\
+             m=audio 20000 RTP/AVP 0 8 111 101\r\n\
              a=rtpmap:0 PCMU/8000\r\n\
              a=rtpmap:8 PCMA/8000\r\n\
+             a=rtpmap:111 opus/48000/2\r\n\
+             a=fmtp:111 useinbandfec=1; maxplaybackrate=16000; sprop-maxcapturerate=16000\r\n\
              a=rtpmap:101 telephone-event/8000\r\n\
              a=fmtp:101 0-16\r\n\
              a=ptime:20\r\n\
