@@ -15,6 +15,7 @@ mod ports;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -363,14 +364,31 @@ impl Signalling {
                     }
                 }
             }
-            Transport::Tcp(conn) => match self.tcp_writers.get(&conn) {
-                Some(w) => {
-                    if w.try_send(t.bytes).is_err() {
-                        tracing::warn!(to = %t.to.addr, "TCP connection gone or stalled; message dropped");
+            Transport::Tcp(conn) => {
+                let sent = match self.tcp_writers.get(&conn) {
+                    Some(w) => w.try_send(t.bytes.clone()).is_ok(),
+                    None => false,
+                };
+                if sent {
+                    return;
+                }
+                match t.reconnect {
+                    // The caller closed the connection (idle phones do): a request of ours goes
+                    // on a new connection to the dialog's remote target (RFC 3261 18.1.1).
+                    Some(target) => {
+                        tracing::info!(%target, "TCP connection closed; reconnecting to the remote target");
+                        tokio::spawn(connect_and_send(
+                            target,
+                            t.bytes,
+                            self.local,
+                            self.inbound_tx.clone(),
+                        ));
+                    }
+                    None => {
+                        tracing::warn!(to = %t.to.addr, "TCP connection closed or stalled; message dropped");
                     }
                 }
-                None => tracing::warn!(to = %t.to.addr, "TCP connection closed; message dropped"),
-            },
+            }
         }
     }
 
@@ -436,9 +454,40 @@ impl Signalling {
     }
 }
 
+/// TCP connection ids, accepted and opened alike.
+static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
+
+/// Opens a TCP connection to `target`, sends `bytes` first, then serves it like an accepted one
+/// (so the response to our request comes back through the endpoint).
+async fn connect_and_send(
+    target: SocketAddr,
+    bytes: Vec<u8>,
+    local: SocketAddr,
+    inbound: mpsc::Sender<Inbound>,
+) {
+    let connect = tokio::time::timeout(Duration::from_secs(3), TcpStream::connect(target));
+    let mut stream = match connect.await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::warn!(%target, error = %e, "cannot reconnect over TCP; message dropped");
+            return;
+        }
+        Err(_) => {
+            tracing::warn!(%target, "TCP reconnect timed out; message dropped");
+            return;
+        }
+    };
+    if let Err(e) = stream.write_all(&bytes).await {
+        tracing::warn!(%target, error = %e, "TCP send failed after reconnecting");
+        return;
+    }
+    let conn = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
+    let local = stream.local_addr().unwrap_or(local);
+    serve_tcp(stream, conn, target, local, inbound).await;
+}
+
 /// Accepts TCP connections; each gets a reader task (framing) and a writer task.
 async fn accept_tcp(listener: TcpListener, local: SocketAddr, inbound: mpsc::Sender<Inbound>) {
-    let mut next_conn = 1u64;
     loop {
         let (stream, from) = match listener.accept().await {
             Ok(x) => x,
@@ -448,8 +497,7 @@ async fn accept_tcp(listener: TcpListener, local: SocketAddr, inbound: mpsc::Sen
                 continue;
             }
         };
-        let conn = next_conn;
-        next_conn += 1;
+        let conn = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
         let local = stream.local_addr().unwrap_or(local);
         tokio::spawn(serve_tcp(stream, conn, from, local, inbound.clone()));
     }

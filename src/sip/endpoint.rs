@@ -60,6 +60,9 @@ pub struct Peer {
 pub struct Transmit {
     pub to: Peer,
     pub bytes: Vec<u8>,
+    /// For requests we originate inside a dialog over TCP: where to open a new connection
+    /// (the remote target's address, RFC 3261 18.1.1) when `to`'s connection has closed.
+    pub reconnect: Option<SocketAddr>,
 }
 
 /// A call's handle, unique for the endpoint's lifetime.
@@ -330,7 +333,11 @@ impl SipEndpoint {
     }
 
     fn send(&mut self, to: Peer, bytes: Vec<u8>) {
-        self.transmits.push_back(Transmit { to, bytes });
+        self.transmits.push_back(Transmit {
+            to,
+            bytes,
+            reconnect: None,
+        });
     }
 
     /// A datagram or stream frame arrived from `peer` on our `local_ip`.
@@ -413,6 +420,26 @@ impl SipEndpoint {
                 self.send(to, bytes);
             }
             return;
+        }
+        // Extensions the request requires and we do not support (RFC 3261 8.2.2.3): 420, for
+        // every request but ACK and CANCEL. `timer` (RFC 4028) is the one we support.
+        if !matches!(method, Method::Ack | Method::Cancel) {
+            let unsupported: Vec<&str> = msg
+                .header_values("Require")
+                .filter(|ext| !ext.eq_ignore_ascii_case("timer"))
+                .collect();
+            if !unsupported.is_empty() {
+                let kind = if method == Method::Invite {
+                    ServerKind::Invite
+                } else {
+                    ServerKind::NonInvite
+                };
+                let mut resp = self.response(&msg, 420, Some(&random_token()));
+                resp.push("Unsupported", unsupported.join(", "));
+                tracing::info!(peer = %peer.addr, "request requires an unsupported extension: 420");
+                self.respond_new(peer, key, kind, None, resp, now);
+                return;
+            }
         }
         match method {
             Method::Ack => self.handle_ack(&msg),
@@ -542,19 +569,6 @@ impl SipEndpoint {
             == Some(0)
         {
             return reject(self, 483, &[], "Max-Forwards is 0");
-        }
-        let unsupported: Vec<&str> = msg
-            .header_values("Require")
-            .filter(|ext| !ext.eq_ignore_ascii_case("timer"))
-            .collect();
-        if !unsupported.is_empty() {
-            let list = unsupported.join(", ");
-            return reject(
-                self,
-                420,
-                &[("Unsupported", list)],
-                "requires an unsupported extension",
-            );
         }
         let mut user = None;
         if let Some(auth) = &self.auth {
@@ -804,7 +818,15 @@ impl SipEndpoint {
             call.bye_branch = Some(branch);
         }
         tracing::info!(call = %handle, "sending BYE");
-        self.send(to, bytes);
+        let reconnect = self
+            .calls
+            .get(&handle)
+            .and_then(|c| target_address(&c.remote_target));
+        self.transmits.push_back(Transmit {
+            to,
+            bytes,
+            reconnect,
+        });
     }
 
     fn handle_response(&mut self, msg: SipMessage, now: Instant) {
@@ -1174,6 +1196,14 @@ fn warning(code: u16, error: &dyn fmt::Display) -> String {
     format!("{code} voicebot \"{text}\"")
 }
 
+/// The address of a SIP URI with an IP-literal host (port 5060 when absent); None for names,
+/// which this gateway does not resolve.
+fn target_address(uri: &str) -> Option<SocketAddr> {
+    let u = parse_sip_uri(uri)?;
+    let ip: IpAddr = u.host.parse().ok()?;
+    Some(SocketAddr::new(ip, u.port.unwrap_or(5060)))
+}
+
 /// The Session-Expires interval asked for, in seconds (RFC 4028).
 fn session_expires(msg: &SipMessage) -> Option<u32> {
     let v = msg.header("Session-Expires")?;
@@ -1430,7 +1460,12 @@ Max-Forwards: 70\r\n{extra}{ct}Content-Length: {}\r\n\r\n{body}",
             &request("INVITE", "z9hG4bKc", 1, None, "Require: 100rel\r\n", SDP),
             t0,
         );
-        assert_eq!(codes(&sent(&mut ep)), vec![100, 420]);
+        assert_eq!(codes(&sent(&mut ep)), vec![420]);
+        let options = request("OPTIONS", "z9hG4bKo", 1, None, "Require: x-unknown\r\n", "");
+        ep.handle_bytes(caller(), local_ip(), &options, t0);
+        let out = sent(&mut ep);
+        assert_eq!(codes(&out), vec![420]);
+        assert_eq!(out[0].header("Unsupported"), Some("x-unknown"));
         ep.handle_bytes(
             caller(),
             local_ip(),
