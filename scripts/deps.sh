@@ -48,5 +48,11 @@ venv="${VOICEBOT_CACHE:-$HOME/.cache/voicebot}/venv"
 if ! "$venv/bin/python" -c "import pjsua2" >/dev/null 2>&1; then
   echo "deps: installing pjsua2-python into $venv" >&2
   python3 -m venv "$venv"
-  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "pjsua2-python==2.15.1.post1"
+  # Binary wheels only (CPython 3.11 and 3.12 on x86-64 Linux; none for 3.13): never a source
+  # build of pjproject.
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --only-binary=:all: \
+    "pjsua2-python==2.15.1.post1" || {
+    echo "deps: no pjsua2-python wheel for $(python3 --version 2>&1) here; the SIP peer tests need it" >&2
+    exit 1
+  }
 fi

@@ -59,13 +59,25 @@ fn spoken_wav(dir: &Path, name: &str, text: &str) -> PathBuf {
     wav
 }
 
-/// Runs the pjsua2 caller; returns its JSON summary.
+/// Runs the pjsua2 caller over UDP; returns its JSON summary.
 fn call(python: &Path, port: u16, record: &Path, turns: &[String]) -> serde_json::Value {
+    call_over(python, port, "udp", record, turns)
+}
+
+/// Runs the pjsua2 caller over `transport`; returns its JSON summary.
+fn call_over(
+    python: &Path,
+    port: u16,
+    transport: &str,
+    record: &Path,
+    turns: &[String],
+) -> serde_json::Value {
     let mut cmd = Command::new("timeout");
     cmd.arg("150")
         .arg(python)
         .arg(root().join("tests/pjsua/caller.py"))
         .args(["--port", &port.to_string(), "--timeout", "120"])
+        .args(["--transport", transport])
         .arg("--record")
         .arg(record);
     for t in turns {
@@ -179,4 +191,40 @@ fn pjsua_dtmf_zero_reaches_the_escalation_policy() {
     assert_eq!(r["dtmf"], serde_json::json!(["0"]), "RFC 4733 digit: {r}");
     assert_eq!(r["outcome"], "escalated", "{r}");
     assert_eq!(r["escalation"]["reason"], "dtmf0", "{r}");
+}
+
+#[test]
+fn pjsua_over_tcp_says_goodbye_and_the_gateway_hangs_up_on_a_new_connection() {
+    let Some(python) = pjsua_python() else {
+        return;
+    };
+    let gw = Gateway::start("41600-41699", &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let hours = spoken_wav(dir.path(), "hours", "What are your opening hours?");
+    let bye = spoken_wav(dir.path(), "bye", "No, that is all. Thank you, goodbye.");
+    let record = dir.path().join("bot.wav");
+    let summary = call_over(
+        &python,
+        gw.port,
+        "tcp",
+        &record,
+        &[
+            format!("say:{}", hours.display()),
+            // Longer than pjsip's idle timer: it closes its TCP connection, so the gateway's
+            // BYE must open a new one to the caller's Contact.
+            "pause:36".to_string(),
+            format!("say:{}", bye.display()),
+        ],
+    );
+    assert_eq!(summary["connected"], true, "{summary}");
+    assert_eq!(
+        summary["gateway_hung_up"], true,
+        "the bot says goodbye and sends BYE over the caller's TCP connection: {summary}"
+    );
+    let records = gw.records(1, std::time::Duration::from_secs(30));
+    let r = &records[0];
+    assert_eq!(r["ended_by"], "bot", "{r}");
+    assert_eq!(r["outcome"], "completed", "{r}");
+    let turns = r["turns"].as_array().expect("turns");
+    assert_eq!(turns[0]["intent"], "opening_hours", "{}", turns[0]);
 }

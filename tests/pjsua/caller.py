@@ -19,8 +19,9 @@ import wave
 
 import pjsua2 as pj
 
-# The bot counts as speaking while the received level is above this (pjsua2 levels: 0-255).
-SPEAKING_LEVEL = 3
+# The bot counts as speaking while the level of what it sends us is above this. In pjsua2,
+# AudioMedia.getTxLevel() is what the far end sends (0-100); getRxLevel() is what we send.
+SPEAKING_LEVEL = 2
 # The bot has finished its turn after this much quiet following speech.
 QUIET_AFTER_SPEECH_S = 1.5
 
@@ -53,8 +54,9 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--record", required=True)
-    ap.add_argument("--turn", action="append", default=[], help="say:FILE.wav or dtmf:DIGITS")
+    ap.add_argument("--turn", action="append", default=[], help="say:FILE.wav, dtmf:DIGITS or pause:SECONDS")
     ap.add_argument("--timeout", type=float, default=90.0)
+    ap.add_argument("--transport", choices=["udp", "tcp"], default="udp")
     ap.add_argument("--first-wait", type=float, default=25.0,
                     help="longest wait for the bot to finish a turn before going on anyway")
     args = ap.parse_args()
@@ -72,12 +74,19 @@ def main():
     tcfg = pj.TransportConfig()
     tcfg.port = 0
     tcfg.boundAddress = "127.0.0.1"
-    ep.transportCreate(pj.PJSIP_TRANSPORT_UDP, tcfg)
+    kind = pj.PJSIP_TRANSPORT_TCP if args.transport == "tcp" else pj.PJSIP_TRANSPORT_UDP
+    transport_id = ep.transportCreate(kind, tcfg)
     ep.libStart()
     ep.audDevManager().setNullDev()
 
     acfg = pj.AccountConfig()
     acfg.idUri = "sip:caller@127.0.0.1"
+    if args.transport == "tcp":
+        # pjsua's Contact would name the port of its outgoing connection, where nothing
+        # listens; name its TCP listener, so a gateway can reconnect after the caller's idle
+        # timer closes the connection.
+        listener = ep.transportGetInfo(transport_id).localName
+        acfg.sipConfig.contactForced = "<sip:caller@%s;transport=tcp>" % listener
     account = pj.Account()
     account.create(acfg)
 
@@ -105,7 +114,7 @@ def main():
         quiet_since = None
         while time.time() < deadline and not ended() and not timed_out():
             ep.libHandleEvents(20)
-            level = call.media.getRxLevel() if call.media is not None else 0
+            level = call.media.getTxLevel() if call.media is not None else 0
             if level > SPEAKING_LEVEL:
                 spoke = True
                 quiet_since = None
@@ -117,7 +126,8 @@ def main():
 
     try:
         prm = pj.CallOpParam(True)
-        call.makeCall("sip:support@127.0.0.1:%d" % args.port, prm)
+        suffix = ";transport=tcp" if args.transport == "tcp" else ""
+        call.makeCall("sip:support@127.0.0.1:%d%s" % (args.port, suffix), prm)
         while call.media is None and not ended() and not timed_out():
             ep.libHandleEvents(20)
         if call.media is None:
@@ -139,6 +149,9 @@ def main():
                 player.startTransmit(call.media)
                 pump(wav_seconds(value) + 0.2)
                 player.stopTransmit(call.media)
+            elif kind == "pause":
+                # Stay silent on the line (long enough, pjsip closes an idle TCP connection).
+                pump(float(value))
             elif kind == "dtmf":
                 call.dialDtmf(value)
                 pump(0.5)
@@ -163,6 +176,7 @@ def main():
         summary["recording"] = args.record
         # Objects that hold media ports must go before the library.
         recorder = None
+        player = None
         players = []
         call = None
         account.shutdown()
