@@ -169,6 +169,23 @@ enum CallState {
     Ending,
 }
 
+impl CallState {
+    /// A 2xx just sent: retransmitted from T1 on over UDP (13.3.1.4), never over TCP; the
+    /// call is given up after 64*T1 without an ACK either way.
+    fn answered(response: Vec<u8>, reliable: bool, now: Instant) -> CallState {
+        CallState::Answered {
+            response,
+            next: if reliable {
+                now + timeout_64t1()
+            } else {
+                now + T1
+            },
+            interval: T1,
+            give_up: now + timeout_64t1(),
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Call {
     handle: CallHandle,
@@ -735,16 +752,7 @@ impl SipEndpoint {
         if let Some(call) = self.calls.get_mut(&handle) {
             call.local_media = Some(local);
             call.pending_ack_cseq = Some(invite_cseq);
-            call.state = CallState::Answered {
-                response: bytes,
-                next: if reliable {
-                    now + timeout_64t1()
-                } else {
-                    now + T1
-                },
-                interval: T1,
-                give_up: now + timeout_64t1(),
-            };
+            call.state = CallState::answered(bytes, reliable, now);
             call.session_deadline = call.session_expires.map(|se| now + se);
             tracing::info!(call = %handle, "call answered");
         }
@@ -1045,16 +1053,7 @@ impl SipEndpoint {
             if method == Method::Invite {
                 call.pending_ack_cseq = Some(cseq);
                 if matches!(call.state, CallState::Confirmed) {
-                    call.state = CallState::Answered {
-                        response: bytes,
-                        next: if reliable {
-                            now + timeout_64t1()
-                        } else {
-                            now + T1
-                        },
-                        interval: T1,
-                        give_up: now + timeout_64t1(),
-                    };
+                    call.state = CallState::answered(bytes, reliable, now);
                 }
             }
             if let Some((offer, m)) = new_media {
