@@ -21,6 +21,14 @@ use voicebot_gateway::config::GatewayConfig;
 use voicebot_gateway::speech::asr::{SpeechRecognizer, WhisperRecognizer};
 use voicebot_gateway::speech::vad::{Endpointer, VadEvent};
 
+/// One pjsua2 call at a time: each test runs a gateway with whisper and a PJSIP process, and
+/// three at once on a 2-core machine starve the media tasks (late receive ticks make the
+/// jitter buffer conceal, and recognition suffers), which is not what these tests measure.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn pjsua_python() -> Option<PathBuf> {
     let python = std::env::var_os("VOICEBOT_PJSUA_PYTHON")
         .map(PathBuf::from)
@@ -128,6 +136,7 @@ fn pjsua_round_trip_where_is_my_order_then_the_number() {
     let Some(python) = pjsua_python() else {
         return;
     };
+    let _serial = serial();
     let mut gw = Gateway::start("41400-41499", &[]);
     let dir = tempfile::tempdir().unwrap();
     let q1 = spoken_wav(dir.path(), "q1", "Where is my order?");
@@ -177,6 +186,7 @@ fn pjsua_dtmf_zero_reaches_the_escalation_policy() {
     let Some(python) = pjsua_python() else {
         return;
     };
+    let _serial = serial();
     let gw = Gateway::start("41500-41599", &[]);
     let dir = tempfile::tempdir().unwrap();
     let record = dir.path().join("bot.wav");
@@ -198,6 +208,7 @@ fn pjsua_over_tcp_says_goodbye_and_the_gateway_hangs_up_on_a_new_connection() {
     let Some(python) = pjsua_python() else {
         return;
     };
+    let _serial = serial();
     let gw = Gateway::start("41600-41699", &[]);
     let dir = tempfile::tempdir().unwrap();
     let hours = spoken_wav(dir.path(), "hours", "What are your opening hours?");
