@@ -57,6 +57,8 @@ def main():
     ap.add_argument("--turn", action="append", default=[], help="say:FILE.wav, dtmf:DIGITS or pause:SECONDS")
     ap.add_argument("--timeout", type=float, default=90.0)
     ap.add_argument("--transport", choices=["udp", "tcp"], default="udp")
+    ap.add_argument("--await-hangup", action="store_true",
+                    help="after the last turn, wait for the gateway to end the call")
     ap.add_argument("--first-wait", type=float, default=25.0,
                     help="longest wait for the bot to finish a turn before going on anyway")
     args = ap.parse_args()
@@ -160,7 +162,11 @@ def main():
             summary["turns"].append({"turn": turn, "bot_spoke_before": heard,
                                      "at_s": round(time.time() - started, 2)})
         # The bot's last answer (or its BYE).
-        wait_for_bot_turn(args.first_wait)
+        if args.await_hangup:
+            while not ended() and not timed_out():
+                ep.libHandleEvents(20)
+        else:
+            wait_for_bot_turn(args.first_wait)
         summary["gateway_hung_up"] = ended()
         if not ended():
             call.hangup(pj.CallOpParam(True))
