@@ -180,6 +180,7 @@ mod tests {
                 intent: "opening_hours".into(),
                 confidence: 1.0,
                 evidence: vec!["test".into()],
+                tone: None,
             }
         }
     }

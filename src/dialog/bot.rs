@@ -201,7 +201,10 @@ impl Bot {
             return out;
         }
         self.turns += 1;
-        let tone = self.policy.tone(&out.normalized_text);
+        let tone = self
+            .policy
+            .tone(&out.normalized_text)
+            .with_meaning(out.intent.tone.as_ref());
         let voice_weight = self.policy.config().voice_weight;
         let reading = self.emotion.observe(tone.score, prosody, voice_weight);
         out.emotion = Some(reading.clone());
@@ -276,7 +279,7 @@ impl Bot {
         // 4. Emotion: the words, the words amplified by the voice, or a rising trend.
         let config = self.policy.config();
         let threshold = config.negative_tone_threshold;
-        let detail = if let Some((_, detail)) = self.policy.negative_tone(&out.normalized_text) {
+        let detail = if let Some((_, detail)) = self.policy.tone_escalation(tone.clone()) {
             Some(detail)
         } else if reading.combined >= threshold {
             Some(format!(

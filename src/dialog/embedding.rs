@@ -67,8 +67,10 @@ use thiserror::Error;
 use tokenizers::{Tokenizer, TruncationParams};
 
 use super::assets::DialogAssets;
-use super::intent::{IntentClassifier, IntentMatch, IntentsFile, RuleClassifier, NONE_INTENT};
-use super::normalize::normalize;
+use super::intent::{
+    IntentClassifier, IntentMatch, IntentsFile, MeaningTone, RuleClassifier, NONE_INTENT,
+};
+use super::normalize::{normalize, stem};
 use super::pattern::{negation_before, Pattern, Synonyms, TokenStream, NEGATORS};
 
 /// The command that installs the model files.
@@ -391,6 +393,32 @@ pub fn calibrate(best: f32, margin: f32) -> f32 {
     (c.clamp(0.0, 1.0) * 1000.0).round() / 1000.0
 }
 
+/// Midpoint and slope of the similarity factor of [`tone_score`].
+const TONE_SIM_MID: f32 = 0.5;
+const TONE_SIM_SLOPE: f32 = 12.0;
+/// Midpoint and slope of its margin factor (upset example over calm example).
+const TONE_MARGIN_MID: f32 = 0.0;
+const TONE_MARGIN_SLOPE: f32 = 20.0;
+
+/// A turn's tone by meaning, in `[0, 1)`: `σ(12 (upset − 0.5)) · σ(20 (upset − calm))`, where
+/// `upset` is the similarity of the closest `[tone] upset` example and `calm` that of the
+/// closest intent example. A turn must be close to an upset example (0.6 and up is a
+/// paraphrase) *and* closer to it than to any plain request, so "where is my order" stays calm
+/// even though upset callers also talk about orders.
+///
+/// | upset | calm | score |
+/// | --- | --- | --- |
+/// | 0.70 | 0.40 | 0.91 |
+/// | 0.65 | 0.45 | 0.84 |
+/// | 0.60 | 0.50 | 0.67 |
+/// | 0.55 | 0.55 | 0.32 |
+/// | 0.50 | 0.60 | 0.06 |
+pub fn tone_score(upset: f32, calm: f32) -> f32 {
+    let s = sigmoid(TONE_SIM_SLOPE * (upset - TONE_SIM_MID))
+        * sigmoid(TONE_MARGIN_SLOPE * (upset - calm - TONE_MARGIN_MID));
+    (s.clamp(0.0, 0.999) * 1000.0).round() / 1000.0
+}
+
 /// One intent with its embedded examples.
 struct EmbeddedIntent {
     name: String,
@@ -412,6 +440,8 @@ struct IntentScore {
 pub struct EmbeddingClassifier {
     encoder: Arc<SentenceEncoder>,
     intents: Vec<EmbeddedIntent>,
+    /// The `[tone] upset` examples, embedded.
+    upset: Vec<(String, Vec<f32>)>,
 }
 
 impl fmt::Debug for EmbeddingClassifier {
@@ -446,6 +476,9 @@ impl EmbeddingClassifier {
         intents: &IntentsFile,
         encoder: Arc<SentenceEncoder>,
     ) -> Result<Self, EmbeddingError> {
+        // Intent examples carry their intent's index; `[tone] upset` examples come last, with
+        // the index one past the intents.
+        let upset_index = intents.intents.len();
         let texts: Vec<(usize, String, String)> = intents
             .intents
             .iter()
@@ -455,6 +488,13 @@ impl EmbeddingClassifier {
                     .iter()
                     .map(move |e| (i, e.clone(), normalize(e)))
             })
+            .chain(
+                intents
+                    .tone
+                    .upset
+                    .iter()
+                    .map(|e| (upset_index, e.clone(), normalize(e))),
+            )
             .collect();
         let mut embedded = Vec::with_capacity(texts.len());
         for chunk in texts.chunks(BATCH) {
@@ -470,14 +510,17 @@ impl EmbeddingClassifier {
                 examples: Vec::new(),
             })
             .collect();
+        let mut upset = Vec::with_capacity(intents.tone.upset.len());
         for ((i, text, _), vector) in texts.into_iter().zip(embedded) {
-            if let Some(intent) = out.get_mut(i) {
-                intent.examples.push((text, vector));
+            match out.get_mut(i) {
+                Some(intent) => intent.examples.push((text, vector)),
+                None => upset.push((text, vector)),
             }
         }
         Ok(EmbeddingClassifier {
             encoder,
             intents: out,
+            upset,
         })
     }
 
@@ -532,7 +575,27 @@ impl EmbeddingClassifier {
             return Ok(IntentMatch::none());
         }
         let query = self.encoder.embed(normalized_text)?;
-        Ok(self.decide(&self.scores(&query)))
+        let scores = self.scores(&query);
+        let mut verdict = self.decide(&scores);
+        verdict.tone = self.tone(&query, &scores);
+        Ok(verdict)
+    }
+
+    /// How upset an embedded turn sounds: its closeness to the `[tone] upset` examples, against
+    /// its closeness to the calm intent examples (see [`tone_score`]). None without examples.
+    fn tone(&self, query: &[f32], scores: &[IntentScore]) -> Option<MeaningTone> {
+        let (example, similarity) = self
+            .upset
+            .iter()
+            .map(|(text, v)| (text, dot(query, v)))
+            .max_by(|a, b| a.1.total_cmp(&b.1))?;
+        let calm_similarity = scores.iter().map(|s| s.best_sim).fold(0.0f32, f32::max);
+        Some(MeaningTone {
+            score: tone_score(similarity, calm_similarity),
+            example: example.clone(),
+            similarity: (similarity * 1000.0).round() / 1000.0,
+            calm_similarity: (calm_similarity * 1000.0).round() / 1000.0,
+        })
     }
 
     fn decide(&self, scores: &[IntentScore]) -> IntentMatch {
@@ -610,6 +673,7 @@ impl EmbeddingClassifier {
             intent: self.name(best).to_string(),
             confidence,
             evidence,
+            tone: None,
         }
     }
 }
@@ -738,6 +802,16 @@ impl HybridClassifier {
         if negated_cue.is_some() {
             return negated_cue;
         }
+        // "I don't want your service anymore", "I no longer need it": a negation that ends
+        // something is the intent itself, not its denial.
+        let (anymore, more, longer) = (stem("anymore"), stem("more"), stem("longer"));
+        let ceases = stems.iter().enumerate().any(|(i, s)| {
+            let after = |word: &str| i > 0 && stems.get(i - 1).is_some_and(|p| *p == word);
+            *s == anymore || (*s == longer && after("no")) || (*s == more && after("any"))
+        });
+        if ceases {
+            return None;
+        }
         stems
             .iter()
             .find(|s| NEGATORS.contains(s))
@@ -753,7 +827,9 @@ impl HybridClassifier {
         let query = self.embedding.encoder.embed(normalized_text)?;
         let scores = self.embedding.scores(&query);
         let embed = self.embedding.decide(&scores);
-        Ok(self.combine(normalized_text, rule, embed, &scores))
+        let mut verdict = self.combine(normalized_text, rule, embed, &scores);
+        verdict.tone = self.embedding.tone(&query, &scores);
+        Ok(verdict)
     }
 
     /// The hybrid verdict from both sides' (see the module docs for the policy).
@@ -809,6 +885,7 @@ impl HybridClassifier {
             intent,
             confidence: round3(confidence),
             evidence,
+            tone: None,
         }
     }
 
@@ -1192,7 +1269,7 @@ mod tests {
         for (text, _) in CUE_DECIDED {
             let m = classify(text);
             assert!(
-                m.evidence[0].starts_with("rules decided"),
+                m.evidence[0].starts_with("rules decided") || m.evidence[0].starts_with("rules ("),
                 "{text:?}: {m:?}"
             );
         }
@@ -1252,6 +1329,58 @@ mod tests {
             classify("I want to end my membership").intent,
             "cancellation"
         );
+        // A negation that means "stop" is the intent itself, not its denial.
+        for text in [
+            "I don't need your broadband any more.",
+            "We no longer need the membership.",
+        ] {
+            let m = classify(text);
+            assert_eq!(m.intent, "cancellation", "{text:?}: {m:?}");
+        }
+    }
+
+    #[test]
+    fn tone_by_meaning_needs_no_listed_word() {
+        // None of these words is in the lexicon; the meaning is upset.
+        for text in [
+            "Every single time I call you lot I get passed around and nothing gets done.",
+            "I've rung you four times this week and still nobody has sorted it out.",
+        ] {
+            let m = classify(text);
+            let tone = m.tone.as_ref().expect("the embedding scores tone");
+            assert!(tone.score >= 0.6, "{text:?}: {tone:?}");
+        }
+        // Calm requests, including ones about the same topics, stay calm.
+        for text in [
+            "Could you tell me when my parcel will arrive?",
+            "I'd like to reset my password please.",
+            "What time do you open on Saturday?",
+            "Thanks, that's all I needed.",
+        ] {
+            let m = classify(text);
+            let tone = m.tone.as_ref().expect("the embedding scores tone");
+            assert!(tone.score < 0.3, "{text:?}: {tone:?}");
+        }
+    }
+
+    #[test]
+    fn tone_score_is_calibrated() {
+        assert!(tone_score(0.70, 0.40) > 0.85);
+        assert!(tone_score(0.55, 0.55) < 0.4);
+        assert!(tone_score(0.50, 0.60) < 0.1);
+        // Monotonic in both arguments.
+        assert!(tone_score(0.65, 0.45) > tone_score(0.60, 0.45));
+        assert!(tone_score(0.65, 0.45) > tone_score(0.65, 0.50));
+        assert!(tone_score(1.0, 0.0) < 1.0);
+    }
+
+    #[test]
+    fn a_request_for_a_person_outranks_its_topic() {
+        let m = classify("Could I talk to somebody about my delivery?");
+        assert_eq!(m.intent, "human_request", "{m:?}");
+        // ... and can be negated.
+        let m = classify("I don't need an agent, where is my delivery?");
+        assert_eq!(m.intent, "order_status", "{m:?}");
     }
 
     #[test]
@@ -1283,7 +1412,7 @@ mod tests {
         ];
         let ambiguous = [
             "Where is my order and I can't log in?",
-            "What's happening with the thing I bought?",
+            "I have a question about something.",
             "I'd like to stop being a customer.",
             "This is unacceptable, I want to escalate this.",
         ];

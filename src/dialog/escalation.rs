@@ -16,7 +16,8 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::pattern::{negation_before, Pattern, TokenStream, NEGATORS};
+use super::intent::MeaningTone;
+use super::pattern::{negation_before, Match, Pattern, TokenStream, NEGATORS};
 use crate::config_file::ConfigError;
 
 /// Why a call was handed to a person.
@@ -70,10 +71,19 @@ pub struct EscalationConfig {
     pub critical_keywords: Vec<String>,
     /// Words and phrases that signal an upset caller; negated ones do not count ("not bad").
     pub negative_words: Vec<String>,
+    /// Words and phrases that say the caller is very upset ("livid", "sick and tired"): each
+    /// weighs as much as an intensified negative word, so one alone reaches the default
+    /// threshold.
+    pub strong_negative_words: Vec<String>,
     /// Words that signal an upset caller when negated ("not happy").
     pub positive_words: Vec<String>,
     /// Sarcastic phrases that count as negative ("oh great", "another robot").
     pub sarcasm_cues: Vec<String>,
+    /// Praise that is sarcastic when it opens a turn that also names a setback ("brilliant,
+    /// lost again"): sarcasm by contrast.
+    pub sarcastic_praise: Vec<String>,
+    /// Setbacks that turn opening praise into sarcasm ("lost", "expired", "still no").
+    pub setbacks: Vec<String>,
     /// Tone score (`hits / (hits + 1)`, a hit weighing 1, or 1.5 after an intensifier such as
     /// "very") at or above which the call escalates; 0.6 needs "very annoyed" or two hits,
     /// 1.0 disables.
@@ -114,6 +124,9 @@ impl Default for EscalationConfig {
                 "attorney",
                 "legal action",
                 "ombudsman",
+                "trading standards",
+                "small claims",
+                "take you to court",
                 "sue you",
             ]),
             negative_words: strings(&[
@@ -131,18 +144,45 @@ impl Default for EscalationConfig {
                 "stupid",
                 "hate",
                 "angry",
-                "furious",
+                "mad",
+                "upset",
                 "annoyed",
                 "annoying",
                 "frustrated",
                 "frustrating",
-                "fed up",
                 "sick of",
+                "nightmare",
+                "shocking",
+                "hopeless",
                 "disappointed",
                 "waste of time",
                 "incompetent",
                 "joke",
                 "bad",
+            ]),
+            strong_negative_words: strings(&[
+                "furious",
+                "livid",
+                "fuming",
+                "outraged",
+                "outrageous",
+                "seething",
+                "appalling",
+                "appalled",
+                "disgrace",
+                "disgraceful",
+                "shambles",
+                "sick and tired",
+                "had enough",
+                "fed up",
+                "end of my tether",
+                "for god's sake",
+                "for goodness sake",
+                "for heaven's sake",
+                "for crying out loud",
+                "scandalous",
+                "infuriating",
+                "despicable",
             ]),
             positive_words: strings(&[
                 "happy",
@@ -166,6 +206,36 @@ impl Default for EscalationConfig {
                 "thank you for nothing",
                 "another robot",
                 "another machine",
+            ]),
+            sarcastic_praise: strings(&[
+                "great",
+                "wonderful",
+                "fantastic",
+                "brilliant",
+                "perfect",
+                "lovely",
+                "marvellous",
+                "amazing",
+                "excellent",
+                "superb",
+                "terrific",
+                "splendid",
+                "fabulous",
+            ]),
+            setbacks: strings(&[
+                "again",
+                "lost",
+                "expired",
+                "broken",
+                "damaged",
+                "still no",
+                "still not",
+                "still waiting",
+                "still nothing",
+                "on hold",
+                "nobody",
+                "no one",
+                "cut off",
             ]),
             negative_tone_threshold: 0.6,
             voice_weight: 0.4,
@@ -234,8 +304,11 @@ impl EscalationConfig {
         for (name, list) in [
             ("critical_keywords", &self.critical_keywords),
             ("negative_words", &self.negative_words),
+            ("strong_negative_words", &self.strong_negative_words),
             ("positive_words", &self.positive_words),
             ("sarcasm_cues", &self.sarcasm_cues),
+            ("sarcastic_praise", &self.sarcastic_praise),
+            ("setbacks", &self.setbacks),
         ] {
             for (i, phrase) in list.iter().enumerate() {
                 if let Err(reason) = Pattern::compile(phrase, None) {
@@ -246,6 +319,14 @@ impl EscalationConfig {
         Ok(())
     }
 }
+
+/// Words that may come before a turn's opening praise without changing it ("oh, brilliant").
+const OPENING_FILLERS: &[&str] = &[
+    "oh", "well", "yeah", "um", "uh", "wow", "just", "so", "really",
+];
+
+/// Weight of one `strong_negative_words` match (a plain negative word weighs 1).
+const STRONG_WEIGHT: f32 = 1.5;
 
 /// Words that strengthen the negative word after them.
 const INTENSIFIERS: &[&str] = &[
@@ -300,6 +381,28 @@ pub struct Tone {
     pub score: f32,
     /// The caller's words that counted, e.g. `"not happy"`, `"very annoyed"`, `"oh great"`.
     pub cues: Vec<String>,
+    /// Whether the caller negated a negative word ("I'm not angry").
+    pub denied: bool,
+}
+
+impl Tone {
+    /// The tone with the judgement of a model of meaning taken in: the higher of the two
+    /// scores counts, and the meaning's closest upset example becomes a cue when it decides.
+    /// A negated lexicon word ("not angry") vetoes the meaning, which barely sees "not".
+    pub fn with_meaning(mut self, meaning: Option<&MeaningTone>) -> Tone {
+        let Some(m) = meaning else {
+            return self;
+        };
+        if self.denied || m.score <= self.score {
+            return self;
+        }
+        self.score = m.score;
+        self.cues.push(format!(
+            "sounds like \"{}\" (similarity {:.2} against {:.2} for the closest request)",
+            m.example, m.similarity, m.calm_similarity
+        ));
+        self
+    }
 }
 
 /// A turn that the bot could not act on.
@@ -341,8 +444,11 @@ pub struct EscalationPolicy {
     config: EscalationConfig,
     critical: Vec<Pattern>,
     negative: Vec<Pattern>,
+    strong: Vec<Pattern>,
     positive: Vec<Pattern>,
     sarcasm: Vec<Pattern>,
+    praise: Vec<Pattern>,
+    setbacks: Vec<Pattern>,
     consecutive_failures: u32,
     misunderstandings: u32,
 }
@@ -370,8 +476,11 @@ impl EscalationPolicy {
         EscalationPolicy {
             critical: compile_all(&config.critical_keywords),
             negative: compile_all(&config.negative_words),
+            strong: compile_all(&config.strong_negative_words),
             positive: compile_all(&config.positive_words),
             sarcasm: compile_all(&config.sarcasm_cues),
+            praise: compile_all(&config.sarcastic_praise),
+            setbacks: compile_all(&config.setbacks),
             config,
             consecutive_failures: 0,
             misunderstandings: 0,
@@ -448,15 +557,35 @@ impl EscalationPolicy {
                 }
             }
         }
-        for pattern in &self.negative {
+        if let Some((praise, setback)) = self.contrast(&stems, &used) {
+            claim(&mut used, praise.start, praise.end);
+            total += 1.5;
+            cues.push(format!(
+                "sarcasm \"{}\" despite \"{}\"",
+                stream.quote(praise.start, praise.end),
+                stream.quote(setback.start, setback.end)
+            ));
+        }
+        let mut denied = false;
+        // Strong words first, so that "fed up" counts as strong and not also as "fed".
+        let weighted = self
+            .strong
+            .iter()
+            .map(|p| (p, STRONG_WEIGHT))
+            .chain(self.negative.iter().map(|p| (p, 1.0)));
+        for (pattern, base) in weighted {
             for m in pattern.find_all(&stems, false) {
-                if negated(m.start) || !claim(&mut used, m.start, m.end) {
+                if negated(m.start) {
+                    denied = true;
+                    continue;
+                }
+                if !claim(&mut used, m.start, m.end) {
                     continue;
                 }
                 let (weight, from) = if intensified(m.start) {
-                    (1.5, m.start - 1)
+                    (base + 0.5, m.start - 1)
                 } else {
-                    (1.0, m.start)
+                    (base, m.start)
                 };
                 total += weight;
                 cues.push(format!("\"{}\"", stream.quote(from, m.end)));
@@ -476,12 +605,42 @@ impl EscalationPolicy {
         Tone {
             score: round3(total / (total + 1.0)),
             cues,
+            denied,
         }
+    }
+
+    /// Sarcasm by contrast: praise opening the turn (after fillers such as "oh", "well") while
+    /// the turn names a setback: "wonderful, three weeks and still no parcel". Praise followed
+    /// by thanks is sincere ("great, thanks").
+    fn contrast(&self, stems: &[&str], used: &[bool]) -> Option<(Match, Match)> {
+        let opening = stems
+            .iter()
+            .position(|s| !OPENING_FILLERS.contains(s))
+            .filter(|&i| !used.get(i).copied().unwrap_or(true))?;
+        let praise = self
+            .praise
+            .iter()
+            .flat_map(|p| p.find_all(stems, false))
+            .find(|m| m.start == opening)?;
+        if stems.get(praise.end).is_some_and(|s| *s == "thank") {
+            return None;
+        }
+        let setback = self
+            .setbacks
+            .iter()
+            .flat_map(|p| p.find_all(stems, false))
+            .find(|m| m.start >= praise.end)?;
+        Some((praise, setback))
     }
 
     /// The tone escalation for an utterance, if its score reaches the threshold.
     pub fn negative_tone(&self, normalized: &str) -> Option<(Tone, String)> {
-        let tone = self.tone(normalized);
+        self.tone_escalation(self.tone(normalized))
+    }
+
+    /// The tone escalation for a scored tone (e.g. [`Tone::with_meaning`]), if its score
+    /// reaches the threshold.
+    pub fn tone_escalation(&self, tone: Tone) -> Option<(Tone, String)> {
         (tone.score >= self.config.negative_tone_threshold).then(|| {
             let detail = format!(
                 "negative tone {:.2} >= negative_tone_threshold {:.2}: {}",
@@ -652,6 +811,57 @@ mod tests {
         assert_eq!(t.score, round3(2.0 / 3.0));
         assert_eq!(t.cues, ["\"ridiculous\"", "\"not happy\""]);
         assert_eq!(score("I have never been so disappointed"), 0.6);
+        // A strong word weighs 1.5 alone, 2 intensified.
+        assert_eq!(score("I'm livid"), 0.6);
+        assert_eq!(score("I am absolutely fuming"), round3(2.0 / 3.0));
+        assert_eq!(score("I'm not furious, just curious"), 0.0);
+        assert!(p.tone(&normalize("I'm not furious")).denied);
+    }
+
+    #[test]
+    fn sarcasm_by_contrast() {
+        let p = policy();
+        let score = |t: &str| p.tone(&normalize(t)).score;
+        let t = p.tone(&normalize(
+            "Oh marvellous, the engineer didn't turn up again.",
+        ));
+        assert_eq!(t.score, 0.6, "{t:?}");
+        assert_eq!(t.cues, ["sarcasm \"marvellous\" despite \"again\""]);
+        assert_eq!(score("Excellent, still no refund after a month."), 0.6);
+        // Sincere praise: thanks after it, no setback, or praise not opening the turn.
+        assert_eq!(score("Great, thanks, I'll call again tomorrow."), 0.0);
+        assert_eq!(score("Perfect, that's what I needed."), 0.0);
+        assert_eq!(score("I lost my password, that would be great."), 0.0);
+    }
+
+    #[test]
+    fn meaning_lifts_the_tone_unless_a_word_is_denied() {
+        let p = policy();
+        let meaning = MeaningTone {
+            score: 0.8,
+            example: "nobody ever gets back to me".into(),
+            similarity: 0.7,
+            calm_similarity: 0.4,
+        };
+        let t = p
+            .tone(&normalize("nobody ever rings me back"))
+            .with_meaning(Some(&meaning));
+        assert_eq!(t.score, 0.8);
+        assert!(t.cues[0].contains("sounds like"), "{t:?}");
+        let t = p
+            .tone(&normalize("I'm not angry, nobody rang me back"))
+            .with_meaning(Some(&meaning));
+        assert_eq!(t.score, 0.0, "{t:?}");
+        // A lower meaning score leaves the words' score alone.
+        let lower = MeaningTone {
+            score: 0.5,
+            ..meaning
+        };
+        let t = p
+            .tone(&normalize("this is ridiculous and useless"))
+            .with_meaning(Some(&lower));
+        assert_eq!(t.score, round3(2.0 / 3.0));
+        assert!(t.cues.iter().all(|c| !c.contains("sounds like")));
     }
 
     #[test]

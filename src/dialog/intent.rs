@@ -51,6 +51,24 @@ pub struct IntentMatch {
     pub confidence: f32,
     /// Why: which cue phrases matched which words, the closest example, the runner-up.
     pub evidence: Vec<String>,
+    /// How upset the turn sounds by its meaning (closeness to the intents file's `[tone]`
+    /// examples), from a classifier that models meaning; none from the rules alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tone: Option<MeaningTone>,
+}
+
+/// The tone of a turn judged by its meaning rather than by listed words: "nobody ever calls me
+/// back" has no angry word, yet means what "I keep calling and nobody helps me" means.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MeaningTone {
+    /// Negativity in `[0, 1)`, on the scale of the word lexicon's score.
+    pub score: f32,
+    /// The closest `[tone] upset` example.
+    pub example: String,
+    /// Cosine similarity to that example.
+    pub similarity: f32,
+    /// Similarity of the closest intent example (a calm request), the reference it must beat.
+    pub calm_similarity: f32,
 }
 
 impl IntentMatch {
@@ -60,6 +78,7 @@ impl IntentMatch {
             intent: NONE_INTENT.to_string(),
             confidence: 0.0,
             evidence: Vec::new(),
+            tone: None,
         }
     }
 
@@ -98,6 +117,20 @@ pub struct IntentsFile {
     /// The intents, `[[intent]]` tables.
     #[serde(rename = "intent")]
     pub intents: Vec<IntentDef>,
+    /// Example sentences of an upset or sarcastic caller, for a tone judged by meaning.
+    #[serde(default)]
+    pub tone: ToneExamples,
+}
+
+/// The `[tone]` table: how upset callers sound, as whole sentences. A model of meaning (the
+/// sentence embedding) scores a turn by its closeness to these against its closeness to the
+/// intents' calm examples, so anger and sarcasm are caught in words no lexicon lists.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToneExamples {
+    /// Angry, exasperated or sarcastic sentences.
+    #[serde(default)]
+    pub upset: Vec<String>,
 }
 
 /// One `[[intent]]`.
@@ -194,6 +227,14 @@ impl IntentsFile {
         };
         if self.intents.is_empty() {
             return bad("intent".into(), "define at least one [[intent]]".into());
+        }
+        for (k, example) in self.tone.upset.iter().enumerate() {
+            if normalize(example).is_empty() {
+                return bad(
+                    format!("tone.upset.{k}"),
+                    "example sentence is empty".into(),
+                );
+            }
         }
         for (i, intent) in self.intents.iter().enumerate() {
             let at = |field: &str| format!("intent.{i}.{field}");
@@ -313,6 +354,8 @@ struct RuleIntent {
     name: String,
     secondary: bool,
     negatable: bool,
+    /// Recognising it hands the call over (a request for a person, a critical intent).
+    hands_over: bool,
     cues: Vec<(Pattern, f32)>,
     examples: Vec<Example>,
 }
@@ -366,6 +409,7 @@ impl RuleClassifier {
                 name: def.name.clone(),
                 secondary: def.secondary,
                 negatable: def.negatable,
+                hands_over: def.escalate != IntentEscalation::No,
                 cues: def
                     .cues
                     .iter()
@@ -601,7 +645,23 @@ impl IntentClassifier for RuleClassifier {
         }
         let mut evidence = best.evidence.clone();
         let mut confidence = best.score;
+        let hands_over = |s: &Scored| self.intents.get(s.index).is_some_and(|i| i.hands_over);
         if let Some(runner) = runner.filter(|r| r.competing > 0.0) {
+            if hands_over(best) && !hands_over(runner) {
+                // An act outranks a topic: "can I speak to someone about my order" asks for a
+                // person; the order is what they will talk about.
+                evidence.push(format!(
+                    "a hand-over request outranks the topic {} {:.2}",
+                    name(runner),
+                    runner.score
+                ));
+                return IntentMatch {
+                    intent: name(best),
+                    confidence: round3(confidence),
+                    evidence,
+                    tone: None,
+                };
+            }
             let (ours, theirs) = if secondary(best) {
                 (best.competing, runner.competing)
             } else {
@@ -615,6 +675,7 @@ impl IntentClassifier for RuleClassifier {
             intent: name(best),
             confidence: round3(confidence),
             evidence,
+            tone: None,
         }
     }
 }
@@ -840,7 +901,8 @@ mod tests {
         assert!(
             m.evidence
                 .iter()
-                .any(|e| e.contains("runner-up order_status")),
+                .any(|e| e.contains("runner-up order_status")
+                    || e.contains("outranks the topic order_status")),
             "{m:?}"
         );
     }

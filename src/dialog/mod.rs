@@ -35,4 +35,4 @@ pub use assets::DialogAssets;
 pub use bot::{Bot, BotTurn, CallerTurn};
 pub use embedding::{load_hybrid, EmbeddingClassifier, EmbeddingError, HybridClassifier};
 pub use escalation::{Escalation, EscalationConfig, EscalationPolicy, EscalationReason};
-pub use intent::{IntentClassifier, IntentMatch, RuleClassifier, NONE_INTENT};
+pub use intent::{IntentClassifier, IntentMatch, MeaningTone, RuleClassifier, NONE_INTENT};
