@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config_file::{self, ConfigError};
 use crate::dialog::escalation::EscalationConfig;
+use crate::dialog::llm::LlmConfig;
 use crate::flows::FlowsConfig;
 use crate::server::config::{MediaConfig, SipConfig};
 use crate::speech::asr::AsrConfig;
@@ -36,6 +37,9 @@ pub struct IntentConfig {
     pub model: PathBuf,
     /// Its tokenizer (Hugging Face `tokenizer.json`).
     pub tokenizer: PathBuf,
+    /// `[intent.llm]`: an optional OpenAI-compatible endpoint in front of the engine above,
+    /// which stays the fallback.
+    pub llm: LlmConfig,
 }
 
 impl Default for IntentConfig {
@@ -44,6 +48,7 @@ impl Default for IntentConfig {
             engine: IntentEngine::Hybrid,
             model: PathBuf::from(crate::dialog::embedding::DEFAULT_MODEL_PATH),
             tokenizer: PathBuf::from(crate::dialog::embedding::DEFAULT_TOKENIZER_PATH),
+            llm: LlmConfig::default(),
         }
     }
 }
@@ -159,6 +164,14 @@ impl GatewayConfig {
         if self.pool.queue == 0 {
             return bad("pool.queue", "must be at least 1");
         }
+        if let Some((field, reason)) = self.intent.llm.problem() {
+            return Err(ConfigError::invalid(
+                file,
+                text,
+                &format!("intent.llm.{field}"),
+                reason,
+            ));
+        }
         self.sip.validate(file, text)?;
         self.media.validate(file, text)?;
         self.escalation.validate(file, text, "escalation")
@@ -168,6 +181,16 @@ impl GatewayConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn llm_settings_are_checked_only_when_enabled() {
+        let text = "[intent.llm]\nurl = \"localhost:8080\"\n";
+        assert!(GatewayConfig::from_text(Path::new("g.toml"), text).is_ok());
+        let text = "[intent.llm]\nenabled = true\nurl = \"localhost:8080\"\n";
+        let err = GatewayConfig::from_text(Path::new("g.toml"), text).unwrap_err();
+        assert_eq!(err.field.as_deref(), Some("intent.llm.url"), "{err}");
+        assert_eq!(err.line, Some(3), "{err}");
+    }
 
     #[test]
     fn embedded_defaults_are_valid() {

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use crate::config::{GatewayConfig, IntentEngine};
 use crate::config_file::ConfigError;
 use crate::dialog::embedding::{hybrid_with_encoder, EmbeddingError, SentenceEncoder};
+use crate::dialog::llm::LlmClassifier;
 use crate::dialog::DialogAssets;
 use crate::flows::{as_is, FlowSet, FlowStore};
 use crate::pipeline::Engines;
@@ -28,8 +29,23 @@ pub enum LoadError {
 /// Loads the flows named in the configuration (or the embedded default flow), each with the
 /// configured intent classifier.
 pub fn load_flows(config: &GatewayConfig) -> Result<FlowSet, LoadError> {
+    // With `[intent.llm] enabled`, the endpoint classifies first and the engine below is its
+    // fallback.
+    let llm = &config.intent.llm;
+    let front = |assets: DialogAssets| {
+        if !llm.enabled {
+            return assets;
+        }
+        tracing::info!(url = %llm.url, model = %llm.model, timeout_ms = llm.timeout_ms,
+            "intents classified by the LLM endpoint, with the offline engine as fallback");
+        assets.wrap_classifier(|offline, intents| {
+            Box::new(LlmClassifier::new(llm.clone(), intents, offline))
+        })
+    };
     match config.intent.engine {
-        IntentEngine::Rules => Ok(FlowSet::load(&config.flows, &config.escalation, &as_is)?),
+        IntentEngine::Rules => Ok(FlowSet::load(&config.flows, &config.escalation, &|a| {
+            front(as_is(a))
+        })?),
         IntentEngine::Hybrid => {
             // One encoder shared by every flow; each flow embeds its own examples.
             let encoder = Arc::new(SentenceEncoder::load(
@@ -40,7 +56,7 @@ pub fn load_flows(config: &GatewayConfig) -> Result<FlowSet, LoadError> {
             let failure = std::cell::RefCell::new(None);
             let customize =
                 |assets: DialogAssets| match hybrid_with_encoder(&assets, Arc::clone(&encoder)) {
-                    Ok(hybrid) => assets.with_classifier(Box::new(hybrid)),
+                    Ok(hybrid) => front(assets.with_classifier(Box::new(hybrid))),
                     Err(e) => {
                         failure.borrow_mut().get_or_insert(e);
                         assets

@@ -91,6 +91,17 @@ impl DialogAssets {
         self
     }
 
+    /// Wraps the intent classifier, e.g. with a backend that falls back to it.
+    pub fn wrap_classifier(
+        mut self,
+        wrap: impl FnOnce(Box<dyn IntentClassifier>, &IntentsFile) -> Box<dyn IntentClassifier>,
+    ) -> Self {
+        let placeholder: Box<dyn IntentClassifier> = Box::new(RuleClassifier::new(&self.intents));
+        let inner = std::mem::replace(&mut self.classifier, placeholder);
+        self.classifier = wrap(inner, &self.intents);
+        self
+    }
+
     /// Attaches data lookups (see [`super::lookup`]), validated against these intents.
     pub fn with_lookups(mut self, lookups: Vec<Lookup>) -> Self {
         self.lookups = lookups;

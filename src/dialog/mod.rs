@@ -25,6 +25,7 @@ pub mod embedding;
 pub mod emotion;
 pub mod escalation;
 pub mod intent;
+pub mod llm;
 pub mod lookup;
 pub mod normalize;
 pub mod pattern;
