@@ -442,6 +442,7 @@ impl Signalling {
             }
             Event::Dtmf(handle, digit) => self.control(handle, CallControl::Dtmf(digit)),
             Event::CallEnded(handle, reason) => self.control(handle, CallControl::Ended(reason)),
+            Event::OutboundProgress(..) | Event::OutboundAnswered(..) => {}
         }
     }
 

@@ -20,8 +20,8 @@ use crate::sip::auth::{AllowList, AuthError, DigestAuthenticator};
 use crate::sip::message::{parse_sip_uri, split_list, uri_of, Method, ParseError, SipMessage};
 use crate::sip::sdp::{self, LocalMedia, MediaOffer, Negotiated};
 use crate::sip::transaction::{
-    timeout_64t1, ClientAction, ClientTransaction, ServerAction, ServerKind, ServerTransaction, T1,
-    T2,
+    timeout_64t1, ClientAction, ClientTransaction, InviteClientAction, InviteClientState,
+    InviteClientTransaction, ServerAction, ServerKind, ServerTransaction, T1, T2,
 };
 
 /// Methods the gateway implements (the `Allow` header lists exactly these).
@@ -107,6 +107,10 @@ pub enum EndReason {
     AckTimeout,
     /// The session timer (RFC 4028) ran out without a refresh.
     SessionExpired,
+    /// A call we placed was refused with this final response (busy, declined, not found).
+    Refused(u16),
+    /// A call we placed got no final response within 64*T1 (timer B).
+    NoResponse,
 }
 
 /// What happened to calls.
@@ -119,7 +123,45 @@ pub enum Event {
     MediaChanged(CallHandle, Negotiated),
     /// A DTMF digit sent as SIP INFO (application/dtmf-relay or application/dtmf).
     Dtmf(CallHandle, char),
+    /// A call we placed ([`SipEndpoint::invite`]) got a provisional response (180, 183).
+    OutboundProgress(CallHandle, u16),
+    /// A call we placed was answered (2xx, acknowledged by us) with this media.
+    OutboundAnswered(CallHandle, Negotiated),
     CallEnded(CallHandle, EndReason),
+}
+
+/// A call the gateway places (the agent leg of a warm transfer).
+#[derive(Debug, Clone)]
+pub struct OutboundCall {
+    /// The Request-URI and To, e.g. `sip:1001@pbx.example.com`.
+    pub target: String,
+    /// Where the INVITE goes: the target's host, or an outbound proxy.
+    pub peer: Peer,
+    /// Our address on the way to `peer` (Via, Contact, SDP).
+    pub local_ip: IpAddr,
+    /// The From header's display name and user (`"Voicebot" <sip:USER@...>`).
+    pub from_display: String,
+    pub from_user: String,
+    /// Where we receive the leg's RTP.
+    pub local: LocalMedia,
+    /// Extra headers, e.g. `X-Voicebot-Call-Id` and `User-to-User`.
+    pub headers: Vec<(String, String)>,
+}
+
+/// A call we placed that has no final answer yet.
+#[derive(Debug)]
+struct PendingOutbound {
+    txn: InviteClientTransaction,
+    /// Our INVITE (CANCEL and non-2xx ACKs copy its headers).
+    invite: SipMessage,
+    branch: String,
+    peer: Peer,
+    local_ip: IpAddr,
+    local_tag: String,
+    local: LocalMedia,
+    /// The owner hung up before a provisional response: CANCEL as soon as one arrives.
+    cancel_wanted: bool,
+    cancel: Option<ClientTransaction>,
 }
 
 /// Endpoint settings.
@@ -219,6 +261,9 @@ struct Call {
     bye_branch: Option<String>,
     /// CallEnded was already reported (the BYE may still be finishing).
     end_reported: bool,
+    /// A call we placed: the branch of our INVITE and the ACK for its 2xx, sent again when
+    /// the 2xx is retransmitted (13.2.2.4).
+    invite_ack: Option<(String, Vec<u8>)>,
 }
 
 /// Identifies a server transaction: the top Via branch (RFC 3261 17.2.3) and the method, ACK
@@ -262,6 +307,8 @@ pub struct SipEndpoint {
     allow: AllowList,
     transactions: HashMap<TxnKey, ServerTxnEntry>,
     calls: HashMap<CallHandle, Call>,
+    /// Calls we placed, until their final response.
+    outbound: HashMap<CallHandle, PendingOutbound>,
     /// (Call-ID, our tag) -> call.
     dialogs: HashMap<(String, String), CallHandle>,
     next_handle: u64,
@@ -318,6 +365,7 @@ impl SipEndpoint {
             allow,
             transactions: HashMap::new(),
             calls: HashMap::new(),
+            outbound: HashMap::new(),
             dialogs: HashMap::new(),
             next_handle: 1,
             transmits: VecDeque::new(),
@@ -327,9 +375,9 @@ impl SipEndpoint {
         }
     }
 
-    /// Calls ringing or answered.
+    /// Calls ringing or answered, including calls we placed.
     pub fn active_calls(&self) -> usize {
-        self.calls.len()
+        self.calls.len() + self.outbound.len()
     }
 
     /// Stops taking new calls (503 with Retry-After); calls in progress go on.
@@ -720,6 +768,7 @@ impl SipEndpoint {
                 bye: None,
                 bye_branch: None,
                 end_reported: false,
+                invite_ack: None,
             },
         );
     }
@@ -774,6 +823,10 @@ impl SipEndpoint {
 
     /// Ends a call from our side: BYE once answered, 480 while still ringing.
     pub fn hangup(&mut self, handle: CallHandle, now: Instant) {
+        if self.outbound.contains_key(&handle) {
+            self.cancel(handle, now);
+            return;
+        }
         let Some(call) = self.calls.get(&handle) else {
             return;
         };
@@ -841,6 +894,39 @@ impl SipEndpoint {
         let (Some(code), Some(branch)) = (msg.status(), msg.via_branch()) else {
             return;
         };
+        let pending = self
+            .outbound
+            .iter()
+            .find(|(_, p)| p.branch == branch)
+            .map(|(h, _)| *h);
+        if let Some(handle) = pending {
+            let is_cancel = msg.cseq().is_some_and(|c| c.method == Method::Cancel);
+            if is_cancel {
+                if let Some(cancel) = self
+                    .outbound
+                    .get_mut(&handle)
+                    .and_then(|p| p.cancel.as_mut())
+                {
+                    cancel.on_response(code, now);
+                }
+            } else {
+                self.outbound_response(handle, msg, code, now);
+            }
+            return;
+        }
+        // A retransmitted 2xx for a call we placed and acknowledged: acknowledge it again.
+        let ack = self.calls.values().find_map(|c| {
+            c.invite_ack
+                .as_ref()
+                .filter(|(b, _)| b == branch)
+                .map(|a| (c.peer, a.1.clone()))
+        });
+        if let Some((peer, ack)) = ack {
+            if (200..300).contains(&code) {
+                self.send(peer, ack);
+            }
+            return;
+        }
         let handle = self
             .calls
             .values()
@@ -858,6 +944,325 @@ impl SipEndpoint {
         if let Some(code) = done {
             tracing::info!(call = %handle, code, "BYE answered");
             self.end_call(handle, EndReason::LocalHangup);
+        }
+    }
+
+    /// Places a call (RFC 3261 13.2): sends the INVITE with our SDP offer and returns its
+    /// handle. Progress comes as [`Event::OutboundProgress`], the answer as
+    /// [`Event::OutboundAnswered`] (the endpoint sends the ACK), a refusal or timeout as
+    /// [`Event::CallEnded`]. [`SipEndpoint::hangup`] cancels it while it rings.
+    pub fn invite(&mut self, call: OutboundCall, now: Instant) -> CallHandle {
+        let handle = CallHandle(self.next_handle);
+        self.next_handle += 1;
+        let local_tag = random_token();
+        let branch = format!("z9hG4bK{}", random_token());
+        let call_id = format!("{}@voicebot", random_token());
+        let host = host_of(call.local_ip);
+        let mut invite = SipMessage::request(Method::Invite, call.target.clone());
+        invite.push(
+            "Via",
+            format!(
+                "SIP/2.0/{} {host}:{};branch={branch};rport",
+                call.peer.transport.via_name(),
+                self.config.sip_port
+            ),
+        );
+        invite.push("Max-Forwards", "70");
+        let display = call.from_display.replace('"', "");
+        invite.push(
+            "From",
+            format!(
+                "\"{display}\" <sip:{}@{host}:{}>;tag={local_tag}",
+                call.from_user, self.config.sip_port
+            ),
+        );
+        invite.push("To", format!("<{}>", call.target));
+        invite.push("Call-ID", call_id.clone());
+        invite.push("CSeq", "1 INVITE");
+        invite.push("Contact", self.contact(call.local_ip, call.peer.transport));
+        invite.push("Allow", ALLOWED);
+        invite.push("Supported", "timer");
+        invite.push("User-Agent", self.config.user_agent.clone());
+        for (name, value) in &call.headers {
+            invite.push(name, value.clone());
+        }
+        let offer = sdp::offer_sdp(&call.local, &self.config.codecs, 101);
+        invite.set_body("application/sdp", offer.into_bytes());
+        let bytes = invite.to_bytes();
+        let txn =
+            InviteClientTransaction::new(bytes.clone(), call.peer.transport.is_reliable(), now);
+        tracing::info!(call = %handle, %call_id, target = %call.target, peer = %call.peer.addr, "placing call");
+        self.outbound.insert(
+            handle,
+            PendingOutbound {
+                txn,
+                invite,
+                branch,
+                peer: call.peer,
+                local_ip: call.local_ip,
+                local_tag,
+                local: call.local,
+                cancel_wanted: false,
+                cancel: None,
+            },
+        );
+        self.send(call.peer, bytes);
+        handle
+    }
+
+    /// Cancels a call we placed that has no final response yet (9.1): the CANCEL goes out once
+    /// a provisional response has arrived; the 487 then ends the call.
+    fn cancel(&mut self, handle: CallHandle, now: Instant) {
+        let Some(p) = self.outbound.get_mut(&handle) else {
+            return;
+        };
+        if p.cancel.is_some()
+            || p.txn.state() == InviteClientState::Completed
+            || p.txn.is_terminated()
+        {
+            return;
+        }
+        if !p.txn.heard_back() {
+            p.cancel_wanted = true;
+            return;
+        }
+        let mut cancel = SipMessage::request(
+            Method::Cancel,
+            p.invite.request_uri().unwrap_or("").to_string(),
+        );
+        for name in ["Via", "Route", "From", "To", "Call-ID"] {
+            for value in p.invite.header_values(name) {
+                cancel.push(name, value.to_string());
+            }
+        }
+        cancel.push("Max-Forwards", "70");
+        let seq = p.invite.cseq().map_or(1, |c| c.seq);
+        cancel.push("CSeq", format!("{seq} CANCEL"));
+        let bytes = cancel.to_bytes();
+        p.cancel = Some(ClientTransaction::new(
+            bytes.clone(),
+            p.peer.transport.is_reliable(),
+            now,
+        ));
+        let peer = p.peer;
+        tracing::info!(call = %handle, "cancelling the call we placed");
+        self.send(peer, bytes);
+    }
+
+    /// The ACK for a final response to our INVITE: for a 2xx a new transaction to the remote
+    /// target along the route set (13.2.2.4), for a failure the same branch and Request-URI
+    /// as the INVITE (17.1.1.3).
+    fn ack_for(
+        p: &PendingOutbound,
+        response: &SipMessage,
+        success: Option<(&str, &[String])>,
+        sip_port: u16,
+    ) -> Vec<u8> {
+        let uri = match success {
+            Some((target, _)) => target.to_string(),
+            None => p.invite.request_uri().unwrap_or("").to_string(),
+        };
+        let mut ack = SipMessage::request(Method::Ack, uri);
+        match success {
+            Some(_) => ack.push(
+                "Via",
+                format!(
+                    "SIP/2.0/{} {}:{sip_port};branch=z9hG4bK{};rport",
+                    p.peer.transport.via_name(),
+                    host_of(p.local_ip),
+                    random_token()
+                ),
+            ),
+            None => ack.push("Via", p.invite.top_via().unwrap_or("").to_string()),
+        };
+        ack.push("Max-Forwards", "70");
+        if let Some((_, routes)) = success {
+            for route in routes {
+                ack.push("Route", route.clone());
+            }
+        }
+        ack.push("From", p.invite.header("From").unwrap_or("").to_string());
+        ack.push("To", response.header("To").unwrap_or("").to_string());
+        ack.push("Call-ID", p.invite.call_id().unwrap_or("").to_string());
+        let seq = p.invite.cseq().map_or(1, |c| c.seq);
+        ack.push("CSeq", format!("{seq} ACK"));
+        ack.to_bytes()
+    }
+
+    /// A response to the INVITE of a call we placed.
+    fn outbound_response(&mut self, handle: CallHandle, msg: SipMessage, code: u16, now: Instant) {
+        let sip_port = self.config.sip_port;
+        if code < 200 {
+            let Some(p) = self.outbound.get_mut(&handle) else {
+                return;
+            };
+            p.txn.on_provisional();
+            let cancel_now = p.cancel_wanted && p.cancel.is_none();
+            if code > 100 {
+                self.events.push_back(Event::OutboundProgress(handle, code));
+            }
+            if cancel_now {
+                self.cancel(handle, now);
+            }
+            return;
+        }
+        if code >= 300 {
+            let Some(p) = self.outbound.get_mut(&handle) else {
+                return;
+            };
+            let ack = Self::ack_for(p, &msg, None, sip_port);
+            let first = p.txn.state() != InviteClientState::Completed;
+            let peer = p.peer;
+            if let Some(ack) = p.txn.on_final_failure(ack, now) {
+                self.send(peer, ack);
+            }
+            if first {
+                let reason = if code == 487 {
+                    EndReason::Cancelled
+                } else {
+                    EndReason::Refused(code)
+                };
+                tracing::info!(call = %handle, code, "the call we placed was not answered");
+                self.events.push_back(Event::CallEnded(handle, reason));
+            }
+            // The transaction lingers (timer D) to acknowledge retransmissions.
+            return;
+        }
+        // 2xx: the dialog starts; we acknowledge it ourselves.
+        let Some(mut p) = self.outbound.remove(&handle) else {
+            return;
+        };
+        p.txn.on_success();
+        let mut route_set: Vec<String> = msg
+            .header_values("Record-Route")
+            .map(str::to_string)
+            .collect();
+        route_set.reverse();
+        let remote_target = msg
+            .header("Contact")
+            .map(|c| uri_of(split_list(c).next().unwrap_or(c)).to_string())
+            .unwrap_or_else(|| p.invite.request_uri().unwrap_or("").to_string());
+        let ack = Self::ack_for(&p, &msg, Some((&remote_target, &route_set)), sip_port);
+        self.send(p.peer, ack.clone());
+        let answer = sdp::parse_offer(&msg.body)
+            .and_then(|offer| sdp::negotiate(&offer, &self.config.codecs).map(|m| (offer, m)));
+        let remote_tag = msg.to_tag().unwrap_or("").to_string();
+        let call_id = p.invite.call_id().unwrap_or("").to_string();
+        let (offer, media) = match answer {
+            Ok(pair) => pair,
+            Err(e) => {
+                // Answered with media we cannot use: acknowledge, then hang up (13.2.2.4).
+                tracing::warn!(call = %handle, error = %e, "the answer's SDP is not acceptable; hanging up");
+                self.events
+                    .push_back(Event::CallEnded(handle, EndReason::Refused(488)));
+                let mut placeholder = self.outbound_call(
+                    handle,
+                    &p,
+                    &msg,
+                    remote_tag,
+                    remote_target,
+                    route_set,
+                    call_id,
+                );
+                placeholder.end_reported = true;
+                placeholder.invite_ack = Some((p.branch.clone(), ack));
+                self.calls.insert(handle, placeholder);
+                self.send_bye(handle, now);
+                return;
+            }
+        };
+        let mut call = self.outbound_call(
+            handle,
+            &p,
+            &msg,
+            remote_tag,
+            remote_target,
+            route_set,
+            call_id,
+        );
+        call.invite_ack = Some((p.branch.clone(), ack));
+        call.media = media.clone();
+        call.offer = offer;
+        let cancelled = p.cancel_wanted || p.cancel.is_some();
+        self.dialogs
+            .insert((call.call_id.clone(), call.local_tag.clone()), handle);
+        self.calls.insert(handle, call);
+        if cancelled {
+            // The answer crossed our CANCEL: the call exists now and must be ended (9.1).
+            tracing::info!(call = %handle, "answered after we cancelled; hanging up");
+            self.events
+                .push_back(Event::CallEnded(handle, EndReason::Cancelled));
+            if let Some(c) = self.calls.get_mut(&handle) {
+                c.end_reported = true;
+            }
+            self.send_bye(handle, now);
+            return;
+        }
+        tracing::info!(call = %handle, codec = %media.codec, "the call we placed was answered");
+        self.events
+            .push_back(Event::OutboundAnswered(handle, media));
+    }
+
+    /// The dialog state of a call we placed, from its 2xx.
+    #[allow(clippy::too_many_arguments)]
+    fn outbound_call(
+        &self,
+        handle: CallHandle,
+        p: &PendingOutbound,
+        response: &SipMessage,
+        remote_tag: String,
+        remote_target: String,
+        route_set: Vec<String>,
+        call_id: String,
+    ) -> Call {
+        let placeholder_media = Negotiated {
+            codec: Codec::Pcmu,
+            payload_type: 0,
+            telephone_event_pt: None,
+            remote_rtp: SocketAddr::new(p.local_ip, 0),
+            direction: sdp::Direction::Inactive,
+            ptime_ms: 20,
+            on_hold: true,
+        };
+        let placeholder_offer = MediaOffer {
+            remote_rtp: SocketAddr::new(p.local_ip, 0),
+            codecs: Vec::new(),
+            telephone_event_pt: None,
+            direction: sdp::Direction::Inactive,
+            ptime_ms: None,
+            media_lines: Vec::new(),
+            audio_index: 0,
+        };
+        let session_expires = session_expires(response).map(|s| Duration::from_secs(u64::from(s)));
+        Call {
+            handle,
+            call_id,
+            local_tag: p.local_tag.clone(),
+            remote_tag,
+            peer: p.peer,
+            local_ip: p.local_ip,
+            invite: p.invite.clone(),
+            invite_key: TxnKey {
+                branch: p.branch.clone(),
+                method: "INVITE".into(),
+            },
+            state: CallState::Confirmed,
+            remote_cseq: 0,
+            local_cseq: p.invite.cseq().map_or(1, |c| c.seq),
+            route_set,
+            remote_target,
+            remote_uri: response.header("To").unwrap_or("").to_string(),
+            local_uri: p.invite.header("From").unwrap_or("").to_string(),
+            media: placeholder_media,
+            local_media: Some(p.local),
+            offer: placeholder_offer,
+            pending_ack_cseq: None,
+            session_expires,
+            session_deadline: None,
+            bye: None,
+            bye_branch: None,
+            end_reported: false,
+            invite_ack: None,
         }
     }
 
@@ -1096,7 +1501,13 @@ impl SipEndpoint {
                 c.bye.as_ref().and_then(|b| b.next_timer()),
             ]
         });
-        txns.chain(calls.flatten()).min()
+        let outbound = self.outbound.values().flat_map(|p| {
+            [
+                p.txn.next_timer(),
+                p.cancel.as_ref().and_then(|c| c.next_timer()),
+            ]
+        });
+        txns.chain(calls.flatten()).chain(outbound.flatten()).min()
     }
 
     /// Runs every timer due at `now`.
@@ -1114,6 +1525,31 @@ impl SipEndpoint {
             }
             !entry.txn.is_terminated()
         });
+        let mut no_response = Vec::new();
+        self.outbound.retain(|handle, p| {
+            if p.txn.next_timer().is_some_and(|t| t <= now) {
+                match p.txn.on_timer(now) {
+                    Some(InviteClientAction::Retransmit(bytes)) => sends.push((p.peer, bytes)),
+                    Some(InviteClientAction::Timeout) => {
+                        tracing::warn!(call = %handle, "no final response to our INVITE (timer B)");
+                        no_response.push(*handle);
+                    }
+                    None => {}
+                }
+            }
+            if let Some(cancel) = p.cancel.as_mut() {
+                if cancel.next_timer().is_some_and(|t| t <= now) {
+                    if let Some(ClientAction::Retransmit(bytes)) = cancel.on_timer(now) {
+                        sends.push((p.peer, bytes));
+                    }
+                }
+            }
+            !p.txn.is_terminated()
+        });
+        for handle in no_response {
+            self.events
+                .push_back(Event::CallEnded(handle, EndReason::NoResponse));
+        }
         let mut bye_now = Vec::new();
         let mut ended = Vec::new();
         for call in self.calls.values_mut() {
@@ -1174,6 +1610,14 @@ impl SipEndpoint {
                 call.end_reported = true;
             }
         }
+    }
+}
+
+/// A host for Via, From and Contact: IPv6 in brackets.
+fn host_of(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(ip) => ip.to_string(),
+        IpAddr::V6(ip) => format!("[{ip}]"),
     }
 }
 
@@ -1336,6 +1780,233 @@ Max-Forwards: 70\r\n{extra}{ct}Content-Length: {}\r\n\r\n{body}",
         assert!(String::from_utf8_lossy(&ok[0].body).contains("m=audio 20000 RTP/AVP 0 101"));
         assert!(ok[0].header("Allow").is_some_and(|a| a.contains("INVITE")));
         (ep, call.handle, tag)
+    }
+
+    fn agent() -> Peer {
+        Peer {
+            transport: Transport::Udp,
+            addr: "127.0.0.1:5070".parse().unwrap(),
+        }
+    }
+
+    /// Places a call to the agent and returns the endpoint, the handle and our INVITE.
+    fn placed(t0: Instant) -> (SipEndpoint, CallHandle, SipMessage) {
+        let mut ep = endpoint(10);
+        let handle = ep.invite(
+            OutboundCall {
+                target: "sip:1001@127.0.0.1:5070".into(),
+                peer: agent(),
+                local_ip: local_ip(),
+                from_display: "Voicebot \"support\"".into(),
+                from_user: "voicebot".into(),
+                local: local_media(),
+                headers: vec![("X-Voicebot-Call-Id".into(), "call-1@test".into())],
+            },
+            t0,
+        );
+        let out = sent(&mut ep);
+        assert_eq!(out.len(), 1);
+        let invite = out[0].clone();
+        assert_eq!(invite.method(), Some(&Method::Invite));
+        assert_eq!(invite.request_uri(), Some("sip:1001@127.0.0.1:5070"));
+        assert_eq!(invite.header("X-Voicebot-Call-Id"), Some("call-1@test"));
+        assert!(invite
+            .header("From")
+            .is_some_and(|f| f.starts_with("\"Voicebot support\" <sip:voicebot@")));
+        assert!(String::from_utf8_lossy(&invite.body).contains("m=audio 20000 RTP/AVP"));
+        (ep, handle, invite)
+    }
+
+    /// The agent's response to our INVITE (or CANCEL with `method`).
+    fn agent_response(invite: &SipMessage, code: u16, method: &str, body: &str) -> Vec<u8> {
+        let ct = if body.is_empty() {
+            ""
+        } else {
+            "Content-Type: application/sdp\r\n"
+        };
+        format!(
+            "SIP/2.0 {code} X\r\nVia: {}\r\nFrom: {}\r\nTo: {};tag=agent1\r\nCall-ID: {}\r\n\
+CSeq: 1 {method}\r\nContact: <sip:1001@127.0.0.1:5070>\r\n{ct}Content-Length: {}\r\n\r\n{body}",
+            invite.top_via().unwrap(),
+            invite.header("From").unwrap(),
+            invite.header("To").unwrap(),
+            invite.call_id().unwrap(),
+            body.len()
+        )
+        .into_bytes()
+    }
+
+    #[test]
+    fn placed_call_rings_answers_is_acked_and_the_agent_hangs_up() {
+        let t0 = Instant::now();
+        let (mut ep, handle, invite) = placed(t0);
+        // Timer A retransmits until a provisional response.
+        ep.handle_timeout(t0 + T1);
+        assert_eq!(sent(&mut ep).len(), 1);
+        ep.handle_bytes(
+            agent(),
+            local_ip(),
+            &agent_response(&invite, 180, "INVITE", ""),
+            t0,
+        );
+        assert!(matches!(ep.poll_event(), Some(Event::OutboundProgress(h, 180)) if h == handle));
+        ep.handle_timeout(t0 + T1 * 4);
+        assert!(sent(&mut ep).is_empty(), "no retransmission after 180");
+        ep.handle_bytes(
+            agent(),
+            local_ip(),
+            &agent_response(&invite, 200, "INVITE", SDP),
+            t0,
+        );
+        let ack = sent(&mut ep);
+        assert_eq!(ack[0].method(), Some(&Method::Ack));
+        assert_eq!(ack[0].request_uri(), Some("sip:1001@127.0.0.1:5070"));
+        assert!(ack[0].to_tag() == Some("agent1"));
+        let Some(Event::OutboundAnswered(h, media)) = ep.poll_event() else {
+            panic!("not answered")
+        };
+        assert_eq!(h, handle);
+        assert_eq!(media.remote_rtp.port(), 6000);
+        // A retransmitted 200 is acknowledged again.
+        ep.handle_bytes(
+            agent(),
+            local_ip(),
+            &agent_response(&invite, 200, "INVITE", SDP),
+            t0,
+        );
+        assert_eq!(sent(&mut ep)[0].method(), Some(&Method::Ack));
+        // The agent hangs up: its BYE is in our dialog.
+        let bye = format!(
+            "BYE sip:voicebot@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKab\r\n\
+From: {};tag=agent1\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: 2 BYE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
+            invite.header("To").unwrap(),
+            invite.header("From").unwrap(),
+            invite.call_id().unwrap()
+        );
+        ep.handle_bytes(agent(), local_ip(), bye.as_bytes(), t0);
+        assert_eq!(codes(&sent(&mut ep)), vec![200]);
+        assert!(
+            matches!(ep.poll_event(), Some(Event::CallEnded(h, EndReason::RemoteBye)) if h == handle)
+        );
+        assert_eq!(ep.active_calls(), 0);
+    }
+
+    #[test]
+    fn placed_call_busy_is_acked_and_reported() {
+        let t0 = Instant::now();
+        let (mut ep, handle, invite) = placed(t0);
+        ep.handle_bytes(
+            agent(),
+            local_ip(),
+            &agent_response(&invite, 486, "INVITE", ""),
+            t0,
+        );
+        let ack = sent(&mut ep);
+        assert_eq!(ack[0].method(), Some(&Method::Ack));
+        assert_eq!(
+            ack[0].via_branch(),
+            invite.via_branch(),
+            "same branch as the INVITE"
+        );
+        assert!(
+            matches!(ep.poll_event(), Some(Event::CallEnded(h, EndReason::Refused(486))) if h == handle)
+        );
+        // The retransmitted 486 gets the same ACK and no second event.
+        ep.handle_bytes(
+            agent(),
+            local_ip(),
+            &agent_response(&invite, 486, "INVITE", ""),
+            t0,
+        );
+        assert_eq!(sent(&mut ep)[0].method(), Some(&Method::Ack));
+        assert!(ep.poll_event().is_none());
+        ep.handle_timeout(t0 + crate::sip::transaction::TIMER_D);
+        assert_eq!(ep.active_calls(), 0);
+    }
+
+    #[test]
+    fn hanging_up_a_ringing_placed_call_cancels_it_after_the_first_provisional() {
+        let t0 = Instant::now();
+        let (mut ep, handle, invite) = placed(t0);
+        // Before any provisional response, the CANCEL waits.
+        ep.hangup(handle, t0);
+        assert!(sent(&mut ep).is_empty());
+        ep.handle_bytes(
+            agent(),
+            local_ip(),
+            &agent_response(&invite, 180, "INVITE", ""),
+            t0,
+        );
+        let cancel = sent(&mut ep);
+        assert_eq!(cancel[0].method(), Some(&Method::Cancel));
+        assert_eq!(cancel[0].via_branch(), invite.via_branch());
+        assert_eq!(cancel[0].cseq().map(|c| c.seq), Some(1));
+        ep.handle_bytes(
+            agent(),
+            local_ip(),
+            &agent_response(&invite, 200, "CANCEL", ""),
+            t0,
+        );
+        ep.handle_bytes(
+            agent(),
+            local_ip(),
+            &agent_response(&invite, 487, "INVITE", ""),
+            t0,
+        );
+        assert_eq!(sent(&mut ep)[0].method(), Some(&Method::Ack));
+        let events: Vec<Event> = std::iter::from_fn(|| ep.poll_event()).collect();
+        assert!(
+            events
+                .iter()
+                .any(|e| matches!(e, Event::CallEnded(h, EndReason::Cancelled) if *h == handle)),
+            "{events:?}"
+        );
+    }
+
+    #[test]
+    fn an_answer_crossing_our_cancel_is_hung_up() {
+        let t0 = Instant::now();
+        let (mut ep, handle, invite) = placed(t0);
+        ep.handle_bytes(
+            agent(),
+            local_ip(),
+            &agent_response(&invite, 180, "INVITE", ""),
+            t0,
+        );
+        ep.hangup(handle, t0);
+        sent(&mut ep);
+        ep.handle_bytes(
+            agent(),
+            local_ip(),
+            &agent_response(&invite, 200, "INVITE", SDP),
+            t0,
+        );
+        let out = sent(&mut ep);
+        let methods: Vec<_> = out.iter().filter_map(|m| m.method().cloned()).collect();
+        assert_eq!(methods, vec![Method::Ack, Method::Bye]);
+        let events: Vec<Event> = std::iter::from_fn(|| ep.poll_event()).collect();
+        assert!(events
+            .iter()
+            .any(|e| matches!(e, Event::CallEnded(h, EndReason::Cancelled) if *h == handle)));
+        assert!(!events
+            .iter()
+            .any(|e| matches!(e, Event::OutboundAnswered(..))));
+    }
+
+    #[test]
+    fn an_unanswered_placed_call_times_out_with_timer_b() {
+        let t0 = Instant::now();
+        let (mut ep, handle, _) = placed(t0);
+        let mut t = t0;
+        while t < t0 + timeout_64t1() {
+            t += T1;
+            ep.handle_timeout(t);
+        }
+        assert!(sent(&mut ep).len() >= 5, "timer A retransmissions");
+        assert!(
+            matches!(ep.poll_event(), Some(Event::CallEnded(h, EndReason::NoResponse)) if h == handle)
+        );
+        assert_eq!(ep.active_calls(), 0);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! SIP transactions (RFC 3261 section 17), sans-IO: the retransmission and timeout rules for
-//! the server side of INVITE and non-INVITE requests and the client side of the non-INVITE
-//! requests the gateway sends (BYE). Each transaction is a small state machine fed with
+//! the server side of INVITE and non-INVITE requests, the client side of the non-INVITE
+//! requests the gateway sends (BYE, CANCEL), and the client side of its INVITEs (calling an
+//! agent for a warm transfer). Each transaction is a small state machine fed with
 //! `Instant`s; it says when it wants to be woken ([`next_timer`]) and what to (re)send.
 //!
 //! Over reliable transports (TCP) nothing is retransmitted and the "wait" timers (I, J, K) are
@@ -265,9 +266,199 @@ impl ClientTransaction {
     }
 }
 
+/// How long an INVITE client transaction absorbs retransmitted final responses over UDP
+/// (timer D, at least 32 s).
+pub const TIMER_D: Duration = Duration::from_secs(32);
+
+/// What an INVITE client transaction reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InviteClientAction {
+    /// Send the INVITE again (timer A).
+    Retransmit(Vec<u8>),
+    /// No final response in 64*T1 (timer B).
+    Timeout,
+}
+
+/// Where an INVITE client transaction stands (17.1.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InviteClientState {
+    /// INVITE sent, nothing heard yet: retransmitting (timer A) until 64*T1 (timer B).
+    Calling,
+    /// A provisional response arrived: no more retransmissions, waiting for the final one.
+    Proceeding,
+    /// A non-2xx final response arrived and was acknowledged; retransmissions of it are
+    /// acknowledged again until timer D.
+    Completed,
+    /// A 2xx arrived (its ACK belongs to the dialog), or the transaction ended.
+    Terminated,
+}
+
+/// An INVITE client transaction (RFC 3261 17.1.1), e.g. the gateway calling an agent. The ACK
+/// for a non-2xx final response is built by the owner (it needs the response's To tag) and
+/// handed over with [`InviteClientTransaction::on_final_failure`], so that retransmitted
+/// responses get the same ACK.
+#[derive(Debug)]
+pub struct InviteClientTransaction {
+    request: Vec<u8>,
+    reliable: bool,
+    state: InviteClientState,
+    retransmit: Option<(Instant, Duration)>,
+    give_up_at: Option<Instant>,
+    linger_until: Option<Instant>,
+    ack: Option<Vec<u8>>,
+}
+
+impl InviteClientTransaction {
+    /// Starts the transaction; the owner sends `request` once now.
+    pub fn new(request: Vec<u8>, reliable: bool, now: Instant) -> Self {
+        Self {
+            retransmit: (!reliable).then_some((now + T1, T1)),
+            give_up_at: Some(now + timeout_64t1()),
+            request,
+            reliable,
+            state: InviteClientState::Calling,
+            linger_until: None,
+            ack: None,
+        }
+    }
+
+    pub fn state(&self) -> InviteClientState {
+        self.state
+    }
+
+    /// Whether a provisional or final response has been heard (a CANCEL may be sent only
+    /// then, 9.1).
+    pub fn heard_back(&self) -> bool {
+        self.state != InviteClientState::Calling
+    }
+
+    /// A provisional response: stop retransmitting (timer A); timer B still runs.
+    pub fn on_provisional(&mut self) {
+        if self.state == InviteClientState::Calling {
+            self.state = InviteClientState::Proceeding;
+            self.retransmit = None;
+        }
+    }
+
+    /// A 2xx: the transaction is done; the dialog acknowledges it.
+    pub fn on_success(&mut self) {
+        self.state = InviteClientState::Terminated;
+        self.retransmit = None;
+        self.give_up_at = None;
+    }
+
+    /// A non-2xx final response, with the ACK for it: returns the ACK to send now, also for a
+    /// retransmission of the response while Completed.
+    pub fn on_final_failure(&mut self, ack: Vec<u8>, now: Instant) -> Option<Vec<u8>> {
+        match self.state {
+            InviteClientState::Calling | InviteClientState::Proceeding => {
+                self.state = InviteClientState::Completed;
+                self.retransmit = None;
+                self.give_up_at = None;
+                self.linger_until = Some(if self.reliable { now } else { now + TIMER_D });
+                self.ack = Some(ack.clone());
+                Some(ack)
+            }
+            InviteClientState::Completed => self.ack.clone(),
+            InviteClientState::Terminated => None,
+        }
+    }
+
+    pub fn next_timer(&self) -> Option<Instant> {
+        [
+            self.retransmit.map(|(at, _)| at),
+            self.give_up_at,
+            self.linger_until,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    pub fn on_timer(&mut self, now: Instant) -> Option<InviteClientAction> {
+        if self.give_up_at.is_some_and(|at| now >= at) {
+            self.give_up_at = None;
+            self.retransmit = None;
+            self.state = InviteClientState::Terminated;
+            return Some(InviteClientAction::Timeout);
+        }
+        if self.linger_until.is_some_and(|at| now >= at) {
+            self.linger_until = None;
+            self.state = InviteClientState::Terminated;
+        }
+        if let Some((at, interval)) = self.retransmit {
+            if now >= at {
+                // Timer A doubles without a cap; timer B ends it.
+                let next = interval * 2;
+                self.retransmit = Some((now + next, next));
+                return Some(InviteClientAction::Retransmit(self.request.clone()));
+            }
+        }
+        None
+    }
+
+    pub fn is_terminated(&self) -> bool {
+        self.state == InviteClientState::Terminated
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn invite_client_retransmits_until_provisional_then_times_out() {
+        let t0 = Instant::now();
+        let mut t = InviteClientTransaction::new(b"INVITE".to_vec(), false, t0);
+        assert_eq!(t.next_timer(), Some(t0 + T1));
+        assert_eq!(
+            t.on_timer(t0 + T1),
+            Some(InviteClientAction::Retransmit(b"INVITE".to_vec()))
+        );
+        // Timer A doubled: 2*T1 later.
+        assert_eq!(t.next_timer(), Some(t0 + T1 + T1 * 2));
+        t.on_provisional();
+        assert!(t.heard_back());
+        assert_eq!(t.next_timer(), Some(t0 + timeout_64t1()));
+        assert_eq!(
+            t.on_timer(t0 + timeout_64t1()),
+            Some(InviteClientAction::Timeout)
+        );
+        assert!(t.is_terminated());
+    }
+
+    #[test]
+    fn invite_client_failure_is_acked_again_on_retransmission_until_timer_d() {
+        let t0 = Instant::now();
+        let mut t = InviteClientTransaction::new(b"INVITE".to_vec(), false, t0);
+        assert_eq!(
+            t.on_final_failure(b"ACK".to_vec(), t0),
+            Some(b"ACK".to_vec())
+        );
+        assert_eq!(t.state(), InviteClientState::Completed);
+        assert_eq!(
+            t.on_final_failure(b"other".to_vec(), t0),
+            Some(b"ACK".to_vec())
+        );
+        assert_eq!(t.next_timer(), Some(t0 + TIMER_D));
+        assert_eq!(t.on_timer(t0 + TIMER_D), None);
+        assert!(t.is_terminated());
+        // Over TCP there is nothing to absorb.
+        let mut t = InviteClientTransaction::new(b"INVITE".to_vec(), true, t0);
+        assert_eq!(t.next_timer(), Some(t0 + timeout_64t1()));
+        t.on_final_failure(b"ACK".to_vec(), t0);
+        t.on_timer(t0);
+        assert!(t.is_terminated());
+    }
+
+    #[test]
+    fn invite_client_success_ends_the_transaction() {
+        let t0 = Instant::now();
+        let mut t = InviteClientTransaction::new(b"INVITE".to_vec(), false, t0);
+        t.on_success();
+        assert!(t.is_terminated());
+        assert_eq!(t.next_timer(), None);
+    }
 
     #[test]
     fn invite_error_response_retransmits_on_g_until_ack() {
