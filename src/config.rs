@@ -10,6 +10,7 @@ use crate::config_file::{self, ConfigError};
 use crate::dialog::escalation::EscalationConfig;
 use crate::dialog::llm::LlmConfig;
 use crate::flows::FlowsConfig;
+use crate::handover::HandoverConfig;
 use crate::server::config::{MediaConfig, SipConfig};
 use crate::speech::asr::AsrConfig;
 use crate::speech::tts::TtsConfig;
@@ -83,6 +84,7 @@ pub struct GatewayConfig {
     pub flows: FlowsConfig,
     pub intent: IntentConfig,
     pub escalation: EscalationConfig,
+    pub handover: HandoverConfig,
     pub sip: SipConfig,
     pub media: MediaConfig,
 }
@@ -163,6 +165,14 @@ impl GatewayConfig {
         }
         if self.pool.queue == 0 {
             return bad("pool.queue", "must be at least 1");
+        }
+        if let Some((field, reason)) = self.handover.problem() {
+            return Err(ConfigError::invalid(
+                file,
+                text,
+                &format!("handover.{field}"),
+                reason,
+            ));
         }
         if let Some((field, reason)) = self.intent.llm.problem() {
             return Err(ConfigError::invalid(

@@ -12,6 +12,7 @@ pub mod config_file;
 pub mod dialog;
 pub mod engines;
 pub mod flows;
+pub mod handover;
 pub mod media;
 pub mod pipeline;
 pub mod report;

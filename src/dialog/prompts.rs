@@ -31,6 +31,9 @@ pub struct PromptsFile {
     pub repeat: String,
     /// Said when handing over; `{team}` is the team name of the skill.
     pub transfer: String,
+    /// Said when no agent of the team answered; `{team}` as in `transfer`.
+    #[serde(default = "default_transfer_failed")]
+    pub transfer_failed: String,
     /// Spoken team name of every skill (`billing = "billing"`).
     pub teams: BTreeMap<String, String>,
     /// Questions for slots that intents require.
@@ -38,6 +41,12 @@ pub struct PromptsFile {
     pub slots: BTreeMap<String, SlotPrompts>,
     /// One reply per intent that does not escalate, keyed by intent name.
     pub replies: BTreeMap<String, String>,
+}
+
+fn default_transfer_failed() -> String {
+    "I'm sorry, nobody from our {team} team is available right now. We have noted your request, \
+     and a colleague will call you back as soon as possible. Thank you for your patience. Goodbye."
+        .into()
 }
 
 /// The questions for one slot.
@@ -138,6 +147,7 @@ pub struct Prompts {
     clarify: Template,
     repeat: Template,
     transfer: Template,
+    transfer_failed: Template,
     teams: BTreeMap<String, String>,
     slots: BTreeMap<String, (Template, Template)>,
     replies: BTreeMap<String, Template>,
@@ -175,6 +185,7 @@ impl Prompts {
         let clarify = template("clarify", &raw.clarify, &[])?;
         let repeat = template("repeat", &raw.repeat, &[])?;
         let transfer = template("transfer", &raw.transfer, &[TEAM])?;
+        let transfer_failed = template("transfer_failed", &raw.transfer_failed, &[TEAM])?;
 
         for (skill, team) in &raw.teams {
             if !intents.skills.contains(skill) {
@@ -265,6 +276,7 @@ impl Prompts {
             clarify,
             repeat,
             transfer,
+            transfer_failed,
             teams: raw.teams,
             slots: slot_prompts,
             replies,
@@ -299,6 +311,13 @@ impl Prompts {
         let mut values = BTreeMap::new();
         values.insert(TEAM.to_string(), self.team(skill));
         self.transfer.render(&values)
+    }
+
+    /// What the caller hears when no agent of `skill`'s team answered.
+    pub fn transfer_failed(&self, skill: &str) -> String {
+        let mut values = BTreeMap::new();
+        values.insert(TEAM.to_string(), self.team(skill));
+        self.transfer_failed.render(&values)
     }
 
     /// The first question for a slot.

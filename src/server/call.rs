@@ -17,6 +17,9 @@ use tokio::sync::mpsc;
 use crate::audio::frames::AudioFrame;
 use crate::audio::resample::resample_all;
 use crate::flows::Flow;
+use crate::handover::context::{self, BotSpeechLine, ContextInput};
+use crate::handover::outbox::DelivererHandle;
+use crate::handover::transfer::{user_to_user, Attempt, AttemptOutcome, Hunt, TransferConfig};
 use crate::media::barge_in::{BargeIn, BargeInConfig};
 use crate::media::codec::CodecError;
 use crate::media::jitter::JitterConfig;
@@ -26,12 +29,14 @@ use crate::media::rtp::is_rtcp;
 use crate::media::sender::RtpSender;
 use crate::pipeline::{run_call, CallInput, CallOutput, Engines, SpeechKind};
 use crate::report::CallReport;
-use crate::sip::endpoint::{EndReason, IncomingCall};
+use crate::report::TurnReport;
+use crate::sip::endpoint::{CallHandle, EndReason, IncomingCall};
 use crate::sip::sdp::Negotiated;
 
 use super::pacer::{Lateness, PacedStream, Pacer};
 use super::ports::RtpPorts;
-use super::Inbound;
+use super::transfer::{convert, hold_tone_frame, AgentMedia};
+use super::{Inbound, PlaceCall};
 
 /// Packet time: every frame and packet is 20 ms.
 const PTIME_MS: u32 = 20;
@@ -53,6 +58,19 @@ pub enum CallControl {
     Ended(EndReason),
     /// The gateway is stopping: hang up now.
     Shutdown,
+    /// News of the agent leg of a transfer.
+    Agent(AgentEvent),
+}
+
+/// What happened to an agent leg the call task asked for.
+#[derive(Debug)]
+pub enum AgentEvent {
+    /// The agent's phone rings (180) or plays early media (183).
+    Progress(CallHandle, u16),
+    /// The agent answered.
+    Answered(CallHandle, Negotiated),
+    /// The leg ended: refused, cancelled, timed out, or the agent hung up.
+    Ended(CallHandle, EndReason),
 }
 
 /// Everything a call task needs.
@@ -65,6 +83,8 @@ pub struct CallSetup {
     pub pacer: Pacer,
     pub control: mpsc::Receiver<CallControl>,
     pub(super) hangup: mpsc::Sender<Inbound>,
+    /// Where hand-over events go (webhook outbox), when configured.
+    pub deliverer: Option<Arc<DelivererHandle>>,
 }
 
 /// What the bot said on the call, and whether the caller cut it short.
@@ -122,6 +142,31 @@ pub struct CallRecord {
     #[serde(flatten)]
     pub report: Option<CallReport>,
     pub pipeline_error: Option<String>,
+    /// The warm transfer, when the call was handed to a person.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transfer: Option<TransferRecord>,
+}
+
+/// How a warm transfer went, for the call's record.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct TransferRecord {
+    /// The team (skill) the call went to.
+    pub skill: String,
+    /// Every extension tried, with its outcome.
+    pub attempts: Vec<Attempt>,
+    /// The extension that answered.
+    pub agent: Option<String>,
+    /// From the escalation decision to the first agent INVITE, ms.
+    pub decision_to_invite_ms: Option<f64>,
+    /// From the agent's answer to the bridge carrying audio, ms.
+    pub answer_to_bridge_ms: Option<f64>,
+    /// Packets relayed to and from the agent.
+    pub packets_to_agent: u64,
+    pub packets_from_agent: u64,
+    /// "bridged", "callback" (nobody answered) or "caller_hung_up".
+    pub outcome: String,
+    /// Webhook events queued (event ids).
+    pub webhook_events: Vec<String>,
 }
 
 /// Tracks queued bot speech against what the sender actually played.
@@ -152,6 +197,33 @@ impl SpeechLog {
         self.enqueued += samples;
     }
 
+    /// Audio that is not bot speech (the hold tone) went into the same sender.
+    fn pad(&mut self, samples: u64) {
+        self.enqueued += samples;
+    }
+
+    /// What the bot said so far, as the hand-over context lists it.
+    fn lines(&self, queued_now: u64, rate: u32) -> Vec<BotSpeechLine> {
+        let played_total = self.enqueued.saturating_sub(queued_now);
+        self.entries
+            .iter()
+            .map(|(speech, start, len)| {
+                let played_ms = if speech.interrupted {
+                    speech.played_ms
+                } else {
+                    played_total.saturating_sub(*start).min(*len) * 1000 / u64::from(rate.max(1))
+                };
+                BotSpeechLine {
+                    at_ms: speech.queued_at_ms,
+                    text: speech.text.clone(),
+                    played_ms,
+                    duration_ms: speech.duration_ms,
+                    interrupted: speech.interrupted,
+                }
+            })
+            .collect()
+    }
+
     /// Records a barge-in: `unplayed` queued samples were dropped.
     fn cut(&mut self, unplayed: u64, rate: u32) {
         let played_total = self.enqueued.saturating_sub(unplayed);
@@ -178,6 +250,149 @@ impl SpeechLog {
     }
 }
 
+/// A warm transfer in progress (see [`crate::handover`]).
+struct TransferRun {
+    skill: String,
+    /// The team's spoken name.
+    team: String,
+    hunt: Hunt,
+    leg: Leg,
+    record: TransferRecord,
+    escalated_wall: std::time::SystemTime,
+    /// Hold-tone frames played so far.
+    hold_frames: u64,
+}
+
+/// Where the agent leg stands.
+enum Leg {
+    /// Between attempts.
+    Dialing,
+    /// An extension rings.
+    Ringing {
+        agent: CallHandle,
+        target: String,
+        ports: Option<RtpPorts>,
+        deadline: Instant,
+        /// We cancelled it at the ring timeout.
+        cancelled: bool,
+    },
+    /// Caller and agent talk.
+    Bridged { media: Box<AgentMedia> },
+    /// Nobody answered: the apology plays, then the call ends.
+    Failed,
+}
+
+/// The URI of a From header value (`"Alice" <sip:alice@x>;tag=1` -> `sip:alice@x`).
+fn uri_only(from: &str) -> &str {
+    crate::sip::message::uri_of(from)
+}
+
+/// Rings the next extension of the hunt; [`Leg::Failed`] when none is left or none could be
+/// called.
+async fn dial_next(
+    r: &mut TransferRun,
+    signalling: &mpsc::Sender<Inbound>,
+    caller: CallHandle,
+    call_id: &str,
+    cfg: &TransferConfig,
+    flow: &str,
+) {
+    while let Some(target) = r.hunt.next_target() {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let mut headers = vec![
+            ("X-Voicebot-Call-Id".to_string(), call_id.to_string()),
+            ("X-Voicebot-Team".to_string(), r.skill.clone()),
+            ("X-Voicebot-Flow".to_string(), flow.to_string()),
+            ("User-to-User".to_string(), user_to_user(call_id)),
+        ];
+        if !cfg.context_url_base.is_empty() {
+            headers.push((
+                "X-Voicebot-Context-Url".to_string(),
+                format!(
+                    "{}/calls/{call_id}/context",
+                    cfg.context_url_base.trim_end_matches('/')
+                ),
+            ));
+        }
+        let request = PlaceCall {
+            caller,
+            target: target.clone(),
+            headers,
+            from_display: format!("Voicebot {}", r.team),
+            from_user: cfg.from_user.clone(),
+            reply,
+        };
+        if signalling.send(Inbound::PlaceCall(request)).await.is_err() {
+            break;
+        }
+        match tokio::time::timeout(Duration::from_secs(2), answer).await {
+            Ok(Ok(Ok((agent, ports)))) => {
+                tracing::info!(%agent, %target, "calling the agent");
+                r.leg = Leg::Ringing {
+                    agent,
+                    target,
+                    ports: Some(ports),
+                    deadline: Instant::now() + cfg.ring_timeout(),
+                    cancelled: false,
+                };
+                return;
+            }
+            Ok(Ok(Err(why))) => {
+                tracing::warn!(%target, %why, "cannot call this extension; trying the next");
+                r.hunt.record(&target, &AttemptOutcome::Failed(why));
+            }
+            _ => {
+                r.hunt.record(
+                    &target,
+                    &AttemptOutcome::Failed("signalling did not answer".into()),
+                );
+            }
+        }
+    }
+    r.leg = Leg::Failed;
+}
+
+/// Nobody answered: a callback request goes to the webhook and the caller hears the apology.
+#[allow(clippy::too_many_arguments)]
+async fn give_up(
+    r: &mut TransferRun,
+    engines: &Engines,
+    flow: &Flow,
+    post: &impl Fn(&str, serde_json::Value) -> Option<String>,
+    stream: &Arc<std::sync::Mutex<PacedStream>>,
+    speech_log: &mut SpeechLog,
+    frames_fed: u64,
+    rate: u32,
+) {
+    r.record.outcome = "callback".into();
+    tracing::warn!(attempts = ?r.hunt.attempts(), "no agent answered; a callback is requested");
+    let data = serde_json::json!({
+        "skill": r.skill,
+        "reason": "no agent answered",
+        "attempts": r.hunt.attempts(),
+    });
+    r.record
+        .webhook_events
+        .extend(post("callback_requested", data));
+    let text = flow.dialog.prompts().transfer_failed(&r.skill);
+    let tts = engines.tts.clone();
+    let owned = text.clone();
+    match engines.pool.run(move || tts.synthesize(&owned)).await {
+        Ok(Ok(speech)) => {
+            let samples = convert(speech.audio.samples, speech.audio.rate, rate);
+            let unplayed = stream.lock().map_or(0, |mut s| s.sender.flush());
+            speech_log.cut(unplayed as u64, rate);
+            let at = Duration::from_millis(frames_fed * u64::from(PTIME_MS));
+            speech_log.push(SpeechKind::Reply, text, at, samples.len() as u64, rate);
+            if let Ok(mut s) = stream.lock() {
+                s.sender.enqueue(&samples);
+            }
+        }
+        Ok(Err(e)) => tracing::error!(error = %e, "cannot synthesise the apology"),
+        Err(e) => tracing::error!(error = %e, "cannot synthesise the apology"),
+    }
+}
+
 fn rms(samples: &[f32]) -> f32 {
     if samples.is_empty() {
         return 0.0;
@@ -197,7 +412,9 @@ pub async fn run_call_media(setup: CallSetup) {
         pacer,
         mut control,
         hangup,
+        deliverer,
     } = setup;
+    let started_wall = std::time::SystemTime::now();
     let handle = call.handle;
     let started = Instant::now();
     let media_cfg = engines.config.media.clone();
@@ -268,7 +485,7 @@ pub async fn run_call_media(setup: CallSetup) {
 
     let (in_tx, in_rx) = mpsc::channel(INPUT_QUEUE);
     let (out_tx, mut out_rx) = mpsc::channel(16);
-    let mut pipeline = tokio::spawn(run_call(engines.clone(), flow, in_rx, out_tx));
+    let mut pipeline = tokio::spawn(run_call(engines.clone(), flow.clone(), in_rx, out_tx));
     let mut pipeline_result: Option<Result<CallReport, String>> = None;
 
     let mut speech_log = SpeechLog::default();
@@ -286,8 +503,33 @@ pub async fn run_call_media(setup: CallSetup) {
     let mut hangup_deadline: Option<Instant> = None;
     let mut rtp_timeout_logged = false;
     let no_rtp = Duration::from_secs(media_cfg.no_rtp_timeout_s);
+    // The caller's turns so far (for the hand-over context) and the transfer, once escalated.
+    let mut turns: Vec<TurnReport> = Vec::new();
+    let mut run: Option<TransferRun> = None;
+    let mut agent_buf = vec![0u8; 2048];
+    let transfer_cfg = engines.config.handover.transfer.clone();
+    let post = |kind: &str, data: serde_json::Value| -> Option<String> {
+        let d = deliverer.as_ref()?;
+        match d.enqueue(&call.call_id, kind, data) {
+            Ok(id) => {
+                tracing::info!(event = kind, event_id = %id, "webhook event queued");
+                Some(id)
+            }
+            Err(e) => {
+                tracing::error!(event = kind, error = %e, "webhook event could not be queued");
+                None
+            }
+        }
+    };
 
     loop {
+        let agent_socket = match &run {
+            Some(TransferRun {
+                leg: Leg::Bridged { media: agent, .. },
+                ..
+            }) => Some(agent.socket()),
+            _ => None,
+        };
         tokio::select! {
             received = socket.recv_from(&mut buf) => {
                 let Ok((n, from)) = received else { continue };
@@ -329,7 +571,18 @@ pub async fn run_call_media(setup: CallSetup) {
                         .poll_frame(now)
                         .unwrap_or_else(|| vec![0.0; media.codec.samples_per_frame(PTIME_MS)]);
                     let level = rms(&frame);
-                    if media_cfg.barge_in
+                    if let Some(TransferRun { leg: Leg::Bridged { media: agent, .. }, .. }) = run.as_mut() {
+                        // Bridged: the caller's audio goes to the agent, the agent's to the
+                        // caller; the pipeline still hears the caller (the transcript goes on).
+                        agent.send(&frame, rate);
+                        let from_agent = agent.poll_frame(now);
+                        let for_caller = convert(from_agent, agent.rate, rate);
+                        if let Ok(mut s) = stream.lock() {
+                            s.sender.enqueue(&for_caller);
+                        }
+                        speech_log.pad(for_caller.len() as u64);
+                    } else if media_cfg.barge_in
+                        && run.is_none()
                         && barge_in.on_frame(level, bot_level, speaking)
                     {
                         let unplayed = stream.lock().map_or(0, |mut s| s.sender.flush());
@@ -358,6 +611,25 @@ pub async fn run_call_media(setup: CallSetup) {
                         let _ = hangup.send(Inbound::Hangup(handle)).await;
                     }
                 }
+                if let Some(r) = run.as_mut() {
+                    if let Leg::Ringing { agent, deadline, cancelled, .. } = &mut r.leg {
+                        // The caller hears a quiet ringback tone once the announcement is out.
+                        let queued = stream.lock().map_or(0, |s| s.sender.queued_samples());
+                        if queued < media.codec.samples_per_frame(PTIME_MS) * 2 {
+                            let tone = hold_tone_frame(r.hold_frames, rate);
+                            r.hold_frames += 1;
+                            speech_log.pad(tone.len() as u64);
+                            if let Ok(mut s) = stream.lock() {
+                                s.sender.enqueue(&tone);
+                            }
+                        }
+                        if now >= *deadline && !*cancelled {
+                            *cancelled = true;
+                            tracing::info!(agent = %agent, "agent did not answer within the ring timeout; cancelling");
+                            let _ = hangup.send(Inbound::Hangup(*agent)).await;
+                        }
+                    }
+                }
                 if bot_done && !hangup_sent && !speaking {
                     // A short tail so the last word is not clipped by the BYE.
                     let at = *hangup_deadline.get_or_insert(now + Duration::from_millis(400));
@@ -365,6 +637,20 @@ pub async fn run_call_media(setup: CallSetup) {
                         hangup_sent = true;
                         ended_by.get_or_insert_with(|| "bot".into());
                         let _ = hangup.send(Inbound::Hangup(handle)).await;
+                    }
+                }
+            }
+            received = async {
+                match &agent_socket {
+                    Some(sock) => sock.recv_from(&mut agent_buf).await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                if let Ok((n, from)) = received {
+                    if let Some(TransferRun { leg: Leg::Bridged { media: agent, .. }, .. }) = run.as_mut() {
+                        if let Some(ev) = agent.on_datagram(&agent_buf[..n], from, Instant::now()) {
+                            tracing::info!(digit = %ev.digit, "DTMF from the agent");
+                        }
                     }
                 }
             }
@@ -422,17 +708,64 @@ pub async fn run_call_media(setup: CallSetup) {
                         s.sender.enqueue(&samples);
                     }
                 }
-                Some(CallOutput::Turn(turn)) if turn.escalation.is_some() || turn.ends_call => {
-                    if let Some(e) = &turn.escalation {
-                        tracing::info!(
-                            reason = ?e.reason,
-                            "escalation: no transfer target is configured yet, so the call \
-                             ends after the announcement"
-                        );
+                Some(CallOutput::Turn(turn)) => {
+                    let escalation = turn.escalation.clone();
+                    let ends_call = turn.ends_call;
+                    turns.push(*turn);
+                    match escalation {
+                        Some(e) if run.is_none() => {
+                            let targets = transfer_cfg.targets(&e.skill).to_vec();
+                            if targets.is_empty() {
+                                tracing::info!(reason = ?e.reason, skill = %e.skill,
+                                    "escalation: no agent extension is configured for this team, so the call ends after the announcement");
+                                bot_done = true;
+                            } else {
+                                let decided = Instant::now();
+                                let team = flow.dialog.prompts().team(&e.skill);
+                                let mut r = TransferRun {
+                                    skill: e.skill.clone(),
+                                    team: team.clone(),
+                                    hunt: Hunt::new(&targets),
+                                    leg: Leg::Dialing,
+                                    record: TransferRecord { skill: e.skill.clone(), ..TransferRecord::default() },
+                                    escalated_wall: std::time::SystemTime::now(),
+                                    hold_frames: 0,
+                                };
+                                // The agent's screen gets the context before the phone rings.
+                                let queued = stream.lock().map_or(0, |s| s.sender.queued_samples());
+                                let ctx = context::build(&ContextInput {
+                                    call_id: &call.call_id,
+                                    flow: &flow.name,
+                                    caller: uri_only(&call.from),
+                                    called: call.called.as_deref(),
+                                    started_at: started_wall,
+                                    escalated_at: Some(r.escalated_wall),
+                                    greeting: None,
+                                    turns: &turns,
+                                    bot_speech: &speech_log.lines(queued as u64, rate),
+                                    escalation: Some(&e),
+                                    team_name: Some(&team),
+                                });
+                                tracing::info!(reason = ?e.reason, skill = %e.skill, targets = targets.len(), summary = %ctx.summary.replace('\n', " | "), "escalation: warm transfer");
+                                let data = serde_json::to_value(&ctx).unwrap_or_default();
+                                r.record.webhook_events.extend(post("escalated", data));
+                                dial_next(&mut r, &hangup, handle, &call.call_id, &transfer_cfg, &flow.name).await;
+                                r.record.decision_to_invite_ms = Some(decided.elapsed().as_secs_f64() * 1000.0);
+                                let failed = matches!(r.leg, Leg::Failed);
+                                run = Some(r);
+                                if failed {
+                                    if let Some(r) = run.as_mut() {
+                                        give_up(r, &engines, &flow, &post, &stream, &mut speech_log, frames_fed, rate).await;
+                                    }
+                                    bot_done = true;
+                                }
+                            }
+                        }
+                        Some(_) => {}
+                        None if ends_call => bot_done = true,
+                        None => {}
                     }
-                    bot_done = true;
                 }
-                Some(CallOutput::Turn(_)) => {}
                 None => {}
             },
             ctl = control.recv() => match ctl {
@@ -467,7 +800,90 @@ pub async fn run_call_media(setup: CallSetup) {
                 Some(CallControl::Dtmf(digit)) => {
                     let at = Duration::from_millis(frames_fed * u64::from(PTIME_MS));
                     dtmf.push(digit);
+                    if let Some(TransferRun { leg: Leg::Bridged { media: agent, .. }, .. }) = run.as_ref() {
+                        agent.send_dtmf(digit);
+                    }
                     let _ = in_tx.try_send(CallInput::Dtmf { digit, at });
+                }
+                Some(CallControl::Agent(event)) => {
+                    let Some(r) = run.as_mut() else { continue };
+                    match event {
+                        AgentEvent::Progress(agent, code) => {
+                            tracing::info!(%agent, code, "agent leg progress");
+                        }
+                        AgentEvent::Answered(agent, m) => {
+                            let answered = Instant::now();
+                            let leg = std::mem::replace(&mut r.leg, Leg::Dialing);
+                            match leg {
+                                Leg::Ringing { agent: ringing, target, ports: Some(agent_ports), .. } if ringing == agent => {
+                                    match AgentMedia::start(agent, agent_ports, &m, &pacer, (min_delay_ms, max_delay_ms), answered) {
+                                        Ok(agent_media) => {
+                                            // Stop the hold tone; from now on the caller hears the agent.
+                                            let unplayed = stream.lock().map_or(0, |mut s| s.sender.flush());
+                                            speech_log.cut(unplayed as u64, rate);
+                                            r.record.agent = Some(target.clone());
+                                            r.record.answer_to_bridge_ms = Some(answered.elapsed().as_secs_f64() * 1000.0);
+                                            r.record.outcome = "bridged".into();
+                                            tracing::info!(%agent, %target, codec = %m.codec, "agent answered; caller and agent bridged");
+                                            let data = serde_json::json!({"agent": target, "codec": m.codec.to_string()});
+                                            r.record.webhook_events.extend(post("agent_answered", data));
+                                            r.leg = Leg::Bridged { media: Box::new(agent_media) };
+                                        }
+                                        Err(e) => {
+                                            tracing::error!(error = %e, "cannot start the agent leg's media; trying the next extension");
+                                            let _ = hangup.send(Inbound::Hangup(agent)).await;
+                                            r.hunt.record(&target, &AttemptOutcome::Failed(e.to_string()));
+                                            dial_next(r, &hangup, handle, &call.call_id, &transfer_cfg, &flow.name).await;
+                                        }
+                                    }
+                                }
+                                other => {
+                                    // Not the leg we are waiting for: end it.
+                                    r.leg = other;
+                                    let _ = hangup.send(Inbound::Hangup(agent)).await;
+                                }
+                            }
+                            if matches!(r.leg, Leg::Failed) {
+                                give_up(r, &engines, &flow, &post, &stream, &mut speech_log, frames_fed, rate).await;
+                                bot_done = true;
+                            }
+                        }
+                        AgentEvent::Ended(agent, reason) => {
+                            // Which leg ended (decided before any await: the leg's media is
+                            // not shareable across threads).
+                            let ringing = match &r.leg {
+                                Leg::Ringing { agent: a, target, cancelled, .. } if *a == agent => Some(Some((target.clone(), *cancelled))),
+                                Leg::Bridged { media: m, .. } if m.handle == agent => Some(None),
+                                _ => None,
+                            };
+                            match ringing {
+                                Some(Some((target, cancelled))) => {
+                                    let outcome = match reason {
+                                        EndReason::Refused(code) => AttemptOutcome::Refused(code),
+                                        EndReason::Cancelled if cancelled => AttemptOutcome::NoAnswer,
+                                        EndReason::NoResponse => AttemptOutcome::NoAnswer,
+                                        other => AttemptOutcome::Failed(format!("{other:?}")),
+                                    };
+                                    tracing::info!(%agent, %target, ?outcome, "agent leg not answered; trying the next extension");
+                                    r.hunt.record(&target, &outcome);
+                                    dial_next(r, &hangup, handle, &call.call_id, &transfer_cfg, &flow.name).await;
+                                    if matches!(r.leg, Leg::Failed) {
+                                        give_up(r, &engines, &flow, &post, &stream, &mut speech_log, frames_fed, rate).await;
+                                        bot_done = true;
+                                    }
+                                }
+                                Some(None) => {
+                                    tracing::info!(%agent, "the agent hung up; ending the call");
+                                    ended_by.get_or_insert_with(|| "agent".into());
+                                    if !hangup_sent {
+                                        hangup_sent = true;
+                                        let _ = hangup.send(Inbound::Hangup(handle)).await;
+                                    }
+                                }
+                                None => {}
+                            }
+                        }
+                    }
                 }
                 Some(CallControl::Ended(reason)) => {
                     ended_by.get_or_insert_with(|| match reason {
@@ -553,6 +969,47 @@ pub async fn run_call_media(setup: CallSetup) {
         .filter(|(_, &n)| n > 0)
         .map(|(i, &n)| (i as u16, n))
         .collect();
+    // The transfer's end: the agent leg's figures, and the final context for the agent's
+    // screen (the whole transcript, now including what was said while bridged).
+    let transfer_record = match run {
+        Some(mut r) => {
+            if let Leg::Bridged { media: agent, .. } = &r.leg {
+                r.record.packets_to_agent = agent.packets_out();
+                r.record.packets_from_agent = agent.packets_in;
+            }
+            if let Leg::Ringing { agent, .. } = &r.leg {
+                r.record.outcome = "caller_hung_up".into();
+                let _ = hangup.send(Inbound::Hangup(*agent)).await;
+            }
+            r.record.attempts = r.hunt.attempts().to_vec();
+            if let Some(Ok(report)) = &pipeline_result {
+                let ctx = context::build(&ContextInput {
+                    call_id: &call.call_id,
+                    flow: &flow.name,
+                    caller: uri_only(&call.from),
+                    called: call.called.as_deref(),
+                    started_at: started_wall,
+                    escalated_at: Some(r.escalated_wall),
+                    greeting: None,
+                    turns: &report.turns,
+                    bot_speech: &speech_log.lines(queued as u64, rate),
+                    escalation: report.escalation.as_ref(),
+                    team_name: Some(&r.team),
+                });
+                let mut data = serde_json::to_value(&ctx).unwrap_or_default();
+                if let Some(obj) = data.as_object_mut() {
+                    obj.insert("outcome".into(), serde_json::json!(r.record.outcome));
+                    obj.insert(
+                        "ended_by".into(),
+                        serde_json::json!(ended_by.clone().unwrap_or_default()),
+                    );
+                }
+                r.record.webhook_events.extend(post("call_ended", data));
+            }
+            Some(r.record)
+        }
+        None => None,
+    };
     let (report, pipeline_error) = match pipeline_result {
         Some(Ok(r)) => (Some(r), None),
         Some(Err(e)) => (None, Some(e)),
@@ -571,6 +1028,7 @@ pub async fn run_call_media(setup: CallSetup) {
         rtp: figures,
         report,
         pipeline_error,
+        transfer: transfer_record,
     };
     tracing::info!(
         ended_by = %record.ended_by,

@@ -11,6 +11,7 @@ pub mod call;
 pub mod config;
 pub mod pacer;
 mod ports;
+pub mod transfer;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -24,14 +25,16 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
+use crate::handover::outbox::{spawn_deliverer, DelivererHandle, Outbox};
+use crate::handover::transfer::parse_target;
 use crate::pipeline::Engines;
 use crate::sip::auth::{AllowList, DigestAuthenticator, DigestConfig};
 use crate::sip::endpoint::{
-    CallHandle, EndpointConfig, Event, Peer, SipEndpoint, Transmit, Transport,
+    CallHandle, EndpointConfig, Event, OutboundCall, Peer, SipEndpoint, Transmit, Transport,
 };
 use crate::sip::message::{StreamFramer, MAX_MESSAGE_BYTES};
 use crate::sip::sdp::LocalMedia;
-use call::{CallControl, CallSetup};
+use call::{AgentEvent, CallControl, CallSetup};
 use config::TransportKind;
 use pacer::Pacer;
 use ports::PortPool;
@@ -71,6 +74,21 @@ enum Inbound {
     Hangup(CallHandle),
     /// A call task finished and freed its media.
     CallDone(CallHandle),
+    /// A call task hands its caller over: place a call to an agent extension.
+    PlaceCall(PlaceCall),
+}
+
+/// A request to call an agent for the caller's call.
+pub(crate) struct PlaceCall {
+    pub caller: CallHandle,
+    /// The agent's SIP URI.
+    pub target: String,
+    /// Context headers for the INVITE.
+    pub headers: Vec<(String, String)>,
+    pub from_display: String,
+    pub from_user: String,
+    /// The new leg's handle and its RTP ports, or why it could not be placed.
+    pub reply: tokio::sync::oneshot::Sender<Result<(CallHandle, ports::RtpPorts), String>>,
 }
 
 /// A bound, not yet running server.
@@ -202,6 +220,17 @@ impl Server {
         }
         let ports = PortPool::new(config.media.rtp_port_min, config.media.rtp_port_max);
         let pacer = Pacer::start()?;
+        // Hand-over events go to the webhook through the durable outbox; events left from a
+        // previous run are delivered too.
+        let webhook = &config.handover.webhook;
+        let deliverer = if webhook.enabled() {
+            let outbox = Outbox::open(&webhook.database)
+                .map_err(|e| ServeError::Config(format!("webhook outbox: {e}")))?;
+            tracing::info!(url = %webhook.url, database = %webhook.database.display(), "webhook outbox open");
+            Some(Arc::new(spawn_deliverer(Arc::new(outbox), webhook.clone())))
+        } else {
+            None
+        };
         let signalling = Signalling {
             endpoint,
             udp: self.udp,
@@ -214,8 +243,15 @@ impl Server {
             report_dir: self.report_dir,
             local_ips: HashMap::new(),
             pacer,
+            legs: HashMap::new(),
+            deliverer: deliverer.clone(),
         };
-        signalling.run(inbound_rx, shutdown).await
+        let result = signalling.run(inbound_rx, shutdown).await;
+        if let Some(d) = deliverer {
+            // Whatever is still undelivered stays in the outbox for the next start.
+            let _ = tokio::time::timeout(Duration::from_secs(3), d.shutdown()).await;
+        }
+        result
     }
 }
 
@@ -234,6 +270,10 @@ struct Signalling {
     local_ips: HashMap<IpAddr, IpAddr>,
     /// Sends every call's RTP on time.
     pacer: Pacer,
+    /// Agent legs we placed -> the caller's call they belong to.
+    legs: HashMap<CallHandle, CallHandle>,
+    /// The webhook deliverer, when webhooks are configured.
+    deliverer: Option<Arc<DelivererHandle>>,
 }
 
 impl Signalling {
@@ -338,8 +378,64 @@ impl Signalling {
             Inbound::Hangup(handle) => self.endpoint.hangup(handle, Instant::now()),
             Inbound::CallDone(handle) => {
                 self.calls.remove(&handle);
+                // Nothing is left dangling: an agent leg of a finished call is ended too.
+                let orphans: Vec<CallHandle> = self
+                    .legs
+                    .iter()
+                    .filter(|(_, c)| **c == handle)
+                    .map(|(a, _)| *a)
+                    .collect();
+                for agent in orphans {
+                    self.endpoint.hangup(agent, Instant::now());
+                }
+            }
+            Inbound::PlaceCall(req) => {
+                let result = self.place_call(&req);
+                let _ = req.reply.send(result);
             }
         }
+    }
+
+    /// Places the agent leg of a transfer.
+    fn place_call(&mut self, req: &PlaceCall) -> Result<(CallHandle, ports::RtpPorts), String> {
+        use std::net::ToSocketAddrs;
+        let (host, port) = parse_target(&req.target)?;
+        let addr = (host.as_str(), port)
+            .to_socket_addrs()
+            .map_err(|e| format!("cannot resolve {host}: {e}"))?
+            .next()
+            .ok_or_else(|| format!("{host} has no address"))?;
+        if self.udp.is_none() {
+            return Err("agent calls need the UDP transport".into());
+        }
+        let local_ip = self.local_ip_for(addr.ip());
+        let ports = self
+            .ports
+            .take(local_ip)
+            .ok_or_else(|| "no free RTP port for the agent leg".to_string())?;
+        let local = LocalMedia {
+            address: local_ip,
+            rtp_port: ports.rtp_port(),
+            session_id: rand::random::<u32>().into(),
+            session_version: 1,
+        };
+        let handle = self.endpoint.invite(
+            OutboundCall {
+                target: req.target.clone(),
+                peer: Peer {
+                    transport: Transport::Udp,
+                    addr,
+                },
+                local_ip,
+                from_display: req.from_display.clone(),
+                from_user: req.from_user.clone(),
+                local,
+                headers: req.headers.clone(),
+            },
+            Instant::now(),
+        );
+        self.legs.insert(handle, req.caller);
+        Ok((handle, ports))
     }
 
     /// Sends what the endpoint produced and acts on its events.
@@ -414,6 +510,7 @@ impl Signalling {
                 };
                 let (control_tx, control_rx) = mpsc::channel(16);
                 let setup = CallSetup {
+                    deliverer: self.deliverer.clone(),
                     call: *call.clone(),
                     ports,
                     flow,
@@ -441,8 +538,43 @@ impl Signalling {
                 self.control(handle, CallControl::MediaChanged(media))
             }
             Event::Dtmf(handle, digit) => self.control(handle, CallControl::Dtmf(digit)),
-            Event::CallEnded(handle, reason) => self.control(handle, CallControl::Ended(reason)),
-            Event::OutboundProgress(..) | Event::OutboundAnswered(..) => {}
+            Event::OutboundProgress(agent, code) => {
+                if let Some(caller) = self.legs.get(&agent).copied() {
+                    self.control(
+                        caller,
+                        CallControl::Agent(AgentEvent::Progress(agent, code)),
+                    );
+                }
+            }
+            Event::OutboundAnswered(agent, media) => match self.legs.get(&agent).copied() {
+                Some(caller) if self.calls.contains_key(&caller) => self.control(
+                    caller,
+                    CallControl::Agent(AgentEvent::Answered(agent, media)),
+                ),
+                // The caller is gone: the agent leg has nothing to bridge.
+                _ => self.endpoint.hangup(agent, now),
+            },
+            Event::CallEnded(handle, reason) => {
+                if let Some(caller) = self.legs.remove(&handle) {
+                    self.control(
+                        caller,
+                        CallControl::Agent(AgentEvent::Ended(handle, reason)),
+                    );
+                    return;
+                }
+                // The caller hung up: its agent leg (ringing or bridged) ends too.
+                let legs: Vec<CallHandle> = self
+                    .legs
+                    .iter()
+                    .filter(|(_, c)| **c == handle)
+                    .map(|(a, _)| *a)
+                    .collect();
+                for agent in legs {
+                    tracing::info!(call = %handle, agent = %agent, "caller gone; ending the agent leg");
+                    self.endpoint.hangup(agent, now);
+                }
+                self.control(handle, CallControl::Ended(reason))
+            }
         }
     }
 

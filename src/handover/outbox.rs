@@ -1,0 +1,1715 @@
+//! The webhook outbox: hand-over events (escalated, agent answered, call ended, ...) reach the
+//! configured webhook (a CRM, an agent screen) durably, in order per call, and signed.
+//!
+//! # Why an outbox
+//!
+//! A call must never wait on, or fail because of, the webhook target. So an event is first
+//! written to SQLite ([`Outbox::enqueue`], a few hundred microseconds, no network) and only then
+//! sent, by a background task ([`spawn_deliverer`]) that retries with capped exponential backoff
+//! and jitter until the target answers 2xx. The events survive a gateway restart: the next
+//! deliverer picks up whatever is still pending. With `max_attempts = 0` (the default) an event
+//! is retried forever; with `max_attempts > 0` it is given up ("dead", kept in the table and
+//! logged as an error) after that many failed attempts.
+//!
+//! # Ordering
+//!
+//! Events of one call are delivered in the order they were enqueued: only the oldest pending
+//! event of each call is ever due, so `call_ended` can never overtake `escalated` while the
+//! latter is backing off. Events of different calls are independent: a call whose event keeps
+//! failing does not hold back the others (each POST is bounded by `timeout_ms`). A dead event
+//! no longer blocks the later events of its call.
+//!
+//! # What is sent
+//!
+//! One `POST` per attempt to `url`, with the JSON envelope
+//! `{"schema":"voicebot.webhook.v1","event_id":..,"kind":..,"call_id":..,"created_at_ms":..,"data":{..}}`.
+//! The envelope is serialised once, at enqueue time, and stored as is, so every retry of an
+//! event sends byte-identical bodies. Headers:
+//!
+//! - `Content-Type: application/json`
+//! - `X-Voicebot-Event: <kind>`
+//! - `X-Voicebot-Event-Id: <event_id>` and `Idempotency-Key: <event_id>` (the same value)
+//! - `X-Voicebot-Timestamp: <unix seconds of this attempt>`
+//! - `X-Voicebot-Signature: v1=<hex>` when a secret is configured, where `<hex>` is the
+//!   lowercase hex HMAC-SHA256, keyed with the secret, of `"<timestamp>.<body>"` ([`sign`]).
+//!
+//! # What a receiver must do
+//!
+//! 1. Verify the signature over the *raw* body bytes and the timestamp header, and reject a
+//!    timestamp too far from its own clock (a few minutes): [`verify`] does both, in constant
+//!    time. This stops forged and replayed requests.
+//! 2. De-duplicate on `Idempotency-Key`: delivery is at-least-once. An event whose 2xx was lost
+//!    (a timeout after the receiver had processed it, a gateway crash between the POST and the
+//!    bookkeeping) is sent again, with the same key and body.
+//! 3. Answer 2xx quickly (within `timeout_ms`) once the event is stored; anything else, a
+//!    redirect included, counts as a failure and is retried.
+//!
+//! The secret comes from the config or, better, from the environment variable named by
+//! `secret_env`; it never reaches a log line or a `Debug` output.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use hmac::{Hmac, Mac};
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+
+/// The `schema` field of every envelope.
+pub const SCHEMA: &str = "voicebot.webhook.v1";
+
+/// Shortest and longest allowed `timeout_ms`.
+pub const TIMEOUT_RANGE_MS: (u64, u64) = (50, 60_000);
+/// Shortest and longest allowed `initial_backoff_ms`.
+pub const INITIAL_BACKOFF_RANGE_MS: (u64, u64) = (10, 600_000);
+/// Longest allowed `max_backoff_ms` (one day).
+pub const MAX_BACKOFF_LIMIT_MS: u64 = 86_400_000;
+
+/// Share of a retry delay taken off at random, so that many events failing together do not
+/// retry together.
+const JITTER: f64 = 0.2;
+/// Events taken from the outbox per delivery round.
+const BATCH: usize = 32;
+/// Longest sleep of the deliverer between rounds (a safety net: enqueues wake it at once).
+const MAX_IDLE_MS: u64 = 1_000;
+/// Longest error text stored per event.
+const MAX_ERROR_CHARS: usize = 500;
+
+/// `[handover.webhook]`: where hand-over events are posted and how they are retried.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhookConfig {
+    /// The `http://` or `https://` URL events are posted to; empty: webhooks off.
+    pub url: String,
+    /// HMAC-SHA256 key for the `X-Voicebot-Signature` header; prefer `secret_env`. Empty (and
+    /// the variable unset or empty): requests are unsigned.
+    pub secret: String,
+    /// Environment variable holding the key (used when `secret` is empty).
+    pub secret_env: String,
+    /// Deadline for one whole POST (connect, send, answer), in milliseconds.
+    pub timeout_ms: u64,
+    /// Delay before the first retry; it doubles with each failed attempt.
+    pub initial_backoff_ms: u64,
+    /// Longest delay between two attempts.
+    pub max_backoff_ms: u64,
+    /// Failed attempts after which an event is given up; 0: retry forever.
+    pub max_attempts: u32,
+    /// The SQLite file holding the outbox (created with its directory when missing).
+    pub database: PathBuf,
+}
+
+impl fmt::Debug for WebhookConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The secret never reaches a log line.
+        f.debug_struct("WebhookConfig")
+            .field("url", &self.url)
+            .field("secret", &if self.secret.is_empty() { "" } else { "***" })
+            .field("secret_env", &self.secret_env)
+            .field("timeout_ms", &self.timeout_ms)
+            .field("initial_backoff_ms", &self.initial_backoff_ms)
+            .field("max_backoff_ms", &self.max_backoff_ms)
+            .field("max_attempts", &self.max_attempts)
+            .field("database", &self.database)
+            .finish()
+    }
+}
+
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        WebhookConfig {
+            url: String::new(),
+            secret: String::new(),
+            secret_env: "VOICEBOT_WEBHOOK_SECRET".into(),
+            timeout_ms: 2_000,
+            initial_backoff_ms: 500,
+            max_backoff_ms: 60_000,
+            max_attempts: 0,
+            database: PathBuf::from("data/voicebot.sqlite3"),
+        }
+    }
+}
+
+impl WebhookConfig {
+    /// Whether webhooks are on (a URL is set).
+    pub fn enabled(&self) -> bool {
+        !self.url.is_empty()
+    }
+
+    /// What is wrong with the settings, as `(field, reason)`; only checked when enabled.
+    pub fn problem(&self) -> Option<(&'static str, String)> {
+        if !self.enabled() {
+            return None;
+        }
+        let rest = self
+            .url
+            .strip_prefix("http://")
+            .or_else(|| self.url.strip_prefix("https://"));
+        match rest {
+            None => {
+                return Some((
+                    "url",
+                    format!("`{}` is not an http:// or https:// URL", self.url),
+                ))
+            }
+            Some(rest) if rest.is_empty() || rest.starts_with('/') => {
+                return Some(("url", format!("`{}` names no host", self.url)))
+            }
+            Some(_) => {}
+        }
+        let (lo, hi) = TIMEOUT_RANGE_MS;
+        if !(lo..=hi).contains(&self.timeout_ms) {
+            return Some((
+                "timeout_ms",
+                format!("{} must be in {lo}..={hi}", self.timeout_ms),
+            ));
+        }
+        let (lo, hi) = INITIAL_BACKOFF_RANGE_MS;
+        if !(lo..=hi).contains(&self.initial_backoff_ms) {
+            return Some((
+                "initial_backoff_ms",
+                format!("{} must be in {lo}..={hi}", self.initial_backoff_ms),
+            ));
+        }
+        let (lo, hi) = (self.initial_backoff_ms, MAX_BACKOFF_LIMIT_MS);
+        if !(lo..=hi).contains(&self.max_backoff_ms) {
+            return Some((
+                "max_backoff_ms",
+                format!(
+                    "{} must be in {lo}..={hi} (at least initial_backoff_ms)",
+                    self.max_backoff_ms
+                ),
+            ));
+        }
+        if self.database.as_os_str().is_empty() {
+            return Some(("database", "must name the SQLite file".into()));
+        }
+        None
+    }
+
+    /// The signing key: `secret`, else the variable named by `secret_env`; `None`: unsigned.
+    fn signing_key(&self) -> Option<Vec<u8>> {
+        if !self.secret.is_empty() {
+            return Some(self.secret.as_bytes().to_vec());
+        }
+        if self.secret_env.is_empty() {
+            return None;
+        }
+        std::env::var(&self.secret_env)
+            .ok()
+            .filter(|k| !k.is_empty())
+            .map(String::into_bytes)
+    }
+}
+
+/// Why the outbox could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum OutboxError {
+    #[error("webhook outbox database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("cannot create the directory of {path}: {source}")]
+    CreateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot serialise the webhook event: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error(
+        "webhook outbox schema version {found} is newer than this gateway's ({supported}); \
+         was the database written by a newer release?"
+    )]
+    SchemaTooNew { found: i64, supported: i64 },
+    #[error("webhook event #{0} is not pending (unknown, delivered or dead)")]
+    NotPending(i64),
+}
+
+/// Why one POST did not deliver an event.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DeliveryError {
+    #[error("no answer within {0} ms")]
+    Timeout(u64),
+    #[error("HTTP status {status}{}", if body.is_empty() { String::new() } else { format!(": {body}") })]
+    Status { status: u16, body: String },
+    #[error("request failed: {0}")]
+    Transport(String),
+}
+
+/// An event waiting to be sent, as [`Outbox::due`] hands it out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingEvent {
+    /// Row id, for [`Outbox::mark_delivered`] and [`Outbox::mark_failed`].
+    pub id: i64,
+    /// The idempotency key.
+    pub event_id: String,
+    pub call_id: String,
+    pub kind: String,
+    /// The exact JSON body sent on every attempt.
+    pub body: String,
+    pub created_ms: u64,
+    /// Attempts made so far.
+    pub attempts: u32,
+}
+
+/// Where an event stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventState {
+    /// Not delivered yet; will be retried.
+    Pending,
+    /// A 2xx answer was received.
+    Delivered,
+    /// Given up after `max_attempts` failed attempts.
+    Dead,
+}
+
+/// One event of a call and its delivery history, for the admin API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EventStatus {
+    pub event_id: String,
+    pub kind: String,
+    pub state: EventState,
+    pub created_ms: u64,
+    pub attempts: u32,
+    /// When the next attempt is due (meaningful while pending).
+    pub next_attempt_ms: u64,
+    pub delivered_ms: Option<u64>,
+    /// The reason of the latest failed attempt, kept after a later success.
+    pub last_error: Option<String>,
+}
+
+/// What [`Outbox::mark_failed`] decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// Attempt `attempt` failed; the next one is in `retry_in_ms`.
+    Retry { attempt: u32, retry_in_ms: u64 },
+    /// Attempt `attempt` was the last allowed one: the event is given up.
+    Dead { attempt: u32 },
+}
+
+/// The schema, one entry per version: entry `i` brings a database from version `i` to `i + 1`
+/// (`PRAGMA user_version`). Append; never edit a released entry.
+const MIGRATIONS: &[&str] = &["CREATE TABLE webhook_outbox (
+         id INTEGER PRIMARY KEY,
+         event_id TEXT NOT NULL UNIQUE,
+         call_id TEXT NOT NULL,
+         kind TEXT NOT NULL,
+         body TEXT NOT NULL,
+         created_ms INTEGER NOT NULL,
+         attempts INTEGER NOT NULL DEFAULT 0,
+         next_attempt_ms INTEGER NOT NULL,
+         delivered_ms INTEGER NULL,
+         dead_ms INTEGER NULL,
+         last_error TEXT NULL
+     );
+     CREATE INDEX webhook_outbox_pending_by_call ON webhook_outbox (call_id, id)
+         WHERE delivered_ms IS NULL AND dead_ms IS NULL;
+     CREATE INDEX webhook_outbox_by_call ON webhook_outbox (call_id);"];
+
+/// Pending: neither delivered nor given up.
+const PENDING: &str = "delivered_ms IS NULL AND dead_ms IS NULL";
+
+/// The durable queue of webhook events, in one SQLite database.
+pub struct Outbox {
+    conn: Mutex<Connection>,
+    path: Option<PathBuf>,
+}
+
+impl fmt::Debug for Outbox {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Outbox")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Outbox {
+    /// Opens (or creates, with its directory) the database at `path` and brings its schema up
+    /// to date.
+    pub fn open(path: &Path) -> Result<Outbox, OutboxError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| OutboxError::CreateDir {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        }
+        let mut conn = Connection::open(path)?;
+        // WAL: readers never block the writer; NORMAL: a commit does not fsync (the WAL is
+        // synced at checkpoints), which survives a process crash, and at worst loses the last
+        // events on a power cut.
+        conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get::<_, String>(0))?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.busy_timeout(Duration::from_secs(5))?;
+        migrate(&mut conn)?;
+        Ok(Outbox {
+            conn: Mutex::new(conn),
+            path: Some(path.to_path_buf()),
+        })
+    }
+
+    /// A throw-away outbox in memory (tests, dry runs).
+    pub fn in_memory() -> Result<Outbox, OutboxError> {
+        let mut conn = Connection::open_in_memory()?;
+        migrate(&mut conn)?;
+        Ok(Outbox {
+            conn: Mutex::new(conn),
+            path: None,
+        })
+    }
+
+    /// The database file (`None` in memory).
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        // A panic while the lock was held cannot leave the database half-written (an open
+        // transaction rolls back when dropped), so a poisoned lock is still usable.
+        self.conn.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Stores an event, due at once, and returns its id (the idempotency key). Call
+    /// [`DelivererHandle::notify`] afterwards (or use [`DelivererHandle::enqueue`]) so the
+    /// deliverer wakes at once.
+    pub fn enqueue(
+        &self,
+        call_id: &str,
+        kind: &str,
+        data: serde_json::Value,
+        now_ms: u64,
+    ) -> Result<String, OutboxError> {
+        let event_id = new_event_id();
+        let body = serde_json::to_string(&serde_json::json!({
+            "schema": SCHEMA,
+            "event_id": event_id,
+            "kind": kind,
+            "call_id": call_id,
+            "created_at_ms": now_ms,
+            "data": data,
+        }))?;
+        self.conn().execute(
+            "INSERT INTO webhook_outbox
+                 (event_id, call_id, kind, body, created_ms, attempts, next_attempt_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, 0, ?5)",
+            params![event_id, call_id, kind, body, to_sql(now_ms)],
+        )?;
+        Ok(event_id)
+    }
+
+    /// Up to `limit` events to send now, oldest first: for each call, only its oldest pending
+    /// event, and only when its next attempt is due (`next_attempt_ms <= now_ms`).
+    pub fn due(&self, now_ms: u64, limit: usize) -> Result<Vec<PendingEvent>, OutboxError> {
+        let conn = self.conn();
+        let mut statement = conn.prepare_cached(&format!(
+            "SELECT id, event_id, call_id, kind, body, created_ms, attempts
+             FROM webhook_outbox
+             WHERE id IN (SELECT MIN(id) FROM webhook_outbox WHERE {PENDING} GROUP BY call_id)
+               AND next_attempt_ms <= ?1
+             ORDER BY id
+             LIMIT ?2"
+        ))?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = statement.query_map(params![to_sql(now_ms), limit], |row| {
+            Ok(PendingEvent {
+                id: row.get(0)?,
+                event_id: row.get(1)?,
+                call_id: row.get(2)?,
+                kind: row.get(3)?,
+                body: row.get(4)?,
+                created_ms: from_sql(row.get(5)?),
+                attempts: attempts_from_sql(row.get(6)?),
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// When the next event becomes due (the earliest next attempt among the oldest pending
+    /// event of each call); `None`: nothing pending.
+    pub fn next_due_ms(&self) -> Result<Option<u64>, OutboxError> {
+        let next: Option<i64> = self.conn().query_row(
+            &format!(
+                "SELECT MIN(next_attempt_ms) FROM webhook_outbox
+                 WHERE id IN (SELECT MIN(id) FROM webhook_outbox WHERE {PENDING} GROUP BY call_id)"
+            ),
+            [],
+            |row| row.get(0),
+        )?;
+        Ok(next.map(from_sql))
+    }
+
+    /// Records a 2xx answer to event `id`.
+    pub fn mark_delivered(&self, id: i64, now_ms: u64) -> Result<(), OutboxError> {
+        let changed = self.conn().execute(
+            &format!(
+                "UPDATE webhook_outbox SET delivered_ms = ?2, attempts = attempts + 1
+                 WHERE id = ?1 AND {PENDING}"
+            ),
+            params![id, to_sql(now_ms)],
+        )?;
+        if changed == 0 {
+            return Err(OutboxError::NotPending(id));
+        }
+        Ok(())
+    }
+
+    /// Records a failed attempt at event `id`: schedules the next one with exponential backoff
+    /// and jitter, or gives the event up after `config.max_attempts` attempts (when > 0).
+    pub fn mark_failed(
+        &self,
+        id: i64,
+        error: &str,
+        now_ms: u64,
+        config: &WebhookConfig,
+    ) -> Result<Failure, OutboxError> {
+        let error: String = error.chars().take(MAX_ERROR_CHARS).collect();
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let Some((event_id, call_id, kind, attempts)) = tx
+            .query_row(
+                &format!(
+                    "SELECT event_id, call_id, kind, attempts FROM webhook_outbox
+                     WHERE id = ?1 AND {PENDING}"
+                ),
+                [id],
+                |row| {
+                    Ok((
+                        row.get::<_, String>(0)?,
+                        row.get::<_, String>(1)?,
+                        row.get::<_, String>(2)?,
+                        attempts_from_sql(row.get(3)?),
+                    ))
+                },
+            )
+            .optional()?
+        else {
+            return Err(OutboxError::NotPending(id));
+        };
+        let attempt = attempts.saturating_add(1);
+        let outcome = if config.max_attempts > 0 && attempt >= config.max_attempts {
+            tx.execute(
+                "UPDATE webhook_outbox SET attempts = ?2, dead_ms = ?3, last_error = ?4
+                 WHERE id = ?1",
+                params![id, attempt, to_sql(now_ms), error],
+            )?;
+            Failure::Dead { attempt }
+        } else {
+            let retry_in_ms = backoff_ms(
+                attempt,
+                config.initial_backoff_ms,
+                config.max_backoff_ms,
+                rand::random::<f64>(),
+            );
+            tx.execute(
+                "UPDATE webhook_outbox SET attempts = ?2, next_attempt_ms = ?3, last_error = ?4
+                 WHERE id = ?1",
+                params![
+                    id,
+                    attempt,
+                    to_sql(now_ms.saturating_add(retry_in_ms)),
+                    error
+                ],
+            )?;
+            Failure::Retry {
+                attempt,
+                retry_in_ms,
+            }
+        };
+        tx.commit()?;
+        if let Failure::Dead { attempt } = outcome {
+            tracing::error!(
+                event_id = %event_id,
+                call_id = %call_id,
+                kind = %kind,
+                attempts = attempt,
+                reason = %error,
+                "webhook event given up after its last allowed attempt"
+            );
+        }
+        Ok(outcome)
+    }
+
+    /// Events not yet delivered nor given up (the outbox depth, for metrics).
+    pub fn pending_count(&self) -> Result<u64, OutboxError> {
+        let count: i64 = self.conn().query_row(
+            &format!("SELECT COUNT(*) FROM webhook_outbox WHERE {PENDING}"),
+            [],
+            |row| row.get(0),
+        )?;
+        Ok(from_sql(count))
+    }
+
+    /// Every event of a call, in creation order, with its delivery state.
+    pub fn events_for_call(&self, call_id: &str) -> Result<Vec<EventStatus>, OutboxError> {
+        let conn = self.conn();
+        let mut statement = conn.prepare_cached(
+            "SELECT event_id, kind, created_ms, attempts, next_attempt_ms, delivered_ms,
+                    dead_ms, last_error
+             FROM webhook_outbox WHERE call_id = ?1 ORDER BY id",
+        )?;
+        let rows = statement.query_map([call_id], |row| {
+            let delivered_ms: Option<i64> = row.get(5)?;
+            let dead_ms: Option<i64> = row.get(6)?;
+            let state = match (delivered_ms, dead_ms) {
+                (Some(_), _) => EventState::Delivered,
+                (None, Some(_)) => EventState::Dead,
+                (None, None) => EventState::Pending,
+            };
+            Ok(EventStatus {
+                event_id: row.get(0)?,
+                kind: row.get(1)?,
+                state,
+                created_ms: from_sql(row.get(2)?),
+                attempts: attempts_from_sql(row.get(3)?),
+                next_attempt_ms: from_sql(row.get(4)?),
+                delivered_ms: delivered_ms.map(from_sql),
+                last_error: row.get(7)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Deletes delivered and dead events created before `before_ms`; returns how many. Pending
+    /// events are never deleted.
+    pub fn prune(&self, before_ms: u64) -> Result<usize, OutboxError> {
+        Ok(self.conn().execute(
+            &format!("DELETE FROM webhook_outbox WHERE NOT ({PENDING}) AND created_ms < ?1"),
+            [to_sql(before_ms)],
+        )?)
+    }
+}
+
+/// Brings the schema to the latest version, one transaction per step.
+fn migrate(conn: &mut Connection) -> Result<(), OutboxError> {
+    let supported = i64::try_from(MIGRATIONS.len()).unwrap_or(i64::MAX);
+    let found: i64 = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+    if found > supported {
+        return Err(OutboxError::SchemaTooNew { found, supported });
+    }
+    for (version, sql) in (1..)
+        .zip(MIGRATIONS)
+        .skip(usize::try_from(found).unwrap_or(0))
+    {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", version)?;
+        tx.commit()?;
+        tracing::debug!(version, "webhook outbox schema migrated");
+    }
+    Ok(())
+}
+
+/// A fresh random 128-bit event id, as 32 lowercase hex digits.
+fn new_event_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+fn to_sql(ms: u64) -> i64 {
+    i64::try_from(ms).unwrap_or(i64::MAX)
+}
+
+fn from_sql(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or(0)
+}
+
+fn attempts_from_sql(value: i64) -> u32 {
+    u32::try_from(value).unwrap_or(u32::MAX)
+}
+
+/// The delay after failed attempt number `attempt` (1-based): `initial_ms` doubled per earlier
+/// failure, capped at `max_ms`, then shortened at random by up to [`JITTER`] of itself (`unit`
+/// in `[0, 1)`), so it never exceeds the cap. At least 1 ms.
+fn backoff_ms(attempt: u32, initial_ms: u64, max_ms: u64, unit: f64) -> u64 {
+    let base = initial_ms
+        .saturating_mul(2u64.saturating_pow(attempt.saturating_sub(1)))
+        .min(max_ms);
+    let unit = if unit.is_finite() {
+        unit.clamp(0.0, 1.0)
+    } else {
+        0.0
+    };
+    // Rounded down, so the delay stays within [base * (1 - JITTER), base].
+    let cut = (base as f64 * JITTER * unit) as u64;
+    base.saturating_sub(cut).max(1)
+}
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// The signature of a request: lowercase hex HMAC-SHA256, keyed with `secret`, of
+/// `"{timestamp_s}.{body}"`. Sent as `X-Voicebot-Signature: v1=<this>`.
+pub fn sign(secret: &[u8], timestamp_s: u64, body: &str) -> String {
+    // HMAC takes keys of any length (long ones are hashed), so this cannot fail.
+    let Ok(mut mac) = HmacSha256::new_from_slice(secret) else {
+        return String::new();
+    };
+    mac.update(timestamp_s.to_string().as_bytes());
+    mac.update(b".");
+    mac.update(body.as_bytes());
+    hex(&mac.finalize().into_bytes())
+}
+
+/// Whether `header_value` (the `X-Voicebot-Signature` header: `v1=<hex>`, or several
+/// comma-separated, e.g. during a key rotation) holds a valid signature of `body` at
+/// `timestamp_s`, and `timestamp_s` lies within `tolerance_s` of `now_s`. Compares in constant
+/// time.
+pub fn verify(
+    secret: &[u8],
+    timestamp_s: u64,
+    body: &str,
+    header_value: &str,
+    now_s: u64,
+    tolerance_s: u64,
+) -> bool {
+    if now_s.abs_diff(timestamp_s) > tolerance_s {
+        return false;
+    }
+    header_value
+        .split(',')
+        .filter_map(|part| part.trim().strip_prefix("v1="))
+        .filter_map(unhex)
+        .any(|signature| {
+            let Ok(mut mac) = HmacSha256::new_from_slice(secret) else {
+                return false;
+            };
+            mac.update(timestamp_s.to_string().as_bytes());
+            mac.update(b".");
+            mac.update(body.as_bytes());
+            mac.verify_slice(&signature).is_ok()
+        })
+}
+
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut text = String::with_capacity(bytes.len() * 2);
+    for byte in bytes {
+        text.push(char::from(DIGITS[usize::from(byte >> 4)]));
+        text.push(char::from(DIGITS[usize::from(byte & 0x0f)]));
+    }
+    text
+}
+
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// `scheme://host[:port]` of a URL, for logs: the user info, path and query of a webhook URL
+/// often carry a token.
+fn origin(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return String::new();
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host = authority.rsplit('@').next().unwrap_or("");
+    format!("{scheme}://{host}")
+}
+
+/// Milliseconds since the Unix epoch, by the wall clock.
+pub fn now_unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// Sends one event: a blocking HTTP client with the config's deadline and signing key.
+#[derive(Clone)]
+pub struct Deliverer {
+    agent: ureq::Agent,
+    url: String,
+    key: Option<Vec<u8>>,
+    timeout_ms: u64,
+}
+
+impl fmt::Debug for Deliverer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Deliverer")
+            .field("url", &self.url)
+            .field("signed", &self.key.is_some())
+            .field("timeout_ms", &self.timeout_ms)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Deliverer {
+    /// A client for `config.url`; reads the signing key (config or environment) once.
+    pub fn new(config: &WebhookConfig) -> Self {
+        let agent = ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_millis(config.timeout_ms)))
+            // Every status is an answer to judge here, and a redirect is a failure: a POST
+            // must not silently turn into a GET elsewhere.
+            .http_status_as_error(false)
+            .max_redirects(0)
+            .user_agent(concat!("voicebot-gateway/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .into();
+        Deliverer {
+            agent,
+            url: config.url.clone(),
+            key: config.signing_key(),
+            timeout_ms: config.timeout_ms,
+        }
+    }
+
+    /// Whether requests carry a signature.
+    pub fn signed(&self) -> bool {
+        self.key.is_some()
+    }
+
+    /// POSTs `event` once, stamped and signed at `now_s` (Unix seconds); `Ok(status)` on a 2xx
+    /// answer. Blocks for at most `timeout_ms`.
+    pub fn post(&self, event: &PendingEvent, now_s: u64) -> Result<u16, DeliveryError> {
+        let started = Instant::now();
+        let timestamp = now_s.to_string();
+        let mut request = self
+            .agent
+            .post(&self.url)
+            .header("Content-Type", "application/json")
+            .header("X-Voicebot-Event", &event.kind)
+            .header("X-Voicebot-Event-Id", &event.event_id)
+            .header("Idempotency-Key", &event.event_id)
+            .header("X-Voicebot-Timestamp", &timestamp);
+        if let Some(key) = &self.key {
+            let signature = format!("v1={}", sign(key, now_s, &event.body));
+            request = request.header("X-Voicebot-Signature", &signature);
+        }
+        let timed_out = |e: &ureq::Error| {
+            matches!(e, ureq::Error::Timeout(_))
+                || matches!(e, ureq::Error::Io(io) if io.kind() == std::io::ErrorKind::TimedOut)
+                || started.elapsed() >= Duration::from_millis(self.timeout_ms)
+        };
+        let response = request.send(event.body.as_bytes()).map_err(|e| {
+            if timed_out(&e) {
+                DeliveryError::Timeout(self.timeout_ms)
+            } else {
+                DeliveryError::Transport(e.to_string())
+            }
+        })?;
+        let status = response.status().as_u16();
+        // Read (a bounded part of) the answer: it frees the connection for reuse and gives a
+        // failure its reason. A 2xx counts even if its body then fails to arrive.
+        let body = response
+            .into_body()
+            .with_config()
+            .limit(64 * 1024)
+            .read_to_string()
+            .unwrap_or_default();
+        if (200..300).contains(&status) {
+            Ok(status)
+        } else {
+            Err(DeliveryError::Status {
+                status,
+                body: body.trim().chars().take(200).collect(),
+            })
+        }
+    }
+}
+
+/// The running deliverer: wake it after an enqueue, stop it at shutdown.
+pub struct DelivererHandle {
+    outbox: Arc<Outbox>,
+    wake: Arc<Notify>,
+    stop: Arc<AtomicBool>,
+    task: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl fmt::Debug for DelivererHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DelivererHandle")
+            .field("outbox", &self.outbox)
+            .field("stopping", &self.stop.load(Ordering::Acquire))
+            .finish_non_exhaustive()
+    }
+}
+
+impl DelivererHandle {
+    /// Wakes the deliverer now (after an [`Outbox::enqueue`]).
+    pub fn notify(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Enqueues an event stamped with the wall clock and wakes the deliverer; returns the
+    /// event id. A short blocking SQLite write (no network).
+    pub fn enqueue(
+        &self,
+        call_id: &str,
+        kind: &str,
+        data: serde_json::Value,
+    ) -> Result<String, OutboxError> {
+        let event_id = self.outbox.enqueue(call_id, kind, data, now_unix_ms())?;
+        self.notify();
+        Ok(event_id)
+    }
+
+    /// The outbox it delivers from.
+    pub fn outbox(&self) -> &Arc<Outbox> {
+        &self.outbox
+    }
+
+    /// Stops the deliverer: the POST in flight (if any) finishes and is recorded, the rest
+    /// stays in the outbox for the next start. Returns once the task has ended; calling it
+    /// again returns at once.
+    pub async fn shutdown(&self) {
+        self.stop.store(true, Ordering::Release);
+        self.wake.notify_one();
+        let task = self
+            .task
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(task) = task {
+            if let Err(e) = task.await {
+                tracing::error!(error = %e, "webhook deliverer task failed");
+            }
+        }
+    }
+}
+
+/// Starts the delivery loop on the current tokio runtime: it sends due events one by one (on
+/// the blocking pool), records each answer, and sleeps until the next event is due (at most
+/// a second) or until [`DelivererHandle::notify`]. With webhooks off (no URL) it sends nothing
+/// and the events stay in the outbox.
+pub fn spawn_deliverer(outbox: Arc<Outbox>, config: WebhookConfig) -> DelivererHandle {
+    let wake = Arc::new(Notify::new());
+    let stop = Arc::new(AtomicBool::new(false));
+    let task = tokio::spawn(deliver_loop(
+        Arc::clone(&outbox),
+        config,
+        Arc::clone(&wake),
+        Arc::clone(&stop),
+    ));
+    DelivererHandle {
+        outbox,
+        wake,
+        stop,
+        task: Mutex::new(Some(task)),
+    }
+}
+
+async fn deliver_loop(
+    outbox: Arc<Outbox>,
+    config: WebhookConfig,
+    wake: Arc<Notify>,
+    stop: Arc<AtomicBool>,
+) {
+    if !config.enabled() {
+        tracing::info!("webhooks off (no url): events stay in the outbox");
+        while !stop.load(Ordering::Acquire) {
+            wake.notified().await;
+        }
+        return;
+    }
+    let deliverer = Deliverer::new(&config);
+    if !deliverer.signed() {
+        tracing::warn!(
+            secret_env = %config.secret_env,
+            "webhook requests are unsigned: no secret configured"
+        );
+    }
+    tracing::info!(
+        target_origin = %origin(&config.url),
+        timeout_ms = config.timeout_ms,
+        "webhook deliverer started"
+    );
+    let config = Arc::new(config);
+    while !stop.load(Ordering::Acquire) {
+        let round = {
+            let (outbox, deliverer, config, stop) = (
+                Arc::clone(&outbox),
+                deliverer.clone(),
+                Arc::clone(&config),
+                Arc::clone(&stop),
+            );
+            tokio::task::spawn_blocking(move || deliver_round(&outbox, &deliverer, &config, &stop))
+                .await
+        };
+        let wait_ms = match round {
+            Ok(Ok(wait_ms)) => wait_ms,
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "webhook outbox unavailable; retrying");
+                MAX_IDLE_MS
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "webhook delivery round failed; retrying");
+                MAX_IDLE_MS
+            }
+        };
+        if stop.load(Ordering::Acquire) {
+            break;
+        }
+        if wait_ms > 0 {
+            tokio::select! {
+                () = wake.notified() => {}
+                () = tokio::time::sleep(Duration::from_millis(wait_ms)) => {}
+            }
+        }
+    }
+    tracing::info!("webhook deliverer stopped");
+}
+
+/// Sends the events due now, one at a time (stopping early when asked), and returns how long
+/// to wait before the next round.
+fn deliver_round(
+    outbox: &Outbox,
+    deliverer: &Deliverer,
+    config: &WebhookConfig,
+    stop: &AtomicBool,
+) -> Result<u64, OutboxError> {
+    for event in outbox.due(now_unix_ms(), BATCH)? {
+        if stop.load(Ordering::Acquire) {
+            return Ok(0);
+        }
+        let started = Instant::now();
+        let result = deliverer.post(&event, now_unix_ms() / 1000);
+        let elapsed_ms = started.elapsed().as_millis();
+        match result {
+            Ok(status) => {
+                outbox.mark_delivered(event.id, now_unix_ms())?;
+                tracing::info!(
+                    event_id = %event.event_id,
+                    call_id = %event.call_id,
+                    kind = %event.kind,
+                    attempt = event.attempts.saturating_add(1),
+                    status,
+                    elapsed_ms,
+                    "webhook delivered"
+                );
+            }
+            Err(e) => {
+                let reason = e.to_string();
+                match outbox.mark_failed(event.id, &reason, now_unix_ms(), config)? {
+                    Failure::Retry {
+                        attempt,
+                        retry_in_ms,
+                    } => tracing::warn!(
+                        event_id = %event.event_id,
+                        call_id = %event.call_id,
+                        kind = %event.kind,
+                        attempt,
+                        retry_in_ms,
+                        elapsed_ms,
+                        reason = %reason,
+                        "webhook attempt failed"
+                    ),
+                    // Logged as an error by mark_failed.
+                    Failure::Dead { .. } => {}
+                }
+            }
+        }
+    }
+    let now = now_unix_ms();
+    Ok(match outbox.next_due_ms()? {
+        Some(due) => due.saturating_sub(now).min(MAX_IDLE_MS),
+        None => MAX_IDLE_MS,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::net::{TcpListener, TcpStream};
+
+    const SECRET: &str = "s3cret-test-key";
+
+    // ---- signing ---------------------------------------------------------------------------
+
+    #[test]
+    fn sign_matches_an_independent_vector() {
+        // python3: hmac.new(b"key", b'1700000000.{"a":1}', hashlib.sha256).hexdigest()
+        assert_eq!(
+            sign(b"key", 1_700_000_000, r#"{"a":1}"#),
+            "a438e398bfafc57e4396bb7fc2304422f0f768e965d073ca313cb52e22e6ad03"
+        );
+        // python3: hmac.new(b"whsec_test", b"1700000000.{}", hashlib.sha256).hexdigest()
+        assert_eq!(
+            sign(b"whsec_test", 1_700_000_000, "{}"),
+            "35495024f4ef3f94e5a93e22221544c4b75e9a42300cd965ab81cb85cd994e91"
+        );
+    }
+
+    #[test]
+    fn verify_accepts_the_signature_and_rejects_tampering_and_staleness() {
+        let body = r#"{"a":1}"#;
+        let header = format!("v1={}", sign(b"key", 1_700_000_000, body));
+        assert!(verify(
+            b"key",
+            1_700_000_000,
+            body,
+            &header,
+            1_700_000_010,
+            300
+        ));
+        // Several signatures (key rotation): any valid one will do.
+        let rotated = format!("v1={},  {header}", "00".repeat(32));
+        assert!(verify(
+            b"key",
+            1_700_000_000,
+            body,
+            &rotated,
+            1_700_000_000,
+            300
+        ));
+        // Tampered body, other key, other timestamp.
+        assert!(!verify(
+            b"key",
+            1_700_000_000,
+            r#"{"a":2}"#,
+            &header,
+            1_700_000_000,
+            300
+        ));
+        assert!(!verify(
+            b"other",
+            1_700_000_000,
+            body,
+            &header,
+            1_700_000_000,
+            300
+        ));
+        assert!(!verify(
+            b"key",
+            1_700_000_001,
+            body,
+            &header,
+            1_700_000_001,
+            300
+        ));
+        // Stale, or from the future, beyond the tolerance.
+        assert!(!verify(
+            b"key",
+            1_700_000_000,
+            body,
+            &header,
+            1_700_000_301,
+            300
+        ));
+        assert!(!verify(
+            b"key",
+            1_700_000_000,
+            body,
+            &header,
+            1_699_999_699,
+            300
+        ));
+        assert!(verify(
+            b"key",
+            1_700_000_000,
+            body,
+            &header,
+            1_700_000_300,
+            300
+        ));
+        // Malformed headers.
+        for bad in [
+            "",
+            "v1=",
+            "v1=zz",
+            "v2=00",
+            &header[3..],
+            &header[..header.len() - 1],
+        ] {
+            assert!(
+                !verify(b"key", 1_700_000_000, body, bad, 1_700_000_000, 300),
+                "{bad}"
+            );
+        }
+    }
+
+    // ---- backoff ---------------------------------------------------------------------------
+
+    #[test]
+    fn backoff_doubles_is_capped_and_jitter_stays_in_bounds() {
+        let plain: Vec<u64> = (1..=10).map(|k| backoff_ms(k, 500, 60_000, 0.0)).collect();
+        assert_eq!(
+            plain,
+            [500, 1_000, 2_000, 4_000, 8_000, 16_000, 32_000, 60_000, 60_000, 60_000]
+        );
+        // No overflow far out.
+        assert_eq!(backoff_ms(200, 500, 60_000, 0.0), 60_000);
+        assert_eq!(backoff_ms(u32::MAX, u64::MAX, u64::MAX, 0.0), u64::MAX);
+        for k in 1..=20 {
+            let base = plain.get(k as usize - 1).copied().unwrap_or(60_000);
+            for _ in 0..200 {
+                let delay = backoff_ms(k, 500, 60_000, rand::random::<f64>());
+                assert!(delay <= base, "attempt {k}: {delay} > {base}");
+                assert!(
+                    delay as f64 >= base as f64 * (1.0 - JITTER),
+                    "attempt {k}: {delay}"
+                );
+            }
+        }
+        assert_eq!(backoff_ms(1, 500, 60_000, 0.999_999), 401);
+        assert_eq!(backoff_ms(1, 500, 60_000, f64::NAN), 500);
+        assert_eq!(backoff_ms(1, 0, 0, 0.5), 1);
+    }
+
+    #[test]
+    fn mark_failed_backs_off_and_gives_up_after_max_attempts() {
+        let outbox = Outbox::in_memory().unwrap();
+        let config = WebhookConfig {
+            initial_backoff_ms: 100,
+            max_backoff_ms: 1_000,
+            max_attempts: 3,
+            ..WebhookConfig::default()
+        };
+        outbox
+            .enqueue("c", "escalated", serde_json::json!({}), 0)
+            .unwrap();
+        let id = outbox.due(0, 10).unwrap()[0].id;
+        let now = 10_000;
+        let Failure::Retry {
+            attempt: 1,
+            retry_in_ms,
+        } = outbox.mark_failed(id, "boom", now, &config).unwrap()
+        else {
+            panic!("expected a retry");
+        };
+        assert!((80..=100).contains(&retry_in_ms));
+        assert!(outbox.due(now + retry_in_ms - 1, 10).unwrap().is_empty());
+        assert_eq!(outbox.due(now + retry_in_ms, 10).unwrap().len(), 1);
+        let Failure::Retry {
+            attempt: 2,
+            retry_in_ms,
+        } = outbox.mark_failed(id, "boom", now, &config).unwrap()
+        else {
+            panic!("expected a retry");
+        };
+        assert!((160..=200).contains(&retry_in_ms));
+        assert_eq!(
+            outbox.mark_failed(id, "final", now, &config).unwrap(),
+            Failure::Dead { attempt: 3 }
+        );
+        assert_eq!(outbox.pending_count().unwrap(), 0);
+        assert!(outbox.due(u64::MAX, 10).unwrap().is_empty());
+        let status = &outbox.events_for_call("c").unwrap()[0];
+        assert_eq!(status.state, EventState::Dead);
+        assert_eq!(status.attempts, 3);
+        assert_eq!(status.last_error.as_deref(), Some("final"));
+        assert!(matches!(
+            outbox.mark_failed(id, "again", now, &config),
+            Err(OutboxError::NotPending(_))
+        ));
+        assert!(matches!(
+            outbox.mark_delivered(id, now),
+            Err(OutboxError::NotPending(_))
+        ));
+    }
+
+    // ---- outbox ----------------------------------------------------------------------------
+
+    #[test]
+    fn due_keeps_each_calls_events_in_order() {
+        let outbox = Outbox::in_memory().unwrap();
+        let a1 = outbox
+            .enqueue("A", "escalated", serde_json::json!({}), 1)
+            .unwrap();
+        let b1 = outbox
+            .enqueue("B", "escalated", serde_json::json!({}), 2)
+            .unwrap();
+        let a2 = outbox
+            .enqueue("A", "agent_answered", serde_json::json!({}), 3)
+            .unwrap();
+        let b2 = outbox
+            .enqueue("B", "call_ended", serde_json::json!({}), 4)
+            .unwrap();
+        let c1 = outbox
+            .enqueue("C", "escalated", serde_json::json!({}), 5)
+            .unwrap();
+        let ids = |events: Vec<PendingEvent>| -> Vec<String> {
+            events.into_iter().map(|e| e.event_id).collect()
+        };
+        assert_eq!(outbox.pending_count().unwrap(), 5);
+        // Only the head of each call, oldest first; nothing is due before it was created.
+        assert_eq!(
+            ids(outbox.due(100, 10).unwrap()),
+            [a1.as_str(), b1.as_str(), c1.as_str()]
+        );
+        assert_eq!(ids(outbox.due(100, 2).unwrap()), [a1.as_str(), b1.as_str()]);
+        assert_eq!(ids(outbox.due(2, 10).unwrap()), [a1.as_str(), b1.as_str()]);
+        assert!(outbox.due(0, 10).unwrap().is_empty());
+        assert_eq!(outbox.next_due_ms().unwrap(), Some(1));
+
+        let due = outbox.due(100, 10).unwrap();
+        outbox.mark_delivered(due[0].id, 100).unwrap();
+        assert_eq!(
+            ids(outbox.due(100, 10).unwrap()),
+            [b1.as_str(), a2.as_str(), c1.as_str()]
+        );
+
+        // B's head backs off: B2, although due, waits behind it.
+        let config = WebhookConfig {
+            initial_backoff_ms: 1_000,
+            ..WebhookConfig::default()
+        };
+        outbox.mark_failed(due[1].id, "down", 100, &config).unwrap();
+        assert_eq!(
+            ids(outbox.due(100, 10).unwrap()),
+            [a2.as_str(), c1.as_str()]
+        );
+        let b_retry = outbox.events_for_call("B").unwrap()[0].next_attempt_ms;
+        assert_eq!(
+            ids(outbox.due(b_retry, 10).unwrap()),
+            [b1.as_str(), a2.as_str(), c1.as_str()]
+        );
+
+        // A dead head no longer blocks its call.
+        let give_up = WebhookConfig {
+            max_attempts: 2,
+            ..config
+        };
+        assert_eq!(
+            outbox
+                .mark_failed(due[1].id, "down", 200, &give_up)
+                .unwrap(),
+            Failure::Dead { attempt: 2 }
+        );
+        assert_eq!(
+            ids(outbox.due(200, 10).unwrap()),
+            [a2.as_str(), b2.as_str(), c1.as_str()]
+        );
+        assert_eq!(outbox.pending_count().unwrap(), 3);
+
+        let history = outbox.events_for_call("A").unwrap();
+        assert_eq!(history.len(), 2);
+        assert_eq!(history[0].event_id, a1);
+        assert_eq!(history[0].state, EventState::Delivered);
+        assert_eq!(history[0].delivered_ms, Some(100));
+        assert_eq!(history[0].attempts, 1);
+        assert_eq!(history[1].state, EventState::Pending);
+        assert!(outbox.events_for_call("nobody").unwrap().is_empty());
+
+        // Pruning leaves pending events alone.
+        assert_eq!(outbox.prune(u64::MAX).unwrap(), 2);
+        assert_eq!(outbox.pending_count().unwrap(), 3);
+    }
+
+    #[test]
+    fn enqueue_stores_the_exact_envelope_with_unique_ids() {
+        let outbox = Outbox::in_memory().unwrap();
+        let data = serde_json::json!({"queue": "billing", "summary": "caller wants a refund"});
+        let id = outbox
+            .enqueue("call-1", "escalated", data.clone(), 1_234)
+            .unwrap();
+        assert_eq!(id.len(), 32);
+        assert!(id.bytes().all(|b| b.is_ascii_hexdigit()));
+        let event = &outbox.due(2_000, 1).unwrap()[0];
+        let envelope: serde_json::Value = serde_json::from_str(&event.body).unwrap();
+        assert_eq!(
+            envelope,
+            serde_json::json!({
+                "schema": SCHEMA,
+                "event_id": id,
+                "kind": "escalated",
+                "call_id": "call-1",
+                "created_at_ms": 1_234,
+                "data": data,
+            })
+        );
+        assert_eq!((event.created_ms, event.attempts), (1_234, 0));
+        let more: std::collections::HashSet<String> = (0..200)
+            .map(|_| {
+                outbox
+                    .enqueue("c", "k", serde_json::Value::Null, 0)
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(more.len(), 200);
+    }
+
+    #[test]
+    fn open_migrates_once_and_refuses_a_newer_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("deep/er/outbox.sqlite3");
+        let first = Outbox::open(&path).unwrap();
+        first.enqueue("c", "k", serde_json::Value::Null, 0).unwrap();
+        drop(first);
+        let again = Outbox::open(&path).unwrap();
+        assert_eq!(again.pending_count().unwrap(), 1);
+        let (version, mode): (i64, String) = {
+            let conn = again.conn();
+            (
+                conn.query_row("PRAGMA user_version", [], |r| r.get(0))
+                    .unwrap(),
+                conn.query_row("PRAGMA journal_mode", [], |r| r.get(0))
+                    .unwrap(),
+            )
+        };
+        assert_eq!(version, MIGRATIONS.len() as i64);
+        assert_eq!(mode, "wal");
+        again
+            .conn()
+            .pragma_update(None, "user_version", 99)
+            .unwrap();
+        drop(again);
+        assert!(matches!(
+            Outbox::open(&path),
+            Err(OutboxError::SchemaTooNew { found: 99, .. })
+        ));
+    }
+
+    // ---- config ----------------------------------------------------------------------------
+
+    #[test]
+    fn config_defaults_validation_and_secret_hygiene() {
+        let off = WebhookConfig::default();
+        assert!(!off.enabled());
+        assert_eq!(off.problem(), None);
+        let on = WebhookConfig {
+            url: "https://crm.example/hooks/voicebot".into(),
+            secret: "hunter2".into(),
+            ..WebhookConfig::default()
+        };
+        assert_eq!(on.problem(), None);
+        let debug = format!("{on:?}");
+        assert!(!debug.contains("hunter2"), "{debug}");
+        assert!(debug.contains("***"));
+        let deliverer = Deliverer::new(&on);
+        assert!(deliverer.signed());
+        let unsigned = WebhookConfig {
+            secret: String::new(),
+            secret_env: "VOICEBOT_TEST_OUTBOX_SURELY_UNSET".into(),
+            ..on.clone()
+        };
+        assert!(!Deliverer::new(&unsigned).signed());
+        assert!(!format!("{deliverer:?}").contains("hunter2"));
+
+        let field = |c: WebhookConfig| c.problem().map(|(f, _)| f);
+        let with = |f: fn(&mut WebhookConfig)| {
+            let mut c = on.clone();
+            f(&mut c);
+            c
+        };
+        assert_eq!(field(with(|c| c.url = "ftp://x".into())), Some("url"));
+        assert_eq!(field(with(|c| c.url = "http://".into())), Some("url"));
+        assert_eq!(field(with(|c| c.timeout_ms = 0)), Some("timeout_ms"));
+        assert_eq!(
+            field(with(|c| c.initial_backoff_ms = 0)),
+            Some("initial_backoff_ms")
+        );
+        assert_eq!(
+            field(with(|c| c.max_backoff_ms = 100)),
+            Some("max_backoff_ms")
+        );
+        assert_eq!(
+            field(with(|c| c.database = PathBuf::new())),
+            Some("database")
+        );
+
+        let parsed: WebhookConfig =
+            toml::from_str("url = \"http://127.0.0.1:9/x\"\nmax_attempts = 5").unwrap();
+        assert_eq!(parsed.max_attempts, 5);
+        assert_eq!(parsed.timeout_ms, 2_000);
+        assert!(toml::from_str::<WebhookConfig>("urll = \"x\"").is_err());
+    }
+
+    #[test]
+    fn logged_origin_hides_credentials_paths_and_queries() {
+        assert_eq!(
+            origin("https://user:pw@crm.example:8443/hooks/T0/XYZ?token=abc"),
+            "https://crm.example:8443"
+        );
+        assert_eq!(origin("http://127.0.0.1:9?t=1"), "http://127.0.0.1:9");
+        assert_eq!(origin("no url"), "");
+    }
+
+    // ---- a loopback receiver ---------------------------------------------------------------
+
+    #[derive(Debug, Clone)]
+    struct Received {
+        headers: HashMap<String, String>,
+        body: String,
+    }
+
+    impl Received {
+        fn header(&self, name: &str) -> &str {
+            self.headers.get(name).map(String::as_str).unwrap_or("")
+        }
+
+        fn signature_ok(&self) -> bool {
+            let Ok(timestamp) = self.header("x-voicebot-timestamp").parse::<u64>() else {
+                return false;
+            };
+            verify(
+                SECRET.as_bytes(),
+                timestamp,
+                &self.body,
+                self.header("x-voicebot-signature"),
+                now_unix_ms() / 1000,
+                300,
+            )
+        }
+    }
+
+    enum Reply {
+        Status(u16),
+        Hang,
+    }
+
+    type Log = Arc<Mutex<Vec<Received>>>;
+
+    /// A tiny HTTP server on loopback: records every request, answers as `reply` says (given
+    /// the request's index). Returns its URL and the log.
+    fn receiver(reply: impl Fn(usize, &Received) -> Reply + Send + 'static) -> (String, Log) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let log: Log = Arc::default();
+        let seen = Arc::clone(&log);
+        std::thread::spawn(move || {
+            let mut hung: Vec<TcpStream> = Vec::new();
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let Some(request) = read_request(&stream) else {
+                    continue;
+                };
+                let index = {
+                    let mut seen = seen.lock().unwrap();
+                    seen.push(request.clone());
+                    seen.len() - 1
+                };
+                match reply(index, &request) {
+                    Reply::Status(code) => {
+                        let _ = write!(
+                            stream,
+                            "HTTP/1.1 {code} X\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+                        );
+                    }
+                    Reply::Hang => hung.push(stream),
+                }
+            }
+        });
+        (url, log)
+    }
+
+    fn read_request(stream: &TcpStream) -> Option<Received> {
+        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        let mut reader = BufReader::new(stream);
+        let mut line = String::new();
+        reader.read_line(&mut line).ok()?;
+        if !line.starts_with("POST /hook ") {
+            return None;
+        }
+        let mut headers = HashMap::new();
+        loop {
+            line.clear();
+            reader.read_line(&mut line).ok()?;
+            let trimmed = line.trim_end();
+            if trimmed.is_empty() {
+                break;
+            }
+            let (name, value) = trimmed.split_once(':')?;
+            headers.insert(name.trim().to_ascii_lowercase(), value.trim().to_string());
+        }
+        let length: usize = headers.get("content-length")?.parse().ok()?;
+        let mut body = vec![0; length];
+        reader.read_exact(&mut body).ok()?;
+        Some(Received {
+            headers,
+            body: String::from_utf8(body).ok()?,
+        })
+    }
+
+    /// A loopback port with nothing listening.
+    fn dead_port() -> u16 {
+        TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    }
+
+    fn test_config(url: String) -> WebhookConfig {
+        WebhookConfig {
+            url,
+            secret: SECRET.into(),
+            timeout_ms: 1_000,
+            initial_backoff_ms: 20,
+            max_backoff_ms: 80,
+            ..WebhookConfig::default()
+        }
+    }
+
+    async fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+        let started = Instant::now();
+        while !done() {
+            assert!(started.elapsed() < limit, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    // ---- delivery --------------------------------------------------------------------------
+
+    #[tokio::test]
+    async fn events_survive_a_restart_and_arrive_once_in_order_signed() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("data/voicebot.sqlite3");
+        let kinds = ["escalated", "agent_answered", "call_ended"];
+
+        // First life: the target is down.
+        let ids: Vec<String> = {
+            let outbox = Arc::new(Outbox::open(&db).unwrap());
+            let down = test_config(format!("http://127.0.0.1:{}/hook", dead_port()));
+            let handle = spawn_deliverer(Arc::clone(&outbox), down);
+            let ids: Vec<String> = kinds
+                .iter()
+                .map(|kind| {
+                    handle
+                        .enqueue("call-7", kind, serde_json::json!({ "kind": kind }))
+                        .unwrap()
+                })
+                .collect();
+            wait_until("two failed attempts", Duration::from_secs(5), || {
+                outbox.events_for_call("call-7").unwrap()[0].attempts >= 2
+            })
+            .await;
+            handle.shutdown().await;
+            let history = outbox.events_for_call("call-7").unwrap();
+            assert!(history.iter().all(|e| e.state == EventState::Pending));
+            assert!(history[0].last_error.is_some());
+            // The later events were never tried: they wait behind the first.
+            assert_eq!((history[1].attempts, history[2].attempts), (0, 0));
+            assert_eq!(outbox.pending_count().unwrap(), 3);
+            ids
+        };
+
+        // Second life: a new Outbox on the same file, the target is up.
+        let (url, log) = receiver(|_, _| Reply::Status(200));
+        let outbox = Arc::new(Outbox::open(&db).unwrap());
+        assert_eq!(outbox.pending_count().unwrap(), 3);
+        let started = Instant::now();
+        let handle = spawn_deliverer(Arc::clone(&outbox), test_config(url));
+        wait_until("delivery after restart", Duration::from_secs(5), || {
+            outbox.pending_count().unwrap() == 0
+        })
+        .await;
+        let took = started.elapsed();
+        handle.shutdown().await;
+
+        let received = log.lock().unwrap().clone();
+        let got: Vec<&str> = received
+            .iter()
+            .map(|r| r.header("idempotency-key"))
+            .collect();
+        assert_eq!(got, ids, "each event once, in order, same ids");
+        for (request, kind) in received.iter().zip(kinds) {
+            assert!(request.signature_ok(), "{request:?}");
+            assert!(request.header("x-voicebot-signature").starts_with("v1="));
+            assert_eq!(request.header("x-voicebot-event"), kind);
+            assert_eq!(
+                request.header("x-voicebot-event-id"),
+                request.header("idempotency-key")
+            );
+            assert_eq!(request.header("content-type"), "application/json");
+            let envelope: serde_json::Value = serde_json::from_str(&request.body).unwrap();
+            assert_eq!(envelope["kind"], kind);
+            assert_eq!(envelope["event_id"], request.header("idempotency-key"));
+            assert_eq!(envelope["schema"], SCHEMA);
+        }
+        let history = outbox.events_for_call("call-7").unwrap();
+        assert!(history.iter().all(|e| e.state == EventState::Delivered));
+        assert!(history[0].attempts >= 3);
+        assert_eq!(history[2].attempts, 1);
+        eprintln!("restart: 3 events delivered {took:?} after the second start");
+    }
+
+    #[tokio::test]
+    async fn a_failed_attempt_is_retried_with_identical_bytes_and_key() {
+        let (url, log) = receiver(|i, _| Reply::Status(if i == 0 { 500 } else { 200 }));
+        let outbox = Arc::new(Outbox::in_memory().unwrap());
+        let handle = spawn_deliverer(Arc::clone(&outbox), test_config(url));
+        let id = handle
+            .enqueue("call-9", "escalated", serde_json::json!({"queue": "sales"}))
+            .unwrap();
+        wait_until("the retry", Duration::from_secs(5), || {
+            outbox.pending_count().unwrap() == 0
+        })
+        .await;
+        handle.shutdown().await;
+
+        let received = log.lock().unwrap().clone();
+        assert_eq!(received.len(), 2);
+        for request in &received {
+            assert_eq!(request.header("idempotency-key"), id);
+            assert!(request.signature_ok());
+        }
+        assert_eq!(received[0].body, received[1].body);
+        let status = &outbox.events_for_call("call-9").unwrap()[0];
+        assert_eq!(status.state, EventState::Delivered);
+        assert_eq!(status.attempts, 2);
+        assert_eq!(status.last_error.as_deref(), Some("HTTP status 500: ok"));
+    }
+
+    #[tokio::test]
+    async fn a_hanging_receiver_times_out_and_other_calls_still_get_through() {
+        let (url, log) = receiver(|_, request| {
+            if request.body.contains(r#""call_id":"stuck""#) {
+                Reply::Hang
+            } else {
+                Reply::Status(204)
+            }
+        });
+        let config = WebhookConfig {
+            timeout_ms: 300,
+            ..test_config(url)
+        };
+
+        // One POST, by hand: it gives up within the deadline.
+        let outbox = Arc::new(Outbox::in_memory().unwrap());
+        outbox
+            .enqueue("stuck", "escalated", serde_json::Value::Null, 0)
+            .unwrap();
+        let event = outbox.due(0, 1).unwrap().remove(0);
+        let started = Instant::now();
+        let result = Deliverer::new(&config).post(&event, now_unix_ms() / 1000);
+        let took = started.elapsed();
+        assert_eq!(result, Err(DeliveryError::Timeout(300)));
+        assert!(
+            took >= Duration::from_millis(250) && took < Duration::from_millis(1_000),
+            "{took:?}"
+        );
+
+        // The deliverer: the stuck call's event times out, the other call's is delivered.
+        let started = Instant::now();
+        let handle = spawn_deliverer(Arc::clone(&outbox), config);
+        handle
+            .enqueue("fine", "escalated", serde_json::Value::Null)
+            .unwrap();
+        wait_until("the other call's event", Duration::from_secs(5), || {
+            outbox.events_for_call("fine").unwrap()[0].state == EventState::Delivered
+        })
+        .await;
+        let delivered_after = started.elapsed();
+        handle.shutdown().await;
+        assert!(
+            delivered_after < Duration::from_millis(1_500),
+            "{delivered_after:?}"
+        );
+        let stuck = &outbox.events_for_call("stuck").unwrap()[0];
+        assert_eq!(stuck.state, EventState::Pending);
+        assert!(stuck.attempts >= 1);
+        assert_eq!(stuck.last_error.as_deref(), Some("no answer within 300 ms"));
+        assert!(log.lock().unwrap().iter().any(|r| r.body.contains("fine")));
+        eprintln!("hang: timeout after {took:?}, other call delivered after {delivered_after:?}");
+    }
+
+    #[tokio::test]
+    async fn webhooks_off_leaves_events_in_the_outbox() {
+        let outbox = Arc::new(Outbox::in_memory().unwrap());
+        let handle = spawn_deliverer(Arc::clone(&outbox), WebhookConfig::default());
+        handle
+            .enqueue("c", "escalated", serde_json::Value::Null)
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        handle.shutdown().await;
+        handle.shutdown().await;
+        assert_eq!(outbox.pending_count().unwrap(), 1);
+    }
+}

@@ -1,0 +1,216 @@
+//! The agent leg of a warm transfer, inside the caller's media task: its RTP socket, jitter
+//! buffer and decoder, and its paced sender. Once the agent answers, the call task relays the
+//! decoded audio both ways through it, so the two legs may use different codecs (PCMU on one,
+//! Opus on the other): everything meets as PCM and is resampled when the rates differ. DTMF
+//! from the caller is passed on as RFC 4733 events.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use tokio::net::UdpSocket;
+
+use crate::audio::resample::resample_all;
+use crate::media::codec::CodecError;
+use crate::media::dtmf::DtmfEvent;
+use crate::media::jitter::JitterConfig;
+use crate::media::receiver::MediaReceiver;
+use crate::media::rtp::is_rtcp;
+use crate::media::sender::RtpSender;
+use crate::sip::endpoint::CallHandle;
+use crate::sip::sdp::Negotiated;
+
+use super::pacer::{PacedStream, Pacer};
+use super::ports::RtpPorts;
+
+/// Packet time of the agent leg.
+const PTIME_MS: u32 = 20;
+
+/// Why the agent leg's media could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentMediaError {
+    #[error("codec: {0}")]
+    Codec(#[from] CodecError),
+    #[error("RTP socket: {0}")]
+    Socket(#[from] std::io::Error),
+}
+
+/// The agent leg's RTP, both ways.
+pub struct AgentMedia {
+    pub handle: CallHandle,
+    socket: Arc<UdpSocket>,
+    receiver: MediaReceiver,
+    stream: Arc<Mutex<PacedStream>>,
+    /// Sample rate of the leg's decoded audio.
+    pub rate: u32,
+    latched: bool,
+    /// Packets received from the agent.
+    pub packets_in: u64,
+    _ports: RtpPorts,
+}
+
+impl AgentMedia {
+    /// Starts the agent leg's media on `ports` for the answered `media`.
+    pub fn start(
+        handle: CallHandle,
+        ports: RtpPorts,
+        media: &Negotiated,
+        pacer: &Pacer,
+        jitter_ms: (u32, u32),
+        now: Instant,
+    ) -> Result<AgentMedia, AgentMediaError> {
+        let jitter = JitterConfig {
+            clock_rate: media.codec.clock_rate(),
+            frame_samples: media.codec.timestamp_per_frame(PTIME_MS),
+            min_delay_ms: jitter_ms.0,
+            max_delay_ms: jitter_ms.1,
+        };
+        let mut receiver = MediaReceiver::new(media.codec, media.telephone_event_pt, jitter)?;
+        receiver.set_payload_type(media.payload_type);
+        let mut sender = RtpSender::new_random(media.codec, media.payload_type, PTIME_MS, now)?;
+        sender.set_telephone_event_pt(media.telephone_event_pt);
+        let socket = Arc::new(UdpSocket::from_std(ports.rtp.try_clone()?)?);
+        let send_socket = ports.rtp.try_clone()?;
+        let mut paced = PacedStream::new(sender, send_socket, media.remote_rtp);
+        paced.sending = media.direction.sends();
+        let stream = pacer.register(paced);
+        Ok(AgentMedia {
+            handle,
+            socket,
+            receiver,
+            stream,
+            rate: media.codec.sample_rate(),
+            latched: false,
+            packets_in: 0,
+            _ports: ports,
+        })
+    }
+
+    /// The leg's RTP socket, to wait on without borrowing the leg across an await.
+    pub fn socket(&self) -> Arc<UdpSocket> {
+        Arc::clone(&self.socket)
+    }
+
+    /// A datagram from the agent: into the jitter buffer; a finished DTMF digit is returned.
+    /// The first RTP packet's source becomes the destination (symmetric RTP).
+    pub fn on_datagram(
+        &mut self,
+        bytes: &[u8],
+        from: SocketAddr,
+        now: Instant,
+    ) -> Option<DtmfEvent> {
+        let rtp = !is_rtcp(bytes);
+        match self.receiver.push_datagram(bytes, now) {
+            Ok(event) => {
+                if rtp && !self.latched {
+                    self.latched = true;
+                    if let Ok(mut s) = self.stream.lock() {
+                        if s.remote != from {
+                            tracing::info!(%from, sdp = %s.remote, "agent RTP source differs from SDP; sending there");
+                            s.remote = from;
+                        }
+                    }
+                }
+                self.packets_in += u64::from(rtp);
+                event
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, %from, "agent RTP packet ignored");
+                None
+            }
+        }
+    }
+
+    /// The agent's next 20 ms of audio at [`AgentMedia::rate`] (silence before the first
+    /// packet, concealment on loss).
+    pub fn poll_frame(&mut self, now: Instant) -> Vec<f32> {
+        let n = (self.rate * PTIME_MS / 1000) as usize;
+        self.receiver
+            .poll_frame(now)
+            .unwrap_or_else(|| vec![0.0; n])
+    }
+
+    /// Sends audio to the agent, converting from `rate`.
+    pub fn send(&self, samples: &[f32], rate: u32) {
+        let converted;
+        let samples = if rate == self.rate {
+            samples
+        } else {
+            match resample_all(samples, rate, self.rate) {
+                Ok(s) => {
+                    converted = s;
+                    &converted
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot resample for the agent leg");
+                    return;
+                }
+            }
+        };
+        if let Ok(mut s) = self.stream.lock() {
+            s.sender.enqueue(samples);
+        }
+    }
+
+    /// Passes a caller's DTMF digit on to the agent.
+    pub fn send_dtmf(&self, digit: char) {
+        if let Ok(mut s) = self.stream.lock() {
+            if let Err(e) = s.sender.send_dtmf(digit, 100) {
+                tracing::debug!(error = %e, %digit, "DTMF not passed to the agent");
+            }
+        }
+    }
+
+    /// Packets sent to the agent so far.
+    pub fn packets_out(&self) -> u64 {
+        self.stream.lock().map_or(0, |s| s.packets_sent)
+    }
+}
+
+/// Converts a frame between rates for the caller leg (no-op when equal).
+pub fn convert(samples: Vec<f32>, from: u32, to: u32) -> Vec<f32> {
+    if from == to {
+        return samples;
+    }
+    resample_all(&samples, from, to).unwrap_or_else(|e| {
+        tracing::debug!(error = %e, "cannot resample agent audio for the caller");
+        Vec::new()
+    })
+}
+
+/// A ringback-style hold tone for the caller while the agent's phone rings: 425 Hz, one second
+/// on, four off (ETSI), quiet (-20 dBFS), as 20 ms frames at `rate`. `frame` counts frames
+/// since ringing started.
+pub fn hold_tone_frame(frame: u64, rate: u32) -> Vec<f32> {
+    let n = (rate * PTIME_MS / 1000) as usize;
+    let period = 250; // 5 s in 20 ms frames
+    if frame % period >= 50 {
+        return vec![0.0; n];
+    }
+    let amplitude = 0.1f32;
+    let start = frame * n as u64;
+    (0..n)
+        .map(|i| {
+            let t = (start + i as u64) as f32 / rate as f32;
+            amplitude * (2.0 * std::f32::consts::PI * 425.0 * t).sin()
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hold_tone_is_on_one_second_in_five() {
+        let on: usize = (0..250)
+            .filter(|f| hold_tone_frame(*f, 8000).iter().any(|s| s.abs() > 0.01))
+            .count();
+        assert_eq!(on, 50);
+        assert_eq!(hold_tone_frame(0, 16000).len(), 320);
+        let peak = hold_tone_frame(1, 8000)
+            .iter()
+            .fold(0.0f32, |m, s| m.max(s.abs()));
+        assert!((0.09..=0.1).contains(&peak), "{peak}");
+    }
+}
