@@ -22,6 +22,10 @@ pub struct TransferConfig {
     pub ring_timeout_s: u64,
     /// The user part of our From header on agent calls.
     pub from_user: String,
+    /// How long the agent's INVITE waits for the webhook to confirm the escalated event, so
+    /// the agent's screen has the context before the phone rings; the INVITE goes out after
+    /// this at the latest (a dead webhook never holds up the caller). Milliseconds, 0: no wait.
+    pub webhook_wait_ms: u64,
     /// Base URL where the context can be fetched (`{base}/calls/{id}/context`), sent to the
     /// agent's PBX in `X-Voicebot-Context-Url`; empty: the header is left out.
     pub context_url_base: String,
@@ -33,6 +37,7 @@ impl Default for TransferConfig {
             teams: BTreeMap::new(),
             ring_timeout_s: 20,
             from_user: "voicebot".into(),
+            webhook_wait_ms: 40,
             context_url_base: String::new(),
         }
     }
@@ -53,6 +58,12 @@ impl TransferConfig {
                     return Some((format!("teams.{team}.{i}"), reason));
                 }
             }
+        }
+        if self.webhook_wait_ms > 2000 {
+            return Some((
+                "webhook_wait_ms".into(),
+                format!("{} must be at most 2000", self.webhook_wait_ms),
+            ));
         }
         if self.from_user.is_empty()
             || !self

@@ -167,6 +167,8 @@ pub struct TransferRecord {
     pub outcome: String,
     /// Webhook events queued (event ids).
     pub webhook_events: Vec<String>,
+    /// Whether the webhook confirmed the escalated event before the agent's INVITE went out.
+    pub webhook_before_invite: Option<bool>,
 }
 
 /// Tracks queued bot speech against what the sender actually played.
@@ -350,6 +352,26 @@ async fn dial_next(
         }
     }
     r.leg = Leg::Failed;
+}
+
+/// Waits up to `wait` for the webhook to confirm event `id`.
+async fn wait_delivered(d: &DelivererHandle, call_id: &str, id: &str, wait: Duration) -> bool {
+    use crate::handover::outbox::EventState;
+    let deadline = Instant::now() + wait;
+    loop {
+        let delivered = d.outbox().events_for_call(call_id).is_ok_and(|events| {
+            events
+                .iter()
+                .any(|e| e.event_id == id && e.state == EventState::Delivered)
+        });
+        if delivered {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
 }
 
 /// Nobody answered: a callback request goes to the webhook and the caller hears the apology.
@@ -563,25 +585,31 @@ pub async fn run_call_media(setup: CallSetup) {
             _ = tick.tick() => {
                 let now = Instant::now();
                 let speaking = stream.lock().is_ok_and(|s| s.sender.is_speaking());
-                if receiving {
-                    // After the first packet, the pipeline gets a frame every 20 ms: decoded,
-                    // concealed, or silence while the caller sends nothing (so end-of-turn
-                    // detection still sees the pause).
-                    let frame = receiver
+                // After the caller's first packet, the pipeline gets a frame every 20 ms:
+                // decoded, concealed, or silence while the caller sends nothing (so end-of-turn
+                // detection still sees the pause).
+                let caller_frame = receiving.then(|| {
+                    receiver
                         .poll_frame(now)
-                        .unwrap_or_else(|| vec![0.0; media.codec.samples_per_frame(PTIME_MS)]);
+                        .unwrap_or_else(|| vec![0.0; media.codec.samples_per_frame(PTIME_MS)])
+                });
+                if let Some(TransferRun { leg: Leg::Bridged { media: agent, .. }, .. }) = run.as_mut() {
+                    // Bridged: the caller's audio goes to the agent, the agent's to the caller;
+                    // the pipeline still hears the caller (the transcript goes on).
+                    match &caller_frame {
+                        Some(frame) => agent.send(frame, rate),
+                        None => agent.send(&vec![0.0; media.codec.samples_per_frame(PTIME_MS)], rate),
+                    }
+                    let from_agent = agent.poll_frame(now);
+                    let for_caller = convert(from_agent, agent.rate, rate);
+                    if let Ok(mut s) = stream.lock() {
+                        s.sender.enqueue(&for_caller);
+                    }
+                    speech_log.pad(for_caller.len() as u64);
+                }
+                if let Some(frame) = caller_frame {
                     let level = rms(&frame);
-                    if let Some(TransferRun { leg: Leg::Bridged { media: agent, .. }, .. }) = run.as_mut() {
-                        // Bridged: the caller's audio goes to the agent, the agent's to the
-                        // caller; the pipeline still hears the caller (the transcript goes on).
-                        agent.send(&frame, rate);
-                        let from_agent = agent.poll_frame(now);
-                        let for_caller = convert(from_agent, agent.rate, rate);
-                        if let Ok(mut s) = stream.lock() {
-                            s.sender.enqueue(&for_caller);
-                        }
-                        speech_log.pad(for_caller.len() as u64);
-                    } else if media_cfg.barge_in
+                    if media_cfg.barge_in
                         && run.is_none()
                         && barge_in.on_frame(level, bot_level, speaking)
                     {
@@ -748,7 +776,16 @@ pub async fn run_call_media(setup: CallSetup) {
                                 });
                                 tracing::info!(reason = ?e.reason, skill = %e.skill, targets = targets.len(), summary = %ctx.summary.replace('\n', " | "), "escalation: warm transfer");
                                 let data = serde_json::to_value(&ctx).unwrap_or_default();
-                                r.record.webhook_events.extend(post("escalated", data));
+                                let event = post("escalated", data);
+                                if let (Some(id), Some(d)) = (&event, &deliverer) {
+                                    let wait = Duration::from_millis(transfer_cfg.webhook_wait_ms);
+                                    let confirmed = wait_delivered(d, &call.call_id, id, wait).await;
+                                    r.record.webhook_before_invite = Some(confirmed);
+                                    if !confirmed {
+                                        tracing::warn!(wait_ms = transfer_cfg.webhook_wait_ms, "the webhook has not confirmed the context yet; calling the agent anyway");
+                                    }
+                                }
+                                r.record.webhook_events.extend(event);
                                 dial_next(&mut r, &hangup, handle, &call.call_id, &transfer_cfg, &flow.name).await;
                                 r.record.decision_to_invite_ms = Some(decided.elapsed().as_secs_f64() * 1000.0);
                                 let failed = matches!(r.leg, Leg::Failed);

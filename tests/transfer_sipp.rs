@@ -1,0 +1,366 @@
+//! Warm transfer end to end with real SIP peers on loopback: a SIPp caller reaches the bot,
+//! escalates (by voice or DTMF 0), and the gateway hands the call to agent phones played by
+//! SIPp user agent servers, while a webhook receiver in the test collects the signed hand-over
+//! events.
+//!
+//! * "I want to cancel my subscription" (espeak-ng over RTP): the escalated event, signed, with
+//!   the transcript and a summary naming the cancellation, arrives before the agent answers;
+//!   the agent's INVITE carries the context headers (the SIPp scenario checks them); the call
+//!   is bridged and audio flows both ways (the agent echoes it); the agent hangs up and the
+//!   gateway ends the caller's leg.
+//! * DTMF 0 with an agent who only rings and one who is busy: the ring timeout cancels the
+//!   first, the second refuses, the caller hears the apology, and a callback request reaches
+//!   the webhook.
+//!
+//! Without SIPp these tests say so and pass, unless VOICEBOT_REQUIRE_PEERS is set.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+mod common;
+
+use common::{peer_available, root, Gateway};
+use voicebot_gateway::handover::outbox::verify;
+
+const SECRET: &str = "transfer-test-secret";
+
+fn have_sipp() -> bool {
+    let ok = Command::new("sipp")
+        .arg("-v")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok();
+    peer_available("sipp", ok, "apt-get install sip-tester")
+}
+
+/// One POST the webhook receiver got.
+#[derive(Debug, Clone)]
+struct Delivery {
+    at: Instant,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Delivery {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).expect("webhook body is JSON")
+    }
+}
+
+/// A webhook receiver on loopback answering 200 to every POST.
+fn webhook_receiver() -> (u16, Arc<Mutex<Vec<Delivery>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let got: Arc<Mutex<Vec<Delivery>>> = Arc::default();
+    let sink = Arc::clone(&got);
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { continue };
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut reader = BufReader::new(stream);
+            let mut headers = Vec::new();
+            let mut length = 0usize;
+            let mut first = String::new();
+            if reader.read_line(&mut first).unwrap_or(0) == 0 {
+                continue;
+            }
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some((n, v)) = line.trim_end().split_once(':') {
+                    if n.eq_ignore_ascii_case("content-length") {
+                        length = v.trim().parse().unwrap_or(0);
+                    }
+                    headers.push((n.trim().to_string(), v.trim().to_string()));
+                }
+            }
+            let mut body = vec![0; length];
+            let _ = reader.read_exact(&mut body);
+            if let Ok(mut g) = sink.lock() {
+                g.push(Delivery {
+                    at: Instant::now(),
+                    headers,
+                    body: String::from_utf8_lossy(&body).into_owned(),
+                });
+            }
+            let mut stream = reader.into_inner();
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        }
+    });
+    (port, got)
+}
+
+/// A gateway configuration with the given agents for every team and the webhook.
+fn config(dir: &Path, agents: &[String], webhook_port: u16, ring_timeout_s: u64) -> String {
+    let list = agents
+        .iter()
+        .map(|a| format!("\"{a}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let path = dir.join("gateway.toml");
+    let text = format!(
+        "[handover.transfer]\nring_timeout_s = {ring_timeout_s}\n\
+         [handover.transfer.teams]\ndefault = [{list}]\n\
+         [handover.webhook]\nurl = \"http://127.0.0.1:{webhook_port}/hooks/voicebot\"\n\
+         secret = \"{SECRET}\"\ninitial_backoff_ms = 100\ndatabase = \"{}\"\n",
+        dir.join("outbox.sqlite3").display()
+    );
+    std::fs::write(&path, text).expect("write config");
+    path.display().to_string()
+}
+
+/// Starts a SIPp agent (UAS) on `port` with `scenario`.
+fn agent(dir: &Path, port: u16, media_port: u16, scenario: &str, extra: &[&str]) -> Child {
+    Command::new("timeout")
+        .arg("120")
+        .arg("sipp")
+        .current_dir(dir)
+        .arg("-sf")
+        .arg(root().join("tests/sipp").join(scenario))
+        .args(["-i", "127.0.0.1", "-p", &port.to_string()])
+        .args(["-mp", &media_port.to_string(), "-m", "1", "-nostdin"])
+        .args(["-timeout", "100", "-timeout_error"])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start sipp agent")
+}
+
+/// Runs the SIPp caller to completion.
+fn caller(dir: &Path, gw_port: u16, scenario: &str, media_port: u16) -> (i32, String) {
+    let out = Command::new("timeout")
+        .arg("150")
+        .arg("sipp")
+        .arg(format!("127.0.0.1:{gw_port}"))
+        .current_dir(dir)
+        .arg("-sf")
+        .arg(root().join("tests/sipp").join(scenario))
+        .args(["-s", "support", "-i", "127.0.0.1", "-p", "0"])
+        .args(["-mp", &media_port.to_string(), "-m", "1", "-nostdin"])
+        .args(["-timeout", "140", "-timeout_error"])
+        .output()
+        .expect("run sipp caller");
+    let screen =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.code().unwrap_or(-1), screen)
+}
+
+fn finish(child: Child) -> (i32, String) {
+    let out = child.wait_with_output().expect("sipp agent");
+    let screen =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.code().unwrap_or(-1), screen)
+}
+
+/// The webhook events of kind `kind`, waiting up to `wait` for at least one.
+fn events(got: &Arc<Mutex<Vec<Delivery>>>, kind: &str, wait: Duration) -> Vec<Delivery> {
+    let deadline = Instant::now() + wait;
+    loop {
+        let found: Vec<Delivery> = got
+            .lock()
+            .map(|g| {
+                g.iter()
+                    .filter(|d| d.header("X-Voicebot-Event") == Some(kind))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        if !found.is_empty() || Instant::now() >= deadline {
+            return found;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn check_signature(d: &Delivery) {
+    let ts: u64 = d
+        .header("X-Voicebot-Timestamp")
+        .and_then(|t| t.parse().ok())
+        .expect("timestamp header");
+    let sig = d.header("X-Voicebot-Signature").expect("signature header");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    assert!(
+        verify(SECRET.as_bytes(), ts, &d.body, sig, now, 300),
+        "bad signature on {}",
+        d.body
+    );
+    assert_eq!(d.header("Idempotency-Key"), d.header("X-Voicebot-Event-Id"));
+}
+
+/// Headerless 8 kHz mu-law: 2 s silence, `text` by espeak-ng, then `tail_s` of silence.
+fn spoken_ulaw(dir: &Path, text: &str, tail_s: u32) {
+    let wav = dir.join("speech.wav");
+    let ok = Command::new("espeak-ng")
+        .args(["-v", "en-us", "-s", "150", "-w"])
+        .arg(&wav)
+        .arg(text)
+        .status()
+        .expect("espeak-ng")
+        .success();
+    assert!(ok);
+    let ok = Command::new("sox")
+        .arg(&wav)
+        .args(["-r", "8000", "-c", "1", "-t", "raw", "-e", "mu-law"])
+        .arg(dir.join("caller.raw"))
+        .args(["pad", "2", &tail_s.to_string()])
+        .status()
+        .expect("sox")
+        .success();
+    assert!(ok);
+}
+
+#[test]
+fn cancellation_is_handed_to_an_agent_with_context_and_bridged() {
+    if !have_sipp() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (hook_port, got) = webhook_receiver();
+    let agent_port = 45060;
+    let cfg = config(
+        dir.path(),
+        &[format!("sip:1001@127.0.0.1:{agent_port}")],
+        hook_port,
+        15,
+    );
+    let mut gw = Gateway::start("45100-45199", &["--config", &cfg]);
+    let agent_dir = tempfile::tempdir().unwrap();
+    let agent = agent(
+        agent_dir.path(),
+        agent_port,
+        45300,
+        "uas_agent.xml",
+        &["-rtp_echo"],
+    );
+    spoken_ulaw(dir.path(), "I want to cancel my subscription.", 25);
+    let (code, screen) = caller(dir.path(), gw.port, "uac_speech_until_bye.xml", 45400);
+    let (agent_code, agent_screen) = finish(agent);
+    assert_eq!(
+        agent_code, 0,
+        "agent failed (INVITE without the context headers?):\n{agent_screen}"
+    );
+    assert_eq!(
+        code, 0,
+        "caller failed (no BYE after the agent hung up?):\n{screen}"
+    );
+
+    // The hand-over context reached the webhook, signed, before the agent answered.
+    let escalated = events(&got, "escalated", Duration::from_secs(10));
+    assert_eq!(escalated.len(), 1, "one escalated event");
+    let answered = events(&got, "agent_answered", Duration::from_secs(10));
+    assert_eq!(answered.len(), 1, "one agent_answered event");
+    assert!(escalated[0].at < answered[0].at);
+    check_signature(&escalated[0]);
+    let event = escalated[0].json();
+    assert_eq!(event["schema"], "voicebot.webhook.v1");
+    assert_eq!(event["kind"], "escalated");
+    let ctx = &event["data"];
+    assert_eq!(ctx["schema"], "voicebot.handover.v1");
+    assert_eq!(ctx["escalation"]["reason"], "critical_keyword", "{ctx}");
+    let transcript = ctx["transcript"].to_string().to_lowercase();
+    assert!(transcript.contains("cancel"), "{transcript}");
+    let summary = ctx["summary"].as_str().unwrap_or("").to_lowercase();
+    assert!(summary.contains("cancel"), "{summary}");
+    let lines = summary.lines().count();
+    assert!((3..=5).contains(&lines), "{summary}");
+
+    // The call was bridged: audio went to the agent and came back (SIPp echoes it).
+    let records = gw.records(1, Duration::from_secs(40));
+    let r = &records[0];
+    let t = &r["transfer"];
+    assert_eq!(t["outcome"], "bridged", "{r}");
+    assert_eq!(
+        t["webhook_before_invite"], true,
+        "the context reached the webhook before the agent's phone was called: {t}"
+    );
+    assert_eq!(t["agent"], format!("sip:1001@127.0.0.1:{agent_port}"));
+    assert!(t["packets_to_agent"].as_u64().unwrap_or(0) > 100, "{t}");
+    assert!(t["packets_from_agent"].as_u64().unwrap_or(0) > 100, "{t}");
+    assert_eq!(r["ended_by"], "agent");
+    let final_events = events(&got, "call_ended", Duration::from_secs(10));
+    assert_eq!(final_events.len(), 1);
+    check_signature(&final_events[0]);
+    println!(
+        "decision -> agent INVITE {} ms, agent answer -> bridged {} ms",
+        t["decision_to_invite_ms"], t["answer_to_bridge_ms"]
+    );
+    assert!(gw.alive());
+}
+
+#[test]
+fn nobody_answers_so_the_caller_gets_a_callback() {
+    if !have_sipp() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (hook_port, got) = webhook_receiver();
+    let (ringing_port, busy_port) = (45061, 45062);
+    let cfg = config(
+        dir.path(),
+        &[
+            format!("sip:1001@127.0.0.1:{ringing_port}"),
+            format!("sip:1002@127.0.0.1:{busy_port}"),
+        ],
+        hook_port,
+        3,
+    );
+    let gw = Gateway::start("45500-45599", &["--config", &cfg]);
+    let agents_dir = tempfile::tempdir().unwrap();
+    let ringing = agent(
+        agents_dir.path(),
+        ringing_port,
+        45700,
+        "uas_ring_only.xml",
+        &[],
+    );
+    let busy = agent(agents_dir.path(), busy_port, 45710, "uas_busy.xml", &[]);
+    // One second of A-law silence, looped (the scenario offers PCMA first).
+    std::fs::write(dir.path().join("caller.raw"), vec![0xD5u8; 8000]).unwrap();
+    let (code, screen) = caller(dir.path(), gw.port, "uac_dtmf_info.xml", 45800);
+    let (ring_code, ring_screen) = finish(ringing);
+    let (busy_code, busy_screen) = finish(busy);
+    assert_eq!(
+        ring_code, 0,
+        "ringing agent was not cancelled:\n{ring_screen}"
+    );
+    assert_eq!(busy_code, 0, "busy agent:\n{busy_screen}");
+    assert_eq!(code, 0, "caller got no BYE after the apology:\n{screen}");
+
+    let callback = events(&got, "callback_requested", Duration::from_secs(10));
+    assert_eq!(callback.len(), 1);
+    check_signature(&callback[0]);
+    let data = &callback[0].json()["data"];
+    let attempts = data["attempts"].as_array().expect("attempts");
+    assert_eq!(attempts.len(), 2, "{data}");
+    assert_eq!(attempts[0]["outcome"], "no answer");
+    assert_eq!(attempts[1]["outcome"], "refused 486");
+    let records = gw.records(1, Duration::from_secs(30));
+    let r = &records[0];
+    assert_eq!(r["transfer"]["outcome"], "callback", "{r}");
+    let last = r["bot_speech"]
+        .as_array()
+        .and_then(|s| s.last())
+        .and_then(|s| s["text"].as_str())
+        .unwrap_or("")
+        .to_lowercase();
+    assert!(last.contains("call you back"), "{last}");
+}
