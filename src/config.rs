@@ -85,6 +85,7 @@ pub struct GatewayConfig {
     pub intent: IntentConfig,
     pub escalation: EscalationConfig,
     pub handover: HandoverConfig,
+    pub http: crate::web::HttpConfig,
     pub sip: SipConfig,
     pub media: MediaConfig,
 }
@@ -171,6 +172,14 @@ impl GatewayConfig {
                 file,
                 text,
                 &format!("handover.{field}"),
+                reason,
+            ));
+        }
+        if let Some((field, reason)) = self.http.problem() {
+            return Err(ConfigError::invalid(
+                file,
+                text,
+                &format!("http.{field}"),
                 reason,
             ));
         }

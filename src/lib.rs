@@ -21,3 +21,4 @@ pub mod server;
 pub mod simulate;
 pub mod sip;
 pub mod speech;
+pub mod web;

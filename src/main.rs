@@ -238,7 +238,16 @@ async fn serve(
     {
         use std::io::Write;
         let mut out = std::io::stdout().lock();
-        writeln!(out, "voicebot ready: sip={addr} rtp={lo}-{hi}")?;
+        match server.http() {
+            Some((http, token_source)) => {
+                writeln!(out, "voicebot ready: sip={addr} rtp={lo}-{hi} http={http}")?;
+                writeln!(
+                    out,
+                    "agent screen: http://{http}/agent?token=<agent token> (token from {token_source})"
+                )?;
+            }
+            None => writeln!(out, "voicebot ready: sip={addr} rtp={lo}-{hi}")?,
+        }
         out.flush()?;
     }
     tracing::info!(%addr, "SIP listening (UDP and TCP)");

@@ -27,6 +27,18 @@ use common::{peer_available, root, Gateway};
 use voicebot_gateway::handover::outbox::verify;
 
 const SECRET: &str = "transfer-test-secret";
+const AGENT_TOKEN: &str = "agent-test-token";
+
+/// The HTTP address from the gateway's ready line.
+fn http_base(gw: &Gateway) -> String {
+    let addr = gw
+        .ready
+        .split("http=")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no http= in {:?}", gw.ready));
+    format!("http://{addr}")
+}
 
 fn have_sipp() -> bool {
     let ok = Command::new("sipp")
@@ -117,8 +129,11 @@ fn config(dir: &Path, agents: &[String], webhook_port: u16, ring_timeout_s: u64)
         "[handover.transfer]\nring_timeout_s = {ring_timeout_s}\n\
          [handover.transfer.teams]\ndefault = [{list}]\n\
          [handover.webhook]\nurl = \"http://127.0.0.1:{webhook_port}/hooks/voicebot\"\n\
-         secret = \"{SECRET}\"\ninitial_backoff_ms = 100\ndatabase = \"{}\"\n",
-        dir.join("outbox.sqlite3").display()
+         secret = \"{SECRET}\"\ninitial_backoff_ms = 100\ndatabase = \"{}\"\n\
+         [http]\nlisten = \"127.0.0.1:0\"\nagent_token = \"{AGENT_TOKEN}\"\n\
+         feedback_database = \"{}\"\n",
+        dir.join("outbox.sqlite3").display(),
+        dir.join("feedback.sqlite3").display()
     );
     std::fs::write(&path, text).expect("write config");
     path.display().to_string()
@@ -282,6 +297,24 @@ fn cancellation_is_handed_to_an_agent_with_context_and_bridged() {
     assert!(summary.contains("cancel"), "{summary}");
     let lines = summary.lines().count();
     assert!((3..=5).contains(&lines), "{summary}");
+
+    // Any CTI system can fetch the same context with the agent token.
+    let call_id = event["call_id"].as_str().expect("call id").to_string();
+    let url = format!("{}/calls/{call_id}/context", http_base(&gw));
+    let http = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(5)))
+        .build();
+    let http: ureq::Agent = http.into();
+    assert_eq!(http.get(&url).call().expect("GET").status(), 401);
+    let mut resp = http
+        .get(&url)
+        .header("Authorization", &format!("Bearer {AGENT_TOKEN}"))
+        .call()
+        .expect("GET context");
+    assert_eq!(resp.status(), 200);
+    let fetched: serde_json::Value = resp.body_mut().read_json().expect("json");
+    assert!(fetched["summary"].as_str().unwrap_or("").to_lowercase().contains("cancel"));
 
     // The call was bridged: audio went to the agent and came back (SIPp echoes it).
     let records = gw.records(1, Duration::from_secs(40));

@@ -94,6 +94,9 @@ pub struct TranscriptEntry {
     pub interrupted: bool,
     /// The recogniser's confidence, for caller lines.
     pub asr_confidence: Option<f32>,
+    /// The intent the bot recognised in a caller line (what agents' feedback corrects).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub intent: Option<String>,
 }
 
 /// The caller's last recognised intent.
@@ -231,6 +234,7 @@ fn transcript(input: &ContextInput) -> Vec<TranscriptEntry> {
         text,
         interrupted,
         asr_confidence: None,
+        intent: None,
     };
     let caller = |t: &TurnReport| {
         let text = t.transcript.trim();
@@ -240,6 +244,7 @@ fn transcript(input: &ContextInput) -> Vec<TranscriptEntry> {
             text: text.to_string(),
             interrupted: false,
             asr_confidence: Some(finite(t.asr_confidence)),
+            intent: Some(t.intent.clone()),
         })
     };
     if input.bot_speech.is_empty() {

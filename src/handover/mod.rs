@@ -2,6 +2,8 @@
 //! how it reaches them (a durable, signed webhook outbox), before their phone even rings.
 
 pub mod context;
+pub mod feedback;
+pub mod hub;
 pub mod outbox;
 pub mod transfer;
 

@@ -85,6 +85,8 @@ pub struct CallSetup {
     pub(super) hangup: mpsc::Sender<Inbound>,
     /// Where hand-over events go (webhook outbox), when configured.
     pub deliverer: Option<Arc<DelivererHandle>>,
+    /// Live hand-over contexts and events for the agents' screens.
+    pub hub: Arc<crate::handover::hub::HandoverHub>,
 }
 
 /// What the bot said on the call, and whether the caller cut it short.
@@ -435,6 +437,7 @@ pub async fn run_call_media(setup: CallSetup) {
         mut control,
         hangup,
         deliverer,
+        hub,
     } = setup;
     let started_wall = std::time::SystemTime::now();
     let handle = call.handle;
@@ -531,6 +534,7 @@ pub async fn run_call_media(setup: CallSetup) {
     let mut agent_buf = vec![0u8; 2048];
     let transfer_cfg = engines.config.handover.transfer.clone();
     let post = |kind: &str, data: serde_json::Value| -> Option<String> {
+        hub.publish(kind, &call.call_id, &data);
         let d = deliverer.as_ref()?;
         match d.enqueue(&call.call_id, kind, data) {
             Ok(id) => {

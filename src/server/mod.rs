@@ -25,6 +25,8 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
+use crate::handover::feedback::FeedbackStore;
+use crate::handover::hub::HandoverHub;
 use crate::handover::outbox::{spawn_deliverer, DelivererHandle, Outbox};
 use crate::handover::transfer::parse_target;
 use crate::pipeline::Engines;
@@ -98,6 +100,17 @@ pub struct Server {
     local: SocketAddr,
     engines: Engines,
     report_dir: Option<PathBuf>,
+    /// Live hand-over contexts and events (for the HTTP side).
+    hub: Arc<HandoverHub>,
+    /// The HTTP listener for agents, when `[http] listen` is set.
+    http: Option<HttpSide>,
+}
+
+/// The bound HTTP side.
+struct HttpSide {
+    listener: tokio::net::TcpListener,
+    state: Arc<crate::web::WebState>,
+    token_source: String,
 }
 
 impl Server {
@@ -154,12 +167,16 @@ impl Server {
                 (None, None) => return Err(ServeError::Config("no SIP transport".into())),
             };
             let report_dir = Some(sip.report_dir.clone()).filter(|d| !d.as_os_str().is_empty());
+            let hub = Arc::new(HandoverHub::new());
+            let http = bind_http(&engines.config.http, &hub).await?;
             return Ok(Server {
                 udp: udp.map(Arc::new),
                 tcp,
                 local,
                 engines,
                 report_dir,
+                hub,
+                http,
             });
         }
         Err(ServeError::Bind {
@@ -172,6 +189,12 @@ impl Server {
     /// The address SIP listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.local
+    }
+
+    /// The address of the agents' HTTP side, and where its token comes from.
+    pub fn http(&self) -> Option<(SocketAddr, &str)> {
+        let h = self.http.as_ref()?;
+        Some((h.listener.local_addr().ok()?, h.token_source.as_str()))
     }
 
     /// Writes finished calls' records to `dir` (overrides `[sip] report_dir`).
@@ -220,6 +243,14 @@ impl Server {
         }
         let ports = PortPool::new(config.media.rtp_port_min, config.media.rtp_port_max);
         let pacer = Pacer::start()?;
+        let http_task = self.http.map(|h| {
+            let app = crate::web::router(h.state);
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(h.listener, app).await {
+                    tracing::error!(error = %e, "the HTTP server stopped");
+                }
+            })
+        });
         // Hand-over events go to the webhook through the durable outbox; events left from a
         // previous run are delivered too.
         let webhook = &config.handover.webhook;
@@ -245,8 +276,12 @@ impl Server {
             pacer,
             legs: HashMap::new(),
             deliverer: deliverer.clone(),
+            hub: self.hub,
         };
         let result = signalling.run(inbound_rx, shutdown).await;
+        if let Some(task) = http_task {
+            task.abort();
+        }
         if let Some(d) = deliverer {
             // Whatever is still undelivered stays in the outbox for the next start.
             let _ = tokio::time::timeout(Duration::from_secs(3), d.shutdown()).await;
@@ -274,6 +309,7 @@ struct Signalling {
     legs: HashMap<CallHandle, CallHandle>,
     /// The webhook deliverer, when webhooks are configured.
     deliverer: Option<Arc<DelivererHandle>>,
+    hub: Arc<HandoverHub>,
 }
 
 impl Signalling {
@@ -511,6 +547,7 @@ impl Signalling {
                 let (control_tx, control_rx) = mpsc::channel(16);
                 let setup = CallSetup {
                     deliverer: self.deliverer.clone(),
+                    hub: Arc::clone(&self.hub),
                     call: *call.clone(),
                     ports,
                     flow,
@@ -585,6 +622,45 @@ impl Signalling {
             }
         }
     }
+}
+
+/// Binds the agents' HTTP side when `[http] listen` is set: the listener, the token and the
+/// feedback store.
+async fn bind_http(
+    config: &crate::web::HttpConfig,
+    hub: &Arc<HandoverHub>,
+) -> Result<Option<HttpSide>, ServeError> {
+    if config.listen.is_empty() {
+        return Ok(None);
+    }
+    let addr: SocketAddr = config.listen.parse().map_err(|_| {
+        ServeError::Config(format!(
+            "[http] listen `{}` is not ADDR:PORT",
+            config.listen
+        ))
+    })?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Bind {
+            transport: "HTTP",
+            addr,
+            source,
+        })?;
+    let (token, token_source) = config
+        .resolve_token()
+        .map_err(|e| ServeError::Config(format!("agent token: {e}")))?;
+    let feedback = FeedbackStore::open(&config.feedback_database)
+        .map_err(|e| ServeError::Config(format!("feedback store: {e}")))?;
+    let state = Arc::new(crate::web::WebState {
+        hub: Arc::clone(hub),
+        feedback: Arc::new(feedback),
+        token,
+    });
+    Ok(Some(HttpSide {
+        listener,
+        state,
+        token_source,
+    }))
 }
 
 /// TCP connection ids, accepted and opened alike.

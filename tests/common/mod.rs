@@ -30,6 +30,8 @@ pub fn peer_available(name: &str, available: bool, install: &str) -> bool {
 pub struct Gateway {
     child: Child,
     pub port: u16,
+    /// The ready line it printed (`voicebot ready: sip=... rtp=... [http=...]`).
+    pub ready: String,
     records: tempfile::TempDir,
 }
 
@@ -66,6 +68,7 @@ impl Gateway {
         Gateway {
             child,
             port,
+            ready: line.trim().to_string(),
             records,
         }
     }

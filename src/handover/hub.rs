@@ -1,0 +1,142 @@
+//! The live side of hand-overs: the latest context of each escalated call (served to CTI
+//! systems at `GET /calls/{id}/context`) and a broadcast of hand-over events for the agents'
+//! screens, next to the durable webhook. In memory and bounded: the webhook outbox is the
+//! durable record; this is what an agent's browser watches.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+
+use serde::Serialize;
+use tokio::sync::broadcast;
+
+/// How many calls' contexts are kept (the oldest are forgotten first).
+pub const MAX_CALLS: usize = 1000;
+/// Events a slow screen may fall behind before it misses some.
+const CHANNEL_DEPTH: usize = 256;
+
+/// One hand-over event, as the agent's screen receives it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HubEvent {
+    pub kind: String,
+    pub call_id: String,
+    pub data: serde_json::Value,
+}
+
+/// Shared by the call tasks (publishers) and the HTTP server (readers).
+pub struct HandoverHub {
+    state: Mutex<State>,
+    events: broadcast::Sender<HubEvent>,
+}
+
+#[derive(Default)]
+struct State {
+    contexts: HashMap<String, serde_json::Value>,
+    order: VecDeque<String>,
+}
+
+impl Default for HandoverHub {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl HandoverHub {
+    pub fn new() -> Self {
+        HandoverHub {
+            state: Mutex::new(State::default()),
+            events: broadcast::channel(CHANNEL_DEPTH).0,
+        }
+    }
+
+    /// Publishes an event; one whose data is a hand-over context (it has a `transcript`)
+    /// becomes the call's latest context.
+    pub fn publish(&self, kind: &str, call_id: &str, data: &serde_json::Value) {
+        if data.get("transcript").is_some() {
+            if let Ok(mut state) = self.state.lock() {
+                if state
+                    .contexts
+                    .insert(call_id.to_string(), data.clone())
+                    .is_none()
+                {
+                    state.order.push_back(call_id.to_string());
+                    while state.order.len() > MAX_CALLS {
+                        if let Some(old) = state.order.pop_front() {
+                            state.contexts.remove(&old);
+                        }
+                    }
+                }
+            }
+        }
+        // No screen open is not an error.
+        let _ = self.events.send(HubEvent {
+            kind: kind.to_string(),
+            call_id: call_id.to_string(),
+            data: data.clone(),
+        });
+    }
+
+    /// The latest context of a call.
+    pub fn context(&self, call_id: &str) -> Option<serde_json::Value> {
+        self.state.lock().ok()?.contexts.get(call_id).cloned()
+    }
+
+    /// The contexts of the most recent calls, newest first.
+    pub fn recent(&self, n: usize) -> Vec<serde_json::Value> {
+        let Ok(state) = self.state.lock() else {
+            return Vec::new();
+        };
+        state
+            .order
+            .iter()
+            .rev()
+            .take(n)
+            .filter_map(|id| state.contexts.get(id).cloned())
+            .collect()
+    }
+
+    /// A new subscription to the events published from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<HubEvent> {
+        self.events.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn contexts_are_kept_per_call_and_bounded() {
+        let hub = HandoverHub::new();
+        let mut rx = hub.subscribe();
+        hub.publish(
+            "escalated",
+            "c1",
+            &json!({"transcript": [], "summary": "a"}),
+        );
+        hub.publish("agent_answered", "c1", &json!({"agent": "sip:1@h"}));
+        hub.publish(
+            "call_ended",
+            "c1",
+            &json!({"transcript": [], "summary": "b"}),
+        );
+        assert_eq!(
+            hub.context("c1").map(|c| c["summary"].clone()),
+            Some(json!("b"))
+        );
+        assert_eq!(
+            rx.try_recv().map(|e| e.kind).ok().as_deref(),
+            Some("escalated")
+        );
+        assert_eq!(
+            rx.try_recv().map(|e| e.kind).ok().as_deref(),
+            Some("agent_answered")
+        );
+        for i in 0..MAX_CALLS + 5 {
+            hub.publish("escalated", &format!("x{i}"), &json!({"transcript": []}));
+        }
+        assert!(hub.context("c1").is_none(), "the oldest call is forgotten");
+        assert!(hub.context(&format!("x{}", MAX_CALLS + 4)).is_some());
+        assert_eq!(hub.recent(3).len(), 3);
+    }
+}

@@ -1,0 +1,485 @@
+//! The gateway's HTTP side for agents and CTI systems (axum): the hand-over context of a call
+//! (`GET /calls/{id}/context`), the agent screen (`GET /agent`) with the live hand-over events
+//! as server-sent events, and the agents' feedback on what the bot understood, exportable as
+//! new example utterances. Everything but `/healthz` and the page itself needs the agent token
+//! (`Authorization: Bearer ...`, or `?token=` where a browser cannot set headers, as for
+//! EventSource). Errors are JSON (`{"error": "..."}`) with a 4xx status, never a 500 for bad
+//! input.
+
+use std::convert::Infallible;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use tokio_stream::wrappers::BroadcastStream;
+use tokio_stream::{Stream, StreamExt};
+
+use crate::handover::feedback::{Feedback, FeedbackStore, Verdict};
+use crate::handover::hub::HandoverHub;
+
+/// The agent screen, served as is (no external assets: it works offline).
+const AGENT_PAGE: &str = include_str!("../assets/agent.html");
+/// Largest request body accepted.
+const MAX_BODY: usize = 64 * 1024;
+
+/// `[http]` in the gateway configuration.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// `ADDR:PORT` to listen on; empty: no HTTP server.
+    pub listen: String,
+    /// The agents' bearer token; prefer `agent_token_env`. When both are empty a random token
+    /// is generated at start and written to `token_file`.
+    pub agent_token: String,
+    pub agent_token_env: String,
+    pub token_file: PathBuf,
+    /// SQLite file for the agents' feedback.
+    pub feedback_database: PathBuf,
+}
+
+impl std::fmt::Debug for HttpConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpConfig")
+            .field("listen", &self.listen)
+            .field(
+                "agent_token",
+                &if self.agent_token.is_empty() {
+                    ""
+                } else {
+                    "***"
+                },
+            )
+            .field("agent_token_env", &self.agent_token_env)
+            .field("token_file", &self.token_file)
+            .field("feedback_database", &self.feedback_database)
+            .finish()
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: String::new(),
+            agent_token: String::new(),
+            agent_token_env: "VOICEBOT_AGENT_TOKEN".into(),
+            token_file: PathBuf::from("data/agent-token"),
+            feedback_database: PathBuf::from("data/feedback.sqlite3"),
+        }
+    }
+}
+
+impl HttpConfig {
+    /// What is wrong with the settings, as `(field, reason)`.
+    pub fn problem(&self) -> Option<(&'static str, String)> {
+        if !self.listen.is_empty() && self.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Some((
+                "listen",
+                format!("`{}` is not ADDR:PORT (e.g. 127.0.0.1:8080)", self.listen),
+            ));
+        }
+        None
+    }
+
+    /// The agent token: configured, from the environment, or generated and written to
+    /// `token_file` (readable by the owner only). Returns the token and where it came from.
+    pub fn resolve_token(&self) -> std::io::Result<(String, String)> {
+        if !self.agent_token.is_empty() {
+            return Ok((self.agent_token.clone(), "the configuration".into()));
+        }
+        if let Ok(t) = std::env::var(&self.agent_token_env) {
+            if !t.is_empty() {
+                return Ok((t, format!("${}", self.agent_token_env)));
+            }
+        }
+        let token = format!("{:032x}", rand::random::<u128>());
+        if let Some(dir) = self
+            .token_file
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+        {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::write(&self.token_file, format!("{token}\n"))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&self.token_file, std::fs::Permissions::from_mode(0o600))?;
+        }
+        Ok((token, self.token_file.display().to_string()))
+    }
+}
+
+/// What the handlers share.
+pub struct WebState {
+    pub hub: Arc<HandoverHub>,
+    pub feedback: Arc<FeedbackStore>,
+    pub token: String,
+}
+
+/// A JSON error with its status.
+struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(serde_json::json!({ "error": self.1 }))).into_response()
+    }
+}
+
+#[derive(Deserialize)]
+struct TokenQuery {
+    token: Option<String>,
+}
+
+/// Constant-time comparison, so the token cannot be guessed byte by byte from timings.
+fn same(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
+fn authorize(state: &WebState, headers: &HeaderMap, query: &TokenQuery) -> Result<(), ApiError> {
+    let bearer = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match bearer.or(query.token.as_deref()) {
+        Some(t) if same(t.trim(), &state.token) => Ok(()),
+        Some(_) => Err(ApiError(StatusCode::FORBIDDEN, "wrong token".into())),
+        None => Err(ApiError(
+            StatusCode::UNAUTHORIZED,
+            "missing token: send Authorization: Bearer <agent token>".into(),
+        )),
+    }
+}
+
+/// The routes.
+pub fn router(state: Arc<WebState>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/agent", get(|| async { Html(AGENT_PAGE) }))
+        .route("/agent/events", get(events))
+        .route("/calls/{id}/context", get(context))
+        .route("/calls/{id}/feedback", post(feedback).get(call_feedback))
+        .route("/feedback/examples", get(examples))
+        .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such endpoint".into()) })
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state)
+}
+
+async fn context(
+    State(state): State<Arc<WebState>>,
+    Path(id): Path<String>,
+    Query(q): Query<TokenQuery>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    authorize(&state, &headers, &q)?;
+    state.hub.context(&id).map(Json).ok_or_else(|| {
+        ApiError(
+            StatusCode::NOT_FOUND,
+            format!("no hand-over context for call `{id}`"),
+        )
+    })
+}
+
+/// Feedback as an agent sends it.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FeedbackRequest {
+    /// Index of the caller line in the context's transcript.
+    line: usize,
+    verdict: Verdict,
+    correct_intent: Option<String>,
+    note: Option<String>,
+}
+
+async fn feedback(
+    State(state): State<Arc<WebState>>,
+    Path(id): Path<String>,
+    Query(q): Query<TokenQuery>,
+    headers: HeaderMap,
+    body: Result<Json<FeedbackRequest>, JsonRejection>,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    authorize(&state, &headers, &q)?;
+    let Json(req) = body.map_err(|e| ApiError(e.status(), e.body_text()))?;
+    let ctx = state.hub.context(&id).ok_or_else(|| {
+        ApiError(
+            StatusCode::NOT_FOUND,
+            format!("no hand-over context for call `{id}`"),
+        )
+    })?;
+    let entry = ctx["transcript"]
+        .get(req.line)
+        .filter(|e| e["speaker"] == "caller")
+        .ok_or_else(|| {
+            ApiError(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!(
+                    "transcript line {} is not a caller line of call `{id}`",
+                    req.line
+                ),
+            )
+        })?;
+    if req.verdict == Verdict::Wrong
+        && req
+            .correct_intent
+            .as_deref()
+            .is_some_and(|i| !crate::dialog::intent::is_identifier(i))
+    {
+        return Err(ApiError(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "correct_intent must be an intent name (lowercase letters, digits, _)".into(),
+        ));
+    }
+    let record = Feedback {
+        call_id: id,
+        line: req.line,
+        utterance: entry["text"].as_str().unwrap_or_default().to_string(),
+        bot_intent: entry["intent"].as_str().unwrap_or("none").to_string(),
+        verdict: req.verdict,
+        correct_intent: req.correct_intent.filter(|i| !i.is_empty()),
+        note: req.note.map(|n| n.chars().take(2000).collect()),
+        created_ms: crate::handover::outbox::now_unix_ms(),
+    };
+    let stored = state.feedback.clone();
+    let id = tokio::task::spawn_blocking(move || stored.record(&record))
+        .await
+        .map_err(|e| ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?
+        .map_err(|e| ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    Ok((StatusCode::CREATED, Json(serde_json::json!({ "id": id }))))
+}
+
+async fn call_feedback(
+    State(state): State<Arc<WebState>>,
+    Path(id): Path<String>,
+    Query(q): Query<TokenQuery>,
+    headers: HeaderMap,
+) -> Result<Json<Vec<Feedback>>, ApiError> {
+    authorize(&state, &headers, &q)?;
+    let stored = state.feedback.clone();
+    tokio::task::spawn_blocking(move || stored.for_call(&id))
+        .await
+        .map_err(|e| ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?
+        .map(Json)
+        .map_err(|e| ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))
+}
+
+async fn examples(
+    State(state): State<Arc<WebState>>,
+    Query(q): Query<TokenQuery>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    authorize(&state, &headers, &q)?;
+    let stored = state.feedback.clone();
+    let map = tokio::task::spawn_blocking(move || stored.examples())
+        .await
+        .map_err(|e| ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?
+        .map_err(|e| ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    Ok(Json(serde_json::to_value(map).unwrap_or_default()))
+}
+
+/// Server-sent events: the recent contexts first (`snapshot`), then every hand-over event as
+/// it happens (`escalated`, `agent_answered`, `callback_requested`, `call_ended`).
+async fn events(
+    State(state): State<Arc<WebState>>,
+    Query(q): Query<TokenQuery>,
+    headers: HeaderMap,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    authorize(&state, &headers, &q)?;
+    let live = BroadcastStream::new(state.hub.subscribe());
+    let mut recent = state.hub.recent(20);
+    recent.reverse();
+    let snapshot = tokio_stream::iter(recent.into_iter().map(|ctx| {
+        Ok(Event::default().event("snapshot").data(
+            serde_json::json!({"kind": "snapshot", "call_id": ctx["call_id"], "data": ctx})
+                .to_string(),
+        ))
+    }));
+    let live = live.filter_map(|e| {
+        let e = e.ok()?;
+        Some(Ok(Event::default()
+            .event(e.kind.clone())
+            .data(serde_json::to_string(&e).unwrap_or_default())))
+    });
+    Ok(Sse::new(snapshot.chain(live))
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// Serves the router on loopback; returns its base URL and the shared state.
+    fn serve() -> (String, Arc<WebState>, tokio::runtime::Runtime) {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let state = Arc::new(WebState {
+            hub: Arc::new(HandoverHub::new()),
+            feedback: Arc::new(FeedbackStore::in_memory().unwrap()),
+            token: "agent-secret".into(),
+        });
+        let app = router(Arc::clone(&state));
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        rt.spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        (base, state, rt)
+    }
+
+    fn agent() -> ureq::Agent {
+        ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(5)))
+            .build()
+            .into()
+    }
+
+    fn context() -> serde_json::Value {
+        json!({
+            "schema": "voicebot.handover.v1", "call_id": "c1", "summary": "Caller wants to cancel",
+            "transcript": [
+                {"at_ms": 0, "speaker": "bot", "text": "Hello", "interrupted": false},
+                {"at_ms": 900, "speaker": "caller", "text": "i want out of my contract", "interrupted": false, "intent": "complaint"}
+            ]
+        })
+    }
+
+    #[test]
+    fn context_needs_the_token_and_unknown_calls_are_404() {
+        let (base, state, _rt) = serve();
+        state.hub.publish("escalated", "c1", &context());
+        let a = agent();
+        let r = a.get(format!("{base}/calls/c1/context")).call().unwrap();
+        assert_eq!(r.status(), 401);
+        let r = a
+            .get(format!("{base}/calls/c1/context"))
+            .header("Authorization", "Bearer nope")
+            .call()
+            .unwrap();
+        assert_eq!(r.status(), 403);
+        let mut r = a
+            .get(format!("{base}/calls/c1/context"))
+            .header("Authorization", "Bearer agent-secret")
+            .call()
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let v: serde_json::Value = r.body_mut().read_json().unwrap();
+        assert_eq!(v["summary"], "Caller wants to cancel");
+        let mut r = a
+            .get(format!("{base}/calls/zzz/context?token=agent-secret"))
+            .call()
+            .unwrap();
+        assert_eq!(r.status(), 404);
+        let v: serde_json::Value = r.body_mut().read_json().unwrap();
+        assert!(v["error"].as_str().unwrap_or("").contains("zzz"));
+        assert_eq!(
+            a.get(format!("{base}/nothing")).call().unwrap().status(),
+            404
+        );
+        let mut page = a.get(format!("{base}/agent")).call().unwrap();
+        assert!(page
+            .body_mut()
+            .read_to_string()
+            .unwrap()
+            .contains("<title>"));
+    }
+
+    #[test]
+    fn feedback_is_validated_stored_and_exported() {
+        let (base, state, _rt) = serve();
+        state.hub.publish("escalated", "c1", &context());
+        let a = agent();
+        let post = |body: &str| {
+            a.post(format!("{base}/calls/c1/feedback"))
+                .header("Authorization", "Bearer agent-secret")
+                .header("Content-Type", "application/json")
+                .send(body)
+                .unwrap()
+                .status()
+                .as_u16()
+        };
+        assert_eq!(post("{not json"), 400);
+        // Well-formed JSON of the wrong shape: 422, as axum's extractor says.
+        assert_eq!(post(r#"{"line": 1, "verdict": "meh"}"#), 422);
+        assert_eq!(post(r#"{"line": "one", "verdict": "good"}"#), 422);
+        assert_eq!(post(r#"{"line": 1, "verdict": "good", "extra": 1}"#), 422);
+        assert_eq!(post(r#"{"line": 0, "verdict": "good"}"#), 422, "a bot line");
+        assert_eq!(post(r#"{"line": 9, "verdict": "good"}"#), 422);
+        assert_eq!(
+            post(r#"{"line": 1, "verdict": "wrong", "correct_intent": "Bad Name"}"#),
+            422
+        );
+        assert_eq!(
+            post(&format!(
+                "{{\"line\": 1, \"verdict\": \"good\", \"note\": \"{}\"}}",
+                "x".repeat(70_000)
+            )),
+            413
+        );
+        assert_eq!(
+            post(r#"{"line": 1, "verdict": "wrong", "correct_intent": "cancellation"}"#),
+            201
+        );
+        let mut r = a
+            .get(format!("{base}/feedback/examples"))
+            .header("Authorization", "Bearer agent-secret")
+            .call()
+            .unwrap();
+        let v: serde_json::Value = r.body_mut().read_json().unwrap();
+        assert_eq!(v, json!({"cancellation": ["i want out of my contract"]}));
+        let mut r = a
+            .get(format!("{base}/calls/c1/feedback?token=agent-secret"))
+            .call()
+            .unwrap();
+        let v: serde_json::Value = r.body_mut().read_json().unwrap();
+        assert_eq!(v[0]["bot_intent"], "complaint");
+    }
+
+    #[test]
+    fn events_stream_snapshots_then_live_events() {
+        let (base, state, _rt) = serve();
+        state.hub.publish("escalated", "c1", &context());
+        let a = agent();
+        let mut r = a
+            .get(format!("{base}/agent/events?token=agent-secret"))
+            .call()
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let publisher = Arc::clone(&state);
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            publisher
+                .hub
+                .publish("agent_answered", "c1", &json!({"agent": "sip:1001@h"}));
+        });
+        let mut reader = r.body_mut().as_reader();
+        let mut seen = String::new();
+        let mut buf = [0u8; 4096];
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !seen.contains("event: agent_answered") && std::time::Instant::now() < deadline {
+            match std::io::Read::read(&mut reader, &mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => seen.push_str(&String::from_utf8_lossy(&buf[..n])),
+            }
+        }
+        assert!(seen.contains("event: snapshot"), "{seen}");
+        assert!(seen.contains("event: agent_answered"), "{seen}");
+        assert!(seen.contains("sip:1001@h"), "{seen}");
+    }
+}
