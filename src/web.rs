@@ -136,6 +136,9 @@ impl IntoResponse for ApiError {
 #[derive(Deserialize)]
 struct TokenQuery {
     token: Option<String>,
+    /// Events only: `false` ends the stream after the snapshot of recent hand-overs (a static
+    /// view, e.g. for a wallboard that reloads itself, or a page rendered for a report).
+    follow: Option<bool>,
 }
 
 /// Constant-time comparison, so the token cannot be guessed byte by byte from timings.
@@ -310,8 +313,13 @@ async fn events(
             .event(e.kind.clone())
             .data(serde_json::to_string(&e).unwrap_or_default())))
     });
-    Ok(Sse::new(snapshot.chain(live))
-        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+    type Events = std::pin::Pin<Box<dyn Stream<Item = Result<Event, Infallible>> + Send>>;
+    let stream: Events = if q.follow.unwrap_or(true) {
+        Box::pin(snapshot.chain(live))
+    } else {
+        Box::pin(snapshot)
+    };
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
 
 #[cfg(test)]

@@ -314,7 +314,11 @@ fn cancellation_is_handed_to_an_agent_with_context_and_bridged() {
         .expect("GET context");
     assert_eq!(resp.status(), 200);
     let fetched: serde_json::Value = resp.body_mut().read_json().expect("json");
-    assert!(fetched["summary"].as_str().unwrap_or("").to_lowercase().contains("cancel"));
+    assert!(fetched["summary"]
+        .as_str()
+        .unwrap_or("")
+        .to_lowercase()
+        .contains("cancel"));
 
     // The call was bridged: audio went to the agent and came back (SIPp echoes it).
     let records = gw.records(1, Duration::from_secs(40));
@@ -396,4 +400,70 @@ fn nobody_answers_so_the_caller_gets_a_callback() {
         .unwrap_or("")
         .to_lowercase();
     assert!(last.contains("call you back"), "{last}");
+
+    // The agent screen, in a real browser: the hand-over shows with its reason and summary.
+    let have_chromium = Command::new("chromium")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok();
+    if !peer_available("chromium", have_chromium, "apt-get install chromium") {
+        return;
+    }
+    // follow=false: the recent hand-overs once, so the page settles and the browser can stop.
+    let page = format!("{}/agent?token={AGENT_TOKEN}&follow=false", http_base(&gw));
+    let dom = chromium(dir.path(), &page, &["--dump-dom"]);
+    assert!(dom.contains("class=\"state callback\""), "{dom}");
+    assert!(dom.contains("pressed 0"), "the reason is shown: {dom}");
+    assert!(
+        dom.contains("Escalated on turn"),
+        "the summary is shown: {dom}"
+    );
+    let shot = dir.path().join("agent-screen.png");
+    chromium(
+        dir.path(),
+        &page,
+        &[
+            "--window-size=1000,700",
+            &format!("--screenshot={}", shot.display()),
+        ],
+    );
+    let png = std::fs::read(&shot).expect("screenshot written");
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 5_000,
+        "{} bytes",
+        png.len()
+    );
+    if let Ok(keep) = std::env::var("VOICEBOT_SCREENSHOT_DIR") {
+        let _ = std::fs::copy(&shot, Path::new(&keep).join("agent-screen.png"));
+    }
+}
+
+/// Headless Chromium on `url` (flags as for a sandboxed CI machine with no network), letting
+/// the page run for a few seconds of its own time; returns what it printed.
+fn chromium(dir: &Path, url: &str, extra: &[&str]) -> String {
+    let out = Command::new("timeout")
+        .arg("60")
+        .arg("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--virtual-time-budget=3000",
+        ])
+        .arg(format!(
+            "--user-data-dir={}",
+            dir.join("chromium-profile").display()
+        ))
+        .args(extra)
+        .arg(url)
+        .output()
+        .expect("run chromium");
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }

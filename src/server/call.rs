@@ -403,9 +403,8 @@ async fn give_up(
     let owned = text.clone();
     match engines.pool.run(move || tts.synthesize(&owned)).await {
         Ok(Ok(speech)) => {
+            // After whatever is queued (the end of the announcement; at most 40 ms of tone).
             let samples = convert(speech.audio.samples, speech.audio.rate, rate);
-            let unplayed = stream.lock().map_or(0, |mut s| s.sender.flush());
-            speech_log.cut(unplayed as u64, rate);
             let at = Duration::from_millis(frames_fed * u64::from(PTIME_MS));
             speech_log.push(SpeechKind::Reply, text, at, samples.len() as u64, rate);
             if let Ok(mut s) = stream.lock() {
