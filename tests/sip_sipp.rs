@@ -9,23 +9,13 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpStream, UdpSocket};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
 mod common;
 
-use common::{peer_available, root, Gateway};
-
-fn have_sipp() -> bool {
-    let ok = Command::new("sipp")
-        .arg("-v")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok();
-    peer_available("sipp", ok, "apt-get install sip-tester")
-}
+use common::{have_sipp, root, spoken_ulaw, Gateway};
 
 /// Runs SIPp with `scenario` from tests/sipp in `dir`; returns its exit code and its screen.
 fn sipp(dir: &Path, port: u16, scenario: &str, media_port: u16, extra: &[&str]) -> (i32, String) {
@@ -45,28 +35,6 @@ fn sipp(dir: &Path, port: u16, scenario: &str, media_port: u16, extra: &[&str]) 
     let screen =
         String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     (out.status.code().unwrap_or(-1), screen)
-}
-
-/// Headerless 8 kHz mu-law: `lead_s` of silence, `text` spoken by espeak-ng, `tail_s` silence.
-fn spoken_ulaw(dir: &Path, text: &str, lead_s: u32, tail_s: u32) -> PathBuf {
-    let wav = dir.join("speech.wav");
-    let status = Command::new("espeak-ng")
-        .args(["-v", "en-us", "-s", "150", "-w"])
-        .arg(&wav)
-        .arg(text)
-        .status()
-        .expect("espeak-ng");
-    assert!(status.success());
-    let raw = dir.join("caller.raw");
-    let status = Command::new("sox")
-        .arg(&wav)
-        .args(["-r", "8000", "-c", "1", "-t", "raw", "-e", "mu-law"])
-        .arg(&raw)
-        .args(["pad", &lead_s.to_string(), &tail_s.to_string()])
-        .status()
-        .expect("sox");
-    assert!(status.success());
-    raw
 }
 
 #[test]

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{peer_available, root, Gateway};
+use common::{have_sipp, peer_available, root, spoken_ulaw, Gateway};
 use voicebot_gateway::handover::outbox::verify;
 
 const SECRET: &str = "transfer-test-secret";
@@ -38,16 +38,6 @@ fn http_base(gw: &Gateway) -> String {
         .and_then(|s| s.split_whitespace().next())
         .unwrap_or_else(|| panic!("no http= in {:?}", gw.ready));
     format!("http://{addr}")
-}
-
-fn have_sipp() -> bool {
-    let ok = Command::new("sipp")
-        .arg("-v")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok();
-    peer_available("sipp", ok, "apt-get install sip-tester")
 }
 
 /// One POST the webhook receiver got.
@@ -221,28 +211,6 @@ fn check_signature(d: &Delivery) {
     assert_eq!(d.header("Idempotency-Key"), d.header("X-Voicebot-Event-Id"));
 }
 
-/// Headerless 8 kHz mu-law: 2 s silence, `text` by espeak-ng, then `tail_s` of silence.
-fn spoken_ulaw(dir: &Path, text: &str, tail_s: u32) {
-    let wav = dir.join("speech.wav");
-    let ok = Command::new("espeak-ng")
-        .args(["-v", "en-us", "-s", "150", "-w"])
-        .arg(&wav)
-        .arg(text)
-        .status()
-        .expect("espeak-ng")
-        .success();
-    assert!(ok);
-    let ok = Command::new("sox")
-        .arg(&wav)
-        .args(["-r", "8000", "-c", "1", "-t", "raw", "-e", "mu-law"])
-        .arg(dir.join("caller.raw"))
-        .args(["pad", "2", &tail_s.to_string()])
-        .status()
-        .expect("sox")
-        .success();
-    assert!(ok);
-}
-
 #[test]
 fn cancellation_is_handed_to_an_agent_with_context_and_bridged() {
     if !have_sipp() {
@@ -266,7 +234,7 @@ fn cancellation_is_handed_to_an_agent_with_context_and_bridged() {
         "uas_agent.xml",
         &["-rtp_echo"],
     );
-    spoken_ulaw(dir.path(), "I want to cancel my subscription.", 25);
+    spoken_ulaw(dir.path(), "I want to cancel my subscription.", 2, 25);
     let (code, screen) = caller(dir.path(), gw.port, "uac_speech_until_bye.xml", 45400);
     let (agent_code, agent_screen) = finish(agent);
     assert_eq!(

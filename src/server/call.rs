@@ -286,6 +286,31 @@ enum Leg {
     Failed,
 }
 
+/// The hand-over context of this call as it stands.
+fn handover_context(
+    call: &IncomingCall,
+    flow: &str,
+    started_at: std::time::SystemTime,
+    run: &TransferRun,
+    turns: &[TurnReport],
+    bot_speech: &[BotSpeechLine],
+    escalation: Option<&crate::dialog::Escalation>,
+) -> context::HandoverContext {
+    context::build(&ContextInput {
+        call_id: &call.call_id,
+        flow,
+        caller: uri_only(&call.from),
+        called: call.called.as_deref(),
+        started_at,
+        escalated_at: Some(run.escalated_wall),
+        greeting: None,
+        turns,
+        bot_speech,
+        escalation,
+        team_name: Some(&run.team),
+    })
+}
+
 /// The URI of a From header value (`"Alice" <sip:alice@x>;tag=1` -> `sip:alice@x`).
 fn uri_only(from: &str) -> &str {
     crate::sip::message::uri_of(from)
@@ -755,7 +780,7 @@ pub async fn run_call_media(setup: CallSetup) {
                                 let team = flow.dialog.prompts().team(&e.skill);
                                 let mut r = TransferRun {
                                     skill: e.skill.clone(),
-                                    team: team.clone(),
+                                    team,
                                     hunt: Hunt::new(&targets),
                                     leg: Leg::Dialing,
                                     record: TransferRecord { skill: e.skill.clone(), ..TransferRecord::default() },
@@ -764,19 +789,8 @@ pub async fn run_call_media(setup: CallSetup) {
                                 };
                                 // The agent's screen gets the context before the phone rings.
                                 let queued = stream.lock().map_or(0, |s| s.sender.queued_samples());
-                                let ctx = context::build(&ContextInput {
-                                    call_id: &call.call_id,
-                                    flow: &flow.name,
-                                    caller: uri_only(&call.from),
-                                    called: call.called.as_deref(),
-                                    started_at: started_wall,
-                                    escalated_at: Some(r.escalated_wall),
-                                    greeting: None,
-                                    turns: &turns,
-                                    bot_speech: &speech_log.lines(queued as u64, rate),
-                                    escalation: Some(&e),
-                                    team_name: Some(&team),
-                                });
+                                let lines = speech_log.lines(queued as u64, rate);
+                                let ctx = handover_context(&call, &flow.name, started_wall, &r, &turns, &lines, Some(&e));
                                 tracing::info!(reason = ?e.reason, skill = %e.skill, targets = targets.len(), summary = %ctx.summary.replace('\n', " | "), "escalation: warm transfer");
                                 let data = serde_json::to_value(&ctx).unwrap_or_default();
                                 let event = post("escalated", data);
@@ -1023,19 +1037,16 @@ pub async fn run_call_media(setup: CallSetup) {
             }
             r.record.attempts = r.hunt.attempts().to_vec();
             if let Some(Ok(report)) = &pipeline_result {
-                let ctx = context::build(&ContextInput {
-                    call_id: &call.call_id,
-                    flow: &flow.name,
-                    caller: uri_only(&call.from),
-                    called: call.called.as_deref(),
-                    started_at: started_wall,
-                    escalated_at: Some(r.escalated_wall),
-                    greeting: None,
-                    turns: &report.turns,
-                    bot_speech: &speech_log.lines(queued as u64, rate),
-                    escalation: report.escalation.as_ref(),
-                    team_name: Some(&r.team),
-                });
+                let lines = speech_log.lines(queued as u64, rate);
+                let ctx = handover_context(
+                    &call,
+                    &flow.name,
+                    started_wall,
+                    &r,
+                    &report.turns,
+                    &lines,
+                    report.escalation.as_ref(),
+                );
                 let mut data = serde_json::to_value(&ctx).unwrap_or_default();
                 if let Some(obj) = data.as_object_mut() {
                     obj.insert("outcome".into(), serde_json::json!(r.record.outcome));

@@ -103,3 +103,37 @@ impl Drop for Gateway {
         let _ = self.child.wait();
     }
 }
+
+/// Whether SIPp (Debian `sip-tester`) is usable (see [`peer_available`]).
+pub fn have_sipp() -> bool {
+    let ok = Command::new("sipp")
+        .arg("-v")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok();
+    peer_available("sipp", ok, "apt-get install sip-tester")
+}
+
+/// Writes `caller.raw` in `dir`, headerless 8 kHz mu-law for SIPp's rtp_stream: `lead_s` of
+/// silence, `text` spoken by espeak-ng, `tail_s` of silence.
+pub fn spoken_ulaw(dir: &std::path::Path, text: &str, lead_s: u32, tail_s: u32) -> PathBuf {
+    let wav = dir.join("speech.wav");
+    let status = Command::new("espeak-ng")
+        .args(["-v", "en-us", "-s", "150", "-w"])
+        .arg(&wav)
+        .arg(text)
+        .status()
+        .expect("espeak-ng");
+    assert!(status.success());
+    let raw = dir.join("caller.raw");
+    let status = Command::new("sox")
+        .arg(&wav)
+        .args(["-r", "8000", "-c", "1", "-t", "raw", "-e", "mu-law"])
+        .arg(&raw)
+        .args(["pad", &lead_s.to_string(), &tail_s.to_string()])
+        .status()
+        .expect("sox");
+    assert!(status.success());
+    raw
+}
