@@ -63,7 +63,12 @@ impl Delivery {
 
 /// A webhook receiver on loopback answering 200 to every POST.
 fn webhook_receiver() -> (u16, Arc<Mutex<Vec<Delivery>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    webhook_receiver_on(0)
+}
+
+/// The same on a given port (0: any free one).
+fn webhook_receiver_on(port: u16) -> (u16, Arc<Mutex<Vec<Delivery>>>) {
+    let listener = TcpListener::bind(("127.0.0.1", port)).expect("bind");
     let port = listener.local_addr().expect("addr").port();
     let got: Arc<Mutex<Vec<Delivery>>> = Arc::default();
     let sink = Arc::clone(&got);
@@ -434,4 +439,64 @@ fn chromium(dir: &Path, url: &str, extra: &[&str]) -> String {
         .output()
         .expect("run chromium");
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn events_survive_a_dead_webhook_and_a_gateway_crash() {
+    if !have_sipp() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // A port where nobody listens yet: the webhook is down for the whole call.
+    let hook_port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port");
+    let busy_port = 45063;
+    let cfg = config(
+        dir.path(),
+        &[format!("sip:1002@127.0.0.1:{busy_port}")],
+        hook_port,
+        3,
+    );
+    let agents_dir = tempfile::tempdir().unwrap();
+    {
+        let gw = Gateway::start("45600-45649", &["--config", &cfg]);
+        let busy = agent(agents_dir.path(), busy_port, 45720, "uas_busy.xml", &[]);
+        std::fs::write(dir.path().join("caller.raw"), vec![0xD5u8; 8000]).unwrap();
+        let (code, screen) = caller(dir.path(), gw.port, "uac_dtmf_info.xml", 45820);
+        assert_eq!(code, 0, "caller:\n{screen}");
+        assert_eq!(finish(busy).0, 0);
+        // The call is over (its record is written); the gateway is killed without a chance to
+        // flush anything (SIGKILL when `gw` is dropped).
+        assert_eq!(gw.records(1, Duration::from_secs(30)).len(), 1);
+    }
+    // The webhook comes back, then the gateway restarts on the same outbox.
+    let (_, got) = webhook_receiver_on(hook_port);
+    let _gw = Gateway::start("45650-45699", &["--config", &cfg]);
+    let ended = events(&got, "call_ended", Duration::from_secs(30));
+    assert_eq!(
+        ended.len(),
+        1,
+        "call_ended delivered once after the restart"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let all = got.lock().map(|g| g.clone()).unwrap_or_default();
+    let kinds: Vec<&str> = all
+        .iter()
+        .filter_map(|d| d.header("X-Voicebot-Event"))
+        .collect();
+    assert_eq!(
+        kinds,
+        ["escalated", "callback_requested", "call_ended"],
+        "every event once, in order"
+    );
+    for d in &all {
+        check_signature(d);
+    }
+    let ids: std::collections::BTreeSet<&str> = all
+        .iter()
+        .filter_map(|d| d.header("Idempotency-Key"))
+        .collect();
+    assert_eq!(ids.len(), 3);
 }
