@@ -40,6 +40,13 @@ fn http_base(gw: &Gateway) -> String {
     format!("http://{addr}")
 }
 
+/// One test at a time: each runs a gateway with whisper and several SIPp processes, and on
+/// 2 cores three of them at once would starve the media tasks.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// One POST the webhook receiver got.
 #[derive(Debug, Clone)]
 struct Delivery {
@@ -221,6 +228,7 @@ fn cancellation_is_handed_to_an_agent_with_context_and_bridged() {
     if !have_sipp() {
         return;
     }
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let (hook_port, got) = webhook_receiver();
     let agent_port = 45060;
@@ -321,6 +329,7 @@ fn nobody_answers_so_the_caller_gets_a_callback() {
     if !have_sipp() {
         return;
     }
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let (hook_port, got) = webhook_receiver();
     let (ringing_port, busy_port) = (45061, 45062);
@@ -446,6 +455,7 @@ fn events_survive_a_dead_webhook_and_a_gateway_crash() {
     if !have_sipp() {
         return;
     }
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     // A port where nobody listens yet: the webhook is down for the whole call.
     let hook_port = TcpListener::bind("127.0.0.1:0")
