@@ -237,18 +237,19 @@ async fn serve(
     let addr = server.local_addr();
     {
         use std::io::Write;
+        // One write: the banner arrives whole. A closed stdout (a supervisor that read the
+        // ready line and went away) must not stop a running gateway, so errors are only logged.
+        let banner = match server.http() {
+            Some((http, token_source)) => format!(
+                "voicebot ready: sip={addr} rtp={lo}-{hi} http={http}\n\
+                 agent screen: http://{http}/agent?token=<agent token> (token from {token_source})\n"
+            ),
+            None => format!("voicebot ready: sip={addr} rtp={lo}-{hi}\n"),
+        };
         let mut out = std::io::stdout().lock();
-        match server.http() {
-            Some((http, token_source)) => {
-                writeln!(out, "voicebot ready: sip={addr} rtp={lo}-{hi} http={http}")?;
-                writeln!(
-                    out,
-                    "agent screen: http://{http}/agent?token=<agent token> (token from {token_source})"
-                )?;
-            }
-            None => writeln!(out, "voicebot ready: sip={addr} rtp={lo}-{hi}")?,
+        if let Err(e) = out.write_all(banner.as_bytes()).and_then(|()| out.flush()) {
+            tracing::warn!(error = %e, "cannot print the ready banner on stdout");
         }
-        out.flush()?;
     }
     tracing::info!(%addr, "SIP listening (UDP and TCP)");
     server.run(shutdown_signal()).await?;

@@ -52,9 +52,15 @@ impl Gateway {
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
+            let mut reader = BufReader::new(stdout);
             let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = reader.read_line(&mut line);
             let _ = tx.send(line);
+            // Keep reading, so the gateway never writes into a closed pipe.
+            let mut rest = String::new();
+            while reader.read_line(&mut rest).unwrap_or(0) > 0 {
+                rest.clear();
+            }
         });
         let line = rx
             .recv_timeout(Duration::from_secs(90))
