@@ -299,7 +299,7 @@ fn handover_context(
     context::build(&ContextInput {
         call_id: &call.call_id,
         flow,
-        caller: uri_only(&call.from),
+        caller: crate::sip::message::uri_of(&call.from),
         called: call.called.as_deref(),
         started_at,
         escalated_at: Some(run.escalated_wall),
@@ -309,11 +309,6 @@ fn handover_context(
         escalation,
         team_name: Some(&run.team),
     })
-}
-
-/// The URI of a From header value (`"Alice" <sip:alice@x>;tag=1` -> `sip:alice@x`).
-fn uri_only(from: &str) -> &str {
-    crate::sip::message::uri_of(from)
 }
 
 /// Rings the next extension of the hunt; [`Leg::Failed`] when none is left or none could be
@@ -628,8 +623,7 @@ pub async fn run_call_media(setup: CallSetup) {
                         Some(frame) => agent.send(frame, rate),
                         None => agent.send(&vec![0.0; media.codec.samples_per_frame(PTIME_MS)], rate),
                     }
-                    let from_agent = agent.poll_frame(now);
-                    let for_caller = convert(from_agent, agent.rate, rate);
+                    let for_caller = agent.poll_for_caller(now, rate);
                     if let Ok(mut s) = stream.lock() {
                         s.sender.enqueue(&for_caller);
                     }
@@ -870,7 +864,7 @@ pub async fn run_call_media(setup: CallSetup) {
                             let leg = std::mem::replace(&mut r.leg, Leg::Dialing);
                             match leg {
                                 Leg::Ringing { agent: ringing, target, ports: Some(agent_ports), .. } if ringing == agent => {
-                                    match AgentMedia::start(agent, agent_ports, &m, &pacer, (min_delay_ms, max_delay_ms), answered) {
+                                    match AgentMedia::start(agent, agent_ports, &m, rate, &pacer, (min_delay_ms, max_delay_ms), answered) {
                                         Ok(agent_media) => {
                                             // Stop the hold tone; from now on the caller hears the agent.
                                             let unplayed = stream.lock().map_or(0, |mut s| s.sender.flush());

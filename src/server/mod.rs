@@ -415,20 +415,26 @@ impl Signalling {
             Inbound::CallDone(handle) => {
                 self.calls.remove(&handle);
                 // Nothing is left dangling: an agent leg of a finished call is ended too.
-                let orphans: Vec<CallHandle> = self
-                    .legs
-                    .iter()
-                    .filter(|(_, c)| **c == handle)
-                    .map(|(a, _)| *a)
-                    .collect();
-                for agent in orphans {
-                    self.endpoint.hangup(agent, Instant::now());
-                }
+                self.end_agent_legs(handle, Instant::now());
             }
             Inbound::PlaceCall(req) => {
                 let result = self.place_call(&req);
                 let _ = req.reply.send(result);
             }
+        }
+    }
+
+    /// Ends (cancels or hangs up) every agent leg placed for `caller`.
+    fn end_agent_legs(&mut self, caller: CallHandle, now: Instant) {
+        let legs: Vec<CallHandle> = self
+            .legs
+            .iter()
+            .filter(|(_, c)| **c == caller)
+            .map(|(a, _)| *a)
+            .collect();
+        for agent in legs {
+            tracing::info!(call = %caller, %agent, "caller gone; ending the agent leg");
+            self.endpoint.hangup(agent, now);
         }
     }
 
@@ -600,16 +606,7 @@ impl Signalling {
                     return;
                 }
                 // The caller hung up: its agent leg (ringing or bridged) ends too.
-                let legs: Vec<CallHandle> = self
-                    .legs
-                    .iter()
-                    .filter(|(_, c)| **c == handle)
-                    .map(|(a, _)| *a)
-                    .collect();
-                for agent in legs {
-                    tracing::info!(call = %handle, agent = %agent, "caller gone; ending the agent leg");
-                    self.endpoint.hangup(agent, now);
-                }
+                self.end_agent_legs(handle, now);
                 self.control(handle, CallControl::Ended(reason))
             }
         }

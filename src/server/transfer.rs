@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use tokio::net::UdpSocket;
 
-use crate::audio::resample::resample_all;
+use crate::audio::resample::{resample_all, StreamResampler};
 use crate::media::codec::CodecError;
 use crate::media::dtmf::DtmfEvent;
 use crate::media::jitter::JitterConfig;
@@ -33,6 +33,8 @@ pub enum AgentMediaError {
     Codec(#[from] CodecError),
     #[error("RTP socket: {0}")]
     Socket(#[from] std::io::Error),
+    #[error("rate conversion: {0}")]
+    Resample(#[from] crate::audio::resample::ResampleError),
 }
 
 /// The agent leg's RTP, both ways.
@@ -46,6 +48,13 @@ pub struct AgentMedia {
     latched: bool,
     /// Packets received from the agent.
     pub packets_in: u64,
+    /// The caller leg's rate and the two streaming converters between it and the agent's
+    /// (pass-through when equal), built once: a frame-by-frame resampler would cost a filter
+    /// setup per 20 ms and click at every frame edge.
+    caller_rate: u32,
+    to_agent: StreamResampler,
+    to_caller: StreamResampler,
+    converted: Vec<f32>,
     _ports: RtpPorts,
 }
 
@@ -55,6 +64,7 @@ impl AgentMedia {
         handle: CallHandle,
         ports: RtpPorts,
         media: &Negotiated,
+        caller_rate: u32,
         pacer: &Pacer,
         jitter_ms: (u32, u32),
         now: Instant,
@@ -74,14 +84,19 @@ impl AgentMedia {
         let mut paced = PacedStream::new(sender, send_socket, media.remote_rtp);
         paced.sending = media.direction.sends();
         let stream = pacer.register(paced);
+        let rate = media.codec.sample_rate();
         Ok(AgentMedia {
             handle,
             socket,
             receiver,
             stream,
-            rate: media.codec.sample_rate(),
+            rate,
             latched: false,
             packets_in: 0,
+            caller_rate,
+            to_agent: StreamResampler::new(caller_rate, rate)?,
+            to_caller: StreamResampler::new(rate, caller_rate)?,
+            converted: Vec::new(),
             _ports: ports,
         })
     }
@@ -121,34 +136,52 @@ impl AgentMedia {
         }
     }
 
-    /// The agent's next 20 ms of audio at [`AgentMedia::rate`] (silence before the first
-    /// packet, concealment on loss).
-    pub fn poll_frame(&mut self, now: Instant) -> Vec<f32> {
-        let n = (self.rate * PTIME_MS / 1000) as usize;
-        self.receiver
-            .poll_frame(now)
-            .unwrap_or_else(|| vec![0.0; n])
+    /// The caller leg changed rate (a re-INVITE with another codec): new converters.
+    fn follow_caller_rate(&mut self, caller_rate: u32) {
+        if caller_rate == self.caller_rate {
+            return;
+        }
+        match (
+            StreamResampler::new(caller_rate, self.rate),
+            StreamResampler::new(self.rate, caller_rate),
+        ) {
+            (Ok(to_agent), Ok(to_caller)) => {
+                self.caller_rate = caller_rate;
+                self.to_agent = to_agent;
+                self.to_caller = to_caller;
+            }
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::warn!(error = %e, "cannot convert between the legs' new rates");
+            }
+        }
     }
 
-    /// Sends audio to the agent, converting from `rate`.
-    pub fn send(&self, samples: &[f32], rate: u32) {
-        let converted;
-        let samples = if rate == self.rate {
-            samples
-        } else {
-            match resample_all(samples, rate, self.rate) {
-                Ok(s) => {
-                    converted = s;
-                    &converted
-                }
-                Err(e) => {
-                    tracing::debug!(error = %e, "cannot resample for the agent leg");
-                    return;
-                }
-            }
-        };
+    /// The agent's next 20 ms of audio at the caller's `caller_rate` (silence before the first
+    /// packet, concealment on loss; the converter's delay at the start).
+    pub fn poll_for_caller(&mut self, now: Instant, caller_rate: u32) -> Vec<f32> {
+        self.follow_caller_rate(caller_rate);
+        let n = (self.rate * PTIME_MS / 1000) as usize;
+        let frame = self
+            .receiver
+            .poll_frame(now)
+            .unwrap_or_else(|| vec![0.0; n]);
+        let mut out = Vec::with_capacity(frame.len() * 2);
+        if let Err(e) = self.to_caller.push(&frame, &mut out) {
+            tracing::debug!(error = %e, "cannot convert the agent's audio for the caller");
+        }
+        out
+    }
+
+    /// Sends the caller's audio (at `caller_rate`) to the agent.
+    pub fn send(&mut self, samples: &[f32], caller_rate: u32) {
+        self.follow_caller_rate(caller_rate);
+        self.converted.clear();
+        if let Err(e) = self.to_agent.push(samples, &mut self.converted) {
+            tracing::debug!(error = %e, "cannot convert the caller's audio for the agent");
+            return;
+        }
         if let Ok(mut s) = self.stream.lock() {
-            s.sender.enqueue(samples);
+            s.sender.enqueue(&self.converted);
         }
     }
 

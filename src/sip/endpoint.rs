@@ -576,10 +576,7 @@ impl SipEndpoint {
     }
 
     fn contact(&self, local_ip: IpAddr, transport: Transport) -> String {
-        let host = match local_ip {
-            IpAddr::V4(ip) => ip.to_string(),
-            IpAddr::V6(ip) => format!("[{ip}]"),
-        };
+        let host = host_of(local_ip);
         let transport = match transport {
             Transport::Udp => "",
             Transport::Tcp(_) => ";transport=tcp",
@@ -846,10 +843,7 @@ impl SipEndpoint {
             call.local_cseq = call.local_cseq.max(1) + 1;
             contact_transport = call.peer.transport;
             let branch = format!("z9hG4bK{}", random_token());
-            let local_host = match call.local_ip {
-                IpAddr::V4(ip) => ip.to_string(),
-                IpAddr::V6(ip) => format!("[{ip}]"),
-            };
+            let local_host = host_of(call.local_ip);
             let mut bye = SipMessage::request(Method::Bye, call.remote_target.clone());
             bye.push(
                 "Via",
