@@ -13,6 +13,7 @@ pub mod dialog;
 pub mod engines;
 pub mod flows;
 pub mod handover;
+pub mod history;
 pub mod media;
 pub mod pipeline;
 pub mod report;
