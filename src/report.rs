@@ -94,4 +94,18 @@ pub struct CallReport {
     pub unprocessed_after_end: Duration,
     /// Short, doubtful utterances ignored as line noise (not turns).
     pub noise_ignored: usize,
+    /// What the caller said after the hand-over (live calls keep transcribing for the agent).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub after_handover: Vec<HeardLine>,
+}
+
+/// One utterance transcribed without a dialog turn (after the hand-over; the agent's side).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HeardLine {
+    #[serde(rename = "start_ms", serialize_with = "ser_ms")]
+    pub start: Duration,
+    #[serde(rename = "end_ms", serialize_with = "ser_ms")]
+    pub end: Duration,
+    pub text: String,
+    pub confidence: f32,
 }

@@ -34,6 +34,15 @@ pub struct PromptsFile {
     /// Said when no agent of the team answered; `{team}` as in `transfer`.
     #[serde(default = "default_transfer_failed")]
     pub transfer_failed: String,
+    /// Said to the agent only, when answering a transfer, before the caller is put through
+    /// (`[handover.transfer] whisper`): `{request}` what the caller wants, `{details}` the
+    /// collected data, `{reason}` why the bot handed over.
+    #[serde(default = "default_transfer_whisper")]
+    pub transfer_whisper: String,
+    /// Said to the caller when the agent hung up and the bot takes the call back
+    /// (`[handover.transfer] after_agent_hangup = "bot"`).
+    #[serde(default = "default_transfer_returned")]
+    pub transfer_returned: String,
     /// Spoken team name of every skill (`billing = "billing"`).
     pub teams: BTreeMap<String, String>,
     /// Questions for slots that intents require.
@@ -47,6 +56,14 @@ fn default_transfer_failed() -> String {
     "I'm sorry, nobody from our {team} team is available right now. We have noted your request, \
      and a colleague will call you back as soon as possible. Thank you for your patience. Goodbye."
         .into()
+}
+
+fn default_transfer_whisper() -> String {
+    "Voice bot transfer. The caller {request}.{details} Handed over because {reason}.".into()
+}
+
+fn default_transfer_returned() -> String {
+    "You are back with the virtual assistant. Is there anything else I can help you with?".into()
 }
 
 /// The questions for one slot.
@@ -148,6 +165,8 @@ pub struct Prompts {
     repeat: Template,
     transfer: Template,
     transfer_failed: Template,
+    transfer_whisper: Template,
+    transfer_returned: Template,
     teams: BTreeMap<String, String>,
     slots: BTreeMap<String, (Template, Template)>,
     replies: BTreeMap<String, Template>,
@@ -186,6 +205,12 @@ impl Prompts {
         let repeat = template("repeat", &raw.repeat, &[])?;
         let transfer = template("transfer", &raw.transfer, &[TEAM])?;
         let transfer_failed = template("transfer_failed", &raw.transfer_failed, &[TEAM])?;
+        let transfer_whisper = template(
+            "transfer_whisper",
+            &raw.transfer_whisper,
+            &["request", "details", "reason"],
+        )?;
+        let transfer_returned = template("transfer_returned", &raw.transfer_returned, &[])?;
 
         for (skill, team) in &raw.teams {
             if !intents.skills.contains(skill) {
@@ -277,6 +302,8 @@ impl Prompts {
             repeat,
             transfer,
             transfer_failed,
+            transfer_whisper,
+            transfer_returned,
             teams: raw.teams,
             slots: slot_prompts,
             replies,
@@ -318,6 +345,17 @@ impl Prompts {
         let mut values = BTreeMap::new();
         values.insert(TEAM.to_string(), self.team(skill));
         self.transfer_failed.render(&values)
+    }
+
+    /// What the agent hears before the caller is put through; `values` has `request`,
+    /// `details` and `reason` (see [`crate::handover::context::whisper_values`]).
+    pub fn transfer_whisper(&self, values: &BTreeMap<String, String>) -> String {
+        self.transfer_whisper.render(values)
+    }
+
+    /// What the caller hears when the bot takes the call back from the agent.
+    pub fn transfer_returned(&self) -> String {
+        self.transfer_returned.render(&BTreeMap::new())
     }
 
     /// The first question for a slot.

@@ -167,6 +167,8 @@ pub struct ContextInput<'a> {
     pub escalation: Option<&'a Escalation>,
     /// The spoken name of the escalation's skill (prompts `[teams]`).
     pub team_name: Option<&'a str>,
+    /// Lines transcribed after the hand-over, the caller's and the agent's (merged by time).
+    pub after_handover: &'a [TranscriptEntry],
 }
 
 /// Builds the context, summary included.
@@ -272,6 +274,7 @@ fn transcript(input: &ContextInput) -> Vec<TranscriptEntry> {
         }
         lines.extend(input.turns.iter().filter_map(caller));
     }
+    lines.extend(input.after_handover.iter().cloned());
     lines.sort_by_key(|l| l.at_ms);
     lines
 }
@@ -431,6 +434,39 @@ pub fn offline_summary(ctx: &HandoverContext) -> String {
     }
 
     lines.join("\n")
+}
+
+/// The values of the agent's whisper prompt: `request` (what the caller wants), `details`
+/// (the collected data as a sentence, with a leading space, or empty) and `reason`.
+pub fn whisper_values(ctx: &HandoverContext) -> BTreeMap<String, String> {
+    let mut values = BTreeMap::new();
+    let request = match &ctx.intent {
+        Some(i) => intent_words(&i.name),
+        None => "has not said what they want".to_string(),
+    };
+    values.insert("request".to_string(), request);
+    let details: Vec<String> = ctx
+        .slots
+        .iter()
+        .filter(|(_, v)| !v.trim().is_empty())
+        .map(|(k, v)| format!("{} {}", k.replace('_', " "), v.trim()))
+        .collect();
+    let details = if details.is_empty() {
+        String::new()
+    } else {
+        let mut s = details.join(", ");
+        if let Some(first) = s.get(..1) {
+            s = first.to_uppercase() + &s[1..];
+        }
+        format!(" {s}.")
+    };
+    values.insert("details".to_string(), details);
+    let reason = ctx
+        .escalation
+        .as_ref()
+        .map_or("the caller needs a person", |e| reason_words(e.reason));
+    values.insert("reason".to_string(), reason.to_string());
+    values
 }
 
 /// The bot's last substantive line: not the greeting (bot lines before the caller's first
@@ -701,6 +737,7 @@ mod tests {
             bot_speech: speech,
             escalation,
             team_name: Some("billing"),
+            after_handover: &[],
         }
     }
 
@@ -840,6 +877,58 @@ mod tests {
     }
 
     #[test]
+    fn whisper_names_request_details_and_reason() {
+        let (turns, escalation) = cancellation_call();
+        let speech = speech();
+        let ctx = build(&input(&turns, &speech, Some(&escalation)));
+        let v = whisper_values(&ctx);
+        assert_eq!(v["request"], "wants to cancel a service");
+        assert!(v["reason"].contains("critical request"), "{v:?}");
+        assert!(
+            v["details"].is_empty() || v["details"].starts_with(' '),
+            "{v:?}"
+        );
+        let empty = build(&ContextInput {
+            turns: &[],
+            bot_speech: &[],
+            escalation: None,
+            ..input(&[], &[], None)
+        });
+        assert_eq!(whisper_values(&empty)["details"], "");
+    }
+
+    #[test]
+    fn lines_after_the_handover_join_the_transcript_in_time_order() {
+        let (turns, escalation) = cancellation_call();
+        let speech = speech();
+        let after = [
+            TranscriptEntry {
+                at_ms: 999_000,
+                speaker: Speaker::Agent,
+                text: "Hello, billing, how can I help?".into(),
+                interrupted: false,
+                asr_confidence: Some(0.9),
+                intent: None,
+            },
+            TranscriptEntry {
+                at_ms: 1_002_000,
+                speaker: Speaker::Caller,
+                text: "My order number is 1234".into(),
+                interrupted: false,
+                asr_confidence: Some(0.8),
+                intent: None,
+            },
+        ];
+        let ctx = build(&ContextInput {
+            after_handover: &after,
+            ..input(&turns, &speech, Some(&escalation))
+        });
+        let n = ctx.transcript.len();
+        assert_eq!(ctx.transcript[n - 2].speaker, Speaker::Agent);
+        assert_eq!(ctx.transcript[n - 1].text, "My order number is 1234");
+    }
+
+    #[test]
     fn empty_call_gives_a_valid_context() {
         let inp = ContextInput {
             call_id: "",
@@ -853,6 +942,7 @@ mod tests {
             bot_speech: &[],
             escalation: None,
             team_name: None,
+            after_handover: &[],
         };
         let ctx = build(&inp);
         assert_eq!(ctx.caller, "unknown");

@@ -75,6 +75,27 @@ impl HandoverHub {
         });
     }
 
+    /// A line heard after the hand-over (the caller's or the agent's): appended to the call's
+    /// context, so a screen opened later or a CTI fetch sees it too, and sent live as a
+    /// `transcript` event.
+    pub fn append_line(&self, call_id: &str, line: &serde_json::Value) {
+        if let Ok(mut state) = self.state.lock() {
+            if let Some(lines) = state
+                .contexts
+                .get_mut(call_id)
+                .and_then(|c| c.get_mut("transcript"))
+                .and_then(|t| t.as_array_mut())
+            {
+                lines.push(line.clone());
+            }
+        }
+        let _ = self.events.send(HubEvent {
+            kind: "transcript".to_string(),
+            call_id: call_id.to_string(),
+            data: line.clone(),
+        });
+    }
+
     /// The latest context of a call.
     pub fn context(&self, call_id: &str) -> Option<serde_json::Value> {
         self.state.lock().ok()?.contexts.get(call_id).cloned()
@@ -104,6 +125,25 @@ impl HandoverHub {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn live_lines_join_the_stored_context_and_go_out_as_events() {
+        let hub = HandoverHub::new();
+        hub.publish("escalated", "c1", &json!({"transcript": [{"text": "a"}]}));
+        let mut rx = hub.subscribe();
+        hub.append_line("c1", &json!({"speaker": "agent", "text": "hello"}));
+        // A call the hub does not know: only the event.
+        hub.append_line("c9", &json!({"speaker": "caller", "text": "x"}));
+        let ctx = hub.context("c1").unwrap();
+        assert_eq!(ctx["transcript"][1]["text"], "hello");
+        assert!(hub.context("c9").is_none());
+        let ev = rx.try_recv().unwrap();
+        assert_eq!(
+            (ev.kind.as_str(), ev.call_id.as_str()),
+            ("transcript", "c1")
+        );
+        assert_eq!(rx.try_recv().unwrap().call_id, "c9");
+    }
 
     #[test]
     fn contexts_are_kept_per_call_and_bounded() {

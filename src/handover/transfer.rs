@@ -11,14 +11,117 @@ use serde::{Deserialize, Serialize};
 /// The team name that serves teams without their own list.
 pub const DEFAULT_TEAM: &str = "default";
 
+/// How a call reaches one extension.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TransferMode {
+    /// The gateway calls the agent and bridges the two legs itself (back-to-back user agent):
+    /// it keeps transcribing, may whisper to the agent first, and can take the caller back.
+    #[default]
+    Bridge,
+    /// Blind transfer (RFC 3515 REFER): the caller's side calls the extension itself and the
+    /// gateway leaves the call once that call is answered.
+    Blind,
+    /// Attended transfer: the gateway calls the agent first (the whisper plays), then asks the
+    /// caller's side to replace that call with its own (REFER with `Replaces`, RFC 3891). When
+    /// the caller's side cannot, the gateway bridges the two legs instead.
+    Attended,
+}
+
+impl TransferMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TransferMode::Bridge => "bridge",
+            TransferMode::Blind => "blind",
+            TransferMode::Attended => "attended",
+        }
+    }
+}
+
+/// One extension of a team: a SIP URI (transferred with the team's default mode), or
+/// `{ uri = "...", mode = "blind" }`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum Extension {
+    Uri(String),
+    Spec(ExtensionSpec),
+}
+
+/// An extension with its own transfer mode.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExtensionSpec {
+    pub uri: String,
+    #[serde(default)]
+    pub mode: Option<TransferMode>,
+}
+
+// By hand rather than `untagged`, so a wrong mode or key is reported as exactly that (serde's
+// untagged enums only say that no variant matched).
+impl<'de> Deserialize<'de> for Extension {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Extension;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str(
+                    r#"a SIP URI or { uri = "sip:...", mode = "bridge" | "blind" | "attended" }"#,
+                )
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Extension, E> {
+                Ok(Extension::Uri(v.to_string()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<Extension, A::Error> {
+                ExtensionSpec::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(Extension::Spec)
+            }
+        }
+        d.deserialize_any(Visit)
+    }
+}
+
+impl Extension {
+    pub fn uri(&self) -> &str {
+        match self {
+            Extension::Uri(u) => u,
+            Extension::Spec(s) => &s.uri,
+        }
+    }
+}
+
+/// An extension to try, with the mode it is reached in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub uri: String,
+    pub mode: TransferMode,
+}
+
+/// What the gateway does when the agent hangs up a bridged call.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AfterAgent {
+    /// The caller's call ends too.
+    #[default]
+    End,
+    /// The bot takes the caller back ("Is there anything else I can help you with?").
+    Bot,
+}
+
 /// `[transfer]` in the gateway configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TransferConfig {
-    /// Agent extensions (SIP URIs) per team, tried in order; `default` serves the other teams.
-    /// No extension for a team: the bot announces the hand-over and ends the call.
-    pub teams: BTreeMap<String, Vec<String>>,
-    /// How long one extension may ring before the next is tried, seconds.
+    /// Agent extensions per team, tried in order; `default` serves the other teams. Each is
+    /// a SIP URI or `{ uri, mode }`. No extension for a team: the bot announces the hand-over
+    /// and ends the call.
+    pub teams: BTreeMap<String, Vec<Extension>>,
+    /// The mode of extensions given as a plain URI.
+    pub mode: TransferMode,
+    /// How long one extension may ring before the next is tried, seconds (for blind
+    /// transfers: how long the caller's side may take to reach it).
     pub ring_timeout_s: u64,
     /// The user part of our From header on agent calls.
     pub from_user: String,
@@ -29,16 +132,24 @@ pub struct TransferConfig {
     /// Base URL where the context can be fetched (`{base}/calls/{id}/context`), sent to the
     /// agent's PBX in `X-Voicebot-Context-Url`; empty: the header is left out.
     pub context_url_base: String,
+    /// Whether the agent hears a short spoken summary (the flow's `transfer_whisper` prompt)
+    /// when answering, before the caller is put through (bridge and attended modes).
+    pub whisper: bool,
+    /// What happens when the agent hangs up a bridged call.
+    pub after_agent_hangup: AfterAgent,
 }
 
 impl Default for TransferConfig {
     fn default() -> Self {
         TransferConfig {
             teams: BTreeMap::new(),
+            mode: TransferMode::Bridge,
             ring_timeout_s: 20,
             from_user: "voicebot".into(),
             webhook_wait_ms: 40,
             context_url_base: String::new(),
+            whisper: false,
+            after_agent_hangup: AfterAgent::End,
         }
     }
 }
@@ -54,7 +165,7 @@ impl TransferConfig {
         }
         for (team, targets) in &self.teams {
             for (i, target) in targets.iter().enumerate() {
-                if let Err(reason) = parse_target(target) {
+                if let Err(reason) = parse_target(target.uri()) {
                     return Some((format!("teams.{team}.{i}"), reason));
                 }
             }
@@ -79,14 +190,24 @@ impl TransferConfig {
         None
     }
 
-    /// The extensions for `team`, or the default team's.
-    pub fn targets(&self, team: &str) -> &[String] {
+    /// The extensions for `team` (or the default team's), each with its mode.
+    pub fn targets(&self, team: &str) -> Vec<Target> {
         self.teams
             .get(team)
             .filter(|t| !t.is_empty())
             .or_else(|| self.teams.get(DEFAULT_TEAM))
-            .map(Vec::as_slice)
-            .unwrap_or(&[])
+            .map(|list| {
+                list.iter()
+                    .map(|e| Target {
+                        uri: e.uri().to_string(),
+                        mode: match e {
+                            Extension::Spec(ExtensionSpec { mode: Some(m), .. }) => *m,
+                            _ => self.mode,
+                        },
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     pub fn ring_timeout(&self) -> Duration {
@@ -127,6 +248,48 @@ pub fn user_to_user(token: &str) -> String {
     format!("{hex};encoding=hex;purpose=voicebot-context")
 }
 
+/// Characters a SIP URI header value may carry unescaped (RFC 3261 25.1: `unreserved` and
+/// `hnv-unreserved`); everything else is percent-encoded.
+const URI_HEADER_VALUE: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'!')
+    .remove(b'~')
+    .remove(b'*')
+    .remove(b'\'')
+    .remove(b'(')
+    .remove(b')')
+    .remove(b'[')
+    .remove(b']')
+    .remove(b'/')
+    .remove(b'?')
+    .remove(b':')
+    .remove(b'+')
+    .remove(b'$');
+
+/// A `Refer-To` URI: `uri` with `headers` for the INVITE the far end sends (RFC 3261 19.1.1
+/// `?name=value&...`, values escaped), e.g. `Replaces` or `User-to-User`.
+pub fn refer_to(uri: &str, headers: &[(&str, String)]) -> String {
+    let mut out = uri.to_string();
+    for (i, (name, value)) in headers.iter().enumerate() {
+        out.push(if i == 0 { '?' } else { '&' });
+        out.push_str(name);
+        out.push('=');
+        out.extend(percent_encoding::utf8_percent_encode(
+            value,
+            URI_HEADER_VALUE,
+        ));
+    }
+    out
+}
+
+/// The `Replaces` value (RFC 3891) naming our dialog with the agent, as the agent's side sees
+/// it: its own tag is the to-tag, ours the from-tag.
+pub fn replaces(call_id: &str, our_tag: &str, their_tag: &str) -> String {
+    format!("{call_id};to-tag={their_tag};from-tag={our_tag}")
+}
+
 /// What became of one attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AttemptOutcome {
@@ -136,6 +299,8 @@ pub enum AttemptOutcome {
     NoAnswer,
     /// Could not be placed (no port, bad address).
     Failed(String),
+    /// The caller's side could not transfer the call there (its REFER or NOTIFY status).
+    TransferFailed(u16),
 }
 
 /// One try of one extension, for the record.
@@ -148,13 +313,13 @@ pub struct Attempt {
 /// The hunt over a team's extensions.
 #[derive(Debug, Clone)]
 pub struct Hunt {
-    targets: Vec<String>,
+    targets: Vec<Target>,
     next: usize,
     attempts: Vec<Attempt>,
 }
 
 impl Hunt {
-    pub fn new(targets: &[String]) -> Hunt {
+    pub fn new(targets: &[Target]) -> Hunt {
         Hunt {
             targets: targets.to_vec(),
             next: 0,
@@ -168,7 +333,7 @@ impl Hunt {
     }
 
     /// The next extension to ring, if any is left.
-    pub fn next_target(&mut self) -> Option<String> {
+    pub fn next_target(&mut self) -> Option<Target> {
         let t = self.targets.get(self.next).cloned();
         if t.is_some() {
             self.next += 1;
@@ -182,6 +347,7 @@ impl Hunt {
             AttemptOutcome::Refused(code) => format!("refused {code}"),
             AttemptOutcome::NoAnswer => "no answer".into(),
             AttemptOutcome::Failed(why) => format!("failed: {why}"),
+            AttemptOutcome::TransferFailed(code) => format!("transfer failed {code}"),
         };
         self.attempts.push(Attempt {
             target: target.to_string(),
@@ -198,21 +364,81 @@ impl Hunt {
 mod tests {
     use super::*;
 
+    fn uri(u: &str) -> Extension {
+        Extension::Uri(u.into())
+    }
+
     #[test]
     fn targets_per_team_with_default() {
         let mut c = TransferConfig::default();
         assert!(c.targets("billing").is_empty());
         c.teams
-            .insert("default".into(), vec!["sip:1000@10.0.0.1".into()]);
+            .insert("default".into(), vec![uri("sip:1000@10.0.0.1")]);
         c.teams.insert(
             "billing".into(),
-            vec!["sip:2001@10.0.0.1".into(), "sip:2002@10.0.0.1:5070".into()],
+            vec![uri("sip:2001@10.0.0.1"), uri("sip:2002@10.0.0.1:5070")],
         );
         assert_eq!(c.targets("billing").len(), 2);
-        assert_eq!(c.targets("support"), ["sip:1000@10.0.0.1".to_string()]);
+        assert_eq!(
+            c.targets("support"),
+            [Target {
+                uri: "sip:1000@10.0.0.1".into(),
+                mode: TransferMode::Bridge
+            }]
+        );
         assert_eq!(c.problem(), None);
-        c.teams.insert("x".into(), vec!["tel:+123".into()]);
+        c.teams.insert("x".into(), vec![uri("tel:+123")]);
         assert_eq!(c.problem().map(|p| p.0), Some("teams.x.0".into()));
+    }
+
+    #[test]
+    fn modes_per_extension_from_toml() {
+        let c: TransferConfig = toml::from_str(
+            r#"
+            mode = "attended"
+            [teams]
+            billing = ["sip:2001@h", { uri = "sip:2002@h", mode = "blind" }, { uri = "sip:2003@h" }]
+            "#,
+        )
+        .unwrap();
+        let modes: Vec<TransferMode> = c.targets("billing").iter().map(|t| t.mode).collect();
+        assert_eq!(
+            modes,
+            [
+                TransferMode::Attended,
+                TransferMode::Blind,
+                TransferMode::Attended
+            ]
+        );
+        // A wrong mode or key is named as such.
+        let e = toml::from_str::<TransferConfig>(
+            r#"teams = { b = [{ uri = "sip:1@h", mode = "refer" }] }"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("unknown variant `refer`"), "{e}");
+        let e = toml::from_str::<TransferConfig>(r#"teams = { b = [{ url = "sip:1@h" }] }"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown field `url`"), "{e}");
+        let e = toml::from_str::<TransferConfig>(r#"teams = { b = [5] }"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("a SIP URI or"), "{e}");
+    }
+
+    #[test]
+    fn refer_to_escapes_header_values() {
+        let r = replaces("abc@10.0.0.1", "ours", "theirs");
+        assert_eq!(r, "abc@10.0.0.1;to-tag=theirs;from-tag=ours");
+        assert_eq!(
+            refer_to("sip:2001@10.0.0.2:5070", &[("Replaces", r)]),
+            "sip:2001@10.0.0.2:5070?Replaces=abc%4010.0.0.1%3Bto-tag%3Dtheirs%3Bfrom-tag%3Dours"
+        );
+        assert_eq!(
+            refer_to("sip:a@h", &[("X-A", "1 2".into()), ("X-B", "x&y".into())]),
+            "sip:a@h?X-A=1%202&X-B=x%26y"
+        );
     }
 
     #[test]
@@ -235,14 +461,18 @@ mod tests {
 
     #[test]
     fn hunt_goes_through_the_list_once() {
-        let mut h = Hunt::new(&["sip:a@h".into(), "sip:b@h".into()]);
-        assert_eq!(h.next_target().as_deref(), Some("sip:a@h"));
+        let t = |u: &str| Target {
+            uri: u.into(),
+            mode: TransferMode::Bridge,
+        };
+        let mut h = Hunt::new(&[t("sip:a@h"), t("sip:b@h")]);
+        assert_eq!(h.next_target(), Some(t("sip:a@h")));
         h.record("sip:a@h", &AttemptOutcome::Refused(486));
-        assert_eq!(h.next_target().as_deref(), Some("sip:b@h"));
-        h.record("sip:b@h", &AttemptOutcome::NoAnswer);
+        assert_eq!(h.next_target(), Some(t("sip:b@h")));
+        h.record("sip:b@h", &AttemptOutcome::TransferFailed(603));
         assert_eq!(h.next_target(), None);
         assert_eq!(h.attempts()[0].outcome, "refused 486");
-        assert_eq!(h.attempts()[1].outcome, "no answer");
+        assert_eq!(h.attempts()[1].outcome, "transfer failed 603");
     }
 
     #[test]

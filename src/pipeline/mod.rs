@@ -24,7 +24,7 @@ use crate::audio::SPEECH_RATE;
 use crate::config::GatewayConfig;
 use crate::dialog::{Bot, BotTurn, CallerTurn};
 use crate::flows::{Flow, FlowStore};
-use crate::report::{CallOutcome, CallReport, TurnReport, TurnTimings};
+use crate::report::{CallOutcome, CallReport, HeardLine, TurnReport, TurnTimings};
 use crate::speech::asr::{AsrError, SpeechRecognizer, Transcript};
 use crate::speech::pool::{InferencePool, PoolError};
 use crate::speech::prosody;
@@ -47,6 +47,9 @@ pub enum CallInput {
     Dtmf { digit: char, at: Duration },
     /// The caller's audio ended (hang-up or end of file).
     End,
+    /// The agent hung up and the bot has the caller again: it says so and the dialog goes on
+    /// (only after a hand-over, on a call run with `transcribe_after_handover`).
+    Resume,
 }
 
 /// Why the bot speaks.
@@ -69,6 +72,8 @@ pub enum CallOutput {
     },
     /// A finished caller turn.
     Turn(Box<TurnReport>),
+    /// Something the caller said after the hand-over, transcribed for the agent's screen.
+    Heard(HeardLine),
 }
 
 /// Why a call's pipeline failed.
@@ -100,7 +105,16 @@ pub struct Engines {
 enum Heard {
     Utterance(Utterance),
     Dtmf { digit: char, at: Duration },
+    Resume,
     End { at: Duration },
+}
+
+/// How a call's pipeline behaves once the bot has handed the call over.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CallOptions {
+    /// Keep transcribing the caller after the hand-over (live calls: the transcript goes on
+    /// to the agent's screen) instead of stopping there (a WAV run ends its report there).
+    pub transcribe_after_handover: bool,
 }
 
 /// Runs one call with `flow`: consumes `input` until [`CallInput::End`] (or the sender is
@@ -112,9 +126,20 @@ pub async fn run_call(
     input: mpsc::Receiver<CallInput>,
     output: mpsc::Sender<CallOutput>,
 ) -> Result<CallReport, PipelineError> {
+    run_call_with(engines, flow, input, output, CallOptions::default()).await
+}
+
+/// [`run_call`] with options.
+pub async fn run_call_with(
+    engines: Engines,
+    flow: Arc<Flow>,
+    input: mpsc::Receiver<CallInput>,
+    output: mpsc::Sender<CallOutput>,
+    options: CallOptions,
+) -> Result<CallReport, PipelineError> {
     let (heard_tx, heard_rx) = mpsc::channel(STAGE_QUEUE);
     let listen = tokio::spawn(listen_stage(engines.config.clone(), input, heard_tx));
-    let respond = respond_stage(engines, flow, heard_rx, output).await;
+    let respond = respond_stage(engines, flow, heard_rx, output, options).await;
     // The listen stage ends when its input ends or when respond stops listening.
     let listened = listen
         .await
@@ -165,6 +190,11 @@ async fn listen_stage(
                     return Ok(());
                 }
             }
+            CallInput::Resume => {
+                if heard.send(Heard::Resume).await.is_err() {
+                    return Ok(());
+                }
+            }
             CallInput::End => {
                 if let Some((_, rs)) = resampler.as_mut() {
                     rs.finish(&mut speech)?;
@@ -204,6 +234,7 @@ async fn respond_stage(
     flow: Arc<Flow>,
     mut heard: mpsc::Receiver<Heard>,
     output: mpsc::Sender<CallOutput>,
+    options: CallOptions,
 ) -> Result<CallReport, PipelineError> {
     tracing::info!(flow = %flow.name, "call answered");
     let mut bot = Bot::new(flow.dialog.clone(), flow.escalation.clone());
@@ -228,13 +259,52 @@ async fn respond_stage(
     let mut bot_done_at: Option<Duration> = None;
     let mut caller_audio = Duration::ZERO;
     let mut noise_ignored = 0usize;
+    // After a hand-over: the bot only transcribes, until the caller is back or gone.
+    let mut handed_over = false;
+    let mut after_handover = Vec::new();
     while let Some(item) = heard.recv().await {
         let mut fault: Option<String> = None;
+        if handed_over {
+            match item {
+                Heard::End { at } => {
+                    caller_audio = at;
+                    break;
+                }
+                Heard::Utterance(u) => {
+                    if let Some(line) = transcribe_line(&engines, &u, "caller").await {
+                        let _ = output.send(CallOutput::Heard(line.clone())).await;
+                        after_handover.push(line);
+                    }
+                }
+                Heard::Dtmf { .. } => {}
+                Heard::Resume => {
+                    handed_over = false;
+                    bot_done_at = None;
+                    let text = flow.dialog.prompts().transfer_returned();
+                    tracing::info!("the bot has the caller again");
+                    match synthesize(&engines, &text).await {
+                        Ok(audio) => {
+                            let _ = output
+                                .send(CallOutput::Speak {
+                                    kind: SpeechKind::Reply,
+                                    text,
+                                    audio,
+                                    ready_at: caller_audio,
+                                })
+                                .await;
+                        }
+                        Err(e) => tracing::error!(error = %e, "cannot say that the bot is back"),
+                    }
+                }
+            }
+            continue;
+        }
         let (caller_turn, decided_at, utterance) = match item {
             Heard::End { at } => {
                 caller_audio = at;
                 break;
             }
+            Heard::Resume => continue,
             Heard::Dtmf { digit, at } => {
                 let Some(turn) = bot.on_dtmf(digit) else {
                     continue;
@@ -344,6 +414,10 @@ async fn respond_stage(
             outcome = CallOutcome::Escalated;
             escalation = Some(e.clone());
             bot_done_at = Some(decided_at);
+            if options.transcribe_after_handover {
+                handed_over = true;
+                continue;
+            }
             break;
         }
         if caller_turn.ends_call {
@@ -365,11 +439,69 @@ async fn respond_stage(
         caller_audio,
         unprocessed_after_end: unprocessed,
         noise_ignored,
+        after_handover,
     })
 }
 
 /// Consumes what is left of the listen stage's output after the bot stopped, keeping the end
 /// time of the caller's audio.
+/// Transcribes one utterance outside the dialog (after the hand-over, or the agent's side);
+/// None for silence or a failure (logged).
+async fn transcribe_line(engines: &Engines, u: &Utterance, who: &'static str) -> Option<HeardLine> {
+    let samples = u.samples.clone();
+    let asr = engines.asr.clone();
+    match engines.pool.run(move || asr.transcribe(&samples)).await {
+        Ok(Ok(t)) if !t.text.trim().is_empty() => {
+            tracing::info!(speaker = who, text = %t.text, confidence = t.confidence, "heard (transcript only)");
+            Some(HeardLine {
+                start: u.start,
+                end: u.end,
+                text: t.text.trim().to_string(),
+                confidence: t.confidence,
+            })
+        }
+        Ok(Ok(_)) => None,
+        Ok(Err(e)) => {
+            tracing::warn!(speaker = who, error = %e, "cannot transcribe");
+            None
+        }
+        Err(e) => {
+            tracing::warn!(speaker = who, error = %e, "cannot transcribe");
+            None
+        }
+    }
+}
+
+/// Transcribes a stream of audio with no dialog: the agent's side of a bridged call, for the
+/// live transcript on the agent's screen. Each line goes to `output` as it is heard; all of
+/// them are returned when `input` ends.
+pub async fn run_transcriber(
+    engines: Engines,
+    input: mpsc::Receiver<CallInput>,
+    output: mpsc::Sender<HeardLine>,
+) -> Result<Vec<HeardLine>, PipelineError> {
+    let (heard_tx, mut heard_rx) = mpsc::channel(STAGE_QUEUE);
+    let listen = tokio::spawn(listen_stage(engines.config.clone(), input, heard_tx));
+    let mut lines = Vec::new();
+    while let Some(item) = heard_rx.recv().await {
+        match item {
+            Heard::Utterance(u) => {
+                if let Some(line) = transcribe_line(&engines, &u, "agent").await {
+                    let _ = output.send(line.clone()).await;
+                    lines.push(line);
+                }
+            }
+            Heard::End { .. } => break,
+            Heard::Dtmf { .. } | Heard::Resume => {}
+        }
+    }
+    drop(heard_rx);
+    listen
+        .await
+        .map_err(|e| PipelineError::Stage(format!("listen stage: {e}")))??;
+    Ok(lines)
+}
+
 async fn heard_drain(heard: &mut mpsc::Receiver<Heard>, caller_audio: &mut Duration) {
     while let Some(item) = heard.recv().await {
         if let Heard::End { at } = item {
@@ -597,6 +729,65 @@ mod tests {
             outputs.push(o);
         }
         (call.await.expect("call task"), outputs)
+    }
+
+    #[tokio::test]
+    async fn after_the_handover_the_caller_is_transcribed_and_the_bot_can_take_them_back() {
+        let (engines, _) = engines(vec![
+            Ok("I want to speak to a person."),
+            Ok("my order number is 1234"),
+            Ok("what are your opening hours"),
+        ]);
+        // Three utterances; the bot gets the caller back after the second (the agent hung up).
+        let mut audio = silence(500);
+        let mut inputs = Vec::new();
+        for ms in [1200, 1000] {
+            audio.extend(voiced(ms));
+            audio.extend(silence(1500));
+        }
+        let first = resample_all(&audio, 16_000, 8_000).expect("resample");
+        inputs.extend(split_frames(&first, 8000, 20).map(CallInput::Audio));
+        inputs.push(CallInput::Resume);
+        let mut rest = voiced(800);
+        rest.extend(silence(1500));
+        let rest = resample_all(&rest, 16_000, 8_000).expect("resample");
+        let offset = Duration::from_millis(first.len() as u64 / 8);
+        inputs.extend(split_frames(&rest, 8000, 20).map(|mut f| {
+            f.at += offset;
+            CallInput::Audio(f)
+        }));
+        inputs.push(CallInput::End);
+        let (in_tx, in_rx) = mpsc::channel(4);
+        let (out_tx, mut out_rx) = mpsc::channel(4);
+        tokio::spawn(async move {
+            for input in inputs {
+                if in_tx.send(input).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let flow = engines.flows.current().default_flow();
+        let options = CallOptions {
+            transcribe_after_handover: true,
+        };
+        let call = tokio::spawn(run_call_with(engines, flow, in_rx, out_tx, options));
+        let mut heard = Vec::new();
+        let mut said = Vec::new();
+        while let Some(o) = out_rx.recv().await {
+            match o {
+                CallOutput::Heard(line) => heard.push(line.text),
+                CallOutput::Speak { text, .. } => said.push(text),
+                CallOutput::Turn(_) => {}
+            }
+        }
+        let report = call.await.expect("task").expect("call runs");
+        assert_eq!(heard, ["my order number is 1234"]);
+        assert_eq!(report.after_handover.len(), 1);
+        // Escalated on turn 1; after the resume the bot answers turn 2 again.
+        assert_eq!(report.turns.len(), 2, "{report:#?}");
+        assert_eq!(report.turns[1].intent, "opening_hours");
+        assert!(said.iter().any(|t| t.contains("anything else")), "{said:?}");
+        assert!(report.escalation.is_some());
     }
 
     #[tokio::test]

@@ -19,7 +19,9 @@ use crate::audio::resample::resample_all;
 use crate::flows::Flow;
 use crate::handover::context::{self, BotSpeechLine, ContextInput};
 use crate::handover::outbox::DelivererHandle;
-use crate::handover::transfer::{user_to_user, Attempt, AttemptOutcome, Hunt, TransferConfig};
+use crate::handover::transfer::{
+    user_to_user, AfterAgent, Attempt, AttemptOutcome, Hunt, Target, TransferConfig, TransferMode,
+};
 use crate::media::barge_in::{BargeIn, BargeInConfig};
 use crate::media::codec::CodecError;
 use crate::media::jitter::JitterConfig;
@@ -27,16 +29,18 @@ use crate::media::receiver::MediaReceiver;
 use crate::media::rtcp::{parse_rtcp, sender_report, ReceptionReport, SenderInfo};
 use crate::media::rtp::is_rtcp;
 use crate::media::sender::RtpSender;
-use crate::pipeline::{run_call, CallInput, CallOutput, Engines, SpeechKind};
+use crate::pipeline::{
+    run_call_with, run_transcriber, CallInput, CallOptions, CallOutput, Engines, SpeechKind,
+};
 use crate::report::CallReport;
-use crate::report::TurnReport;
-use crate::sip::endpoint::{CallHandle, EndReason, IncomingCall};
+use crate::report::{HeardLine, TurnReport};
+use crate::sip::endpoint::{CallHandle, EndReason, IncomingCall, ReferProgress};
 use crate::sip::sdp::Negotiated;
 
 use super::pacer::{Lateness, PacedStream, Pacer};
 use super::ports::RtpPorts;
 use super::transfer::{convert, hold_tone_frame, AgentMedia};
-use super::{Inbound, PlaceCall};
+use super::{Inbound, PlaceCall, ReferCall};
 
 /// Packet time: every frame and packet is 20 ms.
 const PTIME_MS: u32 = 20;
@@ -60,6 +64,8 @@ pub enum CallControl {
     Shutdown,
     /// News of the agent leg of a transfer.
     Agent(AgentEvent),
+    /// How the caller's side is doing with the transfer we REFERred it to.
+    Refer(ReferProgress),
 }
 
 /// What happened to an agent leg the call task asked for.
@@ -165,8 +171,17 @@ pub struct TransferRecord {
     /// Packets relayed to and from the agent.
     pub packets_to_agent: u64,
     pub packets_from_agent: u64,
-    /// "bridged", "callback" (nobody answered) or "caller_hung_up".
+    /// "bridged", "transferred" (the caller's side took the call to the agent: blind or
+    /// attended), "returned_to_bot", "callback" (nobody answered) or "caller_hung_up".
     pub outcome: String,
+    /// How the answering extension was reached: bridge, blind or attended.
+    pub mode: Option<String>,
+    /// What the agent heard before the caller was put through, and for how long (ms).
+    pub whisper: Option<String>,
+    pub whisper_ms: Option<f64>,
+    /// The Refer-To of the transfer, and the status the caller's side reported for it.
+    pub refer_to: Option<String>,
+    pub refer_status: Option<u16>,
     /// Webhook events queued (event ids).
     pub webhook_events: Vec<String>,
     /// Whether the webhook confirmed the escalated event before the agent's INVITE went out.
@@ -259,12 +274,48 @@ struct TransferRun {
     skill: String,
     /// The team's spoken name.
     team: String,
+    escalation: crate::dialog::Escalation,
     hunt: Hunt,
     leg: Leg,
     record: TransferRecord,
     escalated_wall: std::time::SystemTime,
     /// Hold-tone frames played so far.
     hold_frames: u64,
+}
+
+impl TransferRun {
+    /// The agent leg's media, once an agent answered and until the leg is gone.
+    fn agent_media(&mut self) -> Option<&mut AgentMedia> {
+        match &mut self.leg {
+            Leg::Answered { media, .. }
+            | Leg::Bridged { media }
+            | Leg::Referring {
+                consult: Some(media),
+                ..
+            } => Some(media),
+            _ => None,
+        }
+    }
+
+    fn agent_socket(&self) -> Option<Arc<UdpSocket>> {
+        match &self.leg {
+            Leg::Answered { media, .. }
+            | Leg::Bridged { media }
+            | Leg::Referring {
+                consult: Some(media),
+                ..
+            } => Some(media.socket()),
+            _ => None,
+        }
+    }
+
+    /// Whether the caller waits for someone (and hears the hold tone).
+    fn caller_waits(&self) -> bool {
+        matches!(
+            self.leg,
+            Leg::Ringing { .. } | Leg::Answered { .. } | Leg::Referring { .. }
+        )
+    }
 }
 
 /// Where the agent leg stands.
@@ -274,19 +325,38 @@ enum Leg {
     /// An extension rings.
     Ringing {
         agent: CallHandle,
-        target: String,
+        target: Target,
         ports: Option<RtpPorts>,
         deadline: Instant,
         /// We cancelled it at the ring timeout.
         cancelled: bool,
     },
+    /// The agent answered. The whisper (if any) plays to the agent and the caller hears the
+    /// end of the announcement, then the hold tone; once both are done the two are put
+    /// through (the caller's queue is never flushed mid-sentence, nor does the agent's audio
+    /// queue up behind the announcement).
+    Answered {
+        media: Box<AgentMedia>,
+        target: Target,
+        answered: Instant,
+    },
+    /// The caller's side was asked to transfer the call (REFER) and has not reported the
+    /// result yet. Attended: `consult` is our answered call with the agent that it replaces.
+    Referring {
+        target: Target,
+        deadline: Instant,
+        consult: Option<Box<AgentMedia>>,
+    },
     /// Caller and agent talk.
     Bridged { media: Box<AgentMedia> },
+    /// The caller's side reached the agent itself; the gateway leaves the call.
+    Transferred,
     /// Nobody answered: the apology plays, then the call ends.
     Failed,
 }
 
 /// The hand-over context of this call as it stands.
+#[allow(clippy::too_many_arguments)]
 fn handover_context(
     call: &IncomingCall,
     flow: &str,
@@ -295,6 +365,7 @@ fn handover_context(
     turns: &[TurnReport],
     bot_speech: &[BotSpeechLine],
     escalation: Option<&crate::dialog::Escalation>,
+    after_handover: &[context::TranscriptEntry],
 ) -> context::HandoverContext {
     context::build(&ContextInput {
         call_id: &call.call_id,
@@ -308,11 +379,68 @@ fn handover_context(
         bot_speech,
         escalation,
         team_name: Some(&run.team),
+        after_handover,
     })
 }
 
-/// Rings the next extension of the hunt; [`Leg::Failed`] when none is left or none could be
-/// called.
+/// How long the caller's side may take to report a transfer's result, beyond the ring timeout.
+const REFER_GRACE: Duration = Duration::from_secs(15);
+
+/// The headers that carry the context to the agent's phone or PBX: on our INVITE, or in the
+/// Refer-To URI of a blind transfer (so the caller's side puts them on its INVITE).
+fn context_headers(
+    r: &TransferRun,
+    call_id: &str,
+    cfg: &TransferConfig,
+    flow: &str,
+) -> Vec<(String, String)> {
+    let mut headers = vec![
+        ("X-Voicebot-Call-Id".to_string(), call_id.to_string()),
+        ("X-Voicebot-Team".to_string(), r.skill.clone()),
+        ("X-Voicebot-Flow".to_string(), flow.to_string()),
+        ("User-to-User".to_string(), user_to_user(call_id)),
+    ];
+    if !cfg.context_url_base.is_empty() {
+        headers.push((
+            "X-Voicebot-Context-Url".to_string(),
+            format!(
+                "{}/calls/{call_id}/context",
+                cfg.context_url_base.trim_end_matches('/')
+            ),
+        ));
+    }
+    headers
+}
+
+/// Asks the signalling task to REFER the caller's side; the Refer-To that went out.
+async fn send_refer(
+    signalling: &mpsc::Sender<Inbound>,
+    caller: CallHandle,
+    target: &str,
+    headers: Vec<(String, String)>,
+    replacing: Option<CallHandle>,
+) -> Result<String, String> {
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let request = ReferCall {
+        caller,
+        target: target.to_string(),
+        headers,
+        replacing,
+        reply,
+    };
+    signalling
+        .send(Inbound::Refer(request))
+        .await
+        .map_err(|_| "signalling is gone".to_string())?;
+    match tokio::time::timeout(Duration::from_secs(2), answer).await {
+        Ok(Ok(result)) => result,
+        _ => Err("signalling did not answer".into()),
+    }
+}
+
+/// Tries the next extensions of the hunt until one rings (bridge, attended) or the caller's
+/// side was asked to call it (blind); [`Leg::Failed`] when none is left or none could be
+/// tried.
 async fn dial_next(
     r: &mut TransferRun,
     signalling: &mpsc::Sender<Inbound>,
@@ -322,25 +450,30 @@ async fn dial_next(
     flow: &str,
 ) {
     while let Some(target) = r.hunt.next_target() {
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        let mut headers = vec![
-            ("X-Voicebot-Call-Id".to_string(), call_id.to_string()),
-            ("X-Voicebot-Team".to_string(), r.skill.clone()),
-            ("X-Voicebot-Flow".to_string(), flow.to_string()),
-            ("User-to-User".to_string(), user_to_user(call_id)),
-        ];
-        if !cfg.context_url_base.is_empty() {
-            headers.push((
-                "X-Voicebot-Context-Url".to_string(),
-                format!(
-                    "{}/calls/{call_id}/context",
-                    cfg.context_url_base.trim_end_matches('/')
-                ),
-            ));
+        let headers = context_headers(r, call_id, cfg, flow);
+        if target.mode == TransferMode::Blind {
+            match send_refer(signalling, caller, &target.uri, headers, None).await {
+                Ok(refer_to) => {
+                    tracing::info!(target = %target.uri, "blind transfer: the caller's side was asked to call the extension");
+                    r.record.refer_to = Some(refer_to);
+                    r.leg = Leg::Referring {
+                        target,
+                        deadline: Instant::now() + cfg.ring_timeout() + REFER_GRACE,
+                        consult: None,
+                    };
+                    return;
+                }
+                Err(why) => {
+                    tracing::warn!(target = %target.uri, %why, "cannot transfer to this extension; trying the next");
+                    r.hunt.record(&target.uri, &AttemptOutcome::Failed(why));
+                    continue;
+                }
+            }
         }
+        let (reply, answer) = tokio::sync::oneshot::channel();
         let request = PlaceCall {
             caller,
-            target: target.clone(),
+            target: target.uri.clone(),
             headers,
             from_display: format!("Voicebot {}", r.team),
             from_user: cfg.from_user.clone(),
@@ -351,7 +484,7 @@ async fn dial_next(
         }
         match tokio::time::timeout(Duration::from_secs(2), answer).await {
             Ok(Ok(Ok((agent, ports)))) => {
-                tracing::info!(%agent, %target, "calling the agent");
+                tracing::info!(%agent, target = %target.uri, mode = target.mode.as_str(), "calling the agent");
                 r.leg = Leg::Ringing {
                     agent,
                     target,
@@ -362,18 +495,156 @@ async fn dial_next(
                 return;
             }
             Ok(Ok(Err(why))) => {
-                tracing::warn!(%target, %why, "cannot call this extension; trying the next");
-                r.hunt.record(&target, &AttemptOutcome::Failed(why));
+                tracing::warn!(target = %target.uri, %why, "cannot call this extension; trying the next");
+                r.hunt.record(&target.uri, &AttemptOutcome::Failed(why));
             }
             _ => {
                 r.hunt.record(
-                    &target,
+                    &target.uri,
                     &AttemptOutcome::Failed("signalling did not answer".into()),
                 );
             }
         }
     }
     r.leg = Leg::Failed;
+}
+
+/// A line heard after the hand-over as a transcript entry; `offset`: the call time its
+/// transcriber started at.
+fn heard_entry(
+    line: &HeardLine,
+    offset: Duration,
+    speaker: context::Speaker,
+) -> context::TranscriptEntry {
+    context::TranscriptEntry {
+        at_ms: (offset + line.start).as_millis() as u64,
+        speaker,
+        text: line.text.clone(),
+        interrupted: false,
+        asr_confidence: Some(line.confidence),
+        intent: None,
+    }
+}
+
+/// Synthesises `text` at `rate` for one leg; None (logged) when synthesis fails.
+async fn synthesize_at(engines: &Engines, text: &str, rate: u32) -> Option<Vec<f32>> {
+    let tts = engines.tts.clone();
+    let owned = text.to_string();
+    match engines.pool.run(move || tts.synthesize(&owned)).await {
+        Ok(Ok(speech)) => Some(convert(speech.audio.samples, speech.audio.rate, rate)),
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, %text, "speech synthesis failed");
+            None
+        }
+        Err(e) => {
+            tracing::error!(error = %e, %text, "speech synthesis failed");
+            None
+        }
+    }
+}
+
+/// Puts the caller through to the agent: stops the hold tone and bridges the two legs.
+fn bridge(
+    r: &mut TransferRun,
+    agent: Box<AgentMedia>,
+    answered: Option<Instant>,
+    stream: &Arc<std::sync::Mutex<PacedStream>>,
+    speech_log: &mut SpeechLog,
+    rate: u32,
+) {
+    let unplayed = stream.lock().map_or(0, |mut s| s.sender.flush());
+    speech_log.cut(unplayed as u64, rate);
+    if let Some(at) = answered {
+        r.record.answer_to_bridge_ms = Some(at.elapsed().as_secs_f64() * 1000.0);
+    }
+    r.record.outcome = "bridged".into();
+    tracing::info!(agent = %agent.handle, "caller and agent bridged");
+    r.leg = Leg::Bridged { media: agent };
+}
+
+/// The agent answered (and heard the whisper, if any): bridge mode bridges; attended mode asks
+/// the caller's side to replace our call with the agent by its own (REFER with `Replaces`),
+/// bridging instead when that cannot even be asked.
+#[allow(clippy::too_many_arguments)]
+async fn put_through(
+    r: &mut TransferRun,
+    agent: Box<AgentMedia>,
+    target: Target,
+    answered: Instant,
+    signalling: &mpsc::Sender<Inbound>,
+    caller: CallHandle,
+    cfg: &TransferConfig,
+    stream: &Arc<std::sync::Mutex<PacedStream>>,
+    speech_log: &mut SpeechLog,
+    rate: u32,
+) {
+    if target.mode == TransferMode::Attended {
+        match send_refer(
+            signalling,
+            caller,
+            &target.uri,
+            Vec::new(),
+            Some(agent.handle),
+        )
+        .await
+        {
+            Ok(refer_to) => {
+                tracing::info!(target = %target.uri, "attended transfer: the caller's side was asked to replace our call with the agent");
+                r.record.refer_to = Some(refer_to);
+                r.leg = Leg::Referring {
+                    target,
+                    deadline: Instant::now() + cfg.ring_timeout() + REFER_GRACE,
+                    consult: Some(agent),
+                };
+                return;
+            }
+            Err(why) => {
+                tracing::warn!(%why, "cannot ask for an attended transfer; bridging through the gateway instead");
+            }
+        }
+    }
+    bridge(r, agent, Some(answered), stream, speech_log, rate);
+}
+
+/// The caller's side could not make the transfer (`code`: its REFER or NOTIFY status). An
+/// attended transfer whose agent is still on the line falls back to bridging through the
+/// gateway; otherwise the hunt goes on. Returns whether the hunt has run dry.
+#[allow(clippy::too_many_arguments)]
+async fn transfer_failed(
+    r: &mut TransferRun,
+    code: u16,
+    signalling: &mpsc::Sender<Inbound>,
+    caller: CallHandle,
+    call_id: &str,
+    cfg: &TransferConfig,
+    flow: &str,
+    stream: &Arc<std::sync::Mutex<PacedStream>>,
+    speech_log: &mut SpeechLog,
+    rate: u32,
+) -> bool {
+    r.record.refer_status = Some(code);
+    let leg = std::mem::replace(&mut r.leg, Leg::Dialing);
+    let Leg::Referring {
+        target, consult, ..
+    } = leg
+    else {
+        r.leg = leg;
+        return false;
+    };
+    match consult {
+        Some(agent) => {
+            tracing::warn!(code, target = %target.uri, "the caller's side could not take the attended transfer; bridging through the gateway instead");
+            bridge(r, agent, None, stream, speech_log, rate);
+            false
+        }
+        None => {
+            tracing::warn!(code, target = %target.uri, "the transfer failed; trying the next extension");
+            r.hunt
+                .record(&target.uri, &AttemptOutcome::TransferFailed(code));
+            dial_next(r, signalling, caller, call_id, cfg, flow).await;
+            matches!(r.leg, Leg::Failed)
+        }
+    }
 }
 
 /// Waits up to `wait` for the webhook to confirm event `id`.
@@ -529,7 +800,16 @@ pub async fn run_call_media(setup: CallSetup) {
 
     let (in_tx, in_rx) = mpsc::channel(INPUT_QUEUE);
     let (out_tx, mut out_rx) = mpsc::channel(16);
-    let mut pipeline = tokio::spawn(run_call(engines.clone(), flow.clone(), in_rx, out_tx));
+    let options = CallOptions {
+        transcribe_after_handover: true,
+    };
+    let mut pipeline = tokio::spawn(run_call_with(
+        engines.clone(),
+        flow.clone(),
+        in_rx,
+        out_tx,
+        options,
+    ));
     let mut pipeline_result: Option<Result<CallReport, String>> = None;
 
     let mut speech_log = SpeechLog::default();
@@ -550,6 +830,13 @@ pub async fn run_call_media(setup: CallSetup) {
     // The caller's turns so far (for the hand-over context) and the transfer, once escalated.
     let mut turns: Vec<TurnReport> = Vec::new();
     let mut run: Option<TransferRun> = None;
+    // A transfer that ended with the bot taking the caller back.
+    let mut returned: Option<TransferRun> = None;
+    // What caller and agent said after the hand-over (the live transcript), and the agent
+    // side's transcriber while bridged: its input and the call time it started at.
+    let mut after_handover: Vec<context::TranscriptEntry> = Vec::new();
+    let (agent_line_tx, mut agent_line_rx) = mpsc::channel::<HeardLine>(16);
+    let mut agent_asr: Option<(mpsc::Sender<CallInput>, Duration)> = None;
     let mut agent_buf = vec![0u8; 2048];
     let transfer_cfg = engines.config.handover.transfer.clone();
     let post = |kind: &str, data: serde_json::Value| -> Option<String> {
@@ -568,13 +855,7 @@ pub async fn run_call_media(setup: CallSetup) {
     };
 
     loop {
-        let agent_socket = match &run {
-            Some(TransferRun {
-                leg: Leg::Bridged { media: agent, .. },
-                ..
-            }) => Some(agent.socket()),
-            _ => None,
-        };
+        let agent_socket = run.as_ref().and_then(TransferRun::agent_socket);
         tokio::select! {
             received = socket.recv_from(&mut buf) => {
                 let Ok((n, from)) = received else { continue };
@@ -624,10 +905,30 @@ pub async fn run_call_media(setup: CallSetup) {
                         None => agent.send(&vec![0.0; media.codec.samples_per_frame(PTIME_MS)], rate),
                     }
                     let for_caller = agent.poll_for_caller(now, rate);
+                    let at = Duration::from_millis(frames_fed * u64::from(PTIME_MS));
+                    let (tx, _) = agent_asr.get_or_insert_with(|| {
+                        let (tx, rx) = mpsc::channel(INPUT_QUEUE);
+                        tokio::spawn(run_transcriber(engines.clone(), rx, agent_line_tx.clone()));
+                        (tx, at)
+                    });
+                    let frame = AudioFrame { at, samples: for_caller.clone(), rate };
+                    if tx.try_send(CallInput::Audio(frame)).is_err() {
+                        tracing::debug!("agent transcriber behind; a frame skipped");
+                    }
                     if let Ok(mut s) = stream.lock() {
                         s.sender.enqueue(&for_caller);
                     }
                     speech_log.pad(for_caller.len() as u64);
+                } else if let Some((tx, _)) = agent_asr.take() {
+                    // Not bridged any more: the agent's transcriber finishes its last words.
+                    let _ = tx.try_send(CallInput::End);
+                }
+                if let Some(r) = run.as_mut() {
+                    if !matches!(r.leg, Leg::Bridged { .. }) {
+                        if let Some(agent) = r.agent_media() {
+                            agent.discard_frame(now);
+                        }
+                    }
                 }
                 if let Some(frame) = caller_frame {
                     let level = rms(&frame);
@@ -661,8 +962,9 @@ pub async fn run_call_media(setup: CallSetup) {
                         let _ = hangup.send(Inbound::Hangup(handle)).await;
                     }
                 }
+                let mut hunt_failed = false;
                 if let Some(r) = run.as_mut() {
-                    if let Leg::Ringing { agent, deadline, cancelled, .. } = &mut r.leg {
+                    if r.caller_waits() {
                         // The caller hears a quiet ringback tone once the announcement is out.
                         let queued = stream.lock().map_or(0, |s| s.sender.queued_samples());
                         if queued < media.codec.samples_per_frame(PTIME_MS) * 2 {
@@ -673,11 +975,32 @@ pub async fn run_call_media(setup: CallSetup) {
                                 s.sender.enqueue(&tone);
                             }
                         }
+                    }
+                    if let Leg::Ringing { agent, deadline, cancelled, .. } = &mut r.leg {
                         if now >= *deadline && !*cancelled {
                             *cancelled = true;
                             tracing::info!(agent = %agent, "agent did not answer within the ring timeout; cancelling");
                             let _ = hangup.send(Inbound::Hangup(*agent)).await;
                         }
+                    }
+                    let caller_idle = stream.lock().map_or(true, |s| s.sender.queued_samples() <= media.codec.samples_per_frame(PTIME_MS) * 3);
+                    let ready = caller_idle && matches!(&r.leg, Leg::Answered { media: m, .. } if !m.is_playing());
+                    if ready {
+                        if let Leg::Answered { media: agent, target, answered } = std::mem::replace(&mut r.leg, Leg::Dialing) {
+                            if r.record.whisper.is_some() {
+                                r.record.whisper_ms = Some(answered.elapsed().as_secs_f64() * 1000.0);
+                            }
+                            put_through(r, agent, target, answered, &hangup, handle, &transfer_cfg, &stream, &mut speech_log, rate).await;
+                        }
+                    }
+                    let overdue = matches!(&r.leg, Leg::Referring { deadline, .. } if now >= *deadline);
+                    if overdue {
+                        tracing::warn!("the caller's side did not report the transfer's result in time");
+                        hunt_failed = transfer_failed(r, 408, &hangup, handle, &call.call_id, &transfer_cfg, &flow.name, &stream, &mut speech_log, rate).await;
+                    }
+                    if hunt_failed {
+                        give_up(r, &engines, &flow, &post, &stream, &mut speech_log, frames_fed, rate).await;
+                        bot_done = true;
                     }
                 }
                 if bot_done && !hangup_sent && !speaking {
@@ -697,12 +1020,18 @@ pub async fn run_call_media(setup: CallSetup) {
                 }
             } => {
                 if let Ok((n, from)) = received {
-                    if let Some(TransferRun { leg: Leg::Bridged { media: agent, .. }, .. }) = run.as_mut() {
+                    if let Some(agent) = run.as_mut().and_then(TransferRun::agent_media) {
                         if let Some(ev) = agent.on_datagram(&agent_buf[..n], from, Instant::now()) {
                             tracing::info!(digit = %ev.digit, "DTMF from the agent");
                         }
                     }
                 }
+            }
+            Some(line) = agent_line_rx.recv() => {
+                let offset = agent_asr.as_ref().map_or(Duration::ZERO, |(_, at)| *at);
+                let entry = heard_entry(&line, offset, context::Speaker::Agent);
+                hub.append_line(&call.call_id, &serde_json::to_value(&entry).unwrap_or_default());
+                after_handover.push(entry);
             }
             received = async {
                 match &rtcp_socket {
@@ -758,13 +1087,18 @@ pub async fn run_call_media(setup: CallSetup) {
                         s.sender.enqueue(&samples);
                     }
                 }
+                Some(CallOutput::Heard(line)) => {
+                    let entry = heard_entry(&line, Duration::ZERO, context::Speaker::Caller);
+                    hub.append_line(&call.call_id, &serde_json::to_value(&entry).unwrap_or_default());
+                    after_handover.push(entry);
+                }
                 Some(CallOutput::Turn(turn)) => {
                     let escalation = turn.escalation.clone();
                     let ends_call = turn.ends_call;
                     turns.push(*turn);
                     match escalation {
                         Some(e) if run.is_none() => {
-                            let targets = transfer_cfg.targets(&e.skill).to_vec();
+                            let targets = transfer_cfg.targets(&e.skill);
                             if targets.is_empty() {
                                 tracing::info!(reason = ?e.reason, skill = %e.skill,
                                     "escalation: no agent extension is configured for this team, so the call ends after the announcement");
@@ -775,6 +1109,7 @@ pub async fn run_call_media(setup: CallSetup) {
                                 let mut r = TransferRun {
                                     skill: e.skill.clone(),
                                     team,
+                                    escalation: e.clone(),
                                     hunt: Hunt::new(&targets),
                                     leg: Leg::Dialing,
                                     record: TransferRecord { skill: e.skill.clone(), ..TransferRecord::default() },
@@ -784,7 +1119,7 @@ pub async fn run_call_media(setup: CallSetup) {
                                 // The agent's screen gets the context before the phone rings.
                                 let queued = stream.lock().map_or(0, |s| s.sender.queued_samples());
                                 let lines = speech_log.lines(queued as u64, rate);
-                                let ctx = handover_context(&call, &flow.name, started_wall, &r, &turns, &lines, Some(&e));
+                                let ctx = handover_context(&call, &flow.name, started_wall, &r, &turns, &lines, Some(&e), &after_handover);
                                 tracing::info!(reason = ?e.reason, skill = %e.skill, targets = targets.len(), summary = %ctx.summary.replace('\n', " | "), "escalation: warm transfer");
                                 let data = serde_json::to_value(&ctx).unwrap_or_default();
                                 let event = post("escalated", data);
@@ -866,21 +1201,34 @@ pub async fn run_call_media(setup: CallSetup) {
                                 Leg::Ringing { agent: ringing, target, ports: Some(agent_ports), .. } if ringing == agent => {
                                     match AgentMedia::start(agent, agent_ports, &m, rate, &pacer, (min_delay_ms, max_delay_ms), answered) {
                                         Ok(agent_media) => {
-                                            // Stop the hold tone; from now on the caller hears the agent.
-                                            let unplayed = stream.lock().map_or(0, |mut s| s.sender.flush());
-                                            speech_log.cut(unplayed as u64, rate);
-                                            r.record.agent = Some(target.clone());
-                                            r.record.answer_to_bridge_ms = Some(answered.elapsed().as_secs_f64() * 1000.0);
-                                            r.record.outcome = "bridged".into();
-                                            tracing::info!(%agent, %target, codec = %m.codec, "agent answered; caller and agent bridged");
-                                            let data = serde_json::json!({"agent": target, "codec": m.codec.to_string()});
+                                            let mut agent_media = Box::new(agent_media);
+                                            r.record.agent = Some(target.uri.clone());
+                                            r.record.mode = Some(target.mode.as_str().into());
+                                            tracing::info!(%agent, target = %target.uri, codec = %m.codec, mode = target.mode.as_str(), "agent answered");
+                                            let data = serde_json::json!({"agent": target.uri, "codec": m.codec.to_string(), "mode": target.mode.as_str()});
                                             r.record.webhook_events.extend(post("agent_answered", data));
-                                            r.leg = Leg::Bridged { media: Box::new(agent_media) };
+                                            let whisper = if transfer_cfg.whisper {
+                                                let queued = stream.lock().map_or(0, |s| s.sender.queued_samples());
+                                                let lines = speech_log.lines(queued as u64, rate);
+                                                let ctx = handover_context(&call, &flow.name, started_wall, r, &turns, &lines, Some(&r.escalation), &after_handover);
+                                                let text = flow.dialog.prompts().transfer_whisper(&context::whisper_values(&ctx));
+                                                synthesize_at(&engines, &text, agent_media.rate).await.map(|audio| (text, audio))
+                                            } else {
+                                                None
+                                            };
+                                            if let Some((text, audio)) = whisper {
+                                                tracing::info!(%text, "whispering to the agent before putting the caller through");
+                                                agent_media.play(&audio);
+                                                r.record.whisper = Some(text);
+                                            }
+                                            // Put through on the next tick, once the whisper and
+                                            // the caller's announcement are out.
+                                            r.leg = Leg::Answered { media: agent_media, target, answered };
                                         }
                                         Err(e) => {
                                             tracing::error!(error = %e, "cannot start the agent leg's media; trying the next extension");
                                             let _ = hangup.send(Inbound::Hangup(agent)).await;
-                                            r.hunt.record(&target, &AttemptOutcome::Failed(e.to_string()));
+                                            r.hunt.record(&target.uri, &AttemptOutcome::Failed(e.to_string()));
                                             dial_next(r, &hangup, handle, &call.call_id, &transfer_cfg, &flow.name).await;
                                         }
                                     }
@@ -899,13 +1247,18 @@ pub async fn run_call_media(setup: CallSetup) {
                         AgentEvent::Ended(agent, reason) => {
                             // Which leg ended (decided before any await: the leg's media is
                             // not shareable across threads).
-                            let ringing = match &r.leg {
-                                Leg::Ringing { agent: a, target, cancelled, .. } if *a == agent => Some(Some((target.clone(), *cancelled))),
-                                Leg::Bridged { media: m, .. } if m.handle == agent => Some(None),
-                                _ => None,
+                            enum Gone { Unanswered(String, bool), BeforeBridge(String), Consult, Bridged, Other }
+                            let gone = match &r.leg {
+                                Leg::Ringing { agent: a, target, cancelled, .. } if *a == agent => Gone::Unanswered(target.uri.clone(), *cancelled),
+                                Leg::Answered { media: m, target, .. } if m.handle == agent => Gone::BeforeBridge(target.uri.clone()),
+                                Leg::Referring { consult: Some(m), .. } if m.handle == agent => Gone::Consult,
+                                Leg::Bridged { media: m, .. } if m.handle == agent => Gone::Bridged,
+                                _ => Gone::Other,
                             };
-                            match ringing {
-                                Some(Some((target, cancelled))) => {
+                            let mut hunt_again = None;
+                            let mut back_to_bot = false;
+                            match gone {
+                                Gone::Unanswered(target, cancelled) => {
                                     let outcome = match reason {
                                         EndReason::Refused(code) => AttemptOutcome::Refused(code),
                                         EndReason::Cancelled if cancelled => AttemptOutcome::NoAnswer,
@@ -913,14 +1266,35 @@ pub async fn run_call_media(setup: CallSetup) {
                                         other => AttemptOutcome::Failed(format!("{other:?}")),
                                     };
                                     tracing::info!(%agent, %target, ?outcome, "agent leg not answered; trying the next extension");
-                                    r.hunt.record(&target, &outcome);
-                                    dial_next(r, &hangup, handle, &call.call_id, &transfer_cfg, &flow.name).await;
-                                    if matches!(r.leg, Leg::Failed) {
-                                        give_up(r, &engines, &flow, &post, &stream, &mut speech_log, frames_fed, rate).await;
-                                        bot_done = true;
+                                    hunt_again = Some((target, outcome));
+                                }
+                                Gone::BeforeBridge(target) => {
+                                    tracing::info!(%agent, %target, "the agent hung up before the caller was put through; trying the next extension");
+                                    hunt_again = Some((target, AttemptOutcome::Failed("hung up before the caller was put through".into())));
+                                }
+                                Gone::Consult => {
+                                    // Normal for an attended transfer: the agent's phone ends our
+                                    // call once the caller's side replaced it. The NOTIFY decides.
+                                    tracing::info!(%agent, "the consultation call with the agent ended");
+                                    if let Leg::Referring { consult, .. } = &mut r.leg {
+                                        if let Some(m) = consult.take() {
+                                            r.record.packets_to_agent = m.packets_out();
+                                            r.record.packets_from_agent = m.packets_in;
+                                        }
                                     }
                                 }
-                                Some(None) => {
+                                Gone::Bridged if transfer_cfg.after_agent_hangup == AfterAgent::Bot => {
+                                    tracing::info!(%agent, "the agent hung up; the bot takes the caller back");
+                                    if let Leg::Bridged { media: m } = std::mem::replace(&mut r.leg, Leg::Dialing) {
+                                        r.record.packets_to_agent = m.packets_out();
+                                        r.record.packets_from_agent = m.packets_in;
+                                    }
+                                    r.record.outcome = "returned_to_bot".into();
+                                    r.record.webhook_events.extend(post("returned_to_bot", serde_json::json!({"agent": r.record.agent})));
+                                    let _ = in_tx.try_send(CallInput::Resume);
+                                    back_to_bot = true;
+                                }
+                                Gone::Bridged => {
                                     tracing::info!(%agent, "the agent hung up; ending the call");
                                     ended_by.get_or_insert_with(|| "agent".into());
                                     if !hangup_sent {
@@ -928,8 +1302,69 @@ pub async fn run_call_media(setup: CallSetup) {
                                         let _ = hangup.send(Inbound::Hangup(handle)).await;
                                     }
                                 }
-                                None => {}
+                                Gone::Other => {}
                             }
+                            if let Some((target, outcome)) = hunt_again {
+                                r.leg = Leg::Dialing;
+                                r.hunt.record(&target, &outcome);
+                                dial_next(r, &hangup, handle, &call.call_id, &transfer_cfg, &flow.name).await;
+                                if matches!(r.leg, Leg::Failed) {
+                                    give_up(r, &engines, &flow, &post, &stream, &mut speech_log, frames_fed, rate).await;
+                                    bot_done = true;
+                                }
+                            }
+                            if back_to_bot {
+                                // The caller is the bot's again; a new escalation starts a new
+                                // transfer.
+                                returned = run.take();
+                            }
+                        }
+                    }
+                }
+                Some(CallControl::Refer(progress)) => {
+                    let Some(r) = run.as_mut() else { continue };
+                    if !matches!(r.leg, Leg::Referring { .. }) {
+                        tracing::debug!(?progress, "transfer progress for no transfer in progress");
+                        continue;
+                    }
+                    let failed = match progress {
+                        ReferProgress::Accepted => {
+                            tracing::info!("the caller's side accepted the transfer");
+                            None
+                        }
+                        ReferProgress::Notified { code, .. } if (200..300).contains(&code) => {
+                            r.record.refer_status = Some(code);
+                            if let Leg::Referring { target, consult, .. } = std::mem::replace(&mut r.leg, Leg::Transferred) {
+                                tracing::info!(target = %target.uri, mode = target.mode.as_str(), "transfer completed: the caller's side reached the agent; leaving the call");
+                                r.record.agent = Some(target.uri.clone());
+                                r.record.mode = Some(target.mode.as_str().into());
+                                r.record.outcome = "transferred".into();
+                                let data = serde_json::json!({"agent": target.uri, "mode": target.mode.as_str()});
+                                r.record.webhook_events.extend(post("transferred", data));
+                                if let Some(m) = consult {
+                                    r.record.packets_to_agent = m.packets_out();
+                                    r.record.packets_from_agent = m.packets_in;
+                                    let _ = hangup.send(Inbound::Hangup(m.handle)).await;
+                                }
+                            }
+                            ended_by.get_or_insert_with(|| "transferred".into());
+                            if !hangup_sent {
+                                hangup_sent = true;
+                                let _ = hangup.send(Inbound::Hangup(handle)).await;
+                            }
+                            None
+                        }
+                        ReferProgress::Notified { code, last } if code < 200 => {
+                            tracing::info!(code, "transfer progress");
+                            // A subscription that ends without a final status: no result.
+                            last.then_some(code)
+                        }
+                        ReferProgress::Notified { code, .. } | ReferProgress::Refused(code) => Some(code),
+                    };
+                    if let Some(code) = failed {
+                        if transfer_failed(r, code, &hangup, handle, &call.call_id, &transfer_cfg, &flow.name, &stream, &mut speech_log, rate).await {
+                            give_up(r, &engines, &flow, &post, &stream, &mut speech_log, frames_fed, rate).await;
+                            bot_done = true;
                         }
                     }
                 }
@@ -1019,14 +1454,18 @@ pub async fn run_call_media(setup: CallSetup) {
         .collect();
     // The transfer's end: the agent leg's figures, and the final context for the agent's
     // screen (the whole transcript, now including what was said while bridged).
-    let transfer_record = match run {
+    let transfer_record = match run.or(returned) {
         Some(mut r) => {
-            if let Leg::Bridged { media: agent, .. } = &r.leg {
-                r.record.packets_to_agent = agent.packets_out();
-                r.record.packets_from_agent = agent.packets_in;
+            if let Some(agent) = r.agent_media() {
+                let (out, inn) = (agent.packets_out(), agent.packets_in);
+                r.record.packets_to_agent = out;
+                r.record.packets_from_agent = inn;
+            }
+            if r.caller_waits() {
+                // The caller left before being put through; signalling ends the agent leg.
+                r.record.outcome = "caller_hung_up".into();
             }
             if let Leg::Ringing { agent, .. } = &r.leg {
-                r.record.outcome = "caller_hung_up".into();
                 let _ = hangup.send(Inbound::Hangup(*agent)).await;
             }
             r.record.attempts = r.hunt.attempts().to_vec();
@@ -1040,6 +1479,7 @@ pub async fn run_call_media(setup: CallSetup) {
                     &report.turns,
                     &lines,
                     report.escalation.as_ref(),
+                    &after_handover,
                 );
                 let mut data = serde_json::to_value(&ctx).unwrap_or_default();
                 if let Some(obj) = data.as_object_mut() {

@@ -28,7 +28,7 @@ use tracing::Instrument;
 use crate::handover::feedback::FeedbackStore;
 use crate::handover::hub::HandoverHub;
 use crate::handover::outbox::{spawn_deliverer, DelivererHandle, Outbox};
-use crate::handover::transfer::parse_target;
+use crate::handover::transfer::{parse_target, refer_to, replaces};
 use crate::pipeline::Engines;
 use crate::sip::auth::{AllowList, DigestAuthenticator, DigestConfig};
 use crate::sip::endpoint::{
@@ -78,6 +78,21 @@ enum Inbound {
     CallDone(CallHandle),
     /// A call task hands its caller over: place a call to an agent extension.
     PlaceCall(PlaceCall),
+    /// A call task hands its caller over by transfer: REFER the caller's side.
+    Refer(ReferCall),
+}
+
+/// A request to REFER the caller's side of a call elsewhere (blind or attended transfer).
+pub(crate) struct ReferCall {
+    pub caller: CallHandle,
+    /// Blind: the extension's URI; `headers` go into the Refer-To URI.
+    pub target: String,
+    pub headers: Vec<(String, String)>,
+    /// Attended: the answered agent leg the caller's side should replace (`Replaces`, sent
+    /// to that agent's Contact).
+    pub replacing: Option<CallHandle>,
+    /// The Refer-To URI that went out, or why no REFER could be sent.
+    pub reply: tokio::sync::oneshot::Sender<Result<String, String>>,
 }
 
 /// A request to call an agent for the caller's call.
@@ -421,6 +436,10 @@ impl Signalling {
                 let result = self.place_call(&req);
                 let _ = req.reply.send(result);
             }
+            Inbound::Refer(req) => {
+                let result = self.refer(&req);
+                let _ = req.reply.send(result);
+            }
         }
     }
 
@@ -478,6 +497,33 @@ impl Signalling {
         );
         self.legs.insert(handle, req.caller);
         Ok((handle, ports))
+    }
+
+    /// Sends a REFER for a transfer of `req.caller`.
+    fn refer(&mut self, req: &ReferCall) -> Result<String, String> {
+        let refer_to = match req.replacing {
+            Some(consult) => {
+                let ids = self
+                    .endpoint
+                    .dialog_ids(consult)
+                    .ok_or("the agent leg is gone")?;
+                let replaces = replaces(&ids.call_id, &ids.local_tag, &ids.remote_tag);
+                refer_to(&ids.remote_target, &[("Replaces", replaces)])
+            }
+            None => {
+                let headers: Vec<(&str, String)> = req
+                    .headers
+                    .iter()
+                    .map(|(n, v)| (n.as_str(), v.clone()))
+                    .collect();
+                refer_to(&req.target, &headers)
+            }
+        };
+        if self.endpoint.refer(req.caller, &refer_to, Instant::now()) {
+            Ok(refer_to)
+        } else {
+            Err("the call is not in a state to be transferred".into())
+        }
     }
 
     /// Sends what the endpoint produced and acts on its events.
@@ -597,6 +643,7 @@ impl Signalling {
                 // The caller is gone: the agent leg has nothing to bridge.
                 _ => self.endpoint.hangup(agent, now),
             },
+            Event::Refer(handle, progress) => self.control(handle, CallControl::Refer(progress)),
             Event::CallEnded(handle, reason) => {
                 if let Some(caller) = self.legs.remove(&handle) {
                     self.control(

@@ -185,6 +185,26 @@ impl AgentMedia {
         }
     }
 
+    /// Plays `samples` (at the leg's rate) to the agent only: the whisper.
+    pub fn play(&mut self, samples: &[f32]) {
+        if let Ok(mut s) = self.stream.lock() {
+            s.sender.enqueue(samples);
+        }
+    }
+
+    /// Whether audio queued with [`play`](Self::play) is still going out.
+    pub fn is_playing(&self) -> bool {
+        self.stream
+            .lock()
+            .is_ok_and(|s| s.sender.queued_samples() > 0)
+    }
+
+    /// The agent's next 20 ms, discarded (while the agent is not put through to the caller,
+    /// the jitter buffer still has to be played out).
+    pub fn discard_frame(&mut self, now: Instant) {
+        let _ = self.receiver.poll_frame(now);
+    }
+
     /// Passes a caller's DTMF digit on to the agent.
     pub fn send_dtmf(&self, digit: char) {
         if let Ok(mut s) = self.stream.lock() {

@@ -455,6 +455,7 @@ wav = "audio/x.wav"
             caller_audio: std::time::Duration::from_secs(5),
             unprocessed_after_end: std::time::Duration::ZERO,
             noise_ignored: 0,
+            after_handover: Vec::new(),
         }
     }
 

@@ -25,7 +25,7 @@ use crate::sip::transaction::{
 };
 
 /// Methods the gateway implements (the `Allow` header lists exactly these).
-pub const ALLOWED: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, UPDATE, INFO";
+pub const ALLOWED: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, UPDATE, INFO, NOTIFY";
 
 /// How a message travels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -127,7 +127,31 @@ pub enum Event {
     OutboundProgress(CallHandle, u16),
     /// A call we placed was answered (2xx, acknowledged by us) with this media.
     OutboundAnswered(CallHandle, Negotiated),
+    /// How our REFER ([`SipEndpoint::refer`]) of this call is going.
+    Refer(CallHandle, ReferProgress),
     CallEnded(CallHandle, EndReason),
+}
+
+/// The progress of a transfer we asked the caller's side to make (RFC 3515 REFER).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReferProgress {
+    /// The REFER was accepted (202): the far end now tries the transfer target.
+    Accepted,
+    /// The REFER itself was refused with this status (405, 403, 501...), or not answered (408).
+    Refused(u16),
+    /// A NOTIFY reported the transfer call's status (a `message/sipfrag` status line). `last`:
+    /// the subscription ended with it (the result is final).
+    Notified { code: u16, last: bool },
+}
+
+/// The identifiers of an established dialog, as a `Replaces` header (RFC 3891) names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DialogIds {
+    pub call_id: String,
+    pub local_tag: String,
+    pub remote_tag: String,
+    /// The far end's Contact URI: where a request meant for that very device goes.
+    pub remote_target: String,
 }
 
 /// A call the gateway places (the agent leg of a warm transfer).
@@ -259,6 +283,8 @@ struct Call {
     session_deadline: Option<Instant>,
     bye: Option<ClientTransaction>,
     bye_branch: Option<String>,
+    /// Our REFER's branch and client transaction, while it runs.
+    refer: Option<(String, ClientTransaction)>,
     /// CallEnded was already reported (the BYE may still be finishing).
     end_reported: bool,
     /// A call we placed: the branch of our INVITE and the ACK for its 2xx, sent again when
@@ -518,7 +544,7 @@ impl SipEndpoint {
                 resp.push("Accept", "application/sdp");
                 self.respond_new(peer, key, ServerKind::NonInvite, None, resp, now);
             }
-            Method::Bye | Method::Update | Method::Info => {
+            Method::Bye | Method::Update | Method::Info | Method::Notify => {
                 let resp = self.response(&msg, 481, None);
                 self.respond_new(peer, key, ServerKind::NonInvite, None, resp, now);
             }
@@ -764,6 +790,7 @@ impl SipEndpoint {
                 session_deadline: None,
                 bye: None,
                 bye_branch: None,
+                refer: None,
                 end_reported: false,
                 invite_ack: None,
             },
@@ -834,54 +861,116 @@ impl SipEndpoint {
         }
     }
 
-    fn send_bye(&mut self, handle: CallHandle, now: Instant) {
-        let contact_transport;
-        let (to, bytes, branch) = {
-            let Some(call) = self.calls.get_mut(&handle) else {
-                return;
-            };
-            call.local_cseq = call.local_cseq.max(1) + 1;
-            contact_transport = call.peer.transport;
-            let branch = format!("z9hG4bK{}", random_token());
-            let local_host = host_of(call.local_ip);
-            let mut bye = SipMessage::request(Method::Bye, call.remote_target.clone());
-            bye.push(
-                "Via",
-                format!(
-                    "SIP/2.0/{} {local_host}:{};branch={branch};rport",
-                    contact_transport.via_name(),
-                    self.config.sip_port
-                ),
-            );
-            bye.push("Max-Forwards", "70");
-            for route in &call.route_set {
-                bye.push("Route", route.clone());
-            }
-            bye.push("From", call.local_uri.clone());
-            bye.push("To", call.remote_uri.clone());
-            bye.push("Call-ID", call.call_id.clone());
-            bye.push("CSeq", format!("{} BYE", call.local_cseq));
-            bye.push("User-Agent", self.config.user_agent.clone());
-            call.state = CallState::Ending;
-            // In-dialog requests go back the way the call came (symmetric signalling), which
-            // also holds behind NAT and on TCP, where the caller's connection is reused.
-            (call.peer, bye.to_bytes(), branch)
-        };
-        let txn = ClientTransaction::new(bytes.clone(), to.transport.is_reliable(), now);
-        if let Some(call) = self.calls.get_mut(&handle) {
-            call.bye = Some(txn);
-            call.bye_branch = Some(branch);
+    /// A request inside `call`'s dialog (RFC 3261 12.2.1.1) with a fresh branch and the next
+    /// CSeq; returns it with the branch.
+    fn dialog_request(
+        config: &EndpointConfig,
+        call: &mut Call,
+        method: Method,
+    ) -> (SipMessage, String) {
+        call.local_cseq = call.local_cseq.max(1) + 1;
+        let branch = format!("z9hG4bK{}", random_token());
+        let local_host = host_of(call.local_ip);
+        let mut req = SipMessage::request(method.clone(), call.remote_target.clone());
+        req.push(
+            "Via",
+            format!(
+                "SIP/2.0/{} {local_host}:{};branch={branch};rport",
+                call.peer.transport.via_name(),
+                config.sip_port
+            ),
+        );
+        req.push("Max-Forwards", "70");
+        for route in &call.route_set {
+            req.push("Route", route.clone());
         }
-        tracing::info!(call = %handle, "sending BYE");
-        let reconnect = self
-            .calls
-            .get(&handle)
-            .and_then(|c| target_address(&c.remote_target));
+        req.push("From", call.local_uri.clone());
+        req.push("To", call.remote_uri.clone());
+        req.push("Call-ID", call.call_id.clone());
+        req.push("CSeq", format!("{} {}", call.local_cseq, method.as_str()));
+        req.push("User-Agent", config.user_agent.clone());
+        (req, branch)
+    }
+
+    /// Sends an in-dialog request of `handle` the way the call came (symmetric signalling,
+    /// which also holds behind NAT and on TCP, where the caller's connection is reused).
+    fn send_in_dialog(&mut self, handle: CallHandle, bytes: Vec<u8>) {
+        let Some(call) = self.calls.get(&handle) else {
+            return;
+        };
+        let to = call.peer;
+        let reconnect = target_address(&call.remote_target);
         self.transmits.push_back(Transmit {
             to,
             bytes,
             reconnect,
         });
+    }
+
+    fn send_bye(&mut self, handle: CallHandle, now: Instant) {
+        let Some(call) = self.calls.get_mut(&handle) else {
+            return;
+        };
+        let (bye, branch) = Self::dialog_request(&self.config, call, Method::Bye);
+        call.state = CallState::Ending;
+        let bytes = bye.to_bytes();
+        call.bye = Some(ClientTransaction::new(
+            bytes.clone(),
+            call.peer.transport.is_reliable(),
+            now,
+        ));
+        call.bye_branch = Some(branch);
+        tracing::info!(call = %handle, "sending BYE");
+        self.send_in_dialog(handle, bytes);
+    }
+
+    /// Asks the far end of an answered call to call `refer_to` instead (RFC 3515 REFER): a
+    /// blind transfer, or an attended one when `refer_to` carries a `Replaces` header (RFC
+    /// 3891). Its progress comes as [`Event::Refer`]; the call itself stays up until someone
+    /// hangs up. Returns false when the call is not in a state to be transferred (not
+    /// answered, ending, or a REFER already running).
+    pub fn refer(&mut self, handle: CallHandle, refer_to: &str, now: Instant) -> bool {
+        let Some(call) = self.calls.get(&handle) else {
+            return false;
+        };
+        let running = call
+            .refer
+            .as_ref()
+            .is_some_and(|(_, t)| !t.is_answered() && !t.is_terminated());
+        if !matches!(
+            call.state,
+            CallState::Confirmed | CallState::Answered { .. }
+        ) || running
+        {
+            return false;
+        }
+        let contact = self.contact(call.local_ip, call.peer.transport);
+        let referred_by = uri_of(&call.local_uri).to_string();
+        let Some(call) = self.calls.get_mut(&handle) else {
+            return false;
+        };
+        let (mut refer, branch) = Self::dialog_request(&self.config, call, Method::Refer);
+        refer.push("Contact", contact);
+        refer.push("Refer-To", format!("<{refer_to}>"));
+        refer.push("Referred-By", format!("<{referred_by}>"));
+        refer.push("Content-Length", "0");
+        let bytes = refer.to_bytes();
+        let txn = ClientTransaction::new(bytes.clone(), call.peer.transport.is_reliable(), now);
+        call.refer = Some((branch, txn));
+        tracing::info!(call = %handle, %refer_to, "sending REFER");
+        self.send_in_dialog(handle, bytes);
+        true
+    }
+
+    /// The identifiers of an answered call's dialog (for a `Replaces` header).
+    pub fn dialog_ids(&self, handle: CallHandle) -> Option<DialogIds> {
+        let call = self.calls.get(&handle)?;
+        Some(DialogIds {
+            call_id: call.call_id.clone(),
+            local_tag: call.local_tag.clone(),
+            remote_tag: call.remote_tag.clone(),
+            remote_target: call.remote_target.clone(),
+        })
     }
 
     fn handle_response(&mut self, msg: SipMessage, now: Instant) {
@@ -918,6 +1007,28 @@ impl SipEndpoint {
         if let Some((peer, ack)) = ack {
             if (200..300).contains(&code) {
                 self.send(peer, ack);
+            }
+            return;
+        }
+        let refer = self
+            .calls
+            .values()
+            .find(|c| c.refer.as_ref().is_some_and(|(b, _)| b == branch))
+            .map(|c| c.handle);
+        if let Some(handle) = refer {
+            let done = self
+                .calls
+                .get_mut(&handle)
+                .and_then(|c| c.refer.as_mut())
+                .and_then(|(_, t)| t.on_response(code, now));
+            if let Some(code) = done {
+                let progress = if (200..300).contains(&code) {
+                    ReferProgress::Accepted
+                } else {
+                    ReferProgress::Refused(code)
+                };
+                tracing::info!(call = %handle, code, "REFER answered");
+                self.events.push_back(Event::Refer(handle, progress));
             }
             return;
         }
@@ -1255,6 +1366,7 @@ impl SipEndpoint {
             session_deadline: None,
             bye: None,
             bye_branch: None,
+            refer: None,
             end_reported: false,
             invite_ack: None,
         }
@@ -1373,10 +1485,64 @@ impl SipEndpoint {
                 let resp = self.response(&msg, 200, None);
                 self.respond_new(peer, key, kind, Some(handle), resp, now);
             }
+            Method::Notify => self.handle_notify(peer, &msg, key, handle, now),
             _ => {
                 let resp = self.response(&msg, 405, None);
                 self.respond_new(peer, key, kind, Some(handle), resp, now);
             }
+        }
+    }
+
+    /// A NOTIFY in a call's dialog: the progress of the transfer our REFER asked for (RFC
+    /// 3515 section 2.4.5: `Event: refer`, a `message/sipfrag` status line). Other event
+    /// packages get 489.
+    fn handle_notify(
+        &mut self,
+        peer: Peer,
+        msg: &SipMessage,
+        key: TxnKey,
+        handle: CallHandle,
+        now: Instant,
+    ) {
+        let package = msg.header("Event").map(|e| {
+            e.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        });
+        let referred = self.calls.get(&handle).is_some_and(|c| c.refer.is_some());
+        if package.as_deref() != Some("refer") || !referred {
+            let code = if package.as_deref() == Some("refer") {
+                481
+            } else {
+                489
+            };
+            let resp = self.response(msg, code, None);
+            self.respond_new(peer, key, ServerKind::NonInvite, Some(handle), resp, now);
+            return;
+        }
+        let resp = self.response(msg, 200, None);
+        self.respond_new(peer, key, ServerKind::NonInvite, Some(handle), resp, now);
+        let last = msg
+            .header("Subscription-State")
+            .is_some_and(|s| s.trim().to_ascii_lowercase().starts_with("terminated"));
+        match sipfrag_status(&msg.body) {
+            Some(code) => {
+                tracing::info!(call = %handle, code, last, "transfer progress (NOTIFY)");
+                self.events
+                    .push_back(Event::Refer(handle, ReferProgress::Notified { code, last }));
+            }
+            // A final NOTIFY without a readable status: the transfer's result is unknown,
+            // which the owner treats as a failure.
+            None if last => {
+                tracing::warn!(call = %handle, "final transfer NOTIFY without a sipfrag status");
+                self.events.push_back(Event::Refer(
+                    handle,
+                    ReferProgress::Notified { code: 500, last },
+                ));
+            }
+            None => tracing::debug!(call = %handle, "transfer NOTIFY without a sipfrag status"),
         }
     }
 
@@ -1493,6 +1659,7 @@ impl SipEndpoint {
                 answered,
                 c.session_deadline,
                 c.bye.as_ref().and_then(|b| b.next_timer()),
+                c.refer.as_ref().and_then(|(_, t)| t.next_timer()),
             ]
         });
         let outbound = self.outbound.values().flat_map(|p| {
@@ -1546,6 +1713,7 @@ impl SipEndpoint {
         }
         let mut bye_now = Vec::new();
         let mut ended = Vec::new();
+        let mut refer_timeouts = Vec::new();
         for call in self.calls.values_mut() {
             let peer = call.peer;
             if let CallState::Answered {
@@ -1571,6 +1739,18 @@ impl SipEndpoint {
                 tracing::warn!(call = %call.handle, "session timer expired without refresh");
                 bye_now.push((call.handle, false));
             }
+            if let Some((_, refer)) = call.refer.as_mut() {
+                if refer.next_timer().is_some_and(|t| t <= now) {
+                    match refer.on_timer(now) {
+                        Some(ClientAction::Retransmit(bytes)) => sends.push((peer, bytes)),
+                        Some(ClientAction::Timeout) => {
+                            tracing::warn!(call = %call.handle, "REFER not answered (timer F)");
+                            refer_timeouts.push(call.handle);
+                        }
+                        None => {}
+                    }
+                }
+            }
             if let Some(bye) = call.bye.as_mut() {
                 if bye.next_timer().is_some_and(|t| t <= now) {
                     match bye.on_timer(now) {
@@ -1586,6 +1766,10 @@ impl SipEndpoint {
         }
         for (to, bytes) in sends {
             self.send(to, bytes);
+        }
+        for handle in refer_timeouts {
+            self.events
+                .push_back(Event::Refer(handle, ReferProgress::Refused(408)));
         }
         for handle in ended {
             self.end_call(handle, EndReason::LocalHangup);
@@ -1605,6 +1789,21 @@ impl SipEndpoint {
             }
         }
     }
+}
+
+/// The status code of a `message/sipfrag` body's status line (`SIP/2.0 200 OK`).
+fn sipfrag_status(body: &[u8]) -> Option<u16> {
+    let text = std::str::from_utf8(body).ok()?;
+    let line = text.lines().next()?.trim();
+    let mut parts = line.split_ascii_whitespace();
+    if !parts.next()?.eq_ignore_ascii_case("SIP/2.0") {
+        return None;
+    }
+    parts
+        .next()?
+        .parse::<u16>()
+        .ok()
+        .filter(|c| (100..700).contains(c))
 }
 
 /// A host for Via, From and Contact: IPv6 in brackets.
@@ -2321,6 +2520,206 @@ From: {};tag=agent1\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: 2 BYE\r\nMax-Forwards: 70\
         ep.handle_bytes(caller(), local_ip(), info.as_bytes(), t0);
         assert_eq!(codes(&sent(&mut ep)), vec![200]);
         assert!(matches!(ep.poll_event(), Some(Event::Dtmf(h, '0')) if h == handle));
+    }
+
+    fn confirmed(t0: Instant) -> (SipEndpoint, CallHandle, String) {
+        let (mut ep, handle, tag) = answered(t0);
+        confirm(&mut ep, &tag, t0);
+        while ep.poll_event().is_some() {}
+        (ep, handle, tag)
+    }
+
+    /// A NOTIFY of the caller's side about our REFER.
+    fn notify(tag: &str, cseq: u32, event: &str, state: &str, frag: &str) -> Vec<u8> {
+        let head = String::from_utf8(request(
+            "NOTIFY",
+            &format!("z9hG4bKn{cseq}"),
+            cseq,
+            Some(tag),
+            &format!("Event: {event}\r\nSubscription-State: {state}\r\nContent-Type: message/sipfrag\r\n"),
+            "",
+        ))
+        .unwrap();
+        head.replace(
+            "Content-Length: 0\r\n\r\n",
+            &format!("Content-Length: {}\r\n\r\n{frag}", frag.len()),
+        )
+        .into_bytes()
+    }
+
+    #[test]
+    fn refer_goes_out_in_the_dialog_and_its_progress_comes_back() {
+        let t0 = Instant::now();
+        let (mut ep, handle, tag) = confirmed(t0);
+        let target = "sip:2001@10.0.0.9:5070?Replaces=a%40b%3Bto-tag%3Dx%3Bfrom-tag%3Dy";
+        assert!(ep.refer(handle, target, t0));
+        let out = sent(&mut ep);
+        let refer = &out[0];
+        assert_eq!(refer.method(), Some(&Method::Refer));
+        assert_eq!(refer.request_uri(), Some("sip:caller@127.0.0.1:5061"));
+        assert_eq!(
+            refer.header("Refer-To"),
+            Some(format!("<{target}>").as_str())
+        );
+        assert!(refer.header("Referred-By").is_some());
+        assert!(refer.header("Contact").is_some());
+        assert_eq!(refer.to_tag(), Some("caller1"));
+        assert_eq!(refer.from_tag(), Some(tag.as_str()));
+        assert_eq!(refer.cseq().map(|c| c.method), Some(Method::Refer));
+        // One REFER at a time.
+        assert!(!ep.refer(handle, target, t0));
+        let accepted = SipMessage::response_to(refer, 202, "Accepted", None).to_bytes();
+        ep.handle_bytes(caller(), local_ip(), &accepted, t0);
+        assert!(
+            matches!(ep.poll_event(), Some(Event::Refer(h, ReferProgress::Accepted)) if h == handle)
+        );
+        ep.handle_bytes(
+            caller(),
+            local_ip(),
+            &notify(
+                &tag,
+                2,
+                "refer",
+                "active;expires=60",
+                "SIP/2.0 100 Trying\r\n",
+            ),
+            t0,
+        );
+        assert_eq!(codes(&sent(&mut ep)), vec![200]);
+        assert_eq!(
+            ep.poll_event().map(|e| format!("{e:?}")),
+            Some(format!(
+                "{:?}",
+                Event::Refer(
+                    handle,
+                    ReferProgress::Notified {
+                        code: 100,
+                        last: false
+                    }
+                )
+            ))
+        );
+        ep.handle_bytes(
+            caller(),
+            local_ip(),
+            &notify(
+                &tag,
+                3,
+                "refer;id=2",
+                "terminated;reason=noresource",
+                "SIP/2.0 200 OK\r\n",
+            ),
+            t0,
+        );
+        assert_eq!(codes(&sent(&mut ep)), vec![200]);
+        assert!(matches!(
+            ep.poll_event(),
+            Some(Event::Refer(h, ReferProgress::Notified { code: 200, last: true })) if h == handle
+        ));
+        // The REFER is over: another may be sent.
+        assert!(ep.refer(handle, "sip:2002@10.0.0.9", t0));
+    }
+
+    #[test]
+    fn refer_refused_or_unanswered_is_reported() {
+        let t0 = Instant::now();
+        let (mut ep, handle, _) = confirmed(t0);
+        assert!(ep.refer(handle, "sip:2001@10.0.0.9", t0));
+        let refer = sent(&mut ep).remove(0);
+        let refused = SipMessage::response_to(&refer, 405, "Method Not Allowed", None).to_bytes();
+        ep.handle_bytes(caller(), local_ip(), &refused, t0);
+        assert!(matches!(
+            ep.poll_event(),
+            Some(Event::Refer(_, ReferProgress::Refused(405)))
+        ));
+        assert!(ep.refer(handle, "sip:2001@10.0.0.9", t0));
+        // Not answered: retransmitted over UDP, then timer F gives 408.
+        let mut t = t0;
+        let mut retransmits = 0;
+        let mut outcome = None;
+        while outcome.is_none() && t < t0 + Duration::from_secs(40) {
+            t = ep
+                .next_timeout()
+                .unwrap_or(t + Duration::from_millis(500))
+                .max(t);
+            ep.handle_timeout(t);
+            retransmits += sent(&mut ep)
+                .iter()
+                .filter(|m| m.method() == Some(&Method::Refer))
+                .count();
+            while let Some(e) = ep.poll_event() {
+                if let Event::Refer(_, p) = e {
+                    outcome = Some(p);
+                }
+            }
+        }
+        assert!(retransmits >= 2, "{retransmits}");
+        assert_eq!(outcome, Some(ReferProgress::Refused(408)));
+    }
+
+    #[test]
+    fn notify_needs_our_refer_and_the_refer_package() {
+        let t0 = Instant::now();
+        let (mut ep, handle, tag) = confirmed(t0);
+        ep.handle_bytes(
+            caller(),
+            local_ip(),
+            &notify(&tag, 2, "refer", "active", "SIP/2.0 100 Trying\r\n"),
+            t0,
+        );
+        assert_eq!(codes(&sent(&mut ep)), vec![481]);
+        assert!(ep.refer(handle, "sip:2001@10.0.0.9", t0));
+        sent(&mut ep);
+        ep.handle_bytes(
+            caller(),
+            local_ip(),
+            &notify(&tag, 3, "dialog", "active", "x"),
+            t0,
+        );
+        assert_eq!(codes(&sent(&mut ep)), vec![489]);
+        // A final NOTIFY without a readable status: a failure, not silence.
+        ep.handle_bytes(
+            caller(),
+            local_ip(),
+            &notify(&tag, 4, "refer", "terminated", "garbage"),
+            t0,
+        );
+        assert_eq!(codes(&sent(&mut ep)), vec![200]);
+        assert!(matches!(
+            ep.poll_event(),
+            Some(Event::Refer(
+                _,
+                ReferProgress::Notified {
+                    code: 500,
+                    last: true
+                }
+            ))
+        ));
+        assert_eq!(sipfrag_status(b"SIP/2.0 603 Declined\r\n"), Some(603));
+        assert_eq!(sipfrag_status(b"HTTP/1.1 200 OK"), None);
+        assert_eq!(sipfrag_status(b"SIP/2.0 99 x"), None);
+    }
+
+    #[test]
+    fn refer_needs_an_answered_call_and_dialog_ids_name_the_dialog() {
+        let t0 = Instant::now();
+        let mut ep = endpoint(10);
+        ep.handle_bytes(
+            caller(),
+            local_ip(),
+            &request("INVITE", "z9hG4bK1", 1, None, "", SDP),
+            t0,
+        );
+        let Some(Event::IncomingCall(call)) = ep.poll_event() else {
+            panic!("no call")
+        };
+        assert!(!ep.refer(call.handle, "sip:2001@h", t0));
+        let (ep, handle, tag) = confirmed(t0);
+        let ids = ep.dialog_ids(handle).unwrap();
+        assert_eq!(ids.call_id, "call-1@test");
+        assert_eq!(ids.local_tag, tag);
+        assert_eq!(ids.remote_tag, "caller1");
+        assert_eq!(ids.remote_target, "sip:caller@127.0.0.1:5061");
     }
 
     #[test]

@@ -226,6 +226,11 @@ impl ClientTransaction {
         Some(code)
     }
 
+    /// A final response arrived.
+    pub fn is_answered(&self) -> bool {
+        self.final_code.is_some()
+    }
+
     pub fn next_timer(&self) -> Option<Instant> {
         [
             self.retransmit.map(|(at, _)| at),
