@@ -10,16 +10,9 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
 
-use common::{peer_available, root, Gateway};
-use voicebot_gateway::audio::resample::resample_all;
-use voicebot_gateway::audio::wav::read_wav;
-use voicebot_gateway::audio::SPEECH_RATE;
-use voicebot_gateway::config::GatewayConfig;
-use voicebot_gateway::speech::asr::{SpeechRecognizer, WhisperRecognizer};
-use voicebot_gateway::speech::vad::{Endpointer, VadEvent};
+use common::{call_over, pjsua_python, spoken_wav, transcribe_recording, Gateway};
 
 /// One pjsua2 call at a time: each test runs a gateway with whisper and a PJSIP process, and
 /// three at once on a 2-core machine starve the media tasks (late receive ticks make the
@@ -29,110 +22,9 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn pjsua_python() -> Option<PathBuf> {
-    let python = std::env::var_os("VOICEBOT_PJSUA_PYTHON")
-        .map(PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("HOME")
-                .map(|h| PathBuf::from(h).join(".cache/voicebot/venv/bin/python"))
-        })?;
-    let ok = Command::new(&python)
-        .args(["-c", "import pjsua2"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    peer_available("pjsua2", ok, "scripts/deps.sh makes its venv").then_some(python)
-}
-
-/// `text` spoken by espeak-ng as a 16 kHz 16-bit mono WAV with a little silence around it.
-fn spoken_wav(dir: &Path, name: &str, text: &str) -> PathBuf {
-    let raw = dir.join(format!("{name}-espeak.wav"));
-    let status = Command::new("espeak-ng")
-        .args(["-v", "en-us", "-s", "145", "-w"])
-        .arg(&raw)
-        .arg(text)
-        .status()
-        .expect("espeak-ng");
-    assert!(status.success());
-    let wav = dir.join(format!("{name}.wav"));
-    let status = Command::new("sox")
-        .arg(&raw)
-        .args(["-r", "16000", "-c", "1", "-b", "16"])
-        .arg(&wav)
-        .args(["pad", "0.2", "0.6"])
-        .status()
-        .expect("sox");
-    assert!(status.success());
-    wav
-}
-
 /// Runs the pjsua2 caller over UDP; returns its JSON summary.
 fn call(python: &Path, port: u16, record: &Path, turns: &[String]) -> serde_json::Value {
-    call_over(python, port, "udp", record, turns, false)
-}
-
-/// Runs the pjsua2 caller over `transport`; returns its JSON summary.
-fn call_over(
-    python: &Path,
-    port: u16,
-    transport: &str,
-    record: &Path,
-    turns: &[String],
-    await_hangup: bool,
-) -> serde_json::Value {
-    let mut cmd = Command::new("timeout");
-    cmd.arg("150")
-        .arg(python)
-        .arg(root().join("tests/pjsua/caller.py"))
-        .args(["--port", &port.to_string(), "--timeout", "120"])
-        .args(["--transport", transport])
-        .arg("--record")
-        .arg(record);
-    if await_hangup {
-        cmd.arg("--await-hangup");
-    }
-    for t in turns {
-        cmd.args(["--turn", t]);
-    }
-    let out = cmd.output().expect("run the pjsua2 caller");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let line = stdout
-        .lines()
-        .rev()
-        .find(|l| l.starts_with('{'))
-        .unwrap_or_else(|| {
-            panic!(
-                "no summary from the caller; stderr:\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            )
-        });
-    serde_json::from_str(line).expect("caller summary is JSON")
-}
-
-/// Everything the bot said on the recording, transcribed utterance by utterance.
-fn transcribe_recording(path: &Path) -> String {
-    let wav = read_wav(path).expect("recording");
-    let audio = if wav.audio.rate == SPEECH_RATE {
-        wav.audio.samples
-    } else {
-        resample_all(&wav.audio.samples, wav.audio.rate, SPEECH_RATE).expect("resample")
-    };
-    let config = GatewayConfig::embedded().expect("config");
-    let asr = WhisperRecognizer::load(&config.asr).expect("speech model (models/provision.py)");
-    let mut endpointer = Endpointer::new(config.vad.clone());
-    let mut events = Vec::new();
-    endpointer.push(&audio, &mut events);
-    endpointer.finish(&mut events);
-    let mut text = String::new();
-    for event in events {
-        if let VadEvent::Utterance(u) = event {
-            let t = asr.transcribe(&u.samples).expect("transcribe");
-            text.push_str(&t.text);
-            text.push(' ');
-        }
-    }
-    text.to_lowercase()
+    call_over(python, port, "udp", record, turns, &[])
 }
 
 #[test]
@@ -225,7 +117,7 @@ fn pjsua_over_tcp_after_the_idle_timer_the_gateway_bye_opens_a_new_connection() 
         "tcp",
         &record,
         &["pause:36".to_string(), "dtmf:0".to_string()],
-        true,
+        &["--await-hangup"],
     );
     assert_eq!(summary["connected"], true, "{summary}");
     assert_eq!(summary["gateway_hung_up"], true, "{summary}");

@@ -14,109 +14,24 @@
 //!
 //! Without SIPp these tests say so and pass, unless VOICEBOT_REQUIRE_PEERS is set.
 
-use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Mutex;
+use std::time::Duration;
 
 mod common;
 
+use common::webhook::{check_signature, events, http_base, webhook_receiver, webhook_receiver_on, SECRET};
 use common::{have_sipp, peer_available, root, spoken_ulaw, Gateway};
-use voicebot_gateway::handover::outbox::verify;
 
-const SECRET: &str = "transfer-test-secret";
 const AGENT_TOKEN: &str = "agent-test-token";
-
-/// The HTTP address from the gateway's ready line.
-fn http_base(gw: &Gateway) -> String {
-    let addr = gw
-        .ready
-        .split("http=")
-        .nth(1)
-        .and_then(|s| s.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no http= in {:?}", gw.ready));
-    format!("http://{addr}")
-}
 
 /// One test at a time: each runs a gateway with whisper and several SIPp processes, and on
 /// 2 cores three of them at once would starve the media tasks.
 fn serial() -> std::sync::MutexGuard<'static, ()> {
     static LOCK: Mutex<()> = Mutex::new(());
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// One POST the webhook receiver got.
-#[derive(Debug, Clone)]
-struct Delivery {
-    at: Instant,
-    headers: Vec<(String, String)>,
-    body: String,
-}
-
-impl Delivery {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.body).expect("webhook body is JSON")
-    }
-}
-
-/// A webhook receiver on loopback answering 200 to every POST.
-fn webhook_receiver() -> (u16, Arc<Mutex<Vec<Delivery>>>) {
-    webhook_receiver_on(0)
-}
-
-/// The same on a given port (0: any free one).
-fn webhook_receiver_on(port: u16) -> (u16, Arc<Mutex<Vec<Delivery>>>) {
-    let listener = TcpListener::bind(("127.0.0.1", port)).expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    let got: Arc<Mutex<Vec<Delivery>>> = Arc::default();
-    let sink = Arc::clone(&got);
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(stream) = stream else { continue };
-            let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-            let mut reader = BufReader::new(stream);
-            let mut headers = Vec::new();
-            let mut length = 0usize;
-            let mut first = String::new();
-            if reader.read_line(&mut first).unwrap_or(0) == 0 {
-                continue;
-            }
-            loop {
-                let mut line = String::new();
-                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                    break;
-                }
-                if let Some((n, v)) = line.trim_end().split_once(':') {
-                    if n.eq_ignore_ascii_case("content-length") {
-                        length = v.trim().parse().unwrap_or(0);
-                    }
-                    headers.push((n.trim().to_string(), v.trim().to_string()));
-                }
-            }
-            let mut body = vec![0; length];
-            let _ = reader.read_exact(&mut body);
-            if let Ok(mut g) = sink.lock() {
-                g.push(Delivery {
-                    at: Instant::now(),
-                    headers,
-                    body: String::from_utf8_lossy(&body).into_owned(),
-                });
-            }
-            let mut stream = reader.into_inner();
-            let _ = stream
-                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
-        }
-    });
-    (port, got)
 }
 
 /// A gateway configuration with the given agents for every team and the webhook.
@@ -183,44 +98,6 @@ fn finish(child: Child) -> (i32, String) {
     let screen =
         String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     (out.status.code().unwrap_or(-1), screen)
-}
-
-/// The webhook events of kind `kind`, waiting up to `wait` for at least one.
-fn events(got: &Arc<Mutex<Vec<Delivery>>>, kind: &str, wait: Duration) -> Vec<Delivery> {
-    let deadline = Instant::now() + wait;
-    loop {
-        let found: Vec<Delivery> = got
-            .lock()
-            .map(|g| {
-                g.iter()
-                    .filter(|d| d.header("X-Voicebot-Event") == Some(kind))
-                    .cloned()
-                    .collect()
-            })
-            .unwrap_or_default();
-        if !found.is_empty() || Instant::now() >= deadline {
-            return found;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn check_signature(d: &Delivery) {
-    let ts: u64 = d
-        .header("X-Voicebot-Timestamp")
-        .and_then(|t| t.parse().ok())
-        .expect("timestamp header");
-    let sig = d.header("X-Voicebot-Signature").expect("signature header");
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    assert!(
-        verify(SECRET.as_bytes(), ts, &d.body, sig, now, 300),
-        "bad signature on {}",
-        d.body
-    );
-    assert_eq!(d.header("Idempotency-Key"), d.header("X-Voicebot-Event-Id"));
 }
 
 #[test]

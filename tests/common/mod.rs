@@ -1,14 +1,24 @@
 //! Shared by the end-to-end tests with real SIP peers: a `voicebot serve` process on loopback
 //! and the peer-presence rule (a missing peer skips the test unless VOICEBOT_REQUIRE_PEERS is
-//! set, as the test script does, so CI fails loudly instead).
+//! set, as the test script does, so CI fails loudly instead), PJSIP's pjsua2 caller, speech made
+//! with espeak-ng, recordings transcribed with the project's ASR, and a webhook receiver.
 
 #![allow(dead_code)]
 
+pub mod webhook;
+
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
+
+use voicebot_gateway::audio::resample::resample_all;
+use voicebot_gateway::audio::wav::read_wav;
+use voicebot_gateway::audio::SPEECH_RATE;
+use voicebot_gateway::config::GatewayConfig;
+use voicebot_gateway::speech::asr::{SpeechRecognizer, WhisperRecognizer};
+use voicebot_gateway::speech::vad::{Endpointer, VadEvent};
 
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -143,3 +153,105 @@ pub fn spoken_ulaw(dir: &std::path::Path, text: &str, lead_s: u32, tail_s: u32) 
     assert!(status.success());
     raw
 }
+
+/// The Python interpreter with pjsua2 (PJSIP's binding), or None (the test is skipped).
+pub fn pjsua_python() -> Option<PathBuf> {
+    let python = std::env::var_os("VOICEBOT_PJSUA_PYTHON")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .map(|h| PathBuf::from(h).join(".cache/voicebot/venv/bin/python"))
+        })?;
+    let ok = Command::new(&python)
+        .args(["-c", "import pjsua2"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    peer_available("pjsua2", ok, "scripts/deps.sh makes its venv").then_some(python)
+}
+
+/// `text` spoken by espeak-ng as a 16 kHz 16-bit mono WAV with a little silence around it.
+pub fn spoken_wav(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let raw = dir.join(format!("{name}-espeak.wav"));
+    let status = Command::new("espeak-ng")
+        .args(["-v", "en-us", "-s", "145", "-w"])
+        .arg(&raw)
+        .arg(text)
+        .status()
+        .expect("espeak-ng");
+    assert!(status.success());
+    let wav = dir.join(format!("{name}.wav"));
+    let status = Command::new("sox")
+        .arg(&raw)
+        .args(["-r", "16000", "-c", "1", "-b", "16"])
+        .arg(&wav)
+        .args(["pad", "0.2", "0.6"])
+        .status()
+        .expect("sox");
+    assert!(status.success());
+    wav
+}
+
+/// Runs the pjsua2 caller (tests/pjsua/caller.py) over `transport` with `extra` arguments;
+/// returns its JSON summary.
+pub fn call_over(
+    python: &Path,
+    port: u16,
+    transport: &str,
+    record: &Path,
+    turns: &[String],
+    extra: &[&str],
+) -> serde_json::Value {
+    let mut cmd = Command::new("timeout");
+    cmd.arg("150")
+        .arg(python)
+        .arg(root().join("tests/pjsua/caller.py"))
+        .args(["--port", &port.to_string(), "--timeout", "120"])
+        .args(["--transport", transport])
+        .arg("--record")
+        .arg(record)
+        .args(extra);
+    for t in turns {
+        cmd.args(["--turn", t]);
+    }
+    let out = cmd.output().expect("run the pjsua2 caller");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or_else(|| {
+            panic!(
+                "no summary from the caller; stderr:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    serde_json::from_str(line).expect("caller summary is JSON")
+}
+
+/// Everything said on a recording, transcribed utterance by utterance, in lower case.
+pub fn transcribe_recording(path: &Path) -> String {
+    let wav = read_wav(path).expect("recording");
+    let audio = if wav.audio.rate == SPEECH_RATE {
+        wav.audio.samples
+    } else {
+        resample_all(&wav.audio.samples, wav.audio.rate, SPEECH_RATE).expect("resample")
+    };
+    let config = GatewayConfig::embedded().expect("config");
+    let asr = WhisperRecognizer::load(&config.asr).expect("speech model (models/provision.py)");
+    let mut endpointer = Endpointer::new(config.vad.clone());
+    let mut events = Vec::new();
+    endpointer.push(&audio, &mut events);
+    endpointer.finish(&mut events);
+    let mut text = String::new();
+    for event in events {
+        if let VadEvent::Utterance(u) = event {
+            let t = asr.transcribe(&u.samples).expect("transcribe");
+            text.push_str(&t.text);
+            text.push(' ');
+        }
+    }
+    text.to_lowercase()
+}
+

@@ -5,6 +5,10 @@ person: it waits until the bot has spoken and then been quiet, then plays the ne
 an RFC 4733 DTMF digit), and finally hangs up, or notices the gateway's BYE. It prints one JSON
 summary line on stdout.
 
+When the gateway transfers the call (REFER, blind or with Replaces), it does what a phone does:
+it calls the target, reports progress in NOTIFYs, and from then on talks on (and records) the
+new call.
+
     caller.py --port 5060 --record bot.wav --turn say:q1.wav --turn say:q2.wav --turn dtmf:0
 
 Everything runs on the main thread (pjsua2's `mainThreadOnly` with `libHandleEvents` polling);
@@ -29,9 +33,25 @@ QUIET_AFTER_SPEECH_S = 1.5
 class Call(pj.Call):
     def __init__(self, account):
         super().__init__(account)
+        self.account = account
         self.state = "null"
         self.last_code = 0
         self.media = None
+        self.transferred_to = None
+        self.transfer = None
+
+    def onCallTransferRequest(self, prm):
+        # Accept (202) and place the new call on an object of our own.
+        new = Call(self.account)
+        prm.newCall = new
+        self.transferred_to = new
+        self.transfer = {"to": prm.dstUri, "statuses": []}
+
+    def onCallTransferStatus(self, prm):
+        if self.transfer is not None:
+            self.transfer["statuses"].append(prm.statusCode)
+            if prm.finalNotify:
+                self.transfer["final"] = prm.statusCode
 
     def onCallState(self, prm):
         info = self.getInfo()
@@ -54,7 +74,9 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--record", required=True)
-    ap.add_argument("--turn", action="append", default=[], help="say:FILE.wav, dtmf:DIGITS or pause:SECONDS")
+    ap.add_argument("--turn", action="append", default=[],
+                    help="say:FILE.wav, dtmf:DIGITS, pause:SECONDS (each after the bot's turn), "
+                         "or sleep:SECONDS (at once)")
     ap.add_argument("--timeout", type=float, default=90.0)
     ap.add_argument("--transport", choices=["udp", "tcp"], default="udp")
     ap.add_argument("--await-hangup", action="store_true",
@@ -98,16 +120,35 @@ def main():
     recorder = None
     players = []
 
+    current = {"call": call, "first": call}
+
+    def poll(ms):
+        """Handles events; follows a transfer to the new call once it has media."""
+        ep.libHandleEvents(ms)
+        c = current["call"]
+        new = c.transferred_to
+        if new is not None and new.media is not None:
+            current["call"] = new
+            if recorder is not None:
+                new.media.startTransmit(recorder)
+            for p in players:
+                if c.media is not None:
+                    p.stopTransmit(c.media)
+                p.startTransmit(new.media)
+
     def pump(seconds):
         end = time.time() + seconds
         while time.time() < end:
-            ep.libHandleEvents(10)
+            poll(10)
 
     def timed_out():
         return time.time() - started > args.timeout
 
     def ended():
-        return call.state.startswith("disconn")
+        c = current["call"]
+        # The old call ends when a transfer succeeds; the new one carries on.
+        pending = c.transferred_to is not None and not c.transferred_to.state.startswith("disconn")
+        return c.state.startswith("disconn") and not pending
 
     def wait_for_bot_turn(limit):
         """Waits until the bot spoke and then was quiet, or `limit` seconds, or the call ended."""
@@ -115,8 +156,9 @@ def main():
         spoke = False
         quiet_since = None
         while time.time() < deadline and not ended() and not timed_out():
-            ep.libHandleEvents(20)
-            level = call.media.getTxLevel() if call.media is not None else 0
+            poll(20)
+            c = current["call"]
+            level = c.media.getTxLevel() if c.media is not None else 0
             if level > SPEAKING_LEVEL:
                 spoke = True
                 quiet_since = None
@@ -141,21 +183,25 @@ def main():
 
         for turn in args.turn:
             kind, _, value = turn.partition(":")
-            heard = wait_for_bot_turn(args.first_wait)
+            heard = wait_for_bot_turn(args.first_wait) if kind != "sleep" else False
             if ended() or timed_out():
                 break
             if kind == "say":
                 player = pj.AudioMediaPlayer()
                 player.createPlayer(value, pj.PJMEDIA_FILE_NO_LOOP)
                 players.append(player)
-                player.startTransmit(call.media)
+                media = current["call"].media
+                player.startTransmit(media)
                 pump(wav_seconds(value) + 0.2)
-                player.stopTransmit(call.media)
+                player.stopTransmit(current["call"].media)
+                players.remove(player)
+            elif kind == "sleep":
+                pump(float(value))
             elif kind == "pause":
                 # Stay silent on the line (long enough, pjsip closes an idle TCP connection).
                 pump(float(value))
             elif kind == "dtmf":
-                call.dialDtmf(value)
+                current["call"].dialDtmf(value)
                 pump(0.5)
             else:
                 raise RuntimeError("unknown turn %r" % turn)
@@ -164,20 +210,24 @@ def main():
         # The bot's last answer (or its BYE).
         if args.await_hangup:
             while not ended() and not timed_out():
-                ep.libHandleEvents(20)
+                poll(20)
         else:
             wait_for_bot_turn(args.first_wait)
         summary["gateway_hung_up"] = ended()
-        if not ended():
-            call.hangup(pj.CallOpParam(True))
-            deadline = time.time() + 5
-            while not ended() and time.time() < deadline:
-                ep.libHandleEvents(20)
+        for c in (current["first"], current["call"]):
+            if not c.state.startswith("disconn"):
+                c.hangup(pj.CallOpParam(True))
+        deadline = time.time() + 5
+        while time.time() < deadline and not all(
+                c.state.startswith("disconn") for c in (current["first"], current["call"])):
+            ep.libHandleEvents(20)
     except Exception as e:  # reported in the summary; the test decides
         summary["error"] = str(e)
     finally:
-        summary["state"] = call.state
-        summary["last_code"] = call.last_code
+        summary["state"] = current["call"].state
+        summary["last_code"] = current["call"].last_code
+        summary["transfer"] = current["first"].transfer
+        summary["transferred"] = current["call"] is not current["first"]
         summary["duration_s"] = round(time.time() - started, 2)
         summary["recording"] = args.record
         # Objects that hold media ports must go before the library.
@@ -185,6 +235,7 @@ def main():
         player = None
         players = []
         call = None
+        current = None
         account.shutdown()
         ep.libDestroy()
         print(json.dumps(summary))

@@ -1,0 +1,136 @@
+//! A webhook receiver for the hand-over tests: it answers 200 to every POST on loopback and
+//! keeps what it got, and checks the signature the gateway puts on each event.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use voicebot_gateway::handover::outbox::verify;
+
+use super::Gateway;
+
+/// The webhook secret the tests configure.
+pub const SECRET: &str = "transfer-test-secret";
+
+/// The HTTP address from the gateway's ready line.
+pub fn http_base(gw: &Gateway) -> String {
+    let addr = gw
+        .ready
+        .split("http=")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no http= in {:?}", gw.ready));
+    format!("http://{addr}")
+}
+
+/// One POST the webhook receiver got.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub at: Instant,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Delivery {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).expect("webhook body is JSON")
+    }
+}
+
+/// A webhook receiver on loopback answering 200 to every POST.
+pub fn webhook_receiver() -> (u16, Arc<Mutex<Vec<Delivery>>>) {
+    webhook_receiver_on(0)
+}
+
+/// The same on a given port (0: any free one).
+pub fn webhook_receiver_on(port: u16) -> (u16, Arc<Mutex<Vec<Delivery>>>) {
+    let listener = TcpListener::bind(("127.0.0.1", port)).expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let got: Arc<Mutex<Vec<Delivery>>> = Arc::default();
+    let sink = Arc::clone(&got);
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { continue };
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut reader = BufReader::new(stream);
+            let mut headers = Vec::new();
+            let mut length = 0usize;
+            let mut first = String::new();
+            if reader.read_line(&mut first).unwrap_or(0) == 0 {
+                continue;
+            }
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some((n, v)) = line.trim_end().split_once(':') {
+                    if n.eq_ignore_ascii_case("content-length") {
+                        length = v.trim().parse().unwrap_or(0);
+                    }
+                    headers.push((n.trim().to_string(), v.trim().to_string()));
+                }
+            }
+            let mut body = vec![0; length];
+            let _ = reader.read_exact(&mut body);
+            if let Ok(mut g) = sink.lock() {
+                g.push(Delivery {
+                    at: Instant::now(),
+                    headers,
+                    body: String::from_utf8_lossy(&body).into_owned(),
+                });
+            }
+            let mut stream = reader.into_inner();
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        }
+    });
+    (port, got)
+}
+
+/// The webhook events of kind `kind`, waiting up to `wait` for at least one.
+pub fn events(got: &Arc<Mutex<Vec<Delivery>>>, kind: &str, wait: Duration) -> Vec<Delivery> {
+    let deadline = Instant::now() + wait;
+    loop {
+        let found: Vec<Delivery> = got
+            .lock()
+            .map(|g| {
+                g.iter()
+                    .filter(|d| d.header("X-Voicebot-Event") == Some(kind))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        if !found.is_empty() || Instant::now() >= deadline {
+            return found;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+pub fn check_signature(d: &Delivery) {
+    let ts: u64 = d
+        .header("X-Voicebot-Timestamp")
+        .and_then(|t| t.parse().ok())
+        .expect("timestamp header");
+    let sig = d.header("X-Voicebot-Signature").expect("signature header");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    assert!(
+        verify(SECRET.as_bytes(), ts, &d.body, sig, now, 300),
+        "bad signature on {}",
+        d.body
+    );
+    assert_eq!(d.header("Idempotency-Key"), d.header("X-Voicebot-Event-Id"));
+}
+
