@@ -22,7 +22,9 @@ use std::time::Duration;
 
 mod common;
 
-use common::webhook::{check_signature, events, http_base, webhook_receiver, webhook_receiver_on, SECRET};
+use common::webhook::{
+    check_signature, events, http_base, webhook_receiver, webhook_receiver_on, SECRET,
+};
 use common::{have_sipp, peer_available, root, spoken_ulaw, Gateway};
 
 const AGENT_TOKEN: &str = "agent-test-token";

@@ -59,7 +59,7 @@ fn default_transfer_failed() -> String {
 }
 
 fn default_transfer_whisper() -> String {
-    "Voice bot transfer. The caller {request}.{details} Handed over because {reason}.".into()
+    "Voice bot transfer: the caller {request}.{details}".into()
 }
 
 fn default_transfer_returned() -> String {

@@ -254,4 +254,3 @@ pub fn transcribe_recording(path: &Path) -> String {
     }
     text.to_lowercase()
 }
-

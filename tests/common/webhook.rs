@@ -133,4 +133,3 @@ pub fn check_signature(d: &Delivery) {
     );
     assert_eq!(d.header("Idempotency-Key"), d.header("X-Voicebot-Event-Id"));
 }
-

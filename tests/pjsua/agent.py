@@ -47,7 +47,7 @@ def headers_of(whole_msg):
 
 class AgentCall(pj.Call):
     def __init__(self, agent, call_id, headers, replaced=False):
-        super().__init__(agent.account, call_id)
+        super().__init__(agent, call_id)
         self.agent = agent
         self.info = {"headers": headers, "replaced": replaced, "state": "incoming"}
         self.media = None
@@ -114,6 +114,8 @@ def main():
     ap.add_argument("--greet", help="WAV said once per answered call")
     ap.add_argument("--greet-wait", type=float, default=6.0,
                     help="longest wait for the far end's whisper to end before greeting")
+    ap.add_argument("--greet-after", type=float, default=0.0,
+                    help="greet this long after answering, whatever is heard (0: after the whisper)")
     ap.add_argument("--answer-after", type=float, default=1.0)
     ap.add_argument("--reject", type=int, default=0, help="refuse every call with this status")
     ap.add_argument("--hangup-after", type=float, default=0.0)
@@ -173,7 +175,11 @@ def main():
                     elif spoke.get(key):
                         quiet_since.setdefault(key, now)
                     whisper_over = spoke.get(key) and now - quiet_since.get(key, now) >= QUIET_AFTER_SPEECH_S
-                    if whisper_over or now - call.answered_at >= args.greet_wait:
+                    if args.greet_after:
+                        due = now - call.answered_at >= args.greet_after
+                    else:
+                        due = whisper_over or now - call.answered_at >= args.greet_wait
+                    if due:
                         call.greeted = True
                         call.info["greeted_at_s"] = round(now - started, 2)
                         player = pj.AudioMediaPlayer()

@@ -76,11 +76,14 @@ def main():
     ap.add_argument("--record", required=True)
     ap.add_argument("--turn", action="append", default=[],
                     help="say:FILE.wav, dtmf:DIGITS, pause:SECONDS (each after the bot's turn), "
-                         "or sleep:SECONDS (at once)")
+                         "or sleep:SECONDS, say-now:FILE.wav (at once)")
     ap.add_argument("--timeout", type=float, default=90.0)
     ap.add_argument("--transport", choices=["udp", "tcp"], default="udp")
     ap.add_argument("--await-hangup", action="store_true",
                     help="after the last turn, wait for the gateway to end the call")
+    ap.add_argument("--speaking-level", type=int, default=SPEAKING_LEVEL,
+                    help="level (0-100) above which the far end counts as speaking; raise it "
+                         "to ignore a quiet hold tone")
     ap.add_argument("--first-wait", type=float, default=25.0,
                     help="longest wait for the bot to finish a turn before going on anyway")
     args = ap.parse_args()
@@ -159,7 +162,7 @@ def main():
             poll(20)
             c = current["call"]
             level = c.media.getTxLevel() if c.media is not None else 0
-            if level > SPEAKING_LEVEL:
+            if level > args.speaking_level:
                 spoke = True
                 quiet_since = None
             elif spoke:
@@ -183,10 +186,10 @@ def main():
 
         for turn in args.turn:
             kind, _, value = turn.partition(":")
-            heard = wait_for_bot_turn(args.first_wait) if kind != "sleep" else False
+            heard = wait_for_bot_turn(args.first_wait) if kind not in ("sleep", "say-now") else False
             if ended() or timed_out():
                 break
-            if kind == "say":
+            if kind in ("say", "say-now"):
                 player = pj.AudioMediaPlayer()
                 player.createPlayer(value, pj.PJMEDIA_FILE_NO_LOOP)
                 players.append(player)
@@ -214,9 +217,10 @@ def main():
         else:
             wait_for_bot_turn(args.first_wait)
         summary["gateway_hung_up"] = ended()
-        for c in (current["first"], current["call"]):
-            if not c.state.startswith("disconn"):
-                c.hangup(pj.CallOpParam(True))
+        for end in (current["first"], current["call"]):
+            if not end.state.startswith("disconn"):
+                end.hangup(pj.CallOpParam(True))
+        end = None
         deadline = time.time() + 5
         while time.time() < deadline and not all(
                 c.state.startswith("disconn") for c in (current["first"], current["call"])):
@@ -235,7 +239,7 @@ def main():
         player = None
         players = []
         call = None
-        current = None
+        current.clear()
         account.shutdown()
         ep.libDestroy()
         print(json.dumps(summary))
