@@ -8,7 +8,7 @@ use crate::config_file::ConfigError;
 use crate::dialog::embedding::{hybrid_with_encoder, EmbeddingError, SentenceEncoder};
 use crate::dialog::llm::LlmClassifier;
 use crate::dialog::DialogAssets;
-use crate::flows::{as_is, FlowSet, FlowStore};
+use crate::flows::{as_is, FlowSet, FlowStore, Overlay};
 use crate::pipeline::Engines;
 use crate::speech::asr::{AsrError, WhisperRecognizer};
 use crate::speech::pool::InferencePool;
@@ -26,9 +26,38 @@ pub enum LoadError {
     Intent(#[from] EmbeddingError),
 }
 
+/// The sentence encoder for `model`/`tokenizer`, loaded once per process: flows reloaded (or
+/// validated) later share the model already in memory instead of loading a second copy.
+fn shared_encoder(
+    model: &std::path::Path,
+    tokenizer: &std::path::Path,
+) -> Result<Arc<SentenceEncoder>, EmbeddingError> {
+    type Loaded = Vec<(std::path::PathBuf, std::path::PathBuf, Arc<SentenceEncoder>)>;
+    static LOADED: std::sync::Mutex<Loaded> = std::sync::Mutex::new(Vec::new());
+    let mut loaded = LOADED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some((_, _, encoder)) = loaded.iter().find(|(m, t, _)| m == model && t == tokenizer) {
+        return Ok(Arc::clone(encoder));
+    }
+    let encoder = Arc::new(SentenceEncoder::load(model, tokenizer)?);
+    loaded.push((
+        model.to_path_buf(),
+        tokenizer.to_path_buf(),
+        Arc::clone(&encoder),
+    ));
+    Ok(encoder)
+}
+
 /// Loads the flows named in the configuration (or the embedded default flow), each with the
 /// configured intent classifier.
 pub fn load_flows(config: &GatewayConfig) -> Result<FlowSet, LoadError> {
+    load_flows_with(config, &Overlay::new())
+}
+
+/// [`load_flows`] with some files replaced or hidden (see [`Overlay`]): the admin API's
+/// validation of an edit, by the very checks a load from disk makes.
+pub fn load_flows_with(config: &GatewayConfig, overlay: &Overlay) -> Result<FlowSet, LoadError> {
     // With `[intent.llm] enabled`, the endpoint classifies first and the engine below is its
     // fallback.
     let llm = &config.intent.llm;
@@ -43,15 +72,15 @@ pub fn load_flows(config: &GatewayConfig) -> Result<FlowSet, LoadError> {
         })
     };
     match config.intent.engine {
-        IntentEngine::Rules => Ok(FlowSet::load(&config.flows, &config.escalation, &|a| {
-            front(as_is(a))
-        })?),
+        IntentEngine::Rules => Ok(FlowSet::load_with(
+            &config.flows,
+            &config.escalation,
+            &|a| front(as_is(a)),
+            overlay,
+        )?),
         IntentEngine::Hybrid => {
             // One encoder shared by every flow; each flow embeds its own examples.
-            let encoder = Arc::new(SentenceEncoder::load(
-                &config.intent.model,
-                &config.intent.tokenizer,
-            )?);
+            let encoder = shared_encoder(&config.intent.model, &config.intent.tokenizer)?;
             // The flow loader's hook cannot fail, so the first model error is kept and returned.
             let failure = std::cell::RefCell::new(None);
             let customize =
@@ -62,7 +91,7 @@ pub fn load_flows(config: &GatewayConfig) -> Result<FlowSet, LoadError> {
                         assets
                     }
                 };
-            let set = FlowSet::load(&config.flows, &config.escalation, &customize)?;
+            let set = FlowSet::load_with(&config.flows, &config.escalation, &customize, overlay)?;
             match failure.into_inner() {
                 Some(e) => Err(e.into()),
                 None => Ok(set),

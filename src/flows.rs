@@ -19,7 +19,16 @@ use crate::dialog::escalation::EscalationConfig;
 use crate::dialog::lookup::{Lookup, LookupSpec};
 use crate::dialog::DialogAssets;
 
-const EMBEDDED_FLOW: &str = include_str!("../sip-config/flows/support.toml");
+/// The default flow embedded in the binary, used when the flows directory does not exist.
+pub const EMBEDDED_FLOW: &str = include_str!("../sip-config/flows/support.toml");
+/// The label of the embedded default flow in errors and listings.
+pub const EMBEDDED_FLOW_FILE: &str = "<embedded>/sip-config/flows/support.toml";
+
+/// Files that a load sees instead of the disk: `Some(text)` replaces (or adds) a file, `None`
+/// hides it. Keys are the paths the loader builds (the flows directory joined with a file
+/// name; a flow's `intents`/`prompts` joined to that directory). The admin API validates an
+/// edit through this before writing anything, with exactly the checks of a load from disk.
+pub type Overlay = BTreeMap<PathBuf, Option<String>>;
 
 /// `[flows]` in the gateway configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -88,25 +97,60 @@ impl FlowSet {
         base: &EscalationConfig,
         customize: ClassifierFactory<'_>,
     ) -> Result<Self, ConfigError> {
+        Self::load_with(config, base, customize, &Overlay::new())
+    }
+
+    /// [`FlowSet::load`] with some files replaced, added or hidden by `overlay` (see
+    /// [`Overlay`]). A non-empty overlay on a missing directory loads the overlay's flows as
+    /// that directory's content (the embedded default is not used then).
+    pub fn load_with(
+        config: &FlowsConfig,
+        base: &EscalationConfig,
+        customize: ClassifierFactory<'_>,
+        overlay: &Overlay,
+    ) -> Result<Self, ConfigError> {
         let mut flows = BTreeMap::new();
-        if config.dir.is_dir() {
-            let mut files: Vec<PathBuf> = std::fs::read_dir(&config.dir)
-                .map_err(|e| ConfigError::whole_file(&config.dir, format!("cannot list: {e}")))?
-                .filter_map(Result::ok)
-                .map(|e| e.path())
-                .filter(|p| p.extension().is_some_and(|x| x == "toml"))
-                .collect();
+        let read = |path: &Path| match overlay.get(path) {
+            Some(Some(text)) => Ok(text.clone()),
+            Some(None) => Err(ConfigError::whole_file(path, "cannot read: file removed")),
+            None => std::fs::read_to_string(path)
+                .map_err(|e| ConfigError::whole_file(path, format!("cannot read: {e}"))),
+        };
+        if config.dir.is_dir() || !overlay.is_empty() {
+            let mut files: Vec<PathBuf> = if config.dir.is_dir() {
+                std::fs::read_dir(&config.dir)
+                    .map_err(|e| ConfigError::whole_file(&config.dir, format!("cannot list: {e}")))?
+                    .filter_map(Result::ok)
+                    .map(|e| e.path())
+                    .filter(|p| is_flow_file(p))
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            for (path, text) in overlay {
+                let listed = files.contains(path);
+                let in_dir = path.parent() == Some(config.dir.as_path()) && is_flow_file(path);
+                match text {
+                    None => files.retain(|f| f != path),
+                    Some(_) if in_dir && !listed => files.push(path.clone()),
+                    Some(_) => {}
+                }
+            }
             files.sort();
             for file in files {
-                let text = std::fs::read_to_string(&file)
-                    .map_err(|e| ConfigError::whole_file(&file, format!("cannot read: {e}")))?;
-                let flow = load_flow(&file, &text, base, customize, false)?;
+                let text = read(&file)?;
+                let flow = load_flow(&file, &text, base, customize, &read)?;
                 insert(&mut flows, flow, &text)?;
             }
         } else {
             tracing::info!(dir = %config.dir.display(), "no flows directory; using the embedded default flow");
-            let file = Path::new("<embedded>/sip-config/flows/support.toml");
-            let flow = load_flow(file, EMBEDDED_FLOW, base, customize, true)?;
+            let file = Path::new(EMBEDDED_FLOW_FILE);
+            let flow = load_flow(file, EMBEDDED_FLOW, base, customize, &|_: &Path| {
+                Err(ConfigError::whole_file(
+                    file,
+                    "the embedded flow reads no files",
+                ))
+            })?;
             insert(&mut flows, flow, EMBEDDED_FLOW)?;
         }
         if !flows.contains_key(&config.default) {
@@ -167,6 +211,22 @@ impl FlowSet {
     pub fn names(&self) -> Vec<String> {
         self.flows.keys().cloned().collect()
     }
+
+    /// The name of the default flow.
+    pub fn default_name(&self) -> &str {
+        &self.default
+    }
+
+    /// Every flow, by name.
+    pub fn flows(&self) -> impl Iterator<Item = &Arc<Flow>> {
+        self.flows.values()
+    }
+}
+
+/// Whether `path` names a flow file (`*.toml`; directories, e.g. of a flow's own intents and
+/// prompts, are not flows).
+fn is_flow_file(path: &Path) -> bool {
+    path.extension().is_some_and(|x| x == "toml") && !path.is_dir()
 }
 
 fn insert(
@@ -190,13 +250,17 @@ fn insert(
     Ok(())
 }
 
+/// Reads a file a flow names (its intents and prompts), from the disk or an overlay.
+type ReadFile<'a> = &'a dyn Fn(&Path) -> Result<String, ConfigError>;
+
 fn load_flow(
     file: &Path,
     text: &str,
     base: &EscalationConfig,
     customize: ClassifierFactory<'_>,
-    embedded: bool,
+    read: ReadFile<'_>,
 ) -> Result<Flow, ConfigError> {
+    let embedded = file == Path::new(EMBEDDED_FLOW_FILE);
     let raw: FlowFile = config_file::parse(file, text)?;
     if raw.name.trim().is_empty()
         || !raw
@@ -217,7 +281,10 @@ fn load_flow(
         let dir = file.parent().unwrap_or(Path::new("."));
         match (&raw.intents, &raw.prompts) {
             (None, None) => DialogAssets::embedded()?,
-            (Some(i), Some(p)) => DialogAssets::load(&dir.join(i), &dir.join(p))?,
+            (Some(i), Some(p)) => {
+                let (i, p) = (dir.join(i), dir.join(p));
+                DialogAssets::from_texts(&i, &read(&i)?, &p, &read(&p)?)?
+            }
             (None, Some(_)) => {
                 return Err(ConfigError::invalid(
                     file,
@@ -286,6 +353,18 @@ impl FlowStore {
             Ok(guard) => Arc::clone(&guard),
             Err(poisoned) => Arc::clone(&poisoned.into_inner()),
         }
+    }
+
+    /// Puts `set` in force (a set loaded and validated elsewhere, e.g. by the admin API after
+    /// it wrote the files the set was loaded from). Calls keep the flows they started with.
+    pub fn replace(&self, set: FlowSet) -> Arc<FlowSet> {
+        let set = Arc::new(set);
+        match self.current.write() {
+            Ok(mut guard) => *guard = Arc::clone(&set),
+            Err(poisoned) => *poisoned.into_inner() = Arc::clone(&set),
+        }
+        tracing::info!(flows = ?set.names(), "flows replaced");
+        set
     }
 
     /// Loads the flows again. On any error the previous flows stay in force and the error says
@@ -456,5 +535,56 @@ mod tests {
             in_call.escalation.max_misunderstandings,
             base.max_misunderstandings
         );
+    }
+
+    #[test]
+    fn an_overlay_is_validated_like_the_disk_and_touches_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write_flow_dir(dir.path(), "");
+        let base = EscalationConfig::default();
+        let new = dir.path().join("flows/billing.toml");
+        let good = "name = \"billing\"\nnumbers = [\"200\"]\n".to_string();
+        let overlay = Overlay::from([(new.clone(), Some(good))]);
+        let set = FlowSet::load_with(&config(dir.path()), &base, &as_is, &overlay).expect("valid");
+        assert_eq!(set.names(), vec!["billing", "support"]);
+        assert_eq!(set.for_number("200").source, new);
+        assert!(!new.exists());
+        // A number another flow claims: refused, as from disk.
+        let clash = "name = \"billing\"\nnumbers = [\"100\"]\n".to_string();
+        let overlay = Overlay::from([(new.clone(), Some(clash))]);
+        let err = FlowSet::load_with(&config(dir.path()), &base, &as_is, &overlay).unwrap_err();
+        assert!(err.reason.contains("claimed by flows"), "{err}");
+        // Hiding the default flow's file: the default is missing.
+        let overlay = Overlay::from([(dir.path().join("flows/support.toml"), None)]);
+        let err = FlowSet::load_with(&config(dir.path()), &base, &as_is, &overlay).unwrap_err();
+        assert!(err.reason.contains("default flow"), "{err}");
+        // An intents file seen through the overlay is the one validated.
+        // (Keyed by the path as the loader builds it: the flow's `intents` joined to its dir.)
+        let intents = dir.path().join("flows").join("../intents.toml");
+        let overlay = Overlay::from([(intents.clone(), Some("skills = [".to_string()))]);
+        let err = FlowSet::load_with(&config(dir.path()), &base, &as_is, &overlay).unwrap_err();
+        assert_eq!(err.file, intents, "{err}");
+    }
+
+    #[test]
+    fn an_overlay_on_a_missing_directory_is_its_content() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = FlowsConfig {
+            dir: dir.path().join("flows"),
+            default: "support".into(),
+        };
+        let file = cfg.dir.join("support.toml");
+        let overlay = Overlay::from([(file.clone(), Some("name = \"support\"\n".to_string()))]);
+        let set = FlowSet::load_with(&cfg, &EscalationConfig::default(), &as_is, &overlay)
+            .expect("valid");
+        assert_eq!(set.default_flow().source, file);
+        let store = FlowStore::new(
+            FlowSet::load(&cfg, &EscalationConfig::default(), &as_is).expect("embedded"),
+        );
+        let before = store.current().default_flow();
+        assert_eq!(before.source, Path::new(EMBEDDED_FLOW_FILE));
+        store.replace(set);
+        assert_eq!(store.current().default_flow().source, file);
+        assert_eq!(before.source, Path::new(EMBEDDED_FLOW_FILE));
     }
 }

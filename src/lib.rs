@@ -5,6 +5,7 @@
 //! with a reason, when a human must take over. [`simulate`] runs recorded or scripted calls
 //! through the same pipeline for testers.
 
+pub mod admin;
 pub mod audio;
 pub mod bench;
 pub mod config;

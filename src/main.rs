@@ -242,7 +242,10 @@ async fn serve(
         let banner = match server.http() {
             Some((http, token_source)) => format!(
                 "voicebot ready: sip={addr} rtp={lo}-{hi} http={http}\n\
-                 agent screen: http://{http}/agent?token=<agent token> (token from {token_source})\n"
+                 agent screen: http://{http}/agent?token=<agent token> (token from {token_source})\n\
+                 admin API: http://{http}/api/ (Authorization: Bearer <admin token>, token from {}); \
+                 OpenAPI at http://{http}/openapi.json, metrics at http://{http}/metrics\n",
+                server.admin_token_source().unwrap_or("nowhere")
             ),
             None => format!("voicebot ready: sip={addr} rtp={lo}-{hi}\n"),
         };

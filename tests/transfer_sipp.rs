@@ -50,9 +50,12 @@ fn config(dir: &Path, agents: &[String], webhook_port: u16, ring_timeout_s: u64)
          [handover.webhook]\nurl = \"http://127.0.0.1:{webhook_port}/hooks/voicebot\"\n\
          secret = \"{SECRET}\"\ninitial_backoff_ms = 100\ndatabase = \"{}\"\n\
          [http]\nlisten = \"127.0.0.1:0\"\nagent_token = \"{AGENT_TOKEN}\"\n\
-         feedback_database = \"{}\"\n",
+         feedback_database = \"{}\"\nadmin_token_file = \"{}\"\n\
+         history_database = \"{}\"\n",
         dir.join("outbox.sqlite3").display(),
-        dir.join("feedback.sqlite3").display()
+        dir.join("feedback.sqlite3").display(),
+        dir.join("admin-token").display(),
+        dir.join("history.sqlite3").display()
     );
     std::fs::write(&path, text).expect("write config");
     path.display().to_string()

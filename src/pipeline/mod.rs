@@ -395,6 +395,7 @@ async fn respond_stage(
         );
         report.fault = fault;
         log_decision(&report);
+        crate::admin::metrics::observe_turn(&report.timings, utterance.is_some());
         let total = report.timings.total;
         if let Some(audio) = reply_audio {
             let _ = output

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
+use tracing::Instrument;
 
 use crate::audio::frames::AudioFrame;
 use crate::audio::resample::resample_all;
@@ -41,6 +42,7 @@ use super::pacer::{Lateness, PacedStream, Pacer};
 use super::ports::RtpPorts;
 use super::transfer::{convert, hold_tone_frame, AgentMedia};
 use super::{Inbound, PlaceCall, ReferCall};
+use crate::admin::live::CallState as LiveState;
 
 /// Packet time: every frame and packet is 20 ms.
 const PTIME_MS: u32 = 20;
@@ -93,6 +95,10 @@ pub struct CallSetup {
     pub deliverer: Option<Arc<DelivererHandle>>,
     /// Live hand-over contexts and events for the agents' screens.
     pub hub: Arc<crate::handover::hub::HandoverHub>,
+    /// Where the finished call's record is stored for the admin API, when enabled.
+    pub history: Option<Arc<crate::history::CallHistory>>,
+    /// The calls-in-progress view of the admin API: this call's phase is reported there.
+    pub live: Arc<crate::admin::live::LiveCalls>,
 }
 
 /// What the bot said on the call, and whether the caller cut it short.
@@ -315,6 +321,19 @@ impl TransferRun {
             self.leg,
             Leg::Ringing { .. } | Leg::Answered { .. } | Leg::Referring { .. }
         )
+    }
+}
+
+/// The call's phase for the admin API's live view.
+fn live_state(run: Option<&TransferRun>) -> LiveState {
+    match run.map(|r| &r.leg) {
+        None => LiveState::Bot,
+        Some(Leg::Dialing | Leg::Failed) => LiveState::Escalating,
+        Some(Leg::Ringing { .. } | Leg::Answered { .. } | Leg::Referring { .. }) => {
+            LiveState::RingingAgent
+        }
+        Some(Leg::Bridged { .. }) => LiveState::Bridged,
+        Some(Leg::Transferred) => LiveState::Transferred,
     }
 }
 
@@ -728,6 +747,8 @@ pub async fn run_call_media(setup: CallSetup) {
         hangup,
         deliverer,
         hub,
+        history,
+        live,
     } = setup;
     let started_wall = std::time::SystemTime::now();
     let handle = call.handle;
@@ -830,6 +851,7 @@ pub async fn run_call_media(setup: CallSetup) {
     // The caller's turns so far (for the hand-over context) and the transfer, once escalated.
     let mut turns: Vec<TurnReport> = Vec::new();
     let mut run: Option<TransferRun> = None;
+    let mut live_reported = LiveState::Bot;
     // A transfer that ended with the bot taking the caller back.
     let mut returned: Option<TransferRun> = None;
     // What caller and agent said after the hand-over (the live transcript), and the agent
@@ -908,7 +930,13 @@ pub async fn run_call_media(setup: CallSetup) {
                     let at = Duration::from_millis(frames_fed * u64::from(PTIME_MS));
                     let (tx, _) = agent_asr.get_or_insert_with(|| {
                         let (tx, rx) = mpsc::channel(INPUT_QUEUE);
-                        tokio::spawn(run_transcriber(engines.clone(), rx, agent_line_tx.clone()));
+                        let job = run_transcriber(engines.clone(), rx, agent_line_tx.clone());
+                        tokio::spawn(async move {
+                            match job.await {
+                                Ok(lines) => tracing::info!(lines = lines.len(), "agent side transcribed"),
+                                Err(e) => tracing::warn!(error = %e, "the agent side could not be transcribed"),
+                            }
+                        }.in_current_span());
                         (tx, at)
                     });
                     let frame = AudioFrame { at, samples: for_caller.clone(), rate };
@@ -1401,6 +1429,11 @@ pub async fn run_call_media(setup: CallSetup) {
                 pipeline_result = Some(res);
             }
         }
+        let state = live_state(run.as_ref());
+        if state != live_reported {
+            live_reported = state;
+            live.set_state(&call.call_id, state);
+        }
     }
 
     // The dialog is over: close the caller's audio and collect the pipeline's report (it may
@@ -1524,6 +1557,8 @@ pub async fn run_call_media(setup: CallSetup) {
     if let Some(dir) = report_dir {
         write_record(&dir, &record);
     }
+    // Metrics, and the history (its SQLite write runs on a blocking thread).
+    crate::admin::calls::on_call_finished(history, started_wall, &record);
     drop(ports);
 }
 

@@ -25,10 +25,14 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
+use crate::admin::health::Readiness;
+use crate::admin::live::LiveCalls;
+use crate::admin::AdminState;
 use crate::handover::feedback::FeedbackStore;
 use crate::handover::hub::HandoverHub;
 use crate::handover::outbox::{spawn_deliverer, DelivererHandle, Outbox};
 use crate::handover::transfer::{parse_target, refer_to, replaces};
+use crate::history::CallHistory;
 use crate::pipeline::Engines;
 use crate::sip::auth::{AllowList, DigestAuthenticator, DigestConfig};
 use crate::sip::endpoint::{
@@ -126,6 +130,11 @@ struct HttpSide {
     listener: tokio::net::TcpListener,
     state: Arc<crate::web::WebState>,
     token_source: String,
+    /// The admin API's token and where it came from.
+    admin_token: String,
+    admin_token_source: String,
+    /// The call history, when `[http] history_database` is set.
+    history: Option<Arc<CallHistory>>,
 }
 
 impl Server {
@@ -212,6 +221,12 @@ impl Server {
         Some((h.listener.local_addr().ok()?, h.token_source.as_str()))
     }
 
+    /// Where the admin API's token comes from (the configuration, an environment variable, or
+    /// the file it was generated into), when the HTTP side is on. Never the token itself.
+    pub fn admin_token_source(&self) -> Option<&str> {
+        self.http.as_ref().map(|h| h.admin_token_source.as_str())
+    }
+
     /// Writes finished calls' records to `dir` (overrides `[sip] report_dir`).
     pub fn set_report_dir(&mut self, dir: Option<PathBuf>) {
         if dir.is_some() {
@@ -258,14 +273,6 @@ impl Server {
         }
         let ports = PortPool::new(config.media.rtp_port_min, config.media.rtp_port_max);
         let pacer = Pacer::start()?;
-        let http_task = self.http.map(|h| {
-            let app = crate::web::router(h.state);
-            tokio::spawn(async move {
-                if let Err(e) = axum::serve(h.listener, app).await {
-                    tracing::error!(error = %e, "the HTTP server stopped");
-                }
-            })
-        });
         // Hand-over events go to the webhook through the durable outbox; events left from a
         // previous run are delivered too.
         let webhook = &config.handover.webhook;
@@ -277,6 +284,33 @@ impl Server {
         } else {
             None
         };
+        // Calls in progress, and whether the gateway can take calls (the admin API shows both).
+        let live = Arc::new(LiveCalls::new());
+        let readiness = Arc::new(Readiness::new());
+        readiness.set_models_loaded(true);
+        let mut history = None;
+        let mut background = Vec::new();
+        if let Some(h) = self.http {
+            history = h.history.clone();
+            if let Some(store) = &history {
+                background.extend(crate::admin::calls::spawn_retention(
+                    Arc::clone(store),
+                    config.http.history_retention_days,
+                ));
+            }
+            let admin = AdminState::new(self.engines.clone(), h.admin_token, Arc::clone(&self.hub))
+                .with_history(history.clone())
+                .with_live(Arc::clone(&live))
+                .with_readiness(Arc::clone(&readiness))
+                .with_outbox(deliverer.as_ref().map(|d| Arc::clone(d.outbox())))
+                .with_metrics_token(Some(config.http.metrics_token.clone()));
+            let app = crate::web::router(h.state, Some(Arc::new(admin)));
+            background.push(tokio::spawn(async move {
+                if let Err(e) = axum::serve(h.listener, app).await {
+                    tracing::error!(error = %e, "the HTTP server stopped");
+                }
+            }));
+        }
         let signalling = Signalling {
             endpoint,
             udp: self.udp,
@@ -292,9 +326,12 @@ impl Server {
             legs: HashMap::new(),
             deliverer: deliverer.clone(),
             hub: self.hub,
+            history,
+            live,
+            readiness,
         };
         let result = signalling.run(inbound_rx, shutdown).await;
-        if let Some(task) = http_task {
+        for task in background {
             task.abort();
         }
         if let Some(d) = deliverer {
@@ -325,6 +362,12 @@ struct Signalling {
     /// The webhook deliverer, when webhooks are configured.
     deliverer: Option<Arc<DelivererHandle>>,
     hub: Arc<HandoverHub>,
+    /// Where finished calls are stored for the admin API.
+    history: Option<Arc<CallHistory>>,
+    /// Calls in progress, for the admin API.
+    live: Arc<LiveCalls>,
+    /// What `/readyz` reports.
+    readiness: Arc<Readiness>,
 }
 
 impl Signalling {
@@ -337,6 +380,7 @@ impl Signalling {
         let mut buf = vec![0u8; MAX_MESSAGE_BYTES + 1];
         let udp = self.udp.clone();
         let mut draining_since: Option<Instant> = None;
+        self.readiness.set_sip_listening(true);
         loop {
             let deadline = self.endpoint.next_timeout();
             let sleep = async {
@@ -373,6 +417,7 @@ impl Signalling {
                 () = sleep => self.endpoint.handle_timeout(Instant::now()),
                 () = &mut shutdown, if draining_since.is_none() => {
                     tracing::info!(calls = self.calls.len(), "shutting down: hanging up calls");
+                    self.readiness.set_sip_listening(false);
                     self.endpoint.drain();
                     draining_since = Some(Instant::now());
                     for tx in self.calls.values() {
@@ -597,7 +642,16 @@ impl Signalling {
                     None => flows.default_flow(),
                 };
                 let (control_tx, control_rx) = mpsc::channel(16);
+                self.live.start(
+                    &call.call_id,
+                    &call.from,
+                    call.called.as_deref(),
+                    &flow.name,
+                );
+                crate::admin::metrics::global().calls_total.inc();
                 let setup = CallSetup {
+                    history: self.history.clone(),
+                    live: Arc::clone(&self.live),
                     deliverer: self.deliverer.clone(),
                     hub: Arc::clone(&self.hub),
                     call: *call.clone(),
@@ -614,9 +668,11 @@ impl Signalling {
                 let handle = call.handle;
                 let done = self.inbound_tx.clone();
                 let span = tracing::info_span!("call", id = %handle, call_id = %call.call_id);
+                let (live, call_id) = (Arc::clone(&self.live), call.call_id.clone());
                 tokio::spawn(
                     async move {
                         call::run_call_media(setup).await;
+                        live.end(&call_id);
                         let _ = done.send(Inbound::CallDone(handle)).await;
                     }
                     .instrument(span),
@@ -695,6 +751,22 @@ async fn bind_http(
         .map_err(|e| ServeError::Config(format!("agent token: {e}")))?;
     let feedback = FeedbackStore::open(&config.feedback_database)
         .map_err(|e| ServeError::Config(format!("feedback store: {e}")))?;
+    let (admin_token, admin_token_source) = config
+        .resolve_admin_token()
+        .map_err(|e| ServeError::Config(format!("admin token: {e}")))?;
+    if crate::admin::same(&admin_token, &token) {
+        return Err(ServeError::Config(
+            "the admin token must differ from the agent token".into(),
+        ));
+    }
+    let history = if config.history_database.as_os_str().is_empty() {
+        None
+    } else {
+        let history = CallHistory::open(&config.history_database)
+            .map_err(|e| ServeError::Config(format!("call history: {e}")))?;
+        tracing::info!(database = %config.history_database.display(), "call history open");
+        Some(Arc::new(history))
+    };
     let state = Arc::new(crate::web::WebState {
         hub: Arc::clone(hub),
         feedback: Arc::new(feedback),
@@ -704,6 +776,9 @@ async fn bind_http(
         listener,
         state,
         token_source,
+        admin_token,
+        admin_token_source,
+        history,
     }))
 }
 

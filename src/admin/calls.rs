@@ -1,0 +1,722 @@
+//! Calls: the history of finished calls, one call's full record, analytics, and the calls in
+//! progress; and the storing of each finished call.
+//!
+//! # Why it is built this way
+//!
+//! Each call task ends by handing its record to [`on_call_finished`], which feeds the metrics
+//! and stores the record in the [`CallHistory`] on a blocking thread: the SQLite write (a few
+//! ms, more when the disk is busy) never holds an async worker, and a failed write costs the
+//! history one call, never the call itself. The record is stored as the JSON the gateway
+//! writes to `--report-dir`, plus a `summary`: the same few lines the agent's hand-over context
+//! has, written from the dialog state, so a history view can show what happened at a glance.
+//!
+//! Query parameters are parsed by hand into the history's [`CallFilter`], so that a bad value
+//! gets a message naming the parameter (`since: expected ms since the epoch or an RFC 3339
+//! time`) instead of a deserialiser's, and unknown parameters are refused rather than ignored
+//! (a typo in a filter would otherwise return everything).
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::{metrics, AdminState, ApiError};
+use crate::handover::context::{build, ContextInput};
+use crate::history::{Analytics, CallFilter, CallHistory, CallSummary, MAX_LIMIT};
+use crate::server::call::CallRecord;
+
+/// Stores a finished call (see the module documentation). Never blocks: the database write
+/// runs on tokio's blocking pool (inline when called outside a runtime, e.g. in a test).
+pub fn on_call_finished(
+    history: Option<Arc<CallHistory>>,
+    started: SystemTime,
+    record: &CallRecord,
+) {
+    let mut value = match serde_json::to_value(record) {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::error!(error = %e, call_id = %record.call_id, "call record not serialisable; not stored");
+            return;
+        }
+    };
+    metrics::observe_finished_call(&value);
+    let Some(history) = history else {
+        return;
+    };
+    if let (Some(report), Some(fields)) = (&record.report, value.as_object_mut()) {
+        let ctx = build(&ContextInput {
+            call_id: &record.call_id,
+            flow: &report.flow,
+            caller: &record.from,
+            called: record.called.as_deref(),
+            started_at: started,
+            escalated_at: None,
+            greeting: Some((&report.greeting, 0)),
+            turns: &report.turns,
+            bot_speech: &[],
+            escalation: report.escalation.as_ref(),
+            team_name: None,
+            after_handover: &[],
+        });
+        fields.insert("summary".into(), Value::String(ctx.summary));
+    }
+    let started_ms = unix_ms(started);
+    let store = move || match history.insert(started_ms, &value) {
+        Ok(s) => tracing::debug!(call_id = %s.call_id, "call stored in the history"),
+        Err(e) => tracing::error!(error = %e, "cannot store the call in the history"),
+    };
+    match tokio::runtime::Handle::try_current() {
+        Ok(rt) => {
+            rt.spawn_blocking(store);
+        }
+        Err(_) => store(),
+    }
+}
+
+fn unix_ms(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// Deletes calls older than `days` at once and then once a day, until the task is aborted.
+/// `days == 0` keeps everything (no task).
+pub fn spawn_retention(
+    history: Arc<CallHistory>,
+    days: u32,
+) -> Option<tokio::task::JoinHandle<()>> {
+    if days == 0 {
+        return None;
+    }
+    let keep_ms = i64::from(days) * 86_400_000;
+    Some(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(86_400));
+        loop {
+            tick.tick().await;
+            let h = Arc::clone(&history);
+            let before = unix_ms(SystemTime::now()).saturating_sub(keep_ms);
+            match tokio::task::spawn_blocking(move || h.prune(before)).await {
+                Ok(Ok(n)) => tracing::info!(calls = n, days, "call history retention applied"),
+                Ok(Err(e)) => tracing::warn!(error = %e, "call history retention failed"),
+                Err(e) => tracing::warn!(error = %e, "call history retention task failed"),
+            }
+        }
+    }))
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's
+/// `days_from_civil`).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// A time as the filters take it: ms since the Unix epoch (`1795844701857`), a date
+/// (`2026-11-28`, midnight UTC) or an RFC 3339 time (`2026-11-28T05:44:55Z`,
+/// `2026-11-28T07:44:55.5+02:00`).
+pub fn parse_time(text: &str) -> Option<i64> {
+    let t = text.trim();
+    if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
+        return t.parse().ok();
+    }
+    let num = |s: &str| -> Option<i64> {
+        (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| s.parse().ok())
+            .flatten()
+    };
+    let (date, time) = match t.find(['T', 't', ' ']) {
+        Some(i) => (&t[..i], Some(&t[i + 1..])),
+        None => (t, None),
+    };
+    let mut parts = date.split('-');
+    let (y, m, d) = (
+        num(parts.next()?)?,
+        num(parts.next()?)?,
+        num(parts.next()?)?,
+    );
+    if parts.next().is_some() || !(1..=12).contains(&m) || !(1..=31).contains(&d) {
+        return None;
+    }
+    let mut ms = days_from_civil(y, m, d) * 86_400_000;
+    let Some(time) = time else {
+        return Some(ms);
+    };
+    // The zone: Z, or +HH:MM / -HH:MM.
+    let (clock, offset_ms) = if let Some(c) = time.strip_suffix(['Z', 'z']) {
+        (c, 0)
+    } else {
+        let i = time.rfind(['+', '-'])?;
+        let (clock, zone) = time.split_at(i);
+        let sign = if zone.starts_with('-') { -1 } else { 1 };
+        let (h, min) = zone[1..].split_once(':')?;
+        let (h, min) = (num(h)?, num(min)?);
+        if h > 23 || min > 59 {
+            return None;
+        }
+        (clock, sign * (h * 3600 + min * 60) * 1000)
+    };
+    let (hms, frac) = match clock.split_once('.') {
+        Some((hms, frac)) => (hms, Some(frac)),
+        None => (clock, None),
+    };
+    let mut fields = hms.split(':');
+    let (h, min, s) = (
+        num(fields.next()?)?,
+        num(fields.next()?)?,
+        num(fields.next()?)?,
+    );
+    if fields.next().is_some() || h > 23 || min > 59 || s > 60 {
+        return None;
+    }
+    ms += (h * 3600 + min * 60 + s) * 1000;
+    if let Some(frac) = frac {
+        let digits: String = frac.chars().take(3).collect();
+        let n = num(&digits)?;
+        ms += n * 10_i64.pow(3 - digits.len() as u32);
+    }
+    Some(ms - offset_ms)
+}
+
+/// The filter parameters of `/api/calls` and `/api/analytics`, as written in the query.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilterQuery {
+    since: Option<String>,
+    until: Option<String>,
+    flow: Option<String>,
+    escalated: Option<String>,
+    reason: Option<String>,
+}
+
+/// `/api/calls` also pages.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    since: Option<String>,
+    until: Option<String>,
+    flow: Option<String>,
+    escalated: Option<String>,
+    reason: Option<String>,
+    limit: Option<String>,
+    offset: Option<String>,
+}
+
+fn filter(q: FilterQuery) -> Result<CallFilter, ApiError> {
+    let time = |name: &str, v: Option<String>| -> Result<Option<i64>, ApiError> {
+        v.filter(|s| !s.is_empty())
+            .map(|s| {
+                parse_time(&s).ok_or_else(|| {
+                    ApiError::bad_request(format!(
+                        "{name}: `{s}` is not a time (ms since the Unix epoch, a date such as \
+                         2026-11-28, or an RFC 3339 time such as 2026-11-28T05:44:55Z)"
+                    ))
+                })
+            })
+            .transpose()
+    };
+    let escalated = match q.escalated.as_deref() {
+        None | Some("") => None,
+        Some("true" | "1") => Some(true),
+        Some("false" | "0") => Some(false),
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "escalated: `{other}` is not true or false"
+            )))
+        }
+    };
+    let word = |name: &str, v: Option<String>| -> Result<Option<String>, ApiError> {
+        match v.filter(|s| !s.is_empty()) {
+            Some(s) if s.len() > 128 => Err(ApiError::bad_request(format!(
+                "{name}: longer than 128 characters"
+            ))),
+            other => Ok(other),
+        }
+    };
+    let since_ms = time("since", q.since)?;
+    let until_ms = time("until", q.until)?;
+    if let (Some(s), Some(u)) = (since_ms, until_ms) {
+        if u < s {
+            return Err(ApiError::bad_request("until is before since"));
+        }
+    }
+    Ok(CallFilter {
+        since_ms,
+        until_ms,
+        flow: word("flow", q.flow)?,
+        escalated,
+        reason: word("reason", q.reason)?,
+        limit: None,
+        offset: None,
+    })
+}
+
+fn history(state: &AdminState) -> Result<Arc<CallHistory>, ApiError> {
+    state.history.clone().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the call history is off ([http] history_database is empty)",
+        )
+    })
+}
+
+/// Runs a history query on a blocking thread.
+async fn query<T: Send + 'static>(
+    history: Arc<CallHistory>,
+    f: impl FnOnce(&CallHistory) -> Result<T, crate::history::HistoryError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(move || f(&history))
+        .await
+        .map_err(|e| ApiError::internal(format!("history query: {e}")))?
+        .map_err(|e| ApiError::internal(e.to_string()))
+}
+
+/// A page of the history.
+#[derive(Serialize)]
+pub struct CallList {
+    /// Calls the filter selects, all pages together.
+    pub total: u64,
+    pub limit: u32,
+    pub offset: u32,
+    /// This page, newest first.
+    pub calls: Vec<CallSummary>,
+}
+
+/// `GET /api/calls`.
+pub async fn list(
+    State(state): State<Arc<AdminState>>,
+    q: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Json<CallList>, ApiError> {
+    let Query(q) = q?;
+    let number = |name: &str, v: Option<String>, default: u32, range: (u32, u32)| match v
+        .filter(|s| !s.is_empty())
+    {
+        None => Ok(default),
+        Some(s) => s
+            .parse::<u32>()
+            .ok()
+            .filter(|n| (range.0..=range.1).contains(n))
+            .ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "{name}: `{s}` is not a whole number from {} to {}",
+                    range.0, range.1
+                ))
+            }),
+    };
+    let limit = number(
+        "limit",
+        q.limit,
+        crate::history::DEFAULT_LIMIT,
+        (1, MAX_LIMIT),
+    )?;
+    let offset = number("offset", q.offset, 0, (0, u32::MAX))?;
+    let mut f = filter(FilterQuery {
+        since: q.since,
+        until: q.until,
+        flow: q.flow,
+        escalated: q.escalated,
+        reason: q.reason,
+    })?;
+    f.limit = Some(limit);
+    f.offset = Some(offset);
+    let (total, calls) = query(history(&state)?, move |h| Ok((h.count(&f)?, h.list(&f)?))).await?;
+    Ok(Json(CallList {
+        total,
+        limit,
+        offset,
+        calls,
+    }))
+}
+
+/// One call, everything known about it.
+#[derive(Serialize)]
+pub struct CallDetail {
+    pub call_id: String,
+    /// A few lines on what happened (who, what they wanted, what the bot did, why it handed
+    /// over).
+    pub summary: Option<String>,
+    /// The call's record as the gateway wrote it: transcript and decisions per turn
+    /// (`turns`), outcome, escalation, codec, RTP figures, the bot's prompts, the transfer.
+    pub record: Value,
+    /// The latest hand-over context, while the gateway still holds it (escalated calls).
+    pub handover_context: Option<Value>,
+    /// The call's webhook events and their delivery state (when webhooks are configured).
+    pub webhook_events: Option<Vec<crate::handover::outbox::EventStatus>>,
+}
+
+/// `GET /api/calls/{id}`.
+pub async fn one(
+    State(state): State<Arc<AdminState>>,
+    Path(id): Path<String>,
+) -> Result<Json<CallDetail>, ApiError> {
+    if id.is_empty() || id.len() > 512 {
+        return Err(ApiError::bad_request("a call id has 1 to 512 characters"));
+    }
+    let key = id.clone();
+    let record = query(history(&state)?, move |h| h.get(&key))
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no call `{id}` in the history")))?;
+    let handover_context = state.hub.context(&id);
+    let summary = record
+        .get("summary")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .or_else(|| {
+            handover_context
+                .as_ref()
+                .and_then(|c| c.get("summary"))
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        });
+    let webhook_events = match &state.outbox {
+        Some(outbox) => {
+            let (outbox, key) = (Arc::clone(outbox), id.clone());
+            match tokio::task::spawn_blocking(move || outbox.events_for_call(&key)).await {
+                Ok(Ok(events)) => Some(events),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "cannot read the call's webhook events");
+                    None
+                }
+                Err(e) => return Err(ApiError::internal(format!("outbox query: {e}"))),
+            }
+        }
+        None => None,
+    };
+    Ok(Json(CallDetail {
+        call_id: id,
+        summary,
+        record,
+        handover_context,
+        webhook_events,
+    }))
+}
+
+/// `GET /api/analytics`.
+pub async fn analytics(
+    State(state): State<Arc<AdminState>>,
+    q: Result<Query<FilterQuery>, QueryRejection>,
+) -> Result<Json<Analytics>, ApiError> {
+    let Query(q) = q?;
+    let f = filter(q)?;
+    query(history(&state)?, move |h| h.analytics(&f))
+        .await
+        .map(Json)
+}
+
+/// The calls in progress.
+#[derive(Serialize)]
+pub struct LiveList {
+    pub count: usize,
+    pub calls: Vec<super::live::LiveCall>,
+}
+
+/// `GET /api/calls/live`.
+pub async fn live(State(state): State<Arc<AdminState>>) -> Json<LiveList> {
+    let calls = state.live.snapshot();
+    Json(LiveList {
+        count: calls.len(),
+        calls,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_parse_in_every_accepted_form() {
+        assert_eq!(parse_time("1795844701857"), Some(1_795_844_701_857));
+        assert_eq!(parse_time("1970-01-01"), Some(0));
+        assert_eq!(parse_time("2026-11-28"), Some(1_795_824_000_000));
+        assert_eq!(parse_time("2026-11-28T05:44:55Z"), Some(1_795_844_695_000));
+        assert_eq!(
+            parse_time("2026-11-28T07:44:55.5+02:00"),
+            Some(1_795_844_695_500)
+        );
+        assert_eq!(
+            parse_time("2000-02-29T00:00:00-00:30"),
+            Some(951_784_200_000)
+        );
+        for bad in [
+            "",
+            "yesterday",
+            "2026-13-01",
+            "2026-11-28T25:00:00Z",
+            "2026-11-28T05:44Z",
+            "12ab",
+            "2026-11-28T05:44:55+2",
+        ] {
+            assert_eq!(parse_time(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn filters_name_the_bad_parameter() {
+        let q = |f: FilterQuery| filter(f).map_err(|e| e.message);
+        let err = q(FilterQuery {
+            since: Some("soon".into()),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(err.starts_with("since:"), "{err}");
+        let err = q(FilterQuery {
+            escalated: Some("maybe".into()),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(err.starts_with("escalated:"), "{err}");
+        let err = q(FilterQuery {
+            since: Some("2026-11-28".into()),
+            until: Some("2026-11-01".into()),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(err.contains("before"), "{err}");
+        let ok = filter(FilterQuery {
+            since: Some("2026-11-28".into()),
+            escalated: Some("true".into()),
+            flow: Some("support".into()),
+            ..Default::default()
+        })
+        .expect("valid");
+        assert_eq!(ok.since_ms, Some(1_795_824_000_000));
+        assert_eq!(ok.escalated, Some(true));
+    }
+}
+
+#[cfg(test)]
+mod router_tests {
+    use super::*;
+    use crate::admin::live::CallState;
+    use crate::admin::test_support::{admin, fixture, send, ADMIN};
+    use serde_json::json;
+
+    fn record(id: &str, flow: &str, escalated: Option<&str>, intent: &str, conf: f64) -> Value {
+        json!({
+            "call_id": id, "from": "sip:alice@192.0.2.4", "called": "support", "codec": "PCMU",
+            "remote_rtp": "192.0.2.4:4000", "duration_ms": 42_000, "ended_by": "caller",
+            "dtmf": [], "bot_speech": [], "rtp": {"packets_received": 100, "packets_lost": 1},
+            "flow": flow, "greeting": "Hello",
+            "turns": [{"index": 1, "transcript": "hi", "intent": intent, "intent_confidence": conf}],
+            "outcome": if escalated.is_some() { "escalated" } else { "completed" },
+            "escalation": escalated.map(|r| json!({"reason": r, "detail": "d", "skill": "general", "turn": 1})),
+            "pipeline_error": null, "summary": "Caller sip:alice@192.0.2.4"
+        })
+    }
+
+    #[tokio::test]
+    async fn history_lists_filters_pages_and_shows_one_call() {
+        let f = fixture(true);
+        let h = f.state.history.clone().expect("history");
+        let day = 1_795_824_000_000_i64; // 2026-11-28
+        h.insert(
+            day + 1000,
+            &record("a", "support", None, "order_status", 0.95),
+        )
+        .expect("a");
+        h.insert(
+            day + 2000,
+            &record("b", "support", Some("dtmf0"), "none", 0.2),
+        )
+        .expect("b");
+        h.insert(
+            day - 86_400_000,
+            &record("c", "billing", Some("negative_tone"), "complaint", 0.8),
+        )
+        .expect("c");
+        let get = |uri: String| {
+            let app = f.app.clone();
+            async move { admin(&app, "GET", &uri, "/api/calls", None, "").await }
+        };
+        let (status, v) = get("/api/calls".into()).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(v["total"], 3);
+        assert_eq!(v["calls"][0]["call_id"], "b", "newest first");
+        let (_, v) = get("/api/calls?since=2026-11-28&escalated=true".into()).await;
+        assert_eq!(v["total"], 1);
+        assert_eq!(v["calls"][0]["reason"], "dtmf0");
+        let (_, v) = get("/api/calls?flow=billing&reason=negative_tone".into()).await;
+        assert_eq!(v["calls"][0]["call_id"], "c");
+        let (_, v) = get(format!("/api/calls?until={}&limit=1&offset=0", day + 1500)).await;
+        assert_eq!(
+            (v["total"].as_u64(), v["calls"].as_array().map(Vec::len)),
+            (Some(2), Some(1))
+        );
+        for bad in [
+            "/api/calls?since=soon",
+            "/api/calls?escalated=maybe",
+            "/api/calls?limit=0",
+            "/api/calls?limit=5000",
+            "/api/calls?offset=-1",
+            "/api/calls?flw=support",
+            "/api/calls?since=2026-11-28&until=2026-11-01",
+        ] {
+            let (status, v) = get(bad.into()).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {v}");
+        }
+        let (status, v) = admin(&f.app, "GET", "/api/calls/b", "/api/calls/{id}", None, "").await;
+        assert_eq!(status, StatusCode::OK, "{v}");
+        assert_eq!(v["record"]["escalation"]["reason"], "dtmf0");
+        assert_eq!(v["summary"], "Caller sip:alice@192.0.2.4");
+        assert!(v["webhook_events"].is_null());
+        let (status, _) = admin(&f.app, "GET", "/api/calls/zzz", "/api/calls/{id}", None, "").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+    }
+
+    #[tokio::test]
+    async fn analytics_over_the_selected_calls() {
+        let f = fixture(true);
+        let h = f.state.history.clone().expect("history");
+        h.insert(1000, &record("a", "support", None, "order_status", 0.95))
+            .expect("a");
+        h.insert(
+            2000,
+            &record("b", "support", Some("dtmf0"), "order_status", 0.35),
+        )
+        .expect("b");
+        let (status, v) = admin(
+            &f.app,
+            "GET",
+            "/api/analytics?flow=support",
+            "/api/analytics",
+            None,
+            "",
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{v}");
+        assert_eq!(v["calls"], 2);
+        assert_eq!(v["containment_rate"], 0.5);
+        assert_eq!(v["escalations_by_reason"]["dtmf0"], 1);
+        assert_eq!(v["intents"][0]["histogram"][3], 1);
+        let (status, _) = admin(
+            &f.app,
+            "GET",
+            "/api/analytics?limit=3",
+            "/api/analytics",
+            None,
+            "",
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        let (status, _) = admin(
+            &f.app,
+            "GET",
+            "/api/analytics?until=x",
+            "/api/analytics",
+            None,
+            "",
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+    }
+
+    #[tokio::test]
+    async fn live_calls_and_their_states() {
+        let f = fixture(true);
+        f.state
+            .live
+            .start("x@h", "sip:bob@h", Some("support"), "support");
+        f.state.live.set_state("x@h", CallState::Bridged);
+        let (status, v) = admin(
+            &f.app,
+            "GET",
+            "/api/calls/live",
+            "/api/calls/live",
+            None,
+            "",
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(v["count"], 1);
+        assert_eq!(v["calls"][0]["state"], "bridged");
+        let a = send(&f.app, "GET", "/api/calls/live", None, None, "").await;
+        assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+    }
+
+    #[tokio::test]
+    async fn without_a_history_the_call_endpoints_say_so() {
+        let f = fixture(true);
+        let state = Arc::new(AdminState::new(
+            f.state.engines.clone(),
+            ADMIN.into(),
+            Arc::clone(&f.state.hub),
+        ));
+        let app = crate::admin::router(state);
+        for (uri, template) in [
+            ("/api/calls", "/api/calls"),
+            ("/api/calls/a", "/api/calls/{id}"),
+            ("/api/analytics", "/api/analytics"),
+        ] {
+            let (status, v) = admin(&app, "GET", uri, template, None, "").await;
+            assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{uri}: {v}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_finished_call_is_stored_with_its_summary_and_counted() {
+        let f = fixture(true);
+        let flow = f.state.engines.flows.current().default_flow();
+        let run = crate::simulate::chat::simulate_chat(
+            &f.state.engines,
+            flow,
+            &["I want to speak to a human".to_string()],
+        )
+        .await
+        .expect("chat");
+        let record = CallRecord {
+            call_id: "done@h".into(),
+            from: "sip:carol@h".into(),
+            called: Some("support".into()),
+            codec: "PCMA".into(),
+            remote_rtp: "192.0.2.9:4000".into(),
+            duration_ms: 9000,
+            ended_by: "bot".into(),
+            dtmf: vec![],
+            bot_speech: vec![],
+            rtp: crate::server::call::RtpFigures {
+                packets_received: 400,
+                packets_lost: 4,
+                jitter_ms: 2.5,
+                ..Default::default()
+            },
+            report: Some(run.report),
+            pipeline_error: None,
+            transfer: None,
+        };
+        let before = metrics::global().rtp_lost.get();
+        on_call_finished(f.state.history.clone(), SystemTime::now(), &record);
+        assert!(metrics::global().rtp_lost.get() >= before + 4);
+        let h = f.state.history.clone().expect("history");
+        let mut stored = None;
+        for _ in 0..100 {
+            stored = h.get("done@h").expect("get");
+            if stored.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let stored = stored.expect("stored");
+        assert_eq!(stored["escalation"]["reason"], "explicit_request");
+        let summary = stored["summary"].as_str().expect("summary");
+        assert!(summary.contains("Caller sip:carol@h"), "{summary}");
+        assert!(summary.contains("Escalated on turn 1"), "{summary}");
+        let (_, v) = admin(
+            &f.app,
+            "GET",
+            "/api/calls/done@h",
+            "/api/calls/{id}",
+            None,
+            "",
+        )
+        .await;
+        assert_eq!(v["record"]["codec"], "PCMA");
+    }
+}

@@ -1,0 +1,160 @@
+//! Readiness (`GET /readyz`) and metrics (`GET /metrics`).
+//!
+//! `/healthz` (in [`crate::web`]) says the process answers; `/readyz` says it can take calls:
+//! the models are loaded and the SIP socket is being served. A load balancer or an
+//! orchestrator routes calls by the second, restarts by the first. The flags are set by the
+//! server as it starts and cleared when it begins to shut down (draining), so a gateway that
+//! is hanging up its calls stops being ready at once.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Serialize;
+
+use super::{metrics, AdminState, ApiError};
+
+/// What `/readyz` reports.
+#[derive(Debug, Default)]
+pub struct Readiness {
+    models: AtomicBool,
+    sip: AtomicBool,
+}
+
+impl Readiness {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The speech model, voice and flows are loaded.
+    pub fn set_models_loaded(&self, loaded: bool) {
+        self.models.store(loaded, Ordering::Release);
+    }
+
+    /// The SIP socket is bound and its signalling task is serving it (false once draining).
+    pub fn set_sip_listening(&self, listening: bool) {
+        self.sip.store(listening, Ordering::Release);
+    }
+
+    pub fn models_loaded(&self) -> bool {
+        self.models.load(Ordering::Acquire)
+    }
+
+    pub fn sip_listening(&self) -> bool {
+        self.sip.load(Ordering::Acquire)
+    }
+}
+
+#[derive(Serialize)]
+struct ReadyBody {
+    ready: bool,
+    models_loaded: bool,
+    sip_listening: bool,
+    /// Flows in force.
+    flows: Vec<String>,
+    calls_active: usize,
+}
+
+/// `GET /readyz`: 200 when ready, else 503; the same JSON body either way.
+pub async fn readyz(State(state): State<Arc<AdminState>>) -> Response {
+    let r = &state.readiness;
+    let body = ReadyBody {
+        ready: r.models_loaded() && r.sip_listening(),
+        models_loaded: r.models_loaded(),
+        sip_listening: r.sip_listening(),
+        flows: state.engines.flows.current().names(),
+        calls_active: state.live.len(),
+    };
+    let status = if body.ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
+}
+
+/// `GET /metrics`: the OpenMetrics text. The gauges of current state are set from their
+/// sources first (the outbox query runs off the async runtime).
+pub async fn metrics(State(state): State<Arc<AdminState>>) -> Result<Response, ApiError> {
+    let m = metrics::global();
+    m.calls_active
+        .set(i64::try_from(state.live.len()).unwrap_or(i64::MAX));
+    let depth = match &state.outbox {
+        Some(outbox) => {
+            let outbox = Arc::clone(outbox);
+            match tokio::task::spawn_blocking(move || outbox.pending_count()).await {
+                Ok(Ok(n)) => i64::try_from(n).unwrap_or(i64::MAX),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "cannot read the webhook outbox depth");
+                    -1
+                }
+                Err(e) => return Err(ApiError::internal(format!("outbox query: {e}"))),
+            }
+        }
+        None => 0,
+    };
+    m.outbox_depth.set(depth);
+    Ok(([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], m.encode()).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::admin::test_support::{assert_schema, fixture, send, ADMIN};
+
+    #[tokio::test]
+    async fn ready_only_with_models_and_sip() {
+        let f = fixture(true);
+        let a = send(&f.app, "GET", "/readyz", None, None, "").await;
+        assert_eq!(a.status, StatusCode::OK);
+        assert_schema("GET", "/readyz", a.status, &a.json());
+        f.state.readiness.set_sip_listening(false);
+        let a = send(&f.app, "GET", "/readyz", None, None, "").await;
+        assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(a.json()["sip_listening"], false);
+        assert_schema("GET", "/readyz", a.status, &a.json());
+        let a = send(&f.app, "GET", "/healthz", None, None, "").await;
+        assert_eq!(a.text(), "ok");
+    }
+
+    #[tokio::test]
+    async fn metrics_are_openmetrics_text_with_every_name() {
+        let f = fixture(true);
+        let a = send(&f.app, "GET", "/metrics", None, None, "").await;
+        assert_eq!(a.status, StatusCode::OK);
+        assert!(a.content_type.starts_with("application/openmetrics-text"));
+        let text = a.text();
+        for name in metrics::NAMES {
+            assert!(text.contains(name), "{name} missing");
+        }
+        assert!(text.contains("voicebot_webhook_outbox_depth 0"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn a_metrics_token_closes_metrics_and_readiness() {
+        let f = fixture(true);
+        let state = Arc::new(
+            AdminState::new(
+                f.state.engines.clone(),
+                ADMIN.into(),
+                Arc::clone(&f.state.hub),
+            )
+            .with_metrics_token(Some("scrape-token-0123456789".into())),
+        );
+        let app = crate::admin::router(state);
+        for path in ["/metrics", "/readyz"] {
+            let a = send(&app, "GET", path, None, None, "").await;
+            assert_eq!(a.status, StatusCode::UNAUTHORIZED, "{path}");
+            assert_schema("GET", path, a.status, &a.json());
+            let a = send(&app, "GET", path, Some("nope"), None, "").await;
+            assert_eq!(a.status, StatusCode::UNAUTHORIZED, "{path}");
+            for token in ["scrape-token-0123456789", ADMIN] {
+                let a = send(&app, "GET", path, Some(token), None, "").await;
+                assert_ne!(a.status, StatusCode::UNAUTHORIZED, "{path}");
+            }
+        }
+    }
+}

@@ -1,0 +1,314 @@
+//! The gateway's Prometheus metrics, served at `GET /metrics` in the OpenMetrics text format.
+//!
+//! # Why one process-wide registry
+//!
+//! The figures come from places that share no handle: the pipeline times every turn (ASR,
+//! intent, TTS) for live calls and simulations alike, the signalling task counts calls, a
+//! finished call's record carries its RTP loss and jitter. Threading a metrics handle through
+//! `Engines` and every call's setup would touch every constructor for no gain, so the metrics
+//! live in one lazily built, lock-free registry ([`global`]); observing is an atomic add.
+//! Gauges that describe current state (calls in progress, webhook outbox depth) are not kept
+//! up to date continuously: the scrape handler sets them from their source just before
+//! encoding, so they cannot drift.
+
+use std::sync::LazyLock;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::report::TurnTimings;
+
+/// The content type of [`Metrics::encode`]'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// The metric names as they appear in the exposition (counters get `_total`, histograms
+/// `_bucket`/`_sum`/`_count`); the tests check each is served.
+pub const NAMES: &[&str] = &[
+    "voicebot_calls_active",
+    "voicebot_calls_total",
+    "voicebot_calls_finished_total",
+    "voicebot_escalations_total",
+    "voicebot_asr_latency_seconds",
+    "voicebot_intent_latency_seconds",
+    "voicebot_tts_latency_seconds",
+    "voicebot_turn_latency_seconds",
+    "voicebot_rtp_packets_received_total",
+    "voicebot_rtp_packets_lost_total",
+    "voicebot_rtp_jitter_seconds",
+    "voicebot_rtp_loss_ratio",
+    "voicebot_webhook_outbox_depth",
+];
+
+/// The escalation reasons, as serialised (`EscalationReason`).
+const REASONS: &[&str] = &[
+    "explicit_request",
+    "critical_keyword",
+    "low_asr_confidence",
+    "low_intent_confidence",
+    "repeated_misunderstanding",
+    "negative_tone",
+    "dtmf0",
+];
+
+/// The escalation reason label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: String,
+}
+
+/// Every metric the gateway exports.
+pub struct Metrics {
+    registry: Registry,
+    pub calls_active: Gauge,
+    pub calls_total: Counter,
+    pub calls_finished: Counter,
+    pub escalations: Family<ReasonLabel, Counter>,
+    pub asr_latency: Histogram,
+    pub intent_latency: Histogram,
+    pub tts_latency: Histogram,
+    pub turn_latency: Histogram,
+    pub rtp_received: Counter,
+    pub rtp_lost: Counter,
+    pub rtp_jitter: Histogram,
+    pub rtp_loss_ratio: Histogram,
+    pub outbox_depth: Gauge,
+}
+
+impl Metrics {
+    fn new() -> Self {
+        let mut registry = Registry::default();
+        let calls_active = Gauge::default();
+        let calls_total = Counter::default();
+        let calls_finished = Counter::default();
+        let escalations = Family::<ReasonLabel, Counter>::default();
+        // Every reason is exported from the start (at 0), so a rate over it is defined before
+        // the first escalation of that kind.
+        for reason in REASONS {
+            let _ = escalations.get_or_create(&ReasonLabel {
+                reason: reason.to_string(),
+            });
+        }
+        // 1 ms .. 16 s: recognition and synthesis of one turn.
+        let slow = || Histogram::new(exponential_buckets(0.001, 2.0, 15));
+        // 50 us .. 0.8 s: the dialog (intent model, rules, policy).
+        let intent_latency = Histogram::new(exponential_buckets(0.000_05, 2.0, 15));
+        let (asr_latency, tts_latency, turn_latency) = (slow(), slow(), slow());
+        let rtp_received = Counter::default();
+        let rtp_lost = Counter::default();
+        // 1 ms .. 256 ms of interarrival jitter per call.
+        let rtp_jitter = Histogram::new(exponential_buckets(0.001, 2.0, 9));
+        let rtp_loss_ratio = Histogram::new([0.0, 0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5]);
+        let outbox_depth = Gauge::default();
+        registry.register(
+            "voicebot_calls_active",
+            "Calls in progress (answered by the bot, in transfer or bridged)",
+            calls_active.clone(),
+        );
+        registry.register(
+            "voicebot_calls",
+            "Calls answered since start",
+            calls_total.clone(),
+        );
+        registry.register(
+            "voicebot_calls_finished",
+            "Calls finished since start",
+            calls_finished.clone(),
+        );
+        registry.register(
+            "voicebot_escalations",
+            "Calls handed to a person, by escalation reason",
+            escalations.clone(),
+        );
+        registry.register(
+            "voicebot_asr_latency_seconds",
+            "Speech recognition time per caller turn",
+            asr_latency.clone(),
+        );
+        registry.register(
+            "voicebot_intent_latency_seconds",
+            "Dialog time per caller turn (intent, slots, escalation policy)",
+            intent_latency.clone(),
+        );
+        registry.register(
+            "voicebot_tts_latency_seconds",
+            "Speech synthesis time per bot reply",
+            tts_latency.clone(),
+        );
+        registry.register(
+            "voicebot_turn_latency_seconds",
+            "From the end of the caller's utterance to the reply audio being ready",
+            turn_latency.clone(),
+        );
+        registry.register(
+            "voicebot_rtp_packets_received",
+            "RTP packets received from callers (finished calls)",
+            rtp_received.clone(),
+        );
+        registry.register(
+            "voicebot_rtp_packets_lost",
+            "RTP packets from callers that never arrived (finished calls)",
+            rtp_lost.clone(),
+        );
+        registry.register(
+            "voicebot_rtp_jitter_seconds",
+            "Interarrival jitter of the caller's RTP per finished call (RFC 3550 estimate)",
+            rtp_jitter.clone(),
+        );
+        registry.register(
+            "voicebot_rtp_loss_ratio",
+            "Share of the caller's RTP packets lost, per finished call",
+            rtp_loss_ratio.clone(),
+        );
+        registry.register(
+            "voicebot_webhook_outbox_depth",
+            "Webhook events waiting for delivery",
+            outbox_depth.clone(),
+        );
+        Metrics {
+            registry,
+            calls_active,
+            calls_total,
+            calls_finished,
+            escalations,
+            asr_latency,
+            intent_latency,
+            tts_latency,
+            turn_latency,
+            rtp_received,
+            rtp_lost,
+            rtp_jitter,
+            rtp_loss_ratio,
+            outbox_depth,
+        }
+    }
+
+    /// The exposition text (OpenMetrics, see [`CONTENT_TYPE`]).
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// The process's metrics.
+pub fn global() -> &'static Metrics {
+    static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+    &METRICS
+}
+
+/// Records one caller turn's processing times; `heard` is false for a turn without speech
+/// recognition (a key press).
+pub fn observe_turn(timings: &TurnTimings, heard: bool) {
+    let m = global();
+    if heard {
+        m.asr_latency.observe(timings.asr.as_secs_f64());
+        m.intent_latency.observe(timings.intent.as_secs_f64());
+    }
+    if !timings.tts.is_zero() {
+        m.tts_latency.observe(timings.tts.as_secs_f64());
+    }
+    m.turn_latency.observe(timings.total.as_secs_f64());
+}
+
+/// Records a finished call from its JSON record (the gateway's `CallRecord`): the escalation
+/// reason and the RTP figures. Fields are read defensively; a missing one is skipped.
+pub fn observe_finished_call(record: &serde_json::Value) {
+    let m = global();
+    m.calls_finished.inc();
+    if record.get("outcome").and_then(|o| o.as_str()) == Some("escalated") {
+        let reason = record
+            .pointer("/escalation/reason")
+            .and_then(|r| r.as_str())
+            .unwrap_or("unknown");
+        m.escalations
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_string(),
+            })
+            .inc();
+    }
+    let Some(rtp) = record.get("rtp") else {
+        return;
+    };
+    let received = rtp
+        .get("packets_received")
+        .and_then(|v| v.as_u64())
+        .unwrap_or(0);
+    let lost = rtp
+        .get("packets_lost")
+        .and_then(|v| v.as_u64())
+        .unwrap_or(0);
+    m.rtp_received.inc_by(received);
+    m.rtp_lost.inc_by(lost);
+    if received + lost > 0 {
+        m.rtp_loss_ratio
+            .observe(lost as f64 / (received + lost) as f64);
+        if let Some(jitter_ms) = rtp.get("jitter_ms").and_then(|v| v.as_f64()) {
+            m.rtp_jitter.observe(jitter_ms.max(0.0) / 1000.0);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn every_named_metric_is_exposed_in_openmetrics_text() {
+        observe_turn(
+            &TurnTimings {
+                asr: Duration::from_millis(120),
+                intent: Duration::from_millis(2),
+                tts: Duration::from_millis(20),
+                total: Duration::from_millis(150),
+            },
+            true,
+        );
+        observe_finished_call(&serde_json::json!({
+            "outcome": "escalated", "escalation": {"reason": "dtmf0"},
+            "rtp": {"packets_received": 990, "packets_lost": 10, "jitter_ms": 3.5}
+        }));
+        let text = global().encode();
+        for name in NAMES {
+            assert!(
+                text.contains(&format!("\n{name}")) || text.starts_with(name),
+                "{name} missing:\n{text}"
+            );
+        }
+        assert!(
+            text.contains("voicebot_escalations_total{reason=\"dtmf0\"}"),
+            "{text}"
+        );
+        assert!(
+            text.contains("voicebot_asr_latency_seconds_bucket{le="),
+            "{text}"
+        );
+        assert!(text.ends_with("# EOF\n"));
+        for reason in REASONS {
+            assert!(
+                text.contains(&format!(
+                    "voicebot_escalations_total{{reason=\"{reason}\"}}"
+                )),
+                "{reason}"
+            );
+            let serialised = serde_json::from_value::<crate::dialog::EscalationReason>(
+                serde_json::json!(reason),
+            );
+            assert!(serialised.is_ok(), "{reason} is not an escalation reason");
+        }
+    }
+
+    #[test]
+    fn records_without_figures_are_counted_but_not_measured() {
+        let before = global().calls_finished.get();
+        observe_finished_call(&serde_json::json!({"outcome": "completed"}));
+        observe_finished_call(&serde_json::json!({"rtp": {"packets_received": "many"}}));
+        // Other tests may count calls concurrently; these two counted at least.
+        assert!(global().calls_finished.get() >= before + 2);
+    }
+}

@@ -1,0 +1,314 @@
+//! The admin HTTP API: flows, tests without a phone, calls (live and history), analytics,
+//! health and metrics.
+//!
+//! # Why it exists
+//!
+//! Contact-center admins configure the bot's flows and need to see what it did on every call.
+//! The files stay the source of truth (hand-editable, reviewed like code): the API validates an
+//! edit with exactly the checks a load makes, writes it atomically, and puts the new flows in
+//! force for new calls while calls in progress finish on the flow they started with. Everything
+//! else is read-only: the call history (SQLite, [`crate::history`]), the calls in progress
+//! ([`live`]), the hand-over contexts and webhook deliveries, and test runs of a flow with
+//! typed turns or a WAV through the same code as `voicebot simulate`.
+//!
+//! # Shape
+//!
+//! One axum [`Router`] ([`router`]), merged by [`crate::web`] into the agents' server on the
+//! same `[http] listen` address. Every `/api/...` route needs the **admin token** (its own,
+//! never the agents'; `Authorization: Bearer ...`), checked by a middleware before a body is
+//! read, so an unauthenticated upload costs nothing. `/readyz` and `/metrics` are open to
+//! scrapers unless `[http] metrics_token` is set; `/openapi.json` describes every route (admin
+//! and agent) and is open. Every error is JSON, `{"error": "..."}` (plus `problems` for an
+//! invalid flow), with a 4xx status for anything the client sent wrong; 5xx is kept for the
+//! gateway's own failures (a database or disk error).
+//!
+//! # Files
+//!
+//! - [`flows`]: list, read, validate, write (atomically) and delete flows; hot reload.
+//! - [`tryout`]: `POST /api/test/chat` and `/api/test/wav`.
+//! - [`calls`]: call history, one call's record, analytics, live calls; storing finished calls.
+//! - [`live`]: the registry of calls in progress.
+//! - [`health`]: `/readyz`, `/metrics` and the readiness flags.
+//! - [`metrics`]: the Prometheus registry and what feeds it.
+//! - [`openapi`]: `/openapi.json`, the route table it is checked against, and a small JSON
+//!   Schema checker the tests use to hold every response to the document.
+
+pub mod calls;
+pub mod flows;
+pub mod health;
+pub mod live;
+pub mod metrics;
+pub mod openapi;
+pub mod tryout;
+
+use std::sync::Arc;
+
+use axum::extract::rejection::{BytesRejection, JsonRejection, QueryRejection};
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Serialize;
+
+use crate::handover::hub::HandoverHub;
+use crate::handover::outbox::Outbox;
+use crate::history::CallHistory;
+use crate::pipeline::Engines;
+use health::Readiness;
+use live::LiveCalls;
+use openapi::Routes;
+
+/// What the admin handlers share.
+pub struct AdminState {
+    /// The loaded engines: configuration, flows, ASR/TTS and the inference pool.
+    pub engines: Engines,
+    /// The admin bearer token.
+    pub token: String,
+    /// A bearer token for `/metrics` and `/readyz`; `None`: open.
+    pub metrics_token: Option<String>,
+    /// The call history, when `[http] history_database` is set.
+    pub history: Option<Arc<CallHistory>>,
+    pub live: Arc<LiveCalls>,
+    pub readiness: Arc<Readiness>,
+    /// The webhook outbox, when webhooks are configured (read only: depth, deliveries).
+    pub outbox: Option<Arc<Outbox>>,
+    /// Latest hand-over contexts (summaries of escalated calls).
+    pub hub: Arc<HandoverHub>,
+    /// One flow edit at a time: validate, write and swap happen as one step.
+    flow_edits: tokio::sync::Mutex<()>,
+    /// Test runs share the inference pool with live calls: one at a time.
+    tests: tokio::sync::Semaphore,
+}
+
+impl AdminState {
+    /// The state for `engines` with the admin `token`; the optional parts start empty (see the
+    /// `with_*` methods).
+    pub fn new(engines: Engines, token: String, hub: Arc<HandoverHub>) -> Self {
+        AdminState {
+            engines,
+            token,
+            metrics_token: None,
+            history: None,
+            live: Arc::new(LiveCalls::new()),
+            readiness: Arc::new(Readiness::new()),
+            outbox: None,
+            hub,
+            flow_edits: tokio::sync::Mutex::new(()),
+            tests: tokio::sync::Semaphore::new(1),
+        }
+    }
+
+    pub fn with_history(mut self, history: Option<Arc<CallHistory>>) -> Self {
+        self.history = history;
+        self
+    }
+
+    pub fn with_live(mut self, live: Arc<LiveCalls>) -> Self {
+        self.live = live;
+        self
+    }
+
+    pub fn with_readiness(mut self, readiness: Arc<Readiness>) -> Self {
+        self.readiness = readiness;
+        self
+    }
+
+    pub fn with_outbox(mut self, outbox: Option<Arc<Outbox>>) -> Self {
+        self.outbox = outbox;
+        self
+    }
+
+    pub fn with_metrics_token(mut self, token: Option<String>) -> Self {
+        self.metrics_token = token.filter(|t| !t.is_empty());
+        self
+    }
+}
+
+/// An error answer: a status and `{"error": message}`, plus `problems` for an invalid flow.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+    pub problems: Vec<flows::Problem>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            message: message.into(),
+            problems: Vec::new(),
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, message)
+    }
+
+    pub fn unprocessable(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, message)
+    }
+
+    /// A failure of the gateway itself (database, disk, a task that died).
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, message)
+    }
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: &'a str,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    problems: &'a [flows::Problem],
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if self.status.is_server_error() {
+            tracing::error!(status = %self.status, error = %self.message, "admin API failure");
+        }
+        let body = ErrorBody {
+            error: &self.message,
+            problems: &self.problems,
+        };
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(e: JsonRejection) -> Self {
+        ApiError::new(e.status(), e.body_text())
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(e: QueryRejection) -> Self {
+        ApiError::new(e.status(), e.body_text())
+    }
+}
+
+impl From<BytesRejection> for ApiError {
+    fn from(e: BytesRejection) -> Self {
+        ApiError::new(e.status(), e.body_text())
+    }
+}
+
+/// Parses a JSON request body with the statuses axum's `Json` uses: 400 for malformed JSON,
+/// 422 for JSON of the wrong shape.
+pub fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => {
+            ApiError::unprocessable(format!("invalid request body: {e}"))
+        }
+        _ => ApiError::bad_request(format!("malformed JSON: {e}")),
+    })
+}
+
+/// Constant-time comparison, so a token cannot be guessed byte by byte from timings.
+pub(crate) fn same(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
+/// The bearer token of a request, if any.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+}
+
+/// 401 with the RFC 6750 challenge.
+fn unauthorized(message: &str, invalid: bool) -> Response {
+    let mut response = ApiError::new(StatusCode::UNAUTHORIZED, message).into_response();
+    let challenge = if invalid {
+        "Bearer realm=\"voicebot-admin\", error=\"invalid_token\""
+    } else {
+        "Bearer realm=\"voicebot-admin\""
+    };
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static(challenge),
+    );
+    response
+}
+
+/// Lets a request through only with the admin token.
+async fn require_admin(
+    State(state): State<Arc<AdminState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    match bearer(request.headers()) {
+        Some(t) if same(t, &state.token) => next.run(request).await,
+        Some(_) => unauthorized("wrong admin token", true),
+        None => unauthorized(
+            "missing token: send Authorization: Bearer <admin token>",
+            false,
+        ),
+    }
+}
+
+/// Lets a request through when no metrics token is set, or with it (or the admin token).
+async fn require_metrics(
+    State(state): State<Arc<AdminState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let Some(expected) = state.metrics_token.as_deref() else {
+        return next.run(request).await;
+    };
+    match bearer(request.headers()) {
+        Some(t) if same(t, expected) || same(t, &state.token) => next.run(request).await,
+        Some(_) => unauthorized("wrong metrics token", true),
+        None => unauthorized(
+            "missing token: send Authorization: Bearer <metrics token>",
+            false,
+        ),
+    }
+}
+
+/// The admin routes (to be merged into the agents' router, which adds the JSON fallbacks and
+/// the default body limit).
+pub fn routes(state: Arc<AdminState>) -> Routes<()> {
+    use axum::middleware::from_fn_with_state;
+    let api = Routes::new()
+        .route("/api/flows", &["GET"], get(flows::list))
+        .route("/api/flows/validate", &["POST"], flows::validate_route())
+        .route(
+            "/api/flows/{name}",
+            &["GET", "PUT", "DELETE"],
+            flows::flow_route(),
+        )
+        .route("/api/test/chat", &["POST"], post(tryout::chat))
+        .route("/api/test/wav", &["POST"], tryout::wav_route())
+        .route("/api/calls", &["GET"], get(calls::list))
+        .route("/api/calls/live", &["GET"], get(calls::live))
+        .route("/api/calls/{id}", &["GET"], get(calls::one))
+        .route("/api/analytics", &["GET"], get(calls::analytics))
+        .map_router(|r| r.route_layer(from_fn_with_state(Arc::clone(&state), require_admin)));
+    let scraped = Routes::new()
+        .route("/readyz", &["GET"], get(health::readyz))
+        .route("/metrics", &["GET"], get(health::metrics))
+        .map_router(|r| r.route_layer(from_fn_with_state(Arc::clone(&state), require_metrics)));
+    let open = Routes::new().route("/openapi.json", &["GET"], get(openapi::document));
+    api.merge(scraped).merge(open).with_state(state)
+}
+
+/// The admin router alone (see [`routes`]).
+pub fn router(state: Arc<AdminState>) -> Router {
+    routes(state).into_router()
+}
+
+#[cfg(test)]
+pub(crate) mod test_support;
