@@ -101,6 +101,9 @@ pub struct WebhookConfig {
     pub max_attempts: u32,
     /// The SQLite file holding the outbox (created with its directory when missing).
     pub database: PathBuf,
+    /// Delivered and given-up events are deleted this many days after they were created
+    /// (checked hourly); pending events are never deleted.
+    pub retention_days: u32,
 }
 
 impl fmt::Debug for WebhookConfig {
@@ -115,6 +118,7 @@ impl fmt::Debug for WebhookConfig {
             .field("max_backoff_ms", &self.max_backoff_ms)
             .field("max_attempts", &self.max_attempts)
             .field("database", &self.database)
+            .field("retention_days", &self.retention_days)
             .finish()
     }
 }
@@ -130,6 +134,7 @@ impl Default for WebhookConfig {
             max_backoff_ms: 60_000,
             max_attempts: 0,
             database: PathBuf::from("data/voicebot.sqlite3"),
+            retention_days: 30,
         }
     }
 }
@@ -160,6 +165,12 @@ impl WebhookConfig {
                 return Some(("url", format!("`{}` names no host", self.url)))
             }
             Some(_) => {}
+        }
+        if !(1..=36_500).contains(&self.retention_days) {
+            return Some((
+                "retention_days",
+                format!("{} must be in 1..=36500", self.retention_days),
+            ));
         }
         let (lo, hi) = TIMEOUT_RANGE_MS;
         if !(lo..=hi).contains(&self.timeout_ms) {
@@ -876,6 +887,9 @@ impl DelivererHandle {
 /// the blocking pool), records each answer, and sleeps until the next event is due (at most
 /// a second) or until [`DelivererHandle::notify`]. With webhooks off (no URL) it sends nothing
 /// and the events stay in the outbox.
+/// How often delivered events past their retention are deleted.
+const PRUNE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(3600);
+
 pub fn spawn_deliverer(outbox: Arc<Outbox>, config: WebhookConfig) -> DelivererHandle {
     let wake = Arc::new(Notify::new());
     let stop = Arc::new(AtomicBool::new(false));
@@ -919,7 +933,20 @@ async fn deliver_loop(
         "webhook deliverer started"
     );
     let config = Arc::new(config);
+    let mut next_prune = std::time::Instant::now();
     while !stop.load(Ordering::Acquire) {
+        if std::time::Instant::now() >= next_prune {
+            next_prune += PRUNE_INTERVAL;
+            let keep_ms = u64::from(config.retention_days) * 86_400_000;
+            let before = now_unix_ms().saturating_sub(keep_ms);
+            let outbox = Arc::clone(&outbox);
+            match tokio::task::spawn_blocking(move || outbox.prune(before)).await {
+                Ok(Ok(0)) => {}
+                Ok(Ok(n)) => tracing::info!(events = n, "old delivered webhook events pruned"),
+                Ok(Err(e)) => tracing::warn!(error = %e, "cannot prune the webhook outbox"),
+                Err(e) => tracing::warn!(error = %e, "cannot prune the webhook outbox"),
+            }
+        }
         let round = {
             let (outbox, deliverer, config, stop) = (
                 Arc::clone(&outbox),

@@ -21,7 +21,8 @@ use crate::flows::Flow;
 use crate::handover::context::{self, BotSpeechLine, ContextInput};
 use crate::handover::outbox::DelivererHandle;
 use crate::handover::transfer::{
-    user_to_user, AfterAgent, Attempt, AttemptOutcome, Hunt, Target, TransferConfig, TransferMode,
+    parse_target, user_to_user, AfterAgent, Attempt, AttemptOutcome, Hunt, Target, TransferConfig,
+    TransferMode,
 };
 use crate::media::barge_in::{BargeIn, BargeInConfig};
 use crate::media::codec::CodecError;
@@ -172,8 +173,12 @@ pub struct TransferRecord {
     pub agent: Option<String>,
     /// From the escalation decision to the first agent INVITE, ms.
     pub decision_to_invite_ms: Option<f64>,
-    /// From the agent's answer to the bridge carrying audio, ms.
+    /// From the agent's answer to the caller's audio going to the agent, ms (bridge mode: at
+    /// once, or after the whisper).
     pub answer_to_bridge_ms: Option<f64>,
+    /// From the agent's answer to the caller hearing the agent, ms: once the whisper and the
+    /// caller's announcement are over.
+    pub answer_to_put_through_ms: Option<f64>,
     /// Packets relayed to and from the agent.
     pub packets_to_agent: u64,
     pub packets_from_agent: u64,
@@ -457,6 +462,22 @@ async fn send_refer(
     }
 }
 
+/// The address of an extension's host (`sip:user@host[:port]`), looked up without blocking
+/// (and at most 2 s: a dead DNS server must not hold the caller).
+async fn resolve(uri: &str) -> Result<SocketAddr, String> {
+    let (host, port) = parse_target(uri)?;
+    let looked_up = tokio::time::timeout(
+        Duration::from_secs(2),
+        tokio::net::lookup_host((host.as_str(), port)),
+    )
+    .await;
+    match looked_up {
+        Ok(Ok(mut addrs)) => addrs.next().ok_or_else(|| format!("{host} has no address")),
+        Ok(Err(e)) => Err(format!("cannot resolve {host}: {e}")),
+        Err(_) => Err(format!("cannot resolve {host}: no answer within 2 s")),
+    }
+}
+
 /// Tries the next extensions of the hunt until one rings (bridge, attended) or the caller's
 /// side was asked to call it (blind); [`Leg::Failed`] when none is left or none could be
 /// tried.
@@ -489,10 +510,19 @@ async fn dial_next(
                 }
             }
         }
+        let addr = match resolve(&target.uri).await {
+            Ok(addr) => addr,
+            Err(why) => {
+                tracing::warn!(target = %target.uri, %why, "cannot call this extension; trying the next");
+                r.hunt.record(&target.uri, &AttemptOutcome::Failed(why));
+                continue;
+            }
+        };
         let (reply, answer) = tokio::sync::oneshot::channel();
         let request = PlaceCall {
             caller,
             target: target.uri.clone(),
+            addr,
             headers,
             from_display: format!("Voicebot {}", r.team),
             from_user: cfg.from_user.clone(),
@@ -574,7 +604,9 @@ fn bridge(
     let unplayed = stream.lock().map_or(0, |mut s| s.sender.flush());
     speech_log.cut(unplayed as u64, rate);
     if let Some(at) = answered {
-        r.record.answer_to_bridge_ms = Some(at.elapsed().as_secs_f64() * 1000.0);
+        let ms = at.elapsed().as_secs_f64() * 1000.0;
+        r.record.answer_to_bridge_ms.get_or_insert(ms);
+        r.record.answer_to_put_through_ms = Some(ms);
     }
     r.record.outcome = "bridged".into();
     tracing::info!(agent = %agent.handle, "caller and agent bridged");
@@ -952,6 +984,18 @@ pub async fn run_call_media(setup: CallSetup) {
                     let _ = tx.try_send(CallInput::End);
                 }
                 if let Some(r) = run.as_mut() {
+                    if let Leg::Answered { media: agent, target, answered } = &mut r.leg {
+                        // Bridge mode: the agent hears the caller from the answer on (after
+                        // the whisper); the caller hears the agent once the announcement is
+                        // over (see `Leg::Answered`).
+                        if target.mode == TransferMode::Bridge && !agent.is_playing() {
+                            match &caller_frame {
+                                Some(frame) => agent.send(frame, rate),
+                                None => agent.send(&vec![0.0; media.codec.samples_per_frame(PTIME_MS)], rate),
+                            }
+                            r.record.answer_to_bridge_ms.get_or_insert_with(|| answered.elapsed().as_secs_f64() * 1000.0);
+                        }
+                    }
                     if !matches!(r.leg, Leg::Bridged { .. }) {
                         if let Some(agent) = r.agent_media() {
                             agent.discard_frame(now);

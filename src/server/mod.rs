@@ -31,7 +31,7 @@ use crate::admin::AdminState;
 use crate::handover::feedback::FeedbackStore;
 use crate::handover::hub::HandoverHub;
 use crate::handover::outbox::{spawn_deliverer, DelivererHandle, Outbox};
-use crate::handover::transfer::{parse_target, refer_to, replaces};
+use crate::handover::transfer::{refer_to, replaces};
 use crate::history::CallHistory;
 use crate::pipeline::Engines;
 use crate::sip::auth::{AllowList, DigestAuthenticator, DigestConfig};
@@ -104,6 +104,9 @@ pub(crate) struct PlaceCall {
     pub caller: CallHandle,
     /// The agent's SIP URI.
     pub target: String,
+    /// Where the INVITE goes: the target's host, resolved by the call task (name lookups
+    /// never block the signalling task).
+    pub addr: SocketAddr,
     /// Context headers for the INVITE.
     pub headers: Vec<(String, String)>,
     pub from_display: String,
@@ -504,13 +507,7 @@ impl Signalling {
 
     /// Places the agent leg of a transfer.
     fn place_call(&mut self, req: &PlaceCall) -> Result<(CallHandle, ports::RtpPorts), String> {
-        use std::net::ToSocketAddrs;
-        let (host, port) = parse_target(&req.target)?;
-        let addr = (host.as_str(), port)
-            .to_socket_addrs()
-            .map_err(|e| format!("cannot resolve {host}: {e}"))?
-            .next()
-            .ok_or_else(|| format!("{host} has no address"))?;
+        let addr = req.addr;
         if self.udp.is_none() {
             return Err("agent calls need the UDP transport".into());
         }
