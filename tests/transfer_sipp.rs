@@ -200,8 +200,9 @@ fn cancellation_is_handed_to_an_agent_with_context_and_bridged() {
     assert_eq!(final_events.len(), 1);
     check_signature(&final_events[0]);
     println!(
-        "decision -> agent INVITE {} ms, agent answer -> bridged {} ms",
-        t["decision_to_invite_ms"], t["answer_to_bridge_ms"]
+        "decision -> agent INVITE {} ms, agent answer -> caller's audio to the agent {} ms, \
+         -> caller hears the agent {} ms",
+        t["decision_to_invite_ms"], t["answer_to_bridge_ms"], t["answer_to_put_through_ms"]
     );
     assert!(gw.alive());
 }

@@ -363,6 +363,8 @@ enum Leg {
         media: Box<AgentMedia>,
         target: Target,
         answered: Instant,
+        /// When the whisper has gone out (the answer itself when there is none).
+        whispered_at: Instant,
     },
     /// The caller's side was asked to transfer the call (REFER) and has not reported the
     /// result yet. Attended: `consult` is our answered call with the agent that it replaces.
@@ -984,11 +986,11 @@ pub async fn run_call_media(setup: CallSetup) {
                     let _ = tx.try_send(CallInput::End);
                 }
                 if let Some(r) = run.as_mut() {
-                    if let Leg::Answered { media: agent, target, answered } = &mut r.leg {
+                    if let Leg::Answered { media: agent, target, answered, whispered_at } = &mut r.leg {
                         // Bridge mode: the agent hears the caller from the answer on (after
                         // the whisper); the caller hears the agent once the announcement is
                         // over (see `Leg::Answered`).
-                        if target.mode == TransferMode::Bridge && !agent.is_playing() {
+                        if target.mode == TransferMode::Bridge && now >= *whispered_at {
                             match &caller_frame {
                                 Some(frame) => agent.send(frame, rate),
                                 None => agent.send(&vec![0.0; media.codec.samples_per_frame(PTIME_MS)], rate),
@@ -1056,9 +1058,9 @@ pub async fn run_call_media(setup: CallSetup) {
                         }
                     }
                     let caller_idle = stream.lock().map_or(true, |s| s.sender.queued_samples() <= media.codec.samples_per_frame(PTIME_MS) * 3);
-                    let ready = caller_idle && matches!(&r.leg, Leg::Answered { media: m, .. } if !m.is_playing());
+                    let ready = caller_idle && matches!(&r.leg, Leg::Answered { whispered_at, .. } if now >= *whispered_at);
                     if ready {
-                        if let Leg::Answered { media: agent, target, answered } = std::mem::replace(&mut r.leg, Leg::Dialing) {
+                        if let Leg::Answered { media: agent, target, answered, .. } = std::mem::replace(&mut r.leg, Leg::Dialing) {
                             if r.record.whisper.is_some() {
                                 r.record.whisper_ms = Some(answered.elapsed().as_secs_f64() * 1000.0);
                             }
@@ -1288,14 +1290,17 @@ pub async fn run_call_media(setup: CallSetup) {
                                             } else {
                                                 None
                                             };
+                                            let mut whispered_at = Instant::now();
                                             if let Some((text, audio)) = whisper {
                                                 tracing::info!(%text, "whispering to the agent before putting the caller through");
                                                 agent_media.play(&audio);
+                                                let secs = audio.len() as f64 / f64::from(agent_media.rate.max(1));
+                                                whispered_at += Duration::from_secs_f64(secs);
                                                 r.record.whisper = Some(text);
                                             }
-                                            // Put through on the next tick, once the whisper and
+                                            // Put through on a later tick, once the whisper and
                                             // the caller's announcement are out.
-                                            r.leg = Leg::Answered { media: agent_media, target, answered };
+                                            r.leg = Leg::Answered { media: agent_media, target, answered, whispered_at };
                                         }
                                         Err(e) => {
                                             tracing::error!(error = %e, "cannot start the agent leg's media; trying the next extension");

@@ -192,13 +192,6 @@ impl AgentMedia {
         }
     }
 
-    /// Whether audio queued with [`play`](Self::play) is still going out.
-    pub fn is_playing(&self) -> bool {
-        self.stream
-            .lock()
-            .is_ok_and(|s| s.sender.queued_samples() > 0)
-    }
-
     /// The agent's next 20 ms, discarded (while the agent is not put through to the caller,
     /// the jitter buffer still has to be played out).
     pub fn discard_frame(&mut self, now: Instant) {
