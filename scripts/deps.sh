@@ -23,8 +23,10 @@ have_cmd python3 || need+=(python3)
 have_cmd sipp || need+=(sip-tester)
 have_pkg libopus-dev || need+=(libopus-dev)
 have_cmd pkg-config || need+=(pkg-config)
-# The agent screen is tested in a real browser (headless).
+# The agent screen and the admin console are tested in a real browser (headless); the console
+# test drives it through chromedriver (WebDriver).
 have_cmd chromium || need+=(chromium)
+have_cmd chromedriver || need+=(chromium-driver)
 have_cmd pip3 || python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
 have_cmd cc || need+=(build-essential)
 have_cmd cargo || { echo "deps: cargo (Rust) is not installed; install a Rust toolchain (rustup) first" >&2; exit 1; }

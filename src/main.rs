@@ -243,9 +243,10 @@ async fn serve(
             Some((http, token_source)) => format!(
                 "voicebot ready: sip={addr} rtp={lo}-{hi} http={http}\n\
                  agent screen: http://{http}/agent?token=<agent token> (token from {token_source})\n\
-                 admin API: http://{http}/api/ (Authorization: Bearer <admin token>, token from {}); \
-                 OpenAPI at http://{http}/openapi.json, metrics at http://{http}/metrics\n",
-                server.admin_token_source().unwrap_or("nowhere")
+                 admin API: http://{http}/api/ (Authorization: Bearer <admin token>, token from {admin_source}); \
+                 OpenAPI at http://{http}/openapi.json, metrics at http://{http}/metrics\n\
+                 admin console: http://{http}/admin (log in with the admin token from {admin_source})\n",
+                admin_source = server.admin_token_source().unwrap_or("nowhere")
             ),
             None => format!("voicebot ready: sip={addr} rtp={lo}-{hi}\n"),
         };

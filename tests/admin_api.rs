@@ -7,90 +7,18 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{json, Value};
 use voicebot_gateway::admin::openapi::{check, response_schema};
 
+use common::admin::{http_client, HttpGateway};
 use common::{have_sipp, root, spoken_wav};
 
-/// A running `voicebot serve` with the HTTP side on; killed on drop.
-struct Serve {
-    child: Child,
-    /// The banner's lines (ready, agent screen, admin API).
-    banner: Vec<String>,
-    base: String,
-    sip_port: u16,
-}
-
-impl Serve {
-    fn start(config: &Path, rtp_ports: &str) -> Serve {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_voicebot"))
-            .current_dir(root())
-            .arg("--config")
-            .arg(config)
-            .args(["serve", "--sip", "127.0.0.1:0", "--rtp-ports", rtp_ports])
-            .env("RUST_LOG", "voicebot_gateway=info,warn")
-            .env_remove("VOICEBOT_ADMIN_TOKEN")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start voicebot serve");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut reader = BufReader::new(stdout);
-            let mut line = String::new();
-            while reader.read_line(&mut line).unwrap_or(0) > 0 {
-                let _ = tx.send(line.trim_end().to_string());
-                line.clear();
-            }
-        });
-        let mut banner = Vec::new();
-        while banner.len() < 3 {
-            let line = rx
-                .recv_timeout(Duration::from_secs(120))
-                .unwrap_or_else(|_| panic!("no full banner within 120 s; got {banner:?}"));
-            banner.push(line);
-        }
-        let http = banner[0]
-            .split("http=")
-            .nth(1)
-            .and_then(|s| s.split_whitespace().next())
-            .unwrap_or_else(|| panic!("no http= in {:?}", banner[0]))
-            .to_string();
-        let sip_port = banner[0]
-            .split("sip=127.0.0.1:")
-            .nth(1)
-            .and_then(|s| s.split_whitespace().next())
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("no SIP port in {:?}", banner[0]));
-        Serve {
-            child,
-            banner,
-            base: format!("http://{http}"),
-            sip_port,
-        }
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn http() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(120)))
-        .build()
-        .into()
+    http_client(Duration::from_secs(120))
 }
 
 /// An answer: status and body text.
@@ -258,7 +186,7 @@ fn write_config(dir: &Path) -> PathBuf {
 fn admin_api_end_to_end() {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = write_config(dir.path());
-    let serve = Serve::start(&config, "46100-46199");
+    let serve = HttpGateway::start(&config, "46100-46199", 3, Duration::from_secs(120));
 
     // The banner says where the admin API is and where its token comes from; the generated
     // token is in that file, readable by the owner only, and never printed.
@@ -551,7 +479,7 @@ fn a_real_call_is_live_then_in_the_history() {
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let config = write_config(dir.path());
-    let serve = Serve::start(&config, "46200-46299");
+    let serve = HttpGateway::start(&config, "46200-46299", 3, Duration::from_secs(120));
     let token = std::fs::read_to_string(dir.path().join("secret/admin-token"))
         .expect("token")
         .trim()

@@ -18,9 +18,10 @@
 //! never the agents'; `Authorization: Bearer ...`), checked by a middleware before a body is
 //! read, so an unauthenticated upload costs nothing. `/readyz` and `/metrics` are open to
 //! scrapers unless `[http] metrics_token` is set; `/openapi.json` describes every route (admin
-//! and agent) and is open. Every error is JSON, `{"error": "..."}` (plus `problems` for an
-//! invalid flow), with a 4xx status for anything the client sent wrong; 5xx is kept for the
-//! gateway's own failures (a database or disk error).
+//! and agent) and is open, as is the console page `/admin` (it holds no data: it asks the API,
+//! with the token the admin types in). Every error is JSON, `{"error": "..."}` (plus
+//! `problems` for an invalid flow), with a 4xx status for anything the client sent wrong; 5xx
+//! is kept for the gateway's own failures (a database or disk error).
 //!
 //! # Files
 //!
@@ -30,10 +31,12 @@
 //! - [`live`]: the registry of calls in progress.
 //! - [`health`]: `/readyz`, `/metrics` and the readiness flags.
 //! - [`metrics`]: the Prometheus registry and what feeds it.
+//! - [`console`]: `GET /admin`, the admin console (one embedded page that uses this API).
 //! - [`openapi`]: `/openapi.json`, the route table it is checked against, and a small JSON
 //!   Schema checker the tests use to hold every response to the document.
 
 pub mod calls;
+pub mod console;
 pub mod flows;
 pub mod health;
 pub mod live;
@@ -301,7 +304,9 @@ pub fn routes(state: Arc<AdminState>) -> Routes<()> {
         .route("/readyz", &["GET"], get(health::readyz))
         .route("/metrics", &["GET"], get(health::metrics))
         .map_router(|r| r.route_layer(from_fn_with_state(Arc::clone(&state), require_metrics)));
-    let open = Routes::new().route("/openapi.json", &["GET"], get(openapi::document));
+    let open = Routes::new()
+        .route("/openapi.json", &["GET"], get(openapi::document))
+        .route("/admin", &["GET"], get(console::page));
     api.merge(scraped).merge(open).with_state(state)
 }
 

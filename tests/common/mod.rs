@@ -5,6 +5,7 @@
 
 #![allow(dead_code)]
 
+pub mod admin;
 pub mod webhook;
 
 use std::io::{BufRead, BufReader};
