@@ -36,7 +36,6 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
 
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension};
@@ -201,22 +200,23 @@ impl fmt::Debug for CallHistory {
     }
 }
 
+impl From<crate::sqlite::StoreError> for HistoryError {
+    fn from(e: crate::sqlite::StoreError) -> Self {
+        use crate::sqlite::StoreError;
+        match e {
+            StoreError::CreateDir { path, source } => HistoryError::Io { path, source },
+            StoreError::Sqlite(e) => HistoryError::Sqlite(e),
+            StoreError::NewerSchema { found, known } => HistoryError::NewerSchema { found, known },
+        }
+    }
+}
+
 impl CallHistory {
     /// Opens (or creates, with its directory) the database at `path` and brings its schema up
     /// to date. Fails with [`HistoryError::NewerSchema`] on a database of a newer release.
     pub fn open(path: &Path) -> Result<CallHistory, HistoryError> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|source| HistoryError::Io {
-                path: path.to_path_buf(),
-                source,
-            })?;
-        }
-        let mut conn = Connection::open(path)?;
-        // WAL: the admin API reads while calls are being stored; NORMAL: a commit does not
-        // fsync (the WAL is synced at checkpoints), which survives a process crash.
-        conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get::<_, String>(0))?;
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
-        conn.busy_timeout(Duration::from_secs(5))?;
+        // WAL also lets the admin API read while calls are being stored.
+        let mut conn = crate::sqlite::open(path)?;
         init(&mut conn)?;
         Ok(CallHistory {
             conn: Mutex::new(conn),
@@ -462,27 +462,7 @@ impl CallHistory {
 /// Connection settings and migrations, for files and memory alike.
 fn init(conn: &mut Connection) -> Result<(), HistoryError> {
     conn.pragma_update(None, "foreign_keys", true)?;
-    migrate(conn)
-}
-
-/// Brings the schema to the latest version, one transaction per step.
-fn migrate(conn: &mut Connection) -> Result<(), HistoryError> {
-    let known = i64::try_from(MIGRATIONS.len()).unwrap_or(i64::MAX);
-    let found: i64 = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
-    if found > known {
-        return Err(HistoryError::NewerSchema { found, known });
-    }
-    for (version, sql) in (1..)
-        .zip(MIGRATIONS)
-        .skip(usize::try_from(found).unwrap_or(0))
-    {
-        let tx = conn.transaction()?;
-        tx.execute_batch(sql)?;
-        tx.pragma_update(None, "user_version", version)?;
-        tx.commit()?;
-        tracing::debug!(version, "call history schema migrated");
-    }
-    Ok(())
+    Ok(crate::sqlite::migrate(conn, MIGRATIONS, "call history")?)
 }
 
 /// The filter's conditions on `calls c` (empty, or starting with " WHERE") and their values,

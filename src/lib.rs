@@ -23,4 +23,5 @@ pub mod server;
 pub mod simulate;
 pub mod sip;
 pub mod speech;
+pub mod sqlite;
 pub mod web;

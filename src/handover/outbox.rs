@@ -337,23 +337,25 @@ impl fmt::Debug for Outbox {
     }
 }
 
+impl From<crate::sqlite::StoreError> for OutboxError {
+    fn from(e: crate::sqlite::StoreError) -> Self {
+        use crate::sqlite::StoreError;
+        match e {
+            StoreError::CreateDir { path, source } => OutboxError::CreateDir { path, source },
+            StoreError::Sqlite(e) => OutboxError::Sqlite(e),
+            StoreError::NewerSchema { found, known } => OutboxError::SchemaTooNew {
+                found,
+                supported: known,
+            },
+        }
+    }
+}
+
 impl Outbox {
     /// Opens (or creates, with its directory) the database at `path` and brings its schema up
     /// to date.
     pub fn open(path: &Path) -> Result<Outbox, OutboxError> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|source| OutboxError::CreateDir {
-                path: path.to_path_buf(),
-                source,
-            })?;
-        }
-        let mut conn = Connection::open(path)?;
-        // WAL: readers never block the writer; NORMAL: a commit does not fsync (the WAL is
-        // synced at checkpoints), which survives a process crash, and at worst loses the last
-        // events on a power cut.
-        conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get::<_, String>(0))?;
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
-        conn.busy_timeout(Duration::from_secs(5))?;
+        let mut conn = crate::sqlite::open(path)?;
         migrate(&mut conn)?;
         Ok(Outbox {
             conn: Mutex::new(conn),
@@ -592,24 +594,8 @@ impl Outbox {
     }
 }
 
-/// Brings the schema to the latest version, one transaction per step.
 fn migrate(conn: &mut Connection) -> Result<(), OutboxError> {
-    let supported = i64::try_from(MIGRATIONS.len()).unwrap_or(i64::MAX);
-    let found: i64 = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
-    if found > supported {
-        return Err(OutboxError::SchemaTooNew { found, supported });
-    }
-    for (version, sql) in (1..)
-        .zip(MIGRATIONS)
-        .skip(usize::try_from(found).unwrap_or(0))
-    {
-        let tx = conn.transaction()?;
-        tx.execute_batch(sql)?;
-        tx.pragma_update(None, "user_version", version)?;
-        tx.commit()?;
-        tracing::debug!(version, "webhook outbox schema migrated");
-    }
-    Ok(())
+    Ok(crate::sqlite::migrate(conn, MIGRATIONS, "webhook outbox")?)
 }
 
 /// A fresh random 128-bit event id, as 32 lowercase hex digits.
