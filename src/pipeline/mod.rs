@@ -538,7 +538,10 @@ async fn synthesize(engines: &Engines, text: &str) -> Result<MonoAudio, Pipeline
     })
 }
 
-fn make_report(
+/// The report of one turn: from what was heard (utterance, transcript, intent time, when the
+/// turn started), or for a turn with no audio (DTMF, typed text) a zero-length one at
+/// `decided_at`.
+pub(crate) fn make_report(
     index: usize,
     turn: &BotTurn,
     heard: Option<&(Utterance, Transcript, Duration, Instant)>,

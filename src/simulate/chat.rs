@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use crate::dialog::{Bot, CallerTurn};
 use crate::flows::Flow;
-use crate::pipeline::{Engines, PipelineError};
-use crate::report::{CallOutcome, CallReport, TurnReport, TurnTimings};
+use crate::pipeline::{make_report, Engines, PipelineError};
+use crate::report::{CallOutcome, CallReport};
 
 /// A chat's results.
 #[derive(Debug, Clone)]
@@ -47,30 +47,17 @@ pub async fn simulate_chat(
         };
         let (returned, turn, intent_time) = engines.pool.run(job).await?;
         bot = returned;
-        let report = TurnReport {
-            index: reports.len() + 1,
-            start: Duration::ZERO,
-            end: Duration::ZERO,
-            end_reason: None,
-            transcript: text.clone(),
-            asr_confidence: 1.0,
-            normalized: turn.normalized_text.clone(),
-            intent: turn.intent.intent.clone(),
-            intent_confidence: turn.intent.confidence,
-            intent_evidence: turn.intent.evidence.clone(),
-            slots: turn.slots.clone(),
-            reply: turn.reply.clone(),
-            escalation: turn.escalation.clone(),
-            ends_call: turn.ends_call,
-            emotion: turn.emotion.clone(),
-            timings: TurnTimings {
-                asr: Duration::ZERO,
-                intent: intent_time,
-                tts: Duration::ZERO,
-                total: intent_time,
-            },
-            fault: None,
-        };
+        // A typed turn: no audio, so no endpointer or ASR figures; the text is the transcript.
+        let mut report = make_report(
+            reports.len() + 1,
+            &turn,
+            None,
+            Duration::ZERO,
+            Duration::ZERO,
+        );
+        report.transcript = text.clone();
+        report.timings.intent = intent_time;
+        report.timings.total = intent_time;
         reports.push(report);
         if let Some(e) = turn.escalation {
             outcome = CallOutcome::Escalated;
