@@ -106,6 +106,18 @@ impl AgentPhone {
     }
 }
 
+/// The `heard` spans of an agent call summary, as (start, end) seconds after the answer.
+fn spans(heard: &serde_json::Value) -> Vec<(f64, f64)> {
+    heard
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| Some((s[0].as_f64()?, s[1].as_f64()?)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 fn free_udp_port() -> u16 {
     std::net::UdpSocket::bind("127.0.0.1:0")
         .and_then(|s| s.local_addr())
@@ -197,8 +209,23 @@ fn bridged_with_a_whisper_both_sides_transcribed_and_the_bot_takes_the_caller_ba
         calls[0]["headers"]["x-voicebot-call-id"].is_string(),
         "{agent}"
     );
+    // The whisper is the first thing the agent hears, from the answer on and about as long
+    // as the gateway says it played (its words are checked below, from the transfer record:
+    // the tiny model mishears synthetic speech over G.711 too often to check them here);
+    // then the caller's own words.
+    let records = gw.records(1, Duration::from_secs(40));
+    let r = &records[0];
+    let t = &r["transfer"];
+    let whisper_ms = t["whisper_ms"].as_f64().unwrap_or(0.0);
+    let heard = spans(&calls[0]["heard"]);
+    assert!(heard.len() >= 2, "{agent}");
+    let (start, end) = heard[0];
+    assert!(start < 1.5, "whisper heard from {start} s: {agent}");
+    assert!(
+        (end - start) * 1000.0 >= 0.6 * whisper_ms,
+        "whisper heard {start}..{end} s, played {whisper_ms} ms: {agent}"
+    );
     let heard_by_agent = transcribe_recording(Path::new(agent["recording"].as_str().unwrap()));
-    assert!(heard_by_agent.contains("cancel"), "{heard_by_agent}");
     assert!(said_order(&heard_by_agent), "{heard_by_agent}");
     // The caller heard the agent, then the bot again, which answered the new question.
     let heard_by_caller = transcribe_recording(&record);
@@ -208,9 +235,6 @@ fn bridged_with_a_whisper_both_sides_transcribed_and_the_bot_takes_the_caller_ba
         "{heard_by_caller}"
     );
 
-    let records = gw.records(1, Duration::from_secs(40));
-    let r = &records[0];
-    let t = &r["transfer"];
     assert_eq!(t["outcome"], "returned_to_bot", "{r}");
     assert_eq!(t["mode"], "bridge", "{t}");
     assert!(

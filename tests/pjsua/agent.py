@@ -1,7 +1,8 @@
 """A headless agent extension built on PJSIP's Python binding (pjsua2), for the transfer tests.
 
 It listens on a UDP port like a desk phone: it rings, answers every call after --answer-after
-seconds, records everything it hears into one WAV, and accepts calls that replace one of its
+seconds, records everything it hears into one WAV (and when it heard the far end speak, as spans
+in its summary), and accepts calls that replace one of its
 calls (RFC 3891 `Replaces`, the second half of an attended transfer). Once answered, it waits
 for the far end to speak and fall quiet (a whisper), or --greet-wait seconds, then says its
 greeting WAV; it hangs up --hangup-after seconds after answering (0: never), and it exits once
@@ -53,6 +54,10 @@ class AgentCall(pj.Call):
         self.media = None
         self.answered_at = None
         self.greeted = False
+        # What the agent heard, as [start, end] seconds after the answer: a span ends after
+        # QUIET_AFTER_SPEECH_S below SPEAKING_LEVEL.
+        self.heard = []
+        self.quiet_since = None
 
     def onCallState(self, prm):
         info = self.getInfo()
@@ -83,6 +88,23 @@ class AgentCall(pj.Call):
 
     def ended(self):
         return self.info["state"].startswith("disconn")
+
+    def listen(self, now):
+        """Follows the level of what the far end sends, into `heard` spans (at most 20)."""
+        at = round(now - self.answered_at, 2)
+        speaking = self.media.getTxLevel() > SPEAKING_LEVEL
+        open_span = self.heard and self.heard[-1][1] is None
+        if speaking:
+            self.quiet_since = None
+            if not open_span and len(self.heard) < 20:
+                self.heard.append([at, None])
+        elif open_span:
+            if self.quiet_since is None:
+                self.quiet_since = at
+            elif at - self.quiet_since >= QUIET_AFTER_SPEECH_S:
+                self.heard[-1][1] = self.quiet_since
+                self.quiet_since = None
+        self.info["heard"] = [[s, e if e is not None else at] for s, e in self.heard]
 
 
 class Agent(pj.Account):
@@ -167,6 +189,7 @@ def main():
                 if call.ended() or call.media is None or call.answered_at is None:
                     continue
                 key = id(call)
+                call.listen(now)
                 if args.greet and not call.greeted:
                     level = call.media.getTxLevel()
                     if level > SPEAKING_LEVEL:
