@@ -12,6 +12,7 @@ use crate::dialog::llm::LlmConfig;
 use crate::flows::FlowsConfig;
 use crate::handover::HandoverConfig;
 use crate::server::config::{MediaConfig, SipConfig};
+use crate::server::recording::RecordingConfig;
 use crate::speech::asr::AsrConfig;
 use crate::speech::tts::TtsConfig;
 use crate::speech::vad::VadConfig;
@@ -88,6 +89,7 @@ pub struct GatewayConfig {
     pub http: crate::web::HttpConfig,
     pub sip: SipConfig,
     pub media: MediaConfig,
+    pub recording: RecordingConfig,
 }
 
 impl GatewayConfig {
@@ -191,6 +193,9 @@ impl GatewayConfig {
                 reason,
             ));
         }
+        if let Some((field, reason)) = self.recording.problem() {
+            return Err(ConfigError::invalid(file, text, field, reason));
+        }
         self.sip.validate(file, text)?;
         self.media.validate(file, text)?;
         self.escalation.validate(file, text, "escalation")
@@ -209,6 +214,21 @@ mod tests {
         let err = GatewayConfig::from_text(Path::new("g.toml"), text).unwrap_err();
         assert_eq!(err.field.as_deref(), Some("intent.llm.url"), "{err}");
         assert_eq!(err.line, Some(3), "{err}");
+    }
+
+    #[test]
+    fn recording_settings_are_checked() {
+        let text = "[recording]\nenabled = true\ndir = \"\"\n";
+        let err = GatewayConfig::from_text(Path::new("g.toml"), text).unwrap_err();
+        assert_eq!(err.field.as_deref(), Some("recording.dir"), "{err}");
+        let text = "[recording]\nretention_days = 99999\n";
+        let err = GatewayConfig::from_text(Path::new("g.toml"), text).unwrap_err();
+        assert_eq!(
+            err.field.as_deref(),
+            Some("recording.retention_days"),
+            "{err}"
+        );
+        assert_eq!(err.line, Some(2), "{err}");
     }
 
     #[test]

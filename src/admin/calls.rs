@@ -19,11 +19,14 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use tower::ServiceExt;
+use tower_http::services::ServeFile;
 
 use super::{metrics, AdminState, ApiError};
 use crate::handover::context::{build, ContextInput};
@@ -399,6 +402,67 @@ pub async fn one(
     }))
 }
 
+/// `GET /api/calls/{id}/recording`: the call's stereo WAV (left: the caller, right: what the
+/// caller was sent), with Range requests so a player can seek.
+pub async fn recording(
+    State(state): State<Arc<AdminState>>,
+    Path(id): Path<String>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    if id.is_empty() || id.len() > 512 {
+        return Err(ApiError::bad_request("a call id has 1 to 512 characters"));
+    }
+    let key = id.clone();
+    let record = query(history(&state)?, move |h| h.get(&key))
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no call `{id}` in the history")))?;
+    let file = record
+        .get("recording")
+        .and_then(|r| r.get("file"))
+        .and_then(Value::as_str)
+        .ok_or_else(|| {
+            ApiError::not_found(format!(
+                "call `{id}` was not recorded ([recording] enabled was off, or the recording failed)"
+            ))
+        })?;
+    if !crate::server::recording::is_file_name(file) {
+        return Err(ApiError::internal(format!(
+            "the history names `{file}` as the recording of `{id}`, which is not a recording file name"
+        )));
+    }
+    let path = state.engines.config.recording.dir.join(file);
+    if !tokio::fs::try_exists(&path).await.unwrap_or(false) {
+        return Err(ApiError::not_found(format!(
+            "the recording of `{id}` is gone (deleted after [recording] retention_days, or by hand)"
+        )));
+    }
+    let served = ServeFile::new(&path)
+        .oneshot(request)
+        .await
+        .map_err(|e| ApiError::internal(format!("cannot serve the recording: {e}")))?;
+    // Errors are JSON here like everywhere else.
+    match served.status() {
+        StatusCode::RANGE_NOT_SATISFIABLE => {
+            // Content-Range (`bytes */SIZE`) tells the client the size.
+            let mut answer = ApiError::new(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                "the Range is outside the recording (Content-Range gives its size)",
+            )
+            .into_response();
+            let range = axum::http::header::CONTENT_RANGE;
+            if let Some(v) = served.headers().get(&range) {
+                answer.headers_mut().insert(range, v.clone());
+            }
+            Ok(answer)
+        }
+        s if s.is_client_error() || s.is_server_error() => Err(ApiError::new(
+            s,
+            format!("cannot serve the recording of `{id}`: {s}"),
+        )),
+        _ => Ok(served.map(axum::body::Body::new).into_response()),
+    }
+}
+
 /// `GET /api/analytics`.
 pub async fn analytics(
     State(state): State<Arc<AdminState>>,
@@ -496,7 +560,7 @@ mod tests {
 mod router_tests {
     use super::*;
     use crate::admin::live::CallState;
-    use crate::admin::test_support::{admin, fixture, send, ADMIN};
+    use crate::admin::test_support::{admin, assert_schema, fixture, send, ADMIN};
     use serde_json::json;
 
     fn record(id: &str, flow: &str, escalated: Option<&str>, intent: &str, conf: f64) -> Value {
@@ -569,6 +633,89 @@ mod router_tests {
         assert!(v["webhook_events"].is_null());
         let (status, _) = admin(&f.app, "GET", "/api/calls/zzz", "/api/calls/{id}", None, "").await;
         assert_eq!(status, StatusCode::NOT_FOUND);
+    }
+
+    #[tokio::test]
+    async fn a_recording_is_served_whole_or_by_range_and_its_absence_explained() {
+        let f = fixture(true);
+        let h = f.state.history.clone().expect("history");
+        let dir = f.state.engines.config.recording.dir.clone();
+        std::fs::create_dir_all(&dir).unwrap();
+        let spec = hound::WavSpec {
+            channels: 2,
+            sample_rate: 8000,
+            bits_per_sample: 16,
+            sample_format: hound::SampleFormat::Int,
+        };
+        let mut w = hound::WavWriter::create(dir.join("rec-1.wav"), spec).unwrap();
+        for i in 0..8000 {
+            w.write_sample(i as i16).unwrap();
+        }
+        w.finalize().unwrap();
+        let size = std::fs::metadata(dir.join("rec-1.wav")).unwrap().len();
+        let with = |id: &str, file: Option<&str>| {
+            let mut r = record(id, "support", None, "order_status", 0.9);
+            if let Some(file) = file {
+                r["recording"] = serde_json::json!({
+                    "file": file, "rate": 8000, "channels": "left: caller, right: sent to the caller",
+                    "seconds": 0.5, "dropped_ms": 0
+                });
+            }
+            r
+        };
+        h.insert(1, &with("rec-1", Some("rec-1.wav"))).unwrap();
+        h.insert(2, &with("plain", None)).unwrap();
+        h.insert(3, &with("pruned", Some("pruned.wav"))).unwrap();
+        h.insert(4, &with("evil", Some("../gateway.toml"))).unwrap();
+        let get = |uri: &str, range: Option<&str>| {
+            let mut r = axum::http::Request::builder()
+                .uri(uri)
+                .header("Authorization", format!("Bearer {ADMIN}"));
+            if let Some(range) = range {
+                r = r.header("Range", range);
+            }
+            let app = f.app.clone();
+            let request = r.body(axum::body::Body::empty()).unwrap();
+            async move {
+                let response = app.oneshot(request).await.unwrap();
+                let (parts, body) = response.into_parts();
+                let bytes = axum::body::to_bytes(body, usize::MAX).await.unwrap();
+                (parts, bytes)
+            }
+        };
+        let (parts, bytes) = get("/api/calls/rec-1/recording", None).await;
+        assert_eq!(parts.status, StatusCode::OK);
+        assert_eq!(parts.headers["content-type"], "audio/wav");
+        assert_eq!(bytes.len() as u64, size);
+        let wav = hound::WavReader::new(std::io::Cursor::new(bytes.to_vec())).unwrap();
+        assert_eq!((wav.spec().channels, wav.len()), (2, 8000));
+        let (parts, bytes) = get("/api/calls/rec-1/recording", Some("bytes=0-43")).await;
+        assert_eq!(parts.status, StatusCode::PARTIAL_CONTENT);
+        assert_eq!(&bytes[..4], b"RIFF");
+        assert_eq!(bytes.len(), 44);
+        let (parts, bytes) = get("/api/calls/rec-1/recording", Some("bytes=999999-")).await;
+        assert_eq!(parts.status, StatusCode::RANGE_NOT_SATISFIABLE);
+        assert_eq!(parts.headers["content-range"], format!("bytes */{size}"));
+        let v: Value = serde_json::from_slice(&bytes).unwrap();
+        assert_schema("GET", "/api/calls/{id}/recording", parts.status, &v);
+        for (id, status, says) in [
+            ("plain", StatusCode::NOT_FOUND, "not recorded"),
+            ("pruned", StatusCode::NOT_FOUND, "retention_days"),
+            ("nobody", StatusCode::NOT_FOUND, "no call"),
+            (
+                "evil",
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "not a recording file name",
+            ),
+        ] {
+            let uri = format!("/api/calls/{id}/recording");
+            let (status_got, v) =
+                admin(&f.app, "GET", &uri, "/api/calls/{id}/recording", None, "").await;
+            assert_eq!(status_got, status, "{id}: {v}");
+            assert!(v["error"].as_str().unwrap().contains(says), "{id}: {v}");
+        }
+        let answer = send(&f.app, "GET", "/api/calls/rec-1/recording", None, None, "").await;
+        assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
     }
 
     #[tokio::test]
@@ -690,6 +837,7 @@ mod router_tests {
             report: Some(run.report),
             pipeline_error: None,
             transfer: None,
+            recording: None,
         };
         let before = metrics::global().rtp_lost.get();
         on_call_finished(f.state.history.clone(), SystemTime::now(), &record);

@@ -298,6 +298,7 @@ pub fn routes(state: Arc<AdminState>) -> Routes<()> {
         .route("/api/calls", &["GET"], get(calls::list))
         .route("/api/calls/live", &["GET"], get(calls::live))
         .route("/api/calls/{id}", &["GET"], get(calls::one))
+        .route("/api/calls/{id}/recording", &["GET"], get(calls::recording))
         .route("/api/analytics", &["GET"], get(calls::analytics))
         .map_router(|r| r.route_layer(from_fn_with_state(Arc::clone(&state), require_admin)));
     let scraped = Routes::new()

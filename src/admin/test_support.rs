@@ -103,6 +103,7 @@ pub fn fixture(with_dir: bool) -> Fixture {
     let mut config = GatewayConfig::default();
     config.intent.engine = IntentEngine::Rules;
     config.flows.dir = dir.path().join("flows");
+    config.recording.dir = dir.path().join("recordings");
     let flows = crate::engines::load_flows(&config).expect("flows load");
     let engines = Engines {
         config: Arc::new(config),

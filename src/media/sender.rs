@@ -34,6 +34,9 @@ pub struct RtpSender {
     dtmf_timestamp: u32,
     played: u64,
     octets: u64,
+    /// What went out, as audio, since the last [`take_sent`](RtpSender::take_sent), when
+    /// kept (for call recording): one frame per packet, silence for digits and gaps.
+    sent_audio: Option<Vec<f32>>,
 }
 
 impl RtpSender {
@@ -65,6 +68,7 @@ impl RtpSender {
             dtmf_timestamp: 0,
             played: 0,
             octets: 0,
+            sent_audio: None,
         })
     }
 
@@ -119,6 +123,9 @@ impl RtpSender {
             }
             // Speech after the digit starts a new talkspurt.
             self.talking = false;
+            if let Some(kept) = self.sent_audio.as_mut() {
+                kept.resize(kept.len() + self.frame_samples, 0.0);
+            }
             RtpPacket {
                 payload_type: self.telephone_event_pt.unwrap_or(101),
                 sequence: self.sequence,
@@ -133,6 +140,9 @@ impl RtpSender {
             let mut frame: Vec<f32> = self.queue.drain(..n).collect();
             self.played += n as u64;
             frame.resize(self.frame_samples, 0.0);
+            if let Some(kept) = self.sent_audio.as_mut() {
+                kept.extend_from_slice(&frame);
+            }
             let mut payload = Vec::with_capacity(self.frame_samples);
             self.encoder.encode(&frame, &mut payload);
             let marker = speaking && !self.talking;
@@ -162,6 +172,19 @@ impl RtpSender {
             self.dtmf.push_back((payload, i == 0));
         }
         Ok(())
+    }
+
+    /// Keeps what is sent, as audio, for [`take_sent`](RtpSender::take_sent) (call recording).
+    pub fn keep_sent_audio(&mut self) {
+        self.sent_audio.get_or_insert_with(Vec::new);
+    }
+
+    /// The audio sent since the last call (empty unless kept).
+    pub fn take_sent(&mut self) -> Vec<f32> {
+        self.sent_audio
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
     }
 
     /// Drops the queued speech (barge-in); returns how many samples were never played.
@@ -248,6 +271,25 @@ mod tests {
         assert!(tx.is_speaking());
         assert_eq!(tx.flush(), 840);
         assert!(!tx.is_speaking());
+    }
+
+    #[test]
+    fn sent_audio_is_kept_only_when_asked_and_matches_what_went_out() {
+        let t0 = Instant::now();
+        let mut tx = RtpSender::new_random(Codec::Pcmu, 0, 20, t0).unwrap();
+        tx.enqueue(&[0.25; 200]);
+        tx.poll(t0);
+        assert!(tx.take_sent().is_empty(), "not kept by default");
+        tx.keep_sent_audio();
+        tx.poll(t0 + Duration::from_millis(20));
+        tx.send_dtmf('5', 40).unwrap();
+        tx.poll(t0 + Duration::from_millis(40));
+        let kept = tx.take_sent();
+        // 40 samples of speech, the frame's padding, then a digit's packet as silence.
+        assert_eq!(kept.len(), 320);
+        assert!(kept[..40].iter().all(|&s| s == 0.25));
+        assert!(kept[40..].iter().all(|&s| s == 0.0));
+        assert!(tx.take_sent().is_empty(), "taken");
     }
 
     #[test]

@@ -41,6 +41,7 @@ use crate::sip::sdp::Negotiated;
 
 use super::pacer::{Lateness, PacedStream, Pacer};
 use super::ports::RtpPorts;
+use super::recording::{CallRecorder, RecordingConfig, RecordingInfo};
 use super::transfer::{convert, hold_tone_frame, AgentMedia};
 use super::{Inbound, PlaceCall, ReferCall};
 use crate::admin::live::CallState as LiveState;
@@ -160,6 +161,9 @@ pub struct CallRecord {
     /// The warm transfer, when the call was handed to a person.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub transfer: Option<TransferRecord>,
+    /// The call's recording, when `[recording]` is on and it was written.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recording: Option<RecordingInfo>,
 }
 
 /// How a warm transfer went, for the call's record.
@@ -839,6 +843,10 @@ pub async fn run_call_media(setup: CallSetup) {
     };
     let mut paced = PacedStream::new(sender, send_socket, remote);
     paced.sending = media.direction.sends();
+    let mut recorder = start_recording(&engines.config.recording, &call.call_id, &media);
+    if recorder.is_some() {
+        paced.sender.keep_sent_audio();
+    }
     let stream = pacer.register(paced);
     // The receive side's 20 ms playout clock (sending is the pacer's job).
     let mut tick = tokio::time::interval_at(
@@ -953,6 +961,14 @@ pub async fn run_call_media(setup: CallSetup) {
                         .poll_frame(now)
                         .unwrap_or_else(|| vec![0.0; media.codec.samples_per_frame(PTIME_MS)])
                 });
+                if let Some(rec) = recorder.as_mut() {
+                    match &caller_frame {
+                        Some(frame) => rec.caller(frame, rate),
+                        None => rec.caller(&vec![0.0; media.codec.samples_per_frame(PTIME_MS)], rate),
+                    }
+                    let sent = stream.lock().map(|mut s| s.sender.take_sent()).unwrap_or_default();
+                    rec.heard(&sent, rate);
+                }
                 if let Some(TransferRun { leg: Leg::Bridged { media: agent, .. }, .. }) = run.as_mut() {
                     // Bridged: the caller's audio goes to the agent, the agent's to the caller;
                     // the pipeline still hears the caller (the transcript goes on).
@@ -1243,7 +1259,12 @@ pub async fn run_call_media(setup: CallSetup) {
                     };
                     remote = m.remote_rtp;
                     if let Ok(mut s) = stream.lock() {
-                        if let Some((new_receiver, new_sender)) = new_ends {
+                        if let Some((new_receiver, mut new_sender)) = new_ends {
+                            if let Some(rec) = recorder.as_mut() {
+                                // The old sender's last frames, at the old rate.
+                                rec.heard(&s.sender.take_sent(), rate);
+                                new_sender.keep_sent_audio();
+                            }
                             receiver = new_receiver;
                             rate = m.codec.sample_rate();
                             s.sender = new_sender;
@@ -1577,6 +1598,19 @@ pub async fn run_call_media(setup: CallSetup) {
         }
         None => None,
     };
+    let recording = match recorder {
+        Some(r) => match r.finish().await {
+            Ok(info) => {
+                tracing::info!(file = %info.file, seconds = info.seconds, dropped_ms = info.dropped_ms, "call recording written");
+                Some(info)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "the call recording failed");
+                None
+            }
+        },
+        None => None,
+    };
     let (report, pipeline_error) = match pipeline_result {
         Some(Ok(r)) => (Some(r), None),
         Some(Err(e)) => (None, Some(e)),
@@ -1596,6 +1630,7 @@ pub async fn run_call_media(setup: CallSetup) {
         report,
         pipeline_error,
         transfer: transfer_record,
+        recording,
     };
     tracing::info!(
         ended_by = %record.ended_by,
@@ -1667,6 +1702,28 @@ impl RtcpState {
 }
 
 /// A file name from a Call-ID (which may hold any characters).
+/// The call's recorder, when `[recording]` is on (a failure to start is logged, the call goes
+/// on unrecorded).
+fn start_recording(
+    config: &RecordingConfig,
+    call_id: &str,
+    media: &Negotiated,
+) -> Option<CallRecorder> {
+    if !config.enabled {
+        return None;
+    }
+    match CallRecorder::start(&config.dir, call_id, media.codec.sample_rate()) {
+        Ok(r) => {
+            tracing::info!(dir = %config.dir.display(), file = r.file(), "recording the call");
+            Some(r)
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot record the call; it goes on unrecorded");
+            None
+        }
+    }
+}
+
 fn record_file_name(call_id: &str) -> String {
     let safe: String = call_id
         .chars()

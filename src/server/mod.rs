@@ -11,6 +11,7 @@ pub mod call;
 pub mod config;
 pub mod pacer;
 mod ports;
+pub mod recording;
 pub mod transfer;
 
 use std::collections::HashMap;
@@ -293,6 +294,10 @@ impl Server {
         readiness.set_models_loaded(true);
         let mut history = None;
         let mut background = Vec::new();
+        background.extend(recording::spawn_retention(&config.recording));
+        if config.recording.enabled {
+            tracing::info!(dir = %config.recording.dir.display(), retention_days = config.recording.retention_days, "calls are recorded");
+        }
         if let Some(h) = self.http {
             history = h.history.clone();
             if let Some(store) = &history {
