@@ -1,6 +1,7 @@
 //! Speech in and out: endpointing, recognition, synthesis and the pool they run on.
 
 pub mod asr;
+pub mod neural;
 pub mod pool;
 pub mod prosody;
 pub mod tts;
