@@ -2,6 +2,7 @@
 
 pub mod asr;
 pub mod neural;
+pub mod normalize;
 pub mod pool;
 pub mod prosody;
 pub mod tts;

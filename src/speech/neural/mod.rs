@@ -3,3 +3,6 @@
 //! ([`dsp`]), behind [`crate::speech::tts::SpeechSynthesizer`] ([`hibari`]).
 
 pub mod onnx;
+pub mod dsp;
+pub mod g2p;
+pub mod hibari;

@@ -1,0 +1,1 @@
+//! The output stage (being written).

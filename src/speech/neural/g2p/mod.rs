@@ -1,0 +1,1 @@
+//! Grapheme to phoneme (being written).

@@ -1,0 +1,1 @@
+//! The hibari voice (being written).
