@@ -163,7 +163,7 @@ fn support_flow(extra: &str) -> String {
     text
 }
 
-fn write_config(dir: &Path) -> PathBuf {
+fn write_config(dir: &Path, extra: &str) -> PathBuf {
     let flows = dir.join("flows");
     std::fs::create_dir_all(&flows).expect("mkdir");
     std::fs::write(flows.join("support.toml"), support_flow("")).expect("flow");
@@ -178,14 +178,14 @@ fn write_config(dir: &Path) -> PathBuf {
         dir.join("secret/admin-token").display(),
         dir.join("history.sqlite3").display(),
     );
-    std::fs::write(&config, text).expect("config");
+    std::fs::write(&config, text + extra).expect("config");
     config
 }
 
 #[test]
 fn admin_api_end_to_end() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = write_config(dir.path());
+    let config = write_config(dir.path(), "");
     let serve = HttpGateway::start(&config, "46100-46199", 3, Duration::from_secs(120));
 
     // The banner says where the admin API is and where its token comes from; the generated
@@ -478,7 +478,14 @@ fn a_real_call_is_live_then_in_the_history() {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = write_config(dir.path());
+    let recordings = dir.path().join("recordings");
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "[recording]\nenabled = true\ndir = \"{}\"\n",
+            recordings.display()
+        ),
+    );
     let serve = HttpGateway::start(&config, "46200-46299", 3, Duration::from_secs(120));
     let token = std::fs::read_to_string(dir.path().join("secret/admin-token"))
         .expect("token")
@@ -492,8 +499,15 @@ fn a_real_call_is_live_then_in_the_history() {
         doc,
         agent,
     };
-    // One second of A-law silence, looped, as the scenario's audio.
-    std::fs::write(dir.path().join("caller.raw"), vec![0xD5u8; 8000]).expect("audio");
+    // The caller's audio, looped: a faint 1 kHz tone (-50 dBFS, below the barge-in floor), so
+    // the recording's caller channel can be told from silence and from the bot.
+    let status = Command::new("sox")
+        .args(["-n", "-r", "8000", "-c", "1", "-t", "raw", "-e", "a-law"])
+        .arg(dir.path().join("caller.raw"))
+        .args(["synth", "1", "sine", "1000", "vol", "0.00316"])
+        .status()
+        .expect("sox");
+    assert!(status.success());
     let (port, cwd) = (serve.sip_port, dir.path().to_path_buf());
     let sipp = std::thread::spawn(move || {
         Command::new("timeout")
@@ -557,6 +571,7 @@ fn a_real_call_is_live_then_in_the_history() {
             .is_some_and(|s| s.contains("Escalated on turn 1")),
         "{v}"
     );
+    check_recording(&api, &encoded, &v["record"], dir.path());
     let (_, v) = api.call("GET", "/api/analytics", "/api/analytics", "", b"");
     assert_eq!(v["escalations_by_reason"]["dtmf0"], 1, "{v}");
     assert_eq!(v["containment_rate"], 0.0, "{v}");
@@ -576,4 +591,101 @@ fn a_real_call_is_live_then_in_the_history() {
         metrics.contains("voicebot_rtp_jitter_seconds_count 1"),
         "{metrics}"
     );
+}
+
+/// The call's recording, fetched over the API: a stereo WAV as long as the call, the caller's
+/// tone on the left, the bot's greeting on the right; a range request gets the header alone.
+fn check_recording(api: &Admin, encoded: &str, record: &Value, dir: &Path) {
+    let info = &record["recording"];
+    assert_eq!(info["rate"], 8000, "{record}");
+    assert_eq!(info["dropped_ms"], 0, "{record}");
+    let url = format!("{}/api/calls/{encoded}/recording", api.base);
+    let auth = format!("Bearer {}", api.token);
+    let mut r = api
+        .agent
+        .get(&url)
+        .header("Authorization", &auth)
+        .call()
+        .expect("recording");
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(r.headers()["content-type"], "audio/wav");
+    let bytes = r
+        .body_mut()
+        .with_config()
+        .limit(64 * 1024 * 1024)
+        .read_to_vec()
+        .expect("body");
+    let mut wav = hound::WavReader::new(std::io::Cursor::new(bytes)).expect("a WAV");
+    let spec = wav.spec();
+    assert_eq!((spec.channels, spec.sample_rate), (2, 8000));
+    let samples: Vec<f32> = wav
+        .samples::<i16>()
+        .map(|s| f32::from(s.expect("sample")) / 32768.0)
+        .collect();
+    let seconds = samples.len() as f64 / 2.0 / 8000.0;
+    let call_s = record["duration_ms"].as_f64().unwrap_or(0.0) / 1000.0;
+    assert!(
+        (seconds - call_s).abs() < 0.5,
+        "recording {seconds} s, call {call_s} s"
+    );
+    assert!((info["seconds"].as_f64().unwrap_or(0.0) - seconds).abs() < 0.01);
+    let channel = |c: usize, from_s: f64, to_s: f64| -> Vec<f32> {
+        let (a, b) = ((from_s * 8000.0) as usize, (to_s * 8000.0) as usize);
+        samples
+            .chunks(2)
+            .skip(a)
+            .take(b.saturating_sub(a))
+            .map(|p| p[c])
+            .collect()
+    };
+    let rms = |x: &[f32]| (x.iter().map(|v| v * v).sum::<f32>() / x.len().max(1) as f32).sqrt();
+    // The tone: about -53 dB RMS, at 1 kHz (a Goertzel filter holds most of its energy).
+    let left = channel(0, 1.0, 2.0);
+    let level = rms(&left);
+    assert!((0.0012..0.0045).contains(&level), "caller channel RMS {level}");
+    let (mut s1, mut s2) = (0.0f32, 0.0f32);
+    let k = 2.0 * (2.0 * std::f32::consts::PI * 1000.0 / 8000.0).cos();
+    for &x in &left {
+        let s0 = x + k * s1 - s2;
+        s2 = s1;
+        s1 = s0;
+    }
+    let tone_power = (s1 * s1 + s2 * s2 - k * s1 * s2) / left.len() as f32 * 2.0 / left.len() as f32;
+    assert!(
+        tone_power > 0.5 * level * level,
+        "the caller channel is not the 1 kHz tone: {tone_power} vs {}",
+        level * level
+    );
+    // The bot on the right: its greeting, as the caller heard it.
+    let right = channel(1, 0.0, seconds);
+    assert!(rms(&right) > 0.02, "bot channel RMS {}", rms(&right));
+    let mono = dir.join("bot-side.wav");
+    let mut w = hound::WavWriter::create(
+        &mono,
+        hound::WavSpec {
+            channels: 1,
+            sample_rate: 8000,
+            bits_per_sample: 16,
+            sample_format: hound::SampleFormat::Int,
+        },
+    )
+    .expect("wav");
+    for s in &right {
+        w.write_sample((s * 32767.0) as i16).expect("write");
+    }
+    w.finalize().expect("finalize");
+    let heard = common::transcribe_recording(&mono);
+    assert!(
+        heard.contains("calling") || heard.contains("thank"),
+        "bot side: {heard}"
+    );
+    // Players seek with ranges.
+    let r = api
+        .agent
+        .get(&url)
+        .header("Authorization", &auth)
+        .header("Range", "bytes=0-43")
+        .call()
+        .expect("range");
+    assert_eq!(r.status().as_u16(), 206);
 }

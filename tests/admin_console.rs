@@ -511,11 +511,13 @@ fn write_config(dir: &Path) -> PathBuf {
         "[flows]\ndir = \"{}\"\n\
          [http]\nlisten = \"127.0.0.1:0\"\nagent_token = \"agent-console-token\"\n\
          feedback_database = \"{}\"\nadmin_token = \"{ADMIN_TOKEN}\"\nadmin_token_env = \"\"\n\
-         admin_token_file = \"{}\"\nhistory_database = \"{}\"\n",
+         admin_token_file = \"{}\"\nhistory_database = \"{}\"\n\
+         [recording]\nenabled = true\ndir = \"{}\"\n",
         flows.display(),
         dir.join("feedback.sqlite3").display(),
         dir.join("admin-token").display(),
         dir.join("history.sqlite3").display(),
+        dir.join("recordings").display(),
     );
     std::fs::write(&config, text).expect("config");
     config
@@ -762,7 +764,22 @@ fn admin_console_in_headless_chromium() {
             t.contains("pressed 0 (dtmf0)").then_some(())
         });
         b.stop("10-real-call-in-history");
-        names.extend(["9-live-call", "10-real-call-in-history"]);
+        // Its recording plays in the call's page (fetched with the token, as a blob).
+        b.click("#call-table a.call-link");
+        b.wait_text("#call-summary", "Escalated");
+        b.click("#recording-load");
+        let seconds = b.wait_until("the recording's metadata", || {
+            let audio = b.try_find("#recording-audio")?;
+            let d = b.property(&audio, "duration").as_f64()?;
+            (d > 1.0).then_some(d)
+        });
+        assert!(seconds < 60.0, "recording of {seconds} s");
+        b.stop("11-call-recording");
+        names.extend([
+            "9-live-call",
+            "10-real-call-in-history",
+            "11-call-recording",
+        ]);
     }
 
     for name in names {

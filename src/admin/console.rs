@@ -66,7 +66,7 @@ pub fn content_security_policy() -> &'static str {
         let style = element_text(PAGE, "<style>", "</style>").unwrap_or_default();
         format!(
             "default-src 'none'; script-src {}; style-src {}; connect-src 'self'; \
-             img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+             img-src 'self' data:; media-src blob:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
             hash_source(script),
             hash_source(style)
         )
