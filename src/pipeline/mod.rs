@@ -64,11 +64,15 @@ pub enum SpeechKind {
 pub enum CallOutput {
     /// Bot speech at 16 kHz, ready at media time `ready_at` (the decision time plus the measured
     /// processing time).
+    ///
+    /// A reply is synthesised in units (sentences) and sent as soon as each is ready: the first
+    /// carries the whole reply's `text`, the others have `continues` set and more audio of it.
     Speak {
         kind: SpeechKind,
         text: String,
         audio: MonoAudio,
         ready_at: Duration,
+        continues: bool,
     },
     /// A finished caller turn.
     Turn(Box<TurnReport>),
@@ -109,12 +113,35 @@ enum Heard {
     End { at: Duration },
 }
 
-/// How a call's pipeline behaves once the bot has handed the call over.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// How a call's pipeline behaves once the bot has handed the call over, and how the call
+/// stops the bot's speech.
+#[derive(Debug, Clone, Default)]
 pub struct CallOptions {
     /// Keep transcribing the caller after the hand-over (live calls: the transcript goes on
     /// to the agent's screen) instead of stopping there (a WAV run ends its report there).
     pub transcribe_after_handover: bool,
+    /// Barge-in: the call cancels the reply being spoken, and the pipeline synthesises no
+    /// more of it.
+    pub speech_cancel: SpeechCancel,
+}
+
+/// A barge-in signal shared by a call's task and its pipeline: each [`cancel`] ends the
+/// reply being spoken (the pipeline checks before synthesising each next unit).
+///
+/// [`cancel`]: SpeechCancel::cancel
+#[derive(Debug, Clone, Default)]
+pub struct SpeechCancel(Arc<std::sync::atomic::AtomicU64>);
+
+impl SpeechCancel {
+    /// Cancels the reply being spoken.
+    pub fn cancel(&self) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The number of cancels so far: a reply started at one value is cancelled once it moves.
+    pub fn generation(&self) -> u64 {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 /// Runs one call with `flow`: consumes `input` until [`CallInput::End`] (or the sender is
@@ -240,18 +267,12 @@ async fn respond_stage(
     let mut bot = Bot::new(flow.dialog.clone(), flow.escalation.clone());
     let greeting = bot.greeting();
     let started = Instant::now();
-    match synthesize(&engines, &greeting).await {
-        Ok(audio) => {
-            let _ = output
-                .send(CallOutput::Speak {
-                    kind: SpeechKind::Greeting,
-                    text: greeting.clone(),
-                    audio,
-                    ready_at: started.elapsed(),
-                })
-                .await;
-        }
-        Err(e) => tracing::error!(error = %e, "greeting synthesis failed; the call goes on"),
+    let mut speaker = Speaker::new(&engines, &output, &options.speech_cancel);
+    if let Err(e) = speaker
+        .say(SpeechKind::Greeting, &greeting, || started.elapsed())
+        .await
+    {
+        tracing::error!(error = %e, "greeting synthesis failed; the call goes on");
     }
     let mut turns = Vec::new();
     let mut outcome = CallOutcome::CallerHungUp;
@@ -282,18 +303,9 @@ async fn respond_stage(
                     bot_done_at = None;
                     let text = flow.dialog.prompts().transfer_returned();
                     tracing::info!("the bot has the caller again");
-                    match synthesize(&engines, &text).await {
-                        Ok(audio) => {
-                            let _ = output
-                                .send(CallOutput::Speak {
-                                    kind: SpeechKind::Reply,
-                                    text,
-                                    audio,
-                                    ready_at: caller_audio,
-                                })
-                                .await;
-                        }
-                        Err(e) => tracing::error!(error = %e, "cannot say that the bot is back"),
+                    let at = caller_audio;
+                    if let Err(e) = speaker.say(SpeechKind::Reply, &text, || at).await {
+                        tracing::error!(error = %e, "cannot say that the bot is back");
                     }
                 }
             }
@@ -371,12 +383,14 @@ async fn respond_stage(
                 )
             }
         };
+        // The reply's first unit (sentence) is synthesised and sent; the report's TTS time is
+        // that time to first audio. The other units follow while it plays.
         let reply_started = Instant::now();
-        let reply_audio = if caller_turn.reply.trim().is_empty() {
+        let first_audio = if caller_turn.reply.trim().is_empty() {
             None
         } else {
-            match synthesize(&engines, &caller_turn.reply).await {
-                Ok(audio) => Some(audio),
+            match speaker.first(&caller_turn.reply).await {
+                Ok(audio) => audio,
                 Err(e) => {
                     // The decision stands (an escalation still happens); only the audio is lost.
                     tracing::error!(error = %e, reply = %caller_turn.reply, "speech synthesis failed");
@@ -397,15 +411,23 @@ async fn respond_stage(
         log_decision(&report);
         crate::admin::metrics::observe_turn(&report.timings, utterance.is_some());
         let total = report.timings.total;
-        if let Some(audio) = reply_audio {
-            let _ = output
-                .send(CallOutput::Speak {
-                    kind: SpeechKind::Reply,
-                    text: caller_turn.reply.clone(),
+        if let Some(audio) = first_audio {
+            let ready_at = decided_at + total;
+            speaker
+                .send(
+                    SpeechKind::Reply,
+                    &caller_turn.reply,
                     audio,
-                    ready_at: decided_at + total,
-                })
+                    ready_at,
+                    false,
+                )
                 .await;
+            if let Err(e) = speaker
+                .rest(SpeechKind::Reply, &caller_turn.reply, ready_at)
+                .await
+            {
+                tracing::error!(error = %e, reply = %caller_turn.reply, "speech synthesis failed after the first sentence");
+            }
         }
         let _ = output
             .send(CallOutput::Turn(Box::new(report.clone())))
@@ -520,6 +542,105 @@ fn failed_transcript(fault: &mut Option<String>, error: String) -> Transcript {
         no_speech_prob: 0.0,
         elapsed: Duration::ZERO,
         retried_full_window: false,
+    }
+}
+
+/// Speaks for the respond stage: a text is cut into the voice's units and each is sent as soon
+/// as it is synthesised, so playout starts after the first unit, not the whole text; a
+/// barge-in ([`SpeechCancel`]) stops the units not yet synthesised.
+struct Speaker<'a> {
+    engines: &'a Engines,
+    output: &'a mpsc::Sender<CallOutput>,
+    cancel: &'a SpeechCancel,
+    /// The units of the text being spoken still to synthesise, and the cancel generation it
+    /// started at.
+    pending: std::collections::VecDeque<String>,
+    generation: u64,
+}
+
+impl<'a> Speaker<'a> {
+    fn new(
+        engines: &'a Engines,
+        output: &'a mpsc::Sender<CallOutput>,
+        cancel: &'a SpeechCancel,
+    ) -> Self {
+        Speaker {
+            engines,
+            output,
+            cancel,
+            pending: Default::default(),
+            generation: 0,
+        }
+    }
+
+    /// Cuts `text` into units and synthesises the first; the rest waits for [`rest`]. `None`
+    /// when there is nothing to say.
+    ///
+    /// [`rest`]: Speaker::rest
+    async fn first(&mut self, text: &str) -> Result<Option<MonoAudio>, PipelineError> {
+        self.generation = self.cancel.generation();
+        self.pending = self.engines.tts.units(text).into();
+        match self.pending.pop_front() {
+            Some(unit) => Ok(Some(synthesize(self.engines, &unit).await?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn send(
+        &self,
+        kind: SpeechKind,
+        text: &str,
+        audio: MonoAudio,
+        ready_at: Duration,
+        continues: bool,
+    ) {
+        let _ = self
+            .output
+            .send(CallOutput::Speak {
+                kind,
+                text: text.to_string(),
+                audio,
+                ready_at,
+                continues,
+            })
+            .await;
+    }
+
+    /// Synthesises and sends the units left, unless the caller barged in meanwhile.
+    async fn rest(
+        &mut self,
+        kind: SpeechKind,
+        text: &str,
+        ready_at: Duration,
+    ) -> Result<(), PipelineError> {
+        while let Some(unit) = self.pending.pop_front() {
+            if self.cancel.generation() != self.generation {
+                tracing::info!(
+                    units = self.pending.len() + 1,
+                    "barge-in: the rest of the reply is not synthesised"
+                );
+                self.pending.clear();
+                break;
+            }
+            let audio = synthesize(self.engines, &unit).await?;
+            self.send(kind, text, audio, ready_at, true).await;
+        }
+        Ok(())
+    }
+
+    /// Says all of `text`, the first unit ready at `ready_at()` (asked once it is synthesised).
+    async fn say(
+        &mut self,
+        kind: SpeechKind,
+        text: &str,
+        ready_at: impl FnOnce() -> Duration,
+    ) -> Result<(), PipelineError> {
+        if let Some(audio) = self.first(text).await? {
+            let at = ready_at();
+            self.send(kind, text, audio, at, false).await;
+            self.rest(kind, text, at).await?;
+        }
+        Ok(())
     }
 }
 
@@ -736,6 +857,53 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_reply_is_spoken_unit_by_unit_and_a_barge_in_spares_the_rest() {
+        let (engines, _) = engines(vec![]);
+        let (out_tx, mut out_rx) = mpsc::channel(8);
+        let cancel = SpeechCancel::default();
+        let mut speaker = Speaker::new(&engines, &out_tx, &cancel);
+        let text = "Your order has shipped. It arrives on Monday. Anything else?";
+        speaker
+            .say(SpeechKind::Reply, text, || Duration::from_secs(1))
+            .await
+            .unwrap();
+        let mut parts = Vec::new();
+        while let Ok(CallOutput::Speak {
+            text: t,
+            continues,
+            ready_at,
+            ..
+        }) = out_rx.try_recv()
+        {
+            assert_eq!(t, text, "every unit carries the whole reply's text");
+            assert_eq!(ready_at, Duration::from_secs(1));
+            parts.push(continues);
+        }
+        assert_eq!(parts, vec![false, true, true]);
+        // A barge-in after the first unit: the other two are never synthesised.
+        let first = speaker.first(text).await.unwrap();
+        assert!(first.is_some());
+        cancel.cancel();
+        speaker
+            .rest(SpeechKind::Reply, text, Duration::ZERO)
+            .await
+            .unwrap();
+        assert!(out_rx.try_recv().is_err(), "nothing after the barge-in");
+        // The next reply is spoken whole again.
+        speaker
+            .say(SpeechKind::Reply, "Goodbye.", || Duration::ZERO)
+            .await
+            .unwrap();
+        assert!(matches!(
+            out_rx.try_recv(),
+            Ok(CallOutput::Speak {
+                continues: false,
+                ..
+            })
+        ));
+    }
+
+    #[tokio::test]
     async fn after_the_handover_the_caller_is_transcribed_and_the_bot_can_take_them_back() {
         let (engines, _) = engines(vec![
             Ok("I want to speak to a person."),
@@ -773,6 +941,7 @@ mod tests {
         let flow = engines.flows.current().default_flow();
         let options = CallOptions {
             transcribe_after_handover: true,
+            ..CallOptions::default()
         };
         let call = tokio::spawn(run_call_with(engines, flow, in_rx, out_tx, options));
         let mut heard = Vec::new();
@@ -824,6 +993,7 @@ mod tests {
                     kind,
                     audio,
                     ready_at,
+                    continues: false,
                     ..
                 } => Some((*kind, audio.rate, audio.samples.len(), *ready_at)),
                 _ => None,

@@ -32,7 +32,8 @@ use crate::media::rtcp::{parse_rtcp, sender_report, ReceptionReport, SenderInfo}
 use crate::media::rtp::is_rtcp;
 use crate::media::sender::RtpSender;
 use crate::pipeline::{
-    run_call_with, run_transcriber, CallInput, CallOptions, CallOutput, Engines, SpeechKind,
+    run_call_with, run_transcriber, CallInput, CallOptions, CallOutput, Engines, SpeechCancel,
+    SpeechKind,
 };
 use crate::report::CallReport;
 use crate::report::{HeardLine, TurnReport};
@@ -228,6 +229,15 @@ impl SpeechLog {
             interrupted: false,
         };
         self.entries.push((speech, self.enqueued, samples));
+        self.enqueued += samples;
+    }
+
+    /// More audio of the last entry (the next unit of a reply spoken in units).
+    fn extend(&mut self, samples: u64, rate: u32) {
+        if let Some((speech, _, len)) = self.entries.last_mut() {
+            *len += samples;
+            speech.duration_ms = *len * 1000 / u64::from(rate.max(1));
+        }
         self.enqueued += samples;
     }
 
@@ -863,8 +873,10 @@ pub async fn run_call_media(setup: CallSetup) {
 
     let (in_tx, in_rx) = mpsc::channel(INPUT_QUEUE);
     let (out_tx, mut out_rx) = mpsc::channel(16);
+    let speech_cancel = SpeechCancel::default();
     let options = CallOptions {
         transcribe_after_handover: true,
+        speech_cancel: speech_cancel.clone(),
     };
     let mut pipeline = tokio::spawn(run_call_with(
         engines.clone(),
@@ -873,6 +885,9 @@ pub async fn run_call_media(setup: CallSetup) {
         out_tx,
         options,
     ));
+    // After a barge-in, the rest of the interrupted reply (units already on their way) is
+    // dropped until the next reply starts.
+    let mut dropping_rest = false;
     let mut pipeline_result: Option<Result<CallReport, String>> = None;
 
     let mut speech_log = SpeechLog::default();
@@ -1028,6 +1043,8 @@ pub async fn run_call_media(setup: CallSetup) {
                     {
                         let unplayed = stream.lock().map_or(0, |mut s| s.sender.flush());
                         speech_log.cut(unplayed as u64, rate);
+                        speech_cancel.cancel();
+                        dropping_rest = true;
                         tracing::info!(
                             at_ms = frames_fed * u64::from(PTIME_MS),
                             "barge-in: caller spoke over the bot; playback stopped"
@@ -1158,7 +1175,11 @@ pub async fn run_call_media(setup: CallSetup) {
                 }
             }
             out = out_rx.recv() => match out {
-                Some(CallOutput::Speak { kind, text, audio, .. }) => {
+                Some(CallOutput::Speak { kind, text, audio, continues, .. }) => {
+                    if continues && dropping_rest {
+                        continue;
+                    }
+                    dropping_rest = false;
                     let samples = if audio.rate == rate {
                         audio.samples
                     } else {
@@ -1172,7 +1193,11 @@ pub async fn run_call_media(setup: CallSetup) {
                     };
                     bot_level = rms(&samples);
                     let at = Duration::from_millis(frames_fed * u64::from(PTIME_MS));
-                    speech_log.push(kind, text, at, samples.len() as u64, rate);
+                    if continues {
+                        speech_log.extend(samples.len() as u64, rate);
+                    } else {
+                        speech_log.push(kind, text, at, samples.len() as u64, rate);
+                    }
                     if let Ok(mut s) = stream.lock() {
                         s.sender.enqueue(&samples);
                     }

@@ -38,6 +38,68 @@ pub enum TtsError {
 pub trait SpeechSynthesizer: Send + Sync {
     /// Synthesises `text`. Blocking; run it on the inference pool.
     fn synthesize(&self, text: &str) -> Result<Speech, TtsError>;
+
+    /// The pieces `text` is best synthesised in, in order: playout starts as soon as the first
+    /// is ready, and a barge-in spares the rest. Sentences unless the voice knows better.
+    fn units(&self, text: &str) -> Vec<String> {
+        split_sentences(text)
+    }
+}
+
+/// `text` cut after each `.`, `!`, `?` or `…` (and closing quotes or brackets) that is followed
+/// by a space and a word that does not start in lower case, except after a title such as
+/// "Dr." or a single capital ("J. Smith"). Empty pieces are dropped; nothing is lost.
+pub fn split_sentences(text: &str) -> Vec<String> {
+    const TITLES: &[&str] = &[
+        "mr", "mrs", "ms", "dr", "prof", "st", "sr", "jr", "mt", "no", "vs", "etc", "e.g", "i.e",
+    ];
+    let mut units = Vec::new();
+    let mut start = 0;
+    let chars: Vec<(usize, char)> = text.char_indices().collect();
+    for (i, &(at, c)) in chars.iter().enumerate() {
+        if !matches!(c, '.' | '!' | '?' | '…') {
+            continue;
+        }
+        // Closing quotes or brackets stay with the sentence.
+        let mut j = i + 1;
+        while chars
+            .get(j)
+            .is_some_and(|&(_, c)| matches!(c, '"' | '\'' | '”' | '’' | ')' | ']'))
+        {
+            j += 1;
+        }
+        let Some(&(space_at, space)) = chars.get(j) else {
+            continue;
+        };
+        if !space.is_whitespace() {
+            continue;
+        }
+        let next = chars[j..].iter().find(|(_, c)| !c.is_whitespace());
+        if next.is_none_or(|&(_, c)| c.is_lowercase()) {
+            continue;
+        }
+        if c == '.' {
+            let word = text[start..at]
+                .rsplit(char::is_whitespace)
+                .next()
+                .unwrap_or("")
+                .trim_start_matches(['(', '"', '“', '\'']);
+            let single_capital = word.chars().count() == 1 && word.chars().all(char::is_uppercase);
+            if single_capital || TITLES.contains(&word.to_lowercase().as_str()) {
+                continue;
+            }
+        }
+        let piece = text[start..space_at].trim();
+        if !piece.is_empty() {
+            units.push(piece.to_string());
+        }
+        start = space_at;
+    }
+    let piece = text[start..].trim();
+    if !piece.is_empty() {
+        units.push(piece.to_string());
+    }
+    units
 }
 
 /// Voice settings (`[tts]` in the gateway configuration).
@@ -187,6 +249,40 @@ pub fn normalize_peak(samples: &mut [f32], peak_dbfs: f32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sentences_split_where_a_voice_would_pause_and_nowhere_else() {
+        let cases: &[(&str, &[&str])] = &[
+            ("Hello.", &["Hello."]),
+            (
+                "Hello, and thank you for calling. How can I help you today? Press 0!",
+                &[
+                    "Hello, and thank you for calling.",
+                    "How can I help you today?",
+                    "Press 0!",
+                ],
+            ),
+            (
+                "Dr. Smith will call. Thanks.",
+                &["Dr. Smith will call.", "Thanks."],
+            ),
+            ("Ask J. Smith. He knows.", &["Ask J. Smith.", "He knows."]),
+            (
+                "It costs 4.50 dollars. ok then",
+                &["It costs 4.50 dollars. ok then"],
+            ),
+            (
+                "He said \"stop.\" Then left.",
+                &["He said \"stop.\"", "Then left."],
+            ),
+            ("Wait... What?", &["Wait...", "What?"]),
+            ("  ", &[]),
+            ("no stop at the end", &["no stop at the end"]),
+        ];
+        for (text, want) in cases {
+            assert_eq!(split_sentences(text), *want, "{text}");
+        }
+    }
 
     #[test]
     fn streamed_header_with_placeholder_sizes_is_read() {

@@ -69,6 +69,10 @@ impl CachedSynthesizer {
 }
 
 impl SpeechSynthesizer for CachedSynthesizer {
+    fn units(&self, text: &str) -> Vec<String> {
+        self.inner.units(text)
+    }
+
     fn synthesize(&self, text: &str) -> Result<Speech, TtsError> {
         let key = text.trim().to_string();
         if let Ok(mut state) = self.state.lock() {
