@@ -12,8 +12,8 @@ use crate::flows::{as_is, FlowSet, FlowStore, Overlay};
 use crate::pipeline::Engines;
 use crate::speech::asr::{AsrError, WhisperRecognizer};
 use crate::speech::pool::InferencePool;
-use crate::speech::tts::EspeakSynthesizer;
 use crate::speech::tts_cache::{CacheLimits, CachedSynthesizer};
+use crate::speech::voice::Voice;
 
 /// Why the engines could not be started.
 #[derive(Debug, thiserror::Error)]
@@ -104,7 +104,7 @@ pub fn load_flows_with(config: &GatewayConfig, overlay: &Overlay) -> Result<Flow
 pub fn load(config: GatewayConfig) -> Result<Engines, LoadError> {
     let flows = load_flows(&config)?;
     let asr = WhisperRecognizer::load(&config.asr)?;
-    let tts = EspeakSynthesizer::new(config.tts.clone());
+    let tts = Voice::load(&config.tts);
     let pool = InferencePool::new(config.pool.workers, config.pool.queue);
     Ok(Engines {
         config: Arc::new(config),

@@ -8,3 +8,4 @@ pub mod prosody;
 pub mod tts;
 pub mod tts_cache;
 pub mod vad;
+pub mod voice;

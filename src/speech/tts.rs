@@ -106,6 +106,11 @@ pub fn split_sentences(text: &str) -> Vec<String> {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TtsConfig {
+    /// Which engine speaks: the neural voice (default; espeak-ng when its files are missing)
+    /// or espeak-ng.
+    pub engine: super::voice::TtsEngine,
+    /// The neural voice's files and settings (`[tts.neural]`).
+    pub neural: super::neural::hibari::HibariConfig,
     /// The espeak-ng program to run.
     pub program: PathBuf,
     /// espeak-ng voice name (`espeak-ng --voices=en` lists them).
@@ -121,6 +126,8 @@ pub struct TtsConfig {
 impl Default for TtsConfig {
     fn default() -> Self {
         TtsConfig {
+            engine: super::voice::TtsEngine::default(),
+            neural: super::neural::hibari::HibariConfig::default(),
             program: PathBuf::from("espeak-ng"),
             voice: "en-us".into(),
             rate_wpm: 160,
