@@ -246,6 +246,11 @@ impl HibariVoice {
 }
 
 impl SpeechSynthesizer for HibariVoice {
+    /// hibari's own units: its sentence split (titles from normalize.json).
+    fn units(&self, text: &str) -> Vec<String> {
+        self.split(text)
+    }
+
     fn synthesize(&self, text: &str) -> Result<Speech, TtsError> {
         let started = Instant::now();
         let mut samples = Vec::new();
