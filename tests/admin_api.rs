@@ -642,7 +642,10 @@ fn check_recording(api: &Admin, encoded: &str, record: &Value, dir: &Path) {
     // The tone: about -53 dB RMS, at 1 kHz (a Goertzel filter holds most of its energy).
     let left = channel(0, 1.0, 2.0);
     let level = rms(&left);
-    assert!((0.0012..0.0045).contains(&level), "caller channel RMS {level}");
+    assert!(
+        (0.0012..0.0045).contains(&level),
+        "caller channel RMS {level}"
+    );
     let (mut s1, mut s2) = (0.0f32, 0.0f32);
     let k = 2.0 * (2.0 * std::f32::consts::PI * 1000.0 / 8000.0).cos();
     for &x in &left {
@@ -650,7 +653,8 @@ fn check_recording(api: &Admin, encoded: &str, record: &Value, dir: &Path) {
         s2 = s1;
         s1 = s0;
     }
-    let tone_power = (s1 * s1 + s2 * s2 - k * s1 * s2) / left.len() as f32 * 2.0 / left.len() as f32;
+    let tone_power =
+        (s1 * s1 + s2 * s2 - k * s1 * s2) / left.len() as f32 * 2.0 / left.len() as f32;
     assert!(
         tone_power > 0.5 * level * level,
         "the caller channel is not the 1 kHz tone: {tone_power} vs {}",

@@ -2,7 +2,7 @@
 //! ([`g2p`]), phonemes to spectra (an ONNX model through [`onnx`]), spectra to audio
 //! ([`dsp`]), behind [`crate::speech::tts::SpeechSynthesizer`] ([`hibari`]).
 
-pub mod onnx;
 pub mod dsp;
 pub mod g2p;
 pub mod hibari;
+pub mod onnx;
