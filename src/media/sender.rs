@@ -34,7 +34,7 @@ pub struct RtpSender {
     dtmf_timestamp: u32,
     played: u64,
     octets: u64,
-    /// What went out, as audio, since the last [`take_sent`](RtpSender::take_sent), when
+    /// What went out, as audio, since the last [`drain_sent`](RtpSender::drain_sent), when
     /// kept (for call recording): one frame per packet, silence for digits and gaps.
     sent_audio: Option<Vec<f32>>,
 }
@@ -174,17 +174,16 @@ impl RtpSender {
         Ok(())
     }
 
-    /// Keeps what is sent, as audio, for [`take_sent`](RtpSender::take_sent) (call recording).
+    /// Keeps what is sent, as audio, for [`drain_sent`](RtpSender::drain_sent) (call recording).
     pub fn keep_sent_audio(&mut self) {
         self.sent_audio.get_or_insert_with(Vec::new);
     }
 
-    /// The audio sent since the last call (empty unless kept).
-    pub fn take_sent(&mut self) -> Vec<f32> {
-        self.sent_audio
-            .as_mut()
-            .map(std::mem::take)
-            .unwrap_or_default()
+    /// Appends the audio sent since the last call to `out` (nothing unless kept).
+    pub fn drain_sent(&mut self, out: &mut Vec<f32>) {
+        if let Some(kept) = self.sent_audio.as_mut() {
+            out.append(kept);
+        }
     }
 
     /// Drops the queued speech (barge-in); returns how many samples were never played.
@@ -279,17 +278,21 @@ mod tests {
         let mut tx = RtpSender::new_random(Codec::Pcmu, 0, 20, t0).unwrap();
         tx.enqueue(&[0.25; 200]);
         tx.poll(t0);
-        assert!(tx.take_sent().is_empty(), "not kept by default");
+        let mut kept = Vec::new();
+        tx.drain_sent(&mut kept);
+        assert!(kept.is_empty(), "not kept by default");
         tx.keep_sent_audio();
         tx.poll(t0 + Duration::from_millis(20));
         tx.send_dtmf('5', 40).unwrap();
         tx.poll(t0 + Duration::from_millis(40));
-        let kept = tx.take_sent();
+        tx.drain_sent(&mut kept);
         // 40 samples of speech, the frame's padding, then a digit's packet as silence.
         assert_eq!(kept.len(), 320);
         assert!(kept[..40].iter().all(|&s| s == 0.25));
         assert!(kept[40..].iter().all(|&s| s == 0.0));
-        assert!(tx.take_sent().is_empty(), "taken");
+        let mut again = Vec::new();
+        tx.drain_sent(&mut again);
+        assert!(again.is_empty(), "taken");
     }
 
     #[test]

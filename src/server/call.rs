@@ -854,6 +854,8 @@ pub async fn run_call_media(setup: CallSetup) {
     let mut paced = PacedStream::new(sender, send_socket, remote);
     paced.sending = media.direction.sends();
     let mut recorder = start_recording(&engines.config.recording, &call.call_id, &media);
+    // What the sender sent since the last tick, for the recording (reused every tick).
+    let mut sent_audio: Vec<f32> = Vec::new();
     if recorder.is_some() {
         paced.sender.keep_sent_audio();
     }
@@ -979,10 +981,13 @@ pub async fn run_call_media(setup: CallSetup) {
                 if let Some(rec) = recorder.as_mut() {
                     match &caller_frame {
                         Some(frame) => rec.caller(frame, rate),
-                        None => rec.caller(&vec![0.0; media.codec.samples_per_frame(PTIME_MS)], rate),
+                        None => rec.caller_silence(media.codec.samples_per_frame(PTIME_MS), rate),
                     }
-                    let sent = stream.lock().map(|mut s| s.sender.take_sent()).unwrap_or_default();
-                    rec.heard(&sent, rate);
+                    if let Ok(mut s) = stream.lock() {
+                        s.sender.drain_sent(&mut sent_audio);
+                    }
+                    rec.heard(&sent_audio, rate);
+                    sent_audio.clear();
                 }
                 if let Some(TransferRun { leg: Leg::Bridged { media: agent, .. }, .. }) = run.as_mut() {
                     // Bridged: the caller's audio goes to the agent, the agent's to the caller;
@@ -1287,7 +1292,9 @@ pub async fn run_call_media(setup: CallSetup) {
                         if let Some((new_receiver, mut new_sender)) = new_ends {
                             if let Some(rec) = recorder.as_mut() {
                                 // The old sender's last frames, at the old rate.
-                                rec.heard(&s.sender.take_sent(), rate);
+                                s.sender.drain_sent(&mut sent_audio);
+                                rec.heard(&sent_audio, rate);
+                                sent_audio.clear();
                                 new_sender.keep_sent_audio();
                             }
                             receiver = new_receiver;
@@ -1750,18 +1757,7 @@ fn start_recording(
 }
 
 fn record_file_name(call_id: &str) -> String {
-    let safe: String = call_id
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .take(120)
-        .collect();
-    format!("{safe}.json")
+    format!("{}.json", super::call_file_stem(call_id))
 }
 
 fn write_record(dir: &std::path::Path, record: &CallRecord) {

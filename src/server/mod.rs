@@ -46,6 +46,24 @@ use config::TransportKind;
 use pacer::Pacer;
 use ports::PortPool;
 
+/// A call id as a file name stem (call records, recordings): anything but letters, digits, `-`
+/// and `.` replaced by `_`, at most 120 characters, no leading dot, so a hostile Call-ID can
+/// name neither another path nor a hidden file.
+pub fn call_file_stem(call_id: &str) -> String {
+    let safe: String = call_id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(120)
+        .collect();
+    safe.trim_start_matches('.').to_string()
+}
+
 /// Why the server could not start or stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {

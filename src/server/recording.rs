@@ -111,21 +111,10 @@ pub struct RecordingInfo {
     pub dropped_ms: u64,
 }
 
-/// The recording's file name for a call id: the id with anything but letters, digits, `-` and
-/// `.` replaced, so a hostile Call-ID cannot name another path.
+/// The recording's file name for a call id (see [`super::call_file_stem`]: a hostile Call-ID
+/// cannot name another path).
 pub fn file_name(call_id: &str) -> String {
-    let safe: String = call_id
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .take(120)
-        .collect();
-    format!("{}.wav", safe.trim_start_matches('.'))
+    format!("{}.wav", super::call_file_stem(call_id))
 }
 
 /// Whether `name` is a recording file name as [`file_name`] makes them (no directory part).
@@ -211,6 +200,14 @@ impl CallRecorder {
     pub fn caller(&mut self, samples: &[f32], rate: u32) {
         self.switch_rate(rate);
         self.pending.caller.extend_from_slice(samples);
+        self.ship();
+    }
+
+    /// A frame of silence from the caller (nothing received yet), `samples` long.
+    pub fn caller_silence(&mut self, samples: usize, rate: u32) {
+        self.switch_rate(rate);
+        let len = self.pending.caller.len();
+        self.pending.caller.resize(len + samples, 0.0);
         self.ship();
     }
 
