@@ -86,7 +86,8 @@ use regex::{Captures, Regex};
 // Number words (public helpers)
 // ---------------------------------------------------------------------------------------------
 
-const ONES: [&str; 20] = [
+/// "zero" to "nineteen".
+pub(crate) const ONES: [&str; 20] = [
     "zero",
     "one",
     "two",
@@ -108,7 +109,8 @@ const ONES: [&str; 20] = [
     "eighteen",
     "nineteen",
 ];
-const TENS: [&str; 10] = [
+/// The tens' words, by tens digit ("twenty" at 2; nothing at 0 and 1).
+pub(crate) const TENS: [&str; 10] = [
     "", "", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety",
 ];
 const SCALES: [&str; 7] = [

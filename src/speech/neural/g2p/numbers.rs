@@ -7,31 +7,9 @@
 //! non-letters and drops "and". Numbers are `u128`: digit strings beyond that (or beyond
 //! decillions) are read digit by digit by the caller.
 
-const ONES: [&str; 20] = [
-    "zero",
-    "one",
-    "two",
-    "three",
-    "four",
-    "five",
-    "six",
-    "seven",
-    "eight",
-    "nine",
-    "ten",
-    "eleven",
-    "twelve",
-    "thirteen",
-    "fourteen",
-    "fifteen",
-    "sixteen",
-    "seventeen",
-    "eighteen",
-    "nineteen",
-];
-const TENS: [&str; 10] = [
-    "", "", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety",
-];
+// The same number words as the speech normaliser's (one table for the crate).
+use crate::speech::normalize::{ONES, TENS};
+
 const SCALES: [&str; 12] = [
     "",
     "thousand",
