@@ -12,8 +12,9 @@ use crate::flows::{as_is, FlowSet, FlowStore, Overlay};
 use crate::pipeline::Engines;
 use crate::speech::asr::{AsrError, WhisperRecognizer};
 use crate::speech::pool::InferencePool;
+use crate::speech::tts::SpeechSynthesizer;
 use crate::speech::tts_cache::{CacheLimits, CachedSynthesizer};
-use crate::speech::voice::Voice;
+use crate::speech::voice::{Voice, VoiceStyle};
 
 /// Why the engines could not be started.
 #[derive(Debug, thiserror::Error)]
@@ -100,6 +101,61 @@ pub fn load_flows_with(config: &GatewayConfig, overlay: &Overlay) -> Result<Flow
     }
 }
 
+/// The fixed prompts of every flow in `flows` (see [`crate::dialog::prompts::Prompts::fixed`]),
+/// cut into the units calls synthesise, each in its flow's voice; greetings first, since
+/// they are needed first.
+pub fn fixed_prompt_units(
+    engines: &Engines,
+    flows: &crate::flows::FlowSet,
+) -> Vec<(String, VoiceStyle)> {
+    let mut seen = std::collections::HashSet::new();
+    let mut units = Vec::new();
+    let fixed: Vec<_> = flows
+        .flows()
+        .map(|f| (f.dialog.prompts().fixed(), f.voice))
+        .collect();
+    let longest = fixed.iter().map(|(t, _)| t.len()).max().unwrap_or(0);
+    // Round robin over the flows: every flow's greeting before any flow's second prompt.
+    for i in 0..longest {
+        for (texts, style) in &fixed {
+            let Some(text) = texts.get(i) else { continue };
+            for unit in engines.tts.units(text) {
+                if seen.insert((unit.clone(), style.key())) {
+                    units.push((unit, *style));
+                }
+            }
+        }
+    }
+    units
+}
+
+/// Synthesises the current flows' fixed prompts into the prompt cache on a thread of its own,
+/// and keeps them there until the next call of this (at start and after each flow change), so
+/// the greeting and the other fixed prompts cost nothing at call time. A call arriving
+/// meanwhile is not held up: it synthesises what is not ready yet itself.
+pub fn keep_prompts_ready(engines: &Engines) {
+    let tts = Arc::clone(&engines.tts);
+    let flows = engines.flows.current();
+    let units = fixed_prompt_units(engines, &flows);
+    let spawned = std::thread::Builder::new()
+        .name("prompt-cache".into())
+        .spawn(move || {
+            let report = tts.keep(&units);
+            tracing::info!(
+                units = units.len(),
+                synthesized = report.synthesized,
+                already_cached = report.cached,
+                failed = report.failed,
+                superseded = report.superseded,
+                ms = report.elapsed.as_millis() as u64,
+                "fixed prompts ready in the prompt cache"
+            );
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot start the prompt cache's thread; prompts are synthesised at first use");
+    }
+}
+
 /// Loads everything a call needs.
 pub fn load(config: GatewayConfig) -> Result<Engines, LoadError> {
     let flows = load_flows(&config)?;
@@ -116,4 +172,86 @@ pub fn load(config: GatewayConfig) -> Result<Engines, LoadError> {
         flows: Arc::new(FlowStore::new(flows)),
         pool,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audio::wav::MonoAudio;
+    use crate::flows::{FlowStore, FlowsConfig};
+    use crate::speech::tts::{Speech, TtsError};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    struct NoAsr;
+
+    impl crate::speech::asr::SpeechRecognizer for NoAsr {
+        fn transcribe(
+            &self,
+            _: &[f32],
+        ) -> Result<crate::speech::asr::Transcript, crate::speech::asr::AsrError> {
+            Err(crate::speech::asr::AsrError::Inference(
+                "no speech here".into(),
+            ))
+        }
+    }
+
+    /// Counts syntheses; 10 ms of silence each.
+    struct Counting(AtomicUsize);
+
+    impl SpeechSynthesizer for Counting {
+        fn synthesize_in(&self, _: &str, _: &VoiceStyle) -> Result<Speech, TtsError> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Ok(Speech {
+                audio: MonoAudio {
+                    samples: vec![0.0; 160],
+                    rate: 16_000,
+                },
+                elapsed: std::time::Duration::ZERO,
+            })
+        }
+    }
+
+    #[test]
+    fn every_flows_fixed_prompts_are_kept_ready_greeting_first() {
+        let flows = FlowSet::load(
+            &FlowsConfig {
+                dir: "/nonexistent".into(),
+                ..Default::default()
+            },
+            &Default::default(),
+            &as_is,
+        )
+        .expect("embedded flow");
+        let counting = Arc::new(Counting(AtomicUsize::new(0)));
+        let engines = Engines {
+            config: Arc::new(GatewayConfig::default()),
+            asr: Arc::new(NoAsr),
+            tts: Arc::new(CachedSynthesizer::new(
+                counting.clone(),
+                CacheLimits::default(),
+            )),
+            flows: Arc::new(FlowStore::new(flows)),
+            pool: InferencePool::new(1, 4),
+        };
+        let set = engines.flows.current();
+        let units = fixed_prompt_units(&engines, &set);
+        let greeting = set.default_flow().dialog.prompts().greeting();
+        assert_eq!(units[0].0, engines.tts.units(&greeting)[0]);
+        assert!(units.len() > 20, "{units:?}");
+        assert!(units
+            .iter()
+            .all(|(u, s)| !u.contains('{') && *s == VoiceStyle::default()));
+        let report = engines.tts.keep(&units);
+        assert_eq!(report.synthesized, units.len());
+        assert_eq!(counting.0.load(Ordering::SeqCst), units.len());
+        // A call's greeting and transfer announcement now cost nothing.
+        let flow = set.default_flow();
+        let prompts = flow.dialog.prompts();
+        for text in [prompts.greeting(), prompts.transfer("billing")] {
+            for unit in engines.tts.units(&text) {
+                assert!(engines.tts.synthesize(&unit).is_ok());
+            }
+        }
+        assert_eq!(counting.0.load(Ordering::SeqCst), units.len());
+    }
 }

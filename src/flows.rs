@@ -18,6 +18,7 @@ use crate::config_file::{self, ConfigError};
 use crate::dialog::escalation::EscalationConfig;
 use crate::dialog::lookup::{Lookup, LookupSpec};
 use crate::dialog::DialogAssets;
+use crate::speech::voice::VoiceStyle;
 
 /// The default flow embedded in the binary, used when the flows directory does not exist.
 pub const EMBEDDED_FLOW: &str = include_str!("../sip-config/flows/support.toml");
@@ -64,6 +65,8 @@ struct FlowFile {
     escalation: toml::Table,
     #[serde(default)]
     lookup: Vec<LookupSpec>,
+    #[serde(default)]
+    voice: VoiceStyle,
 }
 
 /// One loaded flow.
@@ -76,6 +79,8 @@ pub struct Flow {
     pub dialog: Arc<DialogAssets>,
     /// The gateway's escalation settings with this flow's overrides.
     pub escalation: EscalationConfig,
+    /// How the bot sounds on this flow (`[voice]`: engine, pace, level).
+    pub voice: VoiceStyle,
     /// The file it came from.
     pub source: PathBuf,
 }
@@ -316,6 +321,9 @@ fn load_flow(
                 ConfigError::invalid(file, text, "escalation", e.message().trim().to_string())
             })?;
     escalation.validate(file, text, "escalation")?;
+    raw.voice.check().map_err(|(field, reason)| {
+        ConfigError::invalid(file, text, &format!("voice.{field}"), reason)
+    })?;
     let lookups = raw
         .lookup
         .iter()
@@ -329,6 +337,7 @@ fn load_flow(
         numbers: raw.numbers,
         dialog: Arc::new(dialog),
         escalation,
+        voice: raw.voice,
         source: file.to_path_buf(),
     })
 }
@@ -489,6 +498,50 @@ mod tests {
         );
         assert_eq!(err.line, Some(6), "{err}");
         assert!(err.file.ends_with("flows/support.toml"));
+    }
+
+    #[test]
+    fn a_flow_sets_its_voice_and_bad_voice_settings_name_their_line() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write_flow_dir(
+            dir.path(),
+            "[voice]\nengine = \"espeak\"\nspeed = 1.2\ngain_db = -4.5\n",
+        );
+        let set = FlowSet::load(&config(dir.path()), &EscalationConfig::default(), &as_is)
+            .expect("loads");
+        let voice = set.get("support").expect("flow").voice;
+        assert_eq!(
+            voice,
+            VoiceStyle {
+                engine: Some(crate::speech::voice::TtsEngine::Espeak),
+                speed: 1.2,
+                gain_db: -4.5,
+            }
+        );
+        // Without [voice]: the gateway's voice as configured.
+        let embedded = FlowSet::load(
+            &FlowsConfig {
+                dir: PathBuf::from("/nonexistent/flows"),
+                ..FlowsConfig::default()
+            },
+            &EscalationConfig::default(),
+            &as_is,
+        )
+        .expect("loads");
+        assert_eq!(embedded.default_flow().voice, VoiceStyle::default());
+        for (extra, field, line) in [
+            ("[voice]\nspeed = 3.0\n", Some("voice.speed"), Some(6)),
+            ("[voice]\ngain_db = 10\n", Some("voice.gain_db"), Some(6)),
+            ("[voice]\nengine = \"piper\"\n", None, Some(6)),
+            ("[voice]\npitch = 3\n", None, Some(6)),
+        ] {
+            write_flow_dir(dir.path(), extra);
+            let err = FlowSet::load(&config(dir.path()), &EscalationConfig::default(), &as_is)
+                .unwrap_err();
+            assert_eq!(err.field.as_deref(), field, "{extra}: {err}");
+            assert_eq!(err.line, line, "{extra}: {err}");
+            assert!(err.file.ends_with("flows/support.toml"), "{err}");
+        }
     }
 
     #[test]

@@ -232,6 +232,7 @@ async fn serve(
     let engines = tokio::task::spawn_blocking(move || engines::load(config))
         .await
         .context("loading models")??;
+    engines::keep_prompts_ready(&engines);
     let mut server = voicebot_gateway::server::Server::bind(engines, sip).await?;
     server.set_report_dir(report_dir);
     let addr = server.local_addr();

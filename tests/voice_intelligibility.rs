@@ -18,7 +18,7 @@ use voicebot_gateway::media::codec::Codec;
 use voicebot_gateway::speech::asr::{SpeechRecognizer, WhisperRecognizer};
 use voicebot_gateway::speech::normalize::normalize;
 use voicebot_gateway::speech::tts::{EspeakSynthesizer, SpeechSynthesizer};
-use voicebot_gateway::speech::voice::Voice;
+use voicebot_gateway::speech::voice::{TtsEngine, Voice};
 
 /// Values for the prompts' placeholders.
 const VALUES: &[(&str, &str)] = &[
@@ -231,10 +231,10 @@ fn the_neural_voice_is_understood_over_a_phone_line() {
     texts.extend(REPLIES.iter().map(|s| s.to_string()));
     let neural = word_error_rate("neural", &voice, &asr, &texts);
     let espeak = Voice::with_engines(
-        Arc::new(EspeakSynthesizer::new(config.tts.clone())),
         None,
+        Arc::new(EspeakSynthesizer::new(config.tts.clone())),
+        TtsEngine::Espeak,
         config.tts.peak_dbfs,
-        "espeak-ng",
     );
     let fallback = word_error_rate("espeak-ng", &espeak, &asr, &texts);
     println!(

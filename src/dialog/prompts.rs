@@ -372,6 +372,33 @@ impl Prompts {
             .map(|(_, reask)| reask.render(&BTreeMap::new()))
     }
 
+    /// Every prompt whose words never depend on the caller, the most frequent first: the
+    /// greeting, the clarification and repeat prompts, the slot questions, the replies without
+    /// placeholders, the transfer announcement and apology for every team and the return
+    /// prompt. The voice keeps these ready before calls need them.
+    pub fn fixed(&self) -> Vec<String> {
+        let none = BTreeMap::new();
+        let mut texts = vec![self.greeting(), self.clarify(), self.repeat()];
+        for (ask, reask) in self.slots.values() {
+            texts.push(ask.render(&none));
+            texts.push(reask.render(&none));
+        }
+        texts.extend(
+            self.replies
+                .values()
+                .filter(|t| t.placeholders().next().is_none())
+                .map(|t| t.render(&none)),
+        );
+        for skill in self.teams.keys() {
+            texts.push(self.transfer(skill));
+            texts.push(self.transfer_failed(skill));
+        }
+        texts.push(self.transfer_returned());
+        let mut seen = std::collections::HashSet::new();
+        texts.retain(|t| seen.insert(t.clone()));
+        texts
+    }
+
     /// An intent's reply with slot values filled in.
     pub fn reply(&self, intent: &str, slots: &BTreeMap<String, String>) -> Option<String> {
         self.replies.get(intent).map(|t| t.render(slots))
@@ -381,6 +408,32 @@ impl Prompts {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fixed_prompts_are_those_without_caller_data_greeting_first() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let intents_path = root.join("sip-config/intents.toml");
+        let intents_text = std::fs::read_to_string(&intents_path).expect("intents");
+        let intents = IntentsFile::from_text(&intents_path, &intents_text).expect("valid");
+        let prompts_path = root.join("prompts/en.toml");
+        let text = std::fs::read_to_string(&prompts_path).expect("prompts");
+        let prompts = Prompts::from_text(&prompts_path, &text, &intents).expect("valid");
+        let fixed = prompts.fixed();
+        assert_eq!(fixed[0], prompts.greeting());
+        assert!(fixed.contains(&prompts.transfer("billing")));
+        assert!(fixed.contains(&prompts.transfer_failed("complaints")));
+        assert!(fixed.contains(&prompts.ask("order_number").expect("asked")));
+        let goodbye = prompts.reply("goodbye", &BTreeMap::new()).expect("reply");
+        assert!(fixed.contains(&goodbye));
+        // The order-status reply carries the caller's number: not fixed.
+        assert!(
+            fixed.iter().all(|t| !t.contains("noted order number")),
+            "{fixed:?}"
+        );
+        assert!(fixed.iter().all(|t| !t.contains('{')), "{fixed:?}");
+        let unique: std::collections::HashSet<_> = fixed.iter().collect();
+        assert_eq!(unique.len(), fixed.len());
+    }
 
     #[test]
     fn templates_parse_and_render() {

@@ -29,7 +29,9 @@ use crate::speech::asr::{AsrError, SpeechRecognizer, Transcript};
 use crate::speech::pool::{InferencePool, PoolError};
 use crate::speech::prosody;
 use crate::speech::tts::{SpeechSynthesizer, TtsError};
+use crate::speech::tts_cache::CachedSynthesizer;
 use crate::speech::vad::{Endpointer, Utterance, VadEvent};
+use crate::speech::voice::VoiceStyle;
 
 /// Utterances with less voiced time than this, heard with less than the flow's `min_asr_confidence`, are
 /// treated as line noise rather than a caller turn.
@@ -100,7 +102,8 @@ pub enum PipelineError {
 pub struct Engines {
     pub config: Arc<GatewayConfig>,
     pub asr: Arc<dyn SpeechRecognizer>,
-    pub tts: Arc<dyn SpeechSynthesizer>,
+    /// The voice behind the prompt cache (which keeps each flow's fixed prompts ready).
+    pub tts: Arc<CachedSynthesizer>,
     pub flows: Arc<FlowStore>,
     pub pool: InferencePool,
 }
@@ -267,7 +270,7 @@ async fn respond_stage(
     let mut bot = Bot::new(flow.dialog.clone(), flow.escalation.clone());
     let greeting = bot.greeting();
     let started = Instant::now();
-    let mut speaker = Speaker::new(&engines, &output, &options.speech_cancel);
+    let mut speaker = Speaker::new(&engines, flow.voice, &output, &options.speech_cancel);
     if let Err(e) = speaker
         .say(SpeechKind::Greeting, &greeting, || started.elapsed())
         .await
@@ -550,6 +553,8 @@ fn failed_transcript(fault: &mut Option<String>, error: String) -> Transcript {
 /// barge-in ([`SpeechCancel`]) stops the units not yet synthesised.
 struct Speaker<'a> {
     engines: &'a Engines,
+    /// The flow's voice.
+    style: VoiceStyle,
     output: &'a mpsc::Sender<CallOutput>,
     cancel: &'a SpeechCancel,
     /// The units of the text being spoken still to synthesise, and the cancel generation it
@@ -561,11 +566,13 @@ struct Speaker<'a> {
 impl<'a> Speaker<'a> {
     fn new(
         engines: &'a Engines,
+        style: VoiceStyle,
         output: &'a mpsc::Sender<CallOutput>,
         cancel: &'a SpeechCancel,
     ) -> Self {
         Speaker {
             engines,
+            style,
             output,
             cancel,
             pending: Default::default(),
@@ -581,7 +588,7 @@ impl<'a> Speaker<'a> {
         self.generation = self.cancel.generation();
         self.pending = self.engines.tts.units(text).into();
         match self.pending.pop_front() {
-            Some(unit) => Ok(Some(synthesize(self.engines, &unit).await?)),
+            Some(unit) => Ok(Some(synthesize(self.engines, &unit, self.style).await?)),
             None => Ok(None),
         }
     }
@@ -622,7 +629,7 @@ impl<'a> Speaker<'a> {
                 self.pending.clear();
                 break;
             }
-            let audio = synthesize(self.engines, &unit).await?;
+            let audio = synthesize(self.engines, &unit, self.style).await?;
             self.send(kind, text, audio, ready_at, true).await;
         }
         Ok(())
@@ -644,15 +651,42 @@ impl<'a> Speaker<'a> {
     }
 }
 
-async fn synthesize(engines: &Engines, text: &str) -> Result<MonoAudio, PipelineError> {
+/// One unit in `style` on the inference pool, at [`SPEECH_RATE`].
+async fn synthesize(
+    engines: &Engines,
+    text: &str,
+    style: VoiceStyle,
+) -> Result<MonoAudio, PipelineError> {
     let tts = engines.tts.clone();
     let owned = text.to_string();
-    let speech = engines.pool.run(move || tts.synthesize(&owned)).await??;
+    let speech = engines
+        .pool
+        .run(move || tts.synthesize_in(&owned, &style))
+        .await??;
     let samples = if speech.audio.rate == SPEECH_RATE {
         speech.audio.samples
     } else {
         resample_all(&speech.audio.samples, speech.audio.rate, SPEECH_RATE)?
     };
+    Ok(MonoAudio {
+        samples,
+        rate: SPEECH_RATE,
+    })
+}
+
+/// All of `text` in `style` at [`SPEECH_RATE`], synthesised unit by unit as calls speak it,
+/// so fixed prompts kept ready by the prompt cache cost nothing (used where the audio is
+/// wanted in one piece: an apology before hanging up, the whisper to an agent, a console
+/// preview).
+pub async fn synthesize_text(
+    engines: &Engines,
+    text: &str,
+    style: VoiceStyle,
+) -> Result<MonoAudio, PipelineError> {
+    let mut samples = Vec::new();
+    for unit in engines.tts.units(text) {
+        samples.extend(synthesize(engines, &unit, style).await?.samples);
+    }
     Ok(MonoAudio {
         samples,
         rate: SPEECH_RATE,
@@ -784,7 +818,7 @@ mod tests {
     struct ToneTts;
 
     impl SpeechSynthesizer for ToneTts {
-        fn synthesize(&self, _text: &str) -> Result<Speech, TtsError> {
+        fn synthesize_in(&self, _text: &str, _style: &VoiceStyle) -> Result<Speech, TtsError> {
             let samples = (0..4000)
                 .map(|i| 0.3 * (i as f32 * 2.0 * std::f32::consts::PI * 440.0 / 8000.0).sin())
                 .collect();
@@ -816,7 +850,10 @@ mod tests {
         let engines = Engines {
             config: Arc::new(config),
             asr: asr.clone(),
-            tts: Arc::new(ToneTts),
+            tts: Arc::new(CachedSynthesizer::new(
+                Arc::new(ToneTts),
+                crate::speech::tts_cache::CacheLimits::default(),
+            )),
             flows: Arc::new(FlowStore::new(flows)),
             pool: InferencePool::new(1, 4),
         };
@@ -861,7 +898,7 @@ mod tests {
         let (engines, _) = engines(vec![]);
         let (out_tx, mut out_rx) = mpsc::channel(8);
         let cancel = SpeechCancel::default();
-        let mut speaker = Speaker::new(&engines, &out_tx, &cancel);
+        let mut speaker = Speaker::new(&engines, VoiceStyle::default(), &out_tx, &cancel);
         let text = "Your order has shipped. It arrives on Monday. Anything else?";
         speaker
             .say(SpeechKind::Reply, text, || Duration::from_secs(1))

@@ -32,13 +32,14 @@ use crate::media::rtcp::{parse_rtcp, sender_report, ReceptionReport, SenderInfo}
 use crate::media::rtp::is_rtcp;
 use crate::media::sender::RtpSender;
 use crate::pipeline::{
-    run_call_with, run_transcriber, CallInput, CallOptions, CallOutput, Engines, SpeechCancel,
-    SpeechKind,
+    run_call_with, run_transcriber, synthesize_text, CallInput, CallOptions, CallOutput, Engines,
+    SpeechCancel, SpeechKind,
 };
 use crate::report::CallReport;
 use crate::report::{HeardLine, TurnReport};
 use crate::sip::endpoint::{CallHandle, EndReason, IncomingCall, ReferProgress};
 use crate::sip::sdp::Negotiated;
+use crate::speech::voice::VoiceStyle;
 
 use super::pacer::{Lateness, PacedStream, Pacer};
 use super::ports::RtpPorts;
@@ -591,16 +592,16 @@ fn heard_entry(
     }
 }
 
-/// Synthesises `text` at `rate` for one leg; None (logged) when synthesis fails.
-async fn synthesize_at(engines: &Engines, text: &str, rate: u32) -> Option<Vec<f32>> {
-    let tts = engines.tts.clone();
-    let owned = text.to_string();
-    match engines.pool.run(move || tts.synthesize(&owned)).await {
-        Ok(Ok(speech)) => Some(convert(speech.audio.samples, speech.audio.rate, rate)),
-        Ok(Err(e)) => {
-            tracing::error!(error = %e, %text, "speech synthesis failed");
-            None
-        }
+/// Synthesises `text` in the flow's voice at `rate` for one leg; None (logged) when synthesis
+/// fails.
+async fn synthesize_at(
+    engines: &Engines,
+    text: &str,
+    style: VoiceStyle,
+    rate: u32,
+) -> Option<Vec<f32>> {
+    match synthesize_text(engines, text, style).await {
+        Ok(audio) => Some(convert(audio.samples, audio.rate, rate)),
         Err(e) => {
             tracing::error!(error = %e, %text, "speech synthesis failed");
             None
@@ -757,19 +758,16 @@ async fn give_up(
         .webhook_events
         .extend(post("callback_requested", data));
     let text = flow.dialog.prompts().transfer_failed(&r.skill);
-    let tts = engines.tts.clone();
-    let owned = text.clone();
-    match engines.pool.run(move || tts.synthesize(&owned)).await {
-        Ok(Ok(speech)) => {
+    match synthesize_text(engines, &text, flow.voice).await {
+        Ok(audio) => {
             // After whatever is queued (the end of the announcement; at most 40 ms of tone).
-            let samples = convert(speech.audio.samples, speech.audio.rate, rate);
+            let samples = convert(audio.samples, audio.rate, rate);
             let at = Duration::from_millis(frames_fed * u64::from(PTIME_MS));
             speech_log.push(SpeechKind::Reply, text, at, samples.len() as u64, rate);
             if let Ok(mut s) = stream.lock() {
                 s.sender.enqueue(&samples);
             }
         }
-        Ok(Err(e)) => tracing::error!(error = %e, "cannot synthesise the apology"),
         Err(e) => tracing::error!(error = %e, "cannot synthesise the apology"),
     }
 }
@@ -1339,7 +1337,7 @@ pub async fn run_call_media(setup: CallSetup) {
                                                 let lines = speech_log.lines(queued as u64, rate);
                                                 let ctx = handover_context(&call, &flow.name, started_wall, r, &turns, &lines, Some(&r.escalation), &after_handover);
                                                 let text = flow.dialog.prompts().transfer_whisper(&context::whisper_values(&ctx));
-                                                synthesize_at(&engines, &text, agent_media.rate).await.map(|audio| (text, audio))
+                                                synthesize_at(&engines, &text, flow.voice, agent_media.rate).await.map(|audio| (text, audio))
                                             } else {
                                                 None
                                             };

@@ -91,6 +91,8 @@ mod tests {
     use crate::speech::asr::{AsrError, SpeechRecognizer, Transcript};
     use crate::speech::pool::InferencePool;
     use crate::speech::tts::{Speech, SpeechSynthesizer, TtsError};
+    use crate::speech::tts_cache::{CacheLimits, CachedSynthesizer};
+    use crate::speech::voice::VoiceStyle;
 
     struct NoAsr;
     impl SpeechRecognizer for NoAsr {
@@ -100,7 +102,7 @@ mod tests {
     }
     struct NoTts;
     impl SpeechSynthesizer for NoTts {
-        fn synthesize(&self, _: &str) -> Result<Speech, TtsError> {
+        fn synthesize_in(&self, _: &str, _: &VoiceStyle) -> Result<Speech, TtsError> {
             Err(TtsError::Failed {
                 program: "none".into(),
                 reason: "not in a chat".into(),
@@ -121,7 +123,10 @@ mod tests {
         Engines {
             config: Arc::new(GatewayConfig::default()),
             asr: Arc::new(NoAsr),
-            tts: Arc::new(NoTts),
+            tts: Arc::new(CachedSynthesizer::new(
+                Arc::new(NoTts),
+                CacheLimits::default(),
+            )),
             flows: Arc::new(FlowStore::new(flows)),
             pool: InferencePool::new(1, 4),
         }

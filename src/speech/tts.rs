@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use super::voice::VoiceStyle;
 use crate::audio::wav::MonoAudio;
 
 /// Synthesised speech and how long it took.
@@ -36,8 +37,14 @@ pub enum TtsError {
 
 /// Anything that turns text into speech.
 pub trait SpeechSynthesizer: Send + Sync {
-    /// Synthesises `text`. Blocking; run it on the inference pool.
-    fn synthesize(&self, text: &str) -> Result<Speech, TtsError>;
+    /// Synthesises `text` in `style` (a flow's engine, pace and level; an engine ignores the
+    /// choice of engine). Blocking; run it on the inference pool.
+    fn synthesize_in(&self, text: &str, style: &VoiceStyle) -> Result<Speech, TtsError>;
+
+    /// Synthesises `text` in the gateway's configured voice.
+    fn synthesize(&self, text: &str) -> Result<Speech, TtsError> {
+        self.synthesize_in(text, &VoiceStyle::default())
+    }
 
     /// The pieces `text` is best synthesised in, in order: playout starts as soon as the first
     /// is ready, and a barge-in spares the rest. Sentences unless the voice knows better.
@@ -155,14 +162,21 @@ impl EspeakSynthesizer {
 }
 
 impl SpeechSynthesizer for EspeakSynthesizer {
-    fn synthesize(&self, text: &str) -> Result<Speech, TtsError> {
+    /// `style.speed` scales `rate_wpm` (within espeak-ng's 80..=450 words per minute).
+    fn synthesize_in(&self, text: &str, style: &VoiceStyle) -> Result<Speech, TtsError> {
         let started = Instant::now();
         let program = self.program();
+        let rate = (self.config.rate_wpm as f32 * style.speed).round();
+        let rate = if rate.is_finite() {
+            rate.clamp(80.0, 450.0) as u32
+        } else {
+            self.config.rate_wpm
+        };
         let mut child = Command::new(&self.config.program)
             .arg("-v")
             .arg(&self.config.voice)
             .arg("-s")
-            .arg(self.config.rate_wpm.to_string())
+            .arg(rate.to_string())
             .arg("-p")
             .arg(self.config.pitch.min(99).to_string())
             .arg("--stdout")

@@ -15,18 +15,22 @@
 //! - **Even level.** Engines differ (the neural voice is about -26 dBFS RMS); every unit is
 //!   brought to `[tts] peak_dbfs` so prompts from different engines sound alike and G.711 never
 //!   clips.
+//! - **A style per flow.** A flow may pick its engine, pace and level ([`VoiceStyle`], the
+//!   flow file's `[voice]`): a sales line can sound brisker than a complaints line without a
+//!   second gateway. The style travels with every synthesis (and into the prompt cache's key);
+//!   the neural voice is loaded once, on first use when espeak-ng is the default.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use serde::{Deserialize, Serialize};
 
-use super::neural::hibari::HibariVoice;
+use super::neural::hibari::{HibariConfig, HibariVoice};
 use super::normalize::normalize;
 use super::tts::{
     normalize_peak, EspeakSynthesizer, Speech, SpeechSynthesizer, TtsConfig, TtsError,
 };
 
-/// Which engine speaks (`[tts] engine`).
+/// Which engine speaks (`[tts] engine`, a flow's `[voice] engine`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TtsEngine {
@@ -37,90 +41,195 @@ pub enum TtsEngine {
     Espeak,
 }
 
+impl TtsEngine {
+    /// The engine's name in settings and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            TtsEngine::Neural => "neural",
+            TtsEngine::Espeak => "espeak",
+        }
+    }
+}
+
+/// How one flow's bot sounds (`[voice]` in a flow file): which engine, how fast, how loud.
+/// The default is the gateway's `[tts]` voice unchanged.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VoiceStyle {
+    /// The engine; absent: the gateway's `[tts] engine`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub engine: Option<TtsEngine>,
+    /// Pace relative to the engine's configured pace (`[tts.neural] speed`, `[tts] rate_wpm`),
+    /// within [`VoiceStyle::SPEED`]; 1.0 leaves it as configured.
+    pub speed: f32,
+    /// Level relative to `[tts] peak_dbfs` in dB, within [`VoiceStyle::GAIN_DB`]; the peak
+    /// never goes above 0 dBFS (G.711 would clip).
+    pub gain_db: f32,
+}
+
+impl Default for VoiceStyle {
+    fn default() -> Self {
+        VoiceStyle {
+            engine: None,
+            speed: 1.0,
+            gain_db: 0.0,
+        }
+    }
+}
+
+impl VoiceStyle {
+    /// Allowed `speed`: half to twice the configured pace.
+    pub const SPEED: std::ops::RangeInclusive<f32> = 0.5..=2.0;
+    /// Allowed `gain_db`.
+    pub const GAIN_DB: std::ops::RangeInclusive<f32> = -20.0..=6.0;
+
+    /// The first setting out of range, as (field, reason).
+    pub fn check(&self) -> Result<(), (&'static str, String)> {
+        if !Self::SPEED.contains(&self.speed) {
+            return Err((
+                "speed",
+                format!(
+                    "{} is outside {}..={} (1.0 = the configured pace)",
+                    self.speed,
+                    Self::SPEED.start(),
+                    Self::SPEED.end()
+                ),
+            ));
+        }
+        if !Self::GAIN_DB.contains(&self.gain_db) {
+            return Err((
+                "gain_db",
+                format!(
+                    "{} dB is outside {}..={} dB (0 = the gateway's [tts] peak_dbfs)",
+                    self.gain_db,
+                    Self::GAIN_DB.start(),
+                    Self::GAIN_DB.end()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// A short text naming the style, for cache keys and logs ("default/1.00/+0.0").
+    pub fn key(&self) -> String {
+        format!(
+            "{}/{:.2}/{:+.1}",
+            self.engine.map_or("default", TtsEngine::name),
+            self.speed,
+            self.gain_db
+        )
+    }
+}
+
 /// The configured voice (see the module documentation).
 pub struct Voice {
-    primary: Arc<dyn SpeechSynthesizer>,
-    /// espeak-ng behind the neural voice; `None` when espeak-ng is the primary.
-    fallback: Option<Arc<dyn SpeechSynthesizer>>,
+    /// The engine of `[tts] engine`, for styles that name none.
+    default_engine: TtsEngine,
+    espeak: Arc<dyn SpeechSynthesizer>,
+    /// The neural voice, loaded when first needed (at start when it is the default); `None`
+    /// inside when it could not be loaded (espeak-ng speaks then).
+    neural: OnceLock<Option<Arc<dyn SpeechSynthesizer>>>,
+    /// Where the neural voice is loaded from; `None` for voices built from given engines.
+    neural_config: Option<HibariConfig>,
     peak_dbfs: f32,
-    /// "neural" or "espeak-ng": which engine is speaking, for logs and reports.
-    name: &'static str,
 }
 
 impl Voice {
     /// The voice `config` asks for; never fails: without the neural voice's files, espeak-ng.
+    /// The neural voice is loaded now when it is the default engine, else when a flow first
+    /// asks for it.
     pub fn load(config: &TtsConfig) -> Voice {
-        let espeak: Arc<dyn SpeechSynthesizer> = Arc::new(EspeakSynthesizer::new(config.clone()));
-        let peak_dbfs = config.peak_dbfs;
-        match config.engine {
-            TtsEngine::Espeak => Voice {
-                primary: espeak,
-                fallback: None,
-                peak_dbfs,
-                name: "espeak-ng",
-            },
-            TtsEngine::Neural => match HibariVoice::load(&config.neural) {
-                Ok(neural) => {
-                    tracing::info!(dir = %config.neural.dir.display(), "neural voice loaded (hibari); espeak-ng is the fallback");
-                    Voice {
-                        primary: Arc::new(neural),
-                        fallback: Some(espeak),
-                        peak_dbfs,
-                        name: "neural",
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "the neural voice is not available; the bot speaks with espeak-ng (run `python3 models/provision.py`)");
-                    Voice {
-                        primary: espeak,
-                        fallback: None,
-                        peak_dbfs,
-                        name: "espeak-ng",
-                    }
-                }
-            },
+        let voice = Voice {
+            default_engine: config.engine,
+            espeak: Arc::new(EspeakSynthesizer::new(config.clone())),
+            neural: OnceLock::new(),
+            neural_config: Some(config.neural.clone()),
+            peak_dbfs: config.peak_dbfs,
+        };
+        if config.engine == TtsEngine::Neural {
+            voice.neural();
         }
+        voice
     }
 
-    /// A voice over given engines (tests, benchmarks).
+    /// A voice over given engines (tests, benchmarks): `neural` (none: espeak-ng speaks for
+    /// it) and espeak-ng, `default` for styles that name no engine.
     pub fn with_engines(
-        primary: Arc<dyn SpeechSynthesizer>,
-        fallback: Option<Arc<dyn SpeechSynthesizer>>,
+        neural: Option<Arc<dyn SpeechSynthesizer>>,
+        espeak: Arc<dyn SpeechSynthesizer>,
+        default: TtsEngine,
         peak_dbfs: f32,
-        name: &'static str,
     ) -> Voice {
         Voice {
-            primary,
-            fallback,
+            default_engine: default,
+            espeak,
+            neural: OnceLock::from(neural),
+            neural_config: None,
             peak_dbfs,
-            name,
         }
     }
 
-    /// Which engine speaks: "neural" or "espeak-ng".
+    /// The neural voice, loading it on first use; `None` (warned once) when it cannot load.
+    fn neural(&self) -> Option<&Arc<dyn SpeechSynthesizer>> {
+        self.neural
+            .get_or_init(|| {
+                let config = self.neural_config.as_ref()?;
+                match HibariVoice::load(config) {
+                    Ok(neural) => {
+                        tracing::info!(dir = %config.dir.display(), "neural voice loaded (hibari); espeak-ng is the fallback");
+                        Some(Arc::new(neural) as Arc<dyn SpeechSynthesizer>)
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "the neural voice is not available; the bot speaks with espeak-ng (run `python3 models/provision.py`)");
+                        None
+                    }
+                }
+            })
+            .as_ref()
+    }
+
+    /// Which engine speaks with the default style: "neural" or "espeak-ng".
     pub fn engine(&self) -> &'static str {
-        self.name
+        self.engine_for(&VoiceStyle::default())
+    }
+
+    /// Which engine speaks in `style`: "neural" or "espeak-ng" (loads the neural voice if the
+    /// style asks for it).
+    pub fn engine_for(&self, style: &VoiceStyle) -> &'static str {
+        match style.engine.unwrap_or(self.default_engine) {
+            TtsEngine::Neural if self.neural().is_some() => "neural",
+            _ => "espeak-ng",
+        }
     }
 }
 
 impl SpeechSynthesizer for Voice {
+    /// The neural voice's units once it is loaded (its own sentence split), else sentences.
     fn units(&self, text: &str) -> Vec<String> {
-        self.primary.units(&normalize(text))
+        let spoken = normalize(text);
+        match self.neural.get() {
+            Some(Some(neural)) => neural.units(&spoken),
+            _ => self.espeak.units(&spoken),
+        }
     }
 
-    fn synthesize(&self, text: &str) -> Result<Speech, TtsError> {
+    fn synthesize_in(&self, text: &str, style: &VoiceStyle) -> Result<Speech, TtsError> {
         let spoken = normalize(text);
-        let mut speech = match self.primary.synthesize(&spoken) {
-            Ok(s) => s,
-            Err(e) => match &self.fallback {
-                Some(fallback) => {
-                    tracing::warn!(error = %e, text = %spoken, "the neural voice failed; espeak-ng says it");
-                    fallback.synthesize(&spoken)?
-                }
-                None => return Err(e),
-            },
+        let neural = match style.engine.unwrap_or(self.default_engine) {
+            TtsEngine::Neural => self.neural(),
+            TtsEngine::Espeak => None,
         };
-        normalize_peak(&mut speech.audio.samples, self.peak_dbfs);
+        let mut speech = match neural {
+            Some(neural) => match neural.synthesize_in(&spoken, style) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, text = %spoken, "the neural voice failed; espeak-ng says it");
+                    self.espeak.synthesize_in(&spoken, style)?
+                }
+            },
+            None => self.espeak.synthesize_in(&spoken, style)?,
+        };
+        normalize_peak(&mut speech.audio.samples, self.peak_dbfs + style.gain_db);
         Ok(speech)
     }
 }
@@ -132,17 +241,29 @@ mod tests {
     use std::sync::Mutex;
     use std::time::Duration;
 
-    /// Records what it was asked to say; when `fails`, fails on texts containing "fail".
+    /// Records what it was asked to say and in which style; when `fails`, fails on texts
+    /// containing "fail".
     #[derive(Default)]
     struct Recorder {
-        said: Mutex<Vec<String>>,
+        said: Mutex<Vec<(String, VoiceStyle)>>,
         level: f32,
         fails: bool,
     }
 
+    impl Recorder {
+        fn texts(&self) -> Vec<String> {
+            self.said
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|(t, _)| t.clone())
+                .collect()
+        }
+    }
+
     impl SpeechSynthesizer for Recorder {
-        fn synthesize(&self, text: &str) -> Result<Speech, TtsError> {
-            self.said.lock().unwrap().push(text.to_string());
+        fn synthesize_in(&self, text: &str, style: &VoiceStyle) -> Result<Speech, TtsError> {
+            self.said.lock().unwrap().push((text.to_string(), *style));
             if self.fails && text.contains("fail") {
                 return Err(TtsError::Failed {
                     program: "test".into(),
@@ -159,21 +280,38 @@ mod tests {
         }
     }
 
+    fn peak(s: &Speech) -> f32 {
+        s.audio.samples.iter().fold(0f32, |a, b| a.max(b.abs()))
+    }
+
+    fn recorder(level: f32, fails: bool) -> Arc<Recorder> {
+        Arc::new(Recorder {
+            level,
+            fails,
+            ..Recorder::default()
+        })
+    }
+
     #[test]
     fn engines_hear_normalised_text_at_an_even_level() {
-        let neural = Arc::new(Recorder {
-            level: 0.05,
-            ..Recorder::default()
-        });
-        let voice = Voice::with_engines(neural.clone(), None, -6.0, "neural");
+        let neural = recorder(0.05, false);
+        let voice = Voice::with_engines(
+            Some(neural.clone()),
+            recorder(0.5, false),
+            TtsEngine::Neural,
+            -6.0,
+        );
         let s = voice.synthesize("Your order 4471 ships at 9:30.").unwrap();
         assert_eq!(
-            neural.said.lock().unwrap()[0],
+            neural.texts()[0],
             normalize("Your order 4471 ships at 9:30.")
         );
-        assert!(!neural.said.lock().unwrap()[0].contains('4'));
-        let peak = s.audio.samples.iter().fold(0f32, |a, b| a.max(b.abs()));
-        assert!((peak - 10f32.powf(-6.0 / 20.0)).abs() < 1e-3, "{peak}");
+        assert!(!neural.texts()[0].contains('4'));
+        assert!(
+            (peak(&s) - 10f32.powf(-6.0 / 20.0)).abs() < 1e-3,
+            "{}",
+            peak(&s)
+        );
         let units = voice.units("Order 4471 shipped. It arrives Monday.");
         assert_eq!(units.len(), 2);
         assert!(units.iter().all(|u| !u.contains('4')), "{units:?}");
@@ -181,20 +319,89 @@ mod tests {
 
     #[test]
     fn a_failing_neural_unit_is_said_by_the_fallback() {
-        let neural = Arc::new(Recorder {
-            level: 0.1,
-            fails: true,
-            ..Recorder::default()
-        });
-        let espeak = Arc::new(Recorder {
-            level: 0.5,
-            ..Recorder::default()
-        });
-        let voice = Voice::with_engines(neural.clone(), Some(espeak.clone()), -3.0, "neural");
+        let neural = recorder(0.1, true);
+        let espeak = recorder(0.5, false);
+        let voice = Voice::with_engines(
+            Some(neural.clone()),
+            espeak.clone(),
+            TtsEngine::Neural,
+            -3.0,
+        );
         assert!(voice.synthesize("this will fail").is_ok());
-        assert_eq!(espeak.said.lock().unwrap().len(), 1);
-        let alone = Voice::with_engines(neural, None, -3.0, "neural");
-        assert!(alone.synthesize("this will fail").is_err());
+        assert_eq!(espeak.texts().len(), 1);
+        let both_fail =
+            Voice::with_engines(Some(neural), recorder(0.5, true), TtsEngine::Neural, -3.0);
+        assert!(both_fail.synthesize("this will fail").is_err());
+    }
+
+    #[test]
+    fn a_style_picks_the_engine_passes_the_pace_and_sets_the_level() {
+        let neural = recorder(0.1, false);
+        let espeak = recorder(0.1, false);
+        let voice = Voice::with_engines(
+            Some(neural.clone()),
+            espeak.clone(),
+            TtsEngine::Neural,
+            -3.0,
+        );
+        let brisk = VoiceStyle {
+            engine: Some(TtsEngine::Espeak),
+            speed: 1.25,
+            gain_db: -6.0,
+        };
+        let s = voice.synthesize_in("Hello there.", &brisk).unwrap();
+        assert_eq!(neural.texts().len(), 0);
+        assert_eq!(espeak.said.lock().unwrap()[0].1, brisk);
+        assert!(
+            (peak(&s) - 10f32.powf(-9.0 / 20.0)).abs() < 1e-3,
+            "{}",
+            peak(&s)
+        );
+        assert_eq!(voice.engine_for(&brisk), "espeak-ng");
+        // No engine named: the default one; the level never goes above 0 dBFS.
+        let loud = VoiceStyle {
+            gain_db: 6.0,
+            ..VoiceStyle::default()
+        };
+        let s = voice.synthesize_in("Hello there.", &loud).unwrap();
+        assert_eq!(neural.texts().len(), 1);
+        assert!((peak(&s) - 1.0).abs() < 1e-3, "{}", peak(&s));
+        // A neural style on a gateway whose neural voice is missing: espeak-ng.
+        let without = Voice::with_engines(None, espeak.clone(), TtsEngine::Espeak, -3.0);
+        let neural_style = VoiceStyle {
+            engine: Some(TtsEngine::Neural),
+            ..VoiceStyle::default()
+        };
+        assert!(without.synthesize_in("Hi.", &neural_style).is_ok());
+        assert_eq!(espeak.texts().len(), 2);
+        assert_eq!(without.engine_for(&neural_style), "espeak-ng");
+    }
+
+    #[test]
+    fn styles_are_checked_and_keyed() {
+        assert!(VoiceStyle::default().check().is_ok());
+        let slow = VoiceStyle {
+            speed: 0.2,
+            ..VoiceStyle::default()
+        };
+        assert_eq!(slow.check().unwrap_err().0, "speed");
+        let loud = VoiceStyle {
+            gain_db: 12.0,
+            ..VoiceStyle::default()
+        };
+        assert_eq!(loud.check().unwrap_err().0, "gain_db");
+        let nan = VoiceStyle {
+            speed: f32::NAN,
+            ..VoiceStyle::default()
+        };
+        assert!(nan.check().is_err());
+        assert_eq!(VoiceStyle::default().key(), "default/1.00/+0.0");
+        let espeak = VoiceStyle {
+            engine: Some(TtsEngine::Espeak),
+            speed: 1.1,
+            gain_db: -2.5,
+        };
+        assert_eq!(espeak.key(), "espeak/1.10/-2.5");
     }
 
     #[test]
@@ -204,6 +411,13 @@ mod tests {
         let voice = Voice::load(&config);
         assert_eq!(voice.engine(), "espeak-ng");
         config.engine = TtsEngine::Espeak;
-        assert_eq!(Voice::load(&config).engine(), "espeak-ng");
+        let voice = Voice::load(&config);
+        assert_eq!(voice.engine(), "espeak-ng");
+        // Asked for by a flow, the neural voice is tried then, and espeak-ng speaks for it.
+        let neural = VoiceStyle {
+            engine: Some(TtsEngine::Neural),
+            ..VoiceStyle::default()
+        };
+        assert_eq!(voice.engine_for(&neural), "espeak-ng");
     }
 }

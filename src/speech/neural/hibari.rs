@@ -44,6 +44,7 @@ use super::g2p::G2p;
 use super::onnx;
 use crate::audio::wav::MonoAudio;
 use crate::speech::tts::{Speech, SpeechSynthesizer, TtsError};
+use crate::speech::voice::VoiceStyle;
 
 /// Name used in [`TtsError`]s.
 const PROGRAM: &str = "hibari";
@@ -183,11 +184,21 @@ impl HibariVoice {
     /// One unit (normally a sentence from [`Self::split`]) as 24 kHz mono samples; empty when
     /// the text has nothing to say.
     pub fn synthesize_unit(&self, text: &str) -> Result<Vec<f32>, TtsError> {
+        self.synthesize_unit_at(text, self.speed)
+    }
+
+    /// [`Self::synthesize_unit`] at `speed` (clamped to hibari's range).
+    fn synthesize_unit_at(&self, text: &str, speed: f32) -> Result<Vec<f32>, TtsError> {
+        let speed = if speed.is_finite() {
+            speed.clamp(SPEED_RANGE.0, SPEED_RANGE.1)
+        } else {
+            self.speed
+        };
         let phonemes = self.g2p.phonemize(text).map_err(failed)?;
         let mut audio = Vec::new();
         for chunk in split_phonemes(&phonemes) {
             let ids = self.g2p.ids(&chunk);
-            audio.extend(self.synthesize_ids(&ids, self.speed)?);
+            audio.extend(self.synthesize_ids(&ids, speed)?);
         }
         Ok(audio)
     }
@@ -251,11 +262,13 @@ impl SpeechSynthesizer for HibariVoice {
         self.split(text)
     }
 
-    fn synthesize(&self, text: &str) -> Result<Speech, TtsError> {
+    /// `style.speed` multiplies `[tts.neural] speed` (the product within 0.5..=2.0).
+    fn synthesize_in(&self, text: &str, style: &VoiceStyle) -> Result<Speech, TtsError> {
         let started = Instant::now();
+        let speed = self.speed * style.speed;
         let mut samples = Vec::new();
         for unit in self.split(text) {
-            samples.extend(self.synthesize_unit(&unit)?);
+            samples.extend(self.synthesize_unit_at(&unit, speed)?);
         }
         Ok(Speech {
             audio: MonoAudio {
@@ -628,6 +641,25 @@ mod tests {
         let normal = v.synthesize_ids(&ids, 1.0).unwrap().len();
         let fast = v.synthesize_ids(&ids, 2.0).unwrap().len();
         assert!((fast as f32) < normal as f32 * 0.7, "{fast} vs {normal}");
+    }
+
+    #[test]
+    fn a_style_speed_multiplies_the_configured_speed() {
+        let v = voice();
+        let text = "Your parcel is on its way.";
+        let normal = v.synthesize(text).unwrap().audio.samples.len();
+        let brisk = VoiceStyle {
+            speed: 1.5,
+            ..VoiceStyle::default()
+        };
+        let fast = v.synthesize_in(text, &brisk).unwrap().audio.samples.len();
+        assert!((fast as f32) < normal as f32 * 0.8, "{fast} vs {normal}");
+        // Beyond hibari's range it is clamped, never an error.
+        let wild = VoiceStyle {
+            speed: 50.0,
+            ..VoiceStyle::default()
+        };
+        assert!(v.synthesize_in(text, &wild).is_ok());
     }
 
     #[test]
