@@ -42,6 +42,7 @@ use crate::config::GatewayConfig;
 use crate::config_file::{self, ConfigError};
 use crate::engines::{load_flows_with, LoadError};
 use crate::flows::{Flow, FlowSet, Overlay, EMBEDDED_FLOW, EMBEDDED_FLOW_FILE};
+use crate::speech::voice::VoiceStyle;
 
 /// Largest flow write accepted (the flow with its intents and prompts texts).
 pub const MAX_FLOW_BODY: usize = 512 * 1024;
@@ -390,6 +391,8 @@ pub struct FlowSummary {
     pub intents: Vec<String>,
     /// The teams its escalations go to.
     pub skills: Vec<String>,
+    /// How its bot sounds (`[voice]`).
+    pub voice: VoiceStyle,
 }
 
 fn summary(flow: &Flow, default: &str) -> FlowSummary {
@@ -403,6 +406,7 @@ fn summary(flow: &Flow, default: &str) -> FlowSummary {
         embedded: is_embedded(flow),
         intents: intents.intents.iter().map(|i| i.name.clone()).collect(),
         skills: intents.skills.clone(),
+        voice: flow.voice,
     }
 }
 
@@ -588,6 +592,7 @@ pub async fn put(
         ..
     } = carry_out(planned).await?;
     let set = state.engines.flows.replace(set);
+    crate::engines::keep_prompts_ready(&state.engines);
     tracing::info!(flow = %name, file = %target.display(), created, "flow written by the admin API");
     let status = if created {
         StatusCode::CREATED
@@ -622,6 +627,7 @@ pub async fn delete(
         ..
     } = carry_out(planned).await?;
     let set = state.engines.flows.replace(set);
+    crate::engines::keep_prompts_ready(&state.engines);
     tracing::info!(flow = %name, file = %target.display(), "flow deleted by the admin API");
     Ok(Json(FlowChange {
         name,

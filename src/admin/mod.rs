@@ -295,6 +295,7 @@ pub fn routes(state: Arc<AdminState>) -> Routes<()> {
         )
         .route("/api/test/chat", &["POST"], post(tryout::chat))
         .route("/api/test/wav", &["POST"], tryout::wav_route())
+        .route("/api/test/say", &["POST"], post(tryout::say))
         .route("/api/calls", &["GET"], get(calls::list))
         .route("/api/calls/live", &["GET"], get(calls::live))
         .route("/api/calls/{id}", &["GET"], get(calls::one))

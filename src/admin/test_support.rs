@@ -23,6 +23,8 @@ use crate::pipeline::Engines;
 use crate::speech::asr::{AsrError, SpeechRecognizer, Transcript};
 use crate::speech::pool::InferencePool;
 use crate::speech::tts::{Speech, SpeechSynthesizer, TtsError};
+use crate::speech::tts_cache::{CacheLimits, CachedSynthesizer};
+use crate::speech::voice::VoiceStyle;
 use crate::web::WebState;
 
 pub const ADMIN: &str = "admin-secret-0123456789";
@@ -47,7 +49,7 @@ impl SpeechRecognizer for FixedAsr {
 struct ToneTts;
 
 impl SpeechSynthesizer for ToneTts {
-    fn synthesize(&self, _text: &str) -> Result<Speech, TtsError> {
+    fn synthesize_in(&self, _text: &str, _style: &VoiceStyle) -> Result<Speech, TtsError> {
         Ok(Speech {
             audio: crate::audio::wav::MonoAudio {
                 samples: vec![0.1; 1600],
@@ -108,7 +110,10 @@ pub fn fixture(with_dir: bool) -> Fixture {
     let engines = Engines {
         config: Arc::new(config),
         asr: Arc::new(FixedAsr),
-        tts: Arc::new(ToneTts),
+        tts: Arc::new(CachedSynthesizer::new(
+            Arc::new(ToneTts),
+            CacheLimits::default(),
+        )),
         flows: Arc::new(crate::flows::FlowStore::new(flows)),
         pool: InferencePool::new(1, 8),
     };
@@ -141,12 +146,23 @@ pub fn full_app() -> (Router, Vec<RouteId>) {
     (f.app, f.routes)
 }
 
-/// An answer: status, content type, body.
+/// An answer: status, content type, headers, body.
 #[derive(Debug)]
 pub struct Answer {
     pub status: StatusCode,
     pub content_type: String,
+    pub headers: axum::http::HeaderMap,
     pub body: Vec<u8>,
+}
+
+impl Answer {
+    /// A header's value ("" when absent).
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
 }
 
 impl Answer {
@@ -188,6 +204,7 @@ pub async fn send(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_string();
+    let headers = response.headers().clone();
     let body = axum::body::to_bytes(response.into_body(), 64 * 1024 * 1024)
         .await
         .expect("body")
@@ -195,6 +212,7 @@ pub async fn send(
     Answer {
         status,
         content_type,
+        headers,
         body,
     }
 }

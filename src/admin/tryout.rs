@@ -1,4 +1,5 @@
-//! Trying a flow without a phone: `POST /api/test/chat` and `POST /api/test/wav`.
+//! Trying a flow without a phone: `POST /api/test/chat`, `POST /api/test/wav`, and hearing
+//! the bot's voice with `POST /api/test/say`.
 //!
 //! # Why it reuses the simulator
 //!
@@ -26,16 +27,19 @@ use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, JsonRejection};
 use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{post, MethodRouter};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 
 use super::{AdminState, ApiError};
-use crate::audio::wav::decode_wav;
+use crate::audio::wav::{decode_wav, encode_wav};
 use crate::flows::Flow;
+use crate::pipeline::synthesize_text;
 use crate::report::CallReport;
 use crate::simulate::chat::simulate_chat;
 use crate::simulate::scenario::{CallerVoice, Scenario, Turn};
+use crate::speech::voice::VoiceStyle;
 
 /// Largest WAV upload.
 pub const MAX_WAV_BYTES: usize = 10 * 1024 * 1024;
@@ -44,6 +48,8 @@ pub const MAX_WAV_SECONDS: u64 = 180;
 /// Most turns in one chat, and the longest turn.
 pub const MAX_TURNS: usize = 50;
 pub const MAX_TURN_CHARS: usize = 1000;
+/// Longest text `POST /api/test/say` speaks (about a minute of speech).
+pub const MAX_SAY_CHARS: usize = 1000;
 
 /// `POST /api/test/chat`.
 #[derive(Debug, Deserialize)]
@@ -176,6 +182,74 @@ pub async fn chat(
     }))
 }
 
+/// `POST /api/test/say`: how the bot would say `text`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SayRequest {
+    /// The flow whose voice speaks (default: the default flow).
+    #[serde(default)]
+    pub flow: Option<String>,
+    /// What to say (a reply from a chat test, a prompt being written).
+    pub text: String,
+    /// A voice to try instead of the flow's own `[voice]` (same fields), before saving it.
+    #[serde(default)]
+    pub voice: Option<VoiceStyle>,
+}
+
+/// `POST /api/test/say`: `text` in the flow's voice (or the `voice` given), as a 16-bit mono
+/// WAV at the rate the call path synthesises at, cut into units and synthesised as a call
+/// would, so the prompt cache answers for fixed prompts.
+pub async fn say(
+    State(state): State<Arc<AdminState>>,
+    body: Result<Json<SayRequest>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(req) = body?;
+    let text = req.text.trim();
+    if text.is_empty() {
+        return Err(ApiError::unprocessable("text: is empty"));
+    }
+    if text.chars().count() > MAX_SAY_CHARS {
+        return Err(ApiError::unprocessable(format!(
+            "text: longer than {MAX_SAY_CHARS} characters"
+        )));
+    }
+    let flow = flow(&state, req.flow.as_deref())?;
+    let style = match req.voice {
+        Some(voice) => {
+            voice.check().map_err(|(field, reason)| {
+                ApiError::unprocessable(format!("voice.{field}: {reason}"))
+            })?;
+            voice
+        }
+        None => flow.voice,
+    };
+    let _permit = permit(&state)?;
+    let started = Instant::now();
+    let audio = synthesize_text(&state.engines, text, style)
+        .await
+        .map_err(|e| ApiError::internal(format!("speech synthesis: {e}")))?;
+    let wav = encode_wav(&audio).map_err(|e| ApiError::internal(e.to_string()))?;
+    tracing::info!(flow = %flow.name, voice = %style.key(), chars = text.chars().count(),
+        ms = started.elapsed().as_millis() as u64, "test say");
+    let headers = [
+        (header::CONTENT_TYPE, "audio/wav".to_string()),
+        (header::CACHE_CONTROL, "no-store".to_string()),
+        (
+            header::HeaderName::from_static("x-voicebot-flow"),
+            flow.name.clone(),
+        ),
+        (
+            header::HeaderName::from_static("x-voicebot-voice"),
+            style.key(),
+        ),
+        (
+            header::HeaderName::from_static("x-voicebot-synthesis-ms"),
+            format!("{:.1}", ms(started)),
+        ),
+    ];
+    Ok((headers, wav).into_response())
+}
+
 /// `?flow=` of a WAV test.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -257,20 +331,126 @@ mod tests {
     use serde_json::json;
 
     fn wav_bytes(samples: &[f32], rate: u32) -> Vec<u8> {
-        let mut out = Cursor::new(Vec::new());
-        let spec = hound::WavSpec {
-            channels: 1,
-            sample_rate: rate,
-            bits_per_sample: 16,
-            sample_format: hound::SampleFormat::Int,
-        };
-        let mut w = hound::WavWriter::new(&mut out, spec).expect("writer");
-        for s in samples {
-            w.write_sample(crate::audio::wav::to_i16(*s))
-                .expect("sample");
+        encode_wav(&crate::audio::wav::MonoAudio {
+            samples: samples.to_vec(),
+            rate,
+        })
+        .expect("in memory")
+    }
+
+    #[tokio::test]
+    async fn say_answers_a_wav_in_the_flows_voice_or_the_one_tried() {
+        let f = fixture(true);
+        let body = json!({"flow": "support", "text": "Your order has shipped. Goodbye."});
+        let a = send(
+            &f.app,
+            "POST",
+            "/api/test/say",
+            Some(ADMIN),
+            Some("application/json"),
+            body.to_string(),
+        )
+        .await;
+        assert_eq!(a.status, StatusCode::OK, "{}", a.text());
+        assert_eq!(a.content_type, "audio/wav");
+        assert_eq!(a.header("x-voicebot-flow"), "support");
+        assert_eq!(a.header("x-voicebot-voice"), "default/1.00/+0.0");
+        let wav = decode_wav(Path::new("say.wav"), Cursor::new(a.body)).expect("a WAV");
+        assert_eq!(wav.audio.rate, crate::audio::SPEECH_RATE);
+        assert_eq!(wav.channels, 1);
+        // Two units of the test voice's 0.1 s tone.
+        assert_eq!(wav.audio.samples.len(), 3200);
+        assert!(wav.audio.samples.iter().any(|s| s.abs() > 0.05));
+        // A voice tried before it is saved in the flow file.
+        let body = json!({"text": "Hello.", "voice": {"engine": "espeak", "speed": 1.5}});
+        let a = send(
+            &f.app,
+            "POST",
+            "/api/test/say",
+            Some(ADMIN),
+            Some("application/json"),
+            body.to_string(),
+        )
+        .await;
+        assert_eq!(a.status, StatusCode::OK, "{}", a.text());
+        assert_eq!(a.header("x-voicebot-voice"), "espeak/1.50/+0.0");
+        // Without the token: 401.
+        let a = send(
+            &f.app,
+            "POST",
+            "/api/test/say",
+            None,
+            Some("application/json"),
+            json!({"text": "Hello."}).to_string(),
+        )
+        .await;
+        assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+    }
+
+    #[tokio::test]
+    async fn bad_says_are_4xx_json_naming_the_field() {
+        let f = fixture(true);
+        let long = "a".repeat(MAX_SAY_CHARS + 1);
+        let cases = [
+            (
+                json!({"text": "  "}),
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "text: is empty",
+            ),
+            (
+                json!({"text": long}),
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "text: longer than",
+            ),
+            (
+                json!({"text": "Hi.", "voice": {"speed": 3.0}}),
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "voice.speed",
+            ),
+            (
+                json!({"text": "Hi.", "voice": {"gain_db": -40}}),
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "voice.gain_db",
+            ),
+            (
+                json!({"text": "Hi.", "voice": {"engine": "piper"}}),
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "unknown variant",
+            ),
+            (
+                json!({"text": "Hi.", "flow": "nope"}),
+                StatusCode::NOT_FOUND,
+                "no flow `nope`",
+            ),
+            (
+                json!({"txt": "Hi."}),
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "unknown field",
+            ),
+        ];
+        for (body, status, says) in cases {
+            let (got, v) = admin(
+                &f.app,
+                "POST",
+                "/api/test/say",
+                "/api/test/say",
+                Some("application/json"),
+                body.to_string(),
+            )
+            .await;
+            assert_eq!(got, status, "{body}: {v}");
+            assert!(v.to_string().contains(says), "{body}: {v}");
         }
-        w.finalize().expect("finalize");
-        out.into_inner()
+        let (got, _) = admin(
+            &f.app,
+            "POST",
+            "/api/test/say",
+            "/api/test/say",
+            Some("text/plain"),
+            "Hello",
+        )
+        .await;
+        assert_eq!(got, StatusCode::UNSUPPORTED_MEDIA_TYPE);
     }
 
     #[tokio::test]

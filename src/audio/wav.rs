@@ -223,6 +223,27 @@ pub fn write_wav(path: &Path, audio: &MonoAudio) -> Result<(), WavError> {
     std::fs::rename(&tmp, path).map_err(|e| werr(e.to_string()))
 }
 
+/// Mono audio as the bytes of a 16-bit PCM WAV file (an HTTP response, a test's upload).
+pub fn encode_wav(audio: &MonoAudio) -> Result<Vec<u8>, WavError> {
+    let werr = |e: hound::Error| WavError::Write {
+        path: PathBuf::from("<memory>"),
+        reason: e.to_string(),
+    };
+    let spec = WavSpec {
+        channels: 1,
+        sample_rate: audio.rate,
+        bits_per_sample: 16,
+        sample_format: SampleFormat::Int,
+    };
+    let mut out = std::io::Cursor::new(Vec::with_capacity(44 + 2 * audio.samples.len()));
+    let mut writer = WavWriter::new(&mut out, spec).map_err(werr)?;
+    for &s in &audio.samples {
+        writer.write_sample(to_i16(s)).map_err(werr)?;
+    }
+    writer.finalize().map_err(werr)?;
+    Ok(out.into_inner())
+}
+
 /// Converts a float sample to 16-bit PCM with clipping.
 pub fn to_i16(s: f32) -> i16 {
     (s.clamp(-1.0, 1.0) * 32767.0).round() as i16
