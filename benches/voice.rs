@@ -8,12 +8,18 @@
 //! reply's synthesis time and its audio length. Each reply runs REPEAT times (environment,
 //! default 5); the first run and the median are printed. Targets (issue 7): first audio at most
 //! 120 ms for the first sentence of a typical reply, RTF at most 0.1. espeak-ng's figures are
-//! printed beside for comparison.
+//! printed beside for comparison. Then the prompt cache: how long keeping the embedded flow's
+//! fixed prompts ready takes (as the gateway does at start), and what a kept unit costs a call.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use voicebot_gateway::config::GatewayConfig;
+use voicebot_gateway::dialog::escalation::EscalationConfig;
+use voicebot_gateway::engines::fixed_prompt_units;
+use voicebot_gateway::flows::{as_is, FlowSet, FlowsConfig};
 use voicebot_gateway::speech::tts::SpeechSynthesizer;
+use voicebot_gateway::speech::tts_cache::{CacheLimits, CachedSynthesizer};
 use voicebot_gateway::speech::voice::{TtsEngine, Voice};
 
 const REPLIES: &[&str] = &[
@@ -97,6 +103,45 @@ fn run(name: &str, voice: &Voice, repeat: usize) -> (f64, f64) {
     (worst, rtf)
 }
 
+/// Keeping the embedded flow's fixed prompts ready (what the gateway does at start), then the
+/// time a call waits for one of them.
+fn prompt_cache(voice: Voice) {
+    let flows = FlowSet::load(
+        &FlowsConfig {
+            dir: "/nonexistent".into(),
+            ..FlowsConfig::default()
+        },
+        &EscalationConfig::default(),
+        &as_is,
+    )
+    .expect("embedded flow");
+    let cache = CachedSynthesizer::new(Arc::new(voice), CacheLimits::default());
+    let units = fixed_prompt_units(&cache, &flows);
+    let report = cache.keep(&units);
+    let audio_s: f64 = units
+        .iter()
+        .map(|(u, s)| {
+            let a = cache.synthesize_in(u, s).expect("kept").audio;
+            a.samples.len() as f64 / f64::from(a.rate)
+        })
+        .sum();
+    let greeting = flows.default_flow().dialog.prompts().greeting();
+    let first = cache.units(&greeting).remove(0);
+    let started = Instant::now();
+    let n = 1000;
+    for _ in 0..n {
+        cache.synthesize(&first).expect("kept");
+    }
+    println!(
+        "\nprompt cache: {} fixed units ({audio_s:.1} s of speech) kept ready in {:.0} ms \
+         ({} failed); a kept unit then takes {:.1} us",
+        units.len(),
+        ms(report.elapsed),
+        report.failed,
+        started.elapsed().as_secs_f64() * 1e6 / f64::from(n)
+    );
+}
+
 fn main() {
     let repeat: usize = std::env::var("REPEAT")
         .ok()
@@ -113,6 +158,7 @@ fn main() {
         std::process::exit(1);
     }
     let (first, rtf) = run("neural", &neural, repeat);
+    prompt_cache(neural);
     config.tts.engine = TtsEngine::Espeak;
     let espeak = Voice::load(&config.tts);
     run("espeak-ng", &espeak, repeat.min(2));

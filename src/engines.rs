@@ -105,7 +105,7 @@ pub fn load_flows_with(config: &GatewayConfig, overlay: &Overlay) -> Result<Flow
 /// cut into the units calls synthesise, each in its flow's voice; greetings first, since
 /// they are needed first.
 pub fn fixed_prompt_units(
-    engines: &Engines,
+    tts: &dyn SpeechSynthesizer,
     flows: &crate::flows::FlowSet,
 ) -> Vec<(String, VoiceStyle)> {
     let mut seen = std::collections::HashSet::new();
@@ -119,7 +119,7 @@ pub fn fixed_prompt_units(
     for i in 0..longest {
         for (texts, style) in &fixed {
             let Some(text) = texts.get(i) else { continue };
-            for unit in engines.tts.units(text) {
+            for unit in tts.units(text) {
                 if seen.insert((unit.clone(), style.key())) {
                     units.push((unit, *style));
                 }
@@ -136,7 +136,7 @@ pub fn fixed_prompt_units(
 pub fn keep_prompts_ready(engines: &Engines) {
     let tts = Arc::clone(&engines.tts);
     let flows = engines.flows.current();
-    let units = fixed_prompt_units(engines, &flows);
+    let units = fixed_prompt_units(engines.tts.as_ref(), &flows);
     let spawned = std::thread::Builder::new()
         .name("prompt-cache".into())
         .spawn(move || {
@@ -234,7 +234,7 @@ mod tests {
             pool: InferencePool::new(1, 4),
         };
         let set = engines.flows.current();
-        let units = fixed_prompt_units(&engines, &set);
+        let units = fixed_prompt_units(engines.tts.as_ref(), &set);
         let greeting = set.default_flow().dialog.prompts().greeting();
         assert_eq!(units[0].0, engines.tts.units(&greeting)[0]);
         assert!(units.len() > 20, "{units:?}");

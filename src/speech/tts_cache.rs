@@ -55,9 +55,14 @@ struct State {
 
 impl State {
     /// Makes room for `len` more samples in one more entry by evicting the least recently
-    /// used entries that are not kept; false when the kept entries alone leave no room.
+    /// used entries that are not kept; false when the kept entries alone leave no room. Kept
+    /// entries count against the samples limit only: the entry limit is the LRU's.
     fn make_room(&mut self, limits: &CacheLimits, len: usize) -> bool {
-        while self.entries.len() >= limits.max_entries || self.samples + len > limits.max_samples {
+        loop {
+            let unkept = self.entries.values().filter(|e| !e.kept).count();
+            if unkept < limits.max_entries && self.samples + len <= limits.max_samples {
+                return true;
+            }
             let oldest = self
                 .entries
                 .iter()
@@ -71,7 +76,6 @@ impl State {
                 self.samples -= e.speech.audio.samples.len();
             }
         }
-        true
     }
 }
 
@@ -333,17 +337,92 @@ mod tests {
     }
 
     #[test]
-    fn kept_prompts_beyond_the_limits_are_not_cached_and_say_so() {
-        let (_, cache) = cache(2, 10_000);
+    fn kept_prompts_beyond_the_samples_limit_are_not_cached_and_say_so() {
+        // 40 samples per 4-character unit: room for two.
+        let (_, cache) = cache(1, 100);
         let style = VoiceStyle::default();
-        let fixed: Vec<_> = ["one.", "two.", "three."]
+        let fixed: Vec<_> = ["one.", "two.", "six."]
             .iter()
             .map(|t| (t.to_string(), style))
             .collect();
         let report = cache.keep(&fixed);
         assert_eq!((report.synthesized, report.failed), (2, 1));
-        // A reply still works when only kept entries are left.
+        // A reply still works when only kept entries are left; it is just not cached.
         assert!(cache.synthesize("four.").is_ok());
         assert_eq!(cache.state.lock().unwrap().entries.len(), 2);
+    }
+
+    /// Signals each synthesis on `started` and waits for a word on `go`.
+    struct Gated {
+        started: Mutex<std::sync::mpsc::Sender<()>>,
+        go: Mutex<std::sync::mpsc::Receiver<()>>,
+    }
+
+    impl SpeechSynthesizer for Gated {
+        fn synthesize_in(&self, _: &str, _: &VoiceStyle) -> Result<Speech, TtsError> {
+            let _ = self.started.lock().unwrap().send(());
+            let _ = self.go.lock().unwrap().recv();
+            Ok(Speech {
+                audio: MonoAudio {
+                    samples: vec![0.0; 10],
+                    rate: 16_000,
+                },
+                elapsed: Duration::ZERO,
+            })
+        }
+    }
+
+    #[test]
+    fn a_newer_keep_stops_an_older_one_between_units() {
+        let (started_tx, started_rx) = std::sync::mpsc::channel();
+        let (go_tx, go_rx) = std::sync::mpsc::channel();
+        let cache = Arc::new(CachedSynthesizer::new(
+            Arc::new(Gated {
+                started: Mutex::new(started_tx),
+                go: Mutex::new(go_rx),
+            }),
+            CacheLimits::default(),
+        ));
+        let style = VoiceStyle::default();
+        let old: Vec<_> = ["a.", "b.", "c."]
+            .iter()
+            .map(|t| (t.to_string(), style))
+            .collect();
+        let older = {
+            let cache = Arc::clone(&cache);
+            std::thread::spawn(move || cache.keep(&old))
+        };
+        started_rx.recv().unwrap(); // the older keep is synthesising "a."
+        let newer = {
+            let cache = Arc::clone(&cache);
+            std::thread::spawn(move || cache.keep(&[("d.".to_string(), style)]))
+        };
+        // The newer keep has started (so the older one's generation is stale) and waits for
+        // the gate, which the older one holds while synthesising "a.".
+        started_rx.recv().unwrap();
+        go_tx.send(()).unwrap(); // "a." done: the older keep stops before "b."
+        go_tx.send(()).unwrap(); // "d." done
+        let older = older.join().unwrap();
+        assert!(older.superseded);
+        assert_eq!(older.synthesized, 1);
+        let newer = newer.join().unwrap();
+        assert_eq!((newer.synthesized, newer.superseded), (1, false));
+    }
+
+    #[test]
+    fn kept_prompts_do_not_use_up_the_entry_limit_of_other_replies() {
+        let (inner, cache) = cache(2, 10_000);
+        let style = VoiceStyle::default();
+        let fixed: Vec<_> = ["one.", "two.", "three.", "four."]
+            .iter()
+            .map(|t| (t.to_string(), style))
+            .collect();
+        assert_eq!(cache.keep(&fixed).synthesized, 4);
+        cache.synthesize("Order 1 shipped.").unwrap();
+        cache.synthesize("Order 2 shipped.").unwrap();
+        let before = inner.0.load(Ordering::SeqCst);
+        cache.synthesize("Order 2 shipped.").unwrap();
+        assert_eq!(inner.0.load(Ordering::SeqCst), before, "still cached");
+        assert_eq!(cache.state.lock().unwrap().entries.len(), 6);
     }
 }
