@@ -160,7 +160,8 @@ pub fn keep_prompts_ready(engines: &Engines) {
 pub fn load(config: GatewayConfig) -> Result<Engines, LoadError> {
     let flows = load_flows(&config)?;
     let asr = WhisperRecognizer::load(&config.asr)?;
-    let tts = Voice::load(&config.tts);
+    // At the pipeline's rate, so cached units are used as they are.
+    let tts = Voice::load(&config.tts).at_rate(crate::audio::SPEECH_RATE);
     let pool = InferencePool::new(config.pool.workers, config.pool.queue);
     Ok(Engines {
         config: Arc::new(config),

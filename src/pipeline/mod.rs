@@ -657,12 +657,18 @@ async fn synthesize(
     text: &str,
     style: VoiceStyle,
 ) -> Result<MonoAudio, PipelineError> {
-    let tts = engines.tts.clone();
-    let owned = text.to_string();
-    let speech = engines
-        .pool
-        .run(move || tts.synthesize_in(&owned, &style))
-        .await??;
+    // A unit the prompt cache holds (a fixed prompt) does not queue behind recognition.
+    let speech = match engines.tts.cached(text, &style) {
+        Some(speech) => speech,
+        None => {
+            let tts = engines.tts.clone();
+            let owned = text.to_string();
+            engines
+                .pool
+                .run(move || tts.synthesize_in(&owned, &style))
+                .await??
+        }
+    };
     let samples = if speech.audio.rate == SPEECH_RATE {
         speech.audio.samples
     } else {

@@ -41,6 +41,12 @@ pub trait SpeechSynthesizer: Send + Sync {
     /// choice of engine). Blocking; run it on the inference pool.
     fn synthesize_in(&self, text: &str, style: &VoiceStyle) -> Result<Speech, TtsError>;
 
+    /// Which engine speaks in `style` ("neural", "espeak-ng"), for logs and the admin API;
+    /// "custom" for a synthesizer that is neither (a test's).
+    fn engine_for(&self, _style: &VoiceStyle) -> &'static str {
+        "custom"
+    }
+
     /// Synthesises `text` in the gateway's configured voice.
     fn synthesize(&self, text: &str) -> Result<Speech, TtsError> {
         self.synthesize_in(text, &VoiceStyle::default())
@@ -162,6 +168,10 @@ impl EspeakSynthesizer {
 }
 
 impl SpeechSynthesizer for EspeakSynthesizer {
+    fn engine_for(&self, _style: &VoiceStyle) -> &'static str {
+        "espeak-ng"
+    }
+
     /// `style.speed` scales `rate_wpm` (within espeak-ng's 80..=450 words per minute).
     fn synthesize_in(&self, text: &str, style: &VoiceStyle) -> Result<Speech, TtsError> {
         let started = Instant::now();

@@ -124,6 +124,23 @@ impl CachedSynthesizer {
             .unwrap_or((0, 0))
     }
 
+    /// `text` in `style` if it is cached (a hit, counted as such); never synthesises, so a
+    /// caller can take a ready unit without queueing for the inference pool.
+    pub fn cached(&self, text: &str, style: &VoiceStyle) -> Option<Speech> {
+        let key = key(text, style);
+        let mut state = self.state.lock().ok()?;
+        state.clock += 1;
+        let clock = state.clock;
+        let entry = state.entries.get_mut(&key)?;
+        entry.last_used = clock;
+        let audio = entry.speech.audio.clone();
+        state.hits += 1;
+        Some(Speech {
+            audio,
+            elapsed: Duration::ZERO,
+        })
+    }
+
     /// Synthesises the `units` (each in its style) not cached yet, in order, and keeps all of
     /// them until the next `keep`; what an earlier `keep` kept and this one does not name
     /// becomes an ordinary entry again. Blocking (run it on its own thread); a newer `keep`
@@ -202,29 +219,24 @@ impl CachedSynthesizer {
 }
 
 impl SpeechSynthesizer for CachedSynthesizer {
+    fn engine_for(&self, style: &VoiceStyle) -> &'static str {
+        self.inner.engine_for(style)
+    }
+
     fn units(&self, text: &str) -> Vec<String> {
         self.inner.units(text)
     }
 
     fn synthesize_in(&self, text: &str, style: &VoiceStyle) -> Result<Speech, TtsError> {
-        let key = key(text, style);
+        if let Some(speech) = self.cached(text, style) {
+            return Ok(speech);
+        }
         if let Ok(mut state) = self.state.lock() {
-            state.clock += 1;
-            let clock = state.clock;
-            if let Some(entry) = state.entries.get_mut(&key) {
-                entry.last_used = clock;
-                let speech = entry.speech.clone();
-                state.hits += 1;
-                return Ok(Speech {
-                    audio: speech.audio.clone(),
-                    elapsed: Duration::ZERO,
-                });
-            }
             state.misses += 1;
         }
         // Synthesise outside the lock: other calls' lookups never wait for a synthesis.
         let speech = self.inner.synthesize_in(text, style)?;
-        self.insert(key, &speech, false);
+        self.insert(key(text, style), &speech, false);
         Ok(speech)
     }
 }

@@ -29,6 +29,7 @@ use super::normalize::normalize;
 use super::tts::{
     normalize_peak, EspeakSynthesizer, Speech, SpeechSynthesizer, TtsConfig, TtsError,
 };
+use crate::audio::resample::resample_all;
 
 /// Which engine speaks (`[tts] engine`, a flow's `[voice] engine`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -132,6 +133,8 @@ pub struct Voice {
     /// Where the neural voice is loaded from; `None` for voices built from given engines.
     neural_config: Option<HibariConfig>,
     peak_dbfs: f32,
+    /// The rate every unit is delivered at (`None`: each engine's own).
+    rate: Option<u32>,
 }
 
 impl Voice {
@@ -145,6 +148,7 @@ impl Voice {
             neural: OnceLock::new(),
             neural_config: Some(config.neural.clone()),
             peak_dbfs: config.peak_dbfs,
+            rate: None,
         };
         if config.engine == TtsEngine::Neural {
             voice.neural();
@@ -166,6 +170,16 @@ impl Voice {
             neural: OnceLock::from(neural),
             neural_config: None,
             peak_dbfs,
+            rate: None,
+        }
+    }
+
+    /// This voice delivering every unit at `rate` (resampled where it synthesises, i.e. on the
+    /// inference pool), so the prompt cache holds audio the call path uses as it is.
+    pub fn at_rate(self, rate: u32) -> Voice {
+        Voice {
+            rate: Some(rate),
+            ..self
         }
     }
 
@@ -192,18 +206,17 @@ impl Voice {
     pub fn engine(&self) -> &'static str {
         self.engine_for(&VoiceStyle::default())
     }
+}
 
-    /// Which engine speaks in `style`: "neural" or "espeak-ng" (loads the neural voice if the
-    /// style asks for it).
-    pub fn engine_for(&self, style: &VoiceStyle) -> &'static str {
+impl SpeechSynthesizer for Voice {
+    /// "neural" or "espeak-ng" (loads the neural voice if the style asks for it).
+    fn engine_for(&self, style: &VoiceStyle) -> &'static str {
         match style.engine.unwrap_or(self.default_engine) {
             TtsEngine::Neural if self.neural().is_some() => "neural",
             _ => "espeak-ng",
         }
     }
-}
 
-impl SpeechSynthesizer for Voice {
     /// The neural voice's units once it is loaded (its own sentence split), else sentences.
     fn units(&self, text: &str) -> Vec<String> {
         let spoken = normalize(text);
@@ -229,6 +242,14 @@ impl SpeechSynthesizer for Voice {
             },
             None => self.espeak.synthesize_in(&spoken, style)?,
         };
+        if let Some(rate) = self.rate.filter(|&r| r != speech.audio.rate) {
+            speech.audio.samples = resample_all(&speech.audio.samples, speech.audio.rate, rate)
+                .map_err(|e| TtsError::BadOutput {
+                    program: "resampler".into(),
+                    reason: e.to_string(),
+                })?;
+            speech.audio.rate = rate;
+        }
         normalize_peak(&mut speech.audio.samples, self.peak_dbfs + style.gain_db);
         Ok(speech)
     }
@@ -375,6 +396,25 @@ mod tests {
         assert!(without.synthesize_in("Hi.", &neural_style).is_ok());
         assert_eq!(espeak.texts().len(), 2);
         assert_eq!(without.engine_for(&neural_style), "espeak-ng");
+    }
+
+    #[test]
+    fn a_voice_at_a_rate_delivers_every_unit_at_it() {
+        let voice = Voice::with_engines(
+            Some(recorder(0.2, false)),
+            recorder(0.2, false),
+            TtsEngine::Neural,
+            -3.0,
+        )
+        .at_rate(16_000);
+        let s = voice.synthesize("Hello.").unwrap();
+        assert_eq!(s.audio.rate, 16_000);
+        // 3 samples at 24 kHz are 2 at 16 kHz, give or take the filter's edge.
+        assert!(
+            (1..=4).contains(&s.audio.samples.len()),
+            "{}",
+            s.audio.samples.len()
+        );
     }
 
     #[test]

@@ -257,6 +257,10 @@ impl HibariVoice {
 }
 
 impl SpeechSynthesizer for HibariVoice {
+    fn engine_for(&self, _style: &VoiceStyle) -> &'static str {
+        "neural"
+    }
+
     /// hibari's own units: its sentence split (titles from normalize.json).
     fn units(&self, text: &str) -> Vec<String> {
         self.split(text)
