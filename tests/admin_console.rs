@@ -5,7 +5,9 @@
 //! sees the problem inline with its line, chats with the edited flow and then until it escalates,
 //! runs a WAV, looks at live calls, the call history (filtered) and one call, and the analytics,
 //! taking a screenshot at each stop; then (with SIPp) a real call shows live and then in the
-//! history. At each stop the page's console must hold no script error or policy violation.
+//! history. Last, on Try it, a chat reply and a voice being tried (speed, gain) are spoken by
+//! the gateway and play in the page, and an out-of-range speed shows the gateway's 422.
+//! At each stop the page's console must hold no script error or policy violation.
 //! The history is seeded with two calls before the gateway starts. Skipped when Chromium or
 //! chromedriver is missing, unless VOICEBOT_REQUIRE_PEERS is set. Screenshots go to the test's
 //! temporary directory, or to `$VOICEBOT_CONSOLE_SCREENSHOTS`.
@@ -396,6 +398,29 @@ fn base64_decode(text: &str) -> Vec<u8> {
     out
 }
 
+/// The shared player's `src` now (empty before the first playback).
+fn audio_src(b: &Browser) -> String {
+    b.try_find("#say-audio")
+        .and_then(|a| b.property(&a, "src").as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+/// Waits until the shared player holds new audio (not `previous`) of more than half a second
+/// and has played it (its time moved on, or it ended); returns its length in seconds.
+fn wait_played(b: &Browser, previous: &str, what: &str) -> f64 {
+    b.wait_until(&format!("{what} to play in #say-audio"), || {
+        let audio = b.try_find("#say-audio")?;
+        let src = b.property(&audio, "src").as_str()?.to_string();
+        if src == previous || !src.starts_with("blob:") {
+            return None;
+        }
+        let duration = b.property(&audio, "duration").as_f64()?;
+        let at = b.property(&audio, "currentTime").as_f64().unwrap_or(0.0);
+        let ended = b.property(&audio, "ended") == true;
+        (duration.is_finite() && duration > 0.5 && (at > 0.0 || ended)).then_some(duration)
+    })
+}
+
 // ---------------------------------------------------------------------------------------------
 // The gateway's files.
 
@@ -781,6 +806,72 @@ fn admin_console_in_headless_chromium() {
             "11-call-recording",
         ]);
     }
+
+    // Try it, heard: a chat reply spoken in the flow's voice, played in the page (a blob from
+    // POST /api/test/say with the token); then a voice to try, then one out of range.
+    b.click("#nav-try");
+    b.click("#chat-reset");
+    b.type_into(
+        "#chat-input",
+        &format!("what are your opening hours{ENTER}"),
+    );
+    b.wait_text("#chat-log", "opening_hours");
+    let before = audio_src(&b);
+    b.click("#chat-log .said.reply button[aria-label=\"Play reply\"]");
+    let seconds = wait_played(&b, &before, "the chat reply");
+    let note = b.wait_text("#chat-log .said.reply .say-note", "synthesised in");
+    assert!(
+        note.contains("voice default/1.00/+0.0") && note.contains("flow support"),
+        "{note} ({seconds:.2} s of audio)"
+    );
+    // The box starts from the flow's own voice (the shipped flow's [voice]: the defaults).
+    let speed = b.find("#say-speed");
+    assert_eq!(b.property(&speed, "value"), "1");
+    assert_eq!(b.property(&b.find("#say-gain"), "value"), "0");
+    assert_eq!(b.property(&b.find("#say-engine"), "value"), "");
+    assert!(
+        !b.property(&b.find("#say-text"), "value")
+            .as_str()
+            .unwrap_or_default()
+            .is_empty(),
+        "the text to say is prefilled"
+    );
+    b.clear(&speed);
+    b.type_into("#say-speed", "1.5");
+    b.clear(&b.find("#say-gain"));
+    b.type_into("#say-gain", "-6");
+    let before = audio_src(&b);
+    b.click("#say-play");
+    let tried = wait_played(&b, &before, "the voice tried");
+    let status = b.wait_text("#say-status", "synthesised in");
+    assert!(
+        status.contains("voice default/1.50/-6.0") && status.contains("spoken by neural"),
+        "{status} ({tried:.2} s of audio; is the neural voice provisioned?)"
+    );
+    assert!(
+        status.contains("1.50") && status.contains("-6.0"),
+        "{status}"
+    );
+    b.resize(1280, 1700);
+    b.stop("12-try-voice");
+    b.resize(1280, 1000);
+    b.clear(&b.find("#say-speed"));
+    b.type_into("#say-speed", "5");
+    b.click("#say-play");
+    let refused = b.wait_text("#say-status", "voice.speed");
+    assert!(refused.contains("HTTP 422"), "{refused}");
+    assert!(refused.contains("outside 0.5..=2"), "{refused}");
+    let errors = b.console_errors();
+    assert!(
+        errors.is_empty(),
+        "after the 422: console errors: {errors:#?}"
+    );
+    assert_eq!(
+        b.property(&b.find("#say-play"), "disabled"),
+        false,
+        "Play is enabled again after the answer"
+    );
+    names.push("12-try-voice");
 
     for name in names {
         let png = std::fs::read(shots.join(format!("{name}.png"))).expect("screenshot");

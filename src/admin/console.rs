@@ -152,6 +152,7 @@ mod tests {
             "/api/flows/validate",
             "/api/test/chat",
             "/api/test/wav",
+            "/api/test/say",
             "/api/calls",
             "/api/calls/live",
             "/api/analytics",

@@ -39,6 +39,7 @@ use crate::pipeline::synthesize_text;
 use crate::report::CallReport;
 use crate::simulate::chat::simulate_chat;
 use crate::simulate::scenario::{CallerVoice, Scenario, Turn};
+use crate::speech::tts::SpeechSynthesizer;
 use crate::speech::voice::VoiceStyle;
 
 /// Largest WAV upload.
@@ -243,6 +244,10 @@ pub async fn say(
             style.key(),
         ),
         (
+            header::HeaderName::from_static("x-voicebot-engine"),
+            state.engines.tts.engine_for(&style).to_string(),
+        ),
+        (
             header::HeaderName::from_static("x-voicebot-synthesis-ms"),
             format!("{:.1}", ms(started)),
         ),
@@ -355,6 +360,7 @@ mod tests {
         assert_eq!(a.content_type, "audio/wav");
         assert_eq!(a.header("x-voicebot-flow"), "support");
         assert_eq!(a.header("x-voicebot-voice"), "default/1.00/+0.0");
+        assert_eq!(a.header("x-voicebot-engine"), "custom", "the test voice");
         let wav = decode_wav(Path::new("say.wav"), Cursor::new(a.body)).expect("a WAV");
         assert_eq!(wav.audio.rate, crate::audio::SPEECH_RATE);
         assert_eq!(wav.channels, 1);
