@@ -591,6 +591,21 @@ fn a_real_call_is_live_then_in_the_history() {
         metrics.contains("voicebot_rtp_jitter_seconds_count 1"),
         "{metrics}"
     );
+    // The flow's fixed prompts were kept ready at start; the call took its prompts from them.
+    let figure = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in\n{metrics}"))
+    };
+    assert!(
+        figure("voicebot_prompt_cache_kept_units") >= 20.0,
+        "{metrics}"
+    );
+    assert!(
+        figure("voicebot_prompt_cache_hits_total") >= 1.0,
+        "{metrics}"
+    );
 }
 
 /// The call's recording, fetched over the API: a stereo WAV as long as the call, the caller's

@@ -97,6 +97,19 @@ pub async fn metrics(State(state): State<Arc<AdminState>>) -> Result<Response, A
         None => 0,
     };
     m.outbox_depth.set(depth);
+    // The prompt cache keeps its own counts; the exported counters follow them.
+    let (hits, misses) = state.engines.tts.stats();
+    m.prompt_cache_hits
+        .inner()
+        .store(hits, std::sync::atomic::Ordering::Relaxed);
+    m.prompt_cache_misses
+        .inner()
+        .store(misses, std::sync::atomic::Ordering::Relaxed);
+    let (units, kept) = state.engines.tts.occupancy();
+    m.prompt_cache_units
+        .set(i64::try_from(units).unwrap_or(i64::MAX));
+    m.prompt_cache_kept
+        .set(i64::try_from(kept).unwrap_or(i64::MAX));
     Ok(([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], m.encode()).into_response())
 }
 

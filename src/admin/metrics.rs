@@ -41,6 +41,10 @@ pub const NAMES: &[&str] = &[
     "voicebot_rtp_jitter_seconds",
     "voicebot_rtp_loss_ratio",
     "voicebot_webhook_outbox_depth",
+    "voicebot_prompt_cache_hits_total",
+    "voicebot_prompt_cache_misses_total",
+    "voicebot_prompt_cache_units",
+    "voicebot_prompt_cache_kept_units",
 ];
 
 /// The escalation reasons, as serialised (`EscalationReason`).
@@ -76,6 +80,10 @@ pub struct Metrics {
     pub rtp_jitter: Histogram,
     pub rtp_loss_ratio: Histogram,
     pub outbox_depth: Gauge,
+    pub prompt_cache_hits: Counter,
+    pub prompt_cache_misses: Counter,
+    pub prompt_cache_units: Gauge,
+    pub prompt_cache_kept: Gauge,
 }
 
 impl Metrics {
@@ -103,6 +111,10 @@ impl Metrics {
         let rtp_jitter = Histogram::new(exponential_buckets(0.001, 2.0, 9));
         let rtp_loss_ratio = Histogram::new([0.0, 0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5]);
         let outbox_depth = Gauge::default();
+        let prompt_cache_hits = Counter::default();
+        let prompt_cache_misses = Counter::default();
+        let prompt_cache_units = Gauge::default();
+        let prompt_cache_kept = Gauge::default();
         registry.register(
             "voicebot_calls_active",
             "Calls in progress (answered by the bot, in transfer or bridged)",
@@ -168,6 +180,26 @@ impl Metrics {
             "Webhook events waiting for delivery",
             outbox_depth.clone(),
         );
+        registry.register(
+            "voicebot_prompt_cache_hits",
+            "Synthesised units served from the prompt cache since start",
+            prompt_cache_hits.clone(),
+        );
+        registry.register(
+            "voicebot_prompt_cache_misses",
+            "Units synthesised because the prompt cache did not hold them",
+            prompt_cache_misses.clone(),
+        );
+        registry.register(
+            "voicebot_prompt_cache_units",
+            "Units held by the prompt cache",
+            prompt_cache_units.clone(),
+        );
+        registry.register(
+            "voicebot_prompt_cache_kept_units",
+            "Fixed-prompt units kept ready in the prompt cache (never evicted)",
+            prompt_cache_kept.clone(),
+        );
         Metrics {
             registry,
             calls_active,
@@ -183,6 +215,10 @@ impl Metrics {
             rtp_jitter,
             rtp_loss_ratio,
             outbox_depth,
+            prompt_cache_hits,
+            prompt_cache_misses,
+            prompt_cache_units,
+            prompt_cache_kept,
         }
     }
 

@@ -124,6 +124,19 @@ impl CachedSynthesizer {
             .unwrap_or((0, 0))
     }
 
+    /// (units held, of which kept) now.
+    pub fn occupancy(&self) -> (usize, usize) {
+        self.state
+            .lock()
+            .map(|s| {
+                (
+                    s.entries.len(),
+                    s.entries.values().filter(|e| e.kept).count(),
+                )
+            })
+            .unwrap_or((0, 0))
+    }
+
     /// `text` in `style` if it is cached (a hit, counted as such); never synthesises, so a
     /// caller can take a ready unit without queueing for the inference pool.
     pub fn cached(&self, text: &str, style: &VoiceStyle) -> Option<Speech> {
@@ -335,6 +348,7 @@ mod tests {
         let before = inner.0.load(Ordering::SeqCst);
         let hit = cache.synthesize("Please hold.").unwrap();
         assert_eq!(hit.elapsed, Duration::ZERO);
+        assert_eq!(cache.occupancy(), (5, 2), "2 kept and the 3 latest replies");
         assert_eq!(inner.0.load(Ordering::SeqCst), before);
         // A keep of the same prompts synthesises nothing; one naming others lets them go.
         assert_eq!(cache.keep(&fixed[..2]).cached, 2);
