@@ -120,7 +120,7 @@ pub fn fixed_prompt_units(
         for (texts, style) in &fixed {
             let Some(text) = texts.get(i) else { continue };
             for unit in tts.units(text) {
-                if seen.insert((unit.clone(), style.key())) {
+                if seen.insert((unit.clone(), style.exact_key())) {
                     units.push((unit, *style));
                 }
             }

@@ -103,7 +103,7 @@ pub struct CachedSynthesizer {
 }
 
 fn key(text: &str, style: &VoiceStyle) -> String {
-    format!("{}\u{1f}{}", style.key(), text.trim())
+    format!("{}\u{1f}{}", style.exact_key(), text.trim())
 }
 
 impl CachedSynthesizer {

@@ -111,7 +111,18 @@ impl VoiceStyle {
         Ok(())
     }
 
-    /// A short text naming the style, for cache keys and logs ("default/1.00/+0.0").
+    /// The style exactly, for cache keys: two styles that sound different never share one
+    /// (unlike [`VoiceStyle::key`], which rounds).
+    pub fn exact_key(&self) -> String {
+        format!(
+            "{}/{:08x}/{:08x}",
+            self.engine.map_or("default", TtsEngine::name),
+            self.speed.to_bits(),
+            self.gain_db.to_bits()
+        )
+    }
+
+    /// A short text naming the style, for logs and the admin API ("default/1.00/+0.0").
     pub fn key(&self) -> String {
         format!(
             "{}/{:.2}/{:+.1}",
@@ -442,6 +453,12 @@ mod tests {
             gain_db: -2.5,
         };
         assert_eq!(espeak.key(), "espeak/1.10/-2.5");
+        let nearly = VoiceStyle {
+            speed: 1.001,
+            ..VoiceStyle::default()
+        };
+        assert_eq!(nearly.key(), VoiceStyle::default().key());
+        assert_ne!(nearly.exact_key(), VoiceStyle::default().exact_key());
     }
 
     #[test]
