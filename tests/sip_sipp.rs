@@ -17,8 +17,21 @@ mod common;
 
 use common::{have_sipp, root, spoken_ulaw, Gateway};
 
-/// Runs SIPp with `scenario` from tests/sipp in `dir`; returns its exit code and its screen.
+/// Runs SIPp with `scenario` from tests/sipp in `dir`, calling `support`; returns its exit code
+/// and its screen.
 fn sipp(dir: &Path, port: u16, scenario: &str, media_port: u16, extra: &[&str]) -> (i32, String) {
+    sipp_to(dir, port, "support", scenario, media_port, extra)
+}
+
+/// [`sipp`] calling `service` (the Request-URI's user part, which picks the flow).
+fn sipp_to(
+    dir: &Path,
+    port: u16,
+    service: &str,
+    scenario: &str,
+    media_port: u16,
+    extra: &[&str],
+) -> (i32, String) {
     let out = Command::new("timeout")
         .arg("120")
         .arg("sipp")
@@ -26,7 +39,7 @@ fn sipp(dir: &Path, port: u16, scenario: &str, media_port: u16, extra: &[&str]) 
         .current_dir(dir)
         .arg("-sf")
         .arg(root().join("tests/sipp").join(scenario))
-        .args(["-s", "support", "-i", "127.0.0.1", "-p", "0"])
+        .args(["-s", service, "-i", "127.0.0.1", "-p", "0"])
         .args(["-mp", &media_port.to_string(), "-m", "1", "-nostdin"])
         .args(["-timeout", "100", "-timeout_error"])
         .args(extra)
@@ -111,6 +124,90 @@ fn sipp_dtmf_zero_escalates_and_the_gateway_hangs_up() {
     assert!(
         announcement.contains("transfer") || announcement.contains("colleague"),
         "{announcement}"
+    );
+}
+
+/// A flow file answering `number`, over the shipped intents and prompts, with `voice` as its
+/// `[voice]` table.
+fn flow_file(name: &str, number: &str, voice: &str) -> String {
+    format!(
+        "name = \"{name}\"\nnumbers = [\"{number}\"]\nintents = \"{}\"\nprompts = \"{}\"\n\
+         [voice]\n{voice}\n",
+        root().join("sip-config/intents.toml").display(),
+        root().join("prompts/en.toml").display(),
+    )
+}
+
+#[test]
+fn each_flow_speaks_to_the_caller_in_its_own_voice() {
+    if !have_sipp() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let flows = dir.path().join("flows");
+    std::fs::create_dir_all(&flows).unwrap();
+    std::fs::write(
+        flows.join("support.toml"),
+        flow_file("support", "support", ""),
+    )
+    .unwrap();
+    std::fs::write(
+        flows.join("brisk.toml"),
+        flow_file("brisk", "brisk", "speed = 1.5\ngain_db = -6.0"),
+    )
+    .unwrap();
+    let config = dir.path().join("gateway.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[flows]\ndir = \"{}\"\ndefault = \"support\"\n",
+            flows.display()
+        ),
+    )
+    .unwrap();
+    let gw = Gateway::start("42000-42099", &["--config", config.to_str().unwrap()]);
+    // One second of A-law silence, looped; DTMF 0 asks for a person, so each call ends with
+    // the transfer announcement, said whole.
+    std::fs::write(dir.path().join("caller.raw"), vec![0xD5u8; 8000]).unwrap();
+    let mut announcement_ms = Vec::new();
+    for (i, service) in ["support", "brisk"].into_iter().enumerate() {
+        let (code, screen) = sipp_to(
+            dir.path(),
+            gw.port,
+            service,
+            "uac_dtmf_info.xml",
+            42200 + 10 * i as u16,
+            &[],
+        );
+        assert_eq!(code, 0, "sipp to {service} failed:\n{screen}");
+        let records = gw.records(i + 1, Duration::from_secs(20));
+        let r = records
+            .iter()
+            .find(|r| r["flow"] == service)
+            .unwrap_or_else(|| panic!("no record of the call to {service}: {records:?}"));
+        let last = r["bot_speech"]
+            .as_array()
+            .and_then(|s| s.last())
+            .cloned()
+            .unwrap_or_default();
+        assert!(
+            last["text"].as_str().unwrap_or("").contains("transferring"),
+            "{r}"
+        );
+        assert_eq!(last["interrupted"], false, "{r}");
+        announcement_ms.push(last["duration_ms"].as_f64().unwrap_or(0.0));
+    }
+    // The same words at 1.5 times the pace: about two thirds as long.
+    let ratio = announcement_ms[1] / announcement_ms[0];
+    println!(
+        "transfer announcement: {} ms (support), {} ms (brisk, speed 1.5): ratio {ratio:.2}",
+        announcement_ms[0], announcement_ms[1]
+    );
+    assert!(
+        (0.55..0.8).contains(&ratio),
+        "announcement {} ms (support) vs {} ms (brisk, speed 1.5): ratio {ratio:.2}",
+        announcement_ms[0],
+        announcement_ms[1]
     );
 }
 
