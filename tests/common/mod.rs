@@ -37,6 +37,67 @@ pub fn peer_available(name: &str, available: bool, install: &str) -> bool {
     available
 }
 
+/// Starts `voicebot [--config CONFIG] serve --sip 127.0.0.1:0 --rtp-ports PORTS ARGS...` in the
+/// repository and waits (at most `wait`) for the first `lines` lines of its banner; the child
+/// is killed when they do not come. Its stdout is read to the end, so the gateway never writes
+/// into a closed pipe.
+pub fn spawn_serve(
+    config: Option<&Path>,
+    rtp_ports: &str,
+    args: &[&std::ffi::OsStr],
+    lines: usize,
+    wait: Duration,
+) -> (Child, Vec<String>) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_voicebot"));
+    command.current_dir(root());
+    if let Some(config) = config {
+        command.arg("--config").arg(config);
+    }
+    let mut child = command
+        .args(["serve", "--sip", "127.0.0.1:0", "--rtp-ports", rtp_ports])
+        .args(args)
+        .env("RUST_LOG", "voicebot_gateway=info,warn")
+        .env_remove("VOICEBOT_ADMIN_TOKEN")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start voicebot serve");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut reader = BufReader::new(stdout);
+        let mut line = String::new();
+        while reader.read_line(&mut line).unwrap_or(0) > 0 {
+            let _ = tx.send(line.trim_end().to_string());
+            line.clear();
+        }
+    });
+    let deadline = std::time::Instant::now() + wait;
+    let mut banner = Vec::new();
+    while banner.len() < lines {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => banner.push(line),
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("voicebot serve: no banner within {wait:?}; got {banner:?}");
+            }
+        }
+    }
+    (child, banner)
+}
+
+/// The port after `sip=127.0.0.1:` in the banner's ready line.
+pub fn sip_port(ready: &str) -> u16 {
+    ready
+        .split("sip=127.0.0.1:")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no SIP port in ready line {ready:?}"))
+}
+
 /// A running `voicebot serve`, killed on drop.
 pub struct Gateway {
     child: Child,
@@ -49,43 +110,16 @@ pub struct Gateway {
 impl Gateway {
     pub fn start(rtp_ports: &str, extra: &[&str]) -> Gateway {
         let records = tempfile::tempdir().expect("temp dir");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_voicebot"))
-            .current_dir(root())
-            .args(["serve", "--sip", "127.0.0.1:0", "--rtp-ports", rtp_ports])
-            .arg("--report-dir")
-            .arg(records.path())
-            .args(extra)
-            .env("RUST_LOG", "voicebot_gateway=info,warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start voicebot serve");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut reader = BufReader::new(stdout);
-            let mut line = String::new();
-            let _ = reader.read_line(&mut line);
-            let _ = tx.send(line);
-            // Keep reading, so the gateway never writes into a closed pipe.
-            let mut rest = String::new();
-            while reader.read_line(&mut rest).unwrap_or(0) > 0 {
-                rest.clear();
-            }
-        });
-        let line = rx
-            .recv_timeout(Duration::from_secs(90))
-            .expect("voicebot serve printed no ready line within 90 s");
-        let port = line
-            .split("sip=127.0.0.1:")
-            .nth(1)
-            .and_then(|s| s.split_whitespace().next())
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("no port in ready line {line:?}"));
+        let mut args = vec![
+            std::ffi::OsStr::new("--report-dir"),
+            records.path().as_os_str(),
+        ];
+        args.extend(extra.iter().map(std::ffi::OsStr::new));
+        let (child, banner) = spawn_serve(None, rtp_ports, &args, 1, Duration::from_secs(90));
         Gateway {
             child,
-            port,
-            ready: line.trim().to_string(),
+            port: sip_port(&banner[0]),
+            ready: banner[0].trim().to_string(),
             records,
         }
     }
