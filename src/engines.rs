@@ -14,7 +14,7 @@ use crate::speech::asr::{AsrError, WhisperRecognizer};
 use crate::speech::pool::InferencePool;
 use crate::speech::tts::SpeechSynthesizer;
 use crate::speech::tts_cache::{CacheLimits, CachedSynthesizer};
-use crate::speech::voice::{Voice, VoiceStyle};
+use crate::speech::voice::{TtsEngine, Voice, VoiceStyle};
 
 /// Why the engines could not be started.
 #[derive(Debug, thiserror::Error)]
@@ -136,10 +136,19 @@ pub fn fixed_prompt_units(
 pub fn keep_prompts_ready(engines: &Engines) {
     let tts = Arc::clone(&engines.tts);
     let flows = engines.flows.current();
+    let default_engine = engines.config.tts.engine;
     let units = fixed_prompt_units(engines.tts.as_ref(), &flows);
     let spawned = std::thread::Builder::new()
         .name("prompt-cache".into())
         .spawn(move || {
+            // Here, off the runtime: asking may load the neural voice.
+            for flow in flows.flows() {
+                let asked = flow.voice.engine.unwrap_or(default_engine);
+                let speaks = tts.engine_for(&flow.voice);
+                if asked == TtsEngine::Neural && speaks != "neural" {
+                    tracing::warn!(flow = %flow.name, speaks, "the flow asks for the neural voice, which is not available; it speaks with espeak-ng");
+                }
+            }
             let report = tts.keep(&units);
             tracing::info!(
                 units = units.len(),
