@@ -137,7 +137,6 @@ pub fn keep_prompts_ready(engines: &Engines) {
     let tts = Arc::clone(&engines.tts);
     let flows = engines.flows.current();
     let default_engine = engines.config.tts.engine;
-    let units = fixed_prompt_units(engines.tts.as_ref(), &flows);
     let spawned = std::thread::Builder::new()
         .name("prompt-cache".into())
         .spawn(move || {
@@ -149,6 +148,8 @@ pub fn keep_prompts_ready(engines: &Engines) {
                     tracing::warn!(flow = %flow.name, speaks, "the flow asks for the neural voice, which is not available; it speaks with espeak-ng");
                 }
             }
+            // Cut after the check: a voice loaded by it cuts units its own way, as calls will.
+            let units = fixed_prompt_units(tts.as_ref(), &flows);
             let report = tts.keep(&units);
             tracing::info!(
                 units = units.len(),
