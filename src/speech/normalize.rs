@@ -113,7 +113,9 @@ pub(crate) const ONES: [&str; 20] = [
 pub(crate) const TENS: [&str; 10] = [
     "", "", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety",
 ];
-const SCALES: [&str; 7] = [
+/// The words of each power of a thousand ("thousand" at 1), up to the decillions the G2P's
+/// number reading names.
+pub(crate) const SCALES: [&str; 12] = [
     "",
     "thousand",
     "million",
@@ -121,6 +123,11 @@ const SCALES: [&str; 7] = [
     "trillion",
     "quadrillion",
     "quintillion",
+    "sextillion",
+    "septillion",
+    "octillion",
+    "nonillion",
+    "decillion",
 ];
 
 /// Words for 1..=999 ("one hundred twenty-three").

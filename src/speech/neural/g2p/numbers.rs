@@ -8,22 +8,7 @@
 //! decillions) are read digit by digit by the caller.
 
 // The same number words as the speech normaliser's (one table for the crate).
-use crate::speech::normalize::{ONES, TENS};
-
-const SCALES: [&str; 12] = [
-    "",
-    "thousand",
-    "million",
-    "billion",
-    "trillion",
-    "quadrillion",
-    "quintillion",
-    "sextillion",
-    "septillion",
-    "octillion",
-    "nonillion",
-    "decillion",
-];
+use crate::speech::normalize::{ONES, SCALES, TENS};
 
 /// The largest number `cardinal` can name (the Python raises beyond decillions).
 pub const MAX: u128 = 999_999_999_999_999_999_999_999_999_999_999_999;
