@@ -61,7 +61,7 @@ use self::lexicon::{CONSONANTS, CURRENCIES, PRIMARY_STRESS, VOWELS};
 use self::oov::Oov;
 use self::pystr::{is_decimal, is_letter, is_lo, is_up, is_word};
 use self::tagger::Tagger;
-use self::token::{merge_tokens, Tok};
+use self::token::{joined_text, merge_tokens, Tok};
 use self::tokenize::Tokenizer;
 use crate::speech::neural::onnx::OnnxError;
 
@@ -506,17 +506,10 @@ fn token_context(ctx: Ctx, ps: Option<&str>, token: &Tok) -> Ctx {
 /// Inside a group read piecewise: spacing between pieces that were separate words in effect
 /// ("A-team"), and stress balancing so a compound has one main stress.
 fn resolve_tokens(tokens: &mut [Tok]) {
-    let Some(last) = tokens.last() else {
+    if tokens.is_empty() {
         return;
-    };
-    let mut text = String::new();
-    for tk in &tokens[..tokens.len() - 1] {
-        text.push_str(&tk.text);
-        if tk.whitespace {
-            text.push(' ');
-        }
     }
-    text.push_str(&last.text);
+    let text = joined_text(tokens);
     let mut classes = [false; 3];
     for c in text.chars().filter(|&c| !SUBTOKEN_JUNKS.contains(c)) {
         let class = if c.is_alphabetic() {

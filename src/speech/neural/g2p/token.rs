@@ -34,6 +34,19 @@ fn case_weight(text: &str) -> usize {
         .sum()
 }
 
+/// The subtokens' texts as one string, a space after each followed by whitespace (but the
+/// last).
+pub fn joined_text(tokens: &[Tok]) -> String {
+    let mut text = String::new();
+    for (i, tk) in tokens.iter().enumerate() {
+        text.push_str(&tk.text);
+        if tk.whitespace && i + 1 < tokens.len() {
+            text.push(' ');
+        }
+    }
+    text
+}
+
 /// Several subtokens as one word. With `unk`, the phonemes are joined too (unknown ones as
 /// `unk`); without, the merged token has none (it is about to be looked up).
 pub fn merge_tokens(tokens: &[Tok], unk: Option<&str>) -> Tok {
@@ -55,14 +68,7 @@ pub fn merge_tokens(tokens: &[Tok], unk: Option<&str>) -> Tok {
         }
         ps
     });
-    let mut text = String::new();
-    for tk in &tokens[..tokens.len() - 1] {
-        text.push_str(&tk.text);
-        if tk.whitespace {
-            text.push(' ');
-        }
-    }
-    text.push_str(&last.text);
+    let text = joined_text(tokens);
     // Python's max() keeps the first of equal keys.
     let mut tag_tok = &tokens[0];
     let mut best = case_weight(&tag_tok.text);
