@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use voicebot_gateway::config::GatewayConfig;
 use voicebot_gateway::dialog::escalation::EscalationConfig;
 use voicebot_gateway::engines::fixed_prompt_units;
-use voicebot_gateway::flows::{as_is, FlowSet, FlowsConfig};
+use voicebot_gateway::flows::{as_is, FlowSet};
 use voicebot_gateway::speech::tts::SpeechSynthesizer;
 use voicebot_gateway::speech::tts_cache::{CacheLimits, CachedSynthesizer};
 use voicebot_gateway::speech::voice::{TtsEngine, Voice};
@@ -106,15 +106,7 @@ fn run(name: &str, voice: &Voice, repeat: usize) -> (f64, f64) {
 /// Keeping the embedded flow's fixed prompts ready (what the gateway does at start), then the
 /// time a call waits for one of them.
 fn prompt_cache(voice: Voice) {
-    let flows = FlowSet::load(
-        &FlowsConfig {
-            dir: "/nonexistent".into(),
-            ..FlowsConfig::default()
-        },
-        &EscalationConfig::default(),
-        &as_is,
-    )
-    .expect("embedded flow");
+    let flows = FlowSet::embedded(&EscalationConfig::default(), &as_is).expect("embedded flow");
     let cache = CachedSynthesizer::new(Arc::new(voice), CacheLimits::default());
     let units = fixed_prompt_units(&cache, &flows);
     let report = cache.keep(&units);

@@ -189,7 +189,7 @@ pub fn load(config: GatewayConfig) -> Result<Engines, LoadError> {
 mod tests {
     use super::*;
     use crate::audio::wav::MonoAudio;
-    use crate::flows::{FlowStore, FlowsConfig};
+    use crate::flows::FlowStore;
     use crate::speech::tts::{Speech, TtsError};
     use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -224,15 +224,7 @@ mod tests {
 
     #[test]
     fn every_flows_fixed_prompts_are_kept_ready_greeting_first() {
-        let flows = FlowSet::load(
-            &FlowsConfig {
-                dir: "/nonexistent".into(),
-                ..Default::default()
-            },
-            &Default::default(),
-            &as_is,
-        )
-        .expect("embedded flow");
+        let flows = FlowSet::embedded(&Default::default(), &as_is).expect("embedded flow");
         let counting = Arc::new(Counting(AtomicUsize::new(0)));
         let engines = Engines {
             config: Arc::new(GatewayConfig::default()),

@@ -149,14 +149,7 @@ impl FlowSet {
             }
         } else {
             tracing::info!(dir = %config.dir.display(), "no flows directory; using the embedded default flow");
-            let file = Path::new(EMBEDDED_FLOW_FILE);
-            let flow = load_flow(file, EMBEDDED_FLOW, base, customize, &|_: &Path| {
-                Err(ConfigError::whole_file(
-                    file,
-                    "the embedded flow reads no files",
-                ))
-            })?;
-            insert(&mut flows, flow, EMBEDDED_FLOW)?;
+            insert(&mut flows, embedded_flow(base, customize)?, EMBEDDED_FLOW)?;
         }
         if !flows.contains_key(&config.default) {
             return Err(ConfigError::whole_file(
@@ -185,6 +178,20 @@ impl FlowSet {
         Ok(FlowSet {
             flows,
             default: config.default.clone(),
+        })
+    }
+
+    /// The embedded default flow alone, as a gateway without a flows directory runs it (tests
+    /// and benchmarks use it too).
+    pub fn embedded(
+        base: &EscalationConfig,
+        customize: ClassifierFactory<'_>,
+    ) -> Result<Self, ConfigError> {
+        let flow = embedded_flow(base, customize)?;
+        let default = flow.name.clone();
+        Ok(FlowSet {
+            flows: BTreeMap::from([(default.clone(), Arc::new(flow))]),
+            default,
         })
     }
 
@@ -253,6 +260,20 @@ fn insert(
     }
     flows.insert(flow.name.clone(), Arc::new(flow));
     Ok(())
+}
+
+/// The embedded default flow ([`EMBEDDED_FLOW`]); it names no files of its own.
+fn embedded_flow(
+    base: &EscalationConfig,
+    customize: ClassifierFactory<'_>,
+) -> Result<Flow, ConfigError> {
+    let file = Path::new(EMBEDDED_FLOW_FILE);
+    load_flow(file, EMBEDDED_FLOW, base, customize, &|_: &Path| {
+        Err(ConfigError::whole_file(
+            file,
+            "the embedded flow reads no files",
+        ))
+    })
 }
 
 /// Reads a file a flow names (its intents and prompts), from the disk or an overlay.
@@ -444,6 +465,9 @@ mod tests {
         let set = FlowSet::load(&cfg, &EscalationConfig::default(), &as_is).expect("loads");
         let flow = set.for_number("anything");
         assert_eq!(flow.name, "support");
+        let alone = FlowSet::embedded(&EscalationConfig::default(), &as_is).expect("loads");
+        assert_eq!(alone.names(), set.names());
+        assert_eq!(alone.default_name(), "support");
         assert!(flow
             .dialog
             .lookup("order_status")
@@ -519,15 +543,7 @@ mod tests {
             }
         );
         // Without [voice]: the gateway's voice as configured.
-        let embedded = FlowSet::load(
-            &FlowsConfig {
-                dir: PathBuf::from("/nonexistent/flows"),
-                ..FlowsConfig::default()
-            },
-            &EscalationConfig::default(),
-            &as_is,
-        )
-        .expect("loads");
+        let embedded = FlowSet::embedded(&EscalationConfig::default(), &as_is).expect("loads");
         assert_eq!(embedded.default_flow().voice, VoiceStyle::default());
         for (extra, field, line) in [
             ("[voice]\nspeed = 3.0\n", Some("voice.speed"), Some(6)),

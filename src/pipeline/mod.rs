@@ -839,15 +839,8 @@ mod tests {
     }
 
     fn engines(texts: Vec<Result<&'static str, &'static str>>) -> (Engines, Arc<ScriptedAsr>) {
-        let flows = FlowSet::load(
-            &crate::flows::FlowsConfig {
-                dir: "/nonexistent".into(),
-                ..Default::default()
-            },
-            &Default::default(),
-            &crate::flows::as_is,
-        )
-        .expect("embedded flow");
+        let flows =
+            FlowSet::embedded(&Default::default(), &crate::flows::as_is).expect("embedded flow");
         let asr = Arc::new(ScriptedAsr {
             texts: Mutex::new(texts.into()),
             heard_lengths: Mutex::new(Vec::new()),

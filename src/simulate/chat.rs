@@ -87,7 +87,7 @@ pub async fn simulate_chat(
 mod tests {
     use super::*;
     use crate::config::GatewayConfig;
-    use crate::flows::{as_is, FlowSet, FlowStore, FlowsConfig};
+    use crate::flows::{as_is, FlowSet, FlowStore};
     use crate::speech::asr::{AsrError, SpeechRecognizer, Transcript};
     use crate::speech::pool::InferencePool;
     use crate::speech::tts::{Speech, SpeechSynthesizer, TtsError};
@@ -111,15 +111,7 @@ mod tests {
     }
 
     fn engines() -> Engines {
-        let flows = FlowSet::load(
-            &FlowsConfig {
-                dir: "/nonexistent".into(),
-                ..Default::default()
-            },
-            &Default::default(),
-            &as_is,
-        )
-        .expect("embedded flow");
+        let flows = FlowSet::embedded(&Default::default(), &as_is).expect("embedded flow");
         Engines {
             config: Arc::new(GatewayConfig::default()),
             asr: Arc::new(NoAsr),
