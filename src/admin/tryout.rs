@@ -331,7 +331,7 @@ pub fn wav_route() -> MethodRouter<Arc<AdminState>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::admin::test_support::{admin, fixture, send, ADMIN};
+    use crate::admin::test_support::{admin, fixture, send, Answer, ADMIN};
     use crate::audio::test_signal::{silence, voiced};
     use serde_json::json;
 
@@ -343,19 +343,25 @@ mod tests {
         .expect("in memory")
     }
 
+    /// `POST /api/test/say` with `body`, as the admin (or with no token).
+    async fn say(app: &axum::Router, token: Option<&str>, body: serde_json::Value) -> Answer {
+        let body = body.to_string();
+        send(
+            app,
+            "POST",
+            "/api/test/say",
+            token,
+            Some("application/json"),
+            body,
+        )
+        .await
+    }
+
     #[tokio::test]
     async fn say_answers_a_wav_in_the_flows_voice_or_the_one_tried() {
         let f = fixture(true);
         let body = json!({"flow": "support", "text": "Your order has shipped. Goodbye."});
-        let a = send(
-            &f.app,
-            "POST",
-            "/api/test/say",
-            Some(ADMIN),
-            Some("application/json"),
-            body.to_string(),
-        )
-        .await;
+        let a = say(&f.app, Some(ADMIN), body).await;
         assert_eq!(a.status, StatusCode::OK, "{}", a.text());
         assert_eq!(a.content_type, "audio/wav");
         assert_eq!(a.header("x-voicebot-flow"), "support");
@@ -369,27 +375,11 @@ mod tests {
         assert!(wav.audio.samples.iter().any(|s| s.abs() > 0.05));
         // A voice tried before it is saved in the flow file.
         let body = json!({"text": "Hello.", "voice": {"engine": "espeak", "speed": 1.5}});
-        let a = send(
-            &f.app,
-            "POST",
-            "/api/test/say",
-            Some(ADMIN),
-            Some("application/json"),
-            body.to_string(),
-        )
-        .await;
+        let a = say(&f.app, Some(ADMIN), body).await;
         assert_eq!(a.status, StatusCode::OK, "{}", a.text());
         assert_eq!(a.header("x-voicebot-voice"), "espeak/1.50/+0.0");
         // Without the token: 401.
-        let a = send(
-            &f.app,
-            "POST",
-            "/api/test/say",
-            None,
-            Some("application/json"),
-            json!({"text": "Hello."}).to_string(),
-        )
-        .await;
+        let a = say(&f.app, None, json!({"text": "Hello."})).await;
         assert_eq!(a.status, StatusCode::UNAUTHORIZED);
     }
 
