@@ -758,17 +758,13 @@ async fn give_up(
         .webhook_events
         .extend(post("callback_requested", data));
     let text = flow.dialog.prompts().transfer_failed(&r.skill);
-    match synthesize_text(engines, &text, flow.voice).await {
-        Ok(audio) => {
-            // After whatever is queued (the end of the announcement; at most 40 ms of tone).
-            let samples = convert(audio.samples, audio.rate, rate);
-            let at = Duration::from_millis(frames_fed * u64::from(PTIME_MS));
-            speech_log.push(SpeechKind::Reply, text, at, samples.len() as u64, rate);
-            if let Ok(mut s) = stream.lock() {
-                s.sender.enqueue(&samples);
-            }
+    if let Some(samples) = synthesize_at(engines, &text, flow.voice, rate).await {
+        // After whatever is queued (the end of the announcement; at most 40 ms of tone).
+        let at = Duration::from_millis(frames_fed * u64::from(PTIME_MS));
+        speech_log.push(SpeechKind::Reply, text, at, samples.len() as u64, rate);
+        if let Ok(mut s) = stream.lock() {
+            s.sender.enqueue(&samples);
         }
-        Err(e) => tracing::error!(error = %e, "cannot synthesise the apology"),
     }
 }
 
