@@ -345,7 +345,9 @@ class Provisioner:
             return out
         cmd = [sys.executable, str(HERE / m.converter), str(inp), str(out), *m.args]
         self.log(m, f"converting with {m.converter} {' '.join(m.args)}".rstrip())
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        # Converters that keep their own tools in the cache (a pinned venv) use this cache.
+        env = dict(os.environ, VOICEBOT_CACHE=str(self.cache))
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if proc.returncode != 0 or not out.is_file():
             msg = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
             raise ProvisionError(f"{m.converter} failed (exit {proc.returncode}): " + " | ".join(msg))
