@@ -148,6 +148,26 @@ impl GatewayConfig {
         if self.asr.threads > 64 {
             return bad("asr.threads", "must be at most 64 (0 means all cores)");
         }
+        if self.asr.engine == crate::speech::asr::Engine::Moonshine && self.asr.language != "en" {
+            return bad(
+                "asr.language",
+                "the Moonshine models shipped are English only: use language = \"en\", or engine = \"whisper\" with a multilingual model",
+            );
+        }
+        if !(0.0..=1.0).contains(&self.asr.partial_budget) {
+            return bad(
+                "asr.partial_budget",
+                "must be between 0 and 1 (a share of one core)",
+            );
+        }
+        if self.asr.partial_interval_ms != 0
+            && !(100..=5000).contains(&self.asr.partial_interval_ms)
+        {
+            return bad(
+                "asr.partial_interval_ms",
+                "must be 0 (off) or between 100 and 5000",
+            );
+        }
         if !(60..=450).contains(&self.tts.rate_wpm) {
             return bad(
                 "tts.rate_wpm",
@@ -235,7 +255,7 @@ mod tests {
     fn embedded_defaults_are_valid() {
         let config = GatewayConfig::embedded().expect("embedded config is valid");
         assert_eq!(config.asr.language, "en");
-        assert!(config.asr.model.ends_with("ggml-tiny.en.bin"));
+        assert_eq!(config.asr.engine, crate::speech::asr::Engine::Moonshine);
     }
 
     #[test]

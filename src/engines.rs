@@ -10,7 +10,7 @@ use crate::dialog::llm::LlmClassifier;
 use crate::dialog::DialogAssets;
 use crate::flows::{as_is, FlowSet, FlowStore, Overlay};
 use crate::pipeline::Engines;
-use crate::speech::asr::{AsrError, WhisperRecognizer};
+use crate::speech::asr::{self, AsrError};
 use crate::speech::pool::InferencePool;
 use crate::speech::tts::SpeechSynthesizer;
 use crate::speech::tts_cache::{CacheLimits, CachedSynthesizer};
@@ -169,13 +169,13 @@ pub fn keep_prompts_ready(engines: &Engines) {
 /// Loads everything a call needs.
 pub fn load(config: GatewayConfig) -> Result<Engines, LoadError> {
     let flows = load_flows(&config)?;
-    let asr = WhisperRecognizer::load(&config.asr)?;
+    let asr = asr::load(&config.asr)?;
     // At the pipeline's rate, so cached units are used as they are.
     let tts = Voice::load(&config.tts).at_rate(crate::audio::SPEECH_RATE);
     let pool = InferencePool::new(config.pool.workers, config.pool.queue);
     Ok(Engines {
         config: Arc::new(config),
-        asr: Arc::new(asr),
+        asr,
         tts: Arc::new(CachedSynthesizer::new(
             Arc::new(tts),
             CacheLimits::default(),
@@ -196,9 +196,10 @@ mod tests {
     struct NoAsr;
 
     impl crate::speech::asr::SpeechRecognizer for NoAsr {
-        fn transcribe(
+        fn decode(
             &self,
             _: &[f32],
+            _: crate::speech::asr::Pass,
         ) -> Result<crate::speech::asr::Transcript, crate::speech::asr::AsrError> {
             Err(crate::speech::asr::AsrError::Inference(
                 "no speech here".into(),

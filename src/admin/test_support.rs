@@ -20,7 +20,7 @@ use crate::handover::feedback::FeedbackStore;
 use crate::handover::hub::HandoverHub;
 use crate::history::CallHistory;
 use crate::pipeline::Engines;
-use crate::speech::asr::{AsrError, SpeechRecognizer, Transcript};
+use crate::speech::asr::{AsrError, Pass, SpeechRecognizer, Transcript};
 use crate::speech::pool::InferencePool;
 use crate::speech::tts::{Speech, SpeechSynthesizer, TtsError};
 use crate::speech::tts_cache::{CacheLimits, CachedSynthesizer};
@@ -34,13 +34,12 @@ pub const AGENT: &str = "agent-secret";
 struct FixedAsr;
 
 impl SpeechRecognizer for FixedAsr {
-    fn transcribe(&self, _samples: &[f32]) -> Result<Transcript, AsrError> {
+    fn decode(&self, _samples: &[f32], _pass: Pass) -> Result<Transcript, AsrError> {
         Ok(Transcript {
             text: "Where is my order?".into(),
             confidence: 0.9,
-            no_speech_prob: 0.0,
             elapsed: Duration::from_millis(3),
-            retried_full_window: false,
+            ..Transcript::default()
         })
     }
 }

@@ -3,6 +3,7 @@
 pub mod asr;
 pub mod neural;
 pub mod normalize;
+pub mod onnx;
 pub mod pool;
 pub mod prosody;
 pub mod tts;

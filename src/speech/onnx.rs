@@ -1,4 +1,4 @@
-//! ONNX Runtime for the neural voice: one process-wide environment, loaded at run time.
+//! ONNX Runtime for the neural models (the voice and the Moonshine recogniser): one process-wide environment, loaded at run time.
 //!
 //! # Why this shape
 //!

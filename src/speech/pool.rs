@@ -70,6 +70,12 @@ impl InferencePool {
         }
     }
 
+    /// Whether no job is waiting for a worker (optional work, such as partial recognition,
+    /// is only queued then).
+    pub fn is_idle_queue(&self) -> bool {
+        self.tx.capacity() == self.tx.max_capacity()
+    }
+
     /// Runs `f` on a worker and returns its result.
     pub async fn run<T, F>(&self, f: F) -> Result<T, PoolError>
     where

@@ -152,6 +152,12 @@ impl Endpointer {
         matches!(self.state, State::Speaking { .. })
     }
 
+    /// The utterance in progress (pre-roll included) while the caller is speaking: what a
+    /// partial recognition pass decodes.
+    pub fn current_audio(&self) -> Option<&[f32]> {
+        self.is_speaking().then_some(self.current.as_slice())
+    }
+
     /// Feeds 16 kHz samples; appends any events to `events`.
     pub fn push(&mut self, samples: &[f32], events: &mut Vec<VadEvent>) {
         let mut rest = samples;

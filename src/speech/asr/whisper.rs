@@ -1,4 +1,4 @@
-//! Speech recognition behind a trait, with whisper.cpp (through `whisper-rs`) as the engine.
+//! whisper.cpp (through `whisper-rs`) behind [`SpeechRecognizer`]: the optional engine.
 //!
 //! The model is loaded once and shared; whisper.cpp keeps per-inference buffers in a "state",
 //! so the recogniser keeps a small stack of idle states and each concurrent transcription takes
@@ -14,81 +14,14 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use serde::{Deserialize, Serialize};
 use whisper_rs::{
     FullParams, SamplingStrategy, WhisperContext, WhisperContextParameters, WhisperState,
 };
 
+use super::{words_from_pieces, AsrConfig, AsrError, Pass, SpeechRecognizer, Transcript, Word};
 use crate::audio::SPEECH_RATE;
-
-/// A recognised utterance.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Transcript {
-    /// The text as recognised (trimmed).
-    pub text: String,
-    /// Geometric mean of the text tokens' probabilities, in [0, 1]; 0 for no text.
-    pub confidence: f32,
-    /// whisper's probability that the audio holds no speech.
-    pub no_speech_prob: f32,
-    /// Wall time spent in recognition.
-    #[serde(serialize_with = "crate::serde_util::ser_ms")]
-    pub elapsed: Duration,
-    /// Whether the full 30 s encoder window had to be used after a short-window attempt.
-    pub retried_full_window: bool,
-}
-
-/// Why recognition failed.
-#[derive(Debug, thiserror::Error)]
-pub enum AsrError {
-    #[error("speech model {path}: file not found (run `python3 models/provision.py` to make it)")]
-    ModelMissing { path: PathBuf },
-    #[error("speech model {path}: cannot load: {reason}")]
-    ModelLoad { path: PathBuf, reason: String },
-    #[error("speech recognition failed: {0}")]
-    Inference(String),
-}
-
-/// Anything that turns 16 kHz mono audio into text.
-pub trait SpeechRecognizer: Send + Sync {
-    /// Transcribes one utterance. Blocking; run it on the inference pool.
-    fn transcribe(&self, samples: &[f32]) -> Result<Transcript, AsrError>;
-}
-
-/// Recognition settings (`[asr]` in the gateway configuration).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct AsrConfig {
-    /// Path of the ggml model, relative to the working directory unless absolute.
-    pub model: PathBuf,
-    /// Spoken language (ISO 639-1).
-    pub language: String,
-    /// CPU threads per transcription; 0 means all available cores.
-    pub threads: usize,
-    /// Cut the encoder window to the utterance length (faster; falls back when it misbehaves).
-    pub adaptive_audio_ctx: bool,
-    /// With the adaptive window: re-decode with the full window when confidence is below this.
-    pub full_window_below: f32,
-    /// whisper.cpp flash attention (faster on CPU; whisper.cpp's own default).
-    pub flash_attn: bool,
-    /// Optional text that biases recognition towards the domain's words.
-    pub initial_prompt: String,
-}
-
-impl Default for AsrConfig {
-    fn default() -> Self {
-        AsrConfig {
-            model: PathBuf::from("models/ggml-tiny.en.bin"),
-            language: "en".into(),
-            threads: 0,
-            adaptive_audio_ctx: true,
-            full_window_below: 0.7,
-            flash_attn: true,
-            initial_prompt: String::new(),
-        }
-    }
-}
 
 /// whisper.cpp's minimum input; shorter utterances are padded with silence.
 const MIN_SAMPLES: usize = SPEECH_RATE as usize * 11 / 10;
@@ -102,6 +35,7 @@ pub struct WhisperRecognizer {
     ctx: Arc<WhisperContext>,
     idle_states: Mutex<Vec<WhisperState>>,
     config: AsrConfig,
+    model: PathBuf,
     threads: usize,
     eot: i32,
 }
@@ -110,7 +44,8 @@ impl WhisperRecognizer {
     /// Loads the model named in `config`.
     pub fn load(config: &AsrConfig) -> Result<Self, AsrError> {
         whisper_rs::install_logging_hooks();
-        let path = &config.model;
+        let model = config.model_path();
+        let path = &model;
         if !path.is_file() {
             return Err(AsrError::ModelMissing { path: path.clone() });
         }
@@ -124,16 +59,13 @@ impl WhisperRecognizer {
                 reason: e.to_string(),
             })?;
         let eot = ctx.token_eot();
-        let threads = if config.threads == 0 {
-            std::thread::available_parallelism().map_or(2, |n| n.get())
-        } else {
-            config.threads
-        };
-        tracing::info!(model = %path.display(), threads, adaptive = config.adaptive_audio_ctx, "speech model loaded");
+        let threads = config.resolved_threads();
+        tracing::info!(engine = "whisper", model = %path.display(), threads, adaptive = config.adaptive_audio_ctx, "speech model loaded");
         Ok(WhisperRecognizer {
             ctx: Arc::new(ctx),
             idle_states: Mutex::new(Vec::new()),
             config: config.clone(),
+            model,
             threads,
             eot,
         })
@@ -141,7 +73,7 @@ impl WhisperRecognizer {
 
     /// Model path.
     pub fn model_path(&self) -> &Path {
-        &self.config.model
+        &self.model
     }
 
     fn take_state(&self) -> Result<WhisperState, AsrError> {
@@ -184,18 +116,18 @@ impl WhisperRecognizer {
         if !self.config.initial_prompt.is_empty() {
             params.set_initial_prompt(&self.config.initial_prompt);
         }
+        // About 5 tokens a second is plausible speech; the cap also stops a runaway loop (the
+        // full window once ran to 13.6 s on one clip without it).
+        let seconds = samples.len() / SPEECH_RATE as usize + 1;
+        params.set_max_tokens((seconds * 6 + 8) as i32);
         if audio_ctx < FULL_CTX {
             params.set_audio_ctx(audio_ctx as i32);
-            // A short window bounds how much text is plausible: about 5 tokens a second.
-            let seconds = samples.len() / SPEECH_RATE as usize + 1;
-            params.set_max_tokens((seconds * 6 + 8) as i32);
         }
         state
             .full(params, samples)
             .map_err(|e| AsrError::Inference(e.to_string()))?;
         let mut text = String::new();
-        let mut logprob_sum = 0.0f64;
-        let mut tokens = 0usize;
+        let mut pieces: Vec<(String, f32)> = Vec::new();
         let mut no_speech = 0.0f32;
         for segment in state.as_iter() {
             no_speech = no_speech.max(segment.no_speech_probability());
@@ -212,19 +144,19 @@ impl WhisperRecognizer {
                     continue; // special and timestamp tokens
                 }
                 let p = token.token_probability().clamp(1e-6, 1.0);
-                logprob_sum += f64::from(p.ln());
-                tokens += 1;
+                let piece = token
+                    .to_str_lossy()
+                    .map(|t| t.into_owned())
+                    .unwrap_or_default();
+                pieces.push((piece, p.ln()));
             }
         }
-        let confidence = if tokens == 0 {
-            0.0
-        } else {
-            (logprob_sum / tokens as f64).exp() as f32
-        };
+        let sum: f64 = pieces.iter().map(|(_, l)| f64::from(*l)).sum();
         Ok(Decoded {
             text: text.trim().to_string(),
-            confidence,
+            confidence: Transcript::mean_probability(sum, pieces.len()),
             no_speech_prob: no_speech,
+            words: words_from_pieces(pieces.iter().map(|(t, l)| (t.as_str(), *l))),
         })
     }
 }
@@ -233,10 +165,12 @@ struct Decoded {
     text: String,
     confidence: f32,
     no_speech_prob: f32,
+    words: Vec<Word>,
 }
 
 impl SpeechRecognizer for WhisperRecognizer {
-    fn transcribe(&self, samples: &[f32]) -> Result<Transcript, AsrError> {
+    /// A partial pass uses the short window alone (never the full-window retry).
+    fn decode(&self, samples: &[f32], pass: Pass) -> Result<Transcript, AsrError> {
         let started = Instant::now();
         let mut padded;
         let input = if samples.len() < MIN_SAMPLES {
@@ -254,7 +188,8 @@ impl SpeechRecognizer for WhisperRecognizer {
                 if ctx < FULL_CTX {
                     let first = self.run(&mut state, input, ctx)?;
                     let degenerate = looks_degenerate(&first.text, input.len());
-                    if !degenerate && first.confidence >= self.config.full_window_below {
+                    let trusted = first.confidence >= self.config.full_window_below;
+                    if pass == Pass::Partial || (!degenerate && trusted) {
                         return Ok(first);
                     }
                     tracing::debug!(
@@ -276,7 +211,16 @@ impl SpeechRecognizer for WhisperRecognizer {
             no_speech_prob: decoded.no_speech_prob,
             elapsed: started.elapsed(),
             retried_full_window: retried,
+            words: decoded.words,
         })
+    }
+
+    fn describe(&self) -> String {
+        let name = self.model.file_name().map_or_else(
+            || self.model.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        );
+        format!("whisper {name}")
     }
 }
 
@@ -356,10 +300,7 @@ mod tests {
 
     #[test]
     fn missing_model_says_how_to_make_it() {
-        let config = AsrConfig {
-            model: PathBuf::from("/nonexistent/ggml.bin"),
-            ..AsrConfig::default()
-        };
+        let config = AsrConfig::whisper("/nonexistent/ggml.bin");
         let err = WhisperRecognizer::load(&config).err().expect("must fail");
         assert!(err.to_string().contains("models/provision.py"), "{err}");
     }

@@ -4,7 +4,7 @@
 //!
 //! hibari-tts 0.2.1 (Apache-2.0; distilled from Kokoro-82M) is three stages: text to phonemes
 //! ([`super::g2p`]), phoneme ids to spectra (an 8 MB int8 ONNX model run through ONNX Runtime,
-//! [`super::onnx`]), spectra to samples ([`super::dsp`]). This module glues them the way
+//! [`crate::speech::onnx`]), spectra to samples ([`super::dsp`]). This module glues them the way
 //! hibari's own `tts.py` does, so the model sees exactly the inputs it was made for:
 //!
 //! - **Units.** Text is cut into sentences ([`split_sentences`]: end punctuation followed by
@@ -41,8 +41,8 @@ use serde::{Deserialize, Serialize};
 
 use super::dsp::{self, Noise, Spectra, Vocoder};
 use super::g2p::G2p;
-use super::onnx;
 use crate::audio::wav::MonoAudio;
+use crate::speech::onnx;
 use crate::speech::tts::{Speech, SpeechSynthesizer, TtsError};
 use crate::speech::voice::VoiceStyle;
 

@@ -63,7 +63,7 @@ use self::pystr::{is_decimal, is_letter, is_lo, is_up, is_word};
 use self::tagger::Tagger;
 use self::token::{joined_text, merge_tokens, Tok};
 use self::tokenize::Tokenizer;
-use crate::speech::neural::onnx::OnnxError;
+use crate::speech::onnx::OnnxError;
 
 /// Characters that never carry sound inside a word group.
 const SUBTOKEN_JUNKS: &str = "',-._‘’/";

@@ -17,7 +17,7 @@ use ort::value::Tensor;
 use serde::Deserialize;
 
 use super::G2pError;
-use crate::speech::neural::onnx;
+use crate::speech::onnx;
 
 #[derive(Deserialize)]
 struct OovMeta {
