@@ -1,8 +1,8 @@
 //! The per-call media pipeline, the same for a WAV file and a live call:
 //!
 //! ```text
-//! CallInput (20 ms frames, any rate) -> [listen: resample -> VAD/endpointing]
-//!     --utterances (bounded)--> [respond: ASR -> intent/dialog -> TTS]  (inference on the pool)
+//! CallInput (20 ms frames, any rate) -> [listen: resample -> VAD/endpointing (-> partial ASR)]
+//!     --utterances, partials (bounded)--> [respond: ASR -> intent/dialog -> TTS]  (inference on the pool)
 //!     --CallOutput (bounded)--> speaker (WAV timeline in simulation, paced RTP on a call)
 //! ```
 //!
@@ -11,6 +11,11 @@
 //! runtime: it goes to the shared [`InferencePool`]. Media time comes from the frames' own
 //! timestamps, never from the wall clock, so a file fed faster than real time is endpointed
 //! exactly as the same audio on a call; wall-clock time is used only to measure processing.
+//!
+//! While the caller talks, the listen stage decodes the growing utterance now and then on the
+//! pool ([`PartialSchedule`] decides when, within a compute budget per call, and only when no
+//! other job is waiting for a worker): the partial hypotheses go out as [`CallOutput::Partial`]
+//! for the live views. The final transcript is still decoded once, on the whole utterance.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,7 +30,9 @@ use crate::config::GatewayConfig;
 use crate::dialog::{Bot, BotTurn, CallerTurn};
 use crate::flows::{Flow, FlowStore};
 use crate::report::{CallOutcome, CallReport, HeardLine, TurnReport, TurnTimings};
-use crate::speech::asr::{AsrError, SpeechRecognizer, Transcript};
+use crate::speech::asr::stream::{PartialOutcome, PartialSchedule};
+use crate::speech::asr::vocabulary::Vocabulary;
+use crate::speech::asr::{AsrError, Pass, SpeechRecognizer, Transcript};
 use crate::speech::pool::{InferencePool, PoolError};
 use crate::speech::prosody;
 use crate::speech::tts::{SpeechSynthesizer, TtsError};
@@ -80,6 +87,22 @@ pub enum CallOutput {
     Turn(Box<TurnReport>),
     /// Something the caller said after the hand-over, transcribed for the agent's screen.
     Heard(HeardLine),
+    /// A partial hypothesis of what the caller is saying (replaced by the next one, and by
+    /// the turn's final transcript).
+    Partial(PartialLine),
+}
+
+/// A partial hypothesis while the caller talks.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct PartialLine {
+    /// The text so far.
+    pub text: String,
+    /// Media time the utterance started.
+    #[serde(serialize_with = "crate::serde_util::ser_ms")]
+    pub start: Duration,
+    /// Media time of the last audio the hypothesis heard.
+    #[serde(serialize_with = "crate::serde_util::ser_ms")]
+    pub heard_until: Duration,
 }
 
 /// Why a call's pipeline failed.
@@ -111,6 +134,7 @@ pub struct Engines {
 /// What the listen stage passes on.
 enum Heard {
     Utterance(Utterance),
+    Partial(PartialLine),
     Dtmf { digit: char, at: Duration },
     Resume,
     End { at: Duration },
@@ -168,7 +192,13 @@ pub async fn run_call_with(
     options: CallOptions,
 ) -> Result<CallReport, PipelineError> {
     let (heard_tx, heard_rx) = mpsc::channel(STAGE_QUEUE);
-    let listen = tokio::spawn(listen_stage(engines.config.clone(), input, heard_tx));
+    let partials = Partials::new(&engines);
+    let listen = tokio::spawn(listen_stage(
+        engines.config.clone(),
+        input,
+        heard_tx,
+        partials,
+    ));
     let respond = respond_stage(engines, flow, heard_rx, output, options).await;
     // The listen stage ends when its input ends or when respond stops listening.
     let listened = listen
@@ -179,11 +209,122 @@ pub async fn run_call_with(
     Ok(report)
 }
 
-/// Resampling and endpointing: pure computation, cheap enough for the runtime.
+/// Partial recognition for one call's listen stage: the engine, the pool, the schedule, and
+/// the channel on which passes come back.
+struct Partials {
+    asr: Arc<dyn SpeechRecognizer>,
+    pool: InferencePool,
+    schedule: PartialSchedule,
+    done_tx: mpsc::Sender<PartialDone>,
+    done_rx: mpsc::Receiver<PartialDone>,
+    /// Media time the current utterance started.
+    start: Duration,
+}
+
+/// A partial pass that came back.
+struct PartialDone {
+    ticket: u64,
+    audio: Duration,
+    heard_until: Duration,
+    cost: Duration,
+    text: String,
+}
+
+impl Partials {
+    /// None when `[asr] partial_interval_ms` is 0.
+    fn new(engines: &Engines) -> Option<Self> {
+        let asr = &engines.config.asr;
+        let schedule = PartialSchedule::new(
+            Duration::from_millis(asr.partial_interval_ms),
+            asr.partial_budget,
+        );
+        if !schedule.enabled() {
+            return None;
+        }
+        let (done_tx, done_rx) = mpsc::channel(2);
+        Some(Partials {
+            asr: engines.asr.clone(),
+            pool: engines.pool.clone(),
+            schedule,
+            done_tx,
+            done_rx,
+            start: Duration::ZERO,
+        })
+    }
+
+    /// Starts a pass over the utterance so far when one is due and the pool has no queue.
+    fn poll(&mut self, endpointer: &Endpointer) {
+        let Some(audio) = endpointer.current_audio() else {
+            return;
+        };
+        let length = samples_duration(audio.len());
+        if !self.pool.is_idle_queue() {
+            return; // finals and replies first
+        }
+        let Some(ticket) = self.schedule.due(length) else {
+            return;
+        };
+        let samples = audio.to_vec();
+        let heard_until = endpointer.now();
+        let (asr, pool, done) = (self.asr.clone(), self.pool.clone(), self.done_tx.clone());
+        tokio::spawn(async move {
+            let job = move || {
+                let started = Instant::now();
+                let result = asr.decode(&samples, Pass::Partial);
+                (result, started.elapsed())
+            };
+            let (text, cost) = match pool.run(job).await {
+                Ok((Ok(t), cost)) => (t.text, cost),
+                Ok((Err(e), cost)) => {
+                    tracing::debug!(error = %e, "partial recognition failed");
+                    (String::new(), cost)
+                }
+                Err(_) => (String::new(), Duration::ZERO),
+            };
+            let _ = done
+                .send(PartialDone {
+                    ticket,
+                    audio: length,
+                    heard_until,
+                    cost,
+                    text,
+                })
+                .await;
+        });
+    }
+
+    /// A pass came back: the line to pass on, if it says something new.
+    fn done(&mut self, d: PartialDone) -> Option<PartialLine> {
+        match self.schedule.done(d.ticket, d.audio, d.cost, &d.text) {
+            PartialOutcome::New(text) => Some(PartialLine {
+                text,
+                start: self.start,
+                heard_until: d.heard_until,
+            }),
+            PartialOutcome::Unchanged | PartialOutcome::Stale => None,
+        }
+    }
+}
+
+/// The next partial pass to come back; never, without partials.
+async fn next_partial(partials: &mut Option<Partials>) -> Option<PartialDone> {
+    match partials {
+        Some(p) => p.done_rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+fn samples_duration(samples: usize) -> Duration {
+    Duration::from_micros(samples as u64 * 1_000_000 / u64::from(SPEECH_RATE))
+}
+
+/// Resampling and endpointing: pure computation, cheap enough for the runtime. Partial
+/// recognition passes are started from here and run on the pool.
 async fn listen_stage(
     config: Arc<GatewayConfig>,
     mut input: mpsc::Receiver<CallInput>,
     heard: mpsc::Sender<Heard>,
+    mut partials: Option<Partials>,
 ) -> Result<(), PipelineError> {
     let mut endpointer = Endpointer::new(config.vad.clone());
     let mut resampler: Option<(u32, StreamResampler)> = None;
@@ -191,7 +332,17 @@ async fn listen_stage(
     let mut events = Vec::new();
     let mut last_end = Duration::ZERO;
     loop {
-        let item = input.recv().await.unwrap_or(CallInput::End);
+        let item = tokio::select! {
+            biased;
+            Some(done) = next_partial(&mut partials) => {
+                if let Some(line) = partials.as_mut().and_then(|p| p.done(done)) {
+                    // Partials are disposable: a full queue drops one rather than wait.
+                    let _ = heard.try_send(Heard::Partial(line));
+                }
+                continue;
+            }
+            item = input.recv() => item.unwrap_or(CallInput::End),
+        };
         let is_end = matches!(item, CallInput::End);
         match item {
             CallInput::Audio(frame) => {
@@ -237,8 +388,17 @@ async fn listen_stage(
             match event {
                 VadEvent::SpeechStarted { at } => {
                     tracing::debug!(at_ms = at.as_millis() as u64, "caller started speaking");
+                    if let Some(p) = partials.as_mut() {
+                        p.schedule.start();
+                        p.start = endpointer.now().saturating_sub(samples_duration(
+                            endpointer.current_audio().map_or(0, <[f32]>::len),
+                        ));
+                    }
                 }
                 VadEvent::Utterance(u) => {
+                    if let Some(p) = partials.as_mut() {
+                        p.schedule.end();
+                    }
                     tracing::debug!(
                         start_ms = u.start.as_millis() as u64,
                         end_ms = u.end.as_millis() as u64,
@@ -252,8 +412,20 @@ async fn listen_stage(
             }
         }
         if is_end {
+            if let Some(p) = &partials {
+                let stats = p.schedule.stats();
+                tracing::debug!(
+                    passes = stats.passes,
+                    skipped_for_budget = stats.skipped_for_budget,
+                    compute_ms = stats.compute.as_millis() as u64,
+                    "partial recognition"
+                );
+            }
             let _ = heard.send(Heard::End { at: last_end }).await;
             return Ok(());
+        }
+        if let Some(p) = partials.as_mut() {
+            p.poll(&endpointer);
         }
     }
 }
@@ -268,6 +440,11 @@ async fn respond_stage(
 ) -> Result<CallReport, PipelineError> {
     tracing::info!(flow = %flow.name, "call answered");
     let mut bot = Bot::new(flow.dialog.clone(), flow.escalation.clone());
+    let vocabulary = engines
+        .config
+        .asr
+        .vocabulary_correction
+        .then(|| flow_vocabulary(&flow));
     let greeting = bot.greeting();
     let started = Instant::now();
     let mut speaker = Speaker::new(&engines, flow.voice, &output, &options.speech_cancel);
@@ -301,6 +478,9 @@ async fn respond_stage(
                     }
                 }
                 Heard::Dtmf { .. } => {}
+                Heard::Partial(p) => {
+                    let _ = output.try_send(CallOutput::Partial(p));
+                }
                 Heard::Resume => {
                     handed_over = false;
                     bot_done_at = None;
@@ -320,6 +500,11 @@ async fn respond_stage(
                 break;
             }
             Heard::Resume => continue,
+            Heard::Partial(p) => {
+                // Disposable: a busy speaker stage drops it rather than hold the turn.
+                let _ = output.try_send(CallOutput::Partial(p));
+                continue;
+            }
             Heard::Dtmf { digit, at } => {
                 let Some(turn) = bot.on_dtmf(digit) else {
                     continue;
@@ -340,6 +525,10 @@ async fn respond_stage(
                         (failed_transcript(&mut fault, e.to_string()), Some(voice))
                     }
                     Err(e) => (failed_transcript(&mut fault, e.to_string()), None),
+                };
+                let transcript = match &vocabulary {
+                    Some(v) => corrected(v, transcript),
+                    None => transcript,
                 };
                 tracing::info!(
                     text = %transcript.text,
@@ -469,6 +658,38 @@ async fn respond_stage(
     })
 }
 
+/// The words of a flow that recognition may be corrected towards: its intents' examples and
+/// synonyms and its escalation phrases.
+pub fn flow_vocabulary(flow: &Flow) -> Vocabulary {
+    let intents = flow.dialog.intents();
+    let e = &flow.escalation;
+    let phrases = intents
+        .intents
+        .iter()
+        .flat_map(|i| i.examples.iter())
+        .chain(
+            intents
+                .synonyms
+                .iter()
+                .flat_map(|(k, v)| std::iter::once(k).chain(v)),
+        )
+        .chain(e.critical_keywords.iter())
+        .chain(e.negative_words.iter())
+        .chain(e.strong_negative_words.iter())
+        .map(String::as_str);
+    Vocabulary::from_phrases(phrases)
+}
+
+/// `transcript` with doubtful words corrected towards `vocabulary` (logged when it changes).
+fn corrected(vocabulary: &Vocabulary, mut transcript: Transcript) -> Transcript {
+    let (text, changes) = vocabulary.correct(&transcript.words);
+    if !changes.is_empty() {
+        tracing::info!(heard = %transcript.text, corrected = %text, changes = ?changes, "doubtful words corrected to the flow's vocabulary");
+        transcript.text = text;
+    }
+    transcript
+}
+
 /// Consumes what is left of the listen stage's output after the bot stopped, keeping the end
 /// time of the caller's audio.
 /// Transcribes one utterance outside the dialog (after the hand-over, or the agent's side);
@@ -507,7 +728,7 @@ pub async fn run_transcriber(
     output: mpsc::Sender<HeardLine>,
 ) -> Result<Vec<HeardLine>, PipelineError> {
     let (heard_tx, mut heard_rx) = mpsc::channel(STAGE_QUEUE);
-    let listen = tokio::spawn(listen_stage(engines.config.clone(), input, heard_tx));
+    let listen = tokio::spawn(listen_stage(engines.config.clone(), input, heard_tx, None));
     let mut lines = Vec::new();
     while let Some(item) = heard_rx.recv().await {
         match item {
@@ -518,7 +739,7 @@ pub async fn run_transcriber(
                 }
             }
             Heard::End { .. } => break,
-            Heard::Dtmf { .. } | Heard::Resume => {}
+            Heard::Dtmf { .. } | Heard::Resume | Heard::Partial(_) => {}
         }
     }
     drop(heard_rx);
@@ -539,13 +760,7 @@ async fn heard_drain(heard: &mut mpsc::Receiver<Heard>, caller_audio: &mut Durat
 fn failed_transcript(fault: &mut Option<String>, error: String) -> Transcript {
     tracing::error!(%error, "speech recognition failed; treating the turn as not understood");
     *fault = Some(format!("speech recognition failed: {error}"));
-    Transcript {
-        text: String::new(),
-        confidence: 0.0,
-        no_speech_prob: 0.0,
-        elapsed: Duration::ZERO,
-        retried_full_window: false,
-    }
+    Transcript::default()
 }
 
 /// Speaks for the respond stage: a text is cut into the voice's units and each is sent as soon
@@ -796,7 +1011,14 @@ mod tests {
     }
 
     impl SpeechRecognizer for ScriptedAsr {
-        fn transcribe(&self, samples: &[f32]) -> Result<Transcript, AsrError> {
+        fn decode(&self, samples: &[f32], pass: Pass) -> Result<Transcript, AsrError> {
+            if pass == Pass::Partial {
+                // A partial says how much it heard: "heard 1500 ms".
+                return Ok(Transcript {
+                    text: format!("heard {} ms", samples.len() / 16),
+                    ..Transcript::default()
+                });
+            }
             if let Ok(mut v) = self.heard_lengths.lock() {
                 v.push(samples.len());
             }
@@ -811,9 +1033,8 @@ mod tests {
                 Ok(text) => Ok(Transcript {
                     text: text.trim_start_matches('~').to_string(),
                     confidence: if text.starts_with('~') { 0.2 } else { 0.95 },
-                    no_speech_prob: 0.0,
                     elapsed: Duration::from_millis(5),
-                    retried_full_window: false,
+                    ..Transcript::default()
                 }),
                 Err(e) => Err(AsrError::Inference(e.to_string())),
             }
@@ -986,7 +1207,7 @@ mod tests {
             match o {
                 CallOutput::Heard(line) => heard.push(line.text),
                 CallOutput::Speak { text, .. } => said.push(text),
-                CallOutput::Turn(_) => {}
+                CallOutput::Turn(_) | CallOutput::Partial(_) => {}
             }
         }
         let report = call.await.expect("task").expect("call runs");
@@ -997,6 +1218,66 @@ mod tests {
         assert_eq!(report.turns[1].intent, "opening_hours");
         assert!(said.iter().any(|t| t.contains("anything else")), "{said:?}");
         assert!(report.escalation.is_some());
+    }
+
+    /// While the caller talks, partial hypotheses of the growing utterance come out before
+    /// its turn; the turn itself is decided on the final pass.
+    #[tokio::test]
+    async fn partials_come_out_while_the_caller_talks() {
+        let (engines, _asr) = engines(vec![Ok("Where is my order?")]);
+        let (in_tx, in_rx) = mpsc::channel(4);
+        let (out_tx, mut out_rx) = mpsc::channel(16);
+        let flow = engines.flows.current().default_flow();
+        let call = tokio::spawn(run_call(engines, flow, in_rx, out_tx));
+        let mut talk = silence(300);
+        talk.extend(voiced(2500));
+        for frame in split_frames(&talk, 16_000, 20) {
+            in_tx
+                .send(CallInput::Audio(frame))
+                .await
+                .expect("call listens");
+        }
+        // The caller is still talking: wait (with a deadline) for a partial.
+        let partial = tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                match out_rx.recv().await {
+                    Some(CallOutput::Partial(p)) => return p,
+                    Some(CallOutput::Turn(t)) => panic!("a turn before any partial: {t:?}"),
+                    Some(_) => {}
+                    None => panic!("the call ended without a partial"),
+                }
+            }
+        })
+        .await
+        .expect("a partial within 20 s");
+        let heard: u64 = partial
+            .text
+            .trim_start_matches("heard ")
+            .trim_end_matches(" ms")
+            .parse()
+            .expect("scripted partial text");
+        assert!(heard >= 500, "{partial:?}");
+        assert!(
+            partial.heard_until <= Duration::from_millis(2800),
+            "{partial:?}"
+        );
+        assert!(partial.start < Duration::from_millis(300), "{partial:?}");
+        for frame in split_frames(&silence(1500), 16_000, 20) {
+            in_tx
+                .send(CallInput::Audio(frame))
+                .await
+                .expect("call listens");
+        }
+        in_tx.send(CallInput::End).await.expect("call listens");
+        let mut turns = Vec::new();
+        while let Some(o) = out_rx.recv().await {
+            if let CallOutput::Turn(t) = o {
+                turns.push(t.transcript.clone());
+            }
+        }
+        let report = call.await.expect("task").expect("call runs");
+        assert_eq!(turns, ["Where is my order?"]);
+        assert_eq!(report.turns.len(), 1);
     }
 
     #[tokio::test]

@@ -1201,6 +1201,11 @@ pub async fn run_call_media(setup: CallSetup) {
                         s.sender.enqueue(&samples);
                     }
                 }
+                Some(CallOutput::Partial(line)) => {
+                    // Live only: the agent screen and the console show what the caller is saying.
+                    let data = serde_json::to_value(&line).unwrap_or_default();
+                    hub.publish("partial", &call.call_id, &data);
+                }
                 Some(CallOutput::Heard(line)) => {
                     let entry = heard_entry(&line, Duration::ZERO, context::Speaker::Caller);
                     hub.append_line(&call.call_id, &serde_json::to_value(&entry).unwrap_or_default());
