@@ -6,8 +6,8 @@
 //! through the same pipeline for testers.
 
 pub mod admin;
+pub mod asr_eval;
 pub mod audio;
-pub mod bench;
 pub mod config;
 pub mod config_file;
 pub mod dialog;

@@ -16,7 +16,7 @@ use voicebot_gateway::simulate::batch::{
 };
 use voicebot_gateway::simulate::render;
 use voicebot_gateway::simulate::scenario::{run_scenario, ScenarioResult};
-use voicebot_gateway::{bench, engines};
+use voicebot_gateway::{asr_eval, engines};
 
 #[derive(Parser)]
 #[command(
@@ -56,14 +56,28 @@ enum Command {
         #[arg(long, value_name = "NAME")]
         flow: Option<String>,
     },
-    /// Measure speech recognition latency and real-time factor.
+    /// Measure speech recognition on telephone speech: word error rate per line condition,
+    /// digit strings, latency after the end of speech, partial passes, and the dialog's
+    /// decisions on what was heard; several engines side by side.
     BenchAsr {
-        /// WAV files to transcribe; built-in phrases spoken by espeak-ng when absent.
-        wavs: Vec<PathBuf>,
-        /// Timed runs per utterance (after one warm-up).
-        #[arg(long, default_value_t = 3)]
-        repeat: usize,
-        /// Also write the figures as JSON.
+        /// Engines to compare: moonshine:base, moonshine:tiny, moonshine:DIR, whisper,
+        /// whisper:FILE (repeatable; default: the configured engine).
+        #[arg(long = "engine", value_name = "ENGINE[:MODEL]")]
+        engines: Vec<String>,
+        /// Real human clips: a directory with clips.tsv and the WAVs
+        /// (`python3 scripts/fetch-eval-speech.py` makes it).
+        #[arg(long, value_name = "DIR")]
+        human: Option<PathBuf>,
+        /// At most this many synthetic utterances per split (0: all).
+        #[arg(long, default_value_t = 0)]
+        limit: usize,
+        /// Also decode each utterance as it grows, as a live call does, to cost the partials.
+        #[arg(long)]
+        partials: bool,
+        /// Print every utterance's reference and transcript.
+        #[arg(long)]
+        rows: bool,
+        /// Also write every row as JSON.
         #[arg(long, value_name = "FILE")]
         json: Option<PathBuf>,
     },
@@ -153,17 +167,64 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::BenchAsr { wavs, repeat, json } => {
-            let audio = bench::bench_audio(&wavs).map_err(anyhow::Error::msg)?;
-            let rows = bench::run(&config.asr, &audio, repeat).map_err(anyhow::Error::msg)?;
-            let threads = if config.asr.threads == 0 {
-                std::thread::available_parallelism().map_or(2, |n| n.get())
+        Command::BenchAsr {
+            engines,
+            human,
+            limit,
+            partials,
+            rows,
+            json,
+        } => {
+            let specs = if engines.is_empty() {
+                vec![format!(
+                    "{}:{}",
+                    config.asr.engine.name(),
+                    config.asr.model.display()
+                )]
             } else {
-                config.asr.threads
+                engines
             };
-            print!("{}", bench::render(&rows, threads));
+            let specs = specs
+                .iter()
+                .map(|s| asr_eval::parse_engine(s.trim_end_matches(':'), &config.asr))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(anyhow::Error::msg)?;
+            let flows = engines::load_flows(&config)?;
+            let flow = flows.default_flow();
+            let judge = asr_eval::DialogJudge::new(
+                flow.dialog.clone(),
+                voicebot_gateway::pipeline::flow_vocabulary(&flow),
+            );
+            let started = std::time::Instant::now();
+            let items = asr_eval::set::build(&asr_eval::set::SetSpec {
+                root: std::path::Path::new("."),
+                tts: &config.tts,
+                human: human.as_deref(),
+                limit,
+            })?;
+            eprintln!(
+                "bench-asr: {} utterances ready in {} ms",
+                items.len(),
+                started.elapsed().as_millis()
+            );
+            let mut reports = Vec::new();
+            for spec in &specs {
+                let report = asr_eval::run_engine(spec, &items, &judge, partials)
+                    .map_err(anyhow::Error::msg)?;
+                if rows {
+                    for r in &report.rows {
+                        println!(
+                            "{} [{}] {} | {} | ref: {} | heard: {}",
+                            spec.label, r.id, r.condition, r.voice, r.reference, r.hypothesis
+                        );
+                    }
+                }
+                reports.push(report);
+            }
+            let ceiling = asr_eval::text_ceiling(&items, &judge);
+            print!("{}", asr_eval::render(&reports, &ceiling));
             if let Some(path) = json {
-                write_json(&path, &rows).map_err(anyhow::Error::msg)?;
+                write_json(&path, &reports).map_err(anyhow::Error::msg)?;
             }
             Ok(ExitCode::SUCCESS)
         }
