@@ -13,8 +13,8 @@ fn voicebot(args: &[&str]) -> Output {
 
 fn require_model() {
     assert!(
-        Path::new("models/ggml-tiny.en.bin").is_file(),
-        "models/ggml-tiny.en.bin is missing: run `python3 models/provision.py` (scripts/test.sh does)"
+        Path::new("models/moonshine/base-en/tokenizer.bin").is_file(),
+        "models/moonshine/base-en is missing: run `python3 models/provision.py` (scripts/test.sh does)"
     );
 }
 

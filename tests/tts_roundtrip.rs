@@ -6,7 +6,7 @@ use voicebot_gateway::dialog::escalation::EscalationConfig;
 use voicebot_gateway::dialog::normalize::normalize;
 use voicebot_gateway::dialog::{Bot, CallerTurn};
 use voicebot_gateway::flows::{as_is, FlowSet, FlowsConfig};
-use voicebot_gateway::speech::asr::{AsrConfig, SpeechRecognizer, WhisperRecognizer};
+use voicebot_gateway::speech::asr::{self, AsrConfig, SpeechRecognizer};
 use voicebot_gateway::speech::tts::{EspeakSynthesizer, SpeechSynthesizer, TtsConfig};
 
 /// The bot's replies to a few typical calls, as the dialog engine writes them.
@@ -66,7 +66,7 @@ fn words(text: &str) -> Vec<String> {
 
 /// Word recall of each reply after TTS, an optional telephone band, and ASR.
 fn recall(
-    asr: &WhisperRecognizer,
+    asr: &dyn SpeechRecognizer,
     tts: &EspeakSynthesizer,
     replies: &[String],
     telephone: bool,
@@ -106,16 +106,16 @@ fn overall(rows: &[(f32, usize, usize)]) -> f32 {
 #[test]
 fn replies_survive_tts_and_asr() {
     assert!(
-        std::path::Path::new("models/ggml-tiny.en.bin").is_file(),
-        "models/ggml-tiny.en.bin is missing: run `python3 models/provision.py`"
+        std::path::Path::new("models/moonshine/base-en/tokenizer.bin").is_file(),
+        "models/moonshine/base-en is missing: run `python3 models/provision.py`"
     );
-    let asr = WhisperRecognizer::load(&AsrConfig::default()).expect("model loads");
+    let asr = asr::load(&AsrConfig::default()).expect("model loads");
     let tts = EspeakSynthesizer::new(TtsConfig::default());
     let replies = bot_replies();
     assert!(replies.len() >= 6, "too few distinct replies: {replies:?}");
 
     // The voice itself, at the speech model's rate: every reply must come back nearly whole.
-    let wide = recall(&asr, &tts, &replies, false);
+    let wide = recall(asr.as_ref(), &tts, &replies, false);
     for (row, reply) in wide.iter().zip(&replies) {
         assert!(
             row.0 >= 0.75,
@@ -126,7 +126,7 @@ fn replies_survive_tts_and_asr() {
     let wide_overall = overall(&wide);
     // Through an 8 kHz telephone band: espeak-ng heard by whisper tiny.en loses words (the
     // neural-voice issue measured 26.6 % WER); this guards against getting worse than that.
-    let phone = recall(&asr, &tts, &replies, true);
+    let phone = recall(asr.as_ref(), &tts, &replies, true);
     let phone_overall = overall(&phone);
     println!(
         "word recall over {} replies: wideband {wide_overall:.3}, telephone band {phone_overall:.3}",

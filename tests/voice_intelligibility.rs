@@ -15,7 +15,7 @@ use std::time::Instant;
 use voicebot_gateway::audio::resample::resample_all;
 use voicebot_gateway::config::GatewayConfig;
 use voicebot_gateway::media::codec::Codec;
-use voicebot_gateway::speech::asr::{SpeechRecognizer, WhisperRecognizer};
+use voicebot_gateway::speech::asr::{self, SpeechRecognizer};
 use voicebot_gateway::speech::normalize::normalize;
 use voicebot_gateway::speech::tts::{EspeakSynthesizer, SpeechSynthesizer};
 use voicebot_gateway::speech::voice::{TtsEngine, Voice};
@@ -185,7 +185,7 @@ fn default_prompts() -> Vec<String> {
 fn word_error_rate(
     name: &str,
     voice: &dyn SpeechSynthesizer,
-    asr: &WhisperRecognizer,
+    asr: &dyn SpeechRecognizer,
     texts: &[String],
 ) -> f64 {
     let (mut total, mut wrong) = (0usize, 0usize);
@@ -224,19 +224,18 @@ fn the_neural_voice_is_understood_over_a_phone_line() {
         "neural",
         "the neural voice did not load: run `python3 models/provision.py`"
     );
-    let asr =
-        WhisperRecognizer::load(&config.asr).expect("speech model (python3 models/provision.py)");
+    let asr = asr::load(&config.asr).expect("speech model (python3 models/provision.py)");
     let mut texts = default_prompts();
     assert!(texts.len() >= 15, "prompts: {texts:?}");
     texts.extend(REPLIES.iter().map(|s| s.to_string()));
-    let neural = word_error_rate("neural", &voice, &asr, &texts);
+    let neural = word_error_rate("neural", &voice, asr.as_ref(), &texts);
     let espeak = Voice::with_engines(
         None,
         Arc::new(EspeakSynthesizer::new(config.tts.clone())),
         TtsEngine::Espeak,
         config.tts.peak_dbfs,
     );
-    let fallback = word_error_rate("espeak-ng", &espeak, &asr, &texts);
+    let fallback = word_error_rate("espeak-ng", &espeak, asr.as_ref(), &texts);
     println!(
         "word error rate over a G.711 line: neural {:.1} %, espeak-ng {:.1} %",
         neural * 100.0,

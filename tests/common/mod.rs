@@ -18,7 +18,7 @@ use voicebot_gateway::audio::resample::resample_all;
 use voicebot_gateway::audio::wav::read_wav;
 use voicebot_gateway::audio::SPEECH_RATE;
 use voicebot_gateway::config::GatewayConfig;
-use voicebot_gateway::speech::asr::{SpeechRecognizer, WhisperRecognizer};
+use voicebot_gateway::speech::asr;
 use voicebot_gateway::speech::vad::{Endpointer, VadEvent};
 
 pub fn root() -> PathBuf {
@@ -274,7 +274,7 @@ pub fn transcribe_recording(path: &Path) -> String {
         resample_all(&wav.audio.samples, wav.audio.rate, SPEECH_RATE).expect("resample")
     };
     let config = GatewayConfig::embedded().expect("config");
-    let asr = WhisperRecognizer::load(&config.asr).expect("speech model (models/provision.py)");
+    let asr = asr::load(&config.asr).expect("speech model (models/provision.py)");
     let mut endpointer = Endpointer::new(config.vad.clone());
     let mut events = Vec::new();
     endpointer.push(&audio, &mut events);
