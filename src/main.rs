@@ -193,7 +193,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let flow = flows.default_flow();
             let judge = asr_eval::DialogJudge::new(
                 flow.dialog.clone(),
-                voicebot_gateway::pipeline::flow_vocabulary(&flow),
+                voicebot_gateway::pipeline::flow_vocabulary(&flow).with_dictionary(
+                    voicebot_gateway::speech::asr::vocabulary::Dictionary::shared(
+                        &config.asr.dictionary,
+                    ),
+                ),
             );
             let started = std::time::Instant::now();
             let items = asr_eval::set::build(&asr_eval::set::SetSpec {

@@ -1,24 +1,30 @@
-//! Each speech recogniser on real speech: espeak-ng's voice through a G.711 line, recognised by
+//! Each speech recogniser on speech through a G.711 line (the neural voice), recognised by
 //! Moonshine base (the default), Moonshine tiny and whisper tiny.en, with word confidences, a
 //! partial pass on the first part of the utterance, and spoken digits.
 
 use voicebot_gateway::asr_eval::channel::{transmit, CONDITIONS};
 use voicebot_gateway::asr_eval::score;
+use voicebot_gateway::config::GatewayConfig;
 use voicebot_gateway::speech::asr::{self, AsrConfig, Engine, Pass, SpeechRecognizer};
-use voicebot_gateway::speech::tts::{EspeakSynthesizer, SpeechSynthesizer, TtsConfig};
+use voicebot_gateway::speech::tts::SpeechSynthesizer;
+use voicebot_gateway::speech::voice::Voice;
 
-/// `text` said by espeak-ng (American English, 160 wpm) over a G.711 mu-law line, at 16 kHz.
+/// `text` said by the neural voice over a plain G.711 mu-law line, at 16 kHz. (espeak-ng's
+/// robotic voices are in `voicebot bench-asr`'s set; here the point is that each engine works.)
 fn phone_speech(text: &str) -> Vec<f32> {
-    let tts = EspeakSynthesizer::new(TtsConfig {
-        voice: "en-us".into(),
-        rate_wpm: 160,
-        peak_dbfs: -6.0,
-        ..TtsConfig::default()
-    });
-    let speech = tts
-        .synthesize(text)
-        .expect("espeak-ng speaks (scripts/deps.sh installs it)");
-    transmit(&speech.audio.samples, speech.audio.rate, &CONDITIONS[0], 1).expect("line")
+    let config = GatewayConfig::embedded().expect("embedded configuration");
+    let voice = Voice::load(&config.tts);
+    assert_eq!(
+        voice.engine(),
+        "neural",
+        "the neural voice did not load: run `python3 models/provision.py`"
+    );
+    let speech = voice.synthesize(text).expect("speech");
+    let line = CONDITIONS
+        .iter()
+        .find(|c| c.name == "g711u")
+        .expect("plain G.711 line");
+    transmit(&speech.audio.samples, speech.audio.rate, line, 1).expect("line")
 }
 
 fn load(engine: Engine, model: &str) -> std::sync::Arc<dyn SpeechRecognizer> {

@@ -77,7 +77,7 @@ fn whisper_engine_passes_scenarios() {
         "{stdout}"
     );
     assert!(
-        stderr.contains("engine=\"whisper\"") || stderr.contains("engine=whisper"),
+        stderr.contains("asr::whisper") && stderr.contains("speech model loaded"),
         "the log does not show whisper loading:\n{stderr}"
     );
 }

@@ -5,7 +5,8 @@
 //! lines, a tuning part and a held-out part) at `[asr] threads`, and the report gives per
 //! engine:
 //! - word error rate per line condition and per split, and on human speech;
-//! - digit strings said digit by digit: the share recognised exactly;
+//! - digit strings said digit by digit: the share the bot reads exactly (its own normaliser
+//!   and order-number reader on the transcript);
 //! - the final pass's latency after the end of speech (p50, p95, max): the wall time of the
 //!   decode of the whole utterance, which is what a caller waits for once the endpointer has
 //!   decided the turn is over;
@@ -100,15 +101,18 @@ impl DialogJudge {
         DialogJudge { assets, vocabulary }
     }
 
-    /// (intent right, escalation right) for `text` heard with `confidence`.
-    fn judge(&self, labels: &set::Labels, text: &str, confidence: f32) -> (bool, bool) {
+    /// (intent right, escalation right) for `text` heard with `confidence`; the intent is
+    /// only judged where the label names one (as in the text evaluation, `none` rows count
+    /// for escalation only).
+    fn judge(&self, labels: &set::Labels, text: &str, confidence: f32) -> (Option<bool>, bool) {
         let mut bot = Bot::new(Arc::clone(&self.assets), EscalationConfig::default());
         let turn = bot.on_utterance(CallerTurn {
             text: text.to_string(),
             asr_confidence: confidence,
         });
         (
-            turn.intent.intent == labels.intent,
+            (labels.intent != crate::dialog::NONE_INTENT)
+                .then(|| turn.intent.intent == labels.intent),
             reason_name(&turn) == labels.escalation,
         )
     }
@@ -158,7 +162,7 @@ pub fn run_engine(
         let (intent_ok, escalation_ok) = match &item.labels {
             Some(l) => {
                 let (i, e) = judge.judge(l, &text, t.confidence);
-                (Some(i), Some(e))
+                (i, Some(e))
             }
             None => (None, None),
         };
@@ -176,7 +180,12 @@ pub fn run_engine(
             final_ms,
             partial_ms,
             partial_passes,
-            digits_ok: item.digits.as_ref().map(|d| score::digits(&text) == *d),
+            // What the bot takes as the number (its own normaliser and slot reader), not a
+            // reading of the transcript the bot would not make.
+            digits_ok: item.digits.as_ref().map(|d| {
+                let normalized = crate::dialog::normalize::normalize(&text);
+                crate::dialog::slots::order_number(&normalized).as_deref() == Some(d.as_str())
+            }),
             intent_ok,
             escalation_ok,
         });
@@ -210,16 +219,20 @@ fn partial_cost(
     Ok((total.as_secs_f64() * 1000.0, passes))
 }
 
+/// Turns, intents right, escalations right, turns with an intent label (not `none`).
+pub type Ceiling = (usize, usize, usize, usize);
+
 /// The dialog's scores with the reference text as the transcript (the ceiling).
-pub fn text_ceiling(items: &[Item], judge: &DialogJudge) -> BTreeMap<Split, (usize, usize, usize)> {
-    let mut out: BTreeMap<Split, (usize, usize, usize)> = BTreeMap::new();
+pub fn text_ceiling(items: &[Item], judge: &DialogJudge) -> BTreeMap<Split, Ceiling> {
+    let mut out: BTreeMap<Split, Ceiling> = BTreeMap::new();
     for item in items {
         if let Some(l) = &item.labels {
             let (i, e) = judge.judge(l, &item.reference, 0.95);
             let entry = out.entry(item.split).or_default();
             entry.0 += 1;
-            entry.1 += usize::from(i);
+            entry.1 += usize::from(i == Some(true));
             entry.2 += usize::from(e);
+            entry.3 += usize::from(i.is_some());
         }
     }
     out
@@ -247,10 +260,7 @@ fn wer<'a>(rows: impl Iterator<Item = &'a Row>) -> (usize, usize) {
 }
 
 /// The printed report.
-pub fn render(
-    reports: &[EngineReport],
-    ceiling: &BTreeMap<Split, (usize, usize, usize)>,
-) -> String {
+pub fn render(reports: &[EngineReport], ceiling: &BTreeMap<Split, Ceiling>) -> String {
     use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
     let mut out = String::new();
     let Some(first) = reports.first() else {
@@ -336,15 +346,15 @@ pub fn render(
         "transcripts from",
         "split",
         "turns",
-        "intent right",
+        "intent right (of turns with one)",
         "escalation right",
     ]);
-    for (split, (n, i, e)) in ceiling {
+    for (split, (n, i, e, labelled)) in ceiling {
         dialog.add_row(vec![
             "reference text".into(),
             format!("{split:?}").to_lowercase(),
             n.to_string(),
-            pct(*i, *n),
+            pct(*i, *labelled),
             pct(*e, *n),
         ]);
     }
@@ -353,8 +363,9 @@ pub fn render(
             let rows: Vec<&Row> = r
                 .rows
                 .iter()
-                .filter(|x| x.split == split && x.intent_ok.is_some())
+                .filter(|x| x.split == split && x.escalation_ok.is_some())
                 .collect();
+            let labelled = rows.iter().filter(|x| x.intent_ok.is_some()).count();
             let i = rows.iter().filter(|x| x.intent_ok == Some(true)).count();
             let e = rows
                 .iter()
@@ -364,7 +375,7 @@ pub fn render(
                 r.label.clone(),
                 format!("{split:?}").to_lowercase(),
                 rows.len().to_string(),
-                pct(i, rows.len()),
+                pct(i, labelled),
                 pct(e, rows.len()),
             ]);
         }

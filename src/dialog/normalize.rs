@@ -298,10 +298,18 @@ fn resolve_numbers(pieces: &[Piece]) -> Vec<String> {
                 } else if (w == "oh" || w == "o") && is_zero(&run, pieces, i) {
                     run.push_words("0", &[w]);
                 } else if let Some(d) = homophone_digit(w).filter(|_| {
-                    // Only inside a digit run, before another digit or at the end of the
-                    // sentence: "4 5 7 1 to" is 45712, "12345 to be sure" stays words.
-                    run.digits.len() >= 2
-                        && (is_digit_item(next) || matches!(next, None | Some(Piece::Hard)))
+                    // Inside a digit run, before another digit or at the end of the
+                    // sentence: "4 5 7 1 to" is 45712, "12345 to be sure" stays words. Or
+                    // opening a long number right after its cue: "the reference is for 769"
+                    // is 4769 ("waited for 10 days" stays words).
+                    let inside = run.digits.len() >= 2
+                        && (is_digit_item(next) || matches!(next, None | Some(Piece::Hard)));
+                    let opening = run.digits.is_empty()
+                        && out
+                            .last()
+                            .is_some_and(|p: &String| NUMBER_CUES.contains(&p.as_str()))
+                        && digits_ahead(&pieces[i..]) >= 3;
+                    inside || opening
                 }) {
                     run.push_words(d, &[w]);
                 } else {
@@ -313,6 +321,25 @@ fn resolve_numbers(pieces: &[Piece]) -> Vec<String> {
     }
     run.flush(&mut out);
     out
+}
+
+/// Words right before a number that a homophone ("for", "to") may open.
+const NUMBER_CUES: &[&str] = &["is", "number", "reference", "order", "it's", "ref", "id"];
+
+/// How many digits the pieces start with (commas skipped; "double" counts its extra digit).
+fn digits_ahead(pieces: &[Piece]) -> usize {
+    let mut n = 0;
+    for piece in pieces {
+        match piece {
+            Piece::Comma => {}
+            Piece::Num(d) => n += d.len(),
+            Piece::Word(w) if digit_word(w).is_some() || w == "oh" => n += 1,
+            Piece::Word(w) if w == "double" => n += 1,
+            Piece::Word(w) if w == "triple" => n += 2,
+            _ => break,
+        }
+    }
+    n
 }
 
 /// Whether "oh" (at `pieces[at - 1]`) is the digit zero: it continues a digit run, or it is
@@ -469,6 +496,11 @@ mod tests {
             ("four five to seven", "4527"),
             ("order 12345 to be delivered", "order 12345 to be delivered"),
             ("I paid 45 for it", "i paid 45 for it"),
+            // A homophone opening a long number right after its cue.
+            ("The reference is for 769.", "the reference is 4769"),
+            ("my number is to, five, one, eight", "my number is 2518"),
+            ("I waited for 10 days", "i waited for 10 days"),
+            ("it is for 12 people", "it is for 12 people"),
             ("I want to go", "i want to go"),
             ("Oh great, another robot.", "oh great another robot"),
             ("Oh, one more thing", "oh one more thing"),

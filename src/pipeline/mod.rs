@@ -31,7 +31,7 @@ use crate::dialog::{Bot, BotTurn, CallerTurn};
 use crate::flows::{Flow, FlowStore};
 use crate::report::{CallOutcome, CallReport, HeardLine, TurnReport, TurnTimings};
 use crate::speech::asr::stream::{PartialOutcome, PartialSchedule};
-use crate::speech::asr::vocabulary::Vocabulary;
+use crate::speech::asr::vocabulary::{Dictionary, Vocabulary};
 use crate::speech::asr::{AsrError, Pass, SpeechRecognizer, Transcript};
 use crate::speech::pool::{InferencePool, PoolError};
 use crate::speech::prosody;
@@ -440,11 +440,10 @@ async fn respond_stage(
 ) -> Result<CallReport, PipelineError> {
     tracing::info!(flow = %flow.name, "call answered");
     let mut bot = Bot::new(flow.dialog.clone(), flow.escalation.clone());
-    let vocabulary = engines
-        .config
-        .asr
-        .vocabulary_correction
-        .then(|| flow_vocabulary(&flow));
+    let asr_config = &engines.config.asr;
+    let vocabulary = asr_config.vocabulary_correction.then(|| {
+        flow_vocabulary(&flow).with_dictionary(Dictionary::shared(&asr_config.dictionary))
+    });
     let greeting = bot.greeting();
     let started = Instant::now();
     let mut speaker = Speaker::new(&engines, flow.voice, &output, &options.speech_cancel);

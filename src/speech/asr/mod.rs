@@ -156,6 +156,10 @@ pub struct AsrConfig {
     /// Share of one core a talking call may spend on partial hypotheses (over its current
     /// utterance); a partial that would exceed it is skipped.
     pub partial_budget: f32,
+    /// Moonshine: the model that decodes partial hypotheses ("tiny", "base", a directory;
+    /// empty: `model`). A smaller one keeps partials cheap while the final pass uses the
+    /// more accurate model.
+    pub partial_model: PathBuf,
     /// whisper: cut the encoder window to the utterance length (falls back when it misbehaves).
     pub adaptive_audio_ctx: bool,
     /// whisper, with the adaptive window: re-decode with the full window below this confidence.
@@ -167,6 +171,9 @@ pub struct AsrConfig {
     /// Correct doubtful words towards the flow's vocabulary (intents' key terms, slot words,
     /// product names); words the engine is sure of are never changed.
     pub vocabulary_correction: bool,
+    /// English words the correction never replaces: a pronouncing lexicon (JSON object keyed
+    /// by word); the neural voice's by default.
+    pub dictionary: PathBuf,
     /// How each utterance is prepared before decoding ("level": level-normalised; "none").
     pub conditioning: Conditioning,
 }
@@ -181,11 +188,13 @@ impl Default for AsrConfig {
             onnx_library: PathBuf::from("models/onnxruntime/libonnxruntime.so"),
             partial_interval_ms: 500,
             partial_budget: 0.1,
+            partial_model: PathBuf::from("tiny"),
             adaptive_audio_ctx: true,
             full_window_below: 0.7,
             flash_attn: true,
             initial_prompt: String::new(),
             vocabulary_correction: true,
+            dictionary: PathBuf::from("models/hibari/lexicon_us_gold.json"),
             conditioning: Conditioning::default(),
         }
     }
@@ -212,6 +221,12 @@ impl AsrConfig {
         }
     }
 
+    /// The Moonshine model directory for partial passes, when it is set (whisper: None).
+    pub fn partial_model_dir(&self) -> Option<PathBuf> {
+        (self.engine == Engine::Moonshine && !self.partial_model.as_os_str().is_empty())
+            .then(|| moonshine::model_dir(&self.partial_model))
+    }
+
     /// Threads per recognition, with 0 resolved to the machine's cores.
     pub fn resolved_threads(&self) -> usize {
         if self.threads == 0 {
@@ -228,23 +243,45 @@ pub fn load(config: &AsrConfig) -> Result<Arc<dyn SpeechRecognizer>, AsrError> {
         Engine::Moonshine => Box::new(MoonshineRecognizer::load(config)?),
         Engine::Whisper => Box::new(WhisperRecognizer::load(config)?),
     };
+    let mut partial_engine: Option<Box<dyn SpeechRecognizer>> = None;
+    let partial = config.partial_model_dir();
+    if let Some(dir) = partial.filter(|d| *d != config.model_path()) {
+        let partial_config = AsrConfig {
+            model: dir,
+            ..config.clone()
+        };
+        partial_engine = Some(Box::new(MoonshineRecognizer::load(&partial_config)?));
+    }
     Ok(Arc::new(Conditioned {
         engine,
+        partial_engine,
         conditioning: config.conditioning,
     }))
 }
 
-/// An engine that hears conditioned input ([`telephone`]).
+/// An engine that hears conditioned input ([`telephone`]), and nothing at all where the
+/// audio is too quiet to hold speech; partial passes may go to a smaller model.
 struct Conditioned {
     engine: Box<dyn SpeechRecognizer>,
+    partial_engine: Option<Box<dyn SpeechRecognizer>>,
     conditioning: Conditioning,
 }
 
 impl SpeechRecognizer for Conditioned {
     fn decode(&self, samples: &[f32], pass: Pass) -> Result<Transcript, AsrError> {
         let started = std::time::Instant::now();
+        if telephone::is_silent(samples) {
+            return Ok(Transcript {
+                elapsed: started.elapsed(),
+                ..Transcript::default()
+            });
+        }
         let input = telephone::condition(samples, self.conditioning);
-        let mut t = self.engine.decode(&input, pass)?;
+        let engine = match (&self.partial_engine, pass) {
+            (Some(partial), Pass::Partial) => partial,
+            _ => &self.engine,
+        };
+        let mut t = engine.decode(&input, pass)?;
         t.elapsed = started.elapsed();
         Ok(t)
     }

@@ -28,6 +28,14 @@ const TARGET_DBFS: f32 = -6.0;
 const MAX_GAIN_DB: f32 = 24.0;
 /// Below this level (dBFS) the input is treated as silence and left alone.
 const SILENCE_DBFS: f32 = -70.0;
+/// Audio whose loud part stays below this (dBFS) holds no speech a telephone carries: it is
+/// not decoded at all (both engines make up words on silence: "I'm a little bit of...").
+const NO_SPEECH_DBFS: f32 = -55.0;
+
+/// Whether `samples` are too quiet to hold speech (see [`NO_SPEECH_DBFS`]).
+pub fn is_silent(samples: &[f32]) -> bool {
+    loud_level(samples) < db_to_amp(NO_SPEECH_DBFS)
+}
 
 /// `samples` prepared as `conditioning` says.
 pub fn condition(samples: &[f32], conditioning: Conditioning) -> Cow<'_, [f32]> {
@@ -117,6 +125,14 @@ mod tests {
             condition(&very_quiet, Conditioning::None),
             Cow::Borrowed(_)
         ));
+    }
+
+    #[test]
+    fn silence_and_faint_hiss_are_silent_speech_is_not() {
+        assert!(is_silent(&vec![0.0f32; 16_000]));
+        assert!(is_silent(&tone(0.001)), "-60 dBFS");
+        assert!(!is_silent(&tone(0.01)), "-40 dBFS: a very quiet caller");
+        assert!(is_silent(&[]));
     }
 
     #[test]

@@ -4,12 +4,64 @@
 //! loosely, Moonshine has none), but both say how sure they are of each word. A word the
 //! engine doubts (confidence below [`DOUBTFUL`]) that is one or two letters away from a word
 //! of the flow's vocabulary (its intents' examples and synonyms, its escalation phrases:
-//! "refund", "invoice", "cancellation", product names), and is not itself a vocabulary word,
-//! is replaced by the closest one; two doubtful neighbours whose concatenation is a
-//! vocabulary word are joined ("pass word" -> "password"). Words the engine is sure of, short
-//! words and numbers are never touched, so a correct transcript stays as it was.
+//! "refund", "invoice", "cancellation", product names) is replaced by the closest one, but
+//! only when it is not an English word itself: "refunt" and "sub-cription" are corrected,
+//! "whether" is never turned into "tether". English words are the neural voice's pronouncing
+//! lexicon (about 90,000 words, [`Dictionary`]); without it no single word is replaced. Two
+//! doubtful neighbours whose concatenation is a vocabulary word are joined ("pass word" ->
+//! "password"). Words the engine is sure of, short words and numbers are never touched, so a
+//! correct transcript stays as it was.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+
+/// English words (lower case): a word in it is never replaced.
+#[derive(Debug, Default)]
+pub struct Dictionary(HashSet<String>);
+
+impl Dictionary {
+    /// The words of a pronouncing lexicon: a JSON object whose keys are words.
+    pub fn from_lexicon(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let entries: HashMap<String, serde_json::Value> =
+            serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(Dictionary(
+            entries.into_keys().map(|w| w.to_lowercase()).collect(),
+        ))
+    }
+
+    /// A dictionary of `words`.
+    pub fn from_words<'a>(words: impl IntoIterator<Item = &'a str>) -> Self {
+        Dictionary(words.into_iter().map(str::to_lowercase).collect())
+    }
+
+    /// Whether `word` (lower case) is an English word.
+    pub fn contains(&self, word: &str) -> bool {
+        self.0.contains(word)
+    }
+
+    /// The lexicon at `path`, loaded once per process and shared; None (with one warning) when
+    /// it cannot be read.
+    pub fn shared(path: &Path) -> Option<Arc<Dictionary>> {
+        type Loaded = Mutex<HashMap<PathBuf, Option<Arc<Dictionary>>>>;
+        static LOADED: OnceLock<Loaded> = OnceLock::new();
+        let mut loaded = LOADED
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        loaded
+            .entry(path.to_path_buf())
+            .or_insert_with(|| match Dictionary::from_lexicon(path) {
+                Ok(d) => Some(Arc::new(d)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "no English word list: recognition is only corrected by joining split words");
+                    None
+                }
+            })
+            .clone()
+    }
+}
 
 use super::Word;
 
@@ -24,6 +76,8 @@ pub struct Vocabulary {
     words: HashSet<String>,
     /// Words long enough to be correction targets.
     targets: Vec<String>,
+    /// English words, never replaced; without it, no single word is.
+    dictionary: Option<Arc<Dictionary>>,
 }
 
 impl Vocabulary {
@@ -44,7 +98,17 @@ impl Vocabulary {
             .cloned()
             .collect();
         targets.sort();
-        Vocabulary { words, targets }
+        Vocabulary {
+            words,
+            targets,
+            dictionary: None,
+        }
+    }
+
+    /// The vocabulary with the English words it must never replace.
+    pub fn with_dictionary(mut self, dictionary: Option<Arc<Dictionary>>) -> Self {
+        self.dictionary = dictionary;
+        self
     }
 
     /// Number of distinct words.
@@ -82,8 +146,13 @@ impl Vocabulary {
                     continue;
                 }
             }
-            if word.confidence < DOUBTFUL && !self.words.contains(&lower) {
-                if let Some(best) = self.closest(&lower) {
+            let plain = lower.replace('-', "");
+            let unknown = self
+                .dictionary
+                .as_ref()
+                .is_some_and(|d| !d.contains(&lower) && !d.contains(&plain));
+            if word.confidence < DOUBTFUL && unknown && !self.words.contains(&plain) {
+                if let Some(best) = self.closest(&plain) {
                     changes.push(format!("{core} -> {best}"));
                     out.push(format!("{prefix}{}{suffix}", match_case(core, best)));
                     i += 1;
@@ -185,13 +254,40 @@ mod tests {
     }
 
     fn vocab() -> Vocabulary {
+        let english = Dictionary::from_words([
+            "i",
+            "want",
+            "a",
+            "refund",
+            "where",
+            "is",
+            "my",
+            "parcel",
+            "reset",
+            "password",
+            "cancel",
+            "subscription",
+            "have",
+            "question",
+            "about",
+            "invoice",
+            "whether",
+            "pass",
+            "word",
+            "please",
+            "cart",
+            "card",
+            "tether",
+        ]);
         Vocabulary::from_phrases([
             "I want a refund",
             "where is my parcel",
             "reset my password",
             "cancel my subscription",
             "I have a question about my invoice",
+            "I'm at the end of my tether",
         ])
+        .with_dictionary(Some(Arc::new(english)))
     }
 
     #[test]
@@ -218,6 +314,21 @@ mod tests {
     }
 
     #[test]
+    fn english_words_are_never_replaced() {
+        // "whether" is one letter from "tether", but it is a word.
+        let (text, changes) = vocab().correct(&words(&[("whether", 0.2), ("is", 0.9)]));
+        assert_eq!(text, "whether is");
+        assert!(changes.is_empty());
+        // Hyphenated slips are matched without the hyphen.
+        let (text, _) = vocab().correct(&words(&[("sub-cription.", 0.3)]));
+        assert_eq!(text, "subscription.");
+        // Without a word list, nothing is replaced (only joined).
+        let bare = Vocabulary::from_phrases(["I want a refund"]);
+        let (text, _) = bare.correct(&words(&[("refunt", 0.1)]));
+        assert_eq!(text, "refunt");
+    }
+
+    #[test]
     fn split_words_are_joined() {
         let (text, changes) = vocab().correct(&words(&[
             ("Reset", 0.9),
@@ -236,7 +347,8 @@ mod tests {
         assert_eq!(text, "Subscripshun", "three edits: too far");
         let (text, _) = vocab().correct(&words(&[("subscriptoin", 0.2)]));
         assert_eq!(text, "subscription");
-        let tie = Vocabulary::from_phrases(["cart card"]);
+        let tie = Vocabulary::from_phrases(["cart card"])
+            .with_dictionary(Some(Arc::new(Dictionary::from_words(["cart", "card"]))));
         let (text, _) = tie.correct(&words(&[("carx", 0.1)]));
         assert_eq!(text, "carx");
     }
