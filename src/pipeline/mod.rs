@@ -464,6 +464,11 @@ async fn respond_stage(
     let mut after_handover = Vec::new();
     while let Some(item) = heard.recv().await {
         let mut fault: Option<String> = None;
+        if let Heard::Partial(p) = item {
+            // Disposable: a busy speaker stage drops it rather than hold the turn.
+            let _ = output.try_send(CallOutput::Partial(p));
+            continue;
+        }
         if handed_over {
             match item {
                 Heard::End { at } => {
@@ -476,10 +481,7 @@ async fn respond_stage(
                         after_handover.push(line);
                     }
                 }
-                Heard::Dtmf { .. } => {}
-                Heard::Partial(p) => {
-                    let _ = output.try_send(CallOutput::Partial(p));
-                }
+                Heard::Dtmf { .. } | Heard::Partial(_) => {}
                 Heard::Resume => {
                     handed_over = false;
                     bot_done_at = None;
@@ -498,12 +500,7 @@ async fn respond_stage(
                 caller_audio = at;
                 break;
             }
-            Heard::Resume => continue,
-            Heard::Partial(p) => {
-                // Disposable: a busy speaker stage drops it rather than hold the turn.
-                let _ = output.try_send(CallOutput::Partial(p));
-                continue;
-            }
+            Heard::Resume | Heard::Partial(_) => continue,
             Heard::Dtmf { digit, at } => {
                 let Some(turn) = bot.on_dtmf(digit) else {
                     continue;
@@ -512,29 +509,8 @@ async fn respond_stage(
             }
             Heard::Utterance(u) => {
                 let turn_started = Instant::now();
-                let samples = u.samples.clone();
-                let asr = engines.asr.clone();
-                // A failed recognition must not drop the call: the turn counts as not understood
-                // (confidence 0), so the dialog asks again or escalates, and the report says why.
-                // The voice's prosody is measured in the same job (plain DSP, a few ms).
-                let job = move || (asr.transcribe(&samples), prosody::analyze(&samples));
-                let (transcript, voice) = match engines.pool.run(job).await {
-                    Ok((Ok(t), voice)) => (t, Some(voice)),
-                    Ok((Err(e), voice)) => {
-                        (failed_transcript(&mut fault, e.to_string()), Some(voice))
-                    }
-                    Err(e) => (failed_transcript(&mut fault, e.to_string()), None),
-                };
-                let transcript = match &vocabulary {
-                    Some(v) => corrected(v, transcript),
-                    None => transcript,
-                };
-                tracing::info!(
-                    text = %transcript.text,
-                    confidence = transcript.confidence,
-                    asr_ms = transcript.elapsed.as_millis() as u64,
-                    "caller said"
-                );
+                let (transcript, voice) =
+                    recognise(&engines, vocabulary.as_ref(), &u, &mut fault).await;
                 // A click or a breath at the start of a call can pass the VAD and come back from
                 // whisper as a one-word hallucination ("you"). A very short utterance that the
                 // recogniser itself doubts is noise, not a turn: the bot stays quiet instead of
@@ -655,6 +631,37 @@ async fn respond_stage(
         noise_ignored,
         after_handover,
     })
+}
+
+/// Recognises a caller turn on the pool, with the voice's prosody measured in the same job
+/// (plain DSP, a few ms), and corrects it to the flow's vocabulary. A failed recognition must
+/// not drop the call: the turn counts as not understood (confidence 0, `fault` says why), so
+/// the dialog asks again or escalates.
+async fn recognise(
+    engines: &Engines,
+    vocabulary: Option<&Vocabulary>,
+    u: &Utterance,
+    fault: &mut Option<String>,
+) -> (Transcript, Option<prosody::Prosody>) {
+    let samples = u.samples.clone();
+    let asr = engines.asr.clone();
+    let job = move || (asr.transcribe(&samples), prosody::analyze(&samples));
+    let (transcript, voice) = match engines.pool.run(job).await {
+        Ok((Ok(t), voice)) => (t, Some(voice)),
+        Ok((Err(e), voice)) => (failed_transcript(fault, e.to_string()), Some(voice)),
+        Err(e) => (failed_transcript(fault, e.to_string()), None),
+    };
+    let transcript = match vocabulary {
+        Some(v) => corrected(v, transcript),
+        None => transcript,
+    };
+    tracing::info!(
+        text = %transcript.text,
+        confidence = transcript.confidence,
+        asr_ms = transcript.elapsed.as_millis() as u64,
+        "caller said"
+    );
+    (transcript, voice)
 }
 
 /// The words of a flow that recognition may be corrected towards: its intents' examples and

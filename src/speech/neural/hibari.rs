@@ -710,10 +710,14 @@ mod tests {
                 want["sum"].as_f64().unwrap(),
                 want["sumsq"].as_f64().unwrap(),
             );
-            assert!(
-                (sum - ws).abs() <= 1e-3 * (wq.sqrt() + 1.0),
-                "{name}: sum {sum} vs {ws}"
-            );
+            // On CPUs with other int8 kernels (AVX512-VNNI, AMX) ONNX Runtime's quantised
+            // products round differently: each value may move by a part in 1,000, so the sum
+            // of N values may move by 1e-3 * sum |x| <= 1e-3 * sqrt(N * sumsq) (Cauchy-Schwarz).
+            // Measured on such a CPU: lh's sum by 166 (bound 1,390), theta's by 2 (bound 254),
+            // with every sum of squares within 1e-3.
+            let n = data.len() as f64;
+            let tolerance = (1e-3 * (wq.sqrt() + 1.0)).max(1e-3 * (n * wq).sqrt());
+            assert!((sum - ws).abs() <= tolerance, "{name}: sum {sum} vs {ws}");
             assert!(
                 (sumsq - wq).abs() <= 1e-3 * wq,
                 "{name}: sumsq {sumsq} vs {wq}"
