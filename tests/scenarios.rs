@@ -1,18 +1,20 @@
 //! Runs every scenario file in tests/scenarios through the real binary, model and voice.
 
-use std::process::Command;
+use std::path::Path;
+use std::process::{Command, Output};
 
-#[test]
-fn all_scenarios_pass() {
-    assert!(
-        std::path::Path::new("models/moonshine/base-en/tokenizer.bin").is_file(),
-        "models/moonshine/base-en is missing: run `python3 models/provision.py`"
-    );
+/// `voicebot [--config CONFIG] -v simulate --scenario --out TMP PATHS...`; prints what the bot
+/// heard and said, and fails unless every scenario passed (`expected` of them).
+fn run_scenarios(config: Option<&Path>, paths: &[&str], expected: usize) -> Output {
     let dir = tempfile::tempdir().expect("tempdir");
-    let out = Command::new(env!("CARGO_BIN_EXE_voicebot"))
-        .args(["simulate", "--scenario", "--out"])
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_voicebot"));
+    if let Some(config) = config {
+        cmd.arg("--config").arg(config);
+    }
+    let out = cmd
+        .args(["-v", "simulate", "--scenario", "--out"])
         .arg(dir.path())
-        .arg("tests/scenarios")
+        .args(paths)
         .output()
         .expect("voicebot runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -23,6 +25,19 @@ fn all_scenarios_pass() {
         out.status.success(),
         "scenarios failed:\n{stdout}\n{stderr}"
     );
+    assert!(
+        stdout.contains(&format!("scenarios: {expected} passed, 0 failed")),
+        "{stdout}"
+    );
+    out
+}
+
+#[test]
+fn all_scenarios_pass() {
+    assert!(
+        Path::new("models/moonshine/base-en/tokenizer.bin").is_file(),
+        "models/moonshine/base-en is missing: run `python3 models/provision.py`"
+    );
     let n = std::fs::read_dir("tests/scenarios")
         .expect("scenario dir")
         .filter(|e| {
@@ -31,10 +46,7 @@ fn all_scenarios_pass() {
                 .unwrap_or(false)
         })
         .count();
-    assert!(
-        stdout.contains(&format!("scenarios: {n} passed, 0 failed")),
-        "{stdout}"
-    );
+    run_scenarios(None, &["tests/scenarios"], n);
 }
 
 /// whisper.cpp still works when a gateway selects it: the same scenario files, heard by
@@ -42,7 +54,7 @@ fn all_scenarios_pass() {
 #[test]
 fn whisper_engine_passes_scenarios() {
     assert!(
-        std::path::Path::new("models/ggml-tiny.en.bin").is_file(),
+        Path::new("models/ggml-tiny.en.bin").is_file(),
         "models/ggml-tiny.en.bin is missing: run `python3 models/provision.py`"
     );
     let dir = tempfile::tempdir().expect("tempdir");
@@ -57,25 +69,8 @@ fn whisper_engine_passes_scenarios() {
         "tests/scenarios/human_request.toml",
         "tests/scenarios/password_reset.toml",
     ];
-    let out = Command::new(env!("CARGO_BIN_EXE_voicebot"))
-        .arg("--config")
-        .arg(&config)
-        .args(["-v", "simulate", "--scenario", "--out"])
-        .arg(dir.path())
-        .args(files)
-        .output()
-        .expect("voicebot runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let out = run_scenarios(Some(&config), &files, files.len());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    println!("{stdout}");
-    assert!(
-        out.status.success(),
-        "scenarios failed:\n{stdout}\n{stderr}"
-    );
-    assert!(
-        stdout.contains(&format!("scenarios: {} passed, 0 failed", files.len())),
-        "{stdout}"
-    );
     assert!(
         stderr.contains("asr::whisper") && stderr.contains("speech model loaded"),
         "the log does not show whisper loading:\n{stderr}"

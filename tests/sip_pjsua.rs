@@ -12,7 +12,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{call_over, pjsua_python, spoken_wav, transcribe_recording, Gateway};
+use common::{call_over, natural_wav, pjsua_python, spoken_wav, transcribe_recording, Gateway};
 
 /// One pjsua2 call at a time: each test runs a gateway with whisper and a PJSIP process, and
 /// three at once on a 2-core machine starve the media tasks (late receive ticks make the
@@ -36,7 +36,7 @@ fn pjsua_round_trip_where_is_my_order_then_the_number() {
     let mut gw = Gateway::start("41400-41499", &[]);
     let dir = tempfile::tempdir().unwrap();
     let q1 = spoken_wav(dir.path(), "q1", "Where is my order?");
-    let q2 = spoken_wav(dir.path(), "q2", "It is 4, 5, 7, 1, 2.");
+    let q2 = natural_wav(dir.path(), "q2", "It is 4, 5, 7, 1, 2.");
     let record = dir.path().join("bot.wav");
     let summary = call(
         &python,

@@ -15,7 +15,7 @@ use std::time::Instant;
 use voicebot_gateway::audio::resample::resample_all;
 use voicebot_gateway::config::GatewayConfig;
 use voicebot_gateway::media::codec::Codec;
-use voicebot_gateway::speech::asr::{self, SpeechRecognizer};
+use voicebot_gateway::speech::asr::{self, AsrConfig, SpeechRecognizer};
 use voicebot_gateway::speech::normalize::normalize;
 use voicebot_gateway::speech::tts::{EspeakSynthesizer, SpeechSynthesizer};
 use voicebot_gateway::speech::voice::{TtsEngine, Voice};
@@ -224,7 +224,12 @@ fn the_neural_voice_is_understood_over_a_phone_line() {
         "neural",
         "the neural voice did not load: run `python3 models/provision.py`"
     );
-    let asr = asr::load(&config.asr).expect("speech model (python3 models/provision.py)");
+    // The instrument stays the one the thresholds were set with (whisper tiny.en): the
+    // default recogniser changed to Moonshine, which writes "You're" for "You are", "All
+    // right" for "Alright" and "nine am" for "9am", and this test's plain word comparison
+    // would count those as the voice's errors.
+    let instrument = AsrConfig::whisper("models/ggml-tiny.en.bin");
+    let asr = asr::load(&instrument).expect("speech model (python3 models/provision.py)");
     let mut texts = default_prompts();
     assert!(texts.len() >= 15, "prompts: {texts:?}");
     texts.extend(REPLIES.iter().map(|s| s.to_string()));

@@ -81,17 +81,7 @@ pub fn digits(text: &str) -> String {
 
 /// Word edits (substitutions, deletions, insertions) from `reference` to `hypothesis`.
 pub fn word_errors(reference: &[String], hypothesis: &[String]) -> usize {
-    let mut prev: Vec<usize> = (0..=hypothesis.len()).collect();
-    let mut cur = vec![0; hypothesis.len() + 1];
-    for (i, r) in reference.iter().enumerate() {
-        cur[0] = i + 1;
-        for (j, h) in hypothesis.iter().enumerate() {
-            let cost = usize::from(r != h);
-            cur[j + 1] = (prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1);
-        }
-        std::mem::swap(&mut prev, &mut cur);
-    }
-    prev[hypothesis.len()]
+    crate::speech::asr::vocabulary::levenshtein(reference, hypothesis)
 }
 
 #[cfg(test)]

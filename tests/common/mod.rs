@@ -228,6 +228,38 @@ pub fn spoken_wav(dir: &Path, name: &str, text: &str) -> PathBuf {
     wav
 }
 
+/// `text` spoken by the gateway's neural voice (not the recogniser under test), as a 16 kHz
+/// WAV with the same pauses as [`spoken_wav`]: for turns where espeak-ng's robotic digits are
+/// beyond the recogniser (Moonshine hears its "five, seven" as "time, heaven"; human callers
+/// are measured by `voicebot bench-asr`).
+pub fn natural_wav(dir: &Path, name: &str, text: &str) -> PathBuf {
+    use voicebot_gateway::speech::tts::SpeechSynthesizer;
+    let config = GatewayConfig::embedded().expect("config");
+    let voice = voicebot_gateway::speech::voice::Voice::load(&config.tts);
+    assert_eq!(
+        voice.engine(),
+        "neural",
+        "the neural voice is missing: python3 models/provision.py"
+    );
+    let speech = voice.synthesize(text).expect("speech");
+    let mut samples =
+        resample_all(&speech.audio.samples, speech.audio.rate, SPEECH_RATE).expect("resample");
+    let pad = |ms: usize| vec![0.0f32; SPEECH_RATE as usize * ms / 1000];
+    let mut padded = pad(200);
+    padded.append(&mut samples);
+    padded.extend(pad(600));
+    let wav = dir.join(format!("{name}.wav"));
+    voicebot_gateway::audio::wav::write_wav(
+        &wav,
+        &voicebot_gateway::audio::wav::MonoAudio {
+            samples: padded,
+            rate: SPEECH_RATE,
+        },
+    )
+    .expect("write wav");
+    wav
+}
+
 /// Runs the pjsua2 caller (tests/pjsua/caller.py) over `transport` with `extra` arguments;
 /// returns its JSON summary.
 pub fn call_over(

@@ -227,12 +227,18 @@ fn match_case(original: &str, target: &str) -> String {
 fn edit_distance(a: &str, b: &str) -> usize {
     let a: Vec<char> = a.chars().collect();
     let b: Vec<char> = b.chars().collect();
+    levenshtein(&a, &b)
+}
+
+/// Edits (substitutions, deletions, insertions) from `a` to `b`: over characters for the
+/// correction, over words for word error rates.
+pub fn levenshtein<T: PartialEq>(a: &[T], b: &[T]) -> usize {
     let mut prev: Vec<usize> = (0..=b.len()).collect();
     let mut cur = vec![0; b.len() + 1];
-    for (i, ca) in a.iter().enumerate() {
+    for (i, x) in a.iter().enumerate() {
         cur[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let cost = usize::from(ca != cb);
+        for (j, y) in b.iter().enumerate() {
+            let cost = usize::from(x != y);
             cur[j + 1] = (prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1);
         }
         std::mem::swap(&mut prev, &mut cur);
