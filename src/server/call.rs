@@ -1202,7 +1202,7 @@ pub async fn run_call_media(setup: CallSetup) {
                     }
                 }
                 Some(CallOutput::Partial(line)) => {
-                    // Live only: the agent screen and the console show what the caller is saying.
+                    // Live only: the agent screen shows what the caller is saying.
                     let data = serde_json::to_value(&line).unwrap_or_default();
                     hub.publish("partial", &call.call_id, &data);
                 }

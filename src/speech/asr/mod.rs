@@ -28,7 +28,7 @@ pub mod vocabulary;
 pub mod whisper;
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -221,10 +221,13 @@ impl AsrConfig {
         }
     }
 
-    /// The Moonshine model directory for partial passes, when it is set (whisper: None).
+    /// The Moonshine model directory for partial passes, when partials are on and it is set
+    /// (whisper: None).
     pub fn partial_model_dir(&self) -> Option<PathBuf> {
-        (self.engine == Engine::Moonshine && !self.partial_model.as_os_str().is_empty())
-            .then(|| moonshine::model_dir(&self.partial_model))
+        (self.engine == Engine::Moonshine
+            && self.partial_interval_ms > 0
+            && !self.partial_model.as_os_str().is_empty())
+        .then(|| moonshine::model_dir(&self.partial_model))
     }
 
     /// Threads per recognition, with 0 resolved to the machine's cores.
@@ -288,6 +291,36 @@ impl SpeechRecognizer for Conditioned {
 
     fn describe(&self) -> String {
         self.engine.describe()
+    }
+}
+
+/// Per-inference engine state (whisper's decoder state, Moonshine's ONNX sessions: both need
+/// exclusive access while they run) kept for reuse: a decode takes an idle one, or makes one
+/// when all are busy, and gives it back, so there are as many as the peak concurrency.
+pub(crate) struct Reusable<T>(Mutex<Vec<T>>);
+
+impl<T> Reusable<T> {
+    pub(crate) fn new(idle: Vec<T>) -> Self {
+        Reusable(Mutex::new(idle))
+    }
+
+    /// Runs `f` with an idle item, or one from `make`; the item is kept for later whatever
+    /// `f` returns.
+    pub(crate) fn with<R>(
+        &self,
+        make: impl FnOnce() -> Result<T, AsrError>,
+        f: impl FnOnce(&mut T) -> R,
+    ) -> Result<R, AsrError> {
+        let reused = self.0.lock().ok().and_then(|mut idle| idle.pop());
+        let mut item = match reused {
+            Some(item) => item,
+            None => make()?,
+        };
+        let result = f(&mut item);
+        if let Ok(mut idle) = self.0.lock() {
+            idle.push(item);
+        }
+        Ok(result)
     }
 }
 

@@ -34,14 +34,13 @@
 
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::time::Instant;
 
 use ort::session::{Session, SessionInputValue};
 use ort::value::{DynValue, Tensor, ValueType};
 
 use super::tokenizer::{self, Tokenizer};
-use super::{words_from_pieces, AsrConfig, AsrError, Pass, SpeechRecognizer, Transcript};
+use super::{words_from_pieces, AsrConfig, AsrError, Pass, Reusable, SpeechRecognizer, Transcript};
 use crate::audio::SPEECH_RATE;
 use crate::speech::onnx;
 
@@ -112,7 +111,7 @@ pub struct MoonshineRecognizer {
     threads: usize,
     tokenizer: Tokenizer,
     signature: Signature,
-    idle: Mutex<Vec<Sessions>>,
+    idle: Reusable<Sessions>,
 }
 
 impl std::fmt::Debug for MoonshineRecognizer {
@@ -150,7 +149,7 @@ impl MoonshineRecognizer {
                 past: Vec::new(),
                 past_reads_hidden: true,
             },
-            idle: Mutex::new(Vec::new()),
+            idle: Reusable::new(Vec::new()),
             dir: dir.clone(),
         };
         let sessions = recognizer.open_sessions()?;
@@ -159,7 +158,7 @@ impl MoonshineRecognizer {
             signature,
             ..recognizer
         };
-        recognizer.idle = Mutex::new(vec![sessions]);
+        recognizer.idle = Reusable::new(vec![sessions]);
         // The first run of a session is slow (allocations, kernel selection): pay it now.
         let warm = vec![0.0f32; SPEECH_RATE as usize];
         recognizer.decode(&warm, Pass::Final)?;
@@ -218,20 +217,6 @@ impl MoonshineRecognizer {
             decoder,
             decoder_past: Some(past),
         })
-    }
-
-    fn take_sessions(&self) -> Result<Sessions, AsrError> {
-        let reused = self.idle.lock().ok().and_then(|mut v| v.pop());
-        match reused {
-            Some(s) => Ok(s),
-            None => self.open_sessions(),
-        }
-    }
-
-    fn give_back(&self, sessions: Sessions) {
-        if let Ok(mut idle) = self.idle.lock() {
-            idle.push(sessions);
-        }
     }
 
     /// Encoder then greedy decoding: the chosen tokens and each one's natural-log probability.
@@ -393,10 +378,10 @@ impl SpeechRecognizer for MoonshineRecognizer {
         if pass == Pass::Partial {
             max_tokens = max_tokens.min(PARTIAL_MAX_TOKENS);
         }
-        let mut sessions = self.take_sessions()?;
-        let result = self.run(&mut sessions, input, max_tokens);
-        self.give_back(sessions);
-        let (tokens, logprobs) = result?;
+        let (tokens, logprobs) = self.idle.with(
+            || self.open_sessions(),
+            |sessions| self.run(sessions, input, max_tokens),
+        )??;
         let pieces = self.tokenizer.pieces(&tokens);
         let words = words_from_pieces(
             pieces

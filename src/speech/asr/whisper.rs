@@ -13,14 +13,16 @@
 //! `full_window_below`, is decoded again with the full window, and that result is kept.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use whisper_rs::{
     FullParams, SamplingStrategy, WhisperContext, WhisperContextParameters, WhisperState,
 };
 
-use super::{words_from_pieces, AsrConfig, AsrError, Pass, SpeechRecognizer, Transcript, Word};
+use super::{
+    words_from_pieces, AsrConfig, AsrError, Pass, Reusable, SpeechRecognizer, Transcript, Word,
+};
 use crate::audio::SPEECH_RATE;
 
 /// whisper.cpp's minimum input; shorter utterances are padded with silence.
@@ -33,7 +35,7 @@ const FULL_CTX: usize = 1500;
 /// whisper.cpp recogniser: one shared model, one state per concurrent transcription.
 pub struct WhisperRecognizer {
     ctx: Arc<WhisperContext>,
-    idle_states: Mutex<Vec<WhisperState>>,
+    idle_states: Reusable<WhisperState>,
     config: AsrConfig,
     model: PathBuf,
     threads: usize,
@@ -63,7 +65,7 @@ impl WhisperRecognizer {
         tracing::info!(engine = "whisper", model = %path.display(), threads, adaptive = config.adaptive_audio_ctx, "speech model loaded");
         Ok(WhisperRecognizer {
             ctx: Arc::new(ctx),
-            idle_states: Mutex::new(Vec::new()),
+            idle_states: Reusable::new(Vec::new()),
             config: config.clone(),
             model,
             threads,
@@ -74,23 +76,6 @@ impl WhisperRecognizer {
     /// Model path.
     pub fn model_path(&self) -> &Path {
         &self.model
-    }
-
-    fn take_state(&self) -> Result<WhisperState, AsrError> {
-        let reused = self.idle_states.lock().ok().and_then(|mut v| v.pop());
-        match reused {
-            Some(state) => Ok(state),
-            None => self
-                .ctx
-                .create_state()
-                .map_err(|e| AsrError::Inference(format!("cannot create state: {e}"))),
-        }
-    }
-
-    fn give_back(&self, state: WhisperState) {
-        if let Ok(mut idle) = self.idle_states.lock() {
-            idle.push(state);
-        }
     }
 
     fn run(
@@ -180,13 +165,17 @@ impl SpeechRecognizer for WhisperRecognizer {
         } else {
             samples
         };
-        let mut state = self.take_state()?;
         let mut retried = false;
-        let result = (|| {
+        let make = || {
+            self.ctx
+                .create_state()
+                .map_err(|e| AsrError::Inference(format!("cannot create state: {e}")))
+        };
+        let result = self.idle_states.with(make, |state| {
             if self.config.adaptive_audio_ctx {
                 let ctx = adaptive_ctx(input.len());
                 if ctx < FULL_CTX {
-                    let first = self.run(&mut state, input, ctx)?;
+                    let first = self.run(state, input, ctx)?;
                     let degenerate = looks_degenerate(&first.text, input.len());
                     let trusted = first.confidence >= self.config.full_window_below;
                     if pass == Pass::Partial || (!degenerate && trusted) {
@@ -201,9 +190,8 @@ impl SpeechRecognizer for WhisperRecognizer {
                     retried = true;
                 }
             }
-            self.run(&mut state, input, FULL_CTX)
-        })();
-        self.give_back(state);
+            self.run(state, input, FULL_CTX)
+        })?;
         let decoded = result?;
         Ok(Transcript {
             text: decoded.text,
