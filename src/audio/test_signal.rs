@@ -35,3 +35,30 @@ pub fn voiced(ms: u64) -> Vec<f32> {
 pub fn silence(ms: u64) -> Vec<f32> {
     vec![0.0; ms_to_samples(ms, SPEECH_RATE)]
 }
+
+/// White noise at 16 kHz with an RMS level of `dbfs` (full scale = 1.0), reproducible from
+/// `seed`: line hiss for endpointing tests.
+pub fn noise(ms: u64, dbfs: f32, seed: u64) -> Vec<f32> {
+    let n = ms_to_samples(ms, SPEECH_RATE);
+    // Uniform in [-1, 1) has an RMS of 1/sqrt(3).
+    let scale = 10f32.powf(dbfs / 20.0) * 3f32.sqrt();
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let unit = (state >> 40) as f32 / (1u64 << 24) as f32; // [0, 1)
+            (unit * 2.0 - 1.0) * scale
+        })
+        .collect()
+}
+
+/// Adds `b` onto `a` (as long as `a`).
+pub fn mix(a: &mut [f32], b: &[f32]) {
+    for (x, y) in a.iter_mut().zip(b) {
+        *x += y;
+    }
+}

@@ -395,6 +395,7 @@ async fn listen_stage(
                         ));
                     }
                 }
+                VadEvent::Paused { .. } => {}
                 VadEvent::Utterance(u) => {
                     if let Some(p) = partials.as_mut() {
                         p.schedule.end();

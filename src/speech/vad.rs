@@ -7,6 +7,23 @@
 //! time, so a cough or a short "mhm" does not count) and when they *finished* (a configurable
 //! stretch of trailing silence, or a maximum length), and hands out the utterance's audio with a
 //! little pre-roll so the first syllable is not clipped.
+//!
+//! # Line noise
+//!
+//! The neural VAD judges the *shape* of a frame, not its loudness: faint dither, comfort noise
+//! and line hiss (-80 to -50 dBFS) can look voiced to it, which kept utterances open long after
+//! the caller stopped and made phantom turns out of nothing. So a frame only counts as voiced
+//! when it is also [`VadConfig::noise_margin_db`] louder than the call's own noise floor, which
+//! [`NoiseFloor`] tracks per call as the quietest frame of the last few seconds (between words
+//! a caller's line falls back to its noise, so the floor follows the line, not the voice).
+//!
+//! # Pauses and the end of a turn
+//!
+//! A fixed trailing silence is a poor end-of-turn rule: long enough for "my order number is ...
+//! 4 5 7" is far too long for "yes". So the endpointer also reports each [`VadEvent::Paused`]
+//! (every `pause_ms` of silence inside an utterance), and its owner may end the turn at such a
+//! pause ([`Endpointer::end_turn`]) once it judges the caller done (a turn-end model, what the
+//! recogniser heard). `end_silence_ms` stays the longest silence that is still one turn.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -36,6 +53,14 @@ pub struct VadConfig {
     pub onset_gap_ms: u64,
     /// An utterance longer than this is cut and processed.
     pub max_utterance_ms: u64,
+    /// Silence inside an utterance after which a [`VadEvent::Paused`] is reported, and again
+    /// at each multiple of it until `end_silence_ms` (0: no pause events).
+    pub pause_ms: u64,
+    /// How much louder than the line's noise floor a frame must be to count as voiced (dB;
+    /// 0 turns the noise gate off).
+    pub noise_margin_db: f32,
+    /// How far back the noise floor looks for the line's quietest frame.
+    pub noise_window_ms: u64,
 }
 
 impl Default for VadConfig {
@@ -47,6 +72,9 @@ impl Default for VadConfig {
             pre_roll_ms: 240,
             onset_gap_ms: 200,
             max_utterance_ms: 15_000,
+            pause_ms: 200,
+            noise_margin_db: 6.0,
+            noise_window_ms: 3000,
         }
     }
 }
@@ -61,6 +89,8 @@ pub enum EndReason {
     MaxLength,
     /// The audio stream ended while the caller was talking.
     EndOfStream,
+    /// The owner judged the turn complete at a pause ([`Endpointer::end_turn`]).
+    TurnComplete,
 }
 
 /// One finished caller utterance.
@@ -78,6 +108,10 @@ pub struct Utterance {
     pub voiced: Duration,
     /// Why it ended.
     pub reason: EndReason,
+    /// The pause it ended in ([`VadEvent::Paused`]'s `seq`), when one was reported: the audio
+    /// is then exactly what that pause's [`Endpointer::pause_audio`] was, so a transcript made
+    /// at the pause still holds.
+    pub pause: Option<u64>,
 }
 
 /// What the endpointer reports.
@@ -85,6 +119,13 @@ pub struct Utterance {
 pub enum VadEvent {
     /// The caller started talking (used for barge-in on live calls).
     SpeechStarted { at: Duration },
+    /// The caller has been silent for `silence` inside an utterance (reported every
+    /// `pause_ms`). `seq` names this pause: it changes when the caller speaks again.
+    Paused {
+        seq: u64,
+        silence: Duration,
+        at: Duration,
+    },
     /// The caller finished an utterance.
     Utterance(Utterance),
 }
@@ -119,6 +160,10 @@ pub struct Endpointer {
     last_voiced_end: u64,
     /// Samples processed through the VAD (the media clock).
     clock: u64,
+    noise: NoiseFloor,
+    /// Pauses reported so far (the current one's seq when `in_pause`).
+    pauses: u64,
+    in_pause: bool,
 }
 
 impl Endpointer {
@@ -127,6 +172,7 @@ impl Endpointer {
         let history_cap = (config.pre_roll_ms as usize * SPEECH_RATE as usize) / 1000
             + (config.min_speech_ms + config.onset_gap_ms) as usize * SPEECH_RATE as usize / 1000
             + VAD_FRAME;
+        let noise = NoiseFloor::new((config.noise_window_ms / VAD_FRAME_MS).max(1) as usize);
         Endpointer {
             config,
             detector: Detector::default_boxed(),
@@ -139,6 +185,9 @@ impl Endpointer {
             voiced_ms: 0,
             last_voiced_end: 0,
             clock: 0,
+            noise,
+            pauses: 0,
+            in_pause: false,
         }
     }
 
@@ -156,6 +205,30 @@ impl Endpointer {
     /// partial recognition pass decodes.
     pub fn current_audio(&self) -> Option<&[f32]> {
         self.is_speaking().then_some(self.current.as_slice())
+    }
+
+    /// The audio the utterance would have if it ended now, during a reported pause: what a
+    /// speculative recognition pass decodes ([`Utterance::pause`] says when it still holds).
+    pub fn pause_audio(&self) -> Option<&[f32]> {
+        if !self.in_pause {
+            return None;
+        }
+        Some(&self.current[..self.kept_len().min(self.current.len())])
+    }
+
+    /// The line's noise floor (dBFS) as the gate sees it now.
+    pub fn noise_floor_db(&self) -> f32 {
+        self.noise.floor_db()
+    }
+
+    /// Ends the utterance at pause `seq`, if the caller is still silent in that pause (not
+    /// when they spoke again since, or the utterance already ended). Returns whether it did.
+    pub fn end_turn(&mut self, seq: u64, events: &mut Vec<VadEvent>) -> bool {
+        if !(self.in_pause && self.pauses == seq && self.is_speaking()) {
+            return false;
+        }
+        self.emit(EndReason::TurnComplete, events);
+        true
     }
 
     /// Feeds 16 kHz samples; appends any events to `events`.
@@ -189,7 +262,12 @@ impl Endpointer {
 
     fn process_frame(&mut self, frame: &[f32], events: &mut Vec<VadEvent>) {
         let score = self.detector.predict_f32(frame);
-        let voiced = score >= self.config.threshold;
+        let level = frame_level_db(frame);
+        let floor = self.noise.floor_db();
+        self.noise.push(level);
+        let gate = self.config.noise_margin_db;
+        let loud_enough = gate <= 0.0 || level >= floor + gate;
+        let voiced = score >= self.config.threshold && loud_enough;
         let frame_start = self.clock;
         self.clock += VAD_FRAME as u64;
         match self.state {
@@ -231,10 +309,12 @@ impl Endpointer {
                     self.voiced_ms += VAD_FRAME_MS;
                     self.last_voiced_end = self.clock;
                     self.state = State::Speaking { silence_ms: 0 };
+                    self.in_pause = false;
                 } else {
                     self.state = State::Speaking {
                         silence_ms: silence_ms + VAD_FRAME_MS,
                     };
+                    self.check_pause(silence_ms, silence_ms + VAD_FRAME_MS, events);
                 }
                 let length_ms = samples_to_ms(self.clock - self.current_start);
                 if let State::Speaking { silence_ms } = self.state {
@@ -246,6 +326,35 @@ impl Endpointer {
                 }
             }
         }
+    }
+
+    /// Reports a pause each time the silence crosses a multiple of `pause_ms` (short of the
+    /// end of the utterance).
+    fn check_pause(&mut self, before_ms: u64, silence_ms: u64, events: &mut Vec<VadEvent>) {
+        let step = self.config.pause_ms;
+        if step == 0
+            || silence_ms >= self.config.end_silence_ms
+            || silence_ms / step == before_ms / step
+        {
+            return;
+        }
+        if !self.in_pause {
+            self.in_pause = true;
+            self.pauses += 1;
+        }
+        events.push(VadEvent::Paused {
+            seq: self.pauses,
+            silence: Duration::from_millis(silence_ms),
+            at: samples_to_duration(self.clock),
+        });
+    }
+
+    /// Samples of `current` an utterance ending now keeps: a short tail after the last voiced
+    /// frame, the rest of the silence dropped.
+    fn kept_len(&self) -> usize {
+        let tail = ms_to_samples(self.config.end_silence_ms.min(200));
+        let keep_until = (self.last_voiced_end + tail).min(self.clock);
+        keep_until.saturating_sub(self.current_start) as usize
     }
 
     fn check_onset(&mut self, events: &mut Vec<VadEvent>) {
@@ -277,12 +386,11 @@ impl Endpointer {
     }
 
     fn emit(&mut self, reason: EndReason, events: &mut Vec<VadEvent>) {
-        // Keep a short tail after the last voiced frame, drop the rest of the silence.
-        let tail = ms_to_samples(self.config.end_silence_ms.min(200));
-        let keep_until = (self.last_voiced_end + tail).min(self.clock);
-        let keep = (keep_until.saturating_sub(self.current_start)) as usize;
+        let keep = self.kept_len();
         self.current.truncate(keep);
         let samples = std::mem::take(&mut self.current);
+        let pause = self.in_pause.then_some(self.pauses);
+        self.in_pause = false;
         events.push(VadEvent::Utterance(Utterance {
             start: samples_to_duration(self.current_start),
             end: samples_to_duration(self.last_voiced_end),
@@ -290,6 +398,7 @@ impl Endpointer {
             samples,
             voiced: Duration::from_millis(self.voiced_ms),
             reason,
+            pause,
         }));
         self.voiced_ms = 0;
         self.state = State::Silent;
@@ -298,6 +407,52 @@ impl Endpointer {
             self.current_start = self.clock;
         }
     }
+}
+
+/// The quietest frame level of the last few seconds: the line's noise floor. Clamped so that a
+/// loud line (or a caller who never pauses within the window) never demands more than a
+/// quiet voice has, and digital silence does not push the floor out of reach.
+struct NoiseFloor {
+    levels: VecDeque<f32>,
+    cap: usize,
+}
+
+/// The floor never rises above this: a voice at -39 dBFS still passes a 6 dB gate.
+const FLOOR_MAX_DB: f32 = -45.0;
+const FLOOR_MIN_DB: f32 = -100.0;
+
+impl NoiseFloor {
+    fn new(cap: usize) -> Self {
+        NoiseFloor {
+            levels: VecDeque::with_capacity(cap),
+            cap,
+        }
+    }
+
+    fn push(&mut self, level_db: f32) {
+        if self.levels.len() == self.cap {
+            self.levels.pop_front();
+        }
+        self.levels.push_back(level_db);
+    }
+
+    fn floor_db(&self) -> f32 {
+        let min = self.levels.iter().copied().fold(f32::INFINITY, f32::min);
+        if min.is_finite() {
+            min.clamp(FLOOR_MIN_DB, FLOOR_MAX_DB)
+        } else {
+            FLOOR_MIN_DB
+        }
+    }
+}
+
+/// A frame's RMS level in dBFS (full scale = 1.0); digital silence is -120.
+fn frame_level_db(frame: &[f32]) -> f32 {
+    if frame.is_empty() {
+        return -120.0;
+    }
+    let power = frame.iter().map(|s| s * s).sum::<f32>() / frame.len() as f32;
+    (10.0 * power.max(1e-12).log10()).max(-120.0)
 }
 
 fn ms_to_samples(ms: u64) -> u64 {
@@ -315,7 +470,7 @@ fn samples_to_duration(samples: u64) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::audio::test_signal::{silence, voiced};
+    use crate::audio::test_signal::{mix, noise, silence, voiced};
 
     fn run(audio: &[f32], config: VadConfig) -> Vec<VadEvent> {
         let mut ep = Endpointer::new(config);
@@ -447,5 +602,157 @@ mod tests {
         // The audio begins before the voiced part: its first pre-roll samples are silent.
         assert!(u.samples[..1000].iter().all(|s| s.abs() < 1e-6));
         assert!(u.samples.len() >= 16 * 1000);
+    }
+
+    /// Speech between stretches of silence, all under line noise at `dbfs` (None: clean).
+    fn under_noise(dbfs: Option<f32>, parts: &[(bool, u64)]) -> Vec<f32> {
+        let mut audio = Vec::new();
+        for &(speech, ms) in parts {
+            audio.extend(if speech { speechlike(ms) } else { silence(ms) });
+        }
+        if let Some(level) = dbfs {
+            let hiss = noise(audio.len() as u64 / 16 + 1, level, 7);
+            mix(&mut audio, &hiss);
+        }
+        audio
+    }
+
+    /// The events without their audio, for assertion messages.
+    fn summary(events: &[VadEvent]) -> Vec<String> {
+        events
+            .iter()
+            .map(|e| match e {
+                VadEvent::Utterance(u) => {
+                    format!("utterance {:?}-{:?} {:?}", u.start, u.end, u.reason)
+                }
+                other => format!("{other:?}"),
+            })
+            .collect()
+    }
+
+    fn dither(ms: u64) -> Vec<f32> {
+        // +-1 LSB of 16-bit audio, as a codec's or a sound card's dither leaves in silence.
+        noise(ms, -81.0, 3)
+            .into_iter()
+            .map(|s| (s * 32768.0 * 1.7).round().clamp(-1.0, 1.0) / 32768.0)
+            .collect()
+    }
+
+    #[test]
+    fn line_noise_alone_makes_no_turn() {
+        for level in [-80.0, -65.0, -50.0] {
+            let events = run(&noise(5000, level, 11), VadConfig::default());
+            assert!(
+                utterances(&events).is_empty(),
+                "{level} dBFS: {:?}",
+                summary(&events)
+            );
+        }
+        let events = run(&dither(5000), VadConfig::default());
+        assert!(
+            utterances(&events).is_empty(),
+            "dither: {:?}",
+            summary(&events)
+        );
+    }
+
+    #[test]
+    fn endpoint_under_line_noise_is_near_the_real_end() {
+        let config = VadConfig::default();
+        for level in [None, Some(-80.0), Some(-65.0), Some(-50.0)] {
+            let audio = under_noise(level, &[(false, 1000), (true, 1500), (false, 2000)]);
+            let events = run(&audio, config.clone());
+            let utts = utterances(&events);
+            assert_eq!(utts.len(), 1, "{level:?}: {:?}", summary(&events));
+            let real_end = Duration::from_millis(2500);
+            let u = utts[0];
+            assert_eq!(u.reason, EndReason::Silence, "{level:?}");
+            assert!(
+                u.end <= real_end + Duration::from_millis(300),
+                "{level:?}: last voiced frame at {:?}",
+                u.end
+            );
+            assert!(
+                u.decided_at <= real_end + Duration::from_millis(config.end_silence_ms + 300),
+                "{level:?}: decided at {:?}",
+                u.decided_at
+            );
+        }
+        let mut audio = dither(1000);
+        audio.extend(speechlike(1500));
+        audio.extend(dither(2000));
+        let utts_events = run(&audio, config);
+        let u = utterances(&utts_events)[0];
+        assert!(u.end <= Duration::from_millis(2800), "dither: {:?}", u.end);
+    }
+
+    #[test]
+    fn pauses_are_reported_and_a_turn_can_end_at_one() {
+        let config = VadConfig {
+            end_silence_ms: 1000,
+            ..VadConfig::default()
+        };
+        let mut ep = Endpointer::new(config);
+        let mut events = Vec::new();
+        let audio = under_noise(None, &[(false, 500), (true, 1000), (false, 300)]);
+        for frame in audio.chunks(320) {
+            ep.push(frame, &mut events);
+        }
+        let paused: Vec<_> = events
+            .iter()
+            .filter_map(|e| match e {
+                VadEvent::Paused { seq, silence, .. } => Some((*seq, *silence)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(paused.len(), 1, "{:?}", summary(&events));
+        let (seq, silence) = paused[0];
+        assert!(silence >= Duration::from_millis(200));
+        let audio_at_pause = ep.pause_audio().expect("in a pause").to_vec();
+        assert!(
+            !ep.end_turn(seq + 1, &mut events),
+            "a pause that is not this one"
+        );
+        events.clear();
+        assert!(ep.end_turn(seq, &mut events));
+        let u = utterances(&events)[0];
+        assert_eq!(u.reason, EndReason::TurnComplete);
+        assert_eq!(u.pause, Some(seq));
+        assert_eq!(u.samples, audio_at_pause);
+        assert!(!ep.end_turn(seq, &mut events), "already ended");
+    }
+
+    #[test]
+    fn speaking_again_ends_the_pause() {
+        let mut ep = Endpointer::new(VadConfig::default());
+        let mut events = Vec::new();
+        let audio = under_noise(
+            None,
+            &[(false, 300), (true, 800), (false, 400), (true, 800)],
+        );
+        for frame in audio.chunks(320) {
+            ep.push(frame, &mut events);
+        }
+        let first = events
+            .iter()
+            .find_map(|e| match e {
+                VadEvent::Paused { seq, .. } => Some(*seq),
+                _ => None,
+            })
+            .expect("a pause between the two parts");
+        assert!(ep.pause_audio().is_none(), "talking again");
+        assert!(!ep.end_turn(first, &mut events));
+        let mut rest = Vec::new();
+        for frame in silence(1000).chunks(320) {
+            ep.push(frame, &mut rest);
+        }
+        let u = utterances(&rest)[0];
+        assert_eq!(u.reason, EndReason::Silence);
+        assert_eq!(
+            u.pause,
+            Some(first + 1),
+            "the utterance ended in its second pause"
+        );
+        assert!(u.samples.len() >= 16 * 2000);
     }
 }
