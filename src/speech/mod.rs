@@ -8,5 +8,6 @@ pub mod pool;
 pub mod prosody;
 pub mod tts;
 pub mod tts_cache;
+pub mod turn_end;
 pub mod vad;
 pub mod voice;

@@ -294,9 +294,10 @@ impl SpeechRecognizer for Conditioned {
     }
 }
 
-/// Per-inference engine state (whisper's decoder state, Moonshine's ONNX sessions: both need
-/// exclusive access while they run) kept for reuse: a decode takes an idle one, or makes one
-/// when all are busy, and gives it back, so there are as many as the peak concurrency.
+/// Per-inference engine state (whisper's decoder state, the ONNX sessions of Moonshine and of
+/// Smart Turn: all need exclusive access while they run) kept for reuse: a decode takes an idle
+/// one, or makes one when all are busy, and gives it back, so there are as many as the peak
+/// concurrency.
 pub(crate) struct Reusable<T>(Mutex<Vec<T>>);
 
 impl<T> Reusable<T> {
@@ -306,11 +307,11 @@ impl<T> Reusable<T> {
 
     /// Runs `f` with an idle item, or one from `make`; the item is kept for later whatever
     /// `f` returns.
-    pub(crate) fn with<R>(
+    pub(crate) fn with<R, E>(
         &self,
-        make: impl FnOnce() -> Result<T, AsrError>,
+        make: impl FnOnce() -> Result<T, E>,
         f: impl FnOnce(&mut T) -> R,
-    ) -> Result<R, AsrError> {
+    ) -> Result<R, E> {
         let reused = self.0.lock().ok().and_then(|mut idle| idle.pop());
         let mut item = match reused {
             Some(item) => item,
