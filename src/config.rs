@@ -80,6 +80,7 @@ impl Default for PoolConfig {
 pub struct GatewayConfig {
     pub asr: AsrConfig,
     pub vad: VadConfig,
+    pub turn: crate::speech::turn_end::TurnConfig,
     pub tts: TtsConfig,
     pub pool: PoolConfig,
     pub flows: FlowsConfig,
@@ -127,6 +128,21 @@ impl GatewayConfig {
         }
         if v.pre_roll_ms > 1_000 {
             return bad("vad.pre_roll_ms", "must be at most 1000 ms");
+        }
+        if v.pause_ms != 0 && (v.pause_ms < 100 || v.pause_ms >= v.end_silence_ms) {
+            return bad(
+                "vad.pause_ms",
+                "must be 0 (no pause events) or between 100 ms and end_silence_ms",
+            );
+        }
+        if !(0.0..=40.0).contains(&v.noise_margin_db) {
+            return bad("vad.noise_margin_db", "must be between 0 and 40 dB");
+        }
+        if v.noise_window_ms < 500 || v.noise_window_ms > 30_000 {
+            return bad("vad.noise_window_ms", "must be between 500 and 30000 ms");
+        }
+        if !(0.05..=0.99).contains(&self.turn.threshold) {
+            return bad("turn.threshold", "must be between 0.05 and 0.99");
         }
         if v.max_utterance_ms < 1_000 || v.max_utterance_ms > 30_000 {
             return bad(

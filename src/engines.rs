@@ -14,6 +14,7 @@ use crate::speech::asr::{self, AsrError};
 use crate::speech::pool::InferencePool;
 use crate::speech::tts::SpeechSynthesizer;
 use crate::speech::tts_cache::{CacheLimits, CachedSynthesizer};
+use crate::speech::turn_end::TurnEndModel;
 use crate::speech::voice::{TtsEngine, Voice, VoiceStyle};
 
 /// Why the engines could not be started.
@@ -173,6 +174,7 @@ pub fn load(config: GatewayConfig) -> Result<Engines, LoadError> {
     // At the pipeline's rate, so cached units are used as they are.
     let tts = Voice::load(&config.tts).at_rate(crate::audio::SPEECH_RATE);
     let pool = InferencePool::new(config.pool.workers, config.pool.queue);
+    let turn_end = load_turn_end(&config);
     Ok(Engines {
         config: Arc::new(config),
         asr,
@@ -182,7 +184,28 @@ pub fn load(config: GatewayConfig) -> Result<Engines, LoadError> {
         )),
         flows: Arc::new(FlowStore::new(flows)),
         pool,
+        turn_end,
     })
+}
+
+/// The turn-end model, or none (configured off, or it cannot load: the gateway still answers,
+/// each turn then ending after `vad.end_silence_ms` of silence, and says so).
+fn load_turn_end(config: &GatewayConfig) -> Option<Arc<TurnEndModel>> {
+    let path = &config.turn.model;
+    if path.as_os_str().is_empty() {
+        tracing::info!("no turn-end model ([turn] model is empty): turns end after vad.end_silence_ms of silence");
+        return None;
+    }
+    match TurnEndModel::load(&config.asr.onnx_library, path) {
+        Ok(model) => {
+            tracing::info!(model = %path.display(), threshold = config.turn.threshold, "turn-end model loaded");
+            Some(Arc::new(model))
+        }
+        Err(e) => {
+            tracing::error!(error = %e, end_silence_ms = config.vad.end_silence_ms, "the turn-end model cannot load: every turn ends after the longest silence");
+            None
+        }
+    }
 }
 
 #[cfg(test)]
@@ -236,6 +259,7 @@ mod tests {
             )),
             flows: Arc::new(FlowStore::new(flows)),
             pool: InferencePool::new(1, 4),
+            turn_end: None,
         };
         let set = engines.flows.current();
         let units = fixed_prompt_units(engines.tts.as_ref(), &set);

@@ -61,6 +61,10 @@ pub struct TurnReport {
     pub timings: TurnTimings,
     /// A fault on this turn (recognition or synthesis failed), the call went on regardless.
     pub fault: Option<String>,
+    /// How the end of the turn was decided: the turn-end model's score, the silence waited,
+    /// whether the transcript was ready at the pause (none without a turn-end judge, or for
+    /// a DTMF turn).
+    pub turn_end: Option<crate::speech::turn_end::TurnEndNote>,
 }
 
 /// How a call ended for the bot.

@@ -115,6 +115,7 @@ pub fn fixture(with_dir: bool) -> Fixture {
         )),
         flows: Arc::new(crate::flows::FlowStore::new(flows)),
         pool: InferencePool::new(1, 8),
+        turn_end: None,
     };
     let hub = Arc::new(HandoverHub::new());
     let state = Arc::new(

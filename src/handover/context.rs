@@ -646,6 +646,7 @@ mod tests {
             }),
             timings: TurnTimings::default(),
             fault: None,
+            turn_end: None,
         }
     }
 

@@ -33,10 +33,11 @@ use crate::report::{CallOutcome, CallReport, HeardLine, TurnReport, TurnTimings}
 use crate::speech::asr::stream::{PartialOutcome, PartialSchedule};
 use crate::speech::asr::vocabulary::{Dictionary, Vocabulary};
 use crate::speech::asr::{AsrError, Pass, SpeechRecognizer, Transcript};
-use crate::speech::pool::{InferencePool, PoolError};
+use crate::speech::pool::{InferencePool, PoolError, Priority};
 use crate::speech::prosody;
 use crate::speech::tts::{SpeechSynthesizer, TtsError};
 use crate::speech::tts_cache::CachedSynthesizer;
+use crate::speech::turn_end::{self, TurnEndModel, TurnEndNote};
 use crate::speech::vad::{Endpointer, Utterance, VadEvent};
 use crate::speech::voice::VoiceStyle;
 
@@ -129,15 +130,198 @@ pub struct Engines {
     pub tts: Arc<CachedSynthesizer>,
     pub flows: Arc<FlowStore>,
     pub pool: InferencePool,
+    /// Smart Turn, when configured and loaded: ends turns at short pauses.
+    pub turn_end: Option<Arc<TurnEndModel>>,
 }
 
 /// What the listen stage passes on.
 enum Heard {
-    Utterance(Utterance),
+    Utterance(Box<HeardTurn>),
     Partial(PartialLine),
     Dtmf { digit: char, at: Duration },
     Resume,
     End { at: Duration },
+}
+
+/// A finished utterance, with what was learnt about it at its last pause.
+struct HeardTurn {
+    utterance: Utterance,
+    /// Recognised at the pause, on exactly this audio.
+    early: Option<Early>,
+    /// How its end was decided (with a turn-end judge).
+    turn_end: Option<TurnEndNote>,
+}
+
+/// A turn recognised at a pause, before its end was confirmed.
+struct Early {
+    /// The pause it was made in, and how many samples it heard.
+    seq: u64,
+    len: usize,
+    transcript: Result<Transcript, String>,
+    voice: prosody::Prosody,
+}
+
+/// What a check at a pause came back with.
+struct PauseCheck {
+    seq: u64,
+    score: Option<f32>,
+    early: Option<Early>,
+}
+
+/// The end of turn for one call's listen stage: at each pause it scores the turn-end model
+/// (and, at the first pause of a stretch of silence, recognises the turn so far), on the pool
+/// as turn work, and says when the turn is complete. One check runs at a time.
+struct TurnJudge {
+    model: Option<Arc<TurnEndModel>>,
+    asr: Arc<dyn SpeechRecognizer>,
+    pool: InferencePool,
+    threshold: f32,
+    speculative: bool,
+    done_tx: mpsc::Sender<PauseCheck>,
+    done_rx: mpsc::Receiver<PauseCheck>,
+    /// The check running: its pause, the media time it started at, and when.
+    pending: Option<(u64, Duration, Instant)>,
+    early: Option<Early>,
+    /// The last score, and its pause.
+    score: Option<(u64, f32)>,
+}
+
+impl TurnJudge {
+    /// None when there is nothing to do at a pause (no model, no speculative recognition).
+    fn new(engines: &Engines) -> Option<Self> {
+        let config = &engines.config.turn;
+        if engines.turn_end.is_none() && !config.speculative {
+            return None;
+        }
+        let (done_tx, done_rx) = mpsc::channel(2);
+        Some(TurnJudge {
+            model: engines.turn_end.clone(),
+            asr: engines.asr.clone(),
+            pool: engines.pool.clone(),
+            threshold: config.threshold,
+            speculative: config.speculative,
+            done_tx,
+            done_rx,
+            pending: None,
+            early: None,
+            score: None,
+        })
+    }
+
+    /// Whether `item` must wait for the running check: it lies beyond the media time at which
+    /// the check's answer is known (the pause plus the check's cost so far). On a live call
+    /// that is a frame not yet arrived, so nothing waits; a file fed faster than real time
+    /// waits, and so meets the same decision at the same media time as a call would.
+    fn holds(&self, item: &CallInput) -> bool {
+        let Some((_, at, started)) = self.pending else {
+            return false;
+        };
+        match item {
+            CallInput::Audio(frame) => frame.at >= at + started.elapsed(),
+            _ => true,
+        }
+    }
+
+    /// The caller has been silent a while in pause `seq` (media time `at`): starts a check
+    /// unless one runs.
+    fn paused(&mut self, seq: u64, at: Duration, endpointer: &Endpointer) {
+        if self.pending.is_some() {
+            return;
+        }
+        let Some(audio) = endpointer.pause_audio() else {
+            return;
+        };
+        let recognise = self.speculative && self.early.as_ref().is_none_or(|e| e.seq != seq);
+        if self.model.is_none() && !recognise {
+            return;
+        }
+        self.pending = Some((seq, at, Instant::now()));
+        let samples = audio.to_vec();
+        let (model, asr, pool, done) = (
+            self.model.clone(),
+            self.asr.clone(),
+            self.pool.clone(),
+            self.done_tx.clone(),
+        );
+        tokio::spawn(async move {
+            let job = move || {
+                let score = model.and_then(|m| match m.score(&samples) {
+                    Ok(p) => Some(p),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "turn-end model failed; the turn ends on silence");
+                        None
+                    }
+                });
+                let early = recognise.then(|| Early {
+                    seq,
+                    len: samples.len(),
+                    transcript: asr.transcribe(&samples).map_err(|e| e.to_string()),
+                    voice: prosody::analyze(&samples),
+                });
+                PauseCheck { seq, score, early }
+            };
+            let check = pool.run(job).await.unwrap_or(PauseCheck {
+                seq,
+                score: None,
+                early: None,
+            });
+            let _ = done.send(check).await;
+        });
+    }
+
+    /// A check came back: the pause at which the turn is complete, if it is.
+    fn done(&mut self, check: PauseCheck) -> Option<u64> {
+        self.pending = None;
+        if let Some(early) = check.early {
+            self.early = Some(early);
+        }
+        if let Some(p) = check.score {
+            self.score = Some((check.seq, p));
+        }
+        let text = self
+            .early
+            .as_ref()
+            .filter(|e| e.seq == check.seq)
+            .and_then(|e| e.transcript.as_ref().ok())
+            .map(|t| t.text.as_str());
+        let complete = turn_end::turn_is_complete(check.score, self.threshold, text);
+        tracing::debug!(
+            pause = check.seq,
+            score = check.score,
+            text = text.unwrap_or(""),
+            complete,
+            "turn-end check"
+        );
+        complete.then_some(check.seq)
+    }
+
+    /// What goes with a finished utterance: the early transcript when it heard exactly this
+    /// audio, and how the end was decided.
+    fn finish(&mut self, u: &Utterance) -> (Option<Early>, TurnEndNote) {
+        let early = self
+            .early
+            .take()
+            .filter(|e| Some(e.seq) == u.pause && e.len == u.samples.len());
+        let score = self
+            .score
+            .take()
+            .filter(|(seq, _)| Some(*seq) == u.pause)
+            .map(|(_, p)| p);
+        let note = TurnEndNote {
+            score,
+            silence_ms: u.decided_at.saturating_sub(u.end).as_millis() as u64,
+            early_transcript: early.is_some(),
+        };
+        (early, note)
+    }
+}
+
+/// The next check to come back; never, without a judge.
+async fn next_check(judge: &mut Option<TurnJudge>) -> Option<PauseCheck> {
+    match judge {
+        Some(j) => j.done_rx.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// How a call's pipeline behaves once the bot has handed the call over, and how the call
@@ -193,11 +377,13 @@ pub async fn run_call_with(
 ) -> Result<CallReport, PipelineError> {
     let (heard_tx, heard_rx) = mpsc::channel(STAGE_QUEUE);
     let partials = Partials::new(&engines);
+    let judge = TurnJudge::new(&engines);
     let listen = tokio::spawn(listen_stage(
         engines.config.clone(),
         input,
         heard_tx,
         partials,
+        judge,
     ));
     let respond = respond_stage(engines, flow, heard_rx, output, options).await;
     // The listen stage ends when its input ends or when respond stops listening.
@@ -273,7 +459,7 @@ impl Partials {
                 let result = asr.decode(&samples, Pass::Partial);
                 (result, started.elapsed())
             };
-            let (text, cost) = match pool.run(job).await {
+            let (text, cost) = match pool.run_as(Priority::Background, job).await {
                 Ok((Ok(t), cost)) => (t.text, cost),
                 Ok((Err(e), cost)) => {
                     tracing::debug!(error = %e, "partial recognition failed");
@@ -325,15 +511,26 @@ async fn listen_stage(
     mut input: mpsc::Receiver<CallInput>,
     heard: mpsc::Sender<Heard>,
     mut partials: Option<Partials>,
+    mut judge: Option<TurnJudge>,
 ) -> Result<(), PipelineError> {
     let mut endpointer = Endpointer::new(config.vad.clone());
     let mut resampler: Option<(u32, StreamResampler)> = None;
     let mut speech = Vec::with_capacity(SPEECH_RATE as usize / 25);
     let mut events = Vec::new();
     let mut last_end = Duration::ZERO;
+    // Input that waits for a turn-end check (see `TurnJudge::holds`).
+    let mut held: Option<CallInput> = None;
     loop {
         let item = tokio::select! {
             biased;
+            Some(check) = next_check(&mut judge) => {
+                if let Some(seq) = judge.as_mut().and_then(|j| j.done(check)) {
+                    if endpointer.end_turn(seq, &mut events) {
+                        tracing::debug!(pause = seq, "the caller is done: turn ends at the pause");
+                    }
+                }
+                held.take()
+            }
             Some(done) = next_partial(&mut partials) => {
                 if let Some(line) = partials.as_mut().and_then(|p| p.done(done)) {
                     // Partials are disposable: a full queue drops one rather than wait.
@@ -341,48 +538,61 @@ async fn listen_stage(
                 }
                 continue;
             }
-            item = input.recv() => item.unwrap_or(CallInput::End),
+            item = input.recv(), if held.is_none() => {
+                let item = item.unwrap_or(CallInput::End);
+                if judge.as_ref().is_some_and(|j| j.holds(&item)) {
+                    held = Some(item);
+                    continue;
+                }
+                Some(item)
+            }
         };
-        let is_end = matches!(item, CallInput::End);
+        let is_end = matches!(item, Some(CallInput::End));
         match item {
-            CallInput::Audio(frame) => {
-                last_end = frame.at
-                    + Duration::from_micros(
-                        frame.samples.len() as u64 * 1_000_000 / u64::from(frame.rate.max(1)),
-                    );
-                let rs = match &mut resampler {
-                    Some((rate, rs)) if *rate == frame.rate => rs,
-                    _ => {
-                        // A codec change mid-call (re-INVITE) restarts the converter.
-                        if let Some((_, mut old)) = resampler.take() {
-                            old.finish(&mut speech)?;
+            None => {}
+            Some(item) => match item {
+                CallInput::Audio(frame) => {
+                    last_end = frame.at
+                        + Duration::from_micros(
+                            frame.samples.len() as u64 * 1_000_000 / u64::from(frame.rate.max(1)),
+                        );
+                    let rs = match &mut resampler {
+                        Some((rate, rs)) if *rate == frame.rate => rs,
+                        _ => {
+                            // A codec change mid-call (re-INVITE) restarts the converter.
+                            if let Some((_, mut old)) = resampler.take() {
+                                old.finish(&mut speech)?;
+                            }
+                            &mut resampler
+                                .insert((
+                                    frame.rate,
+                                    StreamResampler::new(frame.rate, SPEECH_RATE)?,
+                                ))
+                                .1
                         }
-                        &mut resampler
-                            .insert((frame.rate, StreamResampler::new(frame.rate, SPEECH_RATE)?))
-                            .1
-                    }
-                };
-                rs.push(&frame.samples, &mut speech)?;
-                endpointer.push(&speech, &mut events);
-                speech.clear();
-            }
-            CallInput::Dtmf { digit, at } => {
-                if heard.send(Heard::Dtmf { digit, at }).await.is_err() {
-                    return Ok(());
-                }
-            }
-            CallInput::Resume => {
-                if heard.send(Heard::Resume).await.is_err() {
-                    return Ok(());
-                }
-            }
-            CallInput::End => {
-                if let Some((_, rs)) = resampler.as_mut() {
-                    rs.finish(&mut speech)?;
+                    };
+                    rs.push(&frame.samples, &mut speech)?;
                     endpointer.push(&speech, &mut events);
+                    speech.clear();
                 }
-                endpointer.finish(&mut events);
-            }
+                CallInput::Dtmf { digit, at } => {
+                    if heard.send(Heard::Dtmf { digit, at }).await.is_err() {
+                        return Ok(());
+                    }
+                }
+                CallInput::Resume => {
+                    if heard.send(Heard::Resume).await.is_err() {
+                        return Ok(());
+                    }
+                }
+                CallInput::End => {
+                    if let Some((_, rs)) = resampler.as_mut() {
+                        rs.finish(&mut speech)?;
+                        endpointer.push(&speech, &mut events);
+                    }
+                    endpointer.finish(&mut events);
+                }
+            },
         }
         for event in events.drain(..) {
             match event {
@@ -395,7 +605,11 @@ async fn listen_stage(
                         ));
                     }
                 }
-                VadEvent::Paused { .. } => {}
+                VadEvent::Paused { seq, at, .. } => {
+                    if let Some(j) = judge.as_mut() {
+                        j.paused(seq, at, &endpointer);
+                    }
+                }
                 VadEvent::Utterance(u) => {
                     if let Some(p) = partials.as_mut() {
                         p.schedule.end();
@@ -406,7 +620,19 @@ async fn listen_stage(
                         reason = ?u.reason,
                         "end of utterance"
                     );
-                    if heard.send(Heard::Utterance(u)).await.is_err() {
+                    let (early, turn_end) = match judge.as_mut() {
+                        Some(j) => {
+                            let (early, note) = j.finish(&u);
+                            (early, Some(note))
+                        }
+                        None => (None, None),
+                    };
+                    let turn = HeardTurn {
+                        utterance: u,
+                        early,
+                        turn_end,
+                    };
+                    if heard.send(Heard::Utterance(Box::new(turn))).await.is_err() {
                         return Ok(()); // the respond stage is done with this call
                     }
                 }
@@ -426,7 +652,9 @@ async fn listen_stage(
             return Ok(());
         }
         if let Some(p) = partials.as_mut() {
-            p.poll(&endpointer);
+            if endpointer.pause_audio().is_none() {
+                p.poll(&endpointer); // a pause has its own, final-quality, pass
+            }
         }
     }
 }
@@ -476,8 +704,8 @@ async fn respond_stage(
                     caller_audio = at;
                     break;
                 }
-                Heard::Utterance(u) => {
-                    if let Some(line) = transcribe_line(&engines, &u, "caller").await {
+                Heard::Utterance(turn) => {
+                    if let Some(line) = transcribe_line(&engines, &turn.utterance, "caller").await {
                         let _ = output.send(CallOutput::Heard(line.clone())).await;
                         after_handover.push(line);
                     }
@@ -496,6 +724,7 @@ async fn respond_stage(
             }
             continue;
         }
+        let mut turn_note = None;
         let (caller_turn, decided_at, utterance) = match item {
             Heard::End { at } => {
                 caller_audio = at;
@@ -508,10 +737,16 @@ async fn respond_stage(
                 };
                 (turn, at, None)
             }
-            Heard::Utterance(u) => {
+            Heard::Utterance(turn) => {
                 let turn_started = Instant::now();
+                let HeardTurn {
+                    utterance: u,
+                    early,
+                    turn_end,
+                } = *turn;
+                turn_note = turn_end;
                 let (transcript, voice) =
-                    recognise(&engines, vocabulary.as_ref(), &u, &mut fault).await;
+                    recognise(&engines, vocabulary.as_ref(), &u, early, &mut fault).await;
                 // A click or a breath at the start of a call can pass the VAD and come back from
                 // whisper as a one-word hallucination ("you"). A very short utterance that the
                 // recogniser itself doubts is noise, not a turn: the bot stays quiet instead of
@@ -576,6 +811,7 @@ async fn respond_stage(
             tts_time,
         );
         report.fault = fault;
+        report.turn_end = turn_note;
         log_decision(&report);
         crate::admin::metrics::observe_turn(&report.timings, utterance.is_some());
         let total = report.timings.total;
@@ -638,19 +874,30 @@ async fn respond_stage(
 /// (plain DSP, a few ms), and corrects it to the flow's vocabulary. A failed recognition must
 /// not drop the call: the turn counts as not understood (confidence 0, `fault` says why), so
 /// the dialog asks again or escalates.
+///
+/// A turn recognised at its last pause (`early`, on exactly this audio) is not decoded again.
 async fn recognise(
     engines: &Engines,
     vocabulary: Option<&Vocabulary>,
     u: &Utterance,
+    early: Option<Early>,
     fault: &mut Option<String>,
 ) -> (Transcript, Option<prosody::Prosody>) {
-    let samples = u.samples.clone();
-    let asr = engines.asr.clone();
-    let job = move || (asr.transcribe(&samples), prosody::analyze(&samples));
-    let (transcript, voice) = match engines.pool.run(job).await {
-        Ok((Ok(t), voice)) => (t, Some(voice)),
-        Ok((Err(e), voice)) => (failed_transcript(fault, e.to_string()), Some(voice)),
-        Err(e) => (failed_transcript(fault, e.to_string()), None),
+    let (transcript, voice) = match early {
+        Some(early) => match early.transcript {
+            Ok(t) => (t, Some(early.voice)),
+            Err(e) => (failed_transcript(fault, e), Some(early.voice)),
+        },
+        None => {
+            let samples = u.samples.clone();
+            let asr = engines.asr.clone();
+            let job = move || (asr.transcribe(&samples), prosody::analyze(&samples));
+            match engines.pool.run(job).await {
+                Ok((Ok(t), voice)) => (t, Some(voice)),
+                Ok((Err(e), voice)) => (failed_transcript(fault, e.to_string()), Some(voice)),
+                Err(e) => (failed_transcript(fault, e.to_string()), None),
+            }
+        }
     };
     let transcript = match vocabulary {
         Some(v) => corrected(v, transcript),
@@ -735,12 +982,18 @@ pub async fn run_transcriber(
     output: mpsc::Sender<HeardLine>,
 ) -> Result<Vec<HeardLine>, PipelineError> {
     let (heard_tx, mut heard_rx) = mpsc::channel(STAGE_QUEUE);
-    let listen = tokio::spawn(listen_stage(engines.config.clone(), input, heard_tx, None));
+    let listen = tokio::spawn(listen_stage(
+        engines.config.clone(),
+        input,
+        heard_tx,
+        None,
+        None,
+    ));
     let mut lines = Vec::new();
     while let Some(item) = heard_rx.recv().await {
         match item {
-            Heard::Utterance(u) => {
-                if let Some(line) = transcribe_line(&engines, &u, "agent").await {
+            Heard::Utterance(turn) => {
+                if let Some(line) = transcribe_line(&engines, &turn.utterance, "agent").await {
                     let _ = output.send(line.clone()).await;
                     lines.push(line);
                 }
@@ -810,7 +1063,12 @@ impl<'a> Speaker<'a> {
         self.generation = self.cancel.generation();
         self.pending = self.engines.tts.units(text).into();
         match self.pending.pop_front() {
-            Some(unit) => Ok(Some(synthesize(self.engines, &unit, self.style).await?)),
+            Some(unit) => {
+                let mut audio = synthesize(self.engines, &unit, self.style, Priority::Turn).await?;
+                // The caller waits through any silence before the first word.
+                crate::audio::trim_leading_silence(&mut audio.samples, audio.rate);
+                Ok(Some(audio))
+            }
             None => Ok(None),
         }
     }
@@ -851,7 +1109,8 @@ impl<'a> Speaker<'a> {
                 self.pending.clear();
                 break;
             }
-            let audio = synthesize(self.engines, &unit, self.style).await?;
+            // The caller is already hearing the first unit: the others wait behind turn work.
+            let audio = synthesize(self.engines, &unit, self.style, Priority::Background).await?;
             self.send(kind, text, audio, ready_at, true).await;
         }
         Ok(())
@@ -873,11 +1132,12 @@ impl<'a> Speaker<'a> {
     }
 }
 
-/// One unit in `style` on the inference pool, at [`SPEECH_RATE`].
+/// One unit in `style` on the inference pool (with `priority`), at [`SPEECH_RATE`].
 async fn synthesize(
     engines: &Engines,
     text: &str,
     style: VoiceStyle,
+    priority: Priority,
 ) -> Result<MonoAudio, PipelineError> {
     // A unit the prompt cache holds (a fixed prompt) does not queue behind recognition.
     let speech = match engines.tts.cached(text, &style) {
@@ -887,7 +1147,7 @@ async fn synthesize(
             let owned = text.to_string();
             engines
                 .pool
-                .run(move || tts.synthesize_in(&owned, &style))
+                .run_as(priority, move || tts.synthesize_in(&owned, &style))
                 .await??
         }
     };
@@ -913,7 +1173,11 @@ pub async fn synthesize_text(
 ) -> Result<MonoAudio, PipelineError> {
     let mut samples = Vec::new();
     for unit in engines.tts.units(text) {
-        samples.extend(synthesize(engines, &unit, style).await?.samples);
+        samples.extend(
+            synthesize(engines, &unit, style, Priority::Turn)
+                .await?
+                .samples,
+        );
     }
     Ok(MonoAudio {
         samples,
@@ -976,6 +1240,7 @@ pub(crate) fn make_report(
             total,
         },
         fault: None,
+        turn_end: None,
     }
 }
 
@@ -1083,6 +1348,7 @@ mod tests {
             )),
             flows: Arc::new(FlowStore::new(flows)),
             pool: InferencePool::new(1, 4),
+            turn_end: None,
         };
         (engines, asr)
     }

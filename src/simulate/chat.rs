@@ -121,6 +121,7 @@ mod tests {
             )),
             flows: Arc::new(FlowStore::new(flows)),
             pool: InferencePool::new(1, 4),
+            turn_end: None,
         }
     }
 

@@ -442,6 +442,7 @@ wav = "audio/x.wav"
             emotion: None,
             timings: Default::default(),
             fault: None,
+            turn_end: None,
         }
     }
 

@@ -341,6 +341,96 @@ fn signature(session: &Session) -> Result<String, String> {
         .ok_or_else(|| "the model has no output".into())
 }
 
+/// End-of-turn settings (`[turn]` in the gateway configuration).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TurnConfig {
+    /// The Smart Turn model; empty: no model (turns end after `vad.end_silence_ms`).
+    pub model: PathBuf,
+    /// Probability at or above which a pause ends the turn.
+    pub threshold: f32,
+    /// Recognise the turn at its first pause, before it is confirmed over, so the answer is
+    /// ready when it is (the transcript is kept when the caller stays silent, dropped when
+    /// they go on).
+    pub speculative: bool,
+}
+
+impl Default for TurnConfig {
+    fn default() -> Self {
+        TurnConfig {
+            model: PathBuf::from(DEFAULT_MODEL),
+            threshold: 0.5,
+            speculative: true,
+        }
+    }
+}
+
+/// How a turn's end was decided (in the turn report).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct TurnEndNote {
+    /// The turn-end model's last score in the pause that ended the turn (none: not scored).
+    pub score: Option<f32>,
+    /// Silence after the last voiced frame when the turn was declared over.
+    pub silence_ms: u64,
+    /// Whether the transcript was made at the pause, before the end was confirmed.
+    pub early_transcript: bool,
+}
+
+/// Words no finished sentence ends on: a transcript ending with one is waited for, whatever
+/// its punctuation and whatever the audio model says ("my order number is ..."; a recogniser
+/// often closes such a fragment with a full stop, and a caller reading out a number pauses
+/// with a falling voice).
+const NEVER_LAST: &[&str] = &[
+    "a", "an", "and", "because", "but", "by", "er", "erm", "for", "from", "if", "my", "number",
+    "of", "or", "our", "the", "to", "uh", "um", "with", "your",
+];
+/// Copulas: "my order number is" waits, "where my parcel is" (a question word before it)
+/// does not.
+const COPULAS: &[&str] = &["is", "are", "was", "were", "it's"];
+const QUESTION_WORDS: &[&str] = &["where", "what", "who", "how", "which", "when", "whatever"];
+/// Words that end few sentences, heeded only when the recogniser did not close the sentence.
+const RARELY_LAST: &[&str] = &["at", "hmm", "i", "i'm", "in", "on", "so", "that"];
+
+/// Whether `transcript` reads as cut off mid-sentence: it trails off ("...", a comma), or
+/// its last word asks for more.
+pub fn sounds_unfinished(transcript: &str) -> bool {
+    let trimmed = transcript.trim_end();
+    if trimmed.ends_with(',') || trimmed.ends_with("...") || trimmed.ends_with('-') {
+        return true;
+    }
+    let words: Vec<String> = trimmed
+        .split_whitespace()
+        .map(|w| {
+            w.chars()
+                .filter(|c| c.is_alphanumeric() || *c == '\'')
+                .flat_map(char::to_lowercase)
+                .collect()
+        })
+        .collect();
+    let Some(last) = words.last().map(String::as_str) else {
+        return false;
+    };
+    if NEVER_LAST.contains(&last) {
+        return true;
+    }
+    if COPULAS.contains(&last) {
+        return !words.iter().any(|w| QUESTION_WORDS.contains(&w.as_str()));
+    }
+    let closed = trimmed.ends_with(['.', '?', '!']);
+    !closed && RARELY_LAST.contains(&last)
+}
+
+/// The decision at a pause: is the turn over? The audio model decides; a transcript that
+/// reads as unfinished overrides a "complete" (the model hears intonation, not grammar, and a
+/// caller reading out a number pauses with a falling voice). Without a score the turn is not
+/// ended early: the endpointer's longest silence ends it.
+pub fn turn_is_complete(score: Option<f32>, threshold: f32, transcript: Option<&str>) -> bool {
+    match score {
+        Some(p) if p >= threshold => !transcript.is_some_and(sounds_unfinished),
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -672,5 +762,39 @@ mod tests {
                 assert!(p < 0.2, "{text:?} cut at {frac}: {p}");
             }
         }
+    }
+
+    #[test]
+    fn an_unfinished_transcript_holds_the_turn_open() {
+        assert!(sounds_unfinished("My order number is"));
+        assert!(sounds_unfinished("I'd like to check the status of my"));
+        assert!(sounds_unfinished("It's about, um"));
+        assert!(sounds_unfinished("Well,"));
+        assert!(!sounds_unfinished("My order number is 45712."));
+        assert!(!sounds_unfinished(
+            "I would like to know where my parcel is."
+        ));
+        assert!(!sounds_unfinished(
+            "I would like to know where my parcel is"
+        ));
+        assert!(sounds_unfinished("My order number is."));
+        assert!(sounds_unfinished("It's for the."));
+        assert!(!sounds_unfinished("That's what I'm looking at."));
+        assert!(sounds_unfinished("I'm looking at"));
+        assert!(!sounds_unfinished("What are your opening hours?"));
+        assert!(!sounds_unfinished(""));
+        assert!(turn_is_complete(
+            Some(0.9),
+            0.5,
+            Some("Where is my parcel?")
+        ));
+        assert!(!turn_is_complete(Some(0.9), 0.5, Some("Where is my")));
+        assert!(!turn_is_complete(
+            Some(0.3),
+            0.5,
+            Some("Where is my parcel?")
+        ));
+        assert!(turn_is_complete(Some(0.9), 0.5, None));
+        assert!(!turn_is_complete(None, 0.5, Some("Where is my parcel?")));
     }
 }

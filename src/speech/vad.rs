@@ -68,7 +68,7 @@ impl Default for VadConfig {
         VadConfig {
             threshold: 0.5,
             min_speech_ms: 160,
-            end_silence_ms: 700,
+            end_silence_ms: 1000,
             pre_roll_ms: 240,
             onset_gap_ms: 200,
             max_utterance_ms: 15_000,
