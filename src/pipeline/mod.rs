@@ -172,7 +172,7 @@ struct PauseCheck {
 /// (and, at the first pause of a stretch of silence, recognises the turn so far), on the pool
 /// as turn work, and says when the turn is complete. One check runs at a time.
 struct TurnJudge {
-    model: Option<Arc<TurnEndModel>>,
+    model: Arc<TurnEndModel>,
     asr: Arc<dyn SpeechRecognizer>,
     pool: InferencePool,
     threshold: f32,
@@ -187,15 +187,13 @@ struct TurnJudge {
 }
 
 impl TurnJudge {
-    /// None when there is nothing to do at a pause (no model, no speculative recognition).
+    /// None without a turn-end model (turns then end on silence alone).
     fn new(engines: &Engines) -> Option<Self> {
         let config = &engines.config.turn;
-        if engines.turn_end.is_none() && !config.speculative {
-            return None;
-        }
+        let model = engines.turn_end.clone()?;
         let (done_tx, done_rx) = mpsc::channel(2);
         Some(TurnJudge {
-            model: engines.turn_end.clone(),
+            model,
             asr: engines.asr.clone(),
             pool: engines.pool.clone(),
             threshold: config.threshold,
@@ -232,11 +230,9 @@ impl TurnJudge {
             return;
         };
         let recognise = self.speculative && self.early.as_ref().is_none_or(|e| e.seq != seq);
-        if self.model.is_none() && !recognise {
-            return;
-        }
         self.pending = Some((seq, at, Instant::now()));
         let samples = audio.to_vec();
+        let threshold = self.threshold;
         let (model, asr, pool, done) = (
             self.model.clone(),
             self.asr.clone(),
@@ -245,14 +241,17 @@ impl TurnJudge {
         );
         tokio::spawn(async move {
             let job = move || {
-                let score = model.and_then(|m| match m.score(&samples) {
+                let score = match model.score(&samples) {
                     Ok(p) => Some(p),
                     Err(e) => {
                         tracing::warn!(error = %e, "turn-end model failed; the turn ends on silence");
                         None
                     }
-                });
-                let early = recognise.then(|| Early {
+                };
+                // Only a turn that sounds complete is recognised here: a pause mid-sentence
+                // (common in speech) costs the model's score, not a decode.
+                let sounds_done = score.is_some_and(|p| p >= threshold);
+                let early = (recognise && sounds_done).then(|| Early {
                     seq,
                     len: samples.len(),
                     transcript: asr.transcribe(&samples).map_err(|e| e.to_string()),

@@ -420,6 +420,8 @@ struct NoiseFloor {
 /// The floor never rises above this: a voice at -39 dBFS still passes a 6 dB gate.
 const FLOOR_MAX_DB: f32 = -45.0;
 const FLOOR_MIN_DB: f32 = -100.0;
+/// Frames quieter than this are digital silence, not line noise.
+const DIGITAL_SILENCE_DB: f32 = -90.0;
 
 impl NoiseFloor {
     fn new(cap: usize) -> Self {
@@ -430,6 +432,11 @@ impl NoiseFloor {
     }
 
     fn push(&mut self, level_db: f32) {
+        // Digital silence (before the first packet, concealment zeros) is no line's noise:
+        // counted, it would open the gate to the hiss that follows it.
+        if level_db < DIGITAL_SILENCE_DB {
+            return;
+        }
         if self.levels.len() == self.cap {
             self.levels.pop_front();
         }
@@ -524,7 +531,7 @@ mod tests {
         audio.extend(speechlike(1200));
         audio.extend(silence(1500));
         audio.extend(speechlike(900));
-        audio.extend(silence(1000));
+        audio.extend(silence(1500));
         let events = run(&audio, VadConfig::default());
         let utts = utterances(&events);
         assert_eq!(utts.len(), 2, "{events:?}");
@@ -657,6 +664,24 @@ mod tests {
     }
 
     #[test]
+    fn hiss_after_digital_silence_makes_no_turn() {
+        // A call's first packets arrive after a stretch of digital silence.
+        let mut audio = silence(1000);
+        audio.extend(noise(5000, -65.0, 5));
+        let mut ep = Endpointer::new(VadConfig::default());
+        let mut events = Vec::new();
+        for frame in audio.chunks(320) {
+            ep.push(frame, &mut events);
+        }
+        assert!(utterances(&events).is_empty(), "{:?}", summary(&events));
+        assert!(
+            (-70.0..-60.0).contains(&ep.noise_floor_db()),
+            "the floor is the hiss, not the digital silence: {}",
+            ep.noise_floor_db()
+        );
+    }
+
+    #[test]
     fn endpoint_under_line_noise_is_near_the_real_end() {
         let config = VadConfig::default();
         for level in [None, Some(-80.0), Some(-65.0), Some(-50.0)] {
@@ -743,7 +768,7 @@ mod tests {
         assert!(ep.pause_audio().is_none(), "talking again");
         assert!(!ep.end_turn(first, &mut events));
         let mut rest = Vec::new();
-        for frame in silence(1000).chunks(320) {
+        for frame in silence(1500).chunks(320) {
             ep.push(frame, &mut rest);
         }
         let u = utterances(&rest)[0];
