@@ -144,6 +144,12 @@ impl GatewayConfig {
         if !(0.05..=0.99).contains(&self.turn.threshold) {
             return bad("turn.threshold", "must be between 0.05 and 0.99");
         }
+        if self.turn.short_pause_ms > v.end_silence_ms {
+            return bad(
+                "turn.short_pause_ms",
+                "must be at most vad.end_silence_ms (the longest silence in a turn)",
+            );
+        }
         if v.max_utterance_ms < 1_000 || v.max_utterance_ms > 30_000 {
             return bad(
                 "vad.max_utterance_ms",

@@ -45,6 +45,9 @@ use crate::speech::voice::VoiceStyle;
 /// treated as line noise rather than a caller turn.
 const NOISE_MAX_DURATION: Duration = Duration::from_millis(400);
 
+/// How often a partial pass the pool was too busy for is tried again without new audio.
+const PARTIAL_RETRY: Duration = Duration::from_millis(100);
+
 /// Capacity of the channels between stages.
 const STAGE_QUEUE: usize = 8;
 
@@ -164,6 +167,8 @@ struct Early {
 /// What a check at a pause came back with.
 struct PauseCheck {
     seq: u64,
+    /// The silence the check was made at.
+    silence: Duration,
     score: Option<f32>,
     early: Option<Early>,
 }
@@ -176,6 +181,7 @@ struct TurnJudge {
     asr: Arc<dyn SpeechRecognizer>,
     pool: InferencePool,
     threshold: f32,
+    short_pause: Duration,
     speculative: bool,
     done_tx: mpsc::Sender<PauseCheck>,
     done_rx: mpsc::Receiver<PauseCheck>,
@@ -197,6 +203,7 @@ impl TurnJudge {
             asr: engines.asr.clone(),
             pool: engines.pool.clone(),
             threshold: config.threshold,
+            short_pause: Duration::from_millis(config.short_pause_ms),
             speculative: config.speculative,
             done_tx,
             done_rx,
@@ -222,7 +229,7 @@ impl TurnJudge {
 
     /// The caller has been silent a while in pause `seq` (media time `at`): starts a check
     /// unless one runs.
-    fn paused(&mut self, seq: u64, at: Duration, endpointer: &Endpointer) {
+    fn paused(&mut self, seq: u64, silence: Duration, at: Duration, endpointer: &Endpointer) {
         if self.pending.is_some() {
             return;
         }
@@ -257,10 +264,16 @@ impl TurnJudge {
                     transcript: asr.transcribe(&samples).map_err(|e| e.to_string()),
                     voice: prosody::analyze(&samples),
                 });
-                PauseCheck { seq, score, early }
+                PauseCheck {
+                    seq,
+                    silence,
+                    score,
+                    early,
+                }
             };
             let check = pool.run(job).await.unwrap_or(PauseCheck {
                 seq,
+                silence,
                 score: None,
                 early: None,
             });
@@ -283,7 +296,13 @@ impl TurnJudge {
             .filter(|e| e.seq == check.seq)
             .and_then(|e| e.transcript.as_ref().ok())
             .map(|t| t.text.as_str());
-        let complete = turn_end::turn_is_complete(check.score, self.threshold, text);
+        let complete = turn_end::turn_is_complete(
+            check.score,
+            self.threshold,
+            text,
+            check.silence,
+            self.short_pause,
+        );
         tracing::debug!(
             pause = check.seq,
             score = check.score,
@@ -519,6 +538,8 @@ async fn listen_stage(
     let mut last_end = Duration::ZERO;
     // Input that waits for a turn-end check (see `TurnJudge::holds`).
     let mut held: Option<CallInput> = None;
+    let mut retry = tokio::time::interval(PARTIAL_RETRY);
+    retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let item = tokio::select! {
             biased;
@@ -534,6 +555,16 @@ async fn listen_stage(
                 if let Some(line) = partials.as_mut().and_then(|p| p.done(done)) {
                     // Partials are disposable: a full queue drops one rather than wait.
                     let _ = heard.try_send(Heard::Partial(line));
+                }
+                continue;
+            }
+            // A pass skipped because the pool was busy is tried again even when no new audio
+            // comes (a file fed at once, a caller whose packets stopped).
+            _ = retry.tick(), if partials.is_some() && endpointer.is_speaking() => {
+                if let Some(p) = partials.as_mut() {
+                    if endpointer.pause_audio().is_none() {
+                        p.poll(&endpointer);
+                    }
                 }
                 continue;
             }
@@ -604,9 +635,9 @@ async fn listen_stage(
                         ));
                     }
                 }
-                VadEvent::Paused { seq, at, .. } => {
+                VadEvent::Paused { seq, silence, at } => {
                     if let Some(j) = judge.as_mut() {
-                        j.paused(seq, at, &endpointer);
+                        j.paused(seq, silence, at, &endpointer);
                     }
                 }
                 VadEvent::Utterance(u) => {

@@ -53,6 +53,7 @@
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use ort::session::{Session, SessionInputValue};
 use ort::value::{Tensor, ValueType};
@@ -349,6 +350,9 @@ pub struct TurnConfig {
     pub model: PathBuf,
     /// Probability at or above which a pause ends the turn.
     pub threshold: f32,
+    /// The pause after which a turn of one or two words ("Good morning.", "Yes.") may end;
+    /// longer turns end at the first pause that sounds complete.
+    pub short_pause_ms: u64,
     /// Recognise the turn at its first pause, before it is confirmed over, so the answer is
     /// ready when it is (the transcript is kept when the caller stays silent, dropped when
     /// they go on).
@@ -360,6 +364,7 @@ impl Default for TurnConfig {
         TurnConfig {
             model: PathBuf::from(DEFAULT_MODEL),
             threshold: 0.5,
+            short_pause_ms: 400,
             speculative: true,
         }
     }
@@ -420,14 +425,36 @@ pub fn sounds_unfinished(transcript: &str) -> bool {
     !closed && RARELY_LAST.contains(&last)
 }
 
+/// Transcripts shorter than this many words end a turn only after `short_pause_ms`.
+const SHORT_TURN_WORDS: usize = 3;
+
 /// The decision at a pause: is the turn over? The audio model decides; a transcript that
 /// reads as unfinished overrides a "complete" (the model hears intonation, not grammar, and a
-/// caller reading out a number pauses with a falling voice). Without a score the turn is not
-/// ended early: the endpointer's longest silence ends it.
-pub fn turn_is_complete(score: Option<f32>, threshold: f32, transcript: Option<&str>) -> bool {
-    match score {
-        Some(p) if p >= threshold => !transcript.is_some_and(sounds_unfinished),
-        _ => false,
+/// caller reading out a number pauses with a falling voice), and a very short one ("Good
+/// morning.", "Thank you,") is only taken as a whole turn after a longer pause
+/// (`short_pause`): callers open with such fragments and go on, and short fragments are where
+/// both the model and the recogniser are least sure. Without a score the turn is not ended
+/// early: the endpointer's longest silence ends it.
+pub fn turn_is_complete(
+    score: Option<f32>,
+    threshold: f32,
+    transcript: Option<&str>,
+    silence: Duration,
+    short_pause: Duration,
+) -> bool {
+    match (score, transcript) {
+        (None, _) => false,
+        (Some(p), _) if p < threshold => false,
+        (Some(_), None) => true,
+        (Some(_), Some(text)) => {
+            if sounds_unfinished(text) {
+                false
+            } else if text.split_whitespace().count() < SHORT_TURN_WORDS {
+                silence >= short_pause
+            } else {
+                true
+            }
+        }
     }
 }
 
@@ -783,18 +810,16 @@ mod tests {
         assert!(sounds_unfinished("I'm looking at"));
         assert!(!sounds_unfinished("What are your opening hours?"));
         assert!(!sounds_unfinished(""));
-        assert!(turn_is_complete(
-            Some(0.9),
-            0.5,
-            Some("Where is my parcel?")
-        ));
-        assert!(!turn_is_complete(Some(0.9), 0.5, Some("Where is my")));
-        assert!(!turn_is_complete(
-            Some(0.3),
-            0.5,
-            Some("Where is my parcel?")
-        ));
-        assert!(turn_is_complete(Some(0.9), 0.5, None));
-        assert!(!turn_is_complete(None, 0.5, Some("Where is my parcel?")));
+        let ms = Duration::from_millis;
+        let at = |score, text, silence| turn_is_complete(score, 0.5, text, ms(silence), ms(400));
+        assert!(at(Some(0.9), Some("Where is my parcel?"), 200));
+        assert!(!at(Some(0.9), Some("Where is my"), 600));
+        assert!(!at(Some(0.3), Some("Where is my parcel?"), 600));
+        assert!(at(Some(0.9), None, 200));
+        assert!(!at(None, Some("Where is my parcel?"), 600));
+        // A short fragment waits for the longer pause.
+        assert!(!at(Some(0.96), Some("Good morning."), 208));
+        assert!(at(Some(0.96), Some("Good morning."), 400));
+        assert!(at(Some(0.9), Some("Agent."), 416));
     }
 }
