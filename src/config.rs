@@ -68,7 +68,7 @@ pub struct PoolConfig {
 impl Default for PoolConfig {
     fn default() -> Self {
         PoolConfig {
-            workers: 1,
+            workers: 2,
             queue: 16,
         }
     }
