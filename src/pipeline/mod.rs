@@ -456,8 +456,12 @@ impl Partials {
         })
     }
 
-    /// Starts a pass over the utterance so far when one is due and the pool has no queue.
+    /// Starts a pass over the utterance so far when one is due and the pool has no queue
+    /// (not during a pause: the turn judge recognises it then, at final quality).
     fn poll(&mut self, endpointer: &Endpointer) {
+        if endpointer.pause_audio().is_some() {
+            return;
+        }
         let Some(audio) = endpointer.current_audio() else {
             return;
         };
@@ -562,9 +566,7 @@ async fn listen_stage(
             // comes (a file fed at once, a caller whose packets stopped).
             _ = retry.tick(), if partials.is_some() && endpointer.is_speaking() => {
                 if let Some(p) = partials.as_mut() {
-                    if endpointer.pause_audio().is_none() {
-                        p.poll(&endpointer);
-                    }
+                    p.poll(&endpointer);
                 }
                 continue;
             }
@@ -682,9 +684,7 @@ async fn listen_stage(
             return Ok(());
         }
         if let Some(p) = partials.as_mut() {
-            if endpointer.pause_audio().is_none() {
-                p.poll(&endpointer); // a pause has its own, final-quality, pass
-            }
+            p.poll(&endpointer);
         }
     }
 }

@@ -413,8 +413,11 @@ impl Endpointer {
 /// loud line (or a caller who never pauses within the window) never demands more than a
 /// quiet voice has, and digital silence does not push the floor out of reach.
 struct NoiseFloor {
-    levels: VecDeque<f32>,
-    cap: usize,
+    /// Candidates for the minimum of the window: (push number, level), levels rising from the
+    /// front (a sliding-window minimum, so each frame costs O(1) however long the window).
+    candidates: VecDeque<(u64, f32)>,
+    pushed: u64,
+    cap: u64,
 }
 
 /// The floor never rises above this: a voice at -39 dBFS still passes a 6 dB gate.
@@ -426,8 +429,9 @@ const DIGITAL_SILENCE_DB: f32 = -90.0;
 impl NoiseFloor {
     fn new(cap: usize) -> Self {
         NoiseFloor {
-            levels: VecDeque::with_capacity(cap),
-            cap,
+            candidates: VecDeque::new(),
+            pushed: 0,
+            cap: cap as u64,
         }
     }
 
@@ -437,18 +441,25 @@ impl NoiseFloor {
         if level_db < DIGITAL_SILENCE_DB {
             return;
         }
-        if self.levels.len() == self.cap {
-            self.levels.pop_front();
+        let n = self.pushed;
+        self.pushed += 1;
+        while self.candidates.back().is_some_and(|&(_, l)| l >= level_db) {
+            self.candidates.pop_back();
         }
-        self.levels.push_back(level_db);
+        self.candidates.push_back((n, level_db));
+        while self
+            .candidates
+            .front()
+            .is_some_and(|&(i, _)| i + self.cap <= n)
+        {
+            self.candidates.pop_front();
+        }
     }
 
     fn floor_db(&self) -> f32 {
-        let min = self.levels.iter().copied().fold(f32::INFINITY, f32::min);
-        if min.is_finite() {
-            min.clamp(FLOOR_MIN_DB, FLOOR_MAX_DB)
-        } else {
-            FLOOR_MIN_DB
+        match self.candidates.front() {
+            Some(&(_, min)) => min.clamp(FLOOR_MIN_DB, FLOOR_MAX_DB),
+            None => FLOOR_MIN_DB,
         }
     }
 }
@@ -779,5 +790,28 @@ mod tests {
             "the utterance ended in its second pause"
         );
         assert!(u.samples.len() >= 16 * 2000);
+    }
+
+    #[test]
+    fn the_noise_floor_is_the_quietest_frame_of_its_window() {
+        let levels: Vec<f32> = (0..400u32)
+            .map(|i| -60.0 - ((i * 37) % 23) as f32 + if i % 97 == 0 { -200.0 } else { 0.0 })
+            .collect();
+        let mut floor = NoiseFloor::new(50);
+        let mut kept: Vec<f32> = Vec::new();
+        for &l in &levels {
+            floor.push(l);
+            if l >= DIGITAL_SILENCE_DB {
+                kept.push(l);
+            }
+            let window = &kept[kept.len().saturating_sub(50)..];
+            let min = window.iter().copied().fold(f32::INFINITY, f32::min);
+            let expected = if min.is_finite() {
+                min.clamp(FLOOR_MIN_DB, FLOOR_MAX_DB)
+            } else {
+                FLOOR_MIN_DB
+            };
+            assert_eq!(floor.floor_db(), expected);
+        }
     }
 }
