@@ -27,11 +27,26 @@ pub struct TurnTimings {
     pub total: Duration,
 }
 
+/// What started a turn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TurnInput {
+    /// The caller spoke (or typed, in a test chat).
+    #[default]
+    Speech,
+    /// The caller pressed a key.
+    Dtmf,
+    /// The caller said nothing for `no_input_s` after the bot finished speaking.
+    NoInput,
+}
+
 /// One caller turn and the bot's answer.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TurnReport {
     /// 1-based turn number.
     pub index: usize,
+    /// What started the turn: speech, a key press or a silence.
+    pub input: TurnInput,
     /// Media time the caller's utterance started.
     #[serde(rename = "start_ms", serialize_with = "ser_ms")]
     pub start: Duration,

@@ -151,10 +151,7 @@ fn evaluate<'a>(assets: &Arc<DialogAssets>, set: &'a EvalSet) -> Vec<Outcome<'a>
         .iter()
         .map(|case| {
             let mut bot = Bot::new(Arc::clone(assets), EscalationConfig::default());
-            let turn = bot.on_utterance(CallerTurn {
-                text: case.text.clone(),
-                asr_confidence: 0.9,
-            });
+            let turn = bot.on_utterance(CallerTurn::new(case.text.clone(), 0.9));
             let mut evidence = turn.intent.evidence.join("; ");
             if let Some(e) = &turn.escalation {
                 if !evidence.is_empty() {

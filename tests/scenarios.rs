@@ -76,3 +76,32 @@ fn whisper_engine_passes_scenarios() {
         "the log does not show whisper loading:\n{stderr}"
     );
 }
+
+/// A flow can end the call instead of handing a silent caller over: the gateway's
+/// `[escalation]` says so, and the bot says goodbye after `max_no_input` silences.
+#[test]
+fn a_silent_caller_can_be_said_goodbye_to() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("hangup.toml");
+    std::fs::write(
+        &config,
+        "[escalation]\nno_input_s = 5.0\nmax_no_input = 2\nno_input_action = \"hangup\"\n",
+    )
+    .expect("config");
+    let scenario = dir.path().join("silent.toml");
+    std::fs::write(
+        &scenario,
+        r#"description = "A silent caller is prompted once, then the bot says goodbye and hangs up"
+[[turn]]
+silence_s = 40
+[turn.expect]
+no_input_prompts = 2
+escalates = false
+ends_call = true
+reply_contains = ["are you still there", "end the call now"]
+"#,
+    )
+    .expect("scenario");
+    let path = scenario.to_str().expect("utf-8 path");
+    run_scenarios(Some(&config), &[path], 1);
+}

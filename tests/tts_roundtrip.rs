@@ -36,10 +36,7 @@ fn bot_replies() -> Vec<String> {
         let mut bot = Bot::new(assets.clone(), EscalationConfig::default());
         replies.push(bot.greeting());
         for text in *call {
-            let turn = bot.on_utterance(CallerTurn {
-                text: text.to_string(),
-                asr_confidence: 0.95,
-            });
+            let turn = bot.on_utterance(CallerTurn::new(*text, 0.95));
             replies.push(turn.reply);
         }
     }

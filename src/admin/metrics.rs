@@ -56,6 +56,7 @@ const REASONS: &[&str] = &[
     "repeated_misunderstanding",
     "negative_tone",
     "dtmf0",
+    "no_input",
 ];
 
 /// The escalation reason label.

@@ -160,6 +160,7 @@ pub async fn chat(
             .map(|t| Turn {
                 say: Some(t.clone()),
                 wav: None,
+                silence_s: None,
                 expect: Default::default(),
             })
             .collect(),

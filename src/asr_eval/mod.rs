@@ -106,10 +106,7 @@ impl DialogJudge {
     /// for escalation only).
     fn judge(&self, labels: &set::Labels, text: &str, confidence: f32) -> (Option<bool>, bool) {
         let mut bot = Bot::new(Arc::clone(&self.assets), EscalationConfig::default());
-        let turn = bot.on_utterance(CallerTurn {
-            text: text.to_string(),
-            asr_confidence: confidence,
-        });
+        let turn = bot.on_utterance(CallerTurn::new(text, confidence));
         (
             (labels.intent != crate::dialog::NONE_INTENT)
                 .then(|| turn.intent.intent == labels.intent),

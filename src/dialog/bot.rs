@@ -14,6 +14,10 @@
 //!    rendered; nothing recognised asks for clarification, and escalates when that keeps
 //!    failing.
 //!
+//! Silence is a turn too ([`Bot::on_no_input`], called by the pipeline when the caller said
+//! nothing for `no_input_s` after the bot finished speaking): the bot prompts again, in other
+//! words, and after `max_no_input` silences in a row hands over or says goodbye.
+//!
 //! The bot is pure: no IO, no clock, no randomness; the same turns always give the same
 //! answers.
 
@@ -23,14 +27,16 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::assets::DialogAssets;
+use super::confirm;
 use super::emotion::{EmotionReading, EmotionTracker};
 use super::escalation::{
-    Escalation, EscalationConfig, EscalationPolicy, EscalationReason, Failure,
+    Escalation, EscalationConfig, EscalationPolicy, EscalationReason, Failure, NoInputAction,
 };
 use super::intent::{IntentDef, IntentEscalation, IntentMatch};
 use super::lookup::LookupAnswer;
 use super::normalize::normalize;
 use super::slots;
+use crate::speech::asr::Word;
 use crate::speech::prosody::Prosody;
 
 /// What the caller said in one turn.
@@ -40,6 +46,10 @@ pub struct CallerTurn {
     pub text: String,
     /// The recogniser's confidence in `[0, 1]`.
     pub asr_confidence: f32,
+    /// The words with their confidences, when the recogniser gives them: a doubtful turn
+    /// whose sure words already say what the caller wants is acted on.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub words: Vec<Word>,
 }
 
 impl CallerTurn {
@@ -48,8 +58,28 @@ impl CallerTurn {
         CallerTurn {
             text: text.into(),
             asr_confidence,
+            words: Vec::new(),
         }
     }
+}
+
+/// A word the recogniser is at least this sure of counts as heard in a doubtful turn.
+const SURE_WORD: f32 = 0.6;
+/// A doubtful turn is acted on only if its sure words hold at least this share of its words.
+const SURE_SHARE: f32 = 0.5;
+
+/// The words of a doubtful turn the recogniser was sure of, as text, when they are enough to
+/// go on (none without word confidences).
+fn sure_words(words: &[Word]) -> Option<String> {
+    if words.is_empty() {
+        return None;
+    }
+    let sure: Vec<&str> = words
+        .iter()
+        .filter(|w| w.confidence >= SURE_WORD)
+        .map(|w| w.text.as_str())
+        .collect();
+    (sure.len() as f32 >= SURE_SHARE * words.len() as f32).then(|| sure.join(" "))
 }
 
 /// The bot's answer to one turn.
@@ -104,8 +134,15 @@ pub struct Bot {
     escalation: Option<Escalation>,
     ended: bool,
     emotion: EmotionTracker,
-    /// Caller turns so far (utterances and key presses).
+    /// Caller turns so far (utterances, key presses and silences).
     turns: u32,
+    /// Silences in a row since the caller last said or pressed anything.
+    silences: u32,
+    /// The bot asked whether the caller wants a person and waits for the yes or no.
+    confirming_person: bool,
+    /// The bot has answered a request in this call (silence then more likely means the
+    /// caller is done than that they need help).
+    answered: bool,
 }
 
 impl Bot {
@@ -120,6 +157,9 @@ impl Bot {
             ended: false,
             emotion: EmotionTracker::default(),
             turns: 0,
+            silences: 0,
+            confirming_person: false,
+            answered: false,
         }
     }
 
@@ -155,6 +195,7 @@ impl Bot {
             return None;
         }
         self.turns += 1;
+        self.silences = 0;
         let turn = BotTurn {
             normalized_text: String::new(),
             intent: IntentMatch::none(),
@@ -171,6 +212,69 @@ impl Bot {
             "caller pressed 0 on the keypad".into(),
             skill,
         ))
+    }
+
+    /// The caller said nothing for the flow's `no_input_s` after the bot's last prompt: the
+    /// bot prompts again (the question it waits on, if any, in other words), and after
+    /// `max_no_input` silences in a row hands the call over (reason
+    /// [`EscalationReason::NoInput`]) or says goodbye and ends it, as `no_input_action` says.
+    /// `None` once the bot has let go of the call, or with no-input handling off.
+    pub fn on_no_input(&mut self) -> Option<BotTurn> {
+        if self.escalation.is_some() || self.ended {
+            return None;
+        }
+        let config = self.policy.config();
+        config.no_input_timeout()?;
+        let action = if self.answered {
+            config.no_input_action_answered
+        } else {
+            config.no_input_action
+        };
+        let (max, seconds) = (config.max_no_input, config.no_input_s);
+        self.turns += 1;
+        self.silences += 1;
+        let mut out = BotTurn {
+            normalized_text: String::new(),
+            intent: IntentMatch::none(),
+            slots: BTreeMap::new(),
+            reply: String::new(),
+            escalation: None,
+            ends_call: false,
+            emotion: None,
+        };
+        let prompts = self.assets.prompts();
+        if self.silences < max {
+            let slot = self.pending.as_ref().map(|p| p.slot.as_str());
+            out.reply = prompts.no_input(slot, self.silences);
+            tracing::info!(in_a_row = self.silences, max, "no input: prompting again");
+            return Some(out);
+        }
+        let detail = format!(
+            "no input: the caller said nothing for {seconds} s after {max} prompt(s) in a row (max_no_input {max})"
+        );
+        match action {
+            NoInputAction::Handover => {
+                let skill = self
+                    .pending
+                    .as_ref()
+                    .and_then(|p| self.assets.intent(&p.intent))
+                    .map(|d| d.skill.clone())
+                    .unwrap_or_else(|| self.assets.default_skill().to_string());
+                let mut out = self.escalate(out, EscalationReason::NoInput, detail, skill);
+                if let Some(e) = &out.escalation {
+                    out.reply = self.assets.prompts().no_input_transfer(&e.skill);
+                }
+                Some(out)
+            }
+            NoInputAction::Hangup => {
+                tracing::info!(%detail, "no input: ending the call");
+                out.reply = prompts.no_input_goodbye();
+                out.ends_call = true;
+                self.ended = true;
+                self.pending = None;
+                Some(out)
+            }
+        }
     }
 
     /// Handles one caller turn.
@@ -201,6 +305,7 @@ impl Bot {
             return out;
         }
         self.turns += 1;
+        self.silences = 0;
         let tone = self
             .policy
             .tone(&out.normalized_text)
@@ -268,12 +373,43 @@ impl Bot {
             }
         }
 
-        // 3. Unclear audio.
+        // 2b. The answer to "you'd like to speak to a colleague, is that right?"; an answer that
+        // asks for something else is taken as that.
+        if std::mem::take(&mut self.confirming_person) {
+            let other_request = recognised
+                .filter(|d| !d.secondary && d.escalate != IntentEscalation::ExplicitRequest);
+            match (confirm::yes_or_no(&out.normalized_text), other_request) {
+                (Some(true), None) => {
+                    let detail = format!(
+                        "caller confirmed they want a person (\"{}\")",
+                        out.normalized_text
+                    );
+                    let skill = assets.default_skill().to_string();
+                    return self.escalate(out, EscalationReason::ExplicitRequest, detail, skill);
+                }
+                (Some(false), None) => {
+                    self.policy.record_understood();
+                    out.intent
+                        .evidence
+                        .push("dialog: the caller does not want a person".into());
+                    out.reply = assets.prompts().confirm_person_no();
+                    return out;
+                }
+                _ => {}
+            }
+        }
+
+        // 3. Unclear audio, unless the words heard for sure already name a request.
         if self.policy.asr_too_low(turn.asr_confidence) {
-            let failure = Failure::LowAsr {
-                confidence: turn.asr_confidence,
-            };
-            return self.fail(out, failure);
+            match self.clear_despite_doubt(&turn, recognised) {
+                Some(evidence) => out.intent.evidence.push(evidence),
+                None => {
+                    let failure = Failure::LowAsr {
+                        confidence: turn.asr_confidence,
+                    };
+                    return self.fail(out, failure);
+                }
+            }
         }
 
         // 4. Emotion: the words, the words amplified by the voice, or a rising trend.
@@ -384,6 +520,7 @@ impl Bot {
             match lookup.answer(&self.slots) {
                 LookupAnswer::Found(text) => {
                     self.policy.record_understood();
+                    self.answered = true;
                     out.intent
                         .evidence
                         .push(format!("lookup: {} found", lookup.key));
@@ -413,6 +550,7 @@ impl Bot {
             }
         }
         self.policy.record_understood();
+        self.answered |= !def.secondary;
         out.reply = assets
             .prompts()
             .reply(&def.name, &self.slots)
@@ -422,6 +560,51 @@ impl Bot {
             out.ends_call = true;
         }
         out
+    }
+
+    /// Whether a turn heard with low confidence can be acted on: its intent is a request (not
+    /// social words, not a goodbye that would end the call on a guess), and the words the
+    /// recogniser was sure of, taken alone, give the same intent confidently. The evidence
+    /// line says so.
+    fn clear_despite_doubt(
+        &self,
+        turn: &CallerTurn,
+        recognised: Option<&IntentDef>,
+    ) -> Option<String> {
+        let def = recognised.filter(|d| !d.secondary && !d.ends_call)?;
+        let sure = sure_words(&turn.words)?;
+        let again = self.assets.classifier().classify(&normalize(&sure));
+        (again.intent == def.name && self.policy.intent_confident(again.confidence)).then(|| {
+            format!(
+                "doubtful recognition (asr confidence {:.2}) acted on: its sure words \"{sure}\" give {} at {:.2}",
+                turn.asr_confidence, def.name, again.confidence
+            )
+        })
+    }
+
+    /// Why a turn the bot could not act on may be a request for a person (see
+    /// [`confirm`]): its best, if doubtful, intent is one, or it is short and sounds like one.
+    /// Not while a slot's question waits for its answer.
+    fn person_suspected(&self, failure: &Failure, out: &BotTurn) -> Option<String> {
+        if matches!(failure, Failure::MissingSlot { .. }) || self.pending.is_some() {
+            return None;
+        }
+        let weak_request = self
+            .assets
+            .intent(&out.intent.intent)
+            .is_some_and(|d| d.escalate == IntentEscalation::ExplicitRequest);
+        if weak_request && confirm::is_short(&out.normalized_text) {
+            return Some(format!(
+                "dialog: a short turn whose best intent is {} ({:.2}): asking whether the caller wants a person",
+                out.intent.intent, out.intent.confidence
+            ));
+        }
+        confirm::may_want_person(&out.normalized_text).map(|word| {
+            format!(
+                "dialog: \"{}\" sounds like \"{word}\": asking whether the caller wants a person",
+                out.normalized_text
+            )
+        })
     }
 
     /// A turn the bot could not act on: clarify, or escalate when clarifying keeps failing.
@@ -443,6 +626,13 @@ impl Bot {
             return self.escalate(out, reason, detail, skill);
         }
         let prompts = self.assets.prompts();
+        // A short turn that may be a request for a person gets the closed question instead.
+        if let Some(evidence) = self.person_suspected(&failure, &out) {
+            out.intent.evidence.push(evidence);
+            out.reply = prompts.confirm_person();
+            self.confirming_person = true;
+            return out;
+        }
         out.reply = match (&failure, &self.pending) {
             (Failure::LowAsr { .. }, _) => prompts.repeat(),
             (_, Some(p)) => prompts.reask(&p.slot).unwrap_or_else(|| prompts.clarify()),
@@ -819,6 +1009,140 @@ mod tests {
         assert_send_sync::<DialogAssets>();
         fn assert_send<T: Send>() {}
         assert_send::<Bot>();
+    }
+
+    #[test]
+    fn a_silent_caller_is_prompted_again_then_handed_over() {
+        let mut b = bot();
+        let first = b.on_no_input().expect("prompted");
+        assert!(first.reply.contains("still there"), "{}", first.reply);
+        assert!(first.escalation.is_none() && !first.ends_call);
+        let second = b.on_no_input().expect("prompted");
+        assert_ne!(
+            first.reply, second.reply,
+            "the second prompt says it differently"
+        );
+        let third = b.on_no_input().expect("decided");
+        assert_eq!(reason(&third), Some(EscalationReason::NoInput));
+        assert!(third.reply.contains("can't hear you"), "{}", third.reply);
+        assert!(b.on_no_input().is_none(), "a person has the call");
+    }
+
+    #[test]
+    fn speech_resets_the_silence_count_and_a_pending_question_is_asked_again() {
+        let mut b = bot();
+        assert!(b.on_no_input().is_some());
+        assert!(b.on_no_input().is_some());
+        let t = say(&mut b, "Where is my parcel?");
+        assert!(t.reply.contains("order number"), "{}", t.reply);
+        let again = b.on_no_input().expect("prompted");
+        assert!(
+            again.reply.contains("order number"),
+            "the question being asked is asked again: {}",
+            again.reply
+        );
+        assert!(again.escalation.is_none());
+        assert!(b.on_no_input().expect("prompted").escalation.is_none());
+        assert!(b.on_no_input().expect("decided").escalation.is_some());
+    }
+
+    #[test]
+    fn no_input_can_hang_up_or_be_off() {
+        let mut b = bot_with(EscalationConfig {
+            max_no_input: 1,
+            no_input_action: NoInputAction::Hangup,
+            ..EscalationConfig::default()
+        });
+        let t = b.on_no_input().expect("decided");
+        assert!(t.ends_call && t.escalation.is_none(), "{t:?}");
+        assert!(t.reply.contains("Goodbye"), "{}", t.reply);
+        assert!(b.has_ended());
+        // After an answered request the silent caller is said goodbye to.
+        let mut served = bot();
+        assert!(say(&mut served, "What are your opening hours?")
+            .reply
+            .contains("Monday"));
+        for _ in 0..2 {
+            let prompt = served.on_no_input().expect("prompted");
+            assert!(
+                prompt.escalation.is_none() && !prompt.ends_call,
+                "{prompt:?}"
+            );
+        }
+        let last = served.on_no_input().expect("decided");
+        assert!(last.ends_call && last.escalation.is_none(), "{last:?}");
+        let mut off = bot_with(EscalationConfig {
+            no_input_s: 0.0,
+            ..EscalationConfig::default()
+        });
+        assert!(off.on_no_input().is_none());
+    }
+
+    #[test]
+    fn a_short_turn_that_sounds_like_a_person_word_is_confirmed_before_handing_over() {
+        let mut b = bot();
+        let t = say(&mut b, "Hue man.");
+        assert!(t.escalation.is_none(), "{t:?}");
+        assert!(t.reply.contains("speak to a colleague"), "{}", t.reply);
+        let t = say(&mut b, "Yes please.");
+        assert_eq!(reason(&t), Some(EscalationReason::ExplicitRequest));
+        assert!(t
+            .escalation
+            .as_ref()
+            .is_some_and(|e| e.detail.contains("confirmed")));
+    }
+
+    #[test]
+    fn a_no_to_the_person_question_goes_on_with_the_bot_and_a_new_request_is_taken() {
+        let mut b = bot();
+        assert!(say(&mut b, "Opera tor.").reply.contains("colleague"));
+        let t = say(&mut b, "No.");
+        assert!(t.escalation.is_none() && !t.ends_call, "{t:?}");
+        assert!(t.reply.contains("What can I help you with"), "{}", t.reply);
+        assert!(say(&mut b, "Represent ative.").reply.contains("colleague"));
+        let t = say(&mut b, "No, I forgot my password.");
+        assert_eq!(t.intent.intent, "password_reset", "{t:?}");
+        assert!(t.escalation.is_none());
+    }
+
+    #[test]
+    fn a_doubtful_turn_whose_sure_words_name_the_request_is_acted_on() {
+        let word = |text: &str, confidence: f32| Word {
+            text: text.into(),
+            confidence,
+        };
+        let turn = |words: Vec<Word>| CallerTurn {
+            text: words
+                .iter()
+                .map(|w| w.text.as_str())
+                .collect::<Vec<_>>()
+                .join(" "),
+            asr_confidence: 0.3,
+            words,
+        };
+        let mut b = bot();
+        let t = b.on_utterance(turn(vec![
+            word("I", 0.9),
+            word("forgot", 0.8),
+            word("my", 0.9),
+            word("password", 0.85),
+            word("flurble", 0.05),
+        ]));
+        assert_eq!(t.intent.intent, "password_reset");
+        assert!(t.reply.contains("password reset link"), "{}", t.reply);
+        assert!(t.intent.evidence.iter().any(|e| e.contains("sure words")));
+        // The request rests on doubtful words: the bot asks to repeat.
+        let mut b = bot();
+        let t = b.on_utterance(turn(vec![
+            word("I", 0.9),
+            word("forgot", 0.2),
+            word("my", 0.9),
+            word("password", 0.1),
+        ]));
+        assert!(t.reply.contains("repeat"), "{}", t.reply);
+        // Without word confidences a doubtful turn is not acted on either.
+        let t = bot().on_utterance(CallerTurn::new("I forgot my password", 0.3));
+        assert!(t.reply.contains("repeat"), "{}", t.reply);
     }
 }
 

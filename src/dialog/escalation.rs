@@ -38,6 +38,20 @@ pub enum EscalationReason {
     NegativeTone,
     /// The caller pressed 0.
     Dtmf0,
+    /// The caller said nothing, prompt after prompt (`max_no_input` silences in a row).
+    NoInput,
+}
+
+/// What the bot does when the caller stays silent `max_no_input` times in a row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NoInputAction {
+    /// Hand the call to a person (reason [`EscalationReason::NoInput`]): a caller who cannot
+    /// be heard may still be there, and a person can tell.
+    #[default]
+    Handover,
+    /// Say the `[no_input] goodbye` prompt and hang up.
+    Hangup,
 }
 
 /// A decision to hand the call over.
@@ -99,6 +113,18 @@ pub struct EscalationConfig {
     pub trend_turns: u32,
     /// The last score of a rising trend must reach this to escalate.
     pub trend_min_score: f32,
+    /// Seconds of silence after the bot's prompt has finished playing before the bot prompts
+    /// again (0 disables no-input handling).
+    pub no_input_s: f32,
+    /// Silences in a row that end the bot's patience: the ones before re-prompt, this one
+    /// takes `no_input_action`.
+    pub max_no_input: u32,
+    /// What the last silence does: `handover` (reason `no_input`) or `hangup` (after the
+    /// `[no_input] goodbye` prompt).
+    pub no_input_action: NoInputAction,
+    /// The same, once the bot has answered a request in the call: a caller who got an answer
+    /// and then says nothing is more likely done than in need of a person.
+    pub no_input_action_answered: NoInputAction,
 }
 
 fn strings(list: &[&str]) -> Vec<String> {
@@ -242,11 +268,20 @@ impl Default for EscalationConfig {
             min_critical_confidence: 0.25,
             trend_turns: 3,
             trend_min_score: 0.45,
+            no_input_s: 7.0,
+            max_no_input: 3,
+            no_input_action: NoInputAction::Handover,
+            no_input_action_answered: NoInputAction::Hangup,
         }
     }
 }
 
 impl EscalationConfig {
+    /// The silence after a prompt that counts as no input; none when switched off.
+    pub fn no_input_timeout(&self) -> Option<std::time::Duration> {
+        (self.no_input_s > 0.0).then(|| std::time::Duration::from_secs_f32(self.no_input_s))
+    }
+
     /// Checks ranges and phrases; errors name `prefix.field` (e.g. `escalation.min_asr_confidence`)
     /// and its line in `text`, the content of `file`. Use an empty prefix for a top-level table.
     pub fn validate(&self, file: &Path, text: &str, prefix: &str) -> Result<(), ConfigError> {
@@ -293,6 +328,21 @@ impl EscalationConfig {
                     "{} must be at most 10",
                     self.clarifications_before_escalation
                 ),
+            );
+        }
+        if self.no_input_s != 0.0 && !(2.0..=120.0).contains(&self.no_input_s) {
+            return bad(
+                "no_input_s",
+                format!(
+                    "{} must be 0 (off) or between 2 and 120 seconds",
+                    self.no_input_s
+                ),
+            );
+        }
+        if !(1..=10).contains(&self.max_no_input) {
+            return bad(
+                "max_no_input",
+                format!("{} must be between 1 and 10", self.max_no_input),
             );
         }
         if !(1..=50).contains(&self.max_misunderstandings) {

@@ -15,12 +15,14 @@
 //! * [`slots`]: order number, name and e-mail extraction;
 //! * [`emotion`]: the caller's tone in words and voice, and its trend over the call;
 //! * [`escalation`]: when and why to hand the call to a person;
+//! * [`confirm`]: the closed question for a doubtful request for a person, and its yes or no;
 //! * [`prompts`]: the bot's sentences, validated against the intents;
 //! * [`assets`]: intents plus prompts, loaded once and shared by all calls;
 //! * [`bot`]: the per-call dialog state.
 
 pub mod assets;
 pub mod bot;
+pub mod confirm;
 pub mod embedding;
 pub mod emotion;
 pub mod escalation;

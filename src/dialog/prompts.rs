@@ -50,6 +50,49 @@ pub struct PromptsFile {
     pub slots: BTreeMap<String, SlotPrompts>,
     /// One reply per intent that does not escalate, keyed by intent name.
     pub replies: BTreeMap<String, String>,
+    /// What the bot says when the caller stays silent.
+    #[serde(default)]
+    pub no_input: NoInputPrompts,
+    /// Asked when the caller may be asking for a person but the bot is not sure (a short or
+    /// doubtful turn): a yes hands over, a no goes on with the bot.
+    #[serde(default = "default_confirm_person")]
+    pub confirm_person: String,
+    /// Said when the caller answers `confirm_person` with no.
+    #[serde(default = "default_confirm_person_no")]
+    pub confirm_person_no: String,
+}
+
+fn default_confirm_person() -> String {
+    "You'd like to speak to a colleague, is that right?".into()
+}
+
+fn default_confirm_person_no() -> String {
+    "Alright. What can I help you with?".into()
+}
+
+/// What the bot says to a silent caller (`[no_input]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NoInputPrompts {
+    /// Re-prompts, one per silence in a row (the last is repeated when more are allowed).
+    pub prompts: Vec<String>,
+    /// Said before the call is handed over for silence; `{team}` as in `transfer`.
+    pub transfer: String,
+    /// Said before hanging up for silence (`no_input_action = "hangup"`).
+    pub goodbye: String,
+}
+
+impl Default for NoInputPrompts {
+    fn default() -> Self {
+        NoInputPrompts {
+            prompts: vec![
+                "Are you still there? How can I help you today?".into(),
+                "I'm sorry, I can't hear anything. If you're speaking, please speak a little louder, or press 0 to speak to a colleague.".into(),
+            ],
+            transfer: "I still can't hear you, so I'm putting you through to a colleague from our {team} team. Please hold the line.".into(),
+            goodbye: "I can't hear you, so I'll end the call now. Please call us again any time. Goodbye.".into(),
+        }
+    }
 }
 
 fn default_transfer_failed() -> String {
@@ -74,6 +117,10 @@ pub struct SlotPrompts {
     pub ask: String,
     /// Asked again when the answer did not contain the slot.
     pub reask: String,
+    /// Re-prompts while this slot's question goes unanswered, one per silence in a row
+    /// (the last is repeated); the general `[no_input] prompts` when empty.
+    #[serde(default)]
+    pub no_input: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -169,7 +216,14 @@ pub struct Prompts {
     transfer_returned: Template,
     teams: BTreeMap<String, String>,
     slots: BTreeMap<String, (Template, Template)>,
+    /// Per slot: the re-prompts while its question goes unanswered.
+    slot_no_input: BTreeMap<String, Vec<Template>>,
     replies: BTreeMap<String, Template>,
+    no_input: Vec<Template>,
+    no_input_transfer: Template,
+    no_input_goodbye: Template,
+    confirm_person: Template,
+    confirm_person_no: Template,
 }
 
 impl Prompts {
@@ -236,6 +290,24 @@ impl Prompts {
             ));
         }
 
+        let templates = |field: &str, list: &[String]| -> Result<Vec<Template>, ConfigError> {
+            list.iter()
+                .enumerate()
+                .map(|(i, source)| template(&format!("{field}.{i}"), source, &[]))
+                .collect()
+        };
+        let no_input = templates("no_input.prompts", &raw.no_input.prompts)?;
+        if no_input.is_empty() {
+            return Err(bad(
+                "no_input.prompts",
+                "needs at least one re-prompt".into(),
+            ));
+        }
+        let no_input_transfer = template("no_input.transfer", &raw.no_input.transfer, &[TEAM])?;
+        let no_input_goodbye = template("no_input.goodbye", &raw.no_input.goodbye, &[])?;
+        let confirm_person = template("confirm_person", &raw.confirm_person, &[])?;
+        let confirm_person_no = template("confirm_person_no", &raw.confirm_person_no, &[])?;
+        let mut slot_no_input = BTreeMap::new();
         let mut slot_prompts = BTreeMap::new();
         for (slot, prompts) in &raw.slots {
             if !KNOWN_SLOTS.contains(&slot.as_str()) {
@@ -250,6 +322,10 @@ impl Prompts {
             let ask = template(&format!("slots.{slot}.ask"), &prompts.ask, &[])?;
             let reask = template(&format!("slots.{slot}.reask"), &prompts.reask, &[])?;
             slot_prompts.insert(slot.clone(), (ask, reask));
+            let silent = templates(&format!("slots.{slot}.no_input"), &prompts.no_input)?;
+            if !silent.is_empty() {
+                slot_no_input.insert(slot.clone(), silent);
+            }
         }
         for intent in &intents.intents {
             if let Some(slot) = intent.requires.iter().find(|s| !raw.slots.contains_key(*s)) {
@@ -306,7 +382,13 @@ impl Prompts {
             transfer_returned,
             teams: raw.teams,
             slots: slot_prompts,
+            slot_no_input,
             replies,
+            no_input,
+            no_input_transfer,
+            no_input_goodbye,
+            confirm_person,
+            confirm_person_no,
         })
     }
 
@@ -372,6 +454,41 @@ impl Prompts {
             .map(|(_, reask)| reask.render(&BTreeMap::new()))
     }
 
+    /// The re-prompt for the `attempt`-th silence in a row (1-based) while the bot waits for
+    /// an answer to `slot`'s question (or for anything, with `None`); the last configured
+    /// re-prompt is repeated for later attempts.
+    pub fn no_input(&self, slot: Option<&str>, attempt: u32) -> String {
+        let list = slot
+            .and_then(|s| self.slot_no_input.get(s))
+            .unwrap_or(&self.no_input);
+        let index = (attempt.max(1) as usize - 1).min(list.len().saturating_sub(1));
+        list.get(index)
+            .map(|t| t.render(&BTreeMap::new()))
+            .unwrap_or_default()
+    }
+
+    /// Said before a silent caller is handed to `skill`'s team.
+    pub fn no_input_transfer(&self, skill: &str) -> String {
+        let mut values = BTreeMap::new();
+        values.insert(TEAM.to_string(), self.team(skill));
+        self.no_input_transfer.render(&values)
+    }
+
+    /// Said before the bot hangs up on a silent caller.
+    pub fn no_input_goodbye(&self) -> String {
+        self.no_input_goodbye.render(&BTreeMap::new())
+    }
+
+    /// The question that checks a doubtful request for a person.
+    pub fn confirm_person(&self) -> String {
+        self.confirm_person.render(&BTreeMap::new())
+    }
+
+    /// Said when the caller does not want a person after all.
+    pub fn confirm_person_no(&self) -> String {
+        self.confirm_person_no.render(&BTreeMap::new())
+    }
+
     /// Every prompt whose words never depend on the caller, the most frequent first: the
     /// greeting, the clarification and repeat prompts, the slot questions, the replies without
     /// placeholders, the transfer announcement and apology for every team and the return
@@ -383,6 +500,16 @@ impl Prompts {
             texts.push(ask.render(&none));
             texts.push(reask.render(&none));
         }
+        texts.push(self.confirm_person());
+        texts.push(self.confirm_person_no());
+        let silences = self.slot_no_input.values().flatten();
+        texts.extend(
+            self.no_input
+                .iter()
+                .chain(silences)
+                .map(|t| t.render(&none)),
+        );
+        texts.push(self.no_input_goodbye());
         texts.extend(
             self.replies
                 .values()
@@ -392,6 +519,7 @@ impl Prompts {
         for skill in self.teams.keys() {
             texts.push(self.transfer(skill));
             texts.push(self.transfer_failed(skill));
+            texts.push(self.no_input_transfer(skill));
         }
         texts.push(self.transfer_returned());
         let mut seen = std::collections::HashSet::new();

@@ -530,6 +530,7 @@ fn reason_words(reason: EscalationReason) -> &'static str {
         }
         EscalationReason::NegativeTone => "the caller is upset",
         EscalationReason::Dtmf0 => "the caller pressed 0",
+        EscalationReason::NoInput => "the caller said nothing, prompt after prompt",
     }
 }
 
@@ -621,6 +622,7 @@ mod tests {
         emotion: f32,
     ) -> TurnReport {
         TurnReport {
+            input: Default::default(),
             index,
             start: Duration::from_millis(start_ms),
             end: Duration::from_millis(end_ms),

@@ -29,7 +29,7 @@ use crate::audio::SPEECH_RATE;
 use crate::config::GatewayConfig;
 use crate::dialog::{Bot, BotTurn, CallerTurn};
 use crate::flows::{Flow, FlowStore};
-use crate::report::{CallOutcome, CallReport, HeardLine, TurnReport, TurnTimings};
+use crate::report::{CallOutcome, CallReport, HeardLine, TurnInput, TurnReport, TurnTimings};
 use crate::speech::asr::stream::{PartialOutcome, PartialSchedule};
 use crate::speech::asr::vocabulary::{Dictionary, Vocabulary};
 use crate::speech::asr::{AsrError, Pass, SpeechRecognizer, Transcript};
@@ -40,6 +40,9 @@ use crate::speech::tts_cache::CachedSynthesizer;
 use crate::speech::turn_end::{self, TurnEndModel, TurnEndNote};
 use crate::speech::vad::{Endpointer, Utterance, VadEvent};
 use crate::speech::voice::VoiceStyle;
+
+mod no_input;
+use no_input::{NoInputArmer, NoInputWatch};
 
 /// Utterances with less voiced time than this, heard with less than the flow's `min_asr_confidence`, are
 /// treated as line noise rather than a caller turn.
@@ -141,9 +144,18 @@ pub struct Engines {
 enum Heard {
     Utterance(Box<HeardTurn>),
     Partial(PartialLine),
-    Dtmf { digit: char, at: Duration },
+    Dtmf {
+        digit: char,
+        at: Duration,
+    },
     Resume,
-    End { at: Duration },
+    /// The caller said nothing for the flow's `no_input_s` after the bot's speech ended.
+    NoInput {
+        at: Duration,
+    },
+    End {
+        at: Duration,
+    },
 }
 
 /// A finished utterance, with what was learnt about it at its last pause.
@@ -396,14 +408,18 @@ pub async fn run_call_with(
     let (heard_tx, heard_rx) = mpsc::channel(STAGE_QUEUE);
     let partials = Partials::new(&engines);
     let judge = TurnJudge::new(&engines);
+    let (armer, watch) = no_input::clock(flow.escalation.no_input_timeout()).unzip();
     let listen = tokio::spawn(listen_stage(
         engines.config.clone(),
         input,
         heard_tx,
-        partials,
-        judge,
+        Listeners {
+            partials,
+            judge,
+            no_input: watch,
+        },
     ));
-    let respond = respond_stage(engines, flow, heard_rx, output, options).await;
+    let respond = respond_stage(engines, flow, heard_rx, output, options, armer).await;
     // The listen stage ends when its input ends or when respond stops listening.
     let listened = listen
         .await
@@ -528,19 +544,45 @@ fn samples_duration(samples: usize) -> Duration {
 
 /// Resampling and endpointing: pure computation, cheap enough for the runtime. Partial
 /// recognition passes are started from here and run on the pool.
+/// What the listen stage runs beside the endpointer, each optional.
+struct Listeners {
+    partials: Option<Partials>,
+    judge: Option<TurnJudge>,
+    no_input: Option<NoInputWatch>,
+}
+
+/// Whether `item` must wait: for a turn-end check, or for the bot's answer before a silence
+/// can be judged.
+fn must_wait(judge: &Option<TurnJudge>, no_input: &Option<NoInputWatch>, item: &CallInput) -> bool {
+    judge.as_ref().is_some_and(|j| j.holds(item))
+        || no_input.as_ref().is_some_and(|w| w.holds(item))
+}
+
+/// The respond stage's next no-input arm; never, without no-input handling.
+async fn next_arm(watch: &mut Option<NoInputWatch>) {
+    match watch {
+        Some(w) => w.changed().await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn listen_stage(
     config: Arc<GatewayConfig>,
     mut input: mpsc::Receiver<CallInput>,
     heard: mpsc::Sender<Heard>,
-    mut partials: Option<Partials>,
-    mut judge: Option<TurnJudge>,
+    listeners: Listeners,
 ) -> Result<(), PipelineError> {
+    let Listeners {
+        mut partials,
+        mut judge,
+        mut no_input,
+    } = listeners;
     let mut endpointer = Endpointer::new(config.vad.clone());
     let mut resampler: Option<(u32, StreamResampler)> = None;
     let mut speech = Vec::with_capacity(SPEECH_RATE as usize / 25);
     let mut events = Vec::new();
     let mut last_end = Duration::ZERO;
-    // Input that waits for a turn-end check (see `TurnJudge::holds`).
+    // Input that waits for a turn-end check or a no-input arm (see `Listeners::hold`).
     let mut held: Option<CallInput> = None;
     let mut retry = tokio::time::interval(PARTIAL_RETRY);
     retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -555,6 +597,7 @@ async fn listen_stage(
                 }
                 held.take()
             }
+            _ = next_arm(&mut no_input), if held.is_some() => held.take(),
             Some(done) = next_partial(&mut partials) => {
                 if let Some(line) = partials.as_mut().and_then(|p| p.done(done)) {
                     // Partials are disposable: a full queue drops one rather than wait.
@@ -570,14 +613,16 @@ async fn listen_stage(
                 }
                 continue;
             }
-            item = input.recv(), if held.is_none() => {
-                let item = item.unwrap_or(CallInput::End);
-                if judge.as_ref().is_some_and(|j| j.holds(&item)) {
-                    held = Some(item);
-                    continue;
-                }
-                Some(item)
+            item = input.recv(), if held.is_none() => Some(item.unwrap_or(CallInput::End)),
+        };
+        // Input that must wait is kept; the events already out (an utterance ended at a
+        // pause) go on now, as what is waited for may depend on them.
+        let item = match item {
+            Some(it) if must_wait(&judge, &no_input, &it) => {
+                held = Some(it);
+                None
             }
+            other => other,
         };
         let is_end = matches!(item, Some(CallInput::End));
         match item {
@@ -659,6 +704,9 @@ async fn listen_stage(
                         }
                         None => (None, None),
                     };
+                    if let Some(w) = no_input.as_mut() {
+                        w.sent_utterance(u.end);
+                    }
                     let turn = HeardTurn {
                         utterance: u,
                         early,
@@ -668,6 +716,16 @@ async fn listen_stage(
                         return Ok(()); // the respond stage is done with this call
                     }
                 }
+            }
+        }
+        let now = endpointer.now();
+        if no_input
+            .as_mut()
+            .is_some_and(|w| w.due(now, endpointer.is_speaking()))
+        {
+            tracing::debug!(at_ms = now.as_millis() as u64, "no input from the caller");
+            if heard.send(Heard::NoInput { at: now }).await.is_err() {
+                return Ok(());
             }
         }
         if is_end {
@@ -696,6 +754,7 @@ async fn respond_stage(
     mut heard: mpsc::Receiver<Heard>,
     output: mpsc::Sender<CallOutput>,
     options: CallOptions,
+    mut no_input: Option<NoInputArmer>,
 ) -> Result<CallReport, PipelineError> {
     tracing::info!(flow = %flow.name, "call answered");
     let mut bot = Bot::new(flow.dialog.clone(), flow.escalation.clone());
@@ -711,6 +770,9 @@ async fn respond_stage(
         .await
     {
         tracing::error!(error = %e, "greeting synthesis failed; the call goes on");
+    }
+    if let Some(armer) = no_input.as_mut() {
+        armer.arm(speaker.ends_at);
     }
     let mut turns = Vec::new();
     let mut outcome = CallOutcome::CallerHungUp;
@@ -740,7 +802,7 @@ async fn respond_stage(
                         after_handover.push(line);
                     }
                 }
-                Heard::Dtmf { .. } | Heard::Partial(_) => {}
+                Heard::Dtmf { .. } | Heard::Partial(_) | Heard::NoInput { .. } => {}
                 Heard::Resume => {
                     handed_over = false;
                     bot_done_at = None;
@@ -750,11 +812,15 @@ async fn respond_stage(
                     if let Err(e) = speaker.say(SpeechKind::Reply, &text, || at).await {
                         tracing::error!(error = %e, "cannot say that the bot is back");
                     }
+                    if let Some(armer) = no_input.as_mut() {
+                        armer.arm(speaker.ends_at.max(at));
+                    }
                 }
             }
             continue;
         }
         let mut turn_note = None;
+        let mut input = TurnInput::Speech;
         let (caller_turn, decided_at, utterance) = match item {
             Heard::End { at } => {
                 caller_audio = at;
@@ -763,11 +829,25 @@ async fn respond_stage(
             Heard::Resume | Heard::Partial(_) => continue,
             Heard::Dtmf { digit, at } => {
                 let Some(turn) = bot.on_dtmf(digit) else {
+                    if let Some(armer) = no_input.as_mut() {
+                        armer.keep();
+                    }
                     continue;
                 };
+                input = TurnInput::Dtmf;
+                (turn, at, None)
+            }
+            Heard::NoInput { at } => {
+                let Some(turn) = bot.on_no_input() else {
+                    continue;
+                };
+                input = TurnInput::NoInput;
                 (turn, at, None)
             }
             Heard::Utterance(turn) => {
+                if let Some(armer) = no_input.as_mut() {
+                    armer.heard_utterance();
+                }
                 let turn_started = Instant::now();
                 let HeardTurn {
                     utterance: u,
@@ -793,6 +873,9 @@ async fn respond_stage(
                         "short, doubtful utterance ignored as noise"
                     );
                     noise_ignored += 1;
+                    if let Some(armer) = no_input.as_mut() {
+                        armer.keep();
+                    }
                     continue;
                 }
                 // The dialog (intent model included) is CPU work too: the bot visits the pool
@@ -800,6 +883,7 @@ async fn respond_stage(
                 let caller = CallerTurn {
                     text: transcript.text.clone(),
                     asr_confidence: transcript.confidence,
+                    words: transcript.words.clone(),
                 };
                 let job = move || {
                     let started = Instant::now();
@@ -842,6 +926,7 @@ async fn respond_stage(
         );
         report.fault = fault;
         report.turn_end = turn_note;
+        report.input = input;
         log_decision(&report);
         crate::admin::metrics::observe_turn(&report.timings, utterance.is_some());
         let total = report.timings.total;
@@ -867,6 +952,13 @@ async fn respond_stage(
             .send(CallOutput::Turn(Box::new(report.clone())))
             .await;
         turns.push(report);
+        if let Some(armer) = no_input.as_mut() {
+            if caller_turn.escalation.is_some() || caller_turn.ends_call {
+                armer.disarm();
+            } else {
+                armer.arm(speaker.ends_at.max(decided_at));
+            }
+        }
         if let Some(e) = &caller_turn.escalation {
             outcome = CallOutcome::Escalated;
             escalation = Some(e.clone());
@@ -1016,8 +1108,11 @@ pub async fn run_transcriber(
         engines.config.clone(),
         input,
         heard_tx,
-        None,
-        None,
+        Listeners {
+            partials: None,
+            judge: None,
+            no_input: None,
+        },
     ));
     let mut lines = Vec::new();
     while let Some(item) = heard_rx.recv().await {
@@ -1029,7 +1124,7 @@ pub async fn run_transcriber(
                 }
             }
             Heard::End { .. } => break,
-            Heard::Dtmf { .. } | Heard::Resume | Heard::Partial(_) => {}
+            Heard::Dtmf { .. } | Heard::Resume | Heard::Partial(_) | Heard::NoInput { .. } => {}
         }
     }
     drop(heard_rx);
@@ -1066,6 +1161,9 @@ struct Speaker<'a> {
     /// started at.
     pending: std::collections::VecDeque<String>,
     generation: u64,
+    /// Media time the speech sent so far ends (units play one after the other, each no
+    /// earlier than it is ready).
+    ends_at: Duration,
 }
 
 impl<'a> Speaker<'a> {
@@ -1082,6 +1180,7 @@ impl<'a> Speaker<'a> {
             cancel,
             pending: Default::default(),
             generation: 0,
+            ends_at: Duration::ZERO,
         }
     }
 
@@ -1104,13 +1203,14 @@ impl<'a> Speaker<'a> {
     }
 
     async fn send(
-        &self,
+        &mut self,
         kind: SpeechKind,
         text: &str,
         audio: MonoAudio,
         ready_at: Duration,
         continues: bool,
     ) {
+        self.ends_at = self.ends_at.max(ready_at) + samples_duration(audio.samples.len());
         let _ = self
             .output
             .send(CallOutput::Speak {
@@ -1271,6 +1371,7 @@ pub(crate) fn make_report(
         },
         fault: None,
         turn_end: None,
+        input: TurnInput::Speech,
     }
 }
 

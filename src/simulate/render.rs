@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Cell, CellAlignment, Table};
 
-use crate::report::{CallOutcome, CallReport, TurnReport};
+use crate::report::{CallOutcome, CallReport, TurnInput, TurnReport};
 
 use super::batch::FileResult;
 
@@ -16,14 +16,20 @@ fn secs(d: Duration) -> String {
 /// One turn, as several indented lines.
 pub fn turn_text(turn: &TurnReport) -> String {
     let mut s = String::new();
+    let heard = match turn.input {
+        TurnInput::Speech => format!(
+            "caller: \"{}\"  (asr confidence {:.2})",
+            turn.transcript, turn.asr_confidence
+        ),
+        TurnInput::Dtmf => "caller pressed a key".to_string(),
+        TurnInput::NoInput => "caller silent (no input)".to_string(),
+    };
     let _ = writeln!(
         s,
-        "  [{}] {}-{} s  caller: \"{}\"  (asr confidence {:.2})",
+        "  [{}] {}-{} s  {heard}",
         turn.index,
         secs(turn.start),
         secs(turn.end),
-        turn.transcript,
-        turn.asr_confidence
     );
     let slots = if turn.slots.is_empty() {
         String::new()

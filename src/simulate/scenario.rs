@@ -21,7 +21,12 @@
 //! ```
 //!
 //! Expectations: `transcript_contains`, `intent`, `escalates`, `reason`, `reply_contains`,
-//! `slots` (a table of slot = value).
+//! `slots` (a table of slot = value), `ends_call`.
+//!
+//! A turn can also be a silence: `silence_s = 20` keeps the caller quiet that long, and its
+//! expectations apply to what the bot did meanwhile (its no-input prompts): `no_input_prompts`
+//! (how many times it spoke up), `escalates`, `reason` (`no_input`), `reply_contains` (any of
+//! its words then), `ends_call`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -36,7 +41,7 @@ use crate::config_file::{self, ConfigError};
 use crate::dialog::normalize::normalize;
 use crate::flows::Flow;
 use crate::pipeline::Engines;
-use crate::report::{CallReport, TurnReport};
+use crate::report::{CallReport, TurnInput, TurnReport};
 use crate::speech::tts::{EspeakSynthesizer, SpeechSynthesizer, TtsConfig};
 
 use super::call::{simulate_call, SimulatedCall};
@@ -76,6 +81,11 @@ pub struct Expect {
     pub reason: Option<String>,
     pub reply_contains: Vec<String>,
     pub slots: BTreeMap<String, String>,
+    /// Whether the bot ends the call on this turn (said goodbye and hung up).
+    pub ends_call: Option<bool>,
+    /// For a silent turn: how many times the bot spoke up (no-input prompts, the hand-over
+    /// or the goodbye included).
+    pub no_input_prompts: Option<usize>,
 }
 
 /// One caller turn.
@@ -86,8 +96,16 @@ pub struct Turn {
     pub say: Option<String>,
     /// A recording, relative to the scenario file.
     pub wav: Option<PathBuf>,
+    /// Seconds the caller says nothing (instead of `say` or `wav`).
+    pub silence_s: Option<f32>,
     #[serde(default)]
     pub expect: Expect,
+}
+
+impl Turn {
+    fn is_silence(&self) -> bool {
+        self.silence_s.is_some()
+    }
 }
 
 /// A scenario file.
@@ -112,6 +130,7 @@ const KNOWN_REASONS: &[&str] = &[
     "repeated_misunderstanding",
     "negative_tone",
     "dtmf0",
+    "no_input",
 ];
 
 impl Scenario {
@@ -134,23 +153,26 @@ impl Scenario {
         let base = path.parent().unwrap_or(Path::new("."));
         for (i, turn) in scenario.turns.iter_mut().enumerate() {
             let field = format!("turn.{i}");
+            let sources = [turn.say.is_some(), turn.wav.is_some(), turn.is_silence()];
+            match sources.iter().filter(|s| **s).count() {
+                0 => return Err(ConfigError::invalid(
+                    path,
+                    text,
+                    &field,
+                    "needs `say` (text), `wav` (a recording) or `silence_s` (seconds of silence)",
+                )),
+                1 => {}
+                _ => {
+                    return Err(ConfigError::invalid(
+                        path,
+                        text,
+                        &field,
+                        "give one of `say`, `wav` and `silence_s`, not several",
+                    ))
+                }
+            }
+            validate_silence(path, text, &field, turn)?;
             match (&turn.say, &turn.wav) {
-                (Some(_), Some(_)) => {
-                    return Err(ConfigError::invalid(
-                        path,
-                        text,
-                        &field,
-                        "give either `say` or `wav`, not both",
-                    ))
-                }
-                (None, None) => {
-                    return Err(ConfigError::invalid(
-                        path,
-                        text,
-                        &field,
-                        "needs `say` (text) or `wav` (a recording)",
-                    ))
-                }
                 (Some(say), None) if say.trim().is_empty() => {
                     return Err(ConfigError::invalid(
                         path,
@@ -191,6 +213,11 @@ impl Scenario {
         let pause = vec![0.0f32; ms_to_samples(self.caller.pause_ms, SPEECH_RATE)];
         let mut samples = vec![0.0f32; ms_to_samples(600, SPEECH_RATE)];
         for (i, turn) in self.turns.iter().enumerate() {
+            if let Some(seconds) = turn.silence_s {
+                let silence = ms_to_samples((seconds * 1000.0) as u64, SPEECH_RATE);
+                samples.resize(samples.len() + silence, 0.0);
+                continue;
+            }
             let audio = match (&turn.say, &turn.wav) {
                 (Some(text), _) => {
                     let speech = tts
@@ -221,6 +248,44 @@ impl Scenario {
             rate: SPEECH_RATE,
         })
     }
+}
+
+/// The longest silence a scenario turn may ask for.
+const MAX_SILENCE_S: f32 = 300.0;
+
+/// A silent turn's length is sane and it expects only what a silence can show.
+fn validate_silence(path: &Path, text: &str, field: &str, turn: &Turn) -> Result<(), ConfigError> {
+    let bad = |key: &str, reason: String| {
+        Err(ConfigError::invalid(
+            path,
+            text,
+            &format!("{field}.{key}"),
+            reason,
+        ))
+    };
+    let Some(seconds) = turn.silence_s else {
+        if turn.expect.no_input_prompts.is_some() {
+            return bad(
+                "expect.no_input_prompts",
+                "only a silent turn (`silence_s`) has no-input prompts".into(),
+            );
+        }
+        return Ok(());
+    };
+    if !(seconds > 0.0 && seconds <= MAX_SILENCE_S) {
+        return bad(
+            "silence_s",
+            format!("{seconds} must be above 0 and at most {MAX_SILENCE_S} seconds"),
+        );
+    }
+    let e = &turn.expect;
+    if !e.transcript_contains.is_empty() || e.intent.is_some() || !e.slots.is_empty() {
+        return bad(
+            "expect",
+            "a silent turn has no transcript, intent or slots to expect".into(),
+        );
+    }
+    Ok(())
 }
 
 /// A scenario's verdict.
@@ -284,89 +349,187 @@ pub async fn run_scenario(
     (result, Some(call))
 }
 
-/// Compares heard turns with the scenario's expectations.
+/// Compares heard turns with the scenario's expectations: each spoken turn with the bot's
+/// answer to it, each silent turn with what the bot said meanwhile (its no-input turns).
 pub fn check(scenario: &Scenario, report: &CallReport) -> Vec<String> {
     let mut failures = Vec::new();
-    let heard: Vec<&TurnReport> = report.turns.iter().collect();
+    let is_silence = |t: &&TurnReport| t.input == TurnInput::NoInput;
+    let spoken_expected = scenario.turns.iter().filter(|t| !t.is_silence()).count();
+    let spoken_heard: Vec<&TurnReport> = report.turns.iter().filter(|t| !is_silence(t)).collect();
     // After an escalation or a goodbye the bot hears no more turns; expectations beyond that
     // point can only be met if they expect nothing from the bot.
-    if heard.len() != scenario.turns.len() {
-        let transcripts: Vec<String> = heard
+    if spoken_heard.len() != spoken_expected {
+        let transcripts: Vec<String> = spoken_heard
             .iter()
             .map(|t| format!("\"{}\"", t.transcript))
             .collect();
         failures.push(format!(
-            "expected {} caller turns, the bot handled {}: [{}]",
-            scenario.turns.len(),
-            heard.len(),
+            "expected {spoken_expected} caller turns, the bot handled {}: [{}]",
+            spoken_heard.len(),
             transcripts.join(", ")
         ));
     }
-    for (i, (expected, turn)) in scenario.turns.iter().zip(&heard).enumerate() {
+    let mut heard = report.turns.iter().peekable();
+    for (i, expected) in scenario.turns.iter().enumerate() {
         let n = i + 1;
-        let e = &expected.expect;
-        let heard_norm = normalize(&turn.transcript);
-        for needle in &e.transcript_contains {
-            if !heard_norm.contains(&normalize(needle)) {
-                failures.push(format!(
-                    "turn {n}: transcript \"{}\" does not contain \"{needle}\"",
-                    turn.transcript
-                ));
-            }
+        let mut silent = Vec::new();
+        while let Some(t) = heard.next_if(is_silence) {
+            silent.push(t);
         }
-        if let Some(intent) = &e.intent {
-            if &turn.intent != intent {
-                failures.push(format!(
-                    "turn {n}: intent is {} ({:.2}), expected {intent} (heard \"{}\")",
-                    turn.intent, turn.intent_confidence, turn.transcript
-                ));
-            }
+        if expected.is_silence() {
+            check_silence(n, &expected.expect, &silent, &mut failures);
+            continue;
         }
-        if let Some(escalates) = e.escalates {
-            if turn.escalation.is_some() != escalates {
-                failures.push(format!(
-                    "turn {n}: {} (heard \"{}\")",
-                    if escalates {
-                        "expected an escalation, got none"
-                    } else {
-                        "unexpected escalation"
-                    },
-                    turn.transcript
-                ));
-            }
+        if !silent.is_empty() {
+            failures.push(format!(
+                "turn {n}: the bot prompted {} time(s) for silence before it (\"{}\")",
+                silent.len(),
+                silent[0].reply
+            ));
         }
-        if let Some(reason) = &e.reason {
-            let got = turn
-                .escalation
-                .as_ref()
-                .and_then(|x| serde_json::to_value(x.reason).ok())
-                .and_then(|v| v.as_str().map(str::to_string));
-            if got.as_deref() != Some(reason.as_str()) {
-                failures.push(format!(
-                    "turn {n}: escalation reason is {}, expected {reason}",
-                    got.unwrap_or_else(|| "none".into())
-                ));
-            }
-        }
-        for needle in &e.reply_contains {
-            if !turn.reply.to_lowercase().contains(&needle.to_lowercase()) {
-                failures.push(format!(
-                    "turn {n}: reply \"{}\" does not contain \"{needle}\"",
-                    turn.reply
-                ));
-            }
-        }
-        for (slot, value) in &e.slots {
-            match turn.slots.get(slot) {
-                Some(v) if v == value => {}
-                other => failures.push(format!(
-                    "turn {n}: slot {slot} is {}, expected {value}",
-                    other.map_or("unset".to_string(), |v| format!("\"{v}\""))
-                )),
-            }
+        if let Some(turn) = heard.next() {
+            check_turn(n, &expected.expect, turn, &mut failures);
         }
     }
+    let left: Vec<&TurnReport> = heard.filter(is_silence).collect();
+    if let Some(first) = left.first() {
+        failures.push(format!(
+            "the bot prompted {} time(s) for silence after the last turn (\"{}\")",
+            left.len(),
+            first.reply
+        ));
+    }
     failures
+}
+
+/// The serialised name of a turn's escalation reason, if it escalated.
+fn reason_name(turn: &TurnReport) -> Option<String> {
+    turn.escalation
+        .as_ref()
+        .and_then(|x| serde_json::to_value(x.reason).ok())
+        .and_then(|v| v.as_str().map(str::to_string))
+}
+
+/// What the bot did while the caller of turn `n` was silent.
+fn check_silence(n: usize, e: &Expect, during: &[&TurnReport], failures: &mut Vec<String>) {
+    let replies: Vec<&str> = during.iter().map(|t| t.reply.as_str()).collect();
+    if let Some(count) = e.no_input_prompts {
+        if during.len() != count {
+            failures.push(format!(
+                "turn {n}: the bot spoke up {} time(s) during the silence, expected {count}: {replies:?}",
+                during.len()
+            ));
+        }
+    }
+    let escalation = during
+        .iter()
+        .find_map(|t| t.escalation.as_ref().map(|_| *t));
+    if let Some(escalates) = e.escalates {
+        if escalation.is_some() != escalates {
+            failures.push(format!(
+                "turn {n}: {} during the silence",
+                if escalates {
+                    "expected an escalation, got none"
+                } else {
+                    "unexpected escalation"
+                }
+            ));
+        }
+    }
+    if let Some(reason) = &e.reason {
+        let got = escalation.and_then(reason_name);
+        if got.as_deref() != Some(reason.as_str()) {
+            failures.push(format!(
+                "turn {n}: escalation reason is {}, expected {reason}",
+                got.unwrap_or_else(|| "none".into())
+            ));
+        }
+    }
+    let said = replies.join(" ").to_lowercase();
+    for needle in &e.reply_contains {
+        if !said.contains(&needle.to_lowercase()) {
+            failures.push(format!(
+                "turn {n}: nothing the bot said during the silence contains \"{needle}\": {replies:?}"
+            ));
+        }
+    }
+    if let Some(ends) = e.ends_call {
+        if during.iter().any(|t| t.ends_call) != ends {
+            failures.push(format!(
+                "turn {n}: the bot {} the call during the silence",
+                if ends { "did not end" } else { "ended" }
+            ));
+        }
+    }
+}
+
+/// One spoken turn against its expectations.
+fn check_turn(n: usize, e: &Expect, turn: &TurnReport, failures: &mut Vec<String>) {
+    let heard_norm = normalize(&turn.transcript);
+    for needle in &e.transcript_contains {
+        if !heard_norm.contains(&normalize(needle)) {
+            failures.push(format!(
+                "turn {n}: transcript \"{}\" does not contain \"{needle}\"",
+                turn.transcript
+            ));
+        }
+    }
+    if let Some(intent) = &e.intent {
+        if &turn.intent != intent {
+            failures.push(format!(
+                "turn {n}: intent is {} ({:.2}), expected {intent} (heard \"{}\")",
+                turn.intent, turn.intent_confidence, turn.transcript
+            ));
+        }
+    }
+    if let Some(escalates) = e.escalates {
+        if turn.escalation.is_some() != escalates {
+            failures.push(format!(
+                "turn {n}: {} (heard \"{}\")",
+                if escalates {
+                    "expected an escalation, got none"
+                } else {
+                    "unexpected escalation"
+                },
+                turn.transcript
+            ));
+        }
+    }
+    if let Some(reason) = &e.reason {
+        let got = reason_name(turn);
+        if got.as_deref() != Some(reason.as_str()) {
+            failures.push(format!(
+                "turn {n}: escalation reason is {}, expected {reason}",
+                got.unwrap_or_else(|| "none".into())
+            ));
+        }
+    }
+    for needle in &e.reply_contains {
+        if !turn.reply.to_lowercase().contains(&needle.to_lowercase()) {
+            failures.push(format!(
+                "turn {n}: reply \"{}\" does not contain \"{needle}\"",
+                turn.reply
+            ));
+        }
+    }
+    for (slot, value) in &e.slots {
+        match turn.slots.get(slot) {
+            Some(v) if v == value => {}
+            other => failures.push(format!(
+                "turn {n}: slot {slot} is {}, expected {value}",
+                other.map_or("unset".to_string(), |v| format!("\"{v}\""))
+            )),
+        }
+    }
+    if let Some(ends) = e.ends_call {
+        if turn.ends_call != ends {
+            failures.push(format!(
+                "turn {n}: the bot {} the call (heard \"{}\")",
+                if ends { "did not end" } else { "ended" },
+                turn.transcript
+            ));
+        }
+    }
 }
 
 #[cfg(test)]
@@ -399,9 +562,72 @@ wav = "audio/x.wav"
     fn turn_with_both_sources_is_rejected_with_line() {
         let text = "[[turn]]\nsay = \"hi\"\nwav = \"a.wav\"\n";
         let err = Scenario::from_text(Path::new("s.toml"), text).unwrap_err();
-        assert!(err.reason.contains("not both"), "{err}");
+        assert!(err.reason.contains("not several"), "{err}");
         // The turn's `[[turn]]` header.
         assert_eq!(err.line, Some(1));
+    }
+
+    #[test]
+    fn a_silent_turn_parses_and_rejects_what_silence_cannot_show() {
+        let text = "[[turn]]\nsilence_s = 20\n[turn.expect]\nno_input_prompts = 2\nreason = \"no_input\"\n";
+        let s = Scenario::from_text(Path::new("s.toml"), text).expect("valid");
+        assert!(s.turns[0].is_silence());
+        let both = "[[turn]]\nsay = \"hi\"\nsilence_s = 3\n";
+        let err = Scenario::from_text(Path::new("s.toml"), both).unwrap_err();
+        assert!(err.reason.contains("not several"), "{err}");
+        let intent = "[[turn]]\nsilence_s = 3\n[turn.expect]\nintent = \"greeting\"\n";
+        let err = Scenario::from_text(Path::new("s.toml"), intent).unwrap_err();
+        assert!(err.reason.contains("no transcript"), "{err}");
+        let long = "[[turn]]\nsilence_s = 1000\n";
+        let err = Scenario::from_text(Path::new("s.toml"), long).unwrap_err();
+        assert_eq!(err.line, Some(2), "{err}");
+        let spoken = "[[turn]]\nsay = \"hi\"\n[turn.expect]\nno_input_prompts = 1\n";
+        let err = Scenario::from_text(Path::new("s.toml"), spoken).unwrap_err();
+        assert!(err.reason.contains("only a silent turn"), "{err}");
+    }
+
+    #[test]
+    fn silences_are_checked_against_the_no_input_turns_and_spoken_turns_against_the_rest() {
+        let text = "[[turn]]\nsay = \"where is my parcel\"\n[[turn]]\nsilence_s = 20\n[turn.expect]\nno_input_prompts = 2\nreason = \"no_input\"\n";
+        let s = Scenario::from_text(Path::new("s.toml"), text).expect("valid");
+        let silent = |reply: &str, escalation: Option<crate::dialog::Escalation>| TurnReport {
+            input: TurnInput::NoInput,
+            transcript: String::new(),
+            reply: reply.into(),
+            escalation,
+            ..heard("", "none", None)
+        };
+        let handover = crate::dialog::Escalation {
+            reason: crate::dialog::EscalationReason::NoInput,
+            detail: String::new(),
+            skill: "general".into(),
+            turn: 3,
+        };
+        let good = call(vec![
+            heard("where is my parcel", "order_status", None),
+            silent("Are you still there?", None),
+            silent("Putting you through.", Some(handover.clone())),
+        ]);
+        assert!(check(&s, &good).is_empty(), "{:?}", check(&s, &good));
+        let one = call(vec![
+            heard("where is my parcel", "order_status", None),
+            silent("Putting you through.", Some(handover)),
+        ]);
+        let failures = check(&s, &one);
+        assert!(
+            failures.iter().any(|f| f.contains("spoke up 1 time")),
+            "{failures:?}"
+        );
+        // A prompt for silence where the scenario has the caller speak is a failure too.
+        let early = call(vec![
+            silent("Are you still there?", None),
+            heard("where is my parcel", "order_status", None),
+        ]);
+        let failures = check(&s, &early);
+        assert!(
+            failures.iter().any(|f| f.contains("before it")),
+            "{failures:?}"
+        );
     }
 
     #[test]
@@ -425,6 +651,7 @@ wav = "audio/x.wav"
         escalation: Option<crate::dialog::Escalation>,
     ) -> TurnReport {
         TurnReport {
+            input: Default::default(),
             index: 1,
             start: std::time::Duration::ZERO,
             end: std::time::Duration::from_secs(1),

@@ -38,7 +38,7 @@ pub use telephone::Conditioning;
 pub use whisper::WhisperRecognizer;
 
 /// One recognised word with the engine's confidence in it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct Word {
     /// The word as written in the transcript (punctuation kept).
     pub text: String,
