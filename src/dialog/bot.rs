@@ -309,7 +309,7 @@ impl Bot {
         let tone = self
             .policy
             .tone(&out.normalized_text)
-            .with_meaning(out.intent.tone.as_ref());
+            .with_meaning(out.intent.tone.as_ref(), self.policy.config());
         let voice_weight = self.policy.config().voice_weight;
         let reading = self.emotion.observe(tone.score, prosody, voice_weight);
         out.emotion = Some(reading.clone());

@@ -67,11 +67,13 @@ use thiserror::Error;
 use tokenizers::{Tokenizer, TruncationParams};
 
 use super::assets::DialogAssets;
+use super::intent::IntentEscalation;
 use super::intent::{
     IntentClassifier, IntentMatch, IntentsFile, MeaningTone, RuleClassifier, NONE_INTENT,
 };
 use super::normalize::{normalize, stem};
 use super::pattern::{negation_before, Pattern, Synonyms, TokenStream, NEGATORS};
+use super::tone_model::ToneModel;
 
 /// The command that installs the model files.
 pub const PROVISION_COMMAND: &str = "python3 models/provision.py";
@@ -393,32 +395,6 @@ pub fn calibrate(best: f32, margin: f32) -> f32 {
     (c.clamp(0.0, 1.0) * 1000.0).round() / 1000.0
 }
 
-/// Midpoint and slope of the similarity factor of [`tone_score`].
-const TONE_SIM_MID: f32 = 0.5;
-const TONE_SIM_SLOPE: f32 = 12.0;
-/// Midpoint and slope of its margin factor (upset example over calm example).
-const TONE_MARGIN_MID: f32 = 0.0;
-const TONE_MARGIN_SLOPE: f32 = 20.0;
-
-/// A turn's tone by meaning, in `[0, 1)`: `σ(12 (upset − 0.5)) · σ(20 (upset − calm))`, where
-/// `upset` is the similarity of the closest `[tone] upset` example and `calm` that of the
-/// closest intent example. A turn must be close to an upset example (0.6 and up is a
-/// paraphrase) *and* closer to it than to any plain request, so "where is my order" stays calm
-/// even though upset callers also talk about orders.
-///
-/// | upset | calm | score |
-/// | --- | --- | --- |
-/// | 0.70 | 0.40 | 0.91 |
-/// | 0.65 | 0.45 | 0.84 |
-/// | 0.60 | 0.50 | 0.67 |
-/// | 0.55 | 0.55 | 0.32 |
-/// | 0.50 | 0.60 | 0.06 |
-pub fn tone_score(upset: f32, calm: f32) -> f32 {
-    let s = sigmoid(TONE_SIM_SLOPE * (upset - TONE_SIM_MID))
-        * sigmoid(TONE_MARGIN_SLOPE * (upset - calm - TONE_MARGIN_MID));
-    (s.clamp(0.0, 0.999) * 1000.0).round() / 1000.0
-}
-
 /// One intent with its embedded examples.
 struct EmbeddedIntent {
     name: String,
@@ -440,8 +416,11 @@ struct IntentScore {
 pub struct EmbeddingClassifier {
     encoder: Arc<SentenceEncoder>,
     intents: Vec<EmbeddedIntent>,
-    /// The `[tone] upset` examples, embedded.
+    /// The `[tone] upset` examples, embedded (the explanation of a tone score names the
+    /// closest).
     upset: Vec<(String, Vec<f32>)>,
+    /// The tone direction learnt from the upset examples against calm speech.
+    tone_model: Option<ToneModel>,
 }
 
 impl fmt::Debug for EmbeddingClassifier {
@@ -476,9 +455,10 @@ impl EmbeddingClassifier {
         intents: &IntentsFile,
         encoder: Arc<SentenceEncoder>,
     ) -> Result<Self, EmbeddingError> {
-        // Intent examples carry their intent's index; `[tone] upset` examples come last, with
-        // the index one past the intents.
+        // Intent examples carry their intent's index; `[tone] upset` examples come next, with
+        // the index one past the intents, and `[tone] calm` ones last.
         let upset_index = intents.intents.len();
+        let calm_index = upset_index + 1;
         let texts: Vec<(usize, String, String)> = intents
             .intents
             .iter()
@@ -494,6 +474,13 @@ impl EmbeddingClassifier {
                     .upset
                     .iter()
                     .map(|e| (upset_index, e.clone(), normalize(e))),
+            )
+            .chain(
+                intents
+                    .tone
+                    .calm
+                    .iter()
+                    .map(|e| (calm_index, e.clone(), normalize(e))),
             )
             .collect();
         let mut embedded = Vec::with_capacity(texts.len());
@@ -511,16 +498,31 @@ impl EmbeddingClassifier {
             })
             .collect();
         let mut upset = Vec::with_capacity(intents.tone.upset.len());
+        let mut calm_extra = Vec::with_capacity(intents.tone.calm.len());
         for ((i, text, _), vector) in texts.into_iter().zip(embedded) {
             match out.get_mut(i) {
                 Some(intent) => intent.examples.push((text, vector)),
-                None => upset.push((text, vector)),
+                None if i == upset_index => upset.push((text, vector)),
+                None => calm_extra.push(vector),
             }
         }
+        // Calm speech: the requests of intents that do not hand over (a complaint or a
+        // cancellation may be said in anger), and the `[tone] calm` sentences.
+        let calm: Vec<&[f32]> = intents
+            .intents
+            .iter()
+            .zip(&out)
+            .filter(|(def, _)| def.escalate == IntentEscalation::No)
+            .flat_map(|(_, e)| e.examples.iter().map(|(_, v)| v.as_slice()))
+            .chain(calm_extra.iter().map(Vec::as_slice))
+            .collect();
+        let upset_vectors: Vec<&[f32]> = upset.iter().map(|(_, v)| v.as_slice()).collect();
+        let tone_model = ToneModel::train(&upset_vectors, &calm);
         Ok(EmbeddingClassifier {
             encoder,
             intents: out,
             upset,
+            tone_model,
         })
     }
 
@@ -577,25 +579,37 @@ impl EmbeddingClassifier {
         let query = self.encoder.embed(normalized_text)?;
         let scores = self.scores(&query);
         let mut verdict = self.decide(&scores);
-        verdict.tone = self.tone(&query, &scores);
+        verdict.tone = self.tone(&query, &scores)?;
         Ok(verdict)
     }
 
-    /// How upset an embedded turn sounds: its closeness to the `[tone] upset` examples, against
-    /// its closeness to the calm intent examples (see [`tone_score`]). None without examples.
-    fn tone(&self, query: &[f32], scores: &[IntentScore]) -> Option<MeaningTone> {
-        let (example, similarity) = self
+    /// How upset a turn sounds by its meaning (see [`super::tone_model`]): the tone model's
+    /// probability, explained by the closest upset example. None without a tone model.
+    fn tone(
+        &self,
+        query: &[f32],
+        scores: &[IntentScore],
+    ) -> Result<Option<MeaningTone>, EmbeddingError> {
+        let Some(model) = &self.tone_model else {
+            return Ok(None);
+        };
+        let score = model.probability(query);
+        let Some((example, similarity)) = self
             .upset
             .iter()
             .map(|(text, v)| (text, dot(query, v)))
-            .max_by(|a, b| a.1.total_cmp(&b.1))?;
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+        else {
+            return Ok(None);
+        };
         let calm_similarity = scores.iter().map(|s| s.best_sim).fold(0.0f32, f32::max);
-        Some(MeaningTone {
-            score: tone_score(similarity, calm_similarity),
+        let round = |x: f32| (x * 1000.0).round() / 1000.0;
+        Ok(Some(MeaningTone {
+            score: round(score.min(0.999)),
             example: example.clone(),
-            similarity: (similarity * 1000.0).round() / 1000.0,
-            calm_similarity: (calm_similarity * 1000.0).round() / 1000.0,
-        })
+            similarity: round(similarity),
+            calm_similarity: round(calm_similarity),
+        }))
     }
 
     fn decide(&self, scores: &[IntentScore]) -> IntentMatch {
@@ -828,7 +842,7 @@ impl HybridClassifier {
         let scores = self.embedding.scores(&query);
         let embed = self.embedding.decide(&scores);
         let mut verdict = self.combine(normalized_text, rule, embed, &scores);
-        verdict.tone = self.embedding.tone(&query, &scores);
+        verdict.tone = self.embedding.tone(&query, &scores)?;
         Ok(verdict)
     }
 
@@ -1361,17 +1375,6 @@ mod tests {
             let tone = m.tone.as_ref().expect("the embedding scores tone");
             assert!(tone.score < 0.3, "{text:?}: {tone:?}");
         }
-    }
-
-    #[test]
-    fn tone_score_is_calibrated() {
-        assert!(tone_score(0.70, 0.40) > 0.85);
-        assert!(tone_score(0.55, 0.55) < 0.4);
-        assert!(tone_score(0.50, 0.60) < 0.1);
-        // Monotonic in both arguments.
-        assert!(tone_score(0.65, 0.45) > tone_score(0.60, 0.45));
-        assert!(tone_score(0.65, 0.45) > tone_score(0.65, 0.50));
-        assert!(tone_score(1.0, 0.0) < 1.0);
     }
 
     #[test]

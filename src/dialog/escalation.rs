@@ -113,6 +113,11 @@ pub struct EscalationConfig {
     pub trend_turns: u32,
     /// The last score of a rising trend must reach this to escalate.
     pub trend_min_score: f32,
+    /// The tone model's probability (see [`super::tone_model`]) at which a turn's meaning alone
+    /// counts as upset enough to hand over. Lower catches more anger said plainly and hands
+    /// over more callers who are only mildly frustrated about something the bot could solve;
+    /// higher the reverse (see the README for measured figures).
+    pub meaning_tone_threshold: f32,
     /// Seconds of silence after the bot's prompt has finished playing before the bot prompts
     /// again (0 disables no-input handling).
     pub no_input_s: f32,
@@ -268,6 +273,7 @@ impl Default for EscalationConfig {
             min_critical_confidence: 0.25,
             trend_turns: 3,
             trend_min_score: 0.45,
+            meaning_tone_threshold: 0.65,
             no_input_s: 7.0,
             max_no_input: 3,
             no_input_action: NoInputAction::Handover,
@@ -312,6 +318,15 @@ impl EscalationConfig {
                 format!(
                     "{} must be above 0 and at most 1 (1 disables tone escalation)",
                     self.negative_tone_threshold
+                ),
+            );
+        }
+        if !(self.meaning_tone_threshold >= 0.5 && self.meaning_tone_threshold < 1.0) {
+            return bad(
+                "meaning_tone_threshold",
+                format!(
+                    "{} must be at least 0.5 and below 1",
+                    self.meaning_tone_threshold
                 ),
             );
         }
@@ -436,20 +451,29 @@ pub struct Tone {
 }
 
 impl Tone {
-    /// The tone with the judgement of a model of meaning taken in: the higher of the two
-    /// scores counts, and the meaning's closest upset example becomes a cue when it decides.
-    /// A negated lexicon word ("not angry") vetoes the meaning, which barely sees "not".
-    pub fn with_meaning(mut self, meaning: Option<&MeaningTone>) -> Tone {
+    /// The tone with the judgement of a model of meaning taken in, put on the lexicon's
+    /// scale: the model's probability times `negative_tone_threshold / meaning_tone_threshold`
+    /// (so a probability at `meaning_tone_threshold` reaches the escalation threshold). The
+    /// higher of the two scores counts, and the meaning's closest upset example becomes a cue
+    /// when it decides. A negated lexicon word ("not angry") vetoes the meaning, which barely
+    /// sees "not".
+    pub fn with_meaning(
+        mut self,
+        meaning: Option<&MeaningTone>,
+        config: &EscalationConfig,
+    ) -> Tone {
         let Some(m) = meaning else {
             return self;
         };
-        if self.denied || m.score <= self.score {
+        let scale = config.negative_tone_threshold / config.meaning_tone_threshold;
+        let score = (m.score * scale).min(0.999);
+        if self.denied || score <= self.score {
             return self;
         }
-        self.score = m.score;
+        self.score = (score * 1000.0).round() / 1000.0;
         self.cues.push(format!(
-            "sounds like \"{}\" (similarity {:.2} against {:.2} for the closest request)",
-            m.example, m.similarity, m.calm_similarity
+            "sounds upset by its meaning (tone model {:.2}, meaning_tone_threshold {:.2}), like \"{}\" (similarity {:.2}; closest request {:.2})",
+            m.score, config.meaning_tone_threshold, m.example, m.similarity, m.calm_similarity
         ));
         self
     }
@@ -895,12 +919,15 @@ mod tests {
         };
         let t = p
             .tone(&normalize("nobody ever rings me back"))
-            .with_meaning(Some(&meaning));
-        assert_eq!(t.score, 0.8);
-        assert!(t.cues[0].contains("sounds like"), "{t:?}");
+            .with_meaning(Some(&meaning), &p.config);
+        // On the lexicon's scale: times negative_tone_threshold / meaning_tone_threshold.
+        let scale = p.config.negative_tone_threshold / p.config.meaning_tone_threshold;
+        assert_eq!(t.score, round3(0.8 * scale));
+        assert!(t.score >= p.config.negative_tone_threshold);
+        assert!(t.cues[0].contains("sounds upset"), "{t:?}");
         let t = p
             .tone(&normalize("I'm not angry, nobody rang me back"))
-            .with_meaning(Some(&meaning));
+            .with_meaning(Some(&meaning), &p.config);
         assert_eq!(t.score, 0.0, "{t:?}");
         // A lower meaning score leaves the words' score alone.
         let lower = MeaningTone {
@@ -909,9 +936,9 @@ mod tests {
         };
         let t = p
             .tone(&normalize("this is ridiculous and useless"))
-            .with_meaning(Some(&lower));
+            .with_meaning(Some(&lower), &p.config);
         assert_eq!(t.score, round3(2.0 / 3.0));
-        assert!(t.cues.iter().all(|c| !c.contains("sounds like")));
+        assert!(t.cues.iter().all(|c| !c.contains("sounds upset")));
     }
 
     #[test]

@@ -67,7 +67,7 @@ pub struct MeaningTone {
     pub example: String,
     /// Cosine similarity to that example.
     pub similarity: f32,
-    /// Similarity of the closest intent example (a calm request), the reference it must beat.
+    /// Similarity of the closest intent example (a calm request).
     pub calm_similarity: f32,
 }
 
@@ -122,15 +122,20 @@ pub struct IntentsFile {
     pub tone: ToneExamples,
 }
 
-/// The `[tone]` table: how upset callers sound, as whole sentences. A model of meaning (the
-/// sentence embedding) scores a turn by its closeness to these against its closeness to the
-/// intents' calm examples, so anger and sarcasm are caught in words no lexicon lists.
+/// The `[tone]` table: how upset callers sound, and how calm callers sound, as whole sentences.
+/// A linear model over the sentence embedding is trained on these (and on the intents' own
+/// examples, as calm speech) when the intents load (see [`super::tone_model`]), so anger and
+/// sarcasm are caught in words no lexicon lists.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ToneExamples {
     /// Angry, exasperated or sarcastic sentences.
     #[serde(default)]
     pub upset: Vec<String>,
+    /// Sentences that are not upset enough for a person although they may sound a little
+    /// negative: mild inconvenience, worry, neutral talk about time, a problem long solved.
+    #[serde(default)]
+    pub calm: Vec<String>,
 }
 
 /// One `[[intent]]`.

@@ -14,6 +14,7 @@
 //! * [`lookup`]: answers from a flow's data (the demo order-status source);
 //! * [`slots`]: order number, name and e-mail extraction;
 //! * [`emotion`]: the caller's tone in words and voice, and its trend over the call;
+//! * [`tone_model`]: how upset a turn sounds by its meaning (a linear model over embeddings);
 //! * [`escalation`]: when and why to hand the call to a person;
 //! * [`confirm`]: the closed question for a doubtful request for a person, and its yes or no;
 //! * [`prompts`]: the bot's sentences, validated against the intents;
@@ -33,6 +34,7 @@ pub mod normalize;
 pub mod pattern;
 pub mod prompts;
 pub mod slots;
+pub mod tone_model;
 
 pub use assets::DialogAssets;
 pub use bot::{Bot, BotTurn, CallerTurn};

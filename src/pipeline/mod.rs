@@ -784,6 +784,9 @@ async fn respond_stage(
     let mut handed_over = false;
     let mut after_handover = Vec::new();
     while let Some(item) = heard.recv().await {
+        if let (Heard::Utterance(_), Some(armer)) = (&item, no_input.as_mut()) {
+            armer.heard_utterance();
+        }
         let mut fault: Option<String> = None;
         if let Heard::Partial(p) = item {
             // Disposable: a busy speaker stage drops it rather than hold the turn.
@@ -800,6 +803,10 @@ async fn respond_stage(
                     if let Some(line) = transcribe_line(&engines, &turn.utterance, "caller").await {
                         let _ = output.send(CallOutput::Heard(line.clone())).await;
                         after_handover.push(line);
+                    }
+                    // Still waiting for nothing, now that this utterance is accounted for.
+                    if let Some(armer) = no_input.as_mut() {
+                        armer.keep();
                     }
                 }
                 Heard::Dtmf { .. } | Heard::Partial(_) | Heard::NoInput { .. } => {}
@@ -845,9 +852,6 @@ async fn respond_stage(
                 (turn, at, None)
             }
             Heard::Utterance(turn) => {
-                if let Some(armer) = no_input.as_mut() {
-                    armer.heard_utterance();
-                }
                 let turn_started = Instant::now();
                 let HeardTurn {
                     utterance: u,
@@ -976,7 +980,8 @@ async fn respond_stage(
         }
     }
     // The bot is done (or the caller is): drain the rest so the listen stage can finish, and
-    // measure what the bot did not process.
+    // measure what the bot did not process. No more silences are judged.
+    drop(no_input);
     heard_drain(&mut heard, &mut caller_audio).await;
     let unprocessed = bot_done_at.map_or(Duration::ZERO, |at| caller_audio.saturating_sub(at));
     Ok(CallReport {

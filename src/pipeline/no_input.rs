@@ -138,6 +138,10 @@ impl NoInputWatch {
         let CallInput::Audio(frame) = item else {
             return false;
         };
+        // The respond stage is done with the call (hand-over, goodbye): no arm will come.
+        if self.arm.has_changed().is_err() {
+            return false;
+        }
         let fired = self.fired.map(|(generation, _)| generation);
         let waiting = match self.current() {
             None => true,
@@ -168,11 +172,10 @@ impl NoInputWatch {
         true
     }
 
-    /// Waits for the respond stage's next arm; never returns once the respond stage is gone.
+    /// Waits for the respond stage's next arm, or for the respond stage to be gone (then
+    /// nothing waits for an arm any more, see [`NoInputWatch::holds`]).
     pub(crate) async fn changed(&mut self) {
-        if self.arm.changed().await.is_err() {
-            std::future::pending::<()>().await;
-        }
+        let _ = self.arm.changed().await;
     }
 }
 
@@ -250,6 +253,10 @@ mod tests {
         // A live call: media time is the wall clock, never held.
         let (_armer, live) = clock(Some(Duration::ZERO)).expect("on");
         assert!(!live.holds(&frame(Duration::ZERO)));
+        // The bot let go of the call while the caller spoke once more: no arm will come, and
+        // nothing may wait for one.
+        drop(armer);
+        assert!(!watch.holds(&frame(secs(40))));
     }
 
     #[test]
