@@ -6,9 +6,12 @@
 //! 1. after an escalation or a goodbye the bot stays silent (a person has the call, or it ended);
 //! 2. a critical keyword in the text, a critical intent, or an explicit request for a person
 //!    escalates at once (even when ASR confidence is low: handing over is the safe mistake);
-//! 3. low ASR confidence asks the caller to repeat, and escalates when that keeps failing;
+//! 3. low ASR confidence asks the caller to repeat, and escalates when that keeps failing
+//!    (unless the words heard for sure already name a request);
 //! 4. negative emotion escalates: the words' tone above the threshold, the words amplified by a
-//!    raised voice (see [`super::emotion`]), or a score that rose turn after turn;
+//!    raised voice (see [`super::emotion`]), or a score that rose turn after turn; then a
+//!    suspected request for a person or critical intent (below the confidence to act on, above
+//!    `min_critical_confidence`) escalates: the safe mistake is a person;
 //! 5. otherwise the recognised intent is answered: a missing required slot is asked for (and
 //!    the next turn that contains it fills it even without intent words), then the reply is
 //!    rendered; nothing recognised asks for clarification, and escalates when that keeps

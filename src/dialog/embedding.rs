@@ -73,7 +73,7 @@ use super::intent::{
 };
 use super::normalize::{normalize, stem};
 use super::pattern::{negation_before, Pattern, Synonyms, TokenStream, NEGATORS};
-use super::tone_model::ToneModel;
+use super::tone_model::{self, ToneModel};
 
 /// The command that installs the model files.
 pub const PROVISION_COMMAND: &str = "python3 models/provision.py";
@@ -515,6 +515,26 @@ impl EmbeddingClassifier {
             .filter(|(def, _)| def.escalate == IntentEscalation::No)
             .flat_map(|(_, e)| e.examples.iter().map(|(_, v)| v.as_slice()))
             .chain(calm_extra.iter().map(Vec::as_slice))
+            .collect();
+        // Misrecognised calm speech is calm too: word salad made of calm sentences teaches the
+        // model that "unlike a routine request" is not "upset".
+        let calm_texts: Vec<String> = intents
+            .intents
+            .iter()
+            .filter(|def| def.escalate == IntentEscalation::No)
+            .flat_map(|def| def.examples.iter())
+            .chain(intents.tone.calm.iter())
+            .map(|e| normalize(e))
+            .collect();
+        let salad = tone_model::word_salad(&calm_texts);
+        let mut salad_vectors = Vec::with_capacity(salad.len());
+        for chunk in salad.chunks(BATCH) {
+            let batch: Vec<&str> = chunk.iter().map(String::as_str).collect();
+            salad_vectors.extend(encoder.embed_batch(&batch)?);
+        }
+        let calm: Vec<&[f32]> = calm
+            .into_iter()
+            .chain(salad_vectors.iter().map(Vec::as_slice))
             .collect();
         let upset_vectors: Vec<&[f32]> = upset.iter().map(|(_, v)| v.as_slice()).collect();
         let tone_model = ToneModel::train(&upset_vectors, &calm);

@@ -87,6 +87,42 @@ impl ToneModel {
     }
 }
 
+/// Share of words replaced in a word-salad sentence.
+const SALAD_REPLACE: f64 = 0.3;
+/// Fixed seed: the same examples always give the same model.
+const SALAD_SEED: u64 = 0x5eed_7011e;
+
+/// Misrecognised versions of calm sentences (of three words or more): some words replaced by
+/// other words of the same sentences, neighbours swapped. What a recogniser makes of a calm
+/// caller on a bad line ("could you tell me your business haven't clean") is unlike any
+/// routine request, and must not look upset to the model for that reason alone.
+pub fn word_salad(calm: &[String]) -> Vec<String> {
+    use rand::{Rng, SeedableRng};
+    let vocabulary: Vec<&str> = calm.iter().flat_map(|s| s.split_whitespace()).collect();
+    if vocabulary.is_empty() {
+        return Vec::new();
+    }
+    let mut rng = rand::rngs::StdRng::seed_from_u64(SALAD_SEED);
+    calm.iter()
+        .filter(|s| s.split_whitespace().count() >= 3)
+        .map(|s| {
+            let mut words: Vec<&str> = s
+                .split_whitespace()
+                .map(|w| {
+                    if rng.random_bool(SALAD_REPLACE) {
+                        vocabulary[rng.random_range(0..vocabulary.len())]
+                    } else {
+                        w
+                    }
+                })
+                .collect();
+            let i = rng.random_range(0..words.len() - 1);
+            words.swap(i, i + 1);
+            words.join(" ")
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -114,5 +150,22 @@ mod tests {
         let mid = model.probability(&unit(vec![0.6, 0.6, 0.0]));
         assert!((0.2..0.8).contains(&mid), "{mid}");
         assert!(ToneModel::train(&u, &[]).is_none());
+    }
+
+    #[test]
+    fn word_salad_is_repeatable_and_made_of_the_calm_words() {
+        let calm = vec![
+            "where is my order please".to_string(),
+            "what time do you open".to_string(),
+            "hi".to_string(),
+        ];
+        let salad = word_salad(&calm);
+        assert_eq!(salad, word_salad(&calm));
+        assert_eq!(salad.len(), 2, "one per sentence of three words or more");
+        let words: Vec<&str> = calm.iter().flat_map(|s| s.split_whitespace()).collect();
+        assert!(salad
+            .iter()
+            .flat_map(|s| s.split_whitespace())
+            .all(|w| words.contains(&w)));
     }
 }
