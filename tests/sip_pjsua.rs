@@ -27,6 +27,26 @@ fn call(python: &Path, port: u16, record: &Path, turns: &[String]) -> serde_json
     call_over(python, port, "udp", record, turns, &[])
 }
 
+/// A caller asks where their order is (`first` says how: `say` after the bot's turn, `say-now`
+/// at once), after the turns in `before`, then gives the number; returns the caller's summary
+/// and the recording of what it heard.
+fn order_call(
+    python: &Path,
+    gw: &Gateway,
+    dir: &Path,
+    before: &[&str],
+    first: &str,
+) -> (serde_json::Value, std::path::PathBuf) {
+    let q1 = spoken_wav(dir, "q1", "Where is my order?");
+    let q2 = natural_wav(dir, "q2", "It is 4, 5, 7, 1, 2.");
+    let record = dir.join("bot.wav");
+    let mut turns: Vec<String> = before.iter().map(|t| t.to_string()).collect();
+    turns.push(format!("{first}:{}", q1.display()));
+    turns.push(format!("say:{}", q2.display()));
+    let summary = call(python, gw.port, &record, &turns);
+    (summary, record)
+}
+
 #[test]
 fn pjsua_round_trip_where_is_my_order_then_the_number() {
     let Some(python) = pjsua_python() else {
@@ -35,18 +55,7 @@ fn pjsua_round_trip_where_is_my_order_then_the_number() {
     let _serial = serial();
     let mut gw = Gateway::start("41400-41499", &[]);
     let dir = tempfile::tempdir().unwrap();
-    let q1 = spoken_wav(dir.path(), "q1", "Where is my order?");
-    let q2 = natural_wav(dir.path(), "q2", "It is 4, 5, 7, 1, 2.");
-    let record = dir.path().join("bot.wav");
-    let summary = call(
-        &python,
-        gw.port,
-        &record,
-        &[
-            format!("say:{}", q1.display()),
-            format!("say:{}", q2.display()),
-        ],
-    );
+    let (summary, record) = order_call(&python, &gw, dir.path(), &[], "say");
     assert_eq!(summary["connected"], true, "{summary}");
     assert!(summary.get("error").is_none(), "{summary}");
 
@@ -73,6 +82,46 @@ fn pjsua_round_trip_where_is_my_order_then_the_number() {
     assert!(
         heard.contains("shipped") || heard.contains("thursday"),
         "the bot said the order's status: {heard}"
+    );
+    assert!(gw.alive());
+}
+
+/// A caller who talks over the greeting is heard: the greeting stops (barge-in) and what they
+/// said is the first turn, answered as any other.
+#[test]
+fn pjsua_speech_over_the_greeting_is_the_first_turn() {
+    let Some(python) = pjsua_python() else {
+        return;
+    };
+    let _serial = serial();
+    let mut gw = Gateway::start("44300-44399", &[]);
+    let dir = tempfile::tempdir().unwrap();
+    // 1.5 s into the greeting (about 9 s long), without waiting for the bot.
+    let (summary, record) = order_call(&python, &gw, dir.path(), &["sleep:1.5"], "say-now");
+    assert_eq!(summary["connected"], true, "{summary}");
+    assert!(summary.get("error").is_none(), "{summary}");
+    let records = gw.records(1, std::time::Duration::from_secs(40));
+    assert_eq!(records.len(), 1, "one call record");
+    let r = &records[0];
+    let turns = r["turns"].as_array().expect("turns");
+    assert!(
+        !turns.is_empty(),
+        "the words over the greeting were heard: {r}"
+    );
+    assert_eq!(turns[0]["intent"], "order_status", "{}", turns[0]);
+    assert!(
+        turns[0]["start_ms"].as_u64().is_some_and(|ms| ms < 5_000),
+        "the first turn is the one said over the greeting: {}",
+        turns[0]
+    );
+    assert!(
+        turns.iter().any(|t| t["slots"]["order_number"] == "45712"),
+        "the conversation went on: {r}"
+    );
+    let heard = transcribe_recording(&record);
+    assert!(
+        heard.contains("order number"),
+        "the bot asked for the number: {heard}"
     );
     assert!(gw.alive());
 }
