@@ -154,8 +154,12 @@ fn pjsua_over_tcp_after_the_idle_timer_the_gateway_bye_opens_a_new_connection() 
         return;
     };
     let _serial = serial();
-    let gw = Gateway::start("41600-41699", &[]);
     let dir = tempfile::tempdir().unwrap();
+    // The silence below is for pjsip's idle timer, not for the bot: no re-prompts, no hand-over
+    // for silence before the 0.
+    let config = dir.path().join("quiet.toml");
+    std::fs::write(&config, "[escalation]\nno_input_s = 0\n").expect("config");
+    let gw = Gateway::start_with(Some(&config), "41600-41699", &[]);
     let record = dir.path().join("bot.wav");
     // Silent longer than pjsip's idle timer (it then closes its TCP connection), then 0: the
     // bot announces the handover and hangs up, and its BYE must open a new connection to the

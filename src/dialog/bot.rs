@@ -25,6 +25,7 @@
 //! answers.
 
 use std::collections::BTreeMap;
+use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -33,7 +34,7 @@ use super::assets::DialogAssets;
 use super::confirm;
 use super::emotion::{EmotionReading, EmotionTracker};
 use super::escalation::{
-    Escalation, EscalationConfig, EscalationPolicy, EscalationReason, Failure, NoInputAction,
+    Escalation, EscalationConfig, EscalationPolicy, EscalationReason, Failure, NoInputAction, Tone,
 };
 use super::intent::{IntentDef, IntentEscalation, IntentMatch};
 use super::lookup::LookupAnswer;
@@ -330,7 +331,36 @@ impl Bot {
             "caller turn"
         );
 
-        // 2. Immediate escalations.
+        let steps = self.escalate_or_ask(out, &turn, &tone, &reading, recognised);
+        match steps {
+            ControlFlow::Break(decided) => decided,
+            ControlFlow::Continue(out) => self.dialog(out, recognised),
+        }
+    }
+
+    /// Steps 2 to 4b, in order: the first that decides the turn breaks.
+    fn escalate_or_ask(
+        &mut self,
+        out: BotTurn,
+        turn: &CallerTurn,
+        tone: &Tone,
+        reading: &EmotionReading,
+        recognised: Option<&IntentDef>,
+    ) -> ControlFlow<BotTurn, BotTurn> {
+        let out = self.immediate(out, recognised)?;
+        let out = self.confirmation(out, recognised)?;
+        let out = self.unclear(out, turn, recognised)?;
+        let out = self.upset(out, tone, reading, recognised)?;
+        self.suspected_handover(out)
+    }
+
+    /// Step 2, immediate escalations: a critical keyword, a critical intent, a request for a person.
+    fn immediate(
+        &mut self,
+        out: BotTurn,
+        recognised: Option<&IntentDef>,
+    ) -> ControlFlow<BotTurn, BotTurn> {
+        let assets = Arc::clone(&self.assets);
         if let Some(hit) = self.policy.critical_keyword(&out.normalized_text) {
             // Route by what the keyword itself means ("cancel my contract" -> cancellation).
             let routed = assets.classifier().classify(&hit.matched);
@@ -350,13 +380,13 @@ impl Bot {
                 "critical keyword \"{}\" matched \"{}\"{via}",
                 hit.keyword, hit.matched
             );
-            return self.escalate(out, EscalationReason::CriticalKeyword, detail, skill);
+            return ControlFlow::Break(self.escalate(
+                out,
+                EscalationReason::CriticalKeyword,
+                detail,
+                skill,
+            ));
         }
-        // A hand-over intent escalates from a lower confidence than routine ones.
-        let suspected = assets.intent(&out.intent.intent).filter(|d| {
-            d.escalate != IntentEscalation::No
-                && out.intent.confidence >= self.policy.config().min_critical_confidence
-        });
         if let Some(def) = recognised {
             let reason = match def.escalate {
                 IntentEscalation::Critical => Some(EscalationReason::CriticalKeyword),
@@ -372,10 +402,20 @@ impl Bot {
                 let threshold = self.policy.config().min_intent_confidence;
                 let detail = intent_detail(kind, &out.intent, "min_intent_confidence", threshold);
                 let skill = def.skill.clone();
-                return self.escalate(out, reason, detail, skill);
+                return ControlFlow::Break(self.escalate(out, reason, detail, skill));
             }
         }
 
+        ControlFlow::Continue(out)
+    }
+
+    /// Step 2b, the answer to the person question, if it was asked.
+    fn confirmation(
+        &mut self,
+        mut out: BotTurn,
+        recognised: Option<&IntentDef>,
+    ) -> ControlFlow<BotTurn, BotTurn> {
+        let assets = Arc::clone(&self.assets);
         // 2b. The answer to "you'd like to speak to a colleague, is that right?"; an answer that
         // asks for something else is taken as that.
         if std::mem::take(&mut self.confirming_person) {
@@ -388,7 +428,12 @@ impl Bot {
                         out.normalized_text
                     );
                     let skill = assets.default_skill().to_string();
-                    return self.escalate(out, EscalationReason::ExplicitRequest, detail, skill);
+                    return ControlFlow::Break(self.escalate(
+                        out,
+                        EscalationReason::ExplicitRequest,
+                        detail,
+                        skill,
+                    ));
                 }
                 (Some(false), None) => {
                     self.policy.record_understood();
@@ -396,25 +441,47 @@ impl Bot {
                         .evidence
                         .push("dialog: the caller does not want a person".into());
                     out.reply = assets.prompts().confirm_person_no();
-                    return out;
+                    return ControlFlow::Break(out);
                 }
                 _ => {}
             }
         }
 
+        ControlFlow::Continue(out)
+    }
+
+    /// Step 3, unclear audio.
+    fn unclear(
+        &mut self,
+        mut out: BotTurn,
+        turn: &CallerTurn,
+        recognised: Option<&IntentDef>,
+    ) -> ControlFlow<BotTurn, BotTurn> {
         // 3. Unclear audio, unless the words heard for sure already name a request.
         if self.policy.asr_too_low(turn.asr_confidence) {
-            match self.clear_despite_doubt(&turn, recognised) {
+            match self.clear_despite_doubt(turn, recognised) {
                 Some(evidence) => out.intent.evidence.push(evidence),
                 None => {
                     let failure = Failure::LowAsr {
                         confidence: turn.asr_confidence,
                     };
-                    return self.fail(out, failure);
+                    return ControlFlow::Break(self.fail(out, failure));
                 }
             }
         }
 
+        ControlFlow::Continue(out)
+    }
+
+    /// Step 4, emotion.
+    fn upset(
+        &mut self,
+        out: BotTurn,
+        tone: &Tone,
+        reading: &EmotionReading,
+        recognised: Option<&IntentDef>,
+    ) -> ControlFlow<BotTurn, BotTurn> {
+        let assets = Arc::clone(&self.assets);
         // 4. Emotion: the words, the words amplified by the voice, or a rising trend.
         let config = self.policy.config();
         let threshold = config.negative_tone_threshold;
@@ -445,9 +512,25 @@ impl Bot {
             let skill = recognised
                 .map(|d| d.skill.clone())
                 .unwrap_or_else(|| assets.default_skill().to_string());
-            return self.escalate(out, EscalationReason::NegativeTone, detail, skill);
+            return ControlFlow::Break(self.escalate(
+                out,
+                EscalationReason::NegativeTone,
+                detail,
+                skill,
+            ));
         }
 
+        ControlFlow::Continue(out)
+    }
+
+    /// Step 4b, a suspected hand-over intent.
+    fn suspected_handover(&mut self, out: BotTurn) -> ControlFlow<BotTurn, BotTurn> {
+        let assets = Arc::clone(&self.assets);
+        // A hand-over intent escalates from a lower confidence than routine ones.
+        let suspected = assets.intent(&out.intent.intent).filter(|d| {
+            d.escalate != IntentEscalation::No
+                && out.intent.confidence >= self.policy.config().min_critical_confidence
+        });
         // 4b. A suspected hand-over intent (below min_intent_confidence, at or above
         // min_critical_confidence): the safe mistake is a person.
         if let Some(def) = suspected {
@@ -464,10 +547,16 @@ impl Bot {
             let threshold = self.policy.config().min_critical_confidence;
             let detail = intent_detail(kind, &out.intent, "min_critical_confidence", threshold);
             let skill = def.skill.clone();
-            return self.escalate(out, reason, detail, skill);
+            return ControlFlow::Break(self.escalate(out, reason, detail, skill));
         }
 
-        // 5. Dialog.
+        ControlFlow::Continue(out)
+    }
+
+    /// Step 5, the dialog: answer the recognised intent (or the question the bot asked),
+    /// asking for what it still needs; nothing recognised asks for clarification.
+    fn dialog(&mut self, mut out: BotTurn, recognised: Option<&IntentDef>) -> BotTurn {
+        let assets = Arc::clone(&self.assets);
         let acting: Option<&IntentDef> = match &self.pending {
             Some(p) => {
                 let filled = out.slots.contains_key(&p.slot);
@@ -510,6 +599,13 @@ impl Bot {
             return self.fail(out, failure);
         };
         self.pending = None;
+        self.answer(out, def)
+    }
+
+    /// Acts on intent `def`: asks for a slot it still needs, answers from the flow's data, or
+    /// says its reply (and ends the call if it is a goodbye).
+    fn answer(&mut self, mut out: BotTurn, def: &IntentDef) -> BotTurn {
+        let assets = Arc::clone(&self.assets);
         if let Some(missing) = def.requires.iter().find(|s| !self.slots.contains_key(*s)) {
             self.policy.record_understood();
             out.reply = assets.prompts().ask(missing).unwrap_or_default();

@@ -109,13 +109,19 @@ pub struct Gateway {
 
 impl Gateway {
     pub fn start(rtp_ports: &str, extra: &[&str]) -> Gateway {
+        Self::start_with(None, rtp_ports, extra)
+    }
+
+    /// [`Gateway::start`] with a configuration file (the embedded defaults for what it leaves
+    /// out).
+    pub fn start_with(config: Option<&Path>, rtp_ports: &str, extra: &[&str]) -> Gateway {
         let records = tempfile::tempdir().expect("temp dir");
         let mut args = vec![
             std::ffi::OsStr::new("--report-dir"),
             records.path().as_os_str(),
         ];
         args.extend(extra.iter().map(std::ffi::OsStr::new));
-        let (child, banner) = spawn_serve(None, rtp_ports, &args, 1, Duration::from_secs(90));
+        let (child, banner) = spawn_serve(config, rtp_ports, &args, 1, Duration::from_secs(90));
         Gateway {
             child,
             port: sip_port(&banner[0]),
