@@ -9,43 +9,12 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-struct Kill(Child);
+mod support;
 
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-/// Resident memory (kB) and CPU time (clock ticks) of a process, from /proc.
-fn proc_usage(pid: u32) -> Option<(u64, u64)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let rss = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()?;
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
-    let after = stat.rsplit_once(')')?.1;
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some((rss, utime + stime))
-}
+use support::{env_u64, proc_usage, Kill};
 
 fn ticks_per_second() -> f64 {
     100.0
@@ -60,9 +29,9 @@ fn main() {
         eprintln!("sip_load: sipp is not installed (apt-get install sip-tester); skipped");
         return;
     }
-    let calls = env_or("LOAD_CALLS", 200);
-    let rate = env_or("LOAD_RATE", 20);
-    let hold_s = env_or("LOAD_HOLD_S", 30);
+    let calls = env_u64("LOAD_CALLS", 200);
+    let rate = env_u64("LOAD_RATE", 20);
+    let hold_s = env_u64("LOAD_HOLD_S", 30);
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let work = tempfile::tempdir().expect("temp dir");
     let reports = work.path().join("records");

@@ -40,10 +40,16 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+
+mod support;
+#[path = "../tests/common/venv.rs"]
+mod venv;
+
+use support::{env_u64, proc_usage, Kill};
 
 /// Calls one caller process places at most, unless LAT_PER_PROCESS says otherwise: pjsua caps
 /// them at its compile-time PJSUA_MAX_CALLS, which is 4 in the PyPI pjsua2-python wheel the
@@ -96,44 +102,14 @@ const VOICED_DBFS: f32 = -40.0;
 const RATE: u32 = 8000;
 const ADMIN_TOKEN: &str = "turn-latency-bench-admin-token";
 
-struct Kill(Child);
-
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(default)
-}
-
-/// CPU time (clock ticks, 100 a second) of a process, all threads, from /proc.
+/// CPU time (clock ticks, 100 a second) of a process, all threads.
 fn cpu_ticks(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+    proc_usage(pid).map(|(_, ticks)| ticks)
 }
 
 /// The Python with pjsua2, as the pjsua tests find it.
 fn pjsua_python() -> Option<PathBuf> {
-    let python = std::env::var_os("VOICEBOT_PJSUA_PYTHON")
-        .map(PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("HOME")
-                .map(|h| PathBuf::from(h).join(".cache/voicebot/venv/bin/python"))
-        })?;
-    let ok = Command::new(&python)
-        .args(["-c", "import pjsua2"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    ok.then_some(python)
+    venv::pjsua_interpreter()
 }
 
 /// The admin API.

@@ -106,6 +106,22 @@ pub struct BotTurn {
     pub emotion: Option<EmotionReading>,
 }
 
+impl BotTurn {
+    /// A turn with no words to understand (a key press, a silence): nothing recognised, nothing
+    /// said yet.
+    fn wordless() -> Self {
+        BotTurn {
+            normalized_text: String::new(),
+            intent: IntentMatch::none(),
+            slots: BTreeMap::new(),
+            reply: String::new(),
+            escalation: None,
+            ends_call: false,
+            emotion: None,
+        }
+    }
+}
+
 /// Why an intent escalated: the intent, its confidence against the threshold that let it, and
 /// the classifier's first piece of evidence.
 fn intent_detail(kind: &str, intent: &IntentMatch, threshold_name: &str, threshold: f32) -> String {
@@ -200,15 +216,7 @@ impl Bot {
         }
         self.turns += 1;
         self.silences = 0;
-        let turn = BotTurn {
-            normalized_text: String::new(),
-            intent: IntentMatch::none(),
-            slots: BTreeMap::new(),
-            reply: String::new(),
-            escalation: None,
-            ends_call: false,
-            emotion: None,
-        };
+        let turn = BotTurn::wordless();
         let skill = self.assets.default_skill().to_string();
         Some(self.escalate(
             turn,
@@ -237,15 +245,7 @@ impl Bot {
         let (max, seconds) = (config.max_no_input, config.no_input_s);
         self.turns += 1;
         self.silences += 1;
-        let mut out = BotTurn {
-            normalized_text: String::new(),
-            intent: IntentMatch::none(),
-            slots: BTreeMap::new(),
-            reply: String::new(),
-            escalation: None,
-            ends_call: false,
-            emotion: None,
-        };
+        let mut out = BotTurn::wordless();
         let prompts = self.assets.prompts();
         if self.silences < max {
             let slot = self.pending.as_ref().map(|p| p.slot.as_str());

@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod admin;
+pub mod venv;
 pub mod webhook;
 
 use std::io::{BufRead, BufReader};
@@ -195,21 +196,13 @@ pub fn spoken_ulaw(dir: &std::path::Path, text: &str, lead_s: u32, tail_s: u32) 
     raw
 }
 
-/// The Python interpreter with pjsua2 (PJSIP's binding), or None (the test is skipped).
+/// The Python interpreter with pjsua2 (PJSIP's binding), or None (the test is skipped, or
+/// fails where peers are required).
 pub fn pjsua_python() -> Option<PathBuf> {
-    let python = std::env::var_os("VOICEBOT_PJSUA_PYTHON")
-        .map(PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("HOME")
-                .map(|h| PathBuf::from(h).join(".cache/voicebot/venv/bin/python"))
-        })?;
-    let ok = Command::new(&python)
-        .args(["-c", "import pjsua2"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    peer_available("pjsua2", ok, "scripts/deps.sh makes its venv").then_some(python)
+    let python = venv::pjsua_interpreter();
+    peer_available("pjsua2", python.is_some(), "scripts/deps.sh makes its venv")
+        .then_some(python)
+        .flatten()
 }
 
 /// `text` spoken by espeak-ng as a 16 kHz 16-bit mono WAV with a little silence around it.
