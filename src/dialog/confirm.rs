@@ -17,6 +17,7 @@
 use rphonetic::{DoubleMetaphone, Encoder};
 
 use super::normalize::words;
+use crate::speech::asr::vocabulary::levenshtein;
 
 /// A turn of at most this many words (fillers and politeness not counted) is short enough to
 /// be a one- or two-word request.
@@ -60,31 +61,14 @@ fn keys(encoder: &DoubleMetaphone, text: &str) -> [String; 2] {
     [primary, alternate]
 }
 
-/// Levenshtein distance of two short ASCII keys.
-fn distance(a: &str, b: &str) -> usize {
-    let (a, b) = (a.as_bytes(), b.as_bytes());
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.iter().enumerate() {
-        let mut diagonal = row[0];
-        row[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let above = row[j + 1];
-            row[j + 1] = (diagonal + usize::from(ca != cb))
-                .min(row[j] + 1)
-                .min(above + 1);
-            diagonal = above;
-        }
-    }
-    row[b.len()]
-}
-
 /// Whether two sounds-alike keys match: equal, or within one edit when both are long enough
 /// to make one edit a near miss rather than another word.
 fn keys_match(a: &str, b: &str) -> bool {
     if a.is_empty() || b.is_empty() {
         return false;
     }
-    a == b || (a.len().min(b.len()) >= FUZZY_KEY_LEN && distance(a, b) <= 1)
+    a == b
+        || (a.len().min(b.len()) >= FUZZY_KEY_LEN && levenshtein(a.as_bytes(), b.as_bytes()) <= 1)
 }
 
 /// The words of a turn that may carry a short request (fillers and politeness left out).
