@@ -57,7 +57,7 @@ use hmac::{Hmac, Mac};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
-use tokio::sync::Notify;
+use tokio::sync::{oneshot, Notify};
 use tokio::task::JoinHandle;
 
 /// The `schema` field of every envelope.
@@ -809,9 +809,27 @@ impl Deliverer {
     }
 }
 
+/// Who waits for which event to be delivered (see [`DelivererHandle::enqueue_watched`]).
+#[derive(Debug, Default)]
+struct DeliveryWaiters(Mutex<std::collections::HashMap<String, oneshot::Sender<()>>>);
+
+impl DeliveryWaiters {
+    fn lock(&self) -> MutexGuard<'_, std::collections::HashMap<String, oneshot::Sender<()>>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Event `event_id` was delivered: its waiter (if any) is told.
+    fn delivered(&self, event_id: &str) {
+        if let Some(tx) = self.lock().remove(event_id) {
+            let _ = tx.send(());
+        }
+    }
+}
+
 /// The running deliverer: wake it after an enqueue, stop it at shutdown.
 pub struct DelivererHandle {
     outbox: Arc<Outbox>,
+    waiters: Arc<DeliveryWaiters>,
     wake: Arc<Notify>,
     stop: Arc<AtomicBool>,
     task: Mutex<Option<JoinHandle<()>>>,
@@ -843,6 +861,27 @@ impl DelivererHandle {
         let event_id = self.outbox.enqueue(call_id, kind, data, now_unix_ms())?;
         self.notify();
         Ok(event_id)
+    }
+
+    /// Like [`DelivererHandle::enqueue`], and the returned receiver completes once the
+    /// webhook confirmed the event (it is dropped unanswered if the event is given up or the
+    /// deliverer stops). A short blocking SQLite write: call it off the async runtime.
+    pub fn enqueue_watched(
+        &self,
+        call_id: &str,
+        kind: &str,
+        data: serde_json::Value,
+    ) -> Result<(String, oneshot::Receiver<()>), OutboxError> {
+        let (tx, rx) = oneshot::channel();
+        // Held across the insert, so the delivery cannot pass between the insert and the
+        // registration unseen (the deliverer reports a delivery under the same lock).
+        let mut waiters = self.waiters.lock();
+        waiters.retain(|_, waiting| !waiting.is_closed());
+        let event_id = self.outbox.enqueue(call_id, kind, data, now_unix_ms())?;
+        waiters.insert(event_id.clone(), tx);
+        drop(waiters);
+        self.notify();
+        Ok((event_id, rx))
     }
 
     /// The outbox it delivers from.
@@ -879,14 +918,17 @@ const PRUNE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(3600)
 pub fn spawn_deliverer(outbox: Arc<Outbox>, config: WebhookConfig) -> DelivererHandle {
     let wake = Arc::new(Notify::new());
     let stop = Arc::new(AtomicBool::new(false));
+    let waiters = Arc::new(DeliveryWaiters::default());
     let task = tokio::spawn(deliver_loop(
         Arc::clone(&outbox),
         config,
+        Arc::clone(&waiters),
         Arc::clone(&wake),
         Arc::clone(&stop),
     ));
     DelivererHandle {
         outbox,
+        waiters,
         wake,
         stop,
         task: Mutex::new(Some(task)),
@@ -896,6 +938,7 @@ pub fn spawn_deliverer(outbox: Arc<Outbox>, config: WebhookConfig) -> DelivererH
 async fn deliver_loop(
     outbox: Arc<Outbox>,
     config: WebhookConfig,
+    waiters: Arc<DeliveryWaiters>,
     wake: Arc<Notify>,
     stop: Arc<AtomicBool>,
 ) {
@@ -934,14 +977,17 @@ async fn deliver_loop(
             }
         }
         let round = {
-            let (outbox, deliverer, config, stop) = (
+            let (outbox, deliverer, config, stop, waiters) = (
                 Arc::clone(&outbox),
                 deliverer.clone(),
                 Arc::clone(&config),
                 Arc::clone(&stop),
+                Arc::clone(&waiters),
             );
-            tokio::task::spawn_blocking(move || deliver_round(&outbox, &deliverer, &config, &stop))
-                .await
+            tokio::task::spawn_blocking(move || {
+                deliver_round(&outbox, &deliverer, &config, &stop, &waiters)
+            })
+            .await
         };
         let wait_ms = match round {
             Ok(Ok(wait_ms)) => wait_ms,
@@ -974,6 +1020,7 @@ fn deliver_round(
     deliverer: &Deliverer,
     config: &WebhookConfig,
     stop: &AtomicBool,
+    waiters: &DeliveryWaiters,
 ) -> Result<u64, OutboxError> {
     for event in outbox.due(now_unix_ms(), BATCH)? {
         if stop.load(Ordering::Acquire) {
@@ -985,6 +1032,7 @@ fn deliver_round(
         match result {
             Ok(status) => {
                 outbox.mark_delivered(event.id, now_unix_ms())?;
+                waiters.delivered(&event.event_id);
                 tracing::info!(
                     event_id = %event.event_id,
                     call_id = %event.call_id,
