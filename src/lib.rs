@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod asr_eval;
 pub mod audio;
+pub mod call;
 pub mod config;
 pub mod config_file;
 pub mod dialog;

@@ -29,9 +29,9 @@ use tower::ServiceExt;
 use tower_http::services::ServeFile;
 
 use super::{metrics, AdminState, ApiError};
+use crate::call::record::CallRecord;
 use crate::handover::context::{build, ContextInput};
 use crate::history::{Analytics, CallFilter, CallHistory, CallSummary, MAX_LIMIT};
-use crate::server::call::CallRecord;
 
 /// Stores a finished call (see the module documentation). Never blocks: the database write
 /// runs on tokio's blocking pool (inline when called outside a runtime, e.g. in a test).
@@ -825,10 +825,10 @@ mod router_tests {
             codec: "PCMA".into(),
             remote_rtp: "192.0.2.9:4000".into(),
             duration_ms: 9000,
-            ended_by: "bot".into(),
+            ended_by: crate::call::record::EndedBy::Bot,
             dtmf: vec![],
             bot_speech: vec![],
-            rtp: crate::server::call::RtpFigures {
+            rtp: crate::call::record::RtpFigures {
                 packets_received: 400,
                 packets_lost: 4,
                 jitter_ms: 2.5,

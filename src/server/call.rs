@@ -1,63 +1,68 @@
-//! One answered call's media task: the RTP socket, the jitter buffer and decoder feeding the
-//! call's [`pipeline`](crate::pipeline), the bot's speech encoded and paced out every 20 ms
-//! (silence when the bot is quiet, so the stream never stalls), barge-in, DTMF, and the call's
-//! record when it ends. It ends the call itself when the bot is done (goodbye or escalation),
-//! when the caller's RTP stops for too long, or at shutdown; whatever happens, its ports and
-//! pipeline are freed when it returns.
+//! One answered call's task: the IO shell around the call's sans-IO parts. It owns the
+//! caller's RTP leg ([`CallerLeg`]), the agent leg's media once an agent answers
+//! ([`AgentMedia`]), the call's [`pipeline`](crate::pipeline) and the call-control core
+//! ([`CallControl`]). Every 20 ms it moves audio between them (bot speech, barge-in, hold
+//! tone, the bridge, both transcripts); it turns what the control core asks for into work
+//! (name lookups, agent calls and REFERs through the signalling task, speech synthesis,
+//! events for the webhook) that runs beside it and comes back as input, so the media tick
+//! never waits. Whatever happens, the call's record is written and its ports and pipeline
+//! are freed when it returns.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tracing::Instrument;
 
+use crate::admin::live::CallState as LiveState;
 use crate::audio::frames::AudioFrame;
 use crate::audio::resample::resample_all;
-use crate::flows::Flow;
-use crate::handover::context::{self, BotSpeechLine, ContextInput};
-use crate::handover::outbox::DelivererHandle;
-use crate::handover::transfer::{
-    parse_target, user_to_user, AfterAgent, Attempt, AttemptOutcome, Hunt, Target, TransferConfig,
-    TransferMode,
+use crate::audio::wav::MonoAudio;
+use crate::call::control::{
+    CallControl, CallerPrompt, ControlConfig, LegId, OpId, Output, Phase, Playout,
 };
+use crate::call::record::{CallEvent, CallRecord, EndedBy};
+use crate::flows::Flow;
+use crate::handover::context::{self, ContextInput};
+use crate::handover::outbox::DelivererHandle;
+use crate::handover::transfer::parse_target;
 use crate::media::barge_in::{BargeIn, BargeInConfig};
-use crate::media::codec::CodecError;
-use crate::media::jitter::JitterConfig;
-use crate::media::receiver::MediaReceiver;
-use crate::media::rtcp::{parse_rtcp, sender_report, ReceptionReport, SenderInfo};
-use crate::media::rtp::is_rtcp;
-use crate::media::sender::RtpSender;
 use crate::pipeline::{
     run_call_with, run_transcriber, synthesize_text, CallInput, CallOptions, CallOutput, Engines,
     SpeechCancel, SpeechKind,
 };
-use crate::report::CallReport;
-use crate::report::{HeardLine, TurnReport};
+use crate::report::{CallReport, HeardLine, TurnReport};
 use crate::sip::endpoint::{CallHandle, EndReason, IncomingCall, ReferProgress};
 use crate::sip::sdp::Negotiated;
-use crate::speech::voice::VoiceStyle;
 
-use super::pacer::{Lateness, PacedStream, Pacer};
+use super::caller_leg::{rtp_silent_for, CallerLeg, PTIME_MS};
+use super::event_poster::{EventPoster, Posted};
+use super::pacer::Pacer;
 use super::ports::RtpPorts;
-use super::recording::{CallRecorder, RecordingConfig, RecordingInfo};
+use super::signal_queue::SignalReceiver;
+use super::speech_log::SpeechLog;
 use super::transfer::{convert, hold_tone_frame, AgentMedia};
 use super::{Inbound, PlaceCall, ReferCall};
-use crate::admin::live::CallState as LiveState;
 
-/// Packet time: every frame and packet is 20 ms.
-const PTIME_MS: u32 = 20;
 /// RTCP report interval (RFC 3550's minimum of 5 s suits one audio stream each way).
 const RTCP_INTERVAL: Duration = Duration::from_secs(5);
 /// Caller frames allowed to wait for the pipeline's listen stage.
 const INPUT_QUEUE: usize = 64;
+/// How long the signalling task may take to place a call or send a REFER for us.
+const SIGNALLING_ANSWER: Duration = Duration::from_secs(2);
+/// How long a name lookup may take (a dead DNS server must not hold the caller).
+const LOOKUP_LIMIT: Duration = Duration::from_secs(2);
 
-/// What the signalling task tells a call task.
+/// What the signalling task tells a call task (through its [`signal
+/// queue`](super::signal_queue), which never loses the news that decides the call).
 #[derive(Debug)]
-pub enum CallControl {
+pub enum CallSignal {
     /// The caller acknowledged the answer.
     Confirmed,
     /// Hold, resume or a codec change.
@@ -93,7 +98,7 @@ pub struct CallSetup {
     pub engines: Engines,
     pub report_dir: Option<PathBuf>,
     pub pacer: Pacer,
-    pub control: mpsc::Receiver<CallControl>,
+    pub control: SignalReceiver,
     pub(super) hangup: mpsc::Sender<Inbound>,
     /// Where hand-over events go (webhook outbox), when configured.
     pub deliverer: Option<Arc<DelivererHandle>>,
@@ -105,474 +110,1069 @@ pub struct CallSetup {
     pub live: Arc<crate::admin::live::LiveCalls>,
 }
 
-/// What the bot said on the call, and whether the caller cut it short.
-#[derive(Debug, Clone, Serialize)]
-pub struct BotSpeech {
-    pub kind: &'static str,
-    pub text: String,
-    /// Call time when it was queued for playout, ms.
-    pub queued_at_ms: u64,
-    pub duration_ms: u64,
-    /// How much of it went out before the caller interrupted (equal to the duration when not
-    /// interrupted).
-    pub played_ms: u64,
-    pub interrupted: bool,
+/// Work the task started for the control core; its result comes back as one of these.
+enum Done {
+    Resolved(OpId, Result<SocketAddr, String>),
+    Placed(OpId, Result<(CallHandle, RtpPorts), String>),
+    ReferSent(OpId, Result<String, String>),
+    /// The whisper's text and audio (None: synthesis failed).
+    Whisper(CallHandle, String, Option<MonoAudio>),
+    /// A prompt for the caller.
+    Prompt(String, Option<MonoAudio>),
+    /// Whether the webhook confirmed the escalated event in time.
+    WebhookSettled(bool),
 }
 
-/// RTP figures for the call's record.
-#[derive(Debug, Clone, Serialize, Default)]
-pub struct RtpFigures {
-    pub packets_received: u64,
-    pub packets_lost: u64,
-    pub packets_late: u64,
-    pub jitter_ms: f64,
-    pub packets_sent: u64,
-    pub rtcp_sent: u64,
-    pub rtcp_received: u64,
-    /// The caller's view of our stream, from its last RTCP report: packets lost and jitter
-    /// (ms).
-    pub remote_reported_lost: Option<u32>,
-    pub remote_reported_jitter_ms: Option<f64>,
-    /// How far packets left from their 20 ms grid, early or late (send jitter), ms.
-    pub send_late_p50_ms: f64,
-    pub send_late_p99_ms: f64,
-    pub send_late_max_ms: f64,
-    /// The whole distribution: (bucket of 0.1 ms, packets) for the non-empty buckets, so
-    /// several calls can be merged.
-    pub send_late_histogram: Vec<(u16, u32)>,
-    pub frames_dropped_by_pipeline: u64,
+/// The channels and sockets the task waits on (apart from its state, so a `select!` can
+/// borrow them while a handler borrows the state).
+struct CallIo {
+    socket: UdpSocket,
+    rtcp_socket: Option<UdpSocket>,
+    signals: SignalReceiver,
+    pipeline_out: mpsc::Receiver<CallOutput>,
+    pipeline: JoinHandle<Result<CallReport, crate::pipeline::PipelineError>>,
+    done: mpsc::UnboundedReceiver<Done>,
+    posted: mpsc::UnboundedReceiver<Posted>,
+    agent_lines: mpsc::Receiver<HeardLine>,
 }
 
-/// The JSON record written for each finished call: the same report `voicebot simulate --json`
-/// writes, plus the telephony facts.
-#[derive(Debug, Serialize)]
-pub struct CallRecord {
-    pub call_id: String,
-    pub from: String,
-    pub called: Option<String>,
-    pub codec: String,
-    pub remote_rtp: String,
-    pub duration_ms: u64,
-    pub ended_by: String,
-    pub dtmf: Vec<char>,
-    pub bot_speech: Vec<BotSpeech>,
-    pub rtp: RtpFigures,
-    #[serde(flatten)]
-    pub report: Option<CallReport>,
-    pub pipeline_error: Option<String>,
-    /// The warm transfer, when the call was handed to a person.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub transfer: Option<TransferRecord>,
-    /// The call's recording, when `[recording]` is on and it was written.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub recording: Option<RecordingInfo>,
+/// Where a call's agent side is being transcribed while bridged: its input and the call
+/// time it started at.
+struct AgentTranscriber {
+    input: mpsc::Sender<CallInput>,
+    offset: Duration,
 }
 
-/// How a warm transfer went, for the call's record.
-#[derive(Debug, Clone, Serialize, Default)]
-pub struct TransferRecord {
-    /// The team (skill) the call went to.
-    pub skill: String,
-    /// Every extension tried, with its outcome.
-    pub attempts: Vec<Attempt>,
-    /// The extension that answered.
-    pub agent: Option<String>,
-    /// From the escalation decision to the first agent INVITE, ms.
-    pub decision_to_invite_ms: Option<f64>,
-    /// From the agent's answer to the caller's audio going to the agent, ms (bridge mode: at
-    /// once, or after the whisper).
-    pub answer_to_bridge_ms: Option<f64>,
-    /// From the agent's answer to the caller hearing the agent, ms: once the whisper and the
-    /// caller's announcement are over.
-    pub answer_to_put_through_ms: Option<f64>,
-    /// Packets relayed to and from the agent.
-    pub packets_to_agent: u64,
-    pub packets_from_agent: u64,
-    /// "bridged", "transferred" (the caller's side took the call to the agent: blind or
-    /// attended), "returned_to_bot", "callback" (nobody answered) or "caller_hung_up".
-    pub outcome: String,
-    /// How the answering extension was reached: bridge, blind or attended.
-    pub mode: Option<String>,
-    /// What the agent heard before the caller was put through, and for how long (ms).
-    pub whisper: Option<String>,
-    pub whisper_ms: Option<f64>,
-    /// The Refer-To of the transfer, and the status the caller's side reported for it.
-    pub refer_to: Option<String>,
-    pub refer_status: Option<u16>,
-    /// Webhook events queued (event ids).
-    pub webhook_events: Vec<String>,
-    /// Whether the webhook confirmed the escalated event before the agent's INVITE went out.
-    pub webhook_before_invite: Option<bool>,
-}
+/// One call's state.
+struct CallTask {
+    call: IncomingCall,
+    flow: Arc<Flow>,
+    engines: Engines,
+    pacer: Pacer,
+    signalling: mpsc::Sender<Inbound>,
+    live: Arc<crate::admin::live::LiveCalls>,
+    hub: Arc<crate::handover::hub::HandoverHub>,
+    history: Option<Arc<crate::history::CallHistory>>,
+    report_dir: Option<PathBuf>,
+    started: Instant,
+    started_wall: SystemTime,
+    _ports: RtpPorts,
 
-/// Tracks queued bot speech against what the sender actually played.
-#[derive(Default)]
-struct SpeechLog {
-    entries: Vec<(
-        BotSpeech,
-        u64, /* start offset in samples */
-        u64, /* length */
-    )>,
-    enqueued: u64,
-}
+    caller: CallerLeg,
+    barge_in: BargeIn,
+    /// The level of the bot's last utterance (for barge-in's echo allowance).
+    bot_level: f32,
+    /// After a barge-in, the rest of the interrupted reply (units already on their way) is
+    /// dropped until the next reply starts.
+    dropping_rest: bool,
+    frames_fed: u64,
+    dtmf: Vec<char>,
+    speech_log: SpeechLog,
+    rtp_timeout_logged: bool,
 
-impl SpeechLog {
-    fn push(&mut self, kind: SpeechKind, text: String, at: Duration, samples: u64, rate: u32) {
-        let speech = BotSpeech {
-            kind: match kind {
-                SpeechKind::Greeting => "greeting",
-                SpeechKind::Reply => "reply",
-            },
-            text,
-            queued_at_ms: at.as_millis() as u64,
-            duration_ms: samples * 1000 / u64::from(rate.max(1)),
-            played_ms: 0,
-            interrupted: false,
-        };
-        self.entries.push((speech, self.enqueued, samples));
-        self.enqueued += samples;
-    }
+    input: mpsc::Sender<CallInput>,
+    speech_cancel: SpeechCancel,
+    pipeline_result: Option<Result<CallReport, String>>,
+    /// The caller's turns so far (for the hand-over context).
+    turns: Vec<TurnReport>,
+    /// What caller and agent said after the hand-over (the live transcript).
+    after_handover: Vec<context::TranscriptEntry>,
 
-    /// More audio of the last entry (the next unit of a reply spoken in units).
-    fn extend(&mut self, samples: u64, rate: u32) {
-        if let Some((speech, _, len)) = self.entries.last_mut() {
-            *len += samples;
-            speech.duration_ms = *len * 1000 / u64::from(rate.max(1));
-        }
-        self.enqueued += samples;
-    }
-
-    /// Audio that is not bot speech (the hold tone) went into the same sender.
-    fn pad(&mut self, samples: u64) {
-        self.enqueued += samples;
-    }
-
-    /// What the bot said so far, as the hand-over context lists it.
-    fn lines(&self, queued_now: u64, rate: u32) -> Vec<BotSpeechLine> {
-        let played_total = self.enqueued.saturating_sub(queued_now);
-        self.entries
-            .iter()
-            .map(|(speech, start, len)| {
-                let played_ms = if speech.interrupted {
-                    speech.played_ms
-                } else {
-                    played_total.saturating_sub(*start).min(*len) * 1000 / u64::from(rate.max(1))
-                };
-                BotSpeechLine {
-                    at_ms: speech.queued_at_ms,
-                    text: speech.text.clone(),
-                    played_ms,
-                    duration_ms: speech.duration_ms,
-                    interrupted: speech.interrupted,
-                }
-            })
-            .collect()
-    }
-
-    /// Records a barge-in: `unplayed` queued samples were dropped.
-    fn cut(&mut self, unplayed: u64, rate: u32) {
-        let played_total = self.enqueued.saturating_sub(unplayed);
-        for (speech, start, len) in &mut self.entries {
-            let end = *start + *len;
-            if end > played_total && !speech.interrupted && speech.played_ms == 0 {
-                let played = played_total.saturating_sub(*start).min(*len);
-                speech.played_ms = played * 1000 / u64::from(rate.max(1));
-                speech.interrupted = true;
-            }
-        }
-        self.enqueued = played_total;
-    }
-
-    fn finish(mut self, queued_now: u64, rate: u32) -> Vec<BotSpeech> {
-        let played_total = self.enqueued.saturating_sub(queued_now);
-        for (speech, start, len) in &mut self.entries {
-            if !speech.interrupted {
-                let played = played_total.saturating_sub(*start).min(*len);
-                speech.played_ms = played * 1000 / u64::from(rate.max(1));
-            }
-        }
-        self.entries.into_iter().map(|(s, _, _)| s).collect()
-    }
-}
-
-/// A warm transfer in progress (see [`crate::handover`]).
-struct TransferRun {
-    skill: String,
-    /// The team's spoken name.
-    team: String,
-    escalation: crate::dialog::Escalation,
-    hunt: Hunt,
-    leg: Leg,
-    record: TransferRecord,
-    escalated_wall: std::time::SystemTime,
-    /// Hold-tone frames played so far.
+    control: CallControl,
+    agent: Option<Box<AgentMedia>>,
+    /// RTP ports of agent legs placed and not yet ended or answered.
+    agent_ports: HashMap<CallHandle, RtpPorts>,
+    /// Answers waiting for the core's go-ahead to start their media.
+    agent_answers: HashMap<CallHandle, Negotiated>,
+    agent_asr: Option<AgentTranscriber>,
+    agent_line_tx: mpsc::Sender<HeardLine>,
     hold_frames: u64,
-}
-
-impl TransferRun {
-    /// The agent leg's media, once an agent answered and until the leg is gone.
-    fn agent_media(&mut self) -> Option<&mut AgentMedia> {
-        match &mut self.leg {
-            Leg::Answered { media, .. }
-            | Leg::Bridged { media }
-            | Leg::Referring {
-                consult: Some(media),
-                ..
-            } => Some(media),
-            _ => None,
-        }
-    }
-
-    fn agent_socket(&self) -> Option<Arc<UdpSocket>> {
-        match &self.leg {
-            Leg::Answered { media, .. }
-            | Leg::Bridged { media }
-            | Leg::Referring {
-                consult: Some(media),
-                ..
-            } => Some(media.socket()),
-            _ => None,
-        }
-    }
-
-    /// Whether the caller waits for someone (and hears the hold tone).
-    fn caller_waits(&self) -> bool {
-        matches!(
-            self.leg,
-            Leg::Ringing { .. } | Leg::Answered { .. } | Leg::Referring { .. }
-        )
-    }
+    done_tx: mpsc::UnboundedSender<Done>,
+    poster: EventPoster,
+    /// Set once the call_ended event was queued (its id comes back on `posted`).
+    live_reported: LiveState,
+    signalling_gone: bool,
 }
 
 /// The call's phase for the admin API's live view.
-fn live_state(run: Option<&TransferRun>) -> LiveState {
-    match run.map(|r| &r.leg) {
-        None => LiveState::Bot,
-        Some(Leg::Dialing | Leg::Failed) => LiveState::Escalating,
-        Some(Leg::Ringing { .. } | Leg::Answered { .. } | Leg::Referring { .. }) => {
-            LiveState::RingingAgent
+fn live_state(phase: Phase) -> LiveState {
+    match phase {
+        Phase::Bot => LiveState::Bot,
+        Phase::Escalating => LiveState::Escalating,
+        Phase::RingingAgent => LiveState::RingingAgent,
+        Phase::Bridged => LiveState::Bridged,
+        Phase::Transferred => LiveState::Transferred,
+    }
+}
+
+/// `value` as JSON for the agents' screens and the webhook; None (logged) if it cannot be.
+fn to_json(what: &str, value: &impl Serialize) -> Option<serde_json::Value> {
+    match serde_json::to_value(value) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            tracing::error!(what, error = %e, "cannot serialise; not published");
+            None
         }
-        Some(Leg::Bridged { .. }) => LiveState::Bridged,
-        Some(Leg::Transferred) => LiveState::Transferred,
     }
 }
 
-/// Where the agent leg stands.
-enum Leg {
-    /// Between attempts.
-    Dialing,
-    /// An extension rings.
-    Ringing {
-        agent: CallHandle,
-        target: Target,
-        ports: Option<RtpPorts>,
-        deadline: Instant,
-        /// We cancelled it at the ring timeout.
-        cancelled: bool,
-    },
-    /// The agent answered. The whisper (if any) plays to the agent and the caller hears the
-    /// end of the announcement, then the hold tone; once both are done the two are put
-    /// through (the caller's queue is never flushed mid-sentence, nor does the agent's audio
-    /// queue up behind the announcement).
-    Answered {
-        media: Box<AgentMedia>,
-        target: Target,
-        answered: Instant,
-        /// When the whisper has gone out (the answer itself when there is none).
-        whispered_at: Instant,
-    },
-    /// The caller's side was asked to transfer the call (REFER) and has not reported the
-    /// result yet. Attended: `consult` is our answered call with the agent that it replaces.
-    Referring {
-        target: Target,
-        deadline: Instant,
-        consult: Option<Box<AgentMedia>>,
-    },
-    /// Caller and agent talk.
-    Bridged { media: Box<AgentMedia> },
-    /// The caller's side reached the agent itself; the gateway leaves the call.
-    Transferred,
-    /// Nobody answered: the apology plays, then the call ends.
-    Failed,
+/// Runs the call's media until it ends; never panics on network input, always writes the
+/// record (when a report directory is set) and frees the ports.
+pub async fn run_call_media(setup: CallSetup) {
+    let handle = setup.call.handle;
+    let hangup = setup.hangup.clone();
+    match CallTask::start(setup) {
+        Ok((task, io)) => task.run(io).await,
+        Err(why) => {
+            tracing::error!(error = %why, "cannot start the call's media; hanging up");
+            let _ = hangup.send(Inbound::Hangup(handle)).await;
+        }
+    }
 }
 
-/// The hand-over context of this call as it stands.
-#[allow(clippy::too_many_arguments)]
-fn handover_context(
-    call: &IncomingCall,
-    flow: &str,
-    started_at: std::time::SystemTime,
-    run: &TransferRun,
-    turns: &[TurnReport],
-    bot_speech: &[BotSpeechLine],
-    escalation: Option<&crate::dialog::Escalation>,
-    after_handover: &[context::TranscriptEntry],
-) -> context::HandoverContext {
-    context::build(&ContextInput {
-        call_id: &call.call_id,
-        flow,
-        caller: crate::sip::message::uri_of(&call.from),
-        called: call.called.as_deref(),
-        started_at,
-        escalated_at: Some(run.escalated_wall),
-        greeting: None,
-        turns,
-        bot_speech,
-        escalation,
-        team_name: Some(&run.team),
-        after_handover,
-    })
-}
-
-/// How long the caller's side may take to report a transfer's result, beyond the ring timeout.
-const REFER_GRACE: Duration = Duration::from_secs(15);
-
-/// The headers that carry the context to the agent's phone or PBX: on our INVITE, or in the
-/// Refer-To URI of a blind transfer (so the caller's side puts them on its INVITE).
-fn context_headers(
-    r: &TransferRun,
-    call_id: &str,
-    cfg: &TransferConfig,
-    flow: &str,
-) -> Vec<(String, String)> {
-    let mut headers = vec![
-        ("X-Voicebot-Call-Id".to_string(), call_id.to_string()),
-        ("X-Voicebot-Team".to_string(), r.skill.clone()),
-        ("X-Voicebot-Flow".to_string(), flow.to_string()),
-        ("User-to-User".to_string(), user_to_user(call_id)),
-    ];
-    if !cfg.context_url_base.is_empty() {
-        headers.push((
-            "X-Voicebot-Context-Url".to_string(),
-            format!(
-                "{}/calls/{call_id}/context",
-                cfg.context_url_base.trim_end_matches('/')
-            ),
+impl CallTask {
+    /// Sets up the caller's media, the pipeline and the control core.
+    fn start(setup: CallSetup) -> Result<(CallTask, CallIo), String> {
+        let CallSetup {
+            call,
+            ports,
+            flow,
+            engines,
+            report_dir,
+            pacer,
+            control: signals,
+            hangup: signalling,
+            deliverer,
+            hub,
+            history,
+            live,
+        } = setup;
+        let started = Instant::now();
+        let media_cfg = engines.config.media.clone();
+        let socket = ports
+            .rtp
+            .try_clone()
+            .and_then(UdpSocket::from_std)
+            .map_err(|e| format!("cannot use the RTP socket: {e}"))?;
+        let rtcp_socket = ports
+            .rtcp
+            .as_ref()
+            .and_then(|s| s.try_clone().ok())
+            .and_then(|s| UdpSocket::from_std(s).ok());
+        let jitter_ms = (media_cfg.jitter_min_ms, media_cfg.jitter_max_ms);
+        let recording = (&engines.config.recording, call.call_id.as_str());
+        let caller = CallerLeg::start(
+            &call.media,
+            &ports.rtp,
+            &pacer,
+            jitter_ms,
+            recording,
+            call.local_ip,
+            started,
+        )
+        .map_err(|e| format!("{e} (codec {})", call.media.codec))?;
+        let (input, pipeline_in) = mpsc::channel(INPUT_QUEUE);
+        let (pipeline_tx, pipeline_out) = mpsc::channel(16);
+        let speech_cancel = SpeechCancel::default();
+        let options = CallOptions {
+            transcribe_after_handover: true,
+            speech_cancel: speech_cancel.clone(),
+        };
+        let pipeline = tokio::spawn(run_call_with(
+            engines.clone(),
+            flow.clone(),
+            pipeline_in,
+            pipeline_tx,
+            options,
         ));
+        let (done_tx, done) = mpsc::unbounded_channel();
+        let (posted_tx, posted) = mpsc::unbounded_channel();
+        let (agent_line_tx, agent_lines) = mpsc::channel(16);
+        let control = CallControl::new(ControlConfig {
+            call_id: call.call_id.clone(),
+            flow: flow.name.clone(),
+            transfer: engines.config.handover.transfer.clone(),
+            webhook: deliverer.is_some(),
+        });
+        let poster = EventPoster::start(&call.call_id, Arc::clone(&hub), deliverer, posted_tx);
+        let barge_in = BargeIn::new(BargeInConfig {
+            min_speech_ms: media_cfg.barge_in_min_speech_ms,
+            floor_dbfs: media_cfg.barge_in_floor_dbfs,
+            echo_return_loss_db: media_cfg.echo_return_loss_db,
+            frame_ms: PTIME_MS,
+        });
+        let io = CallIo {
+            socket,
+            rtcp_socket,
+            signals,
+            pipeline_out,
+            pipeline,
+            done,
+            posted,
+            agent_lines,
+        };
+        let task = CallTask {
+            call,
+            flow,
+            engines,
+            pacer,
+            signalling,
+            live,
+            hub,
+            history,
+            report_dir,
+            started,
+            started_wall: SystemTime::now(),
+            _ports: ports,
+            caller,
+            barge_in,
+            bot_level: 0.0,
+            dropping_rest: false,
+            frames_fed: 0,
+            dtmf: Vec::new(),
+            speech_log: SpeechLog::default(),
+            rtp_timeout_logged: false,
+            input,
+            speech_cancel,
+            pipeline_result: None,
+            turns: Vec::new(),
+            after_handover: Vec::new(),
+            control,
+            agent: None,
+            agent_ports: HashMap::new(),
+            agent_answers: HashMap::new(),
+            agent_asr: None,
+            agent_line_tx,
+            hold_frames: 0,
+            done_tx,
+            poster,
+            live_reported: LiveState::Bot,
+            signalling_gone: false,
+        };
+        Ok((task, io))
     }
-    headers
+
+    /// The call's loop: waits on the sockets, the media tick, the pipeline, signalling and
+    /// the work it started; each handler feeds the control core, whose outputs are carried
+    /// out after every event.
+    async fn run(mut self, mut io: CallIo) {
+        let tick_period = Duration::from_millis(u64::from(PTIME_MS));
+        let mut tick = tokio::time::interval_at((self.started + tick_period).into(), tick_period);
+        let mut next_rtcp = self.started + RTCP_INTERVAL;
+        let mut buf = vec![0u8; 2048];
+        let mut agent_buf = vec![0u8; 2048];
+        let mut rtcp_buf = vec![0u8; 1500];
+        loop {
+            let agent_socket = self.agent.as_ref().map(|a| a.socket());
+            tokio::select! {
+                received = io.socket.recv_from(&mut buf) => {
+                    if let Ok((n, from)) = received {
+                        self.on_caller_datagram(&buf[..n], from);
+                    }
+                }
+                _ = tick.tick() => self.on_tick(Instant::now()),
+                received = recv_on(agent_socket.as_deref(), &mut agent_buf) => {
+                    if let (Ok((n, from)), Some(agent)) = (received, self.agent.as_mut()) {
+                        if let Some(ev) = agent.on_datagram(&agent_buf[..n], from, Instant::now()) {
+                            tracing::info!(digit = %ev.digit, "DTMF from the agent");
+                        }
+                    }
+                }
+                Some(line) = io.agent_lines.recv() => self.on_agent_line(&line),
+                received = recv_on(io.rtcp_socket.as_ref(), &mut rtcp_buf) => {
+                    if let Ok((n, _)) = received {
+                        self.caller.on_rtcp(&rtcp_buf[..n], Instant::now());
+                    }
+                }
+                () = tokio::time::sleep_until(next_rtcp.into()) => {
+                    next_rtcp += RTCP_INTERVAL;
+                    self.send_rtcp(io.rtcp_socket.as_ref()).await;
+                }
+                out = io.pipeline_out.recv() => {
+                    if let Some(out) = out {
+                        self.on_pipeline_output(out);
+                    }
+                }
+                signal = io.signals.recv() => self.on_signal(signal),
+                Some(done) = io.done.recv() => self.on_done(done),
+                Some(posted) = io.posted.recv() => self.on_posted(posted),
+                res = &mut io.pipeline, if self.pipeline_result.is_none() => self.on_pipeline_end(res),
+            }
+            self.carry_out();
+            if self.control.is_over() || self.signalling_gone {
+                break;
+            }
+            let state = live_state(self.control.phase());
+            if state != self.live_reported {
+                self.live_reported = state;
+                self.live.set_state(&self.call.call_id, state);
+            }
+        }
+        self.finish(io).await;
+    }
+
+    /// The caller's RTP port received a datagram.
+    fn on_caller_datagram(&mut self, bytes: &[u8], from: SocketAddr) {
+        if let Some(ev) = self.caller.on_datagram(bytes, from, Instant::now()) {
+            tracing::info!(digit = %ev.digit, "DTMF (RFC 4733)");
+            self.dtmf.push(ev.digit);
+            let at = self.media_time();
+            self.send_input(CallInput::Dtmf {
+                digit: ev.digit,
+                at,
+            });
+        }
+    }
+
+    /// The call time of the caller's next frame.
+    fn media_time(&self) -> Duration {
+        Duration::from_millis(self.frames_fed * u64::from(PTIME_MS))
+    }
+
+    /// Gives the pipeline an input that must not be lost (a key press, the resume): queued at
+    /// once when there is room, else by a task that waits for room.
+    fn send_input(&self, input: CallInput) {
+        if let Err(mpsc::error::TrySendError::Full(input)) = self.input.try_send(input) {
+            let tx = self.input.clone();
+            tokio::spawn(async move {
+                let _ = tx.send(input).await;
+            });
+        }
+    }
+
+    /// Asks the signalling task for something without waiting for room in its queue.
+    fn to_signalling(&self, msg: Inbound) {
+        if let Err(mpsc::error::TrySendError::Full(msg)) = self.signalling.try_send(msg) {
+            let tx = self.signalling.clone();
+            tokio::spawn(async move {
+                let _ = tx.send(msg).await;
+            });
+        }
+    }
+
+    /// The 20 ms media tick: the caller's frame to the pipeline (and the agent), the agent's
+    /// audio to the caller, barge-in, the hold tone, the dead-RTP check and the control
+    /// core's timers.
+    fn on_tick(&mut self, now: Instant) {
+        let speaking = self.caller.speaking();
+        let frame = self.caller.next_frame(now);
+        self.relay_agent(now, frame.as_deref());
+        if let Some(frame) = frame {
+            self.barge_in_check(&frame);
+            let at = self.media_time();
+            self.frames_fed += 1;
+            let rate = self.caller.rate();
+            let input = CallInput::Audio(AudioFrame {
+                at,
+                samples: frame,
+                rate,
+            });
+            if self.input.try_send(input).is_err() {
+                self.caller.figures.frames_dropped_by_pipeline += 1;
+            }
+        }
+        self.check_rtp_timeout(now);
+        let frame_len = self.caller.frame_len();
+        let queued = self.caller.queued();
+        if self.control.caller_waits() && queued < frame_len * 2 {
+            // The caller hears a quiet ringback tone once the announcement is out.
+            let tone = hold_tone_frame(self.hold_frames, self.caller.rate());
+            self.hold_frames += 1;
+            self.speech_log.pad(tone.len() as u64);
+            self.caller.play(&tone);
+        }
+        let playout = Playout {
+            speaking,
+            nearly_empty: queued <= frame_len * 3,
+        };
+        self.control.handle_timeout(now, playout);
+    }
+
+    /// The agent leg's audio for this tick: both ways when bridged (and the agent side
+    /// transcribed), the caller to the agent when the agent already listens, nothing (its
+    /// audio discarded) while the agent waits.
+    fn relay_agent(&mut self, now: Instant, caller_frame: Option<&[f32]>) {
+        let rate = self.caller.rate();
+        let silence;
+        let frame = match caller_frame {
+            Some(f) => f,
+            None => {
+                silence = vec![0.0; self.caller.frame_len()];
+                &silence
+            }
+        };
+        let bridged = self.control.bridged_agent();
+        let listening = self.control.agent_listening(now);
+        let Some(agent) = self.agent.as_mut() else {
+            self.end_agent_transcript();
+            return;
+        };
+        if bridged != Some(agent.handle) {
+            if listening == Some(agent.handle) {
+                agent.send(frame, rate);
+            }
+            agent.discard_frame(now);
+            self.end_agent_transcript();
+            return;
+        }
+        // Bridged: the caller's audio goes to the agent, the agent's to the caller; the
+        // pipeline still hears the caller (the transcript goes on).
+        agent.send(frame, rate);
+        let for_caller = agent.poll_for_caller(now, rate);
+        let at = self.media_time();
+        let asr = self.agent_asr.get_or_insert_with(|| {
+            let (tx, rx) = mpsc::channel(INPUT_QUEUE);
+            let job = run_transcriber(self.engines.clone(), rx, self.agent_line_tx.clone());
+            tokio::spawn(
+                async move {
+                    match job.await {
+                        Ok(lines) => tracing::info!(lines = lines.len(), "agent side transcribed"),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "the agent side could not be transcribed")
+                        }
+                    }
+                }
+                .in_current_span(),
+            );
+            AgentTranscriber {
+                input: tx,
+                offset: at,
+            }
+        });
+        let frame = AudioFrame {
+            at,
+            samples: for_caller.clone(),
+            rate,
+        };
+        if asr.input.try_send(CallInput::Audio(frame)).is_err() {
+            tracing::debug!("agent transcriber behind; a frame skipped");
+        }
+        self.caller.play(&for_caller);
+        self.speech_log.pad(for_caller.len() as u64);
+    }
+
+    /// Not bridged (any more): the agent's transcriber finishes its last words.
+    fn end_agent_transcript(&mut self) {
+        if let Some(asr) = self.agent_asr.take() {
+            let _ = asr.input.try_send(CallInput::End);
+        }
+    }
+
+    /// The caller spoke over the bot: playback stops (only while the bot has the caller).
+    fn barge_in_check(&mut self, frame: &[f32]) {
+        let level = rms(frame);
+        let speaking = self.caller.speaking();
+        if self.engines.config.media.barge_in
+            && self.control.bot_has_caller()
+            && self.barge_in.on_frame(level, self.bot_level, speaking)
+        {
+            let unplayed = self.caller.flush();
+            self.speech_log.cut(unplayed as u64, self.caller.rate());
+            self.speech_cancel.cancel();
+            self.dropping_rest = true;
+            tracing::info!(
+                at_ms = self.frames_fed * u64::from(PTIME_MS),
+                "barge-in: caller spoke over the bot; playback stopped"
+            );
+        }
+    }
+
+    /// Hangs up when the caller's RTP stopped for longer than `no_rtp_timeout_s`.
+    fn check_rtp_timeout(&mut self, now: Instant) {
+        let limit = Duration::from_secs(self.engines.config.media.no_rtp_timeout_s);
+        if limit.is_zero() || self.control.hangup_sent() || self.control.ended_by().is_some() {
+            return;
+        }
+        if rtp_silent_for(&self.caller, self.started, now) > limit {
+            if !self.rtp_timeout_logged {
+                tracing::warn!(secs = limit.as_secs(), "no RTP from the caller; hanging up");
+                self.rtp_timeout_logged = true;
+            }
+            self.control.hang_up(EndedBy::NoRtpTimeout);
+        }
+    }
+
+    async fn send_rtcp(&mut self, socket: Option<&UdpSocket>) {
+        let Some(socket) = socket else {
+            return;
+        };
+        if let Some((packet, to)) = self.caller.rtcp_report(Instant::now()) {
+            if socket.send_to(&packet, to).await.is_ok() {
+                self.caller.figures.rtcp_sent += 1;
+            }
+        }
+    }
+
+    /// What the pipeline produced: bot speech to play, live lines, the caller's turns.
+    fn on_pipeline_output(&mut self, out: CallOutput) {
+        match out {
+            CallOutput::Speak {
+                kind,
+                text,
+                audio,
+                continues,
+                ..
+            } => {
+                if continues && self.dropping_rest {
+                    return;
+                }
+                self.dropping_rest = false;
+                let rate = self.caller.rate();
+                let samples = if audio.rate == rate {
+                    audio.samples
+                } else {
+                    match resample_all(&audio.samples, audio.rate, rate) {
+                        Ok(s) => s,
+                        Err(e) => {
+                            tracing::error!(error = %e, "cannot resample bot speech; skipped");
+                            return;
+                        }
+                    }
+                };
+                self.bot_level = rms(&samples);
+                if continues {
+                    self.speech_log.extend(samples.len() as u64, rate);
+                } else {
+                    let at = self.media_time();
+                    self.speech_log
+                        .push(kind, text, at, samples.len() as u64, rate);
+                }
+                self.caller.play(&samples);
+            }
+            CallOutput::Partial(line) => {
+                // Live only: the agent screen shows what the caller is saying.
+                if let Some(data) = to_json("partial line", &line) {
+                    self.hub.publish("partial", &self.call.call_id, &data);
+                }
+            }
+            CallOutput::Heard(line) => {
+                let entry = heard_entry(&line, Duration::ZERO, context::Speaker::Caller);
+                self.append_transcript(entry);
+            }
+            CallOutput::Turn(turn) => self.on_turn(*turn),
+        }
+    }
+
+    /// A caller turn: the bot's decision goes to the control core.
+    fn on_turn(&mut self, turn: TurnReport) {
+        let escalation = turn.escalation.clone();
+        let ends_call = turn.ends_call;
+        self.turns.push(turn);
+        match escalation {
+            Some(e) => {
+                let targets = self.engines.config.handover.transfer.targets(&e.skill);
+                let team = self.flow.dialog.prompts().team(&e.skill);
+                self.control
+                    .escalate(Instant::now(), SystemTime::now(), &e, team, &targets);
+            }
+            None if ends_call => self.control.bot_finished(),
+            None => {}
+        }
+    }
+
+    /// A line of the live transcript after the hand-over.
+    fn append_transcript(&mut self, entry: context::TranscriptEntry) {
+        if let Some(data) = to_json("transcript line", &entry) {
+            self.hub.append_line(&self.call.call_id, &data);
+        }
+        self.after_handover.push(entry);
+    }
+
+    fn on_agent_line(&mut self, line: &HeardLine) {
+        let offset = self.agent_asr.as_ref().map_or(Duration::ZERO, |a| a.offset);
+        let entry = heard_entry(line, offset, context::Speaker::Agent);
+        self.append_transcript(entry);
+    }
+
+    /// News from the signalling task.
+    fn on_signal(&mut self, signal: Option<CallSignal>) {
+        let now = Instant::now();
+        let Some(signal) = signal else {
+            self.signalling_gone = true;
+            return;
+        };
+        match signal {
+            CallSignal::Confirmed => tracing::debug!("ACK received"),
+            CallSignal::MediaChanged(m) => self.caller.change_media(m, now),
+            CallSignal::Dtmf(digit) => {
+                self.dtmf.push(digit);
+                if let Some(agent) = self.agent.as_ref() {
+                    if self.control.bridged_agent() == Some(agent.handle) {
+                        agent.send_dtmf(digit);
+                    }
+                }
+                let at = self.media_time();
+                self.send_input(CallInput::Dtmf { digit, at });
+            }
+            CallSignal::Agent(AgentEvent::Progress(agent, code)) => {
+                self.control.agent_progress(agent, code);
+            }
+            CallSignal::Agent(AgentEvent::Answered(agent, media)) => {
+                self.agent_answers.insert(agent, media);
+                self.control.agent_answered(now, agent);
+            }
+            CallSignal::Agent(AgentEvent::Ended(agent, reason)) => {
+                self.agent_ports.remove(&agent);
+                self.agent_answers.remove(&agent);
+                self.control.agent_ended(now, agent, &reason);
+            }
+            CallSignal::Refer(progress) => self.control.refer_progress(now, progress),
+            CallSignal::Ended(reason) => self.control.caller_ended(&reason),
+            CallSignal::Shutdown => self.control.hang_up(EndedBy::Shutdown),
+        }
+    }
+
+    /// Work the task started came back.
+    fn on_done(&mut self, done: Done) {
+        let now = Instant::now();
+        match done {
+            Done::Resolved(op, result) => self.control.resolved(now, op, result),
+            Done::Placed(op, result) => {
+                let result = result.map(|(agent, ports)| {
+                    self.agent_ports.insert(agent, ports);
+                    agent
+                });
+                self.control.placed(now, op, result);
+            }
+            Done::ReferSent(op, result) => self.control.refer_sent(now, op, result),
+            Done::Whisper(agent, text, audio) => {
+                let whisper = match (self.agent.as_mut(), audio) {
+                    (Some(media), Some(audio)) if media.handle == agent => {
+                        let samples = convert(audio.samples, audio.rate, media.rate);
+                        media.play(&samples);
+                        let secs = samples.len() as f64 / f64::from(media.rate.max(1));
+                        Some((text, Duration::from_secs_f64(secs)))
+                    }
+                    _ => None,
+                };
+                self.control.whisper_ready(now, agent, whisper);
+            }
+            Done::Prompt(text, audio) => {
+                if let Some(audio) = audio {
+                    let rate = self.caller.rate();
+                    let samples = convert(audio.samples, audio.rate, rate);
+                    // After whatever is queued (the end of the announcement; at most 40 ms of
+                    // tone).
+                    let at = self.media_time();
+                    self.speech_log
+                        .push(SpeechKind::Reply, text, at, samples.len() as u64, rate);
+                    self.caller.play(&samples);
+                }
+                self.control.prompt_queued();
+            }
+            Done::WebhookSettled(confirmed) => self.control.webhook_settled(now, confirmed),
+        }
+    }
+
+    /// An event reached the outbox (or could not).
+    fn on_posted(&mut self, posted: Posted) {
+        match posted.result {
+            Ok((id, delivered)) => {
+                self.control.event_queued(id);
+                if let Some(delivered) = delivered {
+                    let wait = Duration::from_millis(
+                        self.engines.config.handover.transfer.webhook_wait_ms,
+                    );
+                    let done = self.done_tx.clone();
+                    tokio::spawn(async move {
+                        let confirmed =
+                            matches!(tokio::time::timeout(wait, delivered).await, Ok(Ok(())));
+                        let _ = done.send(Done::WebhookSettled(confirmed));
+                    });
+                }
+            }
+            Err(_) if posted.kind == "escalated" => {
+                self.control.webhook_settled(Instant::now(), false);
+            }
+            Err(_) => {}
+        }
+    }
+
+    /// The pipeline ended by itself: a failure hangs the call up.
+    fn on_pipeline_end(
+        &mut self,
+        res: Result<Result<CallReport, crate::pipeline::PipelineError>, tokio::task::JoinError>,
+    ) {
+        let res = match res {
+            Ok(Ok(report)) => Ok(report),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(e) => Err(format!("pipeline task: {e}")),
+        };
+        if let Err(e) = &res {
+            tracing::error!(error = %e, "call pipeline failed; hanging up");
+            self.control.hang_up(EndedBy::PipelineError);
+        }
+        self.pipeline_result = Some(res);
+    }
+
+    /// Carries out what the control core asked for.
+    fn carry_out(&mut self) {
+        while let Some(output) = self.control.poll_output() {
+            match output {
+                Output::Resolve { op, uri } => {
+                    let done = self.done_tx.clone();
+                    tokio::spawn(async move {
+                        let _ = done.send(Done::Resolved(op, resolve(&uri).await));
+                    });
+                }
+                Output::PlaceCall {
+                    op,
+                    uri,
+                    addr,
+                    headers,
+                    from_display,
+                    from_user,
+                } => {
+                    let (reply, answer) = tokio::sync::oneshot::channel();
+                    let request = PlaceCall {
+                        caller: self.call.handle,
+                        target: uri,
+                        addr,
+                        headers,
+                        from_display,
+                        from_user,
+                        reply,
+                    };
+                    self.ask_signalling(Inbound::PlaceCall(request), answer, move |r| {
+                        Done::Placed(op, r)
+                    });
+                }
+                Output::Refer {
+                    op,
+                    uri,
+                    headers,
+                    replacing,
+                } => {
+                    let (reply, answer) = tokio::sync::oneshot::channel();
+                    let request = ReferCall {
+                        caller: self.call.handle,
+                        target: uri,
+                        headers,
+                        replacing,
+                        reply,
+                    };
+                    self.ask_signalling(Inbound::Refer(request), answer, move |r| {
+                        Done::ReferSent(op, r)
+                    });
+                }
+                Output::HangUp(LegId::Caller) => {
+                    self.to_signalling(Inbound::Hangup(self.call.handle));
+                }
+                Output::HangUp(LegId::Agent(agent)) => {
+                    self.agent_ports.remove(&agent);
+                    self.to_signalling(Inbound::Hangup(agent));
+                }
+                Output::StartAgentMedia(agent) => self.start_agent_media(agent),
+                Output::DropAgentMedia(agent) => self.drop_agent_media(agent),
+                Output::Whisper(agent) => self.start_whisper(agent),
+                Output::Bridge(_) => {
+                    // The hold tone (or the end of the announcement) stops.
+                    let unplayed = self.caller.flush();
+                    self.speech_log.cut(unplayed as u64, self.caller.rate());
+                }
+                Output::SayToCaller(prompt) => self.start_prompt(&prompt),
+                Output::ResumeBot => self.send_input(CallInput::Resume),
+                Output::Emit(event) => self.emit(&event),
+            }
+        }
+    }
+
+    /// Sends `msg` to the signalling task and feeds its answer (or its silence) back.
+    fn ask_signalling<T: Send + 'static>(
+        &self,
+        msg: Inbound,
+        answer: tokio::sync::oneshot::Receiver<Result<T, String>>,
+        done: impl FnOnce(Result<T, String>) -> Done + Send + 'static,
+    ) {
+        let (signalling, results) = (self.signalling.clone(), self.done_tx.clone());
+        tokio::spawn(async move {
+            let result = if signalling.send(msg).await.is_err() {
+                Err("signalling is gone".to_string())
+            } else {
+                match tokio::time::timeout(SIGNALLING_ANSWER, answer).await {
+                    Ok(Ok(result)) => result,
+                    _ => Err("signalling did not answer".to_string()),
+                }
+            };
+            let _ = results.send(done(result));
+        });
+    }
+
+    /// The answering agent's media starts on the ports of its leg.
+    fn start_agent_media(&mut self, agent: CallHandle) {
+        let now = Instant::now();
+        let (Some(media), Some(ports)) = (
+            self.agent_answers.remove(&agent),
+            self.agent_ports.remove(&agent),
+        ) else {
+            let why = "the agent leg's answer or ports are gone".to_string();
+            self.control.agent_media_failed(now, agent, why);
+            return;
+        };
+        let cfg = &self.engines.config.media;
+        let jitter_ms = (cfg.jitter_min_ms, cfg.jitter_max_ms);
+        let rate = self.caller.rate();
+        match AgentMedia::start(agent, ports, &media, rate, &self.pacer, jitter_ms, now) {
+            Ok(started) => {
+                self.agent = Some(Box::new(started));
+                self.control
+                    .agent_media_started(now, agent, &media.codec.to_string());
+            }
+            Err(e) => self.control.agent_media_failed(now, agent, e.to_string()),
+        }
+    }
+
+    /// The agent leg is over: its media stops and its figures go to the record.
+    fn drop_agent_media(&mut self, agent: CallHandle) {
+        if self.agent.as_ref().is_some_and(|a| a.handle == agent) {
+            if let Some(media) = self.agent.take() {
+                self.control
+                    .agent_media_closed(media.packets_out(), media.packets_in);
+            }
+        }
+    }
+
+    /// The hand-over context of this call as it stands.
+    fn handover_context(&self) -> Option<context::HandoverContext> {
+        let (escalation, team, escalated_at) = self.control.escalation()?;
+        let queued = self.caller.queued() as u64;
+        let lines = self.speech_log.lines(queued, self.caller.rate());
+        Some(context::build(&ContextInput {
+            call_id: &self.call.call_id,
+            flow: &self.flow.name,
+            caller: crate::sip::message::uri_of(&self.call.from),
+            called: self.call.called.as_deref(),
+            started_at: self.started_wall,
+            escalated_at: Some(escalated_at),
+            greeting: None,
+            turns: &self.turns,
+            bot_speech: &lines,
+            escalation: Some(escalation),
+            team_name: Some(team),
+            after_handover: &self.after_handover,
+        }))
+    }
+
+    /// Synthesises the whisper (the flow's summary of the context) for the agent.
+    fn start_whisper(&mut self, agent: CallHandle) {
+        let text = match self.handover_context() {
+            Some(ctx) => self
+                .flow
+                .dialog
+                .prompts()
+                .transfer_whisper(&context::whisper_values(&ctx)),
+            None => String::new(),
+        };
+        let (engines, style, done) = (self.engines.clone(), self.flow.voice, self.done_tx.clone());
+        tokio::spawn(async move {
+            let audio = synthesize(&engines, &text, style).await;
+            let _ = done.send(Done::Whisper(agent, text, audio));
+        });
+    }
+
+    /// Synthesises a prompt of the control core for the caller.
+    fn start_prompt(&mut self, prompt: &CallerPrompt) {
+        let text = match prompt {
+            CallerPrompt::TransferFailed { skill } => {
+                self.flow.dialog.prompts().transfer_failed(skill)
+            }
+        };
+        let (engines, style, done) = (self.engines.clone(), self.flow.voice, self.done_tx.clone());
+        tokio::spawn(async move {
+            let audio = synthesize(&engines, &text, style).await;
+            let _ = done.send(Done::Prompt(text, audio));
+        });
+    }
+
+    /// Publishes an event of the control core; the escalation carries the whole context
+    /// (watched: the agent's INVITE waits for its confirmation).
+    fn emit(&mut self, event: &CallEvent) {
+        let data = match event {
+            CallEvent::Escalated { .. } => {
+                let Some(ctx) = self.handover_context() else {
+                    return;
+                };
+                tracing::info!(summary = %ctx.summary.replace('\n', " | "), "hand-over context");
+                match to_json("hand-over context", &ctx) {
+                    Some(data) => data,
+                    None => {
+                        self.control.webhook_settled(Instant::now(), false);
+                        return;
+                    }
+                }
+            }
+            other => other.data(),
+        };
+        let watched = matches!(event, CallEvent::Escalated { .. }) && self.poster.has_webhook();
+        self.poster.post(event.kind(), data, watched);
+    }
+
+    /// The call is over: the pipeline's report (bounded wait), the transfer's end and the
+    /// final context for the agent's screen, the record, metrics and history.
+    async fn finish(mut self, mut io: CallIo) {
+        // Close the caller's audio and collect the report (it may still be transcribing the
+        // last words), draining its outputs so it never blocks on a full channel.
+        let _ = self.input.try_send(CallInput::End);
+        let (input, _) = mpsc::channel(1);
+        drop(std::mem::replace(&mut self.input, input));
+        if self.pipeline_result.is_none() {
+            let drain = async {
+                loop {
+                    tokio::select! {
+                        res = &mut io.pipeline => break res,
+                        _ = io.pipeline_out.recv() => {}
+                    }
+                }
+            };
+            self.pipeline_result = Some(
+                match tokio::time::timeout(Duration::from_secs(30), drain).await {
+                    Ok(Ok(Ok(report))) => Ok(report),
+                    Ok(Ok(Err(e))) => Err(e.to_string()),
+                    Ok(Err(e)) => Err(format!("pipeline task: {e}")),
+                    Err(_) => {
+                        io.pipeline.abort();
+                        Err("pipeline did not finish within 30 s of hang-up".into())
+                    }
+                },
+            );
+        }
+        if let Some(agent) = self.agent.take() {
+            self.control
+                .agent_media_closed(agent.packets_out(), agent.packets_in);
+        }
+        let queued = self.caller.queued() as u64;
+        let transfer = self.control.finish();
+        // The final context: the whole transcript, now including what was said while bridged.
+        let mut call_ended = None;
+        if let (Some(r), Some(Ok(report))) = (&transfer, &self.pipeline_result) {
+            let lines = self.speech_log.lines(queued, self.caller.rate());
+            if let Some((_, team, escalated_at)) = self.control.escalation() {
+                let ctx = context::build(&ContextInput {
+                    call_id: &self.call.call_id,
+                    flow: &self.flow.name,
+                    caller: crate::sip::message::uri_of(&self.call.from),
+                    called: self.call.called.as_deref(),
+                    started_at: self.started_wall,
+                    escalated_at: Some(escalated_at),
+                    greeting: None,
+                    turns: &report.turns,
+                    bot_speech: &lines,
+                    escalation: report.escalation.as_ref(),
+                    team_name: Some(team),
+                    after_handover: &self.after_handover,
+                });
+                let ended_by = self.control.ended_by().unwrap_or(EndedBy::Unknown);
+                call_ended = to_json("hand-over context", &ctx).map(|mut data| {
+                    if let Some(obj) = data.as_object_mut() {
+                        obj.insert("outcome".into(), serde_json::json!(r.outcome));
+                        obj.insert("ended_by".into(), serde_json::json!(ended_by));
+                    }
+                    data
+                });
+            }
+        }
+        let mut transfer = transfer;
+        if let Some(data) = call_ended {
+            self.poster.post("call_ended", data, false);
+            if let (Some(r), Some(id)) = (transfer.as_mut(), last_event_id(&mut io).await) {
+                r.webhook_events.push(id);
+            }
+        }
+        let (codec, remote) = self.caller.describe();
+        let rate = self.caller.rate();
+        let duration_ms = self.started.elapsed().as_millis() as u64;
+        let (rtp, _, recording) = self.caller.finish().await;
+        let (report, pipeline_error) = match self.pipeline_result {
+            Some(Ok(r)) => (Some(r), None),
+            Some(Err(e)) => (None, Some(e)),
+            None => (None, None),
+        };
+        let record = CallRecord {
+            call_id: self.call.call_id.clone(),
+            from: self.call.from.clone(),
+            called: self.call.called.clone(),
+            codec,
+            remote_rtp: remote,
+            duration_ms,
+            ended_by: self.control.ended_by().unwrap_or(EndedBy::Unknown),
+            dtmf: self.dtmf,
+            bot_speech: self.speech_log.finish(queued, rate),
+            rtp,
+            report,
+            pipeline_error,
+            transfer,
+            recording,
+        };
+        tracing::info!(
+            ended_by = %record.ended_by,
+            duration_ms = record.duration_ms,
+            turns = record.report.as_ref().map_or(0, |r| r.turns.len()),
+            "call finished"
+        );
+        if let Some(dir) = &self.report_dir {
+            write_record(dir, &record);
+        }
+        // Metrics, and the history (its SQLite write runs on a blocking thread).
+        crate::admin::calls::on_call_finished(self.history, self.started_wall, &record);
+    }
 }
 
-/// Asks the signalling task to REFER the caller's side; the Refer-To that went out.
-async fn send_refer(
-    signalling: &mpsc::Sender<Inbound>,
-    caller: CallHandle,
-    target: &str,
-    headers: Vec<(String, String)>,
-    replacing: Option<CallHandle>,
-) -> Result<String, String> {
-    let (reply, answer) = tokio::sync::oneshot::channel();
-    let request = ReferCall {
-        caller,
-        target: target.to_string(),
-        headers,
-        replacing,
-        reply,
+/// Waits (bounded) for the outbox to report the last posted event; its id.
+async fn last_event_id(io: &mut CallIo) -> Option<String> {
+    let wait = async {
+        while let Some(posted) = io.posted.recv().await {
+            if posted.kind == "call_ended" {
+                return posted.result.ok().map(|(id, _)| id);
+            }
+        }
+        None
     };
-    signalling
-        .send(Inbound::Refer(request))
+    tokio::time::timeout(Duration::from_secs(5), wait)
         .await
-        .map_err(|_| "signalling is gone".to_string())?;
-    match tokio::time::timeout(Duration::from_secs(2), answer).await {
-        Ok(Ok(result)) => result,
-        _ => Err("signalling did not answer".into()),
+        .ok()
+        .flatten()
+}
+
+/// Waits for a datagram on `socket`, or forever when there is none.
+async fn recv_on(
+    socket: Option<&UdpSocket>,
+    buf: &mut [u8],
+) -> std::io::Result<(usize, SocketAddr)> {
+    match socket {
+        Some(s) => s.recv_from(buf).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Synthesises `text` in the flow's voice; None (logged) when synthesis fails.
+async fn synthesize(
+    engines: &Engines,
+    text: &str,
+    style: crate::speech::voice::VoiceStyle,
+) -> Option<MonoAudio> {
+    match synthesize_text(engines, text, style).await {
+        Ok(audio) => Some(audio),
+        Err(e) => {
+            tracing::error!(error = %e, %text, "speech synthesis failed");
+            None
+        }
     }
 }
 
 /// The address of an extension's host (`sip:user@host[:port]`), looked up without blocking
-/// (and at most 2 s: a dead DNS server must not hold the caller).
+/// and at most [`LOOKUP_LIMIT`].
 async fn resolve(uri: &str) -> Result<SocketAddr, String> {
     let (host, port) = parse_target(uri)?;
-    let looked_up = tokio::time::timeout(
-        Duration::from_secs(2),
-        tokio::net::lookup_host((host.as_str(), port)),
-    )
-    .await;
+    let looked_up =
+        tokio::time::timeout(LOOKUP_LIMIT, tokio::net::lookup_host((host.as_str(), port))).await;
     match looked_up {
         Ok(Ok(mut addrs)) => addrs.next().ok_or_else(|| format!("{host} has no address")),
         Ok(Err(e)) => Err(format!("cannot resolve {host}: {e}")),
-        Err(_) => Err(format!("cannot resolve {host}: no answer within 2 s")),
+        Err(_) => Err(format!(
+            "cannot resolve {host}: no answer within {} s",
+            LOOKUP_LIMIT.as_secs()
+        )),
     }
-}
-
-/// Tries the next extensions of the hunt until one rings (bridge, attended) or the caller's
-/// side was asked to call it (blind); [`Leg::Failed`] when none is left or none could be
-/// tried.
-async fn dial_next(
-    r: &mut TransferRun,
-    signalling: &mpsc::Sender<Inbound>,
-    caller: CallHandle,
-    call_id: &str,
-    cfg: &TransferConfig,
-    flow: &str,
-) {
-    while let Some(target) = r.hunt.next_target() {
-        let headers = context_headers(r, call_id, cfg, flow);
-        if target.mode == TransferMode::Blind {
-            match send_refer(signalling, caller, &target.uri, headers, None).await {
-                Ok(refer_to) => {
-                    tracing::info!(target = %target.uri, "blind transfer: the caller's side was asked to call the extension");
-                    r.record.refer_to = Some(refer_to);
-                    r.leg = Leg::Referring {
-                        target,
-                        deadline: Instant::now() + cfg.ring_timeout() + REFER_GRACE,
-                        consult: None,
-                    };
-                    return;
-                }
-                Err(why) => {
-                    tracing::warn!(target = %target.uri, %why, "cannot transfer to this extension; trying the next");
-                    r.hunt.record(&target.uri, &AttemptOutcome::Failed(why));
-                    continue;
-                }
-            }
-        }
-        let addr = match resolve(&target.uri).await {
-            Ok(addr) => addr,
-            Err(why) => {
-                tracing::warn!(target = %target.uri, %why, "cannot call this extension; trying the next");
-                r.hunt.record(&target.uri, &AttemptOutcome::Failed(why));
-                continue;
-            }
-        };
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        let request = PlaceCall {
-            caller,
-            target: target.uri.clone(),
-            addr,
-            headers,
-            from_display: format!("Voicebot {}", r.team),
-            from_user: cfg.from_user.clone(),
-            reply,
-        };
-        if signalling.send(Inbound::PlaceCall(request)).await.is_err() {
-            break;
-        }
-        match tokio::time::timeout(Duration::from_secs(2), answer).await {
-            Ok(Ok(Ok((agent, ports)))) => {
-                tracing::info!(%agent, target = %target.uri, mode = target.mode.as_str(), "calling the agent");
-                r.leg = Leg::Ringing {
-                    agent,
-                    target,
-                    ports: Some(ports),
-                    deadline: Instant::now() + cfg.ring_timeout(),
-                    cancelled: false,
-                };
-                return;
-            }
-            Ok(Ok(Err(why))) => {
-                tracing::warn!(target = %target.uri, %why, "cannot call this extension; trying the next");
-                r.hunt.record(&target.uri, &AttemptOutcome::Failed(why));
-            }
-            _ => {
-                r.hunt.record(
-                    &target.uri,
-                    &AttemptOutcome::Failed("signalling did not answer".into()),
-                );
-            }
-        }
-    }
-    r.leg = Leg::Failed;
 }
 
 /// A line heard after the hand-over as a transcript entry; `offset`: the call time its
@@ -592,1167 +1192,11 @@ fn heard_entry(
     }
 }
 
-/// Synthesises `text` in the flow's voice at `rate` for one leg; None (logged) when synthesis
-/// fails.
-async fn synthesize_at(
-    engines: &Engines,
-    text: &str,
-    style: VoiceStyle,
-    rate: u32,
-) -> Option<Vec<f32>> {
-    match synthesize_text(engines, text, style).await {
-        Ok(audio) => Some(convert(audio.samples, audio.rate, rate)),
-        Err(e) => {
-            tracing::error!(error = %e, %text, "speech synthesis failed");
-            None
-        }
-    }
-}
-
-/// Puts the caller through to the agent: stops the hold tone and bridges the two legs.
-fn bridge(
-    r: &mut TransferRun,
-    agent: Box<AgentMedia>,
-    answered: Option<Instant>,
-    stream: &Arc<std::sync::Mutex<PacedStream>>,
-    speech_log: &mut SpeechLog,
-    rate: u32,
-) {
-    let unplayed = stream.lock().map_or(0, |mut s| s.sender.flush());
-    speech_log.cut(unplayed as u64, rate);
-    if let Some(at) = answered {
-        let ms = at.elapsed().as_secs_f64() * 1000.0;
-        r.record.answer_to_bridge_ms.get_or_insert(ms);
-        r.record.answer_to_put_through_ms = Some(ms);
-    }
-    r.record.outcome = "bridged".into();
-    tracing::info!(agent = %agent.handle, "caller and agent bridged");
-    r.leg = Leg::Bridged { media: agent };
-}
-
-/// The agent answered (and heard the whisper, if any): bridge mode bridges; attended mode asks
-/// the caller's side to replace our call with the agent by its own (REFER with `Replaces`),
-/// bridging instead when that cannot even be asked.
-#[allow(clippy::too_many_arguments)]
-async fn put_through(
-    r: &mut TransferRun,
-    agent: Box<AgentMedia>,
-    target: Target,
-    answered: Instant,
-    signalling: &mpsc::Sender<Inbound>,
-    caller: CallHandle,
-    cfg: &TransferConfig,
-    stream: &Arc<std::sync::Mutex<PacedStream>>,
-    speech_log: &mut SpeechLog,
-    rate: u32,
-) {
-    if target.mode == TransferMode::Attended {
-        match send_refer(
-            signalling,
-            caller,
-            &target.uri,
-            Vec::new(),
-            Some(agent.handle),
-        )
-        .await
-        {
-            Ok(refer_to) => {
-                tracing::info!(target = %target.uri, "attended transfer: the caller's side was asked to replace our call with the agent");
-                r.record.refer_to = Some(refer_to);
-                r.leg = Leg::Referring {
-                    target,
-                    deadline: Instant::now() + cfg.ring_timeout() + REFER_GRACE,
-                    consult: Some(agent),
-                };
-                return;
-            }
-            Err(why) => {
-                tracing::warn!(%why, "cannot ask for an attended transfer; bridging through the gateway instead");
-            }
-        }
-    }
-    bridge(r, agent, Some(answered), stream, speech_log, rate);
-}
-
-/// The caller's side could not make the transfer (`code`: its REFER or NOTIFY status). An
-/// attended transfer whose agent is still on the line falls back to bridging through the
-/// gateway; otherwise the hunt goes on. Returns whether the hunt has run dry.
-#[allow(clippy::too_many_arguments)]
-async fn transfer_failed(
-    r: &mut TransferRun,
-    code: u16,
-    signalling: &mpsc::Sender<Inbound>,
-    caller: CallHandle,
-    call_id: &str,
-    cfg: &TransferConfig,
-    flow: &str,
-    stream: &Arc<std::sync::Mutex<PacedStream>>,
-    speech_log: &mut SpeechLog,
-    rate: u32,
-) -> bool {
-    r.record.refer_status = Some(code);
-    let leg = std::mem::replace(&mut r.leg, Leg::Dialing);
-    let Leg::Referring {
-        target, consult, ..
-    } = leg
-    else {
-        r.leg = leg;
-        return false;
-    };
-    match consult {
-        Some(agent) => {
-            tracing::warn!(code, target = %target.uri, "the caller's side could not take the attended transfer; bridging through the gateway instead");
-            bridge(r, agent, None, stream, speech_log, rate);
-            false
-        }
-        None => {
-            tracing::warn!(code, target = %target.uri, "the transfer failed; trying the next extension");
-            r.hunt
-                .record(&target.uri, &AttemptOutcome::TransferFailed(code));
-            dial_next(r, signalling, caller, call_id, cfg, flow).await;
-            matches!(r.leg, Leg::Failed)
-        }
-    }
-}
-
-/// Waits up to `wait` for the webhook to confirm event `id`.
-async fn wait_delivered(d: &DelivererHandle, call_id: &str, id: &str, wait: Duration) -> bool {
-    use crate::handover::outbox::EventState;
-    let deadline = Instant::now() + wait;
-    loop {
-        let delivered = d.outbox().events_for_call(call_id).is_ok_and(|events| {
-            events
-                .iter()
-                .any(|e| e.event_id == id && e.state == EventState::Delivered)
-        });
-        if delivered {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-}
-
-/// Nobody answered: a callback request goes to the webhook and the caller hears the apology.
-#[allow(clippy::too_many_arguments)]
-async fn give_up(
-    r: &mut TransferRun,
-    engines: &Engines,
-    flow: &Flow,
-    post: &impl Fn(&str, serde_json::Value) -> Option<String>,
-    stream: &Arc<std::sync::Mutex<PacedStream>>,
-    speech_log: &mut SpeechLog,
-    frames_fed: u64,
-    rate: u32,
-) {
-    r.record.outcome = "callback".into();
-    tracing::warn!(attempts = ?r.hunt.attempts(), "no agent answered; a callback is requested");
-    let data = serde_json::json!({
-        "skill": r.skill,
-        "reason": "no agent answered",
-        "attempts": r.hunt.attempts(),
-    });
-    r.record
-        .webhook_events
-        .extend(post("callback_requested", data));
-    let text = flow.dialog.prompts().transfer_failed(&r.skill);
-    if let Some(samples) = synthesize_at(engines, &text, flow.voice, rate).await {
-        // After whatever is queued (the end of the announcement; at most 40 ms of tone).
-        let at = Duration::from_millis(frames_fed * u64::from(PTIME_MS));
-        speech_log.push(SpeechKind::Reply, text, at, samples.len() as u64, rate);
-        if let Ok(mut s) = stream.lock() {
-            s.sender.enqueue(&samples);
-        }
-    }
-}
-
 fn rms(samples: &[f32]) -> f32 {
     if samples.is_empty() {
         return 0.0;
     }
     (samples.iter().map(|s| s * s).sum::<f32>() / samples.len() as f32).sqrt()
-}
-
-/// Runs the call's media until it ends; never panics on network input, always writes the
-/// record (when a report directory is set) and frees the ports.
-pub async fn run_call_media(setup: CallSetup) {
-    let CallSetup {
-        call,
-        ports,
-        flow,
-        engines,
-        report_dir,
-        pacer,
-        mut control,
-        hangup,
-        deliverer,
-        hub,
-        history,
-        live,
-    } = setup;
-    let started_wall = std::time::SystemTime::now();
-    let handle = call.handle;
-    let started = Instant::now();
-    let media_cfg = engines.config.media.clone();
-    let socket = match ports.rtp.try_clone().and_then(UdpSocket::from_std) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot use the RTP socket; hanging up");
-            let _ = hangup.send(Inbound::Hangup(handle)).await;
-            return;
-        }
-    };
-    let rtcp_socket = ports
-        .rtcp
-        .as_ref()
-        .and_then(|s| s.try_clone().ok())
-        .and_then(|s| UdpSocket::from_std(s).ok());
-    let mut rtcp = RtcpState::default();
-    let mut rtcp_buf = vec![0u8; 1500];
-    let mut next_rtcp = started + RTCP_INTERVAL;
-    let mut media = call.media.clone();
-    let mut remote: SocketAddr = media.remote_rtp;
-    let (min_delay_ms, max_delay_ms) = (media_cfg.jitter_min_ms, media_cfg.jitter_max_ms);
-    // The receive and send sides for a negotiated codec (again after a codec change).
-    let media_ends = |m: &Negotiated, start: Instant| {
-        let jitter = JitterConfig {
-            clock_rate: m.codec.clock_rate(),
-            frame_samples: m.codec.timestamp_per_frame(PTIME_MS),
-            min_delay_ms,
-            max_delay_ms,
-        };
-        let mut receiver = MediaReceiver::new(m.codec, m.telephone_event_pt, jitter)?;
-        receiver.set_payload_type(m.payload_type);
-        let mut sender = RtpSender::new_random(m.codec, m.payload_type, PTIME_MS, start)?;
-        sender.set_telephone_event_pt(m.telephone_event_pt);
-        Ok::<_, CodecError>((receiver, sender))
-    };
-    let (mut receiver, sender) = match media_ends(&media, started) {
-        Ok(ends) => ends,
-        Err(e) => {
-            tracing::error!(error = %e, codec = %media.codec, "cannot set up the codec; hanging up");
-            let _ = hangup.send(Inbound::Hangup(handle)).await;
-            return;
-        }
-    };
-    let send_socket = match ports.rtp.try_clone() {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot share the RTP socket with the pacer; hanging up");
-            let _ = hangup.send(Inbound::Hangup(handle)).await;
-            return;
-        }
-    };
-    let mut paced = PacedStream::new(sender, send_socket, remote);
-    paced.sending = media.direction.sends();
-    let mut recorder = start_recording(&engines.config.recording, &call.call_id, &media);
-    // What the sender sent since the last tick, for the recording (reused every tick).
-    let mut sent_audio: Vec<f32> = Vec::new();
-    if recorder.is_some() {
-        paced.sender.keep_sent_audio();
-    }
-    let stream = pacer.register(paced);
-    // The receive side's 20 ms playout clock (sending is the pacer's job).
-    let mut tick = tokio::time::interval_at(
-        (started + Duration::from_millis(u64::from(PTIME_MS))).into(),
-        Duration::from_millis(u64::from(PTIME_MS)),
-    );
-    let mut rate = media.codec.sample_rate();
-    let mut barge_in = BargeIn::new(BargeInConfig {
-        min_speech_ms: media_cfg.barge_in_min_speech_ms,
-        floor_dbfs: media_cfg.barge_in_floor_dbfs,
-        echo_return_loss_db: media_cfg.echo_return_loss_db,
-        frame_ms: PTIME_MS,
-    });
-
-    let (in_tx, in_rx) = mpsc::channel(INPUT_QUEUE);
-    let (out_tx, mut out_rx) = mpsc::channel(16);
-    let speech_cancel = SpeechCancel::default();
-    let options = CallOptions {
-        transcribe_after_handover: true,
-        speech_cancel: speech_cancel.clone(),
-    };
-    let mut pipeline = tokio::spawn(run_call_with(
-        engines.clone(),
-        flow.clone(),
-        in_rx,
-        out_tx,
-        options,
-    ));
-    // After a barge-in, the rest of the interrupted reply (units already on their way) is
-    // dropped until the next reply starts.
-    let mut dropping_rest = false;
-    let mut pipeline_result: Option<Result<CallReport, String>> = None;
-
-    let mut speech_log = SpeechLog::default();
-    let mut bot_level = 0.0f32;
-    let mut figures = RtpFigures::default();
-    let mut dtmf = Vec::new();
-    let mut frames_fed: u64 = 0;
-    let mut receiving = false;
-    let mut latched = false;
-    let mut buf = vec![0u8; 2048];
-    let mut ended_by: Option<String> = None;
-    // The bot finished (goodbye or escalation): hang up once its last words are out.
-    let mut bot_done = false;
-    let mut hangup_sent = false;
-    let mut hangup_deadline: Option<Instant> = None;
-    let mut rtp_timeout_logged = false;
-    let no_rtp = Duration::from_secs(media_cfg.no_rtp_timeout_s);
-    // The caller's turns so far (for the hand-over context) and the transfer, once escalated.
-    let mut turns: Vec<TurnReport> = Vec::new();
-    let mut run: Option<TransferRun> = None;
-    let mut live_reported = LiveState::Bot;
-    // A transfer that ended with the bot taking the caller back.
-    let mut returned: Option<TransferRun> = None;
-    // What caller and agent said after the hand-over (the live transcript), and the agent
-    // side's transcriber while bridged: its input and the call time it started at.
-    let mut after_handover: Vec<context::TranscriptEntry> = Vec::new();
-    let (agent_line_tx, mut agent_line_rx) = mpsc::channel::<HeardLine>(16);
-    let mut agent_asr: Option<(mpsc::Sender<CallInput>, Duration)> = None;
-    let mut agent_buf = vec![0u8; 2048];
-    let transfer_cfg = engines.config.handover.transfer.clone();
-    let post = |kind: &str, data: serde_json::Value| -> Option<String> {
-        hub.publish(kind, &call.call_id, &data);
-        let d = deliverer.as_ref()?;
-        match d.enqueue(&call.call_id, kind, data) {
-            Ok(id) => {
-                tracing::info!(event = kind, event_id = %id, "webhook event queued");
-                Some(id)
-            }
-            Err(e) => {
-                tracing::error!(event = kind, error = %e, "webhook event could not be queued");
-                None
-            }
-        }
-    };
-
-    loop {
-        let agent_socket = run.as_ref().and_then(TransferRun::agent_socket);
-        tokio::select! {
-            received = socket.recv_from(&mut buf) => {
-                let Ok((n, from)) = received else { continue };
-                let now = Instant::now();
-                let rtp_packet = !is_rtcp(&buf[..n]);
-                match receiver.push_datagram(&buf[..n], now) {
-                    Ok(event) => {
-                        // Symmetric RTP: answer where the caller's media really comes from
-                        // (NAT, or an SDP address that is not the sending one). Only the first
-                        // RTP packet moves the destination: later strays or spoofed packets
-                        // cannot redirect the bot's audio (a re-INVITE can).
-                        if rtp_packet && !latched && from != remote {
-                            tracing::info!(%from, sdp = %remote, "RTP source differs from SDP; sending there (symmetric RTP)");
-                            remote = from;
-                            if let Ok(mut s) = stream.lock() {
-                                s.remote = from;
-                            }
-                        }
-                        latched |= rtp_packet;
-                        receiving = true;
-                        if let Some(ev) = event {
-                            let at = Duration::from_millis(frames_fed * u64::from(PTIME_MS));
-                            tracing::info!(digit = %ev.digit, "DTMF (RFC 4733)");
-                            dtmf.push(ev.digit);
-                            let _ = in_tx.try_send(CallInput::Dtmf { digit: ev.digit, at });
-                        }
-                    }
-                    Err(e) => tracing::debug!(error = %e, %from, "RTP packet ignored"),
-                }
-            }
-            _ = tick.tick() => {
-                let now = Instant::now();
-                let speaking = stream.lock().is_ok_and(|s| s.sender.is_speaking());
-                // After the caller's first packet, the pipeline gets a frame every 20 ms:
-                // decoded, concealed, or silence while the caller sends nothing (so end-of-turn
-                // detection still sees the pause).
-                let caller_frame = receiving.then(|| {
-                    receiver
-                        .poll_frame(now)
-                        .unwrap_or_else(|| vec![0.0; media.codec.samples_per_frame(PTIME_MS)])
-                });
-                if let Some(rec) = recorder.as_mut() {
-                    match &caller_frame {
-                        Some(frame) => rec.caller(frame, rate),
-                        None => rec.caller_silence(media.codec.samples_per_frame(PTIME_MS), rate),
-                    }
-                    if let Ok(mut s) = stream.lock() {
-                        s.sender.drain_sent(&mut sent_audio);
-                    }
-                    rec.heard(&sent_audio, rate);
-                    sent_audio.clear();
-                }
-                if let Some(TransferRun { leg: Leg::Bridged { media: agent, .. }, .. }) = run.as_mut() {
-                    // Bridged: the caller's audio goes to the agent, the agent's to the caller;
-                    // the pipeline still hears the caller (the transcript goes on).
-                    match &caller_frame {
-                        Some(frame) => agent.send(frame, rate),
-                        None => agent.send(&vec![0.0; media.codec.samples_per_frame(PTIME_MS)], rate),
-                    }
-                    let for_caller = agent.poll_for_caller(now, rate);
-                    let at = Duration::from_millis(frames_fed * u64::from(PTIME_MS));
-                    let (tx, _) = agent_asr.get_or_insert_with(|| {
-                        let (tx, rx) = mpsc::channel(INPUT_QUEUE);
-                        let job = run_transcriber(engines.clone(), rx, agent_line_tx.clone());
-                        tokio::spawn(async move {
-                            match job.await {
-                                Ok(lines) => tracing::info!(lines = lines.len(), "agent side transcribed"),
-                                Err(e) => tracing::warn!(error = %e, "the agent side could not be transcribed"),
-                            }
-                        }.in_current_span());
-                        (tx, at)
-                    });
-                    let frame = AudioFrame { at, samples: for_caller.clone(), rate };
-                    if tx.try_send(CallInput::Audio(frame)).is_err() {
-                        tracing::debug!("agent transcriber behind; a frame skipped");
-                    }
-                    if let Ok(mut s) = stream.lock() {
-                        s.sender.enqueue(&for_caller);
-                    }
-                    speech_log.pad(for_caller.len() as u64);
-                } else if let Some((tx, _)) = agent_asr.take() {
-                    // Not bridged any more: the agent's transcriber finishes its last words.
-                    let _ = tx.try_send(CallInput::End);
-                }
-                if let Some(r) = run.as_mut() {
-                    if let Leg::Answered { media: agent, target, answered, whispered_at } = &mut r.leg {
-                        // Bridge mode: the agent hears the caller from the answer on (after
-                        // the whisper); the caller hears the agent once the announcement is
-                        // over (see `Leg::Answered`).
-                        if target.mode == TransferMode::Bridge && now >= *whispered_at {
-                            match &caller_frame {
-                                Some(frame) => agent.send(frame, rate),
-                                None => agent.send(&vec![0.0; media.codec.samples_per_frame(PTIME_MS)], rate),
-                            }
-                            r.record.answer_to_bridge_ms.get_or_insert_with(|| answered.elapsed().as_secs_f64() * 1000.0);
-                        }
-                    }
-                    if !matches!(r.leg, Leg::Bridged { .. }) {
-                        if let Some(agent) = r.agent_media() {
-                            agent.discard_frame(now);
-                        }
-                    }
-                }
-                if let Some(frame) = caller_frame {
-                    let level = rms(&frame);
-                    if media_cfg.barge_in
-                        && run.is_none()
-                        && barge_in.on_frame(level, bot_level, speaking)
-                    {
-                        let unplayed = stream.lock().map_or(0, |mut s| s.sender.flush());
-                        speech_log.cut(unplayed as u64, rate);
-                        speech_cancel.cancel();
-                        dropping_rest = true;
-                        tracing::info!(
-                            at_ms = frames_fed * u64::from(PTIME_MS),
-                            "barge-in: caller spoke over the bot; playback stopped"
-                        );
-                    }
-                    let at = Duration::from_millis(frames_fed * u64::from(PTIME_MS));
-                    frames_fed += 1;
-                    let input = CallInput::Audio(AudioFrame { at, samples: frame, rate });
-                    if in_tx.try_send(input).is_err() {
-                        figures.frames_dropped_by_pipeline += 1;
-                    }
-                }
-                if no_rtp > Duration::ZERO && ended_by.is_none() {
-                    let last = receiver.last_packet_at().unwrap_or(started);
-                    if now.duration_since(last) > no_rtp && !hangup_sent {
-                        if !rtp_timeout_logged {
-                            tracing::warn!(secs = no_rtp.as_secs(), "no RTP from the caller; hanging up");
-                            rtp_timeout_logged = true;
-                        }
-                        ended_by = Some("no_rtp_timeout".into());
-                        hangup_sent = true;
-                        let _ = hangup.send(Inbound::Hangup(handle)).await;
-                    }
-                }
-                let mut hunt_failed = false;
-                if let Some(r) = run.as_mut() {
-                    if r.caller_waits() {
-                        // The caller hears a quiet ringback tone once the announcement is out.
-                        let queued = stream.lock().map_or(0, |s| s.sender.queued_samples());
-                        if queued < media.codec.samples_per_frame(PTIME_MS) * 2 {
-                            let tone = hold_tone_frame(r.hold_frames, rate);
-                            r.hold_frames += 1;
-                            speech_log.pad(tone.len() as u64);
-                            if let Ok(mut s) = stream.lock() {
-                                s.sender.enqueue(&tone);
-                            }
-                        }
-                    }
-                    if let Leg::Ringing { agent, deadline, cancelled, .. } = &mut r.leg {
-                        if now >= *deadline && !*cancelled {
-                            *cancelled = true;
-                            tracing::info!(agent = %agent, "agent did not answer within the ring timeout; cancelling");
-                            let _ = hangup.send(Inbound::Hangup(*agent)).await;
-                        }
-                    }
-                    let caller_idle = stream.lock().map_or(true, |s| s.sender.queued_samples() <= media.codec.samples_per_frame(PTIME_MS) * 3);
-                    let ready = caller_idle && matches!(&r.leg, Leg::Answered { whispered_at, .. } if now >= *whispered_at);
-                    if ready {
-                        if let Leg::Answered { media: agent, target, answered, .. } = std::mem::replace(&mut r.leg, Leg::Dialing) {
-                            if r.record.whisper.is_some() {
-                                r.record.whisper_ms = Some(answered.elapsed().as_secs_f64() * 1000.0);
-                            }
-                            put_through(r, agent, target, answered, &hangup, handle, &transfer_cfg, &stream, &mut speech_log, rate).await;
-                        }
-                    }
-                    let overdue = matches!(&r.leg, Leg::Referring { deadline, .. } if now >= *deadline);
-                    if overdue {
-                        tracing::warn!("the caller's side did not report the transfer's result in time");
-                        hunt_failed = transfer_failed(r, 408, &hangup, handle, &call.call_id, &transfer_cfg, &flow.name, &stream, &mut speech_log, rate).await;
-                    }
-                    if hunt_failed {
-                        give_up(r, &engines, &flow, &post, &stream, &mut speech_log, frames_fed, rate).await;
-                        bot_done = true;
-                    }
-                }
-                if bot_done && !hangup_sent && !speaking {
-                    // A short tail so the last word is not clipped by the BYE.
-                    let at = *hangup_deadline.get_or_insert(now + Duration::from_millis(400));
-                    if now >= at {
-                        hangup_sent = true;
-                        ended_by.get_or_insert_with(|| "bot".into());
-                        let _ = hangup.send(Inbound::Hangup(handle)).await;
-                    }
-                }
-            }
-            received = async {
-                match &agent_socket {
-                    Some(sock) => sock.recv_from(&mut agent_buf).await,
-                    None => std::future::pending().await,
-                }
-            } => {
-                if let Ok((n, from)) = received {
-                    if let Some(agent) = run.as_mut().and_then(TransferRun::agent_media) {
-                        if let Some(ev) = agent.on_datagram(&agent_buf[..n], from, Instant::now()) {
-                            tracing::info!(digit = %ev.digit, "DTMF from the agent");
-                        }
-                    }
-                }
-            }
-            Some(line) = agent_line_rx.recv() => {
-                let offset = agent_asr.as_ref().map_or(Duration::ZERO, |(_, at)| *at);
-                let entry = heard_entry(&line, offset, context::Speaker::Agent);
-                hub.append_line(&call.call_id, &serde_json::to_value(&entry).unwrap_or_default());
-                after_handover.push(entry);
-            }
-            received = async {
-                match &rtcp_socket {
-                    Some(s) => s.recv_from(&mut rtcp_buf).await,
-                    None => std::future::pending().await,
-                }
-            } => {
-                if let Ok((n, _)) = received {
-                    let ssrc = stream.lock().map_or(0, |s| s.sender.ssrc());
-                    rtcp.on_packet(&rtcp_buf[..n], Instant::now(), ssrc, &mut figures);
-                }
-            }
-            () = tokio::time::sleep_until(next_rtcp.into()) => {
-                next_rtcp += RTCP_INTERVAL;
-                if let Some(s) = &rtcp_socket {
-                    let report = rtcp.report(&receiver, Instant::now());
-                    let info = stream.lock().ok().map(|s| SenderInfo {
-                        ssrc: s.sender.ssrc(),
-                        wall_clock: std::time::SystemTime::now(),
-                        rtp_timestamp: s.sender.timestamp(),
-                        packets: s.sender.packets_sent() as u32,
-                        octets: s.sender.octets_sent() as u32,
-                    });
-                    let Some(info) = info else { continue };
-                    let packet = sender_report(
-                        &info,
-                        report.as_ref(),
-                        &format!("voicebot@{}", call.local_ip),
-                    );
-                    let to = SocketAddr::new(remote.ip(), remote.port().saturating_add(1));
-                    if s.send_to(&packet, to).await.is_ok() {
-                        figures.rtcp_sent += 1;
-                    }
-                }
-            }
-            out = out_rx.recv() => match out {
-                Some(CallOutput::Speak { kind, text, audio, continues, .. }) => {
-                    if continues && dropping_rest {
-                        continue;
-                    }
-                    dropping_rest = false;
-                    let samples = if audio.rate == rate {
-                        audio.samples
-                    } else {
-                        match resample_all(&audio.samples, audio.rate, rate) {
-                            Ok(s) => s,
-                            Err(e) => {
-                                tracing::error!(error = %e, "cannot resample bot speech; skipped");
-                                continue;
-                            }
-                        }
-                    };
-                    bot_level = rms(&samples);
-                    let at = Duration::from_millis(frames_fed * u64::from(PTIME_MS));
-                    if continues {
-                        speech_log.extend(samples.len() as u64, rate);
-                    } else {
-                        speech_log.push(kind, text, at, samples.len() as u64, rate);
-                    }
-                    if let Ok(mut s) = stream.lock() {
-                        s.sender.enqueue(&samples);
-                    }
-                }
-                Some(CallOutput::Partial(line)) => {
-                    // Live only: the agent screen shows what the caller is saying.
-                    let data = serde_json::to_value(&line).unwrap_or_default();
-                    hub.publish("partial", &call.call_id, &data);
-                }
-                Some(CallOutput::Heard(line)) => {
-                    let entry = heard_entry(&line, Duration::ZERO, context::Speaker::Caller);
-                    hub.append_line(&call.call_id, &serde_json::to_value(&entry).unwrap_or_default());
-                    after_handover.push(entry);
-                }
-                Some(CallOutput::Turn(turn)) => {
-                    let escalation = turn.escalation.clone();
-                    let ends_call = turn.ends_call;
-                    turns.push(*turn);
-                    match escalation {
-                        Some(e) if run.is_none() => {
-                            let targets = transfer_cfg.targets(&e.skill);
-                            if targets.is_empty() {
-                                tracing::info!(reason = ?e.reason, skill = %e.skill,
-                                    "escalation: no agent extension is configured for this team, so the call ends after the announcement");
-                                bot_done = true;
-                            } else {
-                                let decided = Instant::now();
-                                let team = flow.dialog.prompts().team(&e.skill);
-                                let mut r = TransferRun {
-                                    skill: e.skill.clone(),
-                                    team,
-                                    escalation: e.clone(),
-                                    hunt: Hunt::new(&targets),
-                                    leg: Leg::Dialing,
-                                    record: TransferRecord { skill: e.skill.clone(), ..TransferRecord::default() },
-                                    escalated_wall: std::time::SystemTime::now(),
-                                    hold_frames: 0,
-                                };
-                                // The agent's screen gets the context before the phone rings.
-                                let queued = stream.lock().map_or(0, |s| s.sender.queued_samples());
-                                let lines = speech_log.lines(queued as u64, rate);
-                                let ctx = handover_context(&call, &flow.name, started_wall, &r, &turns, &lines, Some(&e), &after_handover);
-                                tracing::info!(reason = ?e.reason, skill = %e.skill, targets = targets.len(), summary = %ctx.summary.replace('\n', " | "), "escalation: warm transfer");
-                                let data = serde_json::to_value(&ctx).unwrap_or_default();
-                                let event = post("escalated", data);
-                                if let (Some(id), Some(d)) = (&event, &deliverer) {
-                                    let wait = Duration::from_millis(transfer_cfg.webhook_wait_ms);
-                                    let confirmed = wait_delivered(d, &call.call_id, id, wait).await;
-                                    r.record.webhook_before_invite = Some(confirmed);
-                                    if !confirmed {
-                                        tracing::warn!(wait_ms = transfer_cfg.webhook_wait_ms, "the webhook has not confirmed the context yet; calling the agent anyway");
-                                    }
-                                }
-                                r.record.webhook_events.extend(event);
-                                dial_next(&mut r, &hangup, handle, &call.call_id, &transfer_cfg, &flow.name).await;
-                                r.record.decision_to_invite_ms = Some(decided.elapsed().as_secs_f64() * 1000.0);
-                                let failed = matches!(r.leg, Leg::Failed);
-                                run = Some(r);
-                                if failed {
-                                    if let Some(r) = run.as_mut() {
-                                        give_up(r, &engines, &flow, &post, &stream, &mut speech_log, frames_fed, rate).await;
-                                    }
-                                    bot_done = true;
-                                }
-                            }
-                        }
-                        Some(_) => {}
-                        None if ends_call => bot_done = true,
-                        None => {}
-                    }
-                }
-                None => {}
-            },
-            ctl = control.recv() => match ctl {
-                Some(CallControl::Confirmed) => tracing::debug!("ACK received"),
-                Some(CallControl::MediaChanged(m)) => {
-                    // A new codec is a new stream both ways: a fresh jitter buffer for its clock,
-                    // fresh sequence numbers, timestamps and SSRC.
-                    let new_ends = if m.codec != media.codec || m.payload_type != media.payload_type {
-                        match media_ends(&m, Instant::now()) {
-                            Ok(ends) => Some(ends),
-                            Err(e) => {
-                                tracing::error!(error = %e, "cannot switch codec; keeping the old one");
-                                None
-                            }
-                        }
-                    } else {
-                        None
-                    };
-                    remote = m.remote_rtp;
-                    if let Ok(mut s) = stream.lock() {
-                        if let Some((new_receiver, mut new_sender)) = new_ends {
-                            if let Some(rec) = recorder.as_mut() {
-                                // The old sender's last frames, at the old rate.
-                                s.sender.drain_sent(&mut sent_audio);
-                                rec.heard(&sent_audio, rate);
-                                sent_audio.clear();
-                                new_sender.keep_sent_audio();
-                            }
-                            receiver = new_receiver;
-                            rate = m.codec.sample_rate();
-                            s.sender = new_sender;
-                        }
-                        s.remote = m.remote_rtp;
-                        s.sending = m.direction.sends();
-                    }
-                    tracing::info!(hold = m.on_hold, codec = %m.codec, "media updated by re-INVITE");
-                    media = m;
-                }
-                Some(CallControl::Dtmf(digit)) => {
-                    let at = Duration::from_millis(frames_fed * u64::from(PTIME_MS));
-                    dtmf.push(digit);
-                    if let Some(TransferRun { leg: Leg::Bridged { media: agent, .. }, .. }) = run.as_ref() {
-                        agent.send_dtmf(digit);
-                    }
-                    let _ = in_tx.try_send(CallInput::Dtmf { digit, at });
-                }
-                Some(CallControl::Agent(event)) => {
-                    let Some(r) = run.as_mut() else { continue };
-                    match event {
-                        AgentEvent::Progress(agent, code) => {
-                            tracing::info!(%agent, code, "agent leg progress");
-                        }
-                        AgentEvent::Answered(agent, m) => {
-                            let answered = Instant::now();
-                            let leg = std::mem::replace(&mut r.leg, Leg::Dialing);
-                            match leg {
-                                Leg::Ringing { agent: ringing, target, ports: Some(agent_ports), .. } if ringing == agent => {
-                                    match AgentMedia::start(agent, agent_ports, &m, rate, &pacer, (min_delay_ms, max_delay_ms), answered) {
-                                        Ok(agent_media) => {
-                                            let mut agent_media = Box::new(agent_media);
-                                            r.record.agent = Some(target.uri.clone());
-                                            r.record.mode = Some(target.mode.as_str().into());
-                                            tracing::info!(%agent, target = %target.uri, codec = %m.codec, mode = target.mode.as_str(), "agent answered");
-                                            let data = serde_json::json!({"agent": target.uri, "codec": m.codec.to_string(), "mode": target.mode.as_str()});
-                                            r.record.webhook_events.extend(post("agent_answered", data));
-                                            let whisper = if transfer_cfg.whisper {
-                                                let queued = stream.lock().map_or(0, |s| s.sender.queued_samples());
-                                                let lines = speech_log.lines(queued as u64, rate);
-                                                let ctx = handover_context(&call, &flow.name, started_wall, r, &turns, &lines, Some(&r.escalation), &after_handover);
-                                                let text = flow.dialog.prompts().transfer_whisper(&context::whisper_values(&ctx));
-                                                synthesize_at(&engines, &text, flow.voice, agent_media.rate).await.map(|audio| (text, audio))
-                                            } else {
-                                                None
-                                            };
-                                            let mut whispered_at = Instant::now();
-                                            if let Some((text, audio)) = whisper {
-                                                tracing::info!(%text, "whispering to the agent before putting the caller through");
-                                                agent_media.play(&audio);
-                                                let secs = audio.len() as f64 / f64::from(agent_media.rate.max(1));
-                                                whispered_at += Duration::from_secs_f64(secs);
-                                                r.record.whisper = Some(text);
-                                            }
-                                            // Put through on a later tick, once the whisper and
-                                            // the caller's announcement are out.
-                                            r.leg = Leg::Answered { media: agent_media, target, answered, whispered_at };
-                                        }
-                                        Err(e) => {
-                                            tracing::error!(error = %e, "cannot start the agent leg's media; trying the next extension");
-                                            let _ = hangup.send(Inbound::Hangup(agent)).await;
-                                            r.hunt.record(&target.uri, &AttemptOutcome::Failed(e.to_string()));
-                                            dial_next(r, &hangup, handle, &call.call_id, &transfer_cfg, &flow.name).await;
-                                        }
-                                    }
-                                }
-                                other => {
-                                    // Not the leg we are waiting for: end it.
-                                    r.leg = other;
-                                    let _ = hangup.send(Inbound::Hangup(agent)).await;
-                                }
-                            }
-                            if matches!(r.leg, Leg::Failed) {
-                                give_up(r, &engines, &flow, &post, &stream, &mut speech_log, frames_fed, rate).await;
-                                bot_done = true;
-                            }
-                        }
-                        AgentEvent::Ended(agent, reason) => {
-                            // Which leg ended (decided before any await: the leg's media is
-                            // not shareable across threads).
-                            enum Gone { Unanswered(String, bool), BeforeBridge(String), Consult, Bridged, Other }
-                            let gone = match &r.leg {
-                                Leg::Ringing { agent: a, target, cancelled, .. } if *a == agent => Gone::Unanswered(target.uri.clone(), *cancelled),
-                                Leg::Answered { media: m, target, .. } if m.handle == agent => Gone::BeforeBridge(target.uri.clone()),
-                                Leg::Referring { consult: Some(m), .. } if m.handle == agent => Gone::Consult,
-                                Leg::Bridged { media: m, .. } if m.handle == agent => Gone::Bridged,
-                                _ => Gone::Other,
-                            };
-                            let mut hunt_again = None;
-                            let mut back_to_bot = false;
-                            match gone {
-                                Gone::Unanswered(target, cancelled) => {
-                                    let outcome = match reason {
-                                        EndReason::Refused(code) => AttemptOutcome::Refused(code),
-                                        EndReason::Cancelled if cancelled => AttemptOutcome::NoAnswer,
-                                        EndReason::NoResponse => AttemptOutcome::NoAnswer,
-                                        other => AttemptOutcome::Failed(format!("{other:?}")),
-                                    };
-                                    tracing::info!(%agent, %target, ?outcome, "agent leg not answered; trying the next extension");
-                                    hunt_again = Some((target, outcome));
-                                }
-                                Gone::BeforeBridge(target) => {
-                                    tracing::info!(%agent, %target, "the agent hung up before the caller was put through; trying the next extension");
-                                    hunt_again = Some((target, AttemptOutcome::Failed("hung up before the caller was put through".into())));
-                                }
-                                Gone::Consult => {
-                                    // Normal for an attended transfer: the agent's phone ends our
-                                    // call once the caller's side replaced it. The NOTIFY decides.
-                                    tracing::info!(%agent, "the consultation call with the agent ended");
-                                    if let Leg::Referring { consult, .. } = &mut r.leg {
-                                        if let Some(m) = consult.take() {
-                                            r.record.packets_to_agent = m.packets_out();
-                                            r.record.packets_from_agent = m.packets_in;
-                                        }
-                                    }
-                                }
-                                Gone::Bridged if transfer_cfg.after_agent_hangup == AfterAgent::Bot => {
-                                    tracing::info!(%agent, "the agent hung up; the bot takes the caller back");
-                                    if let Leg::Bridged { media: m } = std::mem::replace(&mut r.leg, Leg::Dialing) {
-                                        r.record.packets_to_agent = m.packets_out();
-                                        r.record.packets_from_agent = m.packets_in;
-                                    }
-                                    r.record.outcome = "returned_to_bot".into();
-                                    r.record.webhook_events.extend(post("returned_to_bot", serde_json::json!({"agent": r.record.agent})));
-                                    let _ = in_tx.try_send(CallInput::Resume);
-                                    back_to_bot = true;
-                                }
-                                Gone::Bridged => {
-                                    tracing::info!(%agent, "the agent hung up; ending the call");
-                                    ended_by.get_or_insert_with(|| "agent".into());
-                                    if !hangup_sent {
-                                        hangup_sent = true;
-                                        let _ = hangup.send(Inbound::Hangup(handle)).await;
-                                    }
-                                }
-                                Gone::Other => {}
-                            }
-                            if let Some((target, outcome)) = hunt_again {
-                                r.leg = Leg::Dialing;
-                                r.hunt.record(&target, &outcome);
-                                dial_next(r, &hangup, handle, &call.call_id, &transfer_cfg, &flow.name).await;
-                                if matches!(r.leg, Leg::Failed) {
-                                    give_up(r, &engines, &flow, &post, &stream, &mut speech_log, frames_fed, rate).await;
-                                    bot_done = true;
-                                }
-                            }
-                            if back_to_bot {
-                                // The caller is the bot's again; a new escalation starts a new
-                                // transfer.
-                                returned = run.take();
-                            }
-                        }
-                    }
-                }
-                Some(CallControl::Refer(progress)) => {
-                    let Some(r) = run.as_mut() else { continue };
-                    if !matches!(r.leg, Leg::Referring { .. }) {
-                        tracing::debug!(?progress, "transfer progress for no transfer in progress");
-                        continue;
-                    }
-                    let failed = match progress {
-                        ReferProgress::Accepted => {
-                            tracing::info!("the caller's side accepted the transfer");
-                            None
-                        }
-                        ReferProgress::Notified { code, .. } if (200..300).contains(&code) => {
-                            r.record.refer_status = Some(code);
-                            if let Leg::Referring { target, consult, .. } = std::mem::replace(&mut r.leg, Leg::Transferred) {
-                                tracing::info!(target = %target.uri, mode = target.mode.as_str(), "transfer completed: the caller's side reached the agent; leaving the call");
-                                r.record.agent = Some(target.uri.clone());
-                                r.record.mode = Some(target.mode.as_str().into());
-                                r.record.outcome = "transferred".into();
-                                let data = serde_json::json!({"agent": target.uri, "mode": target.mode.as_str()});
-                                r.record.webhook_events.extend(post("transferred", data));
-                                if let Some(m) = consult {
-                                    r.record.packets_to_agent = m.packets_out();
-                                    r.record.packets_from_agent = m.packets_in;
-                                    let _ = hangup.send(Inbound::Hangup(m.handle)).await;
-                                }
-                            }
-                            ended_by.get_or_insert_with(|| "transferred".into());
-                            if !hangup_sent {
-                                hangup_sent = true;
-                                let _ = hangup.send(Inbound::Hangup(handle)).await;
-                            }
-                            None
-                        }
-                        ReferProgress::Notified { code, last } if code < 200 => {
-                            tracing::info!(code, "transfer progress");
-                            // A subscription that ends without a final status: no result.
-                            last.then_some(code)
-                        }
-                        ReferProgress::Notified { code, .. } | ReferProgress::Refused(code) => Some(code),
-                    };
-                    if let Some(code) = failed {
-                        if transfer_failed(r, code, &hangup, handle, &call.call_id, &transfer_cfg, &flow.name, &stream, &mut speech_log, rate).await {
-                            give_up(r, &engines, &flow, &post, &stream, &mut speech_log, frames_fed, rate).await;
-                            bot_done = true;
-                        }
-                    }
-                }
-                Some(CallControl::Ended(reason)) => {
-                    ended_by.get_or_insert_with(|| match reason {
-                        EndReason::RemoteBye => "caller".to_string(),
-                        other => format!("{other:?}").to_lowercase(),
-                    });
-                    break;
-                }
-                Some(CallControl::Shutdown) => {
-                    ended_by.get_or_insert_with(|| "shutdown".into());
-                    if !hangup_sent {
-                        hangup_sent = true;
-                        let _ = hangup.send(Inbound::Hangup(handle)).await;
-                    }
-                }
-                None => break,
-            },
-            res = &mut pipeline, if pipeline_result.is_none() => {
-                let res = match res {
-                    Ok(Ok(report)) => Ok(report),
-                    Ok(Err(e)) => Err(e.to_string()),
-                    Err(e) => Err(format!("pipeline task: {e}")),
-                };
-                if let Err(e) = &res {
-                    tracing::error!(error = %e, "call pipeline failed; hanging up");
-                    if !hangup_sent {
-                        hangup_sent = true;
-                        ended_by.get_or_insert_with(|| "pipeline_error".into());
-                        let _ = hangup.send(Inbound::Hangup(handle)).await;
-                    }
-                }
-                pipeline_result = Some(res);
-            }
-        }
-        let state = live_state(run.as_ref());
-        if state != live_reported {
-            live_reported = state;
-            live.set_state(&call.call_id, state);
-        }
-    }
-
-    // The dialog is over: close the caller's audio and collect the pipeline's report (it may
-    // still be transcribing the last words; bounded wait).
-    let _ = in_tx.try_send(CallInput::End);
-    drop(in_tx);
-    if pipeline_result.is_none() {
-        // Keep draining outputs so the pipeline never blocks on a full channel.
-        let drain = async {
-            loop {
-                tokio::select! {
-                    res = &mut pipeline => break res,
-                    _ = out_rx.recv() => {}
-                }
-            }
-        };
-        pipeline_result = Some(
-            match tokio::time::timeout(Duration::from_secs(30), drain).await {
-                Ok(Ok(Ok(report))) => Ok(report),
-                Ok(Ok(Err(e))) => Err(e.to_string()),
-                Ok(Err(e)) => Err(format!("pipeline task: {e}")),
-                Err(_) => {
-                    pipeline.abort();
-                    Err("pipeline did not finish within 30 s of hang-up".into())
-                }
-            },
-        );
-    }
-    let stats = receiver.stats();
-    figures.packets_received = stats.received;
-    figures.packets_lost = stats.lost;
-    figures.packets_late = stats.late;
-    figures.jitter_ms = stats.jitter_ms;
-    let (lateness, queued) = match stream.lock() {
-        Ok(mut s) => {
-            figures.packets_sent = s.packets_sent;
-            (std::mem::take(&mut s.lateness), s.sender.queued_samples())
-        }
-        Err(_) => (Lateness::new(), 0),
-    };
-    drop(stream);
-    figures.send_late_p50_ms = lateness.quantile_ms(0.50);
-    figures.send_late_p99_ms = lateness.quantile_ms(0.99);
-    figures.send_late_max_ms = lateness.max.as_secs_f64() * 1000.0;
-    figures.send_late_histogram = lateness
-        .buckets
-        .iter()
-        .enumerate()
-        .filter(|(_, &n)| n > 0)
-        .map(|(i, &n)| (i as u16, n))
-        .collect();
-    // The transfer's end: the agent leg's figures, and the final context for the agent's
-    // screen (the whole transcript, now including what was said while bridged).
-    let transfer_record = match run.or(returned) {
-        Some(mut r) => {
-            if let Some(agent) = r.agent_media() {
-                let (out, inn) = (agent.packets_out(), agent.packets_in);
-                r.record.packets_to_agent = out;
-                r.record.packets_from_agent = inn;
-            }
-            if r.caller_waits() {
-                // The caller left before being put through; signalling ends the agent leg.
-                r.record.outcome = "caller_hung_up".into();
-            }
-            if let Leg::Ringing { agent, .. } = &r.leg {
-                let _ = hangup.send(Inbound::Hangup(*agent)).await;
-            }
-            r.record.attempts = r.hunt.attempts().to_vec();
-            if let Some(Ok(report)) = &pipeline_result {
-                let lines = speech_log.lines(queued as u64, rate);
-                let ctx = handover_context(
-                    &call,
-                    &flow.name,
-                    started_wall,
-                    &r,
-                    &report.turns,
-                    &lines,
-                    report.escalation.as_ref(),
-                    &after_handover,
-                );
-                let mut data = serde_json::to_value(&ctx).unwrap_or_default();
-                if let Some(obj) = data.as_object_mut() {
-                    obj.insert("outcome".into(), serde_json::json!(r.record.outcome));
-                    obj.insert(
-                        "ended_by".into(),
-                        serde_json::json!(ended_by.clone().unwrap_or_default()),
-                    );
-                }
-                r.record.webhook_events.extend(post("call_ended", data));
-            }
-            Some(r.record)
-        }
-        None => None,
-    };
-    let recording = match recorder {
-        Some(r) => match r.finish().await {
-            Ok(info) => {
-                tracing::info!(file = %info.file, seconds = info.seconds, dropped_ms = info.dropped_ms, "call recording written");
-                Some(info)
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "the call recording failed");
-                None
-            }
-        },
-        None => None,
-    };
-    let (report, pipeline_error) = match pipeline_result {
-        Some(Ok(r)) => (Some(r), None),
-        Some(Err(e)) => (None, Some(e)),
-        None => (None, None),
-    };
-    let record = CallRecord {
-        call_id: call.call_id.clone(),
-        from: call.from.clone(),
-        called: call.called.clone(),
-        codec: media.codec.to_string(),
-        remote_rtp: remote.to_string(),
-        duration_ms: started.elapsed().as_millis() as u64,
-        ended_by: ended_by.unwrap_or_else(|| "unknown".into()),
-        dtmf,
-        bot_speech: speech_log.finish(queued as u64, rate),
-        rtp: figures,
-        report,
-        pipeline_error,
-        transfer: transfer_record,
-        recording,
-    };
-    tracing::info!(
-        ended_by = %record.ended_by,
-        duration_ms = record.duration_ms,
-        turns = record.report.as_ref().map_or(0, |r| r.turns.len()),
-        "call finished"
-    );
-    if let Some(dir) = report_dir {
-        write_record(&dir, &record);
-    }
-    // Metrics, and the history (its SQLite write runs on a blocking thread).
-    crate::admin::calls::on_call_finished(history, started_wall, &record);
-    drop(ports);
-}
-
-/// RTCP bookkeeping for one call: what the report blocks need and what the caller reported.
-#[derive(Default)]
-struct RtcpState {
-    /// The caller's last SR: the middle NTP bits and when it arrived.
-    last_sr: Option<(u32, Instant)>,
-    /// Received and lost counts at the previous report (for the fraction lost).
-    previous: (u64, u64),
-}
-
-impl RtcpState {
-    fn on_packet(&mut self, buf: &[u8], now: Instant, our_ssrc: u32, figures: &mut RtpFigures) {
-        figures.rtcp_received += 1;
-        match parse_rtcp(buf) {
-            Ok(summary) => {
-                if let Some((_, ntp_mid)) = summary.sender_report {
-                    self.last_sr = Some((ntp_mid, now));
-                }
-                if let Some(r) = summary.reports.iter().find(|r| r.ssrc == our_ssrc) {
-                    figures.remote_reported_lost = Some(r.cumulative_lost);
-                    figures.remote_reported_jitter_ms = Some(f64::from(r.jitter) / 8.0);
-                }
-                if summary.bye {
-                    tracing::debug!("RTCP BYE from the caller");
-                }
-            }
-            Err(e) => tracing::debug!(error = %e, "RTCP packet ignored"),
-        }
-    }
-
-    /// The report block about the caller's stream, once it has sent something.
-    fn report(&mut self, receiver: &MediaReceiver, now: Instant) -> Option<ReceptionReport> {
-        let ssrc = receiver.remote_ssrc()?;
-        let j = receiver.jitter_stats();
-        let (prev_received, prev_lost) = self.previous;
-        self.previous = (j.received, j.lost);
-        let (received, lost) = (j.received - prev_received, j.lost - prev_lost);
-        let fraction = (lost * 256)
-            .checked_div(received + lost)
-            .map_or(0, |f| f.min(255) as u8);
-        let (last_sr, dlsr) = match self.last_sr {
-            Some((mid, at)) => (mid, (now.duration_since(at).as_secs_f64() * 65536.0) as u32),
-            None => (0, 0),
-        };
-        Some(ReceptionReport {
-            ssrc,
-            fraction_lost: fraction,
-            cumulative_lost: j.lost.min(0x7F_FFFF) as u32,
-            extended_highest_seq: j.highest_seq.saturating_sub(1 << 16) as u32,
-            jitter: (j.jitter_ms * 8.0) as u32,
-            last_sr,
-            delay_since_last_sr: dlsr,
-        })
-    }
-}
-
-/// A file name from a Call-ID (which may hold any characters).
-/// The call's recorder, when `[recording]` is on (a failure to start is logged, the call goes
-/// on unrecorded).
-fn start_recording(
-    config: &RecordingConfig,
-    call_id: &str,
-    media: &Negotiated,
-) -> Option<CallRecorder> {
-    if !config.enabled {
-        return None;
-    }
-    match CallRecorder::start(&config.dir, call_id, media.codec.sample_rate()) {
-        Ok(r) => {
-            tracing::info!(dir = %config.dir.display(), file = r.file(), "recording the call");
-            Some(r)
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "cannot record the call; it goes on unrecorded");
-            None
-        }
-    }
 }
 
 fn record_file_name(call_id: &str) -> String {
@@ -1777,47 +1221,6 @@ fn write_record(dir: &std::path::Path, record: &CallRecord) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn speech_log_records_cut_point() {
-        let mut log = SpeechLog::default();
-        log.push(
-            SpeechKind::Greeting,
-            "hello".into(),
-            Duration::ZERO,
-            8000,
-            8000,
-        );
-        log.push(
-            SpeechKind::Reply,
-            "your order".into(),
-            Duration::from_secs(3),
-            16000,
-            8000,
-        );
-        // 125 ms of the greeting played, then the caller interrupted: 23000 samples unplayed.
-        log.cut(23000, 8000);
-        let speech = log.finish(0, 8000);
-        assert!(speech[0].interrupted);
-        assert_eq!(speech[0].played_ms, 125);
-        assert!(speech[1].interrupted);
-        assert_eq!(speech[1].played_ms, 0);
-    }
-
-    #[test]
-    fn speech_log_full_playout() {
-        let mut log = SpeechLog::default();
-        log.push(
-            SpeechKind::Greeting,
-            "hello".into(),
-            Duration::ZERO,
-            8000,
-            8000,
-        );
-        let speech = log.finish(0, 8000);
-        assert!(!speech[0].interrupted);
-        assert_eq!(speech[0].played_ms, 1000);
-    }
 
     #[test]
     fn record_names_are_safe() {

@@ -8,10 +8,14 @@
 //! slow call never holds up signalling or another call.
 
 pub mod call;
+mod caller_leg;
 pub mod config;
+mod event_poster;
 pub mod pacer;
 mod ports;
 pub mod recording;
+pub mod signal_queue;
+mod speech_log;
 pub mod transfer;
 
 use std::collections::HashMap;
@@ -41,10 +45,11 @@ use crate::sip::endpoint::{
 };
 use crate::sip::message::{StreamFramer, MAX_MESSAGE_BYTES};
 use crate::sip::sdp::LocalMedia;
-use call::{AgentEvent, CallControl, CallSetup};
+use call::{AgentEvent, CallSetup, CallSignal};
 use config::TransportKind;
 use pacer::Pacer;
 use ports::PortPool;
+use signal_queue::{signal_queue, NotQueued, SignalSender};
 
 /// A call id as a file name stem (call records, recordings): anything but letters, digits, `-`
 /// and `.` replaced by `_`, at most 120 characters, no leading dot, so a hostile Call-ID can
@@ -374,7 +379,7 @@ struct Signalling {
     udp: Option<Arc<UdpSocket>>,
     local: SocketAddr,
     tcp_writers: HashMap<u64, mpsc::Sender<Vec<u8>>>,
-    calls: HashMap<CallHandle, mpsc::Sender<CallControl>>,
+    calls: HashMap<CallHandle, SignalSender>,
     inbound_tx: mpsc::Sender<Inbound>,
     engines: Engines,
     ports: PortPool,
@@ -447,7 +452,7 @@ impl Signalling {
                     self.endpoint.drain();
                     draining_since = Some(Instant::now());
                     for tx in self.calls.values() {
-                        let _ = tx.try_send(CallControl::Shutdown);
+                        let _ = tx.send(CallSignal::Shutdown);
                     }
                 }
             }
@@ -661,7 +666,7 @@ impl Signalling {
                     Some(number) => flows.for_number(number),
                     None => flows.default_flow(),
                 };
-                let (control_tx, control_rx) = mpsc::channel(16);
+                let (control_tx, control_rx) = signal_queue();
                 self.live.start(
                     &call.call_id,
                     &call.from,
@@ -698,47 +703,49 @@ impl Signalling {
                     .instrument(span),
                 );
             }
-            Event::CallConfirmed(handle) => self.control(handle, CallControl::Confirmed),
+            Event::CallConfirmed(handle) => self.control(handle, CallSignal::Confirmed),
             Event::MediaChanged(handle, media) => {
-                self.control(handle, CallControl::MediaChanged(media))
+                self.control(handle, CallSignal::MediaChanged(media))
             }
-            Event::Dtmf(handle, digit) => self.control(handle, CallControl::Dtmf(digit)),
+            Event::Dtmf(handle, digit) => self.control(handle, CallSignal::Dtmf(digit)),
             Event::OutboundProgress(agent, code) => {
                 if let Some(caller) = self.legs.get(&agent).copied() {
-                    self.control(
-                        caller,
-                        CallControl::Agent(AgentEvent::Progress(agent, code)),
-                    );
+                    self.control(caller, CallSignal::Agent(AgentEvent::Progress(agent, code)));
                 }
             }
             Event::OutboundAnswered(agent, media) => match self.legs.get(&agent).copied() {
                 Some(caller) if self.calls.contains_key(&caller) => self.control(
                     caller,
-                    CallControl::Agent(AgentEvent::Answered(agent, media)),
+                    CallSignal::Agent(AgentEvent::Answered(agent, media)),
                 ),
                 // The caller is gone: the agent leg has nothing to bridge.
                 _ => self.endpoint.hangup(agent, now),
             },
-            Event::Refer(handle, progress) => self.control(handle, CallControl::Refer(progress)),
+            Event::Refer(handle, progress) => self.control(handle, CallSignal::Refer(progress)),
             Event::CallEnded(handle, reason) => {
                 if let Some(caller) = self.legs.remove(&handle) {
-                    self.control(
-                        caller,
-                        CallControl::Agent(AgentEvent::Ended(handle, reason)),
-                    );
+                    self.control(caller, CallSignal::Agent(AgentEvent::Ended(handle, reason)));
                     return;
                 }
                 // The caller hung up: its agent leg (ringing or bridged) ends too.
                 self.end_agent_legs(handle, now);
-                self.control(handle, CallControl::Ended(reason))
+                self.control(handle, CallSignal::Ended(reason))
             }
         }
     }
 
-    fn control(&mut self, handle: CallHandle, msg: CallControl) {
+    /// Tells a call task; never waits, and never drops what decides the call (see
+    /// [`signal_queue`]).
+    fn control(&mut self, handle: CallHandle, msg: CallSignal) {
         if let Some(tx) = self.calls.get(&handle) {
-            if tx.try_send(msg).is_err() {
-                tracing::warn!(call = %handle, "call task not keeping up with signalling");
+            match tx.send(msg) {
+                Ok(()) => {}
+                Err(NotQueued::OverCap) => {
+                    tracing::warn!(call = %handle, "call task far behind; a repeated event (key press) dropped");
+                }
+                Err(NotQueued::Closed) => {
+                    tracing::debug!(call = %handle, "call task already gone");
+                }
             }
         }
     }

@@ -97,19 +97,7 @@ pub enum RecordingError {
     Lost,
 }
 
-/// A finished recording, as the call's record shows it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RecordingInfo {
-    /// The file name inside `[recording] dir`.
-    pub file: String,
-    /// Samples per second (the call's codec rate when it started).
-    pub rate: u32,
-    /// Always "left: caller, right: sent to the caller".
-    pub channels: String,
-    pub seconds: f64,
-    /// Audio lost because the disk could not keep up (both channels), ms.
-    pub dropped_ms: u64,
-}
+pub use crate::call::record::RecordingInfo;
 
 /// The recording's file name for a call id (see [`super::call_file_stem`]: a hostile Call-ID
 /// cannot name another path).

@@ -1,0 +1,390 @@
+//! The caller's leg of an answered call: its RTP socket's receive side (jitter buffer,
+//! decoder, symmetric-RTP latching), its paced sender, the recording of both directions, RTCP
+//! reports and the RTP figures of the call's record. The call task asks it for the caller's
+//! next 20 ms frame and gives it what the caller should hear.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::call::record::{RecordingInfo, RtpFigures};
+use crate::media::codec::CodecError;
+use crate::media::dtmf::DtmfEvent;
+use crate::media::jitter::JitterConfig;
+use crate::media::receiver::MediaReceiver;
+use crate::media::rtcp::{parse_rtcp, sender_report, ReceptionReport, SenderInfo};
+use crate::media::rtp::is_rtcp;
+use crate::media::sender::RtpSender;
+use crate::sip::sdp::Negotiated;
+
+use super::pacer::{Lateness, PacedStream, Pacer};
+use super::recording::{CallRecorder, RecordingConfig};
+
+/// Packet time: every frame and packet is 20 ms.
+pub const PTIME_MS: u32 = 20;
+
+/// The receive and send sides for a negotiated codec (again after a codec change).
+fn media_ends(
+    m: &Negotiated,
+    jitter_ms: (u32, u32),
+    start: Instant,
+) -> Result<(MediaReceiver, RtpSender), CodecError> {
+    let jitter = JitterConfig {
+        clock_rate: m.codec.clock_rate(),
+        frame_samples: m.codec.timestamp_per_frame(PTIME_MS),
+        min_delay_ms: jitter_ms.0,
+        max_delay_ms: jitter_ms.1,
+    };
+    let mut receiver = MediaReceiver::new(m.codec, m.telephone_event_pt, jitter)?;
+    receiver.set_payload_type(m.payload_type);
+    let mut sender = RtpSender::new_random(m.codec, m.payload_type, PTIME_MS, start)?;
+    sender.set_telephone_event_pt(m.telephone_event_pt);
+    Ok((receiver, sender))
+}
+
+/// Why the caller's leg could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum CallerLegError {
+    #[error("cannot set up the codec: {0}")]
+    Codec(#[from] CodecError),
+    #[error("cannot share the RTP socket with the pacer: {0}")]
+    Socket(#[from] std::io::Error),
+}
+
+/// The caller's media, both ways.
+pub struct CallerLeg {
+    receiver: MediaReceiver,
+    stream: Arc<Mutex<PacedStream>>,
+    media: Negotiated,
+    /// Where the caller's RTP goes (the SDP address until the first packet latches it).
+    remote: SocketAddr,
+    latched: bool,
+    /// The caller sent something: from then on the pipeline gets a frame every 20 ms.
+    receiving: bool,
+    rate: u32,
+    jitter_ms: (u32, u32),
+    recorder: Option<CallRecorder>,
+    /// What the sender sent since the last tick, for the recording (reused every tick).
+    sent_audio: Vec<f32>,
+    rtcp: RtcpState,
+    local_ip: std::net::IpAddr,
+    pub figures: RtpFigures,
+}
+
+impl CallerLeg {
+    /// Starts the leg's media on `rtp` for `media`.
+    pub fn start(
+        media: &Negotiated,
+        rtp: &std::net::UdpSocket,
+        pacer: &Pacer,
+        jitter_ms: (u32, u32),
+        recording: (&RecordingConfig, &str),
+        local_ip: std::net::IpAddr,
+        now: Instant,
+    ) -> Result<CallerLeg, CallerLegError> {
+        let (receiver, sender) = media_ends(media, jitter_ms, now)?;
+        let mut paced = PacedStream::new(sender, rtp.try_clone()?, media.remote_rtp);
+        paced.sending = media.direction.sends();
+        let recorder = start_recording(recording.0, recording.1, media);
+        if recorder.is_some() {
+            paced.sender.keep_sent_audio();
+        }
+        Ok(CallerLeg {
+            receiver,
+            stream: pacer.register(paced),
+            media: media.clone(),
+            remote: media.remote_rtp,
+            latched: false,
+            receiving: false,
+            rate: media.codec.sample_rate(),
+            jitter_ms,
+            recorder,
+            sent_audio: Vec::new(),
+            rtcp: RtcpState::default(),
+            local_ip,
+            figures: RtpFigures::default(),
+        })
+    }
+
+    /// The rate of the leg's decoded audio (and of what it is given to play).
+    pub fn rate(&self) -> u32 {
+        self.rate
+    }
+
+    /// Samples in one 20 ms frame.
+    pub fn frame_len(&self) -> usize {
+        self.media.codec.samples_per_frame(PTIME_MS)
+    }
+
+    /// When the caller's last packet arrived.
+    pub fn last_packet_at(&self) -> Option<Instant> {
+        self.receiver.last_packet_at()
+    }
+
+    /// A datagram on the RTP port: into the jitter buffer; a finished DTMF digit is returned.
+    pub fn on_datagram(
+        &mut self,
+        bytes: &[u8],
+        from: SocketAddr,
+        now: Instant,
+    ) -> Option<DtmfEvent> {
+        let rtp_packet = !is_rtcp(bytes);
+        match self.receiver.push_datagram(bytes, now) {
+            Ok(event) => {
+                // Symmetric RTP: answer where the caller's media really comes from (NAT, or an
+                // SDP address that is not the sending one). Only the first RTP packet moves the
+                // destination: later strays or spoofed packets cannot redirect the bot's audio
+                // (a re-INVITE can).
+                if rtp_packet && !self.latched && from != self.remote {
+                    tracing::info!(%from, sdp = %self.remote, "RTP source differs from SDP; sending there (symmetric RTP)");
+                    self.remote = from;
+                    if let Ok(mut s) = self.stream.lock() {
+                        s.remote = from;
+                    }
+                }
+                self.latched |= rtp_packet;
+                self.receiving = true;
+                event
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, %from, "RTP packet ignored");
+                None
+            }
+        }
+    }
+
+    /// The caller's next 20 ms, once the caller has sent anything: decoded, concealed, or
+    /// silence while nothing arrives (so end-of-turn detection still sees the pause). The
+    /// recording gets both directions of the tick.
+    pub fn next_frame(&mut self, now: Instant) -> Option<Vec<f32>> {
+        let frame_len = self.frame_len();
+        let frame = self.receiving.then(|| {
+            self.receiver
+                .poll_frame(now)
+                .unwrap_or_else(|| vec![0.0; frame_len])
+        });
+        if let Some(rec) = self.recorder.as_mut() {
+            match &frame {
+                Some(f) => rec.caller(f, self.rate),
+                None => rec.caller_silence(frame_len, self.rate),
+            }
+            if let Ok(mut s) = self.stream.lock() {
+                s.sender.drain_sent(&mut self.sent_audio);
+            }
+            rec.heard(&self.sent_audio, self.rate);
+            self.sent_audio.clear();
+        }
+        frame
+    }
+
+    /// Queues audio (at the leg's rate) for the caller.
+    pub fn play(&self, samples: &[f32]) {
+        if let Ok(mut s) = self.stream.lock() {
+            s.sender.enqueue(samples);
+        }
+    }
+
+    /// Drops what is queued; returns how many samples were dropped.
+    pub fn flush(&self) -> usize {
+        self.stream.lock().map_or(0, |mut s| s.sender.flush())
+    }
+
+    /// Samples queued for the caller.
+    pub fn queued(&self) -> usize {
+        self.stream.lock().map_or(0, |s| s.sender.queued_samples())
+    }
+
+    /// Whether bot speech is playing.
+    pub fn speaking(&self) -> bool {
+        self.stream.lock().is_ok_and(|s| s.sender.is_speaking())
+    }
+
+    /// A re-INVITE changed the media: hold, resume, a new address or a new codec. A new codec
+    /// is a new stream both ways: a fresh jitter buffer for its clock, fresh sequence numbers,
+    /// timestamps and SSRC.
+    pub fn change_media(&mut self, m: Negotiated, now: Instant) {
+        let new_ends = if m.codec != self.media.codec || m.payload_type != self.media.payload_type {
+            match media_ends(&m, self.jitter_ms, now) {
+                Ok(ends) => Some(ends),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot switch codec; keeping the old one");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        self.remote = m.remote_rtp;
+        if let Ok(mut s) = self.stream.lock() {
+            if let Some((new_receiver, mut new_sender)) = new_ends {
+                if let Some(rec) = self.recorder.as_mut() {
+                    // The old sender's last frames, at the old rate.
+                    s.sender.drain_sent(&mut self.sent_audio);
+                    rec.heard(&self.sent_audio, self.rate);
+                    self.sent_audio.clear();
+                    new_sender.keep_sent_audio();
+                }
+                self.receiver = new_receiver;
+                self.rate = m.codec.sample_rate();
+                s.sender = new_sender;
+            }
+            s.remote = m.remote_rtp;
+            s.sending = m.direction.sends();
+        }
+        tracing::info!(hold = m.on_hold, codec = %m.codec, "media updated by re-INVITE");
+        self.media = m;
+    }
+
+    /// An RTCP packet from the caller.
+    pub fn on_rtcp(&mut self, bytes: &[u8], now: Instant) {
+        let ssrc = self.stream.lock().map_or(0, |s| s.sender.ssrc());
+        self.rtcp.on_packet(bytes, now, ssrc, &mut self.figures);
+    }
+
+    /// Our next RTCP sender report and where it goes (the caller's RTP port + 1).
+    pub fn rtcp_report(&mut self, now: Instant) -> Option<(Vec<u8>, SocketAddr)> {
+        let report = self.rtcp.report(&self.receiver, now);
+        let info = self.stream.lock().ok().map(|s| SenderInfo {
+            ssrc: s.sender.ssrc(),
+            wall_clock: SystemTime::now(),
+            rtp_timestamp: s.sender.timestamp(),
+            packets: s.sender.packets_sent() as u32,
+            octets: s.sender.octets_sent() as u32,
+        })?;
+        let packet = sender_report(
+            &info,
+            report.as_ref(),
+            &format!("voicebot@{}", self.local_ip),
+        );
+        let to = SocketAddr::new(self.remote.ip(), self.remote.port().saturating_add(1));
+        Some((packet, to))
+    }
+
+    /// The codec's name and where the caller's RTP went, for the record.
+    pub fn describe(&self) -> (String, String) {
+        (self.media.codec.to_string(), self.remote.to_string())
+    }
+
+    /// The call is over: the RTP figures, the samples still queued, and the recording.
+    pub async fn finish(mut self) -> (RtpFigures, usize, Option<RecordingInfo>) {
+        let stats = self.receiver.stats();
+        let figures = &mut self.figures;
+        figures.packets_received = stats.received;
+        figures.packets_lost = stats.lost;
+        figures.packets_late = stats.late;
+        figures.jitter_ms = stats.jitter_ms;
+        let (lateness, queued) = match self.stream.lock() {
+            Ok(mut s) => {
+                figures.packets_sent = s.packets_sent;
+                (std::mem::take(&mut s.lateness), s.sender.queued_samples())
+            }
+            Err(_) => (Lateness::new(), 0),
+        };
+        figures.send_late_p50_ms = lateness.quantile_ms(0.50);
+        figures.send_late_p99_ms = lateness.quantile_ms(0.99);
+        figures.send_late_max_ms = lateness.max.as_secs_f64() * 1000.0;
+        figures.send_late_histogram = lateness
+            .buckets
+            .iter()
+            .enumerate()
+            .filter(|(_, &n)| n > 0)
+            .map(|(i, &n)| (i as u16, n))
+            .collect();
+        let recording = match self.recorder.take() {
+            Some(r) => match r.finish().await {
+                Ok(info) => {
+                    tracing::info!(file = %info.file, seconds = info.seconds, dropped_ms = info.dropped_ms, "call recording written");
+                    Some(info)
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "the call recording failed");
+                    None
+                }
+            },
+            None => None,
+        };
+        (self.figures, queued, recording)
+    }
+}
+
+/// The call's recorder, when `[recording]` is on (a failure to start is logged, the call goes
+/// on unrecorded).
+fn start_recording(
+    config: &RecordingConfig,
+    call_id: &str,
+    media: &Negotiated,
+) -> Option<CallRecorder> {
+    if !config.enabled {
+        return None;
+    }
+    match CallRecorder::start(&config.dir, call_id, media.codec.sample_rate()) {
+        Ok(r) => {
+            tracing::info!(dir = %config.dir.display(), file = r.file(), "recording the call");
+            Some(r)
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot record the call; it goes on unrecorded");
+            None
+        }
+    }
+}
+
+/// RTCP bookkeeping for one call: what the report blocks need and what the caller reported.
+#[derive(Default)]
+struct RtcpState {
+    /// The caller's last SR: the middle NTP bits and when it arrived.
+    last_sr: Option<(u32, Instant)>,
+    /// Received and lost counts at the previous report (for the fraction lost).
+    previous: (u64, u64),
+}
+
+impl RtcpState {
+    fn on_packet(&mut self, buf: &[u8], now: Instant, our_ssrc: u32, figures: &mut RtpFigures) {
+        figures.rtcp_received += 1;
+        match parse_rtcp(buf) {
+            Ok(summary) => {
+                if let Some((_, ntp_mid)) = summary.sender_report {
+                    self.last_sr = Some((ntp_mid, now));
+                }
+                if let Some(r) = summary.reports.iter().find(|r| r.ssrc == our_ssrc) {
+                    figures.remote_reported_lost = Some(r.cumulative_lost);
+                    figures.remote_reported_jitter_ms = Some(f64::from(r.jitter) / 8.0);
+                }
+                if summary.bye {
+                    tracing::debug!("RTCP BYE from the caller");
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "RTCP packet ignored"),
+        }
+    }
+
+    /// The report block about the caller's stream, once it has sent something.
+    fn report(&mut self, receiver: &MediaReceiver, now: Instant) -> Option<ReceptionReport> {
+        let ssrc = receiver.remote_ssrc()?;
+        let j = receiver.jitter_stats();
+        let (prev_received, prev_lost) = self.previous;
+        self.previous = (j.received, j.lost);
+        let (received, lost) = (j.received - prev_received, j.lost - prev_lost);
+        let fraction = (lost * 256)
+            .checked_div(received + lost)
+            .map_or(0, |f| f.min(255) as u8);
+        let (last_sr, dlsr) = match self.last_sr {
+            Some((mid, at)) => (mid, (now.duration_since(at).as_secs_f64() * 65536.0) as u32),
+            None => (0, 0),
+        };
+        Some(ReceptionReport {
+            ssrc,
+            fraction_lost: fraction,
+            cumulative_lost: j.lost.min(0x7F_FFFF) as u32,
+            extended_highest_seq: j.highest_seq.saturating_sub(1 << 16) as u32,
+            jitter: (j.jitter_ms * 8.0) as u32,
+            last_sr,
+            delay_since_last_sr: dlsr,
+        })
+    }
+}
+
+/// How long the caller may send nothing before the call is considered dead.
+pub fn rtp_silent_for(leg: &CallerLeg, started: Instant, now: Instant) -> Duration {
+    now.duration_since(leg.last_packet_at().unwrap_or(started))
+}
