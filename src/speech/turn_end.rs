@@ -727,7 +727,10 @@ mod tests {
             let f = features(&audio);
             check_features(name, &f, sum, weighted, &cells);
             let got = m.score(&audio).unwrap_or_else(|e| panic!("{e}"));
-            assert_close(&format!("{name} probability"), f64::from(got), p, 0.02);
+            // onnxruntime's int8 kernels differ by CPU (VNNI or plain AVX2 paths round
+            // differently): the reference was taken on one, so the probability is held to
+            // 0.05, still far from any threshold a flow would use.
+            assert_close(&format!("{name} probability"), f64::from(got), p, 0.05);
         }
         // The cost of one score on 8 s (printed; run with --nocapture in a release build).
         let audio = voiced(8.0, 180.0, 110.0, 0.0, 4.0);
