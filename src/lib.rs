@@ -17,6 +17,7 @@ pub mod flows;
 pub mod handover;
 pub mod history;
 pub mod media;
+pub mod observe;
 pub mod pipeline;
 pub mod report;
 pub mod serde_util;

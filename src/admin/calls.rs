@@ -16,7 +16,6 @@
 //! (a typo in a filter would otherwise return everything).
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, Request, State};
@@ -28,88 +27,10 @@ use serde_json::Value;
 use tower::ServiceExt;
 use tower_http::services::ServeFile;
 
-use super::{metrics, AdminState, ApiError};
-use crate::call::record::CallRecord;
-use crate::handover::context::{build, ContextInput};
+use super::{AdminState, ApiError};
 use crate::history::{Analytics, CallFilter, CallHistory, CallSummary, MAX_LIMIT};
 
-/// Stores a finished call (see the module documentation). Never blocks: the database write
-/// runs on tokio's blocking pool (inline when called outside a runtime, e.g. in a test).
-pub fn on_call_finished(
-    history: Option<Arc<CallHistory>>,
-    started: SystemTime,
-    record: &CallRecord,
-) {
-    let mut value = match serde_json::to_value(record) {
-        Ok(v) => v,
-        Err(e) => {
-            tracing::error!(error = %e, call_id = %record.call_id, "call record not serialisable; not stored");
-            return;
-        }
-    };
-    metrics::observe_finished_call(&value);
-    let Some(history) = history else {
-        return;
-    };
-    if let (Some(report), Some(fields)) = (&record.report, value.as_object_mut()) {
-        let ctx = build(&ContextInput {
-            call_id: &record.call_id,
-            flow: &report.flow,
-            caller: &record.from,
-            called: record.called.as_deref(),
-            started_at: started,
-            escalated_at: None,
-            greeting: Some((&report.greeting, 0)),
-            turns: &report.turns,
-            bot_speech: &[],
-            escalation: report.escalation.as_ref(),
-            team_name: None,
-            after_handover: &[],
-        });
-        fields.insert("summary".into(), Value::String(ctx.summary));
-    }
-    let started_ms = unix_ms(started);
-    let store = move || match history.insert(started_ms, &value) {
-        Ok(s) => tracing::debug!(call_id = %s.call_id, "call stored in the history"),
-        Err(e) => tracing::error!(error = %e, "cannot store the call in the history"),
-    };
-    match tokio::runtime::Handle::try_current() {
-        Ok(rt) => {
-            rt.spawn_blocking(store);
-        }
-        Err(_) => store(),
-    }
-}
-
-fn unix_ms(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
-/// Deletes calls older than `days` at once and then once a day, until the task is aborted.
-/// `days == 0` keeps everything (no task).
-pub fn spawn_retention(
-    history: Arc<CallHistory>,
-    days: u32,
-) -> Option<tokio::task::JoinHandle<()>> {
-    if days == 0 {
-        return None;
-    }
-    let keep_ms = i64::from(days) * 86_400_000;
-    Some(tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(86_400));
-        loop {
-            tick.tick().await;
-            let h = Arc::clone(&history);
-            let before = unix_ms(SystemTime::now()).saturating_sub(keep_ms);
-            match tokio::task::spawn_blocking(move || h.prune(before)).await {
-                Ok(Ok(n)) => tracing::info!(calls = n, days, "call history retention applied"),
-                Ok(Err(e)) => tracing::warn!(error = %e, "call history retention failed"),
-                Err(e) => tracing::warn!(error = %e, "call history retention task failed"),
-            }
-        }
-    }))
-}
+pub use crate::observe::finished::{on_call_finished, spawn_retention};
 
 /// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's
 /// `days_from_civil`).
@@ -425,7 +346,7 @@ pub async fn recording(
                 "call `{id}` was not recorded ([recording] enabled was off, or the recording failed)"
             ))
         })?;
-    if !crate::server::recording::is_file_name(file) {
+    if !crate::call::record::is_recording_file_name(file) {
         return Err(ApiError::internal(format!(
             "the history names `{file}` as the recording of `{id}`, which is not a recording file name"
         )));
@@ -559,9 +480,12 @@ mod tests {
 #[cfg(test)]
 mod router_tests {
     use super::*;
-    use crate::admin::live::CallState;
     use crate::admin::test_support::{admin, assert_schema, fixture, send, ADMIN};
+    use crate::call::record::CallRecord;
+    use crate::observe::live::CallState;
+    use crate::observe::metrics;
     use serde_json::json;
+    use std::time::SystemTime;
 
     fn record(id: &str, flow: &str, escalated: Option<&str>, intent: &str, conf: f64) -> Value {
         json!({
@@ -840,18 +764,14 @@ mod router_tests {
             recording: None,
         };
         let before = metrics::global().rtp_lost.get();
-        on_call_finished(f.state.history.clone(), SystemTime::now(), &record);
+        let stored = on_call_finished(f.state.history.clone(), SystemTime::now(), &record);
         assert!(metrics::global().rtp_lost.get() >= before + 4);
+        stored
+            .expect("a history is configured")
+            .await
+            .expect("store");
         let h = f.state.history.clone().expect("history");
-        let mut stored = None;
-        for _ in 0..100 {
-            stored = h.get("done@h").expect("get");
-            if stored.is_some() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let stored = stored.expect("stored");
+        let stored = h.get("done@h").expect("get").expect("stored");
         assert_eq!(stored["escalation"]["reason"], "explicit_request");
         let summary = stored["summary"].as_str().expect("summary");
         assert!(summary.contains("Caller sip:carol@h"), "{summary}");

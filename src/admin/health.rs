@@ -6,7 +6,6 @@
 //! server as it starts and cleared when it begins to shut down (draining), so a gateway that
 //! is hanging up its calls stops being ready at once.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use axum::extract::State;
@@ -17,36 +16,7 @@ use serde::Serialize;
 
 use super::{metrics, AdminState, ApiError};
 
-/// What `/readyz` reports.
-#[derive(Debug, Default)]
-pub struct Readiness {
-    models: AtomicBool,
-    sip: AtomicBool,
-}
-
-impl Readiness {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// The speech model, voice and flows are loaded.
-    pub fn set_models_loaded(&self, loaded: bool) {
-        self.models.store(loaded, Ordering::Release);
-    }
-
-    /// The SIP socket is bound and its signalling task is serving it (false once draining).
-    pub fn set_sip_listening(&self, listening: bool) {
-        self.sip.store(listening, Ordering::Release);
-    }
-
-    pub fn models_loaded(&self) -> bool {
-        self.models.load(Ordering::Acquire)
-    }
-
-    pub fn sip_listening(&self) -> bool {
-        self.sip.load(Ordering::Acquire)
-    }
-}
+pub use crate::observe::readiness::Readiness;
 
 #[derive(Serialize)]
 struct ReadyBody {

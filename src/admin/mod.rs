@@ -39,8 +39,7 @@ pub mod calls;
 pub mod console;
 pub mod flows;
 pub mod health;
-pub mod live;
-pub mod metrics;
+pub use crate::observe::{live, metrics};
 pub mod openapi;
 pub mod tryout;
 

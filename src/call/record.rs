@@ -270,6 +270,39 @@ impl CallEvent {
     }
 }
 
+/// A call id as a file name stem (call records, recordings): anything but letters, digits, `-`
+/// and `.` replaced by `_`, at most 120 characters, no leading dot, so a hostile Call-ID can
+/// name neither another path nor a hidden file.
+pub fn call_file_stem(call_id: &str) -> String {
+    let safe: String = call_id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(120)
+        .collect();
+    safe.trim_start_matches('.').to_string()
+}
+
+/// The recording's file name for a call id (see [`call_file_stem`]: a hostile Call-ID
+/// cannot name another path).
+pub fn recording_file_name(call_id: &str) -> String {
+    format!("{}.wav", call_file_stem(call_id))
+}
+
+/// Whether `name` is a recording file name as [`recording_file_name`] makes them (no directory part).
+pub fn is_recording_file_name(name: &str) -> bool {
+    name.ends_with(".wav")
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

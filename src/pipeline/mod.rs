@@ -932,7 +932,7 @@ async fn respond_stage(
         report.turn_end = turn_note;
         report.input = input;
         log_decision(&report);
-        crate::admin::metrics::observe_turn(&report.timings, utterance.is_some());
+        crate::observe::metrics::observe_turn(&report.timings, utterance.is_some());
         let total = report.timings.total;
         if let Some(audio) = first_audio {
             let ready_at = decided_at + total;

@@ -20,7 +20,6 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
-use crate::admin::live::CallState as LiveState;
 use crate::audio::frames::AudioFrame;
 use crate::audio::resample::resample_all;
 use crate::audio::wav::MonoAudio;
@@ -33,6 +32,7 @@ use crate::handover::context::{self, ContextInput};
 use crate::handover::outbox::DelivererHandle;
 use crate::handover::transfer::parse_target;
 use crate::media::barge_in::{BargeIn, BargeInConfig};
+use crate::observe::live::CallState as LiveState;
 use crate::pipeline::{
     run_call_with, run_transcriber, synthesize_text, CallInput, CallOptions, CallOutput, Engines,
     SpeechCancel, SpeechKind,
@@ -107,7 +107,7 @@ pub struct CallSetup {
     /// Where the finished call's record is stored for the admin API, when enabled.
     pub history: Option<Arc<crate::history::CallHistory>>,
     /// The calls-in-progress view of the admin API: this call's phase is reported there.
-    pub live: Arc<crate::admin::live::LiveCalls>,
+    pub live: Arc<crate::observe::live::LiveCalls>,
 }
 
 /// Work the task started for the control core; its result comes back as one of these.
@@ -150,7 +150,7 @@ struct CallTask {
     engines: Engines,
     pacer: Pacer,
     signalling: mpsc::Sender<Inbound>,
-    live: Arc<crate::admin::live::LiveCalls>,
+    live: Arc<crate::observe::live::LiveCalls>,
     hub: Arc<crate::handover::hub::HandoverHub>,
     history: Option<Arc<crate::history::CallHistory>>,
     report_dir: Option<PathBuf>,
@@ -1113,7 +1113,8 @@ impl CallTask {
             write_record(dir, &record);
         }
         // Metrics, and the history (its SQLite write runs on a blocking thread).
-        crate::admin::calls::on_call_finished(self.history, self.started_wall, &record);
+        let _ =
+            crate::observe::finished::on_call_finished(self.history, self.started_wall, &record);
     }
 }
 

@@ -9,7 +9,6 @@
 
 pub mod call;
 mod caller_leg;
-pub mod config;
 mod event_poster;
 pub mod pacer;
 mod ports;
@@ -30,14 +29,15 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
-use crate::admin::health::Readiness;
-use crate::admin::live::LiveCalls;
 use crate::admin::AdminState;
+use crate::config::media::TransportKind;
 use crate::handover::feedback::FeedbackStore;
 use crate::handover::hub::HandoverHub;
 use crate::handover::outbox::{spawn_deliverer, DelivererHandle, Outbox};
 use crate::handover::transfer::{refer_to, replaces};
 use crate::history::CallHistory;
+use crate::observe::live::LiveCalls;
+use crate::observe::readiness::Readiness;
 use crate::pipeline::Engines;
 use crate::sip::auth::{AllowList, DigestAuthenticator, DigestConfig};
 use crate::sip::endpoint::{
@@ -46,28 +46,11 @@ use crate::sip::endpoint::{
 use crate::sip::message::{StreamFramer, MAX_MESSAGE_BYTES};
 use crate::sip::sdp::LocalMedia;
 use call::{AgentEvent, CallSetup, CallSignal};
-use config::TransportKind;
 use pacer::Pacer;
 use ports::PortPool;
 use signal_queue::{signal_queue, NotQueued, SignalSender};
 
-/// A call id as a file name stem (call records, recordings): anything but letters, digits, `-`
-/// and `.` replaced by `_`, at most 120 characters, no leading dot, so a hostile Call-ID can
-/// name neither another path nor a hidden file.
-pub fn call_file_stem(call_id: &str) -> String {
-    let safe: String = call_id
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .take(120)
-        .collect();
-    safe.trim_start_matches('.').to_string()
-}
+pub use crate::call::record::call_file_stem;
 
 /// Why the server could not start or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -324,7 +307,7 @@ impl Server {
         if let Some(h) = self.http {
             history = h.history.clone();
             if let Some(store) = &history {
-                background.extend(crate::admin::calls::spawn_retention(
+                background.extend(crate::observe::finished::spawn_retention(
                     Arc::clone(store),
                     config.http.history_retention_days,
                 ));
@@ -673,7 +656,7 @@ impl Signalling {
                     call.called.as_deref(),
                     &flow.name,
                 );
-                crate::admin::metrics::global().calls_total.inc();
+                crate::observe::metrics::global().calls_total.inc();
                 let setup = CallSetup {
                     history: self.history.clone(),
                     live: Arc::clone(&self.live),

@@ -27,7 +27,6 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::time::{Duration, SystemTime};
 
-use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 use crate::audio::resample::StreamResampler;
@@ -43,43 +42,7 @@ const FLUSH_EVERY_MS: u64 = 1_000;
 /// One side may run this far ahead of the other before the other is padded with silence.
 const MAX_SKEW_MS: u64 = 2_000;
 
-/// `[recording]` settings.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RecordingConfig {
-    /// Record every call (both directions, one stereo WAV per call).
-    pub enabled: bool,
-    /// Where the WAV files go (created when missing).
-    pub dir: PathBuf,
-    /// Recordings older than this many days are deleted, at start and then daily (0: kept).
-    pub retention_days: u32,
-}
-
-impl Default for RecordingConfig {
-    fn default() -> Self {
-        RecordingConfig {
-            enabled: false,
-            dir: PathBuf::from("data/recordings"),
-            retention_days: 30,
-        }
-    }
-}
-
-impl RecordingConfig {
-    /// What is wrong with the settings, as `(field, reason)`.
-    pub fn problem(&self) -> Option<(&'static str, &'static str)> {
-        if self.enabled && self.dir.as_os_str().is_empty() {
-            return Some(("recording.dir", "must name a directory when enabled"));
-        }
-        if self.retention_days > 36_500 {
-            return Some((
-                "recording.retention_days",
-                "must be at most 36500 (100 years); 0 keeps every recording",
-            ));
-        }
-        None
-    }
-}
+pub use crate::config::recording::RecordingConfig;
 
 /// Why a recording could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -99,20 +62,9 @@ pub enum RecordingError {
 
 pub use crate::call::record::RecordingInfo;
 
-/// The recording's file name for a call id (see [`super::call_file_stem`]: a hostile Call-ID
-/// cannot name another path).
-pub fn file_name(call_id: &str) -> String {
-    format!("{}.wav", super::call_file_stem(call_id))
-}
-
-/// Whether `name` is a recording file name as [`file_name`] makes them (no directory part).
-pub fn is_file_name(name: &str) -> bool {
-    name.ends_with(".wav")
-        && !name.starts_with('.')
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
-}
+pub use crate::call::record::{
+    is_recording_file_name as is_file_name, recording_file_name as file_name,
+};
 
 /// Audio of both sides for the writer, at one rate.
 #[derive(Debug, Default)]

@@ -2,6 +2,10 @@
 //! binary as the default, validated once at load into a typed [`GatewayConfig`]. Every problem is
 //! reported with the file, line and field (see [`crate::config_file`]).
 
+pub mod http;
+pub mod media;
+pub mod recording;
+
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -11,14 +15,14 @@ use crate::dialog::escalation::EscalationConfig;
 use crate::dialog::llm::LlmConfig;
 use crate::flows::FlowsConfig;
 use crate::handover::HandoverConfig;
-use crate::server::config::{MediaConfig, SipConfig};
-use crate::server::recording::RecordingConfig;
 use crate::speech::asr::AsrConfig;
 use crate::speech::tts::TtsConfig;
 use crate::speech::vad::VadConfig;
+use media::{MediaConfig, SipConfig};
+use recording::RecordingConfig;
 
 /// The default configuration, as shipped in `sip-config/gateway.toml`.
-pub const EMBEDDED: &str = include_str!("../sip-config/gateway.toml");
+pub const EMBEDDED: &str = include_str!("../../sip-config/gateway.toml");
 
 /// Which intent classifier the flows use (`[intent]`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -87,7 +91,7 @@ pub struct GatewayConfig {
     pub intent: IntentConfig,
     pub escalation: EscalationConfig,
     pub handover: HandoverConfig,
-    pub http: crate::web::HttpConfig,
+    pub http: http::HttpConfig,
     pub sip: SipConfig,
     pub media: MediaConfig,
     pub recording: RecordingConfig,
