@@ -458,6 +458,10 @@ impl CallControl {
     /// Tries the next extension: a REFER for a blind one, an address lookup for the others;
     /// gives up when none is left.
     fn dial_next(&mut self, now: Instant) {
+        if self.over {
+            // The caller is gone: nobody is called for them any more.
+            return;
+        }
         let op = self.op();
         let (call_id, flow) = (self.cfg.call_id.clone(), self.cfg.flow.clone());
         let Some(t) = self.transfer.as_mut() else {
@@ -1084,6 +1088,11 @@ impl CallControl {
     /// The caller's dialog ended (`reason` from signalling).
     pub fn caller_ended(&mut self, reason: &EndReason) {
         self.ended_by.get_or_insert(EndedBy::from_end(reason));
+        if self.caller_waits() {
+            if let Some(t) = self.transfer.as_mut() {
+                t.record.outcome = Some(TransferOutcome::CallerHungUp);
+            }
+        }
         self.over = true;
         if let Some(Leg::Ringing { agent, .. }) = self.transfer.as_ref().map(|t| &t.leg) {
             self.outputs.push_back(Output::HangUp(LegId::Agent(*agent)));

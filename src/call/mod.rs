@@ -10,4 +10,6 @@
 pub mod control;
 pub mod record;
 #[cfg(test)]
+mod sip_harness;
+#[cfg(test)]
 mod tests;

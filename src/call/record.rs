@@ -11,7 +11,7 @@ use crate::sip::endpoint::EndReason;
 
 /// The JSON record written for each finished call: the same report `voicebot simulate --json`
 /// writes, plus the telephony facts.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Default, Serialize)]
 pub struct CallRecord {
     pub call_id: String,
     pub from: String,
@@ -89,7 +89,7 @@ pub struct RecordingInfo {
 }
 
 /// Who or what ended the call (the record's `ended_by`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EndedBy {
     /// The caller hung up (BYE).
@@ -120,6 +120,7 @@ pub enum EndedBy {
     Refused,
     NoResponse,
     /// Nothing said why (the call task's queue closed).
+    #[default]
     Unknown,
 }
 

@@ -772,6 +772,19 @@ fn caller_hangs_up_while_the_agent_rings() {
 }
 
 #[test]
+fn the_hunt_stops_when_the_caller_has_left() {
+    let mut h = Harness::bridge_to(&["sip:1@pbx", "sip:2@pbx"]);
+    let leg = h.ring();
+    h.cc.caller_ended(&EndReason::RemoteBye);
+    h.drain();
+    // The CANCEL we sent for the caller completes: no next extension, no callback.
+    h.cc.agent_ended(h.now, leg, &EndReason::Cancelled);
+    assert!(h.drain().is_empty());
+    assert_eq!(h.events(), ["escalated"]);
+    assert_eq!(h.outcome(), Some(TransferOutcome::CallerHungUp));
+}
+
+#[test]
 fn a_leg_placed_after_the_caller_left_is_hung_up() {
     let mut h = Harness::bridge_to(&["sip:1@pbx"]);
     let (op, _) = h.last_resolve();
