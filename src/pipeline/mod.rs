@@ -27,11 +27,11 @@ use crate::audio::resample::{resample_all, ResampleError, StreamResampler};
 use crate::audio::wav::MonoAudio;
 use crate::audio::SPEECH_RATE;
 use crate::config::GatewayConfig;
-use crate::dialog::{Bot, BotTurn, CallerTurn};
+use crate::dialog::BotTurn;
 use crate::flows::{Flow, FlowStore};
-use crate::report::{CallOutcome, CallReport, HeardLine, TurnInput, TurnReport, TurnTimings};
+use crate::report::{CallReport, HeardLine, TurnInput, TurnReport, TurnTimings};
 use crate::speech::asr::stream::{PartialOutcome, PartialSchedule};
-use crate::speech::asr::vocabulary::{Dictionary, Vocabulary};
+use crate::speech::asr::vocabulary::Vocabulary;
 use crate::speech::asr::{AsrError, Pass, SpeechRecognizer, Transcript};
 use crate::speech::pool::{InferencePool, PoolError, Priority};
 use crate::speech::prosody;
@@ -42,7 +42,9 @@ use crate::speech::vad::{Endpointer, Utterance, VadEvent};
 use crate::speech::voice::VoiceStyle;
 
 mod no_input;
-use no_input::{NoInputArmer, NoInputWatch};
+mod respond;
+use no_input::NoInputWatch;
+use respond::respond_stage;
 
 /// Utterances with less voiced time than this, heard with less than the flow's `min_asr_confidence`, are
 /// treated as line noise rather than a caller turn.
@@ -747,256 +749,6 @@ async fn listen_stage(
     }
 }
 
-/// Recognition, dialog and synthesis for each finished utterance.
-async fn respond_stage(
-    engines: Engines,
-    flow: Arc<Flow>,
-    mut heard: mpsc::Receiver<Heard>,
-    output: mpsc::Sender<CallOutput>,
-    options: CallOptions,
-    mut no_input: Option<NoInputArmer>,
-) -> Result<CallReport, PipelineError> {
-    tracing::info!(flow = %flow.name, "call answered");
-    let mut bot = Bot::new(flow.dialog.clone(), flow.escalation.clone());
-    let asr_config = &engines.config.asr;
-    let vocabulary = asr_config.vocabulary_correction.then(|| {
-        flow_vocabulary(&flow).with_dictionary(Dictionary::shared(&asr_config.dictionary))
-    });
-    let greeting = bot.greeting();
-    let started = Instant::now();
-    let mut speaker = Speaker::new(&engines, flow.voice, &output, &options.speech_cancel);
-    if let Err(e) = speaker
-        .say(SpeechKind::Greeting, &greeting, || started.elapsed())
-        .await
-    {
-        tracing::error!(error = %e, "greeting synthesis failed; the call goes on");
-    }
-    if let Some(armer) = no_input.as_mut() {
-        armer.arm(speaker.ends_at);
-    }
-    let mut turns = Vec::new();
-    let mut outcome = CallOutcome::CallerHungUp;
-    let mut escalation = None;
-    let mut bot_done_at: Option<Duration> = None;
-    let mut caller_audio = Duration::ZERO;
-    let mut noise_ignored = 0usize;
-    // After a hand-over: the bot only transcribes, until the caller is back or gone.
-    let mut handed_over = false;
-    let mut after_handover = Vec::new();
-    while let Some(item) = heard.recv().await {
-        if let (Heard::Utterance(_), Some(armer)) = (&item, no_input.as_mut()) {
-            armer.heard_utterance();
-        }
-        let mut fault: Option<String> = None;
-        if let Heard::Partial(p) = item {
-            // Disposable: a busy speaker stage drops it rather than hold the turn.
-            let _ = output.try_send(CallOutput::Partial(p));
-            continue;
-        }
-        if handed_over {
-            match item {
-                Heard::End { at } => {
-                    caller_audio = at;
-                    break;
-                }
-                Heard::Utterance(turn) => {
-                    if let Some(line) = transcribe_line(&engines, &turn.utterance, "caller").await {
-                        let _ = output.send(CallOutput::Heard(line.clone())).await;
-                        after_handover.push(line);
-                    }
-                    // Still waiting for nothing, now that this utterance is accounted for.
-                    if let Some(armer) = no_input.as_mut() {
-                        armer.keep();
-                    }
-                }
-                Heard::Dtmf { .. } | Heard::Partial(_) | Heard::NoInput { .. } => {}
-                Heard::Resume => {
-                    handed_over = false;
-                    bot_done_at = None;
-                    let text = flow.dialog.prompts().transfer_returned();
-                    tracing::info!("the bot has the caller again");
-                    let at = caller_audio;
-                    if let Err(e) = speaker.say(SpeechKind::Reply, &text, || at).await {
-                        tracing::error!(error = %e, "cannot say that the bot is back");
-                    }
-                    if let Some(armer) = no_input.as_mut() {
-                        armer.arm(speaker.ends_at.max(at));
-                    }
-                }
-            }
-            continue;
-        }
-        let mut turn_note = None;
-        let mut input = TurnInput::Speech;
-        let (caller_turn, decided_at, utterance) = match item {
-            Heard::End { at } => {
-                caller_audio = at;
-                break;
-            }
-            Heard::Resume | Heard::Partial(_) => continue,
-            Heard::Dtmf { digit, at } => {
-                let Some(turn) = bot.on_dtmf(digit) else {
-                    if let Some(armer) = no_input.as_mut() {
-                        armer.keep();
-                    }
-                    continue;
-                };
-                input = TurnInput::Dtmf;
-                (turn, at, None)
-            }
-            Heard::NoInput { at } => {
-                let Some(turn) = bot.on_no_input() else {
-                    continue;
-                };
-                input = TurnInput::NoInput;
-                (turn, at, None)
-            }
-            Heard::Utterance(turn) => {
-                let turn_started = Instant::now();
-                let HeardTurn {
-                    utterance: u,
-                    early,
-                    turn_end,
-                } = *turn;
-                turn_note = turn_end;
-                let (transcript, voice) =
-                    recognise(&engines, vocabulary.as_ref(), &u, early, &mut fault).await;
-                // A click or a breath at the start of a call can pass the VAD and come back from
-                // whisper as a one-word hallucination ("you"). A very short utterance that the
-                // recogniser itself doubts is noise, not a turn: the bot stays quiet instead of
-                // talking over the caller with "could you repeat that?".
-                let heard_for = u.voiced;
-                if fault.is_none()
-                    && heard_for < NOISE_MAX_DURATION
-                    && transcript.confidence < flow.escalation.min_asr_confidence
-                {
-                    tracing::info!(
-                        text = %transcript.text,
-                        confidence = transcript.confidence,
-                        ms = heard_for.as_millis() as u64,
-                        "short, doubtful utterance ignored as noise"
-                    );
-                    noise_ignored += 1;
-                    if let Some(armer) = no_input.as_mut() {
-                        armer.keep();
-                    }
-                    continue;
-                }
-                // The dialog (intent model included) is CPU work too: the bot visits the pool
-                // and comes back with its answer.
-                let caller = CallerTurn {
-                    text: transcript.text.clone(),
-                    asr_confidence: transcript.confidence,
-                    words: transcript.words.clone(),
-                };
-                let job = move || {
-                    let started = Instant::now();
-                    let turn = bot.on_utterance_with_voice(caller, voice.as_ref());
-                    (bot, turn, started.elapsed())
-                };
-                let (returned, turn, intent_time) = engines.pool.run(job).await?;
-                bot = returned;
-                let decided_at = u.decided_at;
-                (
-                    turn,
-                    decided_at,
-                    Some((u, transcript, intent_time, turn_started)),
-                )
-            }
-        };
-        // The reply's first unit (sentence) is synthesised and sent; the report's TTS time is
-        // that time to first audio. The other units follow while it plays.
-        let reply_started = Instant::now();
-        let first_audio = if caller_turn.reply.trim().is_empty() {
-            None
-        } else {
-            match speaker.first(&caller_turn.reply).await {
-                Ok(audio) => audio,
-                Err(e) => {
-                    // The decision stands (an escalation still happens); only the audio is lost.
-                    tracing::error!(error = %e, reply = %caller_turn.reply, "speech synthesis failed");
-                    fault = Some(format!("speech synthesis failed: {e}"));
-                    None
-                }
-            }
-        };
-        let tts_time = reply_started.elapsed();
-        let mut report = make_report(
-            turns.len() + 1,
-            &caller_turn,
-            utterance.as_ref(),
-            decided_at,
-            tts_time,
-        );
-        report.fault = fault;
-        report.turn_end = turn_note;
-        report.input = input;
-        log_decision(&report);
-        crate::observe::metrics::observe_turn(&report.timings, utterance.is_some());
-        let total = report.timings.total;
-        if let Some(audio) = first_audio {
-            let ready_at = decided_at + total;
-            speaker
-                .send(
-                    SpeechKind::Reply,
-                    &caller_turn.reply,
-                    audio,
-                    ready_at,
-                    false,
-                )
-                .await;
-            if let Err(e) = speaker
-                .rest(SpeechKind::Reply, &caller_turn.reply, ready_at)
-                .await
-            {
-                tracing::error!(error = %e, reply = %caller_turn.reply, "speech synthesis failed after the first sentence");
-            }
-        }
-        let _ = output
-            .send(CallOutput::Turn(Box::new(report.clone())))
-            .await;
-        turns.push(report);
-        if let Some(armer) = no_input.as_mut() {
-            if caller_turn.escalation.is_some() || caller_turn.ends_call {
-                armer.disarm();
-            } else {
-                armer.arm(speaker.ends_at.max(decided_at));
-            }
-        }
-        if let Some(e) = &caller_turn.escalation {
-            outcome = CallOutcome::Escalated;
-            escalation = Some(e.clone());
-            bot_done_at = Some(decided_at);
-            if options.transcribe_after_handover {
-                handed_over = true;
-                continue;
-            }
-            break;
-        }
-        if caller_turn.ends_call {
-            outcome = CallOutcome::Completed;
-            bot_done_at = Some(decided_at);
-            break;
-        }
-    }
-    // The bot is done (or the caller is): drain the rest so the listen stage can finish, and
-    // measure what the bot did not process. No more silences are judged.
-    drop(no_input);
-    heard_drain(&mut heard, &mut caller_audio).await;
-    let unprocessed = bot_done_at.map_or(Duration::ZERO, |at| caller_audio.saturating_sub(at));
-    Ok(CallReport {
-        flow: flow.name.clone(),
-        greeting,
-        turns,
-        outcome,
-        escalation,
-        caller_audio,
-        unprocessed_after_end: unprocessed,
-        noise_ignored,
-        after_handover,
-    })
-}
-
 /// Recognises a caller turn on the pool, with the voice's prosody measured in the same job
 /// (plain DSP, a few ms), and corrects it to the flow's vocabulary. A failed recognition must
 /// not drop the call: the turn counts as not understood (confidence 0, `fault` says why), so
@@ -1403,6 +1155,7 @@ fn log_decision(report: &TurnReport) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::report::CallOutcome;
     use std::collections::VecDeque;
     use std::sync::Mutex;
 
