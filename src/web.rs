@@ -409,7 +409,11 @@ mod tests {
         assert_eq!(r.status(), 200);
         let publisher = Arc::clone(&state);
         std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(200));
+            // Once the stream's subscription is open (the event would go nowhere before).
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while publisher.hub.subscribers() == 0 && std::time::Instant::now() < deadline {
+                std::thread::yield_now();
+            }
             publisher
                 .hub
                 .publish("agent_answered", "c1", &json!({"agent": "sip:1001@h"}));

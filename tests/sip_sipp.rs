@@ -294,9 +294,8 @@ fn malformed_sip_gets_400_or_is_dropped_and_the_next_call_works() {
     let mut tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
     tcp.write_all(&vec![b'A'; 70_000]).unwrap_or(());
     drop(tcp);
-    std::thread::sleep(Duration::from_millis(300));
     assert!(gw.alive(), "the gateway survived");
-    // And it still answers calls.
+    // And it still answers calls (which a crash on that frame would have prevented).
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("caller.raw"), vec![0xFFu8; 8000]).unwrap();
     let (code, screen) = sipp(dir.path(), port, "uac_speech.xml", 41800, &["-d", "2000"]);

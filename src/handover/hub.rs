@@ -119,6 +119,11 @@ impl HandoverHub {
     pub fn subscribe(&self) -> broadcast::Receiver<HubEvent> {
         self.events.subscribe()
     }
+
+    /// How many subscriptions are open (screens listening).
+    pub fn subscribers(&self) -> usize {
+        self.events.receiver_count()
+    }
 }
 
 #[cfg(test)]

@@ -23,6 +23,8 @@ pub fn on_call_finished(
     started: SystemTime,
     record: &CallRecord,
 ) -> Option<tokio::task::JoinHandle<()>> {
+    metrics::observe_finished_call(record);
+    let history = history?;
     let mut value = match serde_json::to_value(record) {
         Ok(v) => v,
         Err(e) => {
@@ -30,8 +32,6 @@ pub fn on_call_finished(
             return None;
         }
     };
-    metrics::observe_finished_call(&value);
-    let history = history?;
     if let (Some(report), Some(fields)) = (&record.report, value.as_object_mut()) {
         let ctx = build(&ContextInput {
             call_id: &record.call_id,

@@ -20,7 +20,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-use crate::report::TurnTimings;
+use crate::call::record::CallRecord;
+use crate::report::{CallOutcome, TurnTimings};
 
 /// The content type of [`Metrics::encode`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -254,46 +255,60 @@ pub fn observe_turn(timings: &TurnTimings, heard: bool) {
 
 /// Records a finished call from its JSON record (the gateway's `CallRecord`): the escalation
 /// reason and the RTP figures. Fields are read defensively; a missing one is skipped.
-pub fn observe_finished_call(record: &serde_json::Value) {
+pub fn observe_finished_call(record: &CallRecord) {
     let m = global();
     m.calls_finished.inc();
-    if record.get("outcome").and_then(|o| o.as_str()) == Some("escalated") {
-        let reason = record
-            .pointer("/escalation/reason")
-            .and_then(|r| r.as_str())
-            .unwrap_or("unknown");
-        m.escalations
-            .get_or_create(&ReasonLabel {
-                reason: reason.to_string(),
-            })
-            .inc();
+    if let Some(report) = record
+        .report
+        .as_ref()
+        .filter(|r| r.outcome == CallOutcome::Escalated)
+    {
+        let reason = report
+            .escalation
+            .as_ref()
+            .and_then(|e| serde_json::to_value(e.reason).ok())
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_else(|| "unknown".into());
+        m.escalations.get_or_create(&ReasonLabel { reason }).inc();
     }
-    let Some(rtp) = record.get("rtp") else {
-        return;
-    };
-    let received = rtp
-        .get("packets_received")
-        .and_then(|v| v.as_u64())
-        .unwrap_or(0);
-    let lost = rtp
-        .get("packets_lost")
-        .and_then(|v| v.as_u64())
-        .unwrap_or(0);
+    let rtp = &record.rtp;
+    let (received, lost) = (rtp.packets_received, rtp.packets_lost);
     m.rtp_received.inc_by(received);
     m.rtp_lost.inc_by(lost);
     if received + lost > 0 {
         m.rtp_loss_ratio
             .observe(lost as f64 / (received + lost) as f64);
-        if let Some(jitter_ms) = rtp.get("jitter_ms").and_then(|v| v.as_f64()) {
-            m.rtp_jitter.observe(jitter_ms.max(0.0) / 1000.0);
-        }
+        m.rtp_jitter.observe(rtp.jitter_ms.max(0.0) / 1000.0);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::call::record::RtpFigures;
+    use crate::report::CallReport;
     use std::time::Duration;
+
+    /// A call's report with this outcome (escalated: by the caller pressing 0).
+    fn report(outcome: CallOutcome) -> CallReport {
+        let escalated = outcome == CallOutcome::Escalated;
+        CallReport {
+            flow: "support".into(),
+            greeting: "Hello".into(),
+            turns: Vec::new(),
+            outcome,
+            escalation: escalated.then(|| crate::dialog::Escalation {
+                reason: crate::dialog::EscalationReason::Dtmf0,
+                detail: "the caller pressed 0".into(),
+                skill: "general".into(),
+                turn: 1,
+            }),
+            caller_audio: Duration::from_secs(5),
+            unprocessed_after_end: Duration::ZERO,
+            noise_ignored: 0,
+            after_handover: Vec::new(),
+        }
+    }
 
     #[test]
     fn every_named_metric_is_exposed_in_openmetrics_text() {
@@ -306,10 +321,16 @@ mod tests {
             },
             true,
         );
-        observe_finished_call(&serde_json::json!({
-            "outcome": "escalated", "escalation": {"reason": "dtmf0"},
-            "rtp": {"packets_received": 990, "packets_lost": 10, "jitter_ms": 3.5}
-        }));
+        observe_finished_call(&CallRecord {
+            report: Some(report(CallOutcome::Escalated)),
+            rtp: RtpFigures {
+                packets_received: 990,
+                packets_lost: 10,
+                jitter_ms: 3.5,
+                ..RtpFigures::default()
+            },
+            ..CallRecord::default()
+        });
         let text = global().encode();
         for name in NAMES {
             assert!(
@@ -343,8 +364,11 @@ mod tests {
     #[test]
     fn records_without_figures_are_counted_but_not_measured() {
         let before = global().calls_finished.get();
-        observe_finished_call(&serde_json::json!({"outcome": "completed"}));
-        observe_finished_call(&serde_json::json!({"rtp": {"packets_received": "many"}}));
+        observe_finished_call(&CallRecord {
+            report: Some(report(CallOutcome::Completed)),
+            ..CallRecord::default()
+        });
+        observe_finished_call(&CallRecord::default());
         // Other tests may count calls concurrently; these two counted at least.
         assert!(global().calls_finished.get() >= before + 2);
     }
