@@ -934,7 +934,18 @@ impl CallTask {
 
     /// The hand-over context of this call as it stands.
     fn handover_context(&self) -> Option<context::HandoverContext> {
-        let (escalation, team, escalated_at) = self.control.escalation()?;
+        let (escalation, ..) = self.control.escalation()?;
+        self.context_of(&self.turns, Some(escalation))
+    }
+
+    /// The hand-over context from these turns and this escalation (the pipeline's final
+    /// report has the complete ones once the call is over).
+    fn context_of(
+        &self,
+        turns: &[TurnReport],
+        escalation: Option<&crate::dialog::Escalation>,
+    ) -> Option<context::HandoverContext> {
+        let (_, team, escalated_at) = self.control.escalation()?;
         let queued = self.caller.queued() as u64;
         let lines = self.speech_log.lines(queued, self.caller.rate());
         Some(context::build(&ContextInput {
@@ -945,9 +956,9 @@ impl CallTask {
             started_at: self.started_wall,
             escalated_at: Some(escalated_at),
             greeting: None,
-            turns: &self.turns,
+            turns,
             bot_speech: &lines,
-            escalation: Some(escalation),
+            escalation,
             team_name: Some(team),
             after_handover: &self.after_handover,
         }))
@@ -1045,31 +1056,17 @@ impl CallTask {
         // The final context: the whole transcript, now including what was said while bridged.
         let mut call_ended = None;
         if let (Some(r), Some(Ok(report))) = (&transfer, &self.pipeline_result) {
-            let lines = self.speech_log.lines(queued, self.caller.rate());
-            if let Some((_, team, escalated_at)) = self.control.escalation() {
-                let ctx = context::build(&ContextInput {
-                    call_id: &self.call.call_id,
-                    flow: &self.flow.name,
-                    caller: crate::sip::message::uri_of(&self.call.from),
-                    called: self.call.called.as_deref(),
-                    started_at: self.started_wall,
-                    escalated_at: Some(escalated_at),
-                    greeting: None,
-                    turns: &report.turns,
-                    bot_speech: &lines,
-                    escalation: report.escalation.as_ref(),
-                    team_name: Some(team),
-                    after_handover: &self.after_handover,
-                });
-                let ended_by = self.control.ended_by().unwrap_or(EndedBy::Unknown);
-                call_ended = to_json("hand-over context", &ctx).map(|mut data| {
+            let ended_by = self.control.ended_by().unwrap_or(EndedBy::Unknown);
+            call_ended = self
+                .context_of(&report.turns, report.escalation.as_ref())
+                .and_then(|ctx| to_json("hand-over context", &ctx))
+                .map(|mut data| {
                     if let Some(obj) = data.as_object_mut() {
                         obj.insert("outcome".into(), serde_json::json!(r.outcome));
                         obj.insert("ended_by".into(), serde_json::json!(ended_by));
                     }
                     data
                 });
-            }
         }
         let mut transfer = transfer;
         if let Some(data) = call_ended {
