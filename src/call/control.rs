@@ -39,6 +39,33 @@ pub struct ControlConfig {
     pub webhook: bool,
 }
 
+/// Why an extension could not be tried, or a transfer not asked for.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LegError {
+    #[error("bad extension URI: {0}")]
+    BadTarget(String),
+    #[error("cannot resolve {host}: {why}")]
+    Lookup { host: String, why: String },
+    #[error("{0} has no address")]
+    NoAddress(String),
+    #[error("cannot resolve {host}: no answer within {secs} s")]
+    LookupTimeout { host: String, secs: u64 },
+    #[error("agent calls need the UDP transport")]
+    NoUdp,
+    #[error("no free RTP port for the agent leg")]
+    NoPort,
+    #[error("the agent leg is gone")]
+    LegGone,
+    #[error("the call is not in a state to be transferred")]
+    NotTransferable,
+    #[error("signalling is gone")]
+    SignallingGone,
+    #[error("signalling did not answer")]
+    SignallingSilent,
+    #[error("the agent leg's media: {0}")]
+    Media(String),
+}
+
 /// Names one request the core made, so its answer can be matched to it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct OpId(u64);
@@ -505,7 +532,7 @@ impl CallControl {
     }
 
     /// The address of the extension of request `op`.
-    pub fn resolved(&mut self, now: Instant, op: OpId, result: Result<SocketAddr, String>) {
+    pub fn resolved(&mut self, now: Instant, op: OpId, result: Result<SocketAddr, LegError>) {
         let (call_id, flow) = (self.cfg.call_id.clone(), self.cfg.flow.clone());
         let place = self.op();
         let Some(t) = self.transfer.as_mut() else {
@@ -533,13 +560,13 @@ impl CallControl {
             }
             Err(why) => {
                 tracing::warn!(target = %target.uri, %why, "cannot call this extension; trying the next");
-                self.attempt_failed(now, &target.uri, AttemptOutcome::Failed(why));
+                self.attempt_failed(now, &target.uri, AttemptOutcome::Failed(why.to_string()));
             }
         }
     }
 
     /// The agent's call of request `op` went out (its handle), or could not be placed.
-    pub fn placed(&mut self, now: Instant, op: OpId, result: Result<CallHandle, String>) {
+    pub fn placed(&mut self, now: Instant, op: OpId, result: Result<CallHandle, LegError>) {
         let ring = self.cfg.transfer.ring_timeout();
         let Some(t) = self.transfer.as_mut() else {
             if let Ok(agent) = result {
@@ -570,7 +597,7 @@ impl CallControl {
             Ok(agent) => self.outputs.push_back(Output::HangUp(LegId::Agent(agent))),
             Err(why) => {
                 tracing::warn!(target = %target.uri, %why, "cannot call this extension; trying the next");
-                self.attempt_failed(now, &target.uri, AttemptOutcome::Failed(why));
+                self.attempt_failed(now, &target.uri, AttemptOutcome::Failed(why.to_string()));
             }
         }
     }
@@ -675,7 +702,7 @@ impl CallControl {
     }
 
     /// The answering agent's media could not start: that leg ends, the next is tried.
-    pub fn agent_media_failed(&mut self, now: Instant, agent: CallHandle, why: String) {
+    pub fn agent_media_failed(&mut self, now: Instant, agent: CallHandle, why: LegError) {
         let target = match self.transfer.as_ref().map(|t| &t.leg) {
             Some(Leg::Connecting {
                 agent: a, target, ..
@@ -684,7 +711,7 @@ impl CallControl {
         };
         tracing::error!(error = %why, "cannot start the agent leg's media; trying the next extension");
         self.outputs.push_back(Output::HangUp(LegId::Agent(agent)));
-        self.attempt_failed(now, &target, AttemptOutcome::Failed(why));
+        self.attempt_failed(now, &target, AttemptOutcome::Failed(why.to_string()));
     }
 
     /// The whisper for `agent` is playing (`Some((text, length))`), or could not be made.
@@ -776,7 +803,7 @@ impl CallControl {
                 tracing::info!(%agent, target = %uri, "the agent hung up before the caller was put through; trying the next extension");
                 self.outputs.push_back(Output::DropAgentMedia(agent));
                 let why = "hung up before the caller was put through".to_string();
-                self.attempt_failed(now, &uri, AttemptOutcome::Failed(why));
+                self.attempt_failed(now, &uri, AttemptOutcome::Failed(why.to_string()));
             }
             Gone::Consult => {
                 // Normal for an attended transfer: the agent's phone ends our call once the
@@ -865,7 +892,7 @@ impl CallControl {
     }
 
     /// The REFER of request `op` went out (its Refer-To), or could not be sent.
-    pub fn refer_sent(&mut self, now: Instant, op: OpId, result: Result<String, String>) {
+    pub fn refer_sent(&mut self, now: Instant, op: OpId, result: Result<String, LegError>) {
         let grace = self.cfg.transfer.ring_timeout() + REFER_GRACE;
         let Some(t) = self.transfer.as_mut() else {
             return;
@@ -895,7 +922,7 @@ impl CallControl {
                 }
                 None => {
                     tracing::warn!(target = %target.uri, %why, "cannot transfer to this extension; trying the next");
-                    self.attempt_failed(now, &target.uri, AttemptOutcome::Failed(why));
+                    self.attempt_failed(now, &target.uri, AttemptOutcome::Failed(why.to_string()));
                 }
             },
         }

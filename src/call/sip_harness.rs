@@ -12,7 +12,7 @@ use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant, SystemTime};
 
-use super::control::{CallControl, ControlConfig, LegId, Output, Playout};
+use super::control::{CallControl, ControlConfig, LegError, LegId, Output, Playout};
 use super::record::{EndedBy, TransferOutcome};
 use crate::dialog::escalation::{Escalation, EscalationReason};
 use crate::handover::transfer::{
@@ -288,11 +288,14 @@ impl Net {
             let now = self.now;
             match output {
                 Output::Resolve { op, uri } => {
-                    let result = parse_target(&uri).and_then(|(host, port)| {
-                        format!("{host}:{port}")
-                            .parse::<SocketAddr>()
-                            .map_err(|_| format!("cannot resolve {host}"))
-                    });
+                    let result =
+                        parse_target(&uri)
+                            .map_err(LegError::BadTarget)
+                            .and_then(|(host, port)| {
+                                format!("{host}:{port}")
+                                    .parse::<SocketAddr>()
+                                    .map_err(|_| LegError::NoAddress(host))
+                            });
                     self.control.resolved(now, op, result);
                 }
                 Output::PlaceCall {
@@ -362,14 +365,11 @@ impl Net {
         uri: &str,
         headers: &[(String, String)],
         replacing: Option<CallHandle>,
-    ) -> Result<String, String> {
-        let call = self.call.ok_or("no call")?;
+    ) -> Result<String, LegError> {
+        let call = self.call.ok_or(LegError::NotTransferable)?;
         let target = match replacing {
             Some(consult) => {
-                let ids = self
-                    .gateway
-                    .dialog_ids(consult)
-                    .ok_or("the agent leg is gone")?;
+                let ids = self.gateway.dialog_ids(consult).ok_or(LegError::LegGone)?;
                 let r = replaces(&ids.call_id, &ids.local_tag, &ids.remote_tag);
                 refer_to(&ids.remote_target, &[("Replaces", r)])
             }
@@ -384,7 +384,7 @@ impl Net {
         if self.gateway.refer(call, &target, self.now) {
             Ok(target)
         } else {
-            Err("the call is not in a state to be transferred".into())
+            Err(LegError::NotTransferable)
         }
     }
 

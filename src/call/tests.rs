@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime};
 
 use super::control::{
-    CallControl, CallerPrompt, ControlConfig, LegId, OpId, Output, Phase, Playout,
+    CallControl, CallerPrompt, ControlConfig, LegError, LegId, OpId, Output, Phase, Playout,
 };
 use super::record::{CallEvent, EndedBy, TransferOutcome};
 use crate::dialog::escalation::{Escalation, EscalationReason};
@@ -406,12 +406,19 @@ fn nobody_answers_apology_callback_event_then_hang_up() {
 fn an_unresolvable_host_is_skipped() {
     let mut h = Harness::bridge_to(&["sip:1@nowhere.invalid", "sip:2@pbx"]);
     let (op, _) = h.last_resolve();
-    h.cc.resolved(h.now, op, Err("cannot resolve nowhere.invalid".into()));
+    h.cc.resolved(
+        h.now,
+        op,
+        Err(LegError::Lookup {
+            host: "nowhere.invalid".into(),
+            why: "not found".into(),
+        }),
+    );
     h.drain();
     assert_eq!(h.last_resolve().1, "sip:2@pbx");
     assert_eq!(
         h.attempts(),
-        ["sip:1@nowhere.invalid failed: cannot resolve nowhere.invalid"]
+        ["sip:1@nowhere.invalid failed: cannot resolve nowhere.invalid: not found"]
     );
 }
 
@@ -419,7 +426,14 @@ fn an_unresolvable_host_is_skipped() {
 fn only_unresolvable_hosts_mean_a_callback() {
     let mut h = Harness::bridge_to(&["sip:1@nowhere.invalid"]);
     let (op, _) = h.last_resolve();
-    h.cc.resolved(h.now, op, Err("no answer within 2 s".into()));
+    h.cc.resolved(
+        h.now,
+        op,
+        Err(LegError::LookupTimeout {
+            host: "nowhere.invalid".into(),
+            secs: 2,
+        }),
+    );
     h.drain();
     assert_eq!(h.outcome(), Some(TransferOutcome::Callback));
     assert!(h.cc.record().unwrap().decision_to_invite_ms.is_none());
@@ -432,7 +446,7 @@ fn a_call_that_cannot_be_placed_is_skipped() {
     h.cc.resolved(h.now, op, Ok(addr()));
     h.drain();
     let (op, _) = h.last_place();
-    h.cc.placed(h.now, op, Err("no free RTP port".into()));
+    h.cc.placed(h.now, op, Err(LegError::NoPort));
     h.drain();
     assert_eq!(h.last_resolve().1, "sip:2@pbx");
 }
@@ -443,7 +457,7 @@ fn agent_media_that_cannot_start_ends_that_leg_and_tries_the_next() {
     let first = h.ring();
     h.cc.agent_answered(h.now, first);
     h.drain();
-    h.cc.agent_media_failed(h.now, first, "codec: unsupported".into());
+    h.cc.agent_media_failed(h.now, first, LegError::Media("codec: unsupported".into()));
     let new = h.drain();
     assert_eq!(new[0], Output::HangUp(LegId::Agent(first)));
     assert_eq!(h.last_resolve().1, "sip:2@pbx");
@@ -479,7 +493,7 @@ fn an_answer_from_a_leg_nobody_waits_for_is_hung_up() {
 fn a_late_lookup_answer_is_ignored() {
     let mut h = Harness::bridge_to(&["sip:1@pbx", "sip:2@pbx"]);
     let (stale, _) = h.last_resolve();
-    h.cc.resolved(h.now, stale, Err("timeout".into()));
+    h.cc.resolved(h.now, stale, Err(LegError::NoAddress("pbx".into())));
     h.drain();
     // The first lookup answers again, late: the second is still the one waited for.
     h.cc.resolved(h.now, stale, Ok(addr()));
@@ -585,11 +599,7 @@ fn a_refer_that_cannot_be_sent_tries_the_next() {
         target("sip:2@pbx", TransferMode::Blind),
     ]);
     let (op, ..) = h.last_refer();
-    h.cc.refer_sent(
-        h.now,
-        op,
-        Err("the call is not in a state to be transferred".into()),
-    );
+    h.cc.refer_sent(h.now, op, Err(LegError::NotTransferable));
     h.drain();
     assert_eq!(h.last_refer().1, "sip:2@pbx");
 }
@@ -658,7 +668,7 @@ fn attended_refused_falls_back_to_the_bridge() {
 fn attended_that_cannot_be_asked_bridges_at_once() {
     let (mut h, leg) = attended();
     let (op, ..) = h.last_refer();
-    h.cc.refer_sent(h.now, op, Err("the agent leg is gone".into()));
+    h.cc.refer_sent(h.now, op, Err(LegError::LegGone));
     assert_eq!(h.drain(), [Output::Bridge(leg)]);
 }
 

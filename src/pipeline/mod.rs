@@ -77,6 +77,15 @@ pub enum SpeechKind {
     Reply,
 }
 
+/// A decision of the bot that the call (not the pipeline) carries out.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BotDecision {
+    /// Hand the caller over to a person (the announcement is already spoken).
+    HandOver(crate::dialog::Escalation),
+    /// The bot said goodbye: end the call once it is heard.
+    Finish,
+}
+
 /// What the pipeline hands to the speaker stage.
 #[derive(Debug, Clone)]
 pub enum CallOutput {
@@ -92,7 +101,10 @@ pub enum CallOutput {
         ready_at: Duration,
         continues: bool,
     },
-    /// A finished caller turn.
+    /// What the call must act on after a turn: hand the caller over, or end the call. Sent
+    /// right after the turn's report (which only records it).
+    Decision(BotDecision),
+    /// A finished caller turn (its report).
     Turn(Box<TurnReport>),
     /// Something the caller said after the hand-over, transcribed for the agent's screen.
     Heard(HeardLine),
@@ -1369,7 +1381,7 @@ mod tests {
             match o {
                 CallOutput::Heard(line) => heard.push(line.text),
                 CallOutput::Speak { text, .. } => said.push(text),
-                CallOutput::Turn(_) | CallOutput::Partial(_) => {}
+                CallOutput::Turn(_) | CallOutput::Partial(_) | CallOutput::Decision(_) => {}
             }
         }
         let report = call.await.expect("task").expect("call runs");

@@ -11,8 +11,8 @@ use tokio::sync::mpsc;
 use super::no_input::NoInputArmer;
 use super::{
     flow_vocabulary, heard_drain, log_decision, make_report, recognise, transcribe_line,
-    CallOptions, CallOutput, Engines, Heard, HeardTurn, PipelineError, Speaker, SpeechKind,
-    NOISE_MAX_DURATION,
+    BotDecision, CallOptions, CallOutput, Engines, Heard, HeardTurn, PipelineError, Speaker,
+    SpeechKind, NOISE_MAX_DURATION,
 };
 use crate::dialog::{Bot, BotTurn, CallerTurn, Escalation};
 use crate::flows::Flow;
@@ -360,10 +360,19 @@ impl Responder<'_> {
                 tracing::error!(error = %e, reply = %turn.reply, "speech synthesis failed after the first sentence");
             }
         }
+        let decision = match (&turn.escalation, turn.ends_call) {
+            (Some(e), _) => Some(BotDecision::HandOver(e.clone())),
+            (None, true) => Some(BotDecision::Finish),
+            (None, false) => None,
+        };
+        // The report first: the call's hand-over context includes the turn that decided.
         let _ = self
             .output
             .send(CallOutput::Turn(Box::new(report.clone())))
             .await;
+        if let Some(decision) = decision {
+            let _ = self.output.send(CallOutput::Decision(decision)).await;
+        }
         self.turns.push(report);
         if let Some(armer) = self.no_input.as_mut() {
             if turn.escalation.is_some() || turn.ends_call {

@@ -24,7 +24,7 @@ use crate::audio::frames::AudioFrame;
 use crate::audio::resample::resample_all;
 use crate::audio::wav::MonoAudio;
 use crate::call::control::{
-    CallControl, CallerPrompt, ControlConfig, LegId, OpId, Output, Phase, Playout,
+    CallControl, CallerPrompt, ControlConfig, LegError, LegId, OpId, Output, Phase, Playout,
 };
 use crate::call::record::{CallEvent, CallRecord, EndedBy};
 use crate::flows::Flow;
@@ -34,8 +34,8 @@ use crate::handover::transfer::parse_target;
 use crate::media::barge_in::{BargeIn, BargeInConfig};
 use crate::observe::live::CallState as LiveState;
 use crate::pipeline::{
-    run_call_with, run_transcriber, synthesize_text, CallInput, CallOptions, CallOutput, Engines,
-    SpeechCancel, SpeechKind,
+    run_call_with, run_transcriber, synthesize_text, BotDecision, CallInput, CallOptions,
+    CallOutput, Engines, SpeechCancel, SpeechKind,
 };
 use crate::report::{CallReport, HeardLine, TurnReport};
 use crate::sip::endpoint::{CallHandle, EndReason, IncomingCall, ReferProgress};
@@ -112,9 +112,9 @@ pub struct CallSetup {
 
 /// Work the task started for the control core; its result comes back as one of these.
 enum Done {
-    Resolved(OpId, Result<SocketAddr, String>),
-    Placed(OpId, Result<(CallHandle, RtpPorts), String>),
-    ReferSent(OpId, Result<String, String>),
+    Resolved(OpId, Result<SocketAddr, LegError>),
+    Placed(OpId, Result<(CallHandle, RtpPorts), LegError>),
+    ReferSent(OpId, Result<String, LegError>),
     /// The whisper's text and audio (None: synthesis failed).
     Whisper(CallHandle, String, Option<MonoAudio>),
     /// A prompt for the caller.
@@ -649,24 +649,22 @@ impl CallTask {
                 let entry = heard_entry(&line, Duration::ZERO, context::Speaker::Caller);
                 self.append_transcript(entry);
             }
-            CallOutput::Turn(turn) => self.on_turn(*turn),
+            CallOutput::Decision(decision) => self.on_decision(decision),
+            // Kept for the hand-over context.
+            CallOutput::Turn(turn) => self.turns.push(*turn),
         }
     }
 
-    /// A caller turn: the bot's decision goes to the control core.
-    fn on_turn(&mut self, turn: TurnReport) {
-        let escalation = turn.escalation.clone();
-        let ends_call = turn.ends_call;
-        self.turns.push(turn);
-        match escalation {
-            Some(e) => {
+    /// The bot's decision goes to the control core.
+    fn on_decision(&mut self, decision: BotDecision) {
+        match decision {
+            BotDecision::HandOver(e) => {
                 let targets = self.engines.config.handover.transfer.targets(&e.skill);
                 let team = self.flow.dialog.prompts().team(&e.skill);
                 self.control
                     .escalate(Instant::now(), SystemTime::now(), &e, team, &targets);
             }
-            None if ends_call => self.control.bot_finished(),
-            None => {}
+            BotDecision::Finish => self.control.bot_finished(),
         }
     }
 
@@ -751,6 +749,12 @@ impl CallTask {
                 if let Some(audio) = audio {
                     let rate = self.caller.rate();
                     let samples = convert(audio.samples, audio.rate, rate);
+                    tracing::info!(
+                        %text,
+                        audio_ms = samples.len() as u64 * 1000 / u64::from(rate.max(1)),
+                        queued_ms = self.caller.queued() as u64 * 1000 / u64::from(rate.max(1)),
+                        "prompt for the caller queued"
+                    );
                     // After whatever is queued (the end of the announcement; at most 40 ms of
                     // tone).
                     let at = self.media_time();
@@ -881,17 +885,17 @@ impl CallTask {
     fn ask_signalling<T: Send + 'static>(
         &self,
         msg: Inbound,
-        answer: tokio::sync::oneshot::Receiver<Result<T, String>>,
-        done: impl FnOnce(Result<T, String>) -> Done + Send + 'static,
+        answer: tokio::sync::oneshot::Receiver<Result<T, LegError>>,
+        done: impl FnOnce(Result<T, LegError>) -> Done + Send + 'static,
     ) {
         let (signalling, results) = (self.signalling.clone(), self.done_tx.clone());
         tokio::spawn(async move {
             let result = if signalling.send(msg).await.is_err() {
-                Err("signalling is gone".to_string())
+                Err(LegError::SignallingGone)
             } else {
                 match tokio::time::timeout(SIGNALLING_ANSWER, answer).await {
                     Ok(Ok(result)) => result,
-                    _ => Err("signalling did not answer".to_string()),
+                    _ => Err(LegError::SignallingSilent),
                 }
             };
             let _ = results.send(done(result));
@@ -905,8 +909,8 @@ impl CallTask {
             self.agent_answers.remove(&agent),
             self.agent_ports.remove(&agent),
         ) else {
-            let why = "the agent leg's answer or ports are gone".to_string();
-            self.control.agent_media_failed(now, agent, why);
+            self.control
+                .agent_media_failed(now, agent, LegError::LegGone);
             return;
         };
         let cfg = &self.engines.config.media;
@@ -918,7 +922,9 @@ impl CallTask {
                 self.control
                     .agent_media_started(now, agent, &media.codec.to_string());
             }
-            Err(e) => self.control.agent_media_failed(now, agent, e.to_string()),
+            Err(e) => self
+                .control
+                .agent_media_failed(now, agent, LegError::Media(e.to_string())),
         }
     }
 
@@ -1159,17 +1165,20 @@ async fn synthesize(
 
 /// The address of an extension's host (`sip:user@host[:port]`), looked up without blocking
 /// and at most [`LOOKUP_LIMIT`].
-async fn resolve(uri: &str) -> Result<SocketAddr, String> {
-    let (host, port) = parse_target(uri)?;
+async fn resolve(uri: &str) -> Result<SocketAddr, LegError> {
+    let (host, port) = parse_target(uri).map_err(LegError::BadTarget)?;
     let looked_up =
-        tokio::time::timeout(LOOKUP_LIMIT, tokio::net::lookup_host((host.as_str(), port))).await;
+        tokio::time::timeout(LOOKUP_LIMIT, tokio::net::lookup_host((host.clone(), port))).await;
     match looked_up {
-        Ok(Ok(mut addrs)) => addrs.next().ok_or_else(|| format!("{host} has no address")),
-        Ok(Err(e)) => Err(format!("cannot resolve {host}: {e}")),
-        Err(_) => Err(format!(
-            "cannot resolve {host}: no answer within {} s",
-            LOOKUP_LIMIT.as_secs()
-        )),
+        Ok(Ok(mut addrs)) => addrs.next().ok_or(LegError::NoAddress(host)),
+        Ok(Err(e)) => Err(LegError::Lookup {
+            host,
+            why: e.to_string(),
+        }),
+        Err(_) => Err(LegError::LookupTimeout {
+            host,
+            secs: LOOKUP_LIMIT.as_secs(),
+        }),
     }
 }
 

@@ -30,6 +30,7 @@ use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use crate::admin::AdminState;
+use crate::call::control::LegError;
 use crate::config::media::TransportKind;
 use crate::handover::feedback::FeedbackStore;
 use crate::handover::hub::HandoverHub;
@@ -103,7 +104,7 @@ pub(crate) struct ReferCall {
     /// to that agent's Contact).
     pub replacing: Option<CallHandle>,
     /// The Refer-To URI that went out, or why no REFER could be sent.
-    pub reply: tokio::sync::oneshot::Sender<Result<String, String>>,
+    pub reply: tokio::sync::oneshot::Sender<Result<String, LegError>>,
 }
 
 /// A request to call an agent for the caller's call.
@@ -119,7 +120,7 @@ pub(crate) struct PlaceCall {
     pub from_display: String,
     pub from_user: String,
     /// The new leg's handle and its RTP ports, or why it could not be placed.
-    pub reply: tokio::sync::oneshot::Sender<Result<(CallHandle, ports::RtpPorts), String>>,
+    pub reply: tokio::sync::oneshot::Sender<Result<(CallHandle, ports::RtpPorts), LegError>>,
 }
 
 /// A bound, not yet running server.
@@ -517,16 +518,13 @@ impl Signalling {
     }
 
     /// Places the agent leg of a transfer.
-    fn place_call(&mut self, req: &PlaceCall) -> Result<(CallHandle, ports::RtpPorts), String> {
+    fn place_call(&mut self, req: &PlaceCall) -> Result<(CallHandle, ports::RtpPorts), LegError> {
         let addr = req.addr;
         if self.udp.is_none() {
-            return Err("agent calls need the UDP transport".into());
+            return Err(LegError::NoUdp);
         }
         let local_ip = self.local_ip_for(addr.ip());
-        let ports = self
-            .ports
-            .take(local_ip)
-            .ok_or_else(|| "no free RTP port for the agent leg".to_string())?;
+        let ports = self.ports.take(local_ip).ok_or(LegError::NoPort)?;
         let local = LocalMedia {
             address: local_ip,
             rtp_port: ports.rtp_port(),
@@ -553,13 +551,10 @@ impl Signalling {
     }
 
     /// Sends a REFER for a transfer of `req.caller`.
-    fn refer(&mut self, req: &ReferCall) -> Result<String, String> {
+    fn refer(&mut self, req: &ReferCall) -> Result<String, LegError> {
         let refer_to = match req.replacing {
             Some(consult) => {
-                let ids = self
-                    .endpoint
-                    .dialog_ids(consult)
-                    .ok_or("the agent leg is gone")?;
+                let ids = self.endpoint.dialog_ids(consult).ok_or(LegError::LegGone)?;
                 let replaces = replaces(&ids.call_id, &ids.local_tag, &ids.remote_tag);
                 refer_to(&ids.remote_target, &[("Replaces", replaces)])
             }
@@ -575,7 +570,7 @@ impl Signalling {
         if self.endpoint.refer(req.caller, &refer_to, Instant::now()) {
             Ok(refer_to)
         } else {
-            Err("the call is not in a state to be transferred".into())
+            Err(LegError::NotTransferable)
         }
     }
 

@@ -60,7 +60,7 @@ pub fn spawn_serve(
         .env("RUST_LOG", "voicebot_gateway=info,warn")
         .env_remove("VOICEBOT_ADMIN_TOKEN")
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(gateway_log())
         .spawn()
         .expect("start voicebot serve");
     let stdout = child.stdout.take().expect("stdout");
@@ -87,6 +87,21 @@ pub fn spawn_serve(
         }
     }
     (child, banner)
+}
+
+/// Where a gateway's log goes: a new file under `$VOICEBOT_TEST_LOG_DIR` when that is set (to
+/// see why an end-to-end test failed), else nowhere.
+fn gateway_log() -> Stdio {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let Some(dir) = std::env::var_os("VOICEBOT_TEST_LOG_DIR") else {
+        return Stdio::null();
+    };
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let path = Path::new(&dir).join(format!("gateway-{}-{n}.log", std::process::id()));
+    match std::fs::create_dir_all(&dir).and_then(|()| std::fs::File::create(&path)) {
+        Ok(f) => Stdio::from(f),
+        Err(e) => panic!("cannot write the gateway log {}: {e}", path.display()),
+    }
 }
 
 /// The port after `sip=127.0.0.1:` in the banner's ready line.
