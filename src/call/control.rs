@@ -16,10 +16,11 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::dialog::Escalation;
+use crate::handover::transfer::{refer_to, replaces};
 use crate::handover::transfer::{
     user_to_user, AfterAgent, AttemptOutcome, Hunt, Target, TransferConfig, TransferMode,
 };
-use crate::sip::endpoint::{CallHandle, EndReason, ReferProgress};
+use crate::sip::endpoint::{CallHandle, EndReason, ReferProgress, SipEndpoint};
 
 use super::record::{CallEvent, EndedBy, TransferOutcome, TransferRecord};
 
@@ -1151,4 +1152,36 @@ pub fn context_headers(
         ));
     }
     headers
+}
+
+/// Sends the REFER an [`Output::Refer`] asks for on `caller`'s dialog: blind, to `uri` with the
+/// context `headers` in the Refer-To; attended, to the agent's Contact with a `Replaces` for
+/// `replacing`'s dialog. Returns the Refer-To that went out.
+pub fn send_refer(
+    endpoint: &mut SipEndpoint,
+    caller: CallHandle,
+    uri: &str,
+    headers: &[(String, String)],
+    replacing: Option<CallHandle>,
+    now: Instant,
+) -> Result<String, LegError> {
+    let target = match replacing {
+        Some(consult) => {
+            let ids = endpoint.dialog_ids(consult).ok_or(LegError::LegGone)?;
+            let r = replaces(&ids.call_id, &ids.local_tag, &ids.remote_tag);
+            refer_to(&ids.remote_target, &[("Replaces", r)])
+        }
+        None => {
+            let h: Vec<(&str, String)> = headers
+                .iter()
+                .map(|(n, v)| (n.as_str(), v.clone()))
+                .collect();
+            refer_to(uri, &h)
+        }
+    };
+    if endpoint.refer(caller, &target, now) {
+        Ok(target)
+    } else {
+        Err(LegError::NotTransferable)
+    }
 }

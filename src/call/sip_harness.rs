@@ -12,12 +12,10 @@ use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant, SystemTime};
 
-use super::control::{CallControl, ControlConfig, LegError, LegId, Output, Playout};
+use super::control::{send_refer, CallControl, ControlConfig, LegError, LegId, Output, Playout};
 use super::record::{EndedBy, TransferOutcome};
 use crate::dialog::escalation::{Escalation, EscalationReason};
-use crate::handover::transfer::{
-    parse_target, refer_to, replaces, AfterAgent, Target, TransferConfig, TransferMode,
-};
+use crate::handover::transfer::{parse_target, AfterAgent, Target, TransferConfig, TransferMode};
 use crate::sip::auth::AllowList;
 use crate::sip::endpoint::{
     CallHandle, EndReason, EndpointConfig, Event, OutboundCall, Peer, SipEndpoint, Transport,
@@ -359,7 +357,7 @@ impl Net {
         moved
     }
 
-    /// What the signalling task does for a REFER request.
+    /// What the signalling task does for a REFER request (the same function).
     fn refer(
         &mut self,
         uri: &str,
@@ -367,25 +365,7 @@ impl Net {
         replacing: Option<CallHandle>,
     ) -> Result<String, LegError> {
         let call = self.call.ok_or(LegError::NotTransferable)?;
-        let target = match replacing {
-            Some(consult) => {
-                let ids = self.gateway.dialog_ids(consult).ok_or(LegError::LegGone)?;
-                let r = replaces(&ids.call_id, &ids.local_tag, &ids.remote_tag);
-                refer_to(&ids.remote_target, &[("Replaces", r)])
-            }
-            None => {
-                let h: Vec<(&str, String)> = headers
-                    .iter()
-                    .map(|(n, v)| (n.as_str(), v.clone()))
-                    .collect();
-                refer_to(uri, &h)
-            }
-        };
-        if self.gateway.refer(call, &target, self.now) {
-            Ok(target)
-        } else {
-            Err(LegError::NotTransferable)
-        }
+        send_refer(&mut self.gateway, call, uri, headers, replacing, self.now)
     }
 
     /// Moves the clock to the next timer of anyone, runs the timers, and settles; until

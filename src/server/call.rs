@@ -41,7 +41,7 @@ use crate::report::{CallReport, HeardLine, TurnReport};
 use crate::sip::endpoint::{CallHandle, EndReason, IncomingCall, ReferProgress};
 use crate::sip::sdp::Negotiated;
 
-use super::caller_leg::{rtp_silent_for, CallerLeg, PTIME_MS};
+use super::caller_leg::{CallerLeg, PTIME_MS};
 use super::event_poster::{EventPoster, Posted};
 use super::pacer::Pacer;
 use super::ports::RtpPorts;
@@ -429,25 +429,14 @@ impl CallTask {
         Duration::from_millis(self.frames_fed * u64::from(PTIME_MS))
     }
 
-    /// Gives the pipeline an input that must not be lost (a key press, the resume): queued at
-    /// once when there is room, else by a task that waits for room.
+    /// Gives the pipeline an input that must not be lost (a key press, the resume).
     fn send_input(&self, input: CallInput) {
-        if let Err(mpsc::error::TrySendError::Full(input)) = self.input.try_send(input) {
-            let tx = self.input.clone();
-            tokio::spawn(async move {
-                let _ = tx.send(input).await;
-            });
-        }
+        send_or_spawn(&self.input, input);
     }
 
     /// Asks the signalling task for something without waiting for room in its queue.
     fn to_signalling(&self, msg: Inbound) {
-        if let Err(mpsc::error::TrySendError::Full(msg)) = self.signalling.try_send(msg) {
-            let tx = self.signalling.clone();
-            tokio::spawn(async move {
-                let _ = tx.send(msg).await;
-            });
-        }
+        send_or_spawn(&self.signalling, msg);
     }
 
     /// The 20 ms media tick: the caller's frame to the pipeline (and the agent), the agent's
@@ -458,7 +447,7 @@ impl CallTask {
         let frame = self.caller.next_frame(now);
         self.relay_agent(now, frame.as_deref());
         if let Some(frame) = frame {
-            self.barge_in_check(&frame);
+            self.barge_in_check(&frame, speaking);
             let at = self.media_time();
             self.frames_fed += 1;
             let rate = self.caller.rate();
@@ -492,6 +481,10 @@ impl CallTask {
     /// transcribed), the caller to the agent when the agent already listens, nothing (its
     /// audio discarded) while the agent waits.
     fn relay_agent(&mut self, now: Instant, caller_frame: Option<&[f32]>) {
+        let Some(agent) = self.agent.as_mut() else {
+            self.end_agent_transcript();
+            return;
+        };
         let rate = self.caller.rate();
         let silence;
         let frame = match caller_frame {
@@ -503,10 +496,6 @@ impl CallTask {
         };
         let bridged = self.control.bridged_agent();
         let listening = self.control.agent_listening(now);
-        let Some(agent) = self.agent.as_mut() else {
-            self.end_agent_transcript();
-            return;
-        };
         if bridged != Some(agent.handle) {
             if listening == Some(agent.handle) {
                 agent.send(frame, rate);
@@ -559,9 +548,8 @@ impl CallTask {
     }
 
     /// The caller spoke over the bot: playback stops (only while the bot has the caller).
-    fn barge_in_check(&mut self, frame: &[f32]) {
+    fn barge_in_check(&mut self, frame: &[f32], speaking: bool) {
         let level = rms(frame);
-        let speaking = self.caller.speaking();
         if self.engines.config.media.barge_in
             && self.control.bot_has_caller()
             && self.barge_in.on_frame(level, self.bot_level, speaking)
@@ -583,7 +571,7 @@ impl CallTask {
         if limit.is_zero() || self.control.hangup_sent() || self.control.ended_by().is_some() {
             return;
         }
-        if rtp_silent_for(&self.caller, self.started, now) > limit {
+        if self.caller.silent_for(self.started, now) > limit {
             if !self.rtp_timeout_logged {
                 tracing::warn!(secs = limit.as_secs(), "no RTP from the caller; hanging up");
                 self.rtp_timeout_logged = true;
@@ -1030,6 +1018,8 @@ impl CallTask {
         // Close the caller's audio and collect the report (it may still be transcribing the
         // last words), draining its outputs so it never blocks on a full channel.
         let _ = self.input.try_send(CallInput::End);
+        // Our sender goes (swapped for one of a channel nobody reads), so the pipeline's input
+        // ends even when `End` found no room.
         let (input, _) = mpsc::channel(1);
         drop(std::mem::replace(&mut self.input, input));
         if self.pipeline_result.is_none() {
@@ -1084,7 +1074,7 @@ impl CallTask {
         let (codec, remote) = self.caller.describe();
         let rate = self.caller.rate();
         let duration_ms = self.started.elapsed().as_millis() as u64;
-        let (rtp, _, recording) = self.caller.finish().await;
+        let (rtp, recording) = self.caller.finish().await;
         let (report, pipeline_error) = match self.pipeline_result {
             Some(Ok(r)) => (Some(r), None),
             Some(Err(e)) => (None, Some(e)),
@@ -1135,6 +1125,17 @@ async fn last_event_id(io: &mut CallIo) -> Option<String> {
         .await
         .ok()
         .flatten()
+}
+
+/// Queues `msg` at once when there is room, else by a task that waits for room: the call task
+/// never waits, and nothing is lost while the receiver lives.
+fn send_or_spawn<T: Send + 'static>(tx: &mpsc::Sender<T>, msg: T) {
+    if let Err(mpsc::error::TrySendError::Full(msg)) = tx.try_send(msg) {
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let _ = tx.send(msg).await;
+        });
+    }
 }
 
 /// Waits for a datagram on `socket`, or forever when there is none.

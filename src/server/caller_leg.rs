@@ -23,8 +23,9 @@ use super::recording::{CallRecorder, RecordingConfig};
 /// Packet time: every frame and packet is 20 ms.
 pub const PTIME_MS: u32 = 20;
 
-/// The receive and send sides for a negotiated codec (again after a codec change).
-fn media_ends(
+/// The receive and send sides for a negotiated codec: the caller's leg (again after a codec
+/// change) and the agent's.
+pub(super) fn media_ends(
     m: &Negotiated,
     jitter_ms: (u32, u32),
     start: Instant,
@@ -116,9 +117,9 @@ impl CallerLeg {
         self.media.codec.samples_per_frame(PTIME_MS)
     }
 
-    /// When the caller's last packet arrived.
-    pub fn last_packet_at(&self) -> Option<Instant> {
-        self.receiver.last_packet_at()
+    /// How long the caller has sent nothing (counted from `started` before the first packet).
+    pub fn silent_for(&self, started: Instant, now: Instant) -> Duration {
+        now.duration_since(self.receiver.last_packet_at().unwrap_or(started))
     }
 
     /// A datagram on the RTP port: into the jitter buffer; a finished DTMF digit is returned.
@@ -265,20 +266,20 @@ impl CallerLeg {
         (self.media.codec.to_string(), self.remote.to_string())
     }
 
-    /// The call is over: the RTP figures, the samples still queued, and the recording.
-    pub async fn finish(mut self) -> (RtpFigures, usize, Option<RecordingInfo>) {
+    /// The call is over: the RTP figures and the recording.
+    pub async fn finish(mut self) -> (RtpFigures, Option<RecordingInfo>) {
         let stats = self.receiver.stats();
         let figures = &mut self.figures;
         figures.packets_received = stats.received;
         figures.packets_lost = stats.lost;
         figures.packets_late = stats.late;
         figures.jitter_ms = stats.jitter_ms;
-        let (lateness, queued) = match self.stream.lock() {
+        let lateness = match self.stream.lock() {
             Ok(mut s) => {
                 figures.packets_sent = s.packets_sent;
-                (std::mem::take(&mut s.lateness), s.sender.queued_samples())
+                std::mem::take(&mut s.lateness)
             }
-            Err(_) => (Lateness::new(), 0),
+            Err(_) => Lateness::new(),
         };
         figures.send_late_p50_ms = lateness.quantile_ms(0.50);
         figures.send_late_p99_ms = lateness.quantile_ms(0.99);
@@ -303,7 +304,7 @@ impl CallerLeg {
             },
             None => None,
         };
-        (self.figures, queued, recording)
+        (self.figures, recording)
     }
 }
 
@@ -382,9 +383,4 @@ impl RtcpState {
             delay_since_last_sr: dlsr,
         })
     }
-}
-
-/// How long the caller may send nothing before the call is considered dead.
-pub fn rtp_silent_for(leg: &CallerLeg, started: Instant, now: Instant) -> Duration {
-    now.duration_since(leg.last_packet_at().unwrap_or(started))
 }

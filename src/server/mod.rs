@@ -35,7 +35,6 @@ use crate::config::media::TransportKind;
 use crate::handover::feedback::FeedbackStore;
 use crate::handover::hub::HandoverHub;
 use crate::handover::outbox::{spawn_deliverer, DelivererHandle, Outbox};
-use crate::handover::transfer::{refer_to, replaces};
 use crate::history::CallHistory;
 use crate::observe::live::LiveCalls;
 use crate::observe::readiness::Readiness;
@@ -552,26 +551,14 @@ impl Signalling {
 
     /// Sends a REFER for a transfer of `req.caller`.
     fn refer(&mut self, req: &ReferCall) -> Result<String, LegError> {
-        let refer_to = match req.replacing {
-            Some(consult) => {
-                let ids = self.endpoint.dialog_ids(consult).ok_or(LegError::LegGone)?;
-                let replaces = replaces(&ids.call_id, &ids.local_tag, &ids.remote_tag);
-                refer_to(&ids.remote_target, &[("Replaces", replaces)])
-            }
-            None => {
-                let headers: Vec<(&str, String)> = req
-                    .headers
-                    .iter()
-                    .map(|(n, v)| (n.as_str(), v.clone()))
-                    .collect();
-                refer_to(&req.target, &headers)
-            }
-        };
-        if self.endpoint.refer(req.caller, &refer_to, Instant::now()) {
-            Ok(refer_to)
-        } else {
-            Err(LegError::NotTransferable)
-        }
+        crate::call::control::send_refer(
+            &mut self.endpoint,
+            req.caller,
+            &req.target,
+            &req.headers,
+            req.replacing,
+            Instant::now(),
+        )
     }
 
     /// Sends what the endpoint produced and acts on its events.

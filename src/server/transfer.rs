@@ -13,18 +13,14 @@ use tokio::net::UdpSocket;
 use crate::audio::resample::{resample_all, StreamResampler};
 use crate::media::codec::CodecError;
 use crate::media::dtmf::DtmfEvent;
-use crate::media::jitter::JitterConfig;
 use crate::media::receiver::MediaReceiver;
 use crate::media::rtp::is_rtcp;
-use crate::media::sender::RtpSender;
 use crate::sip::endpoint::CallHandle;
 use crate::sip::sdp::Negotiated;
 
+use super::caller_leg::{media_ends, PTIME_MS};
 use super::pacer::{PacedStream, Pacer};
 use super::ports::RtpPorts;
-
-/// Packet time of the agent leg.
-const PTIME_MS: u32 = 20;
 
 /// Why the agent leg's media could not start.
 #[derive(Debug, thiserror::Error)]
@@ -69,16 +65,7 @@ impl AgentMedia {
         jitter_ms: (u32, u32),
         now: Instant,
     ) -> Result<AgentMedia, AgentMediaError> {
-        let jitter = JitterConfig {
-            clock_rate: media.codec.clock_rate(),
-            frame_samples: media.codec.timestamp_per_frame(PTIME_MS),
-            min_delay_ms: jitter_ms.0,
-            max_delay_ms: jitter_ms.1,
-        };
-        let mut receiver = MediaReceiver::new(media.codec, media.telephone_event_pt, jitter)?;
-        receiver.set_payload_type(media.payload_type);
-        let mut sender = RtpSender::new_random(media.codec, media.payload_type, PTIME_MS, now)?;
-        sender.set_telephone_event_pt(media.telephone_event_pt);
+        let (receiver, sender) = media_ends(media, jitter_ms, now)?;
         let socket = Arc::new(UdpSocket::from_std(ports.rtp.try_clone()?)?);
         let send_socket = ports.rtp.try_clone()?;
         let mut paced = PacedStream::new(sender, send_socket, media.remote_rtp);
