@@ -27,9 +27,10 @@
 //! opened, and one written by a newer release (a version this binary does not know) is refused
 //! with [`HistoryError::NewerSchema`] rather than misread.
 //!
-//! - `calls`: one row per call, keyed by `call_id`: the [`CallSummary`] columns and the full
+//! - `calls`: one row per call, keyed by the gateway's own call id `id` (the SIP `call_id`, a
+//!   peer's choice, is an indexed column, not a key): the [`CallSummary`] columns and the full
 //!   `record` (JSON text). Indexed by start time, flow and escalation reason.
-//! - `turns`: one row per caller turn, keyed by `(call_id, idx)` (`idx`: the 1-based position
+//! - `turns`: one row per caller turn, keyed by `(id, idx)` (`idx`: the 1-based position
 //!   of the turn in the record's `turns`): the recognised `intent` and its `confidence`.
 
 use std::collections::BTreeMap;
@@ -44,7 +45,8 @@ use serde_json::Value;
 
 /// The schema, one entry per version: entry `i` brings a database from version `i` to `i + 1`
 /// (`PRAGMA user_version`). Append; never edit a released entry.
-const MIGRATIONS: &[&str] = &["CREATE TABLE calls (
+const MIGRATIONS: &[&str] = &[
+    "CREATE TABLE calls (
          call_id TEXT PRIMARY KEY NOT NULL,
          started_at_ms INTEGER NOT NULL,
          duration_ms INTEGER NOT NULL,
@@ -67,7 +69,44 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE calls (
          intent TEXT NULL,
          confidence REAL NULL,
          PRIMARY KEY (call_id, idx)
-     ) WITHOUT ROWID;"];
+     ) WITHOUT ROWID;",
+    // Version 2: calls are keyed by the gateway's own call id (`id`), not by the SIP Call-ID,
+    // which a peer chooses: two calls with one Call-ID are two rows. Rows of version 1 take
+    // their Call-ID as their id (it was unique there).
+    "CREATE TABLE calls_v2 (
+         id TEXT PRIMARY KEY NOT NULL,
+         call_id TEXT NOT NULL,
+         started_at_ms INTEGER NOT NULL,
+         duration_ms INTEGER NOT NULL,
+         caller TEXT NOT NULL,
+         flow TEXT NULL,
+         outcome TEXT NULL,
+         escalated INTEGER NOT NULL,
+         reason TEXT NULL,
+         transfer_outcome TEXT NULL,
+         turn_count INTEGER NOT NULL,
+         ended_by TEXT NOT NULL,
+         record TEXT NOT NULL
+     );
+     INSERT INTO calls_v2 SELECT call_id, call_id, started_at_ms, duration_ms, caller, flow,
+         outcome, escalated, reason, transfer_outcome, turn_count, ended_by, record FROM calls;
+     CREATE TABLE turns_v2 (
+         id TEXT NOT NULL REFERENCES calls_v2 (id) ON DELETE CASCADE,
+         idx INTEGER NOT NULL,
+         intent TEXT NULL,
+         confidence REAL NULL,
+         PRIMARY KEY (id, idx)
+     ) WITHOUT ROWID;
+     INSERT INTO turns_v2 SELECT call_id, idx, intent, confidence FROM turns;
+     DROP TABLE turns;
+     DROP TABLE calls;
+     ALTER TABLE calls_v2 RENAME TO calls;
+     ALTER TABLE turns_v2 RENAME TO turns;
+     CREATE INDEX calls_by_started ON calls (started_at_ms);
+     CREATE INDEX calls_by_flow ON calls (flow, started_at_ms);
+     CREATE INDEX calls_by_reason ON calls (reason, started_at_ms);
+     CREATE INDEX calls_by_call_id ON calls (call_id, started_at_ms);",
+];
 
 /// [`CallFilter::limit`] when none is given.
 pub const DEFAULT_LIMIT: u32 = 100;
@@ -76,7 +115,7 @@ pub const MAX_LIMIT: u32 = 1000;
 
 /// The columns of a [`CallSummary`], in the order [`summary_from_row`] reads them (calls are
 /// aliased `c` in every query).
-const SUMMARY_COLUMNS: &str = "c.call_id, c.started_at_ms, c.duration_ms, c.caller, c.flow, \
+const SUMMARY_COLUMNS: &str = "c.id, c.call_id, c.started_at_ms, c.duration_ms, c.caller, c.flow, \
      c.outcome, c.escalated, c.reason, c.transfer_outcome, c.turn_count, c.ended_by";
 
 /// Why the call history could not be read or written.
@@ -108,7 +147,9 @@ pub enum HistoryError {
 /// The indexed facts of one stored call, as [`CallHistory::list`] returns them.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct CallSummary {
-    /// The SIP Call-ID.
+    /// The gateway's own call id (the record's `id`; its `call_id` for records without one).
+    pub id: String,
+    /// The SIP Call-ID, as the caller chose it (not unique: see [`CallHistory::get`]).
     pub call_id: String,
     /// When the call started, milliseconds since the Unix epoch (as given to
     /// [`CallHistory::insert`]).
@@ -256,10 +297,11 @@ impl CallHistory {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         tx.execute(
-            "INSERT INTO calls (call_id, started_at_ms, duration_ms, caller, flow, outcome,
+            "INSERT INTO calls (id, call_id, started_at_ms, duration_ms, caller, flow, outcome,
                  escalated, reason, transfer_outcome, turn_count, ended_by, record)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
-             ON CONFLICT (call_id) DO UPDATE SET
+             VALUES (?13, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+             ON CONFLICT (id) DO UPDATE SET
+                 call_id = excluded.call_id,
                  started_at_ms = excluded.started_at_ms,
                  duration_ms = excluded.duration_ms,
                  caller = excluded.caller,
@@ -284,19 +326,20 @@ impl CallHistory {
                 summary.turns,
                 summary.ended_by,
                 stored,
+                summary.id,
             ],
         )?;
-        tx.execute("DELETE FROM turns WHERE call_id = ?1", [&summary.call_id])?;
+        tx.execute("DELETE FROM turns WHERE id = ?1", [&summary.id])?;
         {
             let mut stmt = tx.prepare(
-                "INSERT INTO turns (call_id, idx, intent, confidence) VALUES (?1, ?2, ?3, ?4)",
+                "INSERT INTO turns (id, idx, intent, confidence) VALUES (?1, ?2, ?3, ?4)",
             )?;
             for (idx, (intent, confidence)) in (1_i64..).zip(&turns) {
-                stmt.execute(params![summary.call_id, idx, intent, confidence])?;
+                stmt.execute(params![summary.id, idx, intent, confidence])?;
             }
         }
         tx.commit()?;
-        tracing::debug!(call_id = %summary.call_id, turns = turns.len(), "call stored in the history");
+        tracing::debug!(id = %summary.id, call_id = %summary.call_id, turns = turns.len(), "call stored in the history");
         Ok(summary)
     }
 
@@ -309,7 +352,7 @@ impl CallHistory {
         values.push(SqlValue::Integer(i64::from(filter.offset.unwrap_or(0))));
         let sql = format!(
             "SELECT {SUMMARY_COLUMNS} FROM calls c{clause}
-             ORDER BY c.started_at_ms DESC, c.call_id DESC LIMIT ? OFFSET ?"
+             ORDER BY c.started_at_ms DESC, c.id DESC LIMIT ? OFFSET ?"
         );
         let conn = self.conn();
         let mut stmt = conn.prepare(&sql)?;
@@ -327,13 +370,19 @@ impl CallHistory {
         Ok(u64::try_from(n).unwrap_or(0))
     }
 
-    /// The full record of a call, as it was inserted; `None` for an unknown call.
-    pub fn get(&self, call_id: &str) -> Result<Option<Value>, HistoryError> {
+    /// The full record of a call, as it was inserted; `None` for an unknown call. `key` is the
+    /// gateway's call id; a SIP Call-ID is taken too (the newest call that used it, since a
+    /// Call-ID is the caller's choice and need not be unique).
+    pub fn get(&self, key: &str) -> Result<Option<Value>, HistoryError> {
         let stored: Option<String> = self
             .conn()
             .query_row(
-                "SELECT record FROM calls WHERE call_id = ?1",
-                [call_id],
+                "SELECT record FROM calls WHERE id = ?1
+                 UNION ALL
+                 SELECT * FROM (SELECT record FROM calls WHERE call_id = ?1
+                     ORDER BY started_at_ms DESC, id DESC LIMIT 1)
+                 LIMIT 1",
+                [key],
                 |row| row.get(0),
             )
             .optional()?;
@@ -347,8 +396,8 @@ impl CallHistory {
         let tx = conn.transaction()?;
         // The foreign key cascades too; deleting explicitly does not depend on the pragma.
         tx.execute(
-            "DELETE FROM turns WHERE call_id IN
-                 (SELECT call_id FROM calls WHERE started_at_ms < ?1)",
+            "DELETE FROM turns WHERE id IN
+                 (SELECT id FROM calls WHERE started_at_ms < ?1)",
             [older_than_ms],
         )?;
         let calls = tx.execute(
@@ -404,7 +453,7 @@ impl CallHistory {
                 "SELECT t.intent,
                      MIN(MAX(CAST(t.confidence * 10 + 1e-9 AS INTEGER), 0), 9) AS bucket,
                      COUNT(*), SUM(t.confidence)
-                 FROM turns t JOIN calls c ON c.call_id = t.call_id{clause}{and}
+                 FROM turns t JOIN calls c ON c.id = t.id{clause}{and}
                      t.intent IS NOT NULL AND t.confidence IS NOT NULL
                  GROUP BY t.intent, bucket"
             ))?;
@@ -500,17 +549,18 @@ fn where_clause(filter: &CallFilter) -> (String, Vec<SqlValue>) {
 /// A [`CallSummary`] from a row of [`SUMMARY_COLUMNS`].
 fn summary_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<CallSummary> {
     Ok(CallSummary {
-        call_id: row.get(0)?,
-        started_at_ms: row.get(1)?,
-        duration_ms: u64::try_from(row.get::<_, i64>(2)?).unwrap_or(0),
-        from: row.get(3)?,
-        flow: row.get(4)?,
-        outcome: row.get(5)?,
-        escalated: row.get(6)?,
-        reason: row.get(7)?,
-        transfer_outcome: row.get(8)?,
-        turns: u32::try_from(row.get::<_, i64>(9)?).unwrap_or(u32::MAX),
-        ended_by: row.get(10)?,
+        id: row.get(0)?,
+        call_id: row.get(1)?,
+        started_at_ms: row.get(2)?,
+        duration_ms: u64::try_from(row.get::<_, i64>(3)?).unwrap_or(0),
+        from: row.get(4)?,
+        flow: row.get(5)?,
+        outcome: row.get(6)?,
+        escalated: row.get(7)?,
+        reason: row.get(8)?,
+        transfer_outcome: row.get(9)?,
+        turns: u32::try_from(row.get::<_, i64>(10)?).unwrap_or(u32::MAX),
+        ended_by: row.get(11)?,
     })
 }
 
@@ -524,6 +574,9 @@ fn summarise(started_at_ms: i64, record: &Value) -> Result<CallSummary, HistoryE
     let call_id = text(record, "call_id")
         .filter(|id| !id.is_empty())
         .ok_or(HistoryError::MissingCallId)?;
+    let id = text(record, "id")
+        .filter(|id| !id.is_empty())
+        .unwrap_or_else(|| call_id.clone());
     let turns = record.get("turns").and_then(Value::as_array);
     let outcome = text(record, "outcome");
     // The call's escalation; a record without one at the top (older shapes) may still carry
@@ -550,6 +603,7 @@ fn summarise(started_at_ms: i64, record: &Value) -> Result<CallSummary, HistoryE
         })
         .unwrap_or(0);
     Ok(CallSummary {
+        id,
         call_id,
         started_at_ms,
         duration_ms,
@@ -756,6 +810,7 @@ mod tests {
         assert_eq!(
             s,
             CallSummary {
+                id: "call-1".into(),
                 call_id: "call-1".into(),
                 started_at_ms: 1_700_000_000_000,
                 duration_ms: 12_345,
@@ -1012,7 +1067,7 @@ mod tests {
         let orphans: i64 = h
             .conn()
             .query_row(
-                "SELECT COUNT(*) FROM turns WHERE call_id NOT IN (SELECT call_id FROM calls)",
+                "SELECT COUNT(*) FROM turns WHERE id NOT IN (SELECT id FROM calls)",
                 [],
                 |row| row.get(0),
             )
@@ -1165,5 +1220,49 @@ mod tests {
         }
         // Left as it was.
         assert_eq!(user_version(&path), newer);
+    }
+
+    #[test]
+    fn calls_sharing_a_sip_call_id_are_two_calls() {
+        let h = CallHistory::open_in_memory().unwrap();
+        let mut first = record("dup@h", "billing", None, 1_000, &[("billing", 0.9)], None);
+        first["id"] = json!("gw-1");
+        let mut second = record("dup@h", "support", None, 2_000, &[("agent", 0.8)], None);
+        second["id"] = json!("gw-2");
+        h.insert(10, &first).unwrap();
+        h.insert(20, &second).unwrap();
+        let listed = h.list(&CallFilter::default()).unwrap();
+        assert_eq!(ids(&listed), ["dup@h", "dup@h"]);
+        let keys: Vec<&str> = listed.iter().map(|s| s.id.as_str()).collect();
+        assert_eq!(keys, ["gw-2", "gw-1"]);
+        assert_eq!(h.get("gw-1").unwrap(), Some(first));
+        // The Call-ID finds the newest call that used it.
+        assert_eq!(h.get("dup@h").unwrap(), Some(second));
+        assert_eq!(turn_rows_in_db(&h), 2);
+    }
+
+    #[test]
+    fn a_version_1_database_is_keyed_by_the_call_id_it_had() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("history.sqlite");
+        {
+            let mut conn = Connection::open(&path).unwrap();
+            crate::sqlite::migrate(&mut conn, &MIGRATIONS[..1], "call history").unwrap();
+            conn.execute(
+                "INSERT INTO calls VALUES ('old@h', 5, 6, 'sip:a@h', 'support', 'completed', 0,
+                     NULL, NULL, 1, 'caller', '{\"call_id\":\"old@h\"}')",
+                [],
+            )
+            .unwrap();
+            conn.execute("INSERT INTO turns VALUES ('old@h', 1, 'hours', 0.7)", [])
+                .unwrap();
+        }
+        let h = CallHistory::open(&path).unwrap();
+        let listed = h.list(&CallFilter::default()).unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!((listed[0].id.as_str(), listed[0].turns), ("old@h", 1));
+        assert_eq!(h.get("old@h").unwrap(), Some(json!({"call_id": "old@h"})));
+        assert_eq!(turn_rows_in_db(&h), 1);
+        assert_eq!(user_version(&path), MIGRATIONS.len() as i64);
     }
 }

@@ -321,3 +321,72 @@ fn sipp_cancel_during_setup_ends_cleanly_either_way() {
     }
     assert!(gw.alive());
 }
+
+/// Call-IDs are the caller's choice: `a@b` and `a_b` (one file name once made safe) and a
+/// second `a@b` are three calls, with three records and three recordings, each named by the
+/// gateway's own call id and carrying the Call-ID as data.
+#[test]
+fn colliding_call_ids_are_three_calls_with_three_recordings() {
+    if !have_sipp() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let recordings = dir.path().join("recordings");
+    let config = dir.path().join("gateway.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[recording]\nenabled = true\ndir = \"{}\"\n",
+            recordings.display()
+        ),
+    )
+    .unwrap();
+    let gw = Gateway::start_with(Some(&config), "42100-42199", &[]);
+    std::fs::write(dir.path().join("caller.raw"), vec![0xFFu8; 8000]).unwrap();
+    let call_ids = ["a@b", "a_b", "a@b"];
+    for (i, call_id) in call_ids.iter().enumerate() {
+        let media_port = (42000 + 20 * i).to_string();
+        let (code, screen) = sipp(
+            dir.path(),
+            gw.port,
+            "uac_speech.xml",
+            media_port.parse().unwrap(),
+            &["-d", "1000", "-cid_str", call_id],
+        );
+        assert_eq!(code, 0, "call {i} ({call_id}):\n{screen}");
+    }
+    let records = gw.records(3, Duration::from_secs(30));
+    assert_eq!(records.len(), 3, "one record per call: {records:#?}");
+    let mut ids: Vec<&str> = records.iter().filter_map(|r| r["id"].as_str()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 3, "three distinct gateway ids: {ids:?}");
+    let mut seen: Vec<&str> = records
+        .iter()
+        .filter_map(|r| r["call_id"].as_str())
+        .collect();
+    seen.sort_unstable();
+    assert_eq!(seen, ["a@b", "a@b", "a_b"]);
+    // Each record names its own recording, which exists, and no two share a file.
+    let mut files: Vec<String> = Vec::new();
+    for r in &records {
+        let file = r["recording"]["file"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no recording in {r:#}"));
+        assert!(
+            file.starts_with(r["id"].as_str().unwrap()),
+            "{file} is named by the gateway id"
+        );
+        assert!(recordings.join(file).is_file(), "{file} on disk");
+        files.push(file.to_string());
+    }
+    files.sort();
+    files.dedup();
+    assert_eq!(files.len(), 3);
+    let on_disk = std::fs::read_dir(&recordings)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "wav"))
+        .count();
+    assert_eq!(on_disk, 3);
+}

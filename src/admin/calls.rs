@@ -694,7 +694,7 @@ mod router_tests {
         let f = fixture(true);
         f.state
             .live
-            .start("x@h", "sip:bob@h", Some("support"), "support");
+            .start("x@h", "x@h", "sip:bob@h", Some("support"), "support");
         f.state.live.set_state("x@h", CallState::Bridged);
         let (status, v) = admin(
             &f.app,
@@ -743,6 +743,7 @@ mod router_tests {
         .await
         .expect("chat");
         let record = CallRecord {
+            id: "0190a1b2-0000-7000-8000-000000000001".into(),
             call_id: "done@h".into(),
             from: "sip:carol@h".into(),
             called: Some("support".into()),

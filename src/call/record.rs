@@ -13,6 +13,9 @@ use crate::sip::endpoint::EndReason;
 /// writes, plus the telephony facts.
 #[derive(Debug, Default, Serialize)]
 pub struct CallRecord {
+    /// The gateway's own call id ([`new_call_id`]): files and stores are named by it.
+    pub id: String,
+    /// The SIP Call-ID, as the caller chose it (data, not a key: two calls may share one).
     pub call_id: String,
     pub from: String,
     pub called: Option<String>,
@@ -269,6 +272,13 @@ impl CallEvent {
         }
         value
     }
+}
+
+/// A new gateway call id: a UUIDv7, unique without coordination and sorted by creation time,
+/// so files and listings named by it sort by call start. Unlike the SIP Call-ID, no peer
+/// chooses it, so it can name files and key stores.
+pub fn new_call_id() -> String {
+    uuid::Uuid::now_v7().hyphenated().to_string()
 }
 
 /// A call id as a file name stem (call records, recordings): anything but letters, digits, `-`

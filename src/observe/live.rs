@@ -33,6 +33,8 @@ pub enum CallState {
 /// One call in progress.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct LiveCall {
+    /// The gateway's own call id (the key: a SIP Call-ID is the caller's choice).
+    pub id: String,
     /// The SIP Call-ID.
     pub call_id: String,
     /// The caller (SIP From).
@@ -65,11 +67,12 @@ impl LiveCalls {
     }
 
     /// A call was answered: it starts with the bot.
-    pub fn start(&self, call_id: &str, from: &str, called: Option<&str>, flow: &str) {
+    pub fn start(&self, id: &str, call_id: &str, from: &str, called: Option<&str>, flow: &str) {
         let now = crate::handover::outbox::now_unix_ms();
         self.lock().insert(
-            call_id.to_string(),
+            id.to_string(),
             LiveCall {
+                id: id.to_string(),
                 call_id: call_id.to_string(),
                 from: from.to_string(),
                 called: called.map(str::to_string),
@@ -83,9 +86,9 @@ impl LiveCalls {
 
     /// The call moved to `state`; unknown calls (already ended) are ignored. Returns whether the
     /// call was known.
-    pub fn set_state(&self, call_id: &str, state: CallState) -> bool {
+    pub fn set_state(&self, id: &str, state: CallState) -> bool {
         let mut calls = self.lock();
-        match calls.get_mut(call_id) {
+        match calls.get_mut(id) {
             Some(call) => {
                 if call.state != state {
                     call.state = state;
@@ -98,8 +101,8 @@ impl LiveCalls {
     }
 
     /// The call ended.
-    pub fn end(&self, call_id: &str) {
-        self.lock().remove(call_id);
+    pub fn end(&self, id: &str) {
+        self.lock().remove(id);
     }
 
     /// Calls in progress.
@@ -117,7 +120,7 @@ impl LiveCalls {
         calls.sort_by(|a, b| {
             a.started_at_ms
                 .cmp(&b.started_at_ms)
-                .then_with(|| a.call_id.cmp(&b.call_id))
+                .then_with(|| a.id.cmp(&b.id))
         });
         calls
     }
@@ -130,8 +133,8 @@ mod tests {
     #[test]
     fn calls_come_change_state_and_go() {
         let live = LiveCalls::new();
-        live.start("a@h", "sip:alice@h", Some("support"), "support");
-        live.start("b@h", "sip:bob@h", None, "billing");
+        live.start("a@h", "a@h", "sip:alice@h", Some("support"), "support");
+        live.start("b@h", "b@h", "sip:bob@h", None, "billing");
         assert_eq!(live.len(), 2);
         assert!(live.set_state("a@h", CallState::RingingAgent));
         assert!(!live.set_state("zzz", CallState::Bridged));

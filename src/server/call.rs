@@ -92,6 +92,8 @@ pub enum AgentEvent {
 
 /// Everything a call task needs.
 pub struct CallSetup {
+    /// The gateway's own call id ([`crate::call::record::new_call_id`]).
+    pub id: String,
     pub call: IncomingCall,
     pub ports: RtpPorts,
     pub flow: Arc<Flow>,
@@ -145,6 +147,8 @@ struct AgentTranscriber {
 
 /// One call's state.
 struct CallTask {
+    /// The gateway's own call id (records, recordings and the live view are keyed by it).
+    id: String,
     call: IncomingCall,
     flow: Arc<Flow>,
     engines: Engines,
@@ -234,6 +238,7 @@ impl CallTask {
     /// Sets up the caller's media, the pipeline and the control core.
     fn start(setup: CallSetup) -> Result<(CallTask, CallIo), String> {
         let CallSetup {
+            id,
             call,
             ports,
             flow,
@@ -260,7 +265,7 @@ impl CallTask {
             .and_then(|s| s.try_clone().ok())
             .and_then(|s| UdpSocket::from_std(s).ok());
         let jitter_ms = (media_cfg.jitter_min_ms, media_cfg.jitter_max_ms);
-        let recording = (&engines.config.recording, call.call_id.as_str());
+        let recording = (&engines.config.recording, id.as_str());
         let caller = CallerLeg::start(
             &call.media,
             &ports.rtp,
@@ -312,6 +317,7 @@ impl CallTask {
             agent_lines,
         };
         let task = CallTask {
+            id,
             call,
             flow,
             engines,
@@ -405,7 +411,7 @@ impl CallTask {
             let state = live_state(self.control.phase());
             if state != self.live_reported {
                 self.live_reported = state;
-                self.live.set_state(&self.call.call_id, state);
+                self.live.set_state(&self.id, state);
             }
         }
         self.finish(io).await;
@@ -1081,6 +1087,7 @@ impl CallTask {
             None => (None, None),
         };
         let record = CallRecord {
+            id: self.id.clone(),
             call_id: self.call.call_id.clone(),
             from: self.call.from.clone(),
             called: self.call.called.clone(),
@@ -1212,7 +1219,7 @@ fn record_file_name(call_id: &str) -> String {
 }
 
 fn write_record(dir: &std::path::Path, record: &CallRecord) {
-    let path = dir.join(record_file_name(&record.call_id));
+    let path = dir.join(record_file_name(&record.id));
     let tmp = path.with_extension("json.tmp");
     let result = std::fs::create_dir_all(dir)
         .and_then(|()| {

@@ -632,7 +632,9 @@ impl Signalling {
                     None => flows.default_flow(),
                 };
                 let (control_tx, control_rx) = signal_queue();
+                let id = crate::call::record::new_call_id();
                 self.live.start(
+                    &id,
                     &call.call_id,
                     &call.from,
                     call.called.as_deref(),
@@ -640,6 +642,7 @@ impl Signalling {
                 );
                 crate::observe::metrics::global().calls_total.inc();
                 let setup = CallSetup {
+                    id: id.clone(),
                     history: self.history.clone(),
                     live: Arc::clone(&self.live),
                     deliverer: self.deliverer.clone(),
@@ -657,12 +660,12 @@ impl Signalling {
                 self.endpoint.accept(call.handle, local, now);
                 let handle = call.handle;
                 let done = self.inbound_tx.clone();
-                let span = tracing::info_span!("call", id = %handle, call_id = %call.call_id);
-                let (live, call_id) = (Arc::clone(&self.live), call.call_id.clone());
+                let span = tracing::info_span!("call", handle = %handle, id = %id, call_id = %call.call_id);
+                let live = Arc::clone(&self.live);
                 tokio::spawn(
                     async move {
                         call::run_call_media(setup).await;
-                        live.end(&call_id);
+                        live.end(&id);
                         let _ = done.send(Inbound::CallDone(handle)).await;
                     }
                     .instrument(span),
