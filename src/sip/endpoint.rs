@@ -24,6 +24,9 @@ use crate::sip::transaction::{
     InviteClientTransaction, ServerAction, ServerKind, ServerTransaction, T1, T2,
 };
 
+mod restore;
+pub use restore::LegSnapshot;
+
 /// Methods the gateway implements (the `Allow` header lists exactly these).
 pub const ALLOWED: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, UPDATE, INFO, NOTIFY";
 
@@ -343,6 +346,8 @@ pub struct SipEndpoint {
     /// Maps `Instant`s to wall-clock time for digest nonces.
     epoch: (Instant, SystemTime),
     draining: bool,
+    /// BYEs for dialogs a previous run left open ([`SipEndpoint::end_restored`]).
+    restored: Vec<restore::RestoredBye>,
 }
 
 fn random_token() -> String {
@@ -398,6 +403,7 @@ impl SipEndpoint {
             events: VecDeque::new(),
             epoch: (now, SystemTime::now()),
             draining: false,
+            restored: Vec::new(),
         }
     }
 
@@ -1037,6 +1043,9 @@ impl SipEndpoint {
             .values()
             .find(|c| c.bye_branch.as_deref() == Some(branch))
             .map(|c| c.handle);
+        if self.restored_response(branch, code, now) {
+            return;
+        }
         let Some(handle) = handle else {
             tracing::debug!(code, "response matches no transaction");
             return;
@@ -1668,11 +1677,15 @@ impl SipEndpoint {
                 p.cancel.as_ref().and_then(|c| c.next_timer()),
             ]
         });
-        txns.chain(calls.flatten()).chain(outbound.flatten()).min()
+        txns.chain(calls.flatten())
+            .chain(outbound.flatten())
+            .chain(self.restored_next_timer())
+            .min()
     }
 
     /// Runs every timer due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.restored_timers(now);
         let mut sends = Vec::new();
         self.transactions.retain(|_, entry| {
             if entry.txn.next_timer().is_some_and(|t| t <= now) {
