@@ -16,6 +16,7 @@ pub mod engines;
 pub mod flows;
 pub mod handover;
 pub mod history;
+pub mod journal;
 pub mod media;
 pub mod observe;
 pub mod pipeline;

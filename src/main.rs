@@ -95,6 +95,9 @@ enum Command {
         /// Write one JSON record per finished call here, overriding `[sip] report_dir`.
         #[arg(long, value_name = "DIR")]
         report_dir: Option<PathBuf>,
+        /// The journal of calls in progress, overriding `[sip] journal` ("" = none).
+        #[arg(long, value_name = "FILE")]
+        journal: Option<PathBuf>,
     },
     /// Validate the configuration and dialog files, then exit.
     CheckConfig,
@@ -141,7 +144,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             rtp_ports,
             max_calls,
             report_dir,
+            journal,
         } => {
+            if let Some(journal) = journal {
+                config.sip.journal = journal;
+            }
             if let Some(range) = rtp_ports {
                 let (lo, hi) = parse_port_range(&range)?;
                 config.media.rtp_port_min = lo;

@@ -105,6 +105,9 @@ pub enum EndedBy {
     Transferred,
     /// The gateway was stopping.
     Shutdown,
+    /// The gateway died during the call (a crash or `kill -9`); the next start closed it from
+    /// the journal of calls in progress.
+    Interrupted,
     /// The caller's RTP stopped for longer than `no_rtp_timeout_s`.
     NoRtpTimeout,
     /// The call's pipeline failed.
@@ -149,6 +152,7 @@ impl EndedBy {
             EndedBy::Agent => "agent",
             EndedBy::Transferred => "transferred",
             EndedBy::Shutdown => "shutdown",
+            EndedBy::Interrupted => "interrupted",
             EndedBy::NoRtpTimeout => "no_rtp_timeout",
             EndedBy::PipelineError => "pipeline_error",
             EndedBy::Cancelled => "cancelled",

@@ -60,6 +60,9 @@ pub struct SipConfig {
     pub auth: SipAuthConfig,
     /// Directory for one JSON record per finished call ("" = none).
     pub report_dir: PathBuf,
+    /// The journal of calls in progress, so a crash loses no call (see [`crate::journal`];
+    /// "" = none). One gateway per file.
+    pub journal: PathBuf,
 }
 
 impl Default for SipConfig {
@@ -72,6 +75,7 @@ impl Default for SipConfig {
             allow_from: Vec::new(),
             auth: SipAuthConfig::default(),
             report_dir: PathBuf::new(),
+            journal: PathBuf::from("data/calls-in-progress.sqlite3"),
         }
     }
 }

@@ -94,6 +94,8 @@ pub enum AgentEvent {
 pub struct CallSetup {
     /// The gateway's own call id ([`crate::call::record::new_call_id`]).
     pub id: String,
+    /// The journal of calls in progress, when there is one.
+    pub journal: Option<crate::journal::JournalWriter>,
     pub call: IncomingCall,
     pub ports: RtpPorts,
     pub flow: Arc<Flow>,
@@ -149,6 +151,10 @@ struct AgentTranscriber {
 struct CallTask {
     /// The gateway's own call id (records, recordings and the live view are keyed by it).
     id: String,
+    /// Where the call's progress is journaled, so a crash does not lose it.
+    journal: Option<crate::journal::JournalWriter>,
+    /// The escalation the bot decided on, once it did.
+    escalation: Option<crate::dialog::escalation::Escalation>,
     call: IncomingCall,
     flow: Arc<Flow>,
     engines: Engines,
@@ -239,6 +245,7 @@ impl CallTask {
     fn start(setup: CallSetup) -> Result<(CallTask, CallIo), String> {
         let CallSetup {
             id,
+            journal,
             call,
             ports,
             flow,
@@ -318,6 +325,8 @@ impl CallTask {
         };
         let task = CallTask {
             id,
+            journal,
+            escalation: None,
             call,
             flow,
             engines,
@@ -645,7 +654,10 @@ impl CallTask {
             }
             CallOutput::Decision(decision) => self.on_decision(decision),
             // Kept for the hand-over context.
-            CallOutput::Turn(turn) => self.turns.push(*turn),
+            CallOutput::Turn(turn) => {
+                self.turns.push(*turn);
+                self.journal_progress();
+            }
         }
     }
 
@@ -657,9 +669,32 @@ impl CallTask {
                 let team = self.flow.dialog.prompts().team(&e.skill);
                 self.control
                     .escalate(Instant::now(), SystemTime::now(), &e, team, &targets);
+                self.escalation = Some(e);
+                self.journal_progress();
             }
             BotDecision::Finish => self.control.bot_finished(),
         }
+    }
+
+    /// Journals the call as far as it got (see [`crate::journal`]): what a crash must not
+    /// lose. Fields as in the final record.
+    fn journal_progress(&self) {
+        let Some(journal) = &self.journal else {
+            return;
+        };
+        let record = serde_json::json!({
+            "id": self.id,
+            "call_id": self.call.call_id,
+            "from": self.call.from,
+            "called": self.call.called,
+            "flow": self.flow.name,
+            "turns": self.turns,
+            "escalation": self.escalation,
+            "outcome": self.escalation.as_ref().map(|_| "escalated"),
+        });
+        let started = crate::journal::now_ms()
+            - i64::try_from(self.started.elapsed().as_millis()).unwrap_or(0);
+        journal.record(&self.id, started, record);
     }
 
     /// A line of the live transcript after the hand-over.
@@ -1005,7 +1040,12 @@ impl CallTask {
                 };
                 tracing::info!(summary = %ctx.summary.replace('\n', " | "), "hand-over context");
                 match to_json("hand-over context", &ctx) {
-                    Some(data) => data,
+                    Some(data) => {
+                        if let Some(journal) = &self.journal {
+                            journal.context(&self.id, data.clone());
+                        }
+                        data
+                    }
                     None => {
                         self.control.webhook_settled(Instant::now(), false);
                         return;
@@ -1110,11 +1150,18 @@ impl CallTask {
             "call finished"
         );
         if let Some(dir) = &self.report_dir {
-            write_record(dir, &record);
+            write_record(dir, &record.id, &record);
         }
         // Metrics, and the history (its SQLite write runs on a blocking thread).
-        let _ =
+        let stored =
             crate::observe::finished::on_call_finished(self.history, self.started_wall, &record);
+        // Stored: the journal may forget the call (a crash before this point recovers it).
+        if let Some(journal) = &self.journal {
+            if let Some(stored) = stored {
+                let _ = tokio::time::timeout(Duration::from_secs(10), stored).await;
+            }
+            journal.finish(&self.id);
+        }
     }
 }
 
@@ -1218,8 +1265,9 @@ fn record_file_name(call_id: &str) -> String {
     format!("{}.json", super::call_file_stem(call_id))
 }
 
-fn write_record(dir: &std::path::Path, record: &CallRecord) {
-    let path = dir.join(record_file_name(&record.id));
+/// Writes a call's record as `{id}.json` in `dir` (atomically: a reader never sees half).
+pub(super) fn write_record(dir: &std::path::Path, id: &str, record: &impl serde::Serialize) {
+    let path = dir.join(record_file_name(id));
     let tmp = path.with_extension("json.tmp");
     let result = std::fs::create_dir_all(dir)
         .and_then(|()| {

@@ -13,6 +13,7 @@ mod event_poster;
 pub mod pacer;
 mod ports;
 pub mod recording;
+mod recover;
 pub mod signal_queue;
 mod speech_log;
 pub mod transfer;
@@ -36,6 +37,7 @@ use crate::handover::feedback::FeedbackStore;
 use crate::handover::hub::HandoverHub;
 use crate::handover::outbox::{spawn_deliverer, DelivererHandle, Outbox};
 use crate::history::CallHistory;
+use crate::journal::{CallJournal, JournalWriter};
 use crate::observe::live::LiveCalls;
 use crate::observe::readiness::Readiness;
 use crate::pipeline::Engines;
@@ -266,7 +268,7 @@ impl Server {
         });
         let allow =
             AllowList::parse(&sip.allow_from).map_err(|e| ServeError::Config(e.to_string()))?;
-        let endpoint = SipEndpoint::new(
+        let mut endpoint = SipEndpoint::new(
             EndpointConfig {
                 max_calls: sip.max_calls,
                 min_session_expires: sip.min_session_expires,
@@ -325,7 +327,24 @@ impl Server {
                 }
             }));
         }
+        let journal = match open_journal(&sip.journal) {
+            Some(journal) => {
+                let sinks = recover::Sinks {
+                    report_dir: self.report_dir.as_deref(),
+                    history: history.clone(),
+                    deliverer: deliverer.clone(),
+                };
+                let n = recover::recover(Arc::clone(&journal), &mut endpoint, sinks).await;
+                if n > 0 {
+                    tracing::warn!(calls = n, "closed the calls the previous run left open");
+                }
+                Some(JournalWriter::start(journal)?)
+            }
+            None => None,
+        };
         let signalling = Signalling {
+            journal,
+            ids: HashMap::new(),
             endpoint,
             udp: self.udp,
             local: self.local,
@@ -356,8 +375,30 @@ impl Server {
     }
 }
 
+/// Opens the journal of calls in progress ("" = none). One held by another running gateway
+/// is left to it (logged): this gateway then runs without crash recovery.
+fn open_journal(path: &std::path::Path) -> Option<Arc<CallJournal>> {
+    if path.as_os_str().is_empty() {
+        return None;
+    }
+    match CallJournal::open(path) {
+        Ok(journal) => {
+            tracing::info!(journal = %path.display(), "journal of calls in progress open");
+            Some(Arc::new(journal))
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "no journal of calls in progress: a crash would lose the calls in progress");
+            None
+        }
+    }
+}
+
 /// The signalling task's state.
 struct Signalling {
+    /// The journal of calls in progress (their open legs are journaled here).
+    journal: Option<JournalWriter>,
+    /// Answered callers' calls -> the gateway's call id.
+    ids: HashMap<CallHandle, String>,
     endpoint: SipEndpoint,
     udp: Option<Arc<UdpSocket>>,
     local: SocketAddr,
@@ -488,6 +529,7 @@ impl Signalling {
             Inbound::Hangup(handle) => self.endpoint.hangup(handle, Instant::now()),
             Inbound::CallDone(handle) => {
                 self.calls.remove(&handle);
+                self.ids.remove(&handle);
                 // Nothing is left dangling: an agent leg of a finished call is ended too.
                 self.end_agent_legs(handle, Instant::now());
             }
@@ -499,6 +541,34 @@ impl Signalling {
                 let result = self.refer(&req);
                 let _ = req.reply.send(result);
             }
+        }
+    }
+
+    /// Journals how to end `leg` (the caller's own, or an agent leg of `caller`'s call).
+    fn journal_leg(&self, caller: CallHandle, leg: CallHandle) {
+        let (Some(journal), Some(id)) = (&self.journal, self.ids.get(&caller)) else {
+            return;
+        };
+        let Some(snapshot) = self.endpoint.leg_snapshot(leg) else {
+            return;
+        };
+        let name = if leg == caller {
+            crate::journal::CALLER_LEG.to_string()
+        } else {
+            crate::journal::agent_leg(leg.0)
+        };
+        journal.leg(id, &name, snapshot);
+    }
+
+    /// `leg` ended: nothing of it is left to end after a crash.
+    fn journal_leg_ended(&self, leg: CallHandle) {
+        let Some(journal) = &self.journal else {
+            return;
+        };
+        if let Some(id) = self.legs.get(&leg).and_then(|c| self.ids.get(c)) {
+            journal.drop_leg(id, &crate::journal::agent_leg(leg.0));
+        } else if let Some(id) = self.ids.get(&leg) {
+            journal.drop_leg(id, crate::journal::CALLER_LEG);
         }
     }
 
@@ -546,6 +616,7 @@ impl Signalling {
             Instant::now(),
         );
         self.legs.insert(handle, req.caller);
+        self.journal_leg(req.caller, handle);
         Ok((handle, ports))
     }
 
@@ -641,7 +712,9 @@ impl Signalling {
                     &flow.name,
                 );
                 crate::observe::metrics::global().calls_total.inc();
+                let flow_name = flow.name.clone();
                 let setup = CallSetup {
+                    journal: self.journal.clone(),
                     id: id.clone(),
                     history: self.history.clone(),
                     live: Arc::clone(&self.live),
@@ -658,6 +731,21 @@ impl Signalling {
                 };
                 self.calls.insert(call.handle, control_tx);
                 self.endpoint.accept(call.handle, local, now);
+                self.ids.insert(call.handle, id.clone());
+                if let Some(journal) = &self.journal {
+                    journal.record(
+                        &id,
+                        crate::journal::now_ms(),
+                        serde_json::json!({
+                            "id": id,
+                            "call_id": call.call_id,
+                            "from": call.from,
+                            "called": call.called,
+                            "flow": flow_name,
+                        }),
+                    );
+                    self.journal_leg(call.handle, call.handle);
+                }
                 let handle = call.handle;
                 let done = self.inbound_tx.clone();
                 let span = tracing::info_span!("call", handle = %handle, id = %id, call_id = %call.call_id);
@@ -682,15 +770,20 @@ impl Signalling {
                 }
             }
             Event::OutboundAnswered(agent, media) => match self.legs.get(&agent).copied() {
-                Some(caller) if self.calls.contains_key(&caller) => self.control(
-                    caller,
-                    CallSignal::Agent(AgentEvent::Answered(agent, media)),
-                ),
+                Some(caller) if self.calls.contains_key(&caller) => {
+                    // Now a dialog: a BYE, no longer a CANCEL, ends it.
+                    self.journal_leg(caller, agent);
+                    self.control(
+                        caller,
+                        CallSignal::Agent(AgentEvent::Answered(agent, media)),
+                    )
+                }
                 // The caller is gone: the agent leg has nothing to bridge.
                 _ => self.endpoint.hangup(agent, now),
             },
             Event::Refer(handle, progress) => self.control(handle, CallSignal::Refer(progress)),
             Event::CallEnded(handle, reason) => {
+                self.journal_leg_ended(handle);
                 if let Some(caller) = self.legs.remove(&handle) {
                     self.control(caller, CallSignal::Agent(AgentEvent::Ended(handle, reason)));
                     return;

@@ -54,8 +54,16 @@ pub fn spawn_serve(
     if let Some(config) = config {
         command.arg("--config").arg(config);
     }
+    command.args(["serve", "--rtp-ports", rtp_ports]);
+    if !args.iter().any(|a| *a == "--sip") {
+        command.args(["--sip", "127.0.0.1:0"]);
+    }
+    // Gateways run in parallel from one working directory: none shares the default journal
+    // (tests of crash recovery pass their own).
+    if !args.iter().any(|a| *a == "--journal") {
+        command.args(["--journal", ""]);
+    }
     let mut child = command
-        .args(["serve", "--sip", "127.0.0.1:0", "--rtp-ports", rtp_ports])
         .args(args)
         .env("RUST_LOG", "voicebot_gateway=info,warn")
         .env_remove("VOICEBOT_ADMIN_TOKEN")
@@ -148,6 +156,13 @@ impl Gateway {
 
     pub fn alive(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Kills the gateway at once (SIGKILL, as a crash would end it) and waits for it to go.
+    #[allow(dead_code)]
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// The call records written so far, waiting up to `wait` for at least `n`.
