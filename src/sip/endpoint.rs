@@ -17,6 +17,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::media::codec::Codec;
 use crate::sip::auth::{AllowList, AuthError, DigestAuthenticator};
+use crate::sip::escape::escaped;
 use crate::sip::message::{parse_sip_uri, split_list, uri_of, Method, ParseError, SipMessage};
 use crate::sip::sdp::{self, LocalMedia, MediaOffer, Negotiated};
 use crate::sip::transaction::{
@@ -637,7 +638,7 @@ impl SipEndpoint {
         );
         let local_tag = random_token();
         let reject = |ep: &mut Self, code: u16, extra: &[(&str, String)], why: &str| {
-            tracing::info!(peer = %peer.addr, call_id = msg.call_id().unwrap_or(""), code, why, "call rejected");
+            tracing::info!(peer = %peer.addr, call_id = %escaped(msg.call_id().unwrap_or("")), code, why, "call rejected");
             let mut resp = ep.response(&msg, code, Some(&local_tag));
             for (name, value) in extra {
                 resp.push(name, value.clone());
@@ -748,8 +749,8 @@ impl SipEndpoint {
         }
         self.respond_in(&key, ringing, now);
         tracing::info!(
-            call = %handle, %call_id, peer = %peer.addr, codec = %media.codec,
-            called = called.as_deref().unwrap_or(""), "incoming call"
+            call = %handle, call_id = %escaped(&call_id), peer = %peer.addr, codec = %media.codec,
+            called = %escaped(called.as_deref().unwrap_or("")), "incoming call"
         );
         self.events
             .push_back(Event::IncomingCall(Box::new(IncomingCall {
@@ -957,7 +958,7 @@ impl SipEndpoint {
         let bytes = refer.to_bytes();
         let txn = ClientTransaction::new(bytes.clone(), call.peer.transport.is_reliable(), now);
         call.refer = Some((branch, txn));
-        tracing::info!(call = %handle, %refer_to, "sending REFER");
+        tracing::info!(call = %handle, refer_to = %escaped(refer_to), "sending REFER");
         self.send_in_dialog(handle, bytes);
         true
     }
@@ -1096,7 +1097,7 @@ impl SipEndpoint {
         let bytes = invite.to_bytes();
         let txn =
             InviteClientTransaction::new(bytes.clone(), call.peer.transport.is_reliable(), now);
-        tracing::info!(call = %handle, %call_id, target = %call.target, peer = %call.peer.addr, "placing call");
+        tracing::info!(call = %handle, call_id = %escaped(&call_id), target = %escaped(&call.target), peer = %call.peer.addr, "placing call");
         self.outbound.insert(
             handle,
             PendingOutbound {
