@@ -263,6 +263,8 @@ impl Server {
                     .map(|u| (u.user.clone(), u.password.clone()))
                     .collect(),
                 nonce_ttl: Duration::from_secs(sip.auth.nonce_ttl_s),
+                max_failures: sip.auth.max_failures,
+                failure_window: Duration::from_secs(sip.auth.failure_window_s),
             })
         });
         let allow =

@@ -660,20 +660,43 @@ impl SipEndpoint {
             return reject(self, 483, &[], "Max-Forwards is 0");
         }
         let mut user = None;
-        if let Some(auth) = &self.auth {
-            let wall = self.wall_clock(now);
-            let result = match msg.header("Authorization") {
-                Some(h) => auth.verify("INVITE", h, wall),
-                None => Err(AuthError::MissingParam("Authorization")),
+        let wall = self.wall_clock(now);
+        if let Some(auth) = self.auth.as_mut() {
+            let checked = auth.check(
+                peer.addr.ip(),
+                "INVITE",
+                uri,
+                msg.header("Authorization"),
+                wall,
+            );
+            // One log line per burst of guesses (the authenticator says which), not per guess.
+            match (&checked.result, checked.log) {
+                (Ok(_), _) => {}
+                (Err(e), true) => {
+                    tracing::info!(peer = %peer.addr, error = %e, "digest authentication refused")
+                }
+                (Err(e), false) => {
+                    tracing::debug!(peer = %peer.addr, error = %e, "digest authentication needed")
+                }
+            }
+            let challenges = match &checked.result {
+                Ok(_) | Err(AuthError::Throttled { .. }) => None,
+                Err(e) => Some(auth.challenges(wall, matches!(e, AuthError::StaleNonce))),
             };
-            match result {
-                Ok(name) => user = Some(name),
-                Err(e) => {
-                    let stale = matches!(e, AuthError::StaleNonce);
-                    let challenge = auth.challenge(wall, stale);
-                    tracing::info!(peer = %peer.addr, error = %e, "digest authentication needed");
+            match (checked.result, challenges) {
+                (Ok(name), _) => user = Some(name),
+                (Err(AuthError::Throttled { retry_after_s }), _) => {
+                    // Refused without a password check until the source's window ends.
+                    let mut resp = self.response(&msg, 403, Some(&local_tag));
+                    resp.push("Retry-After", retry_after_s.to_string());
+                    self.respond_in(&key, resp, now);
+                    return;
+                }
+                (Err(_), challenges) => {
                     let mut resp = self.response(&msg, 401, Some(&local_tag));
-                    resp.push("WWW-Authenticate", challenge);
+                    for challenge in challenges.into_iter().flatten() {
+                        resp.push("WWW-Authenticate", challenge);
+                    }
                     self.respond_in(&key, resp, now);
                     return;
                 }
@@ -2731,6 +2754,8 @@ From: {};tag=agent1\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: 2 BYE\r\nMax-Forwards: 70\
             realm: "voicebot".into(),
             users: vec![("trunk".into(), "secret".into())],
             nonce_ttl: Duration::from_secs(300),
+            max_failures: 10,
+            failure_window: Duration::from_secs(60),
         });
         let mut ep = SipEndpoint::new(
             EndpointConfig::default(),
