@@ -1134,6 +1134,9 @@ async fn serve_tcp(
     limits: TcpLimits,
     permit: Option<ConnPermit>,
 ) {
+    // Responses go out as they are made (100 Trying, then the final one): without this,
+    // Nagle holds the second until the peer's delayed ACK, some 40 ms per request.
+    let _ = stream.set_nodelay(true);
     let (reader, writer) = stream.into_split();
     let (write_tx, write_rx) = mpsc::unbounded_channel::<Vec<u8>>();
     let queued = Arc::new(AtomicUsize::new(0));
