@@ -33,6 +33,48 @@ const MAX_BODY: usize = 64 * 1024;
 
 pub use crate::config::http::HttpConfig;
 
+/// Serves `app` on `listener` as `axum::serve` does, with two limits it lacks: a connection
+/// that has not sent a request's complete headers within `header_timeout` (the first request's
+/// or, on a kept-alive connection, the next one's) is closed, so slowloris clients cannot hold
+/// connections open; and at most `max_connections` are served at once, more waiting in the
+/// listen backlog until one ends. Runs until the task is dropped.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    header_timeout: Duration,
+    max_connections: usize,
+) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(max_connections.max(1)));
+    loop {
+        // The semaphore is never closed, so this waits for a slot and never fails.
+        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+            return;
+        };
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of file descriptors and the like: wait instead of spinning.
+                tracing::warn!(error = %e, "HTTP accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        tokio::spawn(async move {
+            let _slot = slot;
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .with_upgrades();
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "HTTP connection ended");
+            }
+        });
+    }
+}
+
 /// What the handlers share.
 pub struct WebState {
     pub hub: Arc<HandoverHub>,

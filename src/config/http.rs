@@ -29,6 +29,11 @@ pub struct HttpConfig {
     pub history_retention_days: u32,
     /// A bearer token for `/metrics` and `/readyz`; empty: open (as scrapers expect).
     pub metrics_token: String,
+    /// A connection that has not sent a request's complete headers within this many seconds
+    /// is closed (slowloris); at most `max_connections` are served at once (more wait in the
+    /// listen backlog).
+    pub header_timeout_s: u64,
+    pub max_connections: usize,
 }
 
 impl std::fmt::Debug for HttpConfig {
@@ -52,6 +57,8 @@ impl std::fmt::Debug for HttpConfig {
             .field("history_database", &self.history_database)
             .field("history_retention_days", &self.history_retention_days)
             .field("metrics_token", &masked(&self.metrics_token))
+            .field("header_timeout_s", &self.header_timeout_s)
+            .field("max_connections", &self.max_connections)
             .finish()
     }
 }
@@ -79,6 +86,8 @@ impl Default for HttpConfig {
             history_database: PathBuf::from("data/history.sqlite3"),
             history_retention_days: 90,
             metrics_token: String::new(),
+            header_timeout_s: 10,
+            max_connections: 512,
         }
     }
 }
@@ -150,6 +159,12 @@ impl HttpConfig {
             return Some((
                 "admin_token_file",
                 "must name a file (where a generated admin token is written)".into(),
+            ));
+        }
+        if self.header_timeout_s == 0 || self.max_connections == 0 {
+            return Some((
+                "header_timeout_s",
+                "header_timeout_s and max_connections must be at least 1".into(),
             ));
         }
         if self.history_retention_days > 36_500 {

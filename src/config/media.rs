@@ -32,6 +32,10 @@ pub struct SipAuthConfig {
     pub users: Vec<SipUser>,
     /// How long a challenge's nonce stays valid, seconds.
     pub nonce_ttl_s: u64,
+    /// Failed digest attempts from one source address within `failure_window_s` after which
+    /// its INVITEs get 403 with Retry-After, without a password check, until the window ends.
+    pub max_failures: u32,
+    pub failure_window_s: u64,
 }
 
 impl Default for SipAuthConfig {
@@ -40,6 +44,8 @@ impl Default for SipAuthConfig {
             realm: "voicebot".into(),
             users: Vec::new(),
             nonce_ttl_s: 60,
+            max_failures: 10,
+            failure_window_s: 60,
         }
     }
 }
@@ -63,6 +69,14 @@ pub struct SipConfig {
     /// The journal of calls in progress, so a crash loses no call (see [`crate::journal`];
     /// "" = none). One gateway per file.
     pub journal: PathBuf,
+    /// SIP over TCP: open connections at most, in total and per source address (more are
+    /// closed as they are accepted); a connection whose message has not completed within
+    /// `tcp_header_timeout_s` of its first byte, or that sends nothing for
+    /// `tcp_idle_timeout_s`, is closed.
+    pub tcp_max_connections: usize,
+    pub tcp_max_connections_per_source: usize,
+    pub tcp_header_timeout_s: u64,
+    pub tcp_idle_timeout_s: u64,
 }
 
 impl Default for SipConfig {
@@ -76,6 +90,10 @@ impl Default for SipConfig {
             auth: SipAuthConfig::default(),
             report_dir: PathBuf::new(),
             journal: PathBuf::from("data/calls-in-progress.sqlite3"),
+            tcp_max_connections: 1024,
+            tcp_max_connections_per_source: 32,
+            tcp_header_timeout_s: 10,
+            tcp_idle_timeout_s: 300,
         }
     }
 }
@@ -153,6 +171,27 @@ impl SipConfig {
         }
         if self.auth.nonce_ttl_s < 10 {
             return bad("sip.auth.nonce_ttl_s", "must be at least 10 seconds");
+        }
+        if self.auth.max_failures == 0 || self.auth.failure_window_s == 0 {
+            return bad(
+                "sip.auth.max_failures",
+                "max_failures and failure_window_s must be at least 1",
+            );
+        }
+        if self.tcp_max_connections == 0
+            || self.tcp_max_connections_per_source == 0
+            || self.tcp_max_connections_per_source > self.tcp_max_connections
+        {
+            return bad(
+                "sip.tcp_max_connections_per_source",
+                "TCP connection caps must be at least 1, the per-source one at most the total",
+            );
+        }
+        if self.tcp_header_timeout_s == 0 || self.tcp_idle_timeout_s < self.tcp_header_timeout_s {
+            return bad(
+                "sip.tcp_header_timeout_s",
+                "must be at least 1 second and at most tcp_idle_timeout_s",
+            );
         }
         Ok(())
     }

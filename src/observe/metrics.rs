@@ -86,6 +86,9 @@ pub struct Metrics {
     pub prompt_cache_misses: Counter,
     pub prompt_cache_units: Gauge,
     pub prompt_cache_kept: Gauge,
+    /// Requests and connections refused by a limit (`reason`: `tcp_total`, `tcp_per_source`,
+    /// `tcp_header_timeout`, `tcp_write_backlog`, `auth_throttled`).
+    pub refused: Family<ReasonLabel, Counter>,
 }
 
 impl Metrics {
@@ -117,6 +120,7 @@ impl Metrics {
         let prompt_cache_misses = Counter::default();
         let prompt_cache_units = Gauge::default();
         let prompt_cache_kept = Gauge::default();
+        let refused = Family::<ReasonLabel, Counter>::default();
         registry.register(
             "voicebot_calls_active",
             "Calls in progress (answered by the bot, in transfer or bridged)",
@@ -202,6 +206,11 @@ impl Metrics {
             "Fixed-prompt units kept ready in the prompt cache (never evicted)",
             prompt_cache_kept.clone(),
         );
+        registry.register(
+            "voicebot_refused",
+            "Requests and connections refused by a limit, by reason",
+            refused.clone(),
+        );
         Metrics {
             registry,
             calls_active,
@@ -221,6 +230,7 @@ impl Metrics {
             prompt_cache_misses,
             prompt_cache_units,
             prompt_cache_kept,
+            refused,
         }
     }
 
@@ -231,6 +241,16 @@ impl Metrics {
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }
+}
+
+/// Counts one refusal by a limit under `reason` (see [`Metrics::refused`]).
+pub fn refused(reason: &str) {
+    global()
+        .refused
+        .get_or_create(&ReasonLabel {
+            reason: reason.to_string(),
+        })
+        .inc();
 }
 
 /// The process's metrics.

@@ -21,13 +21,13 @@ pub mod transfer;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tracing::Instrument;
 
 use crate::admin::AdminState;
@@ -45,6 +45,7 @@ use crate::sip::auth::{AllowList, DigestAuthenticator, DigestConfig};
 use crate::sip::endpoint::{
     CallHandle, EndpointConfig, Event, OutboundCall, Peer, SipEndpoint, Transmit, Transport,
 };
+use crate::sip::escape::escaped;
 use crate::sip::message::{StreamFramer, MAX_MESSAGE_BYTES};
 use crate::sip::sdp::LocalMedia;
 use call::{AgentEvent, CallSetup, CallSignal};
@@ -80,7 +81,7 @@ enum Inbound {
     },
     TcpOpened {
         conn: u64,
-        writer: mpsc::Sender<Vec<u8>>,
+        writer: TcpWriter,
     },
     TcpClosed {
         conn: u64,
@@ -264,6 +265,8 @@ impl Server {
                     .map(|u| (u.user.clone(), u.password.clone()))
                     .collect(),
                 nonce_ttl: Duration::from_secs(sip.auth.nonce_ttl_s),
+                max_failures: sip.auth.max_failures,
+                failure_window: Duration::from_secs(sip.auth.failure_window_s),
             })
         });
         let allow =
@@ -280,8 +283,14 @@ impl Server {
             Instant::now(),
         );
         let (inbound_tx, inbound_rx) = mpsc::channel(1024);
+        let tcp_limits = TcpLimits::from_config(sip);
         if let Some(listener) = self.tcp {
-            tokio::spawn(accept_tcp(listener, self.local, inbound_tx.clone()));
+            tokio::spawn(accept_tcp(
+                listener,
+                self.local,
+                inbound_tx.clone(),
+                tcp_limits,
+            ));
         }
         let ports = PortPool::new(config.media.rtp_port_min, config.media.rtp_port_max);
         let pacer = Pacer::start()?;
@@ -321,11 +330,12 @@ impl Server {
                 .with_outbox(deliverer.as_ref().map(|d| Arc::clone(d.outbox())))
                 .with_metrics_token(Some(config.http.metrics_token.clone()));
             let app = crate::web::router(h.state, Some(Arc::new(admin)));
-            background.push(tokio::spawn(async move {
-                if let Err(e) = axum::serve(h.listener, app).await {
-                    tracing::error!(error = %e, "the HTTP server stopped");
-                }
-            }));
+            background.push(tokio::spawn(crate::web::serve(
+                h.listener,
+                app,
+                Duration::from_secs(config.http.header_timeout_s.clamp(1, 86_400)),
+                config.http.max_connections,
+            )));
         }
         let journal = match open_journal(&sip.journal) {
             Some(journal) => {
@@ -355,6 +365,7 @@ impl Server {
             ports,
             report_dir: self.report_dir,
             local_ips: HashMap::new(),
+            tcp_limits,
             pacer,
             legs: HashMap::new(),
             deliverer: deliverer.clone(),
@@ -402,7 +413,7 @@ struct Signalling {
     endpoint: SipEndpoint,
     udp: Option<Arc<UdpSocket>>,
     local: SocketAddr,
-    tcp_writers: HashMap<u64, mpsc::Sender<Vec<u8>>>,
+    tcp_writers: HashMap<u64, TcpWriter>,
     calls: HashMap<CallHandle, SignalSender>,
     inbound_tx: mpsc::Sender<Inbound>,
     engines: Engines,
@@ -410,6 +421,8 @@ struct Signalling {
     report_dir: Option<PathBuf>,
     /// Our address as seen from each remote IP, when listening on a wildcard address.
     local_ips: HashMap<IpAddr, IpAddr>,
+    /// Deadlines for the TCP connections we open ourselves.
+    tcp_limits: TcpLimits,
     /// Sends every call's RTP on time.
     pacer: Pacer,
     /// Agent legs we placed -> the caller's call they belong to.
@@ -521,6 +534,9 @@ impl Signalling {
                     .handle_bytes(peer, local.ip(), &bytes, Instant::now());
             }
             Inbound::TcpOpened { conn, writer } => {
+                // Belt and braces: a connection whose close notice was lost (see `ConnGuard`)
+                // has no writer task any more; its entry goes here.
+                self.tcp_writers.retain(|_, w| !w.is_closed());
                 self.tcp_writers.insert(conn, writer);
             }
             Inbound::TcpClosed { conn } => {
@@ -656,11 +672,24 @@ impl Signalling {
             }
             Transport::Tcp(conn) => {
                 let sent = match self.tcp_writers.get(&conn) {
-                    Some(w) => w.try_send(t.bytes.clone()).is_ok(),
-                    None => false,
+                    Some(w) => w.send(t.bytes.clone()),
+                    None => Err(WriteRefused::Closed),
                 };
-                if sent {
-                    return;
+                match sent {
+                    Ok(()) => return,
+                    Err(WriteRefused::Closed) => {
+                        self.tcp_writers.remove(&conn);
+                    }
+                    Err(WriteRefused::Backlog) => {
+                        // The peer does not read what we send (or pipelines faster than it
+                        // reads): close the connection rather than queue without bound or
+                        // drop a response and go on (Kamailio's tcp_conn_wq_max).
+                        tracing::warn!(to = %t.to.addr, "TCP peer not reading its responses; closing the connection");
+                        crate::observe::metrics::refused("tcp_write_backlog");
+                        if let Some(w) = self.tcp_writers.remove(&conn) {
+                            w.close();
+                        }
+                    }
                 }
                 match t.reconnect {
                     // The caller closed the connection (idle phones do): a request of ours goes
@@ -672,6 +701,7 @@ impl Signalling {
                             t.bytes,
                             self.local,
                             self.inbound_tx.clone(),
+                            self.tcp_limits,
                         ));
                     }
                     None => {
@@ -748,7 +778,7 @@ impl Signalling {
                 }
                 let handle = call.handle;
                 let done = self.inbound_tx.clone();
-                let span = tracing::info_span!("call", handle = %handle, id = %id, call_id = %call.call_id);
+                let span = tracing::info_span!("call", handle = %handle, id = %id, call_id = %escaped(&call.call_id));
                 let live = Arc::clone(&self.live);
                 tokio::spawn(
                     async move {
@@ -880,6 +910,7 @@ async fn connect_and_send(
     bytes: Vec<u8>,
     local: SocketAddr,
     inbound: mpsc::Sender<Inbound>,
+    limits: TcpLimits,
 ) {
     let connect = tokio::time::timeout(Duration::from_secs(3), TcpStream::connect(target));
     let mut stream = match connect.await {
@@ -899,11 +930,254 @@ async fn connect_and_send(
     }
     let conn = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
     let local = stream.local_addr().unwrap_or(local);
-    serve_tcp(stream, conn, target, local, inbound).await;
+    // Connections we open are not counted against the accept caps: the dialogs bound them.
+    serve_tcp(stream, conn, target, local, inbound, limits, None).await;
 }
 
-/// Accepts TCP connections; each gets a reader task (framing) and a writer task.
-async fn accept_tcp(listener: TcpListener, local: SocketAddr, inbound: mpsc::Sender<Inbound>) {
+/// Bytes queued for one TCP connection's writer at most. A peer that pipelines requests but
+/// does not read the responses (or reads slower than it sends) reaches it, and its connection
+/// is closed: responses are never dropped while the connection stays open, and memory per
+/// connection stays bounded (Kamailio's `tcp_conn_wq_max` plays the same part).
+const TCP_WRITE_BACKLOG_BYTES: usize = 4 * MAX_MESSAGE_BYTES;
+
+/// The limits on SIP over TCP (`[sip] tcp_*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct TcpLimits {
+    max_total: usize,
+    max_per_source: usize,
+    /// A message must complete within this of its first byte (slowloris).
+    header_timeout: Duration,
+    /// A connection that sends nothing for this long is closed.
+    idle_timeout: Duration,
+}
+
+impl TcpLimits {
+    fn from_config(sip: &crate::config::media::SipConfig) -> Self {
+        // At most a day, so deadlines stay far from `Instant`'s range.
+        let secs = |s: u64| Duration::from_secs(s.clamp(1, 86_400));
+        TcpLimits {
+            max_total: sip.tcp_max_connections,
+            max_per_source: sip.tcp_max_connections_per_source,
+            header_timeout: secs(sip.tcp_header_timeout_s),
+            idle_timeout: secs(sip.tcp_idle_timeout_s),
+        }
+    }
+}
+
+/// Which cap refused a new connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OverCap {
+    Total,
+    PerSource,
+}
+
+impl OverCap {
+    fn reason(self) -> &'static str {
+        match self {
+            OverCap::Total => "tcp_total",
+            OverCap::PerSource => "tcp_per_source",
+        }
+    }
+}
+
+/// Open accepted connections, in total and per source address: plain counts, so the caps are
+/// tested without sockets. An address's entry goes when its last connection does.
+#[derive(Debug, Default)]
+struct ConnTable {
+    total: usize,
+    per_source: HashMap<IpAddr, usize>,
+}
+
+impl ConnTable {
+    /// Counts a new connection from `ip`, or says which cap it is over (then nothing counts).
+    fn admit(&mut self, ip: IpAddr, limits: &TcpLimits) -> Result<(), OverCap> {
+        if self.total >= limits.max_total {
+            return Err(OverCap::Total);
+        }
+        let from_ip = self.per_source.get(&ip).copied().unwrap_or(0);
+        if from_ip >= limits.max_per_source {
+            return Err(OverCap::PerSource);
+        }
+        self.per_source.insert(ip, from_ip + 1);
+        self.total += 1;
+        Ok(())
+    }
+
+    fn release(&mut self, ip: IpAddr) {
+        self.total = self.total.saturating_sub(1);
+        if let Some(n) = self.per_source.get_mut(&ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.per_source.remove(&ip);
+            }
+        }
+    }
+}
+
+/// A connection's place in the [`ConnTable`], given back when dropped (with the connection's
+/// task, however it ends).
+struct ConnPermit {
+    table: Arc<Mutex<ConnTable>>,
+    ip: IpAddr,
+}
+
+impl Drop for ConnPermit {
+    fn drop(&mut self) {
+        // The table holds only counts: a panic elsewhere while it was locked leaves it usable.
+        self.table
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .release(self.ip);
+    }
+}
+
+/// Why a connection's reader stops waiting for bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expiry {
+    /// Nothing received for the idle timeout.
+    Idle,
+    /// A message begun and not completed within the header timeout.
+    Header,
+}
+
+/// When a connection's reader gives up (sans-IO): the idle timeout after the last bytes, or
+/// the header timeout after the first byte of a message still incomplete, whichever is first.
+#[derive(Debug, Clone, Copy)]
+struct ReadClock {
+    limits: TcpLimits,
+    last_read: Instant,
+    partial_since: Option<Instant>,
+}
+
+impl ReadClock {
+    fn new(limits: TcpLimits, now: Instant) -> Self {
+        ReadClock {
+            limits,
+            last_read: now,
+            partial_since: None,
+        }
+    }
+
+    /// Bytes arrived at `now`; `framed`: they completed at least one message; `partial`: part
+    /// of a message is left over (then its clock starts now, or keeps running when no message
+    /// completed since it started).
+    fn on_read(&mut self, now: Instant, framed: bool, partial: bool) {
+        self.last_read = now;
+        self.partial_since = match (partial, framed) {
+            (false, _) => None,
+            (true, true) => Some(now),
+            (true, false) => self.partial_since.or(Some(now)),
+        };
+    }
+
+    fn deadline(&self) -> (Instant, Expiry) {
+        let idle = self.last_read + self.limits.idle_timeout;
+        match self.partial_since {
+            Some(since) if since + self.limits.header_timeout < idle => {
+                (since + self.limits.header_timeout, Expiry::Header)
+            }
+            _ => (idle, Expiry::Idle),
+        }
+    }
+}
+
+/// The signalling task's handle on one connection's writer task: a queue bounded in bytes
+/// ([`TCP_WRITE_BACKLOG_BYTES`]), never blocking the signalling task.
+#[derive(Debug, Clone)]
+struct TcpWriter {
+    tx: mpsc::UnboundedSender<Vec<u8>>,
+    /// Bytes handed to the writer task and not yet written.
+    queued: Arc<AtomicUsize>,
+    /// Asks the connection's reader to end the connection.
+    close: Arc<Notify>,
+}
+
+/// Why a [`TcpWriter`] did not take bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WriteRefused {
+    /// The connection is gone.
+    Closed,
+    /// The peer is too far behind reading: close the connection.
+    Backlog,
+}
+
+impl TcpWriter {
+    fn send(&self, bytes: Vec<u8>) -> Result<(), WriteRefused> {
+        let len = bytes.len();
+        let before = self.queued.fetch_add(len, Ordering::SeqCst);
+        if before > 0 && before.saturating_add(len) > TCP_WRITE_BACKLOG_BYTES {
+            self.queued.fetch_sub(len, Ordering::SeqCst);
+            return Err(WriteRefused::Backlog);
+        }
+        self.tx.send(bytes).map_err(|_| {
+            self.queued.fetch_sub(len, Ordering::SeqCst);
+            WriteRefused::Closed
+        })
+    }
+
+    fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+
+    fn close(&self) {
+        self.close.notify_one();
+    }
+}
+
+/// Releases a connection's resources on every exit path of its task, a panic included (the
+/// framer once panicked on a huge Content-Length and the socket leaked, issue 20): the writer
+/// task is aborted (dropping the write half; the read half goes with the task, so the socket
+/// closes), the signalling task is told to forget the connection, and its slot in the
+/// [`ConnTable`] goes back.
+struct ConnGuard {
+    conn: u64,
+    inbound: mpsc::Sender<Inbound>,
+    writer: tokio::task::AbortHandle,
+    _permit: Option<ConnPermit>,
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.writer.abort();
+        let closed = Inbound::TcpClosed { conn: self.conn };
+        if let Err(mpsc::error::TrySendError::Full(closed)) = self.inbound.try_send(closed) {
+            // A drop cannot wait: tell the busy signalling task from a task of its own. (Were
+            // even that impossible, the entry is pruned at the next TcpOpened: its writer is
+            // gone.)
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                let inbound = self.inbound.clone();
+                runtime.spawn(async move {
+                    let _ = inbound.send(closed).await;
+                });
+            }
+        }
+    }
+}
+
+/// How a connection ended.
+#[derive(Debug)]
+enum ConnEnd {
+    PeerClosed,
+    ReadError,
+    Expired(Expiry),
+    /// The signalling task closed it (the peer does not read its responses).
+    ClosedByUs,
+    BadFrame(crate::sip::message::ParseError),
+    GatewayGone,
+}
+
+/// Accepts TCP connections within the caps; each gets a reader task (framing) and a writer
+/// task. Over a cap the new connection is closed at once and counted
+/// (`voicebot_refused_total`); the warning is logged at most once per 10 s with the count.
+async fn accept_tcp(
+    listener: TcpListener,
+    local: SocketAddr,
+    inbound: mpsc::Sender<Inbound>,
+    limits: TcpLimits,
+) {
+    let table = Arc::new(Mutex::new(ConnTable::default()));
+    let mut refused_unlogged = 0u64;
+    let mut last_warning: Option<Instant> = None;
     loop {
         let (stream, from) = match listener.accept().await {
             Ok(x) => x,
@@ -913,9 +1187,36 @@ async fn accept_tcp(listener: TcpListener, local: SocketAddr, inbound: mpsc::Sen
                 continue;
             }
         };
+        let admitted = table
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .admit(from.ip(), &limits);
+        if let Err(over) = admitted {
+            drop(stream);
+            crate::observe::metrics::refused(over.reason());
+            refused_unlogged += 1;
+            if last_warning.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
+                tracing::warn!(%from, cap = over.reason(), refused = refused_unlogged, "TCP connections over a cap closed");
+                refused_unlogged = 0;
+                last_warning = Some(Instant::now());
+            }
+            continue;
+        }
+        let permit = ConnPermit {
+            table: Arc::clone(&table),
+            ip: from.ip(),
+        };
         let conn = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
         let local = stream.local_addr().unwrap_or(local);
-        tokio::spawn(serve_tcp(stream, conn, from, local, inbound.clone()));
+        tokio::spawn(serve_tcp(
+            stream,
+            conn,
+            from,
+            local,
+            inbound.clone(),
+            limits,
+            Some(permit),
+        ));
     }
 }
 
@@ -925,39 +1226,101 @@ async fn serve_tcp(
     from: SocketAddr,
     local: SocketAddr,
     inbound: mpsc::Sender<Inbound>,
+    limits: TcpLimits,
+    permit: Option<ConnPermit>,
 ) {
-    let (mut reader, mut writer) = stream.into_split();
-    let (write_tx, mut write_rx) = mpsc::channel::<Vec<u8>>(64);
+    // Responses go out as they are made (100 Trying, then the final one): without this,
+    // Nagle holds the second until the peer's delayed ACK, some 40 ms per request.
+    let _ = stream.set_nodelay(true);
+    let (reader, writer) = stream.into_split();
+    let (write_tx, write_rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    let queued = Arc::new(AtomicUsize::new(0));
+    let close = Arc::new(Notify::new());
+    let write_task = tokio::spawn(write_loop(
+        writer,
+        write_rx,
+        Arc::clone(&queued),
+        Arc::clone(&close),
+    ));
+    // From here on every way out (return, the gateway gone, a panic) releases the connection.
+    let _guard = ConnGuard {
+        conn,
+        inbound: inbound.clone(),
+        writer: write_task.abort_handle(),
+        _permit: permit,
+    };
+    let writer = TcpWriter {
+        tx: write_tx,
+        queued,
+        close: Arc::clone(&close),
+    };
     if inbound
-        .send(Inbound::TcpOpened {
-            conn,
-            writer: write_tx,
-        })
+        .send(Inbound::TcpOpened { conn, writer })
         .await
         .is_err()
     {
         return;
     }
-    let write_task = tokio::spawn(async move {
-        while let Some(bytes) = write_rx.recv().await {
-            if writer.write_all(&bytes).await.is_err() {
-                break;
-            }
+    match read_frames(reader, conn, from, local, &inbound, limits, &close).await {
+        ConnEnd::BadFrame(e) => {
+            // A stream cannot resynchronise after a bad frame: close it.
+            tracing::warn!(%from, error = %e, "bad SIP frame on TCP; closing the connection");
         }
-    });
+        ConnEnd::Expired(Expiry::Header) => {
+            crate::observe::metrics::refused("tcp_header_timeout");
+            tracing::debug!(%from, "SIP message not completed in time on TCP; closing the connection");
+        }
+        end => tracing::debug!(%from, ?end, "TCP connection ended"),
+    }
+}
+
+/// Writes what the signalling task queued; a failed write ends the connection.
+async fn write_loop(
+    mut writer: tokio::net::tcp::OwnedWriteHalf,
+    mut queue: mpsc::UnboundedReceiver<Vec<u8>>,
+    queued: Arc<AtomicUsize>,
+    close: Arc<Notify>,
+) {
+    while let Some(bytes) = queue.recv().await {
+        let written = writer.write_all(&bytes).await;
+        queued.fetch_sub(bytes.len(), Ordering::SeqCst);
+        if written.is_err() {
+            break;
+        }
+    }
+    close.notify_one();
+}
+
+/// Reads and frames one connection's messages until it ends, within its deadlines.
+async fn read_frames(
+    mut reader: tokio::net::tcp::OwnedReadHalf,
+    conn: u64,
+    from: SocketAddr,
+    local: SocketAddr,
+    inbound: &mpsc::Sender<Inbound>,
+    limits: TcpLimits,
+    close: &Notify,
+) -> ConnEnd {
     let mut framer = StreamFramer::new();
     let mut buf = vec![0u8; 16 * 1024];
-    // A connection that sends nothing for this long is closed (bounded resources).
-    let idle = Duration::from_secs(300);
+    let mut clock = ReadClock::new(limits, Instant::now());
     loop {
-        let n = match tokio::time::timeout(idle, reader.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
-            Ok(Ok(n)) => n,
+        let (deadline, expiry) = clock.deadline();
+        let n = tokio::select! {
+            read = reader.read(&mut buf) => match read {
+                Ok(0) => return ConnEnd::PeerClosed,
+                Ok(n) => n,
+                Err(_) => return ConnEnd::ReadError,
+            },
+            () = tokio::time::sleep_until(deadline.into()) => return ConnEnd::Expired(expiry),
+            () = close.notified() => return ConnEnd::ClosedByUs,
         };
         framer.push(&buf[..n]);
+        let mut framed = false;
         loop {
             match framer.next_message() {
                 Ok(Some(msg)) => {
+                    framed = true;
                     let frame = Inbound::TcpFrame {
                         conn,
                         from,
@@ -965,21 +1328,127 @@ async fn serve_tcp(
                         bytes: msg.to_bytes(),
                     };
                     if inbound.send(frame).await.is_err() {
-                        write_task.abort();
-                        return;
+                        return ConnEnd::GatewayGone;
                     }
                 }
                 Ok(None) => break,
-                Err(e) => {
-                    // A stream cannot resynchronise after a bad frame: close it.
-                    tracing::warn!(%from, error = %e, "bad SIP frame on TCP; closing the connection");
-                    let _ = inbound.send(Inbound::TcpClosed { conn }).await;
-                    write_task.abort();
-                    return;
-                }
+                Err(e) => return ConnEnd::BadFrame(e),
             }
         }
+        clock.on_read(Instant::now(), framed, framer.has_partial());
     }
-    let _ = inbound.send(Inbound::TcpClosed { conn }).await;
-    write_task.abort();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> TcpLimits {
+        TcpLimits {
+            max_total: 3,
+            max_per_source: 2,
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(300),
+        }
+    }
+
+    #[test]
+    fn connection_caps_per_source_and_in_total() {
+        let (a, b, c): (IpAddr, IpAddr, IpAddr) = (
+            "127.0.0.1".parse().unwrap(),
+            "127.0.0.2".parse().unwrap(),
+            "127.0.0.3".parse().unwrap(),
+        );
+        let mut t = ConnTable::default();
+        assert_eq!(t.admit(a, &limits()), Ok(()));
+        assert_eq!(t.admit(a, &limits()), Ok(()));
+        assert_eq!(t.admit(a, &limits()), Err(OverCap::PerSource));
+        assert_eq!(t.admit(b, &limits()), Ok(()));
+        assert_eq!(t.admit(c, &limits()), Err(OverCap::Total));
+        t.release(a);
+        assert_eq!(t.admit(c, &limits()), Ok(()));
+        for ip in [a, b, c] {
+            t.release(ip);
+        }
+        assert_eq!(t.total, 0);
+        assert!(t.per_source.is_empty(), "{:?}", t.per_source);
+        // A release too many never underflows.
+        t.release(a);
+        assert_eq!(t.total, 0);
+    }
+
+    #[test]
+    fn a_message_must_complete_within_the_header_timeout() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let mut clock = ReadClock::new(limits(), t0);
+        assert_eq!(clock.deadline(), (t0 + s(300), Expiry::Idle));
+        // A dribbling peer: each byte keeps the connection from idling, not the message.
+        clock.on_read(t0 + s(1), false, true);
+        for i in 2..9 {
+            clock.on_read(t0 + s(i), false, true);
+        }
+        assert_eq!(clock.deadline(), (t0 + s(11), Expiry::Header));
+        // A message completes, part of the next one follows: its own clock.
+        clock.on_read(t0 + s(9), true, true);
+        assert_eq!(clock.deadline(), (t0 + s(19), Expiry::Header));
+        // Nothing pending: only the idle timeout.
+        clock.on_read(t0 + s(12), true, false);
+        assert_eq!(clock.deadline(), (t0 + s(312), Expiry::Idle));
+    }
+
+    #[tokio::test]
+    async fn writer_backlog_is_bounded_in_bytes() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let w = TcpWriter {
+            tx,
+            queued: Arc::new(AtomicUsize::new(0)),
+            close: Arc::new(Notify::new()),
+        };
+        let chunk = vec![0u8; 1000];
+        let fit = TCP_WRITE_BACKLOG_BYTES / chunk.len();
+        for _ in 0..fit {
+            assert_eq!(w.send(chunk.clone()), Ok(()));
+        }
+        assert_eq!(w.send(chunk.clone()), Err(WriteRefused::Backlog));
+        assert_eq!(w.queued.load(Ordering::SeqCst), fit * chunk.len());
+        rx.close();
+        while rx.recv().await.is_some() {}
+        assert!(w.is_closed());
+        w.queued.store(0, Ordering::SeqCst);
+        assert_eq!(w.send(chunk), Err(WriteRefused::Closed));
+        assert_eq!(w.queued.load(Ordering::SeqCst), 0);
+    }
+
+    /// A connection task that panics still closes its writer, tells the signalling task and
+    /// gives its slot back.
+    #[tokio::test]
+    async fn a_panicking_connection_task_releases_everything() {
+        let (inbound, mut rx) = mpsc::channel(4);
+        let table = Arc::new(Mutex::new(ConnTable::default()));
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        table.lock().unwrap().admit(ip, &limits()).unwrap();
+        let writer = tokio::spawn(std::future::pending::<()>());
+        let guard = ConnGuard {
+            conn: 7,
+            inbound,
+            writer: writer.abort_handle(),
+            _permit: Some(ConnPermit {
+                table: Arc::clone(&table),
+                ip,
+            }),
+        };
+        let task = tokio::spawn(async move {
+            let _guard = guard;
+            tokio::task::yield_now().await;
+            panic!("a framing bug");
+        });
+        assert!(task.await.unwrap_err().is_panic());
+        assert!(writer.await.unwrap_err().is_cancelled());
+        match rx.recv().await {
+            Some(Inbound::TcpClosed { conn: 7 }) => {}
+            _ => panic!("no TcpClosed"),
+        }
+        assert_eq!(table.lock().unwrap().total, 0);
+    }
 }

@@ -1,31 +1,44 @@
-//! Who may place calls: SIP digest authentication (RFC 2617 as used by RFC 3261 section 22,
-//! MD5 with `qop=auth`, RFC 8760) and an IP allow-list, both sans-IO.
+//! Who may place calls: SIP digest authentication (RFC 3261 section 22 with RFC 7616's
+//! SHA-256 and RFC 8760, MD5 kept for older phones; `qop=auth` required) and an IP allow-list,
+//! both sans-IO (fed with wall time).
 //!
 //! A voicebot line reachable over the network is a toll-fraud and denial-of-service target,
 //! so an inbound INVITE is answered only if it comes from an allowed address and, when users
 //! are configured, carries valid digest credentials. The flow is the usual one: the first
-//! INVITE gets `401 Unauthorized` with a `WWW-Authenticate:` value from
-//! [`DigestAuthenticator::challenge`]; the caller re-sends the INVITE with an
-//! `Authorization:` header that [`DigestAuthenticator::verify`] checks.
+//! INVITE gets `401 Unauthorized` with two `WWW-Authenticate:` values from
+//! [`DigestAuthenticator::challenges`] (SHA-256 first, then MD5, one nonce); the caller re-sends
+//! the INVITE with an `Authorization:` header that [`DigestAuthenticator::check`] checks.
 //!
-//! Nonces are stateless: each carries its issue time and an HMAC-MD5 of that time under a
-//! random per-process secret, so verifying needs no table that a flood of INVITEs could
-//! grow. The price is that a captured `Authorization` value can be replayed until its nonce
-//! expires (`nc` is not tracked), so keep [`DigestConfig::nonce_ttl`] short (a minute or
-//! so); an expired nonce with an otherwise valid response is [`AuthError::StaleNonce`],
-//! which the caller answers with a fresh challenge carrying `stale=true` so that phones
-//! retry without asking the user again.
+//! Hardening (issue 20), as Kamailio's auth module and Asterisk's PJSIP do it:
+//! - **No replay.** A nonce carries its issue time and a random part under an HMAC with a
+//!   per-process secret, so forging one is impossible and checking one needs no table. What
+//!   is used is tracked: each accepted nonce remembers its highest nonce-count (`nc`), and a
+//!   request must bring a higher one, so a captured `Authorization` is refused on a new call.
+//!   The store is bounded ([`MAX_TRACKED_NONCES`]): entries go when their nonce expires, and
+//!   when it is full the oldest goes and every nonce issued up to its time counts as stale
+//!   from then on (the client gets `stale=true` and retries with a new nonce; nothing
+//!   evicted can be replayed). An expired nonce with an otherwise valid response is
+//!   [`AuthError::StaleNonce`], answered with a fresh challenge with `stale=true`.
+//! - **The digest `uri` must be the Request-URI**, so credentials for one target do not open
+//!   another.
+//! - **`qop=auth` is required**: RFC 2069 responses (no `nc`, no `cnonce`) cannot be tracked.
+//! - **Guessing is throttled per source address**: after `max_failures` wrong responses (or
+//!   unknown users) within `failure_window`, the source's INVITEs are
+//!   [`AuthError::Throttled`] (403 with `Retry-After`) without a password check until the
+//!   window ends. [`Checked::log`] asks for one log line per burst, not per guess.
 //!
 //! Headers come from the network: parsing accepts any parameter order, quoted strings with
 //! commas and escapes, and any case in names, and never panics; the response is compared in
 //! constant time.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use md5::{Digest, Md5};
 use rand::RngCore;
+use sha2::Sha256;
 
 /// Why an `Authorization` value or an allow-list entry was refused.
 ///
@@ -47,8 +60,9 @@ pub enum AuthError {
     /// A required parameter is missing.
     #[error("missing parameter {0}")]
     MissingParam(&'static str),
-    /// `algorithm` is not MD5 (e.g. MD5-sess or SHA-256, which the challenge did not offer).
-    #[error("unsupported digest algorithm {0:?} (only MD5)")]
+    /// `algorithm` is neither SHA-256 nor MD5 (e.g. MD5-sess, which the challenge did not
+    /// offer).
+    #[error("unsupported digest algorithm {0:?} (only SHA-256 and MD5)")]
     UnsupportedAlgorithm(String),
     /// `qop` is not `auth` (e.g. `auth-int`).
     #[error("unsupported qop {0:?} (only auth)")]
@@ -63,6 +77,18 @@ pub enum AuthError {
     /// The response is right but the nonce has expired: re-challenge with `stale=true`.
     #[error("nonce has expired")]
     StaleNonce,
+    /// The nonce-count is not above the last one accepted with this nonce: a replay.
+    #[error("nonce-count {0:?} already used with this nonce (a replay)")]
+    NonceReused(String),
+    /// The digest `uri` is not the request's Request-URI.
+    #[error("digest uri {0:?} is not the Request-URI")]
+    UriMismatch(String),
+    /// Too many failed attempts from this source: refused without a check for this long.
+    #[error("too many failed attempts from this source; retry after {retry_after_s} s")]
+    Throttled {
+        /// Seconds until the source is heard again (for `Retry-After`).
+        retry_after_s: u64,
+    },
     /// No such user is configured.
     #[error("unknown user {0:?}")]
     UnknownUser(String),
@@ -88,6 +114,10 @@ pub struct DigestConfig {
     pub users: Vec<(String, String)>,
     /// How long a nonce stays valid.
     pub nonce_ttl: Duration,
+    /// Failed attempts (wrong response, unknown user) from one source address within
+    /// `failure_window` after which that source is throttled until the window ends.
+    pub max_failures: u32,
+    pub failure_window: Duration,
 }
 
 impl fmt::Debug for DigestConfig {
@@ -97,14 +127,50 @@ impl fmt::Debug for DigestConfig {
             .field("realm", &self.realm)
             .field("users", &users)
             .field("nonce_ttl", &self.nonce_ttl)
+            .field("max_failures", &self.max_failures)
+            .field("failure_window", &self.failure_window)
             .finish_non_exhaustive()
     }
 }
 
-/// Issues digest challenges and checks the answers, with no per-nonce state.
+/// Nonces in use tracked at most (see the module docs: when full, the oldest goes and the
+/// nonces issued up to its time become stale).
+pub const MAX_TRACKED_NONCES: usize = 8192;
+/// Source addresses whose failures are tracked at most (when full, expired windows go, then
+/// the oldest window).
+pub const MAX_TRACKED_SOURCES: usize = 8192;
+
+/// Issues digest challenges and checks the answers; remembers the nonce-counts used and the
+/// failures per source, both bounded.
 pub struct DigestAuthenticator {
     config: DigestConfig,
     secret: [u8; 32],
+    /// Accepted nonces -> (issue time, highest nonce-count accepted).
+    used: HashMap<String, (u64, u32)>,
+    /// Nonces issued at or before this time (Unix seconds) are stale: their tracking was
+    /// evicted from a full store.
+    stale_before: u64,
+    /// Failed attempts per source address, in its current window.
+    failures: HashMap<IpAddr, FailureWindow>,
+}
+
+/// One source's failed attempts in its current window.
+#[derive(Debug, Clone, Copy)]
+struct FailureWindow {
+    /// Unix seconds of the window's first failure.
+    since: u64,
+    failures: u32,
+}
+
+/// The outcome of [`DigestAuthenticator::check`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checked {
+    /// The authenticated user, or why not.
+    pub result: Result<String, AuthError>,
+    /// Whether this refusal deserves a log line: the first failure of a source's window and
+    /// the moment it is throttled, not every guess of a burst (nor the routine first INVITE
+    /// without credentials).
+    pub log: bool,
 }
 
 impl fmt::Debug for DigestAuthenticator {
@@ -117,8 +183,27 @@ impl fmt::Debug for DigestAuthenticator {
 
 /// Hex digits of the issue time at the start of a nonce.
 const NONCE_TIME_HEX: usize = 16;
-/// Hex digits of a nonce: the issue time, then its HMAC-MD5.
-const NONCE_HEX: usize = NONCE_TIME_HEX + 32;
+/// Hex digits of the random part after it, so every challenge has its own nonce.
+const NONCE_RANDOM_HEX: usize = 16;
+/// Hex digits of a nonce: the issue time, the random part, then their HMAC-MD5.
+const NONCE_HEX: usize = NONCE_TIME_HEX + NONCE_RANDOM_HEX + 32;
+
+/// A digest algorithm we offer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Algorithm {
+    Md5,
+    Sha256,
+}
+
+impl Algorithm {
+    /// Lowercase hex of the hash of the parts joined with ':'.
+    fn hex(self, parts: &[&str]) -> String {
+        match self {
+            Algorithm::Md5 => hash_hex::<Md5>(parts),
+            Algorithm::Sha256 => hash_hex::<Sha256>(parts),
+        }
+    }
+}
 
 impl DigestAuthenticator {
     /// An authenticator with a fresh random secret: nonces issued before a restart are then
@@ -132,7 +217,13 @@ impl DigestAuthenticator {
     /// An authenticator with a given secret, so that several gateway instances (or a
     /// restarted one) accept each other's nonces.
     pub fn with_secret(config: DigestConfig, secret: [u8; 32]) -> Self {
-        DigestAuthenticator { config, secret }
+        DigestAuthenticator {
+            config,
+            secret,
+            used: HashMap::new(),
+            stale_before: 0,
+            failures: HashMap::new(),
+        }
     }
 
     /// The configured realm.
@@ -140,44 +231,209 @@ impl DigestAuthenticator {
         &self.config.realm
     }
 
-    /// The value for a `WWW-Authenticate:` header: `Digest realm="..", nonce="..",
+    /// The value for one `WWW-Authenticate:` header: `Digest realm="..", nonce="..",
     /// algorithm=MD5, qop="auth"`, plus `, stale=true` when asked.
     pub fn challenge(&self, now: SystemTime, stale: bool) -> String {
+        self.challenge_for("MD5", &self.new_nonce(now), stale)
+    }
+
+    /// The values for the `WWW-Authenticate:` headers of a 401, in order of preference:
+    /// SHA-256 (RFC 7616), then MD5 for older clients, with one fresh nonce.
+    pub fn challenges(&self, now: SystemTime, stale: bool) -> [String; 2] {
+        let nonce = self.new_nonce(now);
+        [
+            self.challenge_for("SHA-256", &nonce, stale),
+            self.challenge_for("MD5", &nonce, stale),
+        ]
+    }
+
+    fn challenge_for(&self, algorithm: &str, nonce: &str, stale: bool) -> String {
         format!(
-            "Digest realm=\"{}\", nonce=\"{}\", algorithm=MD5, qop=\"auth\"{}",
+            "Digest realm=\"{}\", nonce=\"{nonce}\", algorithm={algorithm}, qop=\"auth\"{}",
             quote(&self.config.realm),
-            self.nonce(unix_secs(now)),
             if stale { ", stale=true" } else { "" }
         )
     }
 
+    fn new_nonce(&self, now: SystemTime) -> String {
+        let mut random = [0u8; NONCE_RANDOM_HEX / 2];
+        rand::rng().fill_bytes(&mut random);
+        self.nonce(unix_secs(now), &hex(&random))
+    }
+
+    /// Checks the `Authorization:` value (if any) of a request with `method` and
+    /// `request_uri` from `source`: throttling first, then [`DigestAuthenticator::verify`],
+    /// the digest `uri` against the Request-URI, and the nonce-count against replays (an
+    /// accepted one is remembered). Wrong responses and unknown users count as failures of
+    /// `source`.
+    pub fn check(
+        &mut self,
+        source: IpAddr,
+        method: &str,
+        request_uri: &str,
+        authorization: Option<&str>,
+        now: SystemTime,
+    ) -> Checked {
+        let secs = unix_secs(now);
+        let window = self.config.failure_window.as_secs().max(1);
+        if let Some(w) = self.failures.get(&source) {
+            let ends = w.since.saturating_add(window);
+            if w.failures >= self.config.max_failures && secs < ends {
+                return Checked {
+                    result: Err(AuthError::Throttled {
+                        retry_after_s: ends - secs,
+                    }),
+                    log: false,
+                };
+            }
+        }
+        let Some(authorization) = authorization else {
+            return Checked {
+                result: Err(AuthError::MissingParam("Authorization")),
+                log: false,
+            };
+        };
+        let result = self
+            .verify_credentials(method, authorization, now)
+            .and_then(|(credentials, issued)| {
+                if credentials.uri.trim() != request_uri.trim() {
+                    return Err(AuthError::UriMismatch(credentials.uri));
+                }
+                self.use_nonce(&credentials, issued, secs)?;
+                Ok(credentials.username)
+            });
+        match &result {
+            Err(AuthError::WrongResponse(_) | AuthError::UnknownUser(_)) => {
+                let (failures, throttled_now) = self.count_failure(source, secs, window);
+                Checked {
+                    result: match throttled_now {
+                        true => Err(AuthError::Throttled {
+                            retry_after_s: window,
+                        }),
+                        false => result,
+                    },
+                    log: failures == 1 || throttled_now,
+                }
+            }
+            Ok(_) => Checked { result, log: false },
+            // Replays, stale nonces and malformed headers: one line each (a replay is worth
+            // knowing about; none of them tests a password).
+            Err(_) => Checked { result, log: true },
+        }
+    }
+
+    /// Counts a failure of `source`; returns the failures in its window and whether this one
+    /// starts its throttling.
+    fn count_failure(&mut self, source: IpAddr, secs: u64, window: u64) -> (u32, bool) {
+        if !self.failures.contains_key(&source) && self.failures.len() >= MAX_TRACKED_SOURCES {
+            self.failures
+                .retain(|_, w| w.since.saturating_add(window) > secs);
+            if self.failures.len() >= MAX_TRACKED_SOURCES {
+                if let Some(oldest) = self
+                    .failures
+                    .iter()
+                    .min_by_key(|(_, w)| w.since)
+                    .map(|(ip, _)| *ip)
+                {
+                    self.failures.remove(&oldest);
+                }
+            }
+        }
+        let w = self.failures.entry(source).or_insert(FailureWindow {
+            since: secs,
+            failures: 0,
+        });
+        if w.since.saturating_add(window) <= secs {
+            *w = FailureWindow {
+                since: secs,
+                failures: 0,
+            };
+        }
+        w.failures = w.failures.saturating_add(1);
+        (w.failures, w.failures == self.config.max_failures)
+    }
+
+    /// Accepts the nonce-count of verified credentials if it is above the last one accepted
+    /// with that nonce, and remembers it (bounded; see the module docs).
+    fn use_nonce(
+        &mut self,
+        credentials: &DigestCredentials,
+        issued: u64,
+        secs: u64,
+    ) -> Result<(), AuthError> {
+        let nc_text = credentials.nc.as_deref().unwrap_or("");
+        let nc = u32::from_str_radix(nc_text, 16)
+            .map_err(|_| AuthError::Malformed("nc is not 8 hex digits"))?;
+        if nc_text.len() != 8 {
+            return Err(AuthError::Malformed("nc is not 8 hex digits"));
+        }
+        if issued <= self.stale_before {
+            return Err(AuthError::StaleNonce);
+        }
+        if let Some((_, last)) = self.used.get_mut(&credentials.nonce) {
+            if nc <= *last {
+                return Err(AuthError::NonceReused(nc_text.to_owned()));
+            }
+            *last = nc;
+            return Ok(());
+        }
+        if self.used.len() >= MAX_TRACKED_NONCES {
+            let ttl = self.config.nonce_ttl.as_secs();
+            self.used
+                .retain(|_, (issued, _)| issued.saturating_add(ttl) >= secs);
+        }
+        if self.used.len() >= MAX_TRACKED_NONCES {
+            if let Some((oldest, time)) = self
+                .used
+                .iter()
+                .min_by_key(|(_, (issued, _))| *issued)
+                .map(|(nonce, (issued, _))| (nonce.clone(), *issued))
+            {
+                self.used.remove(&oldest);
+                self.stale_before = self.stale_before.max(time);
+                if issued <= self.stale_before {
+                    return Err(AuthError::StaleNonce);
+                }
+            }
+        }
+        self.used.insert(credentials.nonce.clone(), (issued, nc));
+        Ok(())
+    }
+
     /// Checks an `Authorization:` value for a request with `method` (e.g. `INVITE`) and
-    /// returns the authenticated user name.
-    ///
-    /// The digest-uri is taken as the client wrote it: compare [`DigestCredentials::uri`]
-    /// with the Request-URI yourself if that matters.
+    /// returns the authenticated user name: the credentials alone, with no memory of what was
+    /// used before. [`DigestAuthenticator::check`] adds the Request-URI, replay and
+    /// throttling checks that a server needs.
     pub fn verify(
         &self,
         method: &str,
         authorization: &str,
         now: SystemTime,
     ) -> Result<String, AuthError> {
+        self.verify_credentials(method, authorization, now)
+            .map(|(credentials, _)| credentials.username)
+    }
+
+    /// [`DigestAuthenticator::verify`], returning the credentials and the nonce's issue time.
+    fn verify_credentials(
+        &self,
+        method: &str,
+        authorization: &str,
+        now: SystemTime,
+    ) -> Result<(DigestCredentials, u64), AuthError> {
         let credentials = DigestCredentials::parse(authorization)?;
-        if let Some(algorithm) = &credentials.algorithm {
-            if !algorithm.eq_ignore_ascii_case("MD5") {
-                return Err(AuthError::UnsupportedAlgorithm(algorithm.clone()));
-            }
+        credentials.algorithm()?;
+        let Some(qop) = &credentials.qop else {
+            return Err(AuthError::MissingParam("qop"));
+        };
+        if !qop.eq_ignore_ascii_case("auth") {
+            return Err(AuthError::UnsupportedQop(qop.clone()));
         }
-        if let Some(qop) = &credentials.qop {
-            if !qop.eq_ignore_ascii_case("auth") {
-                return Err(AuthError::UnsupportedQop(qop.clone()));
-            }
-            if credentials.nc.is_none() {
-                return Err(AuthError::MissingParam("nc"));
-            }
-            if credentials.cnonce.is_none() {
-                return Err(AuthError::MissingParam("cnonce"));
-            }
+        if credentials.nc.is_none() {
+            return Err(AuthError::MissingParam("nc"));
+        }
+        if credentials.cnonce.is_none() {
+            return Err(AuthError::MissingParam("cnonce"));
         }
         if credentials.realm != self.config.realm {
             return Err(AuthError::BadRealm(credentials.realm));
@@ -202,16 +458,16 @@ impl DigestAuthenticator {
         if age > self.config.nonce_ttl.as_secs() {
             return Err(AuthError::StaleNonce);
         }
-        Ok(credentials.username)
+        Ok((credentials, issued))
     }
 
-    fn nonce(&self, issued: u64) -> String {
+    fn nonce(&self, issued: u64, random: &str) -> String {
         let time = format!("{issued:0width$x}", width = NONCE_TIME_HEX);
         let mac = hmac_md5(
             &self.secret,
-            format!("{time}:{}", self.config.realm).as_bytes(),
+            format!("{time}:{random}:{}", self.config.realm).as_bytes(),
         );
-        format!("{time}{}", hex(&mac))
+        format!("{time}{random}{}", hex(&mac))
     }
 
     /// Checks that we issued `nonce` and returns its issue time (Unix seconds).
@@ -223,7 +479,10 @@ impl DigestAuthenticator {
             .get(..NONCE_TIME_HEX)
             .and_then(|time| u64::from_str_radix(time, 16).ok())
             .ok_or(AuthError::InvalidNonce)?;
-        if !constant_time_eq(self.nonce(issued).as_bytes(), nonce.as_bytes()) {
+        let random = nonce
+            .get(NONCE_TIME_HEX..NONCE_TIME_HEX + NONCE_RANDOM_HEX)
+            .ok_or(AuthError::InvalidNonce)?;
+        if !constant_time_eq(self.nonce(issued, random).as_bytes(), nonce.as_bytes()) {
             return Err(AuthError::InvalidNonce);
         }
         Ok(issued)
@@ -241,9 +500,9 @@ pub struct DigestCredentials {
     pub nonce: String,
     /// `uri`: the digest-uri, normally the Request-URI.
     pub uri: String,
-    /// `response`: 32 hex digits.
+    /// `response`: 32 (MD5) or 64 (SHA-256) hex digits.
     pub response: String,
-    /// `algorithm`, absent meaning MD5.
+    /// `algorithm` (`SHA-256` or `MD5`), absent meaning MD5.
     pub algorithm: Option<String>,
     /// `qop`, absent for RFC 2069 clients.
     pub qop: Option<String>,
@@ -287,17 +546,27 @@ impl DigestCredentials {
     }
 
     /// The response a client knowing `password` computes for a request with `method`
-    /// (lowercase hex): `MD5(HA1:nonce:nc:cnonce:qop:HA2)` with `qop`, else
-    /// `MD5(HA1:nonce:HA2)`, where `HA1 = MD5(username:realm:password)` and
-    /// `HA2 = MD5(method:uri)`.
+    /// (lowercase hex): `H(HA1:nonce:nc:cnonce:qop:HA2)` with `qop`, else `H(HA1:nonce:HA2)`,
+    /// where `HA1 = H(username:realm:password)`, `HA2 = H(method:uri)` and `H` is SHA-256 or
+    /// MD5 as `algorithm` says (an unsupported one is computed as MD5, and refused anyway).
     pub fn expected_response(&self, password: &str, method: &str) -> String {
-        let ha1 = md5_hex(&[&self.username, &self.realm, password]);
-        let ha2 = md5_hex(&[method, &self.uri]);
+        let h = self.algorithm().unwrap_or(Algorithm::Md5);
+        let ha1 = h.hex(&[&self.username, &self.realm, password]);
+        let ha2 = h.hex(&[method, &self.uri]);
         match (&self.qop, &self.nc, &self.cnonce) {
             (Some(qop), Some(nc), Some(cnonce)) => {
-                md5_hex(&[&ha1, &self.nonce, nc, cnonce, qop, &ha2])
+                h.hex(&[&ha1, &self.nonce, nc, cnonce, qop, &ha2])
             }
-            _ => md5_hex(&[&ha1, &self.nonce, &ha2]),
+            _ => h.hex(&[&ha1, &self.nonce, &ha2]),
+        }
+    }
+
+    fn algorithm(&self) -> Result<Algorithm, AuthError> {
+        match self.algorithm.as_deref() {
+            None => Ok(Algorithm::Md5),
+            Some(a) if a.eq_ignore_ascii_case("MD5") => Ok(Algorithm::Md5),
+            Some(a) if a.eq_ignore_ascii_case("SHA-256") => Ok(Algorithm::Sha256),
+            Some(a) => Err(AuthError::UnsupportedAlgorithm(a.to_owned())),
         }
     }
 }
@@ -419,16 +688,16 @@ fn unix_secs(time: SystemTime) -> u64 {
         .unwrap_or(0)
 }
 
-/// Lowercase hex MD5 of the parts joined with ':'.
-fn md5_hex(parts: &[&str]) -> String {
-    let mut md5 = Md5::new();
+/// Lowercase hex of the hash of the parts joined with ':'.
+fn hash_hex<D: Digest>(parts: &[&str]) -> String {
+    let mut hash = D::new();
     for (i, part) in parts.iter().enumerate() {
         if i > 0 {
-            md5.update(b":");
+            hash.update(b":");
         }
-        md5.update(part.as_bytes());
+        hash.update(part.as_bytes());
     }
-    hex(&md5.finalize())
+    hex(&hash.finalize())
 }
 
 /// HMAC-MD5 (RFC 2104).
@@ -607,6 +876,8 @@ mod tests {
                 ("pbx".into(), "trunk pass".into()),
             ],
             nonce_ttl: Duration::from_secs(60),
+            max_failures: 5,
+            failure_window: Duration::from_secs(60),
         })
     }
 
@@ -700,15 +971,178 @@ mod tests {
         );
         assert_eq!(nonce.len(), NONCE_HEX);
         assert!(auth.challenge(at(T0), true).ends_with(", stale=true"));
-        // Same second, same nonce; another authenticator, another nonce.
-        assert_eq!(
+        // Every challenge has its own nonce, even in the same second.
+        assert_ne!(
             challenge_param(&auth.challenge(at(T0), false), "nonce"),
             nonce
         );
-        assert_ne!(
-            challenge_param(&authenticator().challenge(at(T0), false), "nonce"),
-            nonce
+        // Two headers, SHA-256 first, one nonce.
+        let [sha, md5] = auth.challenges(at(T0), true);
+        let nonce = challenge_param(&sha, "nonce");
+        assert_eq!(
+            sha,
+            format!(
+                "Digest realm=\"voicebot.example\", nonce=\"{nonce}\", algorithm=SHA-256, \
+                 qop=\"auth\", stale=true"
+            )
         );
+        assert_eq!(md5, sha.replace("SHA-256", "MD5"));
+    }
+
+    const URI: &str = "sip:bot@192.0.2.10:5060";
+
+    fn ip(last: u8) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::new(127, 0, 0, last))
+    }
+
+    fn sha256(s: &str) -> String {
+        hex(&Sha256::digest(s.as_bytes()))
+    }
+
+    /// A SHA-256 answer (RFC 7616) computed here independently of the module's code.
+    fn sha256_authorization(challenge: &str, user: &str, password: &str, nc: &str) -> String {
+        let realm = challenge_param(challenge, "realm");
+        let nonce = challenge_param(challenge, "nonce");
+        let ha1 = sha256(&format!("{user}:{realm}:{password}"));
+        let ha2 = sha256(&format!("INVITE:{URI}"));
+        let response = sha256(&format!("{ha1}:{nonce}:{nc}:c0ffee:auth:{ha2}"));
+        format!(
+            "Digest username=\"{user}\", realm=\"{realm}\", nonce=\"{nonce}\", uri=\"{URI}\", \
+             response=\"{response}\", algorithm=SHA-256, cnonce=\"c0ffee\", qop=auth, nc={nc}"
+        )
+    }
+
+    #[test]
+    fn sha256_is_offered_first_and_accepted() {
+        let mut auth = authenticator();
+        let [sha, _] = auth.challenges(at(T0), false);
+        let header = sha256_authorization(&sha, "alice", "s3cret", "00000001");
+        let checked = auth.check(ip(1), "INVITE", URI, Some(&header), at(T0 + 1));
+        assert_eq!(checked.result, Ok("alice".into()));
+        let wrong = sha256_authorization(&sha, "alice", "guess", "00000002");
+        assert_eq!(
+            auth.check(ip(1), "INVITE", URI, Some(&wrong), at(T0 + 1))
+                .result,
+            Err(AuthError::WrongResponse("alice".into()))
+        );
+    }
+
+    /// Issue 20: a captured Authorization was accepted again on a new call and for another
+    /// Request-URI.
+    #[test]
+    fn a_replayed_authorization_is_refused() {
+        let mut auth = authenticator();
+        let challenge = auth.challenge(at(T0), false);
+        let header = client_authorization(&challenge, "alice", "s3cret", "INVITE");
+        let check = |auth: &mut DigestAuthenticator, uri: &str, header: &str| {
+            auth.check(ip(1), "INVITE", uri, Some(header), at(T0 + 2))
+                .result
+        };
+        // For another Request-URI: refused before anything is remembered.
+        assert!(matches!(
+            check(&mut auth, "sip:other@192.0.2.10:5060", &header),
+            Err(AuthError::UriMismatch(_))
+        ));
+        assert_eq!(check(&mut auth, URI, &header), Ok("alice".into()));
+        // The same header again (a new call, same nc): a replay.
+        assert_eq!(
+            check(&mut auth, URI, &header),
+            Err(AuthError::NonceReused("00000001".into()))
+        );
+        // The same nonce with the next nc (what a phone does on its next call) is fine, and
+        // a lower nc after it is not.
+        let next = |nc: &str| {
+            let nonce = challenge_param(&challenge, "nonce");
+            let ha1 = md5("alice:voicebot.example:s3cret");
+            let ha2 = md5(&format!("INVITE:{URI}"));
+            let response = md5(&format!("{ha1}:{nonce}:{nc}:zz:auth:{ha2}"));
+            format!(
+                "Digest username=\"alice\", realm=\"voicebot.example\", nonce=\"{nonce}\", \
+                 uri=\"{URI}\", response=\"{response}\", cnonce=\"zz\", qop=auth, nc={nc}"
+            )
+        };
+        assert_eq!(check(&mut auth, URI, &next("00000003")), Ok("alice".into()));
+        assert!(matches!(
+            check(&mut auth, URI, &next("00000002")),
+            Err(AuthError::NonceReused(_))
+        ));
+        // A replay is not a password guess: it never throttles the source.
+        assert!(auth.failures.is_empty());
+    }
+
+    #[test]
+    fn the_nonce_store_is_bounded_and_what_it_forgets_turns_stale() {
+        let mut auth = authenticator();
+        let mut first = None;
+        for i in 0..MAX_TRACKED_NONCES as u64 + 1 {
+            // One nonce per second, all alive (ttl 60 s is ignored here: 10 000 s pass).
+            let now = at(T0 + i / 200);
+            let header =
+                client_authorization(&auth.challenge(now, false), "alice", "s3cret", "INVITE");
+            first.get_or_insert_with(|| header.clone());
+            assert_eq!(
+                auth.check(ip(1), "INVITE", URI, Some(&header), now).result,
+                Ok("alice".into()),
+                "{i}"
+            );
+        }
+        assert!(auth.used.len() <= MAX_TRACKED_NONCES);
+        // The first nonce was forgotten, yet its replay is stale, not accepted.
+        assert_eq!(
+            auth.check(ip(1), "INVITE", URI, first.as_deref(), at(T0 + 41))
+                .result,
+            Err(AuthError::StaleNonce)
+        );
+    }
+
+    #[test]
+    fn guesses_are_throttled_per_source_and_logged_once_per_burst() {
+        let mut auth = authenticator();
+        let challenge = auth.challenge(at(T0), false);
+        let mut logged = 0;
+        let mut throttled = 0;
+        for i in 0..2000u64 {
+            let guess = client_authorization(&challenge, "alice", &format!("guess{i}"), "INVITE");
+            let checked = auth.check(ip(9), "INVITE", URI, Some(&guess), at(T0 + 1 + i / 100));
+            logged += usize::from(checked.log);
+            match checked.result {
+                Err(AuthError::Throttled { retry_after_s }) => {
+                    assert!((1..=60).contains(&retry_after_s));
+                    throttled += 1;
+                }
+                Err(AuthError::WrongResponse(_)) => {}
+                other => panic!("{other:?}"),
+            }
+        }
+        // 20 s of guessing, one window of 60 s: 5 checked, the rest refused unchecked; the
+        // log got the first failure and the start of the throttling.
+        assert_eq!(throttled, 1996);
+        assert_eq!(logged, 2);
+        // Even the right password is refused from that source until the window ends...
+        let good = client_authorization(&challenge, "alice", "s3cret", "INVITE");
+        assert!(matches!(
+            auth.check(ip(9), "INVITE", URI, Some(&good), at(T0 + 30))
+                .result,
+            Err(AuthError::Throttled { .. })
+        ));
+        // ...while another source is unaffected.
+        assert_eq!(
+            auth.check(ip(10), "INVITE", URI, Some(&good), at(T0 + 30))
+                .result,
+            Ok("alice".into())
+        );
+        // After the window the source is heard again.
+        let challenge = auth.challenge(at(T0 + 61), false);
+        let good = client_authorization(&challenge, "alice", "s3cret", "INVITE");
+        assert_eq!(
+            auth.check(ip(9), "INVITE", URI, Some(&good), at(T0 + 61))
+                .result,
+            Ok("alice".into())
+        );
+        // An INVITE without credentials is routine: no failure, no log line.
+        let none = auth.check(ip(11), "INVITE", URI, None, at(T0));
+        assert_eq!(none.result, Err(AuthError::MissingParam("Authorization")));
+        assert!(!none.log);
     }
 
     #[test]
@@ -735,6 +1169,8 @@ mod tests {
             realm: "r".into(),
             users: vec![("u".into(), "p".into())],
             nonce_ttl: Duration::from_secs(30),
+            max_failures: 5,
+            failure_window: Duration::from_secs(60),
         };
         let a = DigestAuthenticator::with_secret(config.clone(), [7; 32]);
         let b = DigestAuthenticator::with_secret(config, [7; 32]);
@@ -852,7 +1288,7 @@ mod tests {
     }
 
     #[test]
-    fn rfc_2069_response_without_qop_is_accepted() {
+    fn rfc_2069_response_without_qop_is_refused() {
         let auth = authenticator();
         let nonce = challenge_param(&auth.challenge(at(T0), false), "nonce");
         let ha1 = md5("alice:voicebot.example:s3cret");
@@ -862,7 +1298,11 @@ mod tests {
             "Digest username=\"alice\", realm=\"voicebot.example\", nonce=\"{nonce}\", \
              uri=\"sip:bot@gw\", response=\"{response}\""
         );
-        assert_eq!(auth.verify("INVITE", &header, at(T0)), Ok("alice".into()));
+        // Without nc there is nothing to track a replay by.
+        assert_eq!(
+            auth.verify("INVITE", &header, at(T0)),
+            Err(AuthError::MissingParam("qop"))
+        );
     }
 
     #[test]

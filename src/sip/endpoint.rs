@@ -17,6 +17,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::media::codec::Codec;
 use crate::sip::auth::{AllowList, AuthError, DigestAuthenticator};
+use crate::sip::escape::escaped;
 use crate::sip::message::{parse_sip_uri, split_list, uri_of, Method, ParseError, SipMessage};
 use crate::sip::sdp::{self, LocalMedia, MediaOffer, Negotiated};
 use crate::sip::transaction::{
@@ -643,7 +644,7 @@ impl SipEndpoint {
         );
         let local_tag = random_token();
         let reject = |ep: &mut Self, code: u16, extra: &[(&str, String)], why: &str| {
-            tracing::info!(peer = %peer.addr, call_id = msg.call_id().unwrap_or(""), code, why, "call rejected");
+            tracing::info!(peer = %peer.addr, call_id = %escaped(msg.call_id().unwrap_or("")), code, why, "call rejected");
             let mut resp = ep.response(&msg, code, Some(&local_tag));
             for (name, value) in extra {
                 resp.push(name, value.clone());
@@ -665,20 +666,43 @@ impl SipEndpoint {
             return reject(self, 483, &[], "Max-Forwards is 0");
         }
         let mut user = None;
-        if let Some(auth) = &self.auth {
-            let wall = self.wall_clock(now);
-            let result = match msg.header("Authorization") {
-                Some(h) => auth.verify("INVITE", h, wall),
-                None => Err(AuthError::MissingParam("Authorization")),
+        let wall = self.wall_clock(now);
+        if let Some(auth) = self.auth.as_mut() {
+            let checked = auth.check(
+                peer.addr.ip(),
+                "INVITE",
+                uri,
+                msg.header("Authorization"),
+                wall,
+            );
+            // One log line per burst of guesses (the authenticator says which), not per guess.
+            match (&checked.result, checked.log) {
+                (Ok(_), _) => {}
+                (Err(e), true) => {
+                    tracing::info!(peer = %peer.addr, error = %e, "digest authentication refused")
+                }
+                (Err(e), false) => {
+                    tracing::debug!(peer = %peer.addr, error = %e, "digest authentication needed")
+                }
+            }
+            let challenges = match &checked.result {
+                Ok(_) | Err(AuthError::Throttled { .. }) => None,
+                Err(e) => Some(auth.challenges(wall, matches!(e, AuthError::StaleNonce))),
             };
-            match result {
-                Ok(name) => user = Some(name),
-                Err(e) => {
-                    let stale = matches!(e, AuthError::StaleNonce);
-                    let challenge = auth.challenge(wall, stale);
-                    tracing::info!(peer = %peer.addr, error = %e, "digest authentication needed");
+            match (checked.result, challenges) {
+                (Ok(name), _) => user = Some(name),
+                (Err(AuthError::Throttled { retry_after_s }), _) => {
+                    // Refused without a password check until the source's window ends.
+                    let mut resp = self.response(&msg, 403, Some(&local_tag));
+                    resp.push("Retry-After", retry_after_s.to_string());
+                    self.respond_in(&key, resp, now);
+                    return;
+                }
+                (Err(_), challenges) => {
                     let mut resp = self.response(&msg, 401, Some(&local_tag));
-                    resp.push("WWW-Authenticate", challenge);
+                    for challenge in challenges.into_iter().flatten() {
+                        resp.push("WWW-Authenticate", challenge);
+                    }
                     self.respond_in(&key, resp, now);
                     return;
                 }
@@ -754,8 +778,8 @@ impl SipEndpoint {
         }
         self.respond_in(&key, ringing, now);
         tracing::info!(
-            call = %handle, %call_id, peer = %peer.addr, codec = %media.codec,
-            called = called.as_deref().unwrap_or(""), "incoming call"
+            call = %handle, call_id = %escaped(&call_id), peer = %peer.addr, codec = %media.codec,
+            called = %escaped(called.as_deref().unwrap_or("")), "incoming call"
         );
         self.events
             .push_back(Event::IncomingCall(Box::new(IncomingCall {
@@ -963,7 +987,7 @@ impl SipEndpoint {
         let bytes = refer.to_bytes();
         let txn = ClientTransaction::new(bytes.clone(), call.peer.transport.is_reliable(), now);
         call.refer = Some((branch, txn));
-        tracing::info!(call = %handle, %refer_to, "sending REFER");
+        tracing::info!(call = %handle, refer_to = %escaped(refer_to), "sending REFER");
         self.send_in_dialog(handle, bytes);
         true
     }
@@ -1105,7 +1129,7 @@ impl SipEndpoint {
         let bytes = invite.to_bytes();
         let txn =
             InviteClientTransaction::new(bytes.clone(), call.peer.transport.is_reliable(), now);
-        tracing::info!(call = %handle, %call_id, target = %call.target, peer = %call.peer.addr, "placing call");
+        tracing::info!(call = %handle, call_id = %escaped(&call_id), target = %escaped(&call.target), peer = %call.peer.addr, "placing call");
         self.outbound.insert(
             handle,
             PendingOutbound {
@@ -2743,6 +2767,8 @@ From: {};tag=agent1\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: 2 BYE\r\nMax-Forwards: 70\
             realm: "voicebot".into(),
             users: vec![("trunk".into(), "secret".into())],
             nonce_ttl: Duration::from_secs(300),
+            max_failures: 10,
+            failure_window: Duration::from_secs(60),
         });
         let mut ep = SipEndpoint::new(
             EndpointConfig::default(),

@@ -621,9 +621,22 @@ pub fn parse_sip_uri(uri: &str) -> Option<SipUri<'_>> {
 
 /// Incremental framing of a SIP byte stream (TCP, RFC 3261 section 18.3): Content-Length is
 /// mandatory there, and one bad frame closes the connection (the stream cannot resynchronise).
+///
+/// Bounded and linear, because a peer controls the pace and the numbers: a frame (head plus
+/// the body its Content-Length declares, computed with checked arithmetic) larger than
+/// [`MAX_MESSAGE_BYTES`] is [`ParseError::TooLarge`] before any body byte is awaited; the search
+/// for the empty line resumes where the last one stopped, and a parsed head is kept while its
+/// body arrives, so a header dribbled one byte at a time costs O(n), not O(n^2).
 #[derive(Debug, Default)]
 pub struct StreamFramer {
     buf: Vec<u8>,
+    /// Where the search for the end of the head resumes (bytes before it hold no terminator).
+    scan_from: usize,
+    /// The parsed head of the frame whose body is still arriving, with the body's start and
+    /// length.
+    pending: Option<(SipMessage, usize, usize)>,
+    /// Bytes examined by the head search so far (a linearity check for tests and metrics).
+    scanned: u64,
 }
 
 impl StreamFramer {
@@ -636,44 +649,90 @@ impl StreamFramer {
         self.buf.extend_from_slice(bytes);
     }
 
+    /// Whether part of a message (beyond keep-alive line breaks) is buffered: the connection
+    /// owes us the rest, which a header-completion deadline can bound.
+    /// Meant for after [`StreamFramer::next_message`] returned `Ok(None)` (which drops the
+    /// keep-alive line breaks before a message).
+    pub fn has_partial(&self) -> bool {
+        self.pending.is_some() || self.buf.first().is_some_and(|&b| b != b'\r' && b != b'\n')
+    }
+
+    /// How many bytes the head search has examined in total.
+    pub fn scanned_bytes(&self) -> u64 {
+        self.scanned
+    }
+
     /// The next complete message, `Ok(None)` when more bytes are needed, or the error that makes
     /// the stream unusable.
     pub fn next_message(&mut self) -> Result<Option<SipMessage>, ParseError> {
-        // Keep-alive CRLFs between messages.
-        let skip = self
-            .buf
-            .iter()
-            .position(|&b| b != b'\r' && b != b'\n')
-            .unwrap_or(self.buf.len());
-        self.buf.drain(..skip);
-        if self.buf.is_empty() {
-            return Ok(None);
-        }
-        let Some(end) = header_end(&self.buf) else {
-            if self.buf.len() > MAX_MESSAGE_BYTES {
+        if self.pending.is_none() {
+            // Keep-alive CRLFs between messages.
+            let skip = self
+                .buf
+                .iter()
+                .position(|&b| b != b'\r' && b != b'\n')
+                .unwrap_or(self.buf.len());
+            if skip > 0 {
+                self.buf.drain(..skip);
+                self.scan_from = self.scan_from.saturating_sub(skip);
+            }
+            if self.buf.is_empty() {
+                return Ok(None);
+            }
+            let Some(end) = self.find_head_end() else {
+                if self.buf.len() > MAX_MESSAGE_BYTES {
+                    return Err(ParseError::TooLarge);
+                }
+                return Ok(None);
+            };
+            if end > MAX_MESSAGE_BYTES {
                 return Err(ParseError::TooLarge);
             }
+            let head = std::str::from_utf8(&self.buf[..end]).map_err(|_| ParseError::NotText)?;
+            let (start, headers) = parse_head(head)?;
+            let msg = SipMessage {
+                start,
+                headers,
+                body: Vec::new(),
+            };
+            let len = msg
+                .content_length()?
+                .ok_or(ParseError::MissingHeader("Content-Length"))?;
+            match end.checked_add(len) {
+                Some(total) if total <= MAX_MESSAGE_BYTES => {}
+                _ => return Err(ParseError::TooLarge),
+            }
+            self.pending = Some((msg, end, len));
+        }
+        let Some((_, end, len)) = &self.pending else {
             return Ok(None);
         };
-        let head = std::str::from_utf8(&self.buf[..end]).map_err(|_| ParseError::NotText)?;
-        let (start, headers) = parse_head(head)?;
-        let mut msg = SipMessage {
-            start,
-            headers,
-            body: Vec::new(),
-        };
-        let len = msg
-            .content_length()?
-            .ok_or(ParseError::MissingHeader("Content-Length"))?;
-        if end + len > MAX_MESSAGE_BYTES {
-            return Err(ParseError::TooLarge);
-        }
-        if self.buf.len() < end + len {
+        // Checked above: `end + len <= MAX_MESSAGE_BYTES`.
+        let total = end + len;
+        if self.buf.len() < total {
             return Ok(None);
         }
-        msg.body = self.buf[end..end + len].to_vec();
-        self.buf.drain(..end + len);
+        let Some((mut msg, end, _)) = self.pending.take() else {
+            return Ok(None);
+        };
+        msg.body = self.buf[end..total].to_vec();
+        self.buf.drain(..total);
+        self.scan_from = 0;
         Ok(Some(msg))
+    }
+
+    /// The end of the head (after its empty line, as [`header_end`] finds it), resuming the
+    /// search where the previous call stopped. A terminator starts at an LF and spans at most
+    /// three bytes, so only the last two bytes examined are looked at again.
+    fn find_head_end(&mut self) -> Option<usize> {
+        let from = self.scan_from.min(self.buf.len());
+        let found = header_end(&self.buf[from..]).map(|e| from + e);
+        let examined = self.buf.len() - from;
+        self.scanned = self.scanned.saturating_add(examined as u64);
+        if found.is_none() {
+            self.scan_from = self.buf.len().saturating_sub(2);
+        }
+        found
     }
 }
 
@@ -780,6 +839,91 @@ v=0\r";
             f.next_message(),
             Err(ParseError::MissingHeader("Content-Length"))
         );
+    }
+
+    /// Regression (fuzz target `sip_message`, issue 20): a Content-Length of `u64::MAX`
+    /// overflowed `end + len` and panicked the connection's reader task.
+    #[test]
+    fn stream_framer_refuses_a_content_length_that_overflows() {
+        for len in [
+            u64::MAX.to_string(),
+            (usize::MAX - 10).to_string(),
+            "65536".into(),
+        ] {
+            let mut f = StreamFramer::new();
+            f.push(
+                format!(
+                    "OPTIONS sip:a@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1;branch=z9hG4bK1\r\n\
+                     From: <sip:b@127.0.0.1>;tag=1\r\nTo: <sip:a@127.0.0.1>\r\nCall-ID: x\r\n\
+                     CSeq: 1 OPTIONS\r\nContent-Length: {len}\r\n\r\n"
+                )
+                .as_bytes(),
+            );
+            let r = f.next_message();
+            assert!(
+                matches!(r, Err(ParseError::TooLarge | ParseError::ContentLength(_))),
+                "{len}: {r:?}"
+            );
+        }
+    }
+
+    /// A 60 KB header dribbled one byte at a time is searched once, not once per byte, and a
+    /// body dribbled after it does not re-parse the head.
+    #[test]
+    fn stream_framer_is_linear_in_a_dribbled_message() {
+        let filler = format!("X-Filler: {}\r\n", "a".repeat(60_000));
+        let msg = format!(
+            "OPTIONS sip:a@127.0.0.1 SIP/2.0\r\nCall-ID: x\r\nCSeq: 1 OPTIONS\r\n{filler}\
+             Content-Length: 3000\r\n\r\n{}",
+            "b".repeat(3000)
+        );
+        let mut f = StreamFramer::new();
+        let mut got = None;
+        for (i, b) in msg.as_bytes().iter().enumerate() {
+            f.push(std::slice::from_ref(b));
+            match f.next_message().unwrap() {
+                Some(m) => {
+                    assert_eq!(i + 1, msg.len(), "framed before the end");
+                    got = Some(m);
+                }
+                None => assert!(f.has_partial()),
+            }
+        }
+        let m = got.expect("the message");
+        assert_eq!(m.body.len(), 3000);
+        assert!(!f.has_partial());
+        // Each byte is examined about once (plus two bytes of overlap per call), never the
+        // whole partial head again: quadratic would be ~1.8e9.
+        let head = (msg.len() - 3000) as u64;
+        assert!(f.scanned_bytes() <= 3 * head + 3, "{}", f.scanned_bytes());
+        // And it still frames what follows on the same stream.
+        f.push(b"\r\n\r\n");
+        assert!(f.next_message().unwrap().is_none());
+        assert!(!f.has_partial());
+        f.push(msg.as_bytes());
+        assert!(f.next_message().unwrap().is_some());
+    }
+
+    #[test]
+    fn stream_framer_finds_a_terminator_split_across_pushes() {
+        let one = SipMessage::parse(INVITE.as_bytes()).unwrap().to_bytes();
+        for split in 1..one.len() {
+            let mut f = StreamFramer::new();
+            f.push(&one[..split]);
+            let first = f.next_message().unwrap();
+            f.push(&one[split..]);
+            let m = match first {
+                Some(m) => m,
+                None => f.next_message().unwrap().expect("framed after the rest"),
+            };
+            assert_eq!(m.body, b"v=0\r");
+        }
+        // Bare LFs too.
+        let mut f = StreamFramer::new();
+        for chunk in [&b"OPTIONS sip:a SIP/2.0\nContent-Length: 0\n"[..], b"\n"] {
+            f.push(chunk);
+        }
+        assert!(f.next_message().unwrap().is_some());
     }
 
     #[test]

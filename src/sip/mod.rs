@@ -5,6 +5,7 @@
 
 pub mod auth;
 pub mod endpoint;
+pub mod escape;
 pub mod message;
 pub mod sdp;
 pub mod transaction;

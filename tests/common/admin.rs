@@ -40,6 +40,11 @@ impl HttpGateway {
     pub fn alive(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }
+
+    /// The gateway's process id (for /proc/PID).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
 }
 
 /// An HTTP client that reports 4xx/5xx as answers, not errors, with an overall deadline.
