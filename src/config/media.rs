@@ -60,6 +60,9 @@ pub struct SipConfig {
     pub auth: SipAuthConfig,
     /// Directory for one JSON record per finished call ("" = none).
     pub report_dir: PathBuf,
+    /// The `Server` and `User-Agent` header value ("" = no such header). The default names no
+    /// version, so a scanner learns less about which bugs to try.
+    pub user_agent: String,
 }
 
 impl Default for SipConfig {
@@ -72,6 +75,7 @@ impl Default for SipConfig {
             allow_from: Vec::new(),
             auth: SipAuthConfig::default(),
             report_dir: PathBuf::new(),
+            user_agent: "voicebot-gateway".into(),
         }
     }
 }
@@ -131,6 +135,12 @@ impl SipConfig {
             return bad(
                 "sip.min_session_expires",
                 "must be between 90 (RFC 4028's floor) and 86400 seconds",
+            );
+        }
+        if self.user_agent.len() > 200 || self.user_agent.chars().any(char::is_control) {
+            return bad(
+                "sip.user_agent",
+                "must be at most 200 characters, without control characters",
             );
         }
         if let Err(e) = crate::sip::auth::AllowList::parse(&self.allow_from) {
