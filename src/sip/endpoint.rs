@@ -9,6 +9,12 @@
 //! [`SipEndpoint::accept`] -> 200 OK with the SDP answer, retransmitted until the ACK ->
 //! [`Event::CallConfirmed`] -> re-INVITE/UPDATE/INFO inside the dialog -> BYE from either side
 //! -> [`Event::CallEnded`] with the reason.
+//!
+//! Every request is judged before a transaction exists: malformed ones (RFC 4475 3.1.2, 3.3)
+//! get a stateless 400 or 505 whenever a Via can be read; then RFC 3261 8.2's checks in order:
+//! 501 for an unknown method, 400 for a CSeq of another method, 416 for a Request-URI that is
+//! not sip/sips, 420 for a required extension we lack, 415 and 406 for an offer we cannot read
+//! or answer. Server transactions are keyed by branch, sent-by and method (17.2.3).
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;

@@ -7,6 +7,13 @@
 //! The SIP crates we looked at either come with their own transport and runtime or have no
 //! message framer (`ezk-sip-types` leaves framing to its transport layer); the framing here is
 //! small, bounded (size, header count) and fuzzed, which is what network input needs.
+//!
+//! Parsing refuses only what cannot be framed or read; judging a request is a separate step
+//! ([`SipMessage::validate_request`]), so that an invalid request whose Via can be read is
+//! answered (400, 505) rather than dropped, and the sender stops retransmitting. A request
+//! line that breaks the grammar is kept verbatim ([`StartLine::BadRequest`]) for that reason.
+//! The rules follow RFC 3261's grammar where the gateway copies or reads a field, and RFC
+//! 4475's torture messages (tests/rfc4475) where the RFC allows a choice.
 
 use std::fmt;
 
@@ -843,9 +850,10 @@ fn address_ok(value: &str) -> bool {
         (uri.trim(), params)
     } else if let Some(lt) = value.find('<') {
         let display = &value[..lt];
+        // Unquoted: tokens and spaces (UTF-8 letters let through, as UAs send names so).
         if !display
             .bytes()
-            .all(|b| is_token_byte(b) || b == b' ' || b == b'\t')
+            .all(|b| is_token_byte(b) || b == b' ' || b == b'\t' || b >= 0x80)
         {
             return false; // a display name with non-token characters, unquoted (3.1.2.15)
         }
@@ -1403,6 +1411,35 @@ v=0\r";
             .join("tests/rfc4475")
             .join(format!("{name}.dat"));
         SipMessage::parse(&std::fs::read(path).unwrap()).unwrap_err()
+    }
+
+    #[test]
+    fn addresses_follow_the_grammar() {
+        for ok in [
+            "\"A \\\" B\" <sip:a@b>;tag=1",
+            "caller<sip:caller@example.com>;tag=323",
+            "J\u{fc}rgen M\u{fc}ller <sip:j@example.com>",
+            "<sip:a@b;ob>;reg-id=1;+sip.instance=\"<urn:uuid:1-2>\"",
+            "sip:+1972@gw1.example.net;unknownparam",
+            "< sip:t.watson@example.org >",
+        ] {
+            assert!(address_ok(ok), "{ok}");
+        }
+        for bad in [
+            "\"Mr. J. User <sip:j.user@example.com>",
+            "Bell, Alexander <sip:a.g.bell@example.com>;tag=43",
+            "\"Joe\" <sip:joe@example.org>;;;;",
+            "sip:user@example.com?Route=%3Csip:sip.example.com%3E",
+            "<sip:a@b",
+            "<nocolon>",
+            "<sip:a@b>;tag=\"open",
+        ] {
+            assert!(!address_ok(bad), "{bad}");
+        }
+        assert!(via_ok("SIP/2.0/UDP h;branch=z9hG4bK1;received=[::1];rport"));
+        assert!(!via_ok("SIP/2.0/UDP 192.0.2.15;;"));
+        assert!(!via_ok("SIP/2.0 h;branch=1"));
+        assert!(!via_ok("SIP/2.0/UDP h extra"));
     }
 
     #[test]
