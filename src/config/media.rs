@@ -77,6 +77,9 @@ pub struct SipConfig {
     pub tcp_max_connections_per_source: usize,
     pub tcp_header_timeout_s: u64,
     pub tcp_idle_timeout_s: u64,
+    /// The `Server` and `User-Agent` header value ("" = no such header). The default names no
+    /// version, so a scanner learns less about which bugs to try.
+    pub user_agent: String,
 }
 
 impl Default for SipConfig {
@@ -94,6 +97,7 @@ impl Default for SipConfig {
             tcp_max_connections_per_source: 32,
             tcp_header_timeout_s: 10,
             tcp_idle_timeout_s: 300,
+            user_agent: "voicebot-gateway".into(),
         }
     }
 }
@@ -153,6 +157,12 @@ impl SipConfig {
             return bad(
                 "sip.min_session_expires",
                 "must be between 90 (RFC 4028's floor) and 86400 seconds",
+            );
+        }
+        if self.user_agent.len() > 200 || self.user_agent.chars().any(char::is_control) {
+            return bad(
+                "sip.user_agent",
+                "must be at most 200 characters, without control characters",
             );
         }
         if let Err(e) = crate::sip::auth::AllowList::parse(&self.allow_from) {

@@ -275,6 +275,7 @@ impl Server {
             EndpointConfig {
                 max_calls: sip.max_calls,
                 min_session_expires: sip.min_session_expires,
+                user_agent: sip.user_agent.clone(),
                 sip_port: self.local.port(),
                 ..EndpointConfig::default()
             },

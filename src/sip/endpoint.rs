@@ -9,6 +9,12 @@
 //! [`SipEndpoint::accept`] -> 200 OK with the SDP answer, retransmitted until the ACK ->
 //! [`Event::CallConfirmed`] -> re-INVITE/UPDATE/INFO inside the dialog -> BYE from either side
 //! -> [`Event::CallEnded`] with the reason.
+//!
+//! Every request is judged before a transaction exists: malformed ones (RFC 4475 3.1.2, 3.3)
+//! get a stateless 400 or 505 whenever a Via can be read; then RFC 3261 8.2's checks in order:
+//! 501 for an unknown method, 400 for a CSeq of another method, 416 for a Request-URI that is
+//! not sip/sips, 420 for a required extension we lack, 415 and 406 for an offer we cannot read
+//! or answer. Server transactions are keyed by branch, sent-by and method (17.2.3).
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -18,7 +24,10 @@ use std::time::{Duration, Instant, SystemTime};
 use crate::media::codec::Codec;
 use crate::sip::auth::{AllowList, AuthError, DigestAuthenticator};
 use crate::sip::escape::escaped;
-use crate::sip::message::{parse_sip_uri, split_list, uri_of, Method, ParseError, SipMessage};
+use crate::sip::message::{
+    parse_sip_uri, split_list, unescape_uri_part, uri_of, uri_scheme, via_sent_by, Method,
+    ParseError, RequestError, SipMessage,
+};
 use crate::sip::sdp::{self, LocalMedia, MediaOffer, Negotiated};
 use crate::sip::transaction::{
     timeout_64t1, ClientAction, ClientTransaction, InviteClientAction, InviteClientState,
@@ -201,7 +210,9 @@ pub struct EndpointConfig {
     pub codecs: Vec<Codec>,
     /// Shortest session interval accepted (RFC 4028 Min-SE), seconds.
     pub min_session_expires: u32,
-    /// Product name for the User-Agent and Server headers.
+    /// Product name for the User-Agent and Server headers (`[sip] user_agent`); empty: the
+    /// headers are left out. The default names no version, which would tell a scanner which
+    /// known bugs to try.
     pub user_agent: String,
     /// The user part of our Contact.
     pub contact_user: String,
@@ -215,7 +226,7 @@ impl Default for EndpointConfig {
             max_calls: 200,
             codecs: Codec::ALL.to_vec(),
             min_session_expires: 90,
-            user_agent: concat!("voicebot-gateway/", env!("CARGO_PKG_VERSION")).to_string(),
+            user_agent: "voicebot-gateway".into(),
             contact_user: "voicebot".into(),
             sip_port: 5060,
         }
@@ -296,12 +307,15 @@ struct Call {
     invite_ack: Option<(String, Vec<u8>)>,
 }
 
-/// Identifies a server transaction: the top Via branch (RFC 3261 17.2.3) and the method, ACK
-/// matching INVITE. Branches without the RFC 3261 magic cookie fall back to the dialog
-/// identifiers.
+/// Identifies a server transaction (RFC 3261 17.2.3): the top Via's branch, its sent-by and
+/// the method, ACK matching INVITE (a CANCEL has its own transaction, with the INVITE's branch
+/// and sent-by). Two clients that happen to pick the same branch therefore never share a
+/// transaction. Branches without the RFC 3261 magic cookie, or with nothing after it (RFC
+/// 4475 3.2.1), fall back to the dialog identifiers and CSeq number (RFC 2543 matching).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct TxnKey {
     branch: String,
+    sent_by: String,
     method: String,
 }
 
@@ -311,8 +325,9 @@ impl TxnKey {
             Method::Ack => "INVITE".to_string(),
             m => m.as_str().to_string(),
         };
+        let sent_by = via_sent_by(msg.top_via()?)?;
         let branch = match msg.via_branch() {
-            Some(b) if b.starts_with("z9hG4bK") => b.to_string(),
+            Some(b) if b.len() > MAGIC_COOKIE.len() && b.starts_with(MAGIC_COOKIE) => b.to_string(),
             _ => format!(
                 "{}|{}|{}",
                 msg.call_id()?,
@@ -320,9 +335,24 @@ impl TxnKey {
                 msg.cseq()?.seq
             ),
         };
-        Some(TxnKey { branch, method })
+        Some(TxnKey {
+            branch,
+            sent_by,
+            method,
+        })
+    }
+
+    /// The INVITE transaction a CANCEL or ACK with this key refers to.
+    fn invite(&self) -> TxnKey {
+        TxnKey {
+            method: "INVITE".into(),
+            ..self.clone()
+        }
     }
 }
+
+/// The prefix of RFC 3261 branch parameters (8.1.1.7).
+const MAGIC_COOKIE: &str = "z9hG4bK";
 
 struct ServerTxnEntry {
     txn: ServerTransaction,
@@ -364,7 +394,9 @@ fn status_reason(code: u16) -> &'static str {
         401 => "Unauthorized",
         403 => "Forbidden",
         405 => "Method Not Allowed",
+        406 => "Not Acceptable",
         408 => "Request Timeout",
+        415 => "Unsupported Media Type",
         416 => "Unsupported URI Scheme",
         420 => "Bad Extension",
         422 => "Session Interval Too Small",
@@ -378,6 +410,7 @@ fn status_reason(code: u16) -> &'static str {
         500 => "Server Internal Error",
         501 => "Not Implemented",
         503 => "Service Unavailable",
+        505 => "Version Not Supported",
         513 => "Message Too Large",
         603 => "Decline",
         _ => "Unknown",
@@ -453,36 +486,40 @@ impl SipEndpoint {
     }
 
     /// Answers a message that could not be parsed with 400 when enough of it is readable to
-    /// address a response (RFC 3261 21.4.1); otherwise drops it.
+    /// address a response (RFC 3261 21.4.1, 18.3: a bad Content-Length, say); otherwise drops
+    /// it. Responses are never answered.
     fn reject_unparsable(&mut self, peer: Peer, bytes: &[u8], error: &ParseError) {
         tracing::warn!(peer = %peer.addr, %error, "malformed SIP message");
-        // Try again without the body so a bad Content-Length still gets its 400.
+        // Try again without the body and the Content-Length, so the head parses alone.
         let head_end = bytes
             .windows(4)
             .position(|w| w == b"\r\n\r\n")
-            .map(|i| i + 4);
-        let Some(end) = head_end else { return };
-        let mut head = bytes[..end].to_vec();
-        // Replace the Content-Length so the head parses alone.
-        if let Ok(text) = std::str::from_utf8(&head) {
-            let cleaned: String = text
-                .split("\r\n")
-                .filter(|l| {
-                    let name = l.split(':').next().unwrap_or("").trim();
-                    !name.eq_ignore_ascii_case("content-length") && !name.eq_ignore_ascii_case("l")
-                })
-                .collect::<Vec<_>>()
-                .join("\r\n");
-            head = cleaned.into_bytes();
-            head.extend_from_slice(b"\r\n\r\n");
-        }
-        if let Ok(msg) = SipMessage::parse(&head) {
+            .map_or(bytes.len(), |i| i + 4);
+        let Ok(text) = std::str::from_utf8(&bytes[..head_end]) else {
+            return;
+        };
+        let mut head: String = text
+            .split("\r\n")
+            .filter(|l| {
+                let name = l.split(':').next().unwrap_or("").trim();
+                !name.eq_ignore_ascii_case("content-length") && !name.eq_ignore_ascii_case("l")
+            })
+            .collect::<Vec<_>>()
+            .join("\r\n");
+        head.push_str("\r\n\r\n");
+        if let Ok(msg) = SipMessage::parse(head.as_bytes()) {
             if msg.method().is_some_and(|m| *m != Method::Ack) && msg.answerable() {
-                let mut resp = SipMessage::response_to(&msg, 400, "Bad Request", None);
-                resp.push("Warning", warning(399, error));
-                self.send(peer, resp.to_bytes());
+                self.reply_stateless(peer, &msg, 400, error);
             }
         }
+    }
+
+    /// A response sent outside any transaction, to a request that never gets one (malformed):
+    /// its retransmissions are answered the same way again.
+    fn reply_stateless(&mut self, peer: Peer, msg: &SipMessage, code: u16, why: &dyn fmt::Display) {
+        let mut resp = self.response(msg, code, None);
+        resp.push("Warning", warning(399, why));
+        self.send(peer, resp.to_bytes());
     }
 
     /// A parsed message.
@@ -492,20 +529,20 @@ impl SipEndpoint {
             return;
         }
         if !msg.answerable() {
-            tracing::warn!(peer = %peer.addr, "request without Via/From/To/Call-ID/CSeq dropped");
+            tracing::warn!(peer = %peer.addr, "request without a Via dropped");
+            return;
+        }
+        let is_ack = msg.method() == Some(&Method::Ack);
+        if let Err(e) = msg.validate_request() {
+            tracing::info!(peer = %peer.addr, error = %e, "malformed request refused");
+            if !is_ack {
+                self.reply_stateless(peer, &msg, e.status(), &e);
+            }
             return;
         }
         let Some(method) = msg.method().cloned() else {
             return;
         };
-        if let Err(e) = msg.validate_request() {
-            if method != Method::Ack {
-                let mut resp = SipMessage::response_to(&msg, 400, "Bad Request", None);
-                resp.push("Warning", warning(399, &e));
-                self.send(peer, resp.to_bytes());
-            }
-            return;
-        }
         let Some(key) = TxnKey::of(&msg, &method) else {
             return;
         };
@@ -519,28 +556,25 @@ impl SipEndpoint {
             }
             return;
         }
-        // Extensions the request requires and we do not support (RFC 3261 8.2.2.3): 420, for
-        // every request but ACK and CANCEL. `timer` (RFC 4028) is the one we support.
-        if !matches!(method, Method::Ack | Method::Cancel) {
-            let unsupported: Vec<&str> = msg
-                .header_values("Require")
-                .filter(|ext| !ext.eq_ignore_ascii_case("timer"))
-                .collect();
-            if !unsupported.is_empty() {
-                let kind = if method == Method::Invite {
-                    ServerKind::Invite
-                } else {
-                    ServerKind::NonInvite
-                };
-                let mut resp = self.response(&msg, 420, Some(&random_token()));
-                resp.push("Unsupported", unsupported.join(", "));
-                tracing::info!(peer = %peer.addr, "request requires an unsupported extension: 420");
-                self.respond_new(peer, key, kind, None, resp, now);
-                return;
+        if is_ack {
+            self.handle_ack(&msg);
+            return;
+        }
+        let kind = if method == Method::Invite {
+            ServerKind::Invite
+        } else {
+            ServerKind::NonInvite
+        };
+        if let Some((code, extra)) = self.refusal(&msg, &method) {
+            let mut resp = self.response(&msg, code, Some(&random_token()));
+            for (name, value) in extra {
+                resp.push(name, value);
             }
+            tracing::info!(peer = %peer.addr, code, method = %method, "request refused");
+            self.respond_new(peer, key, kind, None, resp, now);
+            return;
         }
         match method {
-            Method::Ack => self.handle_ack(&msg),
             Method::Cancel => self.handle_cancel(peer, &msg, key, now),
             Method::Invite if msg.to_tag().is_none() => {
                 self.handle_new_invite(peer, local_ip, msg, key, now)
@@ -562,11 +596,67 @@ impl SipEndpoint {
         }
     }
 
+    /// The checks of RFC 3261 8.2 every new request (but ACK) passes before its method is
+    /// acted on, in the RFC's order, as the refusal's status and extra headers: an unknown
+    /// method (501; known but unsupported ones get 405 later), a CSeq for another method
+    /// (400), a Request-URI scheme other than sip/sips (416), a required extension we lack
+    /// (420 with Unsupported; `timer`, RFC 4028, is the one we support; not for CANCEL), and
+    /// for an offer (INVITE, UPDATE) a body that is not SDP (415 with Accept) or an Accept
+    /// that rules out the SDP answer (406).
+    fn refusal(
+        &self,
+        msg: &SipMessage,
+        method: &Method,
+    ) -> Option<(u16, Vec<(&'static str, String)>)> {
+        if !is_known_method(method) {
+            return Some((501, Vec::new()));
+        }
+        if !msg.cseq_matches() {
+            let why = warning(399, &RequestError::CSeqMethod);
+            return Some((400, vec![("Warning", why)]));
+        }
+        let scheme = msg.request_uri().and_then(uri_scheme).unwrap_or("");
+        if !(scheme.eq_ignore_ascii_case("sip") || scheme.eq_ignore_ascii_case("sips")) {
+            return Some((416, Vec::new()));
+        }
+        if *method != Method::Cancel {
+            let unsupported: Vec<&str> = msg
+                .header_values("Require")
+                .filter(|ext| !ext.eq_ignore_ascii_case("timer"))
+                .collect();
+            if !unsupported.is_empty() {
+                return Some((420, vec![("Unsupported", unsupported.join(", "))]));
+            }
+        }
+        if matches!(method, Method::Invite | Method::Update) {
+            if !msg.body.is_empty() && !body_is_sdp(msg) {
+                return Some((
+                    415,
+                    vec![
+                        ("Accept", "application/sdp".into()),
+                        ("Accept-Encoding", "identity".into()),
+                    ],
+                ));
+            }
+            if *method == Method::Invite && !accepts_sdp(msg) {
+                let why = "399 voicebot \"the answer is SDP, which Accept rules out\"".into();
+                return Some((406, vec![("Warning", why)]));
+            }
+        }
+        None
+    }
+
     /// A response with the standard headers every response from us carries.
+    /// A final response to a request without a To tag gets a fresh one when the caller names
+    /// none (RFC 3261 8.2.6.2).
     fn response(&self, req: &SipMessage, code: u16, to_tag: Option<&str>) -> SipMessage {
+        let fresh = (to_tag.is_none() && code > 100).then(random_token);
+        let to_tag = to_tag.or(fresh.as_deref());
         let mut resp = SipMessage::response_to(req, code, status_reason(code), to_tag);
-        resp.push("Server", self.config.user_agent.clone());
-        if matches!(code, 200 | 405) || (180..200).contains(&code) {
+        if !self.config.user_agent.is_empty() {
+            resp.push("Server", self.config.user_agent.clone());
+        }
+        if matches!(code, 200 | 405 | 501) || (180..200).contains(&code) {
             resp.push("Allow", ALLOWED);
         }
         resp
@@ -655,9 +745,6 @@ impl SipEndpoint {
             return reject(self, 403, &[], "source address not in the allow-list");
         }
         let uri = msg.request_uri().unwrap_or("");
-        if !(uri.starts_with("sip:") || uri.starts_with("sips:")) {
-            return reject(self, 416, &[], "not a SIP URI");
-        }
         if msg
             .header("Max-Forwards")
             .and_then(|v| v.trim().parse::<u32>().ok())
@@ -761,12 +848,14 @@ impl SipEndpoint {
             .unwrap_or_else(|| uri_of(msg.header("From").unwrap_or("")).to_string());
         let remote_uri = msg.header("From").unwrap_or("").to_string();
         let local_uri = format!("{};tag={local_tag}", msg.header("To").unwrap_or(""));
-        let called = parse_sip_uri(uri)
-            .and_then(|u| u.user.map(str::to_string))
-            .or_else(|| {
-                let to = uri_of(msg.header("To").unwrap_or(""));
-                parse_sip_uri(to).and_then(|u| u.user.map(str::to_string))
-            });
+        // The user part with its %HH escapes decoded (`%73upport` is `support`, RFC 4475
+        // 3.1.1.3), unless that would make it unprintable.
+        let user_of = |uri: &str| {
+            parse_sip_uri(uri)
+                .and_then(|u| u.user)
+                .map(|u| unescape_uri_part(u).unwrap_or_else(|| u.to_string()))
+        };
+        let called = user_of(uri).or_else(|| user_of(uri_of(msg.header("To").unwrap_or(""))));
         let cseq = msg.cseq().map_or(0, |c| c.seq);
         if let Some(entry) = self.transactions.get_mut(&key) {
             entry.call = Some(handle);
@@ -918,7 +1007,9 @@ impl SipEndpoint {
         req.push("To", call.remote_uri.clone());
         req.push("Call-ID", call.call_id.clone());
         req.push("CSeq", format!("{} {}", call.local_cseq, method.as_str()));
-        req.push("User-Agent", config.user_agent.clone());
+        if !config.user_agent.is_empty() {
+            req.push("User-Agent", config.user_agent.clone());
+        }
         (req, branch)
     }
 
@@ -1120,7 +1211,9 @@ impl SipEndpoint {
         invite.push("Contact", self.contact(call.local_ip, call.peer.transport));
         invite.push("Allow", ALLOWED);
         invite.push("Supported", "timer");
-        invite.push("User-Agent", self.config.user_agent.clone());
+        if !self.config.user_agent.is_empty() {
+            invite.push("User-Agent", self.config.user_agent.clone());
+        }
         for (name, value) in &call.headers {
             invite.push(name, value.clone());
         }
@@ -1382,6 +1475,7 @@ impl SipEndpoint {
             invite: p.invite.clone(),
             invite_key: TxnKey {
                 branch: p.branch.clone(),
+                sent_by: String::new(),
                 method: "INVITE".into(),
             },
             state: CallState::Confirmed,
@@ -1434,10 +1528,7 @@ impl SipEndpoint {
 
     fn handle_cancel(&mut self, peer: Peer, msg: &SipMessage, key: TxnKey, now: Instant) {
         // The CANCEL matches the INVITE transaction with the same branch (9.2).
-        let invite_key = TxnKey {
-            branch: key.branch.clone(),
-            method: "INVITE".into(),
-        };
+        let invite_key = key.invite();
         let target = self
             .transactions
             .get(&invite_key)
@@ -1826,6 +1917,49 @@ impl SipEndpoint {
             }
         }
     }
+}
+
+/// Whether the gateway knows `method` (RFC 3261 8.2.1: a method it knows but does not
+/// implement gets 405 with Allow, one it does not know 501).
+fn is_known_method(method: &Method) -> bool {
+    match method {
+        Method::Other(name) => name == "PUBLISH",
+        _ => true,
+    }
+}
+
+/// The media type of a Content-Type value (`application/sdp;charset=x` -> `application/sdp`),
+/// lower-cased.
+fn media_type(value: &str) -> String {
+    value
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase()
+}
+
+/// Whether the body is SDP: Content-Type `application/sdp` (or none, as lenient UAs send),
+/// not encoded.
+fn body_is_sdp(msg: &SipMessage) -> bool {
+    let plain = msg
+        .header("Content-Encoding")
+        .is_none_or(|e| e.trim().eq_ignore_ascii_case("identity"));
+    plain
+        && msg
+            .header("Content-Type")
+            .is_none_or(|ct| media_type(ct) == "application/sdp")
+}
+
+/// Whether an SDP body may answer the request: no Accept header (SDP is the default, RFC 3261
+/// 20.1), or one listing `application/sdp`, `application/*` or `*/*`.
+fn accepts_sdp(msg: &SipMessage) -> bool {
+    if msg.header("Accept").is_none() {
+        return true;
+    }
+    msg.header_values("Accept")
+        .map(media_type)
+        .any(|t| matches!(t.as_str(), "application/sdp" | "application/*" | "*/*"))
 }
 
 /// The status code of a `message/sipfrag` body's status line (`SIP/2.0 200 OK`).
@@ -2877,5 +3011,342 @@ From: {};tag=agent1\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: 2 BYE\r\nMax-Forwards: 70\
             vec!["<sip:p1.example.com;lr>", "<sip:p2.example.com;lr>"]
         );
         assert_eq!(bye.request_uri(), Some("sip:caller@127.0.0.1:5061"));
+    }
+
+    /// A request from `via` (sent-by) with `branch`, its own Call-ID.
+    fn options_from(via: &str, branch: &str, call_id: &str) -> Vec<u8> {
+        format!(
+            "OPTIONS sip:support@127.0.0.1 SIP/2.0\r\n\
+Via: SIP/2.0/UDP {via};branch={branch}\r\n\
+From: <sip:probe@127.0.0.1>;tag=f-{call_id}\r\n\
+To: <sip:support@127.0.0.1>\r\n\
+Call-ID: {call_id}\r\n\
+CSeq: 1 OPTIONS\r\n\
+Content-Length: 0\r\n\r\n"
+        )
+        .into_bytes()
+    }
+
+    #[test]
+    fn transactions_are_keyed_by_branch_sent_by_and_method() {
+        let t0 = Instant::now();
+        let mut ep = endpoint(10);
+        let a = caller();
+        let b = Peer {
+            transport: Transport::Udp,
+            addr: "127.0.0.2:5062".parse().unwrap(),
+        };
+        ep.handle_bytes(
+            a,
+            local_ip(),
+            &options_from("127.0.0.1:5061", "z9hG4bKsame", "a"),
+            t0,
+        );
+        ep.handle_bytes(
+            b,
+            local_ip(),
+            &options_from("127.0.0.2:5062", "z9hG4bKsame", "b"),
+            t0,
+        );
+        let out: Vec<Transmit> = std::iter::from_fn(|| ep.poll_transmit()).collect();
+        assert_eq!(out.len(), 2, "each client gets its own answer");
+        for (t, (peer, call_id)) in out.iter().zip([(a, "a"), (b, "b")]) {
+            assert_eq!(t.to, peer);
+            let resp = SipMessage::parse(&t.bytes).unwrap();
+            assert_eq!((resp.status(), resp.call_id()), (Some(200), Some(call_id)));
+        }
+        // A retransmission is still one (same sent-by, written differently): the same answer.
+        ep.handle_bytes(
+            a,
+            local_ip(),
+            &options_from("127.0.0.1:5061", "z9hG4bKsame", "x"),
+            t0,
+        );
+        let again = sent(&mut ep);
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].call_id(), Some("a"));
+        // Port 5060 is the default sent-by port: `host` and `host:5060` are one client.
+        ep.handle_bytes(
+            b,
+            local_ip(),
+            &options_from("10.0.0.9", "z9hG4bKdflt", "c"),
+            t0,
+        );
+        ep.handle_bytes(
+            b,
+            local_ip(),
+            &options_from("10.0.0.9:5060", "z9hG4bKdflt", "d"),
+            t0,
+        );
+        let out = sent(&mut ep);
+        assert_eq!(
+            out.iter().map(|m| m.call_id()).collect::<Vec<_>>(),
+            [Some("c"), Some("c")]
+        );
+    }
+
+    #[test]
+    fn a_cancel_from_another_sent_by_does_not_cancel_the_call() {
+        let t0 = Instant::now();
+        let mut ep = endpoint(10);
+        ep.handle_bytes(
+            caller(),
+            local_ip(),
+            &request("INVITE", "z9hG4bK1", 1, None, "", SDP),
+            t0,
+        );
+        sent(&mut ep);
+        assert!(matches!(ep.poll_event(), Some(Event::IncomingCall(_))));
+        let cancel = String::from_utf8(request("CANCEL", "z9hG4bK1", 1, None, "", ""))
+            .unwrap()
+            .replace("127.0.0.1:5061;branch", "192.0.2.7:5061;branch");
+        ep.handle_bytes(caller(), local_ip(), cancel.as_bytes(), t0);
+        assert_eq!(codes(&sent(&mut ep)), vec![481]);
+        assert!(ep.poll_event().is_none(), "the call goes on");
+    }
+
+    /// One RFC 4475 message from tests/rfc4475.
+    fn torture(name: &str) -> Vec<u8> {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/rfc4475")
+            .join(format!("{name}.dat"));
+        std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    }
+
+    /// Feeds `bytes` as one datagram, accepts any call, and returns what went out.
+    fn answers(bytes: &[u8]) -> Vec<SipMessage> {
+        let t0 = Instant::now();
+        let mut ep = endpoint(10);
+        ep.handle_bytes(caller(), local_ip(), bytes, t0);
+        while let Some(event) = ep.poll_event() {
+            if let Event::IncomingCall(call) = event {
+                ep.accept(call.handle, local_media(), t0);
+            }
+        }
+        sent(&mut ep)
+    }
+
+    #[test]
+    fn rfc4475_messages_get_the_answers_the_rfc_expects_over_udp() {
+        let table = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/rfc4475/expected.txt"),
+        )
+        .unwrap();
+        let mut checked = 0;
+        for line in table
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            let (name, udp) = (cols[0], cols[2]);
+            let out = answers(&torture(name));
+            // Over UDP one datagram is one request: the first outcome is the whole answer.
+            let want: Vec<&str> = udp.split('+').next().unwrap().split('|').collect();
+            let got = match out.iter().find(|m| m.status().is_some_and(|c| c >= 200)) {
+                None => "none".to_string(),
+                Some(m)
+                    if m.status() == Some(200)
+                        && m.cseq().is_some_and(|c| c.method == Method::Invite) =>
+                {
+                    "call".to_string()
+                }
+                Some(m) => m.status().unwrap_or(0).to_string(),
+            };
+            assert!(
+                want.contains(&got.as_str()),
+                "{name}: got {got}, expected {udp}"
+            );
+            for m in &out {
+                assert_eq!(m.header("Server"), Some("voicebot-gateway"), "{name}");
+                if m.status().is_some_and(|c| c >= 200) {
+                    assert!(
+                        m.to_tag().is_some() || m.header("To").is_none(),
+                        "{name}: To tag"
+                    );
+                }
+            }
+            checked += 1;
+        }
+        assert_eq!(checked, 49, "every message of RFC 4475 section 3");
+    }
+
+    #[test]
+    fn unknown_method_501_known_but_unsupported_405() {
+        let out = answers(&torture("intmeth"));
+        assert_eq!(codes(&out), vec![501]);
+        assert_eq!(
+            out[0].call_id(),
+            Some("intmeth.word%ZK-!.*_+'@word`~)(><:\\/\"][?}{")
+        );
+        assert_eq!(codes(&answers(&torture("mismatch02"))), vec![501]);
+        assert_eq!(
+            codes(&answers(&request("MESSAGE", "z9hG4bKm", 1, None, "", ""))),
+            vec![405]
+        );
+        let publish = String::from_utf8(request("MESSAGE", "z9hG4bKp", 1, None, "", ""))
+            .unwrap()
+            .replace("MESSAGE", "PUBLISH");
+        let out = answers(publish.as_bytes());
+        assert_eq!(codes(&out), vec![405]);
+        assert_eq!(out[0].header("Allow"), Some(ALLOWED));
+        // The CSeq of a known method that is not the request's: 400.
+        assert_eq!(codes(&answers(&torture("mismatch01"))), vec![400]);
+    }
+
+    #[test]
+    fn bad_request_lines_get_400_or_505_not_silence() {
+        for name in ["lwsstart", "trws", "lwsruri", "ltgtruri", "escruri"] {
+            let out = answers(&torture(name));
+            assert_eq!(codes(&out), vec![400], "{name}");
+            assert!(out[0].header("Warning").is_some(), "{name}");
+        }
+        let out = answers(&torture("badvers"));
+        assert_eq!(codes(&out), vec![505]);
+        assert_eq!(
+            out[0].header("Via"),
+            Some("SIP/7.0/UDP c.example.com;branch=z9hG4bKkdjuw")
+        );
+        // An ACK with a bad request line is never answered.
+        let ack = String::from_utf8(torture("lwsstart"))
+            .unwrap()
+            .replace("INVITE", "ACK");
+        assert!(answers(ack.as_bytes()).is_empty());
+    }
+
+    #[test]
+    fn duplicate_and_malformed_headers_get_400() {
+        for name in [
+            "multi01", "mcl01", "badinv01", "quotbal", "scalar02", "insuf", "baddn",
+        ] {
+            assert_eq!(codes(&answers(&torture(name))), vec![400], "{name}");
+        }
+        // Missing Call-ID, From and To: the 400 copies what there is.
+        let out = answers(&torture("insuf"));
+        assert_eq!(out[0].header("CSeq"), Some("193942 INVITE"));
+        assert!(out[0].call_id().is_none());
+        // Every header a response copies, twice: 400 each.
+        for (name, line) in [
+            ("Call-ID", "Call-ID: other@test\r\n"),
+            ("CSeq", "CSeq: 2 OPTIONS\r\n"),
+            ("From", "From: <sip:x@127.0.0.1>;tag=2\r\n"),
+            ("To", "To: <sip:y@127.0.0.1>\r\n"),
+        ] {
+            let out = answers(&request("OPTIONS", "z9hG4bKd", 1, None, line, ""));
+            assert_eq!(codes(&out), vec![400], "{name}");
+            assert!(
+                out[0].header("Warning").unwrap_or("").contains(name),
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn scheme_extension_body_and_accept_refusals() {
+        assert_eq!(codes(&answers(&torture("unkscm"))), vec![416]);
+        assert_eq!(codes(&answers(&torture("novelsc"))), vec![416]);
+        let out = answers(&torture("bext01"));
+        assert_eq!(codes(&out), vec![420]);
+        assert_eq!(
+            out[0].header("Unsupported"),
+            Some("nothingSupportsThis, nothingSupportsThisEither")
+        );
+        let out = answers(&torture("invut"));
+        assert_eq!(codes(&out), vec![415]);
+        assert_eq!(out[0].header("Accept"), Some("application/sdp"));
+        assert_eq!(codes(&answers(&torture("sdp01"))), vec![406]);
+        // SDP with its parameters, and a wildcard Accept, are fine.
+        let ok = String::from_utf8(request(
+            "INVITE",
+            "z9hG4bKs",
+            1,
+            None,
+            "Accept: application/*\r\n",
+            SDP,
+        ))
+        .unwrap()
+        .replace(
+            "Content-Type: application/sdp",
+            "Content-Type: Application/SDP; charset=utf-8",
+        );
+        assert_eq!(codes(&answers(ok.as_bytes())), vec![100, 180, 200]);
+    }
+
+    #[test]
+    fn valid_odd_messages_are_accepted() {
+        for name in ["esc01", "longreq", "inv2543", "baddate"] {
+            let out = answers(&torture(name));
+            assert_eq!(codes(&out), vec![100, 180, 200], "{name}");
+        }
+        for name in [
+            "lwsdisp",
+            "semiuri",
+            "transports",
+            "zeromf",
+            "badaspec",
+            "badbranch",
+        ] {
+            assert_eq!(codes(&answers(&torture(name))), vec![200], "{name}");
+        }
+        // The extra bytes after dblreq's REGISTER are noise (RFC 3261 18.3).
+        assert_eq!(codes(&answers(&torture("dblreq"))), vec![405]);
+        // Responses that match nothing are dropped.
+        for name in ["unreason", "noreason", "scalarlg", "bigcode", "bcast"] {
+            assert!(answers(&torture(name)).is_empty(), "{name}");
+        }
+    }
+
+    #[test]
+    fn the_called_user_is_unescaped_when_printable() {
+        let t0 = Instant::now();
+        let mut ep = endpoint(10);
+        let invite = String::from_utf8(request("INVITE", "z9hG4bKe", 1, None, "", SDP))
+            .unwrap()
+            .replacen("sip:support@", "sip:%73upp%6Frt@", 1);
+        ep.handle_bytes(caller(), local_ip(), invite.as_bytes(), t0);
+        let Some(Event::IncomingCall(call)) = ep.poll_event() else {
+            panic!("no call")
+        };
+        assert_eq!(call.called.as_deref(), Some("support"));
+        let mut ep = endpoint(10);
+        ep.handle_bytes(caller(), local_ip(), &torture("esc01"), t0);
+        let Some(Event::IncomingCall(call)) = ep.poll_event() else {
+            panic!("no call")
+        };
+        assert_eq!(call.called.as_deref(), Some("sips:user@example.com"));
+    }
+
+    #[test]
+    fn server_header_is_configurable_and_can_be_left_out() {
+        let out = answers(&request("OPTIONS", "z9hG4bKu", 1, None, "", ""));
+        assert_eq!(out[0].header("Server"), Some("voicebot-gateway"));
+        let t0 = Instant::now();
+        for (value, expected) in [("Acme SBC", Some("Acme SBC")), ("", None)] {
+            let mut ep = SipEndpoint::new(
+                EndpointConfig {
+                    user_agent: value.into(),
+                    ..EndpointConfig::default()
+                },
+                None,
+                AllowList::parse(&[]).unwrap(),
+                t0,
+            );
+            ep.handle_bytes(
+                caller(),
+                local_ip(),
+                &request("INVITE", "z9hG4bK1", 1, None, "", SDP),
+                t0,
+            );
+            let Some(Event::IncomingCall(call)) = ep.poll_event() else {
+                panic!("no call")
+            };
+            ep.accept(call.handle, local_media(), t0);
+            for m in sent(&mut ep) {
+                assert_eq!(m.header("Server"), expected);
+            }
+            ep.hangup(call.handle, t0);
+            let bye = sent(&mut ep);
+            assert_eq!(bye[0].method(), Some(&Method::Bye));
+            assert_eq!(bye[0].header("User-Agent"), expected);
+        }
     }
 }

@@ -7,6 +7,13 @@
 //! The SIP crates we looked at either come with their own transport and runtime or have no
 //! message framer (`ezk-sip-types` leaves framing to its transport layer); the framing here is
 //! small, bounded (size, header count) and fuzzed, which is what network input needs.
+//!
+//! Parsing refuses only what cannot be framed or read; judging a request is a separate step
+//! ([`SipMessage::validate_request`]), so that an invalid request whose Via can be read is
+//! answered (400, 505) rather than dropped, and the sender stops retransmitting. A request
+//! line that breaks the grammar is kept verbatim ([`StartLine::BadRequest`]) for that reason.
+//! The rules follow RFC 3261's grammar where the gateway copies or reads a field, and RFC
+//! 4475's torture messages (tests/rfc4475) where the RFC allows a choice.
 
 use std::fmt;
 
@@ -37,6 +44,53 @@ pub enum ParseError {
     BodyLength { declared: usize, actual: usize },
     #[error("missing or bad {0} header")]
     MissingHeader(&'static str),
+    #[error("more than one {0} header")]
+    Duplicate(&'static str),
+}
+
+/// Why a request line does not follow RFC 3261's grammar (section 25.1); the message is still
+/// parsed, so that a request whose Via can be read gets an answer instead of silence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestLineError {
+    /// Not `Method SP Request-URI SP SIP-Version`, with one SP each (RFC 4475 3.1.2.8-10).
+    Syntax,
+    /// A SIP version other than 2.0 (answered 505, RFC 4475 3.1.2.16).
+    Version,
+    /// The Request-URI is not a URI, or a SIP URI that is malformed or carries headers (RFC
+    /// 4475 3.1.2.7, 3.1.2.11).
+    Uri,
+}
+
+/// Why a parsed request cannot be processed (RFC 3261 8.2): answered with [`status`], 400 Bad
+/// Request unless said otherwise, before any transaction exists.
+///
+/// [`status`]: RequestError::status
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    #[error("malformed request line")]
+    RequestLine,
+    #[error("SIP version not supported")]
+    Version,
+    #[error("malformed Request-URI")]
+    RequestUri,
+    #[error("missing or bad {0} header")]
+    Missing(&'static str),
+    #[error("more than one {0} header")]
+    Duplicate(&'static str),
+    #[error("malformed {0} header")]
+    Malformed(&'static str),
+    #[error("CSeq method does not match the request method")]
+    CSeqMethod,
+}
+
+impl RequestError {
+    /// The status code that answers the request.
+    pub fn status(&self) -> u16 {
+        match self {
+            RequestError::Version => 505,
+            _ => 400,
+        }
+    }
 }
 
 /// A SIP request method.
@@ -108,8 +162,22 @@ impl fmt::Display for Method {
 /// The first line of a message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StartLine {
-    Request { method: Method, uri: String },
-    Response { code: u16, reason: String },
+    Request {
+        method: Method,
+        uri: String,
+    },
+    Response {
+        code: u16,
+        reason: String,
+    },
+    /// A line that reads as a request line (it ends in a `SIP/` version) but breaks the grammar:
+    /// kept verbatim (printed back as it came) so the request can still be answered 400 or 505.
+    BadRequest {
+        line: String,
+        /// The first token when it is a method token (so an ACK is never answered).
+        method: Option<Method>,
+        error: RequestLineError,
+    },
 }
 
 /// One header line, its name in canonical long form (compact forms expanded).
@@ -235,6 +303,9 @@ fn parse_start_line(line: &str) -> Result<StartLine, ParseError> {
     let bad = || ParseError::StartLine(line.chars().take(120).collect());
     if let Some(rest) = line.strip_prefix("SIP/2.0 ") {
         let (code, reason) = rest.split_once(' ').unwrap_or((rest, ""));
+        if code.len() != 3 {
+            return Err(bad());
+        }
         let code: u16 = code.parse().map_err(|_| bad())?;
         if !(100..=699).contains(&code) {
             return Err(bad());
@@ -244,17 +315,39 @@ fn parse_start_line(line: &str) -> Result<StartLine, ParseError> {
             reason: reason.to_string(),
         });
     }
+    // Only a line ending in a SIP version is taken for a (possibly malformed) request line;
+    // anything else is not SIP at all.
+    let last = line
+        .trim_end_matches([' ', '\t'])
+        .rsplit([' ', '\t'])
+        .next()
+        .unwrap_or("");
+    if line.starts_with("SIP/") || last.len() <= 4 || !last[..4].eq_ignore_ascii_case("SIP/") {
+        return Err(bad());
+    }
+    let first = line.split([' ', '\t']).next().unwrap_or("");
+    let malformed = |error| {
+        Ok(StartLine::BadRequest {
+            line: line.to_string(),
+            method: (!first.is_empty() && first.bytes().all(is_token_byte))
+                .then(|| Method::parse(first)),
+            error,
+        })
+    };
     let mut parts = line.split(' ');
     let (Some(method), Some(uri), Some(version), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
     else {
-        return Err(bad());
+        return malformed(RequestLineError::Syntax);
     };
-    if version != "SIP/2.0" || method.is_empty() || !method.bytes().all(is_token_byte) {
-        return Err(bad());
+    if method.is_empty() || !method.bytes().all(is_token_byte) || uri.is_empty() {
+        return malformed(RequestLineError::Syntax);
     }
-    if !uri.contains(':') {
-        return Err(bad());
+    if !version.eq_ignore_ascii_case("SIP/2.0") {
+        return malformed(RequestLineError::Version);
+    }
+    if !request_uri_ok(uri) {
+        return malformed(RequestLineError::Uri);
     }
     Ok(StartLine::Request {
         method: Method::parse(method),
@@ -262,10 +355,55 @@ fn parse_start_line(line: &str) -> Result<StartLine, ParseError> {
     })
 }
 
+/// The scheme of an absolute URI (`scheme ":" ...`, RFC 3986 section 3.1), lower-cased by
+/// the caller when compared; None when `uri` does not start with one.
+pub fn uri_scheme(uri: &str) -> Option<&str> {
+    let (scheme, rest) = uri.split_once(':')?;
+    let mut bytes = scheme.bytes();
+    let first_ok = bytes.next().is_some_and(|b| b.is_ascii_alphabetic());
+    (first_ok
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
+        && !rest.is_empty())
+    .then_some(scheme)
+}
+
+/// Whether `uri` can be a Request-URI: an absolute URI of printable ASCII without the
+/// characters that delimit it in a message (space, `<`, `>`, `"`); a `sip:`/`sips:` URI must
+/// parse and carry no headers (RFC 3261 19.1.1: headers are not allowed in a Request-URI).
+fn request_uri_ok(uri: &str) -> bool {
+    if !uri
+        .bytes()
+        .all(|b| b.is_ascii_graphic() && !b"<>\"".contains(&b))
+    {
+        return false;
+    }
+    let Some(scheme) = uri_scheme(uri) else {
+        return false;
+    };
+    if scheme.eq_ignore_ascii_case("sip") || scheme.eq_ignore_ascii_case("sips") {
+        return parse_sip_uri(uri).is_some_and(|u| !u.has_headers && host_ok(u.host));
+    }
+    true
+}
+
+/// A hostname, IPv4 address or (bracket-less) IPv6 reference as `parse_sip_uri` returns it.
+fn host_ok(host: &str) -> bool {
+    !host.is_empty()
+        && (host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+            || (host.contains(':')
+                && host
+                    .bytes()
+                    .all(|b| b.is_ascii_hexdigit() || b":.".contains(&b))))
+}
+
 impl SipMessage {
     /// Parses one whole message (a UDP datagram). The body must be exactly as long as
     /// Content-Length says (a missing Content-Length on UDP means "the rest of the datagram");
-    /// bytes beyond it are ignored, as RFC 3261 section 18.3 says.
+    /// bytes beyond it are ignored, as RFC 3261 section 18.3 says. A datagram whose last
+    /// header line ends the datagram without the empty line is taken as a message without a
+    /// body (a datagram cannot continue; RFC 4475's `baddn` arrives so).
     pub fn parse(buf: &[u8]) -> Result<SipMessage, ParseError> {
         if buf.len() > MAX_MESSAGE_BYTES {
             return Err(ParseError::TooLarge);
@@ -276,7 +414,11 @@ impl SipMessage {
             .position(|&b| b != b'\r' && b != b'\n')
             .ok_or(ParseError::Incomplete)?;
         let buf = &buf[start..];
-        let end = header_end(buf).ok_or(ParseError::Incomplete)?;
+        let end = match header_end(buf) {
+            Some(end) => end,
+            None if buf.ends_with(b"\n") => buf.len(),
+            None => return Err(ParseError::Incomplete),
+        };
         let head = std::str::from_utf8(&buf[..end]).map_err(|_| ParseError::NotText)?;
         let (start, headers) = parse_head(head)?;
         let rest = &buf[end..];
@@ -299,16 +441,34 @@ impl SipMessage {
         Ok(msg)
     }
 
-    /// The Content-Length header's value, if present.
+    /// The Content-Length header's value, if present: digits only (no sign), and only one
+    /// such header, since two leave the body's end unknown (RFC 4475 3.3.9; on a stream the
+    /// framing is lost, so the error closes the connection).
     pub fn content_length(&self) -> Result<Option<usize>, ParseError> {
+        if self.header_count("Content-Length") > 1 {
+            return Err(ParseError::Duplicate("Content-Length"));
+        }
         match self.header("Content-Length") {
             None => Ok(None),
-            Some(v) => v
-                .trim()
-                .parse::<usize>()
-                .map(Some)
-                .map_err(|_| ParseError::ContentLength(v.to_string())),
+            Some(v) => {
+                let digits = v.trim();
+                if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err(ParseError::ContentLength(v.chars().take(40).collect()));
+                }
+                digits
+                    .parse::<usize>()
+                    .map(Some)
+                    .map_err(|_| ParseError::ContentLength(v.chars().take(40).collect()))
+            }
         }
+    }
+
+    /// How many header lines called `name` (canonical long form) the message has.
+    pub fn header_count(&self, name: &str) -> usize {
+        self.headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case(name))
+            .count()
     }
 
     /// A new request with no headers.
@@ -388,6 +548,10 @@ impl SipMessage {
             StartLine::Response { code, reason } => {
                 out.push_str(&format!("SIP/2.0 {code} {reason}\r\n"));
             }
+            StartLine::BadRequest { line, .. } => {
+                out.push_str(line);
+                out.push_str("\r\n");
+            }
         }
         for h in self.headers.iter().filter(|h| h.name != "Content-Length") {
             out.push_str(&h.name);
@@ -417,9 +581,12 @@ impl SipMessage {
             .flat_map(|h| split_list(&h.value))
     }
 
+    /// The request's method; for a malformed request line, its first token when that is a
+    /// method token.
     pub fn method(&self) -> Option<&Method> {
         match &self.start {
             StartLine::Request { method, .. } => Some(method),
+            StartLine::BadRequest { method, .. } => method.as_ref(),
             StartLine::Response { .. } => None,
         }
     }
@@ -427,14 +594,14 @@ impl SipMessage {
     pub fn status(&self) -> Option<u16> {
         match &self.start {
             StartLine::Response { code, .. } => Some(*code),
-            StartLine::Request { .. } => None,
+            StartLine::Request { .. } | StartLine::BadRequest { .. } => None,
         }
     }
 
     pub fn request_uri(&self) -> Option<&str> {
         match &self.start {
             StartLine::Request { uri, .. } => Some(uri),
-            StartLine::Response { .. } => None,
+            StartLine::Response { .. } | StartLine::BadRequest { .. } => None,
         }
     }
 
@@ -445,8 +612,16 @@ impl SipMessage {
     pub fn cseq(&self) -> Option<CSeq> {
         let v = self.header("CSeq")?;
         let mut parts = v.split_whitespace();
-        let seq = parts.next()?.parse().ok()?;
-        let method = Method::parse(parts.next()?);
+        let seq = parts.next()?;
+        if !seq.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let seq = seq.parse().ok()?;
+        let method = parts.next()?;
+        if !method.bytes().all(is_token_byte) {
+            return None;
+        }
+        let method = Method::parse(method);
         if parts.next().is_some() {
             return None;
         }
@@ -471,40 +646,96 @@ impl SipMessage {
         self.header("To").and_then(|v| param_of(v, "tag"))
     }
 
-    /// Checks the headers every request needs to be answered (RFC 3261 section 8.1.1).
-    pub fn validate_request(&self) -> Result<(), ParseError> {
+    /// Checks what a request needs before anything acts on it (RFC 3261 8.1.1, 8.2, 20, and
+    /// the invalid messages of RFC 4475 3.1.2 and 3.3): a well-formed request line; the
+    /// headers a response copies, each once where the grammar allows one; Via, From, To and
+    /// Contact values that follow their grammar (balanced quotes, no empty parameters or list
+    /// elements, an addr-spec with `?` or `,` only inside `<>`); a CSeq number that fits 32
+    /// bits. Whether the CSeq method matches is checked apart ([`cseq_matches`]), because an
+    /// unknown method is answered 501 first. Fields the gateway does not use (Date, Expires,
+    /// unknown headers) are not judged.
+    ///
+    /// [`cseq_matches`]: SipMessage::cseq_matches
+    pub fn validate_request(&self) -> Result<(), RequestError> {
+        match &self.start {
+            StartLine::BadRequest { error, .. } => {
+                return Err(match error {
+                    RequestLineError::Syntax => RequestError::RequestLine,
+                    RequestLineError::Version => RequestError::Version,
+                    RequestLineError::Uri => RequestError::RequestUri,
+                })
+            }
+            StartLine::Response { .. } => return Err(RequestError::RequestLine),
+            StartLine::Request { .. } => {}
+        }
+        for name in [
+            "From",
+            "To",
+            "Call-ID",
+            "CSeq",
+            "Max-Forwards",
+            "Content-Length",
+            "Content-Type",
+        ] {
+            if self.header_count(name) > 1 {
+                return Err(RequestError::Duplicate(name));
+            }
+        }
         if self.top_via().is_none() {
-            return Err(ParseError::MissingHeader("Via"));
+            return Err(RequestError::Missing("Via"));
         }
-        if self.header("From").is_none() {
-            return Err(ParseError::MissingHeader("From"));
-        }
-        if self.header("To").is_none() {
-            return Err(ParseError::MissingHeader("To"));
+        for name in ["From", "To"] {
+            if self.header(name).is_none() {
+                return Err(RequestError::Missing(name));
+            }
         }
         if self.call_id().is_none() {
-            return Err(ParseError::MissingHeader("Call-ID"));
+            return Err(RequestError::Missing("Call-ID"));
         }
-        match (self.cseq(), self.method()) {
-            (Some(cseq), Some(method)) if &cseq.method == method => Ok(()),
-            (Some(_), Some(Method::Ack)) => Err(ParseError::MissingHeader("CSeq")),
-            _ => Err(ParseError::MissingHeader("CSeq")),
+        if self.cseq().is_none() {
+            return Err(RequestError::Missing("CSeq"));
         }
+        let vias_ok = self
+            .headers
+            .iter()
+            .filter(|h| h.name == "Via")
+            .all(|h| list_elements(&h.value).all(via_ok));
+        if !vias_ok {
+            return Err(RequestError::Malformed("Via"));
+        }
+        for name in ["From", "To"] {
+            if !self.header(name).is_some_and(address_ok) {
+                return Err(RequestError::Malformed(name));
+            }
+        }
+        let contacts_ok = self
+            .headers
+            .iter()
+            .filter(|h| h.name == "Contact")
+            .all(|h| h.value.trim() == "*" || list_elements(&h.value).all(address_ok));
+        if !contacts_ok {
+            return Err(RequestError::Malformed("Contact"));
+        }
+        Ok(())
     }
 
-    /// Whether the request can be answered at all: a response needs the Via, From, To, Call-ID
-    /// and CSeq it copies. Without them the request is dropped.
+    /// Whether the CSeq method is the request's method (RFC 3261 8.1.1.5; RFC 4475 3.1.2.17).
+    pub fn cseq_matches(&self) -> bool {
+        matches!((self.cseq(), self.method()), (Some(cseq), Some(method)) if &cseq.method == method)
+    }
+
+    /// Whether a response can be addressed at all: it needs the topmost Via (the response goes
+    /// back to the request's source; RFC 3261 18.2.2). Whatever of From, To, Call-ID and CSeq
+    /// the request has is copied too, so even a request missing some of them (RFC 4475
+    /// 3.3.1) learns why it failed.
     pub fn answerable(&self) -> bool {
         self.top_via().is_some()
-            && self.header("From").is_some()
-            && self.header("To").is_some()
-            && self.call_id().is_some()
-            && self.header("CSeq").is_some()
     }
 }
 
-/// Splits a header value at top-level commas (not inside quotes or `<...>`).
-pub fn split_list(value: &str) -> impl Iterator<Item = &str> {
+/// Splits `value` at each `sep` outside quoted strings (with their `\\` escapes) and `<...>`,
+/// keeping empty pieces.
+fn split_unquoted(value: &str, sep: char) -> Vec<&str> {
     let mut parts = Vec::new();
     let (mut quoted, mut angle, mut escaped) = (false, false, false);
     let mut start = 0;
@@ -518,15 +749,195 @@ pub fn split_list(value: &str) -> impl Iterator<Item = &str> {
             '"' => quoted = !quoted,
             '<' if !quoted => angle = true,
             '>' if !quoted => angle = false,
-            ',' if !quoted && !angle => {
-                parts.push(value[start..i].trim());
-                start = i + 1;
+            c if c == sep && !quoted && !angle => {
+                parts.push(&value[start..i]);
+                start = i + c.len_utf8();
             }
             _ => {}
         }
     }
-    parts.push(value[start..].trim());
-    parts.into_iter().filter(|p| !p.is_empty())
+    parts.push(&value[start..]);
+    parts
+}
+
+/// Splits a header value at top-level commas (not inside quotes or `<...>`).
+pub fn split_list(value: &str) -> impl Iterator<Item = &str> {
+    split_unquoted(value, ',')
+        .into_iter()
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+}
+
+/// The elements of a comma-separated header value, trimmed, empty ones kept (they make the
+/// value invalid, RFC 4475 3.1.2.1).
+fn list_elements(value: &str) -> impl Iterator<Item = &str> {
+    split_unquoted(value, ',').into_iter().map(str::trim)
+}
+
+/// Whether `s` starts with a complete quoted string; returns the index just past its closing
+/// quote. A quoted pair may escape any character but CR and LF (RFC 3261 25.1).
+fn quoted_string_end(s: &str) -> Option<usize> {
+    let mut chars = s.char_indices();
+    if chars.next()?.1 != '"' {
+        return None;
+    }
+    while let Some((i, c)) = chars.next() {
+        match c {
+            '"' => return Some(i + 1),
+            '\\' => match chars.next() {
+                Some((_, '\r' | '\n')) | None => return None,
+                Some(_) => {}
+            },
+            _ => {}
+        }
+    }
+    None
+}
+
+/// Whether `params` (the text after an address or a Via's sent-by) is a run of
+/// `;name[=value]` parameters: no empty parameter, a token name, a token, host or quoted
+/// string value (RFC 3261 `generic-param`).
+fn params_ok(params: &str) -> bool {
+    let params = params.trim();
+    if params.is_empty() {
+        return true;
+    }
+    let Some(params) = params.strip_prefix(';') else {
+        return false;
+    };
+    split_unquoted(params, ';').into_iter().all(|p| {
+        let (name, value) = match p.split_once('=') {
+            Some((n, v)) => (n.trim(), Some(v.trim())),
+            None => (p.trim(), None),
+        };
+        let name_ok = !name.is_empty() && name.bytes().all(is_token_byte);
+        let value_ok = match value {
+            None => true,
+            Some(v) if v.starts_with('"') => quoted_string_end(v) == Some(v.len()),
+            Some(v) => !v.is_empty() && v.bytes().all(|b| is_token_byte(b) || b"[]:".contains(&b)),
+        };
+        name_ok && value_ok
+    })
+}
+
+/// Whether a URI inside an address has a scheme and no whitespace or delimiters.
+fn address_uri_ok(uri: &str) -> bool {
+    uri_scheme(uri).is_some()
+        && uri
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !b"<>\"".contains(&b))
+}
+
+/// Whether `value` is a From, To or Contact value (RFC 3261 20.10, 20.20, 20.39): a
+/// name-addr (an optional display name of tokens or one quoted string, then `<URI>`) or an
+/// addr-spec, then header parameters. An addr-spec may not hold `?` or `,` (RFC 4475
+/// 3.1.2.13: those need `<>`). Liberal where RFC 4475 allows it: no space needed between a
+/// display name and `<` (3.1.2 `lwsdisp`), and spaces just inside `<>` are ignored
+/// (`badaspec`); any URI scheme is accepted (3.3.4).
+fn address_ok(value: &str) -> bool {
+    let value = value.trim();
+    let (uri, params) = if let Some(end) = value.starts_with('"').then(|| quoted_string_end(value))
+    {
+        let Some(end) = end else {
+            return false; // an unterminated quoted display name (RFC 4475 3.1.2.6)
+        };
+        let Some(rest) = value[end..].trim_start().strip_prefix('<') else {
+            return false;
+        };
+        let Some((uri, params)) = rest.split_once('>') else {
+            return false;
+        };
+        (uri.trim(), params)
+    } else if let Some(lt) = value.find('<') {
+        let display = &value[..lt];
+        // Unquoted: tokens and spaces (UTF-8 letters let through, as UAs send names so).
+        if !display
+            .bytes()
+            .all(|b| is_token_byte(b) || b == b' ' || b == b'\t' || b >= 0x80)
+        {
+            return false; // a display name with non-token characters, unquoted (3.1.2.15)
+        }
+        let Some((uri, params)) = value[lt + 1..].split_once('>') else {
+            return false;
+        };
+        (uri.trim(), params)
+    } else {
+        let (uri, params) = match value.find(';') {
+            Some(i) => (&value[..i], &value[i..]),
+            None => (value, ""),
+        };
+        let uri = uri.trim();
+        if uri.contains(['?', ',']) {
+            return false;
+        }
+        (uri, params)
+    };
+    address_uri_ok(uri) && params_ok(params)
+}
+
+/// Whether `value` is one Via value (RFC 3261 20.42): `SIP/2.0/transport sent-by` (spaces
+/// allowed around the slashes) and well-formed parameters.
+fn via_ok(value: &str) -> bool {
+    let (protocol, params) = match value.find(';') {
+        Some(i) => (&value[..i], &value[i..]),
+        None => (value, ""),
+    };
+    let mut pieces = protocol.splitn(3, '/');
+    let (Some(name), Some(version), Some(rest)) = (pieces.next(), pieces.next(), pieces.next())
+    else {
+        return false;
+    };
+    let token = |t: &str| !t.is_empty() && t.bytes().all(is_token_byte);
+    let mut rest = rest.split_whitespace();
+    let (Some(transport), Some(sent_by), None) = (rest.next(), rest.next(), rest.next()) else {
+        return false;
+    };
+    token(name.trim())
+        && token(version.trim())
+        && token(transport)
+        && sent_by_of(sent_by).is_some()
+        && params_ok(params)
+}
+
+/// `host[:port]` of a Via's sent-by: the host lower-cased, IPv6 in brackets; None when it
+/// is not a host and an optional port.
+fn sent_by_of(sent_by: &str) -> Option<(String, Option<u16>)> {
+    let (host, port) = if sent_by.starts_with('[') {
+        let (host, after) = sent_by.split_once(']')?;
+        (format!("{host}]"), after.strip_prefix(':'))
+    } else {
+        match sent_by.split_once(':') {
+            Some((h, p)) => (h.to_string(), Some(p)),
+            None => (sent_by.to_string(), None),
+        }
+    };
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    if !host_ok(bare) {
+        return None;
+    }
+    let port = match port {
+        Some(p) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => Some(p.parse().ok()?),
+        Some(_) => return None,
+        None => None,
+    };
+    Some((host.to_ascii_lowercase(), port))
+}
+
+/// The topmost Via's sent-by as `host:port` (port 5060, or 5061 for TLS, when absent), for
+/// matching requests to server transactions (RFC 3261 17.2.3); None when unreadable.
+pub fn via_sent_by(via: &str) -> Option<String> {
+    let protocol = via.split(';').next()?;
+    let mut pieces = protocol.splitn(3, '/');
+    let rest = pieces.nth(2)?;
+    let mut rest = rest.split_whitespace();
+    let transport = rest.next()?;
+    let (host, port) = sent_by_of(rest.next()?)?;
+    let default = if transport.eq_ignore_ascii_case("TLS") {
+        5061
+    } else {
+        5060
+    };
+    Some(format!("{host}:{}", port.unwrap_or(default)))
 }
 
 /// The header parameters of a name-addr or Via value (after `>` when there is one, else after
@@ -569,26 +980,36 @@ pub struct SipUri<'a> {
     pub transport: Option<&'a str>,
     /// Whether the URI has the `lr` (loose routing) parameter.
     pub loose_route: bool,
+    /// Whether the URI has a headers component (`?name=value`).
+    pub has_headers: bool,
 }
 
-/// Parses `sip:user@host:port;params` (also `sips:` and `tel:`-less forms); None when not a SIP
-/// URI.
+/// Parses `sip:user@host:port;params?headers` (also `sips:`); None when not a SIP URI. The
+/// userinfo ends at the `@` (which appears nowhere else unescaped in a SIP URI), so a user
+/// part may hold `;`, `?` or `/` (RFC 4475 3.1.1.2 `intmeth`, 3.1.1.9 `semiuri`).
 pub fn parse_sip_uri(uri: &str) -> Option<SipUri<'_>> {
     let rest = uri
         .strip_prefix("sip:")
         .or_else(|| uri.strip_prefix("sips:"))?;
-    let rest = rest.split('?').next().unwrap_or(rest);
-    let mut parts = rest.split(';');
-    let userhost = parts.next()?;
-    let (user, hostport) = match userhost.rsplit_once('@') {
-        Some((u, h)) => (Some(u.split(':').next().unwrap_or(u)), h),
-        None => (None, userhost),
+    let (user, rest) = match rest.find('@') {
+        Some(i) => (
+            Some(rest[..i].split(':').next().unwrap_or("")),
+            &rest[i + 1..],
+        ),
+        None => (None, rest),
     };
+    let (rest, has_headers) = match rest.split_once('?') {
+        Some((r, _)) => (r, true),
+        None => (rest, false),
+    };
+    let mut parts = rest.split(';');
+    let hostport = parts.next()?;
     let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
         let (h, after) = v6.split_once(']')?;
         let port = match after.strip_prefix(':') {
             Some(p) => Some(p.parse().ok()?),
-            None => None,
+            None if after.is_empty() => None,
+            None => return None,
         };
         (h, port)
     } else {
@@ -616,7 +1037,33 @@ pub fn parse_sip_uri(uri: &str) -> Option<SipUri<'_>> {
         port,
         transport,
         loose_route,
+        has_headers,
     })
+}
+
+/// `%HH` escapes of a URI part decoded (RFC 3261 19.1.4: `%75ser` is `user`); None when an
+/// escape is malformed or the result is not printable UTF-8 (a NUL, say), in which case the
+/// escaped text is the safer name.
+pub fn unescape_uri_part(part: &str) -> Option<String> {
+    let bytes = part.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes.get(i + 1..i + 3)?;
+            if !hex.iter().all(u8::is_ascii_hexdigit) {
+                return None;
+            }
+            let hex = std::str::from_utf8(hex).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    let text = String::from_utf8(out).ok()?;
+    (!text.chars().any(char::is_control)).then_some(text)
 }
 
 /// Incremental framing of a SIP byte stream (TCP, RFC 3261 section 18.3): Content-Length is
@@ -941,6 +1388,214 @@ v=0\r";
         assert!(parse_sip_uri("tel:+123").is_none());
         assert!(parse_sip_uri("sip:a@b:notaport").is_none());
         assert_eq!(param_of("SIP/2.0/UDP h;branch=z9;rport", "RPORT"), Some(""));
+    }
+
+    fn torture(name: &str) -> SipMessage {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/rfc4475")
+            .join(format!("{name}.dat"));
+        let bytes = std::fs::read(&path).unwrap();
+        SipMessage::parse(&bytes).unwrap_or_else(|e| panic!("{name}: {e}"))
+    }
+
+    #[test]
+    fn malformed_request_lines_parse_as_bad_requests() {
+        let line = |l: &str| parse_start_line(l).unwrap();
+        for (l, error) in [
+            ("INVITE  sip:a@b  SIP/2.0", RequestLineError::Syntax),
+            ("OPTIONS sip:a@b SIP/2.0  ", RequestLineError::Syntax),
+            ("INVITE sip:a@b; lr SIP/2.0", RequestLineError::Syntax),
+            ("OPTIONS sip:a@b SIP/7.0", RequestLineError::Version),
+            ("INVITE <sip:a@b> SIP/2.0", RequestLineError::Uri),
+            (
+                "INVITE sip:a@b?Route=%3Csip:c%3E SIP/2.0",
+                RequestLineError::Uri,
+            ),
+            ("INVITE sip:a@b:port SIP/2.0", RequestLineError::Uri),
+            ("INVITE nocolon SIP/2.0", RequestLineError::Uri),
+        ] {
+            match line(l) {
+                StartLine::BadRequest {
+                    line,
+                    error: e,
+                    method,
+                } => {
+                    assert_eq!((line.as_str(), e), (l, error));
+                    assert!(method.is_some(), "{l}");
+                }
+                other => panic!("{l}: {other:?}"),
+            }
+        }
+        // Printed back verbatim, so a stream frame reaches the endpoint as it came.
+        let m = torture("lwsstart");
+        assert_eq!(m.validate_request(), Err(RequestError::RequestLine));
+        assert_eq!(SipMessage::parse(&m.to_bytes()).unwrap().start, m.start);
+        assert_eq!(
+            torture("badvers")
+                .validate_request()
+                .map_err(|e| e.status()),
+            Err(505)
+        );
+        // Not a request line at all, and bad status lines, stay errors.
+        for l in [
+            "HELLO",
+            "NOT SIP AT ALL",
+            "SIP/2.0 4294967301 big",
+            "SIP/2.0 99 low",
+        ] {
+            assert!(parse_start_line(l).is_err(), "{l}");
+        }
+        // Unusual but legal: any token method, a user part with ;?/, scheme case.
+        assert!(matches!(
+            line("!x%Y~ sip:a;b?c/d@example.com SIP/2.0"),
+            StartLine::Request { .. }
+        ));
+        assert!(matches!(
+            line("OPTIONS nobody:opaque sip/2.0"),
+            StartLine::Request { .. }
+        ));
+    }
+
+    #[test]
+    fn rfc4475_valid_messages_validate_and_invalid_ones_do_not() {
+        for name in [
+            "wsinv",
+            "intmeth",
+            "esc01",
+            "escnull",
+            "esc02",
+            "lwsdisp",
+            "longreq",
+            "dblreq",
+            "semiuri",
+            "transports",
+            "mpart01",
+            "cparam01",
+            "cparam02",
+            "regescrt",
+            "unksm2",
+            "inv2543",
+            "zeromf",
+            "badbranch",
+            "baddate",
+            "badaspec",
+            "invut",
+            "sdp01",
+            "bext01",
+            "novelsc",
+            "unkscm",
+            "regaut01",
+        ] {
+            assert_eq!(torture(name).validate_request(), Ok(()), "{name}");
+        }
+        for (name, error) in [
+            ("badinv01", RequestError::Malformed("Via")),
+            ("quotbal", RequestError::Malformed("To")),
+            ("baddn", RequestError::Malformed("From")),
+            ("regbadct", RequestError::Malformed("Contact")),
+            ("multi01", RequestError::Duplicate("From")),
+            ("insuf", RequestError::Missing("From")),
+            ("scalar02", RequestError::Missing("CSeq")),
+            ("ltgtruri", RequestError::RequestUri),
+            ("trws", RequestError::RequestLine),
+        ] {
+            assert_eq!(torture(name).validate_request(), Err(error), "{name}");
+        }
+        assert!(!torture("mismatch01").cseq_matches());
+        // Bytes the RFC put there on purpose survive parsing.
+        let m = torture("intmeth");
+        assert!(m.header("To").unwrap().contains("NUL:\\\0"));
+        assert_eq!(m.cseq().unwrap().seq, 139122385);
+        let m = torture("wsinv");
+        assert_eq!(
+            m.cseq().map(|c| (c.seq, c.method)),
+            Some((9, Method::Invite))
+        );
+        assert_eq!(m.from_tag(), Some("98asjd8"));
+        assert_eq!(
+            via_sent_by(m.top_via().unwrap()).as_deref(),
+            Some("192.0.2.2:5060")
+        );
+        assert_eq!(m.header_values("Via").count(), 3);
+        let semiuri = torture("semiuri");
+        let u = parse_sip_uri(semiuri.request_uri().unwrap()).unwrap();
+        assert_eq!(
+            (u.user, u.host),
+            (Some("user;par=u%40example.net"), "example.com")
+        );
+        assert_eq!(
+            unescape_uri_part("u%40example.net").as_deref(),
+            Some("u@example.net")
+        );
+        assert_eq!(unescape_uri_part("null-%00-null"), None);
+        assert_eq!(unescape_uri_part("bad%4"), None);
+    }
+
+    #[test]
+    fn content_length_must_be_one_plain_number() {
+        assert_eq!(
+            torture_bytes_error("mcl01"),
+            ParseError::Duplicate("Content-Length")
+        );
+        assert!(matches!(
+            torture_bytes_error("ncl"),
+            ParseError::ContentLength(_)
+        ));
+        assert!(matches!(
+            SipMessage::parse(b"OPTIONS sip:a SIP/2.0\r\nContent-Length: +0\r\n\r\n"),
+            Err(ParseError::ContentLength(_))
+        ));
+        // A datagram that ends after its last header line has no body.
+        let m = SipMessage::parse(b"OPTIONS sip:a SIP/2.0\r\nl: 0\r\n").unwrap();
+        assert_eq!(m.content_length(), Ok(Some(0)));
+    }
+
+    fn torture_bytes_error(name: &str) -> ParseError {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/rfc4475")
+            .join(format!("{name}.dat"));
+        SipMessage::parse(&std::fs::read(path).unwrap()).unwrap_err()
+    }
+
+    #[test]
+    fn addresses_follow_the_grammar() {
+        for ok in [
+            "\"A \\\" B\" <sip:a@b>;tag=1",
+            "caller<sip:caller@example.com>;tag=323",
+            "J\u{fc}rgen M\u{fc}ller <sip:j@example.com>",
+            "<sip:a@b;ob>;reg-id=1;+sip.instance=\"<urn:uuid:1-2>\"",
+            "sip:+1972@gw1.example.net;unknownparam",
+            "< sip:t.watson@example.org >",
+        ] {
+            assert!(address_ok(ok), "{ok}");
+        }
+        for bad in [
+            "\"Mr. J. User <sip:j.user@example.com>",
+            "Bell, Alexander <sip:a.g.bell@example.com>;tag=43",
+            "\"Joe\" <sip:joe@example.org>;;;;",
+            "sip:user@example.com?Route=%3Csip:sip.example.com%3E",
+            "<sip:a@b",
+            "<nocolon>",
+            "<sip:a@b>;tag=\"open",
+        ] {
+            assert!(!address_ok(bad), "{bad}");
+        }
+        assert!(via_ok("SIP/2.0/UDP h;branch=z9hG4bK1;received=[::1];rport"));
+        assert!(!via_ok("SIP/2.0/UDP 192.0.2.15;;"));
+        assert!(!via_ok("SIP/2.0 h;branch=1"));
+        assert!(!via_ok("SIP/2.0/UDP h extra"));
+    }
+
+    #[test]
+    fn sent_by_is_normalised() {
+        let s = |v: &str| via_sent_by(v);
+        assert_eq!(
+            s("SIP/2.0/UDP Host.Example:5070;branch=z9hG4bK1").as_deref(),
+            Some("host.example:5070")
+        );
+        assert_eq!(s("SIP / 2.0 / TLS h;branch=1").as_deref(), Some("h:5061"));
+        assert_eq!(s("SIP/2.0/TCP [::1]:5062").as_deref(), Some("[::1]:5062"));
+        assert_eq!(s("SIP/2.0/UDP h:x"), None);
     }
 
     #[test]
