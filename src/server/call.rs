@@ -180,7 +180,7 @@ struct CallTask {
 
     control: CallControl,
     agent: Option<Box<AgentMedia>>,
-    /// RTP ports of agent legs placed and not yet ended or answered.
+    /// Agent legs placed and not yet ended or answered: their RTP ports and SIP peer's IP.
     agent_ports: HashMap<CallHandle, AgentLeg>,
     /// Answers waiting for the core's go-ahead to start their media.
     agent_answers: HashMap<CallHandle, Negotiated>,

@@ -221,14 +221,28 @@ impl AgentMedia {
         }
     }
 
-    /// Datagrams dropped on the leg's port because they were not the agent's stream.
-    pub fn dropped(&self) -> LatchStats {
-        self.latch.stats()
-    }
-
     /// Packets sent to the agent so far.
     pub fn packets_out(&self) -> u64 {
         self.stream.lock().map_or(0, |s| s.packets_sent)
+    }
+}
+
+impl Drop for AgentMedia {
+    /// What the leg's port dropped goes to the log (the call's record has the caller's leg).
+    fn drop(&mut self) {
+        let LatchStats {
+            stranger,
+            foreign_ssrc,
+            ssrc_changes,
+        } = self.latch.stats();
+        if stranger + foreign_ssrc + ssrc_changes > 0 {
+            tracing::info!(
+                stranger,
+                foreign_ssrc,
+                ssrc_changes,
+                "agent leg: datagrams not from the agent's stream were dropped"
+            );
+        }
     }
 }
 
