@@ -75,6 +75,11 @@ pub struct RtpFigures {
     /// several calls can be merged.
     pub send_late_histogram: Vec<(u16, u32)>,
     pub frames_dropped_by_pipeline: u64,
+    /// Datagrams dropped because they came from a source other than the latched one (or,
+    /// before latching, one the `[media] latching` rule refuses), and RTP from the latched
+    /// address with another SSRC while the locked stream was alive (`media::latch`).
+    pub packets_from_strangers: u64,
+    pub packets_foreign_ssrc: u64,
 }
 
 /// A finished recording, as the call's record shows it.

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::config_file::ConfigError;
+use crate::media::latch::{LatchConfig, LatchMode};
 
 /// A SIP transport to listen on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -123,6 +124,13 @@ pub struct MediaConfig {
     /// How far below the bot's own level its echo is assumed to come back, dB: caller audio
     /// within this margin of the bot's output level is treated as echo, not speech.
     pub echo_return_loss_db: f32,
+    /// Which sources may latch a call leg's RTP before its first packet (`media::latch`):
+    /// "strict" (exactly the SDP address), "signalled-ip" (the SDP address, or any port on
+    /// the SDP's or the signalling peer's IP: NAT), "any" (unsafe: whoever sends first).
+    pub latching: LatchMode,
+    /// How long the latched stream must be silent before a new SSRC from the same address
+    /// takes over, ms.
+    pub ssrc_change_after_ms: u32,
 }
 
 impl Default for MediaConfig {
@@ -137,6 +145,8 @@ impl Default for MediaConfig {
             barge_in_min_speech_ms: 120,
             barge_in_floor_dbfs: -40.0,
             echo_return_loss_db: 12.0,
+            latching: LatchMode::SignalledIp,
+            ssrc_change_after_ms: 500,
         }
     }
 }
@@ -240,7 +250,28 @@ impl MediaConfig {
         if !(0.0..=60.0).contains(&self.echo_return_loss_db) {
             return bad("media.echo_return_loss_db", "must be between 0 and 60 dB");
         }
+        if !(20..=60_000).contains(&self.ssrc_change_after_ms) {
+            return bad(
+                "media.ssrc_change_after_ms",
+                "must be between 20 and 60000 ms",
+            );
+        }
+        if self.latching == LatchMode::Any {
+            tracing::warn!(
+                "[media] latching = \"any\": a stranger who sends RTP first gets the call's audio"
+            );
+        }
         Ok(())
+    }
+
+    /// The latching rules for every call leg.
+    pub fn latch(&self) -> LatchConfig {
+        LatchConfig {
+            mode: self.latching,
+            ssrc_change_after: std::time::Duration::from_millis(u64::from(
+                self.ssrc_change_after_ms,
+            )),
+        }
     }
 
     /// The number of RTP port pairs in the range.

@@ -158,3 +158,51 @@ fn receive_path_survives_any_datagrams() {
     let stats = rx.stats();
     assert!(stats.received + stats.rtcp + stats.malformed > 0);
 }
+
+#[test]
+fn the_latch_survives_any_datagrams_and_keeps_its_invariants() {
+    use super::latch::{Admit, LatchConfig, LatchMode, MediaLatch};
+    use std::net::{IpAddr, SocketAddr};
+    let mut rng = StdRng::seed_from_u64(5);
+    let t0 = Instant::now();
+    let sdp: SocketAddr = "127.0.0.1:40000".parse().expect("addr");
+    let peer = IpAddr::from([127, 0, 0, 2]);
+    for mode in [LatchMode::Strict, LatchMode::SignalledIp, LatchMode::Any] {
+        let config = LatchConfig {
+            mode,
+            ..LatchConfig::default()
+        };
+        let mut latch = MediaLatch::new(config, sdp, peer);
+        let mut now = t0;
+        let mut admitted_from = Vec::new();
+        for i in 0..CASES {
+            let bytes = input(&mut rng, if i % 3 == 0 { valid_rtcp } else { valid_rtp });
+            let from = SocketAddr::new(
+                IpAddr::from([127, 0, 0, rng.random_range(1..4)]),
+                40000 + rng.random_range(0..3),
+            );
+            now += Duration::from_millis(rng.random_range(0..30));
+            let before = latch.locked();
+            match latch.admit(&bytes, from, now) {
+                Admit::Rtp { latched: true } => {
+                    assert_eq!(before, None, "latches once");
+                    assert_eq!(latch.destination(), from);
+                }
+                Admit::Rtp { latched: false } if before.is_some() => admitted_from.push(from),
+                Admit::Rtp { .. } | Admit::Rtcp | Admit::Drop(_) => {}
+            }
+            if let (Some((a, _)), Some((b, _))) = (before, latch.locked()) {
+                assert_eq!(a, b, "only a re-INVITE moves a latched leg");
+            }
+            if mode == LatchMode::Strict {
+                assert!(latch.locked().is_none_or(|(a, _)| a == sdp));
+            }
+        }
+        let locked = latch.locked().map(|(a, _)| a);
+        assert!(locked.is_some(), "{mode:?} latched on something");
+        assert!(
+            admitted_from.iter().all(|a| Some(*a) == locked),
+            "{mode:?}: after latching only the latched source is admitted"
+        );
+    }
+}

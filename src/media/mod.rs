@@ -8,6 +8,7 @@
 //! | [`rtp`] | RTP packets to and from bytes, RTCP demultiplexing |
 //! | [`jitter`] | the adaptive jitter buffer |
 //! | [`dtmf`] | RFC 4733 telephone-events in and out |
+//! | [`latch`] | which sources may drive a leg's media: latching, the SSRC lock |
 //! | [`receiver`] | one call's receive side: jitter buffer, decoding, concealment, DTMF |
 //! | [`sender`] | one call's send side: 20 ms pacing, silence, markers, DTMF |
 //! | [`rtcp`] | sender and receiver reports out, SR/RR/BYE in |
@@ -23,6 +24,7 @@ pub mod dtmf;
 mod fuzz_tests;
 pub mod g711;
 pub mod jitter;
+pub mod latch;
 pub mod receiver;
 pub mod rtcp;
 pub mod rtp;

@@ -47,7 +47,7 @@ use super::pacer::Pacer;
 use super::ports::RtpPorts;
 use super::signal_queue::SignalReceiver;
 use super::speech_log::SpeechLog;
-use super::transfer::{convert, hold_tone_frame, AgentMedia};
+use super::transfer::{convert, hold_tone_frame, AgentLeg, AgentMedia};
 use super::{Inbound, PlaceCall, ReferCall};
 
 /// RTCP report interval (RFC 3550's minimum of 5 s suits one audio stream each way).
@@ -117,7 +117,7 @@ pub struct CallSetup {
 /// Work the task started for the control core; its result comes back as one of these.
 enum Done {
     Resolved(OpId, Result<SocketAddr, LegError>),
-    Placed(OpId, Result<(CallHandle, RtpPorts), LegError>),
+    Placed(OpId, Result<AgentLeg, LegError>),
     ReferSent(OpId, Result<String, LegError>),
     /// The whisper's text and audio (None: synthesis failed).
     Whisper(CallHandle, String, Option<MonoAudio>),
@@ -190,8 +190,8 @@ struct CallTask {
 
     control: CallControl,
     agent: Option<Box<AgentMedia>>,
-    /// RTP ports of agent legs placed and not yet ended or answered.
-    agent_ports: HashMap<CallHandle, RtpPorts>,
+    /// Agent legs placed and not yet ended or answered: their RTP ports and SIP peer's IP.
+    agent_ports: HashMap<CallHandle, AgentLeg>,
     /// Answers waiting for the core's go-ahead to start their media.
     agent_answers: HashMap<CallHandle, Negotiated>,
     agent_asr: Option<AgentTranscriber>,
@@ -271,15 +271,12 @@ impl CallTask {
             .as_ref()
             .and_then(|s| s.try_clone().ok())
             .and_then(|s| UdpSocket::from_std(s).ok());
-        let jitter_ms = (media_cfg.jitter_min_ms, media_cfg.jitter_max_ms);
-        let recording = (&engines.config.recording, id.as_str());
         let caller = CallerLeg::start(
-            &call.media,
+            &call,
             &ports.rtp,
             &pacer,
-            jitter_ms,
-            recording,
-            call.local_ip,
+            &media_cfg,
+            (&engines.config.recording, id.as_str()),
             started,
         )
         .map_err(|e| format!("{e} (codec {})", call.media.codec))?;
@@ -395,8 +392,8 @@ impl CallTask {
                 }
                 Some(line) = io.agent_lines.recv() => self.on_agent_line(&line),
                 received = recv_on(io.rtcp_socket.as_ref(), &mut rtcp_buf) => {
-                    if let Ok((n, _)) = received {
-                        self.caller.on_rtcp(&rtcp_buf[..n], Instant::now());
+                    if let Ok((n, from)) = received {
+                        self.caller.on_rtcp(&rtcp_buf[..n], from, Instant::now());
                     }
                 }
                 () = tokio::time::sleep_until(next_rtcp.into()) => {
@@ -755,8 +752,9 @@ impl CallTask {
         match done {
             Done::Resolved(op, result) => self.control.resolved(now, op, result),
             Done::Placed(op, result) => {
-                let result = result.map(|(agent, ports)| {
-                    self.agent_ports.insert(agent, ports);
+                let result = result.map(|leg| {
+                    let agent = leg.handle;
+                    self.agent_ports.insert(agent, leg);
                     agent
                 });
                 self.control.placed(now, op, result);
@@ -866,8 +864,14 @@ impl CallTask {
                         from_user,
                         reply,
                     };
+                    let peer_ip = addr.ip();
                     self.ask_signalling(Inbound::PlaceCall(request), answer, move |r| {
-                        Done::Placed(op, r)
+                        let leg = |(handle, ports)| AgentLeg {
+                            handle,
+                            ports,
+                            peer_ip,
+                        };
+                        Done::Placed(op, r.map(leg))
                     });
                 }
                 Output::Refer {
@@ -934,7 +938,7 @@ impl CallTask {
     /// The answering agent's media starts on the ports of its leg.
     fn start_agent_media(&mut self, agent: CallHandle) {
         let now = Instant::now();
-        let (Some(media), Some(ports)) = (
+        let (Some(media), Some(leg)) = (
             self.agent_answers.remove(&agent),
             self.agent_ports.remove(&agent),
         ) else {
@@ -943,9 +947,8 @@ impl CallTask {
             return;
         };
         let cfg = &self.engines.config.media;
-        let jitter_ms = (cfg.jitter_min_ms, cfg.jitter_max_ms);
         let rate = self.caller.rate();
-        match AgentMedia::start(agent, ports, &media, rate, &self.pacer, jitter_ms, now) {
+        match AgentMedia::start(leg, &media, rate, &self.pacer, cfg, now) {
             Ok(started) => {
                 self.agent = Some(Box::new(started));
                 self.control

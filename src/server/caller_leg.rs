@@ -1,5 +1,6 @@
 //! The caller's leg of an answered call: its RTP socket's receive side (jitter buffer,
-//! decoder, symmetric-RTP latching), its paced sender, the recording of both directions, RTCP
+//! decoder, symmetric-RTP latching under `media::latch`'s rules: only the caller's stream is
+//! heard, DTMF included, and only the caller gets the bot's audio), its paced sender, the recording of both directions, RTCP
 //! reports and the RTP figures of the call's record. The call task asks it for the caller's
 //! next 20 ms frame and gives it what the caller should hear.
 
@@ -11,14 +12,16 @@ use crate::call::record::{RecordingInfo, RtpFigures};
 use crate::media::codec::CodecError;
 use crate::media::dtmf::DtmfEvent;
 use crate::media::jitter::JitterConfig;
+use crate::media::latch::{Admit, Dropped, MediaLatch};
 use crate::media::receiver::MediaReceiver;
 use crate::media::rtcp::{parse_rtcp, sender_report, ReceptionReport, SenderInfo};
-use crate::media::rtp::is_rtcp;
 use crate::media::sender::RtpSender;
+use crate::sip::endpoint::IncomingCall;
 use crate::sip::sdp::Negotiated;
 
 use super::pacer::{Lateness, PacedStream, Pacer};
 use super::recording::{CallRecorder, RecordingConfig};
+use crate::config::media::MediaConfig;
 
 /// Packet time: every frame and packet is 20 ms.
 pub const PTIME_MS: u32 = 20;
@@ -57,9 +60,9 @@ pub struct CallerLeg {
     receiver: MediaReceiver,
     stream: Arc<Mutex<PacedStream>>,
     media: Negotiated,
-    /// Where the caller's RTP goes (the SDP address until the first packet latches it).
-    remote: SocketAddr,
-    latched: bool,
+    /// Which datagrams are the caller's, and where the caller's RTP goes (the SDP address
+    /// until the first accepted packet latches it).
+    latch: MediaLatch,
     /// The caller sent something: from then on the pipeline gets a frame every 20 ms.
     receiving: bool,
     rate: u32,
@@ -73,20 +76,23 @@ pub struct CallerLeg {
 }
 
 impl CallerLeg {
-    /// Starts the leg's media on `rtp` for `media`.
+    /// Starts the media of the answered `call` on `rtp`; its media is accepted only as
+    /// `config`'s latching rules say, from the SDP address or the INVITE's source.
     pub fn start(
-        media: &Negotiated,
+        call: &IncomingCall,
         rtp: &std::net::UdpSocket,
         pacer: &Pacer,
-        jitter_ms: (u32, u32),
-        recording: (&RecordingConfig, &str),
-        local_ip: std::net::IpAddr,
+        config: &MediaConfig,
+        // The recording's settings, and the gateway's call id that names its file.
+        (recording, id): (&RecordingConfig, &str),
         now: Instant,
     ) -> Result<CallerLeg, CallerLegError> {
+        let media = &call.media;
+        let jitter_ms = (config.jitter_min_ms, config.jitter_max_ms);
         let (receiver, sender) = media_ends(media, jitter_ms, now)?;
         let mut paced = PacedStream::new(sender, rtp.try_clone()?, media.remote_rtp);
         paced.sending = media.direction.sends();
-        let recorder = start_recording(recording.0, recording.1, media);
+        let recorder = start_recording(recording, id, media);
         if recorder.is_some() {
             paced.sender.keep_sent_audio();
         }
@@ -94,15 +100,14 @@ impl CallerLeg {
             receiver,
             stream: pacer.register(paced),
             media: media.clone(),
-            remote: media.remote_rtp,
-            latched: false,
+            latch: MediaLatch::new(config.latch(), media.remote_rtp, call.peer.addr.ip()),
             receiving: false,
             rate: media.codec.sample_rate(),
             jitter_ms,
             recorder,
             sent_audio: Vec::new(),
             rtcp: RtcpState::default(),
-            local_ip,
+            local_ip: call.local_ip,
             figures: RtpFigures::default(),
         })
     }
@@ -122,28 +127,38 @@ impl CallerLeg {
         now.duration_since(self.receiver.last_packet_at().unwrap_or(started))
     }
 
-    /// A datagram on the RTP port: into the jitter buffer; a finished DTMF digit is returned.
+    /// A datagram on the RTP port: the caller's RTP into the jitter buffer (a finished DTMF
+    /// digit is returned), the caller's RTCP to the RTCP bookkeeping, anything else dropped and
+    /// counted.
     pub fn on_datagram(
         &mut self,
         bytes: &[u8],
         from: SocketAddr,
         now: Instant,
     ) -> Option<DtmfEvent> {
-        let rtp_packet = !is_rtcp(bytes);
+        match self.latch.admit(bytes, from, now) {
+            Admit::Drop(why) => {
+                self.count_dropped(why, from);
+                return None;
+            }
+            Admit::Rtcp => {
+                self.on_rtcp_admitted(bytes, now);
+                return None;
+            }
+            Admit::Rtp { latched } => {
+                // Symmetric RTP: answer where the caller's media really comes from (NAT, or
+                // an SDP address that is not the sending one). Only the first accepted packet
+                // moves the destination; a re-INVITE can move it again.
+                if latched {
+                    if from != self.media.remote_rtp {
+                        tracing::info!(%from, sdp = %self.media.remote_rtp, "RTP source differs from SDP; sending there (symmetric RTP)");
+                    }
+                    self.send_to(from);
+                }
+            }
+        }
         match self.receiver.push_datagram(bytes, now) {
             Ok(event) => {
-                // Symmetric RTP: answer where the caller's media really comes from (NAT, or an
-                // SDP address that is not the sending one). Only the first RTP packet moves the
-                // destination: later strays or spoofed packets cannot redirect the bot's audio
-                // (a re-INVITE can).
-                if rtp_packet && !self.latched && from != self.remote {
-                    tracing::info!(%from, sdp = %self.remote, "RTP source differs from SDP; sending there (symmetric RTP)");
-                    self.remote = from;
-                    if let Ok(mut s) = self.stream.lock() {
-                        s.remote = from;
-                    }
-                }
-                self.latched |= rtp_packet;
                 self.receiving = true;
                 event
             }
@@ -151,6 +166,27 @@ impl CallerLeg {
                 tracing::debug!(error = %e, %from, "RTP packet ignored");
                 None
             }
+        }
+    }
+
+    /// Counts a dropped datagram; the first of each kind is logged.
+    fn count_dropped(&mut self, why: Dropped, from: SocketAddr) {
+        let f = &mut self.figures;
+        let count = match why {
+            Dropped::Stranger => &mut f.packets_from_strangers,
+            Dropped::ForeignSsrc => &mut f.packets_foreign_ssrc,
+        };
+        *count += 1;
+        if *count == 1 {
+            let latched = self.latch.locked().map(|(a, _)| a.to_string());
+            tracing::warn!(%from, ?why, latched, "RTP not from the caller's stream dropped (counted in the call's RTP figures)");
+        }
+    }
+
+    /// Where the bot's RTP goes from now on.
+    fn send_to(&self, to: SocketAddr) {
+        if let Ok(mut s) = self.stream.lock() {
+            s.remote = to;
         }
     }
 
@@ -215,7 +251,8 @@ impl CallerLeg {
         } else {
             None
         };
-        self.remote = m.remote_rtp;
+        self.latch.resignal(m.remote_rtp);
+        let destination = self.latch.destination();
         if let Ok(mut s) = self.stream.lock() {
             if let Some((new_receiver, mut new_sender)) = new_ends {
                 if let Some(rec) = self.recorder.as_mut() {
@@ -229,15 +266,24 @@ impl CallerLeg {
                 self.rate = m.codec.sample_rate();
                 s.sender = new_sender;
             }
-            s.remote = m.remote_rtp;
+            s.remote = destination;
             s.sending = m.direction.sends();
         }
         tracing::info!(hold = m.on_hold, codec = %m.codec, "media updated by re-INVITE");
         self.media = m;
     }
 
-    /// An RTCP packet from the caller.
-    pub fn on_rtcp(&mut self, bytes: &[u8], now: Instant) {
+    /// A datagram on the RTCP port: the caller's RTCP (from the caller's IP), else dropped
+    /// and counted.
+    pub fn on_rtcp(&mut self, bytes: &[u8], from: SocketAddr, now: Instant) {
+        if self.latch.admits_rtcp_from(from) {
+            self.on_rtcp_admitted(bytes, now);
+        } else {
+            self.count_dropped(Dropped::Stranger, from);
+        }
+    }
+
+    fn on_rtcp_admitted(&mut self, bytes: &[u8], now: Instant) {
         let ssrc = self.stream.lock().map_or(0, |s| s.sender.ssrc());
         self.rtcp.on_packet(bytes, now, ssrc, &mut self.figures);
     }
@@ -257,13 +303,17 @@ impl CallerLeg {
             report.as_ref(),
             &format!("voicebot@{}", self.local_ip),
         );
-        let to = SocketAddr::new(self.remote.ip(), self.remote.port().saturating_add(1));
+        let remote = self.latch.destination();
+        let to = SocketAddr::new(remote.ip(), remote.port().saturating_add(1));
         Some((packet, to))
     }
 
     /// The codec's name and where the caller's RTP went, for the record.
     pub fn describe(&self) -> (String, String) {
-        (self.media.codec.to_string(), self.remote.to_string())
+        (
+            self.media.codec.to_string(),
+            self.latch.destination().to_string(),
+        )
     }
 
     /// The call is over: the RTP figures and the recording.

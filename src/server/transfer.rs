@@ -2,19 +2,22 @@
 //! buffer and decoder, and its paced sender. Once the agent answers, the call task relays the
 //! decoded audio both ways through it, so the two legs may use different codecs (PCMU on one,
 //! Opus on the other): everything meets as PCM and is resampled when the rates differ. DTMF
-//! from the caller is passed on as RFC 4733 events.
+//! from the caller is passed on as RFC 4733 events. The leg's media obeys the caller leg's
+//! latching rules (`media::latch`): only RTP from the agent's SDP address or its SIP peer's IP
+//! latches, then only that stream (address and SSRC) is heard and gets the caller's audio.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use tokio::net::UdpSocket;
 
 use crate::audio::resample::{resample_all, StreamResampler};
+use crate::config::media::MediaConfig;
 use crate::media::codec::CodecError;
 use crate::media::dtmf::DtmfEvent;
+use crate::media::latch::{Admit, LatchStats, MediaLatch};
 use crate::media::receiver::MediaReceiver;
-use crate::media::rtp::is_rtcp;
 use crate::sip::endpoint::CallHandle;
 use crate::sip::sdp::Negotiated;
 
@@ -33,6 +36,14 @@ pub enum AgentMediaError {
     Resample(#[from] crate::audio::resample::ResampleError),
 }
 
+/// A placed agent leg: its handle, its RTP ports and where its INVITE went (the SIP peer whose
+/// IP may send the leg's media).
+pub struct AgentLeg {
+    pub handle: CallHandle,
+    pub ports: RtpPorts,
+    pub peer_ip: IpAddr,
+}
+
 /// The agent leg's RTP, both ways.
 pub struct AgentMedia {
     pub handle: CallHandle,
@@ -41,7 +52,7 @@ pub struct AgentMedia {
     stream: Arc<Mutex<PacedStream>>,
     /// Sample rate of the leg's decoded audio.
     pub rate: u32,
-    latched: bool,
+    latch: MediaLatch,
     /// Packets received from the agent.
     pub packets_in: u64,
     /// The caller leg's rate and the two streaming converters between it and the agent's
@@ -55,16 +66,21 @@ pub struct AgentMedia {
 }
 
 impl AgentMedia {
-    /// Starts the agent leg's media on `ports` for the answered `media`.
+    /// Starts the agent leg's media on its ports for the answered `media`.
     pub fn start(
-        handle: CallHandle,
-        ports: RtpPorts,
+        leg: AgentLeg,
         media: &Negotiated,
         caller_rate: u32,
         pacer: &Pacer,
-        jitter_ms: (u32, u32),
+        config: &MediaConfig,
         now: Instant,
     ) -> Result<AgentMedia, AgentMediaError> {
+        let AgentLeg {
+            handle,
+            ports,
+            peer_ip,
+        } = leg;
+        let jitter_ms = (config.jitter_min_ms, config.jitter_max_ms);
         let (receiver, sender) = media_ends(media, jitter_ms, now)?;
         let socket = Arc::new(UdpSocket::from_std(ports.rtp.try_clone()?)?);
         let send_socket = ports.rtp.try_clone()?;
@@ -78,7 +94,7 @@ impl AgentMedia {
             receiver,
             stream,
             rate,
-            latched: false,
+            latch: MediaLatch::new(config.latch(), media.remote_rtp, peer_ip),
             packets_in: 0,
             caller_rate,
             to_agent: StreamResampler::new(caller_rate, rate)?,
@@ -93,19 +109,18 @@ impl AgentMedia {
         Arc::clone(&self.socket)
     }
 
-    /// A datagram from the agent: into the jitter buffer; a finished DTMF digit is returned.
-    /// The first RTP packet's source becomes the destination (symmetric RTP).
+    /// A datagram on the leg's port: the agent's RTP into the jitter buffer (a finished DTMF
+    /// digit is returned); the first accepted packet's source becomes the destination
+    /// (symmetric RTP). What is not the agent's stream is dropped and counted.
     pub fn on_datagram(
         &mut self,
         bytes: &[u8],
         from: SocketAddr,
         now: Instant,
     ) -> Option<DtmfEvent> {
-        let rtp = !is_rtcp(bytes);
-        match self.receiver.push_datagram(bytes, now) {
-            Ok(event) => {
-                if rtp && !self.latched {
-                    self.latched = true;
+        match self.latch.admit(bytes, from, now) {
+            Admit::Rtp { latched } => {
+                if latched {
                     if let Ok(mut s) = self.stream.lock() {
                         if s.remote != from {
                             tracing::info!(%from, sdp = %s.remote, "agent RTP source differs from SDP; sending there");
@@ -113,7 +128,19 @@ impl AgentMedia {
                         }
                     }
                 }
-                self.packets_in += u64::from(rtp);
+            }
+            Admit::Rtcp => return None,
+            Admit::Drop(why) => {
+                let stats = self.latch.stats();
+                if stats.stranger + stats.foreign_ssrc == 1 {
+                    tracing::warn!(%from, ?why, "agent leg: RTP not from the agent's stream dropped");
+                }
+                return None;
+            }
+        }
+        match self.receiver.push_datagram(bytes, now) {
+            Ok(event) => {
+                self.packets_in += 1;
                 event
             }
             Err(e) => {
@@ -197,6 +224,25 @@ impl AgentMedia {
     /// Packets sent to the agent so far.
     pub fn packets_out(&self) -> u64 {
         self.stream.lock().map_or(0, |s| s.packets_sent)
+    }
+}
+
+impl Drop for AgentMedia {
+    /// What the leg's port dropped goes to the log (the call's record has the caller's leg).
+    fn drop(&mut self) {
+        let LatchStats {
+            stranger,
+            foreign_ssrc,
+            ssrc_changes,
+        } = self.latch.stats();
+        if stranger + foreign_ssrc + ssrc_changes > 0 {
+            tracing::info!(
+                stranger,
+                foreign_ssrc,
+                ssrc_changes,
+                "agent leg: datagrams not from the agent's stream were dropped"
+            );
+        }
     }
 }
 
