@@ -344,7 +344,8 @@ pub fn replay(
 mod tests {
     use super::*;
 
-    /// Mutations per target in the suite; `VOICEBOT_FUZZ_MUTATIONS` overrides (longer runs).
+    /// Mutations per target in the suite; `VOICEBOT_FUZZ_MUTATIONS` overrides (longer runs,
+    /// with `VOICEBOT_FUZZ_TARGETS=rtcp,wav_upload` to pick targets).
     fn mutations() -> usize {
         std::env::var("VOICEBOT_FUZZ_MUTATIONS")
             .ok()
@@ -356,11 +357,32 @@ mod tests {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds")
     }
 
+    /// The targets to replay: all, or those named in `VOICEBOT_FUZZ_TARGETS` (comma-separated).
+    fn selected() -> Vec<Target> {
+        let only = std::env::var("VOICEBOT_FUZZ_TARGETS").unwrap_or_default();
+        let names: Vec<&str> = only
+            .split(',')
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .collect();
+        for name in &names {
+            assert!(
+                TARGETS.iter().any(|(t, _)| t == name),
+                "VOICEBOT_FUZZ_TARGETS: no target `{name}`"
+            );
+        }
+        TARGETS
+            .iter()
+            .filter(|(t, _)| names.is_empty() || names.contains(t))
+            .copied()
+            .collect()
+    }
+
     #[test]
     fn every_fuzz_target_survives_its_seeds_and_their_mutations() {
         let failures = std::env::temp_dir().join("voicebot-fuzz-failures");
         let n = mutations();
-        for target in TARGETS {
+        for target in &selected() {
             let started = Instant::now();
             let seeds = seeds(&seed_dir(), target.0)
                 .unwrap_or_else(|e| panic!("fuzz/seeds/{}: {e}", target.0));
