@@ -7,9 +7,22 @@
 //! current set: a reload that fails validation keeps the previous set and says why, and a call
 //! keeps the flow it started with (flows are shared by `Arc`), so an edit never drops a call.
 //! Without a flows directory the embedded default flow is used.
+//!
+//! # Files a flow may name
+//!
+//! A flow's `intents` and `prompts` are read when it loads (and served back by the admin API),
+//! and a flow can be written through the admin API. So that a flow cannot be made to read any
+//! file the gateway can read (its configuration, a token file, `/etc/...`), every file a flow
+//! names must lie inside the flows directory, or inside one of the `[flows] shared` paths
+//! (files or directories; by default the shipped `sip-config/intents.toml` and `prompts/`).
+//! The check ([`FileRoots`]) compares real paths (`canonicalize`, then a component-wise
+//! `starts_with`), so an absolute path, a `..` or a symbolic link leading anywhere else is
+//! refused, at start and through the API alike, with the flow file, the line, the field and
+//! the reason. A file not on disk yet (written with the flow by the admin API) must be named
+//! by a plain relative path below the flows directory.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use serde::{Deserialize, Serialize};
@@ -39,6 +52,9 @@ pub struct FlowsConfig {
     pub dir: PathBuf,
     /// The flow for calls whose number no flow claims.
     pub default: String,
+    /// Files or directories outside `dir` whose files flows may name as `intents`/`prompts`
+    /// (shared, read-only texts); every other file a flow names must lie inside `dir`.
+    pub shared: Vec<PathBuf>,
 }
 
 impl Default for FlowsConfig {
@@ -46,6 +62,136 @@ impl Default for FlowsConfig {
         FlowsConfig {
             dir: PathBuf::from("sip-config/flows"),
             default: "support".into(),
+            shared: vec![
+                PathBuf::from("sip-config/intents.toml"),
+                PathBuf::from("prompts"),
+            ],
+        }
+    }
+}
+
+/// Why a file a flow names is refused (see [the module docs](self)).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FileRefusal {
+    #[error(
+        "`{named}` is an absolute path outside the flows directory {dir} (and not in \
+         [flows] shared)"
+    )]
+    Absolute { named: String, dir: String },
+    #[error(
+        "`{named}` leads out of the flows directory {dir} with `..` (and not into [flows] shared)"
+    )]
+    ParentDir { named: String, dir: String },
+    #[error(
+        "`{named}` resolves to {resolved}, outside the flows directory {dir} (a symbolic \
+         link?) and not in [flows] shared"
+    )]
+    Outside {
+        named: String,
+        resolved: String,
+        dir: String,
+    },
+    #[error("`{named}` cannot be resolved: {reason}")]
+    Unresolvable { named: String, reason: String },
+}
+
+/// Where the files a flow names may lie: inside the flows directory, or inside one of the
+/// `[flows] shared` paths, compared as real paths (symbolic links resolved).
+#[derive(Debug, Clone)]
+pub struct FileRoots {
+    /// The flows directory as configured (for messages).
+    dir: PathBuf,
+    /// Its real path; `None` while it does not exist.
+    dir_real: Option<PathBuf>,
+    /// The real paths of the shared files and directories that exist.
+    shared: Vec<PathBuf>,
+}
+
+impl FileRoots {
+    /// The roots of `config`, resolved now.
+    pub fn new(config: &FlowsConfig) -> Self {
+        FileRoots {
+            dir: config.dir.clone(),
+            dir_real: std::fs::canonicalize(&config.dir).ok(),
+            shared: config
+                .shared
+                .iter()
+                .filter_map(|p| std::fs::canonicalize(p).ok())
+                .collect(),
+        }
+    }
+
+    /// Nothing is allowed (the embedded flow reads no files).
+    fn none() -> Self {
+        FileRoots {
+            dir: PathBuf::from("<embedded>"),
+            dir_real: None,
+            shared: Vec::new(),
+        }
+    }
+
+    fn allows(&self, real: &Path) -> bool {
+        self.dir_real
+            .as_deref()
+            .is_some_and(|d| real.starts_with(d))
+            || self.shared.iter().any(|s| real.starts_with(s))
+    }
+
+    /// Checks `named` (as a flow file in `base`, the flows directory, writes it) and returns
+    /// the path to read: `base` joined with `named`.
+    pub fn check(&self, base: &Path, named: &Path) -> Result<PathBuf, FileRefusal> {
+        let joined = base.join(named);
+        let plain = named
+            .components()
+            .all(|c| matches!(c, Component::Normal(_) | Component::CurDir));
+        match std::fs::canonicalize(&joined) {
+            Ok(real) if self.allows(&real) => Ok(joined),
+            Ok(real) => Err(self.refusal(named, plain, Some(&real))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                // Not on disk (yet): only a plain path below the flows directory, whose
+                // nearest existing ancestor (a sub-directory may be a link) is inside it.
+                if !plain {
+                    return Err(self.refusal(named, plain, None));
+                }
+                let Some(dir_real) = &self.dir_real else {
+                    // No flows directory yet: nothing inside it can be a link.
+                    return Ok(joined);
+                };
+                let ancestor = joined
+                    .ancestors()
+                    .skip(1)
+                    .find_map(|a| std::fs::canonicalize(a).ok());
+                match ancestor {
+                    Some(real) if real.starts_with(dir_real) => Ok(joined),
+                    Some(real) => Err(self.refusal(named, plain, Some(&real))),
+                    None => Ok(joined),
+                }
+            }
+            Err(e) => Err(FileRefusal::Unresolvable {
+                named: named.display().to_string(),
+                reason: e.to_string(),
+            }),
+        }
+    }
+
+    fn refusal(&self, named: &Path, plain: bool, real: Option<&Path>) -> FileRefusal {
+        let (named_text, dir) = (named.display().to_string(), self.dir.display().to_string());
+        if named.is_absolute() || named.has_root() {
+            FileRefusal::Absolute {
+                named: named_text,
+                dir,
+            }
+        } else if !plain {
+            FileRefusal::ParentDir {
+                named: named_text,
+                dir,
+            }
+        } else {
+            FileRefusal::Outside {
+                named: named_text,
+                resolved: real.map(|r| r.display().to_string()).unwrap_or_default(),
+                dir,
+            }
         }
     }
 }
@@ -121,6 +267,7 @@ impl FlowSet {
             None => std::fs::read_to_string(path)
                 .map_err(|e| ConfigError::whole_file(path, format!("cannot read: {e}"))),
         };
+        let roots = FileRoots::new(config);
         if config.dir.is_dir() || !overlay.is_empty() {
             let mut files: Vec<PathBuf> = if config.dir.is_dir() {
                 std::fs::read_dir(&config.dir)
@@ -144,7 +291,7 @@ impl FlowSet {
             files.sort();
             for file in files {
                 let text = read(&file)?;
-                let flow = load_flow(&file, &text, base, customize, &read)?;
+                let flow = load_flow(&file, &text, base, customize, &read, &roots)?;
                 insert(&mut flows, flow, &text)?;
             }
         } else {
@@ -268,12 +415,19 @@ fn embedded_flow(
     customize: ClassifierFactory<'_>,
 ) -> Result<Flow, ConfigError> {
     let file = Path::new(EMBEDDED_FLOW_FILE);
-    load_flow(file, EMBEDDED_FLOW, base, customize, &|_: &Path| {
-        Err(ConfigError::whole_file(
-            file,
-            "the embedded flow reads no files",
-        ))
-    })
+    load_flow(
+        file,
+        EMBEDDED_FLOW,
+        base,
+        customize,
+        &|_: &Path| {
+            Err(ConfigError::whole_file(
+                file,
+                "the embedded flow reads no files",
+            ))
+        },
+        &FileRoots::none(),
+    )
 }
 
 /// Reads a file a flow names (its intents and prompts), from the disk or an overlay.
@@ -285,6 +439,7 @@ fn load_flow(
     base: &EscalationConfig,
     customize: ClassifierFactory<'_>,
     read: ReadFile<'_>,
+    roots: &FileRoots,
 ) -> Result<Flow, ConfigError> {
     let embedded = file == Path::new(EMBEDDED_FLOW_FILE);
     let raw: FlowFile = config_file::parse(file, text)?;
@@ -308,7 +463,12 @@ fn load_flow(
         match (&raw.intents, &raw.prompts) {
             (None, None) => DialogAssets::embedded()?,
             (Some(i), Some(p)) => {
-                let (i, p) = (dir.join(i), dir.join(p));
+                let confined = |field: &str, named: &Path| {
+                    roots
+                        .check(dir, named)
+                        .map_err(|e| ConfigError::invalid(file, text, field, e.to_string()))
+                };
+                let (i, p) = (confined("intents", i)?, confined("prompts", p)?);
                 DialogAssets::from_texts(&i, &read(&i)?, &p, &read(&p)?)?
             }
             (None, Some(_)) => {
@@ -449,10 +609,131 @@ mod tests {
         .expect("write");
     }
 
+    /// The flows of [`write_flow_dir`]: their intents and prompts are shared files beside the
+    /// flows directory.
     fn config(dir: &Path) -> FlowsConfig {
         FlowsConfig {
             dir: dir.join("flows"),
             default: "support".into(),
+            shared: vec![dir.join("intents.toml"), dir.join("en.toml")],
+        }
+    }
+
+    #[test]
+    fn files_a_flow_names_stay_in_the_flows_directory_or_the_shared_paths() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        let flows = root.join("flows");
+        std::fs::create_dir_all(flows.join("own")).expect("mkdir");
+        std::fs::create_dir_all(root.join("shared")).expect("mkdir");
+        for file in ["flows/own/intents.toml", "secret.toml", "shared/en.toml"] {
+            std::fs::write(root.join(file), "x").expect("write");
+        }
+        let cfg = FlowsConfig {
+            dir: flows.clone(),
+            default: "support".into(),
+            shared: vec![root.join("shared"), root.join("missing-shared")],
+        };
+        let roots = FileRoots::new(&cfg);
+        let check = |named: &str| roots.check(&flows, Path::new(named));
+        // Inside: plain relative paths, on disk or not yet (written with the flow).
+        assert_eq!(
+            check("own/intents.toml"),
+            Ok(flows.join("own/intents.toml"))
+        );
+        assert_eq!(
+            check("./own/intents.toml"),
+            Ok(flows.join("./own/intents.toml"))
+        );
+        assert_eq!(
+            check("new/prompts.toml"),
+            Ok(flows.join("new/prompts.toml"))
+        );
+        // `..` that stays inside, and shared files by any path, are fine.
+        assert!(check("own/../own/intents.toml").is_ok());
+        assert!(check("../shared/en.toml").is_ok());
+        let absolute_shared = root.join("shared/en.toml");
+        assert!(check(&absolute_shared.display().to_string()).is_ok());
+        // Outside: absolute, `..`, and not-yet-existing files named that way.
+        let secret = root.join("secret.toml");
+        assert!(matches!(
+            check(&secret.display().to_string()),
+            Err(FileRefusal::Absolute { .. })
+        ));
+        assert!(matches!(
+            check("/etc/passwd"),
+            Err(FileRefusal::Absolute { .. })
+        ));
+        assert!(matches!(
+            check("../secret.toml"),
+            Err(FileRefusal::ParentDir { .. })
+        ));
+        assert!(matches!(
+            check("../nothing.toml"),
+            Err(FileRefusal::ParentDir { .. })
+        ));
+        assert!(matches!(
+            check("own/../../secret.toml"),
+            Err(FileRefusal::ParentDir { .. })
+        ));
+        // Symbolic links inside the directory that lead out of it.
+        #[cfg(unix)]
+        {
+            std::os::unix::fs::symlink(root.join("secret.toml"), flows.join("link.toml"))
+                .expect("symlink");
+            std::os::unix::fs::symlink(root, flows.join("up")).expect("symlink");
+            std::os::unix::fs::symlink(root.join("shared/en.toml"), flows.join("en.toml"))
+                .expect("symlink");
+            let refused = check("link.toml").expect_err("a link out");
+            assert!(matches!(refused, FileRefusal::Outside { .. }), "{refused}");
+            assert!(refused.to_string().contains("secret.toml"), "{refused}");
+            assert!(matches!(
+                check("up/secret.toml"),
+                Err(FileRefusal::Outside { .. })
+            ));
+            // Not on disk, below a linked directory: refused too.
+            assert!(matches!(
+                check("up/new.toml"),
+                Err(FileRefusal::Outside { .. })
+            ));
+            // A link to a shared file is a shared file.
+            assert!(check("en.toml").is_ok());
+        }
+    }
+
+    #[test]
+    fn a_flow_naming_a_file_outside_is_refused_with_file_line_and_field() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write_flow_dir(dir.path(), "");
+        std::fs::write(dir.path().join("token"), "secret-token").expect("write");
+        let flow = dir.path().join("flows/billing.toml");
+        for (intents, prompts, field) in [
+            ("../token", "../en.toml", "intents"),
+            ("../intents.toml", "/etc/passwd", "prompts"),
+        ] {
+            std::fs::write(
+                &flow,
+                format!(
+                    "name = \"billing\"\nnumbers = [\"200\"]\nintents = \"{intents}\"\n\
+                     prompts = \"{prompts}\"\n"
+                ),
+            )
+            .expect("write");
+            let err = FlowSet::load(&config(dir.path()), &EscalationConfig::default(), &as_is)
+                .expect_err("refused");
+            assert_eq!(err.file, flow, "{err}");
+            assert_eq!(err.field.as_deref(), Some(field), "{err}");
+            assert_eq!(
+                err.line,
+                Some(if field == "intents" { 3 } else { 4 }),
+                "{err}"
+            );
+            assert!(
+                err.reason.contains("outside the flows directory")
+                    || err.reason.contains("leads out of the flows directory"),
+                "{err}"
+            );
+            assert!(!err.to_string().contains("secret-token"), "{err}");
         }
     }
 
@@ -641,6 +922,7 @@ mod tests {
         let cfg = FlowsConfig {
             dir: dir.path().join("flows"),
             default: "support".into(),
+            shared: Vec::new(),
         };
         let file = cfg.dir.join("support.toml");
         let overlay = Overlay::from([(file.clone(), Some("name = \"support\"\n".to_string()))]);

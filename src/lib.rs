@@ -14,6 +14,7 @@ pub mod config_file;
 pub mod dialog;
 pub mod engines;
 pub mod flows;
+pub mod fuzzing;
 pub mod handover;
 pub mod history;
 pub mod journal;

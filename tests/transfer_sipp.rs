@@ -36,7 +36,9 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// A gateway configuration with the given agents for every team and the webhook.
+/// A gateway configuration with the given agents for every team and the webhook (with a short
+/// back-off, and attempts enough for a webhook that stays down for a whole call and a restart:
+/// the default 10 would give an event up after about 50 s at this back-off).
 fn config(dir: &Path, agents: &[String], webhook_port: u16, ring_timeout_s: u64) -> String {
     let list = agents
         .iter()
@@ -48,7 +50,8 @@ fn config(dir: &Path, agents: &[String], webhook_port: u16, ring_timeout_s: u64)
         "[handover.transfer]\nring_timeout_s = {ring_timeout_s}\n\
          [handover.transfer.teams]\ndefault = [{list}]\n\
          [handover.webhook]\nurl = \"http://127.0.0.1:{webhook_port}/hooks/voicebot\"\n\
-         secret = \"{SECRET}\"\ninitial_backoff_ms = 100\ndatabase = \"{}\"\n\
+         secret = \"{SECRET}\"\ninitial_backoff_ms = 100\nmax_attempts = 100\n\
+         database = \"{}\"\n\
          [http]\nlisten = \"127.0.0.1:0\"\nagent_token = \"{AGENT_TOKEN}\"\n\
          feedback_database = \"{}\"\nadmin_token_file = \"{}\"\n\
          history_database = \"{}\"\n",

@@ -41,7 +41,7 @@ use super::{parse_json, AdminState, ApiError};
 use crate::config::GatewayConfig;
 use crate::config_file::{self, ConfigError};
 use crate::engines::{load_flows_with, LoadError};
-use crate::flows::{Flow, FlowSet, Overlay, EMBEDDED_FLOW, EMBEDDED_FLOW_FILE};
+use crate::flows::{FileRoots, Flow, FlowSet, Overlay, EMBEDDED_FLOW, EMBEDDED_FLOW_FILE};
 use crate::speech::voice::VoiceStyle;
 
 /// Largest flow write accepted (the flow with its intents and prompts texts).
@@ -450,7 +450,7 @@ pub struct FlowDetail {
     pub escalation: serde_json::Value,
 }
 
-fn detail(flow: &Flow, default: &str) -> Result<FlowDetail, ApiError> {
+fn detail(flow: &Flow, default: &str, roots: &FileRoots) -> Result<FlowDetail, ApiError> {
     let text = if is_embedded(flow) {
         EMBEDDED_FLOW.to_string()
     } else {
@@ -469,11 +469,19 @@ fn detail(flow: &Flow, default: &str) -> Result<FlowDetail, ApiError> {
             .and_then(|t| t.get(key))
             .and_then(|v| v.as_str())
         {
-            Some(rel) => {
-                let path = dir.join(rel);
-                let text = std::fs::read_to_string(&path).ok();
-                (Some(path.display().to_string()), text)
-            }
+            // The file may have been edited on disk since the flow loaded: it is checked
+            // again, and a file outside the allowed places is never read.
+            Some(rel) => match roots.check(dir, Path::new(rel)) {
+                Ok(path) => {
+                    let text = std::fs::read_to_string(&path).ok();
+                    (Some(path.display().to_string()), text)
+                }
+                Err(e) => {
+                    tracing::warn!(flow = %flow.name, field = key, reason = %e,
+                        "flow file not served");
+                    (Some(dir.join(rel).display().to_string()), None)
+                }
+            },
             None => (None, None),
         }
     };
@@ -501,7 +509,8 @@ pub async fn get_one(
         .get(&name)
         .ok_or_else(|| FlowEditError::NotFound(name.clone()))?;
     let default = set.default_name().to_string();
-    tokio::task::spawn_blocking(move || detail(&flow, &default))
+    let config = Arc::clone(&state.engines.config);
+    tokio::task::spawn_blocking(move || detail(&flow, &default, &FileRoots::new(&config.flows)))
         .await
         .map_err(|e| ApiError::internal(format!("reading the flow: {e}")))?
         .map(Json)
@@ -833,6 +842,79 @@ mod tests {
         }
         assert!(!target.exists());
         assert_eq!(f.state.engines.flows.current().names(), vec!["support"]);
+    }
+
+    #[tokio::test]
+    async fn a_flow_naming_a_file_outside_the_flows_directory_is_refused() {
+        let f = fixture(true);
+        let target = f.flows_dir().join("billing.toml");
+        // A file the gateway can read but a flow must not name: beside the flows directory,
+        // not shared.
+        let secret = f.dir.path().join("admin-token");
+        std::fs::write(&secret, "token-that-must-not-leak").unwrap();
+        #[cfg(unix)]
+        std::os::unix::fs::symlink(&secret, f.flows_dir().join("link.txt")).unwrap();
+        let mut cases = vec![
+            ("intents", secret.display().to_string(), "absolute path"),
+            ("intents", "../admin-token".to_string(), "`..`"),
+            ("prompts", "/etc/hostname".to_string(), "absolute path"),
+        ];
+        if cfg!(unix) {
+            cases.push(("intents", "link.txt".to_string(), "symbolic link"));
+        }
+        for (field, named, why) in cases {
+            let text = billing("").replace(
+                &format!("{field} = \"../{field}.toml\""),
+                &format!("{field} = \"{named}\""),
+            );
+            assert!(text.contains(&named), "{text}");
+            for (method, uri, template) in [
+                ("POST", "/api/flows/validate", "/api/flows/validate"),
+                ("PUT", "/api/flows/billing", "/api/flows/{name}"),
+            ] {
+                let (status, v) = admin(
+                    &f.app,
+                    method,
+                    uri,
+                    template,
+                    Some("text/plain"),
+                    text.clone(),
+                )
+                .await;
+                assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+                let p = &v["problems"][0];
+                assert_eq!(p["field"], field, "{v}");
+                assert!(p["file"]
+                    .as_str()
+                    .is_some_and(|f| f.ends_with("billing.toml")));
+                let reason = p["reason"].as_str().unwrap_or_default();
+                assert!(
+                    reason.contains("flows directory") && reason.contains(why),
+                    "{v}"
+                );
+                assert!(!v.to_string().contains("token-that-must-not-leak"), "{v}");
+            }
+        }
+        assert!(!target.exists(), "a refused flow was written");
+
+        // A flow edited on disk after it loaded is not served from outside either.
+        let support = f.flows_dir().join("support.toml");
+        let edited = std::fs::read_to_string(&support)
+            .unwrap()
+            .replace("../intents.toml", "../admin-token");
+        std::fs::write(&support, edited).unwrap();
+        let (status, v) = admin(
+            &f.app,
+            "GET",
+            "/api/flows/support",
+            "/api/flows/{name}",
+            None,
+            "",
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(v["intents_text"].is_null(), "{v}");
+        assert!(v["prompts_text"].is_string(), "{v}");
     }
 
     #[tokio::test]

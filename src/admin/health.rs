@@ -52,21 +52,29 @@ pub async fn metrics(State(state): State<Arc<AdminState>>) -> Result<Response, A
     let m = metrics::global();
     m.calls_active
         .set(i64::try_from(state.live.len()).unwrap_or(i64::MAX));
-    let depth = match &state.outbox {
+    let (depth, dead) = match &state.outbox {
         Some(outbox) => {
             let outbox = Arc::clone(outbox);
-            match tokio::task::spawn_blocking(move || outbox.pending_count()).await {
-                Ok(Ok(n)) => i64::try_from(n).unwrap_or(i64::MAX),
+            let counts = move || {
+                Ok::<_, crate::handover::outbox::OutboxError>((
+                    outbox.pending_count()?,
+                    outbox.dead_count()?,
+                ))
+            };
+            let gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+            match tokio::task::spawn_blocking(counts).await {
+                Ok(Ok((depth, dead))) => (gauge(depth), gauge(dead)),
                 Ok(Err(e)) => {
                     tracing::warn!(error = %e, "cannot read the webhook outbox depth");
-                    -1
+                    (-1, -1)
                 }
                 Err(e) => return Err(ApiError::internal(format!("outbox query: {e}"))),
             }
         }
-        None => 0,
+        None => (0, 0),
     };
     m.outbox_depth.set(depth);
+    m.webhook_dead.set(dead);
     // The prompt cache keeps its own counts; the exported counters follow them.
     let (hits, misses) = state.engines.tts.stats();
     m.prompt_cache_hits
@@ -114,6 +122,7 @@ mod tests {
             assert!(text.contains(name), "{name} missing");
         }
         assert!(text.contains("voicebot_webhook_outbox_depth 0"), "{text}");
+        assert!(text.contains("voicebot_webhook_dead_events 0"), "{text}");
     }
 
     #[tokio::test]

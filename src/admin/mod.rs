@@ -30,6 +30,7 @@
 //! - [`calls`]: call history, one call's record, analytics, live calls; storing finished calls.
 //! - [`live`]: the registry of calls in progress.
 //! - [`health`]: `/readyz`, `/metrics` and the readiness flags.
+//! - [`webhook`]: webhook events given up (dead letters): list, requeue.
 //! - [`metrics`]: the Prometheus registry and what feeds it.
 //! - [`console`]: `GET /admin`, the admin console (one embedded page that uses this API).
 //! - [`openapi`]: `/openapi.json`, the route table it is checked against, and a small JSON
@@ -42,6 +43,7 @@ pub mod health;
 pub use crate::observe::{live, metrics};
 pub mod openapi;
 pub mod tryout;
+pub mod webhook;
 
 use std::sync::Arc;
 
@@ -74,7 +76,8 @@ pub struct AdminState {
     pub history: Option<Arc<CallHistory>>,
     pub live: Arc<LiveCalls>,
     pub readiness: Arc<Readiness>,
-    /// The webhook outbox, when webhooks are configured (read only: depth, deliveries).
+    /// The webhook outbox, when webhooks are configured (depth, deliveries, dead letters and
+    /// their requeue).
     pub outbox: Option<Arc<Outbox>>,
     /// Latest hand-over contexts (summaries of escalated calls).
     pub hub: Arc<HandoverHub>,
@@ -300,6 +303,12 @@ pub fn routes(state: Arc<AdminState>) -> Routes<()> {
         .route("/api/calls/{id}", &["GET"], get(calls::one))
         .route("/api/calls/{id}/recording", &["GET"], get(calls::recording))
         .route("/api/analytics", &["GET"], get(calls::analytics))
+        .route("/api/webhook/dead", &["GET"], get(webhook::list))
+        .route(
+            "/api/webhook/dead/{id}/retry",
+            &["POST"],
+            post(webhook::retry),
+        )
         .map_router(|r| r.route_layer(from_fn_with_state(Arc::clone(&state), require_admin)));
     let scraped = Routes::new()
         .route("/readyz", &["GET"], get(health::readyz))

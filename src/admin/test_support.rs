@@ -74,7 +74,7 @@ impl Fixture {
 }
 
 /// A flows directory like the shipped one: `flows/support.toml` naming `../intents.toml` and
-/// `../prompts.toml`.
+/// `../prompts.toml` (the fixture lists both in `[flows] shared`).
 pub fn write_flows(dir: &Path) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     std::fs::create_dir_all(dir.join("flows")).expect("mkdir");
@@ -104,6 +104,11 @@ pub fn fixture(with_dir: bool) -> Fixture {
     let mut config = GatewayConfig::default();
     config.intent.engine = IntentEngine::Rules;
     config.flows.dir = dir.path().join("flows");
+    // The support flow's intents and prompts lie beside the flows directory, as shared files.
+    config.flows.shared = vec![
+        dir.path().join("intents.toml"),
+        dir.path().join("prompts.toml"),
+    ];
     config.recording.dir = dir.path().join("recordings");
     let flows = crate::engines::load_flows(&config).expect("flows load");
     let engines = Engines {

@@ -7,9 +7,21 @@
 //! written to SQLite ([`Outbox::enqueue`], a few hundred microseconds, no network) and only then
 //! sent, by a background task ([`spawn_deliverer`]) that retries with capped exponential backoff
 //! and jitter until the target answers 2xx. The events survive a gateway restart: the next
-//! deliverer picks up whatever is still pending. With `max_attempts = 0` (the default) an event
-//! is retried forever; with `max_attempts > 0` it is given up ("dead", kept in the table and
-//! logged as an error) after that many failed attempts.
+//! deliverer picks up whatever is still pending.
+//!
+//! # Dead letters
+//!
+//! A receiver that never answers 2xx in time (down, or slower than `timeout_ms`) must not get
+//! the same event for ever, nor hold back the call's later events for ever. So an event is
+//! tried at most `max_attempts` times (default 10: with the default back-off, about three and
+//! a half minutes of trying), then it becomes a *dead letter*: it stays in the outbox table
+//! with its attempt count and last error, is logged once (as an error) when it dies, counted
+//! in `/metrics` (`voicebot_webhook_dead_events`), listed by the admin API
+//! (`GET /api/webhook/dead`), and can be requeued by an admin once the receiver is fixed
+//! ([`Outbox::retry_dead`], `POST /api/webhook/dead/{event_id}/retry`), with a fresh set of
+//! attempts and its original id and body. Dead letters are pruned with the delivered events
+//! after `retention_days`. `max_attempts = 0` restores retrying for ever (not recommended: one
+//! broken event then blocks its call's later events until it is delivered).
 //!
 //! # Ordering
 //!
@@ -17,7 +29,9 @@
 //! event of each call is ever due, so `call_ended` can never overtake `escalated` while the
 //! latter is backing off. Events of different calls are independent: a call whose event keeps
 //! failing does not hold back the others (each POST is bounded by `timeout_ms`). A dead event
-//! no longer blocks the later events of its call.
+//! is *skipped*: the later events of its call are delivered, still in their order, without it.
+//! A dead event that an admin requeues goes before its call's events still pending, but after
+//! those already delivered, so a receiver that cares orders by `created_at_ms`.
 //!
 //! # What is sent
 //!
@@ -69,6 +83,10 @@ pub const TIMEOUT_RANGE_MS: (u64, u64) = (50, 60_000);
 pub const INITIAL_BACKOFF_RANGE_MS: (u64, u64) = (10, 600_000);
 /// Longest allowed `max_backoff_ms` (one day).
 pub const MAX_BACKOFF_LIMIT_MS: u64 = 86_400_000;
+/// The default `max_attempts`.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 10;
+/// Most dead letters one listing returns.
+pub const MAX_DEAD_LISTED: usize = 1_000;
 
 /// Share of a retry delay taken off at random, so that many events failing together do not
 /// retry together.
@@ -97,7 +115,8 @@ pub struct WebhookConfig {
     pub initial_backoff_ms: u64,
     /// Longest delay between two attempts.
     pub max_backoff_ms: u64,
-    /// Failed attempts after which an event is given up; 0: retry forever.
+    /// Attempts after which an undelivered event is given up (a dead letter, see the module
+    /// docs); 0: retry for ever.
     pub max_attempts: u32,
     /// The SQLite file holding the outbox (created with its directory when missing).
     pub database: PathBuf,
@@ -132,7 +151,7 @@ impl Default for WebhookConfig {
             timeout_ms: 2_000,
             initial_backoff_ms: 500,
             max_backoff_ms: 60_000,
-            max_attempts: 0,
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
             database: PathBuf::from("data/voicebot.sqlite3"),
             retention_days: 30,
         }
@@ -236,6 +255,12 @@ pub enum OutboxError {
     SchemaTooNew { found: i64, supported: i64 },
     #[error("webhook event #{0} is not pending (unknown, delivered or dead)")]
     NotPending(i64),
+    #[error("no webhook event `{0}` in the outbox")]
+    UnknownEvent(String),
+    #[error(
+        "webhook event `{event_id}` is {state:?}, not dead; only a dead event can be requeued"
+    )]
+    NotDead { event_id: String, state: EventState },
 }
 
 /// Why one POST did not deliver an event.
@@ -292,6 +317,22 @@ pub struct EventStatus {
     pub last_error: Option<String>,
 }
 
+/// An event given up after its last allowed attempt (a dead letter), for the admin API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeadEvent {
+    /// The idempotency key; names the event in `POST /api/webhook/dead/{event_id}/retry`.
+    pub event_id: String,
+    pub call_id: String,
+    pub kind: String,
+    pub created_ms: u64,
+    /// When it was given up.
+    pub dead_ms: u64,
+    /// Attempts made, all failed.
+    pub attempts: u32,
+    /// The reason of the last attempt's failure.
+    pub last_error: Option<String>,
+}
+
 /// What [`Outbox::mark_failed`] decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Failure {
@@ -303,7 +344,8 @@ pub enum Failure {
 
 /// The schema, one entry per version: entry `i` brings a database from version `i` to `i + 1`
 /// (`PRAGMA user_version`). Append; never edit a released entry.
-const MIGRATIONS: &[&str] = &["CREATE TABLE webhook_outbox (
+const MIGRATIONS: &[&str] = &[
+    "CREATE TABLE webhook_outbox (
          id INTEGER PRIMARY KEY,
          event_id TEXT NOT NULL UNIQUE,
          call_id TEXT NOT NULL,
@@ -318,7 +360,10 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE webhook_outbox (
      );
      CREATE INDEX webhook_outbox_pending_by_call ON webhook_outbox (call_id, id)
          WHERE delivered_ms IS NULL AND dead_ms IS NULL;
-     CREATE INDEX webhook_outbox_by_call ON webhook_outbox (call_id);"];
+     CREATE INDEX webhook_outbox_by_call ON webhook_outbox (call_id);",
+    // Dead letters are listed by the admin API, newest first.
+    "CREATE INDEX webhook_outbox_dead ON webhook_outbox (dead_ms) WHERE dead_ms IS NOT NULL;",
+];
 
 /// Pending: neither delivered nor given up.
 const PENDING: &str = "delivered_ms IS NULL AND dead_ms IS NULL";
@@ -552,6 +597,79 @@ impl Outbox {
             |row| row.get(0),
         )?;
         Ok(from_sql(count))
+    }
+
+    /// Events given up (dead letters), also those not yet pruned.
+    pub fn dead_count(&self) -> Result<u64, OutboxError> {
+        let count: i64 = self.conn().query_row(
+            "SELECT COUNT(*) FROM webhook_outbox
+             WHERE dead_ms IS NOT NULL AND delivered_ms IS NULL",
+            [],
+            |row| row.get(0),
+        )?;
+        Ok(from_sql(count))
+    }
+
+    /// Up to `limit` dead letters, the most recently given up first.
+    pub fn dead_events(&self, limit: usize) -> Result<Vec<DeadEvent>, OutboxError> {
+        let conn = self.conn();
+        let mut statement = conn.prepare_cached(
+            "SELECT event_id, call_id, kind, created_ms, dead_ms, attempts, last_error
+             FROM webhook_outbox
+             WHERE dead_ms IS NOT NULL AND delivered_ms IS NULL
+             ORDER BY dead_ms DESC, id DESC
+             LIMIT ?1",
+        )?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = statement.query_map([limit], |row| {
+            Ok(DeadEvent {
+                event_id: row.get(0)?,
+                call_id: row.get(1)?,
+                kind: row.get(2)?,
+                created_ms: from_sql(row.get(3)?),
+                dead_ms: from_sql(row.get(4)?),
+                attempts: attempts_from_sql(row.get(5)?),
+                last_error: row.get(6)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Requeues dead letter `event_id` (an admin fixed the receiver): pending again, due at
+    /// `now_ms`, with a fresh set of `max_attempts` attempts; its id and body are unchanged and
+    /// its last error is kept until the next attempt. It goes before its call's events still
+    /// pending (it is older), after those already delivered.
+    pub fn retry_dead(&self, event_id: &str, now_ms: u64) -> Result<(), OutboxError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let changed = tx.execute(
+            "UPDATE webhook_outbox SET dead_ms = NULL, attempts = 0, next_attempt_ms = ?2
+             WHERE event_id = ?1 AND dead_ms IS NOT NULL AND delivered_ms IS NULL",
+            params![event_id, to_sql(now_ms)],
+        )?;
+        if changed == 0 {
+            let delivered: Option<Option<i64>> = tx
+                .query_row(
+                    "SELECT delivered_ms FROM webhook_outbox WHERE event_id = ?1",
+                    [event_id],
+                    |row| row.get(0),
+                )
+                .optional()?;
+            return Err(match delivered {
+                None => OutboxError::UnknownEvent(event_id.to_string()),
+                Some(delivered) => OutboxError::NotDead {
+                    event_id: event_id.to_string(),
+                    state: if delivered.is_some() {
+                        EventState::Delivered
+                    } else {
+                        EventState::Pending
+                    },
+                },
+            });
+        }
+        tx.commit()?;
+        tracing::info!(event_id = %event_id, "dead webhook event requeued");
+        Ok(())
     }
 
     /// Every event of a call, in creation order, with its delivery state.
@@ -824,6 +942,12 @@ impl DeliveryWaiters {
             let _ = tx.send(());
         }
     }
+
+    /// Event `event_id` was given up: its waiter (if any) learns at once that no confirmation
+    /// will come (its receiver sees the sender dropped).
+    fn gave_up(&self, event_id: &str) {
+        drop(self.lock().remove(event_id));
+    }
 }
 
 /// The running deliverer: wake it after an enqueue, stop it at shutdown.
@@ -959,8 +1083,15 @@ async fn deliver_loop(
     tracing::info!(
         target_origin = %origin(&config.url),
         timeout_ms = config.timeout_ms,
+        max_attempts = config.max_attempts,
         "webhook deliverer started"
     );
+    if config.max_attempts == 0 {
+        tracing::warn!(
+            "webhook max_attempts = 0: an event the receiver never takes is retried for ever \
+             and holds back its call's later events"
+        );
+    }
     let config = Arc::new(config);
     let mut next_prune = std::time::Instant::now();
     while !stop.load(Ordering::Acquire) {
@@ -971,7 +1102,9 @@ async fn deliver_loop(
             let outbox = Arc::clone(&outbox);
             match tokio::task::spawn_blocking(move || outbox.prune(before)).await {
                 Ok(Ok(0)) => {}
-                Ok(Ok(n)) => tracing::info!(events = n, "old delivered webhook events pruned"),
+                Ok(Ok(n)) => {
+                    tracing::info!(events = n, "old delivered and dead webhook events pruned")
+                }
                 Ok(Err(e)) => tracing::warn!(error = %e, "cannot prune the webhook outbox"),
                 Err(e) => tracing::warn!(error = %e, "cannot prune the webhook outbox"),
             }
@@ -1059,8 +1192,8 @@ fn deliver_round(
                         reason = %reason,
                         "webhook attempt failed"
                     ),
-                    // Logged as an error by mark_failed.
-                    Failure::Dead { .. } => {}
+                    // Logged (once) as an error by mark_failed.
+                    Failure::Dead { .. } => waiters.gave_up(&event.event_id),
                 }
             }
         }
@@ -1759,6 +1892,152 @@ mod tests {
         assert_eq!(stuck.last_error.as_deref(), Some("no answer within 300 ms"));
         assert!(log.lock().unwrap().iter().any(|r| r.body.contains("fine")));
         eprintln!("hang: timeout after {took:?}, other call delivered after {delivered_after:?}");
+    }
+
+    #[test]
+    fn dead_letters_are_listed_skipped_and_requeued_once_fixed() {
+        let outbox = Outbox::in_memory().unwrap();
+        let config = WebhookConfig {
+            initial_backoff_ms: 100,
+            max_attempts: 2,
+            ..WebhookConfig::default()
+        };
+        assert_eq!(WebhookConfig::default().max_attempts, DEFAULT_MAX_ATTEMPTS);
+        let first = outbox
+            .enqueue("A", "escalated", serde_json::json!({}), 1)
+            .unwrap();
+        let second = outbox
+            .enqueue("A", "call_ended", serde_json::json!({}), 2)
+            .unwrap();
+        let head = outbox.due(10, 10).unwrap().remove(0);
+        assert_eq!(head.event_id, first);
+        outbox.mark_failed(head.id, "slow", 10, &config).unwrap();
+        assert_eq!(
+            outbox.mark_failed(head.id, "slower", 500, &config).unwrap(),
+            Failure::Dead { attempt: 2 }
+        );
+        assert_eq!(outbox.dead_count().unwrap(), 1);
+        let dead = outbox.dead_events(10).unwrap();
+        assert_eq!(
+            dead,
+            [DeadEvent {
+                event_id: first.clone(),
+                call_id: "A".into(),
+                kind: "escalated".into(),
+                created_ms: 1,
+                dead_ms: 500,
+                attempts: 2,
+                last_error: Some("slower".into()),
+            }]
+        );
+        assert!(outbox.dead_events(0).unwrap().is_empty());
+        // The dead head is skipped: the call's next event is due.
+        let next = outbox.due(500, 10).unwrap();
+        assert_eq!(next.len(), 1);
+        assert_eq!(next[0].event_id, second);
+
+        // Only a dead event can be requeued.
+        assert!(matches!(
+            outbox.retry_dead(&second, 600),
+            Err(OutboxError::NotDead {
+                state: EventState::Pending,
+                ..
+            })
+        ));
+        assert!(matches!(
+            outbox.retry_dead("nope", 600),
+            Err(OutboxError::UnknownEvent(_))
+        ));
+        // Requeued: pending with a fresh set of attempts, before the call's pending events,
+        // same id and body.
+        outbox.retry_dead(&first, 600).unwrap();
+        assert_eq!(outbox.dead_count().unwrap(), 0);
+        assert!(outbox.due(599, 10).unwrap().is_empty());
+        let again = outbox.due(600, 10).unwrap().remove(0);
+        assert_eq!((again.id, again.attempts), (head.id, 0));
+        assert_eq!(again.body, head.body);
+        assert_eq!(
+            outbox.mark_failed(again.id, "still", 600, &config).unwrap(),
+            Failure::Retry {
+                attempt: 1,
+                retry_in_ms: outbox.events_for_call("A").unwrap()[0].next_attempt_ms - 600
+            }
+        );
+        outbox.mark_delivered(again.id, 800).unwrap();
+        assert!(matches!(
+            outbox.retry_dead(&first, 900),
+            Err(OutboxError::NotDead {
+                state: EventState::Delivered,
+                ..
+            })
+        ));
+        // Dead letters are pruned with the delivered events, never the pending ones.
+        let lone = outbox
+            .enqueue("B", "escalated", serde_json::json!({}), 3)
+            .unwrap();
+        let id = outbox
+            .due(1_000, 10)
+            .unwrap()
+            .into_iter()
+            .find(|e| e.event_id == lone)
+            .unwrap()
+            .id;
+        outbox.mark_failed(id, "x", 1_000, &config).unwrap();
+        outbox.mark_failed(id, "x", 1_000, &config).unwrap();
+        assert_eq!(outbox.dead_count().unwrap(), 1);
+        assert_eq!(outbox.prune(u64::MAX).unwrap(), 2);
+        assert_eq!(outbox.dead_count().unwrap(), 0);
+        assert_eq!(outbox.pending_count().unwrap(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_slow_receiver_gets_a_bounded_number_of_attempts_and_the_call_moves_on() {
+        // The receiver never answers `escalated` (slower than any timeout); it takes the rest.
+        let (url, log) = receiver(|_, request| {
+            if request.header("x-voicebot-event") == "escalated" {
+                Reply::Hang
+            } else {
+                Reply::Status(200)
+            }
+        });
+        let config = WebhookConfig {
+            timeout_ms: 100,
+            max_attempts: 3,
+            ..test_config(url)
+        };
+        let outbox = Arc::new(Outbox::in_memory().unwrap());
+        let handle = spawn_deliverer(Arc::clone(&outbox), config);
+        let (dead_id, confirmed) = handle
+            .enqueue_watched("call-3", "escalated", serde_json::json!({}))
+            .unwrap();
+        let ended = handle
+            .enqueue("call-3", "call_ended", serde_json::json!({}))
+            .unwrap();
+        wait_until("the later event", Duration::from_secs(10), || {
+            outbox.events_for_call("call-3").unwrap()[1].state == EventState::Delivered
+        })
+        .await;
+        handle.shutdown().await;
+        // The watcher learns that no confirmation will come.
+        assert!(confirmed.await.is_err());
+        let history = outbox.events_for_call("call-3").unwrap();
+        assert_eq!(history[0].state, EventState::Dead);
+        assert_eq!(history[0].attempts, 3);
+        assert_eq!(
+            history[0].last_error.as_deref(),
+            Some("no answer within 100 ms")
+        );
+        let received = log.lock().unwrap().clone();
+        let keys: Vec<&str> = received
+            .iter()
+            .map(|r| r.header("idempotency-key"))
+            .collect();
+        assert_eq!(
+            keys,
+            [dead_id.as_str(), &dead_id, &dead_id, &ended],
+            "three attempts at the slow event, then the next one"
+        );
+        assert_eq!(outbox.dead_events(10).unwrap()[0].event_id, dead_id);
     }
 
     #[tokio::test]

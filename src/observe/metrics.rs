@@ -7,7 +7,7 @@
 //! finished call's record carries its RTP loss and jitter. Threading a metrics handle through
 //! `Engines` and every call's setup would touch every constructor for no gain, so the metrics
 //! live in one lazily built, lock-free registry ([`global`]); observing is an atomic add.
-//! Gauges that describe current state (calls in progress, webhook outbox depth) are not kept
+//! Gauges that describe current state (calls in progress, webhook outbox depth and dead letters) are not kept
 //! up to date continuously: the scrape handler sets them from their source just before
 //! encoding, so they cannot drift.
 
@@ -42,6 +42,7 @@ pub const NAMES: &[&str] = &[
     "voicebot_rtp_jitter_seconds",
     "voicebot_rtp_loss_ratio",
     "voicebot_webhook_outbox_depth",
+    "voicebot_webhook_dead_events",
     "voicebot_prompt_cache_hits_total",
     "voicebot_prompt_cache_misses_total",
     "voicebot_prompt_cache_units",
@@ -82,6 +83,7 @@ pub struct Metrics {
     pub rtp_jitter: Histogram,
     pub rtp_loss_ratio: Histogram,
     pub outbox_depth: Gauge,
+    pub webhook_dead: Gauge,
     pub prompt_cache_hits: Counter,
     pub prompt_cache_misses: Counter,
     pub prompt_cache_units: Gauge,
@@ -116,6 +118,7 @@ impl Metrics {
         let rtp_jitter = Histogram::new(exponential_buckets(0.001, 2.0, 9));
         let rtp_loss_ratio = Histogram::new([0.0, 0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5]);
         let outbox_depth = Gauge::default();
+        let webhook_dead = Gauge::default();
         let prompt_cache_hits = Counter::default();
         let prompt_cache_misses = Counter::default();
         let prompt_cache_units = Gauge::default();
@@ -187,6 +190,11 @@ impl Metrics {
             outbox_depth.clone(),
         );
         registry.register(
+            "voicebot_webhook_dead_events",
+            "Webhook events given up after max_attempts (dead letters kept in the outbox)",
+            webhook_dead.clone(),
+        );
+        registry.register(
             "voicebot_prompt_cache_hits",
             "Synthesised units served from the prompt cache since start",
             prompt_cache_hits.clone(),
@@ -226,6 +234,7 @@ impl Metrics {
             rtp_jitter,
             rtp_loss_ratio,
             outbox_depth,
+            webhook_dead,
             prompt_cache_hits,
             prompt_cache_misses,
             prompt_cache_units,
