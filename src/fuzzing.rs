@@ -359,7 +359,7 @@ mod tests {
         std::env::var("VOICEBOT_FUZZ_MUTATIONS")
             .ok()
             .and_then(|v| v.parse().ok())
-            .unwrap_or(2_000)
+            .unwrap_or(10_000)
     }
 
     fn seed_dir() -> std::path::PathBuf {

@@ -14,6 +14,7 @@ use crate::handover::outbox::DelivererHandle;
 use crate::history::CallHistory;
 use crate::journal::{CallJournal, InterruptedCall};
 use crate::sip::endpoint::SipEndpoint;
+use crate::sip::escape::escaped;
 
 /// Where the interrupted calls' records and events go.
 pub(super) struct Sinks<'a> {
@@ -70,7 +71,7 @@ pub(super) fn final_record(call: &InterruptedCall) -> Value {
 async fn close(call: &InterruptedCall, endpoint: &mut SipEndpoint, sinks: &Sinks<'_>) {
     let record = final_record(call);
     let call_id = record["call_id"].as_str().unwrap_or(&call.id).to_string();
-    tracing::warn!(id = %call.id, %call_id, legs = call.legs.len(), escalated = call.context.is_some(),
+    tracing::warn!(id = %call.id, call_id = %escaped(&call_id), legs = call.legs.len(), escalated = call.context.is_some(),
         "call interrupted by the previous run: recording it and ending its legs");
     if let Some(dir) = sinks.report_dir {
         super::call::write_record(dir, &call.id, &record);
@@ -94,12 +95,14 @@ async fn close(call: &InterruptedCall, endpoint: &mut SipEndpoint, sinks: &Sinks
         let (d, id) = (Arc::clone(deliverer), call_id.clone());
         match tokio::task::spawn_blocking(move || d.enqueue(&id, "call_ended", data)).await {
             Ok(Ok(event)) => {
-                tracing::info!(%call_id, event_id = %event, "call_ended queued for the interrupted call")
+                tracing::info!(call_id = %escaped(&call_id), event_id = %event, "call_ended queued for the interrupted call")
             }
             Ok(Err(e)) => {
-                tracing::error!(%call_id, error = %e, "call_ended for the interrupted call not queued")
+                tracing::error!(call_id = %escaped(&call_id), error = %e, "call_ended for the interrupted call not queued")
             }
-            Err(e) => tracing::error!(%call_id, error = %e, "outbox writer failed"),
+            Err(e) => {
+                tracing::error!(call_id = %escaped(&call_id), error = %e, "outbox writer failed")
+            }
         }
     }
     let now = std::time::Instant::now();

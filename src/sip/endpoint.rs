@@ -710,6 +710,62 @@ impl SipEndpoint {
         )
     }
 
+    /// Checks an INVITE's digest credentials when `[sip.auth]` is on: the authenticated user
+    /// (None when auth is off), or `Err` once a 401 challenge or a throttling 403 is sent.
+    fn authenticate_invite(
+        &mut self,
+        peer: Peer,
+        msg: &SipMessage,
+        key: &TxnKey,
+        local_tag: &str,
+        now: Instant,
+    ) -> Result<Option<String>, ()> {
+        let uri = msg.request_uri().unwrap_or("");
+        let wall = self.wall_clock(now);
+        if let Some(auth) = self.auth.as_mut() {
+            let checked = auth.check(
+                peer.addr.ip(),
+                "INVITE",
+                uri,
+                msg.header("Authorization"),
+                wall,
+            );
+            // One log line per burst of guesses (the authenticator says which), not per guess.
+            match (&checked.result, checked.log) {
+                (Ok(_), _) => {}
+                (Err(e), true) => {
+                    tracing::info!(peer = %peer.addr, error = %e, "digest authentication refused")
+                }
+                (Err(e), false) => {
+                    tracing::debug!(peer = %peer.addr, error = %e, "digest authentication needed")
+                }
+            }
+            let challenges = match &checked.result {
+                Ok(_) | Err(AuthError::Throttled { .. }) => None,
+                Err(e) => Some(auth.challenges(wall, matches!(e, AuthError::StaleNonce))),
+            };
+            match (checked.result, challenges) {
+                (Ok(name), _) => return Ok(Some(name)),
+                (Err(AuthError::Throttled { retry_after_s }), _) => {
+                    // Refused without a password check until the source's window ends.
+                    let mut resp = self.response(msg, 403, Some(local_tag));
+                    resp.push("Retry-After", retry_after_s.to_string());
+                    self.respond_in(key, resp, now);
+                    return Err(());
+                }
+                (Err(_), challenges) => {
+                    let mut resp = self.response(msg, 401, Some(local_tag));
+                    for challenge in challenges.into_iter().flatten() {
+                        resp.push("WWW-Authenticate", challenge);
+                    }
+                    self.respond_in(key, resp, now);
+                    return Err(());
+                }
+            }
+        }
+        Ok(None)
+    }
+
     fn handle_new_invite(
         &mut self,
         peer: Peer,
@@ -752,49 +808,10 @@ impl SipEndpoint {
         {
             return reject(self, 483, &[], "Max-Forwards is 0");
         }
-        let mut user = None;
-        let wall = self.wall_clock(now);
-        if let Some(auth) = self.auth.as_mut() {
-            let checked = auth.check(
-                peer.addr.ip(),
-                "INVITE",
-                uri,
-                msg.header("Authorization"),
-                wall,
-            );
-            // One log line per burst of guesses (the authenticator says which), not per guess.
-            match (&checked.result, checked.log) {
-                (Ok(_), _) => {}
-                (Err(e), true) => {
-                    tracing::info!(peer = %peer.addr, error = %e, "digest authentication refused")
-                }
-                (Err(e), false) => {
-                    tracing::debug!(peer = %peer.addr, error = %e, "digest authentication needed")
-                }
-            }
-            let challenges = match &checked.result {
-                Ok(_) | Err(AuthError::Throttled { .. }) => None,
-                Err(e) => Some(auth.challenges(wall, matches!(e, AuthError::StaleNonce))),
-            };
-            match (checked.result, challenges) {
-                (Ok(name), _) => user = Some(name),
-                (Err(AuthError::Throttled { retry_after_s }), _) => {
-                    // Refused without a password check until the source's window ends.
-                    let mut resp = self.response(&msg, 403, Some(&local_tag));
-                    resp.push("Retry-After", retry_after_s.to_string());
-                    self.respond_in(&key, resp, now);
-                    return;
-                }
-                (Err(_), challenges) => {
-                    let mut resp = self.response(&msg, 401, Some(&local_tag));
-                    for challenge in challenges.into_iter().flatten() {
-                        resp.push("WWW-Authenticate", challenge);
-                    }
-                    self.respond_in(&key, resp, now);
-                    return;
-                }
-            }
-        }
+        // Digest authentication: the user, or the 401/403 already sent.
+        let Ok(user) = self.authenticate_invite(peer, &msg, &key, &local_tag, now) else {
+            return;
+        };
         if self.draining {
             return reject(
                 self,

@@ -322,7 +322,11 @@ fn parse_start_line(line: &str) -> Result<StartLine, ParseError> {
         .rsplit([' ', '\t'])
         .next()
         .unwrap_or("");
-    if line.starts_with("SIP/") || last.len() <= 4 || !last[..4].eq_ignore_ascii_case("SIP/") {
+    let versioned = last.len() > 4
+        && last
+            .get(..4)
+            .is_some_and(|p| p.eq_ignore_ascii_case("SIP/"));
+    if line.starts_with("SIP/") || !versioned {
         return Err(bad());
     }
     let first = line.split([' ', '\t']).next().unwrap_or("");
@@ -733,6 +737,9 @@ impl SipMessage {
     }
 }
 
+/// The double quote of quoted strings (RFC 3261 25.1), named once.
+const DQUOTE: char = '\u{22}';
+
 /// Splits `value` at each `sep` outside quoted strings (with their `\\` escapes) and `<...>`,
 /// keeping empty pieces.
 fn split_unquoted(value: &str, sep: char) -> Vec<&str> {
@@ -746,7 +753,7 @@ fn split_unquoted(value: &str, sep: char) -> Vec<&str> {
         }
         match c {
             '\\' if quoted => escaped = true,
-            '"' => quoted = !quoted,
+            DQUOTE => quoted = !quoted,
             '<' if !quoted => angle = true,
             '>' if !quoted => angle = false,
             c if c == sep && !quoted && !angle => {
@@ -778,12 +785,12 @@ fn list_elements(value: &str) -> impl Iterator<Item = &str> {
 /// quote. A quoted pair may escape any character but CR and LF (RFC 3261 25.1).
 fn quoted_string_end(s: &str) -> Option<usize> {
     let mut chars = s.char_indices();
-    if chars.next()?.1 != '"' {
+    if chars.next()?.1 != DQUOTE {
         return None;
     }
     while let Some((i, c)) = chars.next() {
         match c {
-            '"' => return Some(i + 1),
+            DQUOTE => return Some(i + 1),
             '\\' => match chars.next() {
                 Some((_, '\r' | '\n')) | None => return None,
                 Some(_) => {}
@@ -813,7 +820,7 @@ fn params_ok(params: &str) -> bool {
         let name_ok = !name.is_empty() && name.bytes().all(is_token_byte);
         let value_ok = match value {
             None => true,
-            Some(v) if v.starts_with('"') => quoted_string_end(v) == Some(v.len()),
+            Some(v) if v.starts_with(DQUOTE) => quoted_string_end(v) == Some(v.len()),
             Some(v) => !v.is_empty() && v.bytes().all(|b| is_token_byte(b) || b"[]:".contains(&b)),
         };
         name_ok && value_ok
@@ -1201,6 +1208,18 @@ c: application/sdp\r\n\
 l: 4\r\n\
 \r\n\
 v=0\r";
+
+    #[test]
+    fn a_request_line_ending_in_multibyte_text_is_an_error_not_a_panic() {
+        // Found by the in-suite fuzz replay: the version check sliced inside a character.
+        for line in [
+            "INVITE x sip\u{226}\r\n\r\n",
+            "A \u{e9}\u{e9}\u{e9}\r\n\r\n",
+            "A b SIP\u{e9}x\r\n\r\n",
+        ] {
+            let _ = SipMessage::parse(line.as_bytes());
+        }
+    }
 
     #[test]
     fn parses_request_with_compact_and_folded_headers() {

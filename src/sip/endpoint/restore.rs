@@ -172,7 +172,7 @@ impl SipEndpoint {
         }
         let bytes = bye.to_bytes();
         let reconnect = target_address(remote_target).or(Some(*peer));
-        tracing::info!(%call_id, peer = %peer, "ending a dialog left open by the previous run (BYE)");
+        tracing::info!(call_id = %crate::sip::escape::escaped(call_id), peer = %peer, "ending a dialog left open by the previous run (BYE)");
         self.restored.push(RestoredBye {
             branch,
             txn: ClientTransaction::new(bytes.clone(), *tcp, now),
