@@ -97,7 +97,7 @@ enum Command {
         report_dir: Option<PathBuf>,
         /// The journal of calls in progress, overriding `[sip] journal` ("" = none).
         #[arg(long, value_name = "FILE")]
-        journal: Option<PathBuf>,
+        journal: Option<String>,
     },
     /// Validate the configuration and dialog files, then exit.
     CheckConfig,
@@ -147,7 +147,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             journal,
         } => {
             if let Some(journal) = journal {
-                config.sip.journal = journal;
+                config.sip.journal = PathBuf::from(journal);
             }
             if let Some(range) = rtp_ports {
                 let (lo, hi) = parse_port_range(&range)?;
