@@ -12,7 +12,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -21,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::admin::http_client;
-use common::webhook::{check_signature, http_base, Delivery, SECRET};
+use common::webhook::{answer_ok, check_signature, http_base, read_delivery, Delivery, SECRET};
 use common::{have_sipp, root, Gateway};
 
 const ADMIN_TOKEN: &str = "dead-letter-admin-token-0123456789";
@@ -43,32 +42,8 @@ fn slow_receiver(slow: Arc<AtomicBool>) -> (u16, Log) {
             let Ok(stream) = stream else { continue };
             let (sink, slow) = (Arc::clone(&sink), Arc::clone(&slow));
             std::thread::spawn(move || {
-                let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-                let mut reader = BufReader::new(stream);
-                let mut first = String::new();
-                if reader.read_line(&mut first).unwrap_or(0) == 0 {
+                let Some((delivery, stream)) = read_delivery(stream) else {
                     return;
-                }
-                let mut headers = Vec::new();
-                let mut length = 0usize;
-                loop {
-                    let mut line = String::new();
-                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                        break;
-                    }
-                    if let Some((n, v)) = line.trim_end().split_once(':') {
-                        if n.eq_ignore_ascii_case("content-length") {
-                            length = v.trim().parse().unwrap_or(0);
-                        }
-                        headers.push((n.trim().to_string(), v.trim().to_string()));
-                    }
-                }
-                let mut body = vec![0; length.min(1 << 20)];
-                let _ = reader.read_exact(&mut body);
-                let delivery = Delivery {
-                    at: Instant::now(),
-                    headers,
-                    body: String::from_utf8_lossy(&body).into_owned(),
                 };
                 let escalated = delivery.header("X-Voicebot-Event") == Some("escalated");
                 if let Ok(mut g) = sink.lock() {
@@ -77,10 +52,7 @@ fn slow_receiver(slow: Arc<AtomicBool>) -> (u16, Log) {
                 if escalated && slow.load(Ordering::SeqCst) {
                     std::thread::sleep(Duration::from_millis(TIMEOUT_MS * 3));
                 }
-                let mut stream = reader.into_inner();
-                let _ = stream.write_all(
-                    b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-                );
+                answer_ok(stream);
             });
         }
     });

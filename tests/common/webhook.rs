@@ -2,7 +2,7 @@
 //! keeps what it got, and checks the signature the gateway puts on each event.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
+use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -59,41 +59,54 @@ pub fn webhook_receiver_on(port: u16) -> (u16, Arc<Mutex<Vec<Delivery>>>) {
     std::thread::spawn(move || {
         for stream in listener.incoming() {
             let Ok(stream) = stream else { continue };
-            let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-            let mut reader = BufReader::new(stream);
-            let mut headers = Vec::new();
-            let mut length = 0usize;
-            let mut first = String::new();
-            if reader.read_line(&mut first).unwrap_or(0) == 0 {
+            let Some((delivery, stream)) = read_delivery(stream) else {
                 continue;
-            }
-            loop {
-                let mut line = String::new();
-                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                    break;
-                }
-                if let Some((n, v)) = line.trim_end().split_once(':') {
-                    if n.eq_ignore_ascii_case("content-length") {
-                        length = v.trim().parse().unwrap_or(0);
-                    }
-                    headers.push((n.trim().to_string(), v.trim().to_string()));
-                }
-            }
-            let mut body = vec![0; length];
-            let _ = reader.read_exact(&mut body);
+            };
             if let Ok(mut g) = sink.lock() {
-                g.push(Delivery {
-                    at: Instant::now(),
-                    headers,
-                    body: String::from_utf8_lossy(&body).into_owned(),
-                });
+                g.push(delivery);
             }
-            let mut stream = reader.into_inner();
-            let _ = stream
-                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            answer_ok(stream);
         }
     });
     (port, got)
+}
+
+/// Reads one webhook POST from `stream` (5 s read timeout, body up to 1 MiB); the delivery and
+/// the stream to answer on, or None when the peer sent nothing.
+pub fn read_delivery(stream: TcpStream) -> Option<(Delivery, TcpStream)> {
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut reader = BufReader::new(stream);
+    let mut first = String::new();
+    if reader.read_line(&mut first).unwrap_or(0) == 0 {
+        return None;
+    }
+    let mut headers = Vec::new();
+    let mut length = 0usize;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+            break;
+        }
+        if let Some((n, v)) = line.trim_end().split_once(':') {
+            if n.eq_ignore_ascii_case("content-length") {
+                length = v.trim().parse().unwrap_or(0);
+            }
+            headers.push((n.trim().to_string(), v.trim().to_string()));
+        }
+    }
+    let mut body = vec![0; length.min(1 << 20)];
+    let _ = reader.read_exact(&mut body);
+    let delivery = Delivery {
+        at: Instant::now(),
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    };
+    Some((delivery, reader.into_inner()))
+}
+
+/// Answers a delivery with 200 and closes.
+pub fn answer_ok(mut stream: TcpStream) {
+    let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
 }
 
 /// The webhook events of kind `kind`, waiting up to `wait` for at least one.
