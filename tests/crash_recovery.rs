@@ -12,26 +12,8 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::webhook::{events, webhook_receiver, SECRET};
+use common::webhook::{events, transfer_config, webhook_receiver};
 use common::{have_sipp, root, Gateway};
-
-fn config(dir: &Path, agent_port: u16, webhook_port: u16) -> String {
-    let path = dir.join("gateway.toml");
-    let text = format!(
-        "[handover.transfer]\nring_timeout_s = 90\n\
-         [handover.transfer.teams]\ndefault = [\"sip:1001@127.0.0.1:{agent_port}\"]\n\
-         [handover.webhook]\nurl = \"http://127.0.0.1:{webhook_port}/hooks/voicebot\"\n\
-         secret = \"{SECRET}\"\ninitial_backoff_ms = 100\ndatabase = \"{}\"\n\
-         [http]\nlisten = \"127.0.0.1:0\"\nagent_token = \"agent-test-token\"\n\
-         feedback_database = \"{}\"\nadmin_token_file = \"{}\"\nhistory_database = \"{}\"\n",
-        dir.join("outbox.sqlite3").display(),
-        dir.join("feedback.sqlite3").display(),
-        dir.join("admin-token").display(),
-        dir.join("history.sqlite3").display()
-    );
-    std::fs::write(&path, text).expect("write config");
-    path.display().to_string()
-}
 
 fn sipp(dir: &Path, scenario: &str, args: &[&str]) -> Child {
     Command::new("timeout")
@@ -82,7 +64,12 @@ fn kill_9_while_an_agent_rings_then_restart_closes_the_call() {
     let dir = tempfile::tempdir().unwrap();
     let (hook_port, got) = webhook_receiver();
     let agent_port = 45160;
-    let cfg = config(dir.path(), agent_port, hook_port);
+    let cfg = transfer_config(
+        dir.path(),
+        &[format!("sip:1001@127.0.0.1:{agent_port}")],
+        hook_port,
+        90,
+    );
     let journal = dir.path().join("journal.sqlite3");
     let journal = journal.to_str().unwrap();
     let mut first = Gateway::start("45200-45299", &["--config", &cfg, "--journal", journal]);

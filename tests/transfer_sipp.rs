@@ -23,45 +23,16 @@ use std::time::Duration;
 mod common;
 
 use common::webhook::{
-    check_signature, events, http_base, webhook_receiver, webhook_receiver_on, SECRET,
+    check_signature, events, http_base, transfer_config as config, webhook_receiver,
+    webhook_receiver_on, AGENT_TOKEN,
 };
 use common::{have_sipp, peer_available, root, spoken_ulaw, Gateway};
-
-const AGENT_TOKEN: &str = "agent-test-token";
 
 /// One test at a time: each runs a gateway with whisper and several SIPp processes, and on
 /// 2 cores three of them at once would starve the media tasks.
 fn serial() -> std::sync::MutexGuard<'static, ()> {
     static LOCK: Mutex<()> = Mutex::new(());
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// A gateway configuration with the given agents for every team and the webhook (with a short
-/// back-off, and attempts enough for a webhook that stays down for a whole call and a restart:
-/// the default 10 would give an event up after about 50 s at this back-off).
-fn config(dir: &Path, agents: &[String], webhook_port: u16, ring_timeout_s: u64) -> String {
-    let list = agents
-        .iter()
-        .map(|a| format!("\"{a}\""))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let path = dir.join("gateway.toml");
-    let text = format!(
-        "[handover.transfer]\nring_timeout_s = {ring_timeout_s}\n\
-         [handover.transfer.teams]\ndefault = [{list}]\n\
-         [handover.webhook]\nurl = \"http://127.0.0.1:{webhook_port}/hooks/voicebot\"\n\
-         secret = \"{SECRET}\"\ninitial_backoff_ms = 100\nmax_attempts = 100\n\
-         database = \"{}\"\n\
-         [http]\nlisten = \"127.0.0.1:0\"\nagent_token = \"{AGENT_TOKEN}\"\n\
-         feedback_database = \"{}\"\nadmin_token_file = \"{}\"\n\
-         history_database = \"{}\"\n",
-        dir.join("outbox.sqlite3").display(),
-        dir.join("feedback.sqlite3").display(),
-        dir.join("admin-token").display(),
-        dir.join("history.sqlite3").display()
-    );
-    std::fs::write(&path, text).expect("write config");
-    path.display().to_string()
 }
 
 /// Starts a SIPp agent (UAS) on `port` with `scenario`.

@@ -3,12 +3,16 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use voicebot_gateway::handover::outbox::verify;
 
 use super::Gateway;
+
+/// The agent token of [`transfer_config`].
+pub const AGENT_TOKEN: &str = "agent-test-token";
 
 /// The webhook secret the tests configure.
 pub const SECRET: &str = "transfer-test-secret";
@@ -145,4 +149,38 @@ pub fn check_signature(d: &Delivery) {
         d.body
     );
     assert_eq!(d.header("Idempotency-Key"), d.header("X-Voicebot-Event-Id"));
+}
+
+/// A gateway configuration (`dir/gateway.toml`, its path returned; its databases in `dir`) with
+/// the given agents for every team and the webhook (with a short
+/// back-off, and attempts enough for a webhook that stays down for a whole call and a restart:
+/// the default 10 would give an event up after about 50 s at this back-off).
+pub fn transfer_config(
+    dir: &Path,
+    agents: &[String],
+    webhook_port: u16,
+    ring_timeout_s: u64,
+) -> String {
+    let list = agents
+        .iter()
+        .map(|a| format!("\"{a}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let path = dir.join("gateway.toml");
+    let text = format!(
+        "[handover.transfer]\nring_timeout_s = {ring_timeout_s}\n\
+         [handover.transfer.teams]\ndefault = [{list}]\n\
+         [handover.webhook]\nurl = \"http://127.0.0.1:{webhook_port}/hooks/voicebot\"\n\
+         secret = \"{SECRET}\"\ninitial_backoff_ms = 100\nmax_attempts = 100\n\
+         database = \"{}\"\n\
+         [http]\nlisten = \"127.0.0.1:0\"\nagent_token = \"{AGENT_TOKEN}\"\n\
+         feedback_database = \"{}\"\nadmin_token_file = \"{}\"\n\
+         history_database = \"{}\"\n",
+        dir.join("outbox.sqlite3").display(),
+        dir.join("feedback.sqlite3").display(),
+        dir.join("admin-token").display(),
+        dir.join("history.sqlite3").display()
+    );
+    std::fs::write(&path, text).expect("write config");
+    path.display().to_string()
 }
