@@ -190,14 +190,14 @@ const NONCE_HEX: usize = NONCE_TIME_HEX + NONCE_RANDOM_HEX + 32;
 
 /// A digest algorithm we offer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Algorithm {
+pub(super) enum Algorithm {
     Md5,
     Sha256,
 }
 
 impl Algorithm {
     /// Lowercase hex of the hash of the parts joined with ':'.
-    fn hex(self, parts: &[&str]) -> String {
+    pub(super) fn hex(self, parts: &[&str]) -> String {
         match self {
             Algorithm::Md5 => hash_hex::<Md5>(parts),
             Algorithm::Sha256 => hash_hex::<Sha256>(parts),
@@ -572,7 +572,7 @@ impl DigestCredentials {
 }
 
 /// Splits `name=value, name="quoted, value"` into lowercase names and unquoted values.
-fn parse_params(s: &str) -> Result<Vec<(String, String)>, AuthError> {
+pub(super) fn parse_params(s: &str) -> Result<Vec<(String, String)>, AuthError> {
     let bytes = s.as_bytes();
     let mut i = 0;
     let mut params: Vec<(String, String)> = Vec::new();
@@ -671,7 +671,7 @@ fn is_token_byte(b: u8) -> bool {
 }
 
 /// Escapes a value for a quoted-string, dropping line breaks that would end the header.
-fn quote(value: &str) -> String {
+pub(super) fn quote(value: &str) -> String {
     let mut quoted = String::with_capacity(value.len());
     for c in value.chars().filter(|c| !matches!(c, '\r' | '\n' | '\0')) {
         if matches!(c, '"' | '\\') {
@@ -725,7 +725,7 @@ fn hmac_md5(key: &[u8], message: &[u8]) -> [u8; 16] {
         .into()
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(super) fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut out = String::with_capacity(bytes.len() * 2);
     for b in bytes {

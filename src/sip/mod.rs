@@ -4,6 +4,7 @@
 //! [`crate::server`] owns the sockets and the timers.
 
 pub mod auth;
+pub mod digest_client;
 pub mod endpoint;
 pub mod escape;
 pub mod message;
