@@ -6,6 +6,7 @@
 pub mod auth;
 pub mod endpoint;
 pub mod escape;
+pub mod locate;
 pub mod message;
 pub mod sdp;
 pub mod transaction;
