@@ -132,14 +132,14 @@ impl Drop for Dns {
     }
 }
 
-/// Starts a SIPp agent (UAS) on `port` with `scenario`.
-fn agent(dir: &Path, port: u16, media_port: u16, scenario: &str, extra: &[&str]) -> Child {
+/// Starts a SIPp agent (UAS) on `port` with `scenario` (a path).
+fn agent(dir: &Path, port: u16, media_port: u16, scenario: &Path, extra: &[&str]) -> Child {
     Command::new("timeout")
         .arg("120")
         .arg("sipp")
         .current_dir(dir)
         .arg("-sf")
-        .arg(root().join("tests/sipp").join(scenario))
+        .arg(scenario)
         .args(["-i", "127.0.0.1", "-p", &port.to_string()])
         .args(["-mp", &media_port.to_string(), "-m", "1", "-nostdin"])
         .args(["-timeout", "100", "-timeout_error"])
@@ -148,6 +148,24 @@ fn agent(dir: &Path, port: u16, media_port: u16, scenario: &str, extra: &[&str])
         .stderr(Stdio::piped())
         .spawn()
         .expect("start sipp agent")
+}
+
+/// The answering agent (`tests/sipp/uas_agent.xml`), written to `dir` with its talk time
+/// before hanging up raised from 12 to 30 s: the caller pressed 0 during the greeting, and is
+/// put through once the greeting and the announcement are out.
+fn answering_agent_scenario(dir: &Path) -> std::path::PathBuf {
+    let text = std::fs::read_to_string(root().join("tests/sipp/uas_agent.xml")).expect("scenario");
+    assert!(text.contains("<pause milliseconds=\"12000\"/>"));
+    let path = dir.join("uas_agent_30s.xml");
+    std::fs::write(
+        &path,
+        text.replace(
+            "<pause milliseconds=\"12000\"/>",
+            "<pause milliseconds=\"30000\"/>",
+        ),
+    )
+    .expect("scenario");
+    path
 }
 
 /// Runs the SIPp caller (DTMF 0, then waits for the gateway's BYE) to completion.
@@ -234,12 +252,18 @@ fn a_503_fails_over_to_the_next_srv_target() {
     let cfg = config(dir.path(), "sip:2001@agents.test", dns.addr, 4000);
     let gw = Gateway::start("46100-46149", &["--config", &cfg]);
     let agents = tempfile::tempdir().expect("dir");
-    let unavailable = agent(agents.path(), first, 46300, "uas_unavailable.xml", &[]);
+    let unavailable = agent(
+        agents.path(),
+        first,
+        46300,
+        &root().join("tests/sipp/uas_unavailable.xml"),
+        &[],
+    );
     let answering = agent(
         agents.path(),
         second,
         46310,
-        "uas_agent.xml",
+        &answering_agent_scenario(agents.path()),
         &["-rtp_echo"],
     );
     let (code, screen) = caller(dir.path(), gw.port, 46400);
@@ -325,7 +349,7 @@ fn a_silent_srv_target_is_left_within_the_ring_time() {
         agents.path(),
         second,
         46320,
-        "uas_agent.xml",
+        &answering_agent_scenario(agents.path()),
         &["-rtp_echo"],
     );
     let (code, screen) = caller(dir.path(), gw.port, 46420);
