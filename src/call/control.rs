@@ -88,7 +88,8 @@ pub enum CallerPrompt {
 /// What the core asks the shell to do.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Output {
-    /// Look up the address of an extension's host; answer with [`CallControl::resolved`].
+    /// Look up where an extension's calls go (RFC 3263: its addresses in the order to try);
+    /// answer with [`CallControl::resolved`].
     Resolve { op: OpId, uri: String },
     /// Place the agent's call; answer with [`CallControl::placed`].
     PlaceCall {
@@ -149,6 +150,16 @@ pub enum Phase {
     Transferred,
 }
 
+/// The addresses of the extension being called, in RFC 3263 order: the one being tried and
+/// those left to fail over to on a 503 or no response, within the extension's ring time.
+#[derive(Debug, Clone)]
+struct Route {
+    addr: SocketAddr,
+    rest: VecDeque<SocketAddr>,
+    /// The extension's ring timeout, which runs from its first INVITE (across failovers).
+    deadline: Option<Instant>,
+}
+
 /// Where the agent leg stands.
 #[derive(Debug)]
 enum Leg {
@@ -157,7 +168,11 @@ enum Leg {
     /// The extension's host is being looked up.
     Resolving { op: OpId, target: Target },
     /// The agent's INVITE is being placed.
-    Placing { op: OpId, target: Target },
+    Placing {
+        op: OpId,
+        target: Target,
+        route: Route,
+    },
     /// The extension rings.
     Ringing {
         agent: CallHandle,
@@ -165,6 +180,10 @@ enum Leg {
         deadline: Instant,
         /// We cancelled it at the ring timeout.
         cancelled: bool,
+        route: Route,
+        /// Without any response by then (not even 100 Trying), the next address is tried
+        /// (None: no failover timer, or a response came).
+        silent_until: Option<Instant>,
     },
     /// The agent answered; its media is starting.
     Connecting {
@@ -273,8 +292,13 @@ impl CallControl {
             Some(Leg::Ringing {
                 deadline,
                 cancelled: false,
+                route,
+                silent_until,
                 ..
-            }) => Some(*deadline),
+            }) => match silent_until {
+                Some(at) if !route.rest.is_empty() => Some((*at).min(*deadline)),
+                _ => Some(*deadline),
+            },
             Some(Leg::Referring { deadline, .. }) => Some(*deadline),
             Some(Leg::Answered {
                 whispered_at: Some(at),
@@ -526,16 +550,26 @@ impl CallControl {
 
     /// The current attempt failed before anything rang: recorded, and the next is tried.
     fn attempt_failed(&mut self, now: Instant, uri: &str, outcome: AttemptOutcome) {
+        self.attempt_failed_at(now, uri, None, outcome);
+    }
+
+    /// [`Self::attempt_failed`], naming the address that was called.
+    fn attempt_failed_at(
+        &mut self,
+        now: Instant,
+        uri: &str,
+        addr: Option<SocketAddr>,
+        outcome: AttemptOutcome,
+    ) {
         if let Some(t) = self.transfer.as_mut() {
-            t.hunt.record(uri, &outcome);
+            t.hunt.record_at(uri, addr, &outcome);
         }
         self.dial_next(now);
     }
 
-    /// The address of the extension of request `op`.
-    pub fn resolved(&mut self, now: Instant, op: OpId, result: Result<SocketAddr, LegError>) {
-        let (call_id, flow) = (self.cfg.call_id.clone(), self.cfg.flow.clone());
-        let place = self.op();
+    /// Where the extension of request `op` is called: its addresses in the order to try
+    /// (RFC 3263), or why there are none.
+    pub fn resolved(&mut self, now: Instant, op: OpId, result: Result<Vec<SocketAddr>, LegError>) {
         let Some(t) = self.transfer.as_mut() else {
             return;
         };
@@ -543,40 +577,105 @@ impl CallControl {
             Leg::Resolving { op: o, target } if *o == op => target.clone(),
             _ => return,
         };
-        match result {
-            Ok(addr) => {
-                let headers = context_headers(&call_id, &t.skill, &flow, &self.cfg.transfer);
-                t.record
-                    .decision_to_invite_ms
-                    .get_or_insert_with(|| ms_between(t.decided, now));
-                self.outputs.push_back(Output::PlaceCall {
-                    op: place,
-                    uri: target.uri.clone(),
-                    addr,
-                    headers,
-                    from_display: format!("Voicebot {}", t.team),
-                    from_user: self.cfg.transfer.from_user.clone(),
-                });
-                t.leg = Leg::Placing { op: place, target };
-            }
+        let mut addrs: VecDeque<SocketAddr> = match result {
+            Ok(addrs) => addrs.into(),
             Err(why) => {
                 tracing::warn!(target = %target.uri, %why, "cannot call this extension; trying the next");
                 self.attempt_failed(now, &target.uri, AttemptOutcome::Failed(why.to_string()));
+                return;
             }
+        };
+        let Some(addr) = addrs.pop_front() else {
+            let why = LegError::NoAddress(target.uri.clone());
+            tracing::warn!(target = %target.uri, %why, "cannot call this extension; trying the next");
+            self.attempt_failed(now, &target.uri, AttemptOutcome::Failed(why.to_string()));
+            return;
+        };
+        if !addrs.is_empty() {
+            tracing::info!(target = %target.uri, first = %addr, more = ?addrs, "the extension has several addresses; failing over in this order");
         }
+        let route = Route {
+            addr,
+            rest: addrs,
+            deadline: None,
+        };
+        self.place(now, target, route);
+    }
+
+    /// Sends the INVITE for `target` to `route.addr`.
+    fn place(&mut self, now: Instant, target: Target, route: Route) {
+        let (call_id, flow) = (self.cfg.call_id.clone(), self.cfg.flow.clone());
+        let op = self.op();
+        let Some(t) = self.transfer.as_mut() else {
+            return;
+        };
+        let headers = context_headers(&call_id, &t.skill, &flow, &self.cfg.transfer);
+        t.record
+            .decision_to_invite_ms
+            .get_or_insert_with(|| ms_between(t.decided, now));
+        self.outputs.push_back(Output::PlaceCall {
+            op,
+            uri: target.uri.clone(),
+            addr: route.addr,
+            headers,
+            from_display: format!("Voicebot {}", t.team),
+            from_user: self.cfg.transfer.from_user.clone(),
+        });
+        t.leg = Leg::Placing { op, target, route };
+    }
+
+    /// The INVITE to the current address of the ringing extension got a 503 or no response
+    /// (`why`): the next address is called, within the extension's ring time. False (nothing
+    /// done) when no address is left or the ring time is over.
+    fn fail_over(&mut self, now: Instant, why: &str) -> bool {
+        let over = self.over;
+        let Some(t) = self.transfer.as_mut() else {
+            return false;
+        };
+        let Leg::Ringing {
+            target,
+            route,
+            deadline,
+            ..
+        } = &t.leg
+        else {
+            return false;
+        };
+        if route.rest.is_empty() || now >= *deadline || over {
+            return false;
+        }
+        let (target, mut route) = (target.clone(), route.clone());
+        let failed = route.addr;
+        let Some(next) = route.rest.pop_front() else {
+            return false;
+        };
+        tracing::info!(target = %target.uri, address = %failed, next = %next, %why, left = route.rest.len(), "agent address failed; failing over to the next address of the extension");
+        t.hunt.record_at(
+            &target.uri,
+            Some(failed),
+            &AttemptOutcome::Failed(format!("{why}; failed over to {next}")),
+        );
+        route.addr = next;
+        self.place(now, target, route);
+        true
     }
 
     /// The agent's call of request `op` went out (its handle), or could not be placed.
     pub fn placed(&mut self, now: Instant, op: OpId, result: Result<CallHandle, LegError>) {
         let ring = self.cfg.transfer.ring_timeout();
+        let failover = Duration::from_millis(self.cfg.transfer.failover_after_ms);
         let Some(t) = self.transfer.as_mut() else {
             if let Ok(agent) = result {
                 self.outputs.push_back(Output::HangUp(LegId::Agent(agent)));
             }
             return;
         };
-        let target = match &t.leg {
-            Leg::Placing { op: o, target } if *o == op => target.clone(),
+        let (target, mut route) = match &t.leg {
+            Leg::Placing {
+                op: o,
+                target,
+                route,
+            } if *o == op => (target.clone(), route.clone()),
             _ => {
                 // A leg nobody waits for any more (the caller left meanwhile).
                 if let Ok(agent) = result {
@@ -587,18 +686,26 @@ impl CallControl {
         };
         match result {
             Ok(agent) if !self.over => {
-                tracing::info!(%agent, target = %target.uri, mode = target.mode.as_str(), "calling the agent");
+                tracing::info!(%agent, target = %target.uri, address = %route.addr, mode = target.mode.as_str(), "calling the agent");
+                let deadline = *route.deadline.get_or_insert(now + ring);
                 t.leg = Leg::Ringing {
                     agent,
                     target,
-                    deadline: now + ring,
+                    deadline,
                     cancelled: false,
+                    route,
+                    silent_until: (!failover.is_zero()).then(|| now + failover),
                 };
             }
             Ok(agent) => self.outputs.push_back(Output::HangUp(LegId::Agent(agent))),
             Err(why) => {
-                tracing::warn!(target = %target.uri, %why, "cannot call this extension; trying the next");
-                self.attempt_failed(now, &target.uri, AttemptOutcome::Failed(why.to_string()));
+                tracing::warn!(target = %target.uri, address = %route.addr, %why, "cannot call this extension; trying the next");
+                self.attempt_failed_at(
+                    now,
+                    &target.uri,
+                    Some(route.addr),
+                    AttemptOutcome::Failed(why.to_string()),
+                );
             }
         }
     }
@@ -629,9 +736,20 @@ impl CallControl {
 
     // ---- The agent leg ----
 
-    /// The agent's phone rings or plays early media.
+    /// The agent's side answered provisionally: trying (100), ringing (180) or early media
+    /// (183). Any of them means this address is alive: no failover for silence any more.
     pub fn agent_progress(&mut self, agent: CallHandle, code: u16) {
         tracing::info!(%agent, code, "agent leg progress");
+        if let Some(Leg::Ringing {
+            agent: a,
+            silent_until,
+            ..
+        }) = self.transfer.as_mut().map(|t| &mut t.leg)
+        {
+            if *a == agent {
+                *silent_until = None;
+            }
+        }
     }
 
     /// The agent answered.
@@ -757,7 +875,7 @@ impl CallControl {
     pub fn agent_ended(&mut self, now: Instant, agent: CallHandle, reason: &EndReason) {
         /// Which part of the transfer the leg was.
         enum Gone {
-            Unanswered(String, AttemptOutcome),
+            Unanswered(String, SocketAddr, AttemptOutcome),
             BeforePutThrough(String),
             Consult,
             Bridged,
@@ -770,6 +888,7 @@ impl CallControl {
                 agent: a,
                 target,
                 cancelled,
+                route,
                 ..
             } if *a == agent => {
                 let outcome = match reason {
@@ -778,7 +897,7 @@ impl CallControl {
                     EndReason::NoResponse => AttemptOutcome::NoAnswer,
                     other => AttemptOutcome::Failed(format!("{other:?}")),
                 };
-                Gone::Unanswered(target.uri.clone(), outcome)
+                Gone::Unanswered(target.uri.clone(), route.addr, outcome)
             }
             Leg::Connecting {
                 agent: a, target, ..
@@ -796,9 +915,21 @@ impl CallControl {
             _ => return,
         };
         match gone {
-            Gone::Unanswered(uri, outcome) => {
-                tracing::info!(%agent, target = %uri, ?outcome, "agent leg not answered; trying the next extension");
-                self.attempt_failed(now, &uri, outcome);
+            Gone::Unanswered(uri, addr, outcome) => {
+                // RFC 3263 4.3: a 503 or a transaction timeout moves on to the next address of
+                // the same extension; any other refusal is the extension's answer.
+                let why = match reason {
+                    EndReason::Refused(503) => Some("503 Service Unavailable"),
+                    EndReason::NoResponse => Some("no response (transaction timeout)"),
+                    _ => None,
+                };
+                if let Some(why) = why {
+                    if self.fail_over(now, why) {
+                        return;
+                    }
+                }
+                tracing::info!(%agent, target = %uri, address = %addr, ?outcome, "agent leg not answered; trying the next extension");
+                self.attempt_failed_at(now, &uri, Some(addr), outcome);
             }
             Gone::BeforePutThrough(uri) => {
                 tracing::info!(%agent, target = %uri, "the agent hung up before the caller was put through; trying the next extension");
@@ -1026,6 +1157,7 @@ impl CallControl {
         enum Due {
             Gate,
             RingTimeout(CallHandle),
+            Silent(CallHandle),
             PutThrough,
             ReferOverdue,
         }
@@ -1043,6 +1175,13 @@ impl CallControl {
                 *cancelled = true;
                 Due::RingTimeout(*agent)
             }
+            Leg::Ringing {
+                agent,
+                silent_until: Some(at),
+                route,
+                cancelled: false,
+                ..
+            } if now >= *at && !route.rest.is_empty() => Due::Silent(*agent),
             Leg::Answered {
                 target,
                 answered,
@@ -1075,6 +1214,13 @@ impl CallControl {
             Due::RingTimeout(agent) => {
                 tracing::info!(%agent, "agent did not answer within the ring timeout; cancelling");
                 self.outputs.push_back(Output::HangUp(LegId::Agent(agent)));
+            }
+            Due::Silent(agent) => {
+                let ms = self.cfg.transfer.failover_after_ms;
+                // The leg is given up (cancelled should a response still come; the endpoint
+                // sends the CANCEL once it may).
+                self.outputs.push_back(Output::HangUp(LegId::Agent(agent)));
+                self.fail_over(now, &format!("no response within {ms} ms"));
             }
             Due::PutThrough => self.put_through(now),
             Due::ReferOverdue => {

@@ -292,6 +292,7 @@ impl Net {
                             .and_then(|(host, port)| {
                                 format!("{host}:{port}")
                                     .parse::<SocketAddr>()
+                                    .map(|a| vec![a])
                                     .map_err(|_| LegError::NoAddress(host))
                             });
                     self.control.resolved(now, op, result);

@@ -150,7 +150,7 @@ impl Harness {
     /// Resolves and places the pending extension; returns its ringing leg.
     fn ring(&mut self) -> CallHandle {
         let (op, _) = self.last_resolve();
-        self.cc.resolved(self.now, op, Ok(addr()));
+        self.cc.resolved(self.now, op, Ok(vec![addr()]));
         self.drain();
         let (op, _) = self.last_place();
         self.next_leg += 1;
@@ -285,7 +285,7 @@ fn the_context_headers_go_on_the_agent_invite() {
     }));
     h.escalate(&[target("sip:100@pbx", TransferMode::Bridge)]);
     let (op, _) = h.last_resolve();
-    h.cc.resolved(h.now, op, Ok(addr()));
+    h.cc.resolved(h.now, op, Ok(vec![addr()]));
     let new = h.drain();
     let Output::PlaceCall {
         headers,
@@ -443,7 +443,7 @@ fn only_unresolvable_hosts_mean_a_callback() {
 fn a_call_that_cannot_be_placed_is_skipped() {
     let mut h = Harness::bridge_to(&["sip:1@pbx", "sip:2@pbx"]);
     let (op, _) = h.last_resolve();
-    h.cc.resolved(h.now, op, Ok(addr()));
+    h.cc.resolved(h.now, op, Ok(vec![addr()]));
     h.drain();
     let (op, _) = h.last_place();
     h.cc.placed(h.now, op, Err(LegError::NoPort));
@@ -496,7 +496,7 @@ fn a_late_lookup_answer_is_ignored() {
     h.cc.resolved(h.now, stale, Err(LegError::NoAddress("pbx".into())));
     h.drain();
     // The first lookup answers again, late: the second is still the one waited for.
-    h.cc.resolved(h.now, stale, Ok(addr()));
+    h.cc.resolved(h.now, stale, Ok(vec![addr()]));
     assert!(h.drain().is_empty());
     assert_eq!(h.last_resolve().1, "sip:2@pbx");
 }
@@ -798,7 +798,7 @@ fn the_hunt_stops_when_the_caller_has_left() {
 fn a_leg_placed_after_the_caller_left_is_hung_up() {
     let mut h = Harness::bridge_to(&["sip:1@pbx"]);
     let (op, _) = h.last_resolve();
-    h.cc.resolved(h.now, op, Ok(addr()));
+    h.cc.resolved(h.now, op, Ok(vec![addr()]));
     h.drain();
     let (op, _) = h.last_place();
     h.cc.caller_ended(&EndReason::RemoteBye);
@@ -928,4 +928,211 @@ fn shutdown_during_a_bridge_hangs_up_the_caller() {
     h.cc.caller_ended(&EndReason::LocalHangup);
     assert_eq!(h.cc.ended_by(), Some(EndedBy::Shutdown));
     assert_eq!(h.outcome(), Some(TransferOutcome::Bridged));
+}
+
+// ---- Failover over an extension's addresses (RFC 3263) ----
+
+fn addr_n(n: u8) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, n], 5060))
+}
+
+impl Harness {
+    /// Resolves the pending extension to `addrs`; returns the address its first INVITE goes to.
+    fn resolve_to(&mut self, addrs: &[SocketAddr]) -> SocketAddr {
+        let (op, _) = self.last_resolve();
+        self.cc.resolved(self.now, op, Ok(addrs.to_vec()));
+        self.drain();
+        self.last_place_addr()
+    }
+
+    fn last_place_addr(&self) -> SocketAddr {
+        self.out
+            .iter()
+            .rev()
+            .find_map(|o| match o {
+                Output::PlaceCall { addr, .. } => Some(*addr),
+                _ => None,
+            })
+            .expect("a call was placed")
+    }
+
+    /// The INVITE asked for last went out: its leg.
+    fn placed_leg(&mut self) -> CallHandle {
+        let (op, _) = self.last_place();
+        self.next_leg += 1;
+        let leg = CallHandle(self.next_leg);
+        self.cc.placed(self.now, op, Ok(leg));
+        self.drain();
+        leg
+    }
+
+    fn places(&self) -> usize {
+        self.out
+            .iter()
+            .filter(|o| matches!(o, Output::PlaceCall { .. }))
+            .count()
+    }
+
+    fn attempts_with_addresses(&mut self) -> Vec<String> {
+        self.cc
+            .finish()
+            .map(|r| {
+                r.attempts
+                    .iter()
+                    .map(|a| {
+                        format!(
+                            "{} {} {}",
+                            a.target,
+                            a.address.as_deref().unwrap_or("-"),
+                            a.outcome
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+#[test]
+fn a_503_fails_over_to_the_next_address_of_the_same_extension() {
+    let mut h = Harness::bridge_to(&["sip:2001@agents.test", "sip:2002@pbx"]);
+    assert_eq!(h.resolve_to(&[addr_n(2), addr_n(3)]), addr_n(2));
+    let first = h.placed_leg();
+    h.cc.agent_ended(h.now, first, &EndReason::Refused(503));
+    let new = h.drain();
+    assert!(
+        matches!(&new[..], [Output::PlaceCall { uri, addr, .. }] if uri == "sip:2001@agents.test" && *addr == addr_n(3)),
+        "{new:?}"
+    );
+    let second = h.placed_leg();
+    h.answer(second);
+    assert_eq!(
+        h.advance(Duration::from_millis(20), IDLE),
+        [Output::Bridge(second)]
+    );
+    assert_eq!(
+        h.attempts_with_addresses(),
+        ["sip:2001@agents.test 127.0.0.2:5060 failed: 503 Service Unavailable; failed over to 127.0.0.3:5060"]
+    );
+    assert_eq!(
+        h.cc.finish().unwrap().agent.as_deref(),
+        Some("sip:2001@agents.test")
+    );
+}
+
+#[test]
+fn other_refusals_end_the_extensions_turn() {
+    let mut h = Harness::bridge_to(&["sip:2001@agents.test", "sip:2002@pbx"]);
+    h.resolve_to(&[addr_n(2), addr_n(3)]);
+    let first = h.placed_leg();
+    h.cc.agent_ended(h.now, first, &EndReason::Refused(486));
+    h.drain();
+    // No INVITE to the second address: the hunt moves on to the next extension.
+    assert_eq!(h.places(), 1);
+    assert_eq!(h.last_resolve().1, "sip:2002@pbx");
+    assert_eq!(
+        h.attempts_with_addresses(),
+        ["sip:2001@agents.test 127.0.0.2:5060 refused 486"]
+    );
+}
+
+#[test]
+fn a_503_from_the_last_address_moves_the_hunt_on() {
+    let mut h = Harness::bridge_to(&["sip:2001@agents.test", "sip:2002@pbx"]);
+    h.resolve_to(&[addr_n(2), addr_n(3)]);
+    let first = h.placed_leg();
+    h.cc.agent_ended(h.now, first, &EndReason::Refused(503));
+    h.drain();
+    let second = h.placed_leg();
+    h.cc.agent_ended(h.now, second, &EndReason::Refused(503));
+    h.drain();
+    assert_eq!(h.last_resolve().1, "sip:2002@pbx");
+    assert_eq!(h.attempts_with_addresses().len(), 2);
+}
+
+#[test]
+fn a_silent_address_is_left_after_failover_after_ms() {
+    let mut h = Harness::new(config(|c| c.transfer.failover_after_ms = 2000));
+    h.escalate(&[target("sip:2001@agents.test", TransferMode::Bridge)]);
+    h.resolve_to(&[addr_n(2), addr_n(3)]);
+    let first = h.placed_leg();
+    assert_eq!(h.cc.poll_timeout(), Some(h.now + Duration::from_secs(2)));
+    assert!(h.advance(Duration::from_millis(1980), IDLE).is_empty());
+    let new = h.advance(Duration::from_millis(20), IDLE);
+    assert!(
+        matches!(&new[..], [Output::HangUp(LegId::Agent(l)), Output::PlaceCall { addr, .. }] if *l == first && *addr == addr_n(3)),
+        "{new:?}"
+    );
+    let second = h.placed_leg();
+    // The abandoned leg's end (timer B, later) changes nothing.
+    h.cc.agent_ended(h.now, first, &EndReason::NoResponse);
+    assert!(h.drain().is_empty());
+    // The ring timeout still counts from the first INVITE: 10 s in all.
+    assert_eq!(h.cc.poll_timeout(), Some(h.now + Duration::from_secs(8)));
+    h.cc.agent_progress(second, 180);
+    let new = h.advance(Duration::from_secs(8), IDLE);
+    assert_eq!(new, [Output::HangUp(LegId::Agent(second))]);
+    h.cc.agent_ended(h.now, second, &EndReason::Cancelled);
+    h.drain();
+    assert_eq!(h.outcome(), Some(TransferOutcome::Callback));
+    assert_eq!(
+        h.attempts_with_addresses(),
+        [
+            "sip:2001@agents.test 127.0.0.2:5060 failed: no response within 2000 ms; failed over to 127.0.0.3:5060",
+            "sip:2001@agents.test 127.0.0.3:5060 no answer"
+        ]
+    );
+}
+
+#[test]
+fn any_response_even_100_trying_stops_the_silence_timer() {
+    let mut h = Harness::new(config(|c| c.transfer.failover_after_ms = 2000));
+    h.escalate(&[target("sip:2001@agents.test", TransferMode::Bridge)]);
+    h.resolve_to(&[addr_n(2), addr_n(3)]);
+    let first = h.placed_leg();
+    h.cc.agent_progress(first, 100);
+    assert_eq!(h.cc.poll_timeout(), Some(h.now + Duration::from_secs(10)));
+    assert!(h.advance(Duration::from_secs(3), IDLE).is_empty());
+    assert_eq!(h.places(), 1);
+    // A transaction timeout still fails over.
+    h.cc.agent_ended(h.now, first, &EndReason::NoResponse);
+    let new = h.drain();
+    assert!(
+        matches!(&new[..], [Output::PlaceCall { addr, .. }] if *addr == addr_n(3)),
+        "{new:?}"
+    );
+}
+
+#[test]
+fn no_failover_once_the_ring_time_is_over() {
+    let mut h = Harness::new(config(|c| c.transfer.failover_after_ms = 0));
+    h.escalate(&[
+        target("sip:2001@agents.test", TransferMode::Bridge),
+        target("sip:2002@pbx", TransferMode::Bridge),
+    ]);
+    h.resolve_to(&[addr_n(2), addr_n(3)]);
+    let first = h.placed_leg();
+    // Failover off: silence only ends at the ring timeout.
+    assert_eq!(h.cc.poll_timeout(), Some(h.now + Duration::from_secs(10)));
+    let new = h.advance(Duration::from_secs(10), IDLE);
+    assert_eq!(new, [Output::HangUp(LegId::Agent(first))]);
+    h.cc.agent_ended(h.now, first, &EndReason::NoResponse);
+    h.drain();
+    assert_eq!(h.places(), 1);
+    assert_eq!(h.last_resolve().1, "sip:2002@pbx");
+}
+
+#[test]
+fn an_empty_address_list_skips_the_extension() {
+    let mut h = Harness::bridge_to(&["sip:2001@agents.test", "sip:2002@pbx"]);
+    h.resolve_to_nothing();
+    assert_eq!(h.last_resolve().1, "sip:2002@pbx");
+}
+
+impl Harness {
+    fn resolve_to_nothing(&mut self) {
+        let (op, _) = self.last_resolve();
+        self.cc.resolved(self.now, op, Ok(Vec::new()));
+        self.drain();
+    }
 }

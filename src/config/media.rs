@@ -81,6 +81,22 @@ pub struct SipConfig {
     /// The `Server` and `User-Agent` header value ("" = no such header). The default names no
     /// version, so a scanner learns less about which bugs to try.
     pub user_agent: String,
+    /// DNS servers for the RFC 3263 lookups of agent extensions (NAPTR, SRV, A/AAAA), each
+    /// `IP` (port 53) or `IP:port`; empty: the system's (`/etc/resolv.conf`).
+    pub dns_servers: Vec<String>,
+    /// How long one extension's whole lookup may take, ms (a dead DNS server must not hold
+    /// the caller).
+    pub dns_timeout_ms: u64,
+}
+
+/// A DNS server from `[sip] dns_servers`: `IP` (port 53) or `IP:port`.
+pub fn parse_dns_server(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = s.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    s.parse::<std::net::IpAddr>()
+        .map(|ip| SocketAddr::new(ip, 53))
+        .map_err(|_| format!("`{s}` is not an IP address or IP:port"))
 }
 
 impl Default for SipConfig {
@@ -99,6 +115,8 @@ impl Default for SipConfig {
             tcp_header_timeout_s: 10,
             tcp_idle_timeout_s: 300,
             user_agent: "voicebot-gateway".into(),
+            dns_servers: Vec::new(),
+            dns_timeout_ms: 2000,
         }
     }
 }
@@ -212,6 +230,14 @@ impl SipConfig {
                 "sip.tcp_header_timeout_s",
                 "must be at least 1 second and at most tcp_idle_timeout_s",
             );
+        }
+        for server in &self.dns_servers {
+            if let Err(reason) = parse_dns_server(server) {
+                return bad("sip.dns_servers", &reason);
+            }
+        }
+        if !(100..=30_000).contains(&self.dns_timeout_ms) {
+            return bad("sip.dns_timeout_ms", "must be between 100 and 30000 ms");
         }
         Ok(())
     }

@@ -137,6 +137,11 @@ pub struct TransferConfig {
     pub whisper: bool,
     /// What happens when the agent hangs up a bridged call.
     pub after_agent_hangup: AfterAgent,
+    /// An extension whose host has several addresses (DNS SRV or A/AAAA records, RFC 3263):
+    /// how long the INVITE to one address may go without any response (not even 100 Trying)
+    /// before the next address is tried, ms, within the ring timeout. 0: only the
+    /// transaction timeout (32 s) or a 503 moves on.
+    pub failover_after_ms: u64,
 }
 
 impl Default for TransferConfig {
@@ -150,6 +155,7 @@ impl Default for TransferConfig {
             context_url_base: String::new(),
             whisper: false,
             after_agent_hangup: AfterAgent::End,
+            failover_after_ms: 4000,
         }
     }
 }
@@ -169,6 +175,15 @@ impl TransferConfig {
                     return Some((format!("teams.{team}.{i}"), reason));
                 }
             }
+        }
+        if self.failover_after_ms != 0 && !(200..=32_000).contains(&self.failover_after_ms) {
+            return Some((
+                "failover_after_ms".into(),
+                format!(
+                    "{} must be 0 (off) or in 200..=32000",
+                    self.failover_after_ms
+                ),
+            ));
         }
         if self.webhook_wait_ms > 2000 {
             return Some((
@@ -307,6 +322,10 @@ pub enum AttemptOutcome {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Attempt {
     pub target: String,
+    /// The address called, when the extension was looked up (an extension with several
+    /// addresses has one attempt per address it failed over from).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
     pub outcome: String,
 }
 
@@ -343,6 +362,16 @@ impl Hunt {
 
     /// Records how the current attempt ended.
     pub fn record(&mut self, target: &str, outcome: &AttemptOutcome) {
+        self.record_at(target, None, outcome);
+    }
+
+    /// Records how the current attempt at `address` ended.
+    pub fn record_at(
+        &mut self,
+        target: &str,
+        address: Option<std::net::SocketAddr>,
+        outcome: &AttemptOutcome,
+    ) {
         let outcome = match outcome {
             AttemptOutcome::Refused(code) => format!("refused {code}"),
             AttemptOutcome::NoAnswer => "no answer".into(),
@@ -351,6 +380,7 @@ impl Hunt {
         };
         self.attempts.push(Attempt {
             target: target.to_string(),
+            address: address.map(|a| a.to_string()),
             outcome,
         });
     }

@@ -30,7 +30,6 @@ use crate::call::record::{CallEvent, CallRecord, EndedBy};
 use crate::flows::Flow;
 use crate::handover::context::{self, ContextInput};
 use crate::handover::outbox::DelivererHandle;
-use crate::handover::transfer::parse_target;
 use crate::media::barge_in::{BargeIn, BargeInConfig};
 use crate::observe::live::CallState as LiveState;
 use crate::pipeline::{
@@ -56,8 +55,6 @@ const RTCP_INTERVAL: Duration = Duration::from_secs(5);
 const INPUT_QUEUE: usize = 64;
 /// How long the signalling task may take to place a call or send a REFER for us.
 const SIGNALLING_ANSWER: Duration = Duration::from_secs(2);
-/// How long a name lookup may take (a dead DNS server must not hold the caller).
-const LOOKUP_LIMIT: Duration = Duration::from_secs(2);
 
 /// What the signalling task tells a call task (through its [`signal
 /// queue`](super::signal_queue), which never loses the news that decides the call).
@@ -82,7 +79,7 @@ pub enum CallSignal {
 /// What happened to an agent leg the call task asked for.
 #[derive(Debug)]
 pub enum AgentEvent {
-    /// The agent's phone rings (180) or plays early media (183).
+    /// The agent's side is trying (100), rings (180) or plays early media (183).
     Progress(CallHandle, u16),
     /// The agent answered.
     Answered(CallHandle, Negotiated),
@@ -112,11 +109,13 @@ pub struct CallSetup {
     pub history: Option<Arc<crate::history::CallHistory>>,
     /// The calls-in-progress view of the admin API: this call's phase is reported there.
     pub live: Arc<crate::observe::live::LiveCalls>,
+    /// Where agent extensions' calls go (RFC 3263 lookups, shared so answers are cached).
+    pub resolver: Arc<super::dns::SipResolver>,
 }
 
 /// Work the task started for the control core; its result comes back as one of these.
 enum Done {
-    Resolved(OpId, Result<SocketAddr, LegError>),
+    Resolved(OpId, Result<Vec<SocketAddr>, LegError>),
     Placed(OpId, Result<AgentLeg, LegError>),
     ReferSent(OpId, Result<String, LegError>),
     /// The whisper's text and audio (None: synthesis failed).
@@ -163,6 +162,7 @@ struct CallTask {
     live: Arc<crate::observe::live::LiveCalls>,
     hub: Arc<crate::handover::hub::HandoverHub>,
     history: Option<Arc<crate::history::CallHistory>>,
+    resolver: Arc<super::dns::SipResolver>,
     report_dir: Option<PathBuf>,
     started: Instant,
     started_wall: SystemTime,
@@ -258,6 +258,7 @@ impl CallTask {
             hub,
             history,
             live,
+            resolver,
         } = setup;
         let started = Instant::now();
         let media_cfg = engines.config.media.clone();
@@ -332,6 +333,7 @@ impl CallTask {
             live,
             hub,
             history,
+            resolver,
             report_dir,
             started,
             started_wall: SystemTime::now(),
@@ -841,9 +843,12 @@ impl CallTask {
         while let Some(output) = self.control.poll_output() {
             match output {
                 Output::Resolve { op, uri } => {
+                    // In a task of its own: the lookup never holds up the media tick or
+                    // signalling, and its result comes back tagged with `op`.
                     let done = self.done_tx.clone();
+                    let resolver = Arc::clone(&self.resolver);
                     tokio::spawn(async move {
-                        let _ = done.send(Done::Resolved(op, resolve(&uri).await));
+                        let _ = done.send(Done::Resolved(op, resolver.locate(&uri).await));
                     });
                 }
                 Output::PlaceCall {
@@ -1218,25 +1223,6 @@ async fn synthesize(
             tracing::error!(error = %e, %text, "speech synthesis failed");
             None
         }
-    }
-}
-
-/// The address of an extension's host (`sip:user@host[:port]`), looked up without blocking
-/// and at most [`LOOKUP_LIMIT`].
-async fn resolve(uri: &str) -> Result<SocketAddr, LegError> {
-    let (host, port) = parse_target(uri).map_err(LegError::BadTarget)?;
-    let looked_up =
-        tokio::time::timeout(LOOKUP_LIMIT, tokio::net::lookup_host((host.clone(), port))).await;
-    match looked_up {
-        Ok(Ok(mut addrs)) => addrs.next().ok_or(LegError::NoAddress(host)),
-        Ok(Err(e)) => Err(LegError::Lookup {
-            host,
-            why: e.to_string(),
-        }),
-        Err(_) => Err(LegError::LookupTimeout {
-            host,
-            secs: LOOKUP_LIMIT.as_secs(),
-        }),
     }
 }
 

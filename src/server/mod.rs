@@ -9,6 +9,7 @@
 
 pub mod call;
 mod caller_leg;
+pub mod dns;
 mod event_poster;
 pub mod pacer;
 mod ports;
@@ -353,7 +354,9 @@ impl Server {
             }
             None => None,
         };
+        let resolver = Arc::new(dns::SipResolver::new(sip));
         let signalling = Signalling {
+            resolver,
             journal,
             ids: HashMap::new(),
             endpoint,
@@ -437,6 +440,8 @@ struct Signalling {
     live: Arc<LiveCalls>,
     /// What `/readyz` reports.
     readiness: Arc<Readiness>,
+    /// RFC 3263 lookups of agent extensions, for the call tasks.
+    resolver: Arc<dns::SipResolver>,
 }
 
 impl Signalling {
@@ -759,6 +764,7 @@ impl Signalling {
                     pacer: self.pacer.clone(),
                     control: control_rx,
                     hangup: self.inbound_tx.clone(),
+                    resolver: Arc::clone(&self.resolver),
                 };
                 self.calls.insert(call.handle, control_tx);
                 self.endpoint.accept(call.handle, local, now);

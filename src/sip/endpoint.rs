@@ -136,7 +136,7 @@ pub enum Event {
     MediaChanged(CallHandle, Negotiated),
     /// A DTMF digit sent as SIP INFO (application/dtmf-relay or application/dtmf).
     Dtmf(CallHandle, char),
-    /// A call we placed ([`SipEndpoint::invite`]) got a provisional response (180, 183).
+    /// A call we placed ([`SipEndpoint::invite`]) got a provisional response (100, 180, 183).
     OutboundProgress(CallHandle, u16),
     /// A call we placed was answered (2xx, acknowledged by us) with this media.
     OutboundAnswered(CallHandle, Negotiated),
@@ -1346,9 +1346,9 @@ impl SipEndpoint {
             };
             p.txn.on_provisional();
             let cancel_now = p.cancel_wanted && p.cancel.is_none();
-            if code > 100 {
-                self.events.push_back(Event::OutboundProgress(handle, code));
-            }
+            // 100 Trying too: it tells the owner that this address is alive (RFC 3263
+            // failover waits for a response, not for ringing).
+            self.events.push_back(Event::OutboundProgress(handle, code));
             if cancel_now {
                 self.cancel(handle, now);
             }

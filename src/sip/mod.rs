@@ -7,6 +7,7 @@ pub mod auth;
 pub mod digest_client;
 pub mod endpoint;
 pub mod escape;
+pub mod locate;
 pub mod message;
 pub mod sdp;
 pub mod transaction;

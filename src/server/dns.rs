@@ -1,0 +1,215 @@
+//! The DNS side of RFC 3263 for agent calls: runs a [`Locator`] (the sans-IO rules) against
+//! real DNS with `hickory-resolver`, from the servers in `[sip] dns_servers` or, when that is
+//! empty, the system's `/etc/resolv.conf`. A call task awaits it in a task of its own, never
+//! the signalling task, and the whole lookup is bounded by `[sip] dns_timeout_ms`, so a dead
+//! DNS server cannot hold up signalling or the caller beyond that.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig};
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::proto::rr::{RData, RecordType};
+use hickory_resolver::TokioResolver;
+
+use crate::call::control::LegError;
+use crate::config::media::{parse_dns_server, SipConfig};
+use crate::sip::locate::{
+    random_pick, Answer, Destination, Locator, NaptrRecord, Query, SrvRecord, Transport,
+};
+
+/// Transports the gateway can place calls over.
+const AGENT_TRANSPORTS: &[Transport] = &[Transport::Udp];
+
+/// Looks up where agent calls go (RFC 3263), shared by all calls (it caches answers).
+#[derive(Clone)]
+pub struct SipResolver {
+    /// The resolver, or why none could be made (reported at each lookup).
+    inner: Result<TokioResolver, String>,
+    limit: Duration,
+}
+
+impl SipResolver {
+    /// A resolver for `[sip] dns_servers` (validated at load) and `dns_timeout_ms`.
+    pub fn new(sip: &SipConfig) -> SipResolver {
+        let limit = Duration::from_millis(sip.dns_timeout_ms);
+        let servers: Vec<SocketAddr> = sip
+            .dns_servers
+            .iter()
+            .filter_map(|s| parse_dns_server(s).ok())
+            .collect();
+        let builder = if servers.is_empty() {
+            TokioResolver::builder_tokio()
+                .map_err(|e| format!("cannot read the system's DNS configuration: {e}"))
+        } else {
+            let name_servers = servers
+                .iter()
+                .map(|s| {
+                    let mut udp = ConnectionConfig::udp();
+                    udp.port = s.port();
+                    let mut tcp = ConnectionConfig::tcp();
+                    tcp.port = s.port();
+                    NameServerConfig::new(s.ip(), true, vec![udp, tcp])
+                })
+                .collect();
+            Ok(TokioResolver::builder_with_config(
+                ResolverConfig::from_parts(None, Vec::new(), name_servers),
+                TokioRuntimeProvider::default(),
+            ))
+        };
+        let inner = builder.and_then(|mut b| {
+            let opts = b.options_mut();
+            // One query may take the whole budget; the overall limit is enforced here too.
+            opts.timeout = limit;
+            opts.attempts = 1;
+            b.build().map_err(|e| format!("cannot set up DNS: {e}"))
+        });
+        match &inner {
+            Ok(_) if servers.is_empty() => {
+                tracing::info!("agent extensions are looked up with the system's DNS servers")
+            }
+            Ok(_) => {
+                tracing::info!(servers = ?servers, "agent extensions are looked up with the configured DNS servers")
+            }
+            Err(e) => tracing::error!(error = %e, "no DNS: only numeric agent extensions work"),
+        }
+        SipResolver { inner, limit }
+    }
+
+    /// The ordered addresses to send an agent's INVITE to (UDP), per RFC 3263; at most
+    /// `dns_timeout_ms` in all.
+    pub async fn locate(&self, uri: &str) -> Result<Vec<SocketAddr>, LegError> {
+        let mut loc = Locator::new(uri, AGENT_TRANSPORTS, random_pick())
+            .map_err(|e| LegError::BadTarget(e.to_string()))?;
+        let host = crate::handover::transfer::parse_target(uri)
+            .map(|(h, _)| h)
+            .unwrap_or_else(|_| uri.to_string());
+        let run = async {
+            while let Some(q) = loc.next_query() {
+                let answer = match &self.inner {
+                    Ok(r) => ask(r, &q).await,
+                    Err(e) => Answer::Failed(e.clone()),
+                };
+                tracing::debug!(query = %q, ?answer, "DNS answer");
+                loc.answer(answer);
+            }
+            loc.result()
+        };
+        match tokio::time::timeout(self.limit, run).await {
+            Ok(Ok(found)) => {
+                let list: Vec<String> = found.iter().map(Destination::to_string).collect();
+                tracing::info!(%uri, targets = ?list, "agent extension located");
+                Ok(found.into_iter().map(|d| d.addr).collect())
+            }
+            Ok(Err(e)) => Err(LegError::Lookup {
+                host,
+                why: e.to_string(),
+            }),
+            Err(_) => Err(LegError::LookupTimeout {
+                host,
+                secs: self.limit.as_secs().max(1),
+            }),
+        }
+    }
+}
+
+/// Runs one query against DNS.
+async fn ask(r: &TokioResolver, q: &Query) -> Answer {
+    let looked_up = match q {
+        Query::Address(host) => {
+            return match r.lookup_ip(host.as_str()).await {
+                Ok(ips) => Answer::Addresses(ips.iter().collect()),
+                Err(e) if e.is_no_records_found() => Answer::Addresses(Vec::new()),
+                Err(e) => Answer::Failed(e.to_string()),
+            };
+        }
+        Query::Naptr(name) => r.lookup(fqdn(name), RecordType::NAPTR).await,
+        Query::Srv(name) => r.lookup(fqdn(name), RecordType::SRV).await,
+    };
+    let lookup = match looked_up {
+        Ok(l) => l,
+        Err(e) if e.is_no_records_found() => {
+            return match q {
+                Query::Naptr(_) => Answer::Naptr(Vec::new()),
+                _ => Answer::Srv(Vec::new()),
+            }
+        }
+        Err(e) => return Answer::Failed(e.to_string()),
+    };
+    let data = lookup.answers().iter().map(|rec| &rec.data);
+    match q {
+        Query::Naptr(_) => Answer::Naptr(
+            data.filter_map(|d| match d {
+                RData::NAPTR(n) => Some(NaptrRecord {
+                    order: n.order,
+                    preference: n.preference,
+                    flags: String::from_utf8_lossy(&n.flags).into_owned(),
+                    services: String::from_utf8_lossy(&n.services).into_owned(),
+                    replacement: n.replacement.to_utf8(),
+                }),
+                _ => None,
+            })
+            .collect(),
+        ),
+        _ => Answer::Srv(
+            data.filter_map(|d| match d {
+                RData::SRV(s) => Some(SrvRecord {
+                    priority: s.priority,
+                    weight: s.weight,
+                    port: s.port,
+                    target: s.target.to_utf8(),
+                }),
+                _ => None,
+            })
+            .collect(),
+        ),
+    }
+}
+
+/// `name` as a fully qualified name, so NAPTR and SRV names never go through search domains.
+fn fqdn(name: &str) -> String {
+    if name.ends_with('.') {
+        name.to_string()
+    } else {
+        format!("{name}.")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dns_servers_parse_with_and_without_port() {
+        assert_eq!(
+            parse_dns_server("127.0.0.9"),
+            Ok("127.0.0.9:53".parse().unwrap())
+        );
+        assert_eq!(
+            parse_dns_server("127.0.0.9:5353"),
+            Ok("127.0.0.9:5353".parse().unwrap())
+        );
+        assert_eq!(
+            parse_dns_server("[::1]:53"),
+            Ok("[::1]:53".parse().unwrap())
+        );
+        assert!(parse_dns_server("dns.example.com").is_err());
+    }
+
+    #[tokio::test]
+    async fn numeric_targets_need_no_dns() {
+        let sip = SipConfig {
+            dns_servers: vec!["127.0.0.1:9".into()],
+            ..SipConfig::default()
+        };
+        let r = SipResolver::new(&sip);
+        assert_eq!(
+            r.locate("sip:1001@127.0.0.1:5070").await,
+            Ok(vec!["127.0.0.1:5070".parse().unwrap()])
+        );
+        assert!(matches!(
+            r.locate("sip:1001@host;transport=tcp").await,
+            Err(LegError::BadTarget(_))
+        ));
+    }
+}
