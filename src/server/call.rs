@@ -853,6 +853,7 @@ impl CallTask {
                     headers,
                     from_display,
                     from_user,
+                    auth,
                 } => {
                     let (reply, answer) = tokio::sync::oneshot::channel();
                     let request = PlaceCall {
@@ -862,6 +863,7 @@ impl CallTask {
                         headers,
                         from_display,
                         from_user,
+                        auth,
                         reply,
                     };
                     let peer_ip = addr.ip();
