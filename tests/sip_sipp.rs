@@ -98,6 +98,50 @@ fn sipp_caller_asks_where_is_my_order_and_the_bot_asks_for_the_number() {
     assert!(gw.alive());
 }
 
+/// A delayed-offer call (RFC 3261 13.2.1; several trunks call so): the INVITE has no SDP, the
+/// gateway's 200 OK carries its offer (the scenario checks PCMU and telephone-event), the
+/// ACK the caller's answer, and from then on the call is an ordinary one: the question is
+/// heard, the bot's reply is played back over RTP.
+#[test]
+fn sipp_delayed_offer_caller_is_heard_and_answered() {
+    if !have_sipp() {
+        return;
+    }
+    let mut gw = Gateway::start("48600-48699", &[]);
+    let dir = tempfile::tempdir().unwrap();
+    spoken_ulaw(dir.path(), "Where is my order?", 3, 2);
+    let (code, screen) = sipp(
+        dir.path(),
+        gw.port,
+        "uac_delayed_offer.xml",
+        48700,
+        &["-d", "15000"],
+    );
+    assert_eq!(code, 0, "sipp failed (no offer in the 200 OK?):\n{screen}");
+    let records = gw.records(1, Duration::from_secs(40));
+    let r = &records[0];
+    assert_eq!(r["codec"], "PCMU/8000", "{r}");
+    assert_eq!(r["ended_by"], "caller");
+    let turns = r["turns"].as_array().expect("turns");
+    assert!(!turns.is_empty(), "the caller's question was heard: {r}");
+    assert_eq!(turns[0]["intent"], "order_status", "{}", turns[0]);
+    let speech = r["bot_speech"].as_array().expect("bot speech");
+    assert!(speech
+        .iter()
+        .any(|s| s["kind"] == "reply" && s["played_ms"].as_u64().unwrap_or(0) > 500));
+    assert!(
+        r["rtp"]["packets_received"].as_u64().unwrap_or(0) > 300,
+        "{}",
+        r["rtp"]
+    );
+    assert!(
+        r["rtp"]["packets_sent"].as_u64().unwrap_or(0) > 300,
+        "{}",
+        r["rtp"]
+    );
+    assert!(gw.alive());
+}
+
 #[test]
 fn sipp_dtmf_zero_escalates_and_the_gateway_hangs_up() {
     if !have_sipp() {

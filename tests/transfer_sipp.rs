@@ -279,6 +279,103 @@ fn nobody_answers_so_the_caller_gets_a_callback() {
     }
 }
 
+/// The agent behind a PBX that challenges every INVITE (401 here: SIPp's verifyauth checks
+/// `Authorization`; the 407 flavour is the next test's and the endpoint's unit tests'): the
+/// gateway answers with the team's credentials (the SIPp agent verifies the digest), and the
+/// call is bridged.
+#[test]
+fn an_agent_behind_a_challenging_pbx_is_reached_with_the_teams_credentials() {
+    if !have_sipp() {
+        return;
+    }
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let (hook_port, _got) = webhook_receiver();
+    let agent_port = 48660;
+    let cfg = config(
+        dir.path(),
+        &[format!("sip:1001@127.0.0.1:{agent_port}")],
+        hook_port,
+        15,
+    );
+    with_credentials(&cfg, "agent-secret");
+    let gw = Gateway::start("48800-48899", &["--config", &cfg]);
+    let agent_dir = tempfile::tempdir().unwrap();
+    let agent = agent(
+        agent_dir.path(),
+        agent_port,
+        48900,
+        "uas_agent_auth.xml",
+        &["-rtp_echo"],
+    );
+    spoken_ulaw(dir.path(), "I want to cancel my subscription.", 2, 25);
+    let (code, screen) = caller(dir.path(), gw.port, "uac_speech_until_bye.xml", 48920);
+    let (agent_code, agent_screen) = finish(agent);
+    assert_eq!(
+        agent_code, 0,
+        "agent failed (no credentials, or wrong ones?):\n{agent_screen}"
+    );
+    assert_eq!(code, 0, "caller failed:\n{screen}");
+    let records = gw.records(1, Duration::from_secs(40));
+    let t = &records[0]["transfer"];
+    assert_eq!(t["outcome"], "bridged", "{t}");
+    assert!(t["packets_from_agent"].as_u64().unwrap_or(0) > 100, "{t}");
+}
+
+/// A wrong password: the PBX challenges the credentials again, and the gateway gives up after
+/// exactly two INVITEs (the SIPp PBX fails on a third) instead of looping; the attempt is
+/// reported as refused with 407 and the caller hears the transfer-failed path (callback).
+#[test]
+fn a_wrong_agent_password_fails_the_transfer_without_a_loop() {
+    if !have_sipp() {
+        return;
+    }
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let (hook_port, got) = webhook_receiver();
+    let agent_port = 48661;
+    let cfg = config(
+        dir.path(),
+        &[format!("sip:1001@127.0.0.1:{agent_port}")],
+        hook_port,
+        10,
+    );
+    with_credentials(&cfg, "not-the-password");
+    let gw = Gateway::start("48950-48999", &["--config", &cfg]);
+    let agent_dir = tempfile::tempdir().unwrap();
+    let pbx = agent(
+        agent_dir.path(),
+        agent_port,
+        48940,
+        "uas_agent_auth_refused.xml",
+        &[],
+    );
+    std::fs::write(dir.path().join("caller.raw"), vec![0xD5u8; 8000]).unwrap();
+    let (code, screen) = caller(dir.path(), gw.port, "uac_dtmf_info.xml", 48960);
+    let (pbx_code, pbx_screen) = finish(pbx);
+    assert_eq!(
+        pbx_code, 0,
+        "the PBX saw good credentials or a third INVITE:\n{pbx_screen}"
+    );
+    assert_eq!(code, 0, "caller got no BYE after the apology:\n{screen}");
+    let callback = events(&got, "callback_requested", Duration::from_secs(10));
+    assert_eq!(callback.len(), 1);
+    let attempts = callback[0].json()["data"]["attempts"].clone();
+    assert_eq!(attempts[0]["outcome"], "refused 407", "{attempts}");
+    let records = gw.records(1, Duration::from_secs(30));
+    let r = &records[0];
+    assert_eq!(r["transfer"]["outcome"], "callback", "{r}");
+}
+
+/// Adds the default team's credentials for agent calls to the configuration at `path`.
+fn with_credentials(path: &str, password: &str) {
+    let mut text = std::fs::read_to_string(path).expect("read config");
+    text.push_str(&format!(
+        "[handover.transfer.credentials.default]\nuser = \"gw\"\npassword = \"{password}\"\n"
+    ));
+    std::fs::write(path, text).expect("write config");
+}
+
 /// Headless Chromium on `url` (flags as for a sandboxed CI machine with no network), letting
 /// the page run for a few seconds of its own time; returns what it printed.
 fn chromium(dir: &Path, url: &str, extra: &[&str]) -> String {

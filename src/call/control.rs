@@ -20,7 +20,7 @@ use crate::handover::transfer::{refer_to, replaces};
 use crate::handover::transfer::{
     user_to_user, AfterAgent, AttemptOutcome, Hunt, Target, TransferConfig, TransferMode,
 };
-use crate::sip::endpoint::{CallHandle, EndReason, ReferProgress, SipEndpoint};
+use crate::sip::endpoint::{CallHandle, EndReason, OutboundAuth, ReferProgress, SipEndpoint};
 
 use super::record::{CallEvent, EndedBy, TransferOutcome, TransferRecord};
 
@@ -99,6 +99,8 @@ pub enum Output {
         headers: Vec<(String, String)>,
         from_display: String,
         from_user: String,
+        /// What answers the agent's PBX challenging the INVITE (the team's credentials).
+        auth: Option<OutboundAuth>,
     },
     /// Ask the caller's side to transfer the call (REFER); `replacing`: the agent call it
     /// replaces (attended). Answer with [`CallControl::refer_sent`].
@@ -620,6 +622,7 @@ impl CallControl {
             headers,
             from_display: format!("Voicebot {}", t.team),
             from_user: self.cfg.transfer.from_user.clone(),
+            auth: self.cfg.transfer.credentials_for(&t.team, &target.uri),
         });
         t.leg = Leg::Placing { op, target, route };
     }

@@ -127,6 +127,7 @@ impl Net {
                 from_user: "alice".into(),
                 local: media(caller_ip, 40_000),
                 headers: Vec::new(),
+                auth: None,
             },
             now,
         );
@@ -304,6 +305,7 @@ impl Net {
                     headers,
                     from_display,
                     from_user,
+                    auth,
                 } => {
                     let local_ip = addr(GATEWAY).ip();
                     let leg = self.gateway.invite(
@@ -318,6 +320,7 @@ impl Net {
                             from_user,
                             local: media(local_ip, 31_000),
                             headers,
+                            auth,
                         },
                         now,
                     );

@@ -8,6 +8,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::sip::digest_client::ClientCredentials;
+use crate::sip::endpoint::OutboundAuth;
+
 /// The team name that serves teams without their own list.
 pub const DEFAULT_TEAM: &str = "default";
 
@@ -142,6 +145,77 @@ pub struct TransferConfig {
     /// before the next address is tried, ms, within the ring timeout. 0: only the
     /// transaction timeout (32 s) or a 503 moves on.
     pub failover_after_ms: u64,
+    /// Per team (`default` serves the others), the user and password the gateway answers a
+    /// PBX's `401`/`407` challenge to an agent INVITE with.
+    pub credentials: BTreeMap<String, AgentCredentials>,
+}
+
+/// `[handover.transfer.credentials.<team>]`: how the gateway authenticates its calls to the
+/// team's extensions. The password comes from `password_env` (an environment variable) or,
+/// for tests, `password`; it never reaches a log line or a `Debug` output.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentCredentials {
+    pub user: String,
+    #[serde(default)]
+    pub password: String,
+    #[serde(default)]
+    pub password_env: String,
+}
+
+impl std::fmt::Debug for AgentCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentCredentials")
+            .field("user", &self.user)
+            .field(
+                "password",
+                &if self.password.is_empty() { "" } else { "***" },
+            )
+            .field("password_env", &self.password_env)
+            .finish()
+    }
+}
+
+impl AgentCredentials {
+    /// The password: `password`, else the variable named by `password_env` (unset or empty:
+    /// `None`).
+    pub fn password(&self) -> Option<String> {
+        if !self.password.is_empty() {
+            return Some(self.password.clone());
+        }
+        if self.password_env.is_empty() {
+            return None;
+        }
+        std::env::var(&self.password_env)
+            .ok()
+            .filter(|p| !p.is_empty())
+    }
+
+    /// What is wrong with them, as `(field, reason)` (`field` below the team's table).
+    fn problem(&self, team: &str) -> Option<(&'static str, String)> {
+        if self.user.is_empty() || self.user.chars().any(|c| c.is_control()) {
+            return Some((
+                "user",
+                "must be a user name without control characters".into(),
+            ));
+        }
+        if self.password.is_empty() && self.password_env.is_empty() {
+            return Some((
+                "password_env",
+                format!("team {team}: set password_env (an environment variable) or password"),
+            ));
+        }
+        if self.password().is_none() {
+            return Some((
+                "password_env",
+                format!(
+                    "environment variable {} (the password of team {team}'s agent calls) is not set or empty",
+                    self.password_env
+                ),
+            ));
+        }
+        None
+    }
 }
 
 impl Default for TransferConfig {
@@ -156,6 +230,7 @@ impl Default for TransferConfig {
             whisper: false,
             after_agent_hangup: AfterAgent::End,
             failover_after_ms: 4000,
+            credentials: BTreeMap::new(),
         }
     }
 }
@@ -184,6 +259,11 @@ impl TransferConfig {
                     self.failover_after_ms
                 ),
             ));
+        }
+        for (team, credentials) in &self.credentials {
+            if let Some((field, reason)) = credentials.problem(team) {
+                return Some((format!("credentials.{team}.{field}"), reason));
+            }
         }
         if self.webhook_wait_ms > 2000 {
             return Some((
@@ -223,6 +303,28 @@ impl TransferConfig {
                     .collect()
             })
             .unwrap_or_default()
+    }
+
+    /// The credentials for our INVITE to `target` (a SIP URI) on behalf of `team`: the team's,
+    /// else the `default` team's; `None`: a challenge is a refusal. `target` is there for
+    /// credentials that belong to where the call goes (a trunk's) rather than to the team.
+    pub fn credentials_for(&self, team: &str, target: &str) -> Option<OutboundAuth> {
+        let _ = target;
+        let (name, entry) = self
+            .credentials
+            .get_key_value(team)
+            .or_else(|| self.credentials.get_key_value(DEFAULT_TEAM))?;
+        let Some(password) = entry.password() else {
+            tracing::warn!(team = %name, variable = %entry.password_env, "the agent calls' password is not set; a challenge will fail");
+            return None;
+        };
+        Some(OutboundAuth {
+            owner: format!("team {name}"),
+            credentials: ClientCredentials {
+                user: entry.user.clone(),
+                password,
+            },
+        })
     }
 
     pub fn ring_timeout(&self) -> Duration {
@@ -396,6 +498,50 @@ mod tests {
 
     fn uri(u: &str) -> Extension {
         Extension::Uri(u.into())
+    }
+
+    #[test]
+    fn credentials_per_team_with_default_and_from_the_environment() {
+        let text = r#"
+            [credentials.default]
+            user = "gw"
+            password = "secret"
+            [credentials.billing]
+            user = "gw-billing"
+            password_env = "VOICEBOT_TEST_AGENT_PASSWORD_SURELY_UNSET"
+        "#;
+        let mut c: TransferConfig = toml::from_str(text).unwrap();
+        // The variable is missing: the error names it and the team.
+        let (field, reason) = c.problem().unwrap();
+        assert_eq!(field, "credentials.billing.password_env");
+        assert!(
+            reason.contains("VOICEBOT_TEST_AGENT_PASSWORD_SURELY_UNSET"),
+            "{reason}"
+        );
+        assert!(reason.contains("billing"), "{reason}");
+        let support = c.credentials_for("support", "sip:1000@10.0.0.1").unwrap();
+        assert_eq!(support.owner, "team default");
+        assert_eq!(support.credentials.user, "gw");
+        assert_eq!(support.credentials.password, "secret");
+        // No password at lookup time: no credentials (a challenge fails).
+        assert_eq!(c.credentials_for("billing", "sip:2001@10.0.0.1"), None);
+        c.credentials.get_mut("billing").unwrap().password = "pw".into();
+        assert_eq!(c.problem(), None);
+        let billing = c.credentials_for("billing", "sip:2001@10.0.0.1").unwrap();
+        assert_eq!(billing.credentials.user, "gw-billing");
+        assert!(!format!("{:?}", c.credentials).contains("pw\""));
+        c.credentials.get_mut("billing").unwrap().password.clear();
+        c.credentials
+            .get_mut("billing")
+            .unwrap()
+            .password_env
+            .clear();
+        assert_eq!(
+            c.problem().map(|p| p.0),
+            Some("credentials.billing.password_env".into())
+        );
+        c.credentials.clear();
+        assert_eq!(c.credentials_for("billing", "sip:2001@10.0.0.1"), None);
     }
 
     #[test]

@@ -858,6 +858,7 @@ impl CallTask {
                     headers,
                     from_display,
                     from_user,
+                    auth,
                 } => {
                     let (reply, answer) = tokio::sync::oneshot::channel();
                     let request = PlaceCall {
@@ -867,6 +868,7 @@ impl CallTask {
                         headers,
                         from_display,
                         from_user,
+                        auth,
                         reply,
                     };
                     let peer_ip = addr.ip();

@@ -44,7 +44,8 @@ use crate::observe::readiness::Readiness;
 use crate::pipeline::Engines;
 use crate::sip::auth::{AllowList, DigestAuthenticator, DigestConfig};
 use crate::sip::endpoint::{
-    CallHandle, EndpointConfig, Event, OutboundCall, Peer, SipEndpoint, Transmit, Transport,
+    CallHandle, EndpointConfig, Event, OutboundAuth, OutboundCall, Peer, SipEndpoint, Transmit,
+    Transport,
 };
 use crate::sip::escape::escaped;
 use crate::sip::message::{StreamFramer, MAX_MESSAGE_BYTES};
@@ -122,6 +123,8 @@ pub(crate) struct PlaceCall {
     pub headers: Vec<(String, String)>,
     pub from_display: String,
     pub from_user: String,
+    /// The credentials for a challenge to the INVITE.
+    pub auth: Option<OutboundAuth>,
     /// The new leg's handle and its RTP ports, or why it could not be placed.
     pub reply: tokio::sync::oneshot::Sender<Result<(CallHandle, ports::RtpPorts), LegError>>,
 }
@@ -634,6 +637,7 @@ impl Signalling {
                 from_user: req.from_user.clone(),
                 local,
                 headers: req.headers.clone(),
+                auth: req.auth.clone(),
             },
             Instant::now(),
         );

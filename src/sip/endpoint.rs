@@ -23,6 +23,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::media::codec::Codec;
 use crate::sip::auth::{AllowList, AuthError, DigestAuthenticator};
+use crate::sip::digest_client::{ClientCredentials, DigestClient};
 use crate::sip::escape::escaped;
 use crate::sip::message::{
     parse_sip_uri, split_list, unescape_uri_part, uri_of, uri_scheme, via_sent_by, Method,
@@ -34,6 +35,8 @@ use crate::sip::transaction::{
     InviteClientTransaction, ServerAction, ServerKind, ServerTransaction, T1, T2,
 };
 
+mod challenge;
+mod delayed_offer;
 mod restore;
 pub use restore::LegSnapshot;
 
@@ -183,6 +186,17 @@ pub struct OutboundCall {
     pub local: LocalMedia,
     /// Extra headers, e.g. `X-Voicebot-Call-Id` and `User-to-User`.
     pub headers: Vec<(String, String)>,
+    /// What answers a `401`/`407` challenge to this INVITE; `None`: a challenge is a refusal.
+    pub auth: Option<OutboundAuth>,
+}
+
+/// The credentials a call we place authenticates with when challenged (a team's for agent
+/// calls, a trunk's for calls through it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboundAuth {
+    /// Whose credentials these are, for the logs (`team billing`, `trunk carrier`).
+    pub owner: String,
+    pub credentials: ClientCredentials,
 }
 
 /// A call we placed that has no final answer yet.
@@ -199,6 +213,13 @@ struct PendingOutbound {
     /// The owner hung up before a provisional response: CANCEL as soon as one arrives.
     cancel_wanted: bool,
     cancel: Option<ClientTransaction>,
+    /// The Request-URI, for the logs.
+    target: String,
+    /// Whose credentials and the client answering challenges with them.
+    auth: Option<(String, DigestClient)>,
+    /// The branches and transactions of earlier INVITEs of this call that were challenged:
+    /// they acknowledge retransmitted 401/407s until timer D.
+    challenged: Vec<(String, InviteClientTransaction)>,
 }
 
 /// Endpoint settings.
@@ -305,6 +326,10 @@ struct Call {
     /// A call we placed: the branch of our INVITE and the ACK for its 2xx, sent again when
     /// the 2xx is retransmitted (13.2.2.4).
     invite_ack: Option<(String, Vec<u8>)>,
+    /// The INVITE came without an offer (delayed offer): the 200 OK carries ours.
+    delayed_offer: bool,
+    /// Our offer went out in a 2xx: the ACK must carry the answer (RFC 3264, 3261 13.2.1).
+    awaiting_answer: bool,
 }
 
 /// Identifies a server transaction (RFC 3261 17.2.3): the top Via's branch, its sent-by and
@@ -353,6 +378,9 @@ impl TxnKey {
 
 /// The prefix of RFC 3261 branch parameters (8.1.1.7).
 const MAGIC_COOKIE: &str = "z9hG4bK";
+
+/// The payload type of telephone-event (RFC 4733) in the offers we make.
+const DTMF_PT: u8 = 101;
 
 struct ServerTxnEntry {
     txn: ServerTransaction,
@@ -557,7 +585,7 @@ impl SipEndpoint {
             return;
         }
         if is_ack {
-            self.handle_ack(&msg);
+            self.handle_ack(&msg, now);
             return;
         }
         let kind = if method == Method::Invite {
@@ -828,13 +856,19 @@ impl SipEndpoint {
                 "over capacity (max_calls)",
             );
         }
-        let (offer, media) = match sdp::parse_offer(&msg.body).and_then(|offer| {
-            sdp::negotiate(&offer, &self.config.codecs).map(|media| (offer, media))
-        }) {
+        // No body at all is a delayed offer (RFC 3261 13.2.1): ours goes in the 200 OK.
+        let delayed_offer = msg.body.is_empty();
+        let negotiated = if delayed_offer {
+            Ok(self.delayed_offer_placeholder(peer.addr.ip()))
+        } else {
+            sdp::parse_offer(&msg.body).and_then(|offer| {
+                sdp::negotiate(&offer, &self.config.codecs).map(|media| (offer, media))
+            })
+        };
+        let (offer, media) = match negotiated {
             Ok(pair) => pair,
             Err(e) => {
                 let warning = warning(305, &e);
-                // No SDP at all is a delayed offer, which this gateway does not take either.
                 return reject(self, 488, &[("Warning", warning)], "SDP not acceptable");
             }
         };
@@ -885,7 +919,7 @@ impl SipEndpoint {
         self.respond_in(&key, ringing, now);
         tracing::info!(
             call = %handle, call_id = %escaped(&call_id), peer = %peer.addr, codec = %media.codec,
-            called = %escaped(called.as_deref().unwrap_or("")), "incoming call"
+            called = %escaped(called.as_deref().unwrap_or("")), delayed_offer, "incoming call"
         );
         self.events
             .push_back(Event::IncomingCall(Box::new(IncomingCall {
@@ -929,6 +963,8 @@ impl SipEndpoint {
                 refer: None,
                 end_reported: false,
                 invite_ack: None,
+                delayed_offer,
+                awaiting_answer: false,
             },
         );
     }
@@ -941,7 +977,13 @@ impl SipEndpoint {
         if !matches!(call.state, CallState::Ringing) {
             return;
         }
-        let body = sdp::answer_sdp_for_offer(&local, &call.offer, &call.media).into_bytes();
+        let delayed_offer = call.delayed_offer;
+        let body = if delayed_offer {
+            sdp::offer_sdp(&local, &self.config.codecs, DTMF_PT)
+        } else {
+            sdp::answer_sdp_for_offer(&local, &call.offer, &call.media)
+        }
+        .into_bytes();
         let mut resp = self.response(&call.invite, 200, Some(&call.local_tag));
         resp.push("Contact", self.contact(call.local_ip, call.peer.transport));
         for rr in &call.route_set {
@@ -961,6 +1003,7 @@ impl SipEndpoint {
         if let Some(call) = self.calls.get_mut(&handle) {
             call.local_media = Some(local);
             call.pending_ack_cseq = Some(invite_cseq);
+            call.awaiting_answer = delayed_offer;
             call.state = CallState::answered(bytes, reliable, now);
             call.session_deadline = call.session_expires.map(|se| now + se);
             tracing::info!(call = %handle, "call answered");
@@ -1120,6 +1163,9 @@ impl SipEndpoint {
             .iter()
             .find(|(_, p)| p.branch == branch)
             .map(|(h, _)| *h);
+        if pending.is_none() && self.challenged_response(branch, code, now) {
+            return;
+        }
         if let Some(handle) = pending {
             let is_cancel = msg.cseq().is_some_and(|c| c.method == Method::Cancel);
             if is_cancel {
@@ -1234,7 +1280,7 @@ impl SipEndpoint {
         for (name, value) in &call.headers {
             invite.push(name, value.clone());
         }
-        let offer = sdp::offer_sdp(&call.local, &self.config.codecs, 101);
+        let offer = sdp::offer_sdp(&call.local, &self.config.codecs, DTMF_PT);
         invite.set_body("application/sdp", offer.into_bytes());
         let bytes = invite.to_bytes();
         let txn =
@@ -1252,6 +1298,11 @@ impl SipEndpoint {
                 local: call.local,
                 cancel_wanted: false,
                 cancel: None,
+                target: call.target.clone(),
+                auth: call
+                    .auth
+                    .map(|a| (a.owner, DigestClient::new(a.credentials))),
+                challenged: Vec::new(),
             },
         );
         self.send(call.peer, bytes);
@@ -1286,6 +1337,8 @@ impl SipEndpoint {
         cancel.push("Max-Forwards", "70");
         let seq = p.invite.cseq().map_or(1, |c| c.seq);
         cancel.push("CSeq", format!("{seq} CANCEL"));
+        // The INVITE's credentials, as a proxy that challenged it expects (RFC 3261 22.1).
+        challenge::copy_credentials(&p.invite, &mut cancel);
         let bytes = cancel.to_bytes();
         p.cancel = Some(ClientTransaction::new(
             bytes.clone(),
@@ -1334,6 +1387,9 @@ impl SipEndpoint {
         ack.push("Call-ID", p.invite.call_id().unwrap_or("").to_string());
         let seq = p.invite.cseq().map_or(1, |c| c.seq);
         ack.push("CSeq", format!("{seq} ACK"));
+        if success.is_some() {
+            challenge::copy_credentials(&p.invite, &mut ack);
+        }
         ack.to_bytes()
     }
 
@@ -1352,6 +1408,9 @@ impl SipEndpoint {
             if cancel_now {
                 self.cancel(handle, now);
             }
+            return;
+        }
+        if (code == 401 || code == 407) && self.answer_outbound_challenge(handle, &msg, code, now) {
             return;
         }
         if code >= 300 {
@@ -1513,10 +1572,12 @@ impl SipEndpoint {
             refer: None,
             end_reported: false,
             invite_ack: None,
+            delayed_offer: false,
+            awaiting_answer: false,
         }
     }
 
-    fn handle_ack(&mut self, msg: &SipMessage) {
+    fn handle_ack(&mut self, msg: &SipMessage, now: Instant) {
         let Some(handle) = self.dialog_of(msg) else {
             return;
         };
@@ -1526,6 +1587,12 @@ impl SipEndpoint {
         };
         if call.pending_ack_cseq.is_some() && call.pending_ack_cseq == cseq {
             call.pending_ack_cseq = None;
+            if call.awaiting_answer && !self.answer_in_ack(handle, msg, now) {
+                return;
+            }
+            let Some(call) = self.calls.get_mut(&handle) else {
+                return;
+            };
             if matches!(call.state, CallState::Answered { .. }) {
                 call.state = CallState::Confirmed;
                 tracing::info!(call = %handle, "call confirmed (ACK)");
@@ -1740,10 +1807,15 @@ impl SipEndpoint {
             resp.push("Session-Expires", format!("{};refresher=uac", se.as_secs()));
         }
         let mut local = call.local_media;
+        // An offerless re-INVITE gets our full offer; the ACK brings the answer (RFC 3264 8).
+        let our_offer = new_media.is_none() && method == Method::Invite;
         if let Some(l) = local.as_mut() {
             l.session_version += 1;
-            // Always answer with SDP to an INVITE (an offerless re-INVITE gets our offer).
-            if new_media.is_some() || method == Method::Invite {
+            if our_offer {
+                let te = call.media.telephone_event_pt.unwrap_or(DTMF_PT);
+                let offer = sdp::offer_sdp(l, &self.config.codecs, te);
+                resp.set_body("application/sdp", offer.into_bytes());
+            } else if new_media.is_some() {
                 let answer = sdp::answer_sdp_for_offer(l, &offer, &media);
                 resp.set_body("application/sdp", answer.into_bytes());
             }
@@ -1758,6 +1830,7 @@ impl SipEndpoint {
             call.session_deadline = session_expires.map(|se| now + se);
             if method == Method::Invite {
                 call.pending_ack_cseq = Some(cseq);
+                call.awaiting_answer = our_offer && local.is_some();
                 if matches!(call.state, CallState::Confirmed) {
                     call.state = CallState::answered(bytes, reliable, now);
                 }
@@ -1808,6 +1881,8 @@ impl SipEndpoint {
                 p.txn.next_timer(),
                 p.cancel.as_ref().and_then(|c| c.next_timer()),
             ]
+            .into_iter()
+            .chain(p.challenged.iter().map(|(_, t)| t.next_timer()))
         });
         txns.chain(calls.flatten())
             .chain(outbound.flatten())
@@ -1850,6 +1925,13 @@ impl SipEndpoint {
                     }
                 }
             }
+            p.challenged.retain_mut(|(_, txn)| {
+                if txn.next_timer().is_some_and(|t| t <= now) {
+                    // Completed: the only timer left is D, which ends the transaction.
+                    let _ = txn.on_timer(now);
+                }
+                !txn.is_terminated()
+            });
             !p.txn.is_terminated()
         });
         for handle in no_response {
@@ -2182,6 +2264,7 @@ Max-Forwards: 70\r\n{extra}{ct}Content-Length: {}\r\n\r\n{body}",
                 from_user: "voicebot".into(),
                 local: local_media(),
                 headers: vec![("X-Voicebot-Call-Id".into(), "call-1@test".into())],
+                auth: None,
             },
             t0,
         );
@@ -3365,5 +3448,334 @@ Content-Length: 0\r\n\r\n"
             assert_eq!(bye[0].method(), Some(&Method::Bye));
             assert_eq!(bye[0].header("User-Agent"), expected);
         }
+    }
+    /// Places a call to the agent with `password` for user `gw` (None: no credentials).
+    fn placed_auth(t0: Instant, password: Option<&str>) -> (SipEndpoint, CallHandle, SipMessage) {
+        let mut ep = endpoint(10);
+        let handle = ep.invite(
+            OutboundCall {
+                target: "sip:1001@127.0.0.1:5070".into(),
+                peer: agent(),
+                local_ip: local_ip(),
+                from_display: "Voicebot billing".into(),
+                from_user: "voicebot".into(),
+                local: local_media(),
+                headers: Vec::new(),
+                auth: password.map(|p| OutboundAuth {
+                    owner: "team billing".into(),
+                    credentials: ClientCredentials {
+                        user: "gw".into(),
+                        password: p.into(),
+                    },
+                }),
+            },
+            t0,
+        );
+        let out = sent(&mut ep);
+        assert_eq!(out.len(), 1);
+        (ep, handle, out[0].clone())
+    }
+
+    /// The agent's answer to `request` (our INVITE or CANCEL), CSeq and Via copied from it.
+    fn reply_to(request: &SipMessage, code: u16, extra: &str, body: &str) -> Vec<u8> {
+        let ct = if body.is_empty() {
+            ""
+        } else {
+            "Content-Type: application/sdp\r\n"
+        };
+        let cseq = request.cseq().unwrap();
+        format!(
+            "SIP/2.0 {code} X\r\nVia: {}\r\nFrom: {}\r\nTo: {};tag=agent{code}\r\nCall-ID: {}\r\n\
+CSeq: {} {}\r\nContact: <sip:1001@127.0.0.1:5070>\r\n{extra}{ct}Content-Length: {}\r\n\r\n{body}",
+            request.top_via().unwrap(),
+            request.header("From").unwrap(),
+            request.header("To").unwrap(),
+            request.call_id().unwrap(),
+            cseq.seq,
+            cseq.method,
+            body.len()
+        )
+        .into_bytes()
+    }
+
+    fn digest(header: &str, nonce: &str, stale: bool) -> String {
+        let stale = if stale { ", stale=true" } else { "" };
+        format!("{header}: Digest realm=\"pbx.test\", nonce=\"{nonce}\", qop=\"auth\", algorithm=MD5{stale}\r\n")
+    }
+
+    /// Our ACK for a challenge and the INVITE sent again, checked against the first INVITE.
+    fn resent(ep: &mut SipEndpoint, before: &SipMessage, header: &str) -> SipMessage {
+        let out = sent(ep);
+        assert_eq!(out.len(), 2, "an ACK and the INVITE again");
+        let (ack, invite) = (&out[0], out[1].clone());
+        assert_eq!(ack.method(), Some(&Method::Ack));
+        assert_eq!(ack.via_branch(), before.via_branch());
+        assert_eq!(ack.cseq().map(|c| c.seq), before.cseq().map(|c| c.seq));
+        assert_eq!(invite.method(), Some(&Method::Invite));
+        assert_ne!(invite.via_branch(), before.via_branch());
+        assert_eq!(
+            invite.cseq().map(|c| c.seq),
+            before.cseq().map(|c| c.seq + 1)
+        );
+        assert_eq!(invite.call_id(), before.call_id());
+        assert_eq!(invite.header("From"), before.header("From"));
+        assert_eq!(invite.header("To"), before.header("To"));
+        assert_eq!(invite.body, before.body);
+        let value = invite.header(header).expect("credentials");
+        assert!(value.contains("username=\"gw\""), "{value}");
+        assert!(value.contains("realm=\"pbx.test\""), "{value}");
+        assert!(value.contains("uri=\"sip:1001@127.0.0.1:5070\""), "{value}");
+        assert!(!value.contains("secret"), "{value}");
+        invite
+    }
+
+    #[test]
+    fn a_407_challenge_is_answered_once_and_the_call_is_answered() {
+        let t0 = Instant::now();
+        let (mut ep, handle, first) = placed_auth(t0, Some("secret"));
+        let challenge = reply_to(&first, 407, &digest("Proxy-Authenticate", "n1", false), "");
+        ep.handle_bytes(agent(), local_ip(), &challenge, t0);
+        let second = resent(&mut ep, &first, "Proxy-Authorization");
+        assert!(
+            ep.poll_event().is_none(),
+            "a challenge answered is no refusal"
+        );
+        // A retransmitted 407 is acknowledged again on the first transaction, and never
+        // answered with another INVITE.
+        ep.handle_bytes(agent(), local_ip(), &challenge, t0 + T1);
+        let again = sent(&mut ep);
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].method(), Some(&Method::Ack));
+        assert_eq!(again[0].via_branch(), first.via_branch());
+        ep.handle_bytes(agent(), local_ip(), &reply_to(&second, 180, "", ""), t0);
+        assert!(matches!(ep.poll_event(), Some(Event::OutboundProgress(h, 180)) if h == handle));
+        ep.handle_bytes(agent(), local_ip(), &reply_to(&second, 200, "", SDP), t0);
+        let ack = sent(&mut ep);
+        assert_eq!(ack.len(), 1);
+        assert_eq!(ack[0].method(), Some(&Method::Ack));
+        assert_eq!(ack[0].cseq().map(|c| c.seq), Some(2));
+        assert_eq!(
+            ack[0].header("Proxy-Authorization"),
+            second.header("Proxy-Authorization")
+        );
+        assert!(matches!(ep.poll_event(), Some(Event::OutboundAnswered(h, _)) if h == handle));
+        // The challenged transaction ends with timer D.
+        ep.handle_timeout(t0 + crate::sip::transaction::TIMER_D + T1);
+        assert!(sent(&mut ep).is_empty());
+        assert!(ep.outbound.is_empty());
+    }
+
+    #[test]
+    fn a_wrong_password_is_refused_after_two_invites_not_a_loop() {
+        let t0 = Instant::now();
+        let (mut ep, handle, first) = placed_auth(t0, Some("wrong"));
+        let header = digest("WWW-Authenticate", "n1", false);
+        ep.handle_bytes(agent(), local_ip(), &reply_to(&first, 401, &header, ""), t0);
+        let second = resent(&mut ep, &first, "Authorization");
+        // The PBX challenges again with a fresh nonce: the password is wrong.
+        let header = digest("WWW-Authenticate", "n2", false);
+        ep.handle_bytes(
+            agent(),
+            local_ip(),
+            &reply_to(&second, 401, &header, ""),
+            t0,
+        );
+        let out = sent(&mut ep);
+        assert_eq!(out.len(), 1, "only the ACK, no third INVITE");
+        assert_eq!(out[0].method(), Some(&Method::Ack));
+        assert_eq!(out[0].via_branch(), second.via_branch());
+        assert!(matches!(
+            ep.poll_event(),
+            Some(Event::CallEnded(h, EndReason::Refused(401))) if h == handle
+        ));
+        assert!(ep.poll_event().is_none());
+    }
+
+    #[test]
+    fn a_challenge_without_credentials_is_a_refusal() {
+        let t0 = Instant::now();
+        let (mut ep, handle, first) = placed_auth(t0, None);
+        let header = digest("Proxy-Authenticate", "n1", false);
+        ep.handle_bytes(agent(), local_ip(), &reply_to(&first, 407, &header, ""), t0);
+        let out = sent(&mut ep);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].method(), Some(&Method::Ack));
+        assert!(matches!(
+            ep.poll_event(),
+            Some(Event::CallEnded(h, EndReason::Refused(407))) if h == handle
+        ));
+    }
+
+    #[test]
+    fn a_stale_nonce_is_answered_again_and_cancel_goes_for_the_latest_invite() {
+        let t0 = Instant::now();
+        let (mut ep, handle, first) = placed_auth(t0, Some("secret"));
+        let header = digest("Proxy-Authenticate", "n1", false);
+        ep.handle_bytes(agent(), local_ip(), &reply_to(&first, 407, &header, ""), t0);
+        let second = resent(&mut ep, &first, "Proxy-Authorization");
+        let header = digest("Proxy-Authenticate", "n2", true);
+        ep.handle_bytes(
+            agent(),
+            local_ip(),
+            &reply_to(&second, 407, &header, ""),
+            t0,
+        );
+        let third = resent(&mut ep, &second, "Proxy-Authorization");
+        assert!(third
+            .header("Proxy-Authorization")
+            .is_some_and(|v| v.contains("nonce=\"n2\"")));
+        // Hung up while the third INVITE has no provisional answer: the CANCEL waits for one,
+        // then goes for that INVITE (its branch and CSeq) with its credentials.
+        ep.hangup(handle, t0);
+        assert!(sent(&mut ep).is_empty());
+        ep.handle_bytes(agent(), local_ip(), &reply_to(&third, 180, "", ""), t0);
+        let cancel = sent(&mut ep);
+        assert_eq!(cancel.len(), 1);
+        assert_eq!(cancel[0].method(), Some(&Method::Cancel));
+        assert_eq!(cancel[0].via_branch(), third.via_branch());
+        assert_eq!(cancel[0].cseq().map(|c| c.seq), Some(3));
+        assert_eq!(
+            cancel[0].header("Proxy-Authorization"),
+            third.header("Proxy-Authorization")
+        );
+        ep.handle_bytes(agent(), local_ip(), &reply_to(&cancel[0], 200, "", ""), t0);
+        ep.handle_bytes(agent(), local_ip(), &reply_to(&third, 487, "", ""), t0);
+        let ack = sent(&mut ep);
+        assert_eq!(ack[0].method(), Some(&Method::Ack));
+        assert_eq!(ack[0].via_branch(), third.via_branch());
+        assert!(matches!(
+            ep.poll_event(),
+            Some(Event::OutboundProgress(_, 180))
+        ));
+        assert!(matches!(
+            ep.poll_event(),
+            Some(Event::CallEnded(h, EndReason::Cancelled)) if h == handle
+        ));
+    }
+
+    /// A delayed-offer INVITE accepted: the 200 OK with our offer, and our To tag.
+    fn delayed_offer_answered(t0: Instant) -> (SipEndpoint, CallHandle, String) {
+        let mut ep = endpoint(10);
+        ep.handle_bytes(
+            caller(),
+            local_ip(),
+            &request("INVITE", "z9hG4bK1", 1, None, "", ""),
+            t0,
+        );
+        assert_eq!(codes(&sent(&mut ep)), vec![100, 180]);
+        let Some(Event::IncomingCall(call)) = ep.poll_event() else {
+            panic!("no IncomingCall event")
+        };
+        assert_eq!(call.media.direction, sdp::Direction::Inactive);
+        ep.accept(call.handle, local_media(), t0);
+        let ok = sent(&mut ep);
+        assert_eq!(codes(&ok), vec![200]);
+        let offer = String::from_utf8_lossy(&ok[0].body).into_owned();
+        // Every codec and telephone-event, sendrecv: an offer, not an answer.
+        assert!(offer.contains("m=audio 20000 RTP/AVP 0 8 "), "{offer}");
+        assert!(offer.contains("telephone-event/8000"), "{offer}");
+        assert!(offer.contains("opus"), "{offer}");
+        assert!(ep.poll_event().is_none());
+        (ep, call.handle, ok[0].to_tag().unwrap().to_string())
+    }
+
+    #[test]
+    fn delayed_offer_the_answer_in_the_ack_starts_the_media() {
+        let t0 = Instant::now();
+        let (mut ep, handle, tag) = delayed_offer_answered(t0);
+        let answer = SDP
+            .replace("RTP/AVP 0 101", "RTP/AVP 8 101")
+            .replace("6000", "6010");
+        ep.handle_bytes(
+            caller(),
+            local_ip(),
+            &request("ACK", "z9hG4bK2", 1, Some(&tag), "", &answer),
+            t0,
+        );
+        let Some(Event::MediaChanged(h, media)) = ep.poll_event() else {
+            panic!("no MediaChanged on the ACK")
+        };
+        assert_eq!(h, handle);
+        assert_eq!(media.codec, Codec::Pcma);
+        assert_eq!(media.remote_rtp, "127.0.0.1:6010".parse().unwrap());
+        assert_eq!(media.direction, sdp::Direction::SendRecv);
+        assert!(matches!(ep.poll_event(), Some(Event::CallConfirmed(h)) if h == handle));
+        ep.handle_timeout(t0 + T1 * 4);
+        assert!(
+            sent(&mut ep).is_empty(),
+            "no 200 retransmission after the ACK"
+        );
+    }
+
+    #[test]
+    fn delayed_offer_an_ack_without_an_answer_hangs_up() {
+        let t0 = Instant::now();
+        let (mut ep, handle, tag) = delayed_offer_answered(t0);
+        ep.handle_bytes(
+            caller(),
+            local_ip(),
+            &request("ACK", "z9hG4bK2", 1, Some(&tag), "", ""),
+            t0,
+        );
+        let out = sent(&mut ep);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].method(), Some(&Method::Bye));
+        assert!(matches!(
+            ep.poll_event(),
+            Some(Event::CallEnded(h, EndReason::LocalHangup)) if h == handle
+        ));
+        assert!(
+            ep.poll_event().is_none(),
+            "neither confirmed nor ended twice"
+        );
+    }
+
+    #[test]
+    fn offerless_reinvite_gets_our_offer_and_the_ack_answer_changes_the_media() {
+        let t0 = Instant::now();
+        let (mut ep, handle, tag) = answered(t0);
+        confirm(&mut ep, &tag, t0);
+        ep.handle_bytes(
+            caller(),
+            local_ip(),
+            &request("INVITE", "z9hG4bK5", 2, Some(&tag), "", ""),
+            t0,
+        );
+        let out = sent(&mut ep);
+        assert_eq!(codes(&out), vec![200]);
+        let offer = String::from_utf8_lossy(&out[0].body).into_owned();
+        assert!(offer.contains("m=audio 20000 RTP/AVP 0 8 "), "{offer}");
+        // The same session, one version on (RFC 3264 8).
+        assert!(offer.contains("o=- 7 2 IN IP4 127.0.0.1"), "{offer}");
+        let answer = SDP.replace("6000", "6020");
+        ep.handle_bytes(
+            caller(),
+            local_ip(),
+            &request("ACK", "z9hG4bK6", 2, Some(&tag), "", &answer),
+            t0,
+        );
+        let Some(Event::MediaChanged(h, media)) = ep.poll_event() else {
+            panic!("no MediaChanged on the ACK")
+        };
+        assert_eq!(h, handle);
+        assert_eq!(media.remote_rtp, "127.0.0.1:6020".parse().unwrap());
+        assert!(matches!(ep.poll_event(), Some(Event::CallConfirmed(_))));
+        // An offerless re-INVITE whose ACK has no answer keeps the media and the call.
+        ep.handle_bytes(
+            caller(),
+            local_ip(),
+            &request("INVITE", "z9hG4bK7", 3, Some(&tag), "", ""),
+            t0,
+        );
+        assert_eq!(codes(&sent(&mut ep)), vec![200]);
+        ep.handle_bytes(
+            caller(),
+            local_ip(),
+            &request("ACK", "z9hG4bK8", 3, Some(&tag), "", ""),
+            t0,
+        );
+        assert!(sent(&mut ep).is_empty());
+        assert!(matches!(ep.poll_event(), Some(Event::CallConfirmed(_))));
+        assert_eq!(ep.active_calls(), 1);
     }
 }

@@ -229,6 +229,9 @@ impl SipEndpoint {
                     session_version: 0,
                 },
                 cancel_wanted: true,
+                target: String::new(),
+                auth: None,
+                challenged: Vec::new(),
                 cancel: None,
             },
         );
@@ -420,6 +423,7 @@ mod tests {
                 from_user: "voicebot".into(),
                 local: local_media(),
                 headers: Vec::new(),
+                auth: None,
             },
             t0,
         );
