@@ -1,8 +1,9 @@
 //! The tokio layer that owns the SIP and RTP sockets and the timers, and drives the sans-IO
 //! cores in [`crate::sip`] and [`crate::media`] for `voicebot serve`.
 //!
-//! One signalling task owns the [`SipEndpoint`]: it reads the UDP socket and the TCP
-//! connections' frames, sleeps until the endpoint's next timer, and turns endpoint events into
+//! One signalling task owns the [`SipEndpoint`]: it reads the UDP socket and the TCP and TLS
+//! connections' frames (one connection loop, generic over the stream: [`tls`] only adds the
+//! handshake), sleeps until the endpoint's next timer, and turns endpoint events into
 //! per-call media tasks ([`call`]). A call task owns its RTP socket, its jitter buffer and paced
 //! sender, and the call's pipeline; it talks to the signalling task only through channels, so a
 //! slow call never holds up signalling or another call.
@@ -16,6 +17,7 @@ pub mod recording;
 mod recover;
 pub mod signal_queue;
 mod speech_log;
+pub mod tls;
 pub mod transfer;
 
 use std::collections::HashMap;
@@ -25,7 +27,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{mpsc, Notify};
 use tracing::Instrument;
@@ -46,7 +48,7 @@ use crate::sip::endpoint::{
     CallHandle, EndpointConfig, Event, OutboundCall, Peer, SipEndpoint, Transmit, Transport,
 };
 use crate::sip::escape::escaped;
-use crate::sip::message::{StreamFramer, MAX_MESSAGE_BYTES};
+use crate::sip::message::{parse_sip_uri, wants_tls, StreamFramer, MAX_MESSAGE_BYTES};
 use crate::sip::sdp::LocalMedia;
 use call::{AgentEvent, CallSetup, CallSignal};
 use pacer::Pacer;
@@ -68,13 +70,15 @@ pub enum ServeError {
     Config(String),
     #[error("SIP socket error: {0}")]
     Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsSetupError),
 }
 
 /// What the signalling task hears from the rest of the server.
 enum Inbound {
-    /// A SIP message framed from a TCP connection.
+    /// A SIP message framed from a TCP or TLS connection.
     TcpFrame {
-        conn: u64,
+        transport: Transport,
         from: SocketAddr,
         local: SocketAddr,
         bytes: Vec<u8>,
@@ -85,6 +89,11 @@ enum Inbound {
     },
     TcpClosed {
         conn: u64,
+    },
+    /// A connection we were opening could not be (refused, TLS handshake failed): what was
+    /// queued for it is dropped, and calls placed over it end.
+    ConnectFailed {
+        transport: Transport,
     },
     /// A call task asks to end its call (the bot finished, no RTP, a fault).
     Hangup(CallHandle),
@@ -130,6 +139,9 @@ pub struct Server {
     udp: Option<Arc<UdpSocket>>,
     tcp: Option<TcpListener>,
     local: SocketAddr,
+    /// The TLS listener (`[sip.tls] listen`) and the TLS settings for both directions.
+    tls_listener: Option<TcpListener>,
+    tls: tls::TlsSide,
     engines: Engines,
     report_dir: Option<PathBuf>,
     /// Live hand-over contexts and events (for the HTTP side).
@@ -158,6 +170,23 @@ impl Server {
         let addr = listen.unwrap_or(sip.listen);
         let want_udp = sip.transports.contains(&TransportKind::Udp);
         let want_tcp = sip.transports.contains(&TransportKind::Tcp);
+        let tls_listen = match sip.tls.listen_addr() {
+            Some(Ok(a)) => Some(a),
+            Some(Err(e)) => return Err(ServeError::Config(format!("[sip.tls] listen {e}"))),
+            None => None,
+        };
+        // Bad certificate or key files stop the start here, naming the file.
+        let tls = tls::TlsSide::load(&sip.tls, tls_listen.is_some())?;
+        let mut tls_listener = match tls_listen {
+            Some(addr) => Some(TcpListener::bind(addr).await.map_err(|source| {
+                ServeError::Bind {
+                    transport: "TLS",
+                    addr,
+                    source,
+                }
+            })?),
+            None => None,
+        };
         let mut last_err = None;
         // Port 0: retry a few times in case the TCP side of the UDP-chosen port is taken.
         for _ in 0..10 {
@@ -210,6 +239,8 @@ impl Server {
                 udp: udp.map(Arc::new),
                 tcp,
                 local,
+                tls_listener: tls_listener.take(),
+                tls: tls.clone(),
                 engines,
                 report_dir,
                 hub,
@@ -226,6 +257,11 @@ impl Server {
     /// The address SIP listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.local
+    }
+
+    /// The address of the TLS listener, when `[sip.tls] listen` is set.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_listener.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// The address of the agents' HTTP side, and where its token comes from.
@@ -277,6 +313,7 @@ impl Server {
                 min_session_expires: sip.min_session_expires,
                 user_agent: sip.user_agent.clone(),
                 sip_port: self.local.port(),
+                tls_port: self.tls_addr().map(|a| a.port()),
                 ..EndpointConfig::default()
             },
             auth,
@@ -291,8 +328,22 @@ impl Server {
                 self.local,
                 inbound_tx.clone(),
                 tcp_limits,
+                None,
             ));
         }
+        if let (Some(listener), Some(acceptor)) = (self.tls_listener, self.tls.acceptor.clone()) {
+            let local = listener.local_addr()?;
+            tracing::info!(%local, mutual = !sip.tls.client_ca_file.as_os_str().is_empty(), "SIP listening on TLS");
+            tokio::spawn(accept_tcp(
+                listener,
+                local,
+                inbound_tx.clone(),
+                tcp_limits,
+                Some(acceptor),
+            ));
+        }
+        let keepalive = (sip.tls.keepalive_interval_s > 0)
+            .then(|| Duration::from_secs(sip.tls.keepalive_interval_s));
         let ports = PortPool::new(config.media.rtp_port_min, config.media.rtp_port_max);
         let pacer = Pacer::start()?;
         // Hand-over events go to the webhook through the durable outbox; events left from a
@@ -367,6 +418,10 @@ impl Server {
             report_dir: self.report_dir,
             local_ips: HashMap::new(),
             tcp_limits,
+            connector: self.tls.connector.clone(),
+            keepalive,
+            connecting: HashMap::new(),
+            owned: HashMap::new(),
             pacer,
             legs: HashMap::new(),
             deliverer: deliverer.clone(),
@@ -424,6 +479,14 @@ struct Signalling {
     local_ips: HashMap<IpAddr, IpAddr>,
     /// Deadlines for the TCP connections we open ourselves.
     tcp_limits: TcpLimits,
+    /// Opens TLS connections (verifying the peer against `[sip.tls] ca_file`).
+    connector: tokio_rustls::TlsConnector,
+    /// CRLF pings on idle connections we opened (RFC 5626 4.4.1).
+    keepalive: Option<Duration>,
+    /// Connections we are opening -> the messages waiting for them.
+    connecting: HashMap<u64, Vec<Vec<u8>>>,
+    /// Connections we opened, by (TLS, peer): reused for later messages to the same peer.
+    owned: HashMap<(bool, SocketAddr), u64>,
     /// Sends every call's RTP on time.
     pacer: Pacer,
     /// Agent legs we placed -> the caller's call they belong to.
@@ -522,13 +585,13 @@ impl Signalling {
     fn on_inbound(&mut self, msg: Inbound) {
         match msg {
             Inbound::TcpFrame {
-                conn,
+                transport,
                 from,
                 local,
                 bytes,
             } => {
                 let peer = Peer {
-                    transport: Transport::Tcp(conn),
+                    transport,
                     addr: from,
                 };
                 self.endpoint
@@ -538,10 +601,26 @@ impl Signalling {
                 // Belt and braces: a connection whose close notice was lost (see `ConnGuard`)
                 // has no writer task any more; its entry goes here.
                 self.tcp_writers.retain(|_, w| !w.is_closed());
+                // What waited for a connection we opened goes out now, in order.
+                for bytes in self.connecting.remove(&conn).unwrap_or_default() {
+                    if writer.send(bytes).is_err() {
+                        tracing::warn!(conn, "new connection refused our first messages");
+                        break;
+                    }
+                }
                 self.tcp_writers.insert(conn, writer);
             }
             Inbound::TcpClosed { conn } => {
                 self.tcp_writers.remove(&conn);
+                self.connecting.remove(&conn);
+                self.owned.retain(|_, c| *c != conn);
+            }
+            Inbound::ConnectFailed { transport } => {
+                if let Some(conn) = transport.connection() {
+                    self.connecting.remove(&conn);
+                    self.owned.retain(|_, c| *c != conn);
+                }
+                self.endpoint.transport_failed(transport);
             }
             Inbound::Hangup(handle) => self.endpoint.hangup(handle, Instant::now()),
             Inbound::CallDone(handle) => {
@@ -606,9 +685,19 @@ impl Signalling {
     /// Places the agent leg of a transfer.
     fn place_call(&mut self, req: &PlaceCall) -> Result<(CallHandle, ports::RtpPorts), LegError> {
         let addr = req.addr;
-        if self.udp.is_none() {
-            return Err(LegError::NoUdp);
-        }
+        let transport = match outgoing_kind(&req.target) {
+            OutgoingKind::Udp if self.udp.is_none() => return Err(LegError::NoUdp),
+            OutgoingKind::Udp => Transport::Udp,
+            OutgoingKind::Tcp => Transport::Tcp(self.stream_to(false, addr, None)),
+            OutgoingKind::Tls => {
+                // The certificate must name the host the target names (RFC 5922 7.2).
+                let host = parse_sip_uri(&req.target).map_or("", |u| u.host);
+                let name = tls::server_name(host).ok_or_else(|| {
+                    LegError::BadTarget(format!("`{host}` is no name a certificate can carry"))
+                })?;
+                Transport::Tls(self.stream_to(true, addr, Some(name)))
+            }
+        };
         let local_ip = self.local_ip_for(addr.ip());
         let ports = self.ports.take(local_ip).ok_or(LegError::NoPort)?;
         let local = LocalMedia {
@@ -620,10 +709,7 @@ impl Signalling {
         let handle = self.endpoint.invite(
             OutboundCall {
                 target: req.target.clone(),
-                peer: Peer {
-                    transport: Transport::Udp,
-                    addr,
-                },
+                peer: Peer { transport, addr },
                 local_ip,
                 from_display: req.from_display.clone(),
                 from_user: req.from_user.clone(),
@@ -635,6 +721,45 @@ impl Signalling {
         self.legs.insert(handle, req.caller);
         self.journal_leg(req.caller, handle);
         Ok((handle, ports))
+    }
+
+    /// A connection we opened to `target` (TLS or TCP) that is still usable, or a new one
+    /// being opened (messages sent to it meanwhile wait in `connecting`). `name`: what the
+    /// peer's TLS certificate must name.
+    fn stream_to(
+        &mut self,
+        tls: bool,
+        target: SocketAddr,
+        name: Option<rustls::pki_types::ServerName<'static>>,
+    ) -> u64 {
+        if let Some(&conn) = self.owned.get(&(tls, target)) {
+            let open = self.tcp_writers.get(&conn).is_some_and(|w| !w.is_closed());
+            if open || self.connecting.contains_key(&conn) {
+                tracing::debug!(%target, conn, tls, "reusing our connection");
+                return conn;
+            }
+        }
+        let conn = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
+        self.connecting.insert(conn, Vec::new());
+        self.owned.insert((tls, target), conn);
+        let secure = match (tls, name) {
+            (true, Some(name)) => Some((self.connector.clone(), name)),
+            (true, None) => Some((
+                self.connector.clone(),
+                rustls::pki_types::ServerName::IpAddress(target.ip().into()),
+            )),
+            (false, _) => None,
+        };
+        tokio::spawn(open_stream(OpenStream {
+            conn,
+            target,
+            tls: secure,
+            local: self.local,
+            inbound: self.inbound_tx.clone(),
+            limits: self.tcp_limits,
+            keepalive: self.keepalive,
+        }));
+        conn
     }
 
     /// Sends a REFER for a transfer of `req.caller`.
@@ -671,7 +796,11 @@ impl Signalling {
                     }
                 }
             }
-            Transport::Tcp(conn) => {
+            Transport::Tcp(conn) | Transport::Tls(conn) => {
+                if let Some(waiting) = self.connecting.get_mut(&conn) {
+                    waiting.push(t.bytes);
+                    return;
+                }
                 let sent = match self.tcp_writers.get(&conn) {
                     Some(w) => w.send(t.bytes.clone()),
                     None => Err(WriteRefused::Closed),
@@ -696,14 +825,19 @@ impl Signalling {
                     // The caller closed the connection (idle phones do): a request of ours goes
                     // on a new connection to the dialog's remote target (RFC 3261 18.1.1).
                     Some(target) => {
-                        tracing::info!(%target, "TCP connection closed; reconnecting to the remote target");
-                        tokio::spawn(connect_and_send(
-                            target,
-                            t.bytes,
-                            self.local,
-                            self.inbound_tx.clone(),
-                            self.tcp_limits,
-                        ));
+                        let tls = t.to.transport.is_tls();
+                        tracing::info!(%target, tls, "connection closed; sending on a connection to the remote target");
+                        let name = tls.then(|| rustls::pki_types::ServerName::IpAddress(target.ip().into()));
+                        let conn = self.stream_to(tls, target, name);
+                        match self.connecting.get_mut(&conn) {
+                            Some(waiting) => waiting.push(t.bytes),
+                            None => {
+                                let sent = self.tcp_writers.get(&conn).map(|w| w.send(t.bytes));
+                                if !matches!(sent, Some(Ok(()))) {
+                                    tracing::warn!(%target, "connection to the remote target unusable; message dropped");
+                                }
+                            }
+                        }
                     }
                     None => {
                         tracing::warn!(to = %t.to.addr, "TCP connection closed or stalled; message dropped");
@@ -904,35 +1038,89 @@ async fn bind_http(
 /// TCP connection ids, accepted and opened alike.
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 
-/// Opens a TCP connection to `target`, sends `bytes` first, then serves it like an accepted one
-/// (so the response to our request comes back through the endpoint).
-async fn connect_and_send(
+/// How an agent leg's INVITE travels, from its target URI: `sips:` or `;transport=tls` over
+/// TLS, `;transport=tcp` over TCP, anything else over UDP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OutgoingKind {
+    Udp,
+    Tcp,
+    Tls,
+}
+
+fn outgoing_kind(target: &str) -> OutgoingKind {
+    if wants_tls(target) {
+        return OutgoingKind::Tls;
+    }
+    let tcp = parse_sip_uri(target)
+        .and_then(|u| u.transport)
+        .is_some_and(|t| t.eq_ignore_ascii_case("tcp"));
+    if tcp {
+        OutgoingKind::Tcp
+    } else {
+        OutgoingKind::Udp
+    }
+}
+
+/// A connection for the signalling task to open (see [`Signalling::stream_to`]).
+struct OpenStream {
+    /// The id chosen in advance: messages for it wait in `Signalling::connecting`.
+    conn: u64,
     target: SocketAddr,
-    bytes: Vec<u8>,
+    /// TLS: the connector and the name the peer's certificate must carry.
+    tls: Option<(
+        tokio_rustls::TlsConnector,
+        rustls::pki_types::ServerName<'static>,
+    )>,
     local: SocketAddr,
     inbound: mpsc::Sender<Inbound>,
     limits: TcpLimits,
-) {
-    let connect = tokio::time::timeout(Duration::from_secs(3), TcpStream::connect(target));
-    let mut stream = match connect.await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            tracing::warn!(%target, error = %e, "cannot reconnect over TCP; message dropped");
-            return;
-        }
-        Err(_) => {
-            tracing::warn!(%target, "TCP reconnect timed out; message dropped");
-            return;
+    keepalive: Option<Duration>,
+}
+
+/// Opens a TCP (and TLS) connection, then serves it like an accepted one (so the responses
+/// to our requests come back through the endpoint); failing that, tells the signalling task.
+/// Connections we open are not counted against the accept caps: the dialogs bound them.
+async fn open_stream(o: OpenStream) {
+    let transport = match o.tls {
+        Some(_) => Transport::Tls(o.conn),
+        None => Transport::Tcp(o.conn),
+    };
+    let target = o.target;
+    let failed = |why: String| {
+        let inbound = o.inbound.clone();
+        async move {
+            tracing::warn!(%target, ?transport, error = %why, "cannot open a connection; its messages are dropped");
+            let _ = inbound.send(Inbound::ConnectFailed { transport }).await;
         }
     };
-    if let Err(e) = stream.write_all(&bytes).await {
-        tracing::warn!(%target, error = %e, "TCP send failed after reconnecting");
-        return;
+    let connect = tokio::time::timeout(Duration::from_secs(3), TcpStream::connect(target));
+    let stream = match connect.await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return failed(e.to_string()).await,
+        Err(_) => return failed("connect timed out".into()).await,
+    };
+    // See `serve_stream`: responses must not wait for Nagle.
+    let _ = stream.set_nodelay(true);
+    let local = stream.local_addr().unwrap_or(o.local);
+    let conn = ConnInfo {
+        transport,
+        from: target,
+        local,
+        inbound: o.inbound.clone(),
+        limits: o.limits,
+        keepalive: o.keepalive,
+    };
+    match o.tls {
+        None => serve_stream(stream, conn, None).await,
+        Some((connector, name)) => {
+            match tls::connect(&connector, stream, name, o.limits.header_timeout).await {
+                Ok(tls) => serve_stream(tls, conn, None).await,
+                Err(why) => {
+                    failed(format!("TLS handshake: {why}")).await;
+                }
+            }
+        }
     }
-    let conn = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
-    let local = stream.local_addr().unwrap_or(local);
-    // Connections we open are not counted against the accept caps: the dialogs bound them.
-    serve_tcp(stream, conn, target, local, inbound, limits, None).await;
 }
 
 /// Bytes queued for one TCP connection's writer at most. A peer that pipelines requests but
@@ -1170,20 +1358,24 @@ enum ConnEnd {
 /// Accepts TCP connections within the caps; each gets a reader task (framing) and a writer
 /// task. Over a cap the new connection is closed at once and counted
 /// (`voicebot_refused_total`); the warning is logged at most once per 10 s with the count.
+/// With `tls`, the listener is the TLS one: the handshake comes first (within the header
+/// timeout, holding its place under the caps), then the same framing and limits.
 async fn accept_tcp(
     listener: TcpListener,
     local: SocketAddr,
     inbound: mpsc::Sender<Inbound>,
     limits: TcpLimits,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 ) {
     let table = Arc::new(Mutex::new(ConnTable::default()));
     let mut refused_unlogged = 0u64;
     let mut last_warning: Option<Instant> = None;
+    let kind = if tls.is_some() { "TLS" } else { "TCP" };
     loop {
         let (stream, from) = match listener.accept().await {
             Ok(x) => x,
             Err(e) => {
-                tracing::warn!(error = %e, "TCP accept failed");
+                tracing::warn!(error = %e, kind, "accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
@@ -1197,7 +1389,7 @@ async fn accept_tcp(
             crate::observe::metrics::refused(over.reason());
             refused_unlogged += 1;
             if last_warning.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
-                tracing::warn!(%from, cap = over.reason(), refused = refused_unlogged, "TCP connections over a cap closed");
+                tracing::warn!(%from, kind, cap = over.reason(), refused = refused_unlogged, "connections over a cap closed");
                 refused_unlogged = 0;
                 last_warning = Some(Instant::now());
             }
@@ -1207,33 +1399,63 @@ async fn accept_tcp(
             table: Arc::clone(&table),
             ip: from.ip(),
         };
-        let conn = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
-        let local = stream.local_addr().unwrap_or(local);
-        tokio::spawn(serve_tcp(
-            stream,
-            conn,
+        let id = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
+        // Responses go out as they are made (100 Trying, then the final one): without this,
+        // Nagle holds the second until the peer's delayed ACK, some 40 ms per request.
+        let _ = stream.set_nodelay(true);
+        let mut conn = ConnInfo {
+            transport: Transport::Tcp(id),
             from,
-            local,
-            inbound.clone(),
+            local: stream.local_addr().unwrap_or(local),
+            inbound: inbound.clone(),
             limits,
-            Some(permit),
-        ));
+            // Pinging is for the side that opened the connection (RFC 5626 4.4.1).
+            keepalive: None,
+        };
+        match &tls {
+            None => {
+                tokio::spawn(serve_stream(stream, conn, Some(permit)));
+            }
+            Some(acceptor) => {
+                let acceptor = acceptor.clone();
+                conn.transport = Transport::Tls(id);
+                // The permit moves into the task: the handshake holds its place under the caps.
+                tokio::spawn(async move {
+                    if let Some(tls) =
+                        tls::accept(&acceptor, stream, from, limits.header_timeout).await
+                    {
+                        serve_stream(tls, conn, Some(permit)).await;
+                    }
+                });
+            }
+        }
     }
 }
 
-async fn serve_tcp(
-    stream: TcpStream,
-    conn: u64,
+/// One stream connection, as its tasks see it.
+struct ConnInfo {
+    /// `Tcp(id)` or `Tls(id)`.
+    transport: Transport,
+    /// The peer.
     from: SocketAddr,
+    /// Our end.
     local: SocketAddr,
     inbound: mpsc::Sender<Inbound>,
     limits: TcpLimits,
-    permit: Option<ConnPermit>,
-) {
-    // Responses go out as they are made (100 Trying, then the final one): without this,
-    // Nagle holds the second until the peer's delayed ACK, some 40 ms per request.
-    let _ = stream.set_nodelay(true);
-    let (reader, writer) = stream.into_split();
+    /// CRLF pings after this long without sending (connections we opened).
+    keepalive: Option<Duration>,
+}
+
+/// Serves one TCP or TLS connection: a writer task fed by the signalling task, and this task
+/// reading and framing, until either ends (then [`ConnGuard`] releases everything).
+async fn serve_stream<S>(stream: S, c: ConnInfo, permit: Option<ConnPermit>)
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let conn = c.transport.connection().unwrap_or(0);
+    let kind = if c.transport.is_tls() { "TLS" } else { "TCP" };
+    let from = c.from;
+    let (reader, writer) = tokio::io::split(stream);
     let (write_tx, write_rx) = mpsc::unbounded_channel::<Vec<u8>>();
     let queued = Arc::new(AtomicUsize::new(0));
     let close = Arc::new(Notify::new());
@@ -1242,11 +1464,12 @@ async fn serve_tcp(
         write_rx,
         Arc::clone(&queued),
         Arc::clone(&close),
+        c.keepalive,
     ));
     // From here on every way out (return, the gateway gone, a panic) releases the connection.
     let _guard = ConnGuard {
         conn,
-        inbound: inbound.clone(),
+        inbound: c.inbound.clone(),
         writer: write_task.abort_handle(),
         _permit: permit,
     };
@@ -1255,35 +1478,57 @@ async fn serve_tcp(
         queued,
         close: Arc::clone(&close),
     };
-    if inbound
-        .send(Inbound::TcpOpened { conn, writer })
-        .await
-        .is_err()
-    {
+    let opened = Inbound::TcpOpened {
+        conn,
+        writer: writer.clone(),
+    };
+    if c.inbound.send(opened).await.is_err() {
         return;
     }
-    match read_frames(reader, conn, from, local, &inbound, limits, &close).await {
+    match read_frames(reader, &c, &writer, &close).await {
         ConnEnd::BadFrame(e) => {
             // A stream cannot resynchronise after a bad frame: close it.
-            tracing::warn!(%from, error = %e, "bad SIP frame on TCP; closing the connection");
+            tracing::warn!(%from, kind, error = %e, "bad SIP frame on a stream; closing the connection");
         }
         ConnEnd::Expired(Expiry::Header) => {
             crate::observe::metrics::refused("tcp_header_timeout");
-            tracing::debug!(%from, "SIP message not completed in time on TCP; closing the connection");
+            tracing::debug!(%from, kind, "SIP message not completed in time; closing the connection");
         }
-        end => tracing::debug!(%from, ?end, "TCP connection ended"),
+        end => tracing::debug!(%from, kind, ?end, "connection ended"),
     }
 }
 
-/// Writes what the signalling task queued; a failed write ends the connection.
-async fn write_loop(
-    mut writer: tokio::net::tcp::OwnedWriteHalf,
+/// A CRLF keep-alive ping (RFC 5626 3.5.1); the pong is one CRLF.
+const PING: &[u8] = b"\r\n\r\n";
+const PONG: &[u8] = b"\r\n";
+
+/// Writes what the signalling task queued; a failed write ends the connection. With
+/// `keepalive`, a CRLF ping goes out after that long without anything to write.
+async fn write_loop<W: AsyncWrite + Unpin>(
+    mut writer: W,
     mut queue: mpsc::UnboundedReceiver<Vec<u8>>,
     queued: Arc<AtomicUsize>,
     close: Arc<Notify>,
+    keepalive: Option<Duration>,
 ) {
-    while let Some(bytes) = queue.recv().await {
-        let written = writer.write_all(&bytes).await;
+    loop {
+        let next = match keepalive {
+            Some(every) => match tokio::time::timeout(every, queue.recv()).await {
+                Ok(next) => next,
+                Err(_) => {
+                    tracing::trace!("idle connection: CRLF keep-alive ping");
+                    if write_flushed(&mut writer, PING).await.is_err() {
+                        break;
+                    }
+                    continue;
+                }
+            },
+            None => queue.recv().await,
+        };
+        let Some(bytes) = next else {
+            break;
+        };
+        let written = write_flushed(&mut writer, &bytes).await;
         queued.fetch_sub(bytes.len(), Ordering::SeqCst);
         if written.is_err() {
             break;
@@ -1292,19 +1537,23 @@ async fn write_loop(
     close.notify_one();
 }
 
-/// Reads and frames one connection's messages until it ends, within its deadlines.
-async fn read_frames(
-    mut reader: tokio::net::tcp::OwnedReadHalf,
-    conn: u64,
-    from: SocketAddr,
-    local: SocketAddr,
-    inbound: &mpsc::Sender<Inbound>,
-    limits: TcpLimits,
+/// Writes `bytes` and flushes them (TLS buffers records until flushed; TCP's flush is free).
+async fn write_flushed<W: AsyncWrite + Unpin>(writer: &mut W, bytes: &[u8]) -> std::io::Result<()> {
+    writer.write_all(bytes).await?;
+    writer.flush().await
+}
+
+/// Reads and frames one connection's messages until it ends, within its deadlines; answers
+/// CRLF keep-alive pings with a pong through `writer`.
+async fn read_frames<R: AsyncRead + Unpin>(
+    mut reader: R,
+    c: &ConnInfo,
+    writer: &TcpWriter,
     close: &Notify,
 ) -> ConnEnd {
     let mut framer = StreamFramer::new();
     let mut buf = vec![0u8; 16 * 1024];
-    let mut clock = ReadClock::new(limits, Instant::now());
+    let mut clock = ReadClock::new(c.limits, Instant::now());
     loop {
         let (deadline, expiry) = clock.deadline();
         let n = tokio::select! {
@@ -1319,16 +1568,22 @@ async fn read_frames(
         framer.push(&buf[..n]);
         let mut framed = false;
         loop {
-            match framer.next_message() {
+            let next = framer.next_message();
+            for _ in 0..framer.take_pings() {
+                if writer.send(PONG.to_vec()).is_err() {
+                    return ConnEnd::ClosedByUs;
+                }
+            }
+            match next {
                 Ok(Some(msg)) => {
                     framed = true;
                     let frame = Inbound::TcpFrame {
-                        conn,
-                        from,
-                        local,
+                        transport: c.transport,
+                        from: c.from,
+                        local: c.local,
                         bytes: msg.to_bytes(),
                     };
-                    if inbound.send(frame).await.is_err() {
+                    if c.inbound.send(frame).await.is_err() {
                         return ConnEnd::GatewayGone;
                     }
                 }
