@@ -237,7 +237,13 @@ fn pjsua_calls_over_mutual_tls_and_the_bot_answers() {
         &record,
         &["pause:0.2".to_string()],
         &[
-            "--tls-ca", &ca, "--tls-cert", &cert, "--tls-key", &key, "--sips",
+            "--tls-ca",
+            &ca,
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+            "--sips",
         ],
     );
     assert_eq!(summary["connected"], true, "{summary}");
@@ -425,10 +431,10 @@ fn agent_legs_over_tls_verify_the_agent_certificate() {
     let refused = rogue
         .recv_timeout(Duration::from_secs(90))
         .expect("the gateway connected to the first agent");
-    assert!(
-        matches!(&refused, AgentSaw::HandshakeFailed(_)),
-        "the impostor's certificate was accepted: {refused:?}"
-    );
+    let AgentSaw::HandshakeFailed(why) = &refused else {
+        panic!("the impostor's certificate was accepted: {refused:?}");
+    };
+    println!("the impostor agent's handshake ended: {why}");
     let invite = match good.recv_timeout(Duration::from_secs(30)) {
         Ok(AgentSaw::Invite(text)) => text,
         other => panic!("the second agent got no INVITE over TLS: {other:?}"),
@@ -439,10 +445,15 @@ fn agent_legs_over_tls_verify_the_agent_certificate() {
         )),
         "{invite}"
     );
-    assert!(invite.contains("\r\nVia: SIP/2.0/TLS 127.0.0.1:"), "{invite}");
+    assert!(
+        invite.contains("\r\nVia: SIP/2.0/TLS 127.0.0.1:"),
+        "{invite}"
+    );
     let tls = tls_port(&gw);
     assert!(
-        invite.contains(&format!("\r\nContact: <sip:voicebot@127.0.0.1:{tls};transport=tls>")),
+        invite.contains(&format!(
+            "\r\nContact: <sip:voicebot@127.0.0.1:{tls};transport=tls>"
+        )),
         "{invite}"
     );
     let summary = caller.join().expect("caller thread");

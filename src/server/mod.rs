@@ -178,13 +178,17 @@ impl Server {
         // Bad certificate or key files stop the start here, naming the file.
         let tls = tls::TlsSide::load(&sip.tls, tls_listen.is_some())?;
         let mut tls_listener = match tls_listen {
-            Some(addr) => Some(TcpListener::bind(addr).await.map_err(|source| {
-                ServeError::Bind {
-                    transport: "TLS",
-                    addr,
-                    source,
-                }
-            })?),
+            Some(addr) => {
+                Some(
+                    TcpListener::bind(addr)
+                        .await
+                        .map_err(|source| ServeError::Bind {
+                            transport: "TLS",
+                            addr,
+                            source,
+                        })?,
+                )
+            }
             None => None,
         };
         let mut last_err = None;
@@ -827,7 +831,8 @@ impl Signalling {
                     Some(target) => {
                         let tls = t.to.transport.is_tls();
                         tracing::info!(%target, tls, "connection closed; sending on a connection to the remote target");
-                        let name = tls.then(|| rustls::pki_types::ServerName::IpAddress(target.ip().into()));
+                        let name = tls
+                            .then(|| rustls::pki_types::ServerName::IpAddress(target.ip().into()));
                         let conn = self.stream_to(tls, target, name);
                         match self.connecting.get_mut(&conn) {
                             Some(waiting) => waiting.push(t.bytes),

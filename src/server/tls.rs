@@ -162,7 +162,10 @@ fn server_config(
         .map_err(|e| TlsSetupError::File {
             field: "key_file",
             file: config.key_file.clone(),
-            reason: format!("does not go with cert_file `{}`: {e}", config.cert_file.display()),
+            reason: format!(
+                "does not go with cert_file `{}`: {e}",
+                config.cert_file.display()
+            ),
         })
 }
 
@@ -361,13 +364,19 @@ mod tests {
             .err()
             .unwrap()
             .to_string();
-        assert!(err.contains("cert_file") && err.contains("missing.pem"), "{err}");
+        assert!(
+            err.contains("cert_file") && err.contains("missing.pem"),
+            "{err}"
+        );
         let not_pem = write(dir.path(), "junk.pem", "hello");
         let err = TlsSide::load(&config(&cert, &not_pem), true)
             .err()
             .unwrap()
             .to_string();
-        assert!(err.contains("key_file") && err.contains("no PEM private key"), "{err}");
+        assert!(
+            err.contains("key_file") && err.contains("no PEM private key"),
+            "{err}"
+        );
         // A key of another certificate.
         let other = rcgen::KeyPair::generate().unwrap();
         let other = write(dir.path(), "other.pem", &other.serialize_pem());
@@ -379,7 +388,10 @@ mod tests {
         let mut c = config(&cert, &key);
         c.ca_file = not_pem;
         let err = TlsSide::load(&c, true).err().unwrap().to_string();
-        assert!(err.contains("ca_file") && err.contains("no PEM certificate"), "{err}");
+        assert!(
+            err.contains("ca_file") && err.contains("no PEM certificate"),
+            "{err}"
+        );
         let _ = ca;
     }
 
@@ -389,7 +401,10 @@ mod tests {
             server_name("127.0.0.1"),
             Some(ServerName::IpAddress(_))
         ));
-        assert!(matches!(server_name("[::1]"), Some(ServerName::IpAddress(_))));
+        assert!(matches!(
+            server_name("[::1]"),
+            Some(ServerName::IpAddress(_))
+        ));
         assert!(matches!(
             server_name("pbx.example.com"),
             Some(ServerName::DnsName(_))

@@ -25,8 +25,8 @@ use crate::media::codec::Codec;
 use crate::sip::auth::{AllowList, AuthError, DigestAuthenticator};
 use crate::sip::escape::escaped;
 use crate::sip::message::{
-    default_port, is_sips, parse_sip_uri, split_list, unescape_uri_part, uri_of, uri_scheme, via_sent_by, Method,
-    ParseError, RequestError, SipMessage,
+    default_port, is_sips, parse_sip_uri, split_list, unescape_uri_part, uri_of, uri_scheme,
+    via_sent_by, Method, ParseError, RequestError, SipMessage,
 };
 use crate::sip::sdp::{self, LocalMedia, MediaOffer, Negotiated};
 use crate::sip::transaction::{
@@ -1410,7 +1410,9 @@ impl SipEndpoint {
         let sip_port = self
             .outbound
             .get(&handle)
-            .map_or(self.config.sip_port, |p| self.config.port_for(p.peer.transport));
+            .map_or(self.config.sip_port, |p| {
+                self.config.port_for(p.peer.transport)
+            });
         if code < 200 {
             let Some(p) = self.outbound.get_mut(&handle) else {
                 return;
@@ -3480,7 +3482,10 @@ Content-Length: 0\r\n\r\n"
                 .replace("SIP/2.0/UDP", "SIP/2.0/TLS");
             ep.handle_bytes(peer, local_ip(), invite.as_bytes(), t0);
             let out: Vec<Transmit> = std::iter::from_fn(|| ep.poll_transmit()).collect();
-            assert!(out.iter().all(|t| t.to == peer), "answered on the connection");
+            assert!(
+                out.iter().all(|t| t.to == peer),
+                "answered on the connection"
+            );
             let ringing = SipMessage::parse(&out[1].bytes).unwrap();
             assert_eq!(ringing.header("Contact"), Some(contact));
             let Some(Event::IncomingCall(call)) = ep.poll_event() else {
@@ -3537,7 +3542,10 @@ Content-Length: 0\r\n\r\n"
             Some("<sips:voicebot@127.0.0.1:5071>")
         );
         ep.handle_timeout(t0 + T1 * 2);
-        assert!(sent(&mut ep).is_empty(), "no INVITE retransmission over TLS");
+        assert!(
+            sent(&mut ep).is_empty(),
+            "no INVITE retransmission over TLS"
+        );
         // Another connection's failure is not this call's.
         ep.transport_failed(Transport::Tls(8));
         ep.transport_failed(Transport::Tcp(9));

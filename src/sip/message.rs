@@ -993,7 +993,8 @@ pub struct SipUri<'a> {
 
 /// Whether `uri` is a `sips:` URI (RFC 3261 19.1: TLS on every hop), scheme case-insensitive.
 pub fn is_sips(uri: &str) -> bool {
-    uri.get(..5).is_some_and(|s| s.eq_ignore_ascii_case("sips:"))
+    uri.get(..5)
+        .is_some_and(|s| s.eq_ignore_ascii_case("sips:"))
 }
 
 /// Whether a request to `uri` goes over TLS: a `sips:` URI, or `;transport=tls` (RFC 3261
@@ -1359,7 +1360,8 @@ v=0\r";
     /// CRLF (a pong) and the line breaks inside a message are not.
     #[test]
     fn stream_framer_counts_crlf_pings() {
-        let one = b"OPTIONS sip:a@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/TLS 127.0.0.1;branch=z9hG4bK1\r\n\
+        let one =
+            b"OPTIONS sip:a@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/TLS 127.0.0.1;branch=z9hG4bK1\r\n\
                     From: <sip:b@127.0.0.1>;tag=1\r\nTo: <sip:a@127.0.0.1>\r\nCall-ID: x\r\n\
                     CSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n";
         let mut f = StreamFramer::new();
@@ -1373,7 +1375,11 @@ v=0\r";
         assert_eq!(f.take_pings(), 0);
         f.push(b"\r\n\r");
         assert_eq!(f.next_message(), Ok(None));
-        assert_eq!(f.take_pings(), 1, "the pong's CRLF and the next one make a ping");
+        assert_eq!(
+            f.take_pings(),
+            1,
+            "the pong's CRLF and the next one make a ping"
+        );
         f.push(b"\n");
         assert_eq!(f.next_message(), Ok(None));
         assert_eq!(f.take_pings(), 0);

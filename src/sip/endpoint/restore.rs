@@ -225,7 +225,10 @@ impl SipEndpoint {
                 txn,
                 invite: msg,
                 branch,
-                peer: Peer { transport, addr: peer },
+                peer: Peer {
+                    transport,
+                    addr: peer,
+                },
                 local_ip,
                 local_tag,
                 local: LocalMedia {
