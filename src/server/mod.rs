@@ -53,6 +53,7 @@ use crate::sip::sdp::LocalMedia;
 use call::{AgentEvent, CallSetup, CallSignal};
 use pacer::Pacer;
 use ports::PortPool;
+use rustls::pki_types::ServerName;
 use signal_queue::{signal_queue, NotQueued, SignalSender};
 
 pub use crate::call::record::call_file_stem;
@@ -489,8 +490,9 @@ struct Signalling {
     keepalive: Option<Duration>,
     /// Connections we are opening -> the messages waiting for them.
     connecting: HashMap<u64, Vec<Vec<u8>>>,
-    /// Connections we opened, by (TLS, peer): reused for later messages to the same peer.
-    owned: HashMap<(bool, SocketAddr), u64>,
+    /// Connections we opened, by (the name a TLS peer's certificate carries, None for TCP;
+    /// peer): reused for later messages to the same peer.
+    owned: HashMap<(Option<ServerName<'static>>, SocketAddr), u64>,
     /// Sends every call's RTP on time.
     pacer: Pacer,
     /// Agent legs we placed -> the caller's call they belong to.
@@ -692,14 +694,14 @@ impl Signalling {
         let transport = match outgoing_kind(&req.target) {
             OutgoingKind::Udp if self.udp.is_none() => return Err(LegError::NoUdp),
             OutgoingKind::Udp => Transport::Udp,
-            OutgoingKind::Tcp => Transport::Tcp(self.stream_to(false, addr, None)),
+            OutgoingKind::Tcp => Transport::Tcp(self.stream_to(addr, None)),
             OutgoingKind::Tls => {
                 // The certificate must name the host the target names (RFC 5922 7.2).
                 let host = parse_sip_uri(&req.target).map_or("", |u| u.host);
                 let name = tls::server_name(host).ok_or_else(|| {
                     LegError::BadTarget(format!("`{host}` is no name a certificate can carry"))
                 })?;
-                Transport::Tls(self.stream_to(true, addr, Some(name)))
+                Transport::Tls(self.stream_to(addr, Some(name)))
             }
         };
         let local_ip = self.local_ip_for(addr.ip());
@@ -727,37 +729,26 @@ impl Signalling {
         Ok((handle, ports))
     }
 
-    /// A connection we opened to `target` (TLS or TCP) that is still usable, or a new one
-    /// being opened (messages sent to it meanwhile wait in `connecting`). `name`: what the
-    /// peer's TLS certificate must name.
-    fn stream_to(
-        &mut self,
-        tls: bool,
-        target: SocketAddr,
-        name: Option<rustls::pki_types::ServerName<'static>>,
-    ) -> u64 {
-        if let Some(&conn) = self.owned.get(&(tls, target)) {
+    /// A connection we opened to `target` that is still usable, or a new one being opened
+    /// (messages sent to it meanwhile wait in `connecting`). `tls`: over TLS, with the name the
+    /// peer's certificate must carry; None: over TCP.
+    fn stream_to(&mut self, target: SocketAddr, tls: Option<ServerName<'static>>) -> u64 {
+        let key = (tls, target);
+        if let Some(&conn) = self.owned.get(&key) {
             let open = self.tcp_writers.get(&conn).is_some_and(|w| !w.is_closed());
             if open || self.connecting.contains_key(&conn) {
-                tracing::debug!(%target, conn, tls, "reusing our connection");
+                tracing::debug!(%target, conn, "reusing our connection");
                 return conn;
             }
         }
         let conn = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
         self.connecting.insert(conn, Vec::new());
-        self.owned.insert((tls, target), conn);
-        let secure = match (tls, name) {
-            (true, Some(name)) => Some((self.connector.clone(), name)),
-            (true, None) => Some((
-                self.connector.clone(),
-                rustls::pki_types::ServerName::IpAddress(target.ip().into()),
-            )),
-            (false, _) => None,
-        };
+        let tls = key.0.clone().map(|name| (self.connector.clone(), name));
+        self.owned.insert(key, conn);
         tokio::spawn(open_stream(OpenStream {
             conn,
             target,
-            tls: secure,
+            tls,
             local: self.local,
             inbound: self.inbound_tx.clone(),
             limits: self.tcp_limits,
@@ -831,9 +822,9 @@ impl Signalling {
                     Some(target) => {
                         let tls = t.to.transport.is_tls();
                         tracing::info!(%target, tls, "connection closed; sending on a connection to the remote target");
-                        let name = tls
-                            .then(|| rustls::pki_types::ServerName::IpAddress(target.ip().into()));
-                        let conn = self.stream_to(tls, target, name);
+                        // Only the address is known here: the certificate must name it.
+                        let name = tls.then(|| ServerName::IpAddress(target.ip().into()));
+                        let conn = self.stream_to(target, name);
                         match self.connecting.get_mut(&conn) {
                             Some(waiting) => waiting.push(t.bytes),
                             None => {
@@ -1072,10 +1063,7 @@ struct OpenStream {
     conn: u64,
     target: SocketAddr,
     /// TLS: the connector and the name the peer's certificate must carry.
-    tls: Option<(
-        tokio_rustls::TlsConnector,
-        rustls::pki_types::ServerName<'static>,
-    )>,
+    tls: Option<(tokio_rustls::TlsConnector, ServerName<'static>)>,
     local: SocketAddr,
     inbound: mpsc::Sender<Inbound>,
     limits: TcpLimits,
@@ -1679,6 +1667,80 @@ mod tests {
         w.queued.store(0, Ordering::SeqCst);
         assert_eq!(w.send(chunk), Err(WriteRefused::Closed));
         assert_eq!(w.queued.load(Ordering::SeqCst), 0);
+    }
+
+    /// A stream connection on an in-memory pipe, as the signalling task sees it.
+    async fn piped(
+        keepalive: Option<Duration>,
+    ) -> (
+        tokio::io::DuplexStream,
+        mpsc::Receiver<Inbound>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let (inbound, mut rx) = mpsc::channel(16);
+        let (ours, peer) = tokio::io::duplex(4096);
+        let conn = ConnInfo {
+            transport: Transport::Tls(5),
+            from: "127.0.0.1:5061".parse().unwrap(),
+            local: "127.0.0.1:40000".parse().unwrap(),
+            inbound,
+            limits: limits(),
+            keepalive,
+        };
+        let task = tokio::spawn(serve_stream(ours, conn, None));
+        assert!(matches!(
+            rx.recv().await,
+            Some(Inbound::TcpOpened { conn: 5, .. })
+        ));
+        (peer, rx, task)
+    }
+
+    /// What the peer end of a pipe reads until it has `want` bytes or `wait` passes.
+    async fn read_some(peer: &mut tokio::io::DuplexStream, want: usize, wait: Duration) -> Vec<u8> {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 64];
+        let deadline = tokio::time::Instant::now() + wait;
+        while got.len() < want {
+            match tokio::time::timeout_at(deadline, peer.read(&mut buf)).await {
+                Ok(Ok(n)) if n > 0 => got.extend_from_slice(&buf[..n]),
+                _ => break,
+            }
+        }
+        got
+    }
+
+    /// RFC 5626 on a stream: a peer's double-CRLF ping gets one CRLF pong, and nothing reaches
+    /// the endpoint; a connection we accepted never pings on its own.
+    #[tokio::test]
+    async fn a_crlf_ping_gets_a_pong() {
+        let (mut peer, mut rx, task) = piped(None).await;
+        peer.write_all(b"\r\n\r\n").await.unwrap();
+        let wait = Duration::from_secs(5);
+        assert_eq!(read_some(&mut peer, 2, wait).await, b"\r\n");
+        let quiet = Duration::from_millis(300);
+        assert!(
+            read_some(&mut peer, 1, quiet).await.is_empty(),
+            "no ping of our own"
+        );
+        assert!(
+            rx.try_recv().is_err(),
+            "a ping is no frame for the endpoint"
+        );
+        drop(peer);
+        task.await.unwrap();
+        assert!(matches!(
+            rx.recv().await,
+            Some(Inbound::TcpClosed { conn: 5 })
+        ));
+    }
+
+    /// A connection we opened is pinged (double CRLF) once it has been idle for the
+    /// keep-alive interval.
+    #[tokio::test]
+    async fn idle_connections_we_opened_are_pinged() {
+        let (mut peer, _rx, _task) = piped(Some(Duration::from_millis(100))).await;
+        let got = read_some(&mut peer, 4, Duration::from_secs(5)).await;
+        assert_eq!(got.get(..4), Some(&b"\r\n\r\n"[..]), "{got:?}");
     }
 
     /// A connection task that panics still closes its writer, tells the signalling task and
