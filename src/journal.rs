@@ -372,6 +372,7 @@ mod tests {
             invite: "INVITE sip:1001@127.0.0.1 SIP/2.0\r\n\r\n".into(),
             peer: "127.0.0.1:5070".parse().unwrap(),
             tcp: false,
+            tls: false,
             local_ip: "127.0.0.1".parse().unwrap(),
         }
     }

@@ -308,20 +308,25 @@ async fn serve(
     let mut server = voicebot_gateway::server::Server::bind(engines, sip).await?;
     server.set_report_dir(report_dir);
     let addr = server.local_addr();
+    // The TLS listener, when on, at the end of the ready line (`tls=ADDR`).
+    let tls = server
+        .tls_addr()
+        .map(|a| format!(" tls={a}"))
+        .unwrap_or_default();
     {
         use std::io::Write;
         // One write: the banner arrives whole. A closed stdout (a supervisor that read the
         // ready line and went away) must not stop a running gateway, so errors are only logged.
         let banner = match server.http() {
             Some((http, token_source)) => format!(
-                "voicebot ready: sip={addr} rtp={lo}-{hi} http={http}\n\
+                "voicebot ready: sip={addr} rtp={lo}-{hi} http={http}{tls}\n\
                  agent screen: http://{http}/agent?token=<agent token> (token from {token_source})\n\
                  admin API: http://{http}/api/ (Authorization: Bearer <admin token>, token from {admin_source}); \
                  OpenAPI at http://{http}/openapi.json, metrics at http://{http}/metrics\n\
                  admin console: http://{http}/admin (log in with the admin token from {admin_source})\n",
                 admin_source = server.admin_token_source().unwrap_or("nowhere")
             ),
-            None => format!("voicebot ready: sip={addr} rtp={lo}-{hi}\n"),
+            None => format!("voicebot ready: sip={addr} rtp={lo}-{hi}{tls}\n"),
         };
         let mut out = std::io::stdout().lock();
         if let Err(e) = out.write_all(banner.as_bytes()).and_then(|()| out.flush()) {

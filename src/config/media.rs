@@ -51,6 +51,93 @@ impl Default for SipAuthConfig {
     }
 }
 
+/// `[sip.tls]`: SIP over TLS (RFC 3261 26, RFC 5630). The listener is off while `listen` is
+/// empty; the client side (agent legs to `sips:` or `;transport=tls` targets) is always there.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SipTlsConfig {
+    /// `ADDR:PORT` of the TLS listener ("" = none; port 0 picks a free one).
+    pub listen: String,
+    /// Our certificate chain (PEM, leaf first) and its private key (PEM: PKCS#8, PKCS#1 or
+    /// SEC1). Needed for the listener; when set they are also our client certificate on
+    /// connections we open (carriers that ask for mutual TLS).
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// CA certificates (PEM) that callers' client certificates must chain to: when set, the
+    /// listener requires and verifies a client certificate (mutual TLS); "" = none asked.
+    pub client_ca_file: PathBuf,
+    /// CA certificates (PEM) the certificates of peers we connect to must chain to; "" = the
+    /// public web roots (Mozilla's list, built in).
+    pub ca_file: PathBuf,
+    /// Verify the certificate of peers we connect to (chain and name). false is for a lab
+    /// with self-signed PBXs only: anyone on the path can then read and change the calls.
+    pub verify_server: bool,
+    /// CRLF keep-alive pings (RFC 5626 4.4.1) on idle TCP and TLS connections the gateway
+    /// opened, every this many seconds without traffic (0 = none).
+    pub keepalive_interval_s: u64,
+}
+
+impl Default for SipTlsConfig {
+    fn default() -> Self {
+        Self {
+            listen: String::new(),
+            cert_file: PathBuf::new(),
+            key_file: PathBuf::new(),
+            client_ca_file: PathBuf::new(),
+            ca_file: PathBuf::new(),
+            verify_server: true,
+            keepalive_interval_s: 90,
+        }
+    }
+}
+
+impl SipTlsConfig {
+    /// The listener's address, when on.
+    pub fn listen_addr(&self) -> Option<Result<SocketAddr, String>> {
+        let listen = self.listen.trim();
+        (!listen.is_empty()).then(|| {
+            listen
+                .parse()
+                .map_err(|_| format!("`{listen}` is not ADDR:PORT, e.g. \"0.0.0.0:5061\""))
+        })
+    }
+
+    fn validate(&self) -> Result<(), (&'static str, String)> {
+        if let Some(Err(e)) = self.listen_addr() {
+            return Err(("sip.tls.listen", e));
+        }
+        let empty = |p: &Path| p.as_os_str().is_empty();
+        if self.listen_addr().is_some() && (empty(&self.cert_file) || empty(&self.key_file)) {
+            return Err((
+                "sip.tls.cert_file",
+                "the TLS listener needs cert_file and key_file".into(),
+            ));
+        }
+        if empty(&self.cert_file) != empty(&self.key_file) {
+            return Err((
+                "sip.tls.key_file",
+                "cert_file and key_file go together: set both or neither".into(),
+            ));
+        }
+        if !empty(&self.client_ca_file) && self.listen_addr().is_none() {
+            return Err((
+                "sip.tls.client_ca_file",
+                "asks for client certificates on a listener that is off (set listen)".into(),
+            ));
+        }
+        if self.keepalive_interval_s > 86_400 {
+            return Err((
+                "sip.tls.keepalive_interval_s",
+                "must be at most 86400 seconds (0 = off)".into(),
+            ));
+        }
+        if !self.verify_server {
+            tracing::warn!("[sip.tls] verify_server = false: peers' certificates are not checked, so anyone on the path can read and change calls");
+        }
+        Ok(())
+    }
+}
+
 /// `[sip]`: signalling.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -87,6 +174,7 @@ pub struct SipConfig {
     /// How long one extension's whole lookup may take, ms (a dead DNS server must not hold
     /// the caller).
     pub dns_timeout_ms: u64,
+    pub tls: SipTlsConfig,
 }
 
 /// A DNS server from `[sip] dns_servers`: `IP` (port 53) or `IP:port`.
@@ -117,6 +205,7 @@ impl Default for SipConfig {
             user_agent: "voicebot-gateway".into(),
             dns_servers: Vec::new(),
             dns_timeout_ms: 2000,
+            tls: SipTlsConfig::default(),
         }
     }
 }
@@ -238,6 +327,9 @@ impl SipConfig {
         }
         if !(100..=30_000).contains(&self.dns_timeout_ms) {
             return bad("sip.dns_timeout_ms", "must be between 100 and 30000 ms");
+        }
+        if let Err((field, reason)) = self.tls.validate() {
+            return bad(field, &reason);
         }
         Ok(())
     }

@@ -332,11 +332,14 @@ impl TransferConfig {
     }
 }
 
-/// The host and port of a `sip:user@host[:port][;params]` target (port 5060 when absent).
+/// The host and port of a `sip:user@host[:port][;params]` or `sips:` target (when absent,
+/// port 5061 for `sips:` and `;transport=tls`, RFC 3261 19.1.2; else 5060).
 pub fn parse_target(uri: &str) -> Result<(String, u16), String> {
     let rest = uri
         .strip_prefix("sip:")
-        .ok_or_else(|| format!("`{uri}` is not a sip: URI"))?;
+        .or_else(|| uri.strip_prefix("sips:"))
+        .ok_or_else(|| format!("`{uri}` is not a sip: or sips: URI"))?;
+    let default = crate::sip::message::default_port(uri).to_string();
     let host_port = rest
         .split(';')
         .next()
@@ -345,9 +348,9 @@ pub fn parse_target(uri: &str) -> Result<(String, u16), String> {
         .next()
         .unwrap_or("");
     let (host, port) = match host_port.rsplit_once(':') {
-        Some((h, _)) if !h.ends_with(']') && h.contains(':') => (host_port, "5060"),
+        Some((h, _)) if !h.ends_with(']') && h.contains(':') => (host_port, default.as_str()),
         Some((h, p)) => (h, p),
-        None => (host_port, "5060"),
+        None => (host_port, default.as_str()),
     };
     let port: u16 = port
         .parse()
@@ -632,6 +635,19 @@ mod tests {
             Ok(("::1".into(), 5070))
         );
         assert!(parse_target("sip:1001@host:port").is_err());
+        // TLS targets: port 5061 unless named.
+        assert_eq!(
+            parse_target("sips:1001@pbx.example.com"),
+            Ok(("pbx.example.com".into(), 5061))
+        );
+        assert_eq!(
+            parse_target("sip:1001@10.0.0.5;transport=TLS"),
+            Ok(("10.0.0.5".into(), 5061))
+        );
+        assert_eq!(
+            parse_target("sips:1001@[::1]:5071"),
+            Ok(("::1".into(), 5071))
+        );
         assert!(parse_target("http://x").is_err());
     }
 

@@ -91,6 +91,15 @@ pub struct Metrics {
     /// Requests and connections refused by a limit (`reason`: `tcp_total`, `tcp_per_source`,
     /// `tcp_header_timeout`, `tcp_write_backlog`, `auth_throttled`).
     pub refused: Family<ReasonLabel, Counter>,
+    /// Failed TLS handshakes (`direction`: `inbound` on our listener, `outbound` on
+    /// connections we open, e.g. an agent's certificate not trusted).
+    pub tls_handshake_failures: Family<DirectionLabel, Counter>,
+}
+
+/// The direction label of TLS handshake failures.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DirectionLabel {
+    pub direction: String,
 }
 
 impl Metrics {
@@ -124,6 +133,7 @@ impl Metrics {
         let prompt_cache_units = Gauge::default();
         let prompt_cache_kept = Gauge::default();
         let refused = Family::<ReasonLabel, Counter>::default();
+        let tls_handshake_failures = Family::<DirectionLabel, Counter>::default();
         registry.register(
             "voicebot_calls_active",
             "Calls in progress (answered by the bot, in transfer or bridged)",
@@ -219,6 +229,12 @@ impl Metrics {
             "Requests and connections refused by a limit, by reason",
             refused.clone(),
         );
+        registry.register(
+            "voicebot_tls_handshake_failures",
+            "SIP over TLS handshakes that failed (bad or untrusted certificate, protocol error, \
+             timeout), by direction",
+            tls_handshake_failures.clone(),
+        );
         Metrics {
             registry,
             calls_active,
@@ -240,6 +256,7 @@ impl Metrics {
             prompt_cache_units,
             prompt_cache_kept,
             refused,
+            tls_handshake_failures,
         }
     }
 
@@ -250,6 +267,16 @@ impl Metrics {
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }
+}
+
+/// Counts one failed TLS handshake (`direction`: `inbound` or `outbound`).
+pub fn tls_handshake_failed(direction: &str) {
+    global()
+        .tls_handshake_failures
+        .get_or_create(&DirectionLabel {
+            direction: direction.to_string(),
+        })
+        .inc();
 }
 
 /// Counts one refusal by a limit under `reason` (see [`Metrics::refused`]).

@@ -18,8 +18,22 @@ use crate::sip::locate::{
     random_pick, Answer, Destination, Locator, NaptrRecord, Query, SrvRecord, Transport,
 };
 
-/// Transports the gateway can place calls over.
-const AGENT_TRANSPORTS: &[Transport] = &[Transport::Udp];
+/// The transport an agent's INVITE goes over, as the signalling task picks it from the URI
+/// (`sips:` or `;transport=tls`: TLS, `;transport=tcp`: TCP, else UDP): the lookup looks for
+/// that transport only, so the addresses found are the ones the INVITE can use.
+fn agent_transports(uri: &str) -> &'static [Transport] {
+    if crate::sip::message::wants_tls(uri) {
+        return &[Transport::Tls];
+    }
+    let tcp = crate::sip::message::parse_sip_uri(uri)
+        .and_then(|u| u.transport)
+        .is_some_and(|t| t.eq_ignore_ascii_case("tcp"));
+    if tcp {
+        &[Transport::Tcp]
+    } else {
+        &[Transport::Udp]
+    }
+}
 
 /// Looks up where agent calls go (RFC 3263), shared by all calls (it caches answers).
 #[derive(Clone)]
@@ -76,10 +90,11 @@ impl SipResolver {
         SipResolver { inner, limit }
     }
 
-    /// The ordered addresses to send an agent's INVITE to (UDP), per RFC 3263; at most
+    /// The ordered addresses to send an agent's INVITE to (over the URI's transport, see
+    /// [`agent_transports`]), per RFC 3263; at most
     /// `dns_timeout_ms` in all.
     pub async fn locate(&self, uri: &str) -> Result<Vec<SocketAddr>, LegError> {
-        let mut loc = Locator::new(uri, AGENT_TRANSPORTS, random_pick())
+        let mut loc = Locator::new(uri, agent_transports(uri), random_pick())
             .map_err(|e| LegError::BadTarget(e.to_string()))?;
         let host = crate::handover::transfer::parse_target(uri)
             .map(|(h, _)| h)

@@ -1,8 +1,9 @@
 //! The tokio layer that owns the SIP and RTP sockets and the timers, and drives the sans-IO
 //! cores in [`crate::sip`] and [`crate::media`] for `voicebot serve`.
 //!
-//! One signalling task owns the [`SipEndpoint`]: it reads the UDP socket and the TCP
-//! connections' frames, sleeps until the endpoint's next timer, and turns endpoint events into
+//! One signalling task owns the [`SipEndpoint`]: it reads the UDP socket and the TCP and TLS
+//! connections' frames (one connection loop, generic over the stream: [`tls`] only adds the
+//! handshake), sleeps until the endpoint's next timer, and turns endpoint events into
 //! per-call media tasks ([`call`]). A call task owns its RTP socket, its jitter buffer and paced
 //! sender, and the call's pipeline; it talks to the signalling task only through channels, so a
 //! slow call never holds up signalling or another call.
@@ -17,6 +18,7 @@ pub mod recording;
 mod recover;
 pub mod signal_queue;
 mod speech_log;
+pub mod tls;
 pub mod transfer;
 
 use std::collections::HashMap;
@@ -26,7 +28,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{mpsc, Notify};
 use tracing::Instrument;
@@ -48,11 +50,12 @@ use crate::sip::endpoint::{
     Transport,
 };
 use crate::sip::escape::escaped;
-use crate::sip::message::{StreamFramer, MAX_MESSAGE_BYTES};
+use crate::sip::message::{parse_sip_uri, wants_tls, StreamFramer, MAX_MESSAGE_BYTES};
 use crate::sip::sdp::LocalMedia;
 use call::{AgentEvent, CallSetup, CallSignal};
 use pacer::Pacer;
 use ports::PortPool;
+use rustls::pki_types::ServerName;
 use signal_queue::{signal_queue, NotQueued, SignalSender};
 
 pub use crate::call::record::call_file_stem;
@@ -70,13 +73,15 @@ pub enum ServeError {
     Config(String),
     #[error("SIP socket error: {0}")]
     Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsSetupError),
 }
 
 /// What the signalling task hears from the rest of the server.
 enum Inbound {
-    /// A SIP message framed from a TCP connection.
+    /// A SIP message framed from a TCP or TLS connection.
     TcpFrame {
-        conn: u64,
+        transport: Transport,
         from: SocketAddr,
         local: SocketAddr,
         bytes: Vec<u8>,
@@ -87,6 +92,11 @@ enum Inbound {
     },
     TcpClosed {
         conn: u64,
+    },
+    /// A connection we were opening could not be (refused, TLS handshake failed): what was
+    /// queued for it is dropped, and calls placed over it end.
+    ConnectFailed {
+        transport: Transport,
     },
     /// A call task asks to end its call (the bot finished, no RTP, a fault).
     Hangup(CallHandle),
@@ -134,6 +144,9 @@ pub struct Server {
     udp: Option<Arc<UdpSocket>>,
     tcp: Option<TcpListener>,
     local: SocketAddr,
+    /// The TLS listener (`[sip.tls] listen`) and the TLS settings for both directions.
+    tls_listener: Option<TcpListener>,
+    tls: tls::TlsSide,
     engines: Engines,
     report_dir: Option<PathBuf>,
     /// Live hand-over contexts and events (for the HTTP side).
@@ -162,6 +175,27 @@ impl Server {
         let addr = listen.unwrap_or(sip.listen);
         let want_udp = sip.transports.contains(&TransportKind::Udp);
         let want_tcp = sip.transports.contains(&TransportKind::Tcp);
+        let tls_listen = match sip.tls.listen_addr() {
+            Some(Ok(a)) => Some(a),
+            Some(Err(e)) => return Err(ServeError::Config(format!("[sip.tls] listen {e}"))),
+            None => None,
+        };
+        // Bad certificate or key files stop the start here, naming the file.
+        let tls = tls::TlsSide::load(&sip.tls, tls_listen.is_some())?;
+        let mut tls_listener = match tls_listen {
+            Some(addr) => {
+                Some(
+                    TcpListener::bind(addr)
+                        .await
+                        .map_err(|source| ServeError::Bind {
+                            transport: "TLS",
+                            addr,
+                            source,
+                        })?,
+                )
+            }
+            None => None,
+        };
         let mut last_err = None;
         // Port 0: retry a few times in case the TCP side of the UDP-chosen port is taken.
         for _ in 0..10 {
@@ -214,6 +248,8 @@ impl Server {
                 udp: udp.map(Arc::new),
                 tcp,
                 local,
+                tls_listener: tls_listener.take(),
+                tls: tls.clone(),
                 engines,
                 report_dir,
                 hub,
@@ -230,6 +266,11 @@ impl Server {
     /// The address SIP listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.local
+    }
+
+    /// The address of the TLS listener, when `[sip.tls] listen` is set.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_listener.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// The address of the agents' HTTP side, and where its token comes from.
@@ -281,6 +322,7 @@ impl Server {
                 min_session_expires: sip.min_session_expires,
                 user_agent: sip.user_agent.clone(),
                 sip_port: self.local.port(),
+                tls_port: self.tls_addr().map(|a| a.port()),
                 ..EndpointConfig::default()
             },
             auth,
@@ -295,8 +337,22 @@ impl Server {
                 self.local,
                 inbound_tx.clone(),
                 tcp_limits,
+                None,
             ));
         }
+        if let (Some(listener), Some(acceptor)) = (self.tls_listener, self.tls.acceptor.clone()) {
+            let local = listener.local_addr()?;
+            tracing::info!(%local, mutual = !sip.tls.client_ca_file.as_os_str().is_empty(), "SIP listening on TLS");
+            tokio::spawn(accept_tcp(
+                listener,
+                local,
+                inbound_tx.clone(),
+                tcp_limits,
+                Some(acceptor),
+            ));
+        }
+        let keepalive = (sip.tls.keepalive_interval_s > 0)
+            .then(|| Duration::from_secs(sip.tls.keepalive_interval_s));
         let ports = PortPool::new(config.media.rtp_port_min, config.media.rtp_port_max);
         let pacer = Pacer::start()?;
         // Hand-over events go to the webhook through the durable outbox; events left from a
@@ -373,6 +429,10 @@ impl Server {
             report_dir: self.report_dir,
             local_ips: HashMap::new(),
             tcp_limits,
+            connector: self.tls.connector.clone(),
+            keepalive,
+            connecting: HashMap::new(),
+            owned: HashMap::new(),
             pacer,
             legs: HashMap::new(),
             deliverer: deliverer.clone(),
@@ -430,6 +490,15 @@ struct Signalling {
     local_ips: HashMap<IpAddr, IpAddr>,
     /// Deadlines for the TCP connections we open ourselves.
     tcp_limits: TcpLimits,
+    /// Opens TLS connections (verifying the peer against `[sip.tls] ca_file`).
+    connector: tokio_rustls::TlsConnector,
+    /// CRLF pings on idle connections we opened (RFC 5626 4.4.1).
+    keepalive: Option<Duration>,
+    /// Connections we are opening -> the messages waiting for them.
+    connecting: HashMap<u64, Vec<Vec<u8>>>,
+    /// Connections we opened, by (the name a TLS peer's certificate carries, None for TCP;
+    /// peer): reused for later messages to the same peer.
+    owned: HashMap<(Option<ServerName<'static>>, SocketAddr), u64>,
     /// Sends every call's RTP on time.
     pacer: Pacer,
     /// Agent legs we placed -> the caller's call they belong to.
@@ -530,13 +599,13 @@ impl Signalling {
     fn on_inbound(&mut self, msg: Inbound) {
         match msg {
             Inbound::TcpFrame {
-                conn,
+                transport,
                 from,
                 local,
                 bytes,
             } => {
                 let peer = Peer {
-                    transport: Transport::Tcp(conn),
+                    transport,
                     addr: from,
                 };
                 self.endpoint
@@ -546,10 +615,26 @@ impl Signalling {
                 // Belt and braces: a connection whose close notice was lost (see `ConnGuard`)
                 // has no writer task any more; its entry goes here.
                 self.tcp_writers.retain(|_, w| !w.is_closed());
+                // What waited for a connection we opened goes out now, in order.
+                for bytes in self.connecting.remove(&conn).unwrap_or_default() {
+                    if writer.send(bytes).is_err() {
+                        tracing::warn!(conn, "new connection refused our first messages");
+                        break;
+                    }
+                }
                 self.tcp_writers.insert(conn, writer);
             }
             Inbound::TcpClosed { conn } => {
                 self.tcp_writers.remove(&conn);
+                self.connecting.remove(&conn);
+                self.owned.retain(|_, c| *c != conn);
+            }
+            Inbound::ConnectFailed { transport } => {
+                if let Some(conn) = transport.connection() {
+                    self.connecting.remove(&conn);
+                    self.owned.retain(|_, c| *c != conn);
+                }
+                self.endpoint.transport_failed(transport);
             }
             Inbound::Hangup(handle) => self.endpoint.hangup(handle, Instant::now()),
             Inbound::CallDone(handle) => {
@@ -614,9 +699,19 @@ impl Signalling {
     /// Places the agent leg of a transfer.
     fn place_call(&mut self, req: &PlaceCall) -> Result<(CallHandle, ports::RtpPorts), LegError> {
         let addr = req.addr;
-        if self.udp.is_none() {
-            return Err(LegError::NoUdp);
-        }
+        let transport = match outgoing_kind(&req.target) {
+            OutgoingKind::Udp if self.udp.is_none() => return Err(LegError::NoUdp),
+            OutgoingKind::Udp => Transport::Udp,
+            OutgoingKind::Tcp => Transport::Tcp(self.stream_to(addr, None)),
+            OutgoingKind::Tls => {
+                // The certificate must name the host the target names (RFC 5922 7.2).
+                let host = parse_sip_uri(&req.target).map_or("", |u| u.host);
+                let name = tls::server_name(host).ok_or_else(|| {
+                    LegError::BadTarget(format!("`{host}` is no name a certificate can carry"))
+                })?;
+                Transport::Tls(self.stream_to(addr, Some(name)))
+            }
+        };
         let local_ip = self.local_ip_for(addr.ip());
         let ports = self.ports.take(local_ip).ok_or(LegError::NoPort)?;
         let local = LocalMedia {
@@ -628,10 +723,7 @@ impl Signalling {
         let handle = self.endpoint.invite(
             OutboundCall {
                 target: req.target.clone(),
-                peer: Peer {
-                    transport: Transport::Udp,
-                    addr,
-                },
+                peer: Peer { transport, addr },
                 local_ip,
                 from_display: req.from_display.clone(),
                 from_user: req.from_user.clone(),
@@ -644,6 +736,34 @@ impl Signalling {
         self.legs.insert(handle, req.caller);
         self.journal_leg(req.caller, handle);
         Ok((handle, ports))
+    }
+
+    /// A connection we opened to `target` that is still usable, or a new one being opened
+    /// (messages sent to it meanwhile wait in `connecting`). `tls`: over TLS, with the name the
+    /// peer's certificate must carry; None: over TCP.
+    fn stream_to(&mut self, target: SocketAddr, tls: Option<ServerName<'static>>) -> u64 {
+        let key = (tls, target);
+        if let Some(&conn) = self.owned.get(&key) {
+            let open = self.tcp_writers.get(&conn).is_some_and(|w| !w.is_closed());
+            if open || self.connecting.contains_key(&conn) {
+                tracing::debug!(%target, conn, "reusing our connection");
+                return conn;
+            }
+        }
+        let conn = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
+        self.connecting.insert(conn, Vec::new());
+        let tls = key.0.clone().map(|name| (self.connector.clone(), name));
+        self.owned.insert(key, conn);
+        tokio::spawn(open_stream(OpenStream {
+            conn,
+            target,
+            tls,
+            local: self.local,
+            inbound: self.inbound_tx.clone(),
+            limits: self.tcp_limits,
+            keepalive: self.keepalive,
+        }));
+        conn
     }
 
     /// Sends a REFER for a transfer of `req.caller`.
@@ -680,7 +800,11 @@ impl Signalling {
                     }
                 }
             }
-            Transport::Tcp(conn) => {
+            Transport::Tcp(conn) | Transport::Tls(conn) => {
+                if let Some(waiting) = self.connecting.get_mut(&conn) {
+                    waiting.push(t.bytes);
+                    return;
+                }
                 let sent = match self.tcp_writers.get(&conn) {
                     Some(w) => w.send(t.bytes.clone()),
                     None => Err(WriteRefused::Closed),
@@ -705,14 +829,20 @@ impl Signalling {
                     // The caller closed the connection (idle phones do): a request of ours goes
                     // on a new connection to the dialog's remote target (RFC 3261 18.1.1).
                     Some(target) => {
-                        tracing::info!(%target, "TCP connection closed; reconnecting to the remote target");
-                        tokio::spawn(connect_and_send(
-                            target,
-                            t.bytes,
-                            self.local,
-                            self.inbound_tx.clone(),
-                            self.tcp_limits,
-                        ));
+                        let tls = t.to.transport.is_tls();
+                        tracing::info!(%target, tls, "connection closed; sending on a connection to the remote target");
+                        // Only the address is known here: the certificate must name it.
+                        let name = tls.then(|| ServerName::IpAddress(target.ip().into()));
+                        let conn = self.stream_to(target, name);
+                        match self.connecting.get_mut(&conn) {
+                            Some(waiting) => waiting.push(t.bytes),
+                            None => {
+                                let sent = self.tcp_writers.get(&conn).map(|w| w.send(t.bytes));
+                                if !matches!(sent, Some(Ok(()))) {
+                                    tracing::warn!(%target, "connection to the remote target unusable; message dropped");
+                                }
+                            }
+                        }
                     }
                     None => {
                         tracing::warn!(to = %t.to.addr, "TCP connection closed or stalled; message dropped");
@@ -914,35 +1044,86 @@ async fn bind_http(
 /// TCP connection ids, accepted and opened alike.
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 
-/// Opens a TCP connection to `target`, sends `bytes` first, then serves it like an accepted one
-/// (so the response to our request comes back through the endpoint).
-async fn connect_and_send(
+/// How an agent leg's INVITE travels, from its target URI: `sips:` or `;transport=tls` over
+/// TLS, `;transport=tcp` over TCP, anything else over UDP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OutgoingKind {
+    Udp,
+    Tcp,
+    Tls,
+}
+
+fn outgoing_kind(target: &str) -> OutgoingKind {
+    if wants_tls(target) {
+        return OutgoingKind::Tls;
+    }
+    let tcp = parse_sip_uri(target)
+        .and_then(|u| u.transport)
+        .is_some_and(|t| t.eq_ignore_ascii_case("tcp"));
+    if tcp {
+        OutgoingKind::Tcp
+    } else {
+        OutgoingKind::Udp
+    }
+}
+
+/// A connection for the signalling task to open (see [`Signalling::stream_to`]).
+struct OpenStream {
+    /// The id chosen in advance: messages for it wait in `Signalling::connecting`.
+    conn: u64,
     target: SocketAddr,
-    bytes: Vec<u8>,
+    /// TLS: the connector and the name the peer's certificate must carry.
+    tls: Option<(tokio_rustls::TlsConnector, ServerName<'static>)>,
     local: SocketAddr,
     inbound: mpsc::Sender<Inbound>,
     limits: TcpLimits,
-) {
-    let connect = tokio::time::timeout(Duration::from_secs(3), TcpStream::connect(target));
-    let mut stream = match connect.await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            tracing::warn!(%target, error = %e, "cannot reconnect over TCP; message dropped");
-            return;
-        }
-        Err(_) => {
-            tracing::warn!(%target, "TCP reconnect timed out; message dropped");
-            return;
+    keepalive: Option<Duration>,
+}
+
+/// Opens a TCP (and TLS) connection, then serves it like an accepted one (so the responses
+/// to our requests come back through the endpoint); failing that, tells the signalling task.
+/// Connections we open are not counted against the accept caps: the dialogs bound them.
+async fn open_stream(o: OpenStream) {
+    let transport = match o.tls {
+        Some(_) => Transport::Tls(o.conn),
+        None => Transport::Tcp(o.conn),
+    };
+    let target = o.target;
+    let failed = |why: String| {
+        let inbound = o.inbound.clone();
+        async move {
+            tracing::warn!(%target, ?transport, error = %why, "cannot open a connection; its messages are dropped");
+            let _ = inbound.send(Inbound::ConnectFailed { transport }).await;
         }
     };
-    if let Err(e) = stream.write_all(&bytes).await {
-        tracing::warn!(%target, error = %e, "TCP send failed after reconnecting");
-        return;
+    let connect = tokio::time::timeout(Duration::from_secs(3), TcpStream::connect(target));
+    let stream = match connect.await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return failed(e.to_string()).await,
+        Err(_) => return failed("connect timed out".into()).await,
+    };
+    // See `serve_stream`: responses must not wait for Nagle.
+    let _ = stream.set_nodelay(true);
+    let local = stream.local_addr().unwrap_or(o.local);
+    let conn = ConnInfo {
+        transport,
+        from: target,
+        local,
+        inbound: o.inbound.clone(),
+        limits: o.limits,
+        keepalive: o.keepalive,
+    };
+    match o.tls {
+        None => serve_stream(stream, conn, None).await,
+        Some((connector, name)) => {
+            match tls::connect(&connector, stream, name, o.limits.header_timeout).await {
+                Ok(tls) => serve_stream(tls, conn, None).await,
+                Err(why) => {
+                    failed(format!("TLS handshake: {why}")).await;
+                }
+            }
+        }
     }
-    let conn = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
-    let local = stream.local_addr().unwrap_or(local);
-    // Connections we open are not counted against the accept caps: the dialogs bound them.
-    serve_tcp(stream, conn, target, local, inbound, limits, None).await;
 }
 
 /// Bytes queued for one TCP connection's writer at most. A peer that pipelines requests but
@@ -1180,20 +1361,24 @@ enum ConnEnd {
 /// Accepts TCP connections within the caps; each gets a reader task (framing) and a writer
 /// task. Over a cap the new connection is closed at once and counted
 /// (`voicebot_refused_total`); the warning is logged at most once per 10 s with the count.
+/// With `tls`, the listener is the TLS one: the handshake comes first (within the header
+/// timeout, holding its place under the caps), then the same framing and limits.
 async fn accept_tcp(
     listener: TcpListener,
     local: SocketAddr,
     inbound: mpsc::Sender<Inbound>,
     limits: TcpLimits,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 ) {
     let table = Arc::new(Mutex::new(ConnTable::default()));
     let mut refused_unlogged = 0u64;
     let mut last_warning: Option<Instant> = None;
+    let kind = if tls.is_some() { "TLS" } else { "TCP" };
     loop {
         let (stream, from) = match listener.accept().await {
             Ok(x) => x,
             Err(e) => {
-                tracing::warn!(error = %e, "TCP accept failed");
+                tracing::warn!(error = %e, kind, "accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
@@ -1207,7 +1392,7 @@ async fn accept_tcp(
             crate::observe::metrics::refused(over.reason());
             refused_unlogged += 1;
             if last_warning.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
-                tracing::warn!(%from, cap = over.reason(), refused = refused_unlogged, "TCP connections over a cap closed");
+                tracing::warn!(%from, kind, cap = over.reason(), refused = refused_unlogged, "connections over a cap closed");
                 refused_unlogged = 0;
                 last_warning = Some(Instant::now());
             }
@@ -1217,33 +1402,63 @@ async fn accept_tcp(
             table: Arc::clone(&table),
             ip: from.ip(),
         };
-        let conn = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
-        let local = stream.local_addr().unwrap_or(local);
-        tokio::spawn(serve_tcp(
-            stream,
-            conn,
+        let id = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
+        // Responses go out as they are made (100 Trying, then the final one): without this,
+        // Nagle holds the second until the peer's delayed ACK, some 40 ms per request.
+        let _ = stream.set_nodelay(true);
+        let mut conn = ConnInfo {
+            transport: Transport::Tcp(id),
             from,
-            local,
-            inbound.clone(),
+            local: stream.local_addr().unwrap_or(local),
+            inbound: inbound.clone(),
             limits,
-            Some(permit),
-        ));
+            // Pinging is for the side that opened the connection (RFC 5626 4.4.1).
+            keepalive: None,
+        };
+        match &tls {
+            None => {
+                tokio::spawn(serve_stream(stream, conn, Some(permit)));
+            }
+            Some(acceptor) => {
+                let acceptor = acceptor.clone();
+                conn.transport = Transport::Tls(id);
+                // The permit moves into the task: the handshake holds its place under the caps.
+                tokio::spawn(async move {
+                    if let Some(tls) =
+                        tls::accept(&acceptor, stream, from, limits.header_timeout).await
+                    {
+                        serve_stream(tls, conn, Some(permit)).await;
+                    }
+                });
+            }
+        }
     }
 }
 
-async fn serve_tcp(
-    stream: TcpStream,
-    conn: u64,
+/// One stream connection, as its tasks see it.
+struct ConnInfo {
+    /// `Tcp(id)` or `Tls(id)`.
+    transport: Transport,
+    /// The peer.
     from: SocketAddr,
+    /// Our end.
     local: SocketAddr,
     inbound: mpsc::Sender<Inbound>,
     limits: TcpLimits,
-    permit: Option<ConnPermit>,
-) {
-    // Responses go out as they are made (100 Trying, then the final one): without this,
-    // Nagle holds the second until the peer's delayed ACK, some 40 ms per request.
-    let _ = stream.set_nodelay(true);
-    let (reader, writer) = stream.into_split();
+    /// CRLF pings after this long without sending (connections we opened).
+    keepalive: Option<Duration>,
+}
+
+/// Serves one TCP or TLS connection: a writer task fed by the signalling task, and this task
+/// reading and framing, until either ends (then [`ConnGuard`] releases everything).
+async fn serve_stream<S>(stream: S, c: ConnInfo, permit: Option<ConnPermit>)
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let conn = c.transport.connection().unwrap_or(0);
+    let kind = if c.transport.is_tls() { "TLS" } else { "TCP" };
+    let from = c.from;
+    let (reader, writer) = tokio::io::split(stream);
     let (write_tx, write_rx) = mpsc::unbounded_channel::<Vec<u8>>();
     let queued = Arc::new(AtomicUsize::new(0));
     let close = Arc::new(Notify::new());
@@ -1252,11 +1467,12 @@ async fn serve_tcp(
         write_rx,
         Arc::clone(&queued),
         Arc::clone(&close),
+        c.keepalive,
     ));
     // From here on every way out (return, the gateway gone, a panic) releases the connection.
     let _guard = ConnGuard {
         conn,
-        inbound: inbound.clone(),
+        inbound: c.inbound.clone(),
         writer: write_task.abort_handle(),
         _permit: permit,
     };
@@ -1265,35 +1481,57 @@ async fn serve_tcp(
         queued,
         close: Arc::clone(&close),
     };
-    if inbound
-        .send(Inbound::TcpOpened { conn, writer })
-        .await
-        .is_err()
-    {
+    let opened = Inbound::TcpOpened {
+        conn,
+        writer: writer.clone(),
+    };
+    if c.inbound.send(opened).await.is_err() {
         return;
     }
-    match read_frames(reader, conn, from, local, &inbound, limits, &close).await {
+    match read_frames(reader, &c, &writer, &close).await {
         ConnEnd::BadFrame(e) => {
             // A stream cannot resynchronise after a bad frame: close it.
-            tracing::warn!(%from, error = %e, "bad SIP frame on TCP; closing the connection");
+            tracing::warn!(%from, kind, error = %e, "bad SIP frame on a stream; closing the connection");
         }
         ConnEnd::Expired(Expiry::Header) => {
             crate::observe::metrics::refused("tcp_header_timeout");
-            tracing::debug!(%from, "SIP message not completed in time on TCP; closing the connection");
+            tracing::debug!(%from, kind, "SIP message not completed in time; closing the connection");
         }
-        end => tracing::debug!(%from, ?end, "TCP connection ended"),
+        end => tracing::debug!(%from, kind, ?end, "connection ended"),
     }
 }
 
-/// Writes what the signalling task queued; a failed write ends the connection.
-async fn write_loop(
-    mut writer: tokio::net::tcp::OwnedWriteHalf,
+/// A CRLF keep-alive ping (RFC 5626 3.5.1); the pong is one CRLF.
+const PING: &[u8] = b"\r\n\r\n";
+const PONG: &[u8] = b"\r\n";
+
+/// Writes what the signalling task queued; a failed write ends the connection. With
+/// `keepalive`, a CRLF ping goes out after that long without anything to write.
+async fn write_loop<W: AsyncWrite + Unpin>(
+    mut writer: W,
     mut queue: mpsc::UnboundedReceiver<Vec<u8>>,
     queued: Arc<AtomicUsize>,
     close: Arc<Notify>,
+    keepalive: Option<Duration>,
 ) {
-    while let Some(bytes) = queue.recv().await {
-        let written = writer.write_all(&bytes).await;
+    loop {
+        let next = match keepalive {
+            Some(every) => match tokio::time::timeout(every, queue.recv()).await {
+                Ok(next) => next,
+                Err(_) => {
+                    tracing::trace!("idle connection: CRLF keep-alive ping");
+                    if write_flushed(&mut writer, PING).await.is_err() {
+                        break;
+                    }
+                    continue;
+                }
+            },
+            None => queue.recv().await,
+        };
+        let Some(bytes) = next else {
+            break;
+        };
+        let written = write_flushed(&mut writer, &bytes).await;
         queued.fetch_sub(bytes.len(), Ordering::SeqCst);
         if written.is_err() {
             break;
@@ -1302,19 +1540,23 @@ async fn write_loop(
     close.notify_one();
 }
 
-/// Reads and frames one connection's messages until it ends, within its deadlines.
-async fn read_frames(
-    mut reader: tokio::net::tcp::OwnedReadHalf,
-    conn: u64,
-    from: SocketAddr,
-    local: SocketAddr,
-    inbound: &mpsc::Sender<Inbound>,
-    limits: TcpLimits,
+/// Writes `bytes` and flushes them (TLS buffers records until flushed; TCP's flush is free).
+async fn write_flushed<W: AsyncWrite + Unpin>(writer: &mut W, bytes: &[u8]) -> std::io::Result<()> {
+    writer.write_all(bytes).await?;
+    writer.flush().await
+}
+
+/// Reads and frames one connection's messages until it ends, within its deadlines; answers
+/// CRLF keep-alive pings with a pong through `writer`.
+async fn read_frames<R: AsyncRead + Unpin>(
+    mut reader: R,
+    c: &ConnInfo,
+    writer: &TcpWriter,
     close: &Notify,
 ) -> ConnEnd {
     let mut framer = StreamFramer::new();
     let mut buf = vec![0u8; 16 * 1024];
-    let mut clock = ReadClock::new(limits, Instant::now());
+    let mut clock = ReadClock::new(c.limits, Instant::now());
     loop {
         let (deadline, expiry) = clock.deadline();
         let n = tokio::select! {
@@ -1329,16 +1571,22 @@ async fn read_frames(
         framer.push(&buf[..n]);
         let mut framed = false;
         loop {
-            match framer.next_message() {
+            let next = framer.next_message();
+            for _ in 0..framer.take_pings() {
+                if writer.send(PONG.to_vec()).is_err() {
+                    return ConnEnd::ClosedByUs;
+                }
+            }
+            match next {
                 Ok(Some(msg)) => {
                     framed = true;
                     let frame = Inbound::TcpFrame {
-                        conn,
-                        from,
-                        local,
+                        transport: c.transport,
+                        from: c.from,
+                        local: c.local,
                         bytes: msg.to_bytes(),
                     };
-                    if inbound.send(frame).await.is_err() {
+                    if c.inbound.send(frame).await.is_err() {
                         return ConnEnd::GatewayGone;
                     }
                 }
@@ -1429,6 +1677,80 @@ mod tests {
         w.queued.store(0, Ordering::SeqCst);
         assert_eq!(w.send(chunk), Err(WriteRefused::Closed));
         assert_eq!(w.queued.load(Ordering::SeqCst), 0);
+    }
+
+    /// A stream connection on an in-memory pipe, as the signalling task sees it.
+    async fn piped(
+        keepalive: Option<Duration>,
+    ) -> (
+        tokio::io::DuplexStream,
+        mpsc::Receiver<Inbound>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let (inbound, mut rx) = mpsc::channel(16);
+        let (ours, peer) = tokio::io::duplex(4096);
+        let conn = ConnInfo {
+            transport: Transport::Tls(5),
+            from: "127.0.0.1:5061".parse().unwrap(),
+            local: "127.0.0.1:40000".parse().unwrap(),
+            inbound,
+            limits: limits(),
+            keepalive,
+        };
+        let task = tokio::spawn(serve_stream(ours, conn, None));
+        assert!(matches!(
+            rx.recv().await,
+            Some(Inbound::TcpOpened { conn: 5, .. })
+        ));
+        (peer, rx, task)
+    }
+
+    /// What the peer end of a pipe reads until it has `want` bytes or `wait` passes.
+    async fn read_some(peer: &mut tokio::io::DuplexStream, want: usize, wait: Duration) -> Vec<u8> {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 64];
+        let deadline = tokio::time::Instant::now() + wait;
+        while got.len() < want {
+            match tokio::time::timeout_at(deadline, peer.read(&mut buf)).await {
+                Ok(Ok(n)) if n > 0 => got.extend_from_slice(&buf[..n]),
+                _ => break,
+            }
+        }
+        got
+    }
+
+    /// RFC 5626 on a stream: a peer's double-CRLF ping gets one CRLF pong, and nothing reaches
+    /// the endpoint; a connection we accepted never pings on its own.
+    #[tokio::test]
+    async fn a_crlf_ping_gets_a_pong() {
+        let (mut peer, mut rx, task) = piped(None).await;
+        peer.write_all(b"\r\n\r\n").await.unwrap();
+        let wait = Duration::from_secs(5);
+        assert_eq!(read_some(&mut peer, 2, wait).await, b"\r\n");
+        let quiet = Duration::from_millis(300);
+        assert!(
+            read_some(&mut peer, 1, quiet).await.is_empty(),
+            "no ping of our own"
+        );
+        assert!(
+            rx.try_recv().is_err(),
+            "a ping is no frame for the endpoint"
+        );
+        drop(peer);
+        task.await.unwrap();
+        assert!(matches!(
+            rx.recv().await,
+            Some(Inbound::TcpClosed { conn: 5 })
+        ));
+    }
+
+    /// A connection we opened is pinged (double CRLF) once it has been idle for the
+    /// keep-alive interval.
+    #[tokio::test]
+    async fn idle_connections_we_opened_are_pinged() {
+        let (mut peer, _rx, _task) = piped(Some(Duration::from_millis(100))).await;
+        let got = read_some(&mut peer, 4, Duration::from_secs(5)).await;
+        assert_eq!(got.get(..4), Some(&b"\r\n\r\n"[..]), "{got:?}");
     }
 
     /// A connection task that panics still closes its writer, tells the signalling task and

@@ -26,8 +26,8 @@ use crate::sip::auth::{AllowList, AuthError, DigestAuthenticator};
 use crate::sip::digest_client::{ClientCredentials, DigestClient};
 use crate::sip::escape::escaped;
 use crate::sip::message::{
-    parse_sip_uri, split_list, unescape_uri_part, uri_of, uri_scheme, via_sent_by, Method,
-    ParseError, RequestError, SipMessage,
+    default_port, is_sips, parse_sip_uri, split_list, unescape_uri_part, uri_of, uri_scheme,
+    via_sent_by, Method, ParseError, RequestError, SipMessage,
 };
 use crate::sip::sdp::{self, LocalMedia, MediaOffer, Negotiated};
 use crate::sip::transaction::{
@@ -49,17 +49,34 @@ pub enum Transport {
     Udp,
     /// A TCP connection, by the id the server layer gave it.
     Tcp(u64),
+    /// A TLS connection (RFC 3261 26.2, RFC 5630), by the id the server layer gave it. Ids are
+    /// shared with TCP: one id names one connection, whatever its kind.
+    Tls(u64),
 }
 
 impl Transport {
+    /// Stream transports (TCP, TLS): no retransmissions of requests or 2xx (RFC 3261 17).
     pub fn is_reliable(self) -> bool {
-        matches!(self, Transport::Tcp(_))
+        matches!(self, Transport::Tcp(_) | Transport::Tls(_))
+    }
+
+    /// The connection id of a stream transport.
+    pub fn connection(self) -> Option<u64> {
+        match self {
+            Transport::Udp => None,
+            Transport::Tcp(c) | Transport::Tls(c) => Some(c),
+        }
+    }
+
+    pub fn is_tls(self) -> bool {
+        matches!(self, Transport::Tls(_))
     }
 
     fn via_name(self) -> &'static str {
         match self {
             Transport::Udp => "UDP",
             Transport::Tcp(_) => "TCP",
+            Transport::Tls(_) => "TLS",
         }
     }
 }
@@ -239,6 +256,19 @@ pub struct EndpointConfig {
     pub contact_user: String,
     /// The port the SIP listeners use (for Contact).
     pub sip_port: u16,
+    /// The port of the TLS listener (`[sip.tls] listen`) for Via and Contact over TLS; None
+    /// (no listener) names 5061, the default port of `sips:` (RFC 3261 26.2.2).
+    pub tls_port: Option<u16>,
+}
+
+impl EndpointConfig {
+    /// Our port for Via and Contact on `transport`.
+    fn port_for(&self, transport: Transport) -> u16 {
+        match transport {
+            Transport::Tls(_) => self.tls_port.unwrap_or(5061),
+            Transport::Udp | Transport::Tcp(_) => self.sip_port,
+        }
+    }
 }
 
 impl Default for EndpointConfig {
@@ -250,6 +280,7 @@ impl Default for EndpointConfig {
             user_agent: "voicebot-gateway".into(),
             contact_user: "voicebot".into(),
             sip_port: 5060,
+            tls_port: None,
         }
     }
 }
@@ -726,16 +757,20 @@ impl SipEndpoint {
         }
     }
 
-    fn contact(&self, local_ip: IpAddr, transport: Transport) -> String {
+    /// Our Contact for a dialog on `transport` whose INVITE had `dialog_uri` as its
+    /// Request-URI. Over TLS a `sips:` dialog gets a `sips:` Contact (RFC 3261 12.1.1, 8.1.1.8:
+    /// it must), a `sip:` one `;transport=tls`, which RFC 5630 deprecates but every peer reads,
+    /// and which keeps the peer's requests to us on TLS.
+    fn contact(&self, local_ip: IpAddr, transport: Transport, dialog_uri: &str) -> String {
         let host = host_of(local_ip);
-        let transport = match transport {
-            Transport::Udp => "",
-            Transport::Tcp(_) => ";transport=tcp",
-        };
-        format!(
-            "<sip:{}@{host}:{}{transport}>",
-            self.config.contact_user, self.config.sip_port
-        )
+        let port = self.config.port_for(transport);
+        let user = &self.config.contact_user;
+        match transport {
+            Transport::Udp => format!("<sip:{user}@{host}:{port}>"),
+            Transport::Tcp(_) => format!("<sip:{user}@{host}:{port};transport=tcp>"),
+            Transport::Tls(_) if is_sips(dialog_uri) => format!("<sips:{user}@{host}:{port}>"),
+            Transport::Tls(_) => format!("<sip:{user}@{host}:{port};transport=tls>"),
+        }
     }
 
     /// Checks an INVITE's digest credentials when `[sip.auth]` is on: the authenticated user
@@ -912,7 +947,7 @@ impl SipEndpoint {
             entry.call = Some(handle);
         }
         let mut ringing = self.response(&msg, 180, Some(&local_tag));
-        ringing.push("Contact", self.contact(local_ip, peer.transport));
+        ringing.push("Contact", self.contact(local_ip, peer.transport, uri));
         for rr in &route_set {
             ringing.push("Record-Route", rr.clone());
         }
@@ -985,7 +1020,14 @@ impl SipEndpoint {
         }
         .into_bytes();
         let mut resp = self.response(&call.invite, 200, Some(&call.local_tag));
-        resp.push("Contact", self.contact(call.local_ip, call.peer.transport));
+        resp.push(
+            "Contact",
+            self.contact(
+                call.local_ip,
+                call.peer.transport,
+                call.invite.request_uri().unwrap_or(""),
+            ),
+        );
         for rr in &call.route_set {
             resp.push("Record-Route", rr.clone());
         }
@@ -1056,7 +1098,7 @@ impl SipEndpoint {
             format!(
                 "SIP/2.0/{} {local_host}:{};branch={branch};rport",
                 call.peer.transport.via_name(),
-                config.sip_port
+                config.port_for(call.peer.transport)
             ),
         );
         req.push("Max-Forwards", "70");
@@ -1125,7 +1167,11 @@ impl SipEndpoint {
         {
             return false;
         }
-        let contact = self.contact(call.local_ip, call.peer.transport);
+        let contact = self.contact(
+            call.local_ip,
+            call.peer.transport,
+            call.invite.request_uri().unwrap_or(""),
+        );
         let referred_by = uri_of(&call.local_uri).to_string();
         let Some(call) = self.calls.get_mut(&handle) else {
             return false;
@@ -1256,7 +1302,7 @@ impl SipEndpoint {
             format!(
                 "SIP/2.0/{} {host}:{};branch={branch};rport",
                 call.peer.transport.via_name(),
-                self.config.sip_port
+                self.config.port_for(call.peer.transport)
             ),
         );
         invite.push("Max-Forwards", "70");
@@ -1271,7 +1317,10 @@ impl SipEndpoint {
         invite.push("To", format!("<{}>", call.target));
         invite.push("Call-ID", call_id.clone());
         invite.push("CSeq", "1 INVITE");
-        invite.push("Contact", self.contact(call.local_ip, call.peer.transport));
+        invite.push(
+            "Contact",
+            self.contact(call.local_ip, call.peer.transport, &call.target),
+        );
         invite.push("Allow", ALLOWED);
         invite.push("Supported", "timer");
         if !self.config.user_agent.is_empty() {
@@ -1307,6 +1356,25 @@ impl SipEndpoint {
         );
         self.send(call.peer, bytes);
         handle
+    }
+
+    /// The stream connection `transport` names could not be opened (refused, TLS handshake
+    /// failed, the peer's certificate not trusted): the calls we placed over it that have no
+    /// final response end at once, as refused with 503 (RFC 3261 8.1.3.1: a transport error
+    /// counts as 503 Service Unavailable), rather than after timer B's 32 s.
+    pub fn transport_failed(&mut self, transport: Transport) {
+        let failed: Vec<CallHandle> = self
+            .outbound
+            .iter()
+            .filter(|(_, p)| p.peer.transport == transport && !p.txn.heard_back())
+            .map(|(h, _)| *h)
+            .collect();
+        for handle in failed {
+            self.outbound.remove(&handle);
+            tracing::warn!(call = %handle, ?transport, "the connection for the call we placed failed; ending it as 503");
+            self.events
+                .push_back(Event::CallEnded(handle, EndReason::Refused(503)));
+        }
     }
 
     /// Cancels a call we placed that has no final response yet (9.1): the CANCEL goes out once
@@ -1395,7 +1463,12 @@ impl SipEndpoint {
 
     /// A response to the INVITE of a call we placed.
     fn outbound_response(&mut self, handle: CallHandle, msg: SipMessage, code: u16, now: Instant) {
-        let sip_port = self.config.sip_port;
+        let sip_port = self
+            .outbound
+            .get(&handle)
+            .map_or(self.config.sip_port, |p| {
+                self.config.port_for(p.peer.transport)
+            });
         if code < 200 {
             let Some(p) = self.outbound.get_mut(&handle) else {
                 return;
@@ -1798,7 +1871,14 @@ impl SipEndpoint {
             .clone()
             .unwrap_or_else(|| (call.offer.clone(), call.media.clone()));
         let mut resp = self.response(&msg, 200, None);
-        resp.push("Contact", self.contact(call.local_ip, call.peer.transport));
+        resp.push(
+            "Contact",
+            self.contact(
+                call.local_ip,
+                call.peer.transport,
+                call.invite.request_uri().unwrap_or(""),
+            ),
+        );
         resp.push("Supported", "timer");
         let session_expires = session_expires(&msg)
             .map(|s| Duration::from_secs(u64::from(s.max(self.config.min_session_expires))))
@@ -2102,12 +2182,13 @@ fn warning(code: u16, error: &dyn fmt::Display) -> String {
     format!("{code} voicebot \"{text}\"")
 }
 
-/// The address of a SIP URI with an IP-literal host (port 5060 when absent); None for names,
+/// The address of a SIP URI with an IP-literal host (port 5060 when absent, 5061 for `sips:`
+/// and `;transport=tls`); None for names,
 /// which this gateway does not resolve.
 fn target_address(uri: &str) -> Option<SocketAddr> {
     let u = parse_sip_uri(uri)?;
     let ip: IpAddr = u.host.parse().ok()?;
-    Some(SocketAddr::new(ip, u.port.unwrap_or(5060)))
+    Some(SocketAddr::new(ip, u.port.unwrap_or(default_port(uri))))
 }
 
 /// The Session-Expires interval asked for, in seconds (RFC 4028).
@@ -3777,5 +3858,134 @@ CSeq: {} {}\r\nContact: <sip:1001@127.0.0.1:5070>\r\n{extra}{ct}Content-Length: 
         assert!(sent(&mut ep).is_empty());
         assert!(matches!(ep.poll_event(), Some(Event::CallConfirmed(_))));
         assert_eq!(ep.active_calls(), 1);
+    }
+
+    fn tls_endpoint() -> SipEndpoint {
+        SipEndpoint::new(
+            EndpointConfig {
+                sip_port: 5060,
+                tls_port: Some(5071),
+                ..EndpointConfig::default()
+            },
+            None,
+            AllowList::parse(&[]).unwrap(),
+            Instant::now(),
+        )
+    }
+
+    /// A call over TLS: our Via says TLS with the TLS listener's port, our Contact is `sips:`
+    /// for a `sips:` Request-URI (RFC 3261 12.1.1) and `;transport=tls` for a `sip:` one, and
+    /// nothing is retransmitted (a reliable transport, RFC 3261 17.2.1).
+    #[test]
+    fn calls_over_tls_get_tls_via_and_contact() {
+        let t0 = Instant::now();
+        let peer = Peer {
+            transport: Transport::Tls(3),
+            addr: "127.0.0.1:40000".parse().unwrap(),
+        };
+        for (scheme, contact) in [
+            ("sips", "<sips:voicebot@127.0.0.1:5071>"),
+            ("sip", "<sip:voicebot@127.0.0.1:5071;transport=tls>"),
+        ] {
+            let mut ep = tls_endpoint();
+            let invite = String::from_utf8(request("INVITE", "z9hG4bK1", 1, None, "", SDP))
+                .unwrap()
+                .replace("INVITE sip:support", &format!("INVITE {scheme}:support"))
+                .replace("SIP/2.0/UDP", "SIP/2.0/TLS");
+            ep.handle_bytes(peer, local_ip(), invite.as_bytes(), t0);
+            let out: Vec<Transmit> = std::iter::from_fn(|| ep.poll_transmit()).collect();
+            assert!(
+                out.iter().all(|t| t.to == peer),
+                "answered on the connection"
+            );
+            let ringing = SipMessage::parse(&out[1].bytes).unwrap();
+            assert_eq!(ringing.header("Contact"), Some(contact));
+            let Some(Event::IncomingCall(call)) = ep.poll_event() else {
+                panic!("no IncomingCall")
+            };
+            ep.accept(call.handle, local_media(), t0);
+            let ok = sent(&mut ep);
+            assert_eq!(codes(&ok), vec![200]);
+            assert_eq!(ok[0].header("Contact"), Some(contact));
+            ep.handle_timeout(t0 + T1 * 2);
+            assert!(sent(&mut ep).is_empty(), "no 200 retransmission over TLS");
+            ep.hangup(call.handle, t0);
+            let bye = sent(&mut ep);
+            assert_eq!(bye[0].method(), Some(&Method::Bye));
+            assert!(
+                bye[0]
+                    .top_via()
+                    .is_some_and(|v| v.starts_with("SIP/2.0/TLS 127.0.0.1:5071;")),
+                "{:?}",
+                bye[0].top_via()
+            );
+        }
+    }
+
+    /// A call we place over TLS names TLS in Via and `sips:` in Contact; when its connection
+    /// cannot be opened (say the agent's certificate is not trusted) it ends at once as 503.
+    #[test]
+    fn placed_calls_over_tls_end_when_the_connection_fails() {
+        let t0 = Instant::now();
+        let mut ep = tls_endpoint();
+        let peer = Peer {
+            transport: Transport::Tls(9),
+            addr: "127.0.0.1:5081".parse().unwrap(),
+        };
+        let handle = ep.invite(
+            OutboundCall {
+                target: "sips:1001@127.0.0.1:5081".into(),
+                peer,
+                local_ip: local_ip(),
+                from_display: "Voicebot".into(),
+                from_user: "voicebot".into(),
+                local: local_media(),
+                headers: Vec::new(),
+                auth: None,
+            },
+            t0,
+        );
+        let invite = sent(&mut ep);
+        assert_eq!(invite[0].request_uri(), Some("sips:1001@127.0.0.1:5081"));
+        assert!(invite[0]
+            .top_via()
+            .is_some_and(|v| v.starts_with("SIP/2.0/TLS 127.0.0.1:5071;")));
+        assert_eq!(
+            invite[0].header("Contact"),
+            Some("<sips:voicebot@127.0.0.1:5071>")
+        );
+        ep.handle_timeout(t0 + T1 * 2);
+        assert!(
+            sent(&mut ep).is_empty(),
+            "no INVITE retransmission over TLS"
+        );
+        // Another connection's failure is not this call's.
+        ep.transport_failed(Transport::Tls(8));
+        ep.transport_failed(Transport::Tcp(9));
+        assert!(ep.poll_event().is_none());
+        ep.transport_failed(Transport::Tls(9));
+        assert!(matches!(
+            ep.poll_event(),
+            Some(Event::CallEnded(h, EndReason::Refused(503))) if h == handle
+        ));
+        assert_eq!(ep.active_calls(), 0);
+        ep.handle_timeout(t0 + T1 * 64);
+        assert!(ep.poll_event().is_none(), "no second end (timer B)");
+    }
+
+    #[test]
+    fn tls_targets_default_to_port_5061() {
+        assert_eq!(
+            target_address("sips:a@10.0.0.1"),
+            Some("10.0.0.1:5061".parse().unwrap())
+        );
+        assert_eq!(
+            target_address("sip:a@10.0.0.1;transport=tls"),
+            Some("10.0.0.1:5061".parse().unwrap())
+        );
+        assert_eq!(
+            target_address("sip:a@10.0.0.1;transport=tcp"),
+            Some("10.0.0.1:5060".parse().unwrap())
+        );
     }
 }

@@ -991,6 +991,30 @@ pub struct SipUri<'a> {
     pub has_headers: bool,
 }
 
+/// Whether `uri` is a `sips:` URI (RFC 3261 19.1: TLS on every hop), scheme case-insensitive.
+pub fn is_sips(uri: &str) -> bool {
+    uri.get(..5)
+        .is_some_and(|s| s.eq_ignore_ascii_case("sips:"))
+}
+
+/// Whether a request to `uri` goes over TLS: a `sips:` URI, or `;transport=tls` (RFC 3261
+/// 19.1.1; deprecated by RFC 5630, still what many PBXs write).
+pub fn wants_tls(uri: &str) -> bool {
+    is_sips(uri)
+        || parse_sip_uri(uri)
+            .and_then(|u| u.transport)
+            .is_some_and(|t| t.eq_ignore_ascii_case("tls"))
+}
+
+/// The port of `uri` when it names none: 5061 over TLS, else 5060 (RFC 3261 19.1.2).
+pub fn default_port(uri: &str) -> u16 {
+    if wants_tls(uri) {
+        5061
+    } else {
+        5060
+    }
+}
+
 /// Parses `sip:user@host:port;params?headers` (also `sips:`); None when not a SIP URI. The
 /// userinfo ends at the `@` (which appears nowhere else unescaped in a SIP URI), so a user
 /// part may hold `;`, `?` or `/` (RFC 4475 3.1.1.2 `intmeth`, 3.1.1.9 `semiuri`).
@@ -1091,6 +1115,11 @@ pub struct StreamFramer {
     pending: Option<(SipMessage, usize, usize)>,
     /// Bytes examined by the head search so far (a linearity check for tests and metrics).
     scanned: u64,
+    /// Line feeds in the current run of line breaks between messages: two make a CRLF
+    /// keep-alive ping (RFC 5626 3.5.1: a double CRLF; the single CRLF pong is not one).
+    breaks: u8,
+    /// Pings seen and not yet taken ([`StreamFramer::take_pings`]).
+    pings: u32,
 }
 
 impl StreamFramer {
@@ -1111,6 +1140,13 @@ impl StreamFramer {
         self.pending.is_some() || self.buf.first().is_some_and(|&b| b != b'\r' && b != b'\n')
     }
 
+    /// The CRLF keep-alive pings (double CRLFs between messages) seen since the last call:
+    /// each is owed a single CRLF pong (RFC 5626 4.4.1). Counted by
+    /// [`StreamFramer::next_message`].
+    pub fn take_pings(&mut self) -> u32 {
+        std::mem::take(&mut self.pings)
+    }
+
     /// How many bytes the head search has examined in total.
     pub fn scanned_bytes(&self) -> u64 {
         self.scanned
@@ -1126,6 +1162,19 @@ impl StreamFramer {
                 .iter()
                 .position(|&b| b != b'\r' && b != b'\n')
                 .unwrap_or(self.buf.len());
+            for &b in &self.buf[..skip] {
+                if b == b'\n' {
+                    self.breaks += 1;
+                    if self.breaks == 2 {
+                        self.pings = self.pings.saturating_add(1);
+                        self.breaks = 0;
+                    }
+                }
+            }
+            if skip < self.buf.len() {
+                // A message starts: the run of line breaks is over.
+                self.breaks = 0;
+            }
             if skip > 0 {
                 self.buf.drain(..skip);
                 self.scan_from = self.scan_from.saturating_sub(skip);
@@ -1305,6 +1354,48 @@ v=0\r";
             f.next_message(),
             Err(ParseError::MissingHeader("Content-Length"))
         );
+    }
+
+    /// RFC 5626 keep-alive on a stream: a double CRLF (in any pieces) is a ping; a single
+    /// CRLF (a pong) and the line breaks inside a message are not.
+    #[test]
+    fn stream_framer_counts_crlf_pings() {
+        let one =
+            b"OPTIONS sip:a@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/TLS 127.0.0.1;branch=z9hG4bK1\r\n\
+                    From: <sip:b@127.0.0.1>;tag=1\r\nTo: <sip:a@127.0.0.1>\r\nCall-ID: x\r\n\
+                    CSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n";
+        let mut f = StreamFramer::new();
+        f.push(b"\r\n\r\n");
+        assert_eq!(f.next_message(), Ok(None));
+        assert_eq!(f.take_pings(), 1);
+        assert_eq!(f.take_pings(), 0);
+        // A pong alone, then a ping in two pieces.
+        f.push(b"\r\n");
+        assert_eq!(f.next_message(), Ok(None));
+        assert_eq!(f.take_pings(), 0);
+        f.push(b"\r\n\r");
+        assert_eq!(f.next_message(), Ok(None));
+        assert_eq!(
+            f.take_pings(),
+            1,
+            "the pong's CRLF and the next one make a ping"
+        );
+        f.push(b"\n");
+        assert_eq!(f.next_message(), Ok(None));
+        assert_eq!(f.take_pings(), 0);
+        // A message (its own blank line is no ping), a ping after it, a pong before the next.
+        let mut f = StreamFramer::new();
+        let mut all = one.to_vec();
+        all.extend_from_slice(b"\r\n\r\n");
+        all.extend_from_slice(b"\r\n");
+        all.extend_from_slice(one);
+        f.push(&all);
+        assert!(f.next_message().unwrap().is_some());
+        assert_eq!(f.take_pings(), 0);
+        assert!(f.next_message().unwrap().is_some());
+        assert_eq!(f.take_pings(), 1);
+        assert_eq!(f.next_message(), Ok(None));
+        assert_eq!(f.take_pings(), 0);
     }
 
     /// Regression (fuzz target `sip_message`, issue 20): a Content-Length of `u64::MAX`

@@ -11,6 +11,11 @@ new call.
 
     caller.py --port 5060 --record bot.wav --turn say:q1.wav --turn say:q2.wav --turn dtmf:0
 
+Over TLS (`--transport tls`), the gateway's certificate is verified against `--tls-ca`, and
+`--tls-cert`/`--tls-key` are the caller's client certificate (mutual TLS). `--connect-only`
+hangs up as soon as the call is set up; the summary's `setup_ms` is the time from sending the
+INVITE to the call's confirmation (200 OK received, ACK sent).
+
 Everything runs on the main thread (pjsua2's `mainThreadOnly` with `libHandleEvents` polling);
 no audio device (null device); loopback only; every wait is bounded by --timeout.
 """
@@ -57,6 +62,8 @@ class Call(pj.Call):
         info = self.getInfo()
         self.state = info.stateText.lower()
         self.last_code = info.lastStatusCode
+        if info.state == pj.PJSIP_INV_STATE_CONFIRMED and getattr(self, "confirmed_at", None) is None:
+            self.confirmed_at = time.time()
 
     def onCallMediaState(self, prm):
         info = self.getInfo()
@@ -78,7 +85,14 @@ def main():
                     help="say:FILE.wav, dtmf:DIGITS, pause:SECONDS (each after the bot's turn), "
                          "or sleep:SECONDS, say-now:FILE.wav (at once)")
     ap.add_argument("--timeout", type=float, default=90.0)
-    ap.add_argument("--transport", choices=["udp", "tcp"], default="udp")
+    ap.add_argument("--transport", choices=["udp", "tcp", "tls"], default="udp")
+    ap.add_argument("--tls-ca", help="CA file (PEM) the gateway's certificate must chain to")
+    ap.add_argument("--tls-cert", help="our client certificate (PEM), for mutual TLS")
+    ap.add_argument("--tls-key", help="its private key (PEM)")
+    ap.add_argument("--sips", action="store_true",
+                    help="call a sips: URI (else sip:...;transport=tls over TLS)")
+    ap.add_argument("--connect-only", action="store_true",
+                    help="hang up as soon as the call is confirmed (timing call setup)")
     ap.add_argument("--await-hangup", action="store_true",
                     help="after the last turn, wait for the gateway to end the call")
     ap.add_argument("--speaking-level", type=int, default=SPEAKING_LEVEL,
@@ -101,19 +115,27 @@ def main():
     tcfg = pj.TransportConfig()
     tcfg.port = 0
     tcfg.boundAddress = "127.0.0.1"
-    kind = pj.PJSIP_TRANSPORT_TCP if args.transport == "tcp" else pj.PJSIP_TRANSPORT_UDP
+    kind = {"udp": pj.PJSIP_TRANSPORT_UDP, "tcp": pj.PJSIP_TRANSPORT_TCP,
+            "tls": pj.PJSIP_TRANSPORT_TLS}[args.transport]
+    if args.transport == "tls":
+        if args.tls_ca:
+            tcfg.tlsConfig.CaListFile = args.tls_ca
+            tcfg.tlsConfig.verifyServer = True
+        if args.tls_cert:
+            tcfg.tlsConfig.certFile = args.tls_cert
+            tcfg.tlsConfig.privKeyFile = args.tls_key
     transport_id = ep.transportCreate(kind, tcfg)
     ep.libStart()
     ep.audDevManager().setNullDev()
 
     acfg = pj.AccountConfig()
     acfg.idUri = "sip:caller@127.0.0.1"
-    if args.transport == "tcp":
+    if args.transport in ("tcp", "tls"):
         # pjsua's Contact would name the port of its outgoing connection, where nothing
         # listens; name its TCP listener, so a gateway can reconnect after the caller's idle
         # timer closes the connection.
         listener = ep.transportGetInfo(transport_id).localName
-        acfg.sipConfig.contactForced = "<sip:caller@%s;transport=tcp>" % listener
+        acfg.sipConfig.contactForced = "<sip:caller@%s;transport=%s>" % (listener, args.transport)
     account = pj.Account()
     account.create(acfg)
 
@@ -173,13 +195,23 @@ def main():
 
     try:
         prm = pj.CallOpParam(True)
-        suffix = ";transport=tcp" if args.transport == "tcp" else ""
-        call.makeCall("sip:support@127.0.0.1:%d%s" % (args.port, suffix), prm)
+        suffix = ";transport=%s" % args.transport if args.transport != "udp" else ""
+        scheme = "sip"
+        if args.sips:
+            scheme, suffix = "sips", ""
+        invite_at = time.time()
+        call.makeCall("%s:support@127.0.0.1:%d%s" % (scheme, args.port, suffix), prm)
         while call.media is None and not ended() and not timed_out():
-            ep.libHandleEvents(20)
+            ep.libHandleEvents(5)
         if call.media is None:
             raise RuntimeError("no media (call state %s, last status %d)" % (call.state, call.last_code))
         summary["connected"] = True
+        while getattr(call, "confirmed_at", None) is None and not ended() and not timed_out():
+            ep.libHandleEvents(5)
+        if getattr(call, "confirmed_at", None) is not None:
+            summary["setup_ms"] = round((call.confirmed_at - invite_at) * 1000.0, 2)
+        if args.connect_only:
+            args.turn = []
         recorder = pj.AudioMediaRecorder()
         recorder.createRecorder(args.record)
         call.media.startTransmit(recorder)
@@ -211,7 +243,9 @@ def main():
             summary["turns"].append({"turn": turn, "bot_spoke_before": heard,
                                      "at_s": round(time.time() - started, 2)})
         # The bot's last answer (or its BYE).
-        if args.await_hangup:
+        if args.connect_only:
+            pass
+        elif args.await_hangup:
             while not ended() and not timed_out():
                 poll(20)
         else:

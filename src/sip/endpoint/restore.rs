@@ -51,6 +51,9 @@ pub enum LegSnapshot {
         route_set: Vec<String>,
         peer: SocketAddr,
         tcp: bool,
+        /// The stream was TLS (journals written before TLS existed have no such field).
+        #[serde(default)]
+        tls: bool,
         local_ip: IpAddr,
         local_cseq: u32,
     },
@@ -60,6 +63,8 @@ pub enum LegSnapshot {
         invite: String,
         peer: SocketAddr,
         tcp: bool,
+        #[serde(default)]
+        tls: bool,
         local_ip: IpAddr,
     },
 }
@@ -73,13 +78,13 @@ pub(super) struct RestoredBye {
     reconnect: Option<SocketAddr>,
 }
 
-fn transport(tcp: bool) -> Transport {
-    if tcp {
-        // No connection survives a restart: id 0 names none, so the server layer connects
-        // anew (to `Transmit::reconnect`).
-        Transport::Tcp(0)
-    } else {
-        Transport::Udp
+fn transport(tcp: bool, tls: bool) -> Transport {
+    // No connection survives a restart: id 0 names none, so the server layer connects anew
+    // (to `Transmit::reconnect`).
+    match (tcp, tls) {
+        (_, true) => Transport::Tls(0),
+        (true, false) => Transport::Tcp(0),
+        (false, false) => Transport::Udp,
     }
 }
 
@@ -91,6 +96,7 @@ impl SipEndpoint {
                 invite: String::from_utf8_lossy(&p.invite.to_bytes()).into_owned(),
                 peer: p.peer.addr,
                 tcp: p.peer.transport.is_reliable(),
+                tls: p.peer.transport.is_tls(),
                 local_ip: p.local_ip,
             });
         }
@@ -106,6 +112,7 @@ impl SipEndpoint {
             route_set: call.route_set.clone(),
             peer: call.peer.addr,
             tcp: call.peer.transport.is_reliable(),
+            tls: call.peer.transport.is_tls(),
             local_ip: call.local_ip,
             local_cseq: call.local_cseq,
         })
@@ -123,8 +130,9 @@ impl SipEndpoint {
                 invite,
                 peer,
                 tcp,
+                tls,
                 local_ip,
-            } => self.restored_cancel(invite, *peer, *tcp, *local_ip, now),
+            } => self.restored_cancel(invite, *peer, transport(*tcp, *tls), *local_ip, now),
         }
     }
 
@@ -137,6 +145,7 @@ impl SipEndpoint {
             route_set,
             peer,
             tcp,
+            tls,
             local_ip,
             local_cseq,
         } = leg
@@ -144,7 +153,7 @@ impl SipEndpoint {
             return;
         };
         let to = Peer {
-            transport: transport(*tcp),
+            transport: transport(*tcp, *tls),
             addr: *peer,
         };
         let branch = format!("z9hG4bK{}", random_token());
@@ -155,7 +164,7 @@ impl SipEndpoint {
                 "SIP/2.0/{} {}:{};branch={branch};rport",
                 to.transport.via_name(),
                 host_of(*local_ip),
-                self.config.sip_port
+                self.config.port_for(to.transport)
             ),
         );
         bye.push("Max-Forwards", "70");
@@ -175,7 +184,7 @@ impl SipEndpoint {
         tracing::info!(call_id = %crate::sip::escape::escaped(call_id), peer = %peer, "ending a dialog left open by the previous run (BYE)");
         self.restored.push(RestoredBye {
             branch,
-            txn: ClientTransaction::new(bytes.clone(), *tcp, now),
+            txn: ClientTransaction::new(bytes.clone(), to.transport.is_reliable(), now),
             to,
             reconnect,
         });
@@ -190,7 +199,7 @@ impl SipEndpoint {
         &mut self,
         invite: &str,
         peer: SocketAddr,
-        tcp: bool,
+        transport: Transport,
         local_ip: IpAddr,
         now: Instant,
     ) -> bool {
@@ -206,7 +215,7 @@ impl SipEndpoint {
         let handle = CallHandle(self.next_handle);
         self.next_handle += 1;
         // As after a provisional answer: no INVITE retransmission, and CANCEL is allowed.
-        let mut txn = InviteClientTransaction::new(msg.to_bytes(), tcp, now);
+        let mut txn = InviteClientTransaction::new(msg.to_bytes(), transport.is_reliable(), now);
         txn.on_provisional();
         tracing::info!(call = %handle, call_id = msg.call_id().unwrap_or(""), %peer,
             "cancelling an INVITE left unanswered by the previous run");
@@ -217,7 +226,7 @@ impl SipEndpoint {
                 invite: msg,
                 branch,
                 peer: Peer {
-                    transport: transport(tcp),
+                    transport,
                     addr: peer,
                 },
                 local_ip,
@@ -459,6 +468,7 @@ mod tests {
             invite: "garbage".into(),
             peer: "127.0.0.1:5070".parse().unwrap(),
             tcp: false,
+            tls: false,
             local_ip: "127.0.0.1".parse().unwrap(),
         };
         assert!(!ep.end_restored(&leg, t0));
