@@ -47,6 +47,8 @@ pub const NAMES: &[&str] = &[
     "voicebot_prompt_cache_misses_total",
     "voicebot_prompt_cache_units",
     "voicebot_prompt_cache_kept_units",
+    "voicebot_srtp_auth_failures_total",
+    "voicebot_srtp_replays_total",
 ];
 
 /// The escalation reasons, as serialised (`EscalationReason`).
@@ -91,6 +93,10 @@ pub struct Metrics {
     /// Requests and connections refused by a limit (`reason`: `tcp_total`, `tcp_per_source`,
     /// `tcp_header_timeout`, `tcp_write_backlog`, `auth_throttled`).
     pub refused: Family<ReasonLabel, Counter>,
+    /// SRTP/SRTCP packets dropped unauthenticated (wrong key, tampered, truncated) and as
+    /// replays, counted as they happen (never played).
+    pub srtp_auth_failures: Counter,
+    pub srtp_replays: Counter,
 }
 
 impl Metrics {
@@ -124,6 +130,8 @@ impl Metrics {
         let prompt_cache_units = Gauge::default();
         let prompt_cache_kept = Gauge::default();
         let refused = Family::<ReasonLabel, Counter>::default();
+        let srtp_auth_failures = Counter::default();
+        let srtp_replays = Counter::default();
         registry.register(
             "voicebot_calls_active",
             "Calls in progress (answered by the bot, in transfer or bridged)",
@@ -219,6 +227,16 @@ impl Metrics {
             "Requests and connections refused by a limit, by reason",
             refused.clone(),
         );
+        registry.register(
+            "voicebot_srtp_auth_failures",
+            "SRTP/SRTCP packets dropped because they failed authentication (never played)",
+            srtp_auth_failures.clone(),
+        );
+        registry.register(
+            "voicebot_srtp_replays",
+            "SRTP/SRTCP packets dropped as replays or older than the replay window",
+            srtp_replays.clone(),
+        );
         Metrics {
             registry,
             calls_active,
@@ -240,6 +258,8 @@ impl Metrics {
             prompt_cache_units,
             prompt_cache_kept,
             refused,
+            srtp_auth_failures,
+            srtp_replays,
         }
     }
 

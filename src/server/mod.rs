@@ -277,6 +277,7 @@ impl Server {
                 min_session_expires: sip.min_session_expires,
                 user_agent: sip.user_agent.clone(),
                 sip_port: self.local.port(),
+                srtp: config.media.srtp,
                 ..EndpointConfig::default()
             },
             auth,

@@ -7,5 +7,6 @@ pub mod auth;
 pub mod endpoint;
 pub mod escape;
 pub mod message;
+pub mod sdes;
 pub mod sdp;
 pub mod transaction;
