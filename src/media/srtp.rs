@@ -307,10 +307,20 @@ impl SrtpContext {
         let min = 8usize
             .saturating_add(SRTCP_INDEX_LEN)
             .saturating_add(self.suite.rtcp_tag_len());
+        // The E flag opens the SRTCP trailer. The crate returns a packet whose flag is clear
+        // without checking its tag; unencrypted SRTCP is never negotiated here, so such a
+        // packet is a forgery.
+        let e_flag = packet
+            .len()
+            .checked_sub(self.suite.rtcp_tag_len() + SRTCP_INDEX_LEN)
+            .and_then(|at| packet.get(at))
+            .is_some_and(|b| b & 0x80 != 0);
         let result = if packet.len() < min {
             Err(SrtpError::Malformed(format!(
                 "SRTCP packet under {min} bytes"
             )))
+        } else if !e_flag {
+            Err(SrtpError::Auth)
         } else {
             self.ctx
                 .decrypt_rtcp(packet)
@@ -419,6 +429,22 @@ mod tests {
             "the same SRTCP index twice"
         );
         assert_eq!(rx.counters().replays, 1);
+    }
+
+    #[test]
+    fn srtcp_with_the_e_flag_cleared_is_not_taken_unauthenticated() {
+        let (mut tx, mut rx) = pair(SrtpSuite::AesCm128HmacSha1_80);
+        let mut forged = rtcp_rr();
+        // A plausible trailer: E clear, index 1, and a tag of zeros.
+        forged.extend_from_slice(&[0, 0, 0, 1]);
+        forged.extend_from_slice(&[0; 10]);
+        assert_eq!(rx.unprotect_rtcp(&forged), Err(SrtpError::Auth));
+        // A genuine packet with its E flag flipped fails too.
+        let mut genuine = tx.protect_rtcp(&rtcp_rr()).unwrap();
+        let at = genuine.len() - 14;
+        genuine[at] &= 0x7f;
+        assert_eq!(rx.unprotect_rtcp(&genuine), Err(SrtpError::Auth));
+        assert_eq!(rx.counters().auth_failures, 2);
     }
 
     #[test]
