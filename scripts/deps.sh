@@ -10,6 +10,8 @@
 #   python3-venv: the virtual environment for pjsua2 (PJSIP's Python binding), the other peer
 #   dnsmasq-base: dnsmasq, the real DNS server (NAPTR, SRV, A records on loopback) that the
 #     RFC 3263 lookup and failover test (tests/sip_dns.rs) resolves agent extensions with
+#   baresip: a second SIP user agent for the SRTP tests (tests/sip_srtp.rs: SDES with
+#     mediaenc=srtp-mand; BSD, run as a separate test program)
 set -euo pipefail
 
 need=()
@@ -24,6 +26,7 @@ have_cmd sox || need+=(sox)
 have_cmd python3 || need+=(python3)
 have_cmd sipp || need+=(sip-tester)
 have_cmd dnsmasq || [ -x /usr/sbin/dnsmasq ] || need+=(dnsmasq-base)
+have_cmd baresip || need+=(baresip)
 have_pkg libopus-dev || need+=(libopus-dev)
 have_cmd pkg-config || need+=(pkg-config)
 # The agent screen and the admin console are tested in a real browser (headless); the console

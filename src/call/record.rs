@@ -80,6 +80,13 @@ pub struct RtpFigures {
     /// address with another SSRC while the locked stream was alive (`media::latch`).
     pub packets_from_strangers: u64,
     pub packets_foreign_ssrc: u64,
+    /// The SRTP suite when the caller's media was encrypted (SDES), else absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub srtp: Option<String>,
+    /// SRTP/SRTCP packets dropped because they could not be authenticated (a wrong key,
+    /// tampering, too short) or replayed one already accepted; none of them was played.
+    pub srtp_auth_failures: u64,
+    pub srtp_replays: u64,
 }
 
 /// A finished recording, as the call's record shows it.

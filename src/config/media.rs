@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config_file::ConfigError;
 use crate::media::latch::{LatchConfig, LatchMode};
+use crate::media::srtp::SrtpMode;
 
 /// A SIP transport to listen on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -238,6 +239,10 @@ pub struct MediaConfig {
     /// How long the latched stream must be silent before a new SSRC from the same address
     /// takes over, ms.
     pub ssrc_change_after_ms: u32,
+    /// SRTP with SDES keys (RFC 4568) for inbound calls: "off" (plain RTP only; an RTP/SAVP
+    /// offer gets 488), "optional" (an RTP/SAVP offer is answered with keys, a plain one
+    /// plainly), "required" (only RTP/SAVP; a plain offer gets 488).
+    pub srtp: SrtpMode,
 }
 
 impl Default for MediaConfig {
@@ -254,6 +259,7 @@ impl Default for MediaConfig {
             echo_return_loss_db: 12.0,
             latching: LatchMode::SignalledIp,
             ssrc_change_after_ms: 500,
+            srtp: SrtpMode::Optional,
         }
     }
 }

@@ -278,6 +278,20 @@ mod tests {
     }
 
     #[test]
+    fn srtp_mode_is_read_and_checked() {
+        use crate::media::srtp::SrtpMode;
+        let config = GatewayConfig::from_text(Path::new("g.toml"), "").unwrap();
+        assert_eq!(config.media.srtp, SrtpMode::Optional);
+        let text = "[media]\nsrtp = \"required\"\n";
+        let config = GatewayConfig::from_text(Path::new("g.toml"), text).unwrap();
+        assert_eq!(config.media.srtp, SrtpMode::Required);
+        let text = "[media]\nsrtp = \"mandatory\"\n";
+        let err = GatewayConfig::from_text(Path::new("g.toml"), text).unwrap_err();
+        assert_eq!(err.line, Some(2), "{err}");
+        assert!(err.to_string().contains("optional"), "{err}");
+    }
+
+    #[test]
     fn embedded_defaults_are_valid() {
         let config = GatewayConfig::embedded().expect("embedded config is valid");
         assert_eq!(config.asr.language, "en");

@@ -13,6 +13,7 @@
 //! | [`sender`] | one call's send side: 20 ms pacing, silence, markers, DTMF |
 //! | [`rtcp`] | sender and receiver reports out, SR/RR/BYE in |
 //! | [`barge_in`] | when the caller's speech must stop the bot |
+//! | [`srtp`] | SRTP/SRTCP protect and unprotect with SDES keys, drops counted |
 //!
 //! Every parser here takes `&[u8]` and returns a `Result`; `fuzz_tests` feeds them (and the
 //! whole receive path) seeded random and mutated datagrams.
@@ -29,3 +30,4 @@ pub mod receiver;
 pub mod rtcp;
 pub mod rtp;
 pub mod sender;
+pub mod srtp;

@@ -47,6 +47,8 @@ pub const NAMES: &[&str] = &[
     "voicebot_prompt_cache_misses_total",
     "voicebot_prompt_cache_units",
     "voicebot_prompt_cache_kept_units",
+    "voicebot_srtp_auth_failures_total",
+    "voicebot_srtp_replays_total",
 ];
 
 /// The escalation reasons, as serialised (`EscalationReason`).
@@ -94,6 +96,10 @@ pub struct Metrics {
     /// Failed TLS handshakes (`direction`: `inbound` on our listener, `outbound` on
     /// connections we open, e.g. an agent's certificate not trusted).
     pub tls_handshake_failures: Family<DirectionLabel, Counter>,
+    /// SRTP/SRTCP packets dropped unauthenticated (wrong key, tampered, truncated) and as
+    /// replays, counted as they happen (never played).
+    pub srtp_auth_failures: Counter,
+    pub srtp_replays: Counter,
 }
 
 /// The direction label of TLS handshake failures.
@@ -134,6 +140,8 @@ impl Metrics {
         let prompt_cache_kept = Gauge::default();
         let refused = Family::<ReasonLabel, Counter>::default();
         let tls_handshake_failures = Family::<DirectionLabel, Counter>::default();
+        let srtp_auth_failures = Counter::default();
+        let srtp_replays = Counter::default();
         registry.register(
             "voicebot_calls_active",
             "Calls in progress (answered by the bot, in transfer or bridged)",
@@ -235,6 +243,16 @@ impl Metrics {
              timeout), by direction",
             tls_handshake_failures.clone(),
         );
+        registry.register(
+            "voicebot_srtp_auth_failures",
+            "SRTP/SRTCP packets dropped because they failed authentication (never played)",
+            srtp_auth_failures.clone(),
+        );
+        registry.register(
+            "voicebot_srtp_replays",
+            "SRTP/SRTCP packets dropped as replays or older than the replay window",
+            srtp_replays.clone(),
+        );
         Metrics {
             registry,
             calls_active,
@@ -257,6 +275,8 @@ impl Metrics {
             prompt_cache_kept,
             refused,
             tls_handshake_failures,
+            srtp_auth_failures,
+            srtp_replays,
         }
     }
 

@@ -2,7 +2,10 @@
 //! decoder, symmetric-RTP latching under `media::latch`'s rules: only the caller's stream is
 //! heard, DTMF included, and only the caller gets the bot's audio), its paced sender, the recording of both directions, RTCP
 //! reports and the RTP figures of the call's record. The call task asks it for the caller's
-//! next 20 ms frame and gives it what the caller should hear.
+//! next 20 ms frame and gives it what the caller should hear. When the call negotiated SRTP
+//! (`media::srtp`), every datagram is authenticated and decrypted here before anything else
+//! looks at it (so a forged packet can neither latch the stream nor be played), and the
+//! outbound context sits in the paced stream, which protects each packet as it leaves.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -15,7 +18,10 @@ use crate::media::jitter::JitterConfig;
 use crate::media::latch::{Admit, Dropped, MediaLatch};
 use crate::media::receiver::MediaReceiver;
 use crate::media::rtcp::{parse_rtcp, sender_report, ReceptionReport, SenderInfo};
+use crate::media::rtp::is_rtcp;
 use crate::media::sender::RtpSender;
+use crate::media::srtp::{SrtpContext, SrtpError, SrtpKeys, SrtpSession};
+use crate::observe::metrics;
 use crate::sip::endpoint::IncomingCall;
 use crate::sip::sdp::Negotiated;
 
@@ -53,6 +59,8 @@ pub enum CallerLegError {
     Codec(#[from] CodecError),
     #[error("cannot share the RTP socket with the pacer: {0}")]
     Socket(#[from] std::io::Error),
+    #[error("cannot set up SRTP: {0}")]
+    Srtp(#[from] SrtpError),
 }
 
 /// The caller's media, both ways.
@@ -72,6 +80,8 @@ pub struct CallerLeg {
     sent_audio: Vec<f32>,
     rtcp: RtcpState,
     local_ip: std::net::IpAddr,
+    /// Authenticates and decrypts the caller's SRTP/SRTCP (None: plain RTP).
+    srtp_in: Option<SrtpContext>,
     pub figures: RtpFigures,
 }
 
@@ -92,6 +102,8 @@ impl CallerLeg {
         let (receiver, sender) = media_ends(media, jitter_ms, now)?;
         let mut paced = PacedStream::new(sender, rtp.try_clone()?, media.remote_rtp);
         paced.sending = media.direction.sends();
+        let (srtp_in, srtp_out) = srtp_contexts(media.srtp.as_ref())?;
+        paced.srtp = srtp_out;
         let recorder = start_recording(recording, id, media);
         if recorder.is_some() {
             paced.sender.keep_sent_audio();
@@ -108,7 +120,11 @@ impl CallerLeg {
             sent_audio: Vec::new(),
             rtcp: RtcpState::default(),
             local_ip: call.local_ip,
-            figures: RtpFigures::default(),
+            srtp_in,
+            figures: RtpFigures {
+                srtp: media.srtp.as_ref().map(|k| k.suite.name().to_owned()),
+                ..RtpFigures::default()
+            },
         })
     }
 
@@ -136,6 +152,27 @@ impl CallerLeg {
         from: SocketAddr,
         now: Instant,
     ) -> Option<DtmfEvent> {
+        let plain;
+        let bytes = match self.srtp_in.as_mut() {
+            None => bytes,
+            Some(ctx) => {
+                let opened = if is_rtcp(bytes) {
+                    ctx.unprotect_rtcp(bytes)
+                } else {
+                    ctx.unprotect_rtp(bytes)
+                };
+                match opened {
+                    Ok(p) => {
+                        plain = p;
+                        plain.as_slice()
+                    }
+                    Err(e) => {
+                        self.count_srtp_drop(&e, from);
+                        return None;
+                    }
+                }
+            }
+        };
         match self.latch.admit(bytes, from, now) {
             Admit::Drop(why) => {
                 self.count_dropped(why, from);
@@ -180,6 +217,26 @@ impl CallerLeg {
         if *count == 1 {
             let latched = self.latch.locked().map(|(a, _)| a.to_string());
             tracing::warn!(%from, ?why, latched, "RTP not from the caller's stream dropped (counted in the call's RTP figures)");
+        }
+    }
+
+    /// Counts an SRTP packet that was not authenticated or was a replay; the first of each
+    /// kind is logged (without any key material).
+    fn count_srtp_drop(&mut self, e: &SrtpError, from: SocketAddr) {
+        let f = &mut self.figures;
+        let count = match e {
+            SrtpError::Replay => {
+                metrics::global().srtp_replays.inc();
+                &mut f.srtp_replays
+            }
+            SrtpError::Auth | SrtpError::Malformed(_) | SrtpError::Context(_) => {
+                metrics::global().srtp_auth_failures.inc();
+                &mut f.srtp_auth_failures
+            }
+        };
+        *count += 1;
+        if *count == 1 {
+            tracing::warn!(%from, error = %e, "SRTP packet dropped (counted in the call's RTP figures and the metrics)");
         }
     }
 
@@ -253,7 +310,30 @@ impl CallerLeg {
         };
         self.latch.resignal(m.remote_rtp);
         let destination = self.latch.destination();
+        let rekey = if m.srtp != self.media.srtp {
+            match srtp_contexts(m.srtp.as_ref()) {
+                Ok(contexts) => Some(contexts),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot set up the new SRTP keys; keeping the old ones");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        if rekey.is_some() {
+            tracing::info!(
+                srtp = m.srtp.as_ref().map(|k| k.suite.name()).unwrap_or("off"),
+                plain_before = self.srtp_in.is_none(),
+                "SRTP keys changed by re-INVITE (rekeyed both ways)"
+            );
+            self.figures.srtp = m.srtp.as_ref().map(|k| k.suite.name().to_owned());
+        }
         if let Ok(mut s) = self.stream.lock() {
+            if let Some((srtp_in, srtp_out)) = rekey {
+                self.srtp_in = srtp_in;
+                s.srtp = srtp_out;
+            }
             if let Some((new_receiver, mut new_sender)) = new_ends {
                 if let Some(rec) = self.recorder.as_mut() {
                     // The old sender's last frames, at the old rate.
@@ -276,10 +356,14 @@ impl CallerLeg {
     /// A datagram on the RTCP port: the caller's RTCP (from the caller's IP), else dropped
     /// and counted.
     pub fn on_rtcp(&mut self, bytes: &[u8], from: SocketAddr, now: Instant) {
-        if self.latch.admits_rtcp_from(from) {
-            self.on_rtcp_admitted(bytes, now);
-        } else {
+        if !self.latch.admits_rtcp_from(from) {
             self.count_dropped(Dropped::Stranger, from);
+            return;
+        }
+        match self.srtp_in.as_mut().map(|ctx| ctx.unprotect_rtcp(bytes)) {
+            None => self.on_rtcp_admitted(bytes, now),
+            Some(Ok(plain)) => self.on_rtcp_admitted(&plain, now),
+            Some(Err(e)) => self.count_srtp_drop(&e, from),
         }
     }
 
@@ -291,18 +375,26 @@ impl CallerLeg {
     /// Our next RTCP sender report and where it goes (the caller's RTP port + 1).
     pub fn rtcp_report(&mut self, now: Instant) -> Option<(Vec<u8>, SocketAddr)> {
         let report = self.rtcp.report(&self.receiver, now);
-        let info = self.stream.lock().ok().map(|s| SenderInfo {
-            ssrc: s.sender.ssrc(),
+        let mut stream = self.stream.lock().ok()?;
+        let info = SenderInfo {
+            ssrc: stream.sender.ssrc(),
             wall_clock: SystemTime::now(),
-            rtp_timestamp: s.sender.timestamp(),
-            packets: s.sender.packets_sent() as u32,
-            octets: s.sender.octets_sent() as u32,
-        })?;
-        let packet = sender_report(
+            rtp_timestamp: stream.sender.timestamp(),
+            packets: stream.sender.packets_sent() as u32,
+            octets: stream.sender.octets_sent() as u32,
+        };
+        let mut packet = sender_report(
             &info,
             report.as_ref(),
             &format!("voicebot@{}", self.local_ip),
         );
+        if let Some(ctx) = stream.srtp.as_mut() {
+            packet = ctx
+                .protect_rtcp(&packet)
+                .map_err(|e| tracing::debug!(error = %e, "cannot protect our RTCP report"))
+                .ok()?;
+        }
+        drop(stream);
         let remote = self.latch.destination();
         let to = SocketAddr::new(remote.ip(), remote.port().saturating_add(1));
         Some((packet, to))
@@ -355,6 +447,19 @@ impl CallerLeg {
             None => None,
         };
         (self.figures, recording)
+    }
+}
+
+/// The inbound and outbound SRTP contexts for `keys` (none for plain RTP).
+fn srtp_contexts(
+    keys: Option<&SrtpKeys>,
+) -> Result<(Option<SrtpContext>, Option<SrtpContext>), SrtpError> {
+    match keys {
+        None => Ok((None, None)),
+        Some(keys) => {
+            let session = SrtpSession::new(keys)?;
+            Ok((Some(session.inbound), Some(session.outbound)))
+        }
     }
 }
 

@@ -323,6 +323,7 @@ impl Server {
                 user_agent: sip.user_agent.clone(),
                 sip_port: self.local.port(),
                 tls_port: self.tls_addr().map(|a| a.port()),
+                srtp: config.media.srtp,
                 ..EndpointConfig::default()
             },
             auth,

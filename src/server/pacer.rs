@@ -13,6 +13,7 @@ use std::thread::{self, Thread};
 use std::time::{Duration, Instant};
 
 use crate::media::sender::RtpSender;
+use crate::media::srtp::SrtpContext;
 
 /// Packets go out up to this much before their slot, to centre send times on the grid given
 /// the OS's wake-up latency.
@@ -81,6 +82,9 @@ pub struct PacedStream {
     pub lateness: Lateness,
     pub packets_sent: u64,
     pub send_errors: u64,
+    /// The outbound SRTP context when the leg is encrypted: every packet is protected here,
+    /// just before it leaves (the call task's RTCP reports use it too).
+    pub srtp: Option<SrtpContext>,
 }
 
 impl PacedStream {
@@ -93,6 +97,7 @@ impl PacedStream {
             lateness: Lateness::new(),
             packets_sent: 0,
             send_errors: 0,
+            srtp: None,
         }
     }
 
@@ -108,7 +113,19 @@ impl PacedStream {
             if !self.sending {
                 continue;
             }
-            match self.socket.send_to(&packet, self.remote) {
+            let protected;
+            let packet = match self.srtp.as_mut().map(|c| c.protect_rtp(&packet)) {
+                None => &packet,
+                Some(Ok(p)) => {
+                    protected = p;
+                    &protected
+                }
+                Some(Err(_)) => {
+                    self.send_errors += 1;
+                    continue;
+                }
+            };
+            match self.socket.send_to(packet, self.remote) {
                 Ok(_) => self.packets_sent += 1,
                 Err(_) => self.send_errors += 1,
             }

@@ -108,6 +108,7 @@ mod tests {
             direction: crate::sip::sdp::Direction::SendRecv,
             ptime_ms: 20,
             on_hold: false,
+            srtp: None,
         }
     }
 

@@ -22,6 +22,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::media::codec::Codec;
+use crate::media::srtp::SrtpMode;
 use crate::sip::auth::{AllowList, AuthError, DigestAuthenticator};
 use crate::sip::digest_client::{ClientCredentials, DigestClient};
 use crate::sip::escape::escaped;
@@ -259,6 +260,9 @@ pub struct EndpointConfig {
     /// The port of the TLS listener (`[sip.tls] listen`) for Via and Contact over TLS; None
     /// (no listener) names 5061, the default port of `sips:` (RFC 3261 26.2.2).
     pub tls_port: Option<u16>,
+    /// SRTP for inbound calls (`[media] srtp`): which transports an offer may use. Chosen
+    /// per call ([`SipEndpoint::srtp_mode_for`]); the calls we place offer plain RTP.
+    pub srtp: SrtpMode,
 }
 
 impl EndpointConfig {
@@ -281,6 +285,7 @@ impl Default for EndpointConfig {
             contact_user: "voicebot".into(),
             sip_port: 5060,
             tls_port: None,
+            srtp: SrtpMode::default(),
         }
     }
 }
@@ -361,6 +366,8 @@ struct Call {
     delayed_offer: bool,
     /// Our offer went out in a 2xx: the ACK must carry the answer (RFC 3264, 3261 13.2.1).
     awaiting_answer: bool,
+    /// Which transports this call's offers may use (re-INVITEs are held to the same rule).
+    srtp_mode: SrtpMode,
 }
 
 /// Identifies a server transaction (RFC 3261 17.2.3): the top Via's branch, its sent-by and
@@ -891,18 +898,25 @@ impl SipEndpoint {
                 "over capacity (max_calls)",
             );
         }
-        // No body at all is a delayed offer (RFC 3261 13.2.1): ours goes in the 200 OK.
+        let srtp_mode = self.srtp_mode_for(peer, &msg);
+        // No body at all is a delayed offer (RFC 3261 13.2.1): ours goes in the 200 OK. It is
+        // plain RTP/AVP, so a call that must be SRTP cannot start that way.
         let delayed_offer = msg.body.is_empty();
-        let negotiated = if delayed_offer {
+        let negotiated = if delayed_offer && srtp_mode == SrtpMode::Required {
+            Err(sdp::SdpError::SrtpRequired(
+                "none (delayed offer; our offers are RTP/AVP)".into(),
+            ))
+        } else if delayed_offer {
             Ok(self.delayed_offer_placeholder(peer.addr.ip()))
         } else {
-            sdp::parse_offer(&msg.body).and_then(|offer| {
+            sdp::parse_offer_for(&msg.body, srtp_mode).and_then(|offer| {
                 sdp::negotiate(&offer, &self.config.codecs).map(|media| (offer, media))
             })
         };
         let (offer, media) = match negotiated {
             Ok(pair) => pair,
             Err(e) => {
+                tracing::info!(srtp = %srtp_mode, error = %e, "the offer's SDP is not acceptable");
                 let warning = warning(305, &e);
                 return reject(self, 488, &[("Warning", warning)], "SDP not acceptable");
             }
@@ -954,6 +968,7 @@ impl SipEndpoint {
         self.respond_in(&key, ringing, now);
         tracing::info!(
             call = %handle, call_id = %escaped(&call_id), peer = %peer.addr, codec = %media.codec,
+            srtp = media.srtp.as_ref().map(|k| k.suite.name()).unwrap_or("no"),
             called = %escaped(called.as_deref().unwrap_or("")), delayed_offer, "incoming call"
         );
         self.events
@@ -1000,8 +1015,15 @@ impl SipEndpoint {
                 invite_ack: None,
                 delayed_offer,
                 awaiting_answer: false,
+                srtp_mode,
             },
         );
+    }
+
+    /// The SRTP mode for an inbound INVITE from `peer`: the gateway's `[media] srtp` (the
+    /// place where a per-trunk setting picks its own).
+    fn srtp_mode_for(&self, _peer: Peer, _invite: &SipMessage) -> SrtpMode {
+        self.config.srtp
     }
 
     /// Answers a ringing call with 200 OK and the SDP answer for `local`.
@@ -1603,6 +1625,7 @@ impl SipEndpoint {
             direction: sdp::Direction::Inactive,
             ptime_ms: 20,
             on_hold: true,
+            srtp: None,
         };
         let placeholder_offer = MediaOffer {
             remote_rtp: SocketAddr::new(p.local_ip, 0),
@@ -1612,6 +1635,8 @@ impl SipEndpoint {
             ptime_ms: None,
             media_lines: Vec::new(),
             audio_index: 0,
+            secure: false,
+            crypto: Vec::new(),
         };
         let session_expires = session_expires(response).map(|s| Duration::from_secs(u64::from(s)));
         Call {
@@ -1647,6 +1672,8 @@ impl SipEndpoint {
             invite_ack: None,
             delayed_offer: false,
             awaiting_answer: false,
+            // Our offers are plain RTP/AVP (agent legs).
+            srtp_mode: SrtpMode::Off,
         }
     }
 
@@ -1855,8 +1882,10 @@ impl SipEndpoint {
         }
         let mut new_media = None;
         if !msg.body.is_empty() {
-            match sdp::parse_offer(&msg.body).and_then(|offer| {
-                sdp::negotiate(&offer, &self.config.codecs).map(|media| (offer, media))
+            let current = call.media.srtp.as_ref();
+            match sdp::parse_offer_for(&msg.body, call.srtp_mode).and_then(|offer| {
+                sdp::negotiate_with(&offer, &self.config.codecs, current)
+                    .map(|media| (offer, media))
             }) {
                 Ok(pair) => new_media = Some(pair),
                 Err(e) => {
@@ -2764,6 +2793,129 @@ From: {};tag=agent1\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: 2 BYE\r\nMax-Forwards: 70\
             t0,
         );
         assert_eq!(codes(&sent(&mut ep)), vec![500]);
+    }
+
+    fn savp_sdp(key_b64: &str) -> String {
+        format!(
+            "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+m=audio 6000 RTP/SAVP 0 101\r\na=rtpmap:101 telephone-event/8000\r\n\
+a=crypto:3 AES_CM_128_HMAC_SHA1_32 inline:{key_b64}\r\n"
+        )
+    }
+
+    const KEY_A: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwd";
+    const KEY_B: &str = "HR0dHR0dHR0dHR0dHR0dHR0dHR0dHR0dHR0dHR0d";
+
+    fn endpoint_srtp(srtp: SrtpMode) -> SipEndpoint {
+        SipEndpoint::new(
+            EndpointConfig {
+                srtp,
+                ..EndpointConfig::default()
+            },
+            None,
+            AllowList::parse(&[]).unwrap(),
+            Instant::now(),
+        )
+    }
+
+    #[test]
+    fn srtp_offer_is_answered_with_sdes_and_a_rekey_by_reinvite_changes_the_keys() {
+        let t0 = Instant::now();
+        let mut ep = endpoint_srtp(SrtpMode::Optional);
+        let offer = savp_sdp(KEY_A);
+        ep.handle_bytes(
+            caller(),
+            local_ip(),
+            &request("INVITE", "z9hG4bK1", 1, None, "", &offer),
+            t0,
+        );
+        assert_eq!(codes(&sent(&mut ep)), vec![100, 180]);
+        let Some(Event::IncomingCall(call)) = ep.poll_event() else {
+            panic!("no IncomingCall event")
+        };
+        let keys = call.media.srtp.clone().expect("SRTP negotiated");
+        assert_eq!(keys.tag, 3);
+        ep.accept(call.handle, local_media(), t0);
+        let ok = sent(&mut ep);
+        let body = String::from_utf8_lossy(&ok[0].body).to_string();
+        assert!(body.contains("m=audio 20000 RTP/SAVP 0 101"), "{body}");
+        assert!(
+            body.contains("a=crypto:3 AES_CM_128_HMAC_SHA1_32 inline:"),
+            "{body}"
+        );
+        let tag = ok[0].to_tag().unwrap().to_string();
+        confirm(&mut ep, &tag, t0);
+
+        // The same key again (a session refresh): no change, our key stays.
+        ep.handle_bytes(
+            caller(),
+            local_ip(),
+            &request("INVITE", "z9hG4bK5", 2, Some(&tag), "", &offer),
+            t0,
+        );
+        let out = sent(&mut ep);
+        assert_eq!(codes(&out), vec![200]);
+        let crypto_of = |body: &[u8]| {
+            String::from_utf8_lossy(body)
+                .lines()
+                .find(|l| l.starts_with("a=crypto:"))
+                .map(str::to_owned)
+        };
+        assert_eq!(
+            crypto_of(&out[0].body),
+            crypto_of(&ok[0].body),
+            "our key is kept"
+        );
+        ep.handle_bytes(
+            caller(),
+            local_ip(),
+            &request("ACK", "z9hG4bK6", 2, Some(&tag), "", ""),
+            t0,
+        );
+        assert!(!matches!(ep.poll_event(), Some(Event::MediaChanged(..))));
+
+        // A new key: rekeyed, both ways.
+        ep.handle_bytes(
+            caller(),
+            local_ip(),
+            &request("INVITE", "z9hG4bK7", 3, Some(&tag), "", &savp_sdp(KEY_B)),
+            t0,
+        );
+        let out = sent(&mut ep);
+        assert_eq!(codes(&out), vec![200]);
+        let Some(Event::MediaChanged(_, m)) = ep.poll_event() else {
+            panic!("no MediaChanged for the new key")
+        };
+        let new = m.srtp.expect("still SRTP");
+        assert_ne!(new.remote, keys.remote);
+        assert_ne!(new.local, keys.local);
+    }
+
+    #[test]
+    fn srtp_modes_refuse_with_488() {
+        let t0 = Instant::now();
+        for (mode, body, why) in [
+            (SrtpMode::Required, SDP.to_owned(), "requires SRTP"),
+            (SrtpMode::Off, savp_sdp(KEY_A), "RTP/SAVP"),
+            (
+                SrtpMode::Optional,
+                savp_sdp(&format!("{KEY_A}|2^20|1:4")),
+                "MKI",
+            ),
+        ] {
+            let mut ep = endpoint_srtp(mode);
+            ep.handle_bytes(
+                caller(),
+                local_ip(),
+                &request("INVITE", "z9hG4bK1", 1, None, "", &body),
+                t0,
+            );
+            let out = sent(&mut ep);
+            assert_eq!(codes(&out), vec![100, 488], "{mode}");
+            let warning = out[1].header("Warning").unwrap_or_default();
+            assert!(warning.contains(why), "{mode}: {warning}");
+            assert!(!warning.contains(KEY_A), "no key in the Warning");
+        }
     }
 
     #[test]

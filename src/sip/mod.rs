@@ -9,5 +9,6 @@ pub mod endpoint;
 pub mod escape;
 pub mod locate;
 pub mod message;
+pub mod sdes;
 pub mod sdp;
 pub mod transaction;

@@ -9,8 +9,12 @@
 //! Parsing and printing are `sdp-types`'; the semantics live here:
 //! * static payload types need no `a=rtpmap` (RFC 3551), dynamic ones do, names are
 //!   case-insensitive;
-//! * the first `m=audio` line over RTP/AVP with a non-zero port is the call's stream, a
-//!   media-level `c=` wins over the session-level one;
+//! * the first `m=audio` line with a non-zero port over a transport the call's SRTP mode
+//!   accepts (RTP/AVP(F) unless `required`, RTP/SAVP(F) with SDES keys unless `off`, see
+//!   [`parse_offer_for`]) is the call's stream, a media-level `c=` wins over the
+//!   session-level one;
+//! * an RTP/SAVP stream is answered with the first usable `a=crypto` line's tag and suite and
+//!   a fresh key of ours (`sip::sdes`), kept across re-INVITEs that keep the far end's key;
 //! * the answer keeps the caller's payload type numbers and mirrors its direction, and
 //!   [`answer_sdp_for_offer`] keeps one `m=` line per offered one (RFC 3264 section 6).
 //!
@@ -27,6 +31,8 @@ use sdp_types::{
 };
 
 use crate::media::codec::Codec;
+use crate::media::srtp::{MasterKey, SrtpKeys, SrtpMode};
+use crate::sip::sdes::{self, OfferedCrypto};
 
 /// Packetization the gateway uses when the caller asks for none it can honour (RFC 3551's
 /// default for G.711).
@@ -54,9 +60,16 @@ pub enum SdpError {
     /// Every `m=audio` line has port 0, i.e. the audio stream is disabled.
     #[error("every m=audio line is disabled (port 0)")]
     AudioDisabled,
-    /// The only usable-looking audio lines use a transport other than RTP/AVP (SRTP, DTLS).
-    #[error("m=audio transport {0:?} is not supported (only RTP/AVP and RTP/AVPF)")]
+    /// The only usable-looking audio lines use a transport the call does not accept: DTLS
+    /// (UDP/TLS/RTP/SAVPF) always, RTP/SAVP when SRTP is off.
+    #[error("m=audio transport {0:?} is not accepted (RTP/AVP(F), or RTP/SAVP(F) unless srtp = \"off\")")]
     UnsupportedTransport(String),
+    /// Plain RTP offered to a call that requires SRTP (`srtp = "required"`).
+    #[error("m=audio transport {0:?}: this gateway requires SRTP (RTP/SAVP with a=crypto)")]
+    SrtpRequired(String),
+    /// An RTP/SAVP stream whose `a=crypto` lines are all unusable (the reasons, per tag).
+    #[error("no usable a=crypto: {0}")]
+    NoUsableCrypto(String),
     /// A format on the audio `m=` line is not an RTP payload type number (0-127).
     #[error("m= line #{media}: format {value:?} is not an RTP payload type (0-127)")]
     BadPayloadType {
@@ -215,6 +228,10 @@ pub struct MediaOffer {
     pub media_lines: Vec<OfferedMedia>,
     /// Index into `media_lines` of the audio stream described above.
     pub audio_index: usize,
+    /// The audio stream is RTP/SAVP(F): SRTP keyed by one of `crypto`.
+    pub secure: bool,
+    /// The audio stream's `a=crypto` lines (RFC 4568), in the offerer's order.
+    pub crypto: Vec<OfferedCrypto>,
 }
 
 /// What offer/answer settled for the call's audio stream.
@@ -235,6 +252,8 @@ pub struct Negotiated {
     pub ptime_ms: u32,
     /// The caller put the call on hold (sendonly, inactive, or a 0.0.0.0 / `::` address).
     pub on_hold: bool,
+    /// SRTP's suite and keys, when the stream is RTP/SAVP (`None`: plain RTP).
+    pub srtp: Option<SrtpKeys>,
 }
 
 /// Our side of the SDP: where we receive RTP and the `o=` line's identity.
@@ -250,13 +269,20 @@ pub struct LocalMedia {
     pub session_version: u64,
 }
 
-/// Parses an offer (or an answer to our offer) and extracts its audio stream.
+/// Parses an offer (or an answer to our offer) over plain RTP and extracts its audio stream;
+/// [`parse_offer_for`] with SRTP off.
 pub fn parse_offer(body: &[u8]) -> Result<MediaOffer, SdpError> {
+    parse_offer_for(body, SrtpMode::Off)
+}
+
+/// Parses an offer and extracts the first audio stream whose transport `srtp` accepts: plain
+/// RTP/AVP(F) unless `Required`, RTP/SAVP(F) unless `Off`.
+pub fn parse_offer_for(body: &[u8], srtp: SrtpMode) -> Result<MediaOffer, SdpError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(SdpError::Empty);
     }
     let session = Session::parse(body)?;
-    let (audio_index, media) = select_audio(&session.medias)?;
+    let (audio_index, media) = select_audio(&session.medias, srtp)?;
     let media_no = audio_index + 1;
 
     let connection = media
@@ -275,6 +301,12 @@ pub fn parse_offer(body: &[u8]) -> Result<MediaOffer, SdpError> {
         .or_else(|| direction_of(&session.attributes))
         .unwrap_or_default();
     let ptime_ms = ptime_of(media_no, media)?;
+    let secure = is_secure(&media.proto);
+    let crypto = if secure {
+        offered_crypto(media_no, media)?
+    } else {
+        Vec::new()
+    };
 
     let media_lines = session
         .medias
@@ -294,6 +326,8 @@ pub fn parse_offer(body: &[u8]) -> Result<MediaOffer, SdpError> {
         ptime_ms,
         media_lines,
         audio_index,
+        secure,
+        crypto,
     })
 }
 
@@ -302,8 +336,39 @@ pub fn parse_offer(body: &[u8]) -> Result<MediaOffer, SdpError> {
 /// recvonly, recvonly -> sendonly, inactive -> inactive). `a=sendonly`, `a=inactive` or an
 /// unspecified `c=` address (RFC 2543 hold) mean hold; with such an address we never send.
 ///
-/// [`SdpError::NoCommonCodec`] is answered with 488 Not Acceptable Here.
+/// An RTP/SAVP offer gets SDES keys: the first usable `a=crypto` line and a fresh key of
+/// ours (see [`negotiate_with`]).
+///
+/// [`SdpError::NoCommonCodec`] and [`SdpError::NoUsableCrypto`] are answered with 488 Not
+/// Acceptable Here.
 pub fn negotiate(offer: &MediaOffer, supported: &[Codec]) -> Result<Negotiated, SdpError> {
+    negotiate_with(offer, supported, None)
+}
+
+/// [`negotiate`] for a new offer in a dialog whose SRTP keys are `current`: when the offer
+/// keeps the far end's suite and key our key stays too (the crypto contexts, their rollover
+/// counters and replay windows carry on); a new key from the far end is a rekey, answered
+/// with a new key of ours (RFC 4568 section 7.1.4).
+pub fn negotiate_with(
+    offer: &MediaOffer,
+    supported: &[Codec],
+    current: Option<&SrtpKeys>,
+) -> Result<Negotiated, SdpError> {
+    let srtp = if offer.secure {
+        let (tag, suite, remote) = sdes::choose(&offer.crypto).map_err(SdpError::NoUsableCrypto)?;
+        let local = match current {
+            Some(c) if c.suite == suite && c.remote == remote => c.local.clone(),
+            _ => MasterKey::random(),
+        };
+        Some(SrtpKeys {
+            suite,
+            tag,
+            local,
+            remote,
+        })
+    } else {
+        None
+    };
     let (codec, payload_type) = offer
         .codecs
         .iter()
@@ -334,6 +399,7 @@ pub fn negotiate(offer: &MediaOffer, supported: &[Codec]) -> Result<Negotiated, 
         direction: remote.reverse(),
         ptime_ms,
         on_hold: matches!(remote, Direction::SendOnly | Direction::Inactive),
+        srtp,
     })
 }
 
@@ -423,13 +489,21 @@ fn local_session(local: &LocalMedia) -> Session {
 
 fn negotiated_media(local: &LocalMedia, negotiated: &Negotiated) -> Media {
     let codec = negotiated.codec;
-    audio_media(
+    let mut media = audio_media(
         local.rtp_port,
         &[(negotiated.payload_type, codec)],
         negotiated.telephone_event_pt,
         negotiated.ptime_ms,
         negotiated.direction,
-    )
+    );
+    if let Some(keys) = &negotiated.srtp {
+        media.proto = "RTP/SAVP".to_owned();
+        media.add_attribute(Attribute::with_value(
+            "crypto",
+            sdes::crypto_value(keys.tag, keys.suite, &keys.local),
+        ));
+    }
+    media
 }
 
 fn audio_media(
@@ -473,8 +547,17 @@ fn rtpmap(pt: u8, name: &str, clock_rate: u32) -> Attribute {
     Attribute::with_value("rtpmap", RtpMap::new(pt, name, clock_rate))
 }
 
-/// The first `m=audio` line over RTP/AVP(F) with a non-zero port, and its index.
-fn select_audio(medias: &[Media]) -> Result<(usize, &Media), SdpError> {
+fn is_plain(proto: &str) -> bool {
+    proto.eq_ignore_ascii_case("RTP/AVP") || proto.eq_ignore_ascii_case("RTP/AVPF")
+}
+
+fn is_secure(proto: &str) -> bool {
+    proto.eq_ignore_ascii_case("RTP/SAVP") || proto.eq_ignore_ascii_case("RTP/SAVPF")
+}
+
+/// The first `m=audio` line with a non-zero port over a transport `srtp` accepts, and its
+/// index.
+fn select_audio(medias: &[Media], srtp: SrtpMode) -> Result<(usize, &Media), SdpError> {
     let mut saw_audio = false;
     let mut other_transport: Option<&str> = None;
     for (i, media) in medias.iter().enumerate() {
@@ -486,16 +569,42 @@ fn select_audio(medias: &[Media]) -> Result<(usize, &Media), SdpError> {
             continue;
         }
         let proto = media.proto.as_str();
-        if proto.eq_ignore_ascii_case("RTP/AVP") || proto.eq_ignore_ascii_case("RTP/AVPF") {
+        let accepted = match srtp {
+            SrtpMode::Off => is_plain(proto),
+            SrtpMode::Optional => is_plain(proto) || is_secure(proto),
+            SrtpMode::Required => is_secure(proto),
+        };
+        if accepted {
             return Ok((i, media));
         }
         other_transport.get_or_insert(proto);
     }
     Err(match other_transport {
+        Some(proto) if srtp == SrtpMode::Required && is_plain(proto) => {
+            SdpError::SrtpRequired(proto.to_owned())
+        }
         Some(proto) => SdpError::UnsupportedTransport(proto.to_owned()),
         None if saw_audio => SdpError::AudioDisabled,
         None => SdpError::NoAudio,
     })
+}
+
+/// The audio stream's `a=crypto` lines; a line without even a tag and a suite is a syntax
+/// error (400), an unusable one is kept with its reason.
+fn offered_crypto(media_no: usize, media: &Media) -> Result<Vec<OfferedCrypto>, SdpError> {
+    media
+        .get_attribute_values("crypto")
+        .map(|value| {
+            let value = value.unwrap_or_default();
+            sdes::parse_crypto(value).map_err(|reason| SdpError::BadAttribute {
+                media: media_no,
+                name: "crypto",
+                // The value holds a key: never echo it.
+                value: String::from("<redacted>"),
+                reason,
+            })
+        })
+        .collect()
 }
 
 fn connection_ip(connection: &Connection) -> Result<IpAddr, SdpError> {
@@ -707,6 +816,7 @@ mod tests {
                 direction: Direction::SendRecv,
                 ptime_ms: 20,
                 on_hold: false,
+                srtp: None,
             }
         );
 
@@ -1004,6 +1114,173 @@ mod tests {
         );
     }
 
+    /// A pjsua2 offer with `srtpUse` mandatory: two suites, the 80-bit one first.
+    const SAVP_OFFER: &str = "v=0\r\n\
+        o=- 3913633393 3913633393 IN IP4 127.0.0.1\r\n\
+        s=pjmedia\r\n\
+        c=IN IP4 127.0.0.1\r\n\
+        t=0 0\r\n\
+        m=audio 4000 RTP/SAVP 0 8 101\r\n\
+        a=rtpmap:101 telephone-event/8000\r\n\
+        a=sendrecv\r\n\
+        a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwd\r\n\
+        a=crypto:2 AES_CM_128_HMAC_SHA1_32 inline:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwd|2^20\r\n";
+
+    #[test]
+    fn savp_offer_is_answered_with_a_fresh_key_under_the_same_tag() {
+        let offer = parse_offer_for(SAVP_OFFER.as_bytes(), SrtpMode::Optional).unwrap();
+        assert!(offer.secure);
+        assert_eq!(offer.crypto.len(), 2);
+        let n = negotiate(&offer, &Codec::ALL).unwrap();
+        let keys = n.srtp.clone().unwrap();
+        assert_eq!(keys.tag, 1);
+        assert_eq!(
+            keys.suite,
+            crate::media::srtp::SrtpSuite::AesCm128HmacSha1_80
+        );
+        assert_eq!(
+            keys.remote.as_bytes(),
+            (0..30).collect::<Vec<u8>>().as_slice()
+        );
+        assert_ne!(keys.local, keys.remote);
+
+        let answer = answer_sdp_for_offer(&local(), &offer, &n);
+        assert!(
+            answer.contains("m=audio 20000 RTP/SAVP 0 101\r\n"),
+            "{answer}"
+        );
+        assert!(
+            answer.contains("a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:"),
+            "{answer}"
+        );
+        assert!(
+            !answer.contains("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwd"),
+            "never echo their key"
+        );
+        assert_eq!(answer.matches("a=crypto").count(), 1);
+        // Our answer, read as an offer, carries our key.
+        let back = parse_offer_for(answer.as_bytes(), SrtpMode::Required).unwrap();
+        let ours = negotiate(&back, &Codec::ALL).unwrap().srtp.unwrap();
+        assert_eq!(ours.remote, keys.local);
+
+        // A second call gets another key.
+        let other = negotiate(&offer, &Codec::ALL).unwrap().srtp.unwrap();
+        assert_ne!(other.local, keys.local);
+        // No key in any Debug output.
+        assert!(!format!("{n:?}{offer:?}").contains("[0, 1, 2"));
+    }
+
+    #[test]
+    fn reinvite_keeps_our_key_unless_theirs_changes() {
+        let offer = parse_offer_for(SAVP_OFFER.as_bytes(), SrtpMode::Optional).unwrap();
+        let first = negotiate(&offer, &Codec::ALL).unwrap().srtp.unwrap();
+        let same = negotiate_with(&offer, &Codec::ALL, Some(&first)).unwrap();
+        assert_eq!(same.srtp.as_ref(), Some(&first));
+
+        let rekeyed_body = SAVP_OFFER.replace(
+            "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwd",
+            "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:HR0dHR0dHR0dHR0dHR0dHR0dHR0dHR0dHR0dHR0d",
+        );
+        let rekeyed = parse_offer_for(rekeyed_body.as_bytes(), SrtpMode::Optional).unwrap();
+        let new = negotiate_with(&rekeyed, &Codec::ALL, Some(&first))
+            .unwrap()
+            .srtp
+            .unwrap();
+        assert_ne!(new.remote, first.remote);
+        assert_ne!(
+            new.local, first.local,
+            "a new key of theirs gets a new key of ours"
+        );
+    }
+
+    #[test]
+    fn srtp_modes_pick_and_refuse_transports() {
+        let plain = offer_with_media(&["m=audio 7000 RTP/AVP 0"]);
+        let secure = SAVP_OFFER;
+        // off: as before, SAVP is refused.
+        assert_eq!(
+            parse_offer_for(secure.as_bytes(), SrtpMode::Off),
+            Err(SdpError::UnsupportedTransport("RTP/SAVP".into()))
+        );
+        assert!(
+            !parse_offer_for(plain.as_bytes(), SrtpMode::Off)
+                .unwrap()
+                .secure
+        );
+        // optional: both, each in kind.
+        let o = parse_offer_for(plain.as_bytes(), SrtpMode::Optional).unwrap();
+        assert!(negotiate(&o, &Codec::ALL).unwrap().srtp.is_none());
+        assert!(
+            !answer_sdp_for_offer(&local(), &o, &negotiate(&o, &Codec::ALL).unwrap())
+                .contains("crypto")
+        );
+        // required: plain is refused.
+        assert_eq!(
+            parse_offer_for(plain.as_bytes(), SrtpMode::Required),
+            Err(SdpError::SrtpRequired("RTP/AVP".into()))
+        );
+        assert!(
+            parse_offer_for(secure.as_bytes(), SrtpMode::Required)
+                .unwrap()
+                .secure
+        );
+        // Two streams: the first one the mode accepts.
+        let both = offer_with_media(&[
+            "m=audio 7000 RTP/SAVP 0",
+            "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwd",
+            "m=audio 7002 RTP/AVP 0",
+        ]);
+        assert_eq!(
+            parse_offer_for(both.as_bytes(), SrtpMode::Off)
+                .unwrap()
+                .audio_index,
+            1
+        );
+        assert_eq!(
+            parse_offer_for(both.as_bytes(), SrtpMode::Optional)
+                .unwrap()
+                .audio_index,
+            0
+        );
+        // DTLS-SRTP is never accepted.
+        let dtls = offer_with_media(&["m=audio 7000 UDP/TLS/RTP/SAVPF 0"]);
+        assert_eq!(
+            parse_offer_for(dtls.as_bytes(), SrtpMode::Optional),
+            Err(SdpError::UnsupportedTransport("UDP/TLS/RTP/SAVPF".into()))
+        );
+    }
+
+    #[test]
+    fn savp_without_a_usable_crypto_line_is_refused_with_reasons() {
+        let no_crypto = offer_with_media(&["m=audio 7000 RTP/SAVP 0", "a=fingerprint:sha-256 AB"]);
+        let o = parse_offer_for(no_crypto.as_bytes(), SrtpMode::Optional).unwrap();
+        assert!(matches!(
+            negotiate(&o, &Codec::ALL),
+            Err(SdpError::NoUsableCrypto(_))
+        ));
+
+        let mki = offer_with_media(&[
+            "m=audio 7000 RTP/SAVP 0",
+            "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwd|2^20|1:32",
+            "a=crypto:2 AES_256_CM_HMAC_SHA1_80 inline:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwd",
+        ]);
+        let o = parse_offer_for(mki.as_bytes(), SrtpMode::Optional).unwrap();
+        let err = negotiate(&o, &Codec::ALL).unwrap_err().to_string();
+        assert!(err.contains("tag 1: an MKI is not supported"), "{err}");
+        assert!(
+            err.contains("tag 2: suite AES_256_CM_HMAC_SHA1_80"),
+            "{err}"
+        );
+        assert!(!err.contains("AAECAwQF"), "{err}");
+
+        let broken = offer_with_media(&["m=audio 7000 RTP/SAVP 0", "a=crypto:x"]);
+        let err = parse_offer_for(broken.as_bytes(), SrtpMode::Optional).unwrap_err();
+        assert!(
+            matches!(err, SdpError::BadAttribute { name: "crypto", .. }),
+            "{err}"
+        );
+    }
+
     #[test]
     fn garbage_is_a_typed_error_naming_the_problem() {
         assert_eq!(parse_offer(b""), Err(SdpError::Empty));
@@ -1147,7 +1424,7 @@ mod tests {
     /// Whatever the input, no panic; and whatever negotiates yields an answer that parses back
     /// to the same choice.
     fn exercise(body: &[u8]) {
-        let Ok(offer) = parse_offer(body) else {
+        let Ok(offer) = parse_offer_for(body, SrtpMode::Optional) else {
             return;
         };
         let Ok(n) = negotiate(&offer, &Codec::ALL) else {
@@ -1157,7 +1434,7 @@ mod tests {
             answer_sdp(&local(), &n),
             answer_sdp_for_offer(&local(), &offer, &n),
         ] {
-            let back = parse_offer(answer.as_bytes())
+            let back = parse_offer_for(answer.as_bytes(), SrtpMode::Optional)
                 .unwrap_or_else(|e| panic!("answer {answer:?} to {body:?} does not parse: {e}"));
             let again = negotiate(&back, &Codec::ALL).unwrap();
             assert_eq!((again.codec, again.payload_type), (n.codec, n.payload_type));

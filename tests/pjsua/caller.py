@@ -98,6 +98,8 @@ def main():
     ap.add_argument("--speaking-level", type=int, default=SPEAKING_LEVEL,
                     help="level (0-100) above which the far end counts as speaking; raise it "
                          "to ignore a quiet hold tone")
+    ap.add_argument("--srtp", choices=["off", "optional", "mandatory"], default="off",
+                    help="SRTP with SDES keys (a=crypto): mandatory offers RTP/SAVP only")
     ap.add_argument("--first-wait", type=float, default=25.0,
                     help="longest wait for the bot to finish a turn before going on anyway")
     args = ap.parse_args()
@@ -136,6 +138,14 @@ def main():
         # timer closes the connection.
         listener = ep.transportGetInfo(transport_id).localName
         acfg.sipConfig.contactForced = "<sip:caller@%s;transport=%s>" % (listener, args.transport)
+    if args.srtp != "off":
+        acfg.mediaConfig.srtpUse = (pj.PJMEDIA_SRTP_MANDATORY if args.srtp == "mandatory"
+                                    else pj.PJMEDIA_SRTP_OPTIONAL)
+        # SDES over plain UDP/TCP signalling (no sips: URI needed); SDES keying only.
+        acfg.mediaConfig.srtpSecureSignaling = 0
+        keyings = pj.IntVector()
+        keyings.append(pj.PJMEDIA_SRTP_KEYING_SDES)
+        acfg.mediaConfig.srtpOpt.keyings = keyings
     account = pj.Account()
     account.create(acfg)
 

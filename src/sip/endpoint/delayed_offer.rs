@@ -31,6 +31,8 @@ impl SipEndpoint {
             ptime_ms: None,
             media_lines: Vec::new(),
             audio_index: 0,
+            secure: false,
+            crypto: Vec::new(),
         };
         let media = Negotiated {
             codec,
@@ -40,6 +42,7 @@ impl SipEndpoint {
             direction: Direction::Inactive,
             ptime_ms: 20,
             on_hold: false,
+            srtp: None,
         };
         (offer, media)
     }
