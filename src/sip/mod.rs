@@ -8,5 +8,6 @@ pub mod digest_client;
 pub mod endpoint;
 pub mod escape;
 pub mod message;
+pub mod registration;
 pub mod sdp;
 pub mod transaction;
