@@ -8,6 +8,8 @@
 #   libopus-dev, pkg-config: the Opus codec (libopus, BSD), linked through audiopus
 #   sip-tester: SIPp, the SIP peer the end-to-end tests and the capacity benchmark call with
 #   python3-venv: the virtual environment for pjsua2 (PJSIP's Python binding), the other peer
+#   kamailio: the registrar and proxy the trunk tests register with and call through (digest
+#     auth with users in an htable: the main package's modules suffice; GPL, run as a process)
 set -euo pipefail
 
 need=()
@@ -21,6 +23,7 @@ have_cmd espeak-ng || need+=(espeak-ng)
 have_cmd sox || need+=(sox)
 have_cmd python3 || need+=(python3)
 have_cmd sipp || need+=(sip-tester)
+have_cmd kamailio || need+=(kamailio)
 have_pkg libopus-dev || need+=(libopus-dev)
 have_cmd pkg-config || need+=(pkg-config)
 # The agent screen and the admin console are tested in a real browser (headless); the console

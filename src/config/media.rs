@@ -81,6 +81,9 @@ pub struct SipConfig {
     /// The `Server` and `User-Agent` header value ("" = no such header). The default names no
     /// version, so a scanner learns less about which bugs to try.
     pub user_agent: String,
+    /// `[[sip.trunks]]`: trunks and PBXs (registration, matching of their calls, the header
+    /// that carries the called number); see [`crate::config::trunks`].
+    pub trunks: Vec<super::trunks::TrunkConfig>,
 }
 
 impl Default for SipConfig {
@@ -99,6 +102,7 @@ impl Default for SipConfig {
             tcp_header_timeout_s: 10,
             tcp_idle_timeout_s: 300,
             user_agent: "voicebot-gateway".into(),
+            trunks: Vec::new(),
         }
     }
 }
@@ -213,7 +217,7 @@ impl SipConfig {
                 "must be at least 1 second and at most tcp_idle_timeout_s",
             );
         }
-        Ok(())
+        super::trunks::validate(&self.trunks, file, text)
     }
 }
 

@@ -47,6 +47,8 @@ pub const NAMES: &[&str] = &[
     "voicebot_prompt_cache_misses_total",
     "voicebot_prompt_cache_units",
     "voicebot_prompt_cache_kept_units",
+    "voicebot_sip_trunk_registered",
+    "voicebot_sip_register_failures",
 ];
 
 /// The escalation reasons, as serialised (`EscalationReason`).
@@ -64,6 +66,19 @@ const REASONS: &[&str] = &[
 /// The escalation reason label.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
+    pub reason: String,
+}
+
+/// A trunk's name.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TrunkLabel {
+    pub trunk: String,
+}
+
+/// A trunk's name and why a REGISTER failed (`timeout`, `auth`, `status`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TrunkReasonLabel {
+    pub trunk: String,
     pub reason: String,
 }
 
@@ -91,6 +106,10 @@ pub struct Metrics {
     /// Requests and connections refused by a limit (`reason`: `tcp_total`, `tcp_per_source`,
     /// `tcp_header_timeout`, `tcp_write_backlog`, `auth_throttled`).
     pub refused: Family<ReasonLabel, Counter>,
+    /// 1 while the trunk's registration holds, else 0 (set at each scrape).
+    pub trunk_registered: Family<TrunkLabel, Gauge>,
+    /// Failed REGISTER attempts by trunk and reason.
+    pub register_failures: Family<TrunkReasonLabel, Counter>,
 }
 
 impl Metrics {
@@ -124,6 +143,18 @@ impl Metrics {
         let prompt_cache_units = Gauge::default();
         let prompt_cache_kept = Gauge::default();
         let refused = Family::<ReasonLabel, Counter>::default();
+        let trunk_registered = Family::<TrunkLabel, Gauge>::default();
+        let register_failures = Family::<TrunkReasonLabel, Counter>::default();
+        registry.register(
+            "voicebot_sip_trunk_registered",
+            "1 while the gateway's registration with the trunk holds",
+            trunk_registered.clone(),
+        );
+        registry.register(
+            "voicebot_sip_register_failures",
+            "Failed REGISTER attempts, by trunk and reason (timeout, auth, status)",
+            register_failures.clone(),
+        );
         registry.register(
             "voicebot_calls_active",
             "Calls in progress (answered by the bot, in transfer or bridged)",
@@ -240,6 +271,8 @@ impl Metrics {
             prompt_cache_units,
             prompt_cache_kept,
             refused,
+            trunk_registered,
+            register_failures,
         }
     }
 
@@ -257,6 +290,27 @@ pub fn refused(reason: &str) {
     global()
         .refused
         .get_or_create(&ReasonLabel {
+            reason: reason.to_string(),
+        })
+        .inc();
+}
+
+/// Sets a trunk's registered gauge.
+pub fn trunk_registered(trunk: &str, registered: bool) {
+    global()
+        .trunk_registered
+        .get_or_create(&TrunkLabel {
+            trunk: trunk.to_string(),
+        })
+        .set(i64::from(registered));
+}
+
+/// Counts one failed REGISTER of `trunk` for `reason`.
+pub fn register_failed(trunk: &str, reason: &str) {
+    global()
+        .register_failures
+        .get_or_create(&TrunkReasonLabel {
+            trunk: trunk.to_string(),
             reason: reason.to_string(),
         })
         .inc();

@@ -103,6 +103,30 @@ pub struct IncomingCall {
     pub media: Negotiated,
     /// The authenticated user, when digest authentication is on.
     pub user: Option<String>,
+    /// The INVITE's headers a trunk may read the called number from.
+    pub called_headers: CalledHeaders,
+    /// The `[[sip.trunks]]` entry the call came through, when the server matched one.
+    pub trunk: Option<String>,
+}
+
+/// The parts of an INVITE a called number can come from (a trunk's `called_number` picks).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CalledHeaders {
+    pub request_uri: String,
+    pub to: String,
+    pub p_called_party_id: Option<String>,
+    pub diversion: Option<String>,
+}
+
+impl CalledHeaders {
+    fn of(msg: &SipMessage) -> CalledHeaders {
+        CalledHeaders {
+            request_uri: msg.request_uri().unwrap_or("").to_string(),
+            to: msg.header("To").unwrap_or("").to_string(),
+            p_called_party_id: msg.header("P-Called-Party-ID").map(str::to_string),
+            diversion: msg.header_values("Diversion").next().map(str::to_string),
+        }
+    }
 }
 
 /// Why a call ended.
@@ -897,6 +921,8 @@ impl SipEndpoint {
                 local_ip,
                 media: media.clone(),
                 user,
+                called_headers: CalledHeaders::of(&msg),
+                trunk: None,
             })));
         self.dialogs
             .insert((call_id.clone(), local_tag.clone()), handle);

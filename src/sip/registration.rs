@@ -262,11 +262,19 @@ impl Registration {
                 Some(ClientAction::Retransmit(bytes)) => self.transmits.push_back(bytes),
                 Some(ClientAction::Timeout) => {
                     self.in_flight = None;
-                    self.fail(FailureKind::Timeout, "no response from the registrar".into(), now);
+                    self.fail(
+                        FailureKind::Timeout,
+                        "no response from the registrar".into(),
+                        now,
+                    );
                 }
                 None => {}
             }
-            if self.in_flight.as_ref().is_some_and(|f| f.txn.is_terminated()) {
+            if self
+                .in_flight
+                .as_ref()
+                .is_some_and(|f| f.txn.is_terminated())
+            {
                 self.in_flight = None;
             }
         }
@@ -337,7 +345,8 @@ impl Registration {
         self.wake_at = Some(now + refresh);
         self.state = RegState::Registered { until };
         tracing::info!(trunk = %self.config.trunk, granted_s = granted, refresh_in_s = refresh.as_secs(), "registered");
-        self.events.push_back(RegEvent::Registered { expires: granted });
+        self.events
+            .push_back(RegEvent::Registered { expires: granted });
     }
 
     fn challenged(&mut self, code: u16, response: &SipMessage, asked: u32, now: Instant) {
@@ -356,7 +365,12 @@ impl Registration {
         };
         let answer = digest.answer(
             code,
-            response.header_values(header),
+            // One challenge per header line: a challenge's own commas are not a list.
+            response
+                .headers
+                .iter()
+                .filter(|h| h.name.eq_ignore_ascii_case(header))
+                .map(|h| h.value.as_str()),
             "REGISTER",
             &self.config.registrar,
             &new_cnonce(),
@@ -557,19 +571,17 @@ mod tests {
                     let ch = self.auth.challenge(wall, false);
                     reply(req, 401, &[("WWW-Authenticate", &ch)])
                 }
-                Some(h) => {
-                    match self.auth.verify("REGISTER", h, wall) {
-                        Ok(_) => reply(
-                            req,
-                            200,
-                            &[("Contact", "<sip:bot@127.0.0.1:5070>;expires=120")],
-                        ),
-                        Err(_) => {
-                            let ch = self.auth.challenge(wall, false);
-                            reply(req, 401, &[("WWW-Authenticate", &ch)])
-                        }
+                Some(h) => match self.auth.verify("REGISTER", h, wall) {
+                    Ok(_) => reply(
+                        req,
+                        200,
+                        &[("Contact", "<sip:bot@127.0.0.1:5070>;expires=120")],
+                    ),
+                    Err(_) => {
+                        let ch = self.auth.challenge(wall, false);
+                        reply(req, 401, &[("WWW-Authenticate", &ch)])
                     }
-                }
+                },
             }
         }
     }
@@ -609,7 +621,10 @@ mod tests {
                 until: t0 + Duration::from_secs(120)
             }
         );
-        assert_eq!(reg.poll_event(), Some(RegEvent::Registered { expires: 120 }));
+        assert_eq!(
+            reg.poll_event(),
+            Some(RegEvent::Registered { expires: 120 })
+        );
         // Refresh at half the granted 120 s; retransmission timers are gone.
         assert_eq!(reg.next_timeout(), Some(t0 + Duration::from_secs(60)));
         let t1 = t0 + Duration::from_secs(60);
@@ -692,7 +707,13 @@ mod tests {
         reg.start(t0);
         let r = sent(&mut reg);
         reg.handle_response(&reply(&r, 503, &[]), t0);
-        assert!(matches!(reg.poll_event(), Some(RegEvent::Failed { kind: FailureKind::Status, .. })));
+        assert!(matches!(
+            reg.poll_event(),
+            Some(RegEvent::Failed {
+                kind: FailureKind::Status,
+                ..
+            })
+        ));
         assert!(reg.last_error().is_some_and(|e| e.contains("503")));
         let t1 = reg.next_timeout().expect("retry");
         reg.handle_timeout(t1);
@@ -747,12 +768,18 @@ mod tests {
             &r,
             200,
             &[
-                ("Contact", "<sip:other@10.0.0.9:5060>;expires=3000, <sip:BOT@127.0.0.1:5070>;expires=200"),
+                (
+                    "Contact",
+                    "<sip:other@10.0.0.9:5060>;expires=3000, <sip:BOT@127.0.0.1:5070>;expires=200",
+                ),
                 ("Expires", "999"),
             ],
         );
         reg.handle_response(&ok, t0);
-        assert_eq!(reg.poll_event(), Some(RegEvent::Registered { expires: 200 }));
+        assert_eq!(
+            reg.poll_event(),
+            Some(RegEvent::Registered { expires: 200 })
+        );
     }
 
     #[test]
@@ -767,7 +794,10 @@ mod tests {
         assert!(!reg.owns(&foreign));
         let ok = reply(&r, 200, &[]);
         reg.handle_response(&ok, t0);
-        assert_eq!(reg.poll_event(), Some(RegEvent::Registered { expires: 300 }));
+        assert_eq!(
+            reg.poll_event(),
+            Some(RegEvent::Registered { expires: 300 })
+        );
         // The same 200 again (a retransmission) changes nothing.
         reg.handle_response(&ok, t0);
         assert!(reg.poll_event().is_none());
@@ -782,9 +812,19 @@ mod tests {
         let mut reg = Registration::new(c);
         reg.start(t0);
         let r = sent(&mut reg);
-        let ch = reply(&r, 401, &[("WWW-Authenticate", "Digest realm=\"x\", nonce=\"n\"")]);
+        let ch = reply(
+            &r,
+            401,
+            &[("WWW-Authenticate", "Digest realm=\"x\", nonce=\"n\"")],
+        );
         reg.handle_response(&ch, t0);
-        assert!(matches!(reg.poll_event(), Some(RegEvent::Failed { kind: FailureKind::Auth, .. })));
+        assert!(matches!(
+            reg.poll_event(),
+            Some(RegEvent::Failed {
+                kind: FailureKind::Auth,
+                ..
+            })
+        ));
     }
 
     #[test]
@@ -798,7 +838,10 @@ mod tests {
         reg.unregister(t0);
         let bye = sent(&mut reg);
         assert_eq!(bye.header("Expires"), Some("0"));
-        assert_eq!(bye.header("Contact"), Some("<sip:bot@127.0.0.1:5070>;expires=0"));
+        assert_eq!(
+            bye.header("Contact"),
+            Some("<sip:bot@127.0.0.1:5070>;expires=0")
+        );
         reg.handle_response(&reply(&bye, 200, &[]), t0);
         assert_eq!(reg.poll_event(), Some(RegEvent::Unregistered));
         assert_eq!(reg.state(), &RegState::Unregistered);
