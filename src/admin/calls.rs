@@ -747,6 +747,7 @@ mod router_tests {
             call_id: "done@h".into(),
             from: "sip:carol@h".into(),
             called: Some("support".into()),
+            trunk: None,
             codec: "PCMA".into(),
             remote_rtp: "192.0.2.9:4000".into(),
             duration_ms: 9000,

@@ -4,7 +4,8 @@
 //! the models are loaded and the SIP socket is being served. A load balancer or an
 //! orchestrator routes calls by the second, restarts by the first. The flags are set by the
 //! server as it starts and cleared when it begins to shut down (draining), so a gateway that
-//! is hanging up its calls stops being ready at once.
+//! is hanging up its calls stops being ready at once. Trunk registrations are listed but do
+//! not decide readiness (see `ReadyBody::trunks`).
 
 use std::sync::Arc;
 
@@ -26,6 +27,10 @@ struct ReadyBody {
     /// Flows in force.
     flows: Vec<String>,
     calls_active: usize,
+    /// Each trunk's registration state. A failed registration does not make the gateway
+    /// unready: calls from other trunks and address-matched peers still work, and restarting
+    /// the gateway would not fix a wrong password; it shows here and in `/api/trunks`.
+    trunks: Vec<super::trunks::TrunkView>,
 }
 
 /// `GET /readyz`: 200 when ready, else 503; the same JSON body either way.
@@ -37,6 +42,7 @@ pub async fn readyz(State(state): State<Arc<AdminState>>) -> Response {
         sip_listening: r.sip_listening(),
         flows: state.engines.flows.current().names(),
         calls_active: state.live.len(),
+        trunks: state.trunks.views(std::time::Instant::now()),
     };
     let status = if body.ready {
         StatusCode::OK
@@ -74,6 +80,9 @@ pub async fn metrics(State(state): State<Arc<AdminState>>) -> Result<Response, A
         None => (0, 0),
     };
     m.outbox_depth.set(depth);
+    for t in state.trunks.snapshot() {
+        metrics::trunk_registered(&t.name, t.state == "registered");
+    }
     m.webhook_dead.set(dead);
     // The prompt cache keeps its own counts; the exported counters follow them.
     let (hits, misses) = state.engines.tts.stats();

@@ -42,6 +42,7 @@ pub mod flows;
 pub mod health;
 pub use crate::observe::{live, metrics};
 pub mod openapi;
+pub mod trunks;
 pub mod tryout;
 pub mod webhook;
 
@@ -76,6 +77,8 @@ pub struct AdminState {
     pub history: Option<Arc<CallHistory>>,
     pub live: Arc<LiveCalls>,
     pub readiness: Arc<Readiness>,
+    /// The trunks' registration states (`GET /api/trunks`, `/readyz`, `/metrics`).
+    pub trunks: Arc<trunks::TrunkBoard>,
     /// The webhook outbox, when webhooks are configured (depth, deliveries, dead letters and
     /// their requeue).
     pub outbox: Option<Arc<Outbox>>,
@@ -98,6 +101,7 @@ impl AdminState {
             history: None,
             live: Arc::new(LiveCalls::new()),
             readiness: Arc::new(Readiness::new()),
+            trunks: Arc::new(trunks::TrunkBoard::new()),
             outbox: None,
             hub,
             flow_edits: tokio::sync::Mutex::new(()),
@@ -117,6 +121,11 @@ impl AdminState {
 
     pub fn with_readiness(mut self, readiness: Arc<Readiness>) -> Self {
         self.readiness = readiness;
+        self
+    }
+
+    pub fn with_trunks(mut self, trunks: Arc<trunks::TrunkBoard>) -> Self {
+        self.trunks = trunks;
         self
     }
 
@@ -303,6 +312,7 @@ pub fn routes(state: Arc<AdminState>) -> Routes<()> {
         .route("/api/calls/{id}", &["GET"], get(calls::one))
         .route("/api/calls/{id}/recording", &["GET"], get(calls::recording))
         .route("/api/analytics", &["GET"], get(calls::analytics))
+        .route("/api/trunks", &["GET"], get(trunks::list))
         .route("/api/webhook/dead", &["GET"], get(webhook::list))
         .route(
             "/api/webhook/dead/{id}/retry",

@@ -19,6 +19,9 @@ pub struct CallRecord {
     pub call_id: String,
     pub from: String,
     pub called: Option<String>,
+    /// The `[[sip.trunks]]` entry the call came through, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trunk: Option<String>,
     pub codec: String,
     pub remote_rtp: String,
     pub duration_ms: u64,

@@ -176,6 +176,9 @@ pub struct SipConfig {
     /// the caller).
     pub dns_timeout_ms: u64,
     pub tls: SipTlsConfig,
+    /// `[[sip.trunks]]`: trunks and PBXs (registration, matching of their calls, the header
+    /// that carries the called number); see [`crate::config::trunks`].
+    pub trunks: Vec<super::trunks::TrunkConfig>,
 }
 
 /// A DNS server from `[sip] dns_servers`: `IP` (port 53) or `IP:port`.
@@ -207,6 +210,7 @@ impl Default for SipConfig {
             dns_servers: Vec::new(),
             dns_timeout_ms: 2000,
             tls: SipTlsConfig::default(),
+            trunks: Vec::new(),
         }
     }
 }
@@ -337,7 +341,7 @@ impl SipConfig {
         if let Err((field, reason)) = self.tls.validate() {
             return bad(field, &reason);
         }
-        Ok(())
+        super::trunks::validate(&self.trunks, file, text)
     }
 }
 

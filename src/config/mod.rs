@@ -5,6 +5,7 @@
 pub mod http;
 pub mod media;
 pub mod recording;
+pub mod trunks;
 
 use std::path::{Path, PathBuf};
 

@@ -45,6 +45,13 @@ pub enum SrtpMode {
 }
 
 impl SrtpMode {
+    /// The mode a configuration word names (`off`, `optional`, `required`).
+    pub fn from_word(word: &str) -> Option<SrtpMode> {
+        [SrtpMode::Off, SrtpMode::Optional, SrtpMode::Required]
+            .into_iter()
+            .find(|m| m.as_str() == word)
+    }
+
     /// The setting's name in the configuration.
     pub fn as_str(self) -> &'static str {
         match self {

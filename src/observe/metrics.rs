@@ -50,6 +50,9 @@ pub const NAMES: &[&str] = &[
     "voicebot_srtp_auth_failures_total",
     "voicebot_srtp_replays_total",
 ];
+// `voicebot_refused`, `voicebot_sip_trunk_registered` and `voicebot_sip_register_failures_total`
+// have samples only once a limit refused something or a trunk is configured (their labels);
+// tests/trunk_kamailio.rs checks the trunk ones are served.
 
 /// The escalation reasons, as serialised (`EscalationReason`).
 const REASONS: &[&str] = &[
@@ -66,6 +69,19 @@ const REASONS: &[&str] = &[
 /// The escalation reason label.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
+    pub reason: String,
+}
+
+/// A trunk's name.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TrunkLabel {
+    pub trunk: String,
+}
+
+/// A trunk's name and why a REGISTER failed (`timeout`, `auth`, `status`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TrunkReasonLabel {
+    pub trunk: String,
     pub reason: String,
 }
 
@@ -100,6 +116,10 @@ pub struct Metrics {
     /// replays, counted as they happen (never played).
     pub srtp_auth_failures: Counter,
     pub srtp_replays: Counter,
+    /// 1 while the trunk's registration holds, else 0 (set at each scrape).
+    pub trunk_registered: Family<TrunkLabel, Gauge>,
+    /// Failed REGISTER attempts by trunk and reason.
+    pub register_failures: Family<TrunkReasonLabel, Counter>,
 }
 
 /// The direction label of TLS handshake failures.
@@ -142,6 +162,18 @@ impl Metrics {
         let tls_handshake_failures = Family::<DirectionLabel, Counter>::default();
         let srtp_auth_failures = Counter::default();
         let srtp_replays = Counter::default();
+        let trunk_registered = Family::<TrunkLabel, Gauge>::default();
+        let register_failures = Family::<TrunkReasonLabel, Counter>::default();
+        registry.register(
+            "voicebot_sip_trunk_registered",
+            "1 while the gateway's registration with the trunk holds",
+            trunk_registered.clone(),
+        );
+        registry.register(
+            "voicebot_sip_register_failures",
+            "Failed REGISTER attempts, by trunk and reason (timeout, auth, status)",
+            register_failures.clone(),
+        );
         registry.register(
             "voicebot_calls_active",
             "Calls in progress (answered by the bot, in transfer or bridged)",
@@ -277,6 +309,8 @@ impl Metrics {
             tls_handshake_failures,
             srtp_auth_failures,
             srtp_replays,
+            trunk_registered,
+            register_failures,
         }
     }
 
@@ -304,6 +338,27 @@ pub fn refused(reason: &str) {
     global()
         .refused
         .get_or_create(&ReasonLabel {
+            reason: reason.to_string(),
+        })
+        .inc();
+}
+
+/// Sets a trunk's registered gauge.
+pub fn trunk_registered(trunk: &str, registered: bool) {
+    global()
+        .trunk_registered
+        .get_or_create(&TrunkLabel {
+            trunk: trunk.to_string(),
+        })
+        .set(i64::from(registered));
+}
+
+/// Counts one failed REGISTER of `trunk` for `reason`.
+pub fn register_failed(trunk: &str, reason: &str) {
+    global()
+        .register_failures
+        .get_or_create(&TrunkReasonLabel {
+            trunk: trunk.to_string(),
             reason: reason.to_string(),
         })
         .inc();

@@ -1141,6 +1141,7 @@ impl CallTask {
             call_id: self.call.call_id.clone(),
             from: self.call.from.clone(),
             called: self.call.called.clone(),
+            trunk: self.call.trunk.clone(),
             codec,
             remote_rtp: remote,
             duration_ms,

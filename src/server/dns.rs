@@ -222,9 +222,23 @@ mod tests {
             r.locate("sip:1001@127.0.0.1:5070").await,
             Ok(vec!["127.0.0.1:5070".parse().unwrap()])
         );
-        assert!(matches!(
-            r.locate("sip:1001@host;transport=tcp").await,
-            Err(LegError::BadTarget(_))
-        ));
+        // The transport the URI names is the one looked up: TCP and TLS targets on numeric
+        // addresses, TLS on 5061 by default.
+        assert_eq!(
+            r.locate("sip:1001@127.0.0.1:5070;transport=tcp").await,
+            Ok(vec!["127.0.0.1:5070".parse().unwrap()])
+        );
+        assert_eq!(
+            r.locate("sips:1001@127.0.0.1").await,
+            Ok(vec!["127.0.0.1:5061".parse().unwrap()])
+        );
+    }
+
+    #[test]
+    fn the_lookup_is_for_the_transport_the_uri_asks_for() {
+        assert_eq!(agent_transports("sip:a@h"), &[Transport::Udp]);
+        assert_eq!(agent_transports("sip:a@h;transport=TCP"), &[Transport::Tcp]);
+        assert_eq!(agent_transports("sip:a@h;transport=tls"), &[Transport::Tls]);
+        assert_eq!(agent_transports("sips:a@h"), &[Transport::Tls]);
     }
 }

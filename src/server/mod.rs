@@ -20,6 +20,7 @@ pub mod signal_queue;
 mod speech_log;
 pub mod tls;
 pub mod transfer;
+mod trunks;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -324,6 +325,7 @@ impl Server {
                 sip_port: self.local.port(),
                 tls_port: self.tls_addr().map(|a| a.port()),
                 srtp: config.media.srtp,
+                srtp_by_source: trunks::srtp_by_source(&sip.trunks),
                 ..EndpointConfig::default()
             },
             auth,
@@ -371,6 +373,9 @@ impl Server {
         let live = Arc::new(LiveCalls::new());
         let readiness = Arc::new(Readiness::new());
         readiness.set_models_loaded(true);
+        let trunk_board = Arc::new(crate::admin::trunks::TrunkBoard::new());
+        let trunks = trunks::Trunks::new(sip.trunks.clone(), Arc::clone(&trunk_board));
+        let trunk_targets = trunks::resolve_targets(&sip.trunks).await;
         let mut history = None;
         let mut background = Vec::new();
         background.extend(recording::spawn_retention(&config.recording));
@@ -389,6 +394,7 @@ impl Server {
                 .with_history(history.clone())
                 .with_live(Arc::clone(&live))
                 .with_readiness(Arc::clone(&readiness))
+                .with_trunks(Arc::clone(&trunk_board))
                 .with_outbox(deliverer.as_ref().map(|d| Arc::clone(d.outbox())))
                 .with_metrics_token(Some(config.http.metrics_token.clone()));
             let app = crate::web::router(h.state, Some(Arc::new(admin)));
@@ -441,8 +447,9 @@ impl Server {
             history,
             live,
             readiness,
+            trunks,
         };
-        let result = signalling.run(inbound_rx, shutdown).await;
+        let result = signalling.run(inbound_rx, shutdown, trunk_targets).await;
         for task in background {
             task.abort();
         }
@@ -515,6 +522,8 @@ struct Signalling {
     readiness: Arc<Readiness>,
     /// RFC 3263 lookups of agent extensions, for the call tasks.
     resolver: Arc<dns::SipResolver>,
+    /// `[[sip.trunks]]`: registrations and the matching of incoming calls.
+    trunks: trunks::Trunks,
 }
 
 impl Signalling {
@@ -522,14 +531,19 @@ impl Signalling {
         mut self,
         mut inbound: mpsc::Receiver<Inbound>,
         shutdown: impl std::future::Future<Output = ()>,
+        trunk_targets: Vec<(usize, Result<SocketAddr, String>)>,
     ) -> Result<(), ServeError> {
         tokio::pin!(shutdown);
+        self.start_trunks(trunk_targets);
         let mut buf = vec![0u8; MAX_MESSAGE_BYTES + 1];
         let udp = self.udp.clone();
         let mut draining_since: Option<Instant> = None;
         self.readiness.set_sip_listening(true);
         loop {
-            let deadline = self.endpoint.next_timeout();
+            let deadline = [self.endpoint.next_timeout(), self.trunks.next_timeout()]
+                .into_iter()
+                .flatten()
+                .min();
             let sleep = async {
                 match deadline {
                     Some(at) => tokio::time::sleep_until(at.into()).await,
@@ -549,7 +563,7 @@ impl Signalling {
                         let peer = Peer { transport: Transport::Udp, addr: from };
                         if n > MAX_MESSAGE_BYTES {
                             tracing::warn!(%from, "oversized SIP datagram dropped");
-                        } else {
+                        } else if !self.trunk_response(&buf[..n]) {
                             self.endpoint.handle_bytes(peer, local_ip, &buf[..n], Instant::now());
                         }
                     }
@@ -561,11 +575,15 @@ impl Signalling {
                     Some(m) => self.on_inbound(m),
                     None => return Ok(()),
                 },
-                () = sleep => self.endpoint.handle_timeout(Instant::now()),
+                () = sleep => {
+                    self.endpoint.handle_timeout(Instant::now());
+                    self.trunks.handle_timeout(Instant::now());
+                }
                 () = &mut shutdown, if draining_since.is_none() => {
                     tracing::info!(calls = self.calls.len(), "shutting down: hanging up calls");
                     self.readiness.set_sip_listening(false);
                     self.endpoint.drain();
+                    self.trunks.unregister_all(Instant::now());
                     draining_since = Some(Instant::now());
                     for tx in self.calls.values() {
                         let _ = tx.send(CallSignal::Shutdown);
@@ -609,8 +627,10 @@ impl Signalling {
                     transport,
                     addr: from,
                 };
-                self.endpoint
-                    .handle_bytes(peer, local.ip(), &bytes, Instant::now());
+                if !self.trunk_response(&bytes) {
+                    self.endpoint
+                        .handle_bytes(peer, local.ip(), &bytes, Instant::now());
+                }
             }
             Inbound::TcpOpened { conn, writer } => {
                 // Belt and braces: a connection whose close notice was lost (see `ConnGuard`)
@@ -779,8 +799,82 @@ impl Signalling {
         )
     }
 
+    /// Starts the registrations of the trunks whose registrar was resolved.
+    fn start_trunks(&mut self, targets: Vec<(usize, Result<SocketAddr, String>)>) {
+        let user_agent = self.engines.config.sip.user_agent.clone();
+        for (index, target) in targets {
+            match target {
+                Ok(addr) => {
+                    let local = SocketAddr::new(self.local_ip_for(addr.ip()), self.local.port());
+                    self.trunks
+                        .start(index, addr, local, &user_agent, Instant::now());
+                }
+                Err(why) => self.trunks.unresolved(index, why),
+            }
+        }
+    }
+
+    /// Hands a response to the trunk registrations; true when it answered one of our
+    /// REGISTERs (the endpoint never sees it).
+    fn trunk_response(&mut self, bytes: &[u8]) -> bool {
+        if !self.trunks.any_registering() || !bytes.starts_with(b"SIP/2.0 ") {
+            return false;
+        }
+        match crate::sip::message::SipMessage::parse(bytes) {
+            Ok(msg) => self.trunks.handle_response(&msg, Instant::now()),
+            Err(_) => false,
+        }
+    }
+
+    /// Matches an incoming call to its trunk: the call takes the trunk's called number (per
+    /// its `called_number` list) and name; returns the trunk's own flow, if it has one.
+    fn match_trunk(&self, call: &mut crate::sip::endpoint::IncomingCall) -> Option<String> {
+        let m = self
+            .trunks
+            .match_call(call.peer.addr.ip(), &call.called_headers)?;
+        tracing::info!(
+            call = %call.handle, trunk = %m.trunk,
+            called = %escaped(m.called.as_deref().unwrap_or("")),
+            source = m.source.map_or("none", |s| s.name()),
+            flow = m.flow.as_deref().unwrap_or(""),
+            "call matched to a trunk"
+        );
+        if m.called.is_some() {
+            call.called = m.called;
+        }
+        call.trunk = Some(m.trunk);
+        m.flow
+    }
+
+    /// Sends a REGISTER: over UDP from the SIP socket, over TCP on our (reused) connection to
+    /// the registrar, whose responses come back through [`Signalling::trunk_response`].
+    async fn transmit_register(&mut self, t: trunks::TrunkTransmit) {
+        if t.tcp {
+            let conn = self.stream_to(t.to, None);
+            let to = Peer {
+                transport: Transport::Tcp(conn),
+                addr: t.to,
+            };
+            self.transmit(Transmit {
+                to,
+                bytes: t.bytes,
+                reconnect: None,
+            })
+            .await;
+        } else if let Some(sock) = &self.udp {
+            if let Err(e) = sock.send_to(&t.bytes, t.to).await {
+                tracing::warn!(to = %t.to, error = %e, "REGISTER send failed");
+            }
+        } else {
+            tracing::warn!(to = %t.to, "REGISTER over UDP but UDP is not among [sip] transports");
+        }
+    }
+
     /// Sends what the endpoint produced and acts on its events.
     async fn flush(&mut self) {
+        while let Some(t) = self.trunks.poll_transmit() {
+            self.transmit_register(t).await;
+        }
         while let Some(t) = self.endpoint.poll_transmit() {
             self.transmit(t).await;
         }
@@ -868,10 +962,16 @@ impl Signalling {
                     session_id: rand::random::<u32>().into(),
                     session_version: 1,
                 };
+                let mut call = call;
                 let flows = self.engines.flows.current();
-                let flow = match call.called.as_deref() {
-                    Some(number) => flows.for_number(number),
-                    None => flows.default_flow(),
+                let trunk_flow = self.match_trunk(&mut call);
+                let flow = match (
+                    trunk_flow.and_then(|name| flows.get(&name)),
+                    call.called.as_deref(),
+                ) {
+                    (Some(flow), _) => flow,
+                    (None, Some(number)) => flows.for_number(number),
+                    (None, None) => flows.default_flow(),
                 };
                 let (control_tx, control_rx) = signal_queue();
                 let id = crate::call::record::new_call_id();

@@ -124,6 +124,30 @@ pub struct IncomingCall {
     pub media: Negotiated,
     /// The authenticated user, when digest authentication is on.
     pub user: Option<String>,
+    /// The INVITE's headers a trunk may read the called number from.
+    pub called_headers: CalledHeaders,
+    /// The `[[sip.trunks]]` entry the call came through, when the server matched one.
+    pub trunk: Option<String>,
+}
+
+/// The parts of an INVITE a called number can come from (a trunk's `called_number` picks).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CalledHeaders {
+    pub request_uri: String,
+    pub to: String,
+    pub p_called_party_id: Option<String>,
+    pub diversion: Option<String>,
+}
+
+impl CalledHeaders {
+    fn of(msg: &SipMessage) -> CalledHeaders {
+        CalledHeaders {
+            request_uri: msg.request_uri().unwrap_or("").to_string(),
+            to: msg.header("To").unwrap_or("").to_string(),
+            p_called_party_id: msg.header("P-Called-Party-ID").map(str::to_string),
+            diversion: msg.header_values("Diversion").next().map(str::to_string),
+        }
+    }
 }
 
 /// Why a call ended.
@@ -263,6 +287,9 @@ pub struct EndpointConfig {
     /// SRTP for inbound calls (`[media] srtp`): which transports an offer may use. Chosen
     /// per call ([`SipEndpoint::srtp_mode_for`]); the calls we place offer plain RTP.
     pub srtp: SrtpMode,
+    /// Trunks' own SRTP modes (`[[sip.trunks]] srtp`), by the source addresses of their calls
+    /// (`addresses`); the first that holds the INVITE's source wins over `srtp`.
+    pub srtp_by_source: Vec<(AllowList, SrtpMode)>,
 }
 
 impl EndpointConfig {
@@ -286,6 +313,7 @@ impl Default for EndpointConfig {
             sip_port: 5060,
             tls_port: None,
             srtp: SrtpMode::default(),
+            srtp_by_source: Vec::new(),
         }
     }
 }
@@ -981,6 +1009,8 @@ impl SipEndpoint {
                 local_ip,
                 media: media.clone(),
                 user,
+                called_headers: CalledHeaders::of(&msg),
+                trunk: None,
             })));
         self.dialogs
             .insert((call_id.clone(), local_tag.clone()), handle);
@@ -1020,10 +1050,14 @@ impl SipEndpoint {
         );
     }
 
-    /// The SRTP mode for an inbound INVITE from `peer`: the gateway's `[media] srtp` (the
-    /// place where a per-trunk setting picks its own).
-    fn srtp_mode_for(&self, _peer: Peer, _invite: &SipMessage) -> SrtpMode {
-        self.config.srtp
+    /// The SRTP mode for an inbound INVITE from `peer`: the mode of the trunk its source
+    /// address belongs to, else the gateway's `[media] srtp`.
+    fn srtp_mode_for(&self, peer: Peer, _invite: &SipMessage) -> SrtpMode {
+        self.config
+            .srtp_by_source
+            .iter()
+            .find(|(sources, _)| sources.allows(peer.addr.ip()))
+            .map_or(self.config.srtp, |(_, mode)| *mode)
     }
 
     /// Answers a ringing call with 200 OK and the SDP answer for `local`.
@@ -2916,6 +2950,44 @@ a=crypto:3 AES_CM_128_HMAC_SHA1_32 inline:{key_b64}\r\n"
             assert!(warning.contains(why), "{mode}: {warning}");
             assert!(!warning.contains(KEY_A), "no key in the Warning");
         }
+    }
+
+    #[test]
+    fn a_trunks_srtp_mode_holds_for_calls_from_its_addresses() {
+        let t0 = Instant::now();
+        let trunk = |cidr: &str| {
+            SipEndpoint::new(
+                EndpointConfig {
+                    srtp: SrtpMode::Optional,
+                    srtp_by_source: vec![(
+                        AllowList::parse(&[cidr.to_string()]).unwrap(),
+                        SrtpMode::Required,
+                    )],
+                    ..EndpointConfig::default()
+                },
+                None,
+                AllowList::parse(&[]).unwrap(),
+                t0,
+            )
+        };
+        // The caller (127.0.0.1) is the trunk's: its plain offer is refused.
+        let mut ep = trunk("127.0.0.0/8");
+        ep.handle_bytes(
+            caller(),
+            local_ip(),
+            &request("INVITE", "z9hG4bK1", 1, None, "", SDP),
+            t0,
+        );
+        assert_eq!(codes(&sent(&mut ep)), vec![100, 488]);
+        // From elsewhere the gateway's own mode (optional) takes the plain offer.
+        let mut ep = trunk("192.0.2.0/24");
+        ep.handle_bytes(
+            caller(),
+            local_ip(),
+            &request("INVITE", "z9hG4bK1", 1, None, "", SDP),
+            t0,
+        );
+        assert_eq!(codes(&sent(&mut ep)), vec![100, 180]);
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod endpoint;
 pub mod escape;
 pub mod locate;
 pub mod message;
+pub mod registration;
 pub mod sdes;
 pub mod sdp;
 pub mod transaction;
