@@ -87,9 +87,14 @@ pub struct RtpFigures {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub srtp: Option<String>,
     /// SRTP/SRTCP packets dropped because they could not be authenticated (a wrong key,
-    /// tampering, too short) or replayed one already accepted; none of them was played.
+    /// tampering) or replayed one already accepted; none of them was played.
     pub srtp_auth_failures: u64,
     pub srtp_replays: u64,
+    /// Datagrams on an SRTP call that are no SRTP/SRTCP packet at all (too short to carry
+    /// a tag, not RTP version 2), e.g. a peer's NAT keep-alives: dropped, not played, and not
+    /// counted as authentication failures (they are no forgery attempt).
+    #[serde(default)]
+    pub srtp_malformed: u64,
 }
 
 /// A finished recording, as the call's record shows it.

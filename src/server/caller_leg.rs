@@ -220,8 +220,8 @@ impl CallerLeg {
         }
     }
 
-    /// Counts an SRTP packet that was not authenticated or was a replay; the first of each
-    /// kind is logged (without any key material).
+    /// Counts an SRTP packet that was not authenticated, was a replay, or was no SRTP at all;
+    /// the first of each kind is logged (without any key material).
     fn count_srtp_drop(&mut self, e: &SrtpError, from: SocketAddr) {
         let f = &mut self.figures;
         let count = match e {
@@ -229,7 +229,8 @@ impl CallerLeg {
                 metrics::global().srtp_replays.inc();
                 &mut f.srtp_replays
             }
-            SrtpError::Auth | SrtpError::Malformed(_) | SrtpError::Context(_) => {
+            SrtpError::Malformed(_) => &mut f.srtp_malformed,
+            SrtpError::Auth | SrtpError::Context(_) => {
                 metrics::global().srtp_auth_failures.inc();
                 &mut f.srtp_auth_failures
             }

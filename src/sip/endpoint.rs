@@ -927,20 +927,8 @@ impl SipEndpoint {
             );
         }
         let srtp_mode = self.srtp_mode_for(peer, &msg);
-        // No body at all is a delayed offer (RFC 3261 13.2.1): ours goes in the 200 OK. It is
-        // plain RTP/AVP, so a call that must be SRTP cannot start that way.
         let delayed_offer = msg.body.is_empty();
-        let negotiated = if delayed_offer && srtp_mode == SrtpMode::Required {
-            Err(sdp::SdpError::SrtpRequired(
-                "none (delayed offer; our offers are RTP/AVP)".into(),
-            ))
-        } else if delayed_offer {
-            Ok(self.delayed_offer_placeholder(peer.addr.ip()))
-        } else {
-            sdp::parse_offer_for(&msg.body, srtp_mode).and_then(|offer| {
-                sdp::negotiate(&offer, &self.config.codecs).map(|media| (offer, media))
-            })
-        };
+        let negotiated = self.negotiate_invite(peer, &msg, srtp_mode);
         let (offer, media) = match negotiated {
             Ok(pair) => pair,
             Err(e) => {
@@ -1048,6 +1036,28 @@ impl SipEndpoint {
                 srtp_mode,
             },
         );
+    }
+
+    /// The offer of a new INVITE and the media it gives, under the call's SRTP mode. No body
+    /// at all is a delayed offer (RFC 3261 13.2.1): ours goes in the 200 OK. It is plain
+    /// RTP/AVP, so a call that must be SRTP cannot start that way.
+    fn negotiate_invite(
+        &self,
+        peer: Peer,
+        msg: &SipMessage,
+        srtp_mode: SrtpMode,
+    ) -> Result<(MediaOffer, Negotiated), sdp::SdpError> {
+        if msg.body.is_empty() && srtp_mode == SrtpMode::Required {
+            return Err(sdp::SdpError::SrtpRequired(
+                "none (delayed offer; our offers are RTP/AVP)".into(),
+            ));
+        }
+        if msg.body.is_empty() {
+            return Ok(self.delayed_offer_placeholder(peer.addr.ip()));
+        }
+        sdp::parse_offer_for(&msg.body, srtp_mode).and_then(|offer| {
+            sdp::negotiate(&offer, &self.config.codecs).map(|media| (offer, media))
+        })
     }
 
     /// The SRTP mode for an inbound INVITE from `peer`: the mode of the trunk its source
@@ -2950,6 +2960,22 @@ a=crypto:3 AES_CM_128_HMAC_SHA1_32 inline:{key_b64}\r\n"
             assert!(warning.contains(why), "{mode}: {warning}");
             assert!(!warning.contains(KEY_A), "no key in the Warning");
         }
+    }
+
+    #[test]
+    fn a_delayed_offer_to_a_gateway_that_requires_srtp_gets_488() {
+        let t0 = Instant::now();
+        let mut ep = endpoint_srtp(SrtpMode::Required);
+        ep.handle_bytes(
+            caller(),
+            local_ip(),
+            &request("INVITE", "z9hG4bK1", 1, None, "", ""),
+            t0,
+        );
+        let out = sent(&mut ep);
+        assert_eq!(codes(&out), vec![100, 488]);
+        let warning = out[1].header("Warning").unwrap_or_default();
+        assert!(warning.contains("delayed offer"), "{warning}");
     }
 
     #[test]
