@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
+use common::sipp::{agent, finish};
 use common::webhook::{transfer_config, webhook_receiver};
 use common::{have_sipp, peer_available, root, Gateway};
 
@@ -132,24 +133,6 @@ impl Drop for Dns {
     }
 }
 
-/// Starts a SIPp agent (UAS) on `port` with `scenario` (a path).
-fn agent(dir: &Path, port: u16, media_port: u16, scenario: &Path, extra: &[&str]) -> Child {
-    Command::new("timeout")
-        .arg("120")
-        .arg("sipp")
-        .current_dir(dir)
-        .arg("-sf")
-        .arg(scenario)
-        .args(["-i", "127.0.0.1", "-p", &port.to_string()])
-        .args(["-mp", &media_port.to_string(), "-m", "1", "-nostdin"])
-        .args(["-timeout", "100", "-timeout_error"])
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start sipp agent")
-}
-
 /// The answering agent (`tests/sipp/uas_agent.xml`), written to `dir` with its talk time
 /// before hanging up raised from 12 to 30 s: the caller pressed 0 during the greeting, and is
 /// put through once the greeting and the announcement are out.
@@ -171,28 +154,8 @@ fn answering_agent_scenario(dir: &Path) -> std::path::PathBuf {
 /// Runs the SIPp caller (DTMF 0, then waits for the gateway's BYE) to completion.
 fn caller(dir: &Path, gw_port: u16, media_port: u16) -> (i32, String) {
     std::fs::write(dir.join("caller.raw"), vec![0xD5u8; 8000]).expect("caller audio");
-    let out = Command::new("timeout")
-        .arg("150")
-        .arg("sipp")
-        .arg(format!("127.0.0.1:{gw_port}"))
-        .current_dir(dir)
-        .arg("-sf")
-        .arg(root().join("tests/sipp/uac_dtmf_info.xml"))
-        .args(["-s", "support", "-i", "127.0.0.1", "-p", "0"])
-        .args(["-mp", &media_port.to_string(), "-m", "1", "-nostdin"])
-        .args(["-timeout", "140", "-timeout_error"])
-        .output()
-        .expect("run sipp caller");
-    let screen =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    (out.status.code().unwrap_or(-1), screen)
-}
-
-fn finish(child: Child) -> (i32, String) {
-    let out = child.wait_with_output().expect("sipp agent");
-    let screen =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    (out.status.code().unwrap_or(-1), screen)
+    let scenario = root().join("tests/sipp/uac_dtmf_info.xml");
+    common::sipp::caller(dir, gw_port, &scenario, media_port)
 }
 
 /// The transfer test configuration with one extension, the DNS server and the failover timer.

@@ -22,6 +22,7 @@ use std::time::Duration;
 
 mod common;
 
+use common::sipp::finish;
 use common::webhook::{
     check_signature, events, http_base, transfer_config as config, webhook_receiver,
     webhook_receiver_on, AGENT_TOKEN,
@@ -35,48 +36,16 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Starts a SIPp agent (UAS) on `port` with `scenario`.
+/// Starts a SIPp agent (UAS) on `port` with `scenario` from `tests/sipp/`.
 fn agent(dir: &Path, port: u16, media_port: u16, scenario: &str, extra: &[&str]) -> Child {
-    Command::new("timeout")
-        .arg("120")
-        .arg("sipp")
-        .current_dir(dir)
-        .arg("-sf")
-        .arg(root().join("tests/sipp").join(scenario))
-        .args(["-i", "127.0.0.1", "-p", &port.to_string()])
-        .args(["-mp", &media_port.to_string(), "-m", "1", "-nostdin"])
-        .args(["-timeout", "100", "-timeout_error"])
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start sipp agent")
+    let scenario = root().join("tests/sipp").join(scenario);
+    common::sipp::agent(dir, port, media_port, &scenario, extra)
 }
 
-/// Runs the SIPp caller to completion.
+/// Runs the SIPp caller with `scenario` from `tests/sipp/` to completion.
 fn caller(dir: &Path, gw_port: u16, scenario: &str, media_port: u16) -> (i32, String) {
-    let out = Command::new("timeout")
-        .arg("150")
-        .arg("sipp")
-        .arg(format!("127.0.0.1:{gw_port}"))
-        .current_dir(dir)
-        .arg("-sf")
-        .arg(root().join("tests/sipp").join(scenario))
-        .args(["-s", "support", "-i", "127.0.0.1", "-p", "0"])
-        .args(["-mp", &media_port.to_string(), "-m", "1", "-nostdin"])
-        .args(["-timeout", "140", "-timeout_error"])
-        .output()
-        .expect("run sipp caller");
-    let screen =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    (out.status.code().unwrap_or(-1), screen)
-}
-
-fn finish(child: Child) -> (i32, String) {
-    let out = child.wait_with_output().expect("sipp agent");
-    let screen =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    (out.status.code().unwrap_or(-1), screen)
+    let scenario = root().join("tests/sipp").join(scenario);
+    common::sipp::caller(dir, gw_port, &scenario, media_port)
 }
 
 #[test]
