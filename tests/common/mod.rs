@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod admin;
+pub mod browser;
 pub mod sipp;
 pub mod venv;
 pub mod webhook;
