@@ -332,7 +332,7 @@ fn attended_transfer_the_callers_phone_replaces_our_call_with_the_agent() {
         &record,
         &[
             format!("say:{}", cancel.display()),
-            "sleep:12".into(),
+            "await-transfer:45".into(),
             format!("say:{}", order.display()),
         ],
         &[],
@@ -406,7 +406,7 @@ fn blind_transfer_moves_on_when_the_first_extension_is_busy() {
         &record,
         &[
             format!("say:{}", cancel.display()),
-            "sleep:10".into(),
+            "await-transfer:45".into(),
             format!("say:{}", order.display()),
         ],
         &["--first-wait", "6"],

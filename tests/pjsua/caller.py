@@ -83,7 +83,8 @@ def main():
     ap.add_argument("--record", required=True)
     ap.add_argument("--turn", action="append", default=[],
                     help="say:FILE.wav, dtmf:DIGITS, pause:SECONDS (each after the bot's turn), "
-                         "or sleep:SECONDS, say-now:FILE.wav (at once)")
+                         "or sleep:SECONDS, say-now:FILE.wav (at once), await-transfer:SECONDS (until a "
+                         "REFER moved the call to a new one that is up)")
     ap.add_argument("--timeout", type=float, default=90.0)
     ap.add_argument("--transport", choices=["udp", "tcp", "tls"], default="udp")
     ap.add_argument("--tls-ca", help="CA file (PEM) the gateway's certificate must chain to")
@@ -228,7 +229,8 @@ def main():
 
         for turn in args.turn:
             kind, _, value = turn.partition(":")
-            heard = wait_for_bot_turn(args.first_wait) if kind not in ("sleep", "say-now") else False
+            heard = (wait_for_bot_turn(args.first_wait)
+                     if kind not in ("sleep", "say-now", "await-transfer") else False)
             if ended() or timed_out():
                 break
             if kind in ("say", "say-now"):
@@ -242,6 +244,17 @@ def main():
                 players.remove(player)
             elif kind == "sleep":
                 pump(float(value))
+            elif kind == "await-transfer":
+                # Until the gateway's REFER has moved us to a new call that is up (a blind
+                # transfer to a busy extension first fails, then comes again), at most VALUE s.
+                deadline = time.time() + float(value)
+                while time.time() < deadline and not timed_out():
+                    c = current["call"]
+                    if c is not current["first"] and c.state == "confirmed":
+                        break
+                    if ended():
+                        break
+                    poll(20)
             elif kind == "pause":
                 # Stay silent on the line (long enough, pjsip closes an idle TCP connection).
                 pump(float(value))
