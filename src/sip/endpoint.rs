@@ -128,6 +128,9 @@ pub struct IncomingCall {
     pub called_headers: CalledHeaders,
     /// The `[[sip.trunks]]` entry the call came through, when the server matched one.
     pub trunk: Option<String>,
+    /// The INVITE's `X-Voicebot-*` headers, as sent (a gateway's own agent legs carry the
+    /// escalated call's ids in them: the WebRTC edge shows that context to a browser agent).
+    pub voicebot_headers: Vec<(String, String)>,
 }
 
 /// The parts of an INVITE a called number can come from (a trunk's `called_number` picks).
@@ -999,6 +1002,17 @@ impl SipEndpoint {
                 user,
                 called_headers: CalledHeaders::of(&msg),
                 trunk: None,
+                voicebot_headers: msg
+                    .headers
+                    .iter()
+                    .filter(|h| {
+                        h.name.len() > 11
+                            && h.name
+                                .get(..11)
+                                .is_some_and(|p| p.eq_ignore_ascii_case("X-Voicebot-"))
+                    })
+                    .map(|h| (h.name.clone(), h.value.clone()))
+                    .collect(),
             })));
         self.dialogs
             .insert((call_id.clone(), local_tag.clone()), handle);
