@@ -246,7 +246,7 @@ impl TransferConfig {
         }
         for (team, targets) in &self.teams {
             for (i, target) in targets.iter().enumerate() {
-                if let Err(reason) = parse_target(target.uri()) {
+                if let Err(reason) = check_extension(target) {
                     return Some((format!("teams.{team}.{i}"), reason));
                 }
             }
@@ -296,6 +296,8 @@ impl TransferConfig {
                     .map(|e| Target {
                         uri: e.uri().to_string(),
                         mode: match e {
+                            // The gateway alone reaches a browser agent: always bridged.
+                            _ if browser_agent(e.uri()).is_some() => TransferMode::Bridge,
                             Extension::Spec(ExtensionSpec { mode: Some(m), .. }) => *m,
                             _ => self.mode,
                         },
@@ -329,6 +331,46 @@ impl TransferConfig {
 
     pub fn ring_timeout(&self) -> Duration {
         Duration::from_secs(self.ring_timeout_s)
+    }
+}
+
+/// The agent's name of a browser agent's extension (`webrtc:<agent>`), else None.
+pub fn browser_agent(uri: &str) -> Option<&str> {
+    uri.strip_prefix("webrtc:")
+}
+
+/// Whether a name (a browser agent's, a flow's) can stand as is in a SIP URI's user part:
+/// the WebRTC edge and the core call each other by such names.
+pub fn uri_safe_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+/// What is wrong with an extension: a SIP URI the gateway can call, or a browser agent
+/// (`webrtc:<agent>`, reached through the gateway only, so in bridge mode).
+fn check_extension(e: &Extension) -> Result<(), String> {
+    let Some(agent) = browser_agent(e.uri()) else {
+        return parse_target(e.uri()).map(|_| ());
+    };
+    if !uri_safe_name(agent) {
+        return Err(format!(
+            "`{}`: a browser agent's name is letters, digits, `.`, `_` or `-` (at most 64)",
+            e.uri()
+        ));
+    }
+    match e {
+        Extension::Spec(ExtensionSpec {
+            mode: Some(m @ (TransferMode::Blind | TransferMode::Attended)),
+            ..
+        }) => Err(format!(
+            "`{}` is a browser agent: only the gateway can reach it, so mode must be \"bridge\", not \"{}\"",
+            e.uri(),
+            m.as_str()
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -604,6 +646,44 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("a SIP URI or"), "{e}");
+    }
+
+    #[test]
+    fn browser_agents_are_always_bridged() {
+        let c: TransferConfig = toml::from_str(
+            r#"
+            mode = "blind"
+            [teams]
+            billing = ["webrtc:alice", "sip:2001@h", { uri = "webrtc:bob.b", mode = "bridge" }]
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.problem(), None);
+        let modes: Vec<TransferMode> = c.targets("billing").iter().map(|t| t.mode).collect();
+        assert_eq!(
+            modes,
+            [
+                TransferMode::Bridge,
+                TransferMode::Blind,
+                TransferMode::Bridge
+            ]
+        );
+        for (text, says) in [
+            (
+                r#"teams = { b = [{ uri = "webrtc:alice", mode = "blind" }] }"#,
+                "mode must be \"bridge\"",
+            ),
+            (
+                r#"teams = { b = ["webrtc:al ice"] }"#,
+                "a browser agent's name",
+            ),
+            (r#"teams = { b = ["webrtc:"] }"#, "a browser agent's name"),
+        ] {
+            let c: TransferConfig = toml::from_str(text).unwrap();
+            let (field, reason) = c.problem().expect(text);
+            assert_eq!(field, "teams.b.0");
+            assert!(reason.contains(says), "{reason}");
+        }
     }
 
     #[test]
