@@ -29,3 +29,4 @@ pub mod sip;
 pub mod speech;
 pub mod sqlite;
 pub mod web;
+pub mod webrtc;

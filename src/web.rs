@@ -80,6 +80,8 @@ pub struct WebState {
     pub hub: Arc<HandoverHub>,
     pub feedback: Arc<FeedbackStore>,
     pub token: String,
+    /// The WebRTC edge (browser agents answer their rings through it), when it runs.
+    pub webrtc: Option<crate::webrtc::EdgeHandle>,
 }
 
 /// A JSON error with its status.
@@ -318,6 +320,7 @@ mod tests {
             hub: Arc::new(HandoverHub::new()),
             feedback: Arc::new(FeedbackStore::in_memory().unwrap()),
             token: "agent-secret".into(),
+            webrtc: None,
         });
         let app = router(Arc::clone(&state), None);
         let listener = rt

@@ -45,6 +45,7 @@ pub mod openapi;
 pub mod trunks;
 pub mod tryout;
 pub mod webhook;
+pub mod webrtc;
 
 use std::sync::Arc;
 
@@ -53,7 +54,7 @@ use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde::Serialize;
 
@@ -84,6 +85,8 @@ pub struct AdminState {
     pub outbox: Option<Arc<Outbox>>,
     /// Latest hand-over contexts (summaries of escalated calls).
     pub hub: Arc<HandoverHub>,
+    /// The WebRTC edge (`/api/webrtc/...`: browser calls to a flow), when it runs.
+    pub webrtc: Option<crate::webrtc::EdgeHandle>,
     /// One flow edit at a time: validate, write and swap happen as one step.
     flow_edits: tokio::sync::Mutex<()>,
     /// Test runs share the inference pool with live calls: one at a time.
@@ -104,6 +107,7 @@ impl AdminState {
             trunks: Arc::new(trunks::TrunkBoard::new()),
             outbox: None,
             hub,
+            webrtc: None,
             flow_edits: tokio::sync::Mutex::new(()),
             tests: tokio::sync::Semaphore::new(1),
         }
@@ -131,6 +135,11 @@ impl AdminState {
 
     pub fn with_outbox(mut self, outbox: Option<Arc<Outbox>>) -> Self {
         self.outbox = outbox;
+        self
+    }
+
+    pub fn with_webrtc(mut self, edge: Option<crate::webrtc::EdgeHandle>) -> Self {
+        self.webrtc = edge;
         self
     }
 
@@ -313,6 +322,16 @@ pub fn routes(state: Arc<AdminState>) -> Routes<()> {
         .route("/api/calls/{id}/recording", &["GET"], get(calls::recording))
         .route("/api/analytics", &["GET"], get(calls::analytics))
         .route("/api/trunks", &["GET"], get(trunks::list))
+        .route(
+            "/api/webrtc/flows/{flow}",
+            &["POST"],
+            post(webrtc::call_flow),
+        )
+        .route(
+            "/api/webrtc/sessions/{id}",
+            &["DELETE"],
+            delete(webrtc::hangup),
+        )
         .route("/api/webhook/dead", &["GET"], get(webhook::list))
         .route(
             "/api/webhook/dead/{id}/retry",

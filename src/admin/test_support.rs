@@ -134,6 +134,7 @@ pub fn fixture(with_dir: bool) -> Fixture {
         hub,
         feedback: Arc::new(FeedbackStore::in_memory().expect("feedback")),
         token: AGENT.into(),
+        webrtc: None,
     });
     let routes = crate::web::routes(web, Some(Arc::clone(&state)));
     let list = routes.list();

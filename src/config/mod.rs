@@ -6,6 +6,7 @@ pub mod http;
 pub mod media;
 pub mod recording;
 pub mod trunks;
+pub mod webrtc;
 
 use std::path::{Path, PathBuf};
 
@@ -96,6 +97,7 @@ pub struct GatewayConfig {
     pub sip: SipConfig,
     pub media: MediaConfig,
     pub recording: RecordingConfig,
+    pub webrtc: webrtc::WebRtcConfig,
 }
 
 impl GatewayConfig {

@@ -41,6 +41,8 @@ pub struct SipResolver {
     /// The resolver, or why none could be made (reported at each lookup).
     inner: Result<TokioResolver, String>,
     limit: Duration,
+    /// Where `webrtc:<agent>` extensions are called: the WebRTC edge, when it runs.
+    webrtc_edge: Option<SocketAddr>,
 }
 
 impl SipResolver {
@@ -87,13 +89,30 @@ impl SipResolver {
             }
             Err(e) => tracing::error!(error = %e, "no DNS: only numeric agent extensions work"),
         }
-        SipResolver { inner, limit }
+        SipResolver {
+            inner,
+            limit,
+            webrtc_edge: None,
+        }
+    }
+
+    /// Browser agents (`webrtc:<agent>`) are called at `edge` (None: they cannot be).
+    pub fn with_webrtc_edge(mut self, edge: Option<SocketAddr>) -> Self {
+        self.webrtc_edge = edge;
+        self
     }
 
     /// The ordered addresses to send an agent's INVITE to (over the URI's transport, see
     /// [`agent_transports`]), per RFC 3263; at most
     /// `dns_timeout_ms` in all.
     pub async fn locate(&self, uri: &str) -> Result<Vec<SocketAddr>, LegError> {
+        if uri.starts_with("webrtc:") {
+            return self.webrtc_edge.map(|edge| vec![edge]).ok_or_else(|| {
+                LegError::BadTarget(format!(
+                    "`{uri}` is a browser agent, and browser calls are off ([webrtc] enabled)"
+                ))
+            });
+        }
         let mut loc = Locator::new(uri, agent_transports(uri), random_pick())
             .map_err(|e| LegError::BadTarget(e.to_string()))?;
         let host = crate::handover::transfer::parse_target(uri)

@@ -154,6 +154,8 @@ pub struct Server {
     hub: Arc<HandoverHub>,
     /// The HTTP listener for agents, when `[http] listen` is set.
     http: Option<HttpSide>,
+    /// The WebRTC edge (browser callers and agents), when `[webrtc] enabled` and SIP takes UDP.
+    edge: Option<crate::webrtc::edge::Edge>,
 }
 
 /// The bound HTTP side.
@@ -244,7 +246,13 @@ impl Server {
             };
             let report_dir = Some(sip.report_dir.clone()).filter(|d| !d.as_os_str().is_empty());
             let hub = Arc::new(HandoverHub::new());
-            let http = bind_http(&engines.config.http, &hub).await?;
+            let edge = start_edge(&engines, udp.as_ref().map(|_| local)).await?;
+            let http = bind_http(
+                &engines.config.http,
+                &hub,
+                edge.as_ref().map(|e| e.handle.clone()),
+            )
+            .await?;
             return Ok(Server {
                 udp: udp.map(Arc::new),
                 tcp,
@@ -255,6 +263,7 @@ impl Server {
                 report_dir,
                 hub,
                 http,
+                edge,
             });
         }
         Err(ServeError::Bind {
@@ -396,6 +405,7 @@ impl Server {
                 .with_readiness(Arc::clone(&readiness))
                 .with_trunks(Arc::clone(&trunk_board))
                 .with_outbox(deliverer.as_ref().map(|d| Arc::clone(d.outbox())))
+                .with_webrtc(self.edge.as_ref().map(|e| e.handle.clone()))
                 .with_metrics_token(Some(config.http.metrics_token.clone()));
             let app = crate::web::router(h.state, Some(Arc::new(admin)));
             background.push(tokio::spawn(crate::web::serve(
@@ -420,8 +430,10 @@ impl Server {
             }
             None => None,
         };
-        let resolver = Arc::new(dns::SipResolver::new(sip));
+        let webrtc_edge = self.edge.as_ref().map(|e| e.sip_addr);
+        let resolver = Arc::new(dns::SipResolver::new(sip).with_webrtc_edge(webrtc_edge));
         let signalling = Signalling {
+            webrtc_edge,
             resolver,
             journal,
             ids: HashMap::new(),
@@ -481,6 +493,9 @@ fn open_journal(path: &std::path::Path) -> Option<Arc<CallJournal>> {
 
 /// The signalling task's state.
 struct Signalling {
+    /// The WebRTC edge's SIP address: its INVITEs name their flow, and `webrtc:<agent>`
+    /// extensions are called there.
+    webrtc_edge: Option<SocketAddr>,
     /// The journal of calls in progress (their open legs are journaled here).
     journal: Option<JournalWriter>,
     /// Answered callers' calls -> the gateway's call id.
@@ -741,9 +756,14 @@ impl Signalling {
             session_id: rand::random::<u32>().into(),
             session_version: 1,
         };
+        // A browser agent is reached at the WebRTC edge, by its name.
+        let target = match (req.target.strip_prefix("webrtc:"), self.webrtc_edge) {
+            (Some(agent), Some(edge)) => format!("sip:{agent}@{edge}"),
+            _ => req.target.clone(),
+        };
         let handle = self.endpoint.invite(
             OutboundCall {
-                target: req.target.clone(),
+                target,
                 peer: Peer { transport, addr },
                 local_ip,
                 from_display: req.from_display.clone(),
@@ -965,11 +985,16 @@ impl Signalling {
                 let mut call = call;
                 let flows = self.engines.flows.current();
                 let trunk_flow = self.match_trunk(&mut call);
+                let from_edge = self.webrtc_edge == Some(call.peer.addr);
                 let flow = match (
                     trunk_flow.and_then(|name| flows.get(&name)),
                     call.called.as_deref(),
                 ) {
                     (Some(flow), _) => flow,
+                    // A browser call from the console names its flow.
+                    (None, Some(name)) if from_edge => {
+                        flows.get(name).unwrap_or_else(|| flows.for_number(name))
+                    }
                     (None, Some(number)) => flows.for_number(number),
                     (None, None) => flows.default_flow(),
                 };
@@ -1086,9 +1111,48 @@ impl Signalling {
 
 /// Binds the agents' HTTP side when `[http] listen` is set: the listener, the token and the
 /// feedback store.
+/// Starts the WebRTC edge in front of the SIP core at `core` (its UDP address), unless
+/// `[webrtc]` is off or SIP takes no UDP (the edge speaks SIP over UDP on loopback).
+async fn start_edge(
+    engines: &Engines,
+    core: Option<SocketAddr>,
+) -> Result<Option<crate::webrtc::edge::Edge>, ServeError> {
+    let config = &engines.config;
+    let Some(core) = core.filter(|_| config.webrtc.enabled) else {
+        if config.webrtc.enabled {
+            tracing::warn!("browser calls need SIP over UDP ([sip] transports); WebRTC is off");
+        }
+        return Ok(None);
+    };
+    let http_ip = config
+        .http
+        .listen
+        .parse::<SocketAddr>()
+        .ok()
+        .map(|a| a.ip());
+    let ice_ip = config
+        .webrtc
+        .ice_ip(http_ip)
+        .map_err(|e| ServeError::Config(format!("[webrtc] ice_address {e}")))?;
+    let max_sessions = match config.webrtc.max_calls {
+        0 => config.sip.max_calls,
+        n => n,
+    };
+    let edge = crate::webrtc::edge::start(crate::webrtc::edge::EdgeSetup {
+        core,
+        ice_ip,
+        max_sessions,
+        flows: Arc::clone(&engines.flows),
+        agents: Arc::new(crate::webrtc::NoAgentScreens),
+    })
+    .await?;
+    Ok(Some(edge))
+}
+
 async fn bind_http(
     config: &crate::web::HttpConfig,
     hub: &Arc<HandoverHub>,
+    webrtc: Option<crate::webrtc::EdgeHandle>,
 ) -> Result<Option<HttpSide>, ServeError> {
     if config.listen.is_empty() {
         return Ok(None);
@@ -1131,6 +1195,7 @@ async fn bind_http(
         hub: Arc::clone(hub),
         feedback: Arc::new(feedback),
         token,
+        webrtc,
     });
     Ok(Some(HttpSide {
         listener,
