@@ -22,7 +22,7 @@ mod common;
 
 use common::sipp::{agent, finish};
 use common::webhook::{transfer_config, webhook_receiver};
-use common::{have_sipp, peer_available, root, Gateway};
+use common::{free_udp_port, have_sipp, peer_available, root, Gateway};
 
 /// One test at a time: each runs a gateway and several SIPp processes on 2 shared cores.
 fn serial() -> std::sync::MutexGuard<'static, ()> {
@@ -40,14 +40,6 @@ fn have_dnsmasq() -> bool {
         .status()
         .is_ok_and(|s| s.success());
     peer_available("dnsmasq", ok, "apt-get install dnsmasq-base")
-}
-
-/// A free UDP port on loopback (bound, then released for the peer that uses it).
-fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
 }
 
 /// dnsmasq in the foreground on 127.0.0.1 and a free port, serving only the records given

@@ -26,7 +26,9 @@ use std::time::Duration;
 mod common;
 
 use common::webhook::{check_signature, events, webhook_receiver, Delivery, SECRET};
-use common::{call_over, pjsua_python, root, spoken_wav, transcribe_recording, Gateway};
+use common::{
+    call_over, free_udp_port, pjsua_python, root, spoken_wav, transcribe_recording, Gateway,
+};
 
 /// One transfer at a time: each runs a gateway with whisper (transcribing both legs) and three
 /// PJSIP processes, which is all 2 cores can carry without starving the media tasks.
@@ -116,13 +118,6 @@ fn spans(heard: &serde_json::Value) -> Vec<(f64, f64)> {
                 .collect()
         })
         .unwrap_or_default()
-}
-
-fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
 }
 
 /// The webhook event of `kind` (exactly one), signature checked.

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use common::admin::{http_client, HttpGateway};
-use common::{have_sipp, peer_available, root};
+use common::{free_udp_port, have_sipp, peer_available, root};
 
 fn have_kamailio() -> bool {
     Command::new("kamailio")
@@ -129,13 +129,6 @@ fn rand_suffix() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64)
-}
-
-fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .expect("free port")
-        .port()
 }
 
 /// A flow file: the shipped support flow renamed, with its intents and prompts by absolute

@@ -3,7 +3,10 @@
 //! hears the greeting, asks where its order is, and hears the bot ask for the order number
 //! (transcribed by the project's ASR); the call is then in the history like a SIP call. Also
 //! what bad requests get (no token, wrong type, malformed SDP, no Opus, unknown flow) and
-//! that browser calls count against the same limit as SIP calls.
+//! that browser calls count against the same limit as SIP calls. And a browser caller asking
+//! to cancel is handed to a SIPp agent like a SIP caller, bridged (a browser cannot follow a
+//! REFER, so even `mode = "blind"` bridges it), with the context headers on the agent's INVITE
+//! and audio both ways (the agent echoes what it hears).
 
 mod common;
 
@@ -12,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use common::admin::{http_client, HttpGateway};
 use common::webrtc_client::{offer, post_offer, WebRtcCall};
-use common::{spoken_wav, transcribe_recording};
+use common::{free_udp_port, have_sipp, root, spoken_wav, transcribe_recording};
 use voicebot_gateway::audio::resample::resample_all;
 use voicebot_gateway::audio::wav::{read_wav, write_wav, MonoAudio};
 
@@ -186,4 +189,81 @@ fn browser_calls_count_against_the_sip_call_limit() {
         }
     };
     assert_eq!(third.hangup(), 200);
+}
+
+#[test]
+fn a_browser_caller_is_handed_to_a_sip_agent_bridged() {
+    if !have_sipp() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let agent_port = free_udp_port();
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "[handover.transfer]\nmode = \"blind\"\nring_timeout_s = 15\n\
+             [handover.transfer.teams]\ndefault = [\"sip:1001@127.0.0.1:{agent_port}\"]\n"
+        ),
+    );
+    let gw = HttpGateway::start(&config, "46850-46899", 3, Duration::from_secs(120));
+    let agent_dir = tempfile::tempdir().unwrap();
+    let agent = common::sipp::agent(
+        agent_dir.path(),
+        agent_port,
+        free_udp_port(),
+        &root().join("tests/sipp/uas_agent.xml"),
+        &["-rtp_echo"],
+    );
+    let cancel = speech_16k(&spoken_wav(
+        dir.path(),
+        "cancel",
+        "I want to cancel my subscription.",
+    ));
+    let call = WebRtcCall::start(&gw.base, ADMIN, "support").unwrap_or_else(|p| panic!("{p:?}"));
+    let connected = call
+        .wait_connected(Duration::from_secs(10))
+        .expect("connected");
+    call.first_sound_after(connected, 0.02, Duration::from_secs(15))
+        .expect("the greeting is heard");
+    call.say(&cancel);
+    call.wait_said(Duration::from_secs(30)).expect("said");
+    // The agent answers, hears the whisper, is put through and echoes; it hangs up after 12 s.
+    let (code, screen) = common::sipp::finish(agent);
+    assert_eq!(
+        code, 0,
+        "agent failed (no INVITE with the context headers?):\n{screen}"
+    );
+    let _ = call.hangup();
+
+    let agent_http = http_client(Duration::from_secs(10));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let record = loop {
+        let mut r = agent_http
+            .get(format!("{}/api/calls", gw.base))
+            .header("Authorization", &format!("Bearer {ADMIN}"))
+            .call()
+            .unwrap();
+        let list: serde_json::Value = r.body_mut().read_json().unwrap();
+        let id = list["calls"][0]["id"].as_str().map(str::to_string);
+        if let Some(id) = id {
+            let mut r = agent_http
+                .get(format!("{}/api/calls/{id}", gw.base))
+                .header("Authorization", &format!("Bearer {ADMIN}"))
+                .call()
+                .unwrap();
+            let detail: serde_json::Value = r.body_mut().read_json().unwrap();
+            break detail["record"].clone();
+        }
+        assert!(Instant::now() < deadline, "no call in the history: {list}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let t = &record["transfer"];
+    assert_eq!(t["mode"], "bridge", "{record}");
+    assert_eq!(t["outcome"], "bridged", "{record}");
+    assert_eq!(
+        record["escalation"]["reason"], "critical_keyword",
+        "{record}"
+    );
+    assert!(t["packets_to_agent"].as_u64().unwrap_or(0) > 100, "{t}");
+    assert!(t["packets_from_agent"].as_u64().unwrap_or(0) > 100, "{t}");
 }

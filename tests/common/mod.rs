@@ -195,6 +195,14 @@ impl Drop for Gateway {
     }
 }
 
+/// A free UDP port on loopback (bound, then released for the peer that uses it).
+pub fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
 /// Whether SIPp (Debian `sip-tester`) is usable (see [`peer_available`]).
 pub fn have_sipp() -> bool {
     let ok = Command::new("sipp")
