@@ -87,6 +87,15 @@ pub enum AgentEvent {
     Ended(CallHandle, EndReason),
 }
 
+impl AgentEvent {
+    /// The leg the news is about.
+    pub fn leg(&self) -> CallHandle {
+        match self {
+            AgentEvent::Progress(h, _) | AgentEvent::Answered(h, _) | AgentEvent::Ended(h, _) => *h,
+        }
+    }
+}
+
 /// Everything a call task needs.
 pub struct CallSetup {
     /// The gateway's own call id ([`crate::call::record::new_call_id`]).
@@ -194,6 +203,12 @@ struct CallTask {
     agent_ports: HashMap<CallHandle, AgentLeg>,
     /// Answers waiting for the core's go-ahead to start their media.
     agent_answers: HashMap<CallHandle, Negotiated>,
+    /// Every agent leg the signalling task placed for this call (its handle came back).
+    placed_legs: std::collections::HashSet<CallHandle>,
+    /// News of a leg that came before the signalling task's answer that placed it (a phone,
+    /// or the WebRTC edge for an agent who is not logged in, can refuse within microseconds):
+    /// replayed, in order, once the leg is known.
+    early_agent_events: Vec<AgentEvent>,
     agent_asr: Option<AgentTranscriber>,
     agent_line_tx: mpsc::Sender<HeardLine>,
     hold_frames: u64,
@@ -367,6 +382,8 @@ impl CallTask {
             agent: None,
             agent_ports: HashMap::new(),
             agent_answers: HashMap::new(),
+            placed_legs: std::collections::HashSet::new(),
+            early_agent_events: Vec::new(),
             agent_asr: None,
             agent_line_tx,
             hold_frames: 0,
@@ -733,6 +750,10 @@ impl CallTask {
             return;
         };
         match signal {
+            CallSignal::Agent(event) if !self.placed_legs.contains(&event.leg()) => {
+                tracing::debug!(leg = %event.leg(), "agent leg news before its placing was confirmed; kept");
+                self.early_agent_events.push(event);
+            }
             CallSignal::Confirmed => tracing::debug!("ACK received"),
             CallSignal::MediaChanged(m) => self.caller.change_media(m, now),
             CallSignal::Dtmf(digit) => {
@@ -772,9 +793,21 @@ impl CallTask {
                 let result = result.map(|leg| {
                     let agent = leg.handle;
                     self.agent_ports.insert(agent, leg);
+                    self.placed_legs.insert(agent);
                     agent
                 });
+                let placed = result.as_ref().ok().copied();
                 self.control.placed(now, op, result);
+                if let Some(agent) = placed {
+                    let (early, later): (Vec<_>, Vec<_>) =
+                        std::mem::take(&mut self.early_agent_events)
+                            .into_iter()
+                            .partition(|e| e.leg() == agent);
+                    self.early_agent_events = later;
+                    for event in early {
+                        self.on_signal(Some(CallSignal::Agent(event)));
+                    }
+                }
             }
             Done::ReferSent(op, result) => self.control.refer_sent(now, op, result),
             Done::Whisper(agent, text, audio) => {
