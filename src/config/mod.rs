@@ -395,7 +395,8 @@ mod tests {
     #[test]
     fn relative_paths_are_taken_from_the_home() {
         let home = Path::new("/srv/vb");
-        let text = "[asr]\nmodel = \"tiny\"\npartial_model = \"\"\n[flows]\ndir = \"/etc/vb/flows\"\n\
+        let text =
+            "[asr]\nmodel = \"tiny\"\npartial_model = \"\"\n[flows]\ndir = \"/etc/vb/flows\"\n\
                     [tts]\nprogram = \"espeak-ng\"\n[sip]\njournal = \"\"\n";
         let c = GatewayConfig::from_text_in(Path::new("g.toml"), text, Some(home)).expect("valid");
         assert_eq!(c.asr.model, home.join("models/moonshine/tiny-en"));
@@ -411,10 +412,7 @@ mod tests {
         assert_eq!(c.sip.journal, PathBuf::new());
         assert_eq!(c.sip.report_dir, PathBuf::new());
         assert_eq!(c.http.admin_token_file, home.join("data/admin-token"));
-        assert_eq!(
-            c.intent.model,
-            home.join("models/minilm-l6-v2.safetensors")
-        );
+        assert_eq!(c.intent.model, home.join("models/minilm-l6-v2.safetensors"));
         let whisper = "[asr]\nengine = \"whisper\"\n";
         let c = GatewayConfig::from_text_in(Path::new("g.toml"), whisper, Some(home)).expect("ok");
         assert_eq!(c.asr.model_path(), home.join("models/ggml-tiny.en.bin"));
@@ -454,7 +452,10 @@ mod tests {
         }
         let config = GatewayConfig::embedded_in(Path::new("/srv/vb")).expect("valid");
         assert!(config.asr.model.starts_with("/srv/vb/models/moonshine"));
-        assert!(config.asr.partial_model.starts_with("/srv/vb/models/moonshine"));
+        assert!(config
+            .asr
+            .partial_model
+            .starts_with("/srv/vb/models/moonshine"));
         let value = serde_json::to_value(&config).expect("json");
         let mut bad = Vec::new();
         walk(&value, "", &mut bad);

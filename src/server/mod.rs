@@ -8,6 +8,7 @@
 //! sender, and the call's pipeline; it talks to the signalling task only through channels, so a
 //! slow call never holds up signalling or another call.
 
+pub mod banner;
 pub mod call;
 mod caller_leg;
 pub mod dns;
@@ -67,6 +68,17 @@ pub enum ServeError {
     #[error("cannot bind SIP {transport} on {addr}: {source}")]
     Bind {
         transport: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    /// The HTTP side's address is taken (often by another program on port 8080, the
+    /// default): the message says how to choose another.
+    #[error(
+        "cannot listen for HTTP (console, agent screen, admin API) on {addr}: {source}; \
+         choose another address with `[http] listen = \"ADDR:PORT\"` in the configuration or \
+         `voicebot serve --http ADDR:PORT`, or turn the HTTP side off with `--http \"\"`"
+    )]
+    HttpBind {
         addr: SocketAddr,
         source: std::io::Error,
     },
@@ -1165,11 +1177,7 @@ async fn bind_http(
     })?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
-        .map_err(|source| ServeError::Bind {
-            transport: "HTTP",
-            addr,
-            source,
-        })?;
+        .map_err(|source| ServeError::HttpBind { addr, source })?;
     let (token, token_source) = config
         .resolve_token()
         .map_err(|e| ServeError::Config(format!("agent token: {e}")))?;
