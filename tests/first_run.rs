@@ -141,5 +141,12 @@ fn a_taken_http_address_stops_the_start_and_says_how_to_choose_another() {
     for needed in [taken.as_str(), "[http] listen", "--http ADDR:PORT"] {
         assert!(stderr.contains(needed), "`{needed}` not in: {stderr}");
     }
+    // Said once, on one line (not repeated by the error chain).
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("error: "))
+        .unwrap_or_else(|| panic!("no error line in: {stderr}"));
+    assert!(line.contains(&taken), "{line}");
+    assert_eq!(stderr.matches(taken.as_str()).count(), 1, "{stderr}");
     drop(holder);
 }
