@@ -53,6 +53,8 @@ fn main() {
             "30000-31999",
         ])
         .args(["--max-calls", &(calls + 10).to_string()])
+        // SIP load only: no HTTP side (nor a clash on its default port).
+        .args(["--http", ""])
         .arg("--report-dir")
         .arg(&reports)
         .stdout(Stdio::piped())

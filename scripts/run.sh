@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The main job on embedded defaults: installs what is missing, provisions the models, builds the
 # gateway once (release), and runs `voicebot serve`: the bot answers SIP calls (UDP and TCP) on
-# 0.0.0.0:5060 until Ctrl-C. Extra arguments go to `voicebot serve` (e.g. --sip 127.0.0.1:5070);
+# 0.0.0.0:5060 until Ctrl-C, with the console, agent screen and admin API on
+# http://127.0.0.1:8080 (the banner prints the URLs and where the tokens are). Extra arguments go
+# to `voicebot serve` (e.g. --sip 127.0.0.1:5070, --http 127.0.0.1:8081, --http "" for none);
 # a first argument naming another subcommand runs that instead (e.g.
 # `scripts/run.sh simulate samples/support-call.wav`).
 set -euo pipefail

@@ -98,6 +98,10 @@ enum Command {
         /// The journal of calls in progress, overriding `[sip] journal` ("" = none).
         #[arg(long, value_name = "FILE")]
         journal: Option<String>,
+        /// Where the console, agent screen and admin API listen, overriding `[http] listen`
+        /// (default 127.0.0.1:8080; port 0: a free port; "" = no HTTP side).
+        #[arg(long, value_name = "ADDR:PORT")]
+        http: Option<String>,
     },
     /// Validate the configuration and dialog files, then exit.
     CheckConfig,
@@ -145,7 +149,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             max_calls,
             report_dir,
             journal,
+            http,
         } => {
+            if let Some(http) = http {
+                anyhow::ensure!(
+                    http.is_empty() || http.parse::<std::net::SocketAddr>().is_ok(),
+                    "--http `{http}`: expected ADDR:PORT (e.g. 127.0.0.1:8080), or \"\" for no HTTP side"
+                );
+                config.http.listen = http;
+            }
             if let Some(journal) = journal {
                 config.sip.journal = PathBuf::from(journal);
             }
@@ -208,7 +220,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             let started = std::time::Instant::now();
             let items = asr_eval::set::build(&asr_eval::set::SetSpec {
-                root: std::path::Path::new("."),
+                root: &voicebot_gateway::config::home::home(),
                 tts: &config.tts,
                 human: human.as_deref(),
                 limit,
@@ -305,29 +317,34 @@ async fn serve(
         .await
         .context("loading models")??;
     engines::keep_prompts_ready(&engines);
+    let flows = engines.flows.current();
     let mut server = voicebot_gateway::server::Server::bind(engines, sip).await?;
     server.set_report_dir(report_dir);
     let addr = server.local_addr();
-    // The TLS listener, when on, at the end of the ready line (`tls=ADDR`).
-    let tls = server
-        .tls_addr()
-        .map(|a| format!(" tls={a}"))
-        .unwrap_or_default();
     {
         use std::io::Write;
+        use voicebot_gateway::server::banner::{Banner, FlowBanner, HttpBanner};
+        let banner = Banner {
+            sip: addr,
+            rtp: (lo, hi),
+            tls: server.tls_addr(),
+            http: server.http().map(|(addr, agent_token_source)| HttpBanner {
+                addr,
+                agent_token_source,
+                admin_token_source: server.admin_token_source().unwrap_or("nowhere"),
+            }),
+            flows: flows
+                .flows()
+                .map(|f| FlowBanner {
+                    name: &f.name,
+                    numbers: &f.numbers,
+                })
+                .collect(),
+            default_flow: flows.default_name(),
+        }
+        .render();
         // One write: the banner arrives whole. A closed stdout (a supervisor that read the
         // ready line and went away) must not stop a running gateway, so errors are only logged.
-        let banner = match server.http() {
-            Some((http, token_source)) => format!(
-                "voicebot ready: sip={addr} rtp={lo}-{hi} http={http}{tls}\n\
-                 agent screen: http://{http}/agent?token=<agent token> (token from {token_source})\n\
-                 admin API: http://{http}/api/ (Authorization: Bearer <admin token>, token from {admin_source}); \
-                 OpenAPI at http://{http}/openapi.json, metrics at http://{http}/metrics\n\
-                 admin console: http://{http}/admin (log in with the admin token from {admin_source})\n",
-                admin_source = server.admin_token_source().unwrap_or("nowhere")
-            ),
-            None => format!("voicebot ready: sip={addr} rtp={lo}-{hi}{tls}\n"),
-        };
         let mut out = std::io::stdout().lock();
         if let Err(e) = out.write_all(banner.as_bytes()).and_then(|()| out.flush()) {
             tracing::warn!(error = %e, "cannot print the ready banner on stdout");

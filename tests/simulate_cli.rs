@@ -280,3 +280,73 @@ fn a_bad_config_is_named_with_line_and_field() {
         "{stderr}"
     );
 }
+
+/// The project's models and flows are found from wherever the command runs (the gateway's home
+/// is the checkout the binary was built in), while paths on the command line stay relative to
+/// the current directory.
+#[test]
+fn simulate_and_check_config_work_from_another_directory() {
+    require_model();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    std::fs::copy(
+        root.join("samples/support-call.wav"),
+        dir.path().join("call.wav"),
+    )
+    .expect("copy the sample");
+    let in_dir = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_voicebot"))
+            .current_dir(dir.path())
+            .env_remove("VOICEBOT_HOME")
+            .args(args)
+            .output()
+            .expect("voicebot runs")
+    };
+    let run = in_dir(&["simulate", "--out", "out", "call.wav"]);
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "{}\n{stdout}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    // The report is where `--out out` says, in the current directory.
+    let report: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("out/call.json")).expect("report"),
+    )
+    .expect("JSON");
+    assert_eq!(
+        report["report"]["turns"][1]["slots"]["order_number"], "45712",
+        "{report}"
+    );
+
+    // A configuration file kept elsewhere names project paths relative to the home too.
+    std::fs::write(
+        dir.path().join("gw.toml"),
+        "[intent]\nmodel = \"models/minilm-l6-v2.safetensors\"\n[flows]\ndir = \"sip-config/flows\"\n",
+    )
+    .expect("config");
+    let run = in_dir(&["--config", "gw.toml", "check-config"]);
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "{}\n{stdout}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(stdout.contains("configuration OK"), "{stdout}");
+    assert!(stdout.contains("flows: support"), "{stdout}");
+
+    // `VOICEBOT_HOME` names the home explicitly: here one without models, which the error names.
+    let elsewhere = dir.path().join("no-home");
+    let run = Command::new(env!("CARGO_BIN_EXE_voicebot"))
+        .current_dir(dir.path())
+        .env("VOICEBOT_HOME", &elsewhere)
+        .arg("check-config")
+        .output()
+        .expect("voicebot runs");
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&elsewhere.join("models").display().to_string()),
+        "{stderr}"
+    );
+}

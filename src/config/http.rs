@@ -5,11 +5,17 @@ use std::path::{Path as FsPath, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+/// Where the HTTP side listens unless told otherwise: on loopback only, so that a newcomer
+/// finds the console and the agent screen at once, while reaching them from elsewhere stays
+/// the admin's explicit choice (`[http] listen`, `voicebot serve --http`).
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+
 /// `[http]` in the gateway configuration.
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
-    /// `ADDR:PORT` to listen on; empty: no HTTP server.
+    /// `ADDR:PORT` to listen on ([`DEFAULT_LISTEN`], loopback only, by default); empty: no
+    /// HTTP server.
     pub listen: String,
     /// The agents' bearer token; prefer `agent_token_env`. When both are empty a random token
     /// is generated at start and written to `token_file`.
@@ -75,7 +81,7 @@ fn masked(secret: &str) -> &'static str {
 impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
-            listen: String::new(),
+            listen: DEFAULT_LISTEN.into(),
             agent_token: String::new(),
             agent_token_env: "VOICEBOT_AGENT_TOKEN".into(),
             token_file: PathBuf::from("data/agent-token"),

@@ -2,6 +2,7 @@
 //! binary as the default, validated once at load into a typed [`GatewayConfig`]. Every problem is
 //! reported with the file, line and field (see [`crate::config_file`]).
 
+pub mod home;
 pub mod http;
 pub mod media;
 pub mod recording;
@@ -101,24 +102,104 @@ pub struct GatewayConfig {
 }
 
 impl GatewayConfig {
-    /// The embedded default configuration.
+    /// The embedded default configuration, its relative paths taken from the gateway's home
+    /// (see [`home`]).
     pub fn embedded() -> Result<Self, ConfigError> {
-        Self::from_text(Path::new("<embedded>/sip-config/gateway.toml"), EMBEDDED)
+        Self::embedded_in(&home::home())
     }
 
-    /// Loads and validates a configuration file; relative paths inside it are taken relative
-    /// to the working directory, like the embedded defaults'.
+    /// The embedded default configuration with its relative paths under `home`.
+    pub fn embedded_in(home: &Path) -> Result<Self, ConfigError> {
+        Self::from_text_in(
+            Path::new("<embedded>/sip-config/gateway.toml"),
+            EMBEDDED,
+            Some(home),
+        )
+    }
+
+    /// Loads and validates a configuration file; relative paths inside it are taken from the
+    /// gateway's home, like the embedded defaults' (see [`home`]).
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        Self::load_in(path, &home::home())
+    }
+
+    /// [`GatewayConfig::load`] with the relative paths under `home`.
+    pub fn load_in(path: &Path, home: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError::whole_file(path, format!("cannot read: {e}")))?;
-        Self::from_text(path, &text)
+        Self::from_text_in(path, &text, Some(home))
     }
 
-    /// Parses and validates configuration text; `file` labels errors.
+    /// Parses and validates configuration text; `file` labels errors. Relative paths are kept
+    /// as written (relative to the current directory).
     pub fn from_text(file: &Path, text: &str) -> Result<Self, ConfigError> {
-        let config: GatewayConfig = config_file::parse(file, text)?;
+        Self::from_text_in(file, text, None)
+    }
+
+    /// [`GatewayConfig::from_text`], with the relative paths under `home` when given.
+    pub fn from_text_in(file: &Path, text: &str, home: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut config: GatewayConfig = config_file::parse(file, text)?;
+        if let Some(home) = home {
+            config.resolve_paths(home);
+        }
         config.validate(file, text)?;
         Ok(config)
+    }
+
+    /// Takes every relative file or directory the configuration names relative to `home`
+    /// instead of the current directory: the one place where the configuration's paths are
+    /// resolved. Empty paths ("none") and absolute paths stay as they are, and so does a bare
+    /// program name (looked up in `PATH`). The Moonshine model names ("tiny", "base") become
+    /// the provisioned directories under `home`.
+    pub fn resolve_paths(&mut self, home: &Path) {
+        use home::{program_under, under};
+        let on = |p: &mut PathBuf| *p = under(home, p);
+        let asr = &mut self.asr;
+        match asr.engine {
+            crate::speech::asr::Engine::Moonshine => {
+                asr.model = under(home, &crate::speech::asr::moonshine::model_dir(&asr.model));
+            }
+            crate::speech::asr::Engine::Whisper => asr.model = under(home, &asr.model_path()),
+        }
+        if !asr.partial_model.as_os_str().is_empty() {
+            asr.partial_model = under(
+                home,
+                &crate::speech::asr::moonshine::model_dir(&asr.partial_model),
+            );
+        }
+        on(&mut asr.onnx_library);
+        on(&mut asr.dictionary);
+        on(&mut self.turn.model);
+        self.tts.program = program_under(home, &self.tts.program);
+        // `[tts.neural] model` is a file name inside `dir`.
+        on(&mut self.tts.neural.dir);
+        on(&mut self.tts.neural.onnx_library);
+        on(&mut self.flows.dir);
+        self.flows.shared.iter_mut().for_each(on);
+        on(&mut self.intent.model);
+        on(&mut self.intent.tokenizer);
+        let http = &mut self.http;
+        for p in [
+            &mut http.token_file,
+            &mut http.feedback_database,
+            &mut http.admin_token_file,
+            &mut http.history_database,
+        ] {
+            on(p);
+        }
+        let sip = &mut self.sip;
+        for p in [
+            &mut sip.report_dir,
+            &mut sip.journal,
+            &mut sip.tls.cert_file,
+            &mut sip.tls.key_file,
+            &mut sip.tls.client_ca_file,
+            &mut sip.tls.ca_file,
+        ] {
+            on(p);
+        }
+        on(&mut self.handover.webhook.database);
+        on(&mut self.recording.dir);
     }
 
     fn validate(&self, file: &Path, text: &str) -> Result<(), ConfigError> {
@@ -299,6 +380,86 @@ mod tests {
         let config = GatewayConfig::embedded().expect("embedded config is valid");
         assert_eq!(config.asr.language, "en");
         assert_eq!(config.asr.engine, crate::speech::asr::Engine::Moonshine);
+    }
+
+    #[test]
+    fn http_is_on_by_default_on_loopback() {
+        let config = GatewayConfig::embedded_in(Path::new("/srv/vb")).expect("valid");
+        assert_eq!(config.http.listen, "127.0.0.1:8080");
+        assert_eq!(GatewayConfig::default().http.listen, http::DEFAULT_LISTEN);
+        let off = GatewayConfig::from_text(Path::new("g.toml"), "[http]\nlisten = \"\"\n")
+            .expect("valid");
+        assert_eq!(off.http.listen, "");
+    }
+
+    #[test]
+    fn relative_paths_are_taken_from_the_home() {
+        let home = Path::new("/srv/vb");
+        let text =
+            "[asr]\nmodel = \"tiny\"\npartial_model = \"\"\n[flows]\ndir = \"/etc/vb/flows\"\n\
+                    [tts]\nprogram = \"espeak-ng\"\n[sip]\njournal = \"\"\n";
+        let c = GatewayConfig::from_text_in(Path::new("g.toml"), text, Some(home)).expect("valid");
+        assert_eq!(c.asr.model, home.join("models/moonshine/tiny-en"));
+        assert_eq!(c.asr.model_path(), home.join("models/moonshine/tiny-en"));
+        assert_eq!(c.asr.partial_model, PathBuf::new());
+        assert_eq!(c.flows.dir, PathBuf::from("/etc/vb/flows"));
+        assert_eq!(
+            c.flows.shared,
+            vec![home.join("sip-config/intents.toml"), home.join("prompts")]
+        );
+        assert_eq!(c.tts.program, PathBuf::from("espeak-ng"));
+        assert_eq!(c.tts.neural.model, PathBuf::from("hibari.onnx"));
+        assert_eq!(c.sip.journal, PathBuf::new());
+        assert_eq!(c.sip.report_dir, PathBuf::new());
+        assert_eq!(c.http.admin_token_file, home.join("data/admin-token"));
+        assert_eq!(c.intent.model, home.join("models/minilm-l6-v2.safetensors"));
+        let whisper = "[asr]\nengine = \"whisper\"\n";
+        let c = GatewayConfig::from_text_in(Path::new("g.toml"), whisper, Some(home)).expect("ok");
+        assert_eq!(c.asr.model_path(), home.join("models/ggml-tiny.en.bin"));
+        // Read without a home, the paths stay as written.
+        let raw = GatewayConfig::from_text(Path::new("g.toml"), text).expect("valid");
+        assert_eq!(raw.asr.model, PathBuf::from("tiny"));
+        assert_eq!(
+            raw.intent.model,
+            PathBuf::from("models/minilm-l6-v2.safetensors")
+        );
+    }
+
+    /// Every path the embedded defaults name (every string with a `/` that is not a URL, and
+    /// the Moonshine model names) ends up under the home: a path field added later and
+    /// forgotten in `resolve_paths` fails here.
+    #[test]
+    fn every_path_of_the_embedded_defaults_is_under_the_home() {
+        fn walk(value: &serde_json::Value, at: &str, bad: &mut Vec<String>) {
+            match value {
+                serde_json::Value::String(s)
+                    if s.contains('/') && !s.contains("://") && !s.starts_with("/srv/vb/") =>
+                {
+                    bad.push(format!("{at} = {s}"));
+                }
+                serde_json::Value::Array(items) => {
+                    for (i, v) in items.iter().enumerate() {
+                        walk(v, &format!("{at}.{i}"), bad);
+                    }
+                }
+                serde_json::Value::Object(map) => {
+                    for (k, v) in map {
+                        walk(v, &format!("{at}.{k}"), bad);
+                    }
+                }
+                _ => {}
+            }
+        }
+        let config = GatewayConfig::embedded_in(Path::new("/srv/vb")).expect("valid");
+        assert!(config.asr.model.starts_with("/srv/vb/models/moonshine"));
+        assert!(config
+            .asr
+            .partial_model
+            .starts_with("/srv/vb/models/moonshine"));
+        let value = serde_json::to_value(&config).expect("json");
+        let mut bad = Vec::new();
+        walk(&value, "", &mut bad);
+        assert!(bad.is_empty(), "paths left relative: {bad:?}");
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! sender, and the call's pipeline; it talks to the signalling task only through channels, so a
 //! slow call never holds up signalling or another call.
 
+pub mod banner;
 pub mod call;
 mod caller_leg;
 pub mod dns;
@@ -69,6 +70,18 @@ pub enum ServeError {
         transport: &'static str,
         addr: SocketAddr,
         source: std::io::Error,
+    },
+    /// The HTTP side's address is taken (often by another program on port 8080, the
+    /// default): the message says how to choose another.
+    #[error(
+        "cannot listen for HTTP (console, agent screen, admin API) on {addr}: {error}; \
+         choose another address with `[http] listen = \"ADDR:PORT\"` in the configuration or \
+         `voicebot serve --http ADDR:PORT`, or turn the HTTP side off with `--http \"\"`"
+    )]
+    HttpBind {
+        addr: SocketAddr,
+        /// Not `source`: the message already says it, and a chain would repeat it.
+        error: std::io::Error,
     },
     #[error("bad [sip] settings: {0}")]
     Config(String),
@@ -1165,11 +1178,7 @@ async fn bind_http(
     })?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
-        .map_err(|source| ServeError::Bind {
-            transport: "HTTP",
-            addr,
-            source,
-        })?;
+        .map_err(|error| ServeError::HttpBind { addr, error })?;
     let (token, token_source) = config
         .resolve_token()
         .map_err(|e| ServeError::Config(format!("agent token: {e}")))?;

@@ -66,6 +66,12 @@ pub fn spawn_serve(
     if !args.iter().any(|a| *a == "--journal") {
         command.args(["--journal", ""]);
     }
+    // Nor the default HTTP address (127.0.0.1:8080): a gateway whose configuration leaves
+    // `[http] listen` at its default runs without HTTP; a test that wants the HTTP side names
+    // a free port (`listen = "127.0.0.1:0"`) or passes `--http`.
+    if !args.iter().any(|a| *a == "--http") && http_left_at_default(config) {
+        command.args(["--http", ""]);
+    }
     let mut child = command
         .args(args)
         .env("RUST_LOG", "voicebot_gateway=info,warn")
@@ -98,6 +104,16 @@ pub fn spawn_serve(
         }
     }
     (child, banner)
+}
+
+/// Whether `config` (the embedded defaults when None) leaves `[http] listen` at its default.
+fn http_left_at_default(config: Option<&Path>) -> bool {
+    let default = voicebot_gateway::config::http::DEFAULT_LISTEN;
+    match config {
+        None => true,
+        // A configuration that does not load stops the gateway anyway, which says why.
+        Some(path) => GatewayConfig::load(path).is_ok_and(|c| c.http.listen == default),
+    }
 }
 
 /// Where a gateway's log goes: a new file under `$VOICEBOT_TEST_LOG_DIR` when that is set (to
