@@ -216,6 +216,18 @@ fn live_state(phase: Phase) -> LiveState {
     }
 }
 
+/// For a caller that cannot follow a REFER (its INVITE's `Allow` has no REFER: a browser
+/// through the WebRTC edge, some trunks), every extension is reached bridged.
+fn bridge_only(targets: &mut [crate::handover::transfer::Target]) {
+    use crate::handover::transfer::TransferMode;
+    for t in targets.iter_mut() {
+        if t.mode != TransferMode::Bridge {
+            tracing::info!(target = %t.uri, mode = t.mode.as_str(), "the caller cannot follow a REFER: bridged instead");
+            t.mode = TransferMode::Bridge;
+        }
+    }
+}
+
 /// `value` as JSON for the agents' screens and the webhook; None (logged) if it cannot be.
 fn to_json(what: &str, value: &impl Serialize) -> Option<serde_json::Value> {
     match serde_json::to_value(value) {
@@ -676,7 +688,10 @@ impl CallTask {
     fn on_decision(&mut self, decision: BotDecision) {
         match decision {
             BotDecision::HandOver(e) => {
-                let targets = self.engines.config.handover.transfer.targets(&e.skill);
+                let mut targets = self.engines.config.handover.transfer.targets(&e.skill);
+                if !self.call.refer_allowed {
+                    bridge_only(&mut targets);
+                }
                 let team = self.flow.dialog.prompts().team(&e.skill);
                 self.control
                     .escalate(Instant::now(), SystemTime::now(), &e, team, &targets);

@@ -131,6 +131,10 @@ pub struct IncomingCall {
     /// The INVITE's `X-Voicebot-*` headers, as sent (a gateway's own agent legs carry the
     /// escalated call's ids in them: the WebRTC edge shows that context to a browser agent).
     pub voicebot_headers: Vec<(String, String)>,
+    /// Whether the caller's side can follow a REFER: its INVITE's `Allow` lists REFER, or it
+    /// sent no `Allow` (RFC 3261 20.5: then nothing is known, and phones that transfer exist).
+    /// A caller that cannot (the WebRTC edge, some trunks) is transferred bridged.
+    pub refer_allowed: bool,
 }
 
 /// The parts of an INVITE a called number can come from (a trunk's `called_number` picks).
@@ -1013,6 +1017,10 @@ impl SipEndpoint {
                     })
                     .map(|h| (h.name.clone(), h.value.clone()))
                     .collect(),
+                refer_allowed: msg.header("Allow").is_none()
+                    || msg
+                        .header_values("Allow")
+                        .any(|m| m.trim().eq_ignore_ascii_case("REFER")),
             })));
         self.dialogs
             .insert((call_id.clone(), local_tag.clone()), handle);
@@ -2411,6 +2419,43 @@ Max-Forwards: 70\r\n{extra}{ct}Content-Length: {}\r\n\r\n{body}",
         assert!(String::from_utf8_lossy(&ok[0].body).contains("m=audio 20000 RTP/AVP 0 101"));
         assert!(ok[0].header("Allow").is_some_and(|a| a.contains("INVITE")));
         (ep, call.handle, tag)
+    }
+
+    /// The INVITE's `extra` headers as the IncomingCall reports them.
+    fn incoming_with(extra: &str) -> IncomingCall {
+        let mut ep = endpoint(10);
+        ep.handle_bytes(
+            caller(),
+            local_ip(),
+            &request("INVITE", "z9hG4bK1", 1, None, extra, SDP),
+            Instant::now(),
+        );
+        let Some(Event::IncomingCall(call)) = ep.poll_event() else {
+            panic!("no IncomingCall event")
+        };
+        *call
+    }
+
+    #[test]
+    fn whether_the_caller_can_follow_a_refer_comes_from_its_allow() {
+        assert!(incoming_with("").refer_allowed, "no Allow: nothing known");
+        assert!(incoming_with("Allow: INVITE, ACK, BYE, REFER, NOTIFY\r\n").refer_allowed);
+        assert!(incoming_with("Allow: INVITE, ACK\r\nAllow: refer\r\n").refer_allowed);
+        assert!(!incoming_with(&format!("Allow: {ALLOWED}\r\n")).refer_allowed);
+    }
+
+    #[test]
+    fn the_invites_voicebot_headers_are_kept() {
+        let call = incoming_with(
+            "X-Voicebot-Call-Id: abc@1\r\nX-Other: 1\r\nx-voicebot-team: billing\r\n",
+        );
+        assert_eq!(
+            call.voicebot_headers,
+            vec![
+                ("X-Voicebot-Call-Id".to_string(), "abc@1".to_string()),
+                ("x-voicebot-team".to_string(), "billing".to_string())
+            ]
+        );
     }
 
     fn agent() -> Peer {

@@ -138,6 +138,12 @@ fn new_id() -> String {
     format!("{:032x}", rand::random::<u128>())
 }
 
+/// Answers a refused browser call with `error`, and logs why.
+fn refuse(flow: &str, reply: oneshot::Sender<Result<CallerSession, EdgeError>>, error: EdgeError) {
+    tracing::info!(%flow, status = error.http_status(), error = %error, "browser call refused");
+    let _ = reply.send(Err(error));
+}
+
 impl EdgeTask {
     async fn run(
         mut self,
@@ -231,9 +237,7 @@ impl EdgeTask {
     async fn on_command(&mut self, cmd: EdgeCommand) {
         match cmd {
             EdgeCommand::CallFlow { flow, offer, reply } => {
-                if let Err(e) = self.call_flow(&flow, &offer, reply).await {
-                    tracing::info!(%flow, error = %e, "browser call refused");
-                }
+                self.call_flow(&flow, &offer, reply).await;
             }
             EdgeCommand::AnswerAgent {
                 ring_id,
@@ -286,26 +290,22 @@ impl EdgeTask {
         flow: &str,
         offer: &str,
         reply: oneshot::Sender<Result<CallerSession, EdgeError>>,
-    ) -> Result<(), EdgeError> {
-        let checked = (|| {
-            if !crate::handover::transfer::uri_safe_name(flow)
-                || self.setup.flows.current().get(flow).is_none()
-            {
-                return Err(EdgeError::NotFound(format!("no flow `{flow}`")));
-            }
-            self.has_room()
-        })();
-        let prepared = match checked {
-            Ok(()) => self.prepare(offer).await,
-            Err(e) => Err(e),
-        };
-        let prepared = match prepared {
+    ) {
+        if !crate::handover::transfer::uri_safe_name(flow)
+            || self.setup.flows.current().get(flow).is_none()
+        {
+            return refuse(
+                flow,
+                reply,
+                EdgeError::NotFound(format!("no flow `{flow}`")),
+            );
+        }
+        if let Err(e) = self.has_room() {
+            return refuse(flow, reply, e);
+        }
+        let prepared = match self.prepare(offer).await {
             Ok(p) => p,
-            Err(e) => {
-                let message = e.to_string();
-                let _ = reply.send(Err(e));
-                return Err(EdgeError::Core(message));
-            }
+            Err(e) => return refuse(flow, reply, e),
         };
         let id = new_id();
         let rtp_port = prepared
@@ -349,7 +349,6 @@ impl EdgeTask {
                 },
             },
         );
-        Ok(())
     }
 
     /// Starts the relay of an answered session.

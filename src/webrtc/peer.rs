@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use str0m::change::SdpOffer;
 use str0m::format::Codec as RtcCodec;
-use str0m::media::{Frequency, MediaData, MediaKind, MediaTime, Mid, Pt};
+use str0m::media::{Frequency, MediaData, MediaTime, Mid, Pt};
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig};
 
@@ -90,6 +90,21 @@ pub fn check_offer(offer: &str) -> Result<SdpOffer, EdgeError> {
     Ok(parsed)
 }
 
+/// The mid of the first audio section an SDP names (the answer has exactly the offer's).
+fn audio_mid(sdp: &str) -> Option<Mid> {
+    let mut in_audio = false;
+    for line in sdp.lines().map(str::trim) {
+        if line.starts_with("m=") {
+            in_audio = line.starts_with("m=audio ");
+        } else if in_audio {
+            if let Some(mid) = line.strip_prefix("a=mid:") {
+                return Some(Mid::from(mid));
+            }
+        }
+    }
+    None
+}
+
 /// One browser's session (see the module documentation).
 pub struct BrowserPeer {
     rtc: Rtc,
@@ -146,13 +161,27 @@ impl BrowserPeer {
             closed: false,
             figures: PeerFigures::default(),
         };
-        peer.drain(now);
-        if peer.mid.is_none() {
+        let answer = answer.to_sdp_string();
+        // str0m announces the media (MediaAdded) only once DTLS is up; the answer names it.
+        let mid = audio_mid(&answer).filter(|m| peer.rtc.media(*m).is_some());
+        let Some(mid) = mid else {
             return Err(EdgeError::NotAcceptable(
                 "no audio section of the offer could be accepted".into(),
             ));
+        };
+        peer.mid = Some(mid);
+        peer.browser_pt = peer.rtc.writer(mid).and_then(|w| {
+            w.payload_params()
+                .find(|p| p.spec().codec == RtcCodec::Opus)
+                .map(|p| p.pt())
+        });
+        if peer.browser_pt.is_none() {
+            return Err(EdgeError::NotAcceptable(
+                "Opus was not negotiated for the audio".into(),
+            ));
         }
-        Ok((peer, answer.to_sdp_string()))
+        peer.drain(now);
+        Ok((peer, answer))
     }
 
     /// The payload type of Opus on the core's side of the relay.
@@ -317,14 +346,6 @@ impl BrowserPeer {
                     "the browser's ICE connection ended".into(),
                 ));
             }
-            Event::MediaAdded(m) if m.kind == MediaKind::Audio && self.mid.is_none() => {
-                self.mid = Some(m.mid);
-                self.browser_pt = self.rtc.writer(m.mid).and_then(|w| {
-                    w.payload_params()
-                        .find(|p| p.spec().codec == RtcCodec::Opus)
-                        .map(|p| p.pt())
-                });
-            }
             Event::MediaData(data) => self.on_media(data),
             _ => {}
         }
@@ -354,7 +375,7 @@ mod tests {
     use super::*;
     use std::time::Duration;
     use str0m::change::SdpAnswer;
-    use str0m::media::Direction;
+    use str0m::media::{Direction, MediaKind};
 
     const BROWSER: &str = "127.0.0.1:50000";
     const EDGE: &str = "127.0.0.1:40000";

@@ -10,6 +10,7 @@ pub mod browser;
 pub mod sipp;
 pub mod venv;
 pub mod webhook;
+pub mod webrtc_client;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
