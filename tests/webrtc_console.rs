@@ -24,9 +24,10 @@ use common::browser::{base64_decode, runs, Browser, Driver};
 use common::{peer_available, root, spoken_wav, transcribe_recording};
 
 const ADMIN_TOKEN: &str = "webrtc-console-admin-token-0123456789";
-/// Silence before the caller speaks: the call connects and the greeting plays meanwhile (the
-/// fake microphone starts when the page asks for it, before the call is placed).
-const LEAD_S: &str = "7";
+/// Silence before the caller speaks: the call connects and the greeting (about 11 s) plays
+/// meanwhile, so the caller does not talk over it (the fake microphone starts when the page
+/// asks for it, just before the call is placed).
+const LEAD_S: &str = "16";
 /// Silence after: Chromium loops the file, and the test is over long before it would repeat.
 const TAIL_S: &str = "90";
 
