@@ -6,7 +6,8 @@
 //! Checked: the page's live view shows the caller's turn with its intent (order_status); the
 //! audio the page received (recorded in the page with WebAudio, offered as a WAV download),
 //! transcribed by our own ASR, holds the bot's question for the order number; after "Hang up"
-//! the page links the call in the history, which has it (flow, turn, intent). Every wait is
+//! the page links the call in the history, which has it (flow, turn, intent); a call with a
+//! token the gateway refuses is explained on the page in plain words. Every wait is
 //! bounded. Skipped when Chromium, chromedriver, espeak-ng or sox is missing, unless
 //! VOICEBOT_REQUIRE_PEERS is set. Screenshots go to the test's temporary directory, or to
 //! `$VOICEBOT_CONSOLE_SCREENSHOTS`.
@@ -279,6 +280,21 @@ fn call_a_flow_from_the_console_in_headless_chromium() {
     b.click("#call-history-link");
     b.wait_text("main", "order_status");
     b.stop("webrtc-3-history");
+
+    // A refused call is explained on the page: here the token (as after a token rotation).
+    b.click("#nav-try");
+    b.find("#call-start");
+    b.execute("token = 'not-the-admin-token';", json!([]));
+    b.click("#call-start");
+    let refused = wait_for(&b, "the refusal", Duration::from_secs(20), || {
+        let error = text_of(&b, "#call-error");
+        (!error.is_empty()).then_some(error)
+    });
+    assert!(refused.contains("The admin token was refused"), "{refused}");
+    assert!(
+        b.try_find("#call-history-link").is_none(),
+        "no call, no link"
+    );
 }
 
 /// Percent-encodes a path segment.
