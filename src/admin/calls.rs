@@ -768,10 +768,10 @@ mod router_tests {
         let before = metrics::global().rtp_lost.get();
         let stored = on_call_finished(f.state.history.clone(), SystemTime::now(), &record);
         assert!(metrics::global().rtp_lost.get() >= before + 4);
-        stored
+        assert!(stored
             .expect("a history is configured")
             .await
-            .expect("store");
+            .expect("store"));
         let h = f.state.history.clone().expect("history");
         let stored = h.get("done@h").expect("get").expect("stored");
         assert_eq!(stored["escalation"]["reason"], "explicit_request");

@@ -156,6 +156,8 @@ mod tests {
             "/api/calls",
             "/api/calls/live",
             "/api/analytics",
+            "/api/webrtc/flows/",
+            "/api/calls/live/events?call_id=",
         ] {
             assert!(PAGE.contains(&format!("\"{path}")), "{path}");
         }

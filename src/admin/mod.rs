@@ -29,6 +29,8 @@
 //! - [`tryout`]: `POST /api/test/chat` and `/api/test/wav`.
 //! - [`calls`]: call history, one call's record, analytics, live calls; storing finished calls.
 //! - [`live`]: the registry of calls in progress.
+//! - [`live_events`]: one call's events as they happen (server-sent events), for the console's
+//!   "Call this flow".
 //! - [`health`]: `/readyz`, `/metrics` and the readiness flags.
 //! - [`webhook`]: webhook events given up (dead letters): list, requeue.
 //! - [`metrics`]: the Prometheus registry and what feeds it.
@@ -40,6 +42,7 @@ pub mod calls;
 pub mod console;
 pub mod flows;
 pub mod health;
+pub mod live_events;
 pub use crate::observe::{live, metrics};
 pub mod openapi;
 pub mod trunks;
@@ -318,6 +321,7 @@ pub fn routes(state: Arc<AdminState>) -> Routes<()> {
         .route("/api/test/say", &["POST"], post(tryout::say))
         .route("/api/calls", &["GET"], get(calls::list))
         .route("/api/calls/live", &["GET"], get(calls::live))
+        .route("/api/calls/live/events", &["GET"], get(live_events::events))
         .route("/api/calls/{id}", &["GET"], get(calls::one))
         .route("/api/calls/{id}/recording", &["GET"], get(calls::recording))
         .route("/api/analytics", &["GET"], get(calls::analytics))

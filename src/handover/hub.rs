@@ -11,6 +11,9 @@ use tokio::sync::broadcast;
 
 /// How many calls' contexts are kept (the oldest are forgotten first).
 pub const MAX_CALLS: usize = 1000;
+/// The live-only event that closes a call's events (every call, escalated or not; published
+/// once its record is stored): what the console's per-call stream ends on.
+pub const CALL_FINISHED: &str = "call_finished";
 /// Events a slow screen may fall behind before it misses some.
 const CHANNEL_DEPTH: usize = 256;
 
@@ -67,6 +70,18 @@ impl HandoverHub {
                 }
             }
         }
+        // No screen open is not an error.
+        let _ = self.events.send(HubEvent {
+            kind: kind.to_string(),
+            call_id: call_id.to_string(),
+            data: data.clone(),
+        });
+    }
+
+    /// Sends a live-only event (the console's per-call view: a finished turn, what the bot
+    /// said, the end of the call): never kept as the call's context, so a screen opened later,
+    /// a CTI fetch and the agents' snapshot see only hand-over contexts.
+    pub fn broadcast(&self, kind: &str, call_id: &str, data: &serde_json::Value) {
         // No screen open is not an error.
         let _ = self.events.send(HubEvent {
             kind: kind.to_string(),
@@ -148,6 +163,19 @@ mod tests {
             ("transcript", "c1")
         );
         assert_eq!(rx.try_recv().unwrap().call_id, "c9");
+    }
+
+    #[test]
+    fn broadcast_events_go_out_but_are_never_a_context() {
+        let hub = HandoverHub::new();
+        let mut rx = hub.subscribe();
+        // A turn report has a `transcript` (a string): it must not become the call's context.
+        hub.broadcast("turn", "c1", &json!({"transcript": "where is my order"}));
+        assert!(hub.context("c1").is_none());
+        assert!(hub.recent(5).is_empty());
+        let ev = rx.try_recv().unwrap();
+        assert_eq!((ev.kind.as_str(), ev.call_id.as_str()), ("turn", "c1"));
+        assert_eq!(ev.data["transcript"], "where is my order");
     }
 
     #[test]

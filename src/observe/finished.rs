@@ -17,12 +17,12 @@ use crate::history::CallHistory;
 
 /// Stores a finished call (see the module documentation). Never blocks: the database write
 /// runs on tokio's blocking pool (inline when called outside a runtime); the write's task is
-/// returned for whoever must know when it is done.
+/// returned for whoever must know when it is done (it says whether the call was stored).
 pub fn on_call_finished(
     history: Option<Arc<CallHistory>>,
     started: SystemTime,
     record: &CallRecord,
-) -> Option<tokio::task::JoinHandle<()>> {
+) -> Option<tokio::task::JoinHandle<bool>> {
     metrics::observe_finished_call(record);
     let history = history?;
     let mut value = match serde_json::to_value(record) {
@@ -51,8 +51,14 @@ pub fn on_call_finished(
     }
     let started_ms = unix_ms(started);
     let store = move || match history.insert(started_ms, &value) {
-        Ok(s) => tracing::debug!(call_id = %s.call_id, "call stored in the history"),
-        Err(e) => tracing::error!(error = %e, "cannot store the call in the history"),
+        Ok(s) => {
+            tracing::debug!(call_id = %s.call_id, "call stored in the history");
+            true
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot store the call in the history");
+            false
+        }
     };
     match tokio::runtime::Handle::try_current() {
         Ok(rt) => Some(rt.spawn_blocking(store)),

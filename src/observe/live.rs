@@ -114,6 +114,15 @@ impl LiveCalls {
         self.len() == 0
     }
 
+    /// The call in progress with this SIP Call-ID (the newest, should a peer reuse one).
+    pub fn by_call_id(&self, call_id: &str) -> Option<LiveCall> {
+        self.lock()
+            .values()
+            .filter(|c| c.call_id == call_id)
+            .max_by(|a, b| a.started_at_ms.cmp(&b.started_at_ms))
+            .cloned()
+    }
+
     /// Every call in progress, oldest first.
     pub fn snapshot(&self) -> Vec<LiveCall> {
         let mut calls: Vec<LiveCall> = self.lock().values().cloned().collect();

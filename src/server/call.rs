@@ -29,6 +29,7 @@ use crate::call::control::{
 use crate::call::record::{CallEvent, CallRecord, EndedBy};
 use crate::flows::Flow;
 use crate::handover::context::{self, ContextInput};
+use crate::handover::hub::CALL_FINISHED;
 use crate::handover::outbox::DelivererHandle;
 use crate::media::barge_in::{BargeIn, BargeInConfig};
 use crate::observe::live::CallState as LiveState;
@@ -664,6 +665,13 @@ impl CallTask {
                 if continues {
                     self.speech_log.extend(samples.len() as u64, rate);
                 } else {
+                    // Live only: the console's call view shows what the bot says as it starts.
+                    let what = match kind {
+                        SpeechKind::Greeting => "greeting",
+                        SpeechKind::Reply => "reply",
+                    };
+                    let data = serde_json::json!({"kind": what, "text": text});
+                    self.hub.broadcast("said", &self.call.call_id, &data);
                     let at = self.media_time();
                     self.speech_log
                         .push(kind, text, at, samples.len() as u64, rate);
@@ -681,8 +689,12 @@ impl CallTask {
                 self.append_transcript(entry);
             }
             CallOutput::Decision(decision) => self.on_decision(decision),
-            // Kept for the hand-over context.
+            // Kept for the hand-over context; live for the console's call view (what the
+            // caller said, the intent and its confidence, the reply, an escalation and why).
             CallOutput::Turn(turn) => {
+                if let Some(data) = to_json("turn", &turn) {
+                    self.hub.broadcast("turn", &self.call.call_id, &data);
+                }
                 self.turns.push(*turn);
                 self.journal_progress();
             }
@@ -1214,13 +1226,31 @@ impl CallTask {
         // Metrics, and the history (its SQLite write runs on a blocking thread).
         let stored =
             crate::observe::finished::on_call_finished(self.history, self.started_wall, &record);
+        let in_history = match stored {
+            Some(stored) => matches!(
+                tokio::time::timeout(Duration::from_secs(10), stored).await,
+                Ok(Ok(true))
+            ),
+            None => false,
+        };
         // Stored: the journal may forget the call (a crash before this point recovers it).
         if let Some(journal) = &self.journal {
-            if let Some(stored) = stored {
-                let _ = tokio::time::timeout(Duration::from_secs(10), stored).await;
-            }
             journal.finish(&self.id);
         }
+        // Live only, last: whoever watches this call (the console) learns it is over, and,
+        // once it is stored, that the history has it.
+        let finished = serde_json::json!({
+            "id": record.id,
+            "call_id": record.call_id,
+            "flow": self.flow.name,
+            "ended_by": record.ended_by,
+            "outcome": record.report.as_ref().map(|r| r.outcome),
+            "turns": record.report.as_ref().map_or(0, |r| r.turns.len()),
+            "duration_ms": record.duration_ms,
+            "in_history": in_history,
+        });
+        self.hub
+            .broadcast(CALL_FINISHED, &self.call.call_id, &finished);
     }
 }
 
