@@ -5,6 +5,12 @@
 //! (`Authorization: Bearer ...`, or `?token=` where a browser cannot set headers, as for
 //! EventSource). Errors are JSON (`{"error": "..."}`) with a 4xx status, never a 500 for bad
 //! input.
+//!
+//! The agent screen is also a softphone for browser agents (`webrtc:<agent>` extensions): its
+//! event stream opened with `?agent=<name>` logs the screen in (see
+//! [`crate::webrtc::agents`]) and carries that agent's rings; `POST
+//! /agent/phone/{ring_id}/answer` with the browser's SDP offer answers a ring through the WebRTC
+//! edge, `DELETE /agent/phone/{ring_id}` declines it or hangs up.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -15,7 +21,7 @@ use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use tokio_stream::wrappers::BroadcastStream;
@@ -25,6 +31,8 @@ use crate::admin::openapi::Routes;
 use crate::admin::AdminState;
 use crate::handover::feedback::{Feedback, FeedbackStore, Verdict};
 use crate::handover::hub::HandoverHub;
+use crate::webrtc::agents::BrowserAgents;
+use crate::webrtc::EdgeError;
 
 /// The agent screen, served as is (no external assets: it works offline).
 const AGENT_PAGE: &str = include_str!("../assets/agent.html");
@@ -82,6 +90,8 @@ pub struct WebState {
     pub token: String,
     /// The WebRTC edge (browser agents answer their rings through it), when it runs.
     pub webrtc: Option<crate::webrtc::EdgeHandle>,
+    /// The browser agents' open screens (the edge rings them; the event stream logs them in).
+    pub agents: Arc<BrowserAgents>,
 }
 
 /// A JSON error with its status.
@@ -99,6 +109,9 @@ struct TokenQuery {
     /// Events only: `false` ends the stream after the snapshot of recent hand-overs (a static
     /// view, e.g. for a wallboard that reloads itself, or a page rendered for a report).
     follow: Option<bool>,
+    /// Events only: log this screen in as the browser agent of this name (its rings come on
+    /// the stream) while the stream is open.
+    agent: Option<String>,
 }
 
 /// Constant-time comparison, so the token cannot be guessed byte by byte from timings.
@@ -139,6 +152,13 @@ pub fn routes(state: Arc<WebState>, admin: Option<Arc<AdminState>>) -> Routes<()
             post(feedback).get(call_feedback),
         )
         .route("/feedback/examples", &["GET"], get(examples))
+        .route("/agent/phone/agents", &["GET"], get(phone_agents))
+        .route(
+            "/agent/phone/{ring_id}/answer",
+            &["POST"],
+            post(phone_answer),
+        )
+        .route("/agent/phone/{ring_id}", &["DELETE"], delete(phone_hangup))
         .with_state(state);
     let all = match admin {
         Some(admin) => agent.merge(crate::admin::routes(admin)),
@@ -280,6 +300,18 @@ async fn events(
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     authorize(&state, &headers, &q)?;
+    let follow = q.follow.unwrap_or(true);
+    // Logged in before the snapshot is taken: a ring from now on is not missed.
+    let login = match q.agent.as_deref().filter(|_| follow) {
+        Some(agent) => Some(state.agents.login(agent).map_err(|e| {
+            let status = match e {
+                crate::webrtc::agents::LoginError::BadName(_) => StatusCode::BAD_REQUEST,
+                _ => StatusCode::SERVICE_UNAVAILABLE,
+            };
+            ApiError(status, e.to_string())
+        })?),
+        None => None,
+    };
     let live = BroadcastStream::new(state.hub.subscribe());
     let mut recent = state.hub.recent(20);
     recent.reverse();
@@ -296,12 +328,106 @@ async fn events(
             .data(serde_json::to_string(&e).unwrap_or_default())))
     });
     type Events = std::pin::Pin<Box<dyn Stream<Item = Result<Event, Infallible>> + Send>>;
-    let stream: Events = if q.follow.unwrap_or(true) {
-        Box::pin(snapshot.chain(live))
-    } else {
-        Box::pin(snapshot)
+    let stream: Events = match (follow, login) {
+        (false, _) => Box::pin(snapshot),
+        (true, None) => Box::pin(snapshot.chain(live)),
+        (true, Some(login)) => {
+            let agent = login.agent().to_string();
+            let (phone, guard) = login.into_parts();
+            let hello = tokio_stream::once(Ok(Event::default()
+                .event("logged_in")
+                .data(serde_json::json!({ "agent": agent }).to_string())));
+            // The stream owns the login: the screen is logged out when the stream is dropped.
+            let phone = tokio_stream::wrappers::ReceiverStream::new(phone).map(move |e| {
+                let _login = &guard;
+                Ok(Event::default().event(e.kind).data(e.data.to_string()))
+            });
+            Box::pin(hello.chain(snapshot).chain(live.merge(phone)))
+        }
     };
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+/// An edge error as the agent screen gets it.
+impl From<EdgeError> for ApiError {
+    fn from(e: EdgeError) -> Self {
+        let status =
+            StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        ApiError(status, e.to_string())
+    }
+}
+
+fn edge(state: &WebState) -> Result<&crate::webrtc::EdgeHandle, ApiError> {
+    state.webrtc.as_ref().ok_or_else(|| {
+        ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "browser calls are off: set [webrtc] enabled = true".into(),
+        )
+    })
+}
+
+/// `GET /agent/phone/agents`: the browser agents logged in now (screens open).
+async fn phone_agents(
+    State(state): State<Arc<WebState>>,
+    Query(q): Query<TokenQuery>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    authorize(&state, &headers, &q)?;
+    Ok(Json(
+        serde_json::json!({ "agents": state.agents.logged_in() }),
+    ))
+}
+
+/// `POST /agent/phone/{ring_id}/answer`: the agent's browser answers a ring with its SDP
+/// offer; 201 with the SDP answer.
+async fn phone_answer(
+    State(state): State<Arc<WebState>>,
+    Path(ring_id): Path<String>,
+    Query(q): Query<TokenQuery>,
+    headers: HeaderMap,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers, &q)?;
+    let content_type = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    if !content_type.starts_with("application/sdp") {
+        return Err(ApiError(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("send the SDP offer with Content-Type: application/sdp (got `{content_type}`)"),
+        ));
+    }
+    let body = body.map_err(|e| ApiError(e.status(), e.body_text()))?;
+    let offer = std::str::from_utf8(&body).map_err(|_| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            "malformed SDP offer: not UTF-8 text".into(),
+        )
+    })?;
+    let session = edge(&state)?.answer_agent(&ring_id, offer).await?;
+    state.agents.answered(&ring_id);
+    Ok((
+        StatusCode::CREATED,
+        [(axum::http::header::CONTENT_TYPE, "application/sdp")],
+        session.answer_sdp,
+    )
+        .into_response())
+}
+
+/// `DELETE /agent/phone/{ring_id}`: declines a ring, or hangs up the answered call.
+async fn phone_hangup(
+    State(state): State<Arc<WebState>>,
+    Path(ring_id): Path<String>,
+    Query(q): Query<TokenQuery>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    authorize(&state, &headers, &q)?;
+    edge(&state)?.hangup(&ring_id).await?;
+    Ok(Json(
+        serde_json::json!({ "ring_id": ring_id, "ended": true }),
+    ))
 }
 
 #[cfg(test)]
@@ -311,16 +437,25 @@ mod tests {
 
     /// Serves the router on loopback; returns its base URL and the shared state.
     fn serve() -> (String, Arc<WebState>, tokio::runtime::Runtime) {
+        serve_with(|_| None)
+    }
+
+    /// [`serve`] with an edge made on the server's runtime.
+    fn serve_with(
+        edge: impl FnOnce(&tokio::runtime::Runtime) -> Option<crate::webrtc::EdgeHandle>,
+    ) -> (String, Arc<WebState>, tokio::runtime::Runtime) {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
             .build()
             .unwrap();
+        let hub = Arc::new(HandoverHub::new());
         let state = Arc::new(WebState {
-            hub: Arc::new(HandoverHub::new()),
+            agents: Arc::new(BrowserAgents::new(Arc::clone(&hub))),
+            hub,
             feedback: Arc::new(FeedbackStore::in_memory().unwrap()),
             token: "agent-secret".into(),
-            webrtc: None,
+            webrtc: edge(&rt),
         });
         let app = router(Arc::clone(&state), None);
         let listener = rt
