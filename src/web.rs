@@ -83,6 +83,40 @@ pub async fn serve(
     }
 }
 
+/// The agent screen's Content-Security-Policy: its own inline script and style only (pinned by
+/// hash), requests to the gateway only. The page's WebRTC call is not a fetch (no directive
+/// applies); the caller's audio plays from a MediaStream.
+pub fn agent_page_policy() -> &'static str {
+    use crate::admin::console::{element_text, hash_source};
+    static CSP: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        let script = element_text(AGENT_PAGE, "<script>", "</script>").unwrap_or_default();
+        let style = element_text(AGENT_PAGE, "<style>", "</style>").unwrap_or_default();
+        format!(
+            "default-src 'none'; script-src {}; style-src {}; connect-src 'self'; \
+             media-src blob: mediastream:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+            hash_source(script),
+            hash_source(style)
+        )
+    });
+    &CSP
+}
+
+/// `GET /agent`: the page (no token needed; it holds no data).
+async fn agent_page() -> impl IntoResponse {
+    use axum::http::header;
+    (
+        [
+            (header::CONTENT_SECURITY_POLICY, agent_page_policy()),
+            // The token may arrive in the address (?token=): never pass it on.
+            (header::REFERRER_POLICY, "no-referrer"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::X_FRAME_OPTIONS, "DENY"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        Html(AGENT_PAGE),
+    )
+}
+
 /// What the handlers share.
 pub struct WebState {
     pub hub: Arc<HandoverHub>,
@@ -143,7 +177,7 @@ fn authorize(state: &WebState, headers: &HeaderMap, query: &TokenQuery) -> Resul
 pub fn routes(state: Arc<WebState>, admin: Option<Arc<AdminState>>) -> Routes<()> {
     let agent = Routes::new()
         .route("/healthz", &["GET"], get(|| async { "ok" }))
-        .route("/agent", &["GET"], get(|| async { Html(AGENT_PAGE) }))
+        .route("/agent", &["GET"], get(agent_page))
         .route("/agent/events", &["GET"], get(events))
         .route("/calls/{id}/context", &["GET"], get(context))
         .route(
@@ -611,5 +645,270 @@ mod tests {
         assert!(seen.contains("event: snapshot"), "{seen}");
         assert!(seen.contains("event: agent_answered"), "{seen}");
         assert!(seen.contains("sip:1001@h"), "{seen}");
+    }
+
+    /// An edge on the test's runtime that knows one ringing call, `r1`, and answers it with
+    /// a fixed SDP (the edge itself is tested in src/webrtc and end to end).
+    fn one_ring_edge(rt: &tokio::runtime::Runtime) -> Option<crate::webrtc::EdgeHandle> {
+        use crate::webrtc::{AgentSession, EdgeCommand};
+        let (tx, mut rx) = tokio::sync::mpsc::channel(8);
+        rt.spawn(async move {
+            let mut answered = false;
+            while let Some(cmd) = rx.recv().await {
+                match cmd {
+                    EdgeCommand::AnswerAgent {
+                        ring_id,
+                        offer,
+                        reply,
+                    } => {
+                        let result = if offer.starts_with("v=0") {
+                            if ring_id == "r1" && !answered {
+                                answered = true;
+                                Ok(AgentSession {
+                                    id: ring_id,
+                                    answer_sdp: "v=0\r\ns=answer\r\n".into(),
+                                })
+                            } else {
+                                Err(EdgeError::NotFound(format!("no ringing call {ring_id}")))
+                            }
+                        } else {
+                            Err(EdgeError::BadOffer("no v= line".into()))
+                        };
+                        let _ = reply.send(result);
+                    }
+                    EdgeCommand::Hangup { id, reply } => {
+                        let _ = reply.send(if id == "r1" {
+                            Ok(())
+                        } else {
+                            Err(EdgeError::NotFound(format!("no browser call {id}")))
+                        });
+                    }
+                    EdgeCommand::CallFlow { reply, .. } => {
+                        let _ = reply.send(Err(EdgeError::NotFound("no flows here".into())));
+                    }
+                }
+            }
+        });
+        Some(crate::webrtc::EdgeHandle::new(tx))
+    }
+
+    /// Reads the event stream until `needle` shows (bounded).
+    fn read_until(reader: &mut impl std::io::Read, seen: &mut String, needle: &str) {
+        let mut buf = [0u8; 4096];
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !seen.contains(needle) && std::time::Instant::now() < deadline {
+            match reader.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => seen.push_str(&String::from_utf8_lossy(&buf[..n])),
+            }
+        }
+    }
+
+    #[test]
+    fn a_screen_logs_in_with_its_stream_and_gets_its_rings_only() {
+        use crate::webrtc::{AgentRing, AgentScreens};
+        let (base, state, _rt) = serve();
+        state.hub.publish("escalated", "c1", &context());
+        let a = agent();
+        let r = a
+            .get(format!(
+                "{base}/agent/events?token=agent-secret&agent=al%20ice"
+            ))
+            .call()
+            .unwrap();
+        assert_eq!(r.status(), 400, "not an agent name");
+        let mut alice = a
+            .get(format!(
+                "{base}/agent/events?token=agent-secret&agent=alice"
+            ))
+            .call()
+            .unwrap();
+        assert_eq!(alice.status(), 200);
+        let mut bob = a
+            .get(format!("{base}/agent/events?token=agent-secret&agent=bob"))
+            .call()
+            .unwrap();
+        let mut alice_seen = String::new();
+        let mut alice_reader = alice.body_mut().as_reader();
+        read_until(&mut alice_reader, &mut alice_seen, "event: logged_in");
+        let mut bob_seen = String::new();
+        let mut bob_reader = bob.body_mut().as_reader();
+        read_until(&mut bob_reader, &mut bob_seen, "event: logged_in");
+        assert!(alice_seen.contains("\"agent\":\"alice\""), "{alice_seen}");
+        let mut listed = a
+            .get(format!("{base}/agent/phone/agents?token=agent-secret"))
+            .call()
+            .unwrap();
+        let v: serde_json::Value = listed.body_mut().read_json().unwrap();
+        assert_eq!(
+            v,
+            json!({"agents": [{"agent": "alice", "screens": 1}, {"agent": "bob", "screens": 1}]})
+        );
+
+        let ring = |id: &str, who: &str| AgentRing {
+            ring_id: id.into(),
+            agent: who.into(),
+            call_id: Some("c1".into()),
+            team: Some("billing".into()),
+            from: "<sip:caller@h>".into(),
+        };
+        assert!(state.agents.ring(ring("r1", "alice")));
+        assert!(
+            !state.agents.ring(ring("r2", "carol")),
+            "carol is not logged in"
+        );
+        read_until(&mut alice_reader, &mut alice_seen, "\"ring_id\":\"r1\"");
+        let ring_event = alice_seen
+            .split("event: ring\n")
+            .nth(1)
+            .unwrap_or_else(|| panic!("no ring event: {alice_seen}"));
+        assert!(ring_event.contains("\"ring_id\":\"r1\""), "{alice_seen}");
+        // The ring carries the call's hand-over context.
+        assert!(
+            ring_event.contains("Caller wants to cancel"),
+            "{alice_seen}"
+        );
+        state.agents.ring_ended("r1", "cancelled");
+        read_until(&mut alice_reader, &mut alice_seen, "event: ring_ended");
+        assert!(
+            alice_seen.contains("\"reason\":\"cancelled\""),
+            "{alice_seen}"
+        );
+        // Bob's screen saw the hand-over events, never alice's ring.
+        state.agents.ring(ring("r3", "bob"));
+        read_until(&mut bob_reader, &mut bob_seen, "\"ring_id\":\"r3\"");
+        assert!(!bob_seen.contains("\"ring_id\":\"r1\""), "{bob_seen}");
+        assert!(bob_seen.contains("event: snapshot"), "{bob_seen}");
+
+        // Closing the stream logs the screen out.
+        drop(alice_reader);
+        drop(alice);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while state.agents.logged_in().len() > 1 && std::time::Instant::now() < deadline {
+            // Hyper notices the closed connection when it next writes: give it something.
+            state
+                .hub
+                .publish("agent_answered", "c1", &json!({"agent": "x"}));
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(state.agents.logged_in().len(), 1, "alice logged out");
+        assert!(!state.agents.ring(ring("r4", "alice")));
+    }
+
+    #[test]
+    fn answering_and_hanging_up_go_through_the_edge() {
+        let (base, state, _rt) = serve_with(one_ring_edge);
+        let a = agent();
+        let answer = |id: &str, ct: &str, body: &str| {
+            let mut r = a
+                .post(format!("{base}/agent/phone/{id}/answer"))
+                .header("Authorization", "Bearer agent-secret")
+                .header("Content-Type", ct)
+                .send(body)
+                .unwrap();
+            let status = r.status().as_u16();
+            let ct = r
+                .headers()
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string();
+            (
+                status,
+                ct,
+                r.body_mut().read_to_string().unwrap_or_default(),
+            )
+        };
+        let no_token = a
+            .post(format!("{base}/agent/phone/r1/answer"))
+            .header("Content-Type", "application/sdp")
+            .send("v=0")
+            .unwrap();
+        assert_eq!(no_token.status(), 401);
+        let (status, _, body) = answer("r1", "text/plain", "v=0");
+        assert_eq!(status, 415, "{body}");
+        let (status, _, body) = answer("r1", "application/sdp", "hello");
+        assert_eq!(status, 400, "{body}");
+        assert!(body.contains("malformed SDP offer"), "{body}");
+        let (status, ct, body) = answer("r1", "application/sdp", "v=0\r\n");
+        assert_eq!((status, ct.as_str()), (201, "application/sdp"), "{body}");
+        assert_eq!(body, "v=0\r\ns=answer\r\n");
+        let (status, _, body) = answer("r1", "application/sdp", "v=0\r\n");
+        assert_eq!(status, 404, "answered once: {body}");
+        assert!(body.contains("\"error\""), "{body}");
+
+        let hang_up = |id: &str| {
+            let mut r = a
+                .delete(format!("{base}/agent/phone/{id}?token=agent-secret"))
+                .call()
+                .unwrap();
+            let status = r.status().as_u16();
+            let v: serde_json::Value = r.body_mut().read_json().unwrap_or_default();
+            (status, v)
+        };
+        assert_eq!(
+            hang_up("r1"),
+            (200, json!({"ring_id": "r1", "ended": true}))
+        );
+        let (status, v) = hang_up("r9");
+        assert_eq!(status, 404);
+        assert!(v["error"].as_str().unwrap_or("").contains("r9"), "{v}");
+        drop(state);
+    }
+
+    #[test]
+    fn without_the_edge_the_phone_routes_say_so() {
+        let (base, _state, _rt) = serve();
+        let a = agent();
+        let mut r = a
+            .post(format!("{base}/agent/phone/r1/answer?token=agent-secret"))
+            .header("Content-Type", "application/sdp")
+            .send("v=0\r\n")
+            .unwrap();
+        assert_eq!(r.status(), 503);
+        let v: serde_json::Value = r.body_mut().read_json().unwrap();
+        assert!(
+            v["error"].as_str().unwrap_or("").contains("[webrtc]"),
+            "{v}"
+        );
+        let r = a
+            .delete(format!("{base}/agent/phone/r1?token=agent-secret"))
+            .call()
+            .unwrap();
+        assert_eq!(r.status(), 503);
+    }
+
+    #[test]
+    fn the_agent_page_is_self_contained_and_pinned_by_its_policy() {
+        assert_eq!(AGENT_PAGE.matches("<script").count(), 1);
+        assert_eq!(AGENT_PAGE.matches("<style").count(), 1);
+        for banned in [
+            "http://",
+            "https://",
+            "url(",
+            "src=",
+            "<link",
+            "@import",
+            "innerHTML",
+            "outerHTML",
+            "insertAdjacentHTML",
+            "document.write",
+            "eval(",
+        ] {
+            assert!(!AGENT_PAGE.contains(banned), "the agent page uses {banned}");
+        }
+        let csp = agent_page_policy();
+        assert!(
+            csp.starts_with("default-src 'none'; script-src 'sha256-"),
+            "{csp}"
+        );
+        let (base, _state, _rt) = serve();
+        let r = agent().get(format!("{base}/agent")).call().unwrap();
+        assert_eq!(
+            r.headers()
+                .get("content-security-policy")
+                .and_then(|v| v.to_str().ok()),
+            Some(csp)
+        );
     }
 }
