@@ -55,6 +55,22 @@ fn crypto() {
 }
 
 /// Why an offer cannot be taken, before str0m sees it: an offer must have audio with Opus.
+/// The `a=mid` of the first audio section an SDP answer accepts (port not 0).
+fn accepted_audio_mid(answer: &str) -> Option<Mid> {
+    let mut in_audio = false;
+    for line in answer.lines().map(str::trim) {
+        if let Some(m) = line.strip_prefix("m=") {
+            let mut fields = m.split_whitespace();
+            in_audio = fields.next() == Some("audio") && fields.next() != Some("0");
+        } else if in_audio {
+            if let Some(mid) = line.strip_prefix("a=mid:") {
+                return Some(Mid::from(mid.trim()));
+            }
+        }
+    }
+    None
+}
+
 pub fn check_offer(offer: &str) -> Result<SdpOffer, EdgeError> {
     if offer.trim().is_empty() {
         return Err(EdgeError::BadOffer(
@@ -147,12 +163,30 @@ impl BrowserPeer {
             figures: PeerFigures::default(),
         };
         peer.drain(now);
+        let answer = answer.to_sdp_string();
+        if peer.mid.is_none() {
+            // str0m (0.24) announces the media (`MediaAdded`) only once DTLS is up, so the
+            // accepted audio section is read from the answer.
+            if let Some(mid) = accepted_audio_mid(&answer) {
+                peer.mid = Some(mid);
+                peer.browser_pt = peer.opus_pt(mid);
+            }
+        }
         if peer.mid.is_none() {
             return Err(EdgeError::NotAcceptable(
                 "no audio section of the offer could be accepted".into(),
             ));
         }
-        Ok((peer, answer.to_sdp_string()))
+        Ok((peer, answer))
+    }
+
+    /// Opus's payload type on the browser's side of `mid`.
+    fn opus_pt(&mut self, mid: Mid) -> Option<Pt> {
+        self.rtc.writer(mid).and_then(|w| {
+            w.payload_params()
+                .find(|p| p.spec().codec == RtcCodec::Opus)
+                .map(|p| p.pt())
+        })
     }
 
     /// The payload type of Opus on the core's side of the relay.
@@ -317,13 +351,13 @@ impl BrowserPeer {
                     "the browser's ICE connection ended".into(),
                 ));
             }
-            Event::MediaAdded(m) if m.kind == MediaKind::Audio && self.mid.is_none() => {
+            Event::MediaAdded(m)
+                if m.kind == MediaKind::Audio
+                    && (self.mid.is_none()
+                        || (self.mid == Some(m.mid) && self.browser_pt.is_none())) =>
+            {
                 self.mid = Some(m.mid);
-                self.browser_pt = self.rtc.writer(m.mid).and_then(|w| {
-                    w.payload_params()
-                        .find(|p| p.spec().codec == RtcCodec::Opus)
-                        .map(|p| p.pt())
-                });
+                self.browser_pt = self.opus_pt(m.mid);
             }
             Event::MediaData(data) => self.on_media(data),
             _ => {}
