@@ -147,7 +147,7 @@ fn a_browser_agent_answers_an_escalated_sip_call_and_hands_it_back_to_the_bot() 
     // The agent's microphone: quiet while the whisper plays to the agent, then a greeting.
     let mic = microphone_wav(
         d,
-        "Hello, this is the billing team. How can I help you?",
+        "Hello, this is Alice. Give me a minute to check your account.",
         9,
         90,
     );
@@ -220,11 +220,20 @@ fn a_browser_agent_answers_an_escalated_sip_call_and_hands_it_back_to_the_bot() 
         })
     };
 
-    // It rings on alice's screen (bob, not logged in, is passed over), with the context.
-    let ring = wait_for(&b, "the ring", Duration::from_secs(90), || {
+    // It rings on alice's screen, with the context, well within the ring timeout (20 s)
+    // after the hand-over shows: bob, not logged in, was passed over at once.
+    wait_for(
+        &b,
+        "the hand-over on the page",
+        Duration::from_secs(90),
+        || b.try_find("#calls .call"),
+    );
+    let escalated = Instant::now();
+    let ring = wait_for(&b, "the ring", Duration::from_secs(15), || {
         let ring = b.execute("return window.agentPhone.ring();", json!([]));
         (b.execute("return window.agentPhone.state();", json!([])) == "ringing").then_some(ring)
     });
+    println!("rang {:?} after the hand-over showed", escalated.elapsed());
     let class = b.property(&b.find("#phone"), "className");
     assert_eq!(class, "ringing", "the screen rings visibly");
     assert_eq!(ring["agent"], "alice", "{ring}");
@@ -295,6 +304,12 @@ fn a_browser_agent_answers_an_escalated_sip_call_and_hands_it_back_to_the_bot() 
     println!("agent page received {seconds:.1} s, rms {level:.4}: {heard_by_agent:?}");
     assert!(seconds > 5.0, "{seconds} s received");
     assert!(level > 0.005, "the page received silence (rms {level})");
+    // The whisper first ("Voice bot transfer: the caller wants to cancel ..."), then the
+    // caller's own words.
+    assert!(
+        heard_by_agent.contains("transfer") || heard_by_agent.contains("cancel"),
+        "no whisper: {heard_by_agent}"
+    );
     assert!(said_order(&heard_by_agent), "{heard_by_agent}");
     b.stop("hung-up");
 
@@ -304,41 +319,28 @@ fn a_browser_agent_answers_an_escalated_sip_call_and_hands_it_back_to_the_bot() 
     assert_eq!(summary["connected"], true, "{summary}");
     let heard_by_caller = transcribe_recording(&record);
     println!("caller heard: {heard_by_caller:?}");
-    assert!(heard_by_caller.contains("billing"), "{heard_by_caller}");
+    // Words the bot never says (its prompts have none of them): the agent's.
+    assert!(
+        ["alice", "minute", "account"]
+            .iter()
+            .any(|w| heard_by_caller.contains(w)),
+        "the caller did not hear the agent: {heard_by_caller}"
+    );
     assert!(
         heard_by_caller.contains("anything else"),
         "{heard_by_caller}"
     );
 
-    // The call's record: bob refused at once (not logged in), alice answered; the bot took
-    // the caller back.
+    // The call's record: alice took the call (bridged), the bot took the caller back.
     let records = wait_records(&d.join("records"), Duration::from_secs(40));
     let rec = &records[0];
     let t = &rec["transfer"];
     println!("transfer: {t}");
     assert_eq!(t["outcome"], "returned_to_bot", "{rec}");
     assert_eq!(t["mode"], "bridge", "{t}");
-    let attempts = t["attempts"].as_array().expect("attempts");
-    assert_eq!(attempts.len(), 2, "{t}");
-    assert!(
-        attempts[0]["target"].as_str().unwrap_or("").contains("bob"),
-        "{t}"
-    );
-    assert!(
-        attempts[0]["outcome"]
-            .as_str()
-            .unwrap_or("")
-            .contains("480"),
-        "bob is not logged in: {t}"
-    );
-    assert!(
-        attempts[1]["target"]
-            .as_str()
-            .unwrap_or("")
-            .contains("alice"),
-        "{t}"
-    );
-    assert_eq!(attempts[1]["outcome"], "answered", "{t}");
+    assert_eq!(t["agent"], "webrtc:alice", "{t}");
+    assert!(t["packets_from_agent"].as_u64().unwrap_or(0) > 100, "{t}");
+    assert!(t["packets_to_agent"].as_u64().unwrap_or(0) > 100, "{t}");
     let intents: Vec<&str> = rec["turns"]
         .as_array()
         .map(|ts| ts.iter().filter_map(|t| t["intent"].as_str()).collect())
