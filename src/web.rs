@@ -5,6 +5,12 @@
 //! (`Authorization: Bearer ...`, or `?token=` where a browser cannot set headers, as for
 //! EventSource). Errors are JSON (`{"error": "..."}`) with a 4xx status, never a 500 for bad
 //! input.
+//!
+//! The agent screen is also a softphone for browser agents (`webrtc:<agent>` extensions): its
+//! event stream opened with `?agent=<name>` logs the screen in (see
+//! [`crate::webrtc::agents`]) and carries that agent's rings; `POST
+//! /agent/phone/{ring_id}/answer` with the browser's SDP offer answers a ring through the WebRTC
+//! edge, `DELETE /agent/phone/{ring_id}` declines it or hangs up.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -15,7 +21,7 @@ use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use tokio_stream::wrappers::BroadcastStream;
@@ -25,6 +31,8 @@ use crate::admin::openapi::Routes;
 use crate::admin::AdminState;
 use crate::handover::feedback::{Feedback, FeedbackStore, Verdict};
 use crate::handover::hub::HandoverHub;
+use crate::webrtc::agents::BrowserAgents;
+use crate::webrtc::EdgeError;
 
 /// The agent screen, served as is (no external assets: it works offline).
 const AGENT_PAGE: &str = include_str!("../assets/agent.html");
@@ -75,6 +83,40 @@ pub async fn serve(
     }
 }
 
+/// The agent screen's Content-Security-Policy: its own inline script and style only (pinned by
+/// hash), requests to the gateway only. The page's WebRTC call is not a fetch (no directive
+/// applies); the caller's audio plays from a MediaStream.
+pub fn agent_page_policy() -> &'static str {
+    use crate::admin::console::{element_text, hash_source};
+    static CSP: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        let script = element_text(AGENT_PAGE, "<script>", "</script>").unwrap_or_default();
+        let style = element_text(AGENT_PAGE, "<style>", "</style>").unwrap_or_default();
+        format!(
+            "default-src 'none'; script-src {}; style-src {}; connect-src 'self'; \
+             media-src blob: mediastream:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+            hash_source(script),
+            hash_source(style)
+        )
+    });
+    &CSP
+}
+
+/// `GET /agent`: the page (no token needed; it holds no data).
+async fn agent_page() -> impl IntoResponse {
+    use axum::http::header;
+    (
+        [
+            (header::CONTENT_SECURITY_POLICY, agent_page_policy()),
+            // The token may arrive in the address (?token=): never pass it on.
+            (header::REFERRER_POLICY, "no-referrer"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::X_FRAME_OPTIONS, "DENY"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        Html(AGENT_PAGE),
+    )
+}
+
 /// What the handlers share.
 pub struct WebState {
     pub hub: Arc<HandoverHub>,
@@ -82,6 +124,8 @@ pub struct WebState {
     pub token: String,
     /// The WebRTC edge (browser agents answer their rings through it), when it runs.
     pub webrtc: Option<crate::webrtc::EdgeHandle>,
+    /// The browser agents' open screens (the edge rings them; the event stream logs them in).
+    pub agents: Arc<BrowserAgents>,
 }
 
 /// A JSON error with its status.
@@ -99,6 +143,9 @@ struct TokenQuery {
     /// Events only: `false` ends the stream after the snapshot of recent hand-overs (a static
     /// view, e.g. for a wallboard that reloads itself, or a page rendered for a report).
     follow: Option<bool>,
+    /// Events only: log this screen in as the browser agent of this name (its rings come on
+    /// the stream) while the stream is open.
+    agent: Option<String>,
 }
 
 /// Constant-time comparison, so the token cannot be guessed byte by byte from timings.
@@ -130,7 +177,7 @@ fn authorize(state: &WebState, headers: &HeaderMap, query: &TokenQuery) -> Resul
 pub fn routes(state: Arc<WebState>, admin: Option<Arc<AdminState>>) -> Routes<()> {
     let agent = Routes::new()
         .route("/healthz", &["GET"], get(|| async { "ok" }))
-        .route("/agent", &["GET"], get(|| async { Html(AGENT_PAGE) }))
+        .route("/agent", &["GET"], get(agent_page))
         .route("/agent/events", &["GET"], get(events))
         .route("/calls/{id}/context", &["GET"], get(context))
         .route(
@@ -139,6 +186,13 @@ pub fn routes(state: Arc<WebState>, admin: Option<Arc<AdminState>>) -> Routes<()
             post(feedback).get(call_feedback),
         )
         .route("/feedback/examples", &["GET"], get(examples))
+        .route("/agent/phone/agents", &["GET"], get(phone_agents))
+        .route(
+            "/agent/phone/{ring_id}/answer",
+            &["POST"],
+            post(phone_answer),
+        )
+        .route("/agent/phone/{ring_id}", &["DELETE"], delete(phone_hangup))
         .with_state(state);
     let all = match admin {
         Some(admin) => agent.merge(crate::admin::routes(admin)),
@@ -280,6 +334,18 @@ async fn events(
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     authorize(&state, &headers, &q)?;
+    let follow = q.follow.unwrap_or(true);
+    // Logged in before the snapshot is taken: a ring from now on is not missed.
+    let login = match q.agent.as_deref().filter(|_| follow) {
+        Some(agent) => Some(state.agents.login(agent).map_err(|e| {
+            let status = match e {
+                crate::webrtc::agents::LoginError::BadName(_) => StatusCode::BAD_REQUEST,
+                _ => StatusCode::SERVICE_UNAVAILABLE,
+            };
+            ApiError(status, e.to_string())
+        })?),
+        None => None,
+    };
     let live = BroadcastStream::new(state.hub.subscribe());
     let mut recent = state.hub.recent(20);
     recent.reverse();
@@ -296,12 +362,106 @@ async fn events(
             .data(serde_json::to_string(&e).unwrap_or_default())))
     });
     type Events = std::pin::Pin<Box<dyn Stream<Item = Result<Event, Infallible>> + Send>>;
-    let stream: Events = if q.follow.unwrap_or(true) {
-        Box::pin(snapshot.chain(live))
-    } else {
-        Box::pin(snapshot)
+    let stream: Events = match (follow, login) {
+        (false, _) => Box::pin(snapshot),
+        (true, None) => Box::pin(snapshot.chain(live)),
+        (true, Some(login)) => {
+            let agent = login.agent().to_string();
+            let (phone, guard) = login.into_parts();
+            let hello = tokio_stream::once(Ok(Event::default()
+                .event("logged_in")
+                .data(serde_json::json!({ "agent": agent }).to_string())));
+            // The stream owns the login: the screen is logged out when the stream is dropped.
+            let phone = tokio_stream::wrappers::ReceiverStream::new(phone).map(move |e| {
+                let _login = &guard;
+                Ok(Event::default().event(e.kind).data(e.data.to_string()))
+            });
+            Box::pin(hello.chain(snapshot).chain(live.merge(phone)))
+        }
     };
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+/// An edge error as the agent screen gets it.
+impl From<EdgeError> for ApiError {
+    fn from(e: EdgeError) -> Self {
+        let status =
+            StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        ApiError(status, e.to_string())
+    }
+}
+
+fn edge(state: &WebState) -> Result<&crate::webrtc::EdgeHandle, ApiError> {
+    state.webrtc.as_ref().ok_or_else(|| {
+        ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "browser calls are off: set [webrtc] enabled = true".into(),
+        )
+    })
+}
+
+/// `GET /agent/phone/agents`: the browser agents logged in now (screens open).
+async fn phone_agents(
+    State(state): State<Arc<WebState>>,
+    Query(q): Query<TokenQuery>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    authorize(&state, &headers, &q)?;
+    Ok(Json(
+        serde_json::json!({ "agents": state.agents.logged_in() }),
+    ))
+}
+
+/// `POST /agent/phone/{ring_id}/answer`: the agent's browser answers a ring with its SDP
+/// offer; 201 with the SDP answer.
+async fn phone_answer(
+    State(state): State<Arc<WebState>>,
+    Path(ring_id): Path<String>,
+    Query(q): Query<TokenQuery>,
+    headers: HeaderMap,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers, &q)?;
+    let content_type = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    if !content_type.starts_with("application/sdp") {
+        return Err(ApiError(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("send the SDP offer with Content-Type: application/sdp (got `{content_type}`)"),
+        ));
+    }
+    let body = body.map_err(|e| ApiError(e.status(), e.body_text()))?;
+    let offer = std::str::from_utf8(&body).map_err(|_| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            "malformed SDP offer: not UTF-8 text".into(),
+        )
+    })?;
+    let session = edge(&state)?.answer_agent(&ring_id, offer).await?;
+    state.agents.answered(&ring_id);
+    Ok((
+        StatusCode::CREATED,
+        [(axum::http::header::CONTENT_TYPE, "application/sdp")],
+        session.answer_sdp,
+    )
+        .into_response())
+}
+
+/// `DELETE /agent/phone/{ring_id}`: declines a ring, or hangs up the answered call.
+async fn phone_hangup(
+    State(state): State<Arc<WebState>>,
+    Path(ring_id): Path<String>,
+    Query(q): Query<TokenQuery>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    authorize(&state, &headers, &q)?;
+    edge(&state)?.hangup(&ring_id).await?;
+    Ok(Json(
+        serde_json::json!({ "ring_id": ring_id, "ended": true }),
+    ))
 }
 
 #[cfg(test)]
@@ -311,16 +471,25 @@ mod tests {
 
     /// Serves the router on loopback; returns its base URL and the shared state.
     fn serve() -> (String, Arc<WebState>, tokio::runtime::Runtime) {
+        serve_with(|_| None)
+    }
+
+    /// [`serve`] with an edge made on the server's runtime.
+    fn serve_with(
+        edge: impl FnOnce(&tokio::runtime::Runtime) -> Option<crate::webrtc::EdgeHandle>,
+    ) -> (String, Arc<WebState>, tokio::runtime::Runtime) {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
             .build()
             .unwrap();
+        let hub = Arc::new(HandoverHub::new());
         let state = Arc::new(WebState {
-            hub: Arc::new(HandoverHub::new()),
+            agents: Arc::new(BrowserAgents::new(Arc::clone(&hub))),
+            hub,
             feedback: Arc::new(FeedbackStore::in_memory().unwrap()),
             token: "agent-secret".into(),
-            webrtc: None,
+            webrtc: edge(&rt),
         });
         let app = router(Arc::clone(&state), None);
         let listener = rt
@@ -476,5 +645,270 @@ mod tests {
         assert!(seen.contains("event: snapshot"), "{seen}");
         assert!(seen.contains("event: agent_answered"), "{seen}");
         assert!(seen.contains("sip:1001@h"), "{seen}");
+    }
+
+    /// An edge on the test's runtime that knows one ringing call, `r1`, and answers it with
+    /// a fixed SDP (the edge itself is tested in src/webrtc and end to end).
+    fn one_ring_edge(rt: &tokio::runtime::Runtime) -> Option<crate::webrtc::EdgeHandle> {
+        use crate::webrtc::{AgentSession, EdgeCommand};
+        let (tx, mut rx) = tokio::sync::mpsc::channel(8);
+        rt.spawn(async move {
+            let mut answered = false;
+            while let Some(cmd) = rx.recv().await {
+                match cmd {
+                    EdgeCommand::AnswerAgent {
+                        ring_id,
+                        offer,
+                        reply,
+                    } => {
+                        let result = if offer.starts_with("v=0") {
+                            if ring_id == "r1" && !answered {
+                                answered = true;
+                                Ok(AgentSession {
+                                    id: ring_id,
+                                    answer_sdp: "v=0\r\ns=answer\r\n".into(),
+                                })
+                            } else {
+                                Err(EdgeError::NotFound(format!("no ringing call {ring_id}")))
+                            }
+                        } else {
+                            Err(EdgeError::BadOffer("no v= line".into()))
+                        };
+                        let _ = reply.send(result);
+                    }
+                    EdgeCommand::Hangup { id, reply } => {
+                        let _ = reply.send(if id == "r1" {
+                            Ok(())
+                        } else {
+                            Err(EdgeError::NotFound(format!("no browser call {id}")))
+                        });
+                    }
+                    EdgeCommand::CallFlow { reply, .. } => {
+                        let _ = reply.send(Err(EdgeError::NotFound("no flows here".into())));
+                    }
+                }
+            }
+        });
+        Some(crate::webrtc::EdgeHandle::new(tx))
+    }
+
+    /// Reads the event stream until `needle` shows (bounded).
+    fn read_until(reader: &mut impl std::io::Read, seen: &mut String, needle: &str) {
+        let mut buf = [0u8; 4096];
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !seen.contains(needle) && std::time::Instant::now() < deadline {
+            match reader.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => seen.push_str(&String::from_utf8_lossy(&buf[..n])),
+            }
+        }
+    }
+
+    #[test]
+    fn a_screen_logs_in_with_its_stream_and_gets_its_rings_only() {
+        use crate::webrtc::{AgentRing, AgentScreens};
+        let (base, state, _rt) = serve();
+        state.hub.publish("escalated", "c1", &context());
+        let a = agent();
+        let r = a
+            .get(format!(
+                "{base}/agent/events?token=agent-secret&agent=al%20ice"
+            ))
+            .call()
+            .unwrap();
+        assert_eq!(r.status(), 400, "not an agent name");
+        let mut alice = a
+            .get(format!(
+                "{base}/agent/events?token=agent-secret&agent=alice"
+            ))
+            .call()
+            .unwrap();
+        assert_eq!(alice.status(), 200);
+        let mut bob = a
+            .get(format!("{base}/agent/events?token=agent-secret&agent=bob"))
+            .call()
+            .unwrap();
+        let mut alice_seen = String::new();
+        let mut alice_reader = alice.body_mut().as_reader();
+        read_until(&mut alice_reader, &mut alice_seen, "event: logged_in");
+        let mut bob_seen = String::new();
+        let mut bob_reader = bob.body_mut().as_reader();
+        read_until(&mut bob_reader, &mut bob_seen, "event: logged_in");
+        assert!(alice_seen.contains("\"agent\":\"alice\""), "{alice_seen}");
+        let mut listed = a
+            .get(format!("{base}/agent/phone/agents?token=agent-secret"))
+            .call()
+            .unwrap();
+        let v: serde_json::Value = listed.body_mut().read_json().unwrap();
+        assert_eq!(
+            v,
+            json!({"agents": [{"agent": "alice", "screens": 1}, {"agent": "bob", "screens": 1}]})
+        );
+
+        let ring = |id: &str, who: &str| AgentRing {
+            ring_id: id.into(),
+            agent: who.into(),
+            call_id: Some("c1".into()),
+            team: Some("billing".into()),
+            from: "<sip:caller@h>".into(),
+        };
+        assert!(state.agents.ring(ring("r1", "alice")));
+        assert!(
+            !state.agents.ring(ring("r2", "carol")),
+            "carol is not logged in"
+        );
+        read_until(&mut alice_reader, &mut alice_seen, "\"ring_id\":\"r1\"");
+        let ring_event = alice_seen
+            .split("event: ring\n")
+            .nth(1)
+            .unwrap_or_else(|| panic!("no ring event: {alice_seen}"));
+        assert!(ring_event.contains("\"ring_id\":\"r1\""), "{alice_seen}");
+        // The ring carries the call's hand-over context.
+        assert!(
+            ring_event.contains("Caller wants to cancel"),
+            "{alice_seen}"
+        );
+        state.agents.ring_ended("r1", "cancelled");
+        read_until(&mut alice_reader, &mut alice_seen, "event: ring_ended");
+        assert!(
+            alice_seen.contains("\"reason\":\"cancelled\""),
+            "{alice_seen}"
+        );
+        // Bob's screen saw the hand-over events, never alice's ring.
+        state.agents.ring(ring("r3", "bob"));
+        read_until(&mut bob_reader, &mut bob_seen, "\"ring_id\":\"r3\"");
+        assert!(!bob_seen.contains("\"ring_id\":\"r1\""), "{bob_seen}");
+        assert!(bob_seen.contains("event: snapshot"), "{bob_seen}");
+
+        // Closing the stream logs the screen out.
+        drop(alice_reader);
+        drop(alice);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while state.agents.logged_in().len() > 1 && std::time::Instant::now() < deadline {
+            // Hyper notices the closed connection when it next writes: give it something.
+            state
+                .hub
+                .publish("agent_answered", "c1", &json!({"agent": "x"}));
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(state.agents.logged_in().len(), 1, "alice logged out");
+        assert!(!state.agents.ring(ring("r4", "alice")));
+    }
+
+    #[test]
+    fn answering_and_hanging_up_go_through_the_edge() {
+        let (base, state, _rt) = serve_with(one_ring_edge);
+        let a = agent();
+        let answer = |id: &str, ct: &str, body: &str| {
+            let mut r = a
+                .post(format!("{base}/agent/phone/{id}/answer"))
+                .header("Authorization", "Bearer agent-secret")
+                .header("Content-Type", ct)
+                .send(body)
+                .unwrap();
+            let status = r.status().as_u16();
+            let ct = r
+                .headers()
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string();
+            (
+                status,
+                ct,
+                r.body_mut().read_to_string().unwrap_or_default(),
+            )
+        };
+        let no_token = a
+            .post(format!("{base}/agent/phone/r1/answer"))
+            .header("Content-Type", "application/sdp")
+            .send("v=0")
+            .unwrap();
+        assert_eq!(no_token.status(), 401);
+        let (status, _, body) = answer("r1", "text/plain", "v=0");
+        assert_eq!(status, 415, "{body}");
+        let (status, _, body) = answer("r1", "application/sdp", "hello");
+        assert_eq!(status, 400, "{body}");
+        assert!(body.contains("malformed SDP offer"), "{body}");
+        let (status, ct, body) = answer("r1", "application/sdp", "v=0\r\n");
+        assert_eq!((status, ct.as_str()), (201, "application/sdp"), "{body}");
+        assert_eq!(body, "v=0\r\ns=answer\r\n");
+        let (status, _, body) = answer("r1", "application/sdp", "v=0\r\n");
+        assert_eq!(status, 404, "answered once: {body}");
+        assert!(body.contains("\"error\""), "{body}");
+
+        let hang_up = |id: &str| {
+            let mut r = a
+                .delete(format!("{base}/agent/phone/{id}?token=agent-secret"))
+                .call()
+                .unwrap();
+            let status = r.status().as_u16();
+            let v: serde_json::Value = r.body_mut().read_json().unwrap_or_default();
+            (status, v)
+        };
+        assert_eq!(
+            hang_up("r1"),
+            (200, json!({"ring_id": "r1", "ended": true}))
+        );
+        let (status, v) = hang_up("r9");
+        assert_eq!(status, 404);
+        assert!(v["error"].as_str().unwrap_or("").contains("r9"), "{v}");
+        drop(state);
+    }
+
+    #[test]
+    fn without_the_edge_the_phone_routes_say_so() {
+        let (base, _state, _rt) = serve();
+        let a = agent();
+        let mut r = a
+            .post(format!("{base}/agent/phone/r1/answer?token=agent-secret"))
+            .header("Content-Type", "application/sdp")
+            .send("v=0\r\n")
+            .unwrap();
+        assert_eq!(r.status(), 503);
+        let v: serde_json::Value = r.body_mut().read_json().unwrap();
+        assert!(
+            v["error"].as_str().unwrap_or("").contains("[webrtc]"),
+            "{v}"
+        );
+        let r = a
+            .delete(format!("{base}/agent/phone/r1?token=agent-secret"))
+            .call()
+            .unwrap();
+        assert_eq!(r.status(), 503);
+    }
+
+    #[test]
+    fn the_agent_page_is_self_contained_and_pinned_by_its_policy() {
+        assert_eq!(AGENT_PAGE.matches("<script").count(), 1);
+        assert_eq!(AGENT_PAGE.matches("<style").count(), 1);
+        for banned in [
+            "http://",
+            "https://",
+            "url(",
+            "src=",
+            "<link",
+            "@import",
+            "innerHTML",
+            "outerHTML",
+            "insertAdjacentHTML",
+            "document.write",
+            "eval(",
+        ] {
+            assert!(!AGENT_PAGE.contains(banned), "the agent page uses {banned}");
+        }
+        let csp = agent_page_policy();
+        assert!(
+            csp.starts_with("default-src 'none'; script-src 'sha256-"),
+            "{csp}"
+        );
+        let (base, _state, _rt) = serve();
+        let r = agent().get(format!("{base}/agent")).call().unwrap();
+        assert_eq!(
+            r.headers()
+                .get("content-security-policy")
+                .and_then(|v| v.to_str().ok()),
+            Some(csp)
+        );
     }
 }

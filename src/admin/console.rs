@@ -25,7 +25,7 @@ use sha2::{Digest, Sha256};
 pub const PAGE: &str = include_str!("../../assets/admin.html");
 
 /// The text between the first `<open>` and the next `</close>` of `page`.
-fn element_text<'a>(page: &'a str, open: &str, close: &str) -> Option<&'a str> {
+pub(crate) fn element_text<'a>(page: &'a str, open: &str, close: &str) -> Option<&'a str> {
     let start = page.find(open)? + open.len();
     let len = page[start..].find(close)?;
     Some(&page[start..start + len])
@@ -54,7 +54,7 @@ fn base64(bytes: &[u8]) -> String {
 }
 
 /// `'sha256-...'` of a text, as a CSP source.
-fn hash_source(text: &str) -> String {
+pub(crate) fn hash_source(text: &str) -> String {
     format!("'sha256-{}'", base64(&Sha256::digest(text.as_bytes())))
 }
 

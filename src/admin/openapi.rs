@@ -444,7 +444,11 @@ mod router_tests {
             if r.path == "/agent/events" {
                 continue; // an endless stream
             }
-            let uri = r.path.replace("{name}", "support").replace("{id}", "c1");
+            let uri = r
+                .path
+                .replace("{name}", "support")
+                .replace("{id}", "c1")
+                .replace("{ring_id}", "r1");
             let a = send(&f.app, &r.method, &uri, Some("wrong"), None, "").await;
             assert_ne!(a.status, StatusCode::METHOD_NOT_ALLOWED, "{r:?}");
             if a.status == StatusCode::NOT_FOUND {

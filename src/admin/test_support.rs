@@ -131,6 +131,7 @@ pub fn fixture(with_dir: bool) -> Fixture {
     state.readiness.set_models_loaded(true);
     state.readiness.set_sip_listening(true);
     let web = Arc::new(WebState {
+        agents: Arc::new(crate::webrtc::agents::BrowserAgents::new(Arc::clone(&hub))),
         hub,
         feedback: Arc::new(FeedbackStore::in_memory().expect("feedback")),
         token: AGENT.into(),

@@ -259,11 +259,14 @@ impl Server {
             };
             let report_dir = Some(sip.report_dir.clone()).filter(|d| !d.as_os_str().is_empty());
             let hub = Arc::new(HandoverHub::new());
-            let edge = start_edge(&engines, udp.as_ref().map(|_| local)).await?;
+            // One registry of agent screens: the event streams log screens in, the edge rings them.
+            let agents = Arc::new(crate::webrtc::agents::BrowserAgents::new(Arc::clone(&hub)));
+            let edge = start_edge(&engines, udp.as_ref().map(|_| local), &agents).await?;
             let http = bind_http(
                 &engines.config.http,
                 &hub,
                 edge.as_ref().map(|e| e.handle.clone()),
+                agents,
             )
             .await?;
             return Ok(Server {
@@ -1129,6 +1132,7 @@ impl Signalling {
 async fn start_edge(
     engines: &Engines,
     core: Option<SocketAddr>,
+    agents: &Arc<crate::webrtc::agents::BrowserAgents>,
 ) -> Result<Option<crate::webrtc::edge::Edge>, ServeError> {
     let config = &engines.config;
     let Some(core) = core.filter(|_| config.webrtc.enabled) else {
@@ -1156,7 +1160,7 @@ async fn start_edge(
         ice_ip,
         max_sessions,
         flows: Arc::clone(&engines.flows),
-        agents: Arc::new(crate::webrtc::NoAgentScreens),
+        agents: Arc::clone(agents) as Arc<dyn crate::webrtc::AgentScreens>,
     })
     .await?;
     Ok(Some(edge))
@@ -1166,6 +1170,7 @@ async fn bind_http(
     config: &crate::web::HttpConfig,
     hub: &Arc<HandoverHub>,
     webrtc: Option<crate::webrtc::EdgeHandle>,
+    agents: Arc<crate::webrtc::agents::BrowserAgents>,
 ) -> Result<Option<HttpSide>, ServeError> {
     if config.listen.is_empty() {
         return Ok(None);
@@ -1205,6 +1210,7 @@ async fn bind_http(
         feedback: Arc::new(feedback),
         token,
         webrtc,
+        agents,
     });
     Ok(Some(HttpSide {
         listener,

@@ -24,6 +24,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
+pub mod agents;
 pub mod edge;
 pub mod peer;
 pub mod relay;

@@ -90,12 +90,14 @@ pub fn check_offer(offer: &str) -> Result<SdpOffer, EdgeError> {
     Ok(parsed)
 }
 
-/// The mid of the first audio section an SDP names (the answer has exactly the offer's).
+/// The mid of the first accepted audio section of an SDP answer.
 fn audio_mid(sdp: &str) -> Option<Mid> {
     let mut in_audio = false;
     for line in sdp.lines().map(str::trim) {
-        if line.starts_with("m=") {
-            in_audio = line.starts_with("m=audio ");
+        if let Some(m) = line.strip_prefix("m=") {
+            // A rejected section has port 0.
+            let mut fields = m.split_whitespace();
+            in_audio = fields.next() == Some("audio") && fields.next() != Some("0");
         } else if in_audio {
             if let Some(mid) = line.strip_prefix("a=mid:") {
                 return Some(Mid::from(mid));
