@@ -45,9 +45,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-mod support;
 #[path = "support/speech.rs"]
 mod speech;
+mod support;
 #[path = "../tests/common/venv.rs"]
 mod venv;
 
@@ -76,8 +76,6 @@ fn pjsua_python() -> Option<PathBuf> {
     venv::pjsua_interpreter()
 }
 
-
-
 /// Ten seconds of white noise in the telephone band at `dbfs` RMS (looped by the callers).
 fn make_noise(dbfs: f32, seed: u64) -> Vec<f32> {
     use rand::{Rng, SeedableRng};
@@ -91,7 +89,6 @@ fn make_noise(dbfs: f32, seed: u64) -> Vec<f32> {
     noise.iter_mut().for_each(|s| *s *= gain);
     noise
 }
-
 
 /// The per-stage values of one measured turn (ms), from its call's record.
 #[derive(Default, Clone)]

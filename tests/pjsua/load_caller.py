@@ -11,10 +11,10 @@ Each call dials sip:support@127.0.0.1:PORT (PCMU only: 8 kHz end to end, no resa
 until the greeting has been played and followed by --quiet seconds of quiet, then takes
 --turns turns: it says an utterance (picked at random from the --utterance WAVs, or each in
 turn with --in-order), waits for the bot's reply to start and then to finish (--quiet seconds
-of quiet), pauses a think time, and goes on. The think time keeps the caller's own speech near --talk-share of the call (it cannot
-be more when the bot's replies are long; the share reached is reported). Line noise from
---noise (a WAV looped) goes out during the whole call, silences included, and is mixed into
-the speech.
+of quiet), pauses a think time, and goes on. The think time keeps the caller's own speech near
+--talk-share of the call (it cannot be more when the bot's replies are long; the share reached
+is reported). Line noise from --noise (a WAV looped) goes out during the whole call, silences
+included, and is mixed into the speech.
 
 How the gap is measured (the method)
 ------------------------------------
