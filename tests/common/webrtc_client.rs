@@ -195,6 +195,17 @@ impl WebRtcCall {
             .collect()
     }
 
+    /// What arrived after `after`: each frame's arrival and its 16 kHz samples (the benchmark
+    /// places sounds inside a frame from these).
+    pub fn frames_since(&self, after: Instant) -> Vec<(Instant, Vec<f32>)> {
+        self.lock()
+            .heard
+            .iter()
+            .filter(|(t, _)| *t > after)
+            .cloned()
+            .collect()
+    }
+
     /// The arrival of the first frame after `after` whose RMS is above `level`, waiting up to
     /// `within`.
     pub fn first_sound_after(

@@ -9,12 +9,12 @@ K is at most 16, and at most what this pjsua2 build allows (PJSUA_MAX_CALLS: 4 i
 pjsua2-python wheel, which caps uaConfig.maxCalls silently); more callers are more processes.
 Each call dials sip:support@127.0.0.1:PORT (PCMU only: 8 kHz end to end, no resampling), waits
 until the greeting has been played and followed by --quiet seconds of quiet, then takes
---turns turns: it says an utterance (picked at random from the --utterance WAVs), waits for the
-bot's reply to start and then to finish (--quiet seconds of quiet), pauses a think time, and
-goes on. The think time keeps the caller's own speech near --talk-share of the call (it cannot
-be more when the bot's replies are long; the share reached is reported). Line noise from
---noise (a WAV looped) goes out during the whole call, silences included, and is mixed into
-the speech.
+--turns turns: it says an utterance (picked at random from the --utterance WAVs, or each in
+turn with --in-order), waits for the bot's reply to start and then to finish (--quiet seconds
+of quiet), pauses a think time, and goes on. The think time keeps the caller's own speech near
+--talk-share of the call (it cannot be more when the bot's replies are long; the share reached
+is reported). Line noise from --noise (a WAV looped) goes out during the whole call, silences
+included, and is mixed into the speech.
 
 How the gap is measured (the method)
 ------------------------------------
@@ -238,7 +238,10 @@ class Line(pj.AudioMediaPort):
             self.done = True
 
     def begin_turn(self):
-        self.utt = self.rng.choice(self.utterances)
+        if self.o.in_order:
+            self.utt = self.utterances[len(self.turns) % len(self.utterances)]
+        else:
+            self.utt = self.rng.choice(self.utterances)
         self.pos = 0
         start = self.tick * FRAME
         if self.first_speech_tick is None:
@@ -376,6 +379,10 @@ def main():
                     help="no new turn after this many seconds of call (0: --turns only)")
     ap.add_argument("--utterance", action="append", default=[],
                     help="a caller utterance: 16-bit mono 8 kHz WAV (repeatable)")
+    ap.add_argument("--in-order", action="store_true",
+                    help="say the utterances in the order given (cycling), not at random "
+                         "(benches/webrtc.rs: the same utterances in the same order on each "
+                         "transport)")
     ap.add_argument("--noise", help="line noise, 16-bit mono 8 kHz WAV, looped under everything")
     ap.add_argument("--voice-dbfs", type=float, default=-40.0,
                     help="the caller's speech ends at its last sample above this level")
