@@ -80,16 +80,6 @@ pub trait AgentScreens: Send + Sync {
     fn ring_ended(&self, ring_id: &str, reason: &str);
 }
 
-/// No agent screens: every browser agent counts as not logged in.
-pub struct NoAgentScreens;
-
-impl AgentScreens for NoAgentScreens {
-    fn ring(&self, _ring: AgentRing) -> bool {
-        false
-    }
-    fn ring_ended(&self, _ring_id: &str, _reason: &str) {}
-}
-
 /// Why the edge could not do what was asked; each maps to an HTTP status.
 #[derive(Debug, thiserror::Error)]
 pub enum EdgeError {
