@@ -69,7 +69,13 @@ pub fn spawn_serve(
     // Nor the default HTTP address (127.0.0.1:8080): a gateway whose configuration leaves
     // `[http] listen` at its default runs without HTTP; a test that wants the HTTP side names
     // a free port (`listen = "127.0.0.1:0"`) or passes `--http`.
-    if !args.iter().any(|a| *a == "--http") && http_left_at_default(config) {
+    // The configuration may come as `config` or as a `--config PATH` among the arguments.
+    let named = args
+        .iter()
+        .position(|a| *a == "--config")
+        .and_then(|i| args.get(i + 1))
+        .map(Path::new);
+    if !args.iter().any(|a| *a == "--http") && http_left_at_default(config.or(named)) {
         command.args(["--http", ""]);
     }
     let mut child = command
