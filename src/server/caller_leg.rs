@@ -167,7 +167,7 @@ impl CallerLeg {
                         plain.as_slice()
                     }
                     Err(e) => {
-                        self.count_srtp_drop(&e, from);
+                        self.count_srtp_drop(&e, from, bytes);
                         return None;
                     }
                 }
@@ -222,7 +222,7 @@ impl CallerLeg {
 
     /// Counts an SRTP packet that was not authenticated, was a replay, or was no SRTP at all;
     /// the first of each kind is logged (without any key material).
-    fn count_srtp_drop(&mut self, e: &SrtpError, from: SocketAddr) {
+    fn count_srtp_drop(&mut self, e: &SrtpError, from: SocketAddr, packet: &[u8]) {
         let f = &mut self.figures;
         let count = match e {
             SrtpError::Replay => {
@@ -237,7 +237,13 @@ impl CallerLeg {
         };
         *count += 1;
         if *count == 1 {
-            tracing::warn!(%from, error = %e, "SRTP packet dropped (counted in the call's RTP figures and the metrics)");
+            // The header's first two bytes (version, and RTP payload or RTCP packet type) and
+            // the length tell what the peer sent; nothing secret is in them.
+            tracing::warn!(
+                %from, error = %e, len = packet.len(),
+                head = ?packet.get(..2), tail_e_flag = ?packet.len().checked_sub(14).and_then(|i| packet.get(i)),
+                "SRTP packet dropped (counted in the call's RTP figures and the metrics)"
+            );
         }
     }
 
@@ -364,7 +370,7 @@ impl CallerLeg {
         match self.srtp_in.as_mut().map(|ctx| ctx.unprotect_rtcp(bytes)) {
             None => self.on_rtcp_admitted(bytes, now),
             Some(Ok(plain)) => self.on_rtcp_admitted(&plain, now),
-            Some(Err(e)) => self.count_srtp_drop(&e, from),
+            Some(Err(e)) => self.count_srtp_drop(&e, from, bytes),
         }
     }
 
