@@ -495,23 +495,7 @@ fn main() {
             work.join("gateway.log")
         )),
     };
-    let field = |key: &str| {
-        ready
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix(key))
-            .unwrap_or_else(|| fail(&format!("no {key} in the ready line {ready:?}")))
-            .to_string()
-    };
-    let sip_port: u16 = field("sip=127.0.0.1:").parse().expect("SIP port");
-    let api = Api {
-        base: format!("http://{}", field("http=")),
-        token: ADMIN_TOKEN.to_string(),
-        agent: ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(120)))
-            .build()
-            .into(),
-    };
+    let (api, sip_port) = Api::from_ready_line(&ready, ADMIN_TOKEN).unwrap_or_else(|e| fail(&e));
 
     // The utterances, as turn_latency makes them; the WebRTC caller's at 16 kHz.
     let voiced = db_to_amplitude(VOICED_DBFS);

@@ -62,29 +62,9 @@ fn microphone_wav(dir: &Path, text: &str, lead_s: u32, tail_s: u32) -> PathBuf {
     wav
 }
 
-/// Polls `probe` until it gives a value, at most `limit`; on a timeout, panics naming `what`
-/// with a screenshot and the page's text.
-fn wait_for<T>(
-    b: &Browser,
-    what: &str,
-    limit: Duration,
-    mut probe: impl FnMut() -> Option<T>,
-) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = probe() {
-            return v;
-        }
-        if Instant::now() > deadline {
-            let shot = b.screenshot("failure");
-            let text = b.try_find("body").map(|e| b.text(&e)).unwrap_or_default();
-            panic!(
-                "timed out after {limit:?} waiting for {what}; screenshot {}; page:\n{text}",
-                shot.display()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+/// Waits for `probe`, at most `limit` (a failure shows the page).
+fn wait_for<T>(b: &Browser, what: &str, limit: Duration, probe: impl FnMut() -> Option<T>) -> T {
+    b.wait_within(what, limit, "body", probe)
 }
 
 /// The texts of the page's transcript rows said by `speaker`, in the hand-over cards.

@@ -16,7 +16,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 
@@ -32,32 +32,9 @@ const LEAD_S: &str = "16";
 /// Silence after: Chromium loops the file, and the test is over long before it would repeat.
 const TAIL_S: &str = "90";
 
-/// Polls `probe` until it gives a value, at most `limit`; on a timeout, panics naming `what`
-/// with a screenshot and the call card's text.
-fn wait_for<T>(
-    b: &Browser,
-    what: &str,
-    limit: Duration,
-    mut probe: impl FnMut() -> Option<T>,
-) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = probe() {
-            return v;
-        }
-        if Instant::now() > deadline {
-            let shot = b.screenshot("failure");
-            let card = b
-                .try_find("#call-card")
-                .map(|c| b.text(&c))
-                .unwrap_or_default();
-            panic!(
-                "timed out after {limit:?} waiting for {what}; screenshot {}; call card:\n{card}",
-                shot.display()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+/// Waits for `probe`, at most `limit` (a failure shows the call card).
+fn wait_for<T>(b: &Browser, what: &str, limit: Duration, probe: impl FnMut() -> Option<T>) -> T {
+    b.wait_within(what, limit, "#call-card", probe)
 }
 
 /// The text of `css` now ("" when absent).

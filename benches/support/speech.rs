@@ -61,6 +61,29 @@ pub struct Api {
 }
 
 impl Api {
+    /// The admin API (with `token`) and the SIP port that a gateway's ready line names.
+    pub fn from_ready_line(ready: &str, token: &str) -> Result<(Api, u16), String> {
+        let field = |key: &str| {
+            ready
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix(key))
+                .ok_or_else(|| format!("no {key} in the ready line {ready:?}"))
+        };
+        let sip_port: u16 = field("sip=127.0.0.1:")?
+            .parse()
+            .map_err(|_| format!("no SIP port in the ready line {ready:?}"))?;
+        let api = Api {
+            base: format!("http://{}", field("http=")?),
+            token: token.to_string(),
+            agent: ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .timeout_global(Some(std::time::Duration::from_secs(120)))
+                .build()
+                .into(),
+        };
+        Ok((api, sip_port))
+    }
+
     pub fn auth(&self) -> String {
         format!("Bearer {}", self.token)
     }

@@ -254,9 +254,9 @@ impl BrowserPeer {
             self.unwrap_core_ts(packet.timestamp()),
             Frequency::FORTY_EIGHT_KHZ,
         );
-        let payload = packet.payload().to_vec();
         let written = match self.rtc.writer(mid) {
-            Some(w) => w.write(pt, now, time, payload),
+            // Straight from the datagram into str0m's shared buffer: one copy per packet.
+            Some(w) => w.write(pt, now, time, packet.payload()),
             None => {
                 self.figures.dropped_from_core += 1;
                 return;

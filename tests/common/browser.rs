@@ -212,20 +212,32 @@ impl Browser {
 
     /// Polls `probe` until it gives a value (at most [`WAIT`]); on a timeout, panics naming
     /// `what`, with a screenshot and the page's text.
-    pub fn wait_until<T>(&self, what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
-        let deadline = Instant::now() + WAIT;
+    pub fn wait_until<T>(&self, what: &str, probe: impl FnMut() -> Option<T>) -> T {
+        self.wait_within(what, WAIT, "main", probe)
+    }
+
+    /// Polls `probe` until it gives a value, at most `limit`; on a timeout, panics naming
+    /// `what`, with a screenshot and the text of `shown` (a CSS selector).
+    pub fn wait_within<T>(
+        &self,
+        what: &str,
+        limit: Duration,
+        shown: &str,
+        mut probe: impl FnMut() -> Option<T>,
+    ) -> T {
+        let deadline = Instant::now() + limit;
         loop {
             if let Some(v) = probe() {
                 return v;
             }
             if Instant::now() > deadline {
                 let shot = self.screenshot("failure");
-                let body = self
-                    .try_find("main")
+                let text = self
+                    .try_find(shown)
                     .map(|m| self.text(&m))
                     .unwrap_or_default();
                 panic!(
-                    "timed out waiting for {what}; screenshot {}; page text:\n{body}",
+                    "timed out after {limit:?} waiting for {what}; screenshot {}; {shown}:\n{text}",
                     shot.display()
                 );
             }
