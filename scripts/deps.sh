@@ -12,6 +12,9 @@
 #     RFC 3263 lookup and failover test (tests/sip_dns.rs) resolves agent extensions with
 #   baresip: a second SIP user agent for the SRTP tests (tests/sip_srtp.rs: SDES with
 #     mediaenc=srtp-mand; BSD, run as a separate test program)
+#   postgresql: the shared store of a cluster of gateways ([storage] url); the tests start a
+#     throwaway server of their own (initdb + postgres as the `postgres` user; PostgreSQL
+#     licence, run as a separate process)
 #   kamailio: the registrar and proxy the trunk tests register with and call through (digest
 #     auth with users in an htable: the main package's modules suffice; GPL, run as a process)
 set -euo pipefail
@@ -30,6 +33,7 @@ have_cmd sipp || need+=(sip-tester)
 have_cmd dnsmasq || [ -x /usr/sbin/dnsmasq ] || need+=(dnsmasq-base)
 have_cmd baresip || need+=(baresip)
 have_cmd kamailio || need+=(kamailio)
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 have_pkg libopus-dev || need+=(libopus-dev)
 have_cmd pkg-config || need+=(pkg-config)
 # The agent screen and the admin console are tested in a real browser (headless); the console

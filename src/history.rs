@@ -241,9 +241,9 @@ impl fmt::Debug for CallHistory {
     }
 }
 
-impl From<crate::sqlite::StoreError> for HistoryError {
-    fn from(e: crate::sqlite::StoreError) -> Self {
-        use crate::sqlite::StoreError;
+impl From<crate::storage::sqlite::StoreError> for HistoryError {
+    fn from(e: crate::storage::sqlite::StoreError) -> Self {
+        use crate::storage::sqlite::StoreError;
         match e {
             StoreError::CreateDir { path, source } => HistoryError::Io { path, source },
             StoreError::Sqlite(e) => HistoryError::Sqlite(e),
@@ -257,7 +257,7 @@ impl CallHistory {
     /// to date. Fails with [`HistoryError::NewerSchema`] on a database of a newer release.
     pub fn open(path: &Path) -> Result<CallHistory, HistoryError> {
         // WAL also lets the admin API read while calls are being stored.
-        let mut conn = crate::sqlite::open(path)?;
+        let mut conn = crate::storage::sqlite::open(path)?;
         init(&mut conn)?;
         Ok(CallHistory {
             conn: Mutex::new(conn),
@@ -511,7 +511,11 @@ impl CallHistory {
 /// Connection settings and migrations, for files and memory alike.
 fn init(conn: &mut Connection) -> Result<(), HistoryError> {
     conn.pragma_update(None, "foreign_keys", true)?;
-    Ok(crate::sqlite::migrate(conn, MIGRATIONS, "call history")?)
+    Ok(crate::storage::sqlite::migrate(
+        conn,
+        MIGRATIONS,
+        "call history",
+    )?)
 }
 
 /// The filter's conditions on `calls c` (empty, or starting with " WHERE") and their values,
@@ -1247,7 +1251,7 @@ mod tests {
         let path = dir.path().join("history.sqlite");
         {
             let mut conn = Connection::open(&path).unwrap();
-            crate::sqlite::migrate(&mut conn, &MIGRATIONS[..1], "call history").unwrap();
+            crate::storage::sqlite::migrate(&mut conn, &MIGRATIONS[..1], "call history").unwrap();
             conn.execute(
                 "INSERT INTO calls VALUES ('old@h', 5, 6, 'sip:a@h', 'support', 'completed', 0,
                      NULL, NULL, 1, 'caller', '{\"call_id\":\"old@h\"}')",

@@ -33,7 +33,7 @@ use serde_json::Value;
 
 use crate::sip::endpoint::LegSnapshot;
 
-/// The schema, one entry per version (see [`crate::sqlite::migrate`]).
+/// The schema, one entry per version (see [`crate::storage::sqlite::migrate`]).
 const MIGRATIONS: &[&str] = &["CREATE TABLE calls (
          id TEXT PRIMARY KEY NOT NULL,
          started_at_ms INTEGER NOT NULL,
@@ -54,7 +54,7 @@ pub enum JournalError {
     #[error("call journal {path}: {source}")]
     Store {
         path: PathBuf,
-        source: crate::sqlite::StoreError,
+        source: crate::storage::sqlite::StoreError,
     },
     #[error(
         "call journal {0} is in use by another running gateway; give each gateway its own \
@@ -94,14 +94,14 @@ impl CallJournal {
     /// Opens (or creates) the journal at `path` and takes it for this process.
     pub fn open(path: &Path) -> Result<CallJournal, JournalError> {
         let in_use = || JournalError::InUse(path.to_path_buf());
-        let store = |source: crate::sqlite::StoreError| match &source {
-            crate::sqlite::StoreError::Sqlite(e) if is_busy(e) => in_use(),
+        let store = |source: crate::storage::sqlite::StoreError| match &source {
+            crate::storage::sqlite::StoreError::Sqlite(e) if is_busy(e) => in_use(),
             _ => JournalError::Store {
                 path: path.to_path_buf(),
                 source,
             },
         };
-        let mut conn = crate::sqlite::open(path).map_err(store)?;
+        let mut conn = crate::storage::sqlite::open(path).map_err(store)?;
         conn.busy_timeout(Duration::ZERO)?;
         conn.pragma_update(None, "locking_mode", "EXCLUSIVE")?;
         // The first write takes the lock (held until the connection closes).
@@ -110,7 +110,7 @@ impl CallJournal {
             Err(e) if is_busy(&e) => return Err(in_use()),
             Err(e) => return Err(e.into()),
         }
-        crate::sqlite::migrate(&mut conn, MIGRATIONS, "call journal").map_err(store)?;
+        crate::storage::sqlite::migrate(&mut conn, MIGRATIONS, "call journal").map_err(store)?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         Ok(CallJournal {
             conn: Mutex::new(conn),

@@ -27,6 +27,6 @@ pub mod server;
 pub mod simulate;
 pub mod sip;
 pub mod speech;
-pub mod sqlite;
+pub mod storage;
 pub mod web;
 pub mod webrtc;

@@ -99,6 +99,8 @@ pub struct GatewayConfig {
     pub media: MediaConfig,
     pub recording: RecordingConfig,
     pub webrtc: webrtc::WebRtcConfig,
+    /// `[storage]`: embedded (SQLite and files) or a shared PostgreSQL for a cluster.
+    pub storage: crate::storage::StorageConfig,
 }
 
 impl GatewayConfig {
@@ -325,6 +327,14 @@ impl GatewayConfig {
         }
         if let Some((field, reason)) = self.recording.problem() {
             return Err(ConfigError::invalid(file, text, field, reason));
+        }
+        if let Some((field, reason)) = self.storage.problem() {
+            return Err(ConfigError::invalid(
+                file,
+                text,
+                &format!("storage.{field}"),
+                reason,
+            ));
         }
         self.sip.validate(file, text)?;
         self.media.validate(file, text)?;

@@ -382,9 +382,9 @@ impl fmt::Debug for Outbox {
     }
 }
 
-impl From<crate::sqlite::StoreError> for OutboxError {
-    fn from(e: crate::sqlite::StoreError) -> Self {
-        use crate::sqlite::StoreError;
+impl From<crate::storage::sqlite::StoreError> for OutboxError {
+    fn from(e: crate::storage::sqlite::StoreError) -> Self {
+        use crate::storage::sqlite::StoreError;
         match e {
             StoreError::CreateDir { path, source } => OutboxError::CreateDir { path, source },
             StoreError::Sqlite(e) => OutboxError::Sqlite(e),
@@ -400,7 +400,7 @@ impl Outbox {
     /// Opens (or creates, with its directory) the database at `path` and brings its schema up
     /// to date.
     pub fn open(path: &Path) -> Result<Outbox, OutboxError> {
-        let mut conn = crate::sqlite::open(path)?;
+        let mut conn = crate::storage::sqlite::open(path)?;
         migrate(&mut conn)?;
         Ok(Outbox {
             conn: Mutex::new(conn),
@@ -713,7 +713,11 @@ impl Outbox {
 }
 
 fn migrate(conn: &mut Connection) -> Result<(), OutboxError> {
-    Ok(crate::sqlite::migrate(conn, MIGRATIONS, "webhook outbox")?)
+    Ok(crate::storage::sqlite::migrate(
+        conn,
+        MIGRATIONS,
+        "webhook outbox",
+    )?)
 }
 
 /// A fresh random 128-bit event id, as 32 lowercase hex digits.
