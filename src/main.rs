@@ -341,6 +341,9 @@ async fn serve(
                 })
                 .collect(),
             default_flow: flows.default_name(),
+            storage: server
+                .storage()
+                .map(|s| (s.shown_url.as_str(), s.node.as_str())),
         }
         .render();
         // One write: the banner arrives whole. A closed stdout (a supervisor that read the

@@ -37,6 +37,9 @@ pub struct Banner<'a> {
     pub flows: Vec<FlowBanner<'a>>,
     /// The flow that answers numbers no flow claims.
     pub default_flow: &'a str,
+    /// The shared store of a cluster (its URL without the password, this gateway's node
+    /// name); `None`: embedded storage, nothing said.
+    pub storage: Option<(&'a str, &'a str)>,
 }
 
 /// An address a person on this machine can use to reach a listener bound to `addr`: loopback
@@ -82,6 +85,11 @@ impl Banner<'_> {
         for line in self.call_lines() {
             out.push_str(&line);
             out.push('\n');
+        }
+        if let Some((url, node)) = self.storage {
+            out.push_str(&format!(
+                "shared store: {url} (this gateway is node `{node}` of the cluster)\n"
+            ));
         }
         out
     }
@@ -151,6 +159,7 @@ mod tests {
                 },
             ],
             default_flow: "support",
+            storage: None,
         };
         let text = banner.render();
         let lines: Vec<&str> = text.lines().collect();
@@ -194,6 +203,7 @@ mod tests {
                 numbers: &[],
             }],
             default_flow: "support",
+            storage: None,
         };
         let text = banner.render();
         let lines: Vec<&str> = text.lines().collect();

@@ -169,6 +169,8 @@ pub struct Server {
     http: Option<HttpSide>,
     /// The WebRTC edge (browser callers and agents), when `[webrtc] enabled` and SIP takes UDP.
     edge: Option<crate::webrtc::edge::Edge>,
+    /// The cluster's shared PostgreSQL store, when `[storage] url` is set.
+    storage: Option<crate::storage::Shared>,
 }
 
 /// The bound HTTP side.
@@ -258,12 +260,14 @@ impl Server {
                 (None, None) => return Err(ServeError::Config("no SIP transport".into())),
             };
             let report_dir = Some(sip.report_dir.clone()).filter(|d| !d.as_os_str().is_empty());
+            let storage = connect_storage(&engines.config.storage, local.port()).await?;
             let hub = Arc::new(HandoverHub::new());
             // One registry of agent screens: the event streams log screens in, the edge rings them.
             let agents = Arc::new(crate::webrtc::agents::BrowserAgents::new(Arc::clone(&hub)));
             let edge = start_edge(&engines, udp.as_ref().map(|_| local), &agents).await?;
             let http = bind_http(
                 &engines.config.http,
+                storage.as_ref(),
                 &hub,
                 edge.as_ref().map(|e| e.handle.clone()),
                 agents,
@@ -280,6 +284,7 @@ impl Server {
                 hub,
                 http,
                 edge,
+                storage,
             });
         }
         Err(ServeError::Bind {
@@ -309,6 +314,11 @@ impl Server {
     /// the file it was generated into), when the HTTP side is on. Never the token itself.
     pub fn admin_token_source(&self) -> Option<&str> {
         self.http.as_ref().map(|h| h.admin_token_source.as_str())
+    }
+
+    /// The cluster's shared store, when `[storage] url` is set.
+    pub fn storage(&self) -> Option<&crate::storage::Shared> {
+        self.storage.as_ref()
     }
 
     /// Writes finished calls' records to `dir` (overrides `[sip] report_dir`).
@@ -1168,6 +1178,7 @@ async fn start_edge(
 
 async fn bind_http(
     config: &crate::web::HttpConfig,
+    _storage: Option<&crate::storage::Shared>,
     hub: &Arc<HandoverHub>,
     webrtc: Option<crate::webrtc::EdgeHandle>,
     agents: Arc<crate::webrtc::agents::BrowserAgents>,
@@ -1220,6 +1231,18 @@ async fn bind_http(
         admin_token_source,
         history,
     }))
+}
+
+/// Connects to the shared store of `[storage]` (`None`: embedded), off the async runtime.
+async fn connect_storage(
+    config: &crate::storage::StorageConfig,
+    sip_port: u16,
+) -> Result<Option<crate::storage::Shared>, ServeError> {
+    let config = config.clone();
+    tokio::task::spawn_blocking(move || crate::storage::Shared::connect(&config, sip_port))
+        .await
+        .map_err(|e| ServeError::Config(format!("[storage]: {e}")))?
+        .map_err(|e| ServeError::Config(format!("[storage] url: {e}")))
 }
 
 /// TCP connection ids, accepted and opened alike.

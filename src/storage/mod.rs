@@ -109,6 +109,47 @@ impl StorageConfig {
     }
 }
 
+/// The shared store of a cluster, once connected and migrated: what every store opens on.
+#[derive(Clone)]
+pub struct Shared {
+    /// Connections to the shared database.
+    pub pool: postgres::PgPool,
+    /// This gateway's node name ([`StorageConfig::node_name`]).
+    pub node: String,
+    /// The URL in force, its password redacted (for logs and the banner).
+    pub shown_url: String,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("node", &self.node)
+            .field("url", &self.shown_url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Shared {
+    /// Connects to the shared database of `config` (`None`: embedded storage). Blocking: run
+    /// it off the async runtime.
+    pub fn connect(
+        config: &StorageConfig,
+        sip_port: u16,
+    ) -> Result<Option<Shared>, postgres::PgError> {
+        let Some(url) = config.resolved_url() else {
+            return Ok(None);
+        };
+        let pool = postgres::connect(&url, config.pool_size)?;
+        let shared = Shared {
+            pool,
+            node: config.node_name(sip_port),
+            shown_url: postgres::redacted(&url),
+        };
+        tracing::info!(url = %shared.shown_url, node = %shared.node, "shared PostgreSQL store connected");
+        Ok(Some(shared))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
