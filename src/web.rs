@@ -126,6 +126,9 @@ pub struct WebState {
     pub webrtc: Option<crate::webrtc::EdgeHandle>,
     /// The browser agents' open screens (the edge rings them; the event stream logs them in).
     pub agents: Arc<BrowserAgents>,
+    /// The cluster's hand-over events, when a shared store is on: a context this gateway's hub
+    /// does not hold is rebuilt from them.
+    pub relay: Option<crate::handover::cluster::HandoverRelay>,
 }
 
 /// A JSON error with its status.
@@ -222,7 +225,20 @@ async fn context(
     headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     authorize(&state, &headers, &q)?;
-    state.hub.context(&id).map(Json).ok_or_else(|| {
+    if let Some(ctx) = state.hub.context(&id) {
+        return Ok(Json(ctx));
+    }
+    let stored = match state.relay.clone() {
+        Some(relay) => {
+            let key = id.clone();
+            tokio::task::spawn_blocking(move || relay.context(&key))
+                .await
+                .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+                .map_err(|e| ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?
+        }
+        None => None,
+    };
+    stored.map(Json).ok_or_else(|| {
         ApiError(
             StatusCode::NOT_FOUND,
             format!("no hand-over context for call `{id}`"),
@@ -490,6 +506,7 @@ mod tests {
             feedback: Arc::new(FeedbackStore::in_memory().unwrap()),
             token: "agent-secret".into(),
             webrtc: edge(&rt),
+            relay: None,
         });
         let app = router(Arc::clone(&state), None);
         let listener = rt

@@ -136,6 +136,7 @@ pub fn fixture(with_dir: bool) -> Fixture {
         feedback: Arc::new(FeedbackStore::in_memory().expect("feedback")),
         token: AGENT.into(),
         webrtc: None,
+        relay: None,
     });
     let routes = crate::web::routes(web, Some(Arc::clone(&state)));
     let list = routes.list();

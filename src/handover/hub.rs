@@ -2,9 +2,14 @@
 //! systems at `GET /calls/{id}/context`) and a broadcast of hand-over events for the agents'
 //! screens, next to the durable webhook. In memory and bounded: the webhook outbox is the
 //! durable record; this is what an agent's browser watches.
+//!
+//! In a cluster the hub also sends its hand-over events and lines to the other gateways
+//! ([`HandoverHub::relay_to`], see [`crate::handover::cluster`]) and takes theirs in
+//! ([`HandoverHub::apply_remote`]), so every gateway's screens see every call.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+use std::sync::mpsc::{SyncSender, TrySendError};
+use std::sync::{Mutex, OnceLock};
 
 use serde::Serialize;
 use tokio::sync::broadcast;
@@ -25,10 +30,22 @@ pub struct HubEvent {
     pub data: serde_json::Value,
 }
 
+/// A hub's change as the other gateways of a cluster apply it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RelayOp {
+    /// [`HandoverHub::publish`].
+    Publish(HubEvent),
+    /// [`HandoverHub::append_line`] (the event's kind is `transcript`, its data the line).
+    Line(HubEvent),
+}
+
 /// Shared by the call tasks (publishers) and the HTTP server (readers).
 pub struct HandoverHub {
     state: Mutex<State>,
     events: broadcast::Sender<HubEvent>,
+    /// Where this gateway's own changes go for the rest of the cluster (never blocks a call:
+    /// a full queue drops the change, logged).
+    relay: OnceLock<SyncSender<RelayOp>>,
 }
 
 #[derive(Default)]
@@ -48,12 +65,57 @@ impl HandoverHub {
         HandoverHub {
             state: Mutex::new(State::default()),
             events: broadcast::channel(CHANNEL_DEPTH).0,
+            relay: OnceLock::new(),
+        }
+    }
+
+    /// Sends this gateway's published events and lines to `tx` from now on (the cluster
+    /// relay); a second call is ignored.
+    pub fn relay_to(&self, tx: SyncSender<RelayOp>) {
+        let _ = self.relay.set(tx);
+    }
+
+    /// Applies another gateway's change: shown on the screens and kept as [`Self::publish`]
+    /// and [`Self::append_line`] would, but not relayed again.
+    pub fn apply_remote(&self, op: RelayOp) {
+        match op {
+            RelayOp::Publish(e) => self.apply_publish(&e.kind, &e.call_id, &e.data),
+            RelayOp::Line(e) => self.apply_line(&e.call_id, &e.data),
+        }
+    }
+
+    fn relay_out(&self, op: impl FnOnce() -> RelayOp) {
+        let Some(tx) = self.relay.get() else {
+            return;
+        };
+        match tx.try_send(op()) {
+            Ok(()) => {}
+            Err(TrySendError::Full(op)) => {
+                tracing::warn!(
+                    ?op,
+                    "cluster relay queue full: other gateways miss this hand-over event"
+                );
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                tracing::warn!("cluster relay stopped: other gateways miss this hand-over event");
+            }
         }
     }
 
     /// Publishes an event; one whose data is a hand-over context (it has a `transcript`)
     /// becomes the call's latest context.
     pub fn publish(&self, kind: &str, call_id: &str, data: &serde_json::Value) {
+        self.apply_publish(kind, call_id, data);
+        self.relay_out(|| {
+            RelayOp::Publish(HubEvent {
+                kind: kind.to_string(),
+                call_id: call_id.to_string(),
+                data: data.clone(),
+            })
+        });
+    }
+
+    fn apply_publish(&self, kind: &str, call_id: &str, data: &serde_json::Value) {
         if data.get("transcript").is_some() {
             if let Ok(mut state) = self.state.lock() {
                 if state
@@ -94,6 +156,17 @@ impl HandoverHub {
     /// context, so a screen opened later or a CTI fetch sees it too, and sent live as a
     /// `transcript` event.
     pub fn append_line(&self, call_id: &str, line: &serde_json::Value) {
+        self.apply_line(call_id, line);
+        self.relay_out(|| {
+            RelayOp::Line(HubEvent {
+                kind: "transcript".to_string(),
+                call_id: call_id.to_string(),
+                data: line.clone(),
+            })
+        });
+    }
+
+    fn apply_line(&self, call_id: &str, line: &serde_json::Value) {
         if let Ok(mut state) = self.state.lock() {
             if let Some(lines) = state
                 .contexts
@@ -145,6 +218,39 @@ impl HandoverHub {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn own_changes_are_relayed_and_remote_ones_applied_but_not_relayed_again() {
+        let (tx, rx) = std::sync::mpsc::sync_channel(8);
+        let a = HandoverHub::new();
+        a.relay_to(tx);
+        a.publish("escalated", "c1", &json!({"transcript": [{"text": "hi"}]}));
+        a.append_line("c1", &json!({"speaker": "agent", "text": "hello"}));
+        a.broadcast("turn", "c1", &json!({}));
+        let ops: Vec<RelayOp> = rx.try_iter().collect();
+        assert_eq!(ops.len(), 2, "live-only events stay local: {ops:?}");
+
+        let (tx_b, rx_b) = std::sync::mpsc::sync_channel(8);
+        let b = HandoverHub::new();
+        b.relay_to(tx_b);
+        let mut screen = b.subscribe();
+        for op in ops {
+            b.apply_remote(op);
+        }
+        assert_eq!(b.context("c1"), a.context("c1"));
+        assert_eq!(
+            screen.try_recv().map(|e| e.kind).ok().as_deref(),
+            Some("escalated")
+        );
+        assert_eq!(
+            screen.try_recv().map(|e| e.kind).ok().as_deref(),
+            Some("transcript")
+        );
+        assert!(
+            rx_b.try_recv().is_err(),
+            "a remote change is not relayed again"
+        );
+    }
 
     #[test]
     fn live_lines_join_the_stored_context_and_go_out_as_events() {

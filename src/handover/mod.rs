@@ -1,6 +1,7 @@
 //! Handing a call over to a person: what the agent is told (the context and its summary) and
 //! how it reaches them (a durable, signed webhook outbox), before their phone even rings.
 
+pub mod cluster;
 pub mod context;
 pub mod feedback;
 pub mod hub;

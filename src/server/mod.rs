@@ -262,6 +262,7 @@ impl Server {
             let report_dir = Some(sip.report_dir.clone()).filter(|d| !d.as_os_str().is_empty());
             let storage = connect_storage(&engines.config.storage, local.port()).await?;
             let hub = Arc::new(HandoverHub::new());
+            let relay = start_relay(storage.as_ref(), &hub).await?;
             // One registry of agent screens: the event streams log screens in, the edge rings them.
             let agents = Arc::new(crate::webrtc::agents::BrowserAgents::new(Arc::clone(&hub)));
             let edge = start_edge(&engines, udp.as_ref().map(|_| local), &agents).await?;
@@ -271,6 +272,7 @@ impl Server {
                 &hub,
                 edge.as_ref().map(|e| e.handle.clone()),
                 agents,
+                relay,
             )
             .await?;
             return Ok(Server {
@@ -1182,6 +1184,7 @@ async fn bind_http(
     hub: &Arc<HandoverHub>,
     webrtc: Option<crate::webrtc::EdgeHandle>,
     agents: Arc<crate::webrtc::agents::BrowserAgents>,
+    relay: Option<crate::handover::cluster::HandoverRelay>,
 ) -> Result<Option<HttpSide>, ServeError> {
     if config.listen.is_empty() {
         return Ok(None);
@@ -1222,6 +1225,7 @@ async fn bind_http(
         token,
         webrtc,
         agents,
+        relay,
     });
     Ok(Some(HttpSide {
         listener,
@@ -1243,6 +1247,25 @@ async fn connect_storage(
         .await
         .map_err(|e| ServeError::Config(format!("[storage]: {e}")))?
         .map_err(|e| ServeError::Config(format!("[storage] url: {e}")))
+}
+
+/// With a shared store: shares this gateway's hand-over events with the cluster and follows
+/// the others' (see [`crate::handover::cluster`]).
+async fn start_relay(
+    storage: Option<&crate::storage::Shared>,
+    hub: &Arc<HandoverHub>,
+) -> Result<Option<crate::handover::cluster::HandoverRelay>, ServeError> {
+    let Some(shared) = storage.cloned() else {
+        return Ok(None);
+    };
+    let hub = Arc::clone(hub);
+    tokio::task::spawn_blocking(move || {
+        crate::handover::cluster::HandoverRelay::start(&shared, &hub)
+    })
+    .await
+    .map_err(|e| ServeError::Config(format!("[storage]: {e}")))?
+    .map(Some)
+    .map_err(|e| ServeError::Config(format!("[storage] hand-over events: {e}")))
 }
 
 /// TCP connection ids, accepted and opened alike.
