@@ -444,6 +444,21 @@ impl Server {
                 config.http.max_connections,
             )));
         }
+        if let (None, Some(shared)) = (&history, &self.storage) {
+            // No HTTP side here, but this gateway's calls still belong in the cluster's
+            // history, which the other gateways' admin APIs show.
+            let pool = shared.pool.clone();
+            let store = tokio::task::spawn_blocking(move || CallHistory::open_postgres(pool))
+                .await
+                .map_err(|e| ServeError::Config(format!("[storage]: {e}")))?
+                .map_err(|e| ServeError::Config(format!("call history on [storage]: {e}")))?;
+            let store = Arc::new(store);
+            background.extend(crate::observe::finished::spawn_retention(
+                Arc::clone(&store),
+                config.http.history_retention_days,
+            ));
+            history = Some(store);
+        }
         let journal = match open_journal(&sip.journal) {
             Some(journal) => {
                 let sinks = recover::Sinks {
