@@ -1,4 +1,6 @@
-//! The call history: every finished call's record, kept in SQLite for the admin API.
+//! The call history: every finished call's record, kept for the admin API in SQLite (one
+//! gateway) or on the cluster's shared PostgreSQL store ([`CallHistory::open_postgres`]), where
+//! every gateway writes its calls and any gateway's admin API lists and analyses all of them.
 //!
 //! # Why it exists
 //!
@@ -25,11 +27,15 @@
 //!
 //! Versioned by [`MIGRATIONS`] and `PRAGMA user_version`: a database is brought up to date when
 //! opened, and one written by a newer release (a version this binary does not know) is refused
-//! with [`HistoryError::NewerSchema`] rather than misread.
+//! with [`HistoryError::NewerSchema`] rather than misread. On PostgreSQL the same columns live
+//! in `migrations/postgres/history/` (tables `calls` and `call_turns`), versioned per store by
+//! [`crate::storage::postgres::migrate`]; see [`postgres`].
 //!
 //! - `calls`: one row per call, keyed by the gateway's own call id `id` (the SIP `call_id`, a
 //!   peer's choice, is an indexed column, not a key): the [`CallSummary`] columns and the full
 //!   `record` (JSON text). Indexed by start time, flow and escalation reason.
+//!   `node`: the gateway that handled the call (the record's `node`, set when a shared store is
+//!   on; `None` for a single gateway).
 //! - `turns`: one row per caller turn, keyed by `(id, idx)` (`idx`: the 1-based position
 //!   of the turn in the record's `turns`): the recognised `intent` and its `confidence`.
 
@@ -42,6 +48,8 @@ use rusqlite::types::Value as SqlValue;
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+
+mod postgres;
 
 /// The schema, one entry per version: entry `i` brings a database from version `i` to `i + 1`
 /// (`PRAGMA user_version`). Append; never edit a released entry.
@@ -106,6 +114,9 @@ const MIGRATIONS: &[&str] = &[
      CREATE INDEX calls_by_flow ON calls (flow, started_at_ms);
      CREATE INDEX calls_by_reason ON calls (reason, started_at_ms);
      CREATE INDEX calls_by_call_id ON calls (call_id, started_at_ms);",
+    // Version 3: the gateway that handled the call (a cluster on a shared store names it).
+    "ALTER TABLE calls ADD COLUMN node TEXT NULL;
+     CREATE INDEX calls_by_node ON calls (node, started_at_ms);",
 ];
 
 /// [`CallFilter::limit`] when none is given.
@@ -116,7 +127,7 @@ pub const MAX_LIMIT: u32 = 1000;
 /// The columns of a [`CallSummary`], in the order [`summary_from_row`] reads them (calls are
 /// aliased `c` in every query).
 const SUMMARY_COLUMNS: &str = "c.id, c.call_id, c.started_at_ms, c.duration_ms, c.caller, c.flow, \
-     c.outcome, c.escalated, c.reason, c.transfer_outcome, c.turn_count, c.ended_by";
+     c.outcome, c.escalated, c.reason, c.transfer_outcome, c.turn_count, c.ended_by, c.node";
 
 /// Why the call history could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -142,6 +153,15 @@ pub enum HistoryError {
          was the database written by a newer release?"
     )]
     NewerSchema { found: i64, known: i64 },
+    /// The shared PostgreSQL store refused a statement, or no connection could be had.
+    #[error("call history on PostgreSQL: {0}")]
+    Postgres(#[from] crate::storage::postgres::PgError),
+}
+
+impl From<::postgres::Error> for HistoryError {
+    fn from(e: ::postgres::Error) -> Self {
+        HistoryError::Postgres(e.into())
+    }
 }
 
 /// The indexed facts of one stored call, as [`CallHistory::list`] returns them.
@@ -172,6 +192,9 @@ pub struct CallSummary {
     pub turns: u32,
     /// Who or what ended the call (the record's `ended_by`; `unknown` when absent).
     pub ended_by: String,
+    /// The gateway that handled the call (the record's `node`: set when the gateways share a
+    /// store; `None` for a single gateway's calls).
+    pub node: Option<String>,
 }
 
 /// Which calls to list, count or analyse. Every field is optional and they combine with AND;
@@ -188,6 +211,8 @@ pub struct CallFilter {
     pub escalated: Option<bool>,
     /// Calls escalated for this reason (as serialised, e.g. `negative_tone`).
     pub reason: Option<String>,
+    /// Calls handled by this gateway (its `[storage] node` name).
+    pub node: Option<String>,
     /// At most this many calls ([`DEFAULT_LIMIT`] when absent, never more than [`MAX_LIMIT`]);
     /// [`CallHistory::list`] only.
     pub limit: Option<u32>,
@@ -227,17 +252,33 @@ pub struct IntentConfidence {
     pub histogram: [u64; 10],
 }
 
-/// The call history, in one SQLite database (see the module documentation).
+/// The call history, in one SQLite database or on the shared PostgreSQL store (see the module
+/// documentation). The methods behave the same on both.
 pub struct CallHistory {
-    conn: Mutex<Connection>,
-    path: Option<PathBuf>,
+    backend: Backend,
+}
+
+/// Where the history lives.
+enum Backend {
+    Sqlite {
+        conn: Mutex<Connection>,
+        path: Option<PathBuf>,
+    },
+    Postgres(crate::storage::postgres::PgPool),
 }
 
 impl fmt::Debug for CallHistory {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CallHistory")
-            .field("path", &self.path)
-            .finish_non_exhaustive()
+        match &self.backend {
+            Backend::Sqlite { path, .. } => f
+                .debug_struct("CallHistory")
+                .field("path", path)
+                .finish_non_exhaustive(),
+            Backend::Postgres(_) => f
+                .debug_struct("CallHistory")
+                .field("backend", &"postgres")
+                .finish_non_exhaustive(),
+        }
     }
 }
 
@@ -260,8 +301,10 @@ impl CallHistory {
         let mut conn = crate::storage::sqlite::open(path)?;
         init(&mut conn)?;
         Ok(CallHistory {
-            conn: Mutex::new(conn),
-            path: Some(path.to_path_buf()),
+            backend: Backend::Sqlite {
+                conn: Mutex::new(conn),
+                path: Some(path.to_path_buf()),
+            },
         })
     }
 
@@ -270,20 +313,45 @@ impl CallHistory {
         let mut conn = Connection::open_in_memory()?;
         init(&mut conn)?;
         Ok(CallHistory {
-            conn: Mutex::new(conn),
-            path: None,
+            backend: Backend::Sqlite {
+                conn: Mutex::new(conn),
+                path: None,
+            },
         })
     }
 
-    /// The database file (`None` in memory).
-    pub fn path(&self) -> Option<&Path> {
-        self.path.as_deref()
+    /// The history on the cluster's shared PostgreSQL store: brings its schema up to date
+    /// (once, whichever gateway starts first). Blocking: call it off the async runtime.
+    pub fn open_postgres(
+        pool: crate::storage::postgres::PgPool,
+    ) -> Result<CallHistory, HistoryError> {
+        postgres::migrate(&pool)?;
+        Ok(CallHistory {
+            backend: Backend::Postgres(pool),
+        })
     }
 
-    fn conn(&self) -> MutexGuard<'_, Connection> {
-        // A panic while the lock was held cannot leave the database half-written (an open
-        // transaction rolls back when dropped), so a poisoned lock is still usable.
-        self.conn.lock().unwrap_or_else(PoisonError::into_inner)
+    /// The database file (`None` in memory and on PostgreSQL).
+    pub fn path(&self) -> Option<&Path> {
+        match &self.backend {
+            Backend::Sqlite { path, .. } => path.as_deref(),
+            Backend::Postgres(_) => None,
+        }
+    }
+
+    /// Whether the history is on the shared PostgreSQL store.
+    pub fn is_shared(&self) -> bool {
+        matches!(self.backend, Backend::Postgres(_))
+    }
+
+    /// The SQLite connection, or the pool.
+    fn sqlite(&self) -> Result<MutexGuard<'_, Connection>, &crate::storage::postgres::PgPool> {
+        match &self.backend {
+            // A panic while the lock was held cannot leave the database half-written (an open
+            // transaction rolls back when dropped), so a poisoned lock is still usable.
+            Backend::Sqlite { conn, .. } => Ok(conn.lock().unwrap_or_else(PoisonError::into_inner)),
+            Backend::Postgres(pool) => Err(pool),
+        }
     }
 
     /// Stores one finished call that started at `started_at_ms` (ms since the Unix epoch),
@@ -294,12 +362,19 @@ impl CallHistory {
         let summary = summarise(started_at_ms, record)?;
         let turns = turn_rows(record);
         let stored = serde_json::to_string(record)?;
-        let mut conn = self.conn();
+        let mut conn = match self.sqlite() {
+            Ok(conn) => conn,
+            Err(pool) => {
+                postgres::insert(pool, &summary, &turns, &stored)?;
+                tracing::debug!(id = %summary.id, call_id = %summary.call_id, turns = turns.len(), "call stored in the shared history");
+                return Ok(summary);
+            }
+        };
         let tx = conn.transaction()?;
         tx.execute(
             "INSERT INTO calls (id, call_id, started_at_ms, duration_ms, caller, flow, outcome,
-                 escalated, reason, transfer_outcome, turn_count, ended_by, record)
-             VALUES (?13, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+                 escalated, reason, transfer_outcome, turn_count, ended_by, record, node)
+             VALUES (?13, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?14)
              ON CONFLICT (id) DO UPDATE SET
                  call_id = excluded.call_id,
                  started_at_ms = excluded.started_at_ms,
@@ -312,7 +387,8 @@ impl CallHistory {
                  transfer_outcome = excluded.transfer_outcome,
                  turn_count = excluded.turn_count,
                  ended_by = excluded.ended_by,
-                 record = excluded.record",
+                 record = excluded.record,
+                 node = excluded.node",
             params![
                 summary.call_id,
                 summary.started_at_ms,
@@ -327,6 +403,7 @@ impl CallHistory {
                 summary.ended_by,
                 stored,
                 summary.id,
+                summary.node,
             ],
         )?;
         tx.execute("DELETE FROM turns WHERE id = ?1", [&summary.id])?;
@@ -346,6 +423,10 @@ impl CallHistory {
     /// The calls the filter selects, newest first (ties by `call_id`), paged by its `limit`
     /// and `offset`.
     pub fn list(&self, filter: &CallFilter) -> Result<Vec<CallSummary>, HistoryError> {
+        let conn = match self.sqlite() {
+            Ok(conn) => conn,
+            Err(pool) => return postgres::list(pool, filter),
+        };
         let (clause, mut values) = where_clause(filter);
         let limit = filter.limit.unwrap_or(DEFAULT_LIMIT).min(MAX_LIMIT);
         values.push(SqlValue::Integer(i64::from(limit)));
@@ -354,7 +435,6 @@ impl CallHistory {
             "SELECT {SUMMARY_COLUMNS} FROM calls c{clause}
              ORDER BY c.started_at_ms DESC, c.id DESC LIMIT ? OFFSET ?"
         );
-        let conn = self.conn();
         let mut stmt = conn.prepare(&sql)?;
         let rows = stmt.query_map(params_from_iter(values), summary_from_row)?;
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
@@ -362,11 +442,13 @@ impl CallHistory {
 
     /// How many calls the filter selects (its `limit` and `offset` ignored).
     pub fn count(&self, filter: &CallFilter) -> Result<u64, HistoryError> {
+        let conn = match self.sqlite() {
+            Ok(conn) => conn,
+            Err(pool) => return postgres::count(pool, filter),
+        };
         let (clause, values) = where_clause(filter);
         let sql = format!("SELECT COUNT(*) FROM calls c{clause}");
-        let n: i64 = self
-            .conn()
-            .query_row(&sql, params_from_iter(values), |row| row.get(0))?;
+        let n: i64 = conn.query_row(&sql, params_from_iter(values), |row| row.get(0))?;
         Ok(u64::try_from(n).unwrap_or(0))
     }
 
@@ -374,8 +456,11 @@ impl CallHistory {
     /// gateway's call id; a SIP Call-ID is taken too (the newest call that used it, since a
     /// Call-ID is the caller's choice and need not be unique).
     pub fn get(&self, key: &str) -> Result<Option<Value>, HistoryError> {
-        let stored: Option<String> = self
-            .conn()
+        let conn = match self.sqlite() {
+            Ok(conn) => conn,
+            Err(pool) => return postgres::get(pool, key),
+        };
+        let stored: Option<String> = conn
             .query_row(
                 "SELECT record FROM calls WHERE id = ?1
                  UNION ALL
@@ -392,7 +477,16 @@ impl CallHistory {
     /// Retention: deletes the calls (and their turns) that started before `older_than_ms`
     /// (ms since the Unix epoch) and returns how many calls went.
     pub fn prune(&self, older_than_ms: i64) -> Result<usize, HistoryError> {
-        let mut conn = self.conn();
+        let mut conn = match self.sqlite() {
+            Ok(conn) => conn,
+            Err(pool) => {
+                let calls = postgres::prune(pool, older_than_ms)?;
+                if calls > 0 {
+                    tracing::info!(calls, older_than_ms, "shared call history pruned");
+                }
+                return Ok(calls);
+            }
+        };
         let tx = conn.transaction()?;
         // The foreign key cascades too; deleting explicitly does not depend on the pragma.
         tx.execute(
@@ -414,97 +508,114 @@ impl CallHistory {
     /// Containment, escalations per reason, handling time and intent confidence over the
     /// calls the filter selects (its `limit` and `offset` ignored).
     pub fn analytics(&self, filter: &CallFilter) -> Result<Analytics, HistoryError> {
+        let conn = match self.sqlite() {
+            Ok(conn) => conn,
+            Err(pool) => return postgres::analytics(pool, filter),
+        };
         let (clause, values) = where_clause(filter);
-        let conn = self.conn();
 
-        let (calls, contained, avg_handling_ms): (i64, Option<i64>, Option<f64>) = conn.query_row(
+        let totals: (i64, Option<i64>, Option<f64>) = conn.query_row(
             &format!(
                 "SELECT COUNT(*), SUM(c.escalated = 0), AVG(c.duration_ms) FROM calls c{clause}"
             ),
             params_from_iter(values.iter()),
             |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
         )?;
-        let calls = u64::try_from(calls).unwrap_or(0);
-        let contained = contained.and_then(|n| u64::try_from(n).ok()).unwrap_or(0);
 
-        let mut escalations_by_reason = BTreeMap::new();
-        {
-            let and = if clause.is_empty() { " WHERE" } else { " AND" };
-            let mut stmt = conn.prepare(&format!(
-                "SELECT COALESCE(c.reason, 'unknown'), COUNT(*) FROM calls c{clause}{and}
-                 c.escalated = 1 GROUP BY 1"
-            ))?;
-            let rows = stmt.query_map(params_from_iter(values.iter()), |row| {
+        let and = if clause.is_empty() { " WHERE" } else { " AND" };
+        let mut stmt = conn.prepare(&format!(
+            "SELECT COALESCE(c.reason, 'unknown'), COUNT(*) FROM calls c{clause}{and}
+             c.escalated = 1 GROUP BY 1"
+        ))?;
+        let reasons = stmt
+            .query_map(params_from_iter(values.iter()), |row| {
                 Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
-            })?;
-            for row in rows {
-                let (reason, n) = row?;
-                escalations_by_reason.insert(reason, u64::try_from(n).unwrap_or(0));
-            }
-        }
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
 
-        let mut intents: BTreeMap<String, IntentConfidence> = BTreeMap::new();
-        let mut sums: BTreeMap<String, f64> = BTreeMap::new();
-        {
-            let and = if clause.is_empty() { " WHERE" } else { " AND" };
-            // Bucket k holds [k/10, (k+1)/10); the tiny epsilon keeps a decimal such as 0.3,
-            // whose binary value times ten may land a hair under 3, in its own bucket.
-            let mut stmt = conn.prepare(&format!(
-                "SELECT t.intent,
-                     MIN(MAX(CAST(t.confidence * 10 + 1e-9 AS INTEGER), 0), 9) AS bucket,
-                     COUNT(*), SUM(t.confidence)
-                 FROM turns t JOIN calls c ON c.id = t.id{clause}{and}
-                     t.intent IS NOT NULL AND t.confidence IS NOT NULL
-                 GROUP BY t.intent, bucket"
-            ))?;
-            let rows = stmt.query_map(params_from_iter(values.iter()), |row| {
-                Ok((
-                    row.get::<_, String>(0)?,
-                    row.get::<_, i64>(1)?,
-                    row.get::<_, i64>(2)?,
-                    row.get::<_, f64>(3)?,
-                ))
-            })?;
-            for row in rows {
-                let (intent, bucket, n, sum) = row?;
-                let n = u64::try_from(n).unwrap_or(0);
-                let entry = intents
-                    .entry(intent.clone())
-                    .or_insert_with(|| IntentConfidence {
-                        intent: intent.clone(),
-                        turns: 0,
-                        mean_confidence: 0.0,
-                        histogram: [0; 10],
-                    });
-                entry.turns += n;
-                let bucket = usize::try_from(bucket).unwrap_or(0).min(9);
-                entry.histogram[bucket] += n;
-                *sums.entry(intent).or_insert(0.0) += sum;
-            }
-        }
-        let mut intents: Vec<IntentConfidence> = intents
-            .into_values()
-            .map(|mut i| {
-                let sum = sums.get(&i.intent).copied().unwrap_or(0.0);
-                i.mean_confidence = if i.turns == 0 {
-                    0.0
-                } else {
-                    sum / i.turns as f64
-                };
-                i
-            })
-            .collect();
-        // Stable sort: ties keep the map's alphabetical order.
-        intents.sort_by_key(|i| std::cmp::Reverse(i.turns));
+        // Bucket k holds [k/10, (k+1)/10); the tiny epsilon keeps a decimal such as 0.3,
+        // whose binary value times ten may land a hair under 3, in its own bucket.
+        let mut stmt = conn.prepare(&format!(
+            "SELECT t.intent,
+                 MIN(MAX(CAST(t.confidence * 10 + 1e-9 AS INTEGER), 0), 9) AS bucket,
+                 COUNT(*), SUM(t.confidence)
+             FROM turns t JOIN calls c ON c.id = t.id{clause}{and}
+                 t.intent IS NOT NULL AND t.confidence IS NOT NULL
+             GROUP BY t.intent, bucket"
+        ))?;
+        let groups = stmt
+            .query_map(params_from_iter(values.iter()), |row| {
+                Ok(IntentGroup {
+                    intent: row.get(0)?,
+                    bucket: row.get(1)?,
+                    turns: row.get(2)?,
+                    confidence_sum: row.get(3)?,
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(assemble(totals, reasons, groups))
+    }
+}
 
-        Ok(Analytics {
-            calls,
-            contained,
-            containment_rate: (calls > 0).then(|| contained as f64 / calls as f64),
-            escalations_by_reason,
-            avg_handling_ms: if calls > 0 { avg_handling_ms } else { None },
-            intents,
+/// The turns of one intent in one confidence bucket, as the analytics query groups them.
+struct IntentGroup {
+    intent: String,
+    bucket: i64,
+    turns: i64,
+    confidence_sum: f64,
+}
+
+/// [`Analytics`] from what both backends' queries give: (calls, contained, mean duration),
+/// escalations per reason, and the turns per intent and confidence bucket.
+fn assemble(
+    (calls, contained, avg_handling_ms): (i64, Option<i64>, Option<f64>),
+    reasons: Vec<(String, i64)>,
+    groups: Vec<IntentGroup>,
+) -> Analytics {
+    let calls = u64::try_from(calls).unwrap_or(0);
+    let contained = contained.and_then(|n| u64::try_from(n).ok()).unwrap_or(0);
+    let escalations_by_reason = reasons
+        .into_iter()
+        .map(|(reason, n)| (reason, u64::try_from(n).unwrap_or(0)))
+        .collect();
+    let mut intents: BTreeMap<String, IntentConfidence> = BTreeMap::new();
+    let mut sums: BTreeMap<String, f64> = BTreeMap::new();
+    for g in groups {
+        let n = u64::try_from(g.turns).unwrap_or(0);
+        let entry = intents
+            .entry(g.intent.clone())
+            .or_insert_with(|| IntentConfidence {
+                intent: g.intent.clone(),
+                turns: 0,
+                mean_confidence: 0.0,
+                histogram: [0; 10],
+            });
+        entry.turns += n;
+        let bucket = usize::try_from(g.bucket).unwrap_or(0).min(9);
+        entry.histogram[bucket] += n;
+        *sums.entry(g.intent).or_insert(0.0) += g.confidence_sum;
+    }
+    let mut intents: Vec<IntentConfidence> = intents
+        .into_values()
+        .map(|mut i| {
+            let sum = sums.get(&i.intent).copied().unwrap_or(0.0);
+            i.mean_confidence = if i.turns == 0 {
+                0.0
+            } else {
+                sum / i.turns as f64
+            };
+            i
         })
+        .collect();
+    // Stable sort: ties keep the map's alphabetical order.
+    intents.sort_by_key(|i| std::cmp::Reverse(i.turns));
+    Analytics {
+        calls,
+        contained,
+        containment_rate: (calls > 0).then(|| contained as f64 / calls as f64),
+        escalations_by_reason,
+        avg_handling_ms: if calls > 0 { avg_handling_ms } else { None },
+        intents,
     }
 }
 
@@ -518,35 +629,55 @@ fn init(conn: &mut Connection) -> Result<(), HistoryError> {
     )?)
 }
 
+/// A value a filter compares a column with.
+enum FilterValue {
+    Int(i64),
+    Text(String),
+    Bool(bool),
+}
+
+/// The filter's conditions on `calls c`, each the column and its comparison (the placeholder
+/// follows) with its value, in order. Both backends build their `WHERE` from it.
+fn conditions(filter: &CallFilter) -> Vec<(&'static str, FilterValue)> {
+    let mut out = Vec::new();
+    if let Some(since) = filter.since_ms {
+        out.push(("c.started_at_ms >=", FilterValue::Int(since)));
+    }
+    if let Some(until) = filter.until_ms {
+        out.push(("c.started_at_ms <", FilterValue::Int(until)));
+    }
+    if let Some(flow) = &filter.flow {
+        out.push(("c.flow =", FilterValue::Text(flow.clone())));
+    }
+    if let Some(escalated) = filter.escalated {
+        out.push(("c.escalated =", FilterValue::Bool(escalated)));
+    }
+    if let Some(reason) = &filter.reason {
+        out.push(("c.reason =", FilterValue::Text(reason.clone())));
+    }
+    if let Some(node) = &filter.node {
+        out.push(("c.node =", FilterValue::Text(node.clone())));
+    }
+    out
+}
+
 /// The filter's conditions on `calls c` (empty, or starting with " WHERE") and their values,
 /// in order. Only fixed SQL text goes into the clause; every value is a bound parameter.
 fn where_clause(filter: &CallFilter) -> (String, Vec<SqlValue>) {
-    let mut conditions: Vec<&str> = Vec::new();
+    let mut text: Vec<String> = Vec::new();
     let mut values: Vec<SqlValue> = Vec::new();
-    if let Some(since) = filter.since_ms {
-        conditions.push("c.started_at_ms >= ?");
-        values.push(SqlValue::Integer(since));
+    for (condition, value) in conditions(filter) {
+        text.push(format!("{condition} ?"));
+        values.push(match value {
+            FilterValue::Int(n) => SqlValue::Integer(n),
+            FilterValue::Text(t) => SqlValue::Text(t),
+            FilterValue::Bool(b) => SqlValue::Integer(i64::from(b)),
+        });
     }
-    if let Some(until) = filter.until_ms {
-        conditions.push("c.started_at_ms < ?");
-        values.push(SqlValue::Integer(until));
-    }
-    if let Some(flow) = &filter.flow {
-        conditions.push("c.flow = ?");
-        values.push(SqlValue::Text(flow.clone()));
-    }
-    if let Some(escalated) = filter.escalated {
-        conditions.push("c.escalated = ?");
-        values.push(SqlValue::Integer(i64::from(escalated)));
-    }
-    if let Some(reason) = &filter.reason {
-        conditions.push("c.reason = ?");
-        values.push(SqlValue::Text(reason.clone()));
-    }
-    if conditions.is_empty() {
+    if text.is_empty() {
         (String::new(), values)
     } else {
-        (format!(" WHERE {}", conditions.join(" AND ")), values)
+        (format!(" WHERE {}", text.join(" AND ")), values)
     }
 }
 
@@ -565,6 +696,7 @@ fn summary_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<CallSummary> {
         transfer_outcome: row.get(9)?,
         turns: u32::try_from(row.get::<_, i64>(10)?).unwrap_or(u32::MAX),
         ended_by: row.get(11)?,
+        node: row.get(12)?,
     })
 }
 
@@ -619,6 +751,7 @@ fn summarise(started_at_ms: i64, record: &Value) -> Result<CallSummary, HistoryE
         transfer_outcome: record.get("transfer").and_then(|t| text(t, "outcome")),
         turns: turns.map_or(0, |t| u32::try_from(t.len()).unwrap_or(u32::MAX)),
         ended_by: text(record, "ended_by").unwrap_or_else(|| "unknown".into()),
+        node: text(record, "node").filter(|n| !n.is_empty()),
     })
 }
 
@@ -745,16 +878,68 @@ mod tests {
         list.iter().map(|s| s.call_id.as_str()).collect()
     }
 
+    /// Says which backend a test failed on (printed after the panic message).
+    struct On(&'static str);
+
+    impl Drop for On {
+        fn drop(&mut self) {
+            if std::thread::panicking() {
+                eprintln!("(the failure above is on the {} backend)", self.0);
+            }
+        }
+    }
+
+    /// The history on each backend: SQLite in memory, and PostgreSQL (a fresh database on the
+    /// throwaway server) when it is installed.
+    fn backends() -> Vec<(&'static str, CallHistory)> {
+        let mut all = vec![("sqlite", CallHistory::open_in_memory().unwrap())];
+        if let Some(h) = postgres_history() {
+            all.push(("postgres", h));
+        }
+        all
+    }
+
+    /// A history on a fresh PostgreSQL database, when PostgreSQL is installed.
+    fn postgres_history() -> Option<CallHistory> {
+        let url = crate::storage::throwaway::fresh_database()?;
+        let pool = crate::storage::postgres::connect(&url, 2).expect("connects");
+        Some(CallHistory::open_postgres(pool).expect("opens on PostgreSQL"))
+    }
+
+    /// [`fill`]'s calls on each backend.
+    fn samples() -> Vec<(&'static str, CallHistory)> {
+        backends()
+            .into_iter()
+            .map(|(backend, h)| {
+                fill(&h);
+                (backend, h)
+            })
+            .collect()
+    }
+
+    /// One number from the database behind `h` (the same question in each dialect).
+    fn scalar(h: &CallHistory, sqlite: &str, postgres: &str) -> i64 {
+        match h.sqlite() {
+            Ok(conn) => conn.query_row(sqlite, [], |row| row.get(0)).unwrap(),
+            Err(pool) => crate::storage::postgres::conn(pool)
+                .unwrap()
+                .query_one(postgres, &[])
+                .unwrap()
+                .get(0),
+        }
+    }
+
     fn turn_rows_in_db(h: &CallHistory) -> i64 {
-        h.conn()
-            .query_row("SELECT COUNT(*) FROM turns", [], |row| row.get(0))
-            .unwrap()
+        scalar(
+            h,
+            "SELECT COUNT(*) FROM turns",
+            "SELECT COUNT(*) FROM call_turns",
+        )
     }
 
     /// Four calls: a (billing, completed), b (billing, escalated negative_tone, bridged),
     /// c (support, escalated explicit_request, callback), d (support, completed).
-    fn sample() -> CallHistory {
-        let h = CallHistory::open_in_memory().unwrap();
+    fn fill(h: &CallHistory) {
         h.insert(
             1_000,
             &record("a", "billing", None, 10_000, &[("pay", 0.95)], None),
@@ -796,222 +981,232 @@ mod tests {
             ),
         )
         .unwrap();
-        h
     }
 
     #[test]
     fn insert_then_get_round_trips_and_summarises() {
-        let h = CallHistory::open_in_memory().unwrap();
-        let r = record(
-            "call-1",
-            "billing",
-            Some("negative_tone"),
-            12_345,
-            &[("pay", 0.5), ("complain", 0.9)],
-            Some("bridged"),
-        );
-        let s = h.insert(1_700_000_000_000, &r).unwrap();
-        assert_eq!(
-            s,
-            CallSummary {
-                id: "call-1".into(),
-                call_id: "call-1".into(),
-                started_at_ms: 1_700_000_000_000,
-                duration_ms: 12_345,
-                from: "\"Alice\" <sip:alice@example.com>;tag=abc".into(),
-                flow: Some("billing".into()),
-                outcome: Some("escalated".into()),
-                escalated: true,
-                reason: Some("negative_tone".into()),
-                transfer_outcome: Some("bridged".into()),
-                turns: 2,
-                ended_by: "caller".into(),
-            }
-        );
-        assert_eq!(h.get("call-1").unwrap(), Some(r));
-        assert_eq!(h.get("nope").unwrap(), None);
-        assert_eq!(h.list(&CallFilter::default()).unwrap(), vec![s]);
-        assert_eq!(turn_rows_in_db(&h), 2);
+        for (backend, h) in backends() {
+            let _on = On(backend);
+            let r = record(
+                "call-1",
+                "billing",
+                Some("negative_tone"),
+                12_345,
+                &[("pay", 0.5), ("complain", 0.9)],
+                Some("bridged"),
+            );
+            let s = h.insert(1_700_000_000_000, &r).unwrap();
+            assert_eq!(
+                s,
+                CallSummary {
+                    id: "call-1".into(),
+                    call_id: "call-1".into(),
+                    started_at_ms: 1_700_000_000_000,
+                    duration_ms: 12_345,
+                    from: "\"Alice\" <sip:alice@example.com>;tag=abc".into(),
+                    flow: Some("billing".into()),
+                    outcome: Some("escalated".into()),
+                    escalated: true,
+                    reason: Some("negative_tone".into()),
+                    transfer_outcome: Some("bridged".into()),
+                    turns: 2,
+                    ended_by: "caller".into(),
+                    node: None,
+                }
+            );
+            assert_eq!(h.get("call-1").unwrap(), Some(r));
+            assert_eq!(h.get("nope").unwrap(), None);
+            assert_eq!(h.list(&CallFilter::default()).unwrap(), vec![s]);
+            assert_eq!(turn_rows_in_db(&h), 2);
+        }
     }
 
     #[test]
     fn sparse_records_get_defaults() {
-        let h = CallHistory::open_in_memory().unwrap();
-        // A call whose pipeline failed: no report fields at all.
-        let s = h
-            .insert(
-                5,
-                &json!({"call_id": "x", "pipeline_error": "boom", "duration_ms": "long"}),
-            )
-            .unwrap();
-        assert_eq!(s.duration_ms, 0);
-        assert_eq!(s.from, "");
-        assert_eq!(s.flow, None);
-        assert_eq!(s.outcome, None);
-        assert!(!s.escalated);
-        assert_eq!(s.reason, None);
-        assert_eq!(s.turns, 0);
-        assert_eq!(s.ended_by, "unknown");
-        // Escalated without an escalation object; a turn with odd fields.
-        let s = h
-            .insert(
-                6,
-                &json!({"call_id": "y", "outcome": "escalated",
+        for (backend, h) in backends() {
+            let _on = On(backend);
+            // A call whose pipeline failed: no report fields at all.
+            let s = h
+                .insert(
+                    5,
+                    &json!({"call_id": "x", "pipeline_error": "boom", "duration_ms": "long"}),
+                )
+                .unwrap();
+            assert_eq!(s.duration_ms, 0);
+            assert_eq!(s.from, "");
+            assert_eq!(s.flow, None);
+            assert_eq!(s.outcome, None);
+            assert!(!s.escalated);
+            assert_eq!(s.reason, None);
+            assert_eq!(s.turns, 0);
+            assert_eq!(s.ended_by, "unknown");
+            // Escalated without an escalation object; a turn with odd fields.
+            let s = h
+                .insert(
+                    6,
+                    &json!({"call_id": "y", "outcome": "escalated",
                         "turns": [{"intent": 3, "intent_confidence": "high"}, 7]}),
-            )
-            .unwrap();
-        assert!(s.escalated);
-        assert_eq!(s.reason, None);
-        assert_eq!(s.turns, 2);
-        let a = h.analytics(&CallFilter::default()).unwrap();
-        assert_eq!(a.escalations_by_reason.get("unknown"), Some(&1));
-        assert!(a.intents.is_empty());
+                )
+                .unwrap();
+            assert!(s.escalated);
+            assert_eq!(s.reason, None);
+            assert_eq!(s.turns, 2);
+            let a = h.analytics(&CallFilter::default()).unwrap();
+            assert_eq!(a.escalations_by_reason.get("unknown"), Some(&1));
+            assert!(a.intents.is_empty());
+        }
     }
 
     #[test]
     fn a_record_without_call_id_is_refused() {
-        let h = CallHistory::open_in_memory().unwrap();
-        for bad in [
-            json!({"from": "x"}),
-            json!({"call_id": ""}),
-            json!({"call_id": 42}),
-            json!([1, 2]),
-            Value::Null,
-        ] {
-            assert!(
-                matches!(h.insert(1, &bad), Err(HistoryError::MissingCallId)),
-                "{bad}"
-            );
+        for (backend, h) in backends() {
+            let _on = On(backend);
+            for bad in [
+                json!({"from": "x"}),
+                json!({"call_id": ""}),
+                json!({"call_id": 42}),
+                json!([1, 2]),
+                Value::Null,
+            ] {
+                assert!(
+                    matches!(h.insert(1, &bad), Err(HistoryError::MissingCallId)),
+                    "{bad}"
+                );
+            }
+            assert_eq!(h.count(&CallFilter::default()).unwrap(), 0);
         }
-        assert_eq!(h.count(&CallFilter::default()).unwrap(), 0);
     }
 
     #[test]
     fn a_second_insert_replaces_the_call_and_its_turns() {
-        let h = CallHistory::open_in_memory().unwrap();
-        h.insert(
-            1,
-            &record(
-                "a",
-                "billing",
-                Some("dtmf0"),
-                1_000,
-                &[("pay", 0.5), ("pay", 0.6), ("agent", 0.9)],
-                Some("callback"),
-            ),
-        )
-        .unwrap();
-        let r2 = record("a", "support", None, 2_000, &[("bye", 0.7)], None);
-        h.insert(2, &r2).unwrap();
-        assert_eq!(h.count(&CallFilter::default()).unwrap(), 1);
-        let list = h.list(&CallFilter::default()).unwrap();
-        assert_eq!(list.len(), 1);
-        assert_eq!(list[0].started_at_ms, 2);
-        assert_eq!(list[0].flow.as_deref(), Some("support"));
-        assert!(!list[0].escalated);
-        assert_eq!(list[0].reason, None);
-        assert_eq!(list[0].transfer_outcome, None);
-        assert_eq!(list[0].turns, 1);
-        assert_eq!(h.get("a").unwrap(), Some(r2));
-        assert_eq!(turn_rows_in_db(&h), 1);
-        let a = h.analytics(&CallFilter::default()).unwrap();
-        assert_eq!(a.intents.len(), 1);
-        assert_eq!(a.intents[0].intent, "bye");
+        for (backend, h) in backends() {
+            let _on = On(backend);
+            h.insert(
+                1,
+                &record(
+                    "a",
+                    "billing",
+                    Some("dtmf0"),
+                    1_000,
+                    &[("pay", 0.5), ("pay", 0.6), ("agent", 0.9)],
+                    Some("callback"),
+                ),
+            )
+            .unwrap();
+            let r2 = record("a", "support", None, 2_000, &[("bye", 0.7)], None);
+            h.insert(2, &r2).unwrap();
+            assert_eq!(h.count(&CallFilter::default()).unwrap(), 1);
+            let list = h.list(&CallFilter::default()).unwrap();
+            assert_eq!(list.len(), 1);
+            assert_eq!(list[0].started_at_ms, 2);
+            assert_eq!(list[0].flow.as_deref(), Some("support"));
+            assert!(!list[0].escalated);
+            assert_eq!(list[0].reason, None);
+            assert_eq!(list[0].transfer_outcome, None);
+            assert_eq!(list[0].turns, 1);
+            assert_eq!(h.get("a").unwrap(), Some(r2));
+            assert_eq!(turn_rows_in_db(&h), 1);
+            let a = h.analytics(&CallFilter::default()).unwrap();
+            assert_eq!(a.intents.len(), 1);
+            assert_eq!(a.intents[0].intent, "bye");
+        }
     }
 
     #[test]
     fn filters_select_alone_and_combined() {
-        let h = sample();
-        let check = |f: CallFilter, want: &[&str]| {
-            let list = h.list(&f).unwrap();
-            assert_eq!(ids(&list), want, "{f:?}");
-            assert_eq!(h.count(&f).unwrap(), want.len() as u64, "{f:?}");
-        };
-        check(CallFilter::default(), &["d", "c", "b", "a"]);
-        check(
-            CallFilter {
-                since_ms: Some(2_000),
+        for (backend, h) in samples() {
+            let _on = On(backend);
+            let check = |f: CallFilter, want: &[&str]| {
+                let list = h.list(&f).unwrap();
+                assert_eq!(ids(&list), want, "{f:?}");
+                assert_eq!(h.count(&f).unwrap(), want.len() as u64, "{f:?}");
+            };
+            check(CallFilter::default(), &["d", "c", "b", "a"]);
+            check(
+                CallFilter {
+                    since_ms: Some(2_000),
+                    ..Default::default()
+                },
+                &["d", "c", "b"],
+            );
+            check(
+                CallFilter {
+                    until_ms: Some(3_000),
+                    ..Default::default()
+                },
+                &["b", "a"],
+            );
+            check(
+                CallFilter {
+                    flow: Some("support".into()),
+                    ..Default::default()
+                },
+                &["d", "c"],
+            );
+            check(
+                CallFilter {
+                    escalated: Some(true),
+                    ..Default::default()
+                },
+                &["c", "b"],
+            );
+            check(
+                CallFilter {
+                    escalated: Some(false),
+                    ..Default::default()
+                },
+                &["d", "a"],
+            );
+            check(
+                CallFilter {
+                    reason: Some("negative_tone".into()),
+                    ..Default::default()
+                },
+                &["b"],
+            );
+            check(
+                CallFilter {
+                    flow: Some("nope".into()),
+                    ..Default::default()
+                },
+                &[],
+            );
+            check(
+                CallFilter {
+                    since_ms: Some(2_000),
+                    until_ms: Some(4_000),
+                    flow: Some("billing".into()),
+                    escalated: Some(true),
+                    ..Default::default()
+                },
+                &["b"],
+            );
+            check(
+                CallFilter {
+                    since_ms: Some(1_000),
+                    flow: Some("support".into()),
+                    escalated: Some(false),
+                    ..Default::default()
+                },
+                &["d"],
+            );
+            check(
+                CallFilter {
+                    flow: Some("billing".into()),
+                    reason: Some("explicit_request".into()),
+                    ..Default::default()
+                },
+                &[],
+            );
+            // Limit and offset page the list but not the count.
+            let f = CallFilter {
+                limit: Some(2),
+                offset: Some(1),
                 ..Default::default()
-            },
-            &["d", "c", "b"],
-        );
-        check(
-            CallFilter {
-                until_ms: Some(3_000),
-                ..Default::default()
-            },
-            &["b", "a"],
-        );
-        check(
-            CallFilter {
-                flow: Some("support".into()),
-                ..Default::default()
-            },
-            &["d", "c"],
-        );
-        check(
-            CallFilter {
-                escalated: Some(true),
-                ..Default::default()
-            },
-            &["c", "b"],
-        );
-        check(
-            CallFilter {
-                escalated: Some(false),
-                ..Default::default()
-            },
-            &["d", "a"],
-        );
-        check(
-            CallFilter {
-                reason: Some("negative_tone".into()),
-                ..Default::default()
-            },
-            &["b"],
-        );
-        check(
-            CallFilter {
-                flow: Some("nope".into()),
-                ..Default::default()
-            },
-            &[],
-        );
-        check(
-            CallFilter {
-                since_ms: Some(2_000),
-                until_ms: Some(4_000),
-                flow: Some("billing".into()),
-                escalated: Some(true),
-                ..Default::default()
-            },
-            &["b"],
-        );
-        check(
-            CallFilter {
-                since_ms: Some(1_000),
-                flow: Some("support".into()),
-                escalated: Some(false),
-                ..Default::default()
-            },
-            &["d"],
-        );
-        check(
-            CallFilter {
-                flow: Some("billing".into()),
-                reason: Some("explicit_request".into()),
-                ..Default::default()
-            },
-            &[],
-        );
-        // Limit and offset page the list but not the count.
-        let f = CallFilter {
-            limit: Some(2),
-            offset: Some(1),
-            ..Default::default()
-        };
-        assert_eq!(ids(&h.list(&f).unwrap()), ["c", "b"]);
-        assert_eq!(h.count(&f).unwrap(), 4);
+            };
+            assert_eq!(ids(&h.list(&f).unwrap()), ["c", "b"]);
+            assert_eq!(h.count(&f).unwrap(), 4);
+        }
     }
 
     #[test]
@@ -1027,121 +1222,124 @@ mod tests {
 
     #[test]
     fn limit_defaults_to_100_and_is_capped_at_1000() {
-        let h = CallHistory::open_in_memory().unwrap();
-        let minimal = |i: usize| json!({"call_id": format!("c{i:04}"), "duration_ms": 1});
-        for i in 0..1005 {
-            h.insert(i as i64, &minimal(i)).unwrap();
+        for (backend, h) in backends() {
+            let _on = On(backend);
+            let minimal = |i: usize| json!({"call_id": format!("c{i:04}"), "duration_ms": 1});
+            for i in 0..1005 {
+                h.insert(i as i64, &minimal(i)).unwrap();
+            }
+            let all = CallFilter::default();
+            assert_eq!(h.count(&all).unwrap(), 1005);
+            let page = h.list(&all).unwrap();
+            assert_eq!(page.len(), 100);
+            assert_eq!(page[0].call_id, "c1004");
+            let big = CallFilter {
+                limit: Some(5000),
+                ..Default::default()
+            };
+            let page = h.list(&big).unwrap();
+            assert_eq!(page.len(), 1000);
+            assert_eq!(page[999].call_id, "c0005");
+            let tail = CallFilter {
+                limit: Some(5000),
+                offset: Some(1000),
+                ..Default::default()
+            };
+            assert_eq!(
+                ids(&h.list(&tail).unwrap()),
+                ["c0004", "c0003", "c0002", "c0001", "c0000"]
+            );
+            let none = CallFilter {
+                limit: Some(0),
+                ..Default::default()
+            };
+            assert!(h.list(&none).unwrap().is_empty());
         }
-        let all = CallFilter::default();
-        assert_eq!(h.count(&all).unwrap(), 1005);
-        let page = h.list(&all).unwrap();
-        assert_eq!(page.len(), 100);
-        assert_eq!(page[0].call_id, "c1004");
-        let big = CallFilter {
-            limit: Some(5000),
-            ..Default::default()
-        };
-        let page = h.list(&big).unwrap();
-        assert_eq!(page.len(), 1000);
-        assert_eq!(page[999].call_id, "c0005");
-        let tail = CallFilter {
-            limit: Some(5000),
-            offset: Some(1000),
-            ..Default::default()
-        };
-        assert_eq!(
-            ids(&h.list(&tail).unwrap()),
-            ["c0004", "c0003", "c0002", "c0001", "c0000"]
-        );
-        let none = CallFilter {
-            limit: Some(0),
-            ..Default::default()
-        };
-        assert!(h.list(&none).unwrap().is_empty());
     }
 
     #[test]
     fn prune_removes_old_calls_and_their_turns() {
-        let h = sample();
-        assert_eq!(turn_rows_in_db(&h), 6);
-        assert_eq!(h.prune(3_000).unwrap(), 2);
-        assert_eq!(ids(&h.list(&CallFilter::default()).unwrap()), ["d", "c"]);
-        assert_eq!(h.get("a").unwrap(), None);
-        assert_eq!(turn_rows_in_db(&h), 3);
-        let orphans: i64 = h
-            .conn()
-            .query_row(
+        for (backend, h) in samples() {
+            let _on = On(backend);
+            assert_eq!(turn_rows_in_db(&h), 6);
+            assert_eq!(h.prune(3_000).unwrap(), 2);
+            assert_eq!(ids(&h.list(&CallFilter::default()).unwrap()), ["d", "c"]);
+            assert_eq!(h.get("a").unwrap(), None);
+            assert_eq!(turn_rows_in_db(&h), 3);
+            let orphans = scalar(
+                &h,
                 "SELECT COUNT(*) FROM turns WHERE id NOT IN (SELECT id FROM calls)",
-                [],
-                |row| row.get(0),
-            )
-            .unwrap();
-        assert_eq!(orphans, 0);
-        assert_eq!(h.prune(0).unwrap(), 0);
-        assert_eq!(h.prune(i64::MAX).unwrap(), 2);
-        assert_eq!(turn_rows_in_db(&h), 0);
+                "SELECT COUNT(*) FROM call_turns WHERE id NOT IN (SELECT id FROM calls)",
+            );
+            assert_eq!(orphans, 0);
+            assert_eq!(h.prune(0).unwrap(), 0);
+            assert_eq!(h.prune(i64::MAX).unwrap(), 2);
+            assert_eq!(turn_rows_in_db(&h), 0);
+        }
     }
 
     #[test]
     fn analytics_on_a_known_set() {
-        let h = sample();
-        let a = h.analytics(&CallFilter::default()).unwrap();
-        assert_eq!(a.calls, 4);
-        assert_eq!(a.contained, 2);
-        assert_eq!(a.containment_rate, Some(0.5));
-        assert_eq!(
-            a.escalations_by_reason,
-            BTreeMap::from([("explicit_request".into(), 1), ("negative_tone".into(), 1)])
-        );
-        assert_eq!(a.avg_handling_ms, Some(25_000.0));
-        let names: Vec<&str> = a.intents.iter().map(|i| i.intent.as_str()).collect();
-        // pay: 3 turns; the rest one each, alphabetical.
-        assert_eq!(names, ["pay", "agent", "bye", "complain"]);
-        let pay = &a.intents[0];
-        assert_eq!(pay.turns, 3);
-        assert!((pay.mean_confidence - (0.95 + 0.55 + 0.05) / 3.0).abs() < 1e-9);
-        assert_eq!(pay.histogram, [1, 0, 0, 0, 0, 1, 0, 0, 0, 1]);
-        let agent = &a.intents[1];
-        assert_eq!(agent.turns, 1);
-        assert_eq!(agent.mean_confidence, 1.0);
-        // Confidence 1.0 counts in the last bucket.
-        assert_eq!(agent.histogram, [0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
-        // 0.3 lands in [0.3, 0.4), 0.8 in [0.8, 0.9).
-        assert_eq!(a.intents[2].histogram, [0, 0, 0, 1, 0, 0, 0, 0, 0, 0]);
-        assert_eq!(a.intents[3].histogram, [0, 0, 0, 0, 0, 0, 0, 0, 1, 0]);
+        for (backend, h) in samples() {
+            let _on = On(backend);
+            let a = h.analytics(&CallFilter::default()).unwrap();
+            assert_eq!(a.calls, 4);
+            assert_eq!(a.contained, 2);
+            assert_eq!(a.containment_rate, Some(0.5));
+            assert_eq!(
+                a.escalations_by_reason,
+                BTreeMap::from([("explicit_request".into(), 1), ("negative_tone".into(), 1)])
+            );
+            assert_eq!(a.avg_handling_ms, Some(25_000.0));
+            let names: Vec<&str> = a.intents.iter().map(|i| i.intent.as_str()).collect();
+            // pay: 3 turns; the rest one each, alphabetical.
+            assert_eq!(names, ["pay", "agent", "bye", "complain"]);
+            let pay = &a.intents[0];
+            assert_eq!(pay.turns, 3);
+            assert!((pay.mean_confidence - (0.95 + 0.55 + 0.05) / 3.0).abs() < 1e-9);
+            assert_eq!(pay.histogram, [1, 0, 0, 0, 0, 1, 0, 0, 0, 1]);
+            let agent = &a.intents[1];
+            assert_eq!(agent.turns, 1);
+            assert_eq!(agent.mean_confidence, 1.0);
+            // Confidence 1.0 counts in the last bucket.
+            assert_eq!(agent.histogram, [0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+            // 0.3 lands in [0.3, 0.4), 0.8 in [0.8, 0.9).
+            assert_eq!(a.intents[2].histogram, [0, 0, 0, 1, 0, 0, 0, 0, 0, 0]);
+            assert_eq!(a.intents[3].histogram, [0, 0, 0, 0, 0, 0, 0, 0, 1, 0]);
 
-        // The same filter as list: billing calls only; limit and offset ignored.
-        let a = h
-            .analytics(&CallFilter {
-                flow: Some("billing".into()),
-                limit: Some(1),
-                offset: Some(3),
-                ..Default::default()
-            })
-            .unwrap();
-        assert_eq!(a.calls, 2);
-        assert_eq!(a.contained, 1);
-        assert_eq!(a.containment_rate, Some(0.5));
-        assert_eq!(
-            a.escalations_by_reason,
-            BTreeMap::from([("negative_tone".into(), 1)])
-        );
-        assert_eq!(a.avg_handling_ms, Some(15_000.0));
-        let names: Vec<&str> = a.intents.iter().map(|i| i.intent.as_str()).collect();
-        assert_eq!(names, ["pay", "complain"]);
-        assert_eq!(a.intents[0].turns, 2);
-        assert!((a.intents[0].mean_confidence - 0.75).abs() < 1e-9);
+            // The same filter as list: billing calls only; limit and offset ignored.
+            let a = h
+                .analytics(&CallFilter {
+                    flow: Some("billing".into()),
+                    limit: Some(1),
+                    offset: Some(3),
+                    ..Default::default()
+                })
+                .unwrap();
+            assert_eq!(a.calls, 2);
+            assert_eq!(a.contained, 1);
+            assert_eq!(a.containment_rate, Some(0.5));
+            assert_eq!(
+                a.escalations_by_reason,
+                BTreeMap::from([("negative_tone".into(), 1)])
+            );
+            assert_eq!(a.avg_handling_ms, Some(15_000.0));
+            let names: Vec<&str> = a.intents.iter().map(|i| i.intent.as_str()).collect();
+            assert_eq!(names, ["pay", "complain"]);
+            assert_eq!(a.intents[0].turns, 2);
+            assert!((a.intents[0].mean_confidence - 0.75).abs() < 1e-9);
 
-        // Contained calls only.
-        let a = h
-            .analytics(&CallFilter {
-                escalated: Some(false),
-                ..Default::default()
-            })
-            .unwrap();
-        assert_eq!(a.calls, 2);
-        assert_eq!(a.containment_rate, Some(1.0));
-        assert!(a.escalations_by_reason.is_empty());
+            // Contained calls only.
+            let a = h
+                .analytics(&CallFilter {
+                    escalated: Some(false),
+                    ..Default::default()
+                })
+                .unwrap();
+            assert_eq!(a.calls, 2);
+            assert_eq!(a.containment_rate, Some(1.0));
+            assert!(a.escalations_by_reason.is_empty());
+        }
     }
 
     #[test]
@@ -1154,15 +1352,17 @@ mod tests {
             avg_handling_ms: None,
             intents: Vec::new(),
         };
-        let h = CallHistory::open_in_memory().unwrap();
-        assert_eq!(h.analytics(&CallFilter::default()).unwrap(), want);
-        // A filter that selects nothing in a non-empty history.
-        let h = sample();
-        let none = CallFilter {
-            since_ms: Some(10_000),
-            ..Default::default()
-        };
-        assert_eq!(h.analytics(&none).unwrap(), want);
+        for (backend, h) in backends() {
+            let _on = On(backend);
+            assert_eq!(h.analytics(&CallFilter::default()).unwrap(), want);
+            // A filter that selects nothing in a non-empty history.
+            fill(&h);
+            let none = CallFilter {
+                since_ms: Some(10_000),
+                ..Default::default()
+            };
+            assert_eq!(h.analytics(&none).unwrap(), want);
+        }
         assert_eq!(
             serde_json::to_value(&want).unwrap()["containment_rate"],
             Value::Null
@@ -1228,21 +1428,23 @@ mod tests {
 
     #[test]
     fn calls_sharing_a_sip_call_id_are_two_calls() {
-        let h = CallHistory::open_in_memory().unwrap();
-        let mut first = record("dup@h", "billing", None, 1_000, &[("billing", 0.9)], None);
-        first["id"] = json!("gw-1");
-        let mut second = record("dup@h", "support", None, 2_000, &[("agent", 0.8)], None);
-        second["id"] = json!("gw-2");
-        h.insert(10, &first).unwrap();
-        h.insert(20, &second).unwrap();
-        let listed = h.list(&CallFilter::default()).unwrap();
-        assert_eq!(ids(&listed), ["dup@h", "dup@h"]);
-        let keys: Vec<&str> = listed.iter().map(|s| s.id.as_str()).collect();
-        assert_eq!(keys, ["gw-2", "gw-1"]);
-        assert_eq!(h.get("gw-1").unwrap(), Some(first));
-        // The Call-ID finds the newest call that used it.
-        assert_eq!(h.get("dup@h").unwrap(), Some(second));
-        assert_eq!(turn_rows_in_db(&h), 2);
+        for (backend, h) in backends() {
+            let _on = On(backend);
+            let mut first = record("dup@h", "billing", None, 1_000, &[("billing", 0.9)], None);
+            first["id"] = json!("gw-1");
+            let mut second = record("dup@h", "support", None, 2_000, &[("agent", 0.8)], None);
+            second["id"] = json!("gw-2");
+            h.insert(10, &first).unwrap();
+            h.insert(20, &second).unwrap();
+            let listed = h.list(&CallFilter::default()).unwrap();
+            assert_eq!(ids(&listed), ["dup@h", "dup@h"]);
+            let keys: Vec<&str> = listed.iter().map(|s| s.id.as_str()).collect();
+            assert_eq!(keys, ["gw-2", "gw-1"]);
+            assert_eq!(h.get("gw-1").unwrap(), Some(first));
+            // The Call-ID finds the newest call that used it.
+            assert_eq!(h.get("dup@h").unwrap(), Some(second));
+            assert_eq!(turn_rows_in_db(&h), 2);
+        }
     }
 
     #[test]
@@ -1268,5 +1470,223 @@ mod tests {
         assert_eq!(h.get("old@h").unwrap(), Some(json!({"call_id": "old@h"})));
         assert_eq!(turn_rows_in_db(&h), 1);
         assert_eq!(user_version(&path), MIGRATIONS.len() as i64);
+    }
+
+    #[test]
+    fn the_node_is_kept_and_selects_calls() {
+        for (backend, h) in backends() {
+            let _on = On(backend);
+            let mut a = record("a", "billing", None, 1_000, &[("pay", 0.9)], None);
+            a["node"] = json!("gw-1:5060");
+            let mut b = record("b", "billing", None, 1_000, &[("pay", 0.8)], None);
+            b["node"] = json!("gw-2:5060");
+            let c = record("c", "billing", None, 1_000, &[], None);
+            assert_eq!(h.insert(1, &a).unwrap().node.as_deref(), Some("gw-1:5060"));
+            h.insert(2, &b).unwrap();
+            assert_eq!(h.insert(3, &c).unwrap().node, None);
+            let listed = h.list(&CallFilter::default()).unwrap();
+            let nodes: Vec<Option<&str>> = listed.iter().map(|s| s.node.as_deref()).collect();
+            assert_eq!(nodes, [None, Some("gw-2:5060"), Some("gw-1:5060")]);
+            let on_1 = CallFilter {
+                node: Some("gw-1:5060".into()),
+                ..Default::default()
+            };
+            assert_eq!(ids(&h.list(&on_1).unwrap()), ["a"]);
+            assert_eq!(h.count(&on_1).unwrap(), 1);
+            let a1 = h.analytics(&on_1).unwrap();
+            assert_eq!((a1.calls, a1.intents[0].turns), (1, 1));
+        }
+    }
+
+    #[test]
+    fn a_text_with_a_nul_character_is_stored() {
+        for (backend, h) in backends() {
+            let _on = On(backend);
+            let mut r = record("nul", "billing", None, 1_000, &[("pay\0x", 0.5)], None);
+            r["from"] = json!("sip:a\0b@h");
+            h.insert(1, &r).unwrap();
+            assert_eq!(
+                h.get("nul").unwrap(),
+                Some(r),
+                "the record comes back as it went in"
+            );
+            assert_eq!(h.count(&CallFilter::default()).unwrap(), 1);
+        }
+    }
+
+    #[test]
+    fn two_gateways_on_one_database_see_each_others_calls() {
+        let Some(url) = crate::storage::throwaway::fresh_database() else {
+            return;
+        };
+        let open = || {
+            let pool = crate::storage::postgres::connect(&url, 2).expect("connects");
+            CallHistory::open_postgres(pool).expect("opens")
+        };
+        // Two gateways start together against a new database: the schema is made once.
+        let (one, two) = std::thread::scope(|s| {
+            let a = s.spawn(open);
+            let b = s.spawn(open);
+            (a.join().expect("gateway 1"), b.join().expect("gateway 2"))
+        });
+        assert!(one.is_shared() && two.is_shared());
+        let mut a = record(
+            "a@h",
+            "billing",
+            Some("dtmf0"),
+            1_000,
+            &[("pay", 0.9)],
+            None,
+        );
+        a["id"] = json!("gw1-call");
+        a["node"] = json!("gw1");
+        let mut b = record("b@h", "support", None, 3_000, &[("bye", 0.4)], None);
+        b["id"] = json!("gw2-call");
+        b["node"] = json!("gw2");
+        one.insert(10, &a).unwrap();
+        two.insert(20, &b).unwrap();
+        for (name, h) in [("gateway 1", &one), ("gateway 2", &two)] {
+            let listed = h.list(&CallFilter::default()).unwrap();
+            let keys: Vec<&str> = listed.iter().map(|s| s.id.as_str()).collect();
+            assert_eq!(keys, ["gw2-call", "gw1-call"], "{name}");
+            assert_eq!(h.get("gw1-call").unwrap().as_ref(), Some(&a), "{name}");
+            assert_eq!(h.get("b@h").unwrap().as_ref(), Some(&b), "{name}");
+            let an = h.analytics(&CallFilter::default()).unwrap();
+            assert_eq!((an.calls, an.contained), (2, 1), "{name}");
+            let gw2 = CallFilter {
+                node: Some("gw2".into()),
+                ..Default::default()
+            };
+            assert_eq!(h.count(&gw2).unwrap(), 1, "{name}");
+        }
+        // Retention on either gateway applies to the cluster's history.
+        assert_eq!(two.prune(15).unwrap(), 1);
+        assert_eq!(one.get("gw1-call").unwrap(), None);
+        assert_eq!(one.count(&CallFilter::default()).unwrap(), 1);
+        assert_eq!(turn_rows_in_db(&one), 1);
+    }
+
+    /// `n` varied calls (flows, reasons, outcomes, durations, confidences on and around the
+    /// bucket edges, out of range, missing), the same on every run.
+    fn varied_records(n: usize) -> Vec<(i64, Value)> {
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move |m: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % m
+        };
+        let flows = ["billing", "support", "sales"];
+        let reasons = [
+            None,
+            None,
+            Some("dtmf0"),
+            Some("negative_tone"),
+            Some("explicit_request"),
+        ];
+        let intents = ["pay", "agent", "bye", "complain", "hours"];
+        (0..n)
+            .map(|i| {
+                let turns: Vec<(&str, f64)> = (0..next(5))
+                    .map(|_| {
+                        let c = match next(4) {
+                            0 => next(11) as f64 / 10.0,
+                            1 => next(1_000_001) as f64 / 1_000_000.0,
+                            2 => next(3) as f64 - 1.0,
+                            _ => next(97) as f64 / 97.0,
+                        };
+                        (intents[next(5) as usize], c)
+                    })
+                    .collect();
+                let transfer = ["bridged", "callback"][next(2) as usize];
+                let reason = reasons[next(5) as usize];
+                let mut r = record(
+                    &format!("call-{i}"),
+                    flows[next(3) as usize],
+                    reason,
+                    next(600_000),
+                    &turns,
+                    reason.map(|_| transfer),
+                );
+                r["node"] = json!(format!("gw{}", next(3)));
+                (next(100_000) as i64, r)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn analytics_agree_between_the_backends() {
+        let Some(pg) = postgres_history() else {
+            return;
+        };
+        let lite = CallHistory::open_in_memory().unwrap();
+        for (started, r) in varied_records(400) {
+            lite.insert(started, &r).unwrap();
+            pg.insert(started, &r).unwrap();
+        }
+        let filters = [
+            CallFilter::default(),
+            CallFilter {
+                flow: Some("billing".into()),
+                ..Default::default()
+            },
+            CallFilter {
+                escalated: Some(true),
+                since_ms: Some(20_000),
+                ..Default::default()
+            },
+            CallFilter {
+                node: Some("gw1".into()),
+                until_ms: Some(70_000),
+                ..Default::default()
+            },
+            CallFilter {
+                reason: Some("dtmf0".into()),
+                limit: Some(7),
+                offset: Some(3),
+                ..Default::default()
+            },
+        ];
+        for f in &filters {
+            assert_eq!(lite.list(f).unwrap(), pg.list(f).unwrap(), "list {f:?}");
+            assert_eq!(lite.count(f).unwrap(), pg.count(f).unwrap(), "count {f:?}");
+            let (a, b) = (lite.analytics(f).unwrap(), pg.analytics(f).unwrap());
+            assert!(a.calls > 0, "the filter selects calls: {f:?}");
+            assert_eq!(a.calls, b.calls, "{f:?}");
+            assert_eq!(a.contained, b.contained, "{f:?}");
+            assert_eq!(a.containment_rate, b.containment_rate, "{f:?}");
+            assert_eq!(a.escalations_by_reason, b.escalations_by_reason, "{f:?}");
+            assert_eq!(a.avg_handling_ms, b.avg_handling_ms, "{f:?}");
+            assert_eq!(a.intents.len(), b.intents.len(), "{f:?}");
+            for (x, y) in a.intents.iter().zip(&b.intents) {
+                assert_eq!(
+                    (&x.intent, x.turns, x.histogram),
+                    (&y.intent, y.turns, y.histogram),
+                    "{f:?}"
+                );
+                // The engines add the confidences in their own order: the sums may differ in
+                // the last bits of a double, nothing more.
+                assert!(
+                    (x.mean_confidence - y.mean_confidence).abs()
+                        <= 1e-12 * x.mean_confidence.abs().max(1.0),
+                    "{f:?}: {} vs {}",
+                    x.mean_confidence,
+                    y.mean_confidence
+                );
+            }
+        }
+        for (started, r) in varied_records(400).iter().step_by(37) {
+            let id = r["call_id"].as_str().unwrap();
+            assert_eq!(
+                lite.get(id).unwrap(),
+                pg.get(id).unwrap(),
+                "{id} at {started}"
+            );
+        }
+        assert_eq!(lite.prune(50_000).unwrap(), pg.prune(50_000).unwrap());
+        assert_eq!(
+            lite.list(&CallFilter::default()).unwrap(),
+            pg.list(&CallFilter::default()).unwrap()
+        );
     }
 }

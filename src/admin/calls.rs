@@ -119,6 +119,8 @@ pub struct FilterQuery {
     flow: Option<String>,
     escalated: Option<String>,
     reason: Option<String>,
+    /// The gateway that handled the call (`[storage] node`).
+    node: Option<String>,
 }
 
 /// `/api/calls` also pages.
@@ -130,6 +132,7 @@ pub struct ListQuery {
     flow: Option<String>,
     escalated: Option<String>,
     reason: Option<String>,
+    node: Option<String>,
     limit: Option<String>,
     offset: Option<String>,
 }
@@ -178,6 +181,13 @@ fn filter(q: FilterQuery) -> Result<CallFilter, ApiError> {
         flow: word("flow", q.flow)?,
         escalated,
         reason: word("reason", q.reason)?,
+        node: match q.node.filter(|s| !s.is_empty()) {
+            // A node name is up to 200 characters (`[storage] node`).
+            Some(s) if s.len() > 200 => {
+                return Err(ApiError::bad_request("node: longer than 200 characters"))
+            }
+            other => other,
+        },
         limit: None,
         offset: None,
     })
@@ -248,6 +258,7 @@ pub async fn list(
         flow: q.flow,
         escalated: q.escalated,
         reason: q.reason,
+        node: q.node,
     })?;
     f.limit = Some(limit);
     f.offset = Some(offset);
@@ -498,6 +509,47 @@ mod router_tests {
             "escalation": escalated.map(|r| json!({"reason": r, "detail": "d", "skill": "general", "turn": 1})),
             "pipeline_error": null, "summary": "Caller sip:alice@192.0.2.4"
         })
+    }
+
+    #[tokio::test]
+    async fn calls_are_listed_and_analysed_per_node() {
+        let f = fixture(true);
+        let h = f.state.history.clone().expect("history");
+        let on = |id: &str, node: &str| {
+            let mut r = record(id, "support", None, "order_status", 0.9);
+            r["node"] = json!(node);
+            r
+        };
+        h.insert(1, &on("a", "gw-1")).expect("a");
+        h.insert(2, &on("b", "gw-2")).expect("b");
+        h.insert(3, &on("c", "gw-2")).expect("c");
+        let (status, v) = admin(
+            &f.app,
+            "GET",
+            "/api/calls?node=gw-2",
+            "/api/calls",
+            None,
+            "",
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{v}");
+        assert_eq!(v["total"], 2);
+        assert_eq!(v["calls"][0]["node"], "gw-2");
+        assert_eq!(v["calls"][1]["call_id"], "b");
+        let (status, v) = admin(
+            &f.app,
+            "GET",
+            "/api/analytics?node=gw-1",
+            "/api/analytics",
+            None,
+            "",
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{v}");
+        assert_eq!(v["calls"], 1);
+        let long = format!("/api/calls?node={}", "n".repeat(201));
+        let (status, v) = admin(&f.app, "GET", &long, "/api/calls", None, "").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
     }
 
     #[tokio::test]
@@ -764,6 +816,7 @@ mod router_tests {
             pipeline_error: None,
             transfer: None,
             recording: None,
+            node: Some("gw-a:5060".into()),
         };
         let before = metrics::global().rtp_lost.get();
         let stored = on_call_finished(f.state.history.clone(), SystemTime::now(), &record);
@@ -775,6 +828,7 @@ mod router_tests {
         let h = f.state.history.clone().expect("history");
         let stored = h.get("done@h").expect("get").expect("stored");
         assert_eq!(stored["escalation"]["reason"], "explicit_request");
+        assert_eq!(stored["node"], "gw-a:5060", "the record names the gateway");
         let summary = stored["summary"].as_str().expect("summary");
         assert!(summary.contains("Caller sip:carol@h"), "{summary}");
         assert!(summary.contains("Escalated on turn 1"), "{summary}");

@@ -38,6 +38,9 @@ pub struct CallRecord {
     /// The call's recording, when `[recording]` is on and it was written.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub recording: Option<RecordingInfo>,
+    /// The gateway that handled the call (`[storage] node`), when the gateways share a store.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 /// What the bot said on the call, and whether the caller cut it short.

@@ -1,5 +1,7 @@
 //! Agents' feedback on the bot: after a hand-over the agent marks what the bot understood of a
-//! caller's line as good or wrong (with the right intent), and the gateway keeps it in SQLite.
+//! caller's line as good or wrong (with the right intent), and the gateway keeps it in SQLite,
+//! or, for a cluster, on the shared PostgreSQL store ([`FeedbackStore::open_postgres`]) so the
+//! feedback given on any gateway's agent screen adds up in one place.
 //! [`FeedbackStore::examples`] turns it into new example utterances per intent, ready to be
 //! reviewed and added to the flow's intents file: the humans improve the bot.
 
@@ -9,6 +11,14 @@ use std::sync::Mutex;
 
 use rusqlite::{params, Connection};
 use serde::{Deserialize, Serialize};
+
+use crate::storage::postgres::{conn, PgPool};
+
+/// The PostgreSQL schema, one file per version (`voicebot_schema`, store `feedback`). Append;
+/// never edit a released file.
+const PG_MIGRATIONS: &[&str] = &[include_str!(
+    "../../migrations/postgres/feedback/0001_agent_feedback.sql"
+)];
 
 /// Why feedback could not be stored or read.
 #[derive(Debug, thiserror::Error)]
@@ -22,6 +32,14 @@ pub enum FeedbackError {
     },
     #[error("the feedback database is locked by a panicked thread")]
     Poisoned,
+    #[error("feedback on PostgreSQL: {0}")]
+    Postgres(#[from] crate::storage::postgres::PgError),
+}
+
+impl From<::postgres::Error> for FeedbackError {
+    fn from(e: ::postgres::Error) -> Self {
+        FeedbackError::Postgres(e.into())
+    }
 }
 
 /// The agent's verdict on one recognised caller line.
@@ -37,6 +55,14 @@ impl Verdict {
         match self {
             Verdict::Good => "good",
             Verdict::Wrong => "wrong",
+        }
+    }
+
+    fn from_stored(text: &str) -> Verdict {
+        if text == "good" {
+            Verdict::Good
+        } else {
+            Verdict::Wrong
         }
     }
 }
@@ -59,9 +85,34 @@ pub struct Feedback {
     pub created_ms: u64,
 }
 
-/// The feedback table.
+/// The feedback table, in SQLite or on the shared PostgreSQL store; the methods behave the
+/// same on both.
 pub struct FeedbackStore {
-    conn: Mutex<Connection>,
+    backend: Backend,
+}
+
+enum Backend {
+    Sqlite(Mutex<Connection>),
+    Postgres(PgPool),
+}
+
+/// The columns of a [`Feedback`], in the order both backends read them.
+const COLUMNS: &str =
+    "call_id, line, utterance, bot_intent, verdict, correct_intent, note, created_ms";
+
+/// What teaches an example: confirmed recognitions under the bot's intent, corrected ones
+/// under the agent's (the same SQL on both backends).
+const EXAMPLES: &str =
+    "SELECT CASE verdict WHEN 'good' THEN bot_intent ELSE correct_intent END AS intent,
+            utterance
+     FROM agent_feedback
+     WHERE (verdict = 'good' AND bot_intent <> 'none')
+        OR (verdict = 'wrong' AND correct_intent IS NOT NULL AND correct_intent <> '')
+     ORDER BY id";
+
+/// `text` as PostgreSQL's `TEXT` takes it (no NUL character).
+fn pg_text(text: &str) -> String {
+    text.replace('\0', "\u{FFFD}")
 }
 
 impl FeedbackStore {
@@ -98,26 +149,68 @@ impl FeedbackStore {
             CREATE INDEX IF NOT EXISTS agent_feedback_call ON agent_feedback(call_id);",
         )?;
         Ok(FeedbackStore {
-            conn: Mutex::new(conn),
+            backend: Backend::Sqlite(Mutex::new(conn)),
         })
+    }
+
+    /// The store on the cluster's shared PostgreSQL store: brings its schema up to date (once,
+    /// whichever gateway starts first). Blocking: call it off the async runtime.
+    pub fn open_postgres(pool: PgPool) -> Result<FeedbackStore, FeedbackError> {
+        crate::storage::postgres::migrate(&pool, "feedback", PG_MIGRATIONS)?;
+        Ok(FeedbackStore {
+            backend: Backend::Postgres(pool),
+        })
+    }
+
+    /// The SQLite connection, or the pool.
+    fn sqlite(
+        &self,
+    ) -> Result<Result<std::sync::MutexGuard<'_, Connection>, &PgPool>, FeedbackError> {
+        match &self.backend {
+            Backend::Sqlite(conn) => Ok(Ok(conn.lock().map_err(|_| FeedbackError::Poisoned)?)),
+            Backend::Postgres(pool) => Ok(Err(pool)),
+        }
     }
 
     /// Stores one piece of feedback; returns its id.
     pub fn record(&self, f: &Feedback) -> Result<i64, FeedbackError> {
-        let conn = self.conn.lock().map_err(|_| FeedbackError::Poisoned)?;
+        let line = i64::try_from(f.line).unwrap_or(i64::MAX);
+        let created_ms = i64::try_from(f.created_ms).unwrap_or(i64::MAX);
+        let conn = match self.sqlite()? {
+            Ok(conn) => conn,
+            Err(pool) => {
+                let row = conn(pool)?.query_one(
+                    "INSERT INTO agent_feedback
+                     (call_id, line, utterance, bot_intent, verdict, correct_intent, note,
+                      created_ms)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
+                    &[
+                        &pg_text(&f.call_id),
+                        &line,
+                        &pg_text(&f.utterance),
+                        &pg_text(&f.bot_intent),
+                        &f.verdict.as_str(),
+                        &f.correct_intent.as_deref().map(pg_text),
+                        &f.note.as_deref().map(pg_text),
+                        &created_ms,
+                    ],
+                )?;
+                return Ok(row.try_get(0)?);
+            }
+        };
         conn.execute(
             "INSERT INTO agent_feedback
              (call_id, line, utterance, bot_intent, verdict, correct_intent, note, created_ms)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             params![
                 f.call_id,
-                f.line as i64,
+                line,
                 f.utterance,
                 f.bot_intent,
                 f.verdict.as_str(),
                 f.correct_intent,
                 f.note,
-                f.created_ms as i64
+                created_ms
             ],
         )?;
         Ok(conn.last_insert_rowid())
@@ -125,26 +218,41 @@ impl FeedbackStore {
 
     /// The feedback on one call, oldest first.
     pub fn for_call(&self, call_id: &str) -> Result<Vec<Feedback>, FeedbackError> {
-        let conn = self.conn.lock().map_err(|_| FeedbackError::Poisoned)?;
-        let mut stmt = conn.prepare(
-            "SELECT call_id, line, utterance, bot_intent, verdict, correct_intent, note, created_ms
-             FROM agent_feedback WHERE call_id = ?1 ORDER BY id",
-        )?;
+        let sql = format!("SELECT {COLUMNS} FROM agent_feedback WHERE call_id = $1 ORDER BY id");
+        let conn = match self.sqlite()? {
+            Ok(conn) => conn,
+            Err(pool) => {
+                return conn(pool)?
+                    .query(&sql, &[&pg_text(call_id)])?
+                    .iter()
+                    .map(|row| {
+                        Ok(Feedback {
+                            call_id: row.try_get(0)?,
+                            line: usize::try_from(row.try_get::<_, i64>(1)?).unwrap_or(0),
+                            utterance: row.try_get(2)?,
+                            bot_intent: row.try_get(3)?,
+                            verdict: Verdict::from_stored(row.try_get(4)?),
+                            correct_intent: row.try_get(5)?,
+                            note: row.try_get(6)?,
+                            created_ms: u64::try_from(row.try_get::<_, i64>(7)?).unwrap_or(0),
+                        })
+                    })
+                    .collect();
+            }
+        };
+        // SQLite takes `$1` as a numbered parameter too.
+        let mut stmt = conn.prepare(&sql)?;
         let rows = stmt.query_map(params![call_id], |row| {
             let verdict: String = row.get(4)?;
             Ok(Feedback {
                 call_id: row.get(0)?,
-                line: row.get::<_, i64>(1)? as usize,
+                line: usize::try_from(row.get::<_, i64>(1)?).unwrap_or(0),
                 utterance: row.get(2)?,
                 bot_intent: row.get(3)?,
-                verdict: if verdict == "good" {
-                    Verdict::Good
-                } else {
-                    Verdict::Wrong
-                },
+                verdict: Verdict::from_stored(&verdict),
                 correct_intent: row.get(5)?,
                 note: row.get(6)?,
-                created_ms: row.get::<_, i64>(7)? as u64,
+                created_ms: u64::try_from(row.get::<_, i64>(7)?).unwrap_or(0),
             })
         })?;
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
@@ -153,21 +261,22 @@ impl FeedbackStore {
     /// New example utterances per intent: confirmed recognitions under the bot's intent, and
     /// corrected ones under the intent the agent gave; each utterance once per intent.
     pub fn examples(&self) -> Result<BTreeMap<String, Vec<String>>, FeedbackError> {
-        let conn = self.conn.lock().map_err(|_| FeedbackError::Poisoned)?;
-        let mut stmt = conn.prepare(
-            "SELECT CASE verdict WHEN 'good' THEN bot_intent ELSE correct_intent END AS intent,
-                    utterance
-             FROM agent_feedback
-             WHERE (verdict = 'good' AND bot_intent <> 'none')
-                OR (verdict = 'wrong' AND correct_intent IS NOT NULL AND correct_intent <> '')
-             ORDER BY id",
-        )?;
-        let rows = stmt.query_map([], |row| {
-            Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
-        })?;
+        let pairs: Vec<(String, String)> = match self.sqlite()? {
+            Ok(conn) => {
+                let mut stmt = conn.prepare(EXAMPLES)?;
+                let rows = stmt.query_map([], |row| {
+                    Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+                })?;
+                rows.collect::<Result<Vec<_>, _>>()?
+            }
+            Err(pool) => conn(pool)?
+                .query(EXAMPLES, &[])?
+                .iter()
+                .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+                .collect::<Result<Vec<_>, ::postgres::Error>>()?,
+        };
         let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for row in rows {
-            let (intent, utterance) = row?;
+        for (intent, utterance) in pairs {
             let list = out.entry(intent).or_default();
             if !list.contains(&utterance) {
                 list.push(utterance);
@@ -200,46 +309,131 @@ mod tests {
         }
     }
 
+    /// Says which backend a test failed on (printed after the panic message).
+    struct On(&'static str);
+
+    impl Drop for On {
+        fn drop(&mut self) {
+            if std::thread::panicking() {
+                eprintln!("(the failure above is on the {} backend)", self.0);
+            }
+        }
+    }
+
+    /// A store on a fresh PostgreSQL database, when PostgreSQL is installed.
+    fn postgres_store() -> Option<(String, FeedbackStore)> {
+        let url = crate::storage::throwaway::fresh_database()?;
+        let pool = crate::storage::postgres::connect(&url, 2).expect("connects");
+        Some((url, FeedbackStore::open_postgres(pool).expect("opens")))
+    }
+
+    /// The store on each backend: SQLite in memory, and PostgreSQL when it is installed.
+    fn backends() -> Vec<(&'static str, FeedbackStore)> {
+        let mut all = vec![("sqlite", FeedbackStore::in_memory().unwrap())];
+        if let Some((_, store)) = postgres_store() {
+            all.push(("postgres", store));
+        }
+        all
+    }
+
     #[test]
     fn feedback_becomes_examples_per_intent() {
-        let store = FeedbackStore::in_memory().unwrap();
-        store
-            .record(&fb(
-                1,
-                "my parcel is lost",
-                "order_status",
-                Verdict::Good,
-                None,
-            ))
-            .unwrap();
-        store
-            .record(&fb(
-                3,
-                "i want out of this contract",
-                "complaint",
+        for (backend, store) in backends() {
+            let _on = On(backend);
+            store
+                .record(&fb(
+                    1,
+                    "my parcel is lost",
+                    "order_status",
+                    Verdict::Good,
+                    None,
+                ))
+                .unwrap();
+            store
+                .record(&fb(
+                    3,
+                    "i want out of this contract",
+                    "complaint",
+                    Verdict::Wrong,
+                    Some("cancellation"),
+                ))
+                .unwrap();
+            // A wrong verdict without the right intent is kept but teaches nothing.
+            store
+                .record(&fb(5, "hmm", "greeting", Verdict::Wrong, None))
+                .unwrap();
+            store
+                .record(&fb(
+                    1,
+                    "my parcel is lost",
+                    "order_status",
+                    Verdict::Good,
+                    None,
+                ))
+                .unwrap();
+            let ex = store.examples().unwrap();
+            assert_eq!(ex["order_status"], ["my parcel is lost"]);
+            assert_eq!(ex["cancellation"], ["i want out of this contract"]);
+            assert!(!ex.contains_key("greeting"));
+            assert_eq!(store.for_call("c1").unwrap().len(), 4);
+            assert!(store.for_call("other").unwrap().is_empty());
+        }
+    }
+
+    #[test]
+    fn feedback_reads_back_as_given_in_order() {
+        for (backend, store) in backends() {
+            let _on = On(backend);
+            let mut first = fb(2, "cancel it", "cancellation", Verdict::Good, None);
+            first.note = Some("spot on".into());
+            first.created_ms = 1_795_844_701_857;
+            let second = fb(
+                4,
+                "the bill\0",
+                "billing",
                 Verdict::Wrong,
-                Some("cancellation"),
-            ))
-            .unwrap();
-        // A wrong verdict without the right intent is kept but teaches nothing.
-        store
-            .record(&fb(5, "hmm", "greeting", Verdict::Wrong, None))
-            .unwrap();
-        store
-            .record(&fb(
-                1,
-                "my parcel is lost",
-                "order_status",
-                Verdict::Good,
-                None,
-            ))
-            .unwrap();
-        let ex = store.examples().unwrap();
-        assert_eq!(ex["order_status"], ["my parcel is lost"]);
-        assert_eq!(ex["cancellation"], ["i want out of this contract"]);
-        assert!(!ex.contains_key("greeting"));
-        assert_eq!(store.for_call("c1").unwrap().len(), 4);
-        assert!(store.for_call("other").unwrap().is_empty());
+                Some("complaint"),
+            );
+            let a = store.record(&first).unwrap();
+            let b = store.record(&second).unwrap();
+            assert!(b > a, "ids grow: {a} then {b}");
+            let got = store.for_call("c1").unwrap();
+            assert_eq!(got[0], first);
+            assert_eq!((got[1].line, got[1].verdict), (4, Verdict::Wrong));
+            assert_eq!(got[1].correct_intent.as_deref(), Some("complaint"));
+            assert_eq!(store.examples().unwrap()["complaint"].len(), 1);
+        }
+    }
+
+    #[test]
+    fn gateways_sharing_a_database_share_the_feedback() {
+        let Some((url, one)) = postgres_store() else {
+            return;
+        };
+        let pool = crate::storage::postgres::connect(&url, 2).expect("connects");
+        let two = FeedbackStore::open_postgres(pool).expect("second gateway opens");
+        one.record(&fb(
+            1,
+            "where is my parcel",
+            "order_status",
+            Verdict::Good,
+            None,
+        ))
+        .unwrap();
+        two.record(&fb(
+            3,
+            "stop my plan",
+            "complaint",
+            Verdict::Wrong,
+            Some("cancellation"),
+        ))
+        .unwrap();
+        for store in [&one, &two] {
+            assert_eq!(store.for_call("c1").unwrap().len(), 2);
+            let ex = store.examples().unwrap();
+            assert_eq!(ex["order_status"], ["where is my parcel"]);
+            assert_eq!(ex["cancellation"], ["stop my plan"]);
+        }
     }
 
     #[test]

@@ -121,6 +121,8 @@ pub struct CallSetup {
     pub live: Arc<crate::observe::live::LiveCalls>,
     /// Where agent extensions' calls go (RFC 3263 lookups, shared so answers are cached).
     pub resolver: Arc<super::dns::SipResolver>,
+    /// This gateway's node name when a shared store is on: the call's record names it.
+    pub node: Option<Arc<str>>,
 }
 
 /// Work the task started for the control core; its result comes back as one of these.
@@ -173,6 +175,8 @@ struct CallTask {
     hub: Arc<crate::handover::hub::HandoverHub>,
     history: Option<Arc<crate::history::CallHistory>>,
     resolver: Arc<super::dns::SipResolver>,
+    /// This gateway's node name when a shared store is on.
+    node: Option<Arc<str>>,
     report_dir: Option<PathBuf>,
     started: Instant,
     started_wall: SystemTime,
@@ -287,6 +291,7 @@ impl CallTask {
             history,
             live,
             resolver,
+            node,
         } = setup;
         let started = Instant::now();
         let media_cfg = engines.config.media.clone();
@@ -362,6 +367,7 @@ impl CallTask {
             hub,
             history,
             resolver,
+            node,
             report_dir,
             started,
             started_wall: SystemTime::now(),
@@ -1213,6 +1219,7 @@ impl CallTask {
             pipeline_error,
             transfer,
             recording,
+            node: self.node.as_deref().map(str::to_string),
         };
         tracing::info!(
             ended_by = %record.ended_by,

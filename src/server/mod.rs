@@ -181,7 +181,8 @@ struct HttpSide {
     /// The admin API's token and where it came from.
     admin_token: String,
     admin_token_source: String,
-    /// The call history, when `[http] history_database` is set.
+    /// The call history: on the shared store when `[storage] url` is set, else in
+    /// `[http] history_database` when that is set.
     history: Option<Arc<CallHistory>>,
 }
 
@@ -414,6 +415,8 @@ impl Server {
         let trunks = trunks::Trunks::new(sip.trunks.clone(), Arc::clone(&trunk_board));
         let trunk_targets = trunks::resolve_targets(&sip.trunks).await;
         let mut history = None;
+        // Calls' records name the gateway that handled them when the gateways share a store.
+        let node: Option<Arc<str>> = self.storage.as_ref().map(|s| Arc::from(s.node.as_str()));
         let mut background = Vec::new();
         background.extend(recording::spawn_retention(&config.recording));
         if config.recording.enabled {
@@ -443,12 +446,28 @@ impl Server {
                 config.http.max_connections,
             )));
         }
+        if let (None, Some(shared)) = (&history, &self.storage) {
+            // No HTTP side here, but this gateway's calls still belong in the cluster's
+            // history, which the other gateways' admin APIs show.
+            let pool = shared.pool.clone();
+            let store = tokio::task::spawn_blocking(move || CallHistory::open_postgres(pool))
+                .await
+                .map_err(|e| ServeError::Config(format!("[storage]: {e}")))?
+                .map_err(|e| ServeError::Config(format!("call history on [storage]: {e}")))?;
+            let store = Arc::new(store);
+            background.extend(crate::observe::finished::spawn_retention(
+                Arc::clone(&store),
+                config.http.history_retention_days,
+            ));
+            history = Some(store);
+        }
         let journal = match open_journal(&sip.journal) {
             Some(journal) => {
                 let sinks = recover::Sinks {
                     report_dir: self.report_dir.as_deref(),
                     history: history.clone(),
                     deliverer: deliverer.clone(),
+                    node: node.as_deref(),
                 };
                 let n = recover::recover(Arc::clone(&journal), &mut endpoint, sinks).await;
                 if n > 0 {
@@ -485,6 +504,7 @@ impl Server {
             deliverer: deliverer.clone(),
             hub: self.hub,
             history,
+            node,
             live,
             readiness,
             trunks,
@@ -559,6 +579,8 @@ struct Signalling {
     hub: Arc<HandoverHub>,
     /// Where finished calls are stored for the admin API.
     history: Option<Arc<CallHistory>>,
+    /// This gateway's node name when a shared store is on (calls' records name it).
+    node: Option<Arc<str>>,
     /// Calls in progress, for the admin API.
     live: Arc<LiveCalls>,
     /// What `/readyz` reports.
@@ -1053,6 +1075,7 @@ impl Signalling {
                     control: control_rx,
                     hangup: self.inbound_tx.clone(),
                     resolver: Arc::clone(&self.resolver),
+                    node: self.node.clone(),
                 };
                 self.calls.insert(call.handle, control_tx);
                 self.endpoint.accept(call.handle, local, now);
@@ -1180,7 +1203,7 @@ async fn start_edge(
 
 async fn bind_http(
     config: &crate::web::HttpConfig,
-    _storage: Option<&crate::storage::Shared>,
+    storage: Option<&crate::storage::Shared>,
     hub: &Arc<HandoverHub>,
     webrtc: Option<crate::webrtc::EdgeHandle>,
     agents: Arc<crate::webrtc::agents::BrowserAgents>,
@@ -1201,8 +1224,6 @@ async fn bind_http(
     let (token, token_source) = config
         .resolve_token()
         .map_err(|e| ServeError::Config(format!("agent token: {e}")))?;
-    let feedback = FeedbackStore::open(&config.feedback_database)
-        .map_err(|e| ServeError::Config(format!("feedback store: {e}")))?;
     let (admin_token, admin_token_source) = config
         .resolve_admin_token()
         .map_err(|e| ServeError::Config(format!("admin token: {e}")))?;
@@ -1211,13 +1232,37 @@ async fn bind_http(
             "the admin token must differ from the agent token".into(),
         ));
     }
-    let history = if config.history_database.as_os_str().is_empty() {
-        None
-    } else {
-        let history = CallHistory::open(&config.history_database)
-            .map_err(|e| ServeError::Config(format!("call history: {e}")))?;
-        tracing::info!(database = %config.history_database.display(), "call history open");
-        Some(Arc::new(history))
+    let (feedback, history) = match storage {
+        // A cluster: every gateway writes its calls and its agents' feedback to the shared
+        // store, and any gateway's admin API shows all of them; the history is always on.
+        Some(shared) => {
+            let pool = shared.pool.clone();
+            let opened = tokio::task::spawn_blocking(move || {
+                let feedback = FeedbackStore::open_postgres(pool.clone())
+                    .map_err(|e| ServeError::Config(format!("feedback store on [storage]: {e}")))?;
+                let history = CallHistory::open_postgres(pool)
+                    .map_err(|e| ServeError::Config(format!("call history on [storage]: {e}")))?;
+                Ok::<_, ServeError>((feedback, history))
+            })
+            .await
+            .map_err(|e| ServeError::Config(format!("[storage]: {e}")))?;
+            let (feedback, history) = opened?;
+            tracing::info!(url = %shared.shown_url, node = %shared.node, "call history and agents' feedback on the shared store");
+            (feedback, Some(Arc::new(history)))
+        }
+        None => {
+            let feedback = FeedbackStore::open(&config.feedback_database)
+                .map_err(|e| ServeError::Config(format!("feedback store: {e}")))?;
+            let history = if config.history_database.as_os_str().is_empty() {
+                None
+            } else {
+                let history = CallHistory::open(&config.history_database)
+                    .map_err(|e| ServeError::Config(format!("call history: {e}")))?;
+                tracing::info!(database = %config.history_database.display(), "call history open");
+                Some(Arc::new(history))
+            };
+            (feedback, history)
+        }
     };
     let state = Arc::new(crate::web::WebState {
         hub: Arc::clone(hub),

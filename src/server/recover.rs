@@ -21,6 +21,8 @@ pub(super) struct Sinks<'a> {
     pub report_dir: Option<&'a Path>,
     pub history: Option<Arc<CallHistory>>,
     pub deliverer: Option<Arc<DelivererHandle>>,
+    /// This gateway's node name when a shared store is on (the record names it).
+    pub node: Option<&'a str>,
 }
 
 /// Closes every call left in `journal`; returns how many there were.
@@ -69,7 +71,10 @@ pub(super) fn final_record(call: &InterruptedCall) -> Value {
 }
 
 async fn close(call: &InterruptedCall, endpoint: &mut SipEndpoint, sinks: &Sinks<'_>) {
-    let record = final_record(call);
+    let mut record = final_record(call);
+    if let (Some(node), Some(fields)) = (sinks.node, record.as_object_mut()) {
+        fields.insert("node".into(), json!(node));
+    }
     let call_id = record["call_id"].as_str().unwrap_or(&call.id).to_string();
     tracing::warn!(id = %call.id, call_id = %escaped(&call_id), legs = call.legs.len(), escalated = call.context.is_some(),
         "call interrupted by the previous run: recording it and ending its legs");
