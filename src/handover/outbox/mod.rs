@@ -68,11 +68,13 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hmac::{Hmac, Mac};
-use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use tokio::sync::{oneshot, Notify};
 use tokio::task::JoinHandle;
+
+mod postgres;
+mod sqlite;
 
 /// The `schema` field of every envelope.
 pub const SCHEMA: &str = "voicebot.webhook.v1";
@@ -97,6 +99,13 @@ const BATCH: usize = 32;
 const MAX_IDLE_MS: u64 = 1_000;
 /// Longest error text stored per event.
 const MAX_ERROR_CHARS: usize = 500;
+/// A claim on PostgreSQL lasts this many webhook timeouts ([`lease_for`]).
+pub const LEASE_TIMEOUTS: u64 = 5;
+/// The shortest claim on PostgreSQL, in milliseconds ([`lease_for`]).
+pub const MIN_LEASE_MS: u64 = 5_000;
+/// Time kept in hand beyond one `timeout_ms` before a claimed event is posted: the POST's
+/// bookkeeping must land while the lease still runs.
+const LEASE_MARGIN_MS: u64 = 1_000;
 
 /// `[handover.webhook]`: where hand-over events are posted and how they are retried.
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
@@ -241,6 +250,8 @@ impl WebhookConfig {
 pub enum OutboxError {
     #[error("webhook outbox database: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    #[error("webhook outbox on the shared store: {0}")]
+    Postgres(#[from] crate::storage::postgres::PgError),
     #[error("cannot create the directory of {path}: {source}")]
     CreateDir {
         path: PathBuf,
@@ -315,6 +326,10 @@ pub struct EventStatus {
     pub delivered_ms: Option<u64>,
     /// The reason of the latest failed attempt, kept after a later success.
     pub last_error: Option<String>,
+    /// The gateway (node) that last claimed it for delivery (on PostgreSQL; absent on SQLite,
+    /// where the one gateway delivers everything).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub claimed_by: Option<String>,
 }
 
 /// An event given up after its last allowed attempt (a dead letter), for the admin API.
@@ -342,91 +357,82 @@ pub enum Failure {
     Dead { attempt: u32 },
 }
 
-/// The schema, one entry per version: entry `i` brings a database from version `i` to `i + 1`
-/// (`PRAGMA user_version`). Append; never edit a released entry.
-const MIGRATIONS: &[&str] = &[
-    "CREATE TABLE webhook_outbox (
-         id INTEGER PRIMARY KEY,
-         event_id TEXT NOT NULL UNIQUE,
-         call_id TEXT NOT NULL,
-         kind TEXT NOT NULL,
-         body TEXT NOT NULL,
-         created_ms INTEGER NOT NULL,
-         attempts INTEGER NOT NULL DEFAULT 0,
-         next_attempt_ms INTEGER NOT NULL,
-         delivered_ms INTEGER NULL,
-         dead_ms INTEGER NULL,
-         last_error TEXT NULL
-     );
-     CREATE INDEX webhook_outbox_pending_by_call ON webhook_outbox (call_id, id)
-         WHERE delivered_ms IS NULL AND dead_ms IS NULL;
-     CREATE INDEX webhook_outbox_by_call ON webhook_outbox (call_id);",
-    // Dead letters are listed by the admin API, newest first.
-    "CREATE INDEX webhook_outbox_dead ON webhook_outbox (dead_ms) WHERE dead_ms IS NOT NULL;",
-];
-
-/// Pending: neither delivered nor given up.
-const PENDING: &str = "delivered_ms IS NULL AND dead_ms IS NULL";
-
-/// The durable queue of webhook events, in one SQLite database.
+/// The durable queue of webhook events: one SQLite file (a single gateway, the default) or the
+/// cluster's shared PostgreSQL database (`[storage] url`; every gateway delivers, see
+/// [`postgres`]). Same methods, same behaviour; only `due` differs in that on PostgreSQL it
+/// also claims what it returns for this gateway.
+#[derive(Debug)]
 pub struct Outbox {
-    conn: Mutex<Connection>,
-    path: Option<PathBuf>,
+    backend: Backend,
 }
 
-impl fmt::Debug for Outbox {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Outbox")
-            .field("path", &self.path)
-            .finish_non_exhaustive()
-    }
+#[derive(Debug)]
+enum Backend {
+    Sqlite(sqlite::SqliteOutbox),
+    Postgres(postgres::PgOutbox),
 }
 
-impl From<crate::storage::sqlite::StoreError> for OutboxError {
-    fn from(e: crate::storage::sqlite::StoreError) -> Self {
-        use crate::storage::sqlite::StoreError;
-        match e {
-            StoreError::CreateDir { path, source } => OutboxError::CreateDir { path, source },
-            StoreError::Sqlite(e) => OutboxError::Sqlite(e),
-            StoreError::NewerSchema { found, known } => OutboxError::SchemaTooNew {
-                found,
-                supported: known,
-            },
+/// Dispatches a method call to the backend in use.
+macro_rules! on_backend {
+    ($self:ident, $store:ident => $call:expr) => {
+        match &$self.backend {
+            Backend::Sqlite($store) => $call,
+            Backend::Postgres($store) => $call,
         }
-    }
+    };
 }
 
 impl Outbox {
-    /// Opens (or creates, with its directory) the database at `path` and brings its schema up
-    /// to date.
+    /// Opens (or creates, with its directory) the SQLite database at `path` and brings its
+    /// schema up to date.
     pub fn open(path: &Path) -> Result<Outbox, OutboxError> {
-        let mut conn = crate::storage::sqlite::open(path)?;
-        migrate(&mut conn)?;
         Ok(Outbox {
-            conn: Mutex::new(conn),
-            path: Some(path.to_path_buf()),
+            backend: Backend::Sqlite(sqlite::SqliteOutbox::open(path)?),
         })
     }
 
     /// A throw-away outbox in memory (tests, dry runs).
     pub fn in_memory() -> Result<Outbox, OutboxError> {
-        let mut conn = Connection::open_in_memory()?;
-        migrate(&mut conn)?;
         Ok(Outbox {
-            conn: Mutex::new(conn),
-            path: None,
+            backend: Backend::Sqlite(sqlite::SqliteOutbox::in_memory()?),
         })
     }
 
-    /// The database file (`None` in memory).
-    pub fn path(&self) -> Option<&Path> {
-        self.path.as_deref()
+    /// The outbox on the cluster's shared PostgreSQL database (its `webhook_outbox` table,
+    /// migrated to the latest schema), delivered from by gateway `node`, whose claims last
+    /// `lease` ([`lease_for`] of the webhook config). Blocking: call it off the async runtime.
+    pub fn open_postgres(
+        pool: crate::storage::postgres::PgPool,
+        node: &str,
+        lease: Duration,
+    ) -> Result<Outbox, OutboxError> {
+        Ok(Outbox {
+            backend: Backend::Postgres(postgres::PgOutbox::open(pool, node, lease)?),
+        })
     }
 
-    fn conn(&self) -> MutexGuard<'_, Connection> {
-        // A panic while the lock was held cannot leave the database half-written (an open
-        // transaction rolls back when dropped), so a poisoned lock is still usable.
-        self.conn.lock().unwrap_or_else(PoisonError::into_inner)
+    /// The SQLite database file (`None` in memory and on PostgreSQL).
+    pub fn path(&self) -> Option<&Path> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.path(),
+            Backend::Postgres(_) => None,
+        }
+    }
+
+    /// The node this outbox claims events as (`None` on SQLite: nothing is shared).
+    pub fn node(&self) -> Option<&str> {
+        match &self.backend {
+            Backend::Sqlite(_) => None,
+            Backend::Postgres(p) => Some(p.node()),
+        }
+    }
+
+    /// How long a claim made by [`Outbox::due`] lasts (`None` on SQLite: no claims).
+    pub fn lease(&self) -> Option<Duration> {
+        match &self.backend {
+            Backend::Sqlite(_) => None,
+            Backend::Postgres(p) => Some(p.lease()),
+        }
     }
 
     /// Stores an event, due at once, and returns its id (the idempotency key). Call
@@ -439,82 +445,43 @@ impl Outbox {
         data: serde_json::Value,
         now_ms: u64,
     ) -> Result<String, OutboxError> {
-        let event_id = new_event_id();
-        let body = serde_json::to_string(&serde_json::json!({
-            "schema": SCHEMA,
-            "event_id": event_id,
-            "kind": kind,
-            "call_id": call_id,
-            "created_at_ms": now_ms,
-            "data": data,
-        }))?;
-        self.conn().execute(
-            "INSERT INTO webhook_outbox
-                 (event_id, call_id, kind, body, created_ms, attempts, next_attempt_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, 0, ?5)",
-            params![event_id, call_id, kind, body, to_sql(now_ms)],
-        )?;
-        Ok(event_id)
+        on_backend!(self, s => s.enqueue(call_id, kind, data, now_ms))
     }
 
     /// Up to `limit` events to send now, oldest first: for each call, only its oldest pending
-    /// event, and only when its next attempt is due (`next_attempt_ms <= now_ms`).
+    /// event, and only when its next attempt is due (`next_attempt_ms <= now_ms`). On
+    /// PostgreSQL, only events not leased by another live gateway, and the events returned
+    /// are claimed for this node for [`Outbox::lease`] (this node may take them again at once).
     pub fn due(&self, now_ms: u64, limit: usize) -> Result<Vec<PendingEvent>, OutboxError> {
-        let conn = self.conn();
-        let mut statement = conn.prepare_cached(&format!(
-            "SELECT id, event_id, call_id, kind, body, created_ms, attempts
-             FROM webhook_outbox
-             WHERE id IN (SELECT MIN(id) FROM webhook_outbox WHERE {PENDING} GROUP BY call_id)
-               AND next_attempt_ms <= ?1
-             ORDER BY id
-             LIMIT ?2"
-        ))?;
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let rows = statement.query_map(params![to_sql(now_ms), limit], |row| {
-            Ok(PendingEvent {
-                id: row.get(0)?,
-                event_id: row.get(1)?,
-                call_id: row.get(2)?,
-                kind: row.get(3)?,
-                body: row.get(4)?,
-                created_ms: from_sql(row.get(5)?),
-                attempts: attempts_from_sql(row.get(6)?),
-            })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        on_backend!(self, s => s.due(now_ms, limit))
+    }
+
+    /// Gives back the claims on events taken with [`Outbox::due`] that this gateway will not
+    /// post now (it stops, or its lease runs short), so any gateway may take them at once.
+    /// Nothing to do on SQLite.
+    pub fn release(&self, ids: &[i64]) -> Result<(), OutboxError> {
+        match &self.backend {
+            Backend::Sqlite(_) => Ok(()),
+            Backend::Postgres(p) => p.release(ids),
+        }
     }
 
     /// When the next event becomes due (the earliest next attempt among the oldest pending
-    /// event of each call); `None`: nothing pending.
+    /// event of each call; on PostgreSQL among those not leased by another gateway); `None`:
+    /// nothing pending.
     pub fn next_due_ms(&self) -> Result<Option<u64>, OutboxError> {
-        let next: Option<i64> = self.conn().query_row(
-            &format!(
-                "SELECT MIN(next_attempt_ms) FROM webhook_outbox
-                 WHERE id IN (SELECT MIN(id) FROM webhook_outbox WHERE {PENDING} GROUP BY call_id)"
-            ),
-            [],
-            |row| row.get(0),
-        )?;
-        Ok(next.map(from_sql))
+        on_backend!(self, s => s.next_due_ms())
     }
 
-    /// Records a 2xx answer to event `id`.
+    /// Records a 2xx answer to event `id` (on PostgreSQL, also ends its lease).
     pub fn mark_delivered(&self, id: i64, now_ms: u64) -> Result<(), OutboxError> {
-        let changed = self.conn().execute(
-            &format!(
-                "UPDATE webhook_outbox SET delivered_ms = ?2, attempts = attempts + 1
-                 WHERE id = ?1 AND {PENDING}"
-            ),
-            params![id, to_sql(now_ms)],
-        )?;
-        if changed == 0 {
-            return Err(OutboxError::NotPending(id));
-        }
-        Ok(())
+        on_backend!(self, s => s.mark_delivered(id, now_ms))
     }
 
     /// Records a failed attempt at event `id`: schedules the next one with exponential backoff
-    /// and jitter, or gives the event up after `config.max_attempts` attempts (when > 0).
+    /// and jitter, or gives the event up after `config.max_attempts` attempts (when > 0). On
+    /// PostgreSQL it also ends the lease; an event another gateway has claimed since (this
+    /// one's lease ran out) is [`OutboxError::NotPending`] here.
     pub fn mark_failed(
         &self,
         id: i64,
@@ -522,117 +489,23 @@ impl Outbox {
         now_ms: u64,
         config: &WebhookConfig,
     ) -> Result<Failure, OutboxError> {
-        let error: String = error.chars().take(MAX_ERROR_CHARS).collect();
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        let Some((event_id, call_id, kind, attempts)) = tx
-            .query_row(
-                &format!(
-                    "SELECT event_id, call_id, kind, attempts FROM webhook_outbox
-                     WHERE id = ?1 AND {PENDING}"
-                ),
-                [id],
-                |row| {
-                    Ok((
-                        row.get::<_, String>(0)?,
-                        row.get::<_, String>(1)?,
-                        row.get::<_, String>(2)?,
-                        attempts_from_sql(row.get(3)?),
-                    ))
-                },
-            )
-            .optional()?
-        else {
-            return Err(OutboxError::NotPending(id));
-        };
-        let attempt = attempts.saturating_add(1);
-        let outcome = if config.max_attempts > 0 && attempt >= config.max_attempts {
-            tx.execute(
-                "UPDATE webhook_outbox SET attempts = ?2, dead_ms = ?3, last_error = ?4
-                 WHERE id = ?1",
-                params![id, attempt, to_sql(now_ms), error],
-            )?;
-            Failure::Dead { attempt }
-        } else {
-            let retry_in_ms = backoff_ms(
-                attempt,
-                config.initial_backoff_ms,
-                config.max_backoff_ms,
-                rand::random::<f64>(),
-            );
-            tx.execute(
-                "UPDATE webhook_outbox SET attempts = ?2, next_attempt_ms = ?3, last_error = ?4
-                 WHERE id = ?1",
-                params![
-                    id,
-                    attempt,
-                    to_sql(now_ms.saturating_add(retry_in_ms)),
-                    error
-                ],
-            )?;
-            Failure::Retry {
-                attempt,
-                retry_in_ms,
-            }
-        };
-        tx.commit()?;
-        if let Failure::Dead { attempt } = outcome {
-            tracing::error!(
-                event_id = %event_id,
-                call_id = %call_id,
-                kind = %kind,
-                attempts = attempt,
-                reason = %error,
-                "webhook event given up after its last allowed attempt"
-            );
-        }
-        Ok(outcome)
+        on_backend!(self, s => s.mark_failed(id, error, now_ms, config))
     }
 
-    /// Events not yet delivered nor given up (the outbox depth, for metrics).
+    /// Events not yet delivered nor given up (the outbox depth, for metrics; on PostgreSQL,
+    /// the whole cluster's).
     pub fn pending_count(&self) -> Result<u64, OutboxError> {
-        let count: i64 = self.conn().query_row(
-            &format!("SELECT COUNT(*) FROM webhook_outbox WHERE {PENDING}"),
-            [],
-            |row| row.get(0),
-        )?;
-        Ok(from_sql(count))
+        on_backend!(self, s => s.pending_count())
     }
 
     /// Events given up (dead letters), also those not yet pruned.
     pub fn dead_count(&self) -> Result<u64, OutboxError> {
-        let count: i64 = self.conn().query_row(
-            "SELECT COUNT(*) FROM webhook_outbox
-             WHERE dead_ms IS NOT NULL AND delivered_ms IS NULL",
-            [],
-            |row| row.get(0),
-        )?;
-        Ok(from_sql(count))
+        on_backend!(self, s => s.dead_count())
     }
 
     /// Up to `limit` dead letters, the most recently given up first.
     pub fn dead_events(&self, limit: usize) -> Result<Vec<DeadEvent>, OutboxError> {
-        let conn = self.conn();
-        let mut statement = conn.prepare_cached(
-            "SELECT event_id, call_id, kind, created_ms, dead_ms, attempts, last_error
-             FROM webhook_outbox
-             WHERE dead_ms IS NOT NULL AND delivered_ms IS NULL
-             ORDER BY dead_ms DESC, id DESC
-             LIMIT ?1",
-        )?;
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let rows = statement.query_map([limit], |row| {
-            Ok(DeadEvent {
-                event_id: row.get(0)?,
-                call_id: row.get(1)?,
-                kind: row.get(2)?,
-                created_ms: from_sql(row.get(3)?),
-                dead_ms: from_sql(row.get(4)?),
-                attempts: attempts_from_sql(row.get(5)?),
-                last_error: row.get(6)?,
-            })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        on_backend!(self, s => s.dead_events(limit))
     }
 
     /// Requeues dead letter `event_id` (an admin fixed the receiver): pending again, due at
@@ -640,84 +513,52 @@ impl Outbox {
     /// its last error is kept until the next attempt. It goes before its call's events still
     /// pending (it is older), after those already delivered.
     pub fn retry_dead(&self, event_id: &str, now_ms: u64) -> Result<(), OutboxError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        let changed = tx.execute(
-            "UPDATE webhook_outbox SET dead_ms = NULL, attempts = 0, next_attempt_ms = ?2
-             WHERE event_id = ?1 AND dead_ms IS NOT NULL AND delivered_ms IS NULL",
-            params![event_id, to_sql(now_ms)],
-        )?;
-        if changed == 0 {
-            let delivered: Option<Option<i64>> = tx
-                .query_row(
-                    "SELECT delivered_ms FROM webhook_outbox WHERE event_id = ?1",
-                    [event_id],
-                    |row| row.get(0),
-                )
-                .optional()?;
-            return Err(match delivered {
-                None => OutboxError::UnknownEvent(event_id.to_string()),
-                Some(delivered) => OutboxError::NotDead {
-                    event_id: event_id.to_string(),
-                    state: if delivered.is_some() {
-                        EventState::Delivered
-                    } else {
-                        EventState::Pending
-                    },
-                },
-            });
-        }
-        tx.commit()?;
-        tracing::info!(event_id = %event_id, "dead webhook event requeued");
-        Ok(())
+        on_backend!(self, s => s.retry_dead(event_id, now_ms))
     }
 
     /// Every event of a call, in creation order, with its delivery state.
     pub fn events_for_call(&self, call_id: &str) -> Result<Vec<EventStatus>, OutboxError> {
-        let conn = self.conn();
-        let mut statement = conn.prepare_cached(
-            "SELECT event_id, kind, created_ms, attempts, next_attempt_ms, delivered_ms,
-                    dead_ms, last_error
-             FROM webhook_outbox WHERE call_id = ?1 ORDER BY id",
-        )?;
-        let rows = statement.query_map([call_id], |row| {
-            let delivered_ms: Option<i64> = row.get(5)?;
-            let dead_ms: Option<i64> = row.get(6)?;
-            let state = match (delivered_ms, dead_ms) {
-                (Some(_), _) => EventState::Delivered,
-                (None, Some(_)) => EventState::Dead,
-                (None, None) => EventState::Pending,
-            };
-            Ok(EventStatus {
-                event_id: row.get(0)?,
-                kind: row.get(1)?,
-                state,
-                created_ms: from_sql(row.get(2)?),
-                attempts: attempts_from_sql(row.get(3)?),
-                next_attempt_ms: from_sql(row.get(4)?),
-                delivered_ms: delivered_ms.map(from_sql),
-                last_error: row.get(7)?,
-            })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        on_backend!(self, s => s.events_for_call(call_id))
     }
 
     /// Deletes delivered and dead events created before `before_ms`; returns how many. Pending
     /// events are never deleted.
     pub fn prune(&self, before_ms: u64) -> Result<usize, OutboxError> {
-        Ok(self.conn().execute(
-            &format!("DELETE FROM webhook_outbox WHERE NOT ({PENDING}) AND created_ms < ?1"),
-            [to_sql(before_ms)],
-        )?)
+        on_backend!(self, s => s.prune(before_ms))
     }
 }
 
-fn migrate(conn: &mut Connection) -> Result<(), OutboxError> {
-    Ok(crate::storage::sqlite::migrate(
-        conn,
-        MIGRATIONS,
-        "webhook outbox",
-    )?)
+/// How long a gateway's claim on an event lasts on PostgreSQL: [`LEASE_TIMEOUTS`] times the
+/// webhook's `timeout_ms` (one POST's deadline), at least [`MIN_LEASE_MS`]. Long enough that
+/// a claimed event is posted well within it (the deliverer posts one only while its lease has
+/// a whole `timeout_ms` and a margin left), short enough that the events held by a gateway
+/// that died are taken over by another within seconds (10 s with the default 2 s timeout).
+pub fn lease_for(config: &WebhookConfig) -> Duration {
+    Duration::from_millis(
+        config
+            .timeout_ms
+            .saturating_mul(LEASE_TIMEOUTS)
+            .max(MIN_LEASE_MS),
+    )
+}
+
+/// The envelope of a new event: its fresh id and the exact JSON body sent on every attempt.
+fn envelope(
+    call_id: &str,
+    kind: &str,
+    data: serde_json::Value,
+    now_ms: u64,
+) -> Result<(String, String), OutboxError> {
+    let event_id = new_event_id();
+    let body = serde_json::to_string(&serde_json::json!({
+        "schema": SCHEMA,
+        "event_id": event_id,
+        "kind": kind,
+        "call_id": call_id,
+        "created_at_ms": now_ms,
+        "data": data,
+    }))?;
+    Ok((event_id, body))
 }
 
 /// A fresh random 128-bit event id, as 32 lowercase hex digits.
@@ -1159,16 +1000,35 @@ fn deliver_round(
     stop: &AtomicBool,
     waiters: &DeliveryWaiters,
 ) -> Result<u64, OutboxError> {
-    for event in outbox.due(now_unix_ms(), BATCH)? {
-        if stop.load(Ordering::Acquire) {
+    // On PostgreSQL the events are claimed for `outbox.lease()` from (at the latest) now; an
+    // event is posted only while the claim still covers its whole POST and the bookkeeping.
+    let claimed_at = Instant::now();
+    let posting_time = Duration::from_millis(config.timeout_ms.saturating_add(LEASE_MARGIN_MS));
+    let events = outbox.due(now_unix_ms(), BATCH)?;
+    for (index, event) in events.iter().enumerate() {
+        let lease_short = outbox
+            .lease()
+            .is_some_and(|lease| index > 0 && claimed_at.elapsed() + posting_time > lease);
+        if stop.load(Ordering::Acquire) || lease_short {
+            // Give the rest back: any gateway (this one in its next round) takes them again.
+            let rest: Vec<i64> = events[index..].iter().map(|e| e.id).collect();
+            outbox.release(&rest)?;
             return Ok(0);
         }
         let started = Instant::now();
-        let result = deliverer.post(&event, now_unix_ms() / 1000);
+        let result = deliverer.post(event, now_unix_ms() / 1000);
         let elapsed_ms = started.elapsed().as_millis();
         match result {
             Ok(status) => {
-                outbox.mark_delivered(event.id, now_unix_ms())?;
+                match outbox.mark_delivered(event.id, now_unix_ms()) {
+                    Ok(()) => {}
+                    // Another gateway took it over (this one's lease ran out) and recorded
+                    // it first: delivered all the same.
+                    Err(OutboxError::NotPending(_)) if outbox.lease().is_some() => {
+                        tracing::warn!(event_id = %event.event_id, "webhook event delivered twice: another gateway took it over after this one's lease ran out")
+                    }
+                    Err(e) => return Err(e),
+                }
                 waiters.delivered(&event.event_id);
                 tracing::info!(
                     event_id = %event.event_id,
@@ -1182,11 +1042,11 @@ fn deliver_round(
             }
             Err(e) => {
                 let reason = e.to_string();
-                match outbox.mark_failed(event.id, &reason, now_unix_ms(), config)? {
-                    Failure::Retry {
+                match outbox.mark_failed(event.id, &reason, now_unix_ms(), config) {
+                    Ok(Failure::Retry {
                         attempt,
                         retry_in_ms,
-                    } => tracing::warn!(
+                    }) => tracing::warn!(
                         event_id = %event.event_id,
                         call_id = %event.call_id,
                         kind = %event.kind,
@@ -1197,7 +1057,13 @@ fn deliver_round(
                         "webhook attempt failed"
                     ),
                     // Logged (once) as an error by mark_failed.
-                    Failure::Dead { .. } => waiters.gave_up(&event.event_id),
+                    Ok(Failure::Dead { .. }) => waiters.gave_up(&event.event_id),
+                    // Another gateway holds it now (this one's lease ran out): its attempt
+                    // counts, not this one.
+                    Err(OutboxError::NotPending(_)) if outbox.lease().is_some() => {
+                        tracing::warn!(event_id = %event.event_id, reason = %reason, "webhook attempt failed after another gateway took the event over")
+                    }
+                    Err(e) => return Err(e),
                 }
             }
         }
