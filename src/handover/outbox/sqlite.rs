@@ -14,7 +14,7 @@ use super::{
 
 /// The schema, one entry per version: entry `i` brings a database from version `i` to `i + 1`
 /// (`PRAGMA user_version`). Append; never edit a released entry.
-const MIGRATIONS: &[&str] = &[
+pub(super) const MIGRATIONS: &[&str] = &[
     "CREATE TABLE webhook_outbox (
          id INTEGER PRIMARY KEY,
          event_id TEXT NOT NULL UNIQUE,
