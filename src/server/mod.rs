@@ -399,10 +399,33 @@ impl Server {
         // Hand-over events go to the webhook through the durable outbox; events left from a
         // previous run are delivered too.
         let webhook = &config.handover.webhook;
+        // With a shared store the outbox is the cluster's (PostgreSQL; `database` is not used)
+        // and every gateway delivers from it, so a dead gateway's events are delivered by a
+        // survivor once its claims' lease runs out.
         let deliverer = if webhook.enabled() {
-            let outbox = Outbox::open(&webhook.database)
-                .map_err(|e| ServeError::Config(format!("webhook outbox: {e}")))?;
-            tracing::info!(url = %webhook.url, database = %webhook.database.display(), "webhook outbox open");
+            let outbox = match &self.storage {
+                Some(shared) => {
+                    let (pool, node, lease) = (
+                        shared.pool.clone(),
+                        shared.node.clone(),
+                        crate::handover::outbox::lease_for(webhook),
+                    );
+                    let outbox = tokio::task::spawn_blocking(move || {
+                        Outbox::open_postgres(pool, &node, lease)
+                    })
+                    .await
+                    .map_err(|e| ServeError::Config(format!("webhook outbox: {e}")))?
+                    .map_err(|e| ServeError::Config(format!("webhook outbox: {e}")))?;
+                    tracing::info!(url = %webhook.url, store = %shared.shown_url, node = %shared.node, lease_ms = lease.as_millis(), "webhook outbox open on the shared store");
+                    outbox
+                }
+                None => {
+                    let outbox = Outbox::open(&webhook.database)
+                        .map_err(|e| ServeError::Config(format!("webhook outbox: {e}")))?;
+                    tracing::info!(url = %webhook.url, database = %webhook.database.display(), "webhook outbox open");
+                    outbox
+                }
+            };
             Some(Arc::new(spawn_deliverer(Arc::new(outbox), webhook.clone())))
         } else {
             None

@@ -68,11 +68,13 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hmac::{Hmac, Mac};
-use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use tokio::sync::{oneshot, Notify};
 use tokio::task::JoinHandle;
+
+mod postgres;
+mod sqlite;
 
 /// The `schema` field of every envelope.
 pub const SCHEMA: &str = "voicebot.webhook.v1";
@@ -97,6 +99,13 @@ const BATCH: usize = 32;
 const MAX_IDLE_MS: u64 = 1_000;
 /// Longest error text stored per event.
 const MAX_ERROR_CHARS: usize = 500;
+/// A claim on PostgreSQL lasts this many webhook timeouts ([`lease_for`]).
+pub const LEASE_TIMEOUTS: u64 = 5;
+/// The shortest claim on PostgreSQL, in milliseconds ([`lease_for`]).
+pub const MIN_LEASE_MS: u64 = 5_000;
+/// Time kept in hand beyond one `timeout_ms` before a claimed event is posted: the POST's
+/// bookkeeping must land while the lease still runs.
+const LEASE_MARGIN_MS: u64 = 1_000;
 
 /// `[handover.webhook]`: where hand-over events are posted and how they are retried.
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
@@ -241,6 +250,8 @@ impl WebhookConfig {
 pub enum OutboxError {
     #[error("webhook outbox database: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    #[error("webhook outbox on the shared store: {0}")]
+    Postgres(#[from] crate::storage::postgres::PgError),
     #[error("cannot create the directory of {path}: {source}")]
     CreateDir {
         path: PathBuf,
@@ -315,6 +326,10 @@ pub struct EventStatus {
     pub delivered_ms: Option<u64>,
     /// The reason of the latest failed attempt, kept after a later success.
     pub last_error: Option<String>,
+    /// The gateway (node) that last claimed it for delivery (on PostgreSQL; absent on SQLite,
+    /// where the one gateway delivers everything).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub claimed_by: Option<String>,
 }
 
 /// An event given up after its last allowed attempt (a dead letter), for the admin API.
@@ -342,91 +357,82 @@ pub enum Failure {
     Dead { attempt: u32 },
 }
 
-/// The schema, one entry per version: entry `i` brings a database from version `i` to `i + 1`
-/// (`PRAGMA user_version`). Append; never edit a released entry.
-const MIGRATIONS: &[&str] = &[
-    "CREATE TABLE webhook_outbox (
-         id INTEGER PRIMARY KEY,
-         event_id TEXT NOT NULL UNIQUE,
-         call_id TEXT NOT NULL,
-         kind TEXT NOT NULL,
-         body TEXT NOT NULL,
-         created_ms INTEGER NOT NULL,
-         attempts INTEGER NOT NULL DEFAULT 0,
-         next_attempt_ms INTEGER NOT NULL,
-         delivered_ms INTEGER NULL,
-         dead_ms INTEGER NULL,
-         last_error TEXT NULL
-     );
-     CREATE INDEX webhook_outbox_pending_by_call ON webhook_outbox (call_id, id)
-         WHERE delivered_ms IS NULL AND dead_ms IS NULL;
-     CREATE INDEX webhook_outbox_by_call ON webhook_outbox (call_id);",
-    // Dead letters are listed by the admin API, newest first.
-    "CREATE INDEX webhook_outbox_dead ON webhook_outbox (dead_ms) WHERE dead_ms IS NOT NULL;",
-];
-
-/// Pending: neither delivered nor given up.
-const PENDING: &str = "delivered_ms IS NULL AND dead_ms IS NULL";
-
-/// The durable queue of webhook events, in one SQLite database.
+/// The durable queue of webhook events: one SQLite file (a single gateway, the default) or the
+/// cluster's shared PostgreSQL database (`[storage] url`; every gateway delivers, see
+/// [`postgres`]). Same methods, same behaviour; only `due` differs in that on PostgreSQL it
+/// also claims what it returns for this gateway.
+#[derive(Debug)]
 pub struct Outbox {
-    conn: Mutex<Connection>,
-    path: Option<PathBuf>,
+    backend: Backend,
 }
 
-impl fmt::Debug for Outbox {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Outbox")
-            .field("path", &self.path)
-            .finish_non_exhaustive()
-    }
+#[derive(Debug)]
+enum Backend {
+    Sqlite(sqlite::SqliteOutbox),
+    Postgres(postgres::PgOutbox),
 }
 
-impl From<crate::storage::sqlite::StoreError> for OutboxError {
-    fn from(e: crate::storage::sqlite::StoreError) -> Self {
-        use crate::storage::sqlite::StoreError;
-        match e {
-            StoreError::CreateDir { path, source } => OutboxError::CreateDir { path, source },
-            StoreError::Sqlite(e) => OutboxError::Sqlite(e),
-            StoreError::NewerSchema { found, known } => OutboxError::SchemaTooNew {
-                found,
-                supported: known,
-            },
+/// Dispatches a method call to the backend in use.
+macro_rules! on_backend {
+    ($self:ident, $store:ident => $call:expr) => {
+        match &$self.backend {
+            Backend::Sqlite($store) => $call,
+            Backend::Postgres($store) => $call,
         }
-    }
+    };
 }
 
 impl Outbox {
-    /// Opens (or creates, with its directory) the database at `path` and brings its schema up
-    /// to date.
+    /// Opens (or creates, with its directory) the SQLite database at `path` and brings its
+    /// schema up to date.
     pub fn open(path: &Path) -> Result<Outbox, OutboxError> {
-        let mut conn = crate::storage::sqlite::open(path)?;
-        migrate(&mut conn)?;
         Ok(Outbox {
-            conn: Mutex::new(conn),
-            path: Some(path.to_path_buf()),
+            backend: Backend::Sqlite(sqlite::SqliteOutbox::open(path)?),
         })
     }
 
     /// A throw-away outbox in memory (tests, dry runs).
     pub fn in_memory() -> Result<Outbox, OutboxError> {
-        let mut conn = Connection::open_in_memory()?;
-        migrate(&mut conn)?;
         Ok(Outbox {
-            conn: Mutex::new(conn),
-            path: None,
+            backend: Backend::Sqlite(sqlite::SqliteOutbox::in_memory()?),
         })
     }
 
-    /// The database file (`None` in memory).
-    pub fn path(&self) -> Option<&Path> {
-        self.path.as_deref()
+    /// The outbox on the cluster's shared PostgreSQL database (its `webhook_outbox` table,
+    /// migrated to the latest schema), delivered from by gateway `node`, whose claims last
+    /// `lease` ([`lease_for`] of the webhook config). Blocking: call it off the async runtime.
+    pub fn open_postgres(
+        pool: crate::storage::postgres::PgPool,
+        node: &str,
+        lease: Duration,
+    ) -> Result<Outbox, OutboxError> {
+        Ok(Outbox {
+            backend: Backend::Postgres(postgres::PgOutbox::open(pool, node, lease)?),
+        })
     }
 
-    fn conn(&self) -> MutexGuard<'_, Connection> {
-        // A panic while the lock was held cannot leave the database half-written (an open
-        // transaction rolls back when dropped), so a poisoned lock is still usable.
-        self.conn.lock().unwrap_or_else(PoisonError::into_inner)
+    /// The SQLite database file (`None` in memory and on PostgreSQL).
+    pub fn path(&self) -> Option<&Path> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.path(),
+            Backend::Postgres(_) => None,
+        }
+    }
+
+    /// The node this outbox claims events as (`None` on SQLite: nothing is shared).
+    pub fn node(&self) -> Option<&str> {
+        match &self.backend {
+            Backend::Sqlite(_) => None,
+            Backend::Postgres(p) => Some(p.node()),
+        }
+    }
+
+    /// How long a claim made by [`Outbox::due`] lasts (`None` on SQLite: no claims).
+    pub fn lease(&self) -> Option<Duration> {
+        match &self.backend {
+            Backend::Sqlite(_) => None,
+            Backend::Postgres(p) => Some(p.lease()),
+        }
     }
 
     /// Stores an event, due at once, and returns its id (the idempotency key). Call
@@ -439,82 +445,43 @@ impl Outbox {
         data: serde_json::Value,
         now_ms: u64,
     ) -> Result<String, OutboxError> {
-        let event_id = new_event_id();
-        let body = serde_json::to_string(&serde_json::json!({
-            "schema": SCHEMA,
-            "event_id": event_id,
-            "kind": kind,
-            "call_id": call_id,
-            "created_at_ms": now_ms,
-            "data": data,
-        }))?;
-        self.conn().execute(
-            "INSERT INTO webhook_outbox
-                 (event_id, call_id, kind, body, created_ms, attempts, next_attempt_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, 0, ?5)",
-            params![event_id, call_id, kind, body, to_sql(now_ms)],
-        )?;
-        Ok(event_id)
+        on_backend!(self, s => s.enqueue(call_id, kind, data, now_ms))
     }
 
     /// Up to `limit` events to send now, oldest first: for each call, only its oldest pending
-    /// event, and only when its next attempt is due (`next_attempt_ms <= now_ms`).
+    /// event, and only when its next attempt is due (`next_attempt_ms <= now_ms`). On
+    /// PostgreSQL, only events not leased by another live gateway, and the events returned
+    /// are claimed for this node for [`Outbox::lease`] (this node may take them again at once).
     pub fn due(&self, now_ms: u64, limit: usize) -> Result<Vec<PendingEvent>, OutboxError> {
-        let conn = self.conn();
-        let mut statement = conn.prepare_cached(&format!(
-            "SELECT id, event_id, call_id, kind, body, created_ms, attempts
-             FROM webhook_outbox
-             WHERE id IN (SELECT MIN(id) FROM webhook_outbox WHERE {PENDING} GROUP BY call_id)
-               AND next_attempt_ms <= ?1
-             ORDER BY id
-             LIMIT ?2"
-        ))?;
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let rows = statement.query_map(params![to_sql(now_ms), limit], |row| {
-            Ok(PendingEvent {
-                id: row.get(0)?,
-                event_id: row.get(1)?,
-                call_id: row.get(2)?,
-                kind: row.get(3)?,
-                body: row.get(4)?,
-                created_ms: from_sql(row.get(5)?),
-                attempts: attempts_from_sql(row.get(6)?),
-            })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        on_backend!(self, s => s.due(now_ms, limit))
+    }
+
+    /// Gives back the claims on events taken with [`Outbox::due`] that this gateway will not
+    /// post now (it stops, or its lease runs short), so any gateway may take them at once.
+    /// Nothing to do on SQLite.
+    pub fn release(&self, ids: &[i64]) -> Result<(), OutboxError> {
+        match &self.backend {
+            Backend::Sqlite(_) => Ok(()),
+            Backend::Postgres(p) => p.release(ids),
+        }
     }
 
     /// When the next event becomes due (the earliest next attempt among the oldest pending
-    /// event of each call); `None`: nothing pending.
+    /// event of each call; on PostgreSQL among those not leased by another gateway); `None`:
+    /// nothing pending.
     pub fn next_due_ms(&self) -> Result<Option<u64>, OutboxError> {
-        let next: Option<i64> = self.conn().query_row(
-            &format!(
-                "SELECT MIN(next_attempt_ms) FROM webhook_outbox
-                 WHERE id IN (SELECT MIN(id) FROM webhook_outbox WHERE {PENDING} GROUP BY call_id)"
-            ),
-            [],
-            |row| row.get(0),
-        )?;
-        Ok(next.map(from_sql))
+        on_backend!(self, s => s.next_due_ms())
     }
 
-    /// Records a 2xx answer to event `id`.
+    /// Records a 2xx answer to event `id` (on PostgreSQL, also ends its lease).
     pub fn mark_delivered(&self, id: i64, now_ms: u64) -> Result<(), OutboxError> {
-        let changed = self.conn().execute(
-            &format!(
-                "UPDATE webhook_outbox SET delivered_ms = ?2, attempts = attempts + 1
-                 WHERE id = ?1 AND {PENDING}"
-            ),
-            params![id, to_sql(now_ms)],
-        )?;
-        if changed == 0 {
-            return Err(OutboxError::NotPending(id));
-        }
-        Ok(())
+        on_backend!(self, s => s.mark_delivered(id, now_ms))
     }
 
     /// Records a failed attempt at event `id`: schedules the next one with exponential backoff
-    /// and jitter, or gives the event up after `config.max_attempts` attempts (when > 0).
+    /// and jitter, or gives the event up after `config.max_attempts` attempts (when > 0). On
+    /// PostgreSQL it also ends the lease; an event another gateway has claimed since (this
+    /// one's lease ran out) is [`OutboxError::NotPending`] here.
     pub fn mark_failed(
         &self,
         id: i64,
@@ -522,117 +489,23 @@ impl Outbox {
         now_ms: u64,
         config: &WebhookConfig,
     ) -> Result<Failure, OutboxError> {
-        let error: String = error.chars().take(MAX_ERROR_CHARS).collect();
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        let Some((event_id, call_id, kind, attempts)) = tx
-            .query_row(
-                &format!(
-                    "SELECT event_id, call_id, kind, attempts FROM webhook_outbox
-                     WHERE id = ?1 AND {PENDING}"
-                ),
-                [id],
-                |row| {
-                    Ok((
-                        row.get::<_, String>(0)?,
-                        row.get::<_, String>(1)?,
-                        row.get::<_, String>(2)?,
-                        attempts_from_sql(row.get(3)?),
-                    ))
-                },
-            )
-            .optional()?
-        else {
-            return Err(OutboxError::NotPending(id));
-        };
-        let attempt = attempts.saturating_add(1);
-        let outcome = if config.max_attempts > 0 && attempt >= config.max_attempts {
-            tx.execute(
-                "UPDATE webhook_outbox SET attempts = ?2, dead_ms = ?3, last_error = ?4
-                 WHERE id = ?1",
-                params![id, attempt, to_sql(now_ms), error],
-            )?;
-            Failure::Dead { attempt }
-        } else {
-            let retry_in_ms = backoff_ms(
-                attempt,
-                config.initial_backoff_ms,
-                config.max_backoff_ms,
-                rand::random::<f64>(),
-            );
-            tx.execute(
-                "UPDATE webhook_outbox SET attempts = ?2, next_attempt_ms = ?3, last_error = ?4
-                 WHERE id = ?1",
-                params![
-                    id,
-                    attempt,
-                    to_sql(now_ms.saturating_add(retry_in_ms)),
-                    error
-                ],
-            )?;
-            Failure::Retry {
-                attempt,
-                retry_in_ms,
-            }
-        };
-        tx.commit()?;
-        if let Failure::Dead { attempt } = outcome {
-            tracing::error!(
-                event_id = %event_id,
-                call_id = %call_id,
-                kind = %kind,
-                attempts = attempt,
-                reason = %error,
-                "webhook event given up after its last allowed attempt"
-            );
-        }
-        Ok(outcome)
+        on_backend!(self, s => s.mark_failed(id, error, now_ms, config))
     }
 
-    /// Events not yet delivered nor given up (the outbox depth, for metrics).
+    /// Events not yet delivered nor given up (the outbox depth, for metrics; on PostgreSQL,
+    /// the whole cluster's).
     pub fn pending_count(&self) -> Result<u64, OutboxError> {
-        let count: i64 = self.conn().query_row(
-            &format!("SELECT COUNT(*) FROM webhook_outbox WHERE {PENDING}"),
-            [],
-            |row| row.get(0),
-        )?;
-        Ok(from_sql(count))
+        on_backend!(self, s => s.pending_count())
     }
 
     /// Events given up (dead letters), also those not yet pruned.
     pub fn dead_count(&self) -> Result<u64, OutboxError> {
-        let count: i64 = self.conn().query_row(
-            "SELECT COUNT(*) FROM webhook_outbox
-             WHERE dead_ms IS NOT NULL AND delivered_ms IS NULL",
-            [],
-            |row| row.get(0),
-        )?;
-        Ok(from_sql(count))
+        on_backend!(self, s => s.dead_count())
     }
 
     /// Up to `limit` dead letters, the most recently given up first.
     pub fn dead_events(&self, limit: usize) -> Result<Vec<DeadEvent>, OutboxError> {
-        let conn = self.conn();
-        let mut statement = conn.prepare_cached(
-            "SELECT event_id, call_id, kind, created_ms, dead_ms, attempts, last_error
-             FROM webhook_outbox
-             WHERE dead_ms IS NOT NULL AND delivered_ms IS NULL
-             ORDER BY dead_ms DESC, id DESC
-             LIMIT ?1",
-        )?;
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let rows = statement.query_map([limit], |row| {
-            Ok(DeadEvent {
-                event_id: row.get(0)?,
-                call_id: row.get(1)?,
-                kind: row.get(2)?,
-                created_ms: from_sql(row.get(3)?),
-                dead_ms: from_sql(row.get(4)?),
-                attempts: attempts_from_sql(row.get(5)?),
-                last_error: row.get(6)?,
-            })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        on_backend!(self, s => s.dead_events(limit))
     }
 
     /// Requeues dead letter `event_id` (an admin fixed the receiver): pending again, due at
@@ -640,84 +513,52 @@ impl Outbox {
     /// its last error is kept until the next attempt. It goes before its call's events still
     /// pending (it is older), after those already delivered.
     pub fn retry_dead(&self, event_id: &str, now_ms: u64) -> Result<(), OutboxError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        let changed = tx.execute(
-            "UPDATE webhook_outbox SET dead_ms = NULL, attempts = 0, next_attempt_ms = ?2
-             WHERE event_id = ?1 AND dead_ms IS NOT NULL AND delivered_ms IS NULL",
-            params![event_id, to_sql(now_ms)],
-        )?;
-        if changed == 0 {
-            let delivered: Option<Option<i64>> = tx
-                .query_row(
-                    "SELECT delivered_ms FROM webhook_outbox WHERE event_id = ?1",
-                    [event_id],
-                    |row| row.get(0),
-                )
-                .optional()?;
-            return Err(match delivered {
-                None => OutboxError::UnknownEvent(event_id.to_string()),
-                Some(delivered) => OutboxError::NotDead {
-                    event_id: event_id.to_string(),
-                    state: if delivered.is_some() {
-                        EventState::Delivered
-                    } else {
-                        EventState::Pending
-                    },
-                },
-            });
-        }
-        tx.commit()?;
-        tracing::info!(event_id = %event_id, "dead webhook event requeued");
-        Ok(())
+        on_backend!(self, s => s.retry_dead(event_id, now_ms))
     }
 
     /// Every event of a call, in creation order, with its delivery state.
     pub fn events_for_call(&self, call_id: &str) -> Result<Vec<EventStatus>, OutboxError> {
-        let conn = self.conn();
-        let mut statement = conn.prepare_cached(
-            "SELECT event_id, kind, created_ms, attempts, next_attempt_ms, delivered_ms,
-                    dead_ms, last_error
-             FROM webhook_outbox WHERE call_id = ?1 ORDER BY id",
-        )?;
-        let rows = statement.query_map([call_id], |row| {
-            let delivered_ms: Option<i64> = row.get(5)?;
-            let dead_ms: Option<i64> = row.get(6)?;
-            let state = match (delivered_ms, dead_ms) {
-                (Some(_), _) => EventState::Delivered,
-                (None, Some(_)) => EventState::Dead,
-                (None, None) => EventState::Pending,
-            };
-            Ok(EventStatus {
-                event_id: row.get(0)?,
-                kind: row.get(1)?,
-                state,
-                created_ms: from_sql(row.get(2)?),
-                attempts: attempts_from_sql(row.get(3)?),
-                next_attempt_ms: from_sql(row.get(4)?),
-                delivered_ms: delivered_ms.map(from_sql),
-                last_error: row.get(7)?,
-            })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        on_backend!(self, s => s.events_for_call(call_id))
     }
 
     /// Deletes delivered and dead events created before `before_ms`; returns how many. Pending
     /// events are never deleted.
     pub fn prune(&self, before_ms: u64) -> Result<usize, OutboxError> {
-        Ok(self.conn().execute(
-            &format!("DELETE FROM webhook_outbox WHERE NOT ({PENDING}) AND created_ms < ?1"),
-            [to_sql(before_ms)],
-        )?)
+        on_backend!(self, s => s.prune(before_ms))
     }
 }
 
-fn migrate(conn: &mut Connection) -> Result<(), OutboxError> {
-    Ok(crate::storage::sqlite::migrate(
-        conn,
-        MIGRATIONS,
-        "webhook outbox",
-    )?)
+/// How long a gateway's claim on an event lasts on PostgreSQL: [`LEASE_TIMEOUTS`] times the
+/// webhook's `timeout_ms` (one POST's deadline), at least [`MIN_LEASE_MS`]. Long enough that
+/// a claimed event is posted well within it (the deliverer posts one only while its lease has
+/// a whole `timeout_ms` and a margin left), short enough that the events held by a gateway
+/// that died are taken over by another within seconds (10 s with the default 2 s timeout).
+pub fn lease_for(config: &WebhookConfig) -> Duration {
+    Duration::from_millis(
+        config
+            .timeout_ms
+            .saturating_mul(LEASE_TIMEOUTS)
+            .max(MIN_LEASE_MS),
+    )
+}
+
+/// The envelope of a new event: its fresh id and the exact JSON body sent on every attempt.
+fn envelope(
+    call_id: &str,
+    kind: &str,
+    data: serde_json::Value,
+    now_ms: u64,
+) -> Result<(String, String), OutboxError> {
+    let event_id = new_event_id();
+    let body = serde_json::to_string(&serde_json::json!({
+        "schema": SCHEMA,
+        "event_id": event_id,
+        "kind": kind,
+        "call_id": call_id,
+        "created_at_ms": now_ms,
+        "data": data,
+    }))?;
+    Ok((event_id, body))
 }
 
 /// A fresh random 128-bit event id, as 32 lowercase hex digits.
@@ -1047,13 +888,25 @@ pub fn spawn_deliverer(outbox: Arc<Outbox>, config: WebhookConfig) -> DelivererH
     let wake = Arc::new(Notify::new());
     let stop = Arc::new(AtomicBool::new(false));
     let waiters = Arc::new(DeliveryWaiters::default());
-    let task = tokio::spawn(deliver_loop(
+    let (owned, waiters_for_task, wake_for_task, stop_for_task) = (
         Arc::clone(&outbox),
-        config,
         Arc::clone(&waiters),
         Arc::clone(&wake),
         Arc::clone(&stop),
-    ));
+    );
+    let task = tokio::spawn(async move {
+        deliver_loop(
+            &owned,
+            config,
+            waiters_for_task,
+            wake_for_task,
+            stop_for_task,
+        )
+        .await;
+        // Dropping a PostgreSQL outbox may close connections, which blocks: not on the
+        // runtime's own threads.
+        let _ = tokio::task::spawn_blocking(move || drop(owned)).await;
+    });
     DelivererHandle {
         outbox,
         waiters,
@@ -1064,7 +917,7 @@ pub fn spawn_deliverer(outbox: Arc<Outbox>, config: WebhookConfig) -> DelivererH
 }
 
 async fn deliver_loop(
-    outbox: Arc<Outbox>,
+    outbox: &Arc<Outbox>,
     config: WebhookConfig,
     waiters: Arc<DeliveryWaiters>,
     wake: Arc<Notify>,
@@ -1159,16 +1012,35 @@ fn deliver_round(
     stop: &AtomicBool,
     waiters: &DeliveryWaiters,
 ) -> Result<u64, OutboxError> {
-    for event in outbox.due(now_unix_ms(), BATCH)? {
-        if stop.load(Ordering::Acquire) {
+    // On PostgreSQL the events are claimed for `outbox.lease()` from (at the latest) now; an
+    // event is posted only while the claim still covers its whole POST and the bookkeeping.
+    let claimed_at = Instant::now();
+    let posting_time = Duration::from_millis(config.timeout_ms.saturating_add(LEASE_MARGIN_MS));
+    let events = outbox.due(now_unix_ms(), BATCH)?;
+    for (index, event) in events.iter().enumerate() {
+        let lease_short = outbox
+            .lease()
+            .is_some_and(|lease| index > 0 && claimed_at.elapsed() + posting_time > lease);
+        if stop.load(Ordering::Acquire) || lease_short {
+            // Give the rest back: any gateway (this one in its next round) takes them again.
+            let rest: Vec<i64> = events[index..].iter().map(|e| e.id).collect();
+            outbox.release(&rest)?;
             return Ok(0);
         }
         let started = Instant::now();
-        let result = deliverer.post(&event, now_unix_ms() / 1000);
+        let result = deliverer.post(event, now_unix_ms() / 1000);
         let elapsed_ms = started.elapsed().as_millis();
         match result {
             Ok(status) => {
-                outbox.mark_delivered(event.id, now_unix_ms())?;
+                match outbox.mark_delivered(event.id, now_unix_ms()) {
+                    Ok(()) => {}
+                    // Another gateway took it over (this one's lease ran out) and recorded
+                    // it first: delivered all the same.
+                    Err(OutboxError::NotPending(_)) if outbox.lease().is_some() => {
+                        tracing::warn!(event_id = %event.event_id, "webhook event delivered twice: another gateway took it over after this one's lease ran out")
+                    }
+                    Err(e) => return Err(e),
+                }
                 waiters.delivered(&event.event_id);
                 tracing::info!(
                     event_id = %event.event_id,
@@ -1182,11 +1054,11 @@ fn deliver_round(
             }
             Err(e) => {
                 let reason = e.to_string();
-                match outbox.mark_failed(event.id, &reason, now_unix_ms(), config)? {
-                    Failure::Retry {
+                match outbox.mark_failed(event.id, &reason, now_unix_ms(), config) {
+                    Ok(Failure::Retry {
                         attempt,
                         retry_in_ms,
-                    } => tracing::warn!(
+                    }) => tracing::warn!(
                         event_id = %event.event_id,
                         call_id = %event.call_id,
                         kind = %event.kind,
@@ -1197,7 +1069,13 @@ fn deliver_round(
                         "webhook attempt failed"
                     ),
                     // Logged (once) as an error by mark_failed.
-                    Failure::Dead { .. } => waiters.gave_up(&event.event_id),
+                    Ok(Failure::Dead { .. }) => waiters.gave_up(&event.event_id),
+                    // Another gateway holds it now (this one's lease ran out): its attempt
+                    // counts, not this one.
+                    Err(OutboxError::NotPending(_)) if outbox.lease().is_some() => {
+                        tracing::warn!(event_id = %event.event_id, reason = %reason, "webhook attempt failed after another gateway took the event over")
+                    }
+                    Err(e) => return Err(e),
                 }
             }
         }
@@ -1217,6 +1095,71 @@ mod tests {
     use std::net::{TcpListener, TcpStream};
 
     const SECRET: &str = "s3cret-test-key";
+
+    // ---- both backends ---------------------------------------------------------------------
+
+    /// Where one run of a test keeps its outbox: a SQLite file, or a fresh database on the
+    /// throwaway PostgreSQL server. Every store test runs on each of [`stores`].
+    struct Store {
+        name: &'static str,
+        dir: tempfile::TempDir,
+        url: Option<String>,
+    }
+
+    /// The SQLite store, and the PostgreSQL one when a throwaway server is available.
+    fn stores() -> Vec<Store> {
+        let sqlite = Store {
+            name: "SQLite",
+            dir: tempfile::tempdir().unwrap(),
+            url: None,
+        };
+        let postgres = crate::storage::throwaway::fresh_database().map(|url| Store {
+            name: "PostgreSQL",
+            dir: tempfile::tempdir().unwrap(),
+            url: Some(url),
+        });
+        std::iter::once(sqlite).chain(postgres).collect()
+    }
+
+    /// Says on which backend a test failed (printed while unwinding from a failed assertion).
+    struct Naming(&'static str);
+
+    impl Drop for Naming {
+        fn drop(&mut self) {
+            if std::thread::panicking() {
+                eprintln!("*** failed on the {} outbox", self.0);
+            }
+        }
+    }
+
+    impl Store {
+        /// The outbox as gateway `node-a` sees it (a 10 s lease on PostgreSQL).
+        fn open(&self) -> Outbox {
+            self.open_as("node-a", Duration::from_secs(10))
+        }
+
+        /// The outbox as gateway `node` sees it, claiming for `lease` (PostgreSQL; SQLite has
+        /// no claims and a file per store).
+        fn open_as(&self, node: &str, lease: Duration) -> Outbox {
+            match &self.url {
+                None => Outbox::open(&self.dir.path().join("outbox.sqlite3")).unwrap(),
+                Some(url) => {
+                    let pool = crate::storage::postgres::connect(url, 4).unwrap();
+                    Outbox::open_postgres(pool, node, lease).unwrap()
+                }
+            }
+        }
+
+        fn naming(&self) -> Naming {
+            Naming(self.name)
+        }
+    }
+
+    /// Runs a blocking store call from an async test (the PostgreSQL client must not run on
+    /// the async runtime itself; needs the multi-thread runtime).
+    fn sync<T>(f: impl FnOnce() -> T) -> T {
+        tokio::task::block_in_place(f)
+    }
 
     // ---- signing ---------------------------------------------------------------------------
 
@@ -1352,175 +1295,184 @@ mod tests {
 
     #[test]
     fn mark_failed_backs_off_and_gives_up_after_max_attempts() {
-        let outbox = Outbox::in_memory().unwrap();
-        let config = WebhookConfig {
-            initial_backoff_ms: 100,
-            max_backoff_ms: 1_000,
-            max_attempts: 3,
-            ..WebhookConfig::default()
-        };
-        outbox
-            .enqueue("c", "escalated", serde_json::json!({}), 0)
-            .unwrap();
-        let id = outbox.due(0, 10).unwrap()[0].id;
-        let now = 10_000;
-        let Failure::Retry {
-            attempt: 1,
-            retry_in_ms,
-        } = outbox.mark_failed(id, "boom", now, &config).unwrap()
-        else {
-            panic!("expected a retry");
-        };
-        assert!((80..=100).contains(&retry_in_ms));
-        assert!(outbox.due(now + retry_in_ms - 1, 10).unwrap().is_empty());
-        assert_eq!(outbox.due(now + retry_in_ms, 10).unwrap().len(), 1);
-        let Failure::Retry {
-            attempt: 2,
-            retry_in_ms,
-        } = outbox.mark_failed(id, "boom", now, &config).unwrap()
-        else {
-            panic!("expected a retry");
-        };
-        assert!((160..=200).contains(&retry_in_ms));
-        assert_eq!(
-            outbox.mark_failed(id, "final", now, &config).unwrap(),
-            Failure::Dead { attempt: 3 }
-        );
-        assert_eq!(outbox.pending_count().unwrap(), 0);
-        assert!(outbox.due(u64::MAX, 10).unwrap().is_empty());
-        let status = &outbox.events_for_call("c").unwrap()[0];
-        assert_eq!(status.state, EventState::Dead);
-        assert_eq!(status.attempts, 3);
-        assert_eq!(status.last_error.as_deref(), Some("final"));
-        assert!(matches!(
-            outbox.mark_failed(id, "again", now, &config),
-            Err(OutboxError::NotPending(_))
-        ));
-        assert!(matches!(
-            outbox.mark_delivered(id, now),
-            Err(OutboxError::NotPending(_))
-        ));
+        for store in stores() {
+            let _named = store.naming();
+            let outbox = store.open();
+            let config = WebhookConfig {
+                initial_backoff_ms: 100,
+                max_backoff_ms: 1_000,
+                max_attempts: 3,
+                ..WebhookConfig::default()
+            };
+            outbox
+                .enqueue("c", "escalated", serde_json::json!({}), 0)
+                .unwrap();
+            let id = outbox.due(0, 10).unwrap()[0].id;
+            let now = 10_000;
+            let Failure::Retry {
+                attempt: 1,
+                retry_in_ms,
+            } = outbox.mark_failed(id, "boom", now, &config).unwrap()
+            else {
+                panic!("expected a retry");
+            };
+            assert!((80..=100).contains(&retry_in_ms));
+            assert!(outbox.due(now + retry_in_ms - 1, 10).unwrap().is_empty());
+            assert_eq!(outbox.due(now + retry_in_ms, 10).unwrap().len(), 1);
+            let Failure::Retry {
+                attempt: 2,
+                retry_in_ms,
+            } = outbox.mark_failed(id, "boom", now, &config).unwrap()
+            else {
+                panic!("expected a retry");
+            };
+            assert!((160..=200).contains(&retry_in_ms));
+            assert_eq!(
+                outbox.mark_failed(id, "final", now, &config).unwrap(),
+                Failure::Dead { attempt: 3 }
+            );
+            assert_eq!(outbox.pending_count().unwrap(), 0);
+            assert!(outbox.due(u64::MAX, 10).unwrap().is_empty());
+            let status = &outbox.events_for_call("c").unwrap()[0];
+            assert_eq!(status.state, EventState::Dead);
+            assert_eq!(status.attempts, 3);
+            assert_eq!(status.last_error.as_deref(), Some("final"));
+            assert!(matches!(
+                outbox.mark_failed(id, "again", now, &config),
+                Err(OutboxError::NotPending(_))
+            ));
+            assert!(matches!(
+                outbox.mark_delivered(id, now),
+                Err(OutboxError::NotPending(_))
+            ));
+        }
     }
 
     // ---- outbox ----------------------------------------------------------------------------
 
     #[test]
     fn due_keeps_each_calls_events_in_order() {
-        let outbox = Outbox::in_memory().unwrap();
-        let a1 = outbox
-            .enqueue("A", "escalated", serde_json::json!({}), 1)
-            .unwrap();
-        let b1 = outbox
-            .enqueue("B", "escalated", serde_json::json!({}), 2)
-            .unwrap();
-        let a2 = outbox
-            .enqueue("A", "agent_answered", serde_json::json!({}), 3)
-            .unwrap();
-        let b2 = outbox
-            .enqueue("B", "call_ended", serde_json::json!({}), 4)
-            .unwrap();
-        let c1 = outbox
-            .enqueue("C", "escalated", serde_json::json!({}), 5)
-            .unwrap();
-        let ids = |events: Vec<PendingEvent>| -> Vec<String> {
-            events.into_iter().map(|e| e.event_id).collect()
-        };
-        assert_eq!(outbox.pending_count().unwrap(), 5);
-        // Only the head of each call, oldest first; nothing is due before it was created.
-        assert_eq!(
-            ids(outbox.due(100, 10).unwrap()),
-            [a1.as_str(), b1.as_str(), c1.as_str()]
-        );
-        assert_eq!(ids(outbox.due(100, 2).unwrap()), [a1.as_str(), b1.as_str()]);
-        assert_eq!(ids(outbox.due(2, 10).unwrap()), [a1.as_str(), b1.as_str()]);
-        assert!(outbox.due(0, 10).unwrap().is_empty());
-        assert_eq!(outbox.next_due_ms().unwrap(), Some(1));
+        for store in stores() {
+            let _named = store.naming();
+            let outbox = store.open();
+            let a1 = outbox
+                .enqueue("A", "escalated", serde_json::json!({}), 1)
+                .unwrap();
+            let b1 = outbox
+                .enqueue("B", "escalated", serde_json::json!({}), 2)
+                .unwrap();
+            let a2 = outbox
+                .enqueue("A", "agent_answered", serde_json::json!({}), 3)
+                .unwrap();
+            let b2 = outbox
+                .enqueue("B", "call_ended", serde_json::json!({}), 4)
+                .unwrap();
+            let c1 = outbox
+                .enqueue("C", "escalated", serde_json::json!({}), 5)
+                .unwrap();
+            let ids = |events: Vec<PendingEvent>| -> Vec<String> {
+                events.into_iter().map(|e| e.event_id).collect()
+            };
+            assert_eq!(outbox.pending_count().unwrap(), 5);
+            // Only the head of each call, oldest first; nothing is due before it was created.
+            assert_eq!(
+                ids(outbox.due(100, 10).unwrap()),
+                [a1.as_str(), b1.as_str(), c1.as_str()]
+            );
+            assert_eq!(ids(outbox.due(100, 2).unwrap()), [a1.as_str(), b1.as_str()]);
+            assert_eq!(ids(outbox.due(2, 10).unwrap()), [a1.as_str(), b1.as_str()]);
+            assert!(outbox.due(0, 10).unwrap().is_empty());
+            assert_eq!(outbox.next_due_ms().unwrap(), Some(1));
 
-        let due = outbox.due(100, 10).unwrap();
-        outbox.mark_delivered(due[0].id, 100).unwrap();
-        assert_eq!(
-            ids(outbox.due(100, 10).unwrap()),
-            [b1.as_str(), a2.as_str(), c1.as_str()]
-        );
+            let due = outbox.due(100, 10).unwrap();
+            outbox.mark_delivered(due[0].id, 100).unwrap();
+            assert_eq!(
+                ids(outbox.due(100, 10).unwrap()),
+                [b1.as_str(), a2.as_str(), c1.as_str()]
+            );
 
-        // B's head backs off: B2, although due, waits behind it.
-        let config = WebhookConfig {
-            initial_backoff_ms: 1_000,
-            ..WebhookConfig::default()
-        };
-        outbox.mark_failed(due[1].id, "down", 100, &config).unwrap();
-        assert_eq!(
-            ids(outbox.due(100, 10).unwrap()),
-            [a2.as_str(), c1.as_str()]
-        );
-        let b_retry = outbox.events_for_call("B").unwrap()[0].next_attempt_ms;
-        assert_eq!(
-            ids(outbox.due(b_retry, 10).unwrap()),
-            [b1.as_str(), a2.as_str(), c1.as_str()]
-        );
+            // B's head backs off: B2, although due, waits behind it.
+            let config = WebhookConfig {
+                initial_backoff_ms: 1_000,
+                ..WebhookConfig::default()
+            };
+            outbox.mark_failed(due[1].id, "down", 100, &config).unwrap();
+            assert_eq!(
+                ids(outbox.due(100, 10).unwrap()),
+                [a2.as_str(), c1.as_str()]
+            );
+            let b_retry = outbox.events_for_call("B").unwrap()[0].next_attempt_ms;
+            assert_eq!(
+                ids(outbox.due(b_retry, 10).unwrap()),
+                [b1.as_str(), a2.as_str(), c1.as_str()]
+            );
 
-        // A dead head no longer blocks its call.
-        let give_up = WebhookConfig {
-            max_attempts: 2,
-            ..config
-        };
-        assert_eq!(
-            outbox
-                .mark_failed(due[1].id, "down", 200, &give_up)
-                .unwrap(),
-            Failure::Dead { attempt: 2 }
-        );
-        assert_eq!(
-            ids(outbox.due(200, 10).unwrap()),
-            [a2.as_str(), b2.as_str(), c1.as_str()]
-        );
-        assert_eq!(outbox.pending_count().unwrap(), 3);
+            // A dead head no longer blocks its call.
+            let give_up = WebhookConfig {
+                max_attempts: 2,
+                ..config
+            };
+            assert_eq!(
+                outbox
+                    .mark_failed(due[1].id, "down", 200, &give_up)
+                    .unwrap(),
+                Failure::Dead { attempt: 2 }
+            );
+            assert_eq!(
+                ids(outbox.due(200, 10).unwrap()),
+                [a2.as_str(), b2.as_str(), c1.as_str()]
+            );
+            assert_eq!(outbox.pending_count().unwrap(), 3);
 
-        let history = outbox.events_for_call("A").unwrap();
-        assert_eq!(history.len(), 2);
-        assert_eq!(history[0].event_id, a1);
-        assert_eq!(history[0].state, EventState::Delivered);
-        assert_eq!(history[0].delivered_ms, Some(100));
-        assert_eq!(history[0].attempts, 1);
-        assert_eq!(history[1].state, EventState::Pending);
-        assert!(outbox.events_for_call("nobody").unwrap().is_empty());
+            let history = outbox.events_for_call("A").unwrap();
+            assert_eq!(history.len(), 2);
+            assert_eq!(history[0].event_id, a1);
+            assert_eq!(history[0].state, EventState::Delivered);
+            assert_eq!(history[0].delivered_ms, Some(100));
+            assert_eq!(history[0].attempts, 1);
+            assert_eq!(history[1].state, EventState::Pending);
+            assert!(outbox.events_for_call("nobody").unwrap().is_empty());
 
-        // Pruning leaves pending events alone.
-        assert_eq!(outbox.prune(u64::MAX).unwrap(), 2);
-        assert_eq!(outbox.pending_count().unwrap(), 3);
+            // Pruning leaves pending events alone.
+            assert_eq!(outbox.prune(u64::MAX).unwrap(), 2);
+            assert_eq!(outbox.pending_count().unwrap(), 3);
+        }
     }
 
     #[test]
     fn enqueue_stores_the_exact_envelope_with_unique_ids() {
-        let outbox = Outbox::in_memory().unwrap();
-        let data = serde_json::json!({"queue": "billing", "summary": "caller wants a refund"});
-        let id = outbox
-            .enqueue("call-1", "escalated", data.clone(), 1_234)
-            .unwrap();
-        assert_eq!(id.len(), 32);
-        assert!(id.bytes().all(|b| b.is_ascii_hexdigit()));
-        let event = &outbox.due(2_000, 1).unwrap()[0];
-        let envelope: serde_json::Value = serde_json::from_str(&event.body).unwrap();
-        assert_eq!(
-            envelope,
-            serde_json::json!({
-                "schema": SCHEMA,
-                "event_id": id,
-                "kind": "escalated",
-                "call_id": "call-1",
-                "created_at_ms": 1_234,
-                "data": data,
-            })
-        );
-        assert_eq!((event.created_ms, event.attempts), (1_234, 0));
-        let more: std::collections::HashSet<String> = (0..200)
-            .map(|_| {
-                outbox
-                    .enqueue("c", "k", serde_json::Value::Null, 0)
-                    .unwrap()
-            })
-            .collect();
-        assert_eq!(more.len(), 200);
+        for store in stores() {
+            let _named = store.naming();
+            let outbox = store.open();
+            let data = serde_json::json!({"queue": "billing", "summary": "caller wants a refund"});
+            let id = outbox
+                .enqueue("call-1", "escalated", data.clone(), 1_234)
+                .unwrap();
+            assert_eq!(id.len(), 32);
+            assert!(id.bytes().all(|b| b.is_ascii_hexdigit()));
+            let event = &outbox.due(2_000, 1).unwrap()[0];
+            let envelope: serde_json::Value = serde_json::from_str(&event.body).unwrap();
+            assert_eq!(
+                envelope,
+                serde_json::json!({
+                    "schema": SCHEMA,
+                    "event_id": id,
+                    "kind": "escalated",
+                    "call_id": "call-1",
+                    "created_at_ms": 1_234,
+                    "data": data,
+                })
+            );
+            assert_eq!((event.created_ms, event.attempts), (1_234, 0));
+            let more: std::collections::HashSet<String> = (0..200)
+                .map(|_| {
+                    outbox
+                        .enqueue("c", "k", serde_json::Value::Null, 0)
+                        .unwrap()
+                })
+                .collect();
+            assert_eq!(more.len(), 200);
+        }
     }
 
     #[test]
@@ -1532,8 +1484,11 @@ mod tests {
         drop(first);
         let again = Outbox::open(&path).unwrap();
         assert_eq!(again.pending_count().unwrap(), 1);
+        let Backend::Sqlite(sqlite) = &again.backend else {
+            panic!("a file outbox is SQLite");
+        };
         let (version, mode): (i64, String) = {
-            let conn = again.conn();
+            let conn = sqlite.conn();
             (
                 conn.query_row("PRAGMA user_version", [], |r| r.get(0))
                     .unwrap(),
@@ -1541,9 +1496,9 @@ mod tests {
                     .unwrap(),
             )
         };
-        assert_eq!(version, MIGRATIONS.len() as i64);
+        assert_eq!(version, sqlite::MIGRATIONS.len() as i64);
         assert_eq!(mode, "wal");
-        again
+        sqlite
             .conn()
             .pragma_update(None, "user_version", 99)
             .unwrap();
@@ -1737,7 +1692,7 @@ mod tests {
 
     async fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
         let started = Instant::now();
-        while !done() {
+        while !sync(&mut done) {
             assert!(started.elapsed() < limit, "timed out waiting for {what}");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
@@ -1745,315 +1700,646 @@ mod tests {
 
     // ---- delivery --------------------------------------------------------------------------
 
-    #[tokio::test]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn events_survive_a_restart_and_arrive_once_in_order_signed() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("data/voicebot.sqlite3");
         let kinds = ["escalated", "agent_answered", "call_ended"];
-
-        // First life: the target is down.
-        let ids: Vec<String> = {
-            let outbox = Arc::new(Outbox::open(&db).unwrap());
-            let down = test_config(format!("http://127.0.0.1:{}/hook", dead_port()));
-            let handle = spawn_deliverer(Arc::clone(&outbox), down);
-            let ids: Vec<String> = kinds
-                .iter()
-                .map(|kind| {
-                    handle
-                        .enqueue("call-7", kind, serde_json::json!({ "kind": kind }))
-                        .unwrap()
+        for store in stores() {
+            let _named = store.naming();
+            // First life: the target is down.
+            let ids: Vec<String> = {
+                let outbox = Arc::new(sync(|| store.open()));
+                let down = test_config(format!("http://127.0.0.1:{}/hook", dead_port()));
+                let handle = spawn_deliverer(Arc::clone(&outbox), down);
+                let ids: Vec<String> = kinds
+                    .iter()
+                    .map(|kind| {
+                        sync(|| handle.enqueue("call-7", kind, serde_json::json!({ "kind": kind })))
+                            .unwrap()
+                    })
+                    .collect();
+                wait_until("two failed attempts", Duration::from_secs(5), || {
+                    outbox.events_for_call("call-7").unwrap()[0].attempts >= 2
                 })
+                .await;
+                handle.shutdown().await;
+                let history = sync(|| outbox.events_for_call("call-7")).unwrap();
+                assert!(history.iter().all(|e| e.state == EventState::Pending));
+                assert!(history[0].last_error.is_some());
+                // The later events were never tried: they wait behind the first.
+                assert_eq!((history[1].attempts, history[2].attempts), (0, 0));
+                assert_eq!(sync(|| outbox.pending_count()).unwrap(), 3);
+                sync(move || drop((handle, outbox)));
+                ids
+            };
+
+            // Second life: a new Outbox on the same store, the target is up.
+            let (url, log) = receiver(|_, _| Reply::Status(200));
+            let outbox = Arc::new(sync(|| store.open()));
+            assert_eq!(sync(|| outbox.pending_count()).unwrap(), 3);
+            let started = Instant::now();
+            let handle = spawn_deliverer(Arc::clone(&outbox), test_config(url));
+            wait_until("delivery after restart", Duration::from_secs(5), || {
+                outbox.pending_count().unwrap() == 0
+            })
+            .await;
+            let took = started.elapsed();
+            handle.shutdown().await;
+
+            let received = log.lock().unwrap().clone();
+            let got: Vec<&str> = received
+                .iter()
+                .map(|r| r.header("idempotency-key"))
                 .collect();
-            wait_until("two failed attempts", Duration::from_secs(5), || {
-                outbox.events_for_call("call-7").unwrap()[0].attempts >= 2
+            assert_eq!(got, ids, "each event once, in order, same ids");
+            for (request, kind) in received.iter().zip(kinds) {
+                assert!(request.signature_ok(), "{request:?}");
+                assert!(request.header("x-voicebot-signature").starts_with("v1="));
+                assert_eq!(request.header("x-voicebot-event"), kind);
+                assert_eq!(
+                    request.header("x-voicebot-event-id"),
+                    request.header("idempotency-key")
+                );
+                assert_eq!(request.header("content-type"), "application/json");
+                let envelope: serde_json::Value = serde_json::from_str(&request.body).unwrap();
+                assert_eq!(envelope["kind"], kind);
+                assert_eq!(envelope["event_id"], request.header("idempotency-key"));
+                assert_eq!(envelope["schema"], SCHEMA);
+            }
+            let history = sync(|| outbox.events_for_call("call-7")).unwrap();
+            assert!(history.iter().all(|e| e.state == EventState::Delivered));
+            assert!(history[0].attempts >= 3);
+            assert_eq!(history[2].attempts, 1);
+            sync(move || drop((handle, outbox)));
+            eprintln!(
+                "{}: restart: 3 events delivered {took:?} after the second start",
+                store.name
+            );
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_attempt_is_retried_with_identical_bytes_and_key() {
+        for store in stores() {
+            let _named = store.naming();
+            let (url, log) = receiver(|i, _| Reply::Status(if i == 0 { 500 } else { 200 }));
+            let outbox = Arc::new(sync(|| store.open()));
+            let handle = spawn_deliverer(Arc::clone(&outbox), test_config(url));
+            let id = sync(|| {
+                handle.enqueue("call-9", "escalated", serde_json::json!({"queue": "sales"}))
+            })
+            .unwrap();
+            wait_until("the retry", Duration::from_secs(5), || {
+                outbox.pending_count().unwrap() == 0
             })
             .await;
             handle.shutdown().await;
-            let history = outbox.events_for_call("call-7").unwrap();
-            assert!(history.iter().all(|e| e.state == EventState::Pending));
-            assert!(history[0].last_error.is_some());
-            // The later events were never tried: they wait behind the first.
-            assert_eq!((history[1].attempts, history[2].attempts), (0, 0));
-            assert_eq!(outbox.pending_count().unwrap(), 3);
-            ids
-        };
 
-        // Second life: a new Outbox on the same file, the target is up.
-        let (url, log) = receiver(|_, _| Reply::Status(200));
-        let outbox = Arc::new(Outbox::open(&db).unwrap());
-        assert_eq!(outbox.pending_count().unwrap(), 3);
-        let started = Instant::now();
-        let handle = spawn_deliverer(Arc::clone(&outbox), test_config(url));
-        wait_until("delivery after restart", Duration::from_secs(5), || {
-            outbox.pending_count().unwrap() == 0
-        })
-        .await;
-        let took = started.elapsed();
-        handle.shutdown().await;
-
-        let received = log.lock().unwrap().clone();
-        let got: Vec<&str> = received
-            .iter()
-            .map(|r| r.header("idempotency-key"))
-            .collect();
-        assert_eq!(got, ids, "each event once, in order, same ids");
-        for (request, kind) in received.iter().zip(kinds) {
-            assert!(request.signature_ok(), "{request:?}");
-            assert!(request.header("x-voicebot-signature").starts_with("v1="));
-            assert_eq!(request.header("x-voicebot-event"), kind);
-            assert_eq!(
-                request.header("x-voicebot-event-id"),
-                request.header("idempotency-key")
-            );
-            assert_eq!(request.header("content-type"), "application/json");
-            let envelope: serde_json::Value = serde_json::from_str(&request.body).unwrap();
-            assert_eq!(envelope["kind"], kind);
-            assert_eq!(envelope["event_id"], request.header("idempotency-key"));
-            assert_eq!(envelope["schema"], SCHEMA);
-        }
-        let history = outbox.events_for_call("call-7").unwrap();
-        assert!(history.iter().all(|e| e.state == EventState::Delivered));
-        assert!(history[0].attempts >= 3);
-        assert_eq!(history[2].attempts, 1);
-        eprintln!("restart: 3 events delivered {took:?} after the second start");
-    }
-
-    #[tokio::test]
-    async fn a_failed_attempt_is_retried_with_identical_bytes_and_key() {
-        let (url, log) = receiver(|i, _| Reply::Status(if i == 0 { 500 } else { 200 }));
-        let outbox = Arc::new(Outbox::in_memory().unwrap());
-        let handle = spawn_deliverer(Arc::clone(&outbox), test_config(url));
-        let id = handle
-            .enqueue("call-9", "escalated", serde_json::json!({"queue": "sales"}))
-            .unwrap();
-        wait_until("the retry", Duration::from_secs(5), || {
-            outbox.pending_count().unwrap() == 0
-        })
-        .await;
-        handle.shutdown().await;
-
-        let received = log.lock().unwrap().clone();
-        assert_eq!(received.len(), 2);
-        for request in &received {
-            assert_eq!(request.header("idempotency-key"), id);
-            assert!(request.signature_ok());
-        }
-        assert_eq!(received[0].body, received[1].body);
-        let status = &outbox.events_for_call("call-9").unwrap()[0];
-        assert_eq!(status.state, EventState::Delivered);
-        assert_eq!(status.attempts, 2);
-        assert_eq!(status.last_error.as_deref(), Some("HTTP status 500: ok"));
-    }
-
-    #[tokio::test]
-    async fn a_hanging_receiver_times_out_and_other_calls_still_get_through() {
-        let (url, log) = receiver(|_, request| {
-            if request.body.contains(r#""call_id":"stuck""#) {
-                Reply::Hang
-            } else {
-                Reply::Status(204)
+            let received = log.lock().unwrap().clone();
+            assert_eq!(received.len(), 2);
+            for request in &received {
+                assert_eq!(request.header("idempotency-key"), id);
+                assert!(request.signature_ok());
             }
-        });
-        let config = WebhookConfig {
-            timeout_ms: 300,
-            ..test_config(url)
-        };
+            assert_eq!(received[0].body, received[1].body);
+            let status = &sync(|| outbox.events_for_call("call-9")).unwrap()[0];
+            assert_eq!(status.state, EventState::Delivered);
+            assert_eq!(status.attempts, 2);
+            assert_eq!(status.last_error.as_deref(), Some("HTTP status 500: ok"));
+            assert_eq!(status.claimed_by, outbox.node().map(str::to_string));
+            sync(move || drop((handle, outbox)));
+        }
+    }
 
-        // One POST, by hand: it gives up within the deadline.
-        let outbox = Arc::new(Outbox::in_memory().unwrap());
-        outbox
-            .enqueue("stuck", "escalated", serde_json::Value::Null, 0)
-            .unwrap();
-        let event = outbox.due(0, 1).unwrap().remove(0);
-        let started = Instant::now();
-        let result = Deliverer::new(&config).post(&event, now_unix_ms() / 1000);
-        let took = started.elapsed();
-        assert_eq!(result, Err(DeliveryError::Timeout(300)));
-        assert!(
-            took >= Duration::from_millis(250) && took < Duration::from_millis(1_000),
-            "{took:?}"
-        );
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_hanging_receiver_times_out_and_other_calls_still_get_through() {
+        for store in stores() {
+            let _named = store.naming();
+            let (url, log) = receiver(|_, request| {
+                if request.body.contains(r#""call_id":"stuck""#) {
+                    Reply::Hang
+                } else {
+                    Reply::Status(204)
+                }
+            });
+            let config = WebhookConfig {
+                timeout_ms: 300,
+                ..test_config(url)
+            };
 
-        // The deliverer: the stuck call's event times out, the other call's is delivered.
-        let started = Instant::now();
-        let handle = spawn_deliverer(Arc::clone(&outbox), config);
-        handle
-            .enqueue("fine", "escalated", serde_json::Value::Null)
-            .unwrap();
-        wait_until("the other call's event", Duration::from_secs(5), || {
-            outbox.events_for_call("fine").unwrap()[0].state == EventState::Delivered
-        })
-        .await;
-        let delivered_after = started.elapsed();
-        handle.shutdown().await;
-        assert!(
-            delivered_after < Duration::from_millis(1_500),
-            "{delivered_after:?}"
-        );
-        let stuck = &outbox.events_for_call("stuck").unwrap()[0];
-        assert_eq!(stuck.state, EventState::Pending);
-        assert!(stuck.attempts >= 1);
-        assert_eq!(stuck.last_error.as_deref(), Some("no answer within 300 ms"));
-        assert!(log.lock().unwrap().iter().any(|r| r.body.contains("fine")));
-        eprintln!("hang: timeout after {took:?}, other call delivered after {delivered_after:?}");
+            // One POST, by hand: it gives up within the deadline.
+            let outbox = Arc::new(sync(|| store.open()));
+            sync(|| outbox.enqueue("stuck", "escalated", serde_json::Value::Null, 0)).unwrap();
+            let event = sync(|| outbox.due(0, 1)).unwrap().remove(0);
+            let started = Instant::now();
+            let result = Deliverer::new(&config).post(&event, now_unix_ms() / 1000);
+            let took = started.elapsed();
+            assert_eq!(result, Err(DeliveryError::Timeout(300)));
+            assert!(
+                took >= Duration::from_millis(250) && took < Duration::from_millis(1_000),
+                "{took:?}"
+            );
+
+            // The deliverer: the stuck call's event times out, the other call's is delivered.
+            let started = Instant::now();
+            let handle = spawn_deliverer(Arc::clone(&outbox), config);
+            sync(|| handle.enqueue("fine", "escalated", serde_json::Value::Null)).unwrap();
+            wait_until("the other call's event", Duration::from_secs(5), || {
+                outbox.events_for_call("fine").unwrap()[0].state == EventState::Delivered
+            })
+            .await;
+            let delivered_after = started.elapsed();
+            handle.shutdown().await;
+            assert!(
+                delivered_after < Duration::from_millis(1_500),
+                "{delivered_after:?}"
+            );
+            let stuck = &sync(|| outbox.events_for_call("stuck")).unwrap()[0];
+            assert_eq!(stuck.state, EventState::Pending);
+            assert!(stuck.attempts >= 1);
+            assert_eq!(stuck.last_error.as_deref(), Some("no answer within 300 ms"));
+            assert!(log.lock().unwrap().iter().any(|r| r.body.contains("fine")));
+            sync(move || drop((handle, outbox)));
+            eprintln!(
+                "{}: hang: timeout after {took:?}, other call delivered after {delivered_after:?}",
+                store.name
+            );
+        }
     }
 
     #[test]
     fn dead_letters_are_listed_skipped_and_requeued_once_fixed() {
-        let outbox = Outbox::in_memory().unwrap();
+        for store in stores() {
+            let _named = store.naming();
+            let outbox = store.open();
+            let config = WebhookConfig {
+                initial_backoff_ms: 100,
+                max_attempts: 2,
+                ..WebhookConfig::default()
+            };
+            assert_eq!(WebhookConfig::default().max_attempts, DEFAULT_MAX_ATTEMPTS);
+            let first = outbox
+                .enqueue("A", "escalated", serde_json::json!({}), 1)
+                .unwrap();
+            let second = outbox
+                .enqueue("A", "call_ended", serde_json::json!({}), 2)
+                .unwrap();
+            let head = outbox.due(10, 10).unwrap().remove(0);
+            assert_eq!(head.event_id, first);
+            outbox.mark_failed(head.id, "slow", 10, &config).unwrap();
+            assert_eq!(
+                outbox.mark_failed(head.id, "slower", 500, &config).unwrap(),
+                Failure::Dead { attempt: 2 }
+            );
+            assert_eq!(outbox.dead_count().unwrap(), 1);
+            let dead = outbox.dead_events(10).unwrap();
+            assert_eq!(
+                dead,
+                [DeadEvent {
+                    event_id: first.clone(),
+                    call_id: "A".into(),
+                    kind: "escalated".into(),
+                    created_ms: 1,
+                    dead_ms: 500,
+                    attempts: 2,
+                    last_error: Some("slower".into()),
+                }]
+            );
+            assert!(outbox.dead_events(0).unwrap().is_empty());
+            // The dead head is skipped: the call's next event is due.
+            let next = outbox.due(500, 10).unwrap();
+            assert_eq!(next.len(), 1);
+            assert_eq!(next[0].event_id, second);
+
+            // Only a dead event can be requeued.
+            assert!(matches!(
+                outbox.retry_dead(&second, 600),
+                Err(OutboxError::NotDead {
+                    state: EventState::Pending,
+                    ..
+                })
+            ));
+            assert!(matches!(
+                outbox.retry_dead("nope", 600),
+                Err(OutboxError::UnknownEvent(_))
+            ));
+            // Requeued: pending with a fresh set of attempts, before the call's pending events,
+            // same id and body.
+            outbox.retry_dead(&first, 600).unwrap();
+            assert_eq!(outbox.dead_count().unwrap(), 0);
+            assert!(outbox.due(599, 10).unwrap().is_empty());
+            let again = outbox.due(600, 10).unwrap().remove(0);
+            assert_eq!((again.id, again.attempts), (head.id, 0));
+            assert_eq!(again.body, head.body);
+            assert_eq!(
+                outbox.mark_failed(again.id, "still", 600, &config).unwrap(),
+                Failure::Retry {
+                    attempt: 1,
+                    retry_in_ms: outbox.events_for_call("A").unwrap()[0].next_attempt_ms - 600
+                }
+            );
+            outbox.mark_delivered(again.id, 800).unwrap();
+            assert!(matches!(
+                outbox.retry_dead(&first, 900),
+                Err(OutboxError::NotDead {
+                    state: EventState::Delivered,
+                    ..
+                })
+            ));
+            // Dead letters are pruned with the delivered events, never the pending ones.
+            let lone = outbox
+                .enqueue("B", "escalated", serde_json::json!({}), 3)
+                .unwrap();
+            let id = outbox
+                .due(1_000, 10)
+                .unwrap()
+                .into_iter()
+                .find(|e| e.event_id == lone)
+                .unwrap()
+                .id;
+            outbox.mark_failed(id, "x", 1_000, &config).unwrap();
+            outbox.mark_failed(id, "x", 1_000, &config).unwrap();
+            assert_eq!(outbox.dead_count().unwrap(), 1);
+            assert_eq!(outbox.prune(u64::MAX).unwrap(), 2);
+            assert_eq!(outbox.dead_count().unwrap(), 0);
+            assert_eq!(outbox.pending_count().unwrap(), 1);
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_slow_receiver_gets_a_bounded_number_of_attempts_and_the_call_moves_on() {
+        for store in stores() {
+            let _named = store.naming();
+            // The receiver never answers `escalated` (slower than any timeout); it takes the
+            // rest.
+            let (url, log) = receiver(|_, request| {
+                if request.header("x-voicebot-event") == "escalated" {
+                    Reply::Hang
+                } else {
+                    Reply::Status(200)
+                }
+            });
+            let config = WebhookConfig {
+                timeout_ms: 100,
+                max_attempts: 3,
+                ..test_config(url)
+            };
+            let outbox = Arc::new(sync(|| store.open()));
+            let handle = spawn_deliverer(Arc::clone(&outbox), config);
+            let (dead_id, confirmed) =
+                sync(|| handle.enqueue_watched("call-3", "escalated", serde_json::json!({})))
+                    .unwrap();
+            let ended =
+                sync(|| handle.enqueue("call-3", "call_ended", serde_json::json!({}))).unwrap();
+            wait_until("the later event", Duration::from_secs(10), || {
+                outbox.events_for_call("call-3").unwrap()[1].state == EventState::Delivered
+            })
+            .await;
+            handle.shutdown().await;
+            // The watcher learns that no confirmation will come.
+            assert!(confirmed.await.is_err());
+            let history = sync(|| outbox.events_for_call("call-3")).unwrap();
+            assert_eq!(history[0].state, EventState::Dead);
+            assert_eq!(history[0].attempts, 3);
+            assert_eq!(
+                history[0].last_error.as_deref(),
+                Some("no answer within 100 ms")
+            );
+            let received = log.lock().unwrap().clone();
+            let keys: Vec<&str> = received
+                .iter()
+                .map(|r| r.header("idempotency-key"))
+                .collect();
+            assert_eq!(
+                keys,
+                [dead_id.as_str(), &dead_id, &dead_id, &ended],
+                "three attempts at the slow event, then the next one"
+            );
+            assert_eq!(
+                sync(|| outbox.dead_events(10)).unwrap()[0].event_id,
+                dead_id
+            );
+            sync(move || drop((handle, outbox)));
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn webhooks_off_leaves_events_in_the_outbox() {
+        for store in stores() {
+            let _named = store.naming();
+            let outbox = Arc::new(sync(|| store.open()));
+            let handle = spawn_deliverer(Arc::clone(&outbox), WebhookConfig::default());
+            sync(|| handle.enqueue("c", "escalated", serde_json::Value::Null)).unwrap();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            handle.shutdown().await;
+            handle.shutdown().await;
+            assert_eq!(sync(|| outbox.pending_count()).unwrap(), 1);
+            sync(move || drop((handle, outbox)));
+        }
+    }
+
+    // ---- a cluster of gateways on PostgreSQL -----------------------------------------------
+
+    /// A PostgreSQL store on a fresh database; `None` without a throwaway server.
+    fn postgres_store() -> Option<Store> {
+        let url = crate::storage::throwaway::fresh_database()?;
+        Some(Store {
+            name: "PostgreSQL",
+            dir: tempfile::tempdir().unwrap(),
+            url: Some(url),
+        })
+    }
+
+    #[test]
+    fn postgres_schema_migrates_once_and_a_newer_one_is_refused() {
+        let Some(store) = postgres_store() else {
+            return;
+        };
+        let first = store.open();
+        first.enqueue("c", "k", serde_json::Value::Null, 0).unwrap();
+        drop(first);
+        let again = store.open();
+        assert_eq!(again.pending_count().unwrap(), 1);
+        let Backend::Postgres(pg) = &again.backend else {
+            panic!("a PostgreSQL store");
+        };
+        pg.set_schema_version(99).unwrap();
+        drop(again);
+        let pool = crate::storage::postgres::connect(store.url.as_deref().unwrap(), 1).unwrap();
+        assert!(matches!(
+            Outbox::open_postgres(pool, "node-a", Duration::from_secs(10)),
+            Err(OutboxError::Postgres(
+                crate::storage::postgres::PgError::NewerSchema { found: 99, .. }
+            ))
+        ));
+    }
+
+    #[test]
+    fn gateways_claim_disjoint_events_and_keep_each_calls_order() {
+        let Some(store) = postgres_store() else {
+            return;
+        };
+        let lease = Duration::from_secs(30);
+        let (a, b) = (
+            store.open_as("node-a", lease),
+            store.open_as("node-b", lease),
+        );
+        // Ten calls with three events each, enqueued through either gateway.
+        let mut ids: HashMap<String, Vec<String>> = HashMap::new();
+        for step in 0..3 {
+            for call in 0..10 {
+                let call_id = format!("call-{call}");
+                let outbox = if call % 2 == 0 { &a } else { &b };
+                let id = outbox
+                    .enqueue(&call_id, &format!("k{step}"), serde_json::Value::Null, 1)
+                    .unwrap();
+                ids.entry(call_id).or_default().push(id);
+            }
+        }
+        let heads: std::collections::HashSet<String> =
+            ids.values().map(|events| events[0].clone()).collect();
+        let keys = |events: &[PendingEvent]| -> std::collections::HashSet<String> {
+            events.iter().map(|e| e.event_id.clone()).collect()
+        };
+
+        let of_a = a.due(10, 4).unwrap();
+        let of_b = b.due(10, 100).unwrap();
+        assert_eq!((of_a.len(), of_b.len()), (4, 6), "a takes 4, b the other 6");
+        assert!(keys(&of_a).is_disjoint(&keys(&of_b)));
+        let all: std::collections::HashSet<String> =
+            keys(&of_a).union(&keys(&of_b)).cloned().collect();
+        assert_eq!(all, heads, "only the oldest event of each call");
+        // Each keeps its own claims (it may take them again); neither takes the other's, nor a
+        // later event of a call whose head the other holds.
+        assert_eq!(keys(&a.due(10, 100).unwrap()), keys(&of_a));
+        assert_eq!(keys(&b.due(10, 100).unwrap()), keys(&of_b));
+        let held = &b.events_for_call(&of_a[0].call_id).unwrap()[0];
+        assert_eq!(held.claimed_by.as_deref(), Some("node-a"));
+        assert_eq!(held.state, EventState::Pending);
+
+        // a delivers its four: the second events of those calls are due, to b as well.
+        for event in &of_a {
+            a.mark_delivered(event.id, 20).unwrap();
+        }
+        let next = b.due(20, 100).unwrap();
+        let seconds: std::collections::HashSet<String> =
+            of_a.iter().map(|e| ids[&e.call_id][1].clone()).collect();
+        assert_eq!(keys(&next), keys(&of_b).union(&seconds).cloned().collect());
+        // A failed attempt ends the claim: the event waits for its retry, then anyone takes it.
         let config = WebhookConfig {
-            initial_backoff_ms: 100,
-            max_attempts: 2,
+            initial_backoff_ms: 1_000,
             ..WebhookConfig::default()
         };
-        assert_eq!(WebhookConfig::default().max_attempts, DEFAULT_MAX_ATTEMPTS);
-        let first = outbox
+        let failed = &of_b[0];
+        let Failure::Retry { retry_in_ms, .. } =
+            b.mark_failed(failed.id, "down", 20, &config).unwrap()
+        else {
+            panic!("a retry");
+        };
+        assert!(!keys(&a.due(20, 100).unwrap()).contains(&failed.event_id));
+        assert!(keys(&a.due(20 + retry_in_ms, 100).unwrap()).contains(&failed.event_id));
+    }
+
+    #[test]
+    fn two_gateways_draining_at_once_take_each_event_once_in_order() {
+        let Some(store) = postgres_store() else {
+            return;
+        };
+        let lease = Duration::from_secs(30);
+        let mut ids: HashMap<String, Vec<String>> = HashMap::new();
+        {
+            let a = store.open_as("node-a", lease);
+            for step in 0..4 {
+                for call in 0..50 {
+                    let call_id = format!("call-{call}");
+                    let id = a
+                        .enqueue(&call_id, &format!("k{step}"), serde_json::Value::Null, 1)
+                        .unwrap();
+                    ids.entry(call_id).or_default().push(id);
+                }
+            }
+        }
+        let log: Arc<Mutex<Vec<(String, String, String)>>> = Arc::default();
+        let gateways: Vec<_> = ["node-a", "node-b"]
+            .into_iter()
+            .map(|node| {
+                let outbox = store.open_as(node, lease);
+                let log = Arc::clone(&log);
+                std::thread::spawn(move || {
+                    let deadline = Instant::now() + Duration::from_secs(60);
+                    while outbox.pending_count().unwrap() > 0 {
+                        assert!(Instant::now() < deadline, "{node}: not drained in time");
+                        for event in outbox.due(1_000, 8).unwrap() {
+                            log.lock().unwrap().push((
+                                node.to_string(),
+                                event.call_id.clone(),
+                                event.event_id.clone(),
+                            ));
+                            // Claims are exclusive: the other gateway never recorded it.
+                            outbox.mark_delivered(event.id, 1_000).unwrap();
+                        }
+                    }
+                })
+            })
+            .collect();
+        for gateway in gateways {
+            gateway.join().expect("gateway thread");
+        }
+        let log = log.lock().unwrap().clone();
+        assert_eq!(log.len(), 200, "every event taken exactly once");
+        for (call_id, expected) in &ids {
+            let got: Vec<&String> = log
+                .iter()
+                .filter(|(_, c, _)| c == call_id)
+                .map(|(_, _, id)| id)
+                .collect();
+            assert_eq!(
+                got,
+                expected.iter().collect::<Vec<_>>(),
+                "{call_id} in order"
+            );
+        }
+        let by_a = log.iter().filter(|(node, _, _)| node == "node-a").count();
+        eprintln!("drain: node-a took {by_a} events, node-b {}", 200 - by_a);
+    }
+
+    #[test]
+    fn a_dead_gateways_claims_are_taken_over_once_their_lease_ends() {
+        let Some(store) = postgres_store() else {
+            return;
+        };
+        let lease = Duration::from_millis(1_500);
+        let (dead, survivor) = (
+            store.open_as("node-dead", lease),
+            store.open_as("node-b", lease),
+        );
+        let a1 = dead
             .enqueue("A", "escalated", serde_json::json!({}), 1)
             .unwrap();
-        let second = outbox
+        let a2 = dead
             .enqueue("A", "call_ended", serde_json::json!({}), 2)
             .unwrap();
-        let head = outbox.due(10, 10).unwrap().remove(0);
-        assert_eq!(head.event_id, first);
-        outbox.mark_failed(head.id, "slow", 10, &config).unwrap();
-        assert_eq!(
-            outbox.mark_failed(head.id, "slower", 500, &config).unwrap(),
-            Failure::Dead { attempt: 2 }
-        );
-        assert_eq!(outbox.dead_count().unwrap(), 1);
-        let dead = outbox.dead_events(10).unwrap();
-        assert_eq!(
-            dead,
-            [DeadEvent {
-                event_id: first.clone(),
-                call_id: "A".into(),
-                kind: "escalated".into(),
-                created_ms: 1,
-                dead_ms: 500,
-                attempts: 2,
-                last_error: Some("slower".into()),
-            }]
-        );
-        assert!(outbox.dead_events(0).unwrap().is_empty());
-        // The dead head is skipped: the call's next event is due.
-        let next = outbox.due(500, 10).unwrap();
-        assert_eq!(next.len(), 1);
-        assert_eq!(next[0].event_id, second);
-
-        // Only a dead event can be requeued.
-        assert!(matches!(
-            outbox.retry_dead(&second, 600),
-            Err(OutboxError::NotDead {
-                state: EventState::Pending,
-                ..
-            })
-        ));
-        assert!(matches!(
-            outbox.retry_dead("nope", 600),
-            Err(OutboxError::UnknownEvent(_))
-        ));
-        // Requeued: pending with a fresh set of attempts, before the call's pending events,
-        // same id and body.
-        outbox.retry_dead(&first, 600).unwrap();
-        assert_eq!(outbox.dead_count().unwrap(), 0);
-        assert!(outbox.due(599, 10).unwrap().is_empty());
-        let again = outbox.due(600, 10).unwrap().remove(0);
-        assert_eq!((again.id, again.attempts), (head.id, 0));
-        assert_eq!(again.body, head.body);
-        assert_eq!(
-            outbox.mark_failed(again.id, "still", 600, &config).unwrap(),
-            Failure::Retry {
-                attempt: 1,
-                retry_in_ms: outbox.events_for_call("A").unwrap()[0].next_attempt_ms - 600
-            }
-        );
-        outbox.mark_delivered(again.id, 800).unwrap();
-        assert!(matches!(
-            outbox.retry_dead(&first, 900),
-            Err(OutboxError::NotDead {
-                state: EventState::Delivered,
-                ..
-            })
-        ));
-        // Dead letters are pruned with the delivered events, never the pending ones.
-        let lone = outbox
+        let b1 = dead
             .enqueue("B", "escalated", serde_json::json!({}), 3)
             .unwrap();
-        let id = outbox
-            .due(1_000, 10)
-            .unwrap()
-            .into_iter()
-            .find(|e| e.event_id == lone)
-            .unwrap()
-            .id;
-        outbox.mark_failed(id, "x", 1_000, &config).unwrap();
-        outbox.mark_failed(id, "x", 1_000, &config).unwrap();
-        assert_eq!(outbox.dead_count().unwrap(), 1);
-        assert_eq!(outbox.prune(u64::MAX).unwrap(), 2);
-        assert_eq!(outbox.dead_count().unwrap(), 0);
-        assert_eq!(outbox.pending_count().unwrap(), 1);
+        // The gateway claims both heads, then dies mid-delivery (it never records an answer).
+        let held = dead.due(10, 10).unwrap();
+        let claimed_at = Instant::now();
+        assert_eq!(
+            held.iter().map(|e| &e.event_id).collect::<Vec<_>>(),
+            [&a1, &b1]
+        );
+        // While the lease runs the survivor takes nothing: not the heads, not A's later event.
+        assert!(survivor.due(10, 10).unwrap().is_empty());
+        assert_eq!(survivor.next_due_ms().unwrap(), None);
+        let mut taken = Vec::new();
+        while taken.is_empty() {
+            assert!(
+                claimed_at.elapsed() < Duration::from_secs(10),
+                "the lease never ended"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+            taken = survivor.due(10, 10).unwrap();
+        }
+        let waited = claimed_at.elapsed();
+        assert!(waited + Duration::from_millis(100) >= lease, "{waited:?}");
+        assert_eq!(
+            taken.iter().map(|e| &e.event_id).collect::<Vec<_>>(),
+            [&a1, &b1],
+            "the same events, in order, A's later one still behind its head"
+        );
+        let history = survivor.events_for_call("A").unwrap();
+        assert_eq!(history[0].claimed_by.as_deref(), Some("node-b"));
+        assert_eq!(history[1].claimed_by, None);
+        survivor.mark_delivered(taken[0].id, 20).unwrap();
+        assert_eq!(
+            survivor
+                .due(20, 10)
+                .unwrap()
+                .iter()
+                .map(|e| &e.event_id)
+                .collect::<Vec<_>>(),
+            [&a2, &b1]
+        );
+        // The dead gateway's late bookkeeping cannot undo the survivor's work.
+        assert!(matches!(
+            dead.mark_failed(taken[0].id, "late", 30, &WebhookConfig::default()),
+            Err(OutboxError::NotPending(_))
+        ));
+        assert!(matches!(
+            dead.mark_failed(taken[1].id, "late", 30, &WebhookConfig::default()),
+            Err(OutboxError::NotPending(_))
+        ));
+        eprintln!("takeover after {waited:?} (lease {lease:?})");
     }
 
-    #[tokio::test]
-    async fn a_slow_receiver_gets_a_bounded_number_of_attempts_and_the_call_moves_on() {
-        // The receiver never answers `escalated` (slower than any timeout); it takes the rest.
-        let (url, log) = receiver(|_, request| {
-            if request.header("x-voicebot-event") == "escalated" {
-                Reply::Hang
-            } else {
-                Reply::Status(200)
-            }
-        });
-        let config = WebhookConfig {
-            timeout_ms: 100,
-            max_attempts: 3,
-            ..test_config(url)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_deliverers_post_every_event_once_in_order_per_call() {
+        let Some(store) = postgres_store() else {
+            return;
         };
-        let outbox = Arc::new(Outbox::in_memory().unwrap());
-        let handle = spawn_deliverer(Arc::clone(&outbox), config);
-        let (dead_id, confirmed) = handle
-            .enqueue_watched("call-3", "escalated", serde_json::json!({}))
-            .unwrap();
-        let ended = handle
-            .enqueue("call-3", "call_ended", serde_json::json!({}))
-            .unwrap();
-        wait_until("the later event", Duration::from_secs(10), || {
-            outbox.events_for_call("call-3").unwrap()[1].state == EventState::Delivered
+        let (url, log) = receiver(|_, _| Reply::Status(200));
+        let config = test_config(url);
+        let lease = lease_for(&config);
+        let (a, b) = sync(|| {
+            (
+                Arc::new(store.open_as("node-a", lease)),
+                Arc::new(store.open_as("node-b", lease)),
+            )
+        });
+        let handles = [
+            spawn_deliverer(Arc::clone(&a), config.clone()),
+            spawn_deliverer(Arc::clone(&b), config),
+        ];
+        // 30 calls, four events each, each call's events enqueued by "its" gateway.
+        let (calls, steps) = (30, 4);
+        let mut ids: HashMap<String, Vec<String>> = HashMap::new();
+        for step in 0..steps {
+            for call in 0..calls {
+                let call_id = format!("call-{call}");
+                let handle = &handles[call % 2];
+                let id =
+                    sync(|| handle.enqueue(&call_id, &format!("k{step}"), serde_json::json!({})))
+                        .unwrap();
+                ids.entry(call_id).or_default().push(id);
+            }
+        }
+        let started = Instant::now();
+        wait_until("every event delivered", Duration::from_secs(30), || {
+            a.pending_count().unwrap() == 0
         })
         .await;
-        handle.shutdown().await;
-        // The watcher learns that no confirmation will come.
-        assert!(confirmed.await.is_err());
-        let history = outbox.events_for_call("call-3").unwrap();
-        assert_eq!(history[0].state, EventState::Dead);
-        assert_eq!(history[0].attempts, 3);
-        assert_eq!(
-            history[0].last_error.as_deref(),
-            Some("no answer within 100 ms")
-        );
+        let took = started.elapsed();
+        for handle in &handles {
+            handle.shutdown().await;
+        }
         let received = log.lock().unwrap().clone();
-        let keys: Vec<&str> = received
-            .iter()
-            .map(|r| r.header("idempotency-key"))
-            .collect();
         assert_eq!(
-            keys,
-            [dead_id.as_str(), &dead_id, &dead_id, &ended],
-            "three attempts at the slow event, then the next one"
+            received.len(),
+            calls * steps,
+            "each event posted exactly once"
         );
-        assert_eq!(outbox.dead_events(10).unwrap()[0].event_id, dead_id);
-    }
-
-    #[tokio::test]
-    async fn webhooks_off_leaves_events_in_the_outbox() {
-        let outbox = Arc::new(Outbox::in_memory().unwrap());
-        let handle = spawn_deliverer(Arc::clone(&outbox), WebhookConfig::default());
-        handle
-            .enqueue("c", "escalated", serde_json::Value::Null)
-            .unwrap();
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        handle.shutdown().await;
-        handle.shutdown().await;
-        assert_eq!(outbox.pending_count().unwrap(), 1);
+        let mut per_call: HashMap<String, Vec<String>> = HashMap::new();
+        for request in &received {
+            assert!(request.signature_ok());
+            let envelope: serde_json::Value = serde_json::from_str(&request.body).unwrap();
+            let call_id = envelope["call_id"].as_str().unwrap().to_string();
+            per_call
+                .entry(call_id)
+                .or_default()
+                .push(request.header("idempotency-key").to_string());
+        }
+        assert_eq!(per_call, ids, "every call's events, once each, in order");
+        let by_a = sync(|| {
+            (0..calls)
+                .flat_map(|call| a.events_for_call(&format!("call-{call}")).unwrap())
+                .filter(|e| e.claimed_by.as_deref() == Some("node-a"))
+                .count()
+        });
+        sync(move || drop((handles, a, b)));
+        eprintln!(
+            "two deliverers: {} events in {took:?}; node-a posted {by_a}, node-b {}",
+            calls * steps,
+            calls * steps - by_a
+        );
     }
 }
