@@ -126,6 +126,15 @@ fn shown(revision: Option<i64>) -> String {
     revision.map_or_else(|| "none".to_string(), |r| r.to_string())
 }
 
+/// Where this gateway stands in the cluster's revisions.
+#[derive(Debug, Default, Clone, Copy)]
+struct Followed {
+    /// The revision in force here.
+    in_force: Option<i64>,
+    /// The latest revision heard of that did not load here (the flows of `in_force` stay).
+    refused: Option<i64>,
+}
+
 /// Called with the set put in force from a revision (the server keeps the prompts ready).
 pub type OnChange = Box<dyn Fn(&FlowSet) + Send + Sync>;
 
@@ -138,9 +147,9 @@ pub struct FlowSync {
     config: Arc<GatewayConfig>,
     store: Arc<FlowStore>,
     on_change: Option<OnChange>,
-    /// The revision in force here. Held while the flows directory is written, so a publish
-    /// and the listener never write it at once.
-    in_force: Mutex<Option<i64>>,
+    /// The revisions in force here and refused here. Held while the flows directory is
+    /// written, so a publish and the listener never write it at once.
+    followed: Mutex<Followed>,
     reconnects: AtomicU64,
 }
 
@@ -172,7 +181,7 @@ impl FlowSync {
             config,
             store,
             on_change: None,
-            in_force: Mutex::new(None),
+            followed: Mutex::new(Followed::default()),
             reconnects: AtomicU64::new(0),
         })
     }
@@ -185,7 +194,13 @@ impl FlowSync {
 
     /// The revision in force on this gateway (`None`: none taken yet).
     pub fn in_force(&self) -> Option<i64> {
-        *self.lock()
+        self.lock().in_force
+    }
+
+    /// The latest revision that did not load here, when it is newer than the one in force.
+    pub fn refused(&self) -> Option<i64> {
+        let f = *self.lock();
+        f.refused.filter(|r| Some(*r) > f.in_force)
     }
 
     /// How often the listener connected again after losing its connection.
@@ -193,8 +208,8 @@ impl FlowSync {
         self.reconnects.load(Ordering::Relaxed)
     }
 
-    fn lock(&self) -> MutexGuard<'_, Option<i64>> {
-        self.in_force
+    fn lock(&self) -> MutexGuard<'_, Followed> {
+        self.followed
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -239,7 +254,7 @@ impl FlowSync {
                 let change = format!("initial flows of {}", self.node);
                 let id = insert_revision(&mut tx, &self.node, &change, &files)?;
                 tx.commit()?;
-                *guard = Some(id);
+                guard.in_force = Some(id);
                 tracing::info!(revision = id, files = files.len(), node = %self.node,
                     "published this gateway's flow files as the cluster's first revision");
                 return Ok(Some(id));
@@ -254,19 +269,20 @@ impl FlowSync {
     pub fn catch_up(&self) -> Result<Option<i64>, FlowSyncError> {
         let mut guard = self.lock();
         let Some(latest) = self.fetch_latest()? else {
-            return Ok(*guard);
+            return Ok(guard.in_force);
         };
-        if Some(latest.id) <= *guard {
-            return Ok(*guard);
+        if Some(latest.id) <= guard.in_force {
+            return Ok(guard.in_force);
         }
         match self.materialize(&latest) {
             Ok(()) => {
-                *guard = Some(latest.id);
+                guard.in_force = Some(latest.id);
                 tracing::info!(revision = latest.id, from = %latest.node, change = %latest.change,
                     "flow revision in force");
-                Ok(*guard)
+                Ok(guard.in_force)
             }
             Err(e) => {
+                guard.refused = Some(latest.id);
                 tracing::warn!(revision = latest.id, from = %latest.node, error = %e,
                     "flow revision not taken; the previous flows stay in force");
                 Err(e)
@@ -276,7 +292,9 @@ impl FlowSync {
 
     /// Publishes a validated admin edit (`plan`, validated against revision `base`) as a new
     /// revision, then carries it out here and puts its set in force. Refused with
-    /// [`FlowSyncError::Conflict`] when another gateway published meanwhile. Blocking.
+    /// [`FlowSyncError::Conflict`] when another gateway published meanwhile, unless the latest
+    /// revision is one that did not load here: an edit made where the flows in force are
+    /// `base` then replaces it (else one bad revision would block every edit). Blocking.
     pub fn publish(
         &self,
         plan: WritePlan,
@@ -289,11 +307,16 @@ impl FlowSync {
         let mut tx = conn.transaction()?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&PUBLISH_LOCK])?;
         let latest = latest_id(&mut tx)?;
-        if latest != base || *guard != base {
+        let replaces_refused = latest.is_some() && latest == guard.refused;
+        if guard.in_force != base || (latest != base && !replaces_refused) {
             return Err(FlowSyncError::Conflict {
                 base: shown(base),
                 latest: shown(latest),
             });
+        }
+        if replaces_refused && latest != base {
+            tracing::warn!(refused = ?latest, base = ?base,
+                "this edit replaces the latest revision, which does not load on this gateway");
         }
         let mut files = match base {
             Some(b) => files_of(&mut tx, b)?,
@@ -314,7 +337,7 @@ impl FlowSync {
         if let Some(f) = &self.on_change {
             f(&set);
         }
-        *guard = Some(id);
+        guard.in_force = Some(id);
         tracing::info!(
             revision = id,
             change,
@@ -682,4 +705,432 @@ fn remove_empty_dirs(dir: &Path) {
         }
     }
     let _ = std::fs::remove_dir(dir);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::admin::flows::{plan_delete, plan_write, FlowWrite};
+    use crate::admin::test_support::support_flow;
+    use crate::config::IntentEngine;
+
+    /// One gateway of a test cluster: its own flows directory (with the support flow, its
+    /// intents and prompts beside it as shared files), its flows and its sync.
+    struct Gateway {
+        dir: tempfile::TempDir,
+        config: Arc<GatewayConfig>,
+        store: Arc<FlowStore>,
+        sync: Arc<FlowSync>,
+    }
+
+    impl Gateway {
+        fn new(url: &str, node: &str) -> Gateway {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+            std::fs::copy(
+                root.join("sip-config/intents.toml"),
+                dir.path().join("intents.toml"),
+            )
+            .expect("copy intents");
+            std::fs::copy(
+                root.join("prompts/en.toml"),
+                dir.path().join("prompts.toml"),
+            )
+            .expect("copy prompts");
+            std::fs::create_dir_all(dir.path().join("flows")).expect("mkdir");
+            std::fs::write(dir.path().join("flows/support.toml"), support_flow(""))
+                .expect("write flow");
+            let mut config = GatewayConfig::default();
+            config.intent.engine = IntentEngine::Rules;
+            config.flows.dir = dir.path().join("flows");
+            config.flows.shared = vec![
+                dir.path().join("intents.toml"),
+                dir.path().join("prompts.toml"),
+            ];
+            let config = Arc::new(config);
+            let store = Arc::new(FlowStore::new(load_flows(&config).expect("flows load")));
+            let pool = pg::connect(url, 2).expect("connects");
+            let sync = FlowSync::open(
+                pool,
+                node.into(),
+                url.into(),
+                Arc::clone(&config),
+                Arc::clone(&store),
+            )
+            .expect("opens");
+            Gateway {
+                dir,
+                config,
+                store,
+                sync: Arc::new(sync),
+            }
+        }
+
+        fn flows_dir(&self) -> PathBuf {
+            self.dir.path().join("flows")
+        }
+
+        /// An admin PUT of `name` as this gateway's admin API does it with a shared store.
+        fn put(&self, name: &str, text: String) -> Result<i64, FlowSyncError> {
+            let base = self.sync.in_force();
+            let write = FlowWrite {
+                flow: text,
+                intents: None,
+                prompts: None,
+            };
+            let plan = plan_write(&self.config, &self.store.current(), name, &write)
+                .expect("the edit validates");
+            self.sync
+                .publish(plan, base, &format!("PUT {name}"))
+                .map(|(id, _)| id)
+        }
+
+        fn delete(&self, name: &str) -> Result<i64, FlowSyncError> {
+            let base = self.sync.in_force();
+            let plan =
+                plan_delete(&self.config, &self.store.current(), name).expect("delete validates");
+            self.sync
+                .publish(plan, base, &format!("DELETE {name}"))
+                .map(|(id, _)| id)
+        }
+
+        fn description(&self, name: &str) -> Option<String> {
+            self.store
+                .current()
+                .get(name)
+                .map(|f| f.description.clone())
+        }
+    }
+
+    fn billing(description: &str) -> String {
+        format!(
+            "name = \"billing\"\ndescription = \"{description}\"\nnumbers = [\"200\"]\n\
+             intents = \"../intents.toml\"\nprompts = \"../prompts.toml\"\n"
+        )
+    }
+
+    /// Waits (bounded) until `done`; returns how long it took.
+    fn within(limit: Duration, what: &str, mut done: impl FnMut() -> bool) -> Duration {
+        let start = Instant::now();
+        while !done() {
+            assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        start.elapsed()
+    }
+
+    /// Stores a revision as another gateway would, without validating it here.
+    fn publish_raw(g: &Gateway, files: &Files, change: &str) -> i64 {
+        let mut conn = pg::conn(&g.sync.pool).expect("conn");
+        let mut tx = conn.transaction().expect("tx");
+        let id = insert_revision(&mut tx, "elsewhere", change, files).expect("insert");
+        tx.commit().expect("commit");
+        id
+    }
+
+    #[test]
+    fn revisions_are_published_and_fetched_with_every_file() {
+        let Some(url) = crate::storage::throwaway::fresh_database() else {
+            return;
+        };
+        let a = Gateway::new(&url, "a");
+        assert_eq!(a.sync.fetch_latest().expect("fetch"), None);
+        // The first gateway publishes its own files as revision 1.
+        let first = a.sync.start_up().expect("start").expect("a revision");
+        let latest = a.sync.fetch_latest().expect("fetch").expect("revision 1");
+        assert_eq!(latest.id, first);
+        assert_eq!(latest.node, "a");
+        assert!(latest.change.contains("initial"), "{}", latest.change);
+        assert_eq!(
+            latest.files,
+            Files::from([("support.toml".to_string(), support_flow(""))])
+        );
+        // A second gateway takes it instead of publishing its own.
+        let b = Gateway::new(&url, "b");
+        assert_eq!(b.sync.start_up().expect("start"), Some(first));
+        assert_eq!(
+            a.sync.fetch_latest().expect("fetch").map(|r| r.id),
+            Some(first)
+        );
+
+        // An edit: a new revision with the full set, written and in force here.
+        let second = a.put("billing", billing("Billing")).expect("publish");
+        assert!(second > first);
+        let latest = a.sync.fetch_latest().expect("fetch").expect("revision 2");
+        assert_eq!(latest.id, second);
+        assert_eq!(latest.change, "PUT billing");
+        assert_eq!(
+            latest.files.keys().collect::<Vec<_>>(),
+            ["billing.toml", "support.toml"]
+        );
+        assert_eq!(a.sync.in_force(), Some(second));
+        assert_eq!(a.description("billing").as_deref(), Some("Billing"));
+        assert_eq!(
+            std::fs::read_to_string(a.flows_dir().join("billing.toml")).expect("written"),
+            billing("Billing")
+        );
+
+        // b has not taken revision 2: its edit was validated against revision 1 and is refused.
+        match b.put("billing", billing("Other")) {
+            Err(FlowSyncError::Conflict { base, latest }) => {
+                assert_eq!((base, latest), (first.to_string(), second.to_string()))
+            }
+            other => panic!("expected a conflict, got {other:?}"),
+        }
+        assert_eq!(b.sync.catch_up().expect("catch up"), Some(second));
+        assert_eq!(b.description("billing").as_deref(), Some("Billing"));
+
+        // A delete: the file leaves the revision and every directory.
+        let third = b.delete("billing").expect("delete");
+        assert_eq!(
+            a.sync
+                .fetch_latest()
+                .expect("fetch")
+                .expect("revision 3")
+                .files
+                .keys()
+                .collect::<Vec<_>>(),
+            ["support.toml"]
+        );
+        assert_eq!(a.sync.catch_up().expect("catch up"), Some(third));
+        assert!(!a.flows_dir().join("billing.toml").exists());
+        assert_eq!(a.description("billing"), None);
+    }
+
+    #[test]
+    fn gateways_starting_together_publish_one_first_revision() {
+        let Some(url) = crate::storage::throwaway::fresh_database() else {
+            return;
+        };
+        let gateways: Vec<Gateway> = (0..3)
+            .map(|i| Gateway::new(&url, &format!("g{i}")))
+            .collect();
+        let revisions: Vec<Option<i64>> = std::thread::scope(|s| {
+            let started: Vec<_> = gateways
+                .iter()
+                .map(|g| s.spawn(|| g.sync.start_up().expect("start")))
+                .collect();
+            started
+                .into_iter()
+                .map(|t| t.join().expect("thread"))
+                .collect()
+        });
+        let first = revisions[0].expect("a revision");
+        assert!(revisions.iter().all(|r| *r == Some(first)), "{revisions:?}");
+        let mut conn = pg::conn(&gateways[0].sync.pool).expect("conn");
+        let n: i64 = conn
+            .query_one("SELECT COUNT(*) FROM flow_revisions", &[])
+            .expect("count")
+            .get(0);
+        assert_eq!(n, 1);
+    }
+
+    #[test]
+    fn an_edit_published_by_one_gateway_is_in_force_on_the_other() {
+        let Some(url) = crate::storage::throwaway::fresh_database() else {
+            return;
+        };
+        let (a, b) = (Gateway::new(&url, "a"), Gateway::new(&url, "b"));
+        a.sync.start_up().expect("start a");
+        b.sync.start_up().expect("start b");
+        let _listening = b.sync.listen().expect("listener");
+        // A call in progress on b keeps the flow it started with.
+        let call_flow = b.store.current().get("support").expect("support");
+        let mut took = Vec::new();
+        for round in 0..8 {
+            let description = format!("Support, edit {round}");
+            let text = support_flow("").replace(
+                "description = \"Support\"",
+                &format!("description = \"{description}\""),
+            );
+            let start = Instant::now();
+            let id = a.put("support", text.clone()).expect("publish");
+            within(Duration::from_secs(3), "the edit in force on b", || {
+                b.description("support").as_deref() == Some(description.as_str())
+            });
+            took.push(start.elapsed());
+            assert_eq!(b.sync.in_force(), Some(id));
+            assert_eq!(
+                std::fs::read_to_string(b.flows_dir().join("support.toml")).expect("on disk"),
+                text
+            );
+        }
+        assert_eq!(call_flow.description, "Support");
+        // A new flow and its removal travel too.
+        a.put("billing", billing("Billing")).expect("publish");
+        within(Duration::from_secs(3), "billing on b", || {
+            b.description("billing").is_some()
+        });
+        assert_eq!(b.store.current().for_number("200").name, "billing");
+        a.delete("billing").expect("delete");
+        within(Duration::from_secs(3), "billing gone from b", || {
+            b.description("billing").is_none()
+        });
+        assert!(!b.flows_dir().join("billing.toml").exists());
+        took.sort();
+        eprintln!(
+            "flow propagation (publish -> in force on the other gateway), {} edits: \
+             min {:?}, median {:?}, max {:?}",
+            took.len(),
+            took[0],
+            took[took.len() / 2],
+            took[took.len() - 1]
+        );
+    }
+
+    #[test]
+    fn a_killed_listener_connection_reconnects_and_catches_up() {
+        let Some(url) = crate::storage::throwaway::fresh_database() else {
+            return;
+        };
+        let (a, b) = (Gateway::new(&url, "a"), Gateway::new(&url, "b"));
+        a.sync.start_up().expect("start a");
+        b.sync.start_up().expect("start b");
+        let _listening = b.sync.listen().expect("listener");
+        let mut admin = pg::conn(&a.sync.pool).expect("conn");
+        let database = url.rsplit('/').next().unwrap_or_default().to_string();
+        let listener_pid = |admin: &mut pg::PgConn| -> Option<i32> {
+            admin
+                .query_opt(
+                    "SELECT pid FROM pg_stat_activity \
+                     WHERE application_name = $1 AND datname = $2",
+                    &[&LISTENER_APPLICATION, &database],
+                )
+                .expect("activity")
+                .map(|row| row.get(0))
+        };
+        let mut pid = None;
+        within(Duration::from_secs(5), "b's listener connected", || {
+            pid = listener_pid(&mut admin);
+            pid.is_some()
+        });
+        let pid = pid.expect("listener pid");
+        // The listener's connection dies; an edit is published once it is gone.
+        let killed: bool = admin
+            .query_one("SELECT pg_terminate_backend($1)", &[&pid])
+            .expect("terminate")
+            .get(0);
+        assert!(killed);
+        within(Duration::from_secs(5), "the killed backend gone", || {
+            listener_pid(&mut admin) != Some(pid)
+        });
+        let id = a
+            .put("billing", billing("After the kill"))
+            .expect("publish");
+        let took = within(Duration::from_secs(10), "b caught up", || {
+            b.sync.in_force() == Some(id)
+        });
+        assert_eq!(b.description("billing").as_deref(), Some("After the kill"));
+        within(
+            Duration::from_secs(10),
+            "the listener connected again",
+            || b.sync.reconnects() >= 1,
+        );
+        // And it listens again: the next edit arrives too.
+        within(
+            Duration::from_secs(5),
+            "b's listener connected again",
+            || listener_pid(&mut admin).is_some_and(|p| p != pid),
+        );
+        let next = a.put("billing", billing("Heard again")).expect("publish");
+        within(Duration::from_secs(3), "the next edit on b", || {
+            b.sync.in_force() == Some(next)
+        });
+        eprintln!("caught up {took:?} after the listener's connection was killed");
+    }
+
+    #[test]
+    fn a_revision_published_while_a_gateway_did_not_listen_is_taken_on_connecting() {
+        let Some(url) = crate::storage::throwaway::fresh_database() else {
+            return;
+        };
+        let (a, b) = (Gateway::new(&url, "a"), Gateway::new(&url, "b"));
+        a.sync.start_up().expect("start a");
+        b.sync.start_up().expect("start b");
+        // Its NOTIFY reaches nobody: b does not listen yet (as while its connection is down).
+        let id = a.put("billing", billing("Missed")).expect("publish");
+        assert_ne!(b.sync.in_force(), Some(id));
+        let _listening = b.sync.listen().expect("listener");
+        within(Duration::from_secs(5), "b took the missed revision", || {
+            b.sync.in_force() == Some(id)
+        });
+        assert_eq!(b.description("billing").as_deref(), Some("Missed"));
+    }
+
+    #[test]
+    fn a_revision_that_does_not_load_keeps_the_previous_flows() {
+        let Some(url) = crate::storage::throwaway::fresh_database() else {
+            return;
+        };
+        let (a, b) = (Gateway::new(&url, "a"), Gateway::new(&url, "b"));
+        let first = a.sync.start_up().expect("start a");
+        b.sync.start_up().expect("start b");
+        let before = b.store.current();
+        // Published elsewhere: a flow with a syntax error on line 3.
+        let mut files = Files::from([("support.toml".to_string(), support_flow(""))]);
+        files.insert(
+            "broken.toml".into(),
+            "name = \"broken\"\nnumbers = [\"300\"]\nescalation = [oops\n".into(),
+        );
+        let bad = publish_raw(&a, &files, "PUT broken");
+        match b.sync.catch_up() {
+            Err(FlowSyncError::Invalid { revision, error }) => {
+                assert_eq!(revision, bad);
+                let shown = error.to_string();
+                assert!(shown.contains("broken.toml"), "{shown}");
+                assert!(shown.contains(":3"), "names the line: {shown}");
+            }
+            other => panic!("expected the revision refused, got {other:?}"),
+        }
+        assert_eq!(b.sync.in_force(), first);
+        assert_eq!(b.sync.refused(), Some(bad));
+        assert!(Arc::ptr_eq(&before, &b.store.current()), "flows unchanged");
+        assert!(
+            !b.flows_dir().join("broken.toml").exists(),
+            "nothing written"
+        );
+        // A path leading out of the flows directory is refused before anything is read.
+        let escape = publish_raw(
+            &a,
+            &Files::from([("../escape.toml".to_string(), "x".to_string())]),
+            "escape",
+        );
+        assert!(matches!(
+            b.sync.catch_up(),
+            Err(FlowSyncError::BadPath { .. })
+        ));
+        assert!(!b.dir.path().join("escape.toml").exists());
+        assert_eq!(b.sync.refused(), Some(escape));
+        // An edit where the flows in force are the last good ones replaces the bad revision.
+        let fixed = b
+            .put("billing", billing("Billing"))
+            .expect("publish over it");
+        assert_eq!(a.sync.catch_up().expect("a follows"), Some(fixed));
+        assert_eq!(a.description("billing").as_deref(), Some("Billing"));
+        assert_eq!(a.description("broken"), None);
+        assert_eq!(b.sync.refused(), None);
+    }
+
+    #[test]
+    fn revision_paths_stay_inside_the_flows_directory() {
+        let dir = Path::new("/srv/flows");
+        assert!(plain(dir, "support.toml").is_ok());
+        assert!(plain(dir, "billing/intents.toml").is_ok());
+        for bad in [
+            "",
+            "../x.toml",
+            "a/../../x.toml",
+            "/etc/passwd",
+            ".hidden.toml",
+            "a//b.toml",
+            "a\\..\\b",
+        ] {
+            assert!(plain(dir, bad).is_err(), "{bad:?} refused");
+        }
+        assert_eq!(
+            relative(dir, &dir.join("billing/intents.toml")).expect("inside"),
+            "billing/intents.toml"
+        );
+        assert!(relative(dir, Path::new("/srv/other.toml")).is_err());
+    }
 }

@@ -823,6 +823,113 @@ mod tests {
         assert_eq!(status, StatusCode::BAD_REQUEST);
     }
 
+    /// Not a `#[tokio::test]`: the blocking PostgreSQL client (the fixtures' pools) must be
+    /// made and dropped outside the runtime; only the requests run on it.
+    #[test]
+    fn with_a_shared_store_an_edit_is_published_and_followed_by_the_other_gateway() {
+        let Some(url) = crate::storage::throwaway::fresh_database() else {
+            return;
+        };
+        let one = crate::admin::test_support::shared_fixture(true, &url, "one");
+        let two = crate::admin::test_support::shared_fixture(true, &url, "two");
+        let sync_two = two.state.flow_sync.clone().expect("shared");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            assert_eq!(
+                sync_two.in_force(),
+                Some(1),
+                "one published revision 1, two took it"
+            );
+            let (status, v) = admin(
+                &one.app,
+                "GET",
+                "/api/flows",
+                "/api/flows",
+                None,
+                axum::body::Body::empty(),
+            )
+            .await;
+            assert_eq!((status, &v["revision"]), (StatusCode::OK, &json!(1)), "{v}");
+            let listening = sync_two.listen().expect("listener");
+            let (status, v) = admin(
+                &one.app,
+                "PUT",
+                "/api/flows/billing",
+                "/api/flows/{name}",
+                Some("application/toml"),
+                billing(""),
+            )
+            .await;
+            assert_eq!(status, StatusCode::CREATED, "{v}");
+            assert_eq!(v["revision"], 2, "{v}");
+            let start = std::time::Instant::now();
+            while two.state.engines.flows.current().get("billing").is_none() {
+                assert!(
+                    start.elapsed() < std::time::Duration::from_secs(3),
+                    "the edit reached gateway two"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            let (_, v) = admin(
+                &two.app,
+                "GET",
+                "/api/flows",
+                "/api/flows",
+                None,
+                axum::body::Body::empty(),
+            )
+            .await;
+            assert_eq!(v["revision"], 2, "{v}");
+            assert!(two.flows_dir().join("billing.toml").is_file());
+            drop(listening);
+            // An invalid edit is refused where it is made and never published.
+            let (status, _) = admin(
+                &two.app,
+                "PUT",
+                "/api/flows/billing",
+                "/api/flows/{name}",
+                Some("application/toml"),
+                billing("[escalation]\nmin_intent_confidence = 2.0\n"),
+            )
+            .await;
+            assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+            // one edits again; two (no longer listening) is behind: its edit is refused with 409.
+            let (status, v) = admin(
+                &one.app,
+                "DELETE",
+                "/api/flows/billing",
+                "/api/flows/{name}",
+                None,
+                axum::body::Body::empty(),
+            )
+            .await;
+            assert_eq!((status, &v["revision"]), (StatusCode::OK, &json!(3)), "{v}");
+            let (status, v) = admin(
+                &two.app,
+                "PUT",
+                "/api/flows/billing",
+                "/api/flows/{name}",
+                Some("application/toml"),
+                billing("description = \"late\"\n").replace("description = \"Billing line\"\n", ""),
+            )
+            .await;
+            assert_eq!(status, StatusCode::CONFLICT, "{v}");
+            assert!(
+                v["error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("another gateway")),
+                "{v}"
+            );
+            assert!(
+                two.flows_dir().join("billing.toml").is_file(),
+                "two unchanged"
+            );
+        });
+    }
+
     #[tokio::test]
     async fn an_invalid_flow_is_refused_with_line_and_field_and_not_written() {
         let f = fixture(true);
