@@ -13,6 +13,7 @@ pub mod config;
 pub mod config_file;
 pub mod dialog;
 pub mod engines;
+pub mod flow_sync;
 pub mod flows;
 pub mod fuzzing;
 pub mod handover;

@@ -92,6 +92,8 @@ pub enum FlowEditError {
     },
     #[error("cannot load the flows' intent model: {0}")]
     Model(String),
+    #[error("shared flows: {0}")]
+    Shared(#[from] crate::flow_sync::FlowSyncError),
 }
 
 impl From<FlowEditError> for ApiError {
@@ -102,6 +104,13 @@ impl From<FlowEditError> for ApiError {
             FlowEditError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             FlowEditError::DefaultFlow(_) | FlowEditError::NotInDir { .. } => StatusCode::CONFLICT,
             FlowEditError::Io { .. } | FlowEditError::Model(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            FlowEditError::Shared(crate::flow_sync::FlowSyncError::Conflict { .. }) => {
+                StatusCode::CONFLICT
+            }
+            FlowEditError::Shared(crate::flow_sync::FlowSyncError::Postgres(_)) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            FlowEditError::Shared(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         let mut error = ApiError::new(status, e.to_string());
         if let FlowEditError::Invalid(c) = &e {
@@ -417,6 +426,9 @@ pub struct FlowList {
     /// Whether the flows directory exists (else the built-in default flow is in force).
     pub dir_exists: bool,
     pub flows: Vec<FlowSummary>,
+    /// The cluster's flow revision in force on this gateway (with a shared store).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revision: Option<i64>,
 }
 
 /// `GET /api/flows`.
@@ -431,6 +443,7 @@ pub async fn list(State(state): State<Arc<AdminState>>) -> Json<FlowList> {
             .flows()
             .map(|f| summary(f, set.default_name()))
             .collect(),
+        revision: state.flow_sync.as_ref().and_then(|s| s.in_force()),
     })
 }
 
@@ -546,6 +559,9 @@ pub struct FlowChange {
     pub files: Vec<String>,
     /// The flows in force now.
     pub flows: Vec<String>,
+    /// The cluster's revision this change was published as (with a shared store).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revision: Option<i64>,
 }
 
 /// The result of a dry run.
@@ -573,12 +589,34 @@ where
         .map_err(|e| ApiError::internal(format!("validating the flow: {e}")))??)
 }
 
-/// Writes a validated plan's files off the async runtime; returns the plan carried out.
-async fn carry_out(plan: WritePlan) -> Result<WritePlan, ApiError> {
-    let plan = tokio::task::spawn_blocking(move || apply(&plan).map(|()| plan))
-        .await
-        .map_err(|e| ApiError::internal(format!("writing the flow: {e}")))??;
-    Ok(plan)
+/// The validation base of an edit: the cluster revision in force here (with a shared store).
+fn base_revision(state: &AdminState) -> Option<i64> {
+    state.flow_sync.as_ref().and_then(|s| s.in_force())
+}
+
+/// Carries out a validated plan off the async runtime and puts its flows in force: writes its
+/// files here, or, with a shared store, publishes it as a new revision validated against
+/// `base` (then written here too; the other gateways follow). Returns the flows in force and
+/// the revision.
+async fn commit(
+    state: &Arc<AdminState>,
+    plan: WritePlan,
+    base: Option<i64>,
+    change: String,
+) -> Result<(Arc<FlowSet>, Option<i64>), ApiError> {
+    let sync = state.flow_sync.clone();
+    let store = Arc::clone(&state.engines.flows);
+    let done = tokio::task::spawn_blocking(move || match sync {
+        Some(sync) => sync
+            .publish(plan, base, &change)
+            .map(|(revision, set)| (set, Some(revision)))
+            .map_err(FlowEditError::from),
+        None => apply(&plan).map(|()| (store.replace(plan.set), None)),
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("writing the flow: {e}")))??;
+    crate::engines::keep_prompts_ready(&state.engines);
+    Ok(done)
 }
 
 /// `PUT /api/flows/{name}`.
@@ -591,17 +629,16 @@ pub async fn put(
     check_name(&name)?;
     let write = flow_write(&headers, &body?)?;
     let _edit = state.flow_edits.lock().await;
+    let base = base_revision(&state);
     let n = name.clone();
     let planned = plan(&state, move |c, s| plan_write(c, s, &n, &write)).await?;
-    let WritePlan {
-        target,
-        created,
-        files,
-        set,
-        ..
-    } = carry_out(planned).await?;
-    let set = state.engines.flows.replace(set);
-    crate::engines::keep_prompts_ready(&state.engines);
+    let (target, created) = (planned.target.clone(), planned.created);
+    let files: Vec<String> = planned
+        .files
+        .iter()
+        .map(|(p, _)| p.display().to_string())
+        .collect();
+    let (set, revision) = commit(&state, planned, base, format!("PUT {name}")).await?;
     tracing::info!(flow = %name, file = %target.display(), created, "flow written by the admin API");
     let status = if created {
         StatusCode::CREATED
@@ -614,8 +651,9 @@ pub async fn put(
             name,
             file: target.display().to_string(),
             created,
-            files: files.iter().map(|(p, _)| p.display().to_string()).collect(),
+            files,
             flows: set.names(),
+            revision,
         }),
     ))
 }
@@ -627,23 +665,24 @@ pub async fn delete(
 ) -> Result<Json<FlowChange>, ApiError> {
     check_name(&name)?;
     let _edit = state.flow_edits.lock().await;
+    let base = base_revision(&state);
     let n = name.clone();
     let planned = plan(&state, move |c, s| plan_delete(c, s, &n)).await?;
-    let WritePlan {
-        target,
-        removals,
-        set,
-        ..
-    } = carry_out(planned).await?;
-    let set = state.engines.flows.replace(set);
-    crate::engines::keep_prompts_ready(&state.engines);
+    let target = planned.target.clone();
+    let removals: Vec<String> = planned
+        .removals
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    let (set, revision) = commit(&state, planned, base, format!("DELETE {name}")).await?;
     tracing::info!(flow = %name, file = %target.display(), "flow deleted by the admin API");
     Ok(Json(FlowChange {
         name,
         file: target.display().to_string(),
         created: false,
-        files: removals.iter().map(|p| p.display().to_string()).collect(),
+        files: removals,
         flows: set.names(),
+        revision,
     }))
 }
 
@@ -782,6 +821,113 @@ mod tests {
         )
         .await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
+    }
+
+    /// Not a `#[tokio::test]`: the blocking PostgreSQL client (the fixtures' pools) must be
+    /// made and dropped outside the runtime; only the requests run on it.
+    #[test]
+    fn with_a_shared_store_an_edit_is_published_and_followed_by_the_other_gateway() {
+        let Some(url) = crate::storage::throwaway::fresh_database() else {
+            return;
+        };
+        let one = crate::admin::test_support::shared_fixture(true, &url, "one");
+        let two = crate::admin::test_support::shared_fixture(true, &url, "two");
+        let sync_two = two.state.flow_sync.clone().expect("shared");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            assert_eq!(
+                sync_two.in_force(),
+                Some(1),
+                "one published revision 1, two took it"
+            );
+            let (status, v) = admin(
+                &one.app,
+                "GET",
+                "/api/flows",
+                "/api/flows",
+                None,
+                axum::body::Body::empty(),
+            )
+            .await;
+            assert_eq!((status, &v["revision"]), (StatusCode::OK, &json!(1)), "{v}");
+            let listening = sync_two.listen().expect("listener");
+            let (status, v) = admin(
+                &one.app,
+                "PUT",
+                "/api/flows/billing",
+                "/api/flows/{name}",
+                Some("application/toml"),
+                billing(""),
+            )
+            .await;
+            assert_eq!(status, StatusCode::CREATED, "{v}");
+            assert_eq!(v["revision"], 2, "{v}");
+            let start = std::time::Instant::now();
+            while two.state.engines.flows.current().get("billing").is_none() {
+                assert!(
+                    start.elapsed() < std::time::Duration::from_secs(3),
+                    "the edit reached gateway two"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            let (_, v) = admin(
+                &two.app,
+                "GET",
+                "/api/flows",
+                "/api/flows",
+                None,
+                axum::body::Body::empty(),
+            )
+            .await;
+            assert_eq!(v["revision"], 2, "{v}");
+            assert!(two.flows_dir().join("billing.toml").is_file());
+            drop(listening);
+            // An invalid edit is refused where it is made and never published.
+            let (status, _) = admin(
+                &two.app,
+                "PUT",
+                "/api/flows/billing",
+                "/api/flows/{name}",
+                Some("application/toml"),
+                billing("[escalation]\nmin_intent_confidence = 2.0\n"),
+            )
+            .await;
+            assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+            // one edits again; two (no longer listening) is behind: its edit is refused with 409.
+            let (status, v) = admin(
+                &one.app,
+                "DELETE",
+                "/api/flows/billing",
+                "/api/flows/{name}",
+                None,
+                axum::body::Body::empty(),
+            )
+            .await;
+            assert_eq!((status, &v["revision"]), (StatusCode::OK, &json!(3)), "{v}");
+            let (status, v) = admin(
+                &two.app,
+                "PUT",
+                "/api/flows/billing",
+                "/api/flows/{name}",
+                Some("application/toml"),
+                billing("description = \"late\"\n").replace("description = \"Billing line\"\n", ""),
+            )
+            .await;
+            assert_eq!(status, StatusCode::CONFLICT, "{v}");
+            assert!(
+                v["error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("another gateway")),
+                "{v}"
+            );
+            assert!(
+                two.flows_dir().join("billing.toml").is_file(),
+                "two unchanged"
+            );
+        });
     }
 
     #[tokio::test]

@@ -90,6 +90,9 @@ pub struct AdminState {
     pub hub: Arc<HandoverHub>,
     /// The WebRTC edge (`/api/webrtc/...`: browser calls to a flow), when it runs.
     pub webrtc: Option<crate::webrtc::EdgeHandle>,
+    /// The cluster's flows on the shared store, when `[storage] url` is set: edits are
+    /// published as revisions ([`crate::flow_sync`]).
+    pub flow_sync: Option<Arc<crate::flow_sync::FlowSync>>,
     /// One flow edit at a time: validate, write and swap happen as one step.
     flow_edits: tokio::sync::Mutex<()>,
     /// Test runs share the inference pool with live calls: one at a time.
@@ -111,6 +114,7 @@ impl AdminState {
             outbox: None,
             hub,
             webrtc: None,
+            flow_sync: None,
             flow_edits: tokio::sync::Mutex::new(()),
             tests: tokio::sync::Semaphore::new(1),
         }
@@ -143,6 +147,11 @@ impl AdminState {
 
     pub fn with_webrtc(mut self, edge: Option<crate::webrtc::EdgeHandle>) -> Self {
         self.webrtc = edge;
+        self
+    }
+
+    pub fn with_flow_sync(mut self, sync: Option<Arc<crate::flow_sync::FlowSync>>) -> Self {
+        self.flow_sync = sync;
         self
     }
 

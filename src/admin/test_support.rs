@@ -97,6 +97,16 @@ pub fn support_flow(extra: &str) -> String {
 
 /// A fixture with a flows directory (`with_dir`) or on the embedded default flow.
 pub fn fixture(with_dir: bool) -> Fixture {
+    fixture_on(with_dir, None)
+}
+
+/// [`fixture`] whose flows follow a shared store at `shared_url` (as node `node`), started
+/// up (the latest revision taken, or its files published as the first); no listener.
+pub fn shared_fixture(with_dir: bool, shared_url: &str, node: &str) -> Fixture {
+    fixture_on(with_dir, Some((shared_url, node)))
+}
+
+fn fixture_on(with_dir: bool, shared: Option<(&str, &str)>) -> Fixture {
     let dir = tempfile::tempdir().expect("tempdir");
     if with_dir {
         write_flows(dir.path());
@@ -122,11 +132,26 @@ pub fn fixture(with_dir: bool) -> Fixture {
         pool: InferencePool::new(1, 8),
         turn_end: None,
     };
+    let flow_sync = shared.map(|(url, node)| {
+        let pool = crate::storage::postgres::connect(url, 2).expect("connects");
+        let sync = crate::flow_sync::FlowSync::open(
+            pool,
+            node.into(),
+            url.into(),
+            Arc::clone(&engines.config),
+            Arc::clone(&engines.flows),
+        )
+        .expect("flow sync opens");
+        sync.start_up().expect("flow sync starts");
+        Arc::new(sync)
+    });
     let hub = Arc::new(HandoverHub::new());
     let state = Arc::new(
-        AdminState::new(engines, ADMIN.into(), Arc::clone(&hub)).with_history(Some(Arc::new(
-            CallHistory::open_in_memory().expect("history"),
-        ))),
+        AdminState::new(engines, ADMIN.into(), Arc::clone(&hub))
+            .with_history(Some(Arc::new(
+                CallHistory::open_in_memory().expect("history"),
+            )))
+            .with_flow_sync(flow_sync),
     );
     state.readiness.set_models_loaded(true);
     state.readiness.set_sip_listening(true);

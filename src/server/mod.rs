@@ -38,6 +38,7 @@ use tracing::Instrument;
 use crate::admin::AdminState;
 use crate::call::control::LegError;
 use crate::config::media::TransportKind;
+use crate::flow_sync::{self, FlowSync};
 use crate::handover::feedback::FeedbackStore;
 use crate::handover::hub::HandoverHub;
 use crate::handover::outbox::{spawn_deliverer, DelivererHandle, Outbox};
@@ -171,6 +172,8 @@ pub struct Server {
     edge: Option<crate::webrtc::edge::Edge>,
     /// The cluster's shared PostgreSQL store, when `[storage] url` is set.
     storage: Option<crate::storage::Shared>,
+    /// The cluster's flows and their listener thread, with a shared store.
+    flow_sync: Option<(Arc<FlowSync>, flow_sync::Listener)>,
 }
 
 /// The bound HTTP side.
@@ -262,6 +265,11 @@ impl Server {
             };
             let report_dir = Some(sip.report_dir.clone()).filter(|d| !d.as_os_str().is_empty());
             let storage = connect_storage(&engines.config.storage, local.port()).await?;
+            // The cluster's flows are in force before a call is answered.
+            let flow_sync = match &storage {
+                Some(shared) => Some(start_flow_sync(&engines, shared).await?),
+                None => None,
+            };
             let hub = Arc::new(HandoverHub::new());
             let relay = start_relay(storage.as_ref(), &hub).await?;
             // One registry of agent screens: the event streams log screens in, the edge rings them.
@@ -288,6 +296,7 @@ impl Server {
                 http,
                 edge,
                 storage,
+                flow_sync,
             });
         }
         Err(ServeError::Bind {
@@ -334,10 +343,12 @@ impl Server {
     /// Runs until `shutdown` resolves; then stops taking calls, hangs up the ones in progress
     /// and waits (up to 5 s) for their records to be written.
     pub async fn run(
-        self,
+        mut self,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<(), ServeError> {
         let config = self.engines.config.clone();
+        // The flows' listener follows the cluster as long as the server runs.
+        let flow_sync = self.flow_sync.take();
         let sip = &config.sip;
         let auth = (!sip.auth.users.is_empty()).then(|| {
             DigestAuthenticator::new(DigestConfig {
@@ -460,6 +471,7 @@ impl Server {
                 .with_trunks(Arc::clone(&trunk_board))
                 .with_outbox(deliverer.as_ref().map(|d| Arc::clone(d.outbox())))
                 .with_webrtc(self.edge.as_ref().map(|e| e.handle.clone()))
+                .with_flow_sync(flow_sync.as_ref().map(|(s, _)| Arc::clone(s)))
                 .with_metrics_token(Some(config.http.metrics_token.clone()));
             let app = crate::web::router(h.state, Some(Arc::new(admin)));
             background.push(tokio::spawn(crate::web::serve(
@@ -1334,6 +1346,47 @@ async fn start_relay(
     .map_err(|e| ServeError::Config(format!("[storage]: {e}")))?
     .map(Some)
     .map_err(|e| ServeError::Config(format!("[storage] hand-over events: {e}")))
+}
+
+/// Opens the cluster's flows on the shared store, takes the latest revision (or publishes this
+/// gateway's files as the first), and starts the listener that follows the next ones.
+async fn start_flow_sync(
+    engines: &Engines,
+    shared: &crate::storage::Shared,
+) -> Result<(Arc<FlowSync>, flow_sync::Listener), ServeError> {
+    let url = engines
+        .config
+        .storage
+        .resolved_url()
+        .ok_or_else(|| ServeError::Config("[storage] url: not set".into()))?;
+    let (pool, node) = (shared.pool.clone(), shared.node.clone());
+    let ready = engines.clone();
+    let (config, store) = (Arc::clone(&engines.config), Arc::clone(&engines.flows));
+    let sync = tokio::task::spawn_blocking(move || {
+        let sync =
+            FlowSync::open(pool, node, url, config, store)?.with_on_change(Box::new(move |_| {
+                crate::engines::keep_prompts_ready(&ready)
+            }));
+        match sync.start_up() {
+            Ok(revision) => {
+                tracing::info!(revision = ?revision, "flows follow the shared store")
+            }
+            // The flows loaded from disk stay; the listener takes the next revision.
+            Err(e @ flow_sync::FlowSyncError::Invalid { .. }) => {
+                tracing::warn!(error = %e, "the shared store's latest flows do not load here; \
+                    this gateway keeps its own until a revision that loads")
+            }
+            Err(e) => return Err(e),
+        }
+        Ok(Arc::new(sync))
+    })
+    .await
+    .map_err(|e| ServeError::Config(format!("[storage] flows: {e}")))?
+    .map_err(|e| ServeError::Config(format!("[storage] flows: {e}")))?;
+    let listener = sync
+        .listen()
+        .map_err(|e| ServeError::Config(format!("[storage] flows listener: {e}")))?;
+    Ok((sync, listener))
 }
 
 /// TCP connection ids, accepted and opened alike.
