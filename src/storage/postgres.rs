@@ -22,8 +22,52 @@ use std::time::Duration;
 use r2d2_postgres::postgres::{self, NoTls};
 use r2d2_postgres::PostgresConnectionManager;
 
-/// A pool of connections to the shared database.
-pub type PgPool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
+/// The r2d2 pool inside a [`PgPool`].
+pub type Pool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
+
+/// A pool of connections to the shared database (cheap to clone; derefs to r2d2's pool).
+///
+/// The blocking client closes a connection by running its own small runtime, which panics on
+/// a tokio worker thread. A pool whose last handle goes away on an async task (the server
+/// returning from `run`) would close its connections there, so the last handle hands the pool
+/// to a short-lived thread of its own to close them.
+#[derive(Clone)]
+pub struct PgPool(std::sync::Arc<PoolOwner>);
+
+struct PoolOwner(Option<Pool>);
+
+impl Drop for PoolOwner {
+    fn drop(&mut self) {
+        let Some(pool) = self.0.take() else {
+            return;
+        };
+        if tokio::runtime::Handle::try_current().is_ok() {
+            let closing = std::thread::Builder::new()
+                .name("pg-pool-close".into())
+                .spawn(move || drop(pool));
+            if let Err(e) = closing {
+                tracing::warn!(error = %e, "PostgreSQL connections left open at exit");
+            }
+        }
+    }
+}
+
+impl std::ops::Deref for PgPool {
+    type Target = Pool;
+    fn deref(&self) -> &Pool {
+        match &self.0 .0 {
+            Some(pool) => pool,
+            // Taken only in drop, when no handle is left to deref.
+            None => unreachable!("a PgPool is used after its last handle was dropped"),
+        }
+    }
+}
+
+impl std::fmt::Debug for PgPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgPool").field("state", &self.state()).finish()
+    }
+}
 /// One connection taken from a [`PgPool`].
 pub type PgConn = r2d2::PooledConnection<PostgresConnectionManager<NoTls>>;
 
@@ -63,7 +107,7 @@ pub fn connect(url: &str, size: u32) -> Result<PgPool, PgError> {
         // A connection whose server went away is found out before a store call gets it.
         .test_on_check_out(true)
         .build(manager)?;
-    Ok(pool)
+    Ok(PgPool(std::sync::Arc::new(PoolOwner(Some(pool)))))
 }
 
 /// A connection from `pool` for one store call.
