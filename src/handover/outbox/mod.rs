@@ -956,7 +956,7 @@ async fn deliver_loop(
             next_prune += PRUNE_INTERVAL;
             let keep_ms = u64::from(config.retention_days) * 86_400_000;
             let before = now_unix_ms().saturating_sub(keep_ms);
-            let outbox = Arc::clone(&outbox);
+            let outbox = Arc::clone(outbox);
             match tokio::task::spawn_blocking(move || outbox.prune(before)).await {
                 Ok(Ok(0)) => {}
                 Ok(Ok(n)) => {
@@ -968,7 +968,7 @@ async fn deliver_loop(
         }
         let round = {
             let (outbox, deliverer, config, stop, waiters) = (
-                Arc::clone(&outbox),
+                Arc::clone(outbox),
                 deliverer.clone(),
                 Arc::clone(&config),
                 Arc::clone(&stop),
