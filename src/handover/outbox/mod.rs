@@ -956,7 +956,7 @@ async fn deliver_loop(
             next_prune += PRUNE_INTERVAL;
             let keep_ms = u64::from(config.retention_days) * 86_400_000;
             let before = now_unix_ms().saturating_sub(keep_ms);
-            let outbox = Arc::clone(&outbox);
+            let outbox = Arc::clone(outbox);
             match tokio::task::spawn_blocking(move || outbox.prune(before)).await {
                 Ok(Ok(0)) => {}
                 Ok(Ok(n)) => {
@@ -968,7 +968,7 @@ async fn deliver_loop(
         }
         let round = {
             let (outbox, deliverer, config, stop, waiters) = (
-                Arc::clone(&outbox),
+                Arc::clone(outbox),
                 deliverer.clone(),
                 Arc::clone(&config),
                 Arc::clone(&stop),
@@ -1703,7 +1703,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn events_survive_a_restart_and_arrive_once_in_order_signed() {
         let kinds = ["escalated", "agent_answered", "call_ended"];
-        for store in stores() {
+        for store in sync(stores) {
             let _named = store.naming();
             // First life: the target is down.
             let ids: Vec<String> = {
@@ -1779,7 +1779,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_failed_attempt_is_retried_with_identical_bytes_and_key() {
-        for store in stores() {
+        for store in sync(stores) {
             let _named = store.naming();
             let (url, log) = receiver(|i, _| Reply::Status(if i == 0 { 500 } else { 200 }));
             let outbox = Arc::new(sync(|| store.open()));
@@ -1812,7 +1812,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_hanging_receiver_times_out_and_other_calls_still_get_through() {
-        for store in stores() {
+        for store in sync(stores) {
             let _named = store.naming();
             let (url, log) = receiver(|_, request| {
                 if request.body.contains(r#""call_id":"stuck""#) {
@@ -1967,7 +1967,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_slow_receiver_gets_a_bounded_number_of_attempts_and_the_call_moves_on() {
-        for store in stores() {
+        for store in sync(stores) {
             let _named = store.naming();
             // The receiver never answers `escalated` (slower than any timeout); it takes the
             // rest.
@@ -2024,7 +2024,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn webhooks_off_leaves_events_in_the_outbox() {
-        for store in stores() {
+        for store in sync(stores) {
             let _named = store.naming();
             let outbox = Arc::new(sync(|| store.open()));
             let handle = spawn_deliverer(Arc::clone(&outbox), WebhookConfig::default());
@@ -2274,7 +2274,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn two_deliverers_post_every_event_once_in_order_per_call() {
-        let Some(store) = postgres_store() else {
+        let Some(store) = sync(postgres_store) else {
             return;
         };
         let (url, log) = receiver(|_, _| Reply::Status(200));
