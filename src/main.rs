@@ -81,7 +81,8 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         json: Option<PathBuf>,
     },
-    /// Answer SIP calls (UDP and TCP) with the bot until SIGINT/SIGTERM.
+    /// Answer SIP calls (UDP and TCP) with the bot until SIGINT/SIGTERM (the first drains: new
+    /// calls get 503, calls in progress finish; a second hangs up at once).
     Serve {
         /// SIP listen address, overriding `[sip] listen` (port 0: a free port).
         #[arg(long, value_name = "ADDR:PORT")]
@@ -354,31 +355,46 @@ async fn serve(
         }
     }
     tracing::info!(%addr, "SIP listening (UDP and TCP)");
-    server.run(shutdown_signal()).await?;
+    tokio::spawn(forward_signals(server.stopper()));
+    server.run(std::future::pending::<()>()).await?;
+    tracing::info!("gateway stopped");
     Ok(())
 }
 
-/// Resolves at SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// Passes every SIGINT and SIGTERM to the server's stopper: the first drains (new calls get
+/// 503, calls in progress finish, then the gateway exits), the next hangs up at once.
+async fn forward_signals(stopper: std::sync::Arc<voicebot_gateway::observe::readiness::Stopper>) {
     #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGTERM; SIGINT still stops the gateway");
+            None
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
+    };
+    loop {
+        #[cfg(unix)]
+        let which = tokio::select! {
+            r = tokio::signal::ctrl_c() => r.map(|()| "SIGINT"),
+            Some(()) = async {
+                match term.as_mut() {
+                    Some(t) => t.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => Ok("SIGTERM"),
+        };
+        #[cfg(not(unix))]
+        let which = tokio::signal::ctrl_c().await.map(|()| "SIGINT");
+        match which {
+            Ok(name) => {
+                let level = stopper.signal();
+                tracing::info!(signal = name, ?level, "stop signal");
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGINT");
+                return;
+            }
+        }
     }
 }
 

@@ -4,7 +4,8 @@
 //! the models are loaded and the SIP socket is being served. A load balancer or an
 //! orchestrator routes calls by the second, restarts by the first. The flags are set by the
 //! server as it starts and cleared when it begins to shut down (draining), so a gateway that
-//! is hanging up its calls stops being ready at once. Trunk registrations are listed but do
+//! is draining stops being ready at once (`reason: "draining"`). `POST /api/drain` (admin
+//! token) starts the drain as SIGTERM does, for an orchestrator that cannot send signals. Trunk registrations are listed but do
 //! not decide readiness (see `ReadyBody::trunks`).
 
 use std::sync::Arc;
@@ -17,7 +18,7 @@ use serde::Serialize;
 
 use super::{metrics, AdminState, ApiError};
 
-pub use crate::observe::readiness::Readiness;
+pub use crate::observe::readiness::{Readiness, StopLevel, Stopper};
 
 #[derive(Serialize)]
 struct ReadyBody {
@@ -27,6 +28,10 @@ struct ReadyBody {
     /// Flows in force.
     flows: Vec<String>,
     calls_active: usize,
+    draining: bool,
+    /// Why not ready: "starting", "draining" (new calls refused, calls in progress going on),
+    /// "stopping" (hanging up the calls left); None when ready.
+    reason: Option<&'static str>,
     /// Each trunk's registration state. A failed registration does not make the gateway
     /// unready: calls from other trunks and address-matched peers still work, and restarting
     /// the gateway would not fix a wrong password; it shows here and in `/api/trunks`.
@@ -36,12 +41,20 @@ struct ReadyBody {
 /// `GET /readyz`: 200 when ready, else 503; the same JSON body either way.
 pub async fn readyz(State(state): State<Arc<AdminState>>) -> Response {
     let r = &state.readiness;
+    let reason = match (r.draining(), r.models_loaded() && r.sip_listening()) {
+        (true, true) => Some("draining"),
+        (true, false) => Some("stopping"),
+        (false, false) => Some("starting"),
+        (false, true) => None,
+    };
     let body = ReadyBody {
-        ready: r.models_loaded() && r.sip_listening(),
+        ready: reason.is_none(),
         models_loaded: r.models_loaded(),
         sip_listening: r.sip_listening(),
         flows: state.engines.flows.current().names(),
         calls_active: state.live.len(),
+        draining: r.draining(),
+        reason,
         trunks: state.trunks.views(std::time::Instant::now()),
     };
     let status = if body.ready {
@@ -50,6 +63,28 @@ pub async fn readyz(State(state): State<Arc<AdminState>>) -> Response {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (status, Json(body)).into_response()
+}
+
+#[derive(Serialize)]
+struct DrainBody {
+    state: &'static str,
+    calls_active: usize,
+}
+
+/// `POST /api/drain`: starts draining, as the first SIGTERM does (a second request changes
+/// nothing; only a signal or `[sip] drain_timeout_s` hangs up the calls left).
+pub async fn drain(State(state): State<Arc<AdminState>>) -> Response {
+    let level = state.stopper.drain();
+    tracing::info!(?level, "drain asked for through the admin API");
+    let body = DrainBody {
+        state: if level == StopLevel::HangUp {
+            "stopping"
+        } else {
+            "draining"
+        },
+        calls_active: state.live.len(),
+    };
+    (StatusCode::ACCEPTED, Json(body)).into_response()
 }
 
 /// `GET /metrics`: the OpenMetrics text. The gauges of current state are set from their
@@ -115,9 +150,34 @@ mod tests {
         let a = send(&f.app, "GET", "/readyz", None, None, "").await;
         assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(a.json()["sip_listening"], false);
+        assert_eq!(a.json()["reason"], "starting");
         assert_schema("GET", "/readyz", a.status, &a.json());
         let a = send(&f.app, "GET", "/healthz", None, None, "").await;
         assert_eq!(a.text(), "ok");
+    }
+
+    #[tokio::test]
+    async fn post_drain_needs_the_admin_token_and_makes_readyz_say_draining() {
+        let f = fixture(true);
+        let a = send(&f.app, "POST", "/api/drain", None, None, "").await;
+        assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+        assert_eq!(f.state.stopper.level(), StopLevel::Running);
+        let a = send(&f.app, "POST", "/api/drain", Some(ADMIN), None, "").await;
+        assert_eq!(a.status, StatusCode::ACCEPTED);
+        assert_schema("POST", "/api/drain", a.status, &a.json());
+        assert_eq!(a.json()["state"], "draining");
+        assert_eq!(f.state.stopper.level(), StopLevel::Drain);
+        // The server's signalling task marks the readiness as it starts draining.
+        f.state.readiness.set_draining(true);
+        let a = send(&f.app, "GET", "/readyz", None, None, "").await;
+        assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_schema("GET", "/readyz", a.status, &a.json());
+        assert_eq!(a.json()["reason"], "draining");
+        assert_eq!(a.json()["draining"], true);
+        // Asked again: still draining, never a hang-up.
+        let a = send(&f.app, "POST", "/api/drain", Some(ADMIN), None, "").await;
+        assert_eq!(a.json()["state"], "draining");
+        assert_eq!(f.state.stopper.level(), StopLevel::Drain);
     }
 
     #[tokio::test]

@@ -65,7 +65,7 @@ use crate::handover::hub::HandoverHub;
 use crate::handover::outbox::Outbox;
 use crate::history::CallHistory;
 use crate::pipeline::Engines;
-use health::Readiness;
+use health::{Readiness, Stopper};
 use live::LiveCalls;
 use openapi::Routes;
 
@@ -81,6 +81,8 @@ pub struct AdminState {
     pub history: Option<Arc<CallHistory>>,
     pub live: Arc<LiveCalls>,
     pub readiness: Arc<Readiness>,
+    /// Drain requests (`POST /api/drain`), shared with the server's signal handling.
+    pub stopper: Arc<Stopper>,
     /// The trunks' registration states (`GET /api/trunks`, `/readyz`, `/metrics`).
     pub trunks: Arc<trunks::TrunkBoard>,
     /// The webhook outbox, when webhooks are configured (depth, deliveries, dead letters and
@@ -110,6 +112,7 @@ impl AdminState {
             history: None,
             live: Arc::new(LiveCalls::new()),
             readiness: Arc::new(Readiness::new()),
+            stopper: Arc::new(Stopper::new()),
             trunks: Arc::new(trunks::TrunkBoard::new()),
             outbox: None,
             hub,
@@ -132,6 +135,11 @@ impl AdminState {
 
     pub fn with_readiness(mut self, readiness: Arc<Readiness>) -> Self {
         self.readiness = readiness;
+        self
+    }
+
+    pub fn with_stopper(mut self, stopper: Arc<Stopper>) -> Self {
+        self.stopper = stopper;
         self
     }
 
@@ -335,6 +343,7 @@ pub fn routes(state: Arc<AdminState>) -> Routes<()> {
         .route("/api/calls/{id}/recording", &["GET"], get(calls::recording))
         .route("/api/analytics", &["GET"], get(calls::analytics))
         .route("/api/trunks", &["GET"], get(trunks::list))
+        .route("/api/drain", &["POST"], post(health::drain))
         .route(
             "/api/webrtc/flows/{flow}",
             &["POST"],

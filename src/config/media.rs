@@ -150,6 +150,10 @@ pub struct SipConfig {
     pub max_calls: usize,
     /// Shortest RFC 4028 session interval accepted (seconds); shorter asks get 422.
     pub min_session_expires: u32,
+    /// Draining (the first SIGTERM/SIGINT, or `POST /api/drain`): new INVITEs and OPTIONS get
+    /// 503 while the calls in progress go on to their end; after this many seconds the calls
+    /// still in progress are hung up and the gateway exits.
+    pub drain_timeout_s: u64,
     /// Source addresses or CIDR ranges allowed to call; empty means everyone.
     pub allow_from: Vec<String>,
     pub auth: SipAuthConfig,
@@ -198,6 +202,7 @@ impl Default for SipConfig {
             transports: vec![TransportKind::Udp, TransportKind::Tcp],
             max_calls: 200,
             min_session_expires: 90,
+            drain_timeout_s: 300,
             allow_from: Vec::new(),
             auth: SipAuthConfig::default(),
             report_dir: PathBuf::new(),
@@ -285,6 +290,9 @@ impl SipConfig {
                 "sip.min_session_expires",
                 "must be between 90 (RFC 4028's floor) and 86400 seconds",
             );
+        }
+        if self.drain_timeout_s > 86_400 {
+            return bad("sip.drain_timeout_s", "must be at most 86400 seconds");
         }
         if self.user_agent.len() > 200 || self.user_agent.chars().any(char::is_control) {
             return bad(

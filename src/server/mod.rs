@@ -45,7 +45,7 @@ use crate::handover::outbox::{spawn_deliverer, DelivererHandle, Outbox};
 use crate::history::CallHistory;
 use crate::journal::{CallJournal, JournalWriter};
 use crate::observe::live::LiveCalls;
-use crate::observe::readiness::Readiness;
+use crate::observe::readiness::{Readiness, StopLevel, Stopper};
 use crate::pipeline::Engines;
 use crate::sip::auth::{AllowList, DigestAuthenticator, DigestConfig};
 use crate::sip::endpoint::{
@@ -174,6 +174,8 @@ pub struct Server {
     storage: Option<crate::storage::Shared>,
     /// The cluster's flows and their listener thread, with a shared store.
     flow_sync: Option<(Arc<FlowSync>, flow_sync::Listener)>,
+    /// Drain and stop requests (signals, `POST /api/drain`).
+    stopper: Arc<Stopper>,
 }
 
 /// The bound HTTP side.
@@ -297,6 +299,7 @@ impl Server {
                 edge,
                 storage,
                 flow_sync,
+                stopper: Arc::new(Stopper::new()),
             });
         }
         Err(ServeError::Bind {
@@ -333,6 +336,12 @@ impl Server {
         self.storage.as_ref()
     }
 
+    /// Asks this gateway to drain or stop: the process's SIGTERM/SIGINT handler calls
+    /// [`Stopper::signal`] (first: drain, second: hang up at once).
+    pub fn stopper(&self) -> Arc<Stopper> {
+        Arc::clone(&self.stopper)
+    }
+
     /// Writes finished calls' records to `dir` (overrides `[sip] report_dir`).
     pub fn set_report_dir(&mut self, dir: Option<PathBuf>) {
         if dir.is_some() {
@@ -340,8 +349,11 @@ impl Server {
         }
     }
 
-    /// Runs until `shutdown` resolves; then stops taking calls, hangs up the ones in progress
-    /// and waits (up to 5 s) for their records to be written.
+    /// Runs until it has drained. `shutdown` resolving counts as one signal to the
+    /// [`Server::stopper`]: the gateway drains (new INVITEs and OPTIONS get 503, the calls in
+    /// progress go on to their end, `/readyz` says draining) and returns once no call is left;
+    /// after `[sip] drain_timeout_s`, or at a second signal, it hangs up the calls left and
+    /// waits (up to 5 s) for their records to be written.
     pub async fn run(
         mut self,
         shutdown: impl std::future::Future<Output = ()>,
@@ -468,6 +480,7 @@ impl Server {
                 .with_history(history.clone())
                 .with_live(Arc::clone(&live))
                 .with_readiness(Arc::clone(&readiness))
+                .with_stopper(Arc::clone(&self.stopper))
                 .with_trunks(Arc::clone(&trunk_board))
                 .with_outbox(deliverer.as_ref().map(|d| Arc::clone(d.outbox())))
                 .with_webrtc(self.edge.as_ref().map(|e| e.handle.clone()))
@@ -544,7 +557,21 @@ impl Server {
             readiness,
             trunks,
         };
-        let result = signalling.run(inbound_rx, shutdown, trunk_targets).await;
+        let stopper = Arc::clone(&self.stopper);
+        let shutdown = async move {
+            shutdown.await;
+            stopper.signal();
+            // Further stops come through the stopper only.
+            std::future::pending::<()>().await;
+        };
+        let stops = Stops {
+            level: self.stopper.subscribe(),
+            closed: false,
+            drain_timeout: Duration::from_secs(sip.drain_timeout_s),
+        };
+        let result = signalling
+            .run(inbound_rx, shutdown, stops, trunk_targets)
+            .await;
         for task in background {
             task.abort();
         }
@@ -571,6 +598,49 @@ fn open_journal(path: &std::path::Path) -> Option<Arc<CallJournal>> {
             tracing::error!(error = %e, "no journal of calls in progress: a crash would lose the calls in progress");
             None
         }
+    }
+}
+
+/// Stop requests as the signalling task sees them.
+struct Stops {
+    level: tokio::sync::watch::Receiver<StopLevel>,
+    /// The stopper is gone (never while the server runs; no busy loop if it were).
+    closed: bool,
+    /// `[sip] drain_timeout_s`.
+    drain_timeout: Duration,
+}
+
+/// How far the stop has gone.
+#[derive(Debug, Default)]
+struct StopState {
+    draining_since: Option<Instant>,
+    hung_up_since: Option<Instant>,
+    /// The count of calls left last logged.
+    logged_left: Option<usize>,
+}
+
+/// How long the calls hung up at the end of a drain get to finish (their records written).
+const HANG_UP_GRACE: Duration = Duration::from_secs(5);
+
+impl StopState {
+    /// When the loop must wake for the stop: the drain's timeout, or the end of the grace
+    /// after hanging up.
+    fn next_deadline(&self, timeout: Duration) -> Option<Instant> {
+        match (self.draining_since, self.hung_up_since) {
+            (_, Some(at)) => Some(at + HANG_UP_GRACE),
+            (Some(since), None) => Some(since + timeout),
+            (None, None) => None,
+        }
+    }
+
+    /// Whether the signalling task is done: draining and no call left, or the grace after
+    /// hanging up has passed.
+    fn done(&self, calls: usize) -> bool {
+        self.draining_since.is_some()
+            && (calls == 0
+                || self
+                    .hung_up_since
+                    .is_some_and(|at| at.elapsed() > HANG_UP_GRACE))
     }
 }
 
@@ -631,19 +701,24 @@ impl Signalling {
         mut self,
         mut inbound: mpsc::Receiver<Inbound>,
         shutdown: impl std::future::Future<Output = ()>,
+        mut stops: Stops,
         trunk_targets: Vec<(usize, Result<SocketAddr, String>)>,
     ) -> Result<(), ServeError> {
         tokio::pin!(shutdown);
         self.start_trunks(trunk_targets);
         let mut buf = vec![0u8; MAX_MESSAGE_BYTES + 1];
         let udp = self.udp.clone();
-        let mut draining_since: Option<Instant> = None;
+        let mut stop = StopState::default();
         self.readiness.set_sip_listening(true);
         loop {
-            let deadline = [self.endpoint.next_timeout(), self.trunks.next_timeout()]
-                .into_iter()
-                .flatten()
-                .min();
+            let deadline = [
+                self.endpoint.next_timeout(),
+                self.trunks.next_timeout(),
+                stop.next_deadline(stops.drain_timeout),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
             let sleep = async {
                 match deadline {
                     Some(at) => tokio::time::sleep_until(at.into()).await,
@@ -679,22 +754,69 @@ impl Signalling {
                     self.endpoint.handle_timeout(Instant::now());
                     self.trunks.handle_timeout(Instant::now());
                 }
-                () = &mut shutdown, if draining_since.is_none() => {
-                    tracing::info!(calls = self.calls.len(), "shutting down: hanging up calls");
-                    self.readiness.set_sip_listening(false);
-                    self.endpoint.drain();
-                    self.trunks.unregister_all(Instant::now());
-                    draining_since = Some(Instant::now());
-                    for tx in self.calls.values() {
-                        let _ = tx.send(CallSignal::Shutdown);
+                () = &mut shutdown => {}
+                changed = stops.level.changed(), if !stops.closed => {
+                    if changed.is_err() {
+                        stops.closed = true;
                     }
                 }
             }
+            let level = *stops.level.borrow_and_update();
+            self.advance_stop(&mut stop, level, stops.drain_timeout);
             self.flush().await;
-            if let Some(since) = draining_since {
-                if self.calls.is_empty() || since.elapsed() > Duration::from_secs(5) {
-                    return Ok(());
+            if stop.done(self.calls.len()) {
+                tracing::info!(
+                    hung_up = stop.hung_up_since.is_some(),
+                    left = self.calls.len(),
+                    "stopped: exiting"
+                );
+                return Ok(());
+            }
+        }
+    }
+
+    /// Moves the drain on: starts it, hangs up at its timeout or at a second signal, and
+    /// logs how many calls are left as they end.
+    fn advance_stop(&mut self, stop: &mut StopState, level: StopLevel, timeout: Duration) {
+        let now = Instant::now();
+        if level >= StopLevel::Drain && stop.draining_since.is_none() {
+            tracing::info!(
+                calls = self.calls.len(),
+                timeout_s = timeout.as_secs(),
+                "draining started: new INVITEs and OPTIONS get 503; calls in progress go on"
+            );
+            self.readiness.set_draining(true);
+            self.endpoint.drain();
+            self.trunks.unregister_all(now);
+            stop.draining_since = Some(now);
+            stop.logged_left = Some(self.calls.len());
+        }
+        let Some(since) = stop.draining_since else {
+            return;
+        };
+        if stop.hung_up_since.is_none() {
+            let timed_out = now.duration_since(since) >= timeout;
+            if level == StopLevel::HangUp || timed_out {
+                if timed_out {
+                    tracing::warn!(
+                        calls = self.calls.len(),
+                        timeout_s = timeout.as_secs(),
+                        "drain timeout ([sip] drain_timeout_s): hanging up the calls left"
+                    );
+                } else {
+                    tracing::info!(
+                        calls = self.calls.len(),
+                        "second stop signal: hanging up the calls left"
+                    );
                 }
+                self.readiness.set_sip_listening(false);
+                stop.hung_up_since = Some(now);
+                for tx in self.calls.values() {
+                    let _ = tx.send(CallSignal::Shutdown);
+                }
+            } else if stop.logged_left != Some(self.calls.len()) {
+                stop.logged_left = Some(self.calls.len());
+                tracing::info!(calls = self.calls.len(), "draining: calls left");
             }
         }
     }

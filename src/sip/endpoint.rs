@@ -42,6 +42,10 @@ mod restore;
 pub use restore::LegSnapshot;
 
 /// Methods the gateway implements (the `Allow` header lists exactly these).
+/// The Retry-After (seconds) of the 503 a draining gateway gives new INVITEs and OPTIONS: a
+/// hint to a caller without a proxy; a dispatcher's probes find the gateway again sooner.
+pub const DRAIN_RETRY_AFTER_S: u32 = 30;
+
 pub const ALLOWED: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, UPDATE, INFO, NOTIFY";
 
 /// How a message travels.
@@ -547,9 +551,16 @@ impl SipEndpoint {
         self.calls.len() + self.outbound.len()
     }
 
-    /// Stops taking new calls (503 with Retry-After); calls in progress go on.
+    /// Stops taking new calls: new INVITEs and out-of-dialog OPTIONS get 503 with
+    /// Retry-After; requests in the dialogs in progress (BYE, re-INVITE, UPDATE, INFO,
+    /// NOTIFY, ACK) and the calls we place for them go on.
     pub fn drain(&mut self) {
         self.draining = true;
+    }
+
+    /// Whether [`SipEndpoint::drain`] was called.
+    pub fn draining(&self) -> bool {
+        self.draining
     }
 
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
@@ -681,6 +692,14 @@ impl SipEndpoint {
                 self.handle_new_invite(peer, local_ip, msg, key, now)
             }
             _ if msg.to_tag().is_some() => self.handle_in_dialog(peer, msg, method, key, now),
+            // A proxy's keep-alive probe (Kamailio's dispatcher): while draining the 503 takes
+            // this gateway out of its set, so new calls go to the others.
+            Method::Options if self.draining => {
+                let mut resp = self.response(&msg, 503, None);
+                resp.push("Retry-After", DRAIN_RETRY_AFTER_S.to_string());
+                tracing::debug!(peer = %peer.addr, "OPTIONS refused: draining");
+                self.respond_new(peer, key, ServerKind::NonInvite, None, resp, now);
+            }
             Method::Options => {
                 let mut resp = self.response(&msg, 200, None);
                 resp.push("Accept", "application/sdp");
@@ -921,8 +940,8 @@ impl SipEndpoint {
             return reject(
                 self,
                 503,
-                &[("Retry-After", "30".into())],
-                "gateway is shutting down",
+                &[("Retry-After", DRAIN_RETRY_AFTER_S.to_string())],
+                "gateway is draining",
             );
         }
         if self.calls.len() >= self.config.max_calls {
@@ -3803,6 +3822,64 @@ Content-Length: 0\r\n\r\n"
             panic!("no call")
         };
         assert_eq!(call.called.as_deref(), Some("sips:user@example.com"));
+    }
+
+    #[test]
+    fn draining_refuses_new_invites_and_options_with_503_but_keeps_the_calls_in_progress() {
+        let t0 = Instant::now();
+        let (mut ep, handle, tag) = answered(t0);
+        confirm(&mut ep, &tag, t0);
+        assert!(!ep.draining());
+        ep.drain();
+        assert!(ep.draining());
+        // A dispatcher's probe: 503 with Retry-After, so the gateway leaves its set.
+        let probe = request("OPTIONS", "z9hG4bKp", 1, None, "", "");
+        ep.handle_bytes(caller(), local_ip(), &probe, t0);
+        let out = sent(&mut ep);
+        assert_eq!(codes(&out), vec![503]);
+        assert_eq!(
+            out[0].header("Retry-After"),
+            Some(DRAIN_RETRY_AFTER_S.to_string().as_str())
+        );
+        // A new call: 503 with Retry-After, and no IncomingCall.
+        let mut other = String::from_utf8(request("INVITE", "z9hG4bKn", 1, None, "", SDP))
+            .unwrap()
+            .replace("call-1@test", "call-2@test");
+        other = other.replace("tag=caller1", "tag=caller2");
+        ep.handle_bytes(caller(), local_ip(), other.as_bytes(), t0);
+        let out = sent(&mut ep);
+        assert_eq!(codes(&out), vec![100, 503], "{out:?}");
+        assert!(out[0].header("Retry-After").is_some());
+        assert!(
+            ep.poll_event().is_none(),
+            "a draining gateway takes no call"
+        );
+        // In the call in progress: an OPTIONS, a re-INVITE and the BYE still work.
+        let ping = request("OPTIONS", "z9hG4bKi", 2, Some(&tag), "", "");
+        ep.handle_bytes(caller(), local_ip(), &ping, t0);
+        assert_eq!(codes(&sent(&mut ep)), vec![200], "in-dialog OPTIONS");
+        let reinvite = request("INVITE", "z9hG4bKr", 3, Some(&tag), "", SDP);
+        ep.handle_bytes(caller(), local_ip(), &reinvite, t0);
+        let out = sent(&mut ep);
+        assert!(codes(&out).contains(&200), "re-INVITE answered: {out:?}");
+        let ack = request("ACK", "z9hG4bKra", 3, Some(&tag), "", "");
+        ep.handle_bytes(caller(), local_ip(), &ack, t0);
+        while ep.poll_event().is_some() {}
+        let bye = request("BYE", "z9hG4bKb", 4, Some(&tag), "", "");
+        ep.handle_bytes(caller(), local_ip(), &bye, t0);
+        assert_eq!(codes(&sent(&mut ep)), vec![200], "BYE");
+        let mut ended = false;
+        while let Some(event) = ep.poll_event() {
+            ended |= matches!(event, Event::CallEnded(h, EndReason::RemoteBye) if h == handle);
+        }
+        assert!(ended, "the call in progress ends by the caller's BYE");
+        assert_eq!(ep.active_calls(), 0);
+    }
+
+    #[test]
+    fn an_endpoint_that_is_not_draining_answers_options_with_200() {
+        let out = answers(&request("OPTIONS", "z9hG4bKo", 1, None, "", ""));
+        assert_eq!(codes(&out), vec![200]);
     }
 
     #[test]

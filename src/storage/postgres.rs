@@ -65,7 +65,9 @@ impl std::ops::Deref for PgPool {
 
 impl std::fmt::Debug for PgPool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PgPool").field("state", &self.state()).finish()
+        f.debug_struct("PgPool")
+            .field("state", &self.state())
+            .finish()
     }
 }
 /// One connection taken from a [`PgPool`].

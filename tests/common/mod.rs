@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod browser;
+pub mod cluster;
 pub mod sipp;
 pub mod venv;
 pub mod webhook;
