@@ -3849,7 +3849,7 @@ Content-Length: 0\r\n\r\n"
         ep.handle_bytes(caller(), local_ip(), other.as_bytes(), t0);
         let out = sent(&mut ep);
         assert_eq!(codes(&out), vec![100, 503], "{out:?}");
-        assert!(out[0].header("Retry-After").is_some());
+        assert!(out[1].header("Retry-After").is_some());
         assert!(
             ep.poll_event().is_none(),
             "a draining gateway takes no call"
