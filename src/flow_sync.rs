@@ -40,9 +40,9 @@ use std::time::{Duration, Instant};
 
 use postgres::fallible_iterator::FallibleIterator;
 
-use crate::admin::flows::{write_atomically, WritePlan};
 use crate::config::GatewayConfig;
 use crate::engines::{load_flows, load_flows_with, LoadError};
+use crate::flows::{write_atomically, WritePlan};
 use crate::flows::{FlowSet, FlowStore, Overlay};
 use crate::storage::postgres::{self as pg, PgError, PgPool};
 

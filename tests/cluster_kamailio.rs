@@ -115,7 +115,7 @@ fn calls_through_kamailio_are_answered_and_spread_over_three_gateways() {
 }
 
 #[test]
-#[ignore = "not yet passing: its first run stalled after the kill phase (1 failed call at the kill); see the h17-sipfront report"]
+
 fn a_gateway_killed_under_load_is_taken_out_and_later_calls_all_succeed() {
     if !peers() {
         return;
@@ -178,7 +178,7 @@ fn a_gateway_killed_under_load_is_taken_out_and_later_calls_all_succeed() {
 }
 
 #[test]
-#[ignore = "not yet passing: its first run stalled after the kill phase (1 failed call at the kill); see the h17-sipfront report"]
+
 fn a_rolling_restart_under_load_loses_no_call() {
     if !peers() {
         return;
@@ -203,7 +203,7 @@ fn a_rolling_restart_under_load_loses_no_call() {
         let started = Instant::now();
         gw.terminate();
         assert!(
-            kam.wait_inactive(mark, gw.port, Duration::from_secs(10)),
+            kam.wait_inactive(mark, gw.port, Duration::from_secs(20)),
             "Kamailio did not see gateway {} draining: {:?}",
             gw.port,
             kam.lines("GW")

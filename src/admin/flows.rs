@@ -26,6 +26,8 @@
 //! default flow written into it too (using the built-in intents and prompts), so the set stays
 //! complete.
 
+use crate::flows::sync_dir;
+pub use crate::flows::{write_atomically, WritePlan};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -156,21 +158,6 @@ pub struct FlowWrite {
     /// Its own prompts file's text.
     #[serde(default)]
     pub prompts: Option<String>,
-}
-
-/// What a validated write will do.
-#[derive(Debug)]
-pub struct WritePlan {
-    /// The flow file.
-    pub target: PathBuf,
-    /// Whether it is a new flow.
-    pub created: bool,
-    /// Files to write, in order (the flow file last).
-    pub files: Vec<(PathBuf, String)>,
-    /// Files to remove.
-    pub removals: Vec<PathBuf>,
-    /// The flows once the plan is carried out.
-    pub set: FlowSet,
 }
 
 /// The managed paths of a flow's own intents and prompts, relative to the flows directory.
@@ -320,49 +307,6 @@ pub fn plan_delete(
         removals: vec![flow.source.clone()],
         set,
     })
-}
-
-/// Writes `text` to `path` atomically: a temporary file beside it, fsync, rename over it, fsync
-/// of the directory.
-pub fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let file_name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "flow".into());
-    // Not `*.toml`: a loader listing the directory meanwhile never takes it for a flow.
-    let tmp = dir.join(format!(
-        ".{file_name}.{}-{:08x}.partial",
-        std::process::id(),
-        rand::random::<u32>()
-    ));
-    let result = (|| {
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(text.as_bytes())?;
-        file.sync_all()?;
-        drop(file);
-        std::fs::rename(&tmp, path)?;
-        sync_dir(dir)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
-}
-
-/// Makes a rename or removal in `dir` durable.
-fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    #[cfg(unix)]
-    {
-        std::fs::File::open(dir)?.sync_all()
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = dir;
-        Ok(())
-    }
 }
 
 /// Carries out a plan on disk (writes, then removals).

@@ -349,18 +349,11 @@ impl Server {
         }
     }
 
-    /// Runs until it has drained. `shutdown` resolving counts as one signal to the
-    /// [`Server::stopper`]: the gateway drains (new INVITEs and OPTIONS get 503, the calls in
-    /// progress go on to their end, `/readyz` says draining) and returns once no call is left;
-    /// after `[sip] drain_timeout_s`, or at a second signal, it hangs up the calls left and
-    /// waits (up to 5 s) for their records to be written.
-    pub async fn run(
-        mut self,
-        shutdown: impl std::future::Future<Output = ()>,
-    ) -> Result<(), ServeError> {
-        let config = self.engines.config.clone();
-        // The flows' listener follows the cluster as long as the server runs.
-        let flow_sync = self.flow_sync.take();
+    /// The SIP core for `config` (digest users, allow list, limits).
+    fn sip_endpoint(
+        &self,
+        config: &crate::config::GatewayConfig,
+    ) -> Result<SipEndpoint, ServeError> {
         let sip = &config.sip;
         let auth = (!sip.auth.users.is_empty()).then(|| {
             DigestAuthenticator::new(DigestConfig {
@@ -378,7 +371,7 @@ impl Server {
         });
         let allow =
             AllowList::parse(&sip.allow_from).map_err(|e| ServeError::Config(e.to_string()))?;
-        let mut endpoint = SipEndpoint::new(
+        Ok(SipEndpoint::new(
             EndpointConfig {
                 max_calls: sip.max_calls,
                 min_session_expires: sip.min_session_expires,
@@ -392,7 +385,23 @@ impl Server {
             auth,
             allow,
             Instant::now(),
-        );
+        ))
+    }
+
+    /// Runs until it has drained. `shutdown` resolving counts as one signal to the
+    /// [`Server::stopper`]: the gateway drains (new INVITEs and OPTIONS get 503, the calls in
+    /// progress go on to their end, `/readyz` says draining) and returns once no call is left;
+    /// after `[sip] drain_timeout_s`, or at a second signal, it hangs up the calls left and
+    /// waits (up to 5 s) for their records to be written.
+    pub async fn run(
+        mut self,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> Result<(), ServeError> {
+        let config = self.engines.config.clone();
+        // The flows' listener follows the cluster as long as the server runs.
+        let flow_sync = self.flow_sync.take();
+        let sip = &config.sip;
+        let mut endpoint = self.sip_endpoint(&config)?;
         let (inbound_tx, inbound_rx) = mpsc::channel(1024);
         let tcp_limits = TcpLimits::from_config(sip);
         if let Some(listener) = self.tcp {
@@ -421,38 +430,7 @@ impl Server {
         let pacer = Pacer::start()?;
         // Hand-over events go to the webhook through the durable outbox; events left from a
         // previous run are delivered too.
-        let webhook = &config.handover.webhook;
-        // With a shared store the outbox is the cluster's (PostgreSQL; `database` is not used)
-        // and every gateway delivers from it, so a dead gateway's events are delivered by a
-        // survivor once its claims' lease runs out.
-        let deliverer = if webhook.enabled() {
-            let outbox = match &self.storage {
-                Some(shared) => {
-                    let (pool, node, lease) = (
-                        shared.pool.clone(),
-                        shared.node.clone(),
-                        crate::handover::outbox::lease_for(webhook),
-                    );
-                    let outbox = tokio::task::spawn_blocking(move || {
-                        Outbox::open_postgres(pool, &node, lease)
-                    })
-                    .await
-                    .map_err(|e| ServeError::Config(format!("webhook outbox: {e}")))?
-                    .map_err(|e| ServeError::Config(format!("webhook outbox: {e}")))?;
-                    tracing::info!(url = %webhook.url, store = %shared.shown_url, node = %shared.node, lease_ms = lease.as_millis(), "webhook outbox open on the shared store");
-                    outbox
-                }
-                None => {
-                    let outbox = Outbox::open(&webhook.database)
-                        .map_err(|e| ServeError::Config(format!("webhook outbox: {e}")))?;
-                    tracing::info!(url = %webhook.url, database = %webhook.database.display(), "webhook outbox open");
-                    outbox
-                }
-            };
-            Some(Arc::new(spawn_deliverer(Arc::new(outbox), webhook.clone())))
-        } else {
-            None
-        };
+        let deliverer = open_deliverer(&config.handover.webhook, self.storage.as_ref()).await?;
         // Calls in progress, and whether the gateway can take calls (the admin API shows both).
         let live = Arc::new(LiveCalls::new());
         let readiness = Arc::new(Readiness::new());
@@ -470,6 +448,9 @@ impl Server {
         }
         if let Some(h) = self.http {
             history = h.history.clone();
+            if let Some(relay) = h.state.relay.clone() {
+                background.extend(relay.spawn_retention(config.http.history_retention_days));
+            }
             if let Some(store) = &history {
                 background.extend(crate::observe::finished::spawn_retention(
                     Arc::clone(store),
@@ -497,12 +478,7 @@ impl Server {
         if let (None, Some(shared)) = (&history, &self.storage) {
             // No HTTP side here, but this gateway's calls still belong in the cluster's
             // history, which the other gateways' admin APIs show.
-            let pool = shared.pool.clone();
-            let store = tokio::task::spawn_blocking(move || CallHistory::open_postgres(pool))
-                .await
-                .map_err(|e| ServeError::Config(format!("[storage]: {e}")))?
-                .map_err(|e| ServeError::Config(format!("call history on [storage]: {e}")))?;
-            let store = Arc::new(store);
+            let store = shared_history(shared).await?;
             background.extend(crate::observe::finished::spawn_retention(
                 Arc::clone(&store),
                 config.http.history_retention_days,
@@ -581,6 +557,54 @@ impl Server {
         }
         result
     }
+}
+
+/// The webhook deliverer when a webhook is configured. With a shared store the outbox is the
+/// cluster's (PostgreSQL; `database` is not used) and every gateway delivers from it, so a dead
+/// gateway's events are delivered by a survivor once its claims' lease runs out.
+async fn open_deliverer(
+    webhook: &crate::handover::outbox::WebhookConfig,
+    storage: Option<&crate::storage::Shared>,
+) -> Result<Option<Arc<DelivererHandle>>, ServeError> {
+    if !webhook.enabled() {
+        return Ok(None);
+    }
+    let outbox = match storage {
+        Some(shared) => {
+            let (pool, node, lease) = (
+                shared.pool.clone(),
+                shared.node.clone(),
+                crate::handover::outbox::lease_for(webhook),
+            );
+            let outbox =
+                tokio::task::spawn_blocking(move || Outbox::open_postgres(pool, &node, lease))
+                    .await
+                    .map_err(|e| ServeError::Config(format!("webhook outbox: {e}")))?
+                    .map_err(|e| ServeError::Config(format!("webhook outbox: {e}")))?;
+            tracing::info!(url = %webhook.url, store = %shared.shown_url, node = %shared.node, lease_ms = lease.as_millis(), "webhook outbox open on the shared store");
+            outbox
+        }
+        None => {
+            let outbox = Outbox::open(&webhook.database)
+                .map_err(|e| ServeError::Config(format!("webhook outbox: {e}")))?;
+            tracing::info!(url = %webhook.url, database = %webhook.database.display(), "webhook outbox open");
+            outbox
+        }
+    };
+    Ok(Some(Arc::new(spawn_deliverer(
+        Arc::new(outbox),
+        webhook.clone(),
+    ))))
+}
+
+/// The cluster's call history on the shared store (for a gateway without an HTTP side).
+async fn shared_history(shared: &crate::storage::Shared) -> Result<Arc<CallHistory>, ServeError> {
+    let pool = shared.pool.clone();
+    let store = tokio::task::spawn_blocking(move || CallHistory::open_postgres(pool))
+        .await
+        .map_err(|e| ServeError::Config(format!("[storage]: {e}")))?
+        .map_err(|e| ServeError::Config(format!("call history on [storage]: {e}")))?;
+    Ok(Arc::new(store))
 }
 
 /// Opens the journal of calls in progress ("" = none). One held by another running gateway

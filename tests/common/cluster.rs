@@ -101,10 +101,14 @@ impl Kamailio {
     pub fn wait_line_after(&self, mark: usize, containing: &str, wait: Duration) -> bool {
         let deadline = Instant::now() + wait;
         loop {
-            if self.log.lock().expect("log")[mark.min(self.mark())..]
-                .iter()
-                .any(|l| l.contains(containing))
-            {
+            // One lock at a time: the log's length is read under the same guard.
+            let found = {
+                let log = self.log.lock().expect("log");
+                log[mark.min(log.len())..]
+                    .iter()
+                    .any(|l| l.contains(containing))
+            };
+            if found {
                 return true;
             }
             if Instant::now() > deadline {
