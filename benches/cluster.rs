@@ -7,7 +7,7 @@
 //!
 //! Run: `cargo bench --bench cluster` (needs `sipp`, `kamailio` and PostgreSQL's server
 //! binaries). CLUSTER_CALLS (default 400), CLUSTER_RATE (calls per second, default 50),
-//! CLUSTER_HOLD_MS (default 1000) change the run.
+//! CLUSTER_HOLD_MS (default 1000) change the run; CLUSTER_KEEP=1 keeps SIPp's traces.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -38,7 +38,15 @@ fn main() {
         bin.exists(),
         "build the gateway first: cargo build --release"
     );
-    let work = tempfile::tempdir().expect("temp dir");
+    // CLUSTER_KEEP=1 keeps SIPp's error traces and the gateways' records (path printed).
+    let keep = std::env::var("CLUSTER_KEEP").as_deref() == Ok("1");
+    let work = tempfile::Builder::new()
+        .disable_cleanup(keep)
+        .tempdir()
+        .expect("temp dir");
+    if keep {
+        println!("cluster: keeping {}", work.path().display());
+    }
     std::fs::write(work.path().join("caller.raw"), vec![0xFFu8; 8000]).expect("audio");
 
     println!("cluster: {calls} calls at {rate}/s, {hold_ms} ms each (SIPp, PCMU, silence)");
@@ -239,7 +247,14 @@ fn place_calls(
         ])
         .args(["-r", &rate.to_string(), "-m", &calls.to_string()])
         .args(["-l", "400", "-d", &hold_ms.to_string()])
-        .args(["-nostdin", "-trace_rtt", "-rtt_freq", "1", "-trace_stat"])
+        .args([
+            "-nostdin",
+            "-trace_rtt",
+            "-rtt_freq",
+            "1",
+            "-trace_stat",
+            "-trace_err",
+        ])
         .args(["-fd", "1", "-stf"])
         .arg(&stat)
         .stdout(Stdio::null())
