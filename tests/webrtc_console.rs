@@ -1,7 +1,9 @@
 //! "Call this flow" from the admin console, in a real browser: headless Chromium with a fake
-//! microphone that plays espeak-ng speech ("Hi, where is my order?") calls the support flow
-//! over WebRTC (the WHIP route, the edge, the gateway's own pipeline), against the real
-//! `voicebot serve` with its models.
+//! microphone that plays espeak-ng speech ("Hello, I would like to know where my order is.")
+//! calls the support flow over WebRTC (the WHIP route, the edge, the gateway's own pipeline),
+//! against the real `voicebot serve` with its models. (A sentence, not three words: the test
+//! is about the call path, and "Hi, where is my order?" was once heard as "where is my arm"
+//! on a loaded machine.)
 //!
 //! Checked: the page's live view shows the caller's turn with its intent (order_status); the
 //! audio the page received (recorded in the page with WebAudio, offered as a WAV download),
@@ -54,7 +56,11 @@ fn card_number(b: &Browser, key: &str) -> Option<f64> {
 /// The caller's microphone: espeak-ng speech as 16-bit PCM mono WAV (what Chromium's fake
 /// capture reads: it converts the rate itself), with silence around it.
 fn caller_wav(dir: &Path) -> PathBuf {
-    let speech = spoken_wav(dir, "caller-speech", "Hi, where is my order?");
+    let speech = spoken_wav(
+        dir,
+        "caller-speech",
+        "Hello, I would like to know where my order is.",
+    );
     let wav = dir.join("caller.wav");
     let status = Command::new("sox")
         .arg(&speech)
