@@ -549,6 +549,7 @@ async fn commit(
     change: String,
 ) -> Result<(Arc<FlowSet>, Option<i64>), ApiError> {
     let sync = state.flow_sync.clone();
+    let shared = sync.is_some();
     let store = Arc::clone(&state.engines.flows);
     let done = tokio::task::spawn_blocking(move || match sync {
         Some(sync) => sync
@@ -559,7 +560,10 @@ async fn commit(
     })
     .await
     .map_err(|e| ApiError::internal(format!("writing the flow: {e}")))??;
-    crate::engines::keep_prompts_ready(&state.engines);
+    // With a shared store, the sync's hook does this for every set it puts in force.
+    if !shared {
+        crate::engines::keep_prompts_ready(&state.engines);
+    }
     Ok(done)
 }
 
