@@ -10,6 +10,7 @@
 //! CLUSTER_HOLD_MS (default 1000) change the run; CLUSTER_KEEP=1 keeps SIPp's traces.
 
 use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -184,7 +185,26 @@ fn start_gateway(bin: &Path, root: &Path, work: &Path, i: u16, db: Option<&str>)
 
 /// Kamailio with the shipped dispatcher configuration over `gateways`; waits until it has
 /// probed them all active. Its process and port.
-fn start_kamailio(root: &Path, work: &Path, gateways: &[u16]) -> (Kill, u16) {
+/// Kamailio, stopped with its worker processes (they outlive a SIGKILL of the main process).
+struct Kamailio(std::process::Child);
+
+impl Drop for Kamailio {
+    fn drop(&mut self) {
+        // SIGTERM: the main process stops its workers; then SIGKILL to its process group.
+        let pgid = i32::try_from(self.0.id()).unwrap_or(i32::MAX);
+        // SAFETY: kill(2) on a process (group) we started.
+        unsafe { libc::kill(pgid, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while matches!(self.0.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // SAFETY: as above.
+        unsafe { libc::kill(-pgid, libc::SIGKILL) };
+        let _ = self.0.wait();
+    }
+}
+
+fn start_kamailio(root: &Path, work: &Path, gateways: &[u16]) -> (Kamailio, u16) {
     let list = work.join("dispatcher.list");
     let lines: String = gateways
         .iter()
@@ -204,13 +224,14 @@ fn start_kamailio(root: &Path, work: &Path, gateways: &[u16]) -> (Kill, u16) {
         .arg(format!("LISTEN=udp:127.0.0.1:{port}"))
         .arg("-A")
         .arg(format!("DISPATCHER_LIST=\"{}\"", list.display()))
+        .process_group(0)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("start kamailio");
     // Its first probes mark the gateways active within a second or two.
     std::thread::sleep(Duration::from_secs(3));
-    (Kill(child), port)
+    (Kamailio(child), port)
 }
 
 /// SIPp's uac_load scenario against 127.0.0.1:`port`.

@@ -5,12 +5,13 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::UdpSocket;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::{free_udp_port, peer_available, root, sip_port, spawn_serve};
+use super::{free_udp_port, peer_available, root, sip_port, spawn_serve, stop_process_group};
 
 /// Whether Kamailio is usable (see [`peer_available`]).
 pub fn have_kamailio() -> bool {
@@ -54,6 +55,8 @@ impl Kamailio {
             .arg("-A")
             .arg(format!("DISPATCHER_LIST=\"{}\"", list.display()))
             .args(["-A", "WITH_DEBUG_LOG"])
+            // Its own process group: dropping it stops its workers too.
+            .process_group(0)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -133,8 +136,7 @@ impl Kamailio {
 
 impl Drop for Kamailio {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        stop_process_group(&mut self.child);
     }
 }
 

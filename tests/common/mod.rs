@@ -384,3 +384,24 @@ pub fn transcribe_recording(path: &Path) -> String {
     }
     text.to_lowercase()
 }
+
+/// Stops a program started in a process group of its own (`CommandExt::process_group(0)`),
+/// such as Kamailio, whose worker processes outlive a SIGKILL of its main process: SIGTERM
+/// first (Kamailio then stops its workers), up to 5 s, then SIGKILL to the whole group, so no
+/// process of it outlives the test.
+pub fn stop_process_group(child: &mut Child) {
+    let Ok(pgid) = i32::try_from(child.id()) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        return;
+    };
+    // SAFETY: kill(2) with a pid we started; no memory is touched.
+    unsafe { libc::kill(pgid, libc::SIGTERM) };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while matches!(child.try_wait(), Ok(None)) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // SAFETY: as above, for the group it leads.
+    unsafe { libc::kill(-pgid, libc::SIGKILL) };
+    let _ = child.wait();
+}
