@@ -116,7 +116,7 @@ impl ThrowawayPostgres {
             .arg("-k")
             .arg(&dir)
             .args(["-c", "fsync=off", "-c", "synchronous_commit=off"])
-            .args(["-c", "full_page_writes=off", "-c", "max_connections=300"])
+            .args(["-c", "full_page_writes=off", "-c", "max_connections=600"])
             .args([
                 "-c",
                 "shared_buffers=32MB",
