@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 mod support;
 
-use support::{env_u64, proc_usage, Kill};
+use support::{env_u64, proc_usage, read_stats, Kill};
 use voicebot_gateway::storage::throwaway::ThrowawayPostgres;
 
 fn main() {
@@ -306,30 +306,6 @@ fn place_calls(
         elapsed,
         rtt_ms,
     }
-}
-
-/// SuccessfulCall(C) and FailedCall(C) from the last line of SIPp's statistics file.
-fn read_stats(path: &Path) -> (u64, u64) {
-    let Ok(text) = std::fs::read_to_string(path) else {
-        return (0, 0);
-    };
-    let mut lines = text.lines();
-    let Some(header) = lines.next() else {
-        return (0, 0);
-    };
-    let Some(last) = text.lines().last().filter(|l| *l != header) else {
-        return (0, 0);
-    };
-    let cols: Vec<&str> = header.split(';').collect();
-    let vals: Vec<&str> = last.split(';').collect();
-    let get = |name: &str| {
-        cols.iter()
-            .position(|c| *c == name)
-            .and_then(|i| vals.get(i))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0)
-    };
-    (get("SuccessfulCall(C)"), get("FailedCall(C)"))
 }
 
 struct Counters {

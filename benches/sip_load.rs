@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 mod support;
 
-use support::{env_u64, proc_usage, Kill};
+use support::{env_u64, proc_usage, read_stats, Kill};
 
 fn ticks_per_second() -> f64 {
     100.0
@@ -172,31 +172,6 @@ fn main() {
         "  RTP send jitter            p99 {all_p99:.1} ms over all packets; worst call's p99 \
          {lat_p99:.1} ms; max {lat_max:.1} ms (deviation from the 20 ms grid)"
     );
-}
-
-/// SuccessfulCall(C) and FailedCall(C) from the last line of SIPp's statistics file.
-fn read_stats(path: &Path) -> (u64, u64) {
-    let Ok(text) = std::fs::read_to_string(path) else {
-        return (0, 0);
-    };
-    let mut lines = text.lines();
-    let Some(header) = lines.next() else {
-        return (0, 0);
-    };
-    let Some(last) = lines.rfind(|l| !l.trim().is_empty()) else {
-        return (0, 0);
-    };
-    let names: Vec<&str> = header.split(';').collect();
-    let values: Vec<&str> = last.split(';').collect();
-    let get = |name: &str| {
-        names
-            .iter()
-            .position(|n| *n == name)
-            .and_then(|i| values.get(i))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0)
-    };
-    (get("SuccessfulCall(C)"), get("FailedCall(C)"))
 }
 
 /// The p99 of all packets' send deviation (merged histograms), the worst call's p99 and the

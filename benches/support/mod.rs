@@ -40,3 +40,29 @@ pub fn proc_usage(pid: u32) -> Option<(u64, u64)> {
     let stime: u64 = fields.get(12)?.parse().ok()?;
     Some((rss, utime + stime))
 }
+
+/// SuccessfulCall(C) and FailedCall(C) from the last line of SIPp's statistics file.
+#[allow(dead_code)] // only the SIPp benches read it
+pub fn read_stats(path: &std::path::Path) -> (u64, u64) {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return (0, 0);
+    };
+    let mut lines = text.lines();
+    let Some(header) = lines.next() else {
+        return (0, 0);
+    };
+    let Some(last) = lines.rfind(|l| !l.trim().is_empty()) else {
+        return (0, 0);
+    };
+    let names: Vec<&str> = header.split(';').collect();
+    let values: Vec<&str> = last.split(';').collect();
+    let get = |name: &str| {
+        names
+            .iter()
+            .position(|n| *n == name)
+            .and_then(|i| values.get(i))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    (get("SuccessfulCall(C)"), get("FailedCall(C)"))
+}

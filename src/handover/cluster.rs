@@ -110,28 +110,9 @@ impl HandoverRelay {
     /// Prunes events older than `days` (0: kept), at start and then daily, as the call
     /// history is pruned.
     pub fn spawn_retention(self, days: u32) -> Option<tokio::task::JoinHandle<()>> {
-        if days == 0 {
-            return None;
-        }
-        let keep_ms = i64::from(days) * 86_400_000;
-        Some(tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(86_400));
-            loop {
-                tick.tick().await;
-                let relay = self.clone();
-                let now = crate::handover::outbox::now_unix_ms();
-                let before = i64::try_from(now)
-                    .unwrap_or(i64::MAX)
-                    .saturating_sub(keep_ms);
-                match tokio::task::spawn_blocking(move || relay.prune(before)).await {
-                    Ok(Ok(n)) => {
-                        tracing::info!(events = n, days, "hand-over events retention applied")
-                    }
-                    Ok(Err(e)) => tracing::warn!(error = %e, "hand-over events retention failed"),
-                    Err(e) => tracing::warn!(error = %e, "hand-over events retention task failed"),
-                }
-            }
-        }))
+        crate::storage::spawn_daily_prune("hand-over events", days, move |before| {
+            self.prune(before)
+        })
     }
 
     /// Deletes the events created before `before_ms`; returns how many. Blocking.

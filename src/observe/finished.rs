@@ -6,7 +6,7 @@
 //! show what happened at a glance. Also the history's retention task.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 
@@ -80,21 +80,5 @@ pub fn spawn_retention(
     history: Arc<CallHistory>,
     days: u32,
 ) -> Option<tokio::task::JoinHandle<()>> {
-    if days == 0 {
-        return None;
-    }
-    let keep_ms = i64::from(days) * 86_400_000;
-    Some(tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(86_400));
-        loop {
-            tick.tick().await;
-            let h = Arc::clone(&history);
-            let before = unix_ms(SystemTime::now()).saturating_sub(keep_ms);
-            match tokio::task::spawn_blocking(move || h.prune(before)).await {
-                Ok(Ok(n)) => tracing::info!(calls = n, days, "call history retention applied"),
-                Ok(Err(e)) => tracing::warn!(error = %e, "call history retention failed"),
-                Err(e) => tracing::warn!(error = %e, "call history retention task failed"),
-            }
-        }
-    }))
+    crate::storage::spawn_daily_prune("call history", days, move |before| history.prune(before))
 }

@@ -109,6 +109,41 @@ impl StorageConfig {
     }
 }
 
+/// Runs `prune(before_ms)` (off the async runtime) at once and then once a day, deleting what
+/// is older than `days`, until the task is aborted; `days == 0` keeps everything (no task).
+/// `what` names the store in the log. One loop for every store with a retention.
+pub fn spawn_daily_prune<N, E>(
+    what: &'static str,
+    days: u32,
+    prune: impl Fn(i64) -> Result<N, E> + Send + Sync + 'static,
+) -> Option<tokio::task::JoinHandle<()>>
+where
+    N: std::fmt::Display + Send + 'static,
+    E: std::fmt::Display + Send + 'static,
+{
+    if days == 0 {
+        return None;
+    }
+    let keep_ms = i64::from(days) * 86_400_000;
+    let prune = std::sync::Arc::new(prune);
+    Some(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(86_400));
+        loop {
+            tick.tick().await;
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+            let before = now_ms.saturating_sub(keep_ms);
+            let prune = std::sync::Arc::clone(&prune);
+            match tokio::task::spawn_blocking(move || prune(before)).await {
+                Ok(Ok(n)) => tracing::info!(store = what, removed = %n, days, "retention applied"),
+                Ok(Err(e)) => tracing::warn!(store = what, error = %e, "retention failed"),
+                Err(e) => tracing::warn!(store = what, error = %e, "retention task failed"),
+            }
+        }
+    }))
+}
+
 /// The shared store of a cluster, once connected and migrated: what every store opens on.
 #[derive(Clone)]
 pub struct Shared {
