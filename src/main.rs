@@ -74,6 +74,10 @@ enum Command {
         /// Also decode each utterance as it grows, as a live call does, to cost the partials.
         #[arg(long)]
         partials: bool,
+        /// Decode spoken numbers without expecting digits (a live call expects them once the
+        /// bot has asked for the number): what listening for digits brings.
+        #[arg(long)]
+        no_digit_context: bool,
         /// Print every utterance's reference and transcript.
         #[arg(long)]
         rows: bool,
@@ -192,6 +196,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             human,
             limit,
             partials,
+            no_digit_context,
             rows,
             json,
         } => {
@@ -233,7 +238,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             let mut reports = Vec::new();
             for spec in &specs {
-                let report = asr_eval::run_engine(spec, &items, &judge, partials)
+                let options = asr_eval::RunOptions {
+                    partials,
+                    digit_context: !no_digit_context,
+                };
+                let report = asr_eval::run_engine(spec, &items, &judge, options)
                     .map_err(anyhow::Error::msg)?;
                 if rows {
                     for r in &report.rows {

@@ -29,7 +29,7 @@ use serde::Serialize;
 
 use crate::dialog::{Bot, BotTurn, CallerTurn, DialogAssets, EscalationConfig};
 use crate::speech::asr::vocabulary::Vocabulary;
-use crate::speech::asr::{self, AsrConfig, Engine, Pass, SpeechRecognizer};
+use crate::speech::asr::{self, AsrConfig, Engine, Expectation, Pass, SpeechRecognizer};
 use set::{Item, Kind, Split};
 
 /// An engine to measure: a label and its settings.
@@ -125,12 +125,21 @@ fn reason_name(turn: &BotTurn) -> String {
     }
 }
 
+/// How [`run_engine`] decodes.
+#[derive(Debug, Clone, Copy)]
+pub struct RunOptions {
+    /// Also decode each utterance as it grows, to cost the partial passes.
+    pub partials: bool,
+    /// Decode spoken numbers expecting digits, as a live call does once the bot asked.
+    pub digit_context: bool,
+}
+
 /// Recognises every item with one engine.
 pub fn run_engine(
     spec: &EngineSpec,
     items: &[Item],
     judge: &DialogJudge,
-    partials: bool,
+    options: RunOptions,
 ) -> Result<EngineReport, String> {
     let started = Instant::now();
     let engine = asr::load(&spec.config).map_err(|e| format!("{}: {e}", spec.label))?;
@@ -138,14 +147,20 @@ pub fn run_engine(
     let interval = spec.config.partial_interval_ms.max(100) as usize * 16;
     let mut rows = Vec::with_capacity(items.len());
     for item in items {
-        let (partial_ms, partial_passes) = if partials {
+        let (partial_ms, partial_passes) = if options.partials {
             partial_cost(engine.as_ref(), &item.audio, interval)?
         } else {
             (0.0, 0)
         };
         let t0 = Instant::now();
+        // A spoken number answers the bot's question for it, so a live call decodes it
+        // expecting digits.
+        let expect = match item.digits {
+            Some(_) if options.digit_context => Expectation::Digits,
+            _ => Expectation::Anything,
+        };
         let t = engine
-            .decode(&item.audio, Pass::Final)
+            .decode_expecting(&item.audio, Pass::Final, expect)
             .map_err(|e| format!("{}: {}: {e}", spec.label, item.id))?;
         let final_ms = t0.elapsed().as_secs_f64() * 1000.0;
         let (text, _) = judge.vocabulary.correct(&t.words);

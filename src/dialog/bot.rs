@@ -203,6 +203,14 @@ impl Bot {
         self.ended
     }
 
+    /// Whether the bot's last question waits for a number said digit by digit (the order
+    /// number): recognition may then lean towards digits.
+    pub fn awaits_digits(&self) -> bool {
+        self.pending
+            .as_ref()
+            .is_some_and(|p| p.slot == slots::ORDER_NUMBER)
+    }
+
     /// Every slot the caller has given in this call.
     pub fn slots(&self) -> &BTreeMap<String, String> {
         &self.slots
@@ -791,8 +799,10 @@ mod tests {
     #[test]
     fn order_status_fills_the_slot_across_turns() {
         let mut b = bot();
+        assert!(!b.awaits_digits());
         let t = say(&mut b, "Hi, my package hasn't arrived yet.");
         assert_eq!(t.intent.intent, "order_status");
+        assert!(b.awaits_digits(), "the bot asked for the order number");
         assert!(
             t.reply.contains("What is your order number?"),
             "{}",
@@ -805,6 +815,7 @@ mod tests {
             t.slots.get("order_number").map(String::as_str),
             Some("1234")
         );
+        assert!(!b.awaits_digits(), "the number was given");
         assert!(
             t.reply
                 .starts_with("Thanks. I have noted order number 1 2 3 4."),

@@ -32,7 +32,7 @@ use crate::flows::{Flow, FlowStore};
 use crate::report::{CallReport, HeardLine, TurnInput, TurnReport, TurnTimings};
 use crate::speech::asr::stream::{PartialOutcome, PartialSchedule};
 use crate::speech::asr::vocabulary::Vocabulary;
-use crate::speech::asr::{AsrError, Pass, SpeechRecognizer, Transcript};
+use crate::speech::asr::{AsrError, Expectation, Pass, SpeechRecognizer, Transcript};
 use crate::speech::pool::{InferencePool, PoolError, Priority};
 use crate::speech::prosody;
 use crate::speech::tts::{SpeechSynthesizer, TtsError};
@@ -199,12 +199,34 @@ struct PauseCheck {
     early: Option<Early>,
 }
 
+/// What the bot waits for, shared by one call's stages: the respond stage sets it after each
+/// of the dialog's decisions, the listen stage's recognitions (at a pause, partials) and the
+/// respond stage's own read it, so a caller answering "what is your order number?" is heard
+/// expecting digits ([`Expectation::Digits`]).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Expecting(Arc<std::sync::atomic::AtomicBool>);
+
+impl Expecting {
+    pub(crate) fn get(&self) -> Expectation {
+        if self.0.load(std::sync::atomic::Ordering::Relaxed) {
+            Expectation::Digits
+        } else {
+            Expectation::Anything
+        }
+    }
+
+    pub(crate) fn set_digits(&self, digits: bool) {
+        self.0.store(digits, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// The end of turn for one call's listen stage: at each pause it scores the turn-end model
 /// (and, at the first pause of a stretch of silence, recognises the turn so far), on the pool
 /// as turn work, and says when the turn is complete. One check runs at a time.
 struct TurnJudge {
     model: Arc<TurnEndModel>,
     asr: Arc<dyn SpeechRecognizer>,
+    expecting: Expecting,
     pool: InferencePool,
     threshold: f32,
     short_pause: Duration,
@@ -220,13 +242,14 @@ struct TurnJudge {
 
 impl TurnJudge {
     /// None without a turn-end model (turns then end on silence alone).
-    fn new(engines: &Engines) -> Option<Self> {
+    fn new(engines: &Engines, expecting: &Expecting) -> Option<Self> {
         let config = &engines.config.turn;
         let model = engines.turn_end.clone()?;
         let (done_tx, done_rx) = mpsc::channel(2);
         Some(TurnJudge {
             model,
             asr: engines.asr.clone(),
+            expecting: expecting.clone(),
             pool: engines.pool.clone(),
             threshold: config.threshold,
             short_pause: Duration::from_millis(config.short_pause_ms),
@@ -266,6 +289,7 @@ impl TurnJudge {
         self.pending = Some((seq, at, Instant::now()));
         let samples = audio.to_vec();
         let threshold = self.threshold;
+        let expect = self.expecting.get();
         let (model, asr, pool, done) = (
             self.model.clone(),
             self.asr.clone(),
@@ -287,7 +311,9 @@ impl TurnJudge {
                 let early = (recognise && sounds_done).then(|| Early {
                     seq,
                     len: samples.len(),
-                    transcript: asr.transcribe(&samples).map_err(|e| e.to_string()),
+                    transcript: asr
+                        .transcribe_expecting(&samples, expect)
+                        .map_err(|e| e.to_string()),
                     voice: prosody::analyze(&samples),
                 });
                 PauseCheck {
@@ -420,8 +446,9 @@ pub async fn run_call_with(
     options: CallOptions,
 ) -> Result<CallReport, PipelineError> {
     let (heard_tx, heard_rx) = mpsc::channel(STAGE_QUEUE);
-    let partials = Partials::new(&engines);
-    let judge = TurnJudge::new(&engines);
+    let expecting = Expecting::default();
+    let partials = Partials::new(&engines, &expecting);
+    let judge = TurnJudge::new(&engines, &expecting);
     let (armer, watch) = no_input::clock(flow.escalation.no_input_timeout()).unzip();
     let listen = tokio::spawn(listen_stage(
         engines.config.clone(),
@@ -433,7 +460,7 @@ pub async fn run_call_with(
             no_input: watch,
         },
     ));
-    let respond = respond_stage(engines, flow, heard_rx, output, options, armer).await;
+    let respond = respond_stage(engines, flow, heard_rx, output, options, armer, expecting).await;
     // The listen stage ends when its input ends or when respond stops listening.
     let listened = listen
         .await
@@ -447,6 +474,7 @@ pub async fn run_call_with(
 /// the channel on which passes come back.
 struct Partials {
     asr: Arc<dyn SpeechRecognizer>,
+    expecting: Expecting,
     pool: InferencePool,
     schedule: PartialSchedule,
     done_tx: mpsc::Sender<PartialDone>,
@@ -466,7 +494,7 @@ struct PartialDone {
 
 impl Partials {
     /// None when `[asr] partial_interval_ms` is 0.
-    fn new(engines: &Engines) -> Option<Self> {
+    fn new(engines: &Engines, expecting: &Expecting) -> Option<Self> {
         let asr = &engines.config.asr;
         let schedule = PartialSchedule::new(
             Duration::from_millis(asr.partial_interval_ms),
@@ -478,6 +506,7 @@ impl Partials {
         let (done_tx, done_rx) = mpsc::channel(2);
         Some(Partials {
             asr: engines.asr.clone(),
+            expecting: expecting.clone(),
             pool: engines.pool.clone(),
             schedule,
             done_tx,
@@ -504,11 +533,12 @@ impl Partials {
         };
         let samples = audio.to_vec();
         let heard_until = endpointer.now();
+        let expect = self.expecting.get();
         let (asr, pool, done) = (self.asr.clone(), self.pool.clone(), self.done_tx.clone());
         tokio::spawn(async move {
             let job = move || {
                 let started = Instant::now();
-                let result = asr.decode(&samples, Pass::Partial);
+                let result = asr.decode_expecting(&samples, Pass::Partial, expect);
                 (result, started.elapsed())
             };
             let (text, cost) = match pool.run_as(Priority::Background, job).await {
@@ -771,7 +801,7 @@ async fn recognise(
     engines: &Engines,
     vocabulary: Option<&Vocabulary>,
     u: &Utterance,
-    early: Option<Early>,
+    (early, expect): (Option<Early>, Expectation),
     fault: &mut Option<String>,
 ) -> (Transcript, Option<prosody::Prosody>) {
     let (transcript, voice) = match early {
@@ -782,7 +812,12 @@ async fn recognise(
         None => {
             let samples = u.samples.clone();
             let asr = engines.asr.clone();
-            let job = move || (asr.transcribe(&samples), prosody::analyze(&samples));
+            let job = move || {
+                (
+                    asr.transcribe_expecting(&samples, expect),
+                    prosody::analyze(&samples),
+                )
+            };
             match engines.pool.run(job).await {
                 Ok((Ok(t), voice)) => (t, Some(voice)),
                 Ok((Err(e), voice)) => (failed_transcript(fault, e.to_string()), Some(voice)),
@@ -1181,9 +1216,25 @@ mod tests {
     struct ScriptedAsr {
         texts: Mutex<VecDeque<Result<&'static str, &'static str>>>,
         heard_lengths: Mutex<Vec<usize>>,
+        /// What each final pass was told to expect.
+        expectations: Mutex<Vec<Expectation>>,
     }
 
     impl SpeechRecognizer for ScriptedAsr {
+        fn decode_expecting(
+            &self,
+            samples: &[f32],
+            pass: Pass,
+            expect: Expectation,
+        ) -> Result<Transcript, AsrError> {
+            if pass == Pass::Final {
+                if let Ok(mut v) = self.expectations.lock() {
+                    v.push(expect);
+                }
+            }
+            self.decode(samples, pass)
+        }
+
         fn decode(&self, samples: &[f32], pass: Pass) -> Result<Transcript, AsrError> {
             if pass == Pass::Partial {
                 // A partial says how much it heard: "heard 1500 ms".
@@ -1238,6 +1289,7 @@ mod tests {
         let asr = Arc::new(ScriptedAsr {
             texts: Mutex::new(texts.into()),
             heard_lengths: Mutex::new(Vec::new()),
+            expectations: Mutex::new(Vec::new()),
         });
         let config = GatewayConfig::default();
         let engines = Engines {
@@ -1452,6 +1504,28 @@ mod tests {
         let report = call.await.expect("task").expect("call runs");
         assert_eq!(turns, ["Where is my order?"]);
         assert_eq!(report.turns.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn the_answer_to_the_order_number_question_is_heard_expecting_digits() {
+        let (engines, asr) = engines(vec![
+            Ok("Where is my order?"),
+            Ok("It's four five seven one two."),
+            Ok("Thank you."),
+        ]);
+        let (report, _) = run(engines, call_audio()).await;
+        let report = report.expect("call runs");
+        assert_eq!(report.turns.len(), 3, "{report:#?}");
+        let expected = asr.expectations.lock().expect("lock").clone();
+        assert_eq!(
+            expected,
+            [
+                Expectation::Anything,
+                Expectation::Digits,
+                Expectation::Anything
+            ],
+            "{report:#?}"
+        );
     }
 
     #[tokio::test]

@@ -11,8 +11,8 @@ use tokio::sync::mpsc;
 use super::no_input::NoInputArmer;
 use super::{
     flow_vocabulary, heard_drain, log_decision, make_report, recognise, transcribe_line,
-    BotDecision, CallOptions, CallOutput, Engines, Heard, HeardTurn, PipelineError, Speaker,
-    SpeechKind, NOISE_MAX_DURATION,
+    BotDecision, CallOptions, CallOutput, Engines, Expecting, Heard, HeardTurn, PipelineError,
+    Speaker, SpeechKind, NOISE_MAX_DURATION,
 };
 use crate::dialog::{Bot, BotTurn, CallerTurn, Escalation};
 use crate::flows::Flow;
@@ -58,6 +58,8 @@ struct Responder<'a> {
     transcribe_after_handover: bool,
     speaker: Speaker<'a>,
     no_input: Option<NoInputArmer>,
+    /// What the bot waits for, as the call's recognitions read it.
+    expecting: Expecting,
     vocabulary: Option<Vocabulary>,
     /// The dialog; None only while it is on the inference pool.
     bot: Option<Bot>,
@@ -81,6 +83,7 @@ pub(super) async fn respond_stage(
     output: mpsc::Sender<CallOutput>,
     options: CallOptions,
     no_input: Option<NoInputArmer>,
+    expecting: Expecting,
 ) -> Result<CallReport, PipelineError> {
     tracing::info!(flow = %flow.name, "call answered");
     let mut bot = Bot::new(flow.dialog.clone(), flow.escalation.clone());
@@ -96,6 +99,7 @@ pub(super) async fn respond_stage(
         transcribe_after_handover: options.transcribe_after_handover,
         speaker: Speaker::new(&engines, flow.voice, &output, &options.speech_cancel),
         no_input,
+        expecting,
         vocabulary,
         bot: Some(bot),
         turns: Vec::new(),
@@ -120,7 +124,11 @@ pub(super) async fn respond_stage(
         let stop = if r.handed_over {
             r.while_handed_over(item).await
         } else {
-            match r.understand(item).await? {
+            let next = r.understand(item).await?;
+            if let Some(bot) = &r.bot {
+                r.expecting.set_digits(bot.awaits_digits());
+            }
+            match next {
                 Next::Stop => true,
                 Next::Skip => false,
                 Next::Answer(u) => r.answer(*u).await,
@@ -262,7 +270,7 @@ impl Responder<'_> {
             self.engines,
             self.vocabulary.as_ref(),
             &u,
-            early,
+            (early, self.expecting.get()),
             &mut fault,
         )
         .await;

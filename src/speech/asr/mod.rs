@@ -97,15 +97,50 @@ pub enum Pass {
     Final,
 }
 
+/// What the dialog expects the caller to say next. An engine that can lean its decoding
+/// towards it does so (Moonshine: [`moonshine`]'s contextual bias); the others ignore it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Expectation {
+    /// Any speech (no bias).
+    #[default]
+    Anything,
+    /// A number said digit by digit: the bot asked for an order, account or reference number.
+    /// Digit words ("five", "oh", "double") win over the words they sound like on a bad line
+    /// ("time", "Nero", "age"), which otherwise drown the number.
+    Digits,
+}
+
 /// Anything that turns 16 kHz mono audio into text.
 pub trait SpeechRecognizer: Send + Sync {
     /// Recognises `samples` (the utterance so far, or all of it). Blocking: run it on the
     /// inference pool.
     fn decode(&self, samples: &[f32], pass: Pass) -> Result<Transcript, AsrError>;
 
+    /// Like [`SpeechRecognizer::decode`], leaning towards what the dialog expects; an engine
+    /// without contextual bias decodes as usual.
+    fn decode_expecting(
+        &self,
+        samples: &[f32],
+        pass: Pass,
+        expect: Expectation,
+    ) -> Result<Transcript, AsrError> {
+        let _ = expect;
+        self.decode(samples, pass)
+    }
+
     /// Transcribes one whole utterance (a [`Pass::Final`] decode).
     fn transcribe(&self, samples: &[f32]) -> Result<Transcript, AsrError> {
         self.decode(samples, Pass::Final)
+    }
+
+    /// Transcribes one whole utterance, leaning towards what the dialog expects.
+    fn transcribe_expecting(
+        &self,
+        samples: &[f32],
+        expect: Expectation,
+    ) -> Result<Transcript, AsrError> {
+        self.decode_expecting(samples, Pass::Final, expect)
     }
 
     /// The engine and model, for logs and reports ("moonshine base-en").
@@ -272,6 +307,15 @@ struct Conditioned {
 
 impl SpeechRecognizer for Conditioned {
     fn decode(&self, samples: &[f32], pass: Pass) -> Result<Transcript, AsrError> {
+        self.decode_expecting(samples, pass, Expectation::Anything)
+    }
+
+    fn decode_expecting(
+        &self,
+        samples: &[f32],
+        pass: Pass,
+        expect: Expectation,
+    ) -> Result<Transcript, AsrError> {
         let started = std::time::Instant::now();
         if telephone::is_silent(samples) {
             return Ok(Transcript {
@@ -284,7 +328,7 @@ impl SpeechRecognizer for Conditioned {
             (Some(partial), Pass::Partial) => partial,
             _ => &self.engine,
         };
-        let mut t = engine.decode(&input, pass)?;
+        let mut t = engine.decode_expecting(&input, pass, expect)?;
         t.elapsed = started.elapsed();
         Ok(t)
     }

@@ -31,6 +31,17 @@
 //! of text is not allowed as the first token (base otherwise returns nothing for some clips),
 //! the length is capped from the audio's duration (Moonshine's own rule, 6.5 tokens a second,
 //! plus a margin), and a token loop (an n-gram three times in a row at the end) stops decoding.
+//!
+//! # Contextual bias
+//!
+//! When the dialog expects a number said digit by digit ([`Expectation::Digits`]: the bot
+//! asked for an order number), the tokens of digit words ("▁five", "▁Five", "▁oh",
+//! "▁double", ...) and of numerals get [`DIGIT_BIAS`] added to their scores at every step
+//! (shallow fusion with a tiny "digits are likely here" language model). On a bad line the
+//! acoustics of "five" and "time", "seven" and "heaven", "zero" and "Nero" are close, and the
+//! model's own language sense picks the ordinary word; the bias tips such near-ties towards
+//! the digit, while words the model is sure of ("my order number is") keep their lead. The
+//! reported probabilities are those of the biased distribution.
 
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
@@ -40,7 +51,10 @@ use ort::session::{Session, SessionInputValue};
 use ort::value::{DynValue, Tensor, ValueType};
 
 use super::tokenizer::{self, Tokenizer};
-use super::{words_from_pieces, AsrConfig, AsrError, Pass, Reusable, SpeechRecognizer, Transcript};
+use super::{
+    words_from_pieces, AsrConfig, AsrError, Expectation, Pass, Reusable, SpeechRecognizer,
+    Transcript,
+};
 use crate::audio::SPEECH_RATE;
 use crate::speech::onnx;
 
@@ -53,6 +67,14 @@ const TOKENS_PER_SECOND: f32 = 6.5;
 const TOKEN_MARGIN: usize = 8;
 /// Partial passes decode at most this many tokens: enough for the live views.
 const PARTIAL_MAX_TOKENS: usize = 48;
+/// Added to the score (a logit) of a digit word's tokens when digits are expected; chosen on
+/// the tuning part of `voicebot bench-asr`'s spoken numbers (see the README's figures).
+const DIGIT_BIAS: f32 = 3.0;
+/// Words a caller says a number with: their tokens are biased when digits are expected.
+const DIGIT_WORDS: &[&str] = &[
+    "zero", "oh", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "double",
+    "triple",
+];
 /// The encoder needs some audio to produce a frame; shorter input is padded with silence.
 const MIN_SAMPLES: usize = SPEECH_RATE as usize / 2;
 
@@ -112,6 +134,8 @@ pub struct MoonshineRecognizer {
     tokenizer: Tokenizer,
     signature: Signature,
     idle: Reusable<Sessions>,
+    /// Token ids biased when digits are expected.
+    digit_tokens: Vec<usize>,
 }
 
 impl std::fmt::Debug for MoonshineRecognizer {
@@ -141,7 +165,7 @@ impl MoonshineRecognizer {
         let recognizer = MoonshineRecognizer {
             library: config.onnx_library.clone(),
             threads,
-            tokenizer,
+            tokenizer: tokenizer.clone(),
             signature: Signature {
                 layout: DecoderLayout::Merged,
                 encoder_mask: false,
@@ -150,6 +174,7 @@ impl MoonshineRecognizer {
                 past_reads_hidden: true,
             },
             idle: Reusable::new(Vec::new()),
+            digit_tokens: digit_tokens(&tokenizer),
             dir: dir.clone(),
         };
         let sessions = recognizer.open_sessions()?;
@@ -225,6 +250,7 @@ impl MoonshineRecognizer {
         s: &mut Sessions,
         samples: &[f32],
         max_tokens: usize,
+        bias: &[usize],
     ) -> Result<(Vec<i64>, Vec<f32>), AsrError> {
         let n = samples.len();
         let started = Instant::now();
@@ -302,7 +328,11 @@ impl MoonshineRecognizer {
                     .filter(|&v| v > 0 && v <= data.len())
                     .ok_or_else(|| inference(format!("logits of shape {shape:?}")))?;
                 let row = &data[data.len() - vocab..];
-                pick(row, step == 0)
+                if bias.is_empty() {
+                    pick(row, step == 0)
+                } else {
+                    pick(&biased(row, bias, DIGIT_BIAS), step == 0)
+                }
             };
             // Keep the caches in the with-past graph's input order.
             let mut new_self = Vec::new();
@@ -364,6 +394,15 @@ impl MoonshineRecognizer {
 
 impl SpeechRecognizer for MoonshineRecognizer {
     fn decode(&self, samples: &[f32], pass: Pass) -> Result<Transcript, AsrError> {
+        self.decode_expecting(samples, pass, Expectation::Anything)
+    }
+
+    fn decode_expecting(
+        &self,
+        samples: &[f32],
+        pass: Pass,
+        expect: Expectation,
+    ) -> Result<Transcript, AsrError> {
         let started = Instant::now();
         let mut padded;
         let input = if samples.len() < MIN_SAMPLES {
@@ -378,9 +417,13 @@ impl SpeechRecognizer for MoonshineRecognizer {
         if pass == Pass::Partial {
             max_tokens = max_tokens.min(PARTIAL_MAX_TOKENS);
         }
+        let bias: &[usize] = match expect {
+            Expectation::Anything => &[],
+            Expectation::Digits => &self.digit_tokens,
+        };
         let (tokens, logprobs) = self.idle.with(
             || self.open_sessions(),
-            |sessions| self.run(sessions, input, max_tokens),
+            |sessions| self.run(sessions, input, max_tokens, bias),
         )??;
         let pieces = self.tokenizer.pieces(&tokens);
         let words = words_from_pieces(
@@ -406,6 +449,34 @@ impl SpeechRecognizer for MoonshineRecognizer {
         );
         format!("moonshine {name}")
     }
+}
+
+/// `scores` with `bonus` added to the tokens in `bias` (ids beyond the scores are ignored).
+fn biased(scores: &[f32], bias: &[usize], bonus: f32) -> Vec<f32> {
+    let mut out = scores.to_vec();
+    for &id in bias {
+        if let Some(s) = out.get_mut(id) {
+            *s += bonus;
+        }
+    }
+    out
+}
+
+/// The ids of the tokens that spell a digit word with its word start ("▁five", "▁Five"), or
+/// a numeral.
+fn digit_tokens(tokenizer: &Tokenizer) -> Vec<usize> {
+    (0..tokenizer.len())
+        .filter(|&id| {
+            let Ok(text) = std::str::from_utf8(tokenizer.bytes(id as i64)) else {
+                return false;
+            };
+            let numeral = text.len() == 1 && text.as_bytes()[0].is_ascii_digit();
+            let word = text
+                .strip_prefix('\u{2581}')
+                .is_some_and(|w| DIGIT_WORDS.contains(&w.to_ascii_lowercase().as_str()));
+            numeral || word
+        })
+        .collect()
 }
 
 /// `stem.onnx`, else `stem.ort`, in `dir`.
@@ -554,6 +625,35 @@ mod tests {
         assert_eq!(pick(&logits, false).0, tokenizer::END);
         let (_, lp) = pick(&logits, false);
         assert!(lp < 0.0 && lp > -0.1, "{lp}");
+    }
+
+    #[test]
+    fn digits_expected_bias_digit_words_and_numerals_only() {
+        let words: Vec<&[u8]> = vec![
+            "▁five".as_bytes(),
+            "▁Five".as_bytes(),
+            "▁time".as_bytes(),
+            "▁double".as_bytes(),
+            "five".as_bytes(), // inside a word ("fivefold"): not a digit word
+            "▁fives".as_bytes(),
+            "▁Oh".as_bytes(),
+        ];
+        let t = Tokenizer::parse(&tokenizer::table(&words)).expect("table");
+        let ids = digit_tokens(&t);
+        let numerals: Vec<usize> = (b'0'..=b'9').map(|b| 3 + usize::from(b)).collect();
+        let mut expected = numerals.clone();
+        expected.extend([259, 260, 262, 265]);
+        expected.sort_unstable();
+        assert_eq!(ids, expected);
+        // "time" leads "five" by 2.5 (about 12 to 1): the bias turns the near-tie over, but
+        // not a word the model is sure of.
+        let mut scores = vec![0.0f32; t.len()];
+        scores[261] = 4.5; // ▁time
+        scores[259] = 2.0; // ▁five
+        assert_eq!(pick(&scores, false).0, 261);
+        assert_eq!(pick(&biased(&scores, &ids, DIGIT_BIAS), false).0, 259);
+        scores[261] = 9.0;
+        assert_eq!(pick(&biased(&scores, &ids, DIGIT_BIAS), false).0, 261);
     }
 
     #[test]

@@ -137,32 +137,33 @@ impl Tokenizer {
 }
 
 #[cfg(test)]
+/// A token table (the file's bytes) with the specials, the 256 byte tokens and a few words.
+pub(crate) fn table(extra: &[&[u8]]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut push = |t: &[u8]| {
+        if t.len() < 128 {
+            out.push(t.len() as u8);
+        } else {
+            out.push(0x80 | (t.len() & 0x7f) as u8);
+            out.push((t.len() >> 7) as u8);
+        }
+        out.extend_from_slice(t);
+    };
+    push(b"<unk>");
+    push(b"<s>");
+    push(b"</s>");
+    for b in 0..=255u8 {
+        push(&[b]);
+    }
+    for t in extra {
+        push(t);
+    }
+    out
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A table with the specials, the 256 byte tokens and a few words.
-    fn table(extra: &[&[u8]]) -> Vec<u8> {
-        let mut out = Vec::new();
-        let mut push = |t: &[u8]| {
-            if t.len() < 128 {
-                out.push(t.len() as u8);
-            } else {
-                out.push(0x80 | (t.len() & 0x7f) as u8);
-                out.push((t.len() >> 7) as u8);
-            }
-            out.extend_from_slice(t);
-        };
-        push(b"<unk>");
-        push(b"<s>");
-        push(b"</s>");
-        for b in 0..=255u8 {
-            push(&[b]);
-        }
-        for t in extra {
-            push(t);
-        }
-        out
-    }
 
     #[test]
     fn decodes_words_and_spaces() {
