@@ -27,7 +27,10 @@
 //! - `CALL_EVAL_LIMIT`: only the first N rows;
 //! - `CALL_EVAL_VOICES`: comma-separated espeak-ng voices as `VOICE[:WPM[:PITCH]]` (default
 //!   [`DEFAULT_VOICES`]);
-//! - `CALL_EVAL_SILENCE_S`: seconds of line noise after the utterance (default 40);
+//! - `CALL_EVAL_SILENCE_S`: seconds of line noise after the utterance (default 60: the default
+//!   flow's no-input handling, three silences of `no_input_s` (7 s) each after a prompt of up
+//!   to 8 s, takes about 45 s after the bot's last answer to hand over or end the call, and a
+//!   call still in the middle of it when the recording ends would count as stranded);
 //! - `CALL_EVAL_BIN`: the gateway binary (default `target/release/voicebot`);
 //! - `CALL_EVAL_JSON`: also write the figures and every call's score there;
 //! - `CALL_EVAL_KEEP_AUDIO=1`: keep the bot's audio (`*.bot.wav`, about 1.4 MB a call) in the
@@ -148,7 +151,7 @@ impl Settings {
         if voices.is_empty() {
             bail!("CALL_EVAL_VOICES names no voice");
         }
-        let silence = env_or("CALL_EVAL_SILENCE_S", "40");
+        let silence = env_or("CALL_EVAL_SILENCE_S", "60");
         let silence_s: f32 = silence
             .parse()
             .ok()

@@ -266,6 +266,20 @@ impl GatewayConfig {
                 "the Moonshine models shipped are English only: use language = \"en\", or engine = \"whisper\" with a multilingual model",
             );
         }
+        if !(0.0..=5.0).contains(&self.asr.hot_word_bias) {
+            return bad("asr.hot_word_bias", "must be between 0 and 5");
+        }
+        if let Some(w) = self
+            .asr
+            .hot_words
+            .iter()
+            .find(|w| w.is_empty() || w.len() > 40 || w.chars().any(|c| c.is_whitespace()))
+        {
+            return bad(
+                "asr.hot_words",
+                &format!("{w:?} is not one word (1 to 40 characters, no spaces)"),
+            );
+        }
         if !(0.0..=1.0).contains(&self.asr.partial_budget) {
             return bad(
                 "asr.partial_budget",

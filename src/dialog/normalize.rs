@@ -28,9 +28,31 @@ enum Piece {
 /// Normalises an ASR transcript (see the module docs). Pure and total: any input gives a
 /// (possibly empty) string of lowercase words separated by single spaces.
 pub fn normalize(text: &str) -> String {
-    let pieces = lex(text);
+    let pieces = join_split_pronouns(lex(text));
     let words = resolve_numbers(&pieces);
     words.join(" ")
+}
+
+/// Joins "some one", "any body", "every one" (as recognisers split them: "just let me talk to
+/// some one") into one word, except before "of" ("any one of them" stays).
+fn join_split_pronouns(pieces: Vec<Piece>) -> Vec<Piece> {
+    let mut out: Vec<Piece> = Vec::with_capacity(pieces.len());
+    let mut i = 0;
+    while i < pieces.len() {
+        if let (Piece::Word(first), Some(Piece::Word(second))) = (&pieces[i], pieces.get(i + 1)) {
+            let joinable = matches!(first.as_str(), "some" | "any" | "every")
+                && matches!(second.as_str(), "one" | "body")
+                && !matches!(pieces.get(i + 2), Some(Piece::Word(w)) if w == "of");
+            if joinable {
+                out.push(Piece::Word(format!("{first}{second}")));
+                i += 2;
+                continue;
+            }
+        }
+        out.push(pieces[i].clone());
+        i += 1;
+    }
+    out
 }
 
 /// Splits the text into pieces: whitespace-separated chunks, e-mail addresses kept whole, other
@@ -511,6 +533,13 @@ mod tests {
             ),
             ("i cant login", "i can't login"),
             ("no one answered", "no one answered"),
+            // Pronouns a recogniser split are joined, but not before "of".
+            (
+                "just let me talk to some one",
+                "just let me talk to someone",
+            ),
+            ("Is any body there?", "is anybody there"),
+            ("any one of them", "any one of them"),
             ("I need one", "i need one"),
             ("twelve thirty four", "1234"),
             ("twenty three fifty", "2350"),

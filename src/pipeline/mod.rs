@@ -25,7 +25,7 @@ use tokio::sync::mpsc;
 use crate::audio::frames::AudioFrame;
 use crate::audio::resample::{resample_all, ResampleError, StreamResampler};
 use crate::audio::wav::MonoAudio;
-use crate::audio::SPEECH_RATE;
+use crate::audio::{FRAME_MS, SPEECH_RATE};
 use crate::config::GatewayConfig;
 use crate::dialog::BotTurn;
 use crate::flows::{Flow, FlowStore};
@@ -111,6 +111,38 @@ pub enum CallOutput {
     /// A partial hypothesis of what the caller is saying (replaced by the next one, and by
     /// the turn's final transcript).
     Partial(PartialLine),
+    /// The caller talked over the bot: with barge-in on, the bot's speech stopped at media
+    /// time `at` (see [`barge_in_point`]). A live call's media layer stops playback itself,
+    /// from the caller's audio; a simulated call cuts its timeline here.
+    SpeechCut { at: Duration },
+}
+
+/// Where barge-in stops the bot's speech for an utterance: once the caller has spoken
+/// `[media] barge_in_min_speech_ms` (the utterance's start is its pre-roll before the voice),
+/// when barge-in is on and the utterance is loud enough (its loudest 20 ms above
+/// `barge_in_floor_dbfs`), as the media layer's detector decides on a live call. The bot's
+/// speech and the no-input clock count from this point, not from where the speech would have
+/// ended.
+pub(crate) fn barge_in_point(
+    media: &crate::config::media::MediaConfig,
+    vad: &crate::speech::vad::VadConfig,
+    u: &Utterance,
+) -> Option<Duration> {
+    if !media.barge_in {
+        return None;
+    }
+    let frame = (SPEECH_RATE as usize * FRAME_MS as usize) / 1000;
+    let loudest = u
+        .samples
+        .chunks(frame.max(1))
+        .map(|c| (c.iter().map(|x| x * x).sum::<f32>() / c.len() as f32).sqrt())
+        .fold(0.0f32, f32::max);
+    let level_dbfs = 20.0 * loudest.max(1e-9).log10();
+    (level_dbfs >= media.barge_in_floor_dbfs).then(|| {
+        u.start
+            + Duration::from_millis(vad.pre_roll_ms)
+            + Duration::from_millis(u64::from(media.barge_in_min_speech_ms))
+    })
 }
 
 /// A partial hypothesis while the caller talks.
@@ -1027,6 +1059,21 @@ impl<'a> Speaker<'a> {
             .await;
     }
 
+    /// The caller's voice stopped the bot's speech at `at` (media time): the speech ends
+    /// there if it was still going, and the cut is sent on.
+    async fn cut(&mut self, at: Duration) {
+        if at >= self.ends_at {
+            return;
+        }
+        tracing::debug!(
+            at_ms = at.as_millis() as u64,
+            would_end_ms = self.ends_at.as_millis() as u64,
+            "barge-in: the bot's speech stops where the caller spoke over it"
+        );
+        self.ends_at = at;
+        let _ = self.output.send(CallOutput::SpeechCut { at }).await;
+    }
+
     /// Synthesises and sends the units left, unless the caller barged in meanwhile.
     async fn rest(
         &mut self,
@@ -1433,7 +1480,10 @@ mod tests {
             match o {
                 CallOutput::Heard(line) => heard.push(line.text),
                 CallOutput::Speak { text, .. } => said.push(text),
-                CallOutput::Turn(_) | CallOutput::Partial(_) | CallOutput::Decision(_) => {}
+                CallOutput::Turn(_)
+                | CallOutput::Partial(_)
+                | CallOutput::Decision(_)
+                | CallOutput::SpeechCut { .. } => {}
             }
         }
         let report = call.await.expect("task").expect("call runs");
@@ -1504,6 +1554,52 @@ mod tests {
         let report = call.await.expect("task").expect("call runs");
         assert_eq!(turns, ["Where is my order?"]);
         assert_eq!(report.turns.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_turn_said_over_the_greeting_cuts_it_where_barge_in_would() {
+        let (engines, _) = engines(vec![Ok("Where is my order?")]);
+        let (report, outputs) = run(engines, call_audio()).await;
+        report.expect("call runs");
+        // The greeting's units play one after the other from the time it was ready.
+        let greeting_ends: Duration = outputs
+            .iter()
+            .filter_map(|o| match o {
+                CallOutput::Speak {
+                    kind: SpeechKind::Greeting,
+                    audio,
+                    ..
+                } => Some(samples_duration(audio.samples.len())),
+                _ => None,
+            })
+            .sum();
+        let cuts: Vec<Duration> = outputs
+            .iter()
+            .filter_map(|o| match o {
+                CallOutput::SpeechCut { at } => Some(*at),
+                _ => None,
+            })
+            .collect();
+        // The caller's voice starts at 500 ms; barge-in needs 120 ms of it. (The later
+        // utterances also start while a reply is still playing.)
+        assert!(
+            (Duration::from_millis(560)..Duration::from_millis(700)).contains(&cuts[0]),
+            "{cuts:?}"
+        );
+        assert!(greeting_ends > Duration::from_secs(1), "{greeting_ends:?}");
+    }
+
+    #[tokio::test]
+    async fn without_barge_in_nothing_is_cut() {
+        let (mut engines, _) = engines(vec![Ok("Where is my order?")]);
+        let mut config = (*engines.config).clone();
+        config.media.barge_in = false;
+        engines.config = Arc::new(config);
+        let (report, outputs) = run(engines, call_audio()).await;
+        report.expect("call runs");
+        assert!(!outputs
+            .iter()
+            .any(|o| matches!(o, CallOutput::SpeechCut { .. })));
     }
 
     #[tokio::test]

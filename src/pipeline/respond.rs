@@ -10,9 +10,9 @@ use tokio::sync::mpsc;
 
 use super::no_input::NoInputArmer;
 use super::{
-    flow_vocabulary, heard_drain, log_decision, make_report, recognise, transcribe_line,
-    BotDecision, CallOptions, CallOutput, Engines, Expecting, Heard, HeardTurn, PipelineError,
-    Speaker, SpeechKind, NOISE_MAX_DURATION,
+    barge_in_point, flow_vocabulary, heard_drain, log_decision, make_report, recognise,
+    transcribe_line, BotDecision, CallOptions, CallOutput, Engines, Expecting, Heard, HeardTurn,
+    PipelineError, Speaker, SpeechKind, NOISE_MAX_DURATION,
 };
 use crate::dialog::{Bot, BotTurn, CallerTurn, Escalation};
 use crate::flows::Flow;
@@ -291,6 +291,11 @@ impl Responder<'_> {
             self.noise_ignored += 1;
             self.keep_waiting();
             return Ok(Next::Skip);
+        }
+        // A turn said over the bot's speech stopped it (barge-in).
+        let config = &self.engines.config;
+        if let Some(at) = barge_in_point(&config.media, &config.vad, &u) {
+            self.speaker.cut(at).await;
         }
         // The dialog (intent model included) is CPU work too: the bot visits the pool and
         // comes back with its answer.

@@ -684,6 +684,9 @@ impl CallTask {
                 }
                 self.caller.play(&samples);
             }
+            // The media layer stopped playback itself when the caller spoke over the bot
+            // (`barge_in_check`); the pipeline's cut is the same event seen from its side.
+            CallOutput::SpeechCut { .. } => {}
             CallOutput::Partial(line) => {
                 // Live only: the agent screen shows what the caller is saying.
                 if let Some(data) = to_json("partial line", &line) {

@@ -42,11 +42,13 @@ pub async fn simulate_call(
     let call = tokio::spawn(run_call(engines.clone(), flow, in_rx, out_tx));
     let mut track = Timeline::default();
     while let Some(out) = out_rx.recv().await {
-        if let CallOutput::Speak {
-            audio, ready_at, ..
-        } = out
-        {
-            track.place(&audio.samples, ready_at);
+        match out {
+            CallOutput::Speak {
+                audio, ready_at, ..
+            } => track.place(&audio.samples, ready_at),
+            // The caller spoke over the bot: the rest of its speech is not heard.
+            CallOutput::SpeechCut { at } => track.cut(at),
+            _ => {}
         }
     }
     let report = call
@@ -79,6 +81,12 @@ impl Timeline {
         self.samples.resize(at, 0.0);
         self.samples.extend_from_slice(speech);
     }
+
+    /// Drops the speech placed after `at`.
+    fn cut(&mut self, at: Duration) {
+        let at = ms_to_samples(at.as_millis() as u64, SPEECH_RATE);
+        self.samples.truncate(at);
+    }
 }
 
 #[cfg(test)]
@@ -97,5 +105,10 @@ mod tests {
         t.place(&[0.25; 10], Duration::from_millis(2_000));
         assert_eq!(t.samples.len(), 32_010);
         assert_eq!(t.samples[30_000], 0.0);
+        // A barge-in at 1.2 s: what was placed after it is not heard, the next reply follows.
+        t.cut(Duration::from_millis(1_200));
+        assert_eq!(t.samples.len(), 19_200);
+        t.place(&[0.75; 10], Duration::from_millis(1_000));
+        assert_eq!(t.samples.len(), 19_210);
     }
 }

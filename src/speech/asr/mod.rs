@@ -211,7 +211,30 @@ pub struct AsrConfig {
     pub dictionary: PathBuf,
     /// How each utterance is prepared before decoding ("level": level-normalised; "none").
     pub conditioning: Conditioning,
+    /// Moonshine: words recognition leans towards in every turn (the words callers ask for a
+    /// person with, by default). Each one that is a single token of the model's vocabulary
+    /// (with its leading space, lower case or capitalised) gets `hot_word_bias` added to its
+    /// score at every step; others are left out, with a note in the log at start.
+    pub hot_words: Vec<String>,
+    /// The bonus of a hot word's token, in logit terms (0 turns hot words off; at most 5).
+    pub hot_word_bias: f32,
 }
+
+/// The default hot words: what callers ask for a person with, in one word, where a miss
+/// costs most (a caller who asked for a person and is not transferred).
+pub const DEFAULT_HOT_WORDS: &[&str] = &[
+    "agent",
+    "representative",
+    "operator",
+    "human",
+    "person",
+    "someone",
+    "somebody",
+    "supervisor",
+    "manager",
+    "advisor",
+    "colleague",
+];
 
 impl Default for AsrConfig {
     fn default() -> Self {
@@ -231,6 +254,8 @@ impl Default for AsrConfig {
             vocabulary_correction: true,
             dictionary: PathBuf::from("models/hibari/lexicon_us_gold.json"),
             conditioning: Conditioning::default(),
+            hot_words: DEFAULT_HOT_WORDS.iter().map(|w| w.to_string()).collect(),
+            hot_word_bias: 2.0,
         }
     }
 }

@@ -136,6 +136,9 @@ pub struct MoonshineRecognizer {
     idle: Reusable<Sessions>,
     /// Token ids biased when digits are expected.
     digit_tokens: Vec<usize>,
+    /// Token ids of the hot words (`[asr] hot_words`), biased in every decode by `hot_bias`.
+    hot: Vec<usize>,
+    hot_bias: f32,
 }
 
 impl std::fmt::Debug for MoonshineRecognizer {
@@ -175,6 +178,12 @@ impl MoonshineRecognizer {
             },
             idle: Reusable::new(Vec::new()),
             digit_tokens: digit_tokens(&tokenizer),
+            hot: if config.hot_word_bias > 0.0 {
+                hot_tokens(&tokenizer, &config.hot_words)
+            } else {
+                Vec::new()
+            },
+            hot_bias: config.hot_word_bias,
             dir: dir.clone(),
         };
         let sessions = recognizer.open_sessions()?;
@@ -328,10 +337,11 @@ impl MoonshineRecognizer {
                     .filter(|&v| v > 0 && v <= data.len())
                     .ok_or_else(|| inference(format!("logits of shape {shape:?}")))?;
                 let row = &data[data.len() - vocab..];
-                if bias.is_empty() {
+                if bias.is_empty() && self.hot.is_empty() {
                     pick(row, step == 0)
                 } else {
-                    pick(&biased(row, bias, DIGIT_BIAS), step == 0)
+                    let scores = biased(row, &self.hot, self.hot_bias);
+                    pick(&biased(&scores, bias, DIGIT_BIAS), step == 0)
                 }
             };
             // Keep the caches in the with-past graph's input order.
@@ -477,6 +487,47 @@ fn digit_tokens(tokenizer: &Tokenizer) -> Vec<usize> {
             numeral || word
         })
         .collect()
+}
+
+/// The ids of the tokens that spell one of `words` with its word start, lower case or
+/// capitalised ("▁agent", "▁Agent"). A word the vocabulary has no such token for is left out
+/// (biasing its first piece, "▁super" for "supervisor", would push "super" everywhere), and
+/// said so in the log.
+fn hot_tokens(tokenizer: &Tokenizer, words: &[String]) -> Vec<usize> {
+    let wanted: std::collections::HashSet<String> = words
+        .iter()
+        .flat_map(|w| {
+            let lower = w.to_lowercase();
+            let mut chars = lower.chars();
+            let capital = chars
+                .next()
+                .map(|c| c.to_uppercase().chain(chars).collect::<String>())
+                .unwrap_or_default();
+            [format!("\u{2581}{lower}"), format!("\u{2581}{capital}")]
+        })
+        .collect();
+    let ids: Vec<usize> = (0..tokenizer.len())
+        .filter(|&id| {
+            std::str::from_utf8(tokenizer.bytes(id as i64)).is_ok_and(|t| wanted.contains(t))
+        })
+        .collect();
+    let found: std::collections::HashSet<String> = ids
+        .iter()
+        .filter_map(|&id| std::str::from_utf8(tokenizer.bytes(id as i64)).ok())
+        .map(|t| t.trim_start_matches('\u{2581}').to_lowercase())
+        .collect();
+    let left_out: Vec<&str> = words
+        .iter()
+        .map(String::as_str)
+        .filter(|w| !found.contains(&w.to_lowercase()))
+        .collect();
+    if !left_out.is_empty() {
+        tracing::info!(
+            words = ?left_out,
+            "hot words that are not one token of the speech model's vocabulary are not biased"
+        );
+    }
+    ids
 }
 
 /// `stem.onnx`, else `stem.ort`, in `dir`.
@@ -654,6 +705,21 @@ mod tests {
         assert_eq!(pick(&biased(&scores, &ids, DIGIT_BIAS), false).0, 259);
         scores[261] = 9.0;
         assert_eq!(pick(&biased(&scores, &ids, DIGIT_BIAS), false).0, 261);
+    }
+
+    #[test]
+    fn hot_words_bias_their_whole_word_tokens_only() {
+        let words: Vec<&[u8]> = vec![
+            "▁agent".as_bytes(),
+            "▁Agent".as_bytes(),
+            "agent".as_bytes(),
+            "▁super".as_bytes(),
+            "▁agents".as_bytes(),
+        ];
+        let t = Tokenizer::parse(&tokenizer::table(&words)).expect("table");
+        let hot = hot_tokens(&t, &["Agent".to_string(), "supervisor".to_string()]);
+        assert_eq!(hot, [259, 260], "supervisor has no single token: left out");
+        assert!(hot_tokens(&t, &[]).is_empty());
     }
 
     #[test]
