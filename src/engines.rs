@@ -219,10 +219,11 @@ mod tests {
     struct NoAsr;
 
     impl crate::speech::asr::SpeechRecognizer for NoAsr {
-        fn decode(
+        fn decode_expecting(
             &self,
             _: &[f32],
             _: crate::speech::asr::Pass,
+            _: crate::speech::asr::Expectation,
         ) -> Result<crate::speech::asr::Transcript, crate::speech::asr::AsrError> {
             Err(crate::speech::asr::AsrError::Inference(
                 "no speech here".into(),

@@ -20,7 +20,7 @@ use crate::handover::feedback::FeedbackStore;
 use crate::handover::hub::HandoverHub;
 use crate::history::CallHistory;
 use crate::pipeline::Engines;
-use crate::speech::asr::{AsrError, Pass, SpeechRecognizer, Transcript};
+use crate::speech::asr::{AsrError, Expectation, Pass, SpeechRecognizer, Transcript};
 use crate::speech::pool::InferencePool;
 use crate::speech::tts::{Speech, SpeechSynthesizer, TtsError};
 use crate::speech::tts_cache::{CacheLimits, CachedSynthesizer};
@@ -34,7 +34,12 @@ pub const AGENT: &str = "agent-secret";
 struct FixedAsr;
 
 impl SpeechRecognizer for FixedAsr {
-    fn decode(&self, _samples: &[f32], _pass: Pass) -> Result<Transcript, AsrError> {
+    fn decode_expecting(
+        &self,
+        _samples: &[f32],
+        _pass: Pass,
+        _expect: Expectation,
+    ) -> Result<Transcript, AsrError> {
         Ok(Transcript {
             text: "Where is my order?".into(),
             confidence: 0.9,

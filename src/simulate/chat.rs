@@ -88,7 +88,7 @@ mod tests {
     use super::*;
     use crate::config::GatewayConfig;
     use crate::flows::{as_is, FlowSet, FlowStore};
-    use crate::speech::asr::{AsrError, Pass, SpeechRecognizer, Transcript};
+    use crate::speech::asr::{AsrError, Expectation, Pass, SpeechRecognizer, Transcript};
     use crate::speech::pool::InferencePool;
     use crate::speech::tts::{Speech, SpeechSynthesizer, TtsError};
     use crate::speech::tts_cache::{CacheLimits, CachedSynthesizer};
@@ -96,7 +96,12 @@ mod tests {
 
     struct NoAsr;
     impl SpeechRecognizer for NoAsr {
-        fn decode(&self, _: &[f32], _: Pass) -> Result<Transcript, AsrError> {
+        fn decode_expecting(
+            &self,
+            _: &[f32],
+            _: Pass,
+            _: Expectation,
+        ) -> Result<Transcript, AsrError> {
             Err(AsrError::Inference("not in a chat".into()))
         }
     }

@@ -113,20 +113,19 @@ pub enum Expectation {
 
 /// Anything that turns 16 kHz mono audio into text.
 pub trait SpeechRecognizer: Send + Sync {
-    /// Recognises `samples` (the utterance so far, or all of it). Blocking: run it on the
-    /// inference pool.
-    fn decode(&self, samples: &[f32], pass: Pass) -> Result<Transcript, AsrError>;
-
-    /// Like [`SpeechRecognizer::decode`], leaning towards what the dialog expects; an engine
-    /// without contextual bias decodes as usual.
+    /// Recognises `samples` (the utterance so far, or all of it), leaning towards what the
+    /// dialog expects where the engine can (an engine without contextual bias ignores
+    /// `expect`). Blocking: run it on the inference pool.
     fn decode_expecting(
         &self,
         samples: &[f32],
         pass: Pass,
         expect: Expectation,
-    ) -> Result<Transcript, AsrError> {
-        let _ = expect;
-        self.decode(samples, pass)
+    ) -> Result<Transcript, AsrError>;
+
+    /// Recognises `samples` expecting anything.
+    fn decode(&self, samples: &[f32], pass: Pass) -> Result<Transcript, AsrError> {
+        self.decode_expecting(samples, pass, Expectation::Anything)
     }
 
     /// Transcribes one whole utterance (a [`Pass::Final`] decode).
@@ -331,10 +330,6 @@ struct Conditioned {
 }
 
 impl SpeechRecognizer for Conditioned {
-    fn decode(&self, samples: &[f32], pass: Pass) -> Result<Transcript, AsrError> {
-        self.decode_expecting(samples, pass, Expectation::Anything)
-    }
-
     fn decode_expecting(
         &self,
         samples: &[f32],

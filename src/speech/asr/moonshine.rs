@@ -134,11 +134,41 @@ pub struct MoonshineRecognizer {
     tokenizer: Tokenizer,
     signature: Signature,
     idle: Reusable<Sessions>,
-    /// Token ids biased when digits are expected.
-    digit_tokens: Vec<usize>,
-    /// Token ids of the hot words (`[asr] hot_words`), biased in every decode by `hot_bias`.
-    hot: Vec<usize>,
-    hot_bias: f32,
+    /// What is added to each token's score, per expectation (see [`Bias`]).
+    bias: Bias,
+}
+
+/// Per-token bonuses added to the decoder's scores at every step, one table (indexed by token
+/// id) per expectation, made once at load; None where nothing is biased.
+struct Bias {
+    /// The hot words (`[asr] hot_words`, by `hot_word_bias`).
+    anything: Option<Vec<f32>>,
+    /// The hot words, and the digit words and numerals by [`DIGIT_BIAS`].
+    digits: Option<Vec<f32>>,
+}
+
+impl Bias {
+    fn new(tokenizer: &Tokenizer, config: &AsrConfig) -> Self {
+        let hot = if config.hot_word_bias > 0.0 {
+            hot_tokens(tokenizer, &config.hot_words)
+        } else {
+            Vec::new()
+        };
+        let digits = digit_tokens(tokenizer);
+        let n = tokenizer.len();
+        let hot_bias = config.hot_word_bias;
+        Bias {
+            anything: bonus_table(n, &[(&hot, hot_bias)]),
+            digits: bonus_table(n, &[(&hot, hot_bias), (&digits, DIGIT_BIAS)]),
+        }
+    }
+
+    fn table(&self, expect: Expectation) -> Option<&[f32]> {
+        match expect {
+            Expectation::Anything => self.anything.as_deref(),
+            Expectation::Digits => self.digits.as_deref(),
+        }
+    }
 }
 
 impl std::fmt::Debug for MoonshineRecognizer {
@@ -165,10 +195,11 @@ impl MoonshineRecognizer {
             Tokenizer::load(&dir.join("tokenizer.bin")).map_err(|e| load_err(e.to_string()))?;
         let threads = config.resolved_threads();
         let started = Instant::now();
+        let bias = Bias::new(&tokenizer, config);
         let recognizer = MoonshineRecognizer {
             library: config.onnx_library.clone(),
             threads,
-            tokenizer: tokenizer.clone(),
+            tokenizer,
             signature: Signature {
                 layout: DecoderLayout::Merged,
                 encoder_mask: false,
@@ -177,13 +208,7 @@ impl MoonshineRecognizer {
                 past_reads_hidden: true,
             },
             idle: Reusable::new(Vec::new()),
-            digit_tokens: digit_tokens(&tokenizer),
-            hot: if config.hot_word_bias > 0.0 {
-                hot_tokens(&tokenizer, &config.hot_words)
-            } else {
-                Vec::new()
-            },
-            hot_bias: config.hot_word_bias,
+            bias,
             dir: dir.clone(),
         };
         let sessions = recognizer.open_sessions()?;
@@ -259,7 +284,7 @@ impl MoonshineRecognizer {
         s: &mut Sessions,
         samples: &[f32],
         max_tokens: usize,
-        bias: &[usize],
+        bonus: Option<&[f32]>,
     ) -> Result<(Vec<i64>, Vec<f32>), AsrError> {
         let n = samples.len();
         let started = Instant::now();
@@ -337,12 +362,7 @@ impl MoonshineRecognizer {
                     .filter(|&v| v > 0 && v <= data.len())
                     .ok_or_else(|| inference(format!("logits of shape {shape:?}")))?;
                 let row = &data[data.len() - vocab..];
-                if bias.is_empty() && self.hot.is_empty() {
-                    pick(row, step == 0)
-                } else {
-                    let scores = biased(row, &self.hot, self.hot_bias);
-                    pick(&biased(&scores, bias, DIGIT_BIAS), step == 0)
-                }
+                pick(row, bonus, step == 0)
             };
             // Keep the caches in the with-past graph's input order.
             let mut new_self = Vec::new();
@@ -403,10 +423,6 @@ impl MoonshineRecognizer {
 }
 
 impl SpeechRecognizer for MoonshineRecognizer {
-    fn decode(&self, samples: &[f32], pass: Pass) -> Result<Transcript, AsrError> {
-        self.decode_expecting(samples, pass, Expectation::Anything)
-    }
-
     fn decode_expecting(
         &self,
         samples: &[f32],
@@ -427,13 +443,10 @@ impl SpeechRecognizer for MoonshineRecognizer {
         if pass == Pass::Partial {
             max_tokens = max_tokens.min(PARTIAL_MAX_TOKENS);
         }
-        let bias: &[usize] = match expect {
-            Expectation::Anything => &[],
-            Expectation::Digits => &self.digit_tokens,
-        };
+        let bonus = self.bias.table(expect);
         let (tokens, logprobs) = self.idle.with(
             || self.open_sessions(),
-            |sessions| self.run(sessions, input, max_tokens, bias),
+            |sessions| self.run(sessions, input, max_tokens, bonus),
         )??;
         let pieces = self.tokenizer.pieces(&tokens);
         let words = words_from_pieces(
@@ -461,15 +474,20 @@ impl SpeechRecognizer for MoonshineRecognizer {
     }
 }
 
-/// `scores` with `bonus` added to the tokens in `bias` (ids beyond the scores are ignored).
-fn biased(scores: &[f32], bias: &[usize], bonus: f32) -> Vec<f32> {
-    let mut out = scores.to_vec();
-    for &id in bias {
-        if let Some(s) = out.get_mut(id) {
-            *s += bonus;
+/// A table of `len` per-token bonuses: each set's ids get its bonus (ids beyond `len` are
+/// ignored); None when no token gets one.
+fn bonus_table(len: usize, sets: &[(&[usize], f32)]) -> Option<Vec<f32>> {
+    let mut table = vec![0.0f32; len];
+    let mut any = false;
+    for &(ids, bonus) in sets.iter().filter(|(_, b)| *b != 0.0) {
+        for &id in ids {
+            if let Some(b) = table.get_mut(id) {
+                *b += bonus;
+                any = true;
+            }
         }
     }
-    out
+    any.then_some(table)
 }
 
 /// The ids of the tokens that spell a digit word with its word start ("▁five", "▁Five"), or
@@ -603,21 +621,29 @@ fn empty_kv(heads: i64, width: i64) -> Result<DynValue, AsrError> {
         .map_err(inference)
 }
 
-/// The most likely token and its log probability; `first` forbids the end of text.
-fn pick(logits: &[f32], first: bool) -> (i64, f32) {
+/// The most likely token and its log probability, with `bonus` (per token id; tokens beyond
+/// it get none) added to the scores; `first` forbids the end of text.
+fn pick(logits: &[f32], bonus: Option<&[f32]>, first: bool) -> (i64, f32) {
+    let score = |i: usize, s: f32| s + bonus.and_then(|b| b.get(i)).copied().unwrap_or(0.0);
     let mut best = 0usize;
     let mut best_score = f32::NEG_INFINITY;
-    for (i, &score) in logits.iter().enumerate() {
+    let mut max = f32::NEG_INFINITY;
+    for (i, &s) in logits.iter().enumerate() {
+        let s = score(i, s);
+        max = max.max(s);
         if first && i as i64 == tokenizer::END {
             continue;
         }
-        if score > best_score {
+        if s > best_score {
             best = i;
-            best_score = score;
+            best_score = s;
         }
     }
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let sum: f32 = logits.iter().map(|&s| (s - max).exp()).sum();
+    let sum: f32 = logits
+        .iter()
+        .enumerate()
+        .map(|(i, &s)| (score(i, s) - max).exp())
+        .sum();
     let logprob = best_score - max - sum.ln();
     (best as i64, logprob)
 }
@@ -672,9 +698,9 @@ mod tests {
         let mut logits = vec![0.0f32; 10];
         logits[tokenizer::END as usize] = 5.0;
         logits[7] = 1.0;
-        assert_eq!(pick(&logits, true).0, 7);
-        assert_eq!(pick(&logits, false).0, tokenizer::END);
-        let (_, lp) = pick(&logits, false);
+        assert_eq!(pick(&logits, None, true).0, 7);
+        assert_eq!(pick(&logits, None, false).0, tokenizer::END);
+        let (_, lp) = pick(&logits, None, false);
         assert!(lp < 0.0 && lp > -0.1, "{lp}");
     }
 
@@ -701,10 +727,12 @@ mod tests {
         let mut scores = vec![0.0f32; t.len()];
         scores[261] = 4.5; // ▁time
         scores[259] = 2.0; // ▁five
-        assert_eq!(pick(&scores, false).0, 261);
-        assert_eq!(pick(&biased(&scores, &ids, DIGIT_BIAS), false).0, 259);
+        let bonus = bonus_table(t.len(), &[(&ids, DIGIT_BIAS)]).expect("digits");
+        assert!(bonus_table(t.len(), &[(&ids, 0.0), (&[], 2.0)]).is_none());
+        assert_eq!(pick(&scores, None, false).0, 261);
+        assert_eq!(pick(&scores, Some(&bonus), false).0, 259);
         scores[261] = 9.0;
-        assert_eq!(pick(&biased(&scores, &ids, DIGIT_BIAS), false).0, 261);
+        assert_eq!(pick(&scores, Some(&bonus), false).0, 261);
     }
 
     #[test]

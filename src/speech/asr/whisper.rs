@@ -21,7 +21,8 @@ use whisper_rs::{
 };
 
 use super::{
-    words_from_pieces, AsrConfig, AsrError, Pass, Reusable, SpeechRecognizer, Transcript, Word,
+    words_from_pieces, AsrConfig, AsrError, Expectation, Pass, Reusable, SpeechRecognizer,
+    Transcript, Word,
 };
 use crate::audio::SPEECH_RATE;
 
@@ -154,8 +155,14 @@ struct Decoded {
 }
 
 impl SpeechRecognizer for WhisperRecognizer {
-    /// A partial pass uses the short window alone (never the full-window retry).
-    fn decode(&self, samples: &[f32], pass: Pass) -> Result<Transcript, AsrError> {
+    /// A partial pass uses the short window alone (never the full-window retry). whisper has
+    /// no contextual bias here: the expectation is ignored.
+    fn decode_expecting(
+        &self,
+        samples: &[f32],
+        pass: Pass,
+        _expect: Expectation,
+    ) -> Result<Transcript, AsrError> {
         let started = Instant::now();
         let mut padded;
         let input = if samples.len() < MIN_SAMPLES {
