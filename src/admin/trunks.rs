@@ -24,6 +24,9 @@ pub struct TrunkEntry {
     pub state: &'static str,
     /// Our Contact as registered.
     pub contact: Option<String>,
+    /// Where REGISTERs go now (`transport:address`): the registrar's address in use, which
+    /// moves to the next one on a timeout or 503 (RFC 3263 failover).
+    pub target: Option<String>,
     pub registered_until: Option<Instant>,
     pub next_retry: Option<Instant>,
     pub last_error: Option<String>,
@@ -82,6 +85,7 @@ impl TrunkBoard {
                     registers: e.registers,
                     state: e.state,
                     contact: e.contact,
+                    target: e.target,
                     last_error: e.last_error,
                     failures: e.failures,
                 }
@@ -97,6 +101,8 @@ pub struct TrunkView {
     pub registers: bool,
     pub state: &'static str,
     pub contact: Option<String>,
+    /// Where REGISTERs go now (`transport:address`).
+    pub target: Option<String>,
     /// Unix time (seconds) the binding runs out, while registered.
     pub registered_until: Option<u64>,
     pub expires_in_s: Option<u64>,

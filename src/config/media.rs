@@ -349,7 +349,7 @@ impl SipConfig {
         if let Err((field, reason)) = self.tls.validate() {
             return bad(field, &reason);
         }
-        super::trunks::validate(&self.trunks, file, text)
+        super::trunks::validate(&self.trunks, self.tls.listen_addr().is_some(), file, text)
     }
 }
 

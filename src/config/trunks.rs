@@ -78,7 +78,8 @@ pub struct TrunkConfig {
     pub password_env: String,
     /// The password itself (tests; prefer `password_env`).
     pub password: String,
-    /// "udp" or "tcp" ("tls" is accepted once TLS is configured).
+    /// "udp", "tcp" or "tls" (TLS needs `[sip.tls] listen`: the registrar sends our calls to
+    /// the TLS Contact we register).
     pub transport: String,
     /// The registration expiry asked for, seconds.
     pub expires_s: u32,
@@ -159,27 +160,26 @@ impl TrunkConfig {
             .unwrap_or_default()
     }
 
-    /// Where REGISTERs go, as `host:port` (5060 when none is given).
-    pub fn register_target(&self) -> String {
-        let with_port = |host: &str, port: Option<u16>| {
-            if host.contains(':') {
-                format!("[{host}]:{}", port.unwrap_or(5060))
-            } else {
-                format!("{host}:{}", port.unwrap_or(5060))
-            }
+    /// The SIP URI that REGISTERs are sent towards (RFC 3263 locates it): the outbound proxy
+    /// (a SIP URI, or `host[:port]`), else the registrar; with the trunk's transport as a
+    /// `transport` parameter when it is TCP or TLS and the URI names none (a `sips:` URI
+    /// means TLS already).
+    pub fn register_uri(&self) -> String {
+        let proxy = self.outbound_proxy.trim();
+        let mut uri = if proxy.is_empty() {
+            self.registrar.clone()
+        } else if parse_sip_uri(proxy).is_some() {
+            proxy.to_string()
+        } else {
+            format!("sip:{proxy}")
         };
-        if !self.outbound_proxy.is_empty() {
-            if let Some(u) = parse_sip_uri(&self.outbound_proxy) {
-                return with_port(u.host, u.port);
-            }
-            if self.outbound_proxy.contains(':') {
-                return self.outbound_proxy.clone();
-            }
-            return with_port(&self.outbound_proxy, None);
+        let named = parse_sip_uri(&uri).is_some_and(|u| u.transport.is_some());
+        if self.transport != "udp" && !named && !uri.starts_with("sips:") {
+            uri = uri.split('?').next().unwrap_or(&uri).to_string();
+            uri.push_str(";transport=");
+            uri.push_str(&self.transport);
         }
-        parse_sip_uri(&self.registrar)
-            .map(|u| with_port(u.host, u.port))
-            .unwrap_or_default()
+        uri
     }
 
     /// Whether a call from `ip` is this trunk's by address.
@@ -204,7 +204,13 @@ impl TrunkConfig {
         })
     }
 
-    fn validate(&self, i: usize, file: &Path, text: &str) -> Result<(), ConfigError> {
+    fn validate(
+        &self,
+        i: usize,
+        tls_listener: bool,
+        file: &Path,
+        text: &str,
+    ) -> Result<(), ConfigError> {
         let field = |f: &str| format!("sip.trunks[{i}].{f}");
         let bad =
             |f: &str, reason: String| Err(ConfigError::invalid(file, text, &field(f), reason));
@@ -253,12 +259,13 @@ impl TrunkConfig {
             }
             return Ok(());
         }
-        self.validate_registration(&field, file, text)
+        self.validate_registration(&field, tls_listener, file, text)
     }
 
     fn validate_registration(
         &self,
         field: &dyn Fn(&str) -> String,
+        tls_listener: bool,
         file: &Path,
         text: &str,
     ) -> Result<(), ConfigError> {
@@ -271,10 +278,17 @@ impl TrunkConfig {
                 format!("trunk {name:?}: must be a SIP URI such as \"sip:sip.carrier.example\""),
             );
         }
-        if self.transport == "tls" {
+        if self.transport == "tls" && !tls_listener {
             return bad(
                 "transport",
-                format!("trunk {name:?}: registering over TLS needs the TLS transport, not configured in this build"),
+                format!("trunk {name:?}: registering over TLS needs the TLS listener for the calls the registrar sends to our Contact: set [sip.tls] listen"),
+            );
+        }
+        let secure = |u: &str| u.trim_start().starts_with("sips:");
+        if self.transport != "tls" && (secure(&self.registrar) || secure(&self.outbound_proxy)) {
+            return bad(
+                "transport",
+                format!("trunk {name:?}: a sips: registrar or proxy is reached over TLS only: set transport = \"tls\""),
             );
         }
         let token_ok = |s: &str| {
@@ -327,7 +341,14 @@ impl TrunkConfig {
                 format!("trunk {name:?}: need 1 <= retry_min_s <= retry_max_s <= 86400"),
             );
         }
-        if self.register_target().is_empty() {
+        let uri = self.register_uri();
+        let host_ok = parse_sip_uri(&uri).is_some_and(|u| {
+            !u.host.is_empty()
+                && !u
+                    .host
+                    .contains(|c: char| c.is_whitespace() || c == '<' || c == '>')
+        });
+        if !host_ok {
             return bad(
                 "outbound_proxy",
                 format!("trunk {name:?}: not a host[:port] or SIP URI"),
@@ -337,10 +358,16 @@ impl TrunkConfig {
     }
 }
 
-/// Validates every trunk and that names are unique.
-pub fn validate(trunks: &[TrunkConfig], file: &Path, text: &str) -> Result<(), ConfigError> {
+/// Validates every trunk and that names are unique; `tls_listener`: whether `[sip.tls]
+/// listen` is set (trunks that register over TLS need it).
+pub fn validate(
+    trunks: &[TrunkConfig],
+    tls_listener: bool,
+    file: &Path,
+    text: &str,
+) -> Result<(), ConfigError> {
     for (i, t) in trunks.iter().enumerate() {
-        t.validate(i, file, text)?;
+        t.validate(i, tls_listener, file, text)?;
         if trunks[..i].iter().any(|o| o.name == t.name) {
             return Err(ConfigError::invalid(
                 file,
@@ -368,7 +395,7 @@ mod tests {
     }
 
     fn check(t: TrunkConfig) -> Result<(), String> {
-        validate(&[t], Path::new("gateway.toml"), "").map_err(|e| e.to_string())
+        validate(&[t], false, Path::new("gateway.toml"), "").map_err(|e| e.to_string())
     }
 
     #[test]
@@ -376,12 +403,39 @@ mod tests {
         let t = trunk();
         assert!(check(t.clone()).is_ok());
         assert_eq!(t.aor_domain(), "sip.carrier.test");
-        assert_eq!(t.register_target(), "sip.carrier.test:5080");
+        assert_eq!(t.register_uri(), "sip:sip.carrier.test:5080");
         let mut p = t.clone();
         p.outbound_proxy = "127.0.0.1:6000".into();
-        assert_eq!(p.register_target(), "127.0.0.1:6000");
+        assert_eq!(p.register_uri(), "sip:127.0.0.1:6000");
         p.outbound_proxy = "sip:proxy.test;lr".into();
-        assert_eq!(p.register_target(), "proxy.test:5060");
+        assert_eq!(p.register_uri(), "sip:proxy.test;lr");
+        // TCP and TLS are named in the URI, so RFC 3263 looks for that transport only.
+        p.transport = "tcp".into();
+        assert_eq!(p.register_uri(), "sip:proxy.test;lr;transport=tcp");
+        let mut s = t.clone();
+        s.transport = "tls".into();
+        assert_eq!(s.register_uri(), "sip:sip.carrier.test:5080;transport=tls");
+        s.registrar = "sips:sip.carrier.test".into();
+        assert_eq!(s.register_uri(), "sips:sip.carrier.test");
+        s.registrar = "sip:sip.carrier.test;transport=tls".into();
+        assert_eq!(s.register_uri(), "sip:sip.carrier.test;transport=tls");
+    }
+
+    #[test]
+    fn tls_trunks_need_the_listener_and_sips_needs_tls() {
+        let tls = TrunkConfig {
+            transport: "tls".into(),
+            ..trunk()
+        };
+        let err = check(tls.clone()).expect_err("no listener");
+        assert!(err.contains("[sip.tls] listen"), "{err}");
+        assert!(validate(&[tls], true, Path::new("gateway.toml"), "").is_ok());
+        let sips = TrunkConfig {
+            registrar: "sips:sip.carrier.test".into(),
+            ..trunk()
+        };
+        let err = check(sips).expect_err("sips over udp");
+        assert!(err.contains("over TLS only"), "{err}");
     }
 
     #[test]
@@ -465,7 +519,7 @@ mod tests {
                 "{field}: {e}"
             );
         }
-        let e = validate(&[trunk(), trunk()], Path::new("g.toml"), "").expect_err("dup");
+        let e = validate(&[trunk(), trunk()], false, Path::new("g.toml"), "").expect_err("dup");
         assert!(e.to_string().contains("used twice"), "{e}");
         for word in SRTP_MODES {
             assert!(check(TrunkConfig {

@@ -113,11 +113,52 @@ impl SipResolver {
                 ))
             });
         }
-        let mut loc = Locator::new(uri, agent_transports(uri), random_pick())
-            .map_err(|e| LegError::BadTarget(e.to_string()))?;
         let host = crate::handover::transfer::parse_target(uri)
             .map(|(h, _)| h)
             .unwrap_or_else(|_| uri.to_string());
+        match self.run(uri, agent_transports(uri)).await {
+            Ok(found) => {
+                let list: Vec<String> = found.iter().map(Destination::to_string).collect();
+                tracing::info!(%uri, targets = ?list, "agent extension located");
+                Ok(found.into_iter().map(|d| d.addr).collect())
+            }
+            Err(Failure::BadUri(why)) => Err(LegError::BadTarget(why)),
+            Err(Failure::Lookup(why)) => Err(LegError::Lookup { host, why }),
+            Err(Failure::Timeout) => Err(LegError::LookupTimeout {
+                host,
+                secs: self.limit.as_secs().max(1),
+            }),
+        }
+    }
+
+    /// The ordered addresses a trunk's REGISTERs go to over `transport` (RFC 3263: NAPTR, SRV
+    /// by priority and weight, A/AAAA), from `uri` (its outbound proxy or registrar); at most
+    /// `dns_timeout_ms` in all. The error says why in words, for the trunk's state.
+    pub async fn locate_registrar(
+        &self,
+        uri: &str,
+        transport: Transport,
+    ) -> Result<Vec<SocketAddr>, String> {
+        match self.run(uri, &[transport]).await {
+            Ok(found) => {
+                let list: Vec<String> = found.iter().map(Destination::to_string).collect();
+                tracing::info!(%uri, targets = ?list, "registrar located");
+                Ok(found.into_iter().map(|d| d.addr).collect())
+            }
+            Err(Failure::BadUri(why) | Failure::Lookup(why)) => {
+                Err(format!("cannot locate {uri}: {why}"))
+            }
+            Err(Failure::Timeout) => Err(format!(
+                "locating {uri} took over {} ms ([sip] dns_timeout_ms)",
+                self.limit.as_millis()
+            )),
+        }
+    }
+
+    /// Runs the RFC 3263 rules for `uri` over `transports` against DNS, within the limit.
+    async fn run(&self, uri: &str, transports: &[Transport]) -> Result<Vec<Destination>, Failure> {
+        let mut loc = Locator::new(uri, transports, random_pick())
+            .map_err(|e| Failure::BadUri(e.to_string()))?;
         let run = async {
             while let Some(q) = loc.next_query() {
                 let answer = match &self.inner {
@@ -130,21 +171,19 @@ impl SipResolver {
             loc.result()
         };
         match tokio::time::timeout(self.limit, run).await {
-            Ok(Ok(found)) => {
-                let list: Vec<String> = found.iter().map(Destination::to_string).collect();
-                tracing::info!(%uri, targets = ?list, "agent extension located");
-                Ok(found.into_iter().map(|d| d.addr).collect())
-            }
-            Ok(Err(e)) => Err(LegError::Lookup {
-                host,
-                why: e.to_string(),
-            }),
-            Err(_) => Err(LegError::LookupTimeout {
-                host,
-                secs: self.limit.as_secs().max(1),
-            }),
+            Ok(Ok(found)) => Ok(found),
+            Ok(Err(e)) => Err(Failure::Lookup(e.to_string())),
+            Err(_) => Err(Failure::Timeout),
         }
     }
+}
+
+/// Why a lookup found nothing.
+enum Failure {
+    /// The URI names no target (or a transport we cannot send over).
+    BadUri(String),
+    Lookup(String),
+    Timeout,
 }
 
 /// Runs one query against DNS.

@@ -402,6 +402,8 @@ impl Server {
         let flow_sync = self.flow_sync.take();
         let sip = &config.sip;
         let mut endpoint = self.sip_endpoint(&config)?;
+        // Trunks that register over TLS give this port in their Contact.
+        let tls_port = self.tls_addr().map(|a| a.port());
         let (inbound_tx, inbound_rx) = mpsc::channel(1024);
         let tcp_limits = TcpLimits::from_config(sip);
         if let Some(listener) = self.tcp {
@@ -436,8 +438,9 @@ impl Server {
         let readiness = Arc::new(Readiness::new());
         readiness.set_models_loaded(true);
         let trunk_board = Arc::new(crate::admin::trunks::TrunkBoard::new());
-        let trunks = trunks::Trunks::new(sip.trunks.clone(), Arc::clone(&trunk_board));
-        let trunk_targets = trunks::resolve_targets(&sip.trunks).await;
+        let trunks = trunks::Trunks::new(sip.trunks.clone(), Arc::clone(&trunk_board), tls_port);
+        let resolver = dns::SipResolver::new(sip);
+        let trunk_targets = trunks::resolve_targets(&sip.trunks, &resolver).await;
         let mut history = None;
         // Calls' records name the gateway that handled them when the gateways share a store.
         let node: Option<Arc<str>> = self.storage.as_ref().map(|s| Arc::from(s.node.as_str()));
@@ -502,7 +505,7 @@ impl Server {
             None => None,
         };
         let webrtc_edge = self.edge.as_ref().map(|e| e.sip_addr);
-        let resolver = Arc::new(dns::SipResolver::new(sip).with_webrtc_edge(webrtc_edge));
+        let resolver = Arc::new(resolver.with_webrtc_edge(webrtc_edge));
         let signalling = Signalling {
             webrtc_edge,
             resolver,
@@ -726,10 +729,13 @@ impl Signalling {
         mut inbound: mpsc::Receiver<Inbound>,
         shutdown: impl std::future::Future<Output = ()>,
         mut stops: Stops,
-        trunk_targets: Vec<(usize, Result<SocketAddr, String>)>,
+        trunk_targets: Vec<(usize, Result<Vec<SocketAddr>, String>)>,
     ) -> Result<(), ServeError> {
         tokio::pin!(shutdown);
         self.start_trunks(trunk_targets);
+        // The first REGISTERs go now: over TCP or TLS no retransmission timer would wake the
+        // loop for them (they waited for the first event of any kind).
+        self.flush().await;
         let mut buf = vec![0u8; MAX_MESSAGE_BYTES + 1];
         let udp = self.udp.clone();
         let mut stop = StopState::default();
@@ -1050,15 +1056,24 @@ impl Signalling {
         )
     }
 
-    /// Starts the registrations of the trunks whose registrar was resolved.
-    fn start_trunks(&mut self, targets: Vec<(usize, Result<SocketAddr, String>)>) {
+    /// Starts the registrations of the trunks whose registrar was located.
+    fn start_trunks(&mut self, targets: Vec<(usize, Result<Vec<SocketAddr>, String>)>) {
         let user_agent = self.engines.config.sip.user_agent.clone();
         for (index, target) in targets {
             match target {
-                Ok(addr) => {
-                    let local = SocketAddr::new(self.local_ip_for(addr.ip()), self.local.port());
-                    self.trunks
-                        .start(index, addr, local, &user_agent, Instant::now());
+                Ok(addrs) => {
+                    let Some(first) = addrs.first() else {
+                        continue;
+                    };
+                    let local_ip = self.local_ip_for(first.ip());
+                    self.trunks.start(
+                        index,
+                        addrs,
+                        local_ip,
+                        self.local.port(),
+                        &user_agent,
+                        Instant::now(),
+                    );
                 }
                 Err(why) => self.trunks.unresolved(index, why),
             }
@@ -1097,13 +1112,23 @@ impl Signalling {
         m.flow
     }
 
-    /// Sends a REGISTER: over UDP from the SIP socket, over TCP on our (reused) connection to
-    /// the registrar, whose responses come back through [`Signalling::trunk_response`].
+    /// Sends a REGISTER: over UDP from the SIP socket, over TCP or TLS on our (reused)
+    /// connection to the registrar, whose responses come back through
+    /// [`Signalling::trunk_response`].
     async fn transmit_register(&mut self, t: trunks::TrunkTransmit) {
-        if t.tcp {
-            let conn = self.stream_to(t.to, None);
+        let stream = match t.transport {
+            trunks::RegTransport::Udp => None,
+            trunks::RegTransport::Tcp => Some((None, false)),
+            trunks::RegTransport::Tls(name) => Some((Some(name), true)),
+        };
+        if let Some((name, tls)) = stream {
+            let conn = self.stream_to(t.to, name);
             let to = Peer {
-                transport: Transport::Tcp(conn),
+                transport: if tls {
+                    Transport::Tls(conn)
+                } else {
+                    Transport::Tcp(conn)
+                },
                 addr: t.to,
             };
             self.transmit(Transmit {

@@ -12,20 +12,60 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rustls::pki_types::ServerName;
+
 use crate::admin::trunks::{TrunkBoard, TrunkEntry};
 use crate::config::trunks::{CalledSource, TrunkConfig};
 use crate::observe::metrics;
 use crate::sip::digest_client::ClientCredentials;
 use crate::sip::endpoint::CalledHeaders;
+use crate::sip::locate::Transport;
 use crate::sip::message::{parse_sip_uri, SipMessage};
-use crate::sip::registration::{RegEvent, RegState, Registration, RegistrationConfig};
+use crate::sip::registration::{FailureKind, RegEvent, RegState, Registration, RegistrationConfig};
 
 /// A registering trunk: its client and where its REGISTERs go.
 struct Registered {
     reg: Registration,
-    target: SocketAddr,
-    tcp: bool,
+    /// The registrar's addresses in RFC 3263 order; REGISTERs go to `targets[at]`.
+    targets: Vec<SocketAddr>,
+    at: usize,
+    /// Addresses that failed one after another in this round (a failure with none left to
+    /// try waits for the back-off, then starts again from the first address).
+    failed_in_round: usize,
+    transport: RegTransport,
     failures: u64,
+}
+
+impl Registered {
+    /// After a failed attempt: a timeout or a 503 moves to the registrar's next address and
+    /// tries it at once (RFC 3263 4.3), until every address failed in this round; then the
+    /// back-off runs and the next round starts from the first (most preferred) address.
+    fn fail_over(&mut self, kind: FailureKind, now: Instant) {
+        if !kind.fails_over() {
+            return;
+        }
+        self.failed_in_round = self.failed_in_round.saturating_add(1);
+        let from = self.targets.get(self.at).copied();
+        if self.failed_in_round < self.targets.len() {
+            self.at = (self.at + 1) % self.targets.len();
+            let to = self.targets.get(self.at).copied();
+            tracing::warn!(trunk = %self.reg.trunk(), failed = ?from, next = ?to, reason = kind.label(), "registrar address failed; trying the next one");
+            self.reg.fail_over(now);
+        } else {
+            self.failed_in_round = 0;
+            self.at = 0;
+        }
+    }
+}
+
+/// How a trunk's REGISTERs travel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum RegTransport {
+    Udp,
+    Tcp,
+    /// Over TLS, the registrar's certificate naming this host (the outbound proxy's or
+    /// registrar's, RFC 5922 7.2).
+    Tls(ServerName<'static>),
 }
 
 /// Every trunk, and the registrations of those that register.
@@ -34,12 +74,14 @@ pub(crate) struct Trunks {
     /// Parallel to `configs`: the registration when the trunk registers and could start.
     regs: Vec<Option<Registered>>,
     board: Arc<TrunkBoard>,
+    /// The TLS listener's port: trunks registering over TLS give it in their Contact.
+    tls_port: Option<u16>,
 }
 
 /// A REGISTER to send.
 pub(crate) struct TrunkTransmit {
     pub to: SocketAddr,
-    pub tcp: bool,
+    pub transport: RegTransport,
     pub bytes: Vec<u8>,
 }
 
@@ -54,7 +96,7 @@ pub(crate) struct TrunkMatch {
 
 impl Trunks {
     /// Prepares the board; registrations start with [`Trunks::start`].
-    pub fn new(configs: Vec<TrunkConfig>, board: Arc<TrunkBoard>) -> Trunks {
+    pub fn new(configs: Vec<TrunkConfig>, board: Arc<TrunkBoard>, tls_port: Option<u16>) -> Trunks {
         for t in &configs {
             board.set(TrunkEntry {
                 name: t.name.clone(),
@@ -72,6 +114,7 @@ impl Trunks {
             configs,
             regs,
             board,
+            tls_port,
         }
     }
 
@@ -80,28 +123,51 @@ impl Trunks {
         self.regs.iter().any(Option::is_some)
     }
 
-    /// Starts trunk `index`'s registration towards `target`; `local` is our address as the
-    /// target sees it (for Via and Contact).
+    /// Starts trunk `index`'s registration towards `targets` (the registrar's addresses in
+    /// the order to try them); `local_ip` is our address as the first target sees it and
+    /// `sip_port` our UDP/TCP port (for Via and Contact).
     pub fn start(
         &mut self,
         index: usize,
-        target: SocketAddr,
-        local: SocketAddr,
+        targets: Vec<SocketAddr>,
+        local_ip: IpAddr,
+        sip_port: u16,
         user_agent: &str,
         now: Instant,
     ) {
         let Some(t) = self.configs.get(index) else {
             return;
         };
-        let tcp = t.transport == "tcp";
-        let host = match local.ip() {
-            std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+        let Some(&first) = targets.first() else {
+            return;
+        };
+        let (transport, port, via) = match t.transport.as_str() {
+            "tcp" => (RegTransport::Tcp, sip_port, "TCP"),
+            "tls" => {
+                let name = tls_name(t);
+                match (name, self.tls_port) {
+                    (Some(name), Some(port)) => (RegTransport::Tls(name), port, "TLS"),
+                    (None, _) => {
+                        let why = "the registrar's host is no name a certificate can carry";
+                        return self.unresolved(index, why.into());
+                    }
+                    // Refused at load: a TLS trunk needs the listener for its calls.
+                    (_, None) => {
+                        return self.unresolved(index, "the TLS listener is off".into());
+                    }
+                }
+            }
+            _ => (RegTransport::Udp, sip_port, "UDP"),
+        };
+        let host = match local_ip {
+            IpAddr::V6(ip) => format!("[{ip}]"),
             ip => ip.to_string(),
         };
-        let sent_by = format!("{host}:{}", local.port());
+        let sent_by = format!("{host}:{port}");
         let mut contact = format!("sip:{}@{sent_by}", t.user);
-        if tcp {
-            contact.push_str(";transport=tcp");
+        if via != "UDP" {
+            contact.push_str(";transport=");
+            contact.push_str(&via.to_ascii_lowercase());
         }
         let credentials = t.resolved_password().map(|password| ClientCredentials {
             user: if t.auth_user.is_empty() {
@@ -116,22 +182,24 @@ impl Trunks {
             registrar: t.registrar.clone(),
             aor: format!("sip:{}@{}", t.user, t.aor_domain()),
             contact,
-            via_transport: if tcp { "TCP" } else { "UDP" },
+            via_transport: via,
             sent_by,
-            reliable: tcp,
+            reliable: transport != RegTransport::Udp,
             expires: t.expires_s,
             user_agent: user_agent.to_string(),
             credentials,
             retry_min: Duration::from_secs(t.retry_min_s),
             retry_max: Duration::from_secs(t.retry_max_s),
         });
-        tracing::info!(trunk = %t.name, registrar = %t.registrar, %target, "registering");
+        tracing::info!(trunk = %t.name, registrar = %t.registrar, target = %first, transport = via, "registering");
         reg.start(now);
         if let Some(slot) = self.regs.get_mut(index) {
             *slot = Some(Registered {
                 reg,
-                target,
-                tcp,
+                targets,
+                at: 0,
+                failed_in_round: 0,
+                transport,
                 failures: 0,
             });
         }
@@ -142,7 +210,7 @@ impl Trunks {
     /// is looked up at start).
     pub fn unresolved(&mut self, index: usize, why: String) {
         if let Some(t) = self.configs.get(index) {
-            tracing::error!(trunk = %t.name, error = %why, "cannot register: registrar address unknown");
+            tracing::error!(trunk = %t.name, error = %why, "cannot register");
             metrics::register_failed(&t.name, "resolve");
             self.board.set(TrunkEntry {
                 name: t.name.clone(),
@@ -167,7 +235,7 @@ impl Trunks {
         if let Some(Some(r)) = self.regs.get_mut(index) {
             r.reg.handle_response(msg, now);
         }
-        self.after(index);
+        self.after(index, now);
         true
     }
 
@@ -191,7 +259,7 @@ impl Trunks {
                 if let Some(Some(r)) = self.regs.get_mut(index) {
                     r.reg.handle_timeout(now);
                 }
-                self.after(index);
+                self.after(index, now);
             }
         }
     }
@@ -202,23 +270,25 @@ impl Trunks {
             if let Some(Some(r)) = self.regs.get_mut(index) {
                 r.reg.unregister(now);
             }
-            self.after(index);
+            self.after(index, now);
         }
     }
 
     /// The REGISTERs to send.
     pub fn poll_transmit(&mut self) -> Option<TrunkTransmit> {
         self.regs.iter_mut().flatten().find_map(|r| {
+            let to = r.targets.get(r.at).copied()?;
             r.reg.poll_transmit().map(|bytes| TrunkTransmit {
-                to: r.target,
-                tcp: r.tcp,
+                to,
+                transport: r.transport.clone(),
                 bytes,
             })
         })
     }
 
-    /// Events into metrics and logs, state onto the board.
-    fn after(&mut self, index: usize) {
+    /// Events into metrics and logs, failover to the registrar's next address, state onto
+    /// the board.
+    fn after(&mut self, index: usize, now: Instant) {
         let Some(Some(r)) = self.regs.get_mut(index) else {
             return;
         };
@@ -227,11 +297,20 @@ impl Trunks {
                 RegEvent::Failed { kind, .. } => {
                     r.failures = r.failures.saturating_add(1);
                     metrics::register_failed(r.reg.trunk(), kind.label());
+                    r.fail_over(kind, now);
                 }
-                RegEvent::Registered { .. } | RegEvent::Unregistered => {}
+                RegEvent::Registered { .. } => r.failed_in_round = 0,
+                RegEvent::Unregistered => {}
             }
         }
         self.publish(index);
+    }
+
+    /// Where trunk `index`'s REGISTERs go now (tests).
+    #[cfg(test)]
+    fn target(&self, index: usize) -> Option<SocketAddr> {
+        let r = self.regs.get(index)?.as_ref()?;
+        r.targets.get(r.at).copied()
     }
 
     fn publish(&self, index: usize) {
@@ -249,6 +328,14 @@ impl Trunks {
             registers: true,
             state: r.reg.state().name(),
             contact: Some(r.reg.contact().to_string()),
+            target: r.targets.get(r.at).map(|a| {
+                let transport = match r.transport {
+                    RegTransport::Udp => "udp",
+                    RegTransport::Tcp => "tcp",
+                    RegTransport::Tls(_) => "tls",
+                };
+                format!("{transport}:{a}")
+            }),
             registered_until: until,
             next_retry: retry,
             last_error: r.reg.last_error().map(str::to_string),
@@ -287,29 +374,34 @@ impl Trunks {
     }
 }
 
-/// Looks up where each registering trunk's REGISTERs go (`outbound_proxy`, else the
-/// registrar's host and port), once at start.
+/// Locates where each registering trunk's REGISTERs go, once at start: its `outbound_proxy`,
+/// else its registrar, over its transport, per RFC 3263 (NAPTR, SRV, A/AAAA), bounded by
+/// `[sip] dns_timeout_ms` per trunk.
 pub(crate) async fn resolve_targets(
     configs: &[TrunkConfig],
-) -> Vec<(usize, Result<SocketAddr, String>)> {
+    resolver: &super::dns::SipResolver,
+) -> Vec<(usize, Result<Vec<SocketAddr>, String>)> {
     let mut out = Vec::new();
     for (index, t) in configs.iter().enumerate().filter(|(_, t)| t.registers()) {
-        let target = t.register_target();
-        let lookup = tokio::time::timeout(
-            Duration::from_secs(5),
-            tokio::net::lookup_host(target.clone()),
-        )
-        .await;
-        let resolved = match lookup {
-            Ok(Ok(mut addrs)) => addrs
-                .next()
-                .ok_or_else(|| format!("{target} has no address")),
-            Ok(Err(e)) => Err(format!("cannot resolve {target}: {e}")),
-            Err(_) => Err(format!("resolving {target} timed out")),
+        let transport = match t.transport.as_str() {
+            "tcp" => Transport::Tcp,
+            "tls" => Transport::Tls,
+            _ => Transport::Udp,
         };
-        out.push((index, resolved));
+        let located = resolver
+            .locate_registrar(&t.register_uri(), transport)
+            .await;
+        out.push((index, located));
     }
     out
+}
+
+/// The name the registrar's certificate must carry: the outbound proxy's host when REGISTERs
+/// go there, else the registrar's.
+fn tls_name(t: &TrunkConfig) -> Option<ServerName<'static>> {
+    let uri = t.register_uri();
+    let host = parse_sip_uri(&uri)?.host;
+    super::tls::server_name(host)
 }
 
 /// The trunks that set their own `srtp`, by the source addresses of their calls, for the
@@ -342,6 +434,119 @@ mod tests {
         (ip, h)
     }
 
+    fn addr(a: &str) -> SocketAddr {
+        a.parse().expect("addr")
+    }
+
+    fn ip() -> IpAddr {
+        IpAddr::from([127, 0, 0, 1])
+    }
+
+    fn registering(transport: &str) -> TrunkConfig {
+        TrunkConfig {
+            name: "carrier".into(),
+            registrar: "sip:carrier.test".into(),
+            user: "bot".into(),
+            password: "x".into(),
+            transport: transport.into(),
+            ..TrunkConfig::default()
+        }
+    }
+
+    fn sent(trunks: &mut Trunks) -> (TrunkTransmit, SipMessage) {
+        let t = trunks.poll_transmit().expect("a REGISTER");
+        let msg = SipMessage::parse(&t.bytes).expect("parses");
+        (t, msg)
+    }
+
+    fn answer(req: &SipMessage, code: u16) -> SipMessage {
+        let r = SipMessage::response_to(req, code, "Reason", Some("t1"));
+        SipMessage::parse(&r.to_bytes()).expect("parses")
+    }
+
+    #[test]
+    fn a_503_or_a_timeout_moves_to_the_registrars_next_address_at_once() {
+        let board = Arc::new(TrunkBoard::new());
+        let mut trunks = Trunks::new(vec![registering("udp")], Arc::clone(&board), None);
+        let t0 = Instant::now();
+        let (a, b) = (addr("127.0.0.2:5060"), addr("127.0.0.3:5060"));
+        trunks.start(0, vec![a, b], ip(), 5070, "ua", t0);
+        let (t, first) = sent(&mut trunks);
+        assert_eq!(t.to, a);
+        assert_eq!(
+            board.snapshot()[0].target.as_deref(),
+            Some("udp:127.0.0.2:5060")
+        );
+        // 503 from the first address: the REGISTER goes to the second one now.
+        assert!(trunks.handle_response(&answer(&first, 503), t0));
+        let (t, second) = sent(&mut trunks);
+        assert_eq!(t.to, b);
+        assert_eq!(trunks.target(0), Some(b));
+        assert_eq!(board.snapshot()[0].state, "registering");
+        // The second times out too: every address failed, so the back-off runs, and the next
+        // round starts from the first address.
+        let mut now = t0;
+        while trunks.poll_transmit().is_some() || board.snapshot()[0].state != "failed" {
+            now = trunks.next_timeout().expect("timer");
+            trunks.handle_timeout(now);
+            assert!(now < t0 + Duration::from_secs(60), "timer F fires");
+        }
+        assert_ne!(second.via_branch(), first.via_branch());
+        assert_eq!(trunks.target(0), Some(a));
+        let retry = trunks.next_timeout().expect("retry");
+        assert!(
+            retry >= now + Duration::from_secs(30),
+            "back-off, not a loop"
+        );
+        trunks.handle_timeout(retry);
+        let (t, third) = sent(&mut trunks);
+        assert_eq!(t.to, a);
+        // A refusal of the credentials is not the address's fault: no failover.
+        let mut r = answer(&third, 403);
+        r = SipMessage::parse(&r.to_bytes()).expect("parses");
+        trunks.handle_response(&r, retry);
+        assert!(trunks.poll_transmit().is_none());
+        assert_eq!(trunks.target(0), Some(a));
+    }
+
+    #[test]
+    fn registering_over_tls_gives_the_tls_listeners_contact() {
+        let board = Arc::new(TrunkBoard::new());
+        let mut trunks = Trunks::new(vec![registering("tls")], Arc::clone(&board), Some(5061));
+        trunks.start(
+            0,
+            vec![addr("127.0.0.2:5061")],
+            ip(),
+            5070,
+            "ua",
+            Instant::now(),
+        );
+        let (t, msg) = sent(&mut trunks);
+        assert_eq!(
+            t.transport,
+            RegTransport::Tls(ServerName::try_from("carrier.test").expect("name"))
+        );
+        assert!(msg
+            .header("Via")
+            .is_some_and(|v| v.starts_with("SIP/2.0/TLS 127.0.0.1:5061;")));
+        assert_eq!(
+            msg.header("Contact"),
+            Some("<sip:bot@127.0.0.1:5061;transport=tls>;expires=600")
+        );
+        // Without the listener (refused at load anyway) the trunk shows as failed.
+        let mut off = Trunks::new(vec![registering("tls")], Arc::clone(&board), None);
+        off.start(
+            0,
+            vec![addr("127.0.0.2:5061")],
+            ip(),
+            5070,
+            "ua",
+            Instant::now(),
+        );
+        assert!(off.poll_transmit().is_none());
+        assert_eq!(board.snapshot()[0].state, "failed");
+    }
+
     impl Trunks {
         fn match_call_pair(&self, (ip, h): (IpAddr, CalledHeaders)) -> Option<TrunkMatch> {
             self.match_call(ip, &h)
@@ -364,16 +569,10 @@ mod tests {
             addresses: vec!["192.0.2.0/24".into()],
             ..TrunkConfig::default()
         };
-        let mut trunks = Trunks::new(vec![pbx, carrier], Arc::clone(&board));
+        let mut trunks = Trunks::new(vec![pbx, carrier], Arc::clone(&board), None);
         assert_eq!(board.snapshot()[1].state, "address-only");
         let now = Instant::now();
-        trunks.start(
-            0,
-            "127.0.0.1:5080".parse().expect("addr"),
-            "127.0.0.1:5070".parse().expect("addr"),
-            "ua",
-            now,
-        );
+        trunks.start(0, vec![addr("127.0.0.1:5080")], ip(), 5070, "ua", now);
         assert!(trunks.poll_transmit().is_some());
         assert_eq!(board.snapshot()[0].state, "registering");
         let m = trunks

@@ -91,6 +91,9 @@ pub enum FailureKind {
     Auth,
     /// A final error response.
     Status,
+    /// 503 Service Unavailable: the registrar is overloaded or down for maintenance; another
+    /// address of the registrar may take the REGISTER (RFC 3263 4.3).
+    Unavailable,
 }
 
 impl FailureKind {
@@ -99,7 +102,14 @@ impl FailureKind {
             FailureKind::Timeout => "timeout",
             FailureKind::Auth => "auth",
             FailureKind::Status => "status",
+            FailureKind::Unavailable => "unavailable",
         }
+    }
+
+    /// Whether another address of the registrar should be tried at once (RFC 3263 4.3: a
+    /// transaction timeout or a 503).
+    pub fn fails_over(self) -> bool {
+        matches!(self, FailureKind::Timeout | FailureKind::Unavailable)
     }
 }
 
@@ -231,6 +241,18 @@ impl Registration {
         }
     }
 
+    /// After a failure that [`FailureKind::fails_over`], the caller has another address of the
+    /// registrar to send to: the next attempt goes at once instead of after the back-off, and
+    /// the failure does not lengthen the back-off (that grows only when every address failed).
+    pub fn fail_over(&mut self, now: Instant) {
+        if self.unregistering || !matches!(self.state, RegState::Failed { .. }) {
+            return;
+        }
+        self.failures = self.failures.saturating_sub(1);
+        self.wake_at = None;
+        self.fresh_attempt(now);
+    }
+
     /// Whether `response` answers our REGISTER in flight (Call-ID and branch).
     pub fn owns(&self, response: &SipMessage) -> bool {
         match &self.in_flight {
@@ -320,7 +342,12 @@ impl Registration {
                     _ => "",
                 };
                 let text = format!("registrar answered {code} {reason}");
-                self.fail(FailureKind::Status, text, now);
+                let kind = if code == 503 {
+                    FailureKind::Unavailable
+                } else {
+                    FailureKind::Status
+                };
+                self.fail(kind, text, now);
             }
         }
     }
@@ -701,6 +728,35 @@ mod tests {
     }
 
     #[test]
+    fn failing_over_sends_at_once_and_does_not_lengthen_the_back_off() {
+        let t0 = Instant::now();
+        let mut reg = Registration::new(config("secret"));
+        reg.start(t0);
+        let first = sent(&mut reg);
+        reg.handle_response(&reply(&first, 503, &[]), t0);
+        let Some(RegEvent::Failed { kind, .. }) = reg.poll_event() else {
+            panic!("failure");
+        };
+        assert!(kind.fails_over());
+        assert!(!FailureKind::Auth.fails_over() && !FailureKind::Status.fails_over());
+        // Another address of the registrar: the REGISTER goes now, on a new branch.
+        reg.fail_over(t0);
+        let second = sent(&mut reg);
+        assert_ne!(second.via_branch(), first.via_branch());
+        assert_eq!(reg.state(), &RegState::Registering);
+        // That one fails too, and no address is left: the back-off is the first one.
+        reg.handle_response(&reply(&second, 503, &[]), t0);
+        let Some(RegEvent::Failed { retry_in, .. }) = reg.poll_event() else {
+            panic!("failure");
+        };
+        assert_eq!(retry_in, Duration::from_secs(10));
+        // Failing over is for failed attempts only.
+        let mut idle = Registration::new(config("secret"));
+        idle.fail_over(t0);
+        assert!(idle.poll_transmit().is_none());
+    }
+
+    #[test]
     fn error_responses_fail_and_success_resets_the_back_off() {
         let t0 = Instant::now();
         let mut reg = Registration::new(config("secret"));
@@ -710,7 +766,7 @@ mod tests {
         assert!(matches!(
             reg.poll_event(),
             Some(RegEvent::Failed {
-                kind: FailureKind::Status,
+                kind: FailureKind::Unavailable,
                 ..
             })
         ));
