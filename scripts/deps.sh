@@ -16,7 +16,8 @@
 #     throwaway server of their own (initdb + postgres as the `postgres` user; PostgreSQL
 #     licence, run as a separate process)
 #   kamailio: the registrar and proxy the trunk tests register with and call through (digest
-#     auth with users in an htable: the main package's modules suffice; GPL, run as a process)
+#     auth with users in an htable; GPL, run as a process)
+#   kamailio-tls-modules: Kamailio's TLS module, for the trunk registering over TLS
 set -euo pipefail
 
 need=()
@@ -33,6 +34,7 @@ have_cmd sipp || need+=(sip-tester)
 have_cmd dnsmasq || [ -x /usr/sbin/dnsmasq ] || need+=(dnsmasq-base)
 have_cmd baresip || need+=(baresip)
 have_cmd kamailio || need+=(kamailio)
+ls /usr/lib/*/kamailio/modules/tls.so >/dev/null 2>&1 || need+=(kamailio-tls-modules)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 have_pkg libopus-dev || need+=(libopus-dev)
 have_cmd pkg-config || need+=(pkg-config)

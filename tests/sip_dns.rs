@@ -7,8 +7,10 @@
 //!   which answers; the call is bridged and the record names the 503 attempt with its address.
 //! * No NAPTR; SRV names a server that never answers and a second one: after
 //!   `failover_after_ms` of silence (well within the ring time) the second is called.
+//! * A trunk's registrar `sip:carrier.test`: SRV names an overloaded server (503) first and
+//!   Kamailio second; the REGISTER goes to Kamailio at once, not after the back-off.
 //!
-//! A SIPp caller escalates with DTMF 0. Without SIPp or dnsmasq these tests say so and pass,
+//! In the agent tests a SIPp caller escalates with DTMF 0. Without SIPp, Kamailio or dnsmasq these tests say so and pass,
 //! unless VOICEBOT_REQUIRE_PEERS is set.
 
 use std::io::{BufRead, BufReader};
@@ -328,4 +330,107 @@ fn a_silent_srv_target_is_left_within_the_ring_time() {
         )],
         "{t}"
     );
+}
+
+/// A registrar that answers every REGISTER with 503 (overloaded): counts them.
+fn unavailable_registrar() -> (u16, Arc<Mutex<usize>>) {
+    let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let port = socket.local_addr().expect("addr").port();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(120)))
+        .expect("timeout");
+    let got: Arc<Mutex<usize>> = Arc::default();
+    let sink = Arc::clone(&got);
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 65536];
+        while let Ok((n, from)) = socket.recv_from(&mut buf) {
+            let Some(text) = buf.get(..n).and_then(|b| std::str::from_utf8(b).ok()) else {
+                continue;
+            };
+            if !text.starts_with("REGISTER ") {
+                continue;
+            }
+            // The response copies Via, From, To, Call-ID and CSeq (RFC 3261 8.2.6.2).
+            let copied: String = text
+                .lines()
+                .filter(|l| {
+                    let name = l
+                        .split(':')
+                        .next()
+                        .unwrap_or("")
+                        .trim()
+                        .to_ascii_lowercase();
+                    ["via", "from", "to", "call-id", "cseq"].contains(&name.as_str())
+                })
+                .map(|l| format!("{l}\r\n"))
+                .collect();
+            let answer =
+                format!("SIP/2.0 503 Service Unavailable\r\n{copied}Content-Length: 0\r\n\r\n");
+            let _ = socket.send_to(answer.as_bytes(), from);
+            if let Ok(mut g) = sink.lock() {
+                *g += 1;
+            }
+        }
+    });
+    (port, got)
+}
+
+/// A trunk's registrar by RFC 3263: `sip:carrier.test` has no NAPTR records, SRV names an
+/// overloaded server first (503) and Kamailio second. The REGISTER goes to the second at once
+/// (not after the trunk's 30 s back-off) and the gateway is registered there.
+#[test]
+fn a_trunk_registers_with_the_next_srv_target_when_the_first_answers_503() {
+    if !have_dnsmasq() || !common::cluster::have_kamailio() {
+        return;
+    }
+    let _serial = serial();
+    let (busy, registers) = unavailable_registrar();
+    let kam = common::kamailio::Kamailio::start("bot", "srv-pass");
+    let dns = Dns::start(&[
+        format!("--srv-host=_sip._udp.carrier.test,a.carrier.test,{busy},10,0"),
+        format!(
+            "--srv-host=_sip._udp.carrier.test,b.carrier.test,{},20,0",
+            kam.port
+        ),
+        "--host-record=a.carrier.test,127.0.0.1".into(),
+        "--host-record=b.carrier.test,127.0.0.1".into(),
+    ]);
+    let dir = tempfile::tempdir().expect("dir");
+    let cfg = dir.path().join("gateway.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[sip]\ndns_servers = [\"{}\"]\ndns_timeout_ms = 3000\n\
+             [[sip.trunks]]\nname = \"carrier\"\nregistrar = \"sip:carrier.test\"\n\
+             user = \"bot\"\npassword = \"srv-pass\"\nexpires_s = 120\n",
+            dns.addr
+        ),
+    )
+    .expect("config");
+    let started = Instant::now();
+    let _gw = Gateway::start("46200-46249", &["--config", &cfg.display().to_string()]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while kam.lines("KAMTEST registered bot").is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "not registered at the second target; kamailio: {:?}; dns: {:?}",
+            kam.lines("KAMTEST"),
+            dns.lines()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let took = started.elapsed();
+    assert_eq!(
+        registers.lock().map(|g| *g).unwrap_or(0),
+        1,
+        "the first target got one REGISTER and answered 503"
+    );
+    assert!(dns.asked("NAPTR", "carrier.test"), "{:?}", dns.lines());
+    assert!(
+        dns.asked("SRV", "_sip._udp.carrier.test"),
+        "{:?}",
+        dns.lines()
+    );
+    // The gateway's start (models loaded) is in this time too; the back-off alone is 30 s.
+    assert!(took < Duration::from_secs(20), "registered after {took:?}");
 }

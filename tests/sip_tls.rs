@@ -26,6 +26,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use common::pki::{make_ca, make_cert, write};
 use common::{call_over, pjsua_python, Gateway};
 
 /// One gateway with calls at a time: each loads whisper, and pjsua2 calls on 2 cores starve
@@ -47,41 +48,6 @@ struct Pki {
     /// A certificate for 127.0.0.1 from another CA (an impostor agent).
     rogue_cert: PathBuf,
     rogue_key: PathBuf,
-}
-
-fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
-    let p = dir.join(name);
-    std::fs::write(&p, text).expect("write PEM");
-    p
-}
-
-/// A CA: its certificate (PEM) and the issuer that signs with it.
-fn make_ca(name: &str) -> (String, rcgen::Issuer<'static, rcgen::KeyPair>) {
-    let key = rcgen::KeyPair::generate().expect("key");
-    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
-    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, name);
-    let cert = params.self_signed(&key).expect("CA certificate");
-    (cert.pem(), rcgen::Issuer::new(params, key))
-}
-
-/// A certificate for `names` signed by `issuer`: (certificate PEM, key PEM).
-fn make_cert(
-    names: &[&str],
-    cn: &str,
-    issuer: &rcgen::Issuer<'static, rcgen::KeyPair>,
-) -> (String, String) {
-    let key = rcgen::KeyPair::generate().expect("key");
-    let mut params =
-        rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
-            .expect("params");
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, cn);
-    let cert = params.signed_by(&key, issuer).expect("certificate");
-    (cert.pem(), key.serialize_pem())
 }
 
 fn pki(dir: &Path) -> Pki {

@@ -7,131 +7,17 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::net::UdpSocket;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 use common::admin::{http_client, HttpGateway};
-use common::{free_udp_port, have_sipp, peer_available, root};
-
-fn have_kamailio() -> bool {
-    Command::new("kamailio")
-        .arg("-v")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-/// A Kamailio on 127.0.0.1:`port`, killed on drop; its log lines are collected.
-struct Kamailio {
-    child: Child,
-    port: u16,
-    log: Arc<Mutex<Vec<String>>>,
-    _dir: tempfile::TempDir,
-}
-
-impl Kamailio {
-    /// Starts Kamailio with the test configuration (account `user`/`password`) and waits
-    /// until it answers OPTIONS.
-    fn start(user: &str, password: &str) -> Kamailio {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let port = free_udp_port();
-        let template = std::fs::read_to_string(root().join("tests/kamailio/registrar.cfg.in"))
-            .expect("kamailio template");
-        let cfg = template
-            .replace("@@PORT@@", &port.to_string())
-            .replace("@@DOMAIN@@", "trunk.test")
-            .replace("@@USER@@", user)
-            .replace("@@PASSWORD@@", password);
-        let path = dir.path().join("kamailio.cfg");
-        std::fs::write(&path, cfg).expect("write cfg");
-        let mut child = Command::new("kamailio")
-            .arg("-f")
-            .arg(&path)
-            .args(["-DD", "-E", "-Y"])
-            .arg(dir.path())
-            // Its own process group: dropping it stops its workers too.
-            .process_group(0)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start kamailio");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let stderr = child.stderr.take().expect("stderr");
-        let sink = Arc::clone(&log);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().expect("log").push(line);
-            }
-        });
-        let k = Kamailio {
-            child,
-            port,
-            log,
-            _dir: dir,
-        };
-        k.wait_ready();
-        k
-    }
-
-    fn wait_ready(&self) {
-        let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
-        sock.set_read_timeout(Some(Duration::from_millis(200)))
-            .expect("timeout");
-        let deadline = Instant::now() + Duration::from_secs(15);
-        let local = sock.local_addr().expect("addr");
-        let mut buf = [0u8; 2048];
-        while Instant::now() < deadline {
-            let options = format!(
-                "OPTIONS sip:127.0.0.1:{p} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bKready{n}\r\n\
-                 From: <sip:probe@127.0.0.1>;tag=1\r\nTo: <sip:127.0.0.1:{p}>\r\nCall-ID: ready-{n}\r\n\
-                 CSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
-                p = self.port,
-                n = rand_suffix(),
-            );
-            let _ = sock.send_to(options.as_bytes(), ("127.0.0.1", self.port));
-            if let Ok(n) = sock.recv(&mut buf) {
-                if buf[..n].starts_with(b"SIP/2.0 200") {
-                    return;
-                }
-            }
-        }
-        panic!(
-            "kamailio did not answer OPTIONS on {}: {:?}",
-            self.port,
-            self.lines("")
-        );
-    }
-
-    fn lines(&self, containing: &str) -> Vec<String> {
-        self.log
-            .lock()
-            .expect("log")
-            .iter()
-            .filter(|l| l.contains(containing))
-            .cloned()
-            .collect()
-    }
-}
-
-impl Drop for Kamailio {
-    fn drop(&mut self) {
-        common::stop_process_group(&mut self.child);
-    }
-}
-
-fn rand_suffix() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
-}
+use common::cluster::have_kamailio;
+use common::kamailio::{Kamailio, Setup};
+use common::pki::{make_ca, make_cert, write};
+use common::{have_sipp, peer_available, root};
 
 /// A flow file: the shipped support flow renamed, with its intents and prompts by absolute
 /// path, answering `numbers`.
@@ -161,6 +47,13 @@ fn flow(name: &str, numbers: &[&str]) -> String {
 /// The gateway's configuration: two flows (support by default, sales for 4930222) and one
 /// trunk registering with the Kamailio on `port`.
 fn write_config(dir: &Path, port: u16, password: &str) -> PathBuf {
+    let trunk = format!("outbound_proxy = \"127.0.0.1:{port}\"\n");
+    write_config_with(dir, password, &trunk, "")
+}
+
+/// As [`write_config`], the trunk's registrar reached as `trunk` (TOML lines) says, and
+/// `extra` TOML after it.
+fn write_config_with(dir: &Path, password: &str, trunk: &str, extra: &str) -> PathBuf {
     let flows = dir.join("flows");
     std::fs::create_dir_all(&flows).expect("mkdir");
     std::fs::write(flows.join("support.toml"), flow("support", &["support"])).expect("flow");
@@ -173,9 +66,9 @@ fn write_config(dir: &Path, port: u16, password: &str) -> PathBuf {
          feedback_database = \"{feedback}\"\nadmin_token_env = \"\"\nadmin_token_file = \"{token}\"\n\
          history_database = \"{history}\"\n\
          [[sip.trunks]]\nname = \"kam\"\nregistrar = \"sip:trunk.test\"\n\
-         outbound_proxy = \"127.0.0.1:{port}\"\nuser = \"bot\"\npassword = \"{password}\"\n\
+         {trunk}user = \"bot\"\npassword = \"{password}\"\n\
          expires_s = 60\nretry_min_s = 1\nretry_max_s = 2\n\
-         called_number = [\"p-called-party-id\", \"to\"]\n",
+         called_number = [\"p-called-party-id\", \"to\"]\n{extra}",
         flows = flows.display(),
         intents = root().join("sip-config/intents.toml").display(),
         prompts = root().join("prompts").display(),
@@ -236,8 +129,7 @@ impl Api {
 }
 
 fn peers() -> bool {
-    peer_available("kamailio", have_kamailio(), "apt-get install kamailio")
-        && peer_available("sipp", have_sipp(), "apt-get install sip-tester")
+    have_kamailio() && peer_available("sipp", have_sipp(), "apt-get install sip-tester")
 }
 
 #[test]
@@ -279,8 +171,22 @@ fn registers_and_takes_a_call_routed_to_its_contact() {
 
     // A caller dials 4930222 on the trunk: Kamailio looks up "bot" and sends the INVITE to
     // our registered contact.
-    let inf = dir.path().join("numbers.csv");
-    std::fs::write(&inf, "SEQUENTIAL\n4930222;\n").expect("inf");
+    let record = call_through(&kam, &api, dir.path(), "4930222");
+    let routed = kam.lines("KAMTEST INVITE for 4930222 routed to");
+    assert!(routed.iter().any(|l| l.contains(&contact)), "{routed:?}");
+    let id = record["id"].as_str().expect("call id").to_string();
+    let text = api.get(&format!("/api/calls/{id}"));
+    let text: String = text.split_whitespace().collect();
+    assert!(text.contains("\"trunk\":\"kam\""), "{text}");
+    assert!(text.contains("\"called\":\"4930222\""), "{text}");
+    assert!(text.contains("\"flow\":\"sales\""), "{text}");
+}
+
+/// A SIPp caller dials `number` at Kamailio (over UDP), which sends the call to the contact
+/// the gateway registered; returns the gateway's record of the finished call.
+fn call_through(kam: &Kamailio, api: &Api, dir: &Path, number: &str) -> Value {
+    let inf = dir.join("numbers.csv");
+    std::fs::write(&inf, format!("SEQUENTIAL\n{number};\n")).expect("inf");
     let out = Command::new("timeout")
         .arg("60")
         .arg("sipp")
@@ -301,7 +207,7 @@ fn registers_and_takes_a_call_routed_to_its_contact() {
             "-nostdin",
         ])
         .args(["-mp", "46790", "-timeout", "30", "-timeout_error"])
-        .current_dir(dir.path())
+        .current_dir(dir)
         .output()
         .expect("run sipp");
     let screen =
@@ -313,11 +219,10 @@ fn registers_and_takes_a_call_routed_to_its_contact() {
         kam.lines("KAMTEST")
     );
     let deadline = Instant::now() + Duration::from_secs(40);
-    let record = loop {
+    loop {
         let v: Value = serde_json::from_str(&api.get("/api/calls")).expect("json");
-        let found = v["calls"].as_array().and_then(|c| c.first()).cloned();
-        if let Some(r) = found {
-            break r;
+        if let Some(r) = v["calls"].as_array().and_then(|c| c.first()) {
+            return r.clone();
         }
         assert!(
             Instant::now() < deadline,
@@ -325,15 +230,7 @@ fn registers_and_takes_a_call_routed_to_its_contact() {
             kam.lines("KAMTEST")
         );
         std::thread::sleep(Duration::from_millis(200));
-    };
-    let routed = kam.lines("KAMTEST INVITE for 4930222 routed to");
-    assert!(routed.iter().any(|l| l.contains(&contact)), "{routed:?}");
-    let id = record["id"].as_str().expect("call id").to_string();
-    let text = api.get(&format!("/api/calls/{id}"));
-    let text: String = text.split_whitespace().collect();
-    assert!(text.contains("\"trunk\":\"kam\""), "{text}");
-    assert!(text.contains("\"called\":\"4930222\""), "{text}");
-    assert!(text.contains("\"flow\":\"sales\""), "{text}");
+    }
 }
 
 #[test]
@@ -383,4 +280,92 @@ fn a_wrong_password_is_reported_and_not_retried_in_a_loop() {
         "{metrics}"
     );
     drop(gw);
+}
+
+/// Whether Kamailio's TLS module (Debian `kamailio-tls-modules`) is installed.
+fn tls_peer() -> bool {
+    let ok = Path::new("/usr/lib/x86_64-linux-gnu/kamailio/modules/tls.so").exists();
+    peer_available(
+        "kamailio tls module",
+        ok,
+        "apt-get install kamailio-tls-modules",
+    )
+}
+
+/// The gateway's TLS port from its ready line (`tls=127.0.0.1:PORT`).
+fn gateway_tls_port(gw: &HttpGateway) -> u16 {
+    gw.banner[0]
+        .split("tls=127.0.0.1:")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no tls= in {:?}", gw.banner[0]))
+}
+
+/// A carrier that takes REGISTER over TLS: the gateway registers over TLS (verifying the
+/// carrier's certificate against the test CA), with a TLS contact on its own TLS listener,
+/// and a call the carrier routes there arrives over TLS and picks its flow.
+#[test]
+fn registers_over_tls_and_takes_a_call_on_its_tls_contact() {
+    if !peers() || !tls_peer() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (ca_pem, ca) = make_ca("trunk test CA");
+    let (kam_cert, kam_key) = make_cert(&["127.0.0.1"], "carrier", &ca);
+    let (gw_cert, gw_key) = make_cert(&["127.0.0.1"], "gateway", &ca);
+    let ca_file = write(dir.path(), "ca.pem", &ca_pem);
+    let kam_cert = write(dir.path(), "kam.pem", &kam_cert);
+    let kam_key = write(dir.path(), "kam.key", &kam_key);
+    let gw_cert = write(dir.path(), "gw.pem", &gw_cert);
+    let gw_key = write(dir.path(), "gw.key", &gw_key);
+    let kam = Kamailio::start_with(
+        "bot",
+        "s3cret-pass",
+        &Setup {
+            tls: Some((&kam_cert, &kam_key)),
+        },
+    );
+    let trunk = format!(
+        "outbound_proxy = \"127.0.0.1:{}\"\ntransport = \"tls\"\n",
+        kam.tls_port
+    );
+    let tls = format!(
+        "[sip.tls]\nlisten = \"127.0.0.1:0\"\ncert_file = \"{}\"\nkey_file = \"{}\"\nca_file = \"{}\"\n",
+        gw_cert.display(),
+        gw_key.display(),
+        ca_file.display()
+    );
+    let config = write_config_with(dir.path(), "s3cret-pass", &trunk, &tls);
+    let gw = HttpGateway::start(&config, "47000-47099", 3, Duration::from_secs(120));
+    let api = Api::new(&gw, dir.path());
+    let t = api.wait_state("registered", Duration::from_secs(20));
+    assert_eq!(
+        t["state"],
+        "registered",
+        "{t}; kamailio: {:?}",
+        kam.lines("KAMTEST")
+    );
+    let contact = format!("sip:bot@127.0.0.1:{};transport=tls", gateway_tls_port(&gw));
+    assert_eq!(t["contact"], contact.as_str(), "{t}");
+    let target = format!("tls:127.0.0.1:{}", kam.tls_port);
+    assert_eq!(t["target"], target.as_str(), "{t}");
+    // Both REGISTERs (the challenged one and its answer) came over TLS.
+    let registers = kam.lines("KAMTEST REGISTER from");
+    assert!(registers.len() >= 2, "{registers:?}");
+    assert!(
+        registers.iter().all(|l| l.contains("proto=tls")),
+        "{registers:?}"
+    );
+    let saved = kam.lines("KAMTEST registered bot");
+    assert!(saved.iter().any(|l| l.contains(&contact)), "{saved:?}");
+
+    let record = call_through(&kam, &api, dir.path(), "4930222");
+    let routed = kam.lines("KAMTEST INVITE for 4930222 routed to");
+    assert!(routed.iter().any(|l| l.contains(&contact)), "{routed:?}");
+    let id = record["id"].as_str().expect("call id").to_string();
+    let text = api.get(&format!("/api/calls/{id}"));
+    let text: String = text.split_whitespace().collect();
+    assert!(text.contains("\"trunk\":\"kam\""), "{text}");
+    assert!(text.contains("\"flow\":\"sales\""), "{text}");
 }

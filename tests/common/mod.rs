@@ -8,6 +8,8 @@
 pub mod admin;
 pub mod browser;
 pub mod cluster;
+pub mod kamailio;
+pub mod pki;
 pub mod sipp;
 pub mod venv;
 pub mod webhook;
