@@ -160,6 +160,15 @@ impl TrunkConfig {
             .unwrap_or_default()
     }
 
+    /// The digest user name: `auth_user`, else `user`.
+    pub fn digest_user(&self) -> &str {
+        if self.auth_user.is_empty() {
+            &self.user
+        } else {
+            &self.auth_user
+        }
+    }
+
     /// The SIP URI that REGISTERs are sent towards (RFC 3263 locates it): the outbound proxy
     /// (a SIP URI, or `host[:port]`), else the registrar; with the trunk's transport as a
     /// `transport` parameter when it is TCP or TLS and the URI names none (a `sips:` URI

@@ -1007,7 +1007,12 @@ impl Signalling {
                 from_user: req.from_user.clone(),
                 local,
                 headers: req.headers.clone(),
-                auth: req.auth.clone(),
+                // Without a team's credentials, those of the trunk the extension is behind (a
+                // PBX challenges its extensions' calls with the account we registered).
+                auth: req
+                    .auth
+                    .clone()
+                    .or_else(|| self.trunks.credentials_for(&req.target)),
             },
             Instant::now(),
         );

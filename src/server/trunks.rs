@@ -18,7 +18,7 @@ use crate::admin::trunks::{TrunkBoard, TrunkEntry};
 use crate::config::trunks::{CalledSource, TrunkConfig};
 use crate::observe::metrics;
 use crate::sip::digest_client::ClientCredentials;
-use crate::sip::endpoint::CalledHeaders;
+use crate::sip::endpoint::{CalledHeaders, OutboundAuth};
 use crate::sip::locate::Transport;
 use crate::sip::message::{parse_sip_uri, SipMessage};
 use crate::sip::registration::{FailureKind, RegEvent, RegState, Registration, RegistrationConfig};
@@ -170,11 +170,7 @@ impl Trunks {
             contact.push_str(&via.to_ascii_lowercase());
         }
         let credentials = t.resolved_password().map(|password| ClientCredentials {
-            user: if t.auth_user.is_empty() {
-                t.user.clone()
-            } else {
-                t.auth_user.clone()
-            },
+            user: t.digest_user().to_string(),
             password,
         });
         let mut reg = Registration::new(RegistrationConfig {
@@ -343,6 +339,37 @@ impl Trunks {
         });
     }
 
+    /// The credentials of the trunk an INVITE of ours to `target` goes to: a registering
+    /// trunk whose registrar, AOR domain or outbound proxy is the target's host (and port,
+    /// when both name one). A PBX challenges the calls to its extensions with the account the
+    /// gateway registered; None when no trunk matches or it has no password.
+    pub fn credentials_for(&self, target: &str) -> Option<OutboundAuth> {
+        let uri = parse_sip_uri(target)?;
+        let same = |host: &str, port: Option<u16>| {
+            let h = |x: &str| x.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
+            h(host) == h(uri.host) && (port.is_none() || uri.port.is_none() || port == uri.port)
+        };
+        let t = self.configs.iter().filter(|t| t.registers()).find(|t| {
+            let registrar = parse_sip_uri(&t.registrar);
+            let proxy_uri = t.register_uri();
+            let proxy = (!t.outbound_proxy.is_empty())
+                .then(|| parse_sip_uri(&proxy_uri))
+                .flatten();
+            registrar.is_some_and(|r| same(r.host, r.port))
+                || same(&t.aor_domain(), None)
+                || proxy.is_some_and(|p| same(p.host, p.port))
+        })?;
+        let password = t.resolved_password()?;
+        tracing::debug!(trunk = %t.name, %target, "the trunk's credentials answer challenges on this call");
+        Some(OutboundAuth {
+            owner: format!("trunk {}", t.name),
+            credentials: ClientCredentials {
+                user: t.digest_user().to_string(),
+                password,
+            },
+        })
+    }
+
     /// The trunk `call` belongs to: by source address first, then by the Request-URI being
     /// a contact we registered (same user, host and port).
     pub fn match_call(&self, source: IpAddr, headers: &CalledHeaders) -> Option<TrunkMatch> {
@@ -507,6 +534,31 @@ mod tests {
         trunks.handle_response(&r, retry);
         assert!(trunks.poll_transmit().is_none());
         assert_eq!(trunks.target(0), Some(a));
+    }
+
+    #[test]
+    fn calls_to_a_trunks_host_answer_challenges_with_its_account() {
+        let board = Arc::new(TrunkBoard::new());
+        let pbx = TrunkConfig {
+            outbound_proxy: "127.0.0.1:5080".into(),
+            auth_user: "gw-auth".into(),
+            ..registering("udp")
+        };
+        let address_only = TrunkConfig {
+            name: "other".into(),
+            addresses: vec!["192.0.2.0/24".into()],
+            ..TrunkConfig::default()
+        };
+        let trunks = Trunks::new(vec![address_only, pbx], board, None);
+        for target in ["sip:2001@carrier.test", "sip:2001@127.0.0.1:5080"] {
+            let auth = trunks.credentials_for(target).expect(target);
+            assert_eq!(auth.owner, "trunk carrier");
+            assert_eq!(auth.credentials.user, "gw-auth");
+            assert_eq!(auth.credentials.password, "x");
+        }
+        assert!(trunks.credentials_for("sip:2001@127.0.0.1:5090").is_none());
+        assert!(trunks.credentials_for("sip:2001@pbx.elsewhere").is_none());
+        assert!(trunks.credentials_for("not a uri").is_none());
     }
 
     #[test]
