@@ -346,7 +346,11 @@ impl Trunks {
     pub fn credentials_for(&self, target: &str) -> Option<OutboundAuth> {
         let uri = parse_sip_uri(target)?;
         let same = |host: &str, port: Option<u16>| {
-            let h = |x: &str| x.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
+            let h = |x: &str| {
+                x.trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .to_ascii_lowercase()
+            };
             h(host) == h(uri.host) && (port.is_none() || uri.port.is_none() || port == uri.port)
         };
         let t = self.configs.iter().filter(|t| t.registers()).find(|t| {
