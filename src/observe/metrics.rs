@@ -171,7 +171,7 @@ impl Metrics {
         );
         registry.register(
             "voicebot_sip_register_failures",
-            "Failed REGISTER attempts, by trunk and reason (timeout, auth, status)",
+            "Failed REGISTER attempts, by trunk and reason (timeout, transport, unavailable = 503, auth, status, resolve)",
             register_failures.clone(),
         );
         registry.register(

@@ -901,11 +901,21 @@ impl Signalling {
                 self.tcp_writers.remove(&conn);
                 self.connecting.remove(&conn);
                 self.owned.retain(|_, c| *c != conn);
+                self.trunks.connection_failed(
+                    conn,
+                    "the connection to the registrar closed",
+                    Instant::now(),
+                );
             }
             Inbound::ConnectFailed { transport } => {
                 if let Some(conn) = transport.connection() {
                     self.connecting.remove(&conn);
                     self.owned.retain(|_, c| *c != conn);
+                    self.trunks.connection_failed(
+                        conn,
+                        "cannot connect to the registrar (refused, unreachable or TLS handshake failed)",
+                        Instant::now(),
+                    );
                 }
                 self.endpoint.transport_failed(transport);
             }
@@ -1128,6 +1138,7 @@ impl Signalling {
         };
         if let Some((name, tls)) = stream {
             let conn = self.stream_to(t.to, name);
+            self.trunks.sent_on(t.index, conn);
             let to = Peer {
                 transport: if tls {
                     Transport::Tls(conn)

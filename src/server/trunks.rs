@@ -33,6 +33,9 @@ struct Registered {
     /// try waits for the back-off, then starts again from the first address).
     failed_in_round: usize,
     transport: RegTransport,
+    /// The connection (TCP or TLS) the last REGISTER went on, to fail it when that
+    /// connection fails.
+    conn: Option<u64>,
     failures: u64,
 }
 
@@ -80,6 +83,8 @@ pub(crate) struct Trunks {
 
 /// A REGISTER to send.
 pub(crate) struct TrunkTransmit {
+    /// The trunk's index (for [`Trunks::sent_on`]).
+    pub index: usize,
     pub to: SocketAddr,
     pub transport: RegTransport,
     pub bytes: Vec<u8>,
@@ -196,6 +201,7 @@ impl Trunks {
                 at: 0,
                 failed_in_round: 0,
                 transport,
+                conn: None,
                 failures: 0,
             });
         }
@@ -272,14 +278,37 @@ impl Trunks {
 
     /// The REGISTERs to send.
     pub fn poll_transmit(&mut self) -> Option<TrunkTransmit> {
-        self.regs.iter_mut().flatten().find_map(|r| {
+        self.regs.iter_mut().enumerate().find_map(|(index, r)| {
+            let r = r.as_mut()?;
             let to = r.targets.get(r.at).copied()?;
             r.reg.poll_transmit().map(|bytes| TrunkTransmit {
+                index,
                 to,
                 transport: r.transport.clone(),
                 bytes,
             })
         })
+    }
+
+    /// Trunk `index`'s REGISTER went on connection `conn`.
+    pub fn sent_on(&mut self, index: usize, conn: u64) {
+        if let Some(Some(r)) = self.regs.get_mut(index) {
+            r.conn = Some(conn);
+        }
+    }
+
+    /// Connection `conn` could not be opened, or closed: a REGISTER waiting on it fails now
+    /// (and moves to the registrar's next address) instead of at its 32 s timeout.
+    pub fn connection_failed(&mut self, conn: u64, why: &str, now: Instant) {
+        for index in 0..self.regs.len() {
+            if let Some(Some(r)) = self.regs.get_mut(index) {
+                if r.conn == Some(conn) {
+                    r.conn = None;
+                    r.reg.transport_failed(why, now);
+                    self.after(index, now);
+                }
+            }
+        }
     }
 
     /// Events into metrics and logs, failover to the registrar's next address, state onto
@@ -589,6 +618,22 @@ mod tests {
             msg.header("Contact"),
             Some("<sip:bot@127.0.0.1:5061;transport=tls>;expires=600")
         );
+        // The connection cannot be opened: the next address at once, not after 32 s.
+        let mut two = Trunks::new(
+            vec![registering("tls")],
+            Arc::new(TrunkBoard::new()),
+            Some(5061),
+        );
+        let (a, b) = (addr("127.0.0.2:5061"), addr("127.0.0.3:5061"));
+        two.start(0, vec![a, b], ip(), 5070, "ua", Instant::now());
+        let (t, _) = sent(&mut two);
+        assert_eq!((t.index, t.to), (0, a));
+        two.sent_on(t.index, 7);
+        two.connection_failed(8, "another connection", Instant::now());
+        assert!(two.poll_transmit().is_none());
+        two.connection_failed(7, "refused", Instant::now());
+        let (t, _) = sent(&mut two);
+        assert_eq!(t.to, b);
         // Without the listener (refused at load anyway) the trunk shows as failed.
         let mut off = Trunks::new(vec![registering("tls")], Arc::clone(&board), None);
         off.start(

@@ -94,6 +94,9 @@ pub enum FailureKind {
     /// 503 Service Unavailable: the registrar is overloaded or down for maintenance; another
     /// address of the registrar may take the REGISTER (RFC 3263 4.3).
     Unavailable,
+    /// The connection the REGISTER needed could not be opened (refused, TLS handshake
+    /// failed) or closed before the answer.
+    Transport,
 }
 
 impl FailureKind {
@@ -103,13 +106,17 @@ impl FailureKind {
             FailureKind::Auth => "auth",
             FailureKind::Status => "status",
             FailureKind::Unavailable => "unavailable",
+            FailureKind::Transport => "transport",
         }
     }
 
     /// Whether another address of the registrar should be tried at once (RFC 3263 4.3: a
-    /// transaction timeout or a 503).
+    /// transaction timeout, a transport error or a 503).
     pub fn fails_over(self) -> bool {
-        matches!(self, FailureKind::Timeout | FailureKind::Unavailable)
+        matches!(
+            self,
+            FailureKind::Timeout | FailureKind::Unavailable | FailureKind::Transport
+        )
     }
 }
 
@@ -239,6 +246,20 @@ impl Registration {
                 self.state = RegState::Unregistered;
             }
         }
+    }
+
+    /// The transport could not carry the REGISTER in flight (the connection to the registrar
+    /// failed or closed): the attempt fails now instead of at the transaction's timeout.
+    pub fn transport_failed(&mut self, why: &str, now: Instant) {
+        if self.in_flight.take().is_none() {
+            return;
+        }
+        if self.unregistering {
+            self.state = RegState::Unregistered;
+            self.events.push_back(RegEvent::Unregistered);
+            return;
+        }
+        self.fail(FailureKind::Transport, why.to_string(), now);
     }
 
     /// After a failure that [`FailureKind::fails_over`], the caller has another address of the
@@ -725,6 +746,27 @@ mod tests {
         let again = sent(&mut reg);
         assert_eq!(again.call_id(), first.call_id());
         assert_eq!(reg.state(), &RegState::Registering);
+    }
+
+    #[test]
+    fn a_failed_connection_fails_the_attempt_at_once() {
+        let t0 = Instant::now();
+        let mut reg = Registration::new(config("secret"));
+        // Nothing in flight: nothing to fail.
+        reg.transport_failed("refused", t0);
+        assert!(reg.poll_event().is_none());
+        reg.start(t0);
+        let _ = sent(&mut reg);
+        reg.transport_failed("connection refused", t0);
+        let Some(RegEvent::Failed { kind, reason, .. }) = reg.poll_event() else {
+            panic!("failure");
+        };
+        assert_eq!(kind, FailureKind::Transport);
+        assert!(kind.fails_over());
+        assert_eq!(reason, "connection refused");
+        assert!(matches!(reg.state(), RegState::Failed { .. }));
+        // The dead transaction's timers are gone: only the back-off's retry is left.
+        assert_eq!(reg.next_timeout(), Some(t0 + Duration::from_secs(10)));
     }
 
     #[test]
