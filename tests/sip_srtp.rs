@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use common::admin::{http_client, HttpGateway};
-use common::{call_over, peer_available, pjsua_python, spoken_wav, transcribe_recording, Gateway};
+use common::{call_over, have_baresip, pjsua_python, spoken_wav, transcribe_recording, Gateway};
 use voicebot_gateway::media::srtp::{MasterKey, SrtpContext, SrtpError, SrtpSuite};
 
 /// One SRTP test at a time: each runs a gateway with its models and a peer.
@@ -79,18 +79,6 @@ fn pjsua_srtp_mandatory_call_is_answered_and_the_reply_is_understood() {
     assert!(gw.alive());
 }
 
-/// Whether baresip (Debian `baresip`) is installed (see [`peer_available`]).
-fn have_baresip() -> bool {
-    let ok = Path::new("/usr/lib/baresip/modules/srtp.so").exists()
-        && Command::new("baresip")
-            .arg("-h")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok();
-    peer_available("baresip", ok, "apt-get install baresip")
-}
-
 /// A baresip configuration directory: loopback only, no audio device (the caller's voice from `source`, what
 /// it hears dumped by the sndfile module into `dumps`), PCMU, SRTP mandatory, no registration.
 fn baresip_config(dir: &Path, source: &Path, dumps: &Path) -> PathBuf {
@@ -134,7 +122,7 @@ fn peak(path: &Path) -> f32 {
 
 #[test]
 fn baresip_srtp_mandatory_call_carries_audio_both_ways() {
-    if !have_baresip() {
+    if !have_baresip(&["srtp.so"]) {
         return;
     }
     let _serial = serial();

@@ -324,6 +324,7 @@ fn registers_over_tls_and_takes_a_call_on_its_tls_contact() {
         "s3cret-pass",
         &Setup {
             tls: Some((&kam_cert, &kam_key)),
+            ..Setup::default()
         },
     );
     let trunk = format!(

@@ -1,6 +1,7 @@
 //! A Kamailio (Debian `kamailio`, GPL, run as a separate process on loopback) for the tests:
 //! registrar and proxy with digest auth (`tests/kamailio/registrar.cfg.in`), optionally on TLS
-//! too; its log lines are collected for the tests to read.
+//! too, with an agent's account and a 407 challenge to INVITEs for it; its log lines are
+//! collected for the tests to read.
 
 use std::io::{BufRead, BufReader};
 use std::net::UdpSocket;
@@ -34,6 +35,10 @@ pub struct Kamailio {
 pub struct Setup<'a> {
     /// Its TLS certificate and key (PEM, for 127.0.0.1): also listen on TLS.
     pub tls: Option<(&'a Path, &'a Path)>,
+    /// A second account (user, password): an agent's phone registering to it.
+    pub agent: Option<(&'a str, &'a str)>,
+    /// The template's defines to set (`-A NAME`), such as `WITH_INVITE_AUTH`.
+    pub defines: &'a [&'a str],
 }
 
 impl Kamailio {
@@ -56,7 +61,9 @@ impl Kamailio {
             .replace("@@TLSCFG@@", &tls_cfg.display().to_string())
             .replace("@@DOMAIN@@", "trunk.test")
             .replace("@@USER@@", user)
-            .replace("@@PASSWORD@@", password);
+            .replace("@@PASSWORD@@", password)
+            .replace("@@AGENT@@", setup.agent.map_or("", |a| a.0))
+            .replace("@@AGENT_PASSWORD@@", setup.agent.map_or("", |a| a.1));
         let path = dir.path().join("kamailio.cfg");
         std::fs::write(&path, cfg).expect("write cfg");
         let mut defines = Vec::new();
@@ -73,6 +80,12 @@ impl Kamailio {
             );
             std::fs::write(&tls_cfg, text).expect("write tls.cfg");
             defines.extend(["-A", "WITH_TLS"]);
+        }
+        if setup.agent.is_some() {
+            defines.extend(["-A", "WITH_AGENT"]);
+        }
+        for name in setup.defines {
+            defines.extend(["-A", name]);
         }
         let mut child = Command::new("kamailio")
             .arg("-f")
@@ -132,6 +145,20 @@ impl Kamailio {
             self.port,
             self.lines("")
         );
+    }
+
+    /// The first log line containing `containing`, waiting up to `wait` for it.
+    pub fn wait_line(&self, containing: &str, wait: Duration) -> Option<String> {
+        let deadline = Instant::now() + wait;
+        loop {
+            if let Some(line) = self.lines(containing).into_iter().next() {
+                return Some(line);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     pub fn lines(&self, containing: &str) -> Vec<String> {

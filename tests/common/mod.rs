@@ -407,3 +407,18 @@ pub fn stop_process_group(child: &mut Child) {
     unsafe { libc::kill(-pgid, libc::SIGKILL) };
     let _ = child.wait();
 }
+
+/// Whether baresip (Debian `baresip`) runs and has `modules` (file names under
+/// `/usr/lib/baresip/modules`), see [`peer_available`].
+pub fn have_baresip(modules: &[&str]) -> bool {
+    let ok = modules
+        .iter()
+        .all(|m| Path::new("/usr/lib/baresip/modules").join(m).exists())
+        && Command::new("baresip")
+            .arg("-h")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok();
+    peer_available("baresip", ok, "apt-get install baresip")
+}
