@@ -302,23 +302,22 @@ fn gateway_tls_port(gw: &HttpGateway) -> u16 {
         .unwrap_or_else(|| panic!("no tls= in {:?}", gw.banner[0]))
 }
 
-/// A carrier that takes REGISTER over TLS: the gateway registers over TLS (verifying the
-/// carrier's certificate against the test CA), with a TLS contact on its own TLS listener,
-/// and a call the carrier routes there arrives over TLS and picks its flow.
-#[test]
-fn registers_over_tls_and_takes_a_call_on_its_tls_contact() {
-    if !peers() || !tls_peer() {
-        return;
-    }
-    let dir = tempfile::tempdir().expect("tempdir");
+/// A Kamailio on TLS and the gateway's configuration registering there over TLS, trusting the
+/// test CA. `impostor`: Kamailio's certificate (for 127.0.0.1 still) is from another CA.
+fn tls_trunk(dir: &Path, impostor: bool) -> (Kamailio, PathBuf) {
     let (ca_pem, ca) = make_ca("trunk test CA");
-    let (kam_cert, kam_key) = make_cert(&["127.0.0.1"], "carrier", &ca);
+    let (_, other) = make_ca("someone else's CA");
+    let (kam_cert, kam_key) = make_cert(
+        &["127.0.0.1"],
+        "carrier",
+        if impostor { &other } else { &ca },
+    );
     let (gw_cert, gw_key) = make_cert(&["127.0.0.1"], "gateway", &ca);
-    let ca_file = write(dir.path(), "ca.pem", &ca_pem);
-    let kam_cert = write(dir.path(), "kam.pem", &kam_cert);
-    let kam_key = write(dir.path(), "kam.key", &kam_key);
-    let gw_cert = write(dir.path(), "gw.pem", &gw_cert);
-    let gw_key = write(dir.path(), "gw.key", &gw_key);
+    let ca_file = write(dir, "ca.pem", &ca_pem);
+    let kam_cert = write(dir, "kam.pem", &kam_cert);
+    let kam_key = write(dir, "kam.key", &kam_key);
+    let gw_cert = write(dir, "gw.pem", &gw_cert);
+    let gw_key = write(dir, "gw.key", &gw_key);
     let kam = Kamailio::start_with(
         "bot",
         "s3cret-pass",
@@ -337,7 +336,20 @@ fn registers_over_tls_and_takes_a_call_on_its_tls_contact() {
         gw_key.display(),
         ca_file.display()
     );
-    let config = write_config_with(dir.path(), "s3cret-pass", &trunk, &tls);
+    let config = write_config_with(dir, "s3cret-pass", &trunk, &tls);
+    (kam, config)
+}
+
+/// A carrier that takes REGISTER over TLS: the gateway registers over TLS (verifying the
+/// carrier's certificate against the test CA), with a TLS contact on its own TLS listener,
+/// and a call the carrier routes there arrives over TLS and picks its flow.
+#[test]
+fn registers_over_tls_and_takes_a_call_on_its_tls_contact() {
+    if !peers() || !tls_peer() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (kam, config) = tls_trunk(dir.path(), false);
     let gw = HttpGateway::start(&config, "47000-47099", 3, Duration::from_secs(120));
     let api = Api::new(&gw, dir.path());
     let t = api.wait_state("registered", Duration::from_secs(20));
@@ -369,4 +381,52 @@ fn registers_over_tls_and_takes_a_call_on_its_tls_contact() {
     let text: String = text.split_whitespace().collect();
     assert!(text.contains("\"trunk\":\"kam\""), "{text}");
     assert!(text.contains("\"flow\":\"sales\""), "{text}");
+}
+
+/// A registrar whose certificate our CA set does not vouch for: the handshake fails, the
+/// attempt fails at once as a transport failure (not after the 32 s transaction timeout), no
+/// REGISTER reaches it, and the gateway keeps retrying on its back-off only.
+#[test]
+fn an_untrusted_registrar_certificate_fails_the_registration_at_once() {
+    if !peers() || !tls_peer() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (kam, config) = tls_trunk(dir.path(), true);
+    let started = Instant::now();
+    let gw = HttpGateway::start(&config, "47100-47199", 3, Duration::from_secs(120));
+    let api = Api::new(&gw, dir.path());
+    let t = api.wait_state("failed", Duration::from_secs(15));
+    assert_eq!(t["state"], "failed", "{t}");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "failed after {:?}: the transaction timeout, not the handshake",
+        started.elapsed()
+    );
+    assert!(
+        t["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("TLS handshake failed")),
+        "{t}"
+    );
+    let metrics = api.get("/metrics");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("voicebot_sip_register_failures_total{")
+                && l.contains("reason=\"transport\"")),
+        "{metrics}"
+    );
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("voicebot_tls_handshake_failures_total{")
+                && l.contains("outbound")),
+        "{metrics}"
+    );
+    assert!(
+        kam.lines("KAMTEST REGISTER").is_empty(),
+        "{:?}",
+        kam.lines("KAMTEST")
+    );
 }
