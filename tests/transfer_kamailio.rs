@@ -14,8 +14,8 @@
 //!   exactly two INVITEs (no loop), the attempt is refused with 407 and the caller hears the
 //!   callback path; the agent's phone never rings.
 //!
-//! The two run side by side (each with its own Kamailio, baresip, gateway and ports; the
-//! calls wait mostly on the gateway's prompts). Without Kamailio, baresip or SIPp these tests
+//! The two run one after the other (each has its own Kamailio, baresip, gateway and ports, but
+//! two calls with speech on a 2-core CI machine would make their timing the machine's). Without Kamailio, baresip or SIPp these tests
 //! say so and pass, unless VOICEBOT_REQUIRE_PEERS is set.
 
 mod common;
@@ -42,6 +42,12 @@ const GW_PASSWORD: &str = "gw-s3cret";
 /// The agent's phone's account.
 const AGENT: &str = "agent";
 const AGENT_PASSWORD: &str = "agent-s3cret";
+
+/// One test at a time (see the module docs).
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 fn peers() -> bool {
     have_kamailio()
@@ -316,6 +322,7 @@ fn a_transfer_reaches_a_registered_agent_through_kamailio_after_a_407() {
     if !peers() {
         return;
     }
+    let _serial = serial();
     let started = Instant::now();
     let dir = tempfile::tempdir().expect("tempdir");
     let kam = pbx();
@@ -447,6 +454,7 @@ fn a_wrong_team_password_is_refused_once_without_a_loop() {
     if !peers() {
         return;
     }
+    let _serial = serial();
     let dir = tempfile::tempdir().expect("tempdir");
     let kam = pbx();
     let agent = Baresip::start(dir.path(), kam.port, "49740-49779");
