@@ -24,7 +24,7 @@ const PROXIED: &str = "uac_speech_proxied.xml";
 
 fn peers() -> bool {
     // Both are asked, so a missing one is reported even when the other is missing too.
-    let kamailio = common::cluster::have_kamailio();
+    let kamailio = common::kamailio::have_kamailio();
     let sipp = have_sipp();
     kamailio && sipp
 }

@@ -197,7 +197,7 @@ fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
 
 #[test]
 fn a_cluster_on_postgres_loses_no_webhook_event_shares_history_and_follows_flow_edits() {
-    let kamailio = common::cluster::have_kamailio();
+    let kamailio = common::kamailio::have_kamailio();
     if !(have_sipp() && kamailio) {
         return;
     }

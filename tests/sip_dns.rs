@@ -380,7 +380,7 @@ fn unavailable_registrar() -> (u16, Arc<Mutex<usize>>) {
 /// (not after the trunk's 30 s back-off) and the gateway is registered there.
 #[test]
 fn a_trunk_registers_with_the_next_srv_target_when_the_first_answers_503() {
-    if !have_dnsmasq() || !common::cluster::have_kamailio() {
+    if !have_dnsmasq() || !common::kamailio::have_kamailio() {
         return;
     }
     let _serial = serial();

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use common::admin::http_client;
-use common::cluster::have_kamailio;
+use common::kamailio::have_kamailio;
 use common::kamailio::{free_tcp_port, Kamailio, Setup};
 use common::webhook::{events, http_base, transfer_config, webhook_receiver};
 use common::{have_baresip, have_sipp, root, Gateway};

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use common::admin::{http_client, HttpGateway};
-use common::cluster::have_kamailio;
+use common::kamailio::have_kamailio;
 use common::kamailio::{Kamailio, Setup};
 use common::pki::{make_ca, make_cert, write};
 use common::{have_sipp, peer_available, root};
@@ -171,15 +171,21 @@ fn registers_and_takes_a_call_routed_to_its_contact() {
 
     // A caller dials 4930222 on the trunk: Kamailio looks up "bot" and sends the INVITE to
     // our registered contact.
-    let record = call_through(&kam, &api, dir.path(), "4930222");
-    let routed = kam.lines("KAMTEST INVITE for 4930222 routed to");
-    assert!(routed.iter().any(|l| l.contains(&contact)), "{routed:?}");
-    let id = record["id"].as_str().expect("call id").to_string();
-    let text = api.get(&format!("/api/calls/{id}"));
-    let text: String = text.split_whitespace().collect();
+    let text = call_through_to_contact(&kam, &api, dir.path(), &contact);
     assert!(text.contains("\"trunk\":\"kam\""), "{text}");
     assert!(text.contains("\"called\":\"4930222\""), "{text}");
     assert!(text.contains("\"flow\":\"sales\""), "{text}");
+}
+
+/// A caller dials 4930222 at Kamailio, which must route the call to our `contact`; the
+/// gateway's record of it, without whitespace (for `contains` checks).
+fn call_through_to_contact(kam: &Kamailio, api: &Api, dir: &Path, contact: &str) -> String {
+    let record = call_through(kam, api, dir, "4930222");
+    let routed = kam.lines("KAMTEST INVITE for 4930222 routed to");
+    assert!(routed.iter().any(|l| l.contains(contact)), "{routed:?}");
+    let id = record["id"].as_str().expect("call id").to_string();
+    let text = api.get(&format!("/api/calls/{id}"));
+    text.split_whitespace().collect()
 }
 
 /// A SIPp caller dials `number` at Kamailio (over UDP), which sends the call to the contact
@@ -373,12 +379,7 @@ fn registers_over_tls_and_takes_a_call_on_its_tls_contact() {
     let saved = kam.lines("KAMTEST registered bot");
     assert!(saved.iter().any(|l| l.contains(&contact)), "{saved:?}");
 
-    let record = call_through(&kam, &api, dir.path(), "4930222");
-    let routed = kam.lines("KAMTEST INVITE for 4930222 routed to");
-    assert!(routed.iter().any(|l| l.contains(&contact)), "{routed:?}");
-    let id = record["id"].as_str().expect("call id").to_string();
-    let text = api.get(&format!("/api/calls/{id}"));
-    let text: String = text.split_whitespace().collect();
+    let text = call_through_to_contact(&kam, &api, dir.path(), &contact);
     assert!(text.contains("\"trunk\":\"kam\""), "{text}");
     assert!(text.contains("\"flow\":\"sales\""), "{text}");
 }

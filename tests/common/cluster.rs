@@ -5,32 +5,20 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::UdpSocket;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::{free_udp_port, peer_available, root, sip_port, spawn_serve, stop_process_group};
+use super::{free_udp_port, root, sip_port, spawn_serve};
 
-/// Whether Kamailio is usable (see [`peer_available`]).
-pub fn have_kamailio() -> bool {
-    let ok = Command::new("kamailio")
-        .arg("-v")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    peer_available("kamailio", ok, "apt-get install kamailio")
-}
+use super::kamailio::KamailioProcess;
 
 /// Kamailio running the shipped dispatcher configuration on 127.0.0.1:`port`, killed on drop;
 /// its log lines are collected (the configuration logs DISPATCH, FAILOVER, GWDOWN, GWUP).
 pub struct Kamailio {
-    child: Child,
+    process: KamailioProcess,
     pub port: u16,
-    log: Arc<Mutex<Vec<String>>>,
-    _dir: tempfile::TempDir,
 }
 
 impl Kamailio {
@@ -45,80 +33,40 @@ impl Kamailio {
             .map(|p| format!("1 sip:127.0.0.1:{p} 0 0\n"))
             .collect();
         std::fs::write(&list, lines).expect("write dispatcher list");
-        let mut child = Command::new("kamailio")
-            .arg("-f")
-            .arg(root().join("sip-config/kamailio/dispatcher.cfg"))
-            .args(["-DD", "-E", "-Y"])
-            .arg(dir.path())
-            .arg("-A")
-            .arg(format!("LISTEN=udp:127.0.0.1:{port}"))
-            .arg("-A")
-            .arg(format!("DISPATCHER_LIST=\"{}\"", list.display()))
-            .args(["-A", "WITH_DEBUG_LOG"])
-            // Its own process group: dropping it stops its workers too.
-            .process_group(0)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start kamailio");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let stderr = child.stderr.take().expect("stderr");
-        let sink = Arc::clone(&log);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().expect("log").push(line);
-            }
-        });
-        let k = Kamailio {
-            child,
-            port,
-            log,
-            _dir: dir,
-        };
-        assert!(
-            options_answer(k.port, Duration::from_secs(15)) == Some(200),
-            "kamailio did not answer OPTIONS on {}: {:?}",
-            k.port,
-            k.lines("")
+        let process = KamailioProcess::spawn(
+            dir,
+            [
+                "-f".into(),
+                root()
+                    .join("sip-config/kamailio/dispatcher.cfg")
+                    .into_os_string(),
+                "-A".into(),
+                format!("LISTEN=udp:127.0.0.1:{port}").into(),
+                "-A".into(),
+                format!("DISPATCHER_LIST=\"{}\"", list.display()).into(),
+                "-A".into(),
+                "WITH_DEBUG_LOG".into(),
+            ],
         );
-        k
+        process.wait_ready(port);
+        Kamailio { process, port }
     }
 
     /// The log lines containing `containing`.
     pub fn lines(&self, containing: &str) -> Vec<String> {
-        self.log
-            .lock()
-            .expect("log")
-            .iter()
-            .filter(|l| l.contains(containing))
-            .cloned()
-            .collect()
+        self.process.lines(containing)
     }
 
     /// How many log lines there are (a mark for [`Kamailio::wait_line_after`]).
     pub fn mark(&self) -> usize {
-        self.log.lock().expect("log").len()
+        self.process.mark()
     }
 
     /// Waits (at most `wait`) for a log line after `mark` containing `containing`.
     pub fn wait_line_after(&self, mark: usize, containing: &str, wait: Duration) -> bool {
-        let deadline = Instant::now() + wait;
-        loop {
-            // One lock at a time: the log's length is read under the same guard.
-            let found = {
-                let log = self.log.lock().expect("log");
-                log[mark.min(log.len())..]
-                    .iter()
-                    .any(|l| l.contains(containing))
-            };
-            if found {
-                return true;
-            }
-            if Instant::now() > deadline {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        self.process
+            .wait_line_after(mark, containing, wait)
+            .is_some()
     }
 
     /// Waits until Kamailio has taken the gateway on `port` out of its set (GWDOWN after
@@ -131,12 +79,6 @@ impl Kamailio {
     /// `mark`).
     pub fn wait_active(&self, mark: usize, port: u16, wait: Duration) -> bool {
         self.wait_line_after(mark, &format!("GWUP sip:127.0.0.1:{port}"), wait)
-    }
-}
-
-impl Drop for Kamailio {
-    fn drop(&mut self) {
-        stop_process_group(&mut self.child);
     }
 }
 

@@ -3,15 +3,119 @@
 //! too, with an agent's account and a 407 challenge to INVITEs for it; its log lines are
 //! collected for the tests to read.
 
+use std::ffi::{OsStr, OsString};
 use std::io::{BufRead, BufReader};
-use std::net::UdpSocket;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::{free_udp_port, root};
+use super::cluster::options_answer;
+use super::{free_udp_port, peer_available, root, stop_process_group};
+
+/// Whether Kamailio is usable (see [`peer_available`]).
+pub fn have_kamailio() -> bool {
+    let ok = Command::new("kamailio")
+        .arg("-v")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    peer_available("kamailio", ok, "apt-get install kamailio")
+}
+
+/// One Kamailio process in the foreground (`-DD -E`, working directory `dir`), in a process
+/// group of its own so that dropping it stops its workers too; its stderr lines are collected.
+/// The registrar here and the cluster's dispatcher both run on it.
+pub struct KamailioProcess {
+    child: Child,
+    log: Arc<Mutex<Vec<String>>>,
+    _dir: tempfile::TempDir,
+}
+
+impl KamailioProcess {
+    /// Starts `kamailio` with `args` (the configuration file and its defines).
+    pub fn spawn<I, S>(dir: tempfile::TempDir, args: I) -> KamailioProcess
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let mut child = Command::new("kamailio")
+            .args(args)
+            .args(["-DD", "-E", "-Y"])
+            .arg(dir.path())
+            .process_group(0)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start kamailio");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().expect("stderr");
+        let sink = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().expect("log").push(line);
+            }
+        });
+        KamailioProcess {
+            child,
+            log,
+            _dir: dir,
+        }
+    }
+
+    /// Panics (with the log) unless Kamailio answers OPTIONS on `port` within 15 s.
+    pub fn wait_ready(&self, port: u16) {
+        assert!(
+            options_answer(port, Duration::from_secs(15)) == Some(200),
+            "kamailio did not answer OPTIONS on {port}: {:?}",
+            self.lines("")
+        );
+    }
+
+    /// The log lines containing `containing`.
+    pub fn lines(&self, containing: &str) -> Vec<String> {
+        self.log
+            .lock()
+            .expect("log")
+            .iter()
+            .filter(|l| l.contains(containing))
+            .cloned()
+            .collect()
+    }
+
+    /// How many log lines there are (a mark for [`KamailioProcess::wait_line_after`]).
+    pub fn mark(&self) -> usize {
+        self.log.lock().expect("log").len()
+    }
+
+    /// The first log line after `mark` containing `containing`, waiting (at most `wait`)
+    /// for it.
+    pub fn wait_line_after(&self, mark: usize, containing: &str, wait: Duration) -> Option<String> {
+        let deadline = Instant::now() + wait;
+        loop {
+            // One lock at a time: the log's length is read under the same guard.
+            let found = {
+                let log = self.log.lock().expect("log");
+                log[mark.min(log.len())..]
+                    .iter()
+                    .find(|l| l.contains(containing))
+                    .cloned()
+            };
+            if found.is_some() || Instant::now() > deadline {
+                return found;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for KamailioProcess {
+    fn drop(&mut self) {
+        stop_process_group(&mut self.child);
+    }
+}
 
 pub fn free_tcp_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -22,12 +126,10 @@ pub fn free_tcp_port() -> u16 {
 
 /// A Kamailio on 127.0.0.1:`port`, killed on drop; its log lines are collected.
 pub struct Kamailio {
-    child: Child,
+    process: KamailioProcess,
     pub port: u16,
     /// Its TLS port (listening only with [`Setup::tls`]).
     pub tls_port: u16,
-    log: Arc<Mutex<Vec<String>>>,
-    _dir: tempfile::TempDir,
 }
 
 /// What a test's Kamailio is set up with beyond the template's defaults.
@@ -87,99 +189,24 @@ impl Kamailio {
         for name in setup.defines {
             defines.extend(["-A", name]);
         }
-        let mut child = Command::new("kamailio")
-            .arg("-f")
-            .arg(&path)
-            .args(&defines)
-            .args(["-DD", "-E", "-Y"])
-            .arg(dir.path())
-            // Its own process group: dropping it stops its workers too.
-            .process_group(0)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start kamailio");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let stderr = child.stderr.take().expect("stderr");
-        let sink = Arc::clone(&log);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().expect("log").push(line);
-            }
-        });
-        let k = Kamailio {
-            child,
+        let mut args = vec![OsString::from("-f"), path.into_os_string()];
+        args.extend(defines.iter().map(OsString::from));
+        let process = KamailioProcess::spawn(dir, args);
+        process.wait_ready(port);
+        Kamailio {
+            process,
             port,
             tls_port,
-            log,
-            _dir: dir,
-        };
-        k.wait_ready();
-        k
-    }
-
-    pub fn wait_ready(&self) {
-        let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
-        sock.set_read_timeout(Some(Duration::from_millis(200)))
-            .expect("timeout");
-        let deadline = Instant::now() + Duration::from_secs(15);
-        let local = sock.local_addr().expect("addr");
-        let mut buf = [0u8; 2048];
-        while Instant::now() < deadline {
-            let options = format!(
-                "OPTIONS sip:127.0.0.1:{p} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bKready{n}\r\n\
-                 From: <sip:probe@127.0.0.1>;tag=1\r\nTo: <sip:127.0.0.1:{p}>\r\nCall-ID: ready-{n}\r\n\
-                 CSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
-                p = self.port,
-                n = rand_suffix(),
-            );
-            let _ = sock.send_to(options.as_bytes(), ("127.0.0.1", self.port));
-            if let Ok(n) = sock.recv(&mut buf) {
-                if buf[..n].starts_with(b"SIP/2.0 200") {
-                    return;
-                }
-            }
         }
-        panic!(
-            "kamailio did not answer OPTIONS on {}: {:?}",
-            self.port,
-            self.lines("")
-        );
     }
 
     /// The first log line containing `containing`, waiting up to `wait` for it.
     pub fn wait_line(&self, containing: &str, wait: Duration) -> Option<String> {
-        let deadline = Instant::now() + wait;
-        loop {
-            if let Some(line) = self.lines(containing).into_iter().next() {
-                return Some(line);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        self.process.wait_line_after(0, containing, wait)
     }
 
+    /// The log lines containing `containing`.
     pub fn lines(&self, containing: &str) -> Vec<String> {
-        self.log
-            .lock()
-            .expect("log")
-            .iter()
-            .filter(|l| l.contains(containing))
-            .cloned()
-            .collect()
+        self.process.lines(containing)
     }
-}
-
-impl Drop for Kamailio {
-    fn drop(&mut self) {
-        super::stop_process_group(&mut self.child);
-    }
-}
-
-fn rand_suffix() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
 }
