@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 mod support;
 
-use support::{env_u64, proc_usage, read_stats, Kill};
+use support::{env_u64, proc_usage, read_stats, sip_port, Kill};
 use voicebot_gateway::storage::throwaway::ThrowawayPostgres;
 
 fn main() {
@@ -174,12 +174,7 @@ fn start_gateway(bin: &Path, root: &Path, work: &Path, i: u16, db: Option<&str>)
     BufReader::new(stdout)
         .read_line(&mut line)
         .expect("ready line");
-    let port = line
-        .split("sip=127.0.0.1:")
-        .nth(1)
-        .and_then(|s| s.split_whitespace().next())
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("no port in {line:?}"));
+    let port = sip_port(&line).unwrap_or_else(|| panic!("no port in {line:?}"));
     (child, port)
 }
 

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 mod support;
 
-use support::{env_u64, proc_usage, read_stats, Kill};
+use support::{env_u64, proc_usage, read_stats, sip_port, Kill};
 
 fn ticks_per_second() -> f64 {
     100.0
@@ -68,12 +68,7 @@ fn main() {
     BufReader::new(stdout)
         .read_line(&mut line)
         .expect("ready line");
-    let port: u16 = line
-        .split("sip=127.0.0.1:")
-        .nth(1)
-        .and_then(|s| s.split_whitespace().next())
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("no port in {line:?}"));
+    let port: u16 = sip_port(&line).unwrap_or_else(|| panic!("no port in {line:?}"));
     std::thread::sleep(Duration::from_millis(500));
     let (base_rss, base_cpu) = proc_usage(pid).expect("proc usage");
 

@@ -23,12 +23,11 @@
 //! default 10), LOAD_HOLD_S (seconds each call lasts, default 20), ROUNDS (default 2: RTP, SRTP,
 //! RTP, SRTP), SRTP_LOAD_JSON=FILE (also write the figures as JSON).
 
-use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::net::UdpSocket;
@@ -43,7 +42,7 @@ use voicebot_gateway::sip::sdp::parse_offer_for;
 
 mod support;
 
-use support::{env_u64, proc_usage, Kill};
+use support::{env_u64, proc_usage, ready_line, sip_port, Kill};
 
 /// Clock ticks per second of /proc/PID/stat (as sip_load assumes).
 const TICKS_PER_SECOND: f64 = 100.0;
@@ -284,36 +283,11 @@ fn main() {
     let stdout = server.stdout.take().expect("stdout");
     let mut server = Kill(server);
     // The ready line within two minutes (models load); the rest of stdout is drained.
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut reader = BufReader::new(stdout);
-        let mut line = String::new();
-        let n = reader.read_line(&mut line).unwrap_or(0);
-        let _ = tx.send((n, line));
-        let mut sink = String::new();
-        while reader.read_line(&mut sink).unwrap_or(0) > 0 {
-            sink.clear();
-        }
-    });
-    let line = match rx.recv_timeout(Duration::from_secs(120)) {
-        Ok((n, line)) if n > 0 && line.starts_with("voicebot ready:") => line,
-        Ok((_, line)) => fail(
-            server,
-            &log_path,
-            &format!("the gateway exited or did not get ready: {line:?}"),
-        ),
-        Err(_) => fail(
-            server,
-            &log_path,
-            "the gateway did not get ready within 120 s",
-        ),
+    let line = match ready_line(stdout, Duration::from_secs(120)) {
+        Ok(line) => line,
+        Err(why) => fail(server, &log_path, &why),
     };
-    let port: u16 = line
-        .split("sip=127.0.0.1:")
-        .nth(1)
-        .and_then(|s| s.split_whitespace().next())
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("no port in {line:?}"));
+    let port = sip_port(&line).unwrap_or_else(|| panic!("no port in {line:?}"));
     let gateway = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port);
 
     // The gateway keeps working a while after its ready line (it makes its fixed prompts):

@@ -38,7 +38,6 @@
 //! are good to about 30 ms; `vad lag + endpoint + process + playout` is the measured gap
 //! exactly.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -55,7 +54,7 @@ use speech::{
     db_to_amplitude, longest_pause_ms, make_utterance, median, percentile, telephone_band,
     voiced_span, write_wav, Api, PAUSE_MS, RATE, UTTERANCES, VOICED_DBFS,
 };
-use support::{env_u64, proc_usage, Kill};
+use support::{env_u64, proc_usage, ready_line, Kill};
 
 /// Calls one caller process places at most, unless LAT_PER_PROCESS says otherwise: pjsua caps
 /// them at its compile-time PJSUA_MAX_CALLS, which is 4 in the PyPI pjsua2-python wheel the
@@ -521,16 +520,8 @@ fn main() {
     let pid = server.id();
     let stdout = server.stdout.take().expect("stdout");
     let _server = Kill(server);
-    let mut reader = BufReader::new(stdout);
-    let mut ready = String::new();
-    reader.read_line(&mut ready).expect("ready line");
-    // Keep reading the banner (and anything else) so the gateway never writes into a full pipe.
-    std::thread::spawn(move || {
-        let mut sink = String::new();
-        while reader.read_line(&mut sink).unwrap_or(0) > 0 {
-            sink.clear();
-        }
-    });
+    // The banner (and anything else) is drained so the gateway never writes into a full pipe.
+    let ready = ready_line(stdout, Duration::from_secs(300)).unwrap_or_else(|e| panic!("{e}"));
     let (api, sip_port) =
         Api::from_ready_line(&ready, ADMIN_TOKEN).unwrap_or_else(|e| panic!("{e}"));
 

@@ -55,10 +55,8 @@
 //! The machine's load average is printed at the start and at the end: the figures move with
 //! it (the gateway's recognition and synthesis share the CPU with whatever else runs).
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -77,7 +75,7 @@ use speech::{
     db_to_amplitude, make_utterance, percentile, voiced_span, write_wav, Api, RATE, UTTERANCES,
     VOICED_DBFS,
 };
-use support::{env_u64, proc_usage, Kill};
+use support::{env_u64, proc_usage, ready_line, Kill};
 use webrtc_client::WebRtcCall;
 
 const ADMIN_TOKEN: &str = "webrtc-bench-admin-token-0123456789";
@@ -473,28 +471,8 @@ fn main() {
     let _server = Kill(server);
     // The ready line, within two minutes (models load); the rest of the output is drained so
     // the gateway never writes into a full pipe.
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut reader = BufReader::new(stdout);
-        let mut line = String::new();
-        let n = reader.read_line(&mut line).unwrap_or(0);
-        let _ = tx.send((n, line));
-        let mut sink = String::new();
-        while reader.read_line(&mut sink).unwrap_or(0) > 0 {
-            sink.clear();
-        }
-    });
-    let ready = match rx.recv_timeout(Duration::from_secs(120)) {
-        Ok((n, line)) if n > 0 => line,
-        Ok(_) => fail(&format!(
-            "the gateway exited before it was ready (log {:?})",
-            work.join("gateway.log")
-        )),
-        Err(_) => fail(&format!(
-            "the gateway did not get ready within 120 s (log {:?})",
-            work.join("gateway.log")
-        )),
-    };
+    let ready = ready_line(stdout, Duration::from_secs(120))
+        .unwrap_or_else(|why| fail(&format!("{why} (log {:?})", work.join("gateway.log"))));
     let (api, sip_port) = Api::from_ready_line(&ready, ADMIN_TOKEN).unwrap_or_else(|e| fail(&e));
 
     // The utterances, as turn_latency makes them; the WebRTC caller's at 16 kHz.

@@ -1,7 +1,10 @@
 //! What the load benchmarks share: a child process that dies with the benchmark, numeric
 //! settings from the environment, and a process's memory and CPU time from `/proc`.
 
-use std::process::Child;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, ChildStdout};
+use std::sync::mpsc;
+use std::time::Duration;
 
 /// A child process, killed and reaped when dropped (a benchmark that panics leaves no gateway
 /// or SIP peer behind).
@@ -12,6 +15,42 @@ impl Drop for Kill {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// The gateway's first stdout line (`voicebot ready: ...`) within `wait`; the rest of its
+/// stdout is drained by a thread, so the gateway never writes into a full pipe. Err: it exited
+/// first (with what it printed, if anything) or took longer.
+#[allow(dead_code)] // not every bench starts a gateway
+pub fn ready_line(stdout: ChildStdout, wait: Duration) -> Result<String, String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut reader = BufReader::new(stdout);
+        let mut line = String::new();
+        let n = reader.read_line(&mut line).unwrap_or(0);
+        let _ = tx.send((n, line));
+        let mut sink = String::new();
+        while reader.read_line(&mut sink).unwrap_or(0) > 0 {
+            sink.clear();
+        }
+    });
+    match rx.recv_timeout(wait) {
+        Ok((n, line)) if n > 0 && line.starts_with("voicebot ready:") => Ok(line),
+        Ok((_, line)) => Err(format!("the gateway exited or did not get ready: {line:?}")),
+        Err(_) => Err(format!(
+            "the gateway did not get ready within {} s",
+            wait.as_secs()
+        )),
+    }
+}
+
+/// The SIP port of the ready line (`sip=127.0.0.1:PORT`).
+#[allow(dead_code)] // not every bench starts a gateway
+pub fn sip_port(ready: &str) -> Option<u16> {
+    ready
+        .split("sip=127.0.0.1:")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|p| p.parse().ok())
 }
 
 /// A whole number from the environment variable `name`, else `default`.
