@@ -622,7 +622,7 @@ impl CallControl {
             headers,
             from_display: format!("Voicebot {}", t.team),
             from_user: self.cfg.transfer.from_user.clone(),
-            auth: self.cfg.transfer.credentials_for(&t.team, &target.uri),
+            auth: self.cfg.transfer.team_credentials(&t.team),
         });
         t.leg = Leg::Placing { op, target, route };
     }

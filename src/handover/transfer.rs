@@ -307,11 +307,10 @@ impl TransferConfig {
             .unwrap_or_default()
     }
 
-    /// The credentials for our INVITE to `target` (a SIP URI) on behalf of `team`: the team's,
-    /// else the `default` team's; `None`: a challenge is a refusal. `target` is there for
-    /// credentials that belong to where the call goes (a trunk's) rather than to the team.
-    pub fn credentials_for(&self, team: &str, target: &str) -> Option<OutboundAuth> {
-        let _ = target;
+    /// The credentials for our INVITEs on behalf of `team`: the team's, else the `default`
+    /// team's. `None`: the signalling task tries the account of the trunk the extension is
+    /// behind (`server::trunks::Trunks::credentials_for`); without one a challenge is a refusal.
+    pub fn team_credentials(&self, team: &str) -> Option<OutboundAuth> {
         let (name, entry) = self
             .credentials
             .get_key_value(team)
@@ -564,15 +563,15 @@ mod tests {
             "{reason}"
         );
         assert!(reason.contains("billing"), "{reason}");
-        let support = c.credentials_for("support", "sip:1000@10.0.0.1").unwrap();
+        let support = c.team_credentials("support").unwrap();
         assert_eq!(support.owner, "team default");
         assert_eq!(support.credentials.user, "gw");
         assert_eq!(support.credentials.password, "secret");
         // No password at lookup time: no credentials (a challenge fails).
-        assert_eq!(c.credentials_for("billing", "sip:2001@10.0.0.1"), None);
+        assert_eq!(c.team_credentials("billing"), None);
         c.credentials.get_mut("billing").unwrap().password = "pw".into();
         assert_eq!(c.problem(), None);
-        let billing = c.credentials_for("billing", "sip:2001@10.0.0.1").unwrap();
+        let billing = c.team_credentials("billing").unwrap();
         assert_eq!(billing.credentials.user, "gw-billing");
         assert!(!format!("{:?}", c.credentials).contains("pw\""));
         c.credentials.get_mut("billing").unwrap().password.clear();
@@ -586,7 +585,7 @@ mod tests {
             Some("credentials.billing.password_env".into())
         );
         c.credentials.clear();
-        assert_eq!(c.credentials_for("billing", "sip:2001@10.0.0.1"), None);
+        assert_eq!(c.team_credentials("billing"), None);
     }
 
     #[test]

@@ -71,6 +71,17 @@ pub(crate) enum RegTransport {
     Tls(ServerName<'static>),
 }
 
+impl RegTransport {
+    /// `udp`, `tcp` or `tls`, as the config and the admin API write it.
+    fn name(&self) -> &'static str {
+        match self {
+            RegTransport::Udp => "udp",
+            RegTransport::Tcp => "tcp",
+            RegTransport::Tls(_) => "tls",
+        }
+    }
+}
+
 /// Every trunk, and the registrations of those that register.
 pub(crate) struct Trunks {
     configs: Vec<TrunkConfig>,
@@ -170,9 +181,9 @@ impl Trunks {
         };
         let sent_by = format!("{host}:{port}");
         let mut contact = format!("sip:{}@{sent_by}", t.user);
-        if via != "UDP" {
+        if transport != RegTransport::Udp {
             contact.push_str(";transport=");
-            contact.push_str(&via.to_ascii_lowercase());
+            contact.push_str(transport.name());
         }
         let credentials = t.resolved_password().map(|password| ClientCredentials {
             user: t.digest_user().to_string(),
@@ -353,14 +364,10 @@ impl Trunks {
             registers: true,
             state: r.reg.state().name(),
             contact: Some(r.reg.contact().to_string()),
-            target: r.targets.get(r.at).map(|a| {
-                let transport = match r.transport {
-                    RegTransport::Udp => "udp",
-                    RegTransport::Tcp => "tcp",
-                    RegTransport::Tls(_) => "tls",
-                };
-                format!("{transport}:{a}")
-            }),
+            target: r
+                .targets
+                .get(r.at)
+                .map(|a| format!("{}:{a}", r.transport.name())),
             registered_until: until,
             next_retry: retry,
             last_error: r.reg.last_error().map(str::to_string),
