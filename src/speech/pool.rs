@@ -11,10 +11,15 @@
 //! nobody is waiting on yet (partial hypotheses, the rest of a reply, prompt warm-up). A worker
 //! always takes the oldest urgent job first, so one call's background work never sits in
 //! front of another call's answer.
+//!
+//! How long urgent jobs waited for a worker is kept for a while ([`TurnWaits`]): it is the
+//! gateway's own measure of whether it can still answer callers in time, which admission
+//! control reads before taking another call.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
@@ -58,6 +63,58 @@ struct Queues {
 struct Shared {
     queues: Mutex<Queues>,
     ready: Condvar,
+    turn_waits: Mutex<TurnWaits>,
+}
+
+/// The queue waits of recent urgent ([`Priority::Turn`]) jobs: from the submission (including
+/// any wait for room in the queue) to a worker starting the job. Sans-IO: the times are given.
+#[derive(Debug, Default)]
+pub struct TurnWaits {
+    /// (when the job started, how long it had waited), oldest first.
+    samples: VecDeque<(Instant, Duration)>,
+}
+
+impl TurnWaits {
+    /// Samples kept at most, whatever their age (a bound on memory under any load).
+    pub const MAX_SAMPLES: usize = 4096;
+    /// How far back samples are kept.
+    pub const KEPT: Duration = Duration::from_secs(60);
+
+    /// Records a job that started at `at` after waiting `waited`.
+    pub fn record(&mut self, at: Instant, waited: Duration) {
+        while self.samples.len() >= Self::MAX_SAMPLES
+            || self
+                .samples
+                .front()
+                .is_some_and(|(t, _)| at.saturating_duration_since(*t) > Self::KEPT)
+        {
+            self.samples.pop_front();
+        }
+        self.samples.push_back((at, waited));
+    }
+
+    /// The `quantile` (0..=1) of the waits of jobs started within `window` before `now`, and
+    /// how many there were; None without any.
+    pub fn quantile(
+        &self,
+        now: Instant,
+        window: Duration,
+        quantile: f64,
+    ) -> Option<(Duration, usize)> {
+        let mut recent: Vec<Duration> = self
+            .samples
+            .iter()
+            .rev()
+            .take_while(|(t, _)| now.saturating_duration_since(*t) <= window)
+            .map(|(_, w)| *w)
+            .collect();
+        if recent.is_empty() {
+            return None;
+        }
+        recent.sort_unstable();
+        let rank = (quantile.clamp(0.0, 1.0) * (recent.len() - 1) as f64).round() as usize;
+        Some((recent[rank.min(recent.len() - 1)], recent.len()))
+    }
 }
 
 impl Shared {
@@ -135,6 +192,13 @@ impl InferencePool {
             .unwrap_or(false)
     }
 
+    /// The `quantile` of how long urgent jobs started in the last `window` waited for a worker,
+    /// and how many there were; None when none started (an idle pool is not late).
+    pub fn turn_wait(&self, window: Duration, quantile: f64) -> Option<(Duration, usize)> {
+        let waits = self.shared.turn_waits.lock().ok()?;
+        waits.quantile(Instant::now(), window, quantile)
+    }
+
     /// Runs `f` on a worker as turn work ([`Priority::Turn`]) and returns its result.
     pub async fn run<T, F>(&self, f: F) -> Result<T, PoolError>
     where
@@ -151,7 +215,16 @@ impl InferencePool {
         F: FnOnce() -> T + Send + 'static,
     {
         let (done_tx, done_rx) = oneshot::channel();
+        let submitted = Instant::now();
+        let shared = Arc::clone(&self.shared);
         let job: Job = Box::new(move || {
+            if priority == Priority::Turn {
+                let started = Instant::now();
+                if let Ok(mut waits) = shared.turn_waits.lock() {
+                    waits.record(started, started.saturating_duration_since(submitted));
+                }
+            }
+            drop(shared);
             let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|p| {
                 let msg = p
                     .downcast_ref::<&str>()
@@ -231,6 +304,74 @@ mod tests {
             .unwrap_err();
         assert_eq!(err, PoolError::Panicked("model exploded".into()));
         assert_eq!(pool.run(|| 7).await, Ok(7));
+    }
+
+    #[test]
+    fn turn_waits_give_the_quantile_of_the_recent_window_only() {
+        let t0 = Instant::now();
+        let mut waits = TurnWaits::default();
+        assert_eq!(waits.quantile(t0, Duration::from_secs(10), 0.9), None);
+        // An old burst of long waits, then ten short ones.
+        for i in 0..5 {
+            waits.record(t0 + Duration::from_millis(i), Duration::from_millis(900));
+        }
+        let later = t0 + Duration::from_secs(20);
+        for i in 0..10u64 {
+            waits.record(
+                later + Duration::from_millis(i * 100),
+                Duration::from_millis(10 * (i + 1)),
+            );
+        }
+        let now = later + Duration::from_secs(1);
+        let window = Duration::from_secs(10);
+        assert_eq!(
+            waits.quantile(now, window, 0.9),
+            Some((Duration::from_millis(90), 10)),
+            "the old burst is outside the window"
+        );
+        assert_eq!(
+            waits.quantile(now, window, 1.0).map(|q| q.0),
+            Some(Duration::from_millis(100))
+        );
+        assert_eq!(
+            waits
+                .quantile(now, Duration::from_secs(60), 1.0)
+                .map(|q| q.0),
+            Some(Duration::from_millis(900))
+        );
+        // Past KEPT, the old samples are gone even from a wide window.
+        waits.record(
+            t0 + TurnWaits::KEPT + Duration::from_secs(1),
+            Duration::ZERO,
+        );
+        assert_eq!(
+            waits
+                .quantile(now + TurnWaits::KEPT, Duration::from_secs(3600), 1.0)
+                .map(|q| q.1),
+            Some(11)
+        );
+    }
+
+    #[test]
+    fn turn_waits_keep_a_bounded_number_of_samples() {
+        let t0 = Instant::now();
+        let mut waits = TurnWaits::default();
+        for _ in 0..TurnWaits::MAX_SAMPLES + 10 {
+            waits.record(t0, Duration::from_millis(1));
+        }
+        assert_eq!(waits.samples.len(), TurnWaits::MAX_SAMPLES);
+    }
+
+    #[tokio::test]
+    async fn turn_jobs_record_their_wait_and_background_jobs_do_not() {
+        let pool = InferencePool::new(1, 4);
+        let window = Duration::from_secs(60);
+        assert_eq!(pool.turn_wait(window, 0.9), None);
+        pool.run_as(Priority::Background, || ()).await.expect("job");
+        assert_eq!(pool.turn_wait(window, 0.9), None);
+        pool.run(|| ()).await.expect("job");
+        pool.run(|| ()).await.expect("job");
+        assert_eq!(pool.turn_wait(window, 0.9).map(|q| q.1), Some(2));
     }
 
     #[tokio::test]
