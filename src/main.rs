@@ -94,7 +94,8 @@ enum Command {
         /// RTP port range LO-HI, overriding `[media] rtp_port_min/max`.
         #[arg(long, value_name = "LO-HI")]
         rtp_ports: Option<String>,
-        /// Calls taken at once, overriding `[sip] max_calls`.
+        /// Calls taken at once, overriding `[sip] max_calls` and the per-core limit of
+        /// `[admission] calls_per_core` (the lateness check `max_turn_wait_ms` still holds).
         #[arg(long, value_name = "N")]
         max_calls: Option<usize>,
         /// Write one JSON record per finished call here, overriding `[sip] report_dir`.
@@ -174,6 +175,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if let Some(n) = max_calls {
                 anyhow::ensure!(n > 0, "--max-calls must be at least 1");
                 config.sip.max_calls = n;
+                config.admission.calls_per_core = 0;
             }
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

@@ -81,6 +81,59 @@ impl Default for PoolConfig {
     }
 }
 
+/// Admission control (`[admission]`): which new calls the gateway refuses (503 with
+/// Retry-After) because it could not answer them in time. See `server::admission`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdmissionConfig {
+    /// Calls in progress allowed per CPU core before new ones are refused (measured with
+    /// talking callers: `cargo bench --bench turn_latency`); 0: only `[sip] max_calls`.
+    pub calls_per_core: usize,
+    /// CPU cores counted for `calls_per_core`; 0: the cores this process may use.
+    pub cores: usize,
+    /// New calls are refused while the 90th percentile of how long the end-of-turn inference
+    /// jobs waited for a worker, over the last `window_s`, is above this; 0: off.
+    pub max_turn_wait_ms: u64,
+    /// The window of `max_turn_wait_ms`, seconds.
+    pub window_s: u64,
+    /// The Retry-After of the refusal, seconds.
+    pub retry_after_s: u32,
+}
+
+impl Default for AdmissionConfig {
+    fn default() -> Self {
+        AdmissionConfig {
+            calls_per_core: 6,
+            cores: 0,
+            max_turn_wait_ms: 250,
+            window_s: 10,
+            retry_after_s: 30,
+        }
+    }
+}
+
+impl AdmissionConfig {
+    /// The first field out of range and why.
+    fn problem(&self) -> Option<(&'static str, &'static str)> {
+        if self.calls_per_core > 1000 {
+            return Some(("calls_per_core", "must be between 0 (no limit) and 1000"));
+        }
+        if self.cores > 1024 {
+            return Some(("cores", "must be between 0 (this machine's) and 1024"));
+        }
+        if self.max_turn_wait_ms > 60_000 {
+            return Some(("max_turn_wait_ms", "must be between 0 (off) and 60000"));
+        }
+        if self.max_turn_wait_ms > 0 && !(1..=600).contains(&self.window_s) {
+            return Some(("window_s", "must be between 1 and 600"));
+        }
+        if self.retry_after_s > 86_400 {
+            return Some(("retry_after_s", "must be at most 86400"));
+        }
+        None
+    }
+}
+
 /// The whole configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
@@ -90,6 +143,7 @@ pub struct GatewayConfig {
     pub turn: crate::speech::turn_end::TurnConfig,
     pub tts: TtsConfig,
     pub pool: PoolConfig,
+    pub admission: AdmissionConfig,
     pub flows: FlowsConfig,
     pub intent: IntentConfig,
     pub escalation: EscalationConfig,
@@ -314,6 +368,14 @@ impl GatewayConfig {
         }
         if self.pool.queue == 0 {
             return bad("pool.queue", "must be at least 1");
+        }
+        if let Some((field, reason)) = self.admission.problem() {
+            return Err(ConfigError::invalid(
+                file,
+                text,
+                &format!("admission.{field}"),
+                reason,
+            ));
         }
         if let Some((field, reason)) = self.handover.problem() {
             return Err(ConfigError::invalid(

@@ -8,6 +8,7 @@
 //! sender, and the call's pipeline; it talks to the signalling task only through channels, so a
 //! slow call never holds up signalling or another call.
 
+pub mod admission;
 pub mod banner;
 pub mod call;
 mod caller_leg;
@@ -23,7 +24,7 @@ pub mod tls;
 pub mod transfer;
 mod trunks;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -429,6 +430,9 @@ impl Server {
         let keepalive = (sip.tls.keepalive_interval_s > 0)
             .then(|| Duration::from_secs(sip.tls.keepalive_interval_s));
         let ports = PortPool::new(config.media.rtp_port_min, config.media.rtp_port_max);
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let admission = admission::AdmissionPolicy::new(&config.admission, cores);
+        tracing::info!(cores, "admission: {}", admission.describe());
         let pacer = Pacer::start()?;
         // Hand-over events go to the webhook through the durable outbox; events left from a
         // previous run are delivered too.
@@ -535,6 +539,8 @@ impl Server {
             live,
             readiness,
             trunks,
+            admission,
+            ended: HashSet::new(),
         };
         let stopper = Arc::clone(&self.stopper);
         let shutdown = async move {
@@ -721,6 +727,11 @@ struct Signalling {
     resolver: Arc<dns::SipResolver>,
     /// `[[sip.trunks]]`: registrations and the matching of incoming calls.
     trunks: trunks::Trunks,
+    /// Which new calls are refused because they could not be answered in time.
+    admission: admission::AdmissionPolicy,
+    /// Calls in `calls` whose dialog has ended and whose task is finishing (the record, the
+    /// webhook): they no longer count against admission.
+    ended: HashSet<CallHandle>,
 }
 
 impl Signalling {
@@ -922,6 +933,7 @@ impl Signalling {
             Inbound::Hangup(handle) => self.endpoint.hangup(handle, Instant::now()),
             Inbound::CallDone(handle) => {
                 self.calls.remove(&handle);
+                self.ended.remove(&handle);
                 self.ids.remove(&handle);
                 // Nothing is left dangling: an agent leg of a finished call is ended too.
                 self.end_agent_legs(handle, Instant::now());
@@ -1239,10 +1251,38 @@ impl Signalling {
         }
     }
 
+    /// Whether one more call may be taken now (see [`admission`]).
+    fn admit(&self) -> Result<(), admission::Refusal> {
+        let waits = self.admission.max_turn_wait.and_then(|_| {
+            self.engines
+                .pool
+                .turn_wait(self.admission.window, admission::TURN_WAIT_QUANTILE)
+        });
+        let in_progress = self.calls.len().saturating_sub(self.ended.len());
+        let decision = self.admission.admit(in_progress, waits);
+        if decision.is_ok() {
+            tracing::info!(
+                in_progress,
+                turn_wait_p90_ms = waits.map(|(w, _)| w.as_millis() as u64),
+                turn_jobs = waits.map(|(_, n)| n),
+                "call admitted"
+            );
+        }
+        decision
+    }
+
     fn on_event(&mut self, event: Event) {
         let now = Instant::now();
         match event {
             Event::IncomingCall(call) => {
+                if let Err(refusal) = self.admit() {
+                    tracing::warn!(call = %call.handle, from = %call.from, reason = refusal.reason(), "refusing a new call with 503: {refusal}");
+                    crate::observe::metrics::refused(refusal.reason());
+                    let retry_after = self.admission.retry_after_s;
+                    self.endpoint
+                        .refuse(call.handle, 503, Some(retry_after), now);
+                    return;
+                }
                 let Some(ports) = self.ports.take(call.local_ip) else {
                     tracing::warn!(call = %call.handle, "no free RTP port; rejecting with 503");
                     self.endpoint.reject(call.handle, 503, now);
@@ -1360,6 +1400,9 @@ impl Signalling {
                 }
                 // The caller hung up: its agent leg (ringing or bridged) ends too.
                 self.end_agent_legs(handle, now);
+                if self.calls.contains_key(&handle) {
+                    self.ended.insert(handle);
+                }
                 self.control(handle, CallSignal::Ended(reason))
             }
         }

@@ -1161,13 +1161,28 @@ impl SipEndpoint {
 
     /// Refuses a ringing call (e.g. 503 when no media port is free).
     pub fn reject(&mut self, handle: CallHandle, code: u16, now: Instant) {
+        self.refuse(handle, code, None, now);
+    }
+
+    /// Refuses a ringing call with `code` and, when given, a Retry-After of that many seconds
+    /// (a 503 from admission control: the trunk may try another gateway, or this one later).
+    pub fn refuse(
+        &mut self,
+        handle: CallHandle,
+        code: u16,
+        retry_after_s: Option<u32>,
+        now: Instant,
+    ) {
         let Some(call) = self.calls.get(&handle) else {
             return;
         };
         if !matches!(call.state, CallState::Ringing) {
             return;
         }
-        let resp = self.response(&call.invite, code, Some(&call.local_tag));
+        let mut resp = self.response(&call.invite, code, Some(&call.local_tag));
+        if let Some(secs) = retry_after_s {
+            resp.push("Retry-After", secs.to_string());
+        }
         let key = call.invite_key.clone();
         self.respond_in(&key, resp, now);
         self.end_call(handle, EndReason::Rejected(code));
@@ -2844,6 +2859,46 @@ From: {};tag=agent1\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: 2 BYE\r\nMax-Forwards: 70\
             .replace("call-1@test", "call-2@test");
         ep.handle_bytes(caller(), local_ip(), other.as_bytes(), t0);
         assert_eq!(codes(&sent(&mut ep)), vec![100, 486]);
+    }
+
+    #[test]
+    fn a_refused_call_gets_503_with_retry_after_and_ends() {
+        let t0 = Instant::now();
+        let mut ep = endpoint(10);
+        ep.handle_bytes(
+            caller(),
+            local_ip(),
+            &request("INVITE", "z9hG4bK1", 1, None, "", SDP),
+            t0,
+        );
+        assert_eq!(codes(&sent(&mut ep)), vec![100, 180]);
+        let Some(Event::IncomingCall(call)) = ep.poll_event() else {
+            panic!("no IncomingCall event")
+        };
+        ep.refuse(call.handle, 503, Some(30), t0);
+        let out = sent(&mut ep);
+        assert_eq!(codes(&out), vec![503]);
+        assert_eq!(out[0].header("Retry-After"), Some("30"));
+        assert!(matches!(
+            ep.poll_event(),
+            Some(Event::CallEnded(h, EndReason::Rejected(503))) if h == call.handle
+        ));
+        assert_eq!(ep.active_calls(), 0);
+        // A plain reject names no Retry-After.
+        ep.handle_bytes(
+            caller(),
+            local_ip(),
+            &request("INVITE", "z9hG4bK2", 1, None, "", SDP),
+            t0,
+        );
+        let _ = sent(&mut ep);
+        let Some(Event::IncomingCall(call)) = ep.poll_event() else {
+            panic!("no IncomingCall event")
+        };
+        ep.reject(call.handle, 503, t0);
+        let out = sent(&mut ep);
+        assert_eq!(codes(&out), vec![503]);
+        assert_eq!(out[0].header("Retry-After"), None);
     }
 
     #[test]
