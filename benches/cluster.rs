@@ -137,7 +137,8 @@ fn report(what: &str, run: &Run, cpu_ticks: u64) {
     );
 }
 
-/// Starts gateway `i` (`--http ""`; with `db`: on the shared store as node `gw<i>`): the
+/// Starts gateway `i` (`--http ""`; with `db`: on the shared store as node `gw<i>`; the
+/// per-core admission limit off, the calls being silent and signalling what is measured): the
 /// process and its SIP port.
 fn start_gateway(bin: &Path, root: &Path, work: &Path, i: u16, db: Option<&str>) -> (Kill, u16) {
     let config = work.join(format!("gw{i}.toml"));
@@ -148,7 +149,7 @@ fn start_gateway(bin: &Path, root: &Path, work: &Path, i: u16, db: Option<&str>)
     std::fs::write(
         &config,
         format!(
-            "{storage}[http]\nlisten = \"\"\nhistory_database = \"{}\"\n\
+            "{storage}[admission]\ncalls_per_core = 0\n[http]\nlisten = \"\"\nhistory_database = \"{}\"\n\
              feedback_database = \"{}\"\n",
             work.join(format!("history{i}.sqlite3")).display(),
             work.join(format!("feedback{i}.sqlite3")).display()
