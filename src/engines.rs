@@ -170,7 +170,8 @@ pub fn keep_prompts_ready(engines: &Engines) {
 /// Loads everything a call needs.
 pub fn load(config: GatewayConfig) -> Result<Engines, LoadError> {
     let flows = load_flows(&config)?;
-    let asr = asr::load(&config.asr)?;
+    // One session of each model per worker, opened and warmed now rather than by a call.
+    let asr = asr::load_with_sessions(&config.asr, config.pool.workers)?;
     // At the pipeline's rate, so cached units are used as they are.
     let tts = Voice::load(&config.tts).at_rate(crate::audio::SPEECH_RATE);
     let pool = InferencePool::new(config.pool.workers, config.pool.queue);
@@ -196,7 +197,7 @@ fn load_turn_end(config: &GatewayConfig) -> Option<Arc<TurnEndModel>> {
         tracing::info!("no turn-end model ([turn] model is empty): turns end after vad.end_silence_ms of silence");
         return None;
     }
-    match TurnEndModel::load(&config.asr.onnx_library, path) {
+    match TurnEndModel::load_with_sessions(&config.asr.onnx_library, path, config.pool.workers) {
         Ok(model) => {
             tracing::info!(model = %path.display(), threshold = config.turn.threshold, "turn-end model loaded");
             Some(Arc::new(model))

@@ -257,16 +257,35 @@ impl TurnEndModel {
     /// [`onnx::environment`]), one intra-op thread per session, and checks that it takes
     /// `input_features` [batch, 80, 800].
     pub fn load(onnx_library: &Path, model: &Path) -> Result<Self, OnnxError> {
+        Self::load_with_sessions(onnx_library, model, 1)
+    }
+
+    /// [`Self::load`] with `sessions` sessions open and warmed (one per inference worker), so
+    /// no check opens one in the middle of a call.
+    pub fn load_with_sessions(
+        onnx_library: &Path,
+        model: &Path,
+        sessions: usize,
+    ) -> Result<Self, OnnxError> {
         let session = onnx::session(onnx_library, model, 1)?;
         let output = signature(&session).map_err(|reason| OnnxError::Model {
             path: model.to_path_buf(),
             reason,
         })?;
+        let mut idle = vec![session];
+        for _ in 1..sessions.max(1) {
+            idle.push(onnx::session(onnx_library, model, 1)?);
+        }
+        // The first run of a session is slow: pay it now, for each.
+        let warm = features(&vec![0.0f32; SAMPLE_RATE as usize]);
+        for session in &mut idle {
+            run_session(session, &output, warm.clone())?;
+        }
         Ok(TurnEndModel {
             library: onnx_library.to_path_buf(),
             model: model.to_path_buf(),
             output,
-            idle: Reusable::new(vec![session]),
+            idle: Reusable::new(idle),
         })
     }
 
@@ -290,24 +309,27 @@ impl TurnEndModel {
                 features.len()
             )));
         }
-        let input = Tensor::from_array(([1usize, MEL_BINS, FRAMES], features)).map_err(run)?;
         self.idle.with(
             || onnx::session(&self.library, &self.model, 1),
-            |session| {
-                let inputs: Vec<(Cow<'_, str>, SessionInputValue<'_>)> =
-                    vec![(INPUT.into(), input.into())];
-                let outputs = session.run(inputs).map_err(run)?;
-                let value = outputs
-                    .get(&self.output)
-                    .ok_or_else(|| OnnxError::Run(format!("no `{}` output", self.output)))?;
-                let (_, data) = value.try_extract_tensor::<f32>().map_err(run)?;
-                match data.first() {
-                    Some(&p) if p.is_finite() => Ok(p.clamp(0.0, 1.0)),
-                    Some(p) => Err(OnnxError::Run(format!("the model gave {p}"))),
-                    None => Err(OnnxError::Run("the model gave an empty output".into())),
-                }
-            },
+            |session| run_session(session, &self.output, features),
         )?
+    }
+}
+
+/// One run of the model on `features` (checked to be [`MEL_BINS`] x [`FRAMES`]): the
+/// probability that the turn is complete.
+fn run_session(session: &mut Session, output: &str, features: Vec<f32>) -> Result<f32, OnnxError> {
+    let input = Tensor::from_array(([1usize, MEL_BINS, FRAMES], features)).map_err(run)?;
+    let inputs: Vec<(Cow<'_, str>, SessionInputValue<'_>)> = vec![(INPUT.into(), input.into())];
+    let outputs = session.run(inputs).map_err(run)?;
+    let value = outputs
+        .get(output)
+        .ok_or_else(|| OnnxError::Run(format!("no `{output}` output")))?;
+    let (_, data) = value.try_extract_tensor::<f32>().map_err(run)?;
+    match data.first() {
+        Some(&p) if p.is_finite() => Ok(p.clamp(0.0, 1.0)),
+        Some(p) => Err(OnnxError::Run(format!("the model gave {p}"))),
+        None => Err(OnnxError::Run("the model gave an empty output".into())),
     }
 }
 

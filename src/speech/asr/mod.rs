@@ -301,8 +301,17 @@ impl AsrConfig {
 
 /// Loads the configured engine, behind the configured input conditioning.
 pub fn load(config: &AsrConfig) -> Result<Arc<dyn SpeechRecognizer>, AsrError> {
+    load_with_sessions(config, 1)
+}
+
+/// [`load`] with `sessions` Moonshine sessions of each model open and warmed: one per
+/// inference worker, so no recognition opens one in the middle of a call.
+pub fn load_with_sessions(
+    config: &AsrConfig,
+    sessions: usize,
+) -> Result<Arc<dyn SpeechRecognizer>, AsrError> {
     let engine: Box<dyn SpeechRecognizer> = match config.engine {
-        Engine::Moonshine => Box::new(MoonshineRecognizer::load(config)?),
+        Engine::Moonshine => Box::new(MoonshineRecognizer::load_with_sessions(config, sessions)?),
         Engine::Whisper => Box::new(WhisperRecognizer::load(config)?),
     };
     let mut partial_engine: Option<Box<dyn SpeechRecognizer>> = None;
@@ -312,7 +321,10 @@ pub fn load(config: &AsrConfig) -> Result<Arc<dyn SpeechRecognizer>, AsrError> {
             model: dir,
             ..config.clone()
         };
-        partial_engine = Some(Box::new(MoonshineRecognizer::load(&partial_config)?));
+        partial_engine = Some(Box::new(MoonshineRecognizer::load_with_sessions(
+            &partial_config,
+            sessions,
+        )?));
     }
     Ok(Arc::new(Conditioned {
         engine,
