@@ -9,6 +9,7 @@
 //! not decide readiness (see `ReadyBody::trunks`).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -17,6 +18,7 @@ use axum::Json;
 use serde::Serialize;
 
 use super::{metrics, AdminState, ApiError};
+use crate::config::AdmissionConfig;
 
 pub use crate::observe::readiness::{Readiness, StopLevel, Stopper};
 
@@ -132,6 +134,13 @@ pub async fn metrics(State(state): State<Arc<AdminState>>) -> Result<Response, A
         .set(i64::try_from(units).unwrap_or(i64::MAX));
     m.prompt_cache_kept
         .set(i64::try_from(kept).unwrap_or(i64::MAX));
+    let window = Duration::from_secs(state.engines.config.admission.window_s.max(1));
+    let waited = state
+        .engines
+        .pool
+        .turn_wait(window, AdmissionConfig::TURN_WAIT_QUANTILE)
+        .map_or(0.0, |(waited, _)| waited.as_secs_f64());
+    m.turn_wait.set(waited);
     Ok(([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], m.encode()).into_response())
 }
 

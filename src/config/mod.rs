@@ -113,6 +113,10 @@ impl Default for AdmissionConfig {
 }
 
 impl AdmissionConfig {
+    /// The quantile of the end-of-turn waits compared with `max_turn_wait_ms` (and exported
+    /// as `voicebot_turn_wait_seconds`).
+    pub const TURN_WAIT_QUANTILE: f64 = 0.9;
+
     /// The first field out of range and why.
     fn problem(&self) -> Option<(&'static str, &'static str)> {
         if self.calls_per_core > 1000 {

@@ -11,6 +11,7 @@
 //! up to date continuously: the scrape handler sets them from their source just before
 //! encoding, so they cannot drift.
 
+use std::sync::atomic::AtomicU64;
 use std::sync::LazyLock;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -49,6 +50,7 @@ pub const NAMES: &[&str] = &[
     "voicebot_prompt_cache_kept_units",
     "voicebot_srtp_auth_failures_total",
     "voicebot_srtp_replays_total",
+    "voicebot_turn_wait_seconds",
 ];
 // `voicebot_refused`, `voicebot_sip_trunk_registered` and `voicebot_sip_register_failures_total`
 // have samples only once a limit refused something or a trunk is configured (their labels);
@@ -120,6 +122,10 @@ pub struct Metrics {
     pub trunk_registered: Family<TrunkLabel, Gauge>,
     /// Failed REGISTER attempts by trunk and reason.
     pub register_failures: Family<TrunkReasonLabel, Counter>,
+    /// The 90th percentile of how long end-of-turn inference jobs waited for a worker over
+    /// `[admission] window_s`, the figure admission's lateness check compares (set at each
+    /// scrape; 0 when none ran).
+    pub turn_wait: Gauge<f64, AtomicU64>,
 }
 
 /// The direction label of TLS handshake failures.
@@ -164,6 +170,13 @@ impl Metrics {
         let srtp_replays = Counter::default();
         let trunk_registered = Family::<TrunkLabel, Gauge>::default();
         let register_failures = Family::<TrunkReasonLabel, Counter>::default();
+        let turn_wait = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "voicebot_turn_wait_seconds",
+            "90th percentile of how long end-of-turn inference jobs waited for a worker over \
+             [admission] window_s (0 when none ran)",
+            turn_wait.clone(),
+        );
         registry.register(
             "voicebot_sip_trunk_registered",
             "1 while the gateway's registration with the trunk holds",
@@ -311,6 +324,7 @@ impl Metrics {
             srtp_replays,
             trunk_registered,
             register_failures,
+            turn_wait,
         }
     }
 

@@ -18,7 +18,7 @@ use std::time::Duration;
 use crate::config::AdmissionConfig;
 
 /// The quantile of the end-of-turn waits that [`AdmissionPolicy`] compares.
-pub const TURN_WAIT_QUANTILE: f64 = 0.9;
+pub const TURN_WAIT_QUANTILE: f64 = AdmissionConfig::TURN_WAIT_QUANTILE;
 
 /// Fewest end-of-turn jobs in the window for their waits to count: one slow job (a cold model,
 /// a long reply) is not a trend.
