@@ -138,6 +138,7 @@ struct Level {
     stages: Vec<Stages>,
     misheard: usize,
     early: usize,
+    /// Speech turns in the records that no caller turn matched (a split sentence, noise).
     extra_turns: usize,
     unmatched: usize,
     gateway_cpu: f64,
@@ -421,7 +422,13 @@ fn measure_call(setup: &Setup, call: &Value, level: &mut Level) {
             None => level.unmatched += 1,
         }
     }
-    level.extra_turns += matched.iter().filter(|m| !**m).count();
+    // Only speech the callers did not say counts (a no-input re-prompt after a caller's last
+    // utterance is the gateway's own turn, not something it heard).
+    level.extra_turns += rec_turns
+        .iter()
+        .zip(&matched)
+        .filter(|(r, m)| !**m && r["input"] == json!("speech"))
+        .count();
     if pairs.is_empty() {
         return;
     }
@@ -793,7 +800,8 @@ fn report(levels: &[Level], noise: Option<f32>, turns: u64, deadline_s: u64) {
         "(vad lag + endpoint + process + playout = the gap; asr, intent and tts as the records \
          give them (an early transcript, made at a pause before the end was decided, is not part \
          of process); early: turns with an early transcript; misheard: turns the bot did not \
-         understand; extra: turns the gateway heard that the callers did not say; calls: failed \
+         understand; extra: speech turns the gateway heard that the callers did not say \
+         (a sentence split in two, noise; no-input re-prompts are not counted); calls: failed \
          / ended by the gateway)"
     );
 }
