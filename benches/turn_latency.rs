@@ -149,6 +149,13 @@ struct Level {
     wall_s: f64,
 }
 
+/// `values` in ascending order.
+fn sorted(values: &[f64]) -> Vec<f64> {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    v
+}
+
 impl Level {
     /// Calls the gateway took (offered less refused).
     fn answered(&self) -> usize {
@@ -156,15 +163,11 @@ impl Level {
     }
 
     fn sorted_gaps(&self) -> Vec<f64> {
-        let mut g = self.gaps.clone();
-        g.sort_by(f64::total_cmp);
-        g
+        sorted(&self.gaps)
     }
 
     fn sorted_later_gaps(&self) -> Vec<f64> {
-        let mut g = self.later_gaps.clone();
-        g.sort_by(f64::total_cmp);
-        g
+        sorted(&self.later_gaps)
     }
 
     fn stage_medians(&self) -> Vec<f64> {

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 mod common;
 
 use common::admin::{http_client, HttpGateway};
-use common::cluster::status_of;
+use common::cluster::{sip_header, status_of};
 
 const SDP: &str = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
                    m=audio 46990 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n";
@@ -22,14 +22,6 @@ struct Caller {
     gateway: u16,
     call_id: String,
     to_tag: Option<String>,
-}
-
-/// A header's value in a SIP message.
-fn header<'a>(msg: &'a str, name: &str) -> Option<&'a str> {
-    msg.lines().find_map(|l| {
-        let (n, v) = l.split_once(':')?;
-        n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
-    })
 }
 
 impl Caller {
@@ -82,7 +74,7 @@ impl Caller {
             .final_response(Duration::from_secs(10))
             .expect("a final answer to the INVITE");
         if status_of(text.as_bytes()) == Some(200) {
-            self.to_tag = header(&text, "To")
+            self.to_tag = sip_header(&text, "To")
                 .and_then(|to| to.split(";tag=").nth(1))
                 .map(|t| t.split(';').next().unwrap_or(t).to_string());
             let ack_branch = format!("z9hG4bK-{}-ack", self.call_id);
@@ -98,7 +90,7 @@ impl Caller {
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if let Some(text) = self.final_response(Duration::from_secs(1)) {
-                if header(&text, "CSeq").is_some_and(|c| c.ends_with("BYE")) {
+                if sip_header(&text, "CSeq").is_some_and(|c| c.ends_with("BYE")) {
                     assert_eq!(status_of(text.as_bytes()), Some(200), "{text}");
                     return;
                 }
@@ -167,7 +159,7 @@ fn calls_past_the_limit_get_503_with_retry_after_and_the_others_go_on() {
     let mut third = Caller::new(port, 3);
     let answer = third.invite();
     assert_eq!(status_of(answer.as_bytes()), Some(503), "{answer}");
-    assert_eq!(header(&answer, "Retry-After"), Some("45"), "{answer}");
+    assert_eq!(sip_header(&answer, "Retry-After"), Some("45"), "{answer}");
     assert_eq!(refused(&gw.base, "admission_capacity"), 1);
 
     // The calls in progress were not touched: the first ends normally, and its place is

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use common::admin::{http_client, HttpGateway};
+use common::cluster::sip_header;
 use common::{call_over, have_baresip, pjsua_python, spoken_wav, transcribe_recording, Gateway};
 use voicebot_gateway::media::srtp::{MasterKey, SrtpContext, SrtpError, SrtpSuite};
 
@@ -304,13 +305,9 @@ impl SdesCaller {
     }
 }
 
+/// A header's value in a SIP message; "" when it has none.
 fn header<'a>(msg: &'a str, name: &str) -> &'a str {
-    msg.lines()
-        .find_map(|l| {
-            let (n, v) = l.split_once(':')?;
-            n.trim().eq_ignore_ascii_case(name).then_some(v.trim())
-        })
-        .unwrap_or("")
+    sip_header(msg, name).unwrap_or("")
 }
 
 /// A PCMU packet of a loud 500 Hz square wave.

@@ -9,7 +9,6 @@
 //! not decide readiness (see `ReadyBody::trunks`).
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -134,7 +133,7 @@ pub async fn metrics(State(state): State<Arc<AdminState>>) -> Result<Response, A
         .set(i64::try_from(units).unwrap_or(i64::MAX));
     m.prompt_cache_kept
         .set(i64::try_from(kept).unwrap_or(i64::MAX));
-    let window = Duration::from_secs(state.engines.config.admission.window_s.max(1));
+    let window = state.engines.config.admission.window();
     let waited = state
         .engines
         .pool

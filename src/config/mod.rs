@@ -10,6 +10,7 @@ pub mod trunks;
 pub mod webrtc;
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -117,6 +118,11 @@ impl AdmissionConfig {
     /// as `voicebot_turn_wait_seconds`).
     pub const TURN_WAIT_QUANTILE: f64 = 0.9;
 
+    /// The window the end-of-turn waits are taken over (`window_s`, at least a second).
+    pub fn window(&self) -> Duration {
+        Duration::from_secs(self.window_s.max(1))
+    }
+
     /// The first field out of range and why.
     fn problem(&self) -> Option<(&'static str, &'static str)> {
         if self.calls_per_core > 1000 {
@@ -136,6 +142,19 @@ impl AdmissionConfig {
         }
         None
     }
+}
+
+/// A section's own problem (`field`, `reason`) with the field named from the top of the file.
+fn in_section(
+    section: &str,
+    problem: Option<(impl AsRef<str>, impl AsRef<str>)>,
+) -> Option<(String, String)> {
+    problem.map(|(field, reason)| {
+        (
+            format!("{section}.{}", field.as_ref()),
+            reason.as_ref().to_string(),
+        )
+    })
 }
 
 /// The whole configuration.
@@ -373,48 +392,19 @@ impl GatewayConfig {
         if self.pool.queue == 0 {
             return bad("pool.queue", "must be at least 1");
         }
-        if let Some((field, reason)) = self.admission.problem() {
-            return Err(ConfigError::invalid(
-                file,
-                text,
-                &format!("admission.{field}"),
-                reason,
-            ));
-        }
-        if let Some((field, reason)) = self.handover.problem() {
-            return Err(ConfigError::invalid(
-                file,
-                text,
-                &format!("handover.{field}"),
-                reason,
-            ));
-        }
-        if let Some((field, reason)) = self.http.problem() {
-            return Err(ConfigError::invalid(
-                file,
-                text,
-                &format!("http.{field}"),
-                reason,
-            ));
-        }
-        if let Some((field, reason)) = self.intent.llm.problem() {
-            return Err(ConfigError::invalid(
-                file,
-                text,
-                &format!("intent.llm.{field}"),
-                reason,
-            ));
-        }
         if let Some((field, reason)) = self.recording.problem() {
-            return Err(ConfigError::invalid(file, text, field, reason));
+            return bad(field, reason);
         }
-        if let Some((field, reason)) = self.storage.problem() {
-            return Err(ConfigError::invalid(
-                file,
-                text,
-                &format!("storage.{field}"),
-                reason,
-            ));
+        // The sections that check themselves: the first problem, named section.field.
+        let problems = [
+            in_section("admission", self.admission.problem()),
+            in_section("handover", self.handover.problem()),
+            in_section("http", self.http.problem()),
+            in_section("intent.llm", self.intent.llm.problem()),
+            in_section("storage", self.storage.problem()),
+        ];
+        if let Some((field, reason)) = problems.into_iter().flatten().next() {
+            return bad(&field, &reason);
         }
         self.sip.validate(file, text)?;
         self.media.validate(file, text)?;

@@ -17,9 +17,6 @@ use std::time::Duration;
 
 use crate::config::AdmissionConfig;
 
-/// The quantile of the end-of-turn waits that [`AdmissionPolicy`] compares.
-pub const TURN_WAIT_QUANTILE: f64 = AdmissionConfig::TURN_WAIT_QUANTILE;
-
 /// Fewest end-of-turn jobs in the window for their waits to count: one slow job (a cold model,
 /// a long reply) is not a trend.
 pub const MIN_TURN_SAMPLES: usize = 5;
@@ -84,7 +81,7 @@ impl AdmissionPolicy {
             max_calls: (config.calls_per_core > 0).then(|| config.calls_per_core * cores),
             max_turn_wait: (config.max_turn_wait_ms > 0)
                 .then(|| Duration::from_millis(config.max_turn_wait_ms)),
-            window: Duration::from_secs(config.window_s.max(1)),
+            window: config.window(),
             retry_after_s: config.retry_after_s,
         }
     }

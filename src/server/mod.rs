@@ -39,6 +39,7 @@ use tracing::Instrument;
 use crate::admin::AdminState;
 use crate::call::control::LegError;
 use crate::config::media::TransportKind;
+use crate::config::AdmissionConfig;
 use crate::flow_sync::{self, FlowSync};
 use crate::handover::feedback::FeedbackStore;
 use crate::handover::hub::HandoverHub;
@@ -1256,7 +1257,7 @@ impl Signalling {
         let waits = self.admission.max_turn_wait.and_then(|_| {
             self.engines
                 .pool
-                .turn_wait(self.admission.window, admission::TURN_WAIT_QUANTILE)
+                .turn_wait(self.admission.window, AdmissionConfig::TURN_WAIT_QUANTILE)
         });
         let in_progress = self.calls.len().saturating_sub(self.ended.len());
         let decision = self.admission.admit(in_progress, waits);

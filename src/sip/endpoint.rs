@@ -2455,19 +2455,24 @@ Max-Forwards: 70\r\n{extra}{ct}Content-Length: {}\r\n\r\n{body}",
         (ep, call.handle, tag)
     }
 
-    /// The INVITE's `extra` headers as the IncomingCall reports them.
-    fn incoming_with(extra: &str) -> IncomingCall {
-        let mut ep = endpoint(10);
+    /// Sends `ep` a caller's INVITE (branch `branch`, `extra` headers) and returns the call it
+    /// reports; the responses stay queued.
+    fn ring(ep: &mut SipEndpoint, branch: &str, extra: &str, now: Instant) -> IncomingCall {
         ep.handle_bytes(
             caller(),
             local_ip(),
-            &request("INVITE", "z9hG4bK1", 1, None, extra, SDP),
-            Instant::now(),
+            &request("INVITE", branch, 1, None, extra, SDP),
+            now,
         );
         let Some(Event::IncomingCall(call)) = ep.poll_event() else {
             panic!("no IncomingCall event")
         };
         *call
+    }
+
+    /// The INVITE's `extra` headers as the IncomingCall reports them.
+    fn incoming_with(extra: &str) -> IncomingCall {
+        ring(&mut endpoint(10), "z9hG4bK1", extra, Instant::now())
     }
 
     #[test]
@@ -2865,16 +2870,8 @@ From: {};tag=agent1\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: 2 BYE\r\nMax-Forwards: 70\
     fn a_refused_call_gets_503_with_retry_after_and_ends() {
         let t0 = Instant::now();
         let mut ep = endpoint(10);
-        ep.handle_bytes(
-            caller(),
-            local_ip(),
-            &request("INVITE", "z9hG4bK1", 1, None, "", SDP),
-            t0,
-        );
+        let call = ring(&mut ep, "z9hG4bK1", "", t0);
         assert_eq!(codes(&sent(&mut ep)), vec![100, 180]);
-        let Some(Event::IncomingCall(call)) = ep.poll_event() else {
-            panic!("no IncomingCall event")
-        };
         ep.refuse(call.handle, 503, Some(30), t0);
         let out = sent(&mut ep);
         assert_eq!(codes(&out), vec![503]);
@@ -2885,16 +2882,8 @@ From: {};tag=agent1\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: 2 BYE\r\nMax-Forwards: 70\
         ));
         assert_eq!(ep.active_calls(), 0);
         // A plain reject names no Retry-After.
-        ep.handle_bytes(
-            caller(),
-            local_ip(),
-            &request("INVITE", "z9hG4bK2", 1, None, "", SDP),
-            t0,
-        );
+        let call = ring(&mut ep, "z9hG4bK2", "", t0);
         let _ = sent(&mut ep);
-        let Some(Event::IncomingCall(call)) = ep.poll_event() else {
-            panic!("no IncomingCall event")
-        };
         ep.reject(call.handle, 503, t0);
         let out = sent(&mut ep);
         assert_eq!(codes(&out), vec![503]);

@@ -117,6 +117,14 @@ pub fn status_of(bytes: &[u8]) -> Option<u16> {
     rest.get(..3)?.parse().ok()
 }
 
+/// The value of the first `name` header (any case, full form) in a SIP message.
+pub fn sip_header<'a>(msg: &'a str, name: &str) -> Option<&'a str> {
+    msg.lines().find_map(|l| {
+        let (n, v) = l.split_once(':')?;
+        n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
 /// A `voicebot serve` on a fixed SIP port (127.0.0.1:`port`), so it can be stopped and started
 /// again where Kamailio's list names it; killed on drop. Its call records go to `records`,
 /// which outlives restarts.

@@ -65,6 +65,13 @@ pub const DEFAULT_MODEL: &str = "base";
 /// Tokens per second of audio Moonshine allows (its own runtime's cap), plus a margin.
 const TOKENS_PER_SECOND: f32 = 6.5;
 const TOKEN_MARGIN: usize = 8;
+
+/// The most tokens decoded for `samples` of audio at the speech rate.
+fn token_budget(samples: usize) -> usize {
+    let seconds = samples as f32 / SPEECH_RATE as f32;
+    (seconds * TOKENS_PER_SECOND).ceil() as usize + TOKEN_MARGIN
+}
+
 /// Partial passes decode at most this many tokens: enough for the live views.
 const PARTIAL_MAX_TOKENS: usize = 48;
 /// Added to the score (a logit) of a digit word's tokens when digits are expected; chosen on
@@ -186,7 +193,7 @@ impl MoonshineRecognizer {
         Self::load_with_sessions(config, 1)
     }
 
-    /// Loads the model with `sessions` sessions open and warmed, so that as many recognitions
+    /// Loads the model with `count` sessions open and warmed, so that as many recognitions
     /// can run at once (one per inference worker) without one of them opening a session in
     /// the middle of a call: opening and warming base takes about 2 s, tiny about 0.4 s.
     pub fn load_with_sessions(config: &AsrConfig, count: usize) -> Result<Self, AsrError> {
@@ -227,7 +234,7 @@ impl MoonshineRecognizer {
         // The first run of a session is slow (allocations, kernel selection): pay it now,
         // for every session.
         let warm = vec![0.0f32; SPEECH_RATE as usize];
-        let max_tokens = TOKENS_PER_SECOND.ceil() as usize + TOKEN_MARGIN;
+        let max_tokens = token_budget(warm.len());
         let mut idle = vec![sessions];
         for _ in 1..count.max(1) {
             idle.push(recognizer.open_sessions()?);
@@ -454,8 +461,7 @@ impl SpeechRecognizer for MoonshineRecognizer {
         } else {
             samples
         };
-        let seconds = input.len() as f32 / SPEECH_RATE as f32;
-        let mut max_tokens = (seconds * TOKENS_PER_SECOND).ceil() as usize + TOKEN_MARGIN;
+        let mut max_tokens = token_budget(input.len());
         if pass == Pass::Partial {
             max_tokens = max_tokens.min(PARTIAL_MAX_TOKENS);
         }
